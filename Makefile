@@ -1,0 +1,47 @@
+# stt-tun build, test and demo entry points. `make test` is what CI runs.
+GO      ?= go
+BIN     ?= bin/stt-tun
+PKGS    := ./...
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+
+.PHONY: all build test unit e2e vet fmt-check deps demo fuzz bench clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/stt-tun
+
+# deps installs the few system tools the end-to-end tests and demo drive (as root, on Debian).
+deps:
+	@scripts/deps.sh
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet $(PKGS)
+
+# unit runs every package's tests with the race detector; fuzz seed corpora run as tests.
+unit:
+	$(GO) test -race -count=1 $(PKGS)
+
+# e2e runs the network-namespace tests (root only); they build the binary themselves.
+e2e: build deps
+	$(GO) test -count=1 -tags e2e -timeout 15m ./tests/e2e/...
+
+test: fmt-check vet unit e2e
+
+demo: build deps
+	scripts/demo.sh
+
+FUZZTIME ?= 30s
+fuzz:
+	@scripts/fuzz.sh $(FUZZTIME)
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./stt/... ./tunnel/...
+
+clean:
+	rm -rf bin
