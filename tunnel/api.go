@@ -1,0 +1,34 @@
+// Package tunnel is the engine of stt-tun: it owns a TUN device, an STT node and the
+// prefix table, and pumps packets between them in both directions.
+package tunnel
+
+import (
+	"time"
+)
+
+// Status is a point-in-time view of a running tunnel, as `stt-tun status` shows it.
+type Status struct {
+	Interface  string       `json:"interface"`
+	NodeName   string       `json:"node_name"`
+	PublicKey  string       `json:"public_key"` // base64
+	ListenPort int          `json:"listen_port"`
+	MTU        int          `json:"mtu"`
+	Addresses  []string     `json:"addresses"`
+	Peers      []PeerStatus `json:"peers"`
+}
+
+// PeerStatus describes one configured peer.
+type PeerStatus struct {
+	Name            string    `json:"name"`
+	PublicKey       string    `json:"public_key,omitempty"` // base64, learned or pinned
+	Endpoint        string    `json:"endpoint,omitempty"`   // current underlay address
+	Path            string    `json:"path"`                 // "udp", "ws" or "none"
+	AllowedPrefixes []string  `json:"allowed_prefixes"`
+	LastHandshake   time.Time `json:"last_handshake,omitempty"`
+	RTT             float64   `json:"rtt_ms,omitempty"`
+	TxBytes         uint64    `json:"tx_bytes"`
+	RxBytes         uint64    `json:"rx_bytes"`
+	TxPackets       uint64    `json:"tx_packets"`
+	RxPackets       uint64    `json:"rx_packets"`
+	Drops           uint64    `json:"drops"`
+}
