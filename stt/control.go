@@ -1,0 +1,229 @@
+package stt
+
+import (
+	"encoding/binary"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/stt-tun/stt-tun/stt/wire"
+)
+
+// Reliable control limits (docs/protocol.md 6.1).
+const (
+	reliableWindow   = 32
+	reliableQueueMax = 256
+	reliableRTOMin   = 200 * time.Millisecond
+	reliableRTOMax   = 5 * time.Second
+)
+
+// ErrReliableQueueFull reports that 256 reliable control messages already wait.
+var ErrReliableQueueFull = errors.New("reliable control queue full")
+
+// handleControl processes the control messages of one authenticated stream-0 payload.
+func (n *Node) handleControl(p *Peer, s *session, payload []byte) {
+	it := wire.NewControlIter(payload)
+	var reply []byte
+	for {
+		m, ok := it.Next()
+		if !ok {
+			break
+		}
+		if err := wire.CheckControlBody(m); err != nil {
+			n.drop(DropControl)
+			continue
+		}
+		if m.Type == wire.CtlReliable {
+			seq, inner := wire.ParseReliable(m.Body)
+			deliver, ack := s.rel.receive(seq)
+			reply = wire.AppendControl(reply, wire.CtlAck, binary.LittleEndian.AppendUint32(nil, ack))
+			if !deliver {
+				continue
+			}
+			m = inner
+			if err := wire.CheckControlBody(m); err != nil || m.Type == wire.CtlReliable {
+				n.drop(DropControl)
+				continue
+			}
+		}
+		reply = n.handleControlMsg(p, s, m, reply)
+	}
+	if it.Err() != nil {
+		n.drop(DropControl)
+	}
+	if reply != nil {
+		p.sendControl(s, reply)
+	}
+}
+
+// handleControlMsg acts on one control message and appends any answer to reply.
+func (n *Node) handleControlMsg(p *Peer, s *session, m wire.ControlMsg, reply []byte) []byte {
+	switch m.Type {
+	case wire.CtlFinal:
+		// Confirmation is recorded for every authenticated frame; nothing more to do.
+	case wire.CtlPing:
+		reply = wire.AppendControl(reply, wire.CtlPong, m.Body)
+	case wire.CtlPong:
+		seq := binary.LittleEndian.Uint32(m.Body)
+		sent := int64(binary.LittleEndian.Uint64(m.Body[4:]))
+		rtt := time.Duration(p.mono(time.Now()) - sent)
+		if rtt < 0 || rtt > time.Minute {
+			n.drop(DropControl)
+			break
+		}
+		old := p.rtt.Load()
+		if old == 0 {
+			p.rtt.Store(int64(rtt))
+		} else {
+			p.rtt.Store(old - old/8 + int64(rtt)/8)
+		}
+		p.mu.Lock()
+		ch := p.pings[seq]
+		delete(p.pings, seq)
+		p.mu.Unlock()
+		if ch != nil {
+			ch <- rtt
+		}
+	case wire.CtlClose:
+		// The peer is going away: stop sending on this session so the next datagram
+		// starts a handshake instead of vanishing.
+		p.mu.Lock()
+		if p.current.CompareAndSwap(s, nil) {
+			n.index.remove(s)
+		}
+		p.mu.Unlock()
+	case wire.CtlError:
+		n.log.Debug("peer reported an error", "peer", p.cfg.Name, "code", binary.LittleEndian.Uint16(m.Body))
+	case wire.CtlAck:
+		s.rel.ack(binary.LittleEndian.Uint32(m.Body), time.Now())
+	case wire.CtlRekey:
+		p.Rekey()
+	case wire.CtlStreamOpen, wire.CtlStreamClose:
+		// Data streams need no setup; the messages are announcements for extensions.
+		if n.cfg.Extension != nil {
+			n.cfg.Extension(p, m.Type, m.Body)
+		}
+	default:
+		if m.Type >= wire.CtlExtensionMin && n.cfg.Extension != nil {
+			n.cfg.Extension(p, m.Type, m.Body)
+		} else {
+			n.drop(DropControl)
+		}
+	}
+	return reply
+}
+
+// reliableState is one session's side of the reliable control channel: a queue of
+// unacknowledged messages with retransmission, and the next sequence it expects.
+type reliableState struct {
+	mu       sync.Mutex
+	nextSend uint32
+	queue    []relMsg // ascending seq; the first reliableWindow are in flight
+	nextRecv uint32
+	rto      time.Duration
+	lastTx   time.Time
+}
+
+type relMsg struct {
+	seq  uint32
+	typ  byte
+	body []byte
+	sent bool
+}
+
+func (r *reliableState) encode(b []byte, m relMsg) []byte {
+	inner := wire.AppendControl(binary.LittleEndian.AppendUint32(nil, m.seq), m.typ, m.body)
+	return wire.AppendControl(b, wire.CtlReliable, inner)
+}
+
+// enqueue adds a message and returns the payload to send now, if the window allows.
+func (r *reliableState) enqueue(typ byte, body []byte, now time.Time) ([]byte, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.queue) >= reliableQueueMax {
+		return nil, ErrReliableQueueFull
+	}
+	m := relMsg{seq: r.nextSend, typ: typ, body: append([]byte(nil), body...)}
+	r.nextSend++
+	r.queue = append(r.queue, m)
+	if len(r.queue) > reliableWindow {
+		return nil, nil
+	}
+	r.queue[len(r.queue)-1].sent = true
+	if r.rto == 0 {
+		r.rto = reliableRTOMin
+	}
+	r.lastTx = now
+	return r.encode(nil, m), nil
+}
+
+// receive decides whether a RELIABLE message is the next in order, and the ACK to send.
+func (r *reliableState) receive(seq uint32) (deliver bool, ack uint32) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if seq == r.nextRecv {
+		r.nextRecv++
+		return true, r.nextRecv
+	}
+	return false, r.nextRecv
+}
+
+// ack drops every message the peer has received.
+func (r *reliableState) ack(next uint32, now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	i := 0
+	for i < len(r.queue) && int32(next-r.queue[i].seq) > 0 {
+		i++
+	}
+	if i > 0 {
+		r.queue = append(r.queue[:0], r.queue[i:]...)
+		r.rto = reliableRTOMin
+		r.lastTx = now
+	}
+}
+
+// appendDue appends retransmissions and newly admitted messages to b.
+func (r *reliableState) appendDue(b []byte, now time.Time, srtt time.Duration) []byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.queue) == 0 {
+		return b
+	}
+	base := max(reliableRTOMin, 2*srtt)
+	if r.rto < base {
+		r.rto = base
+	}
+	w := min(len(r.queue), reliableWindow)
+	resend := now.Sub(r.lastTx) >= r.rto
+	for i := 0; i < w; i++ {
+		if !r.queue[i].sent || resend {
+			b = r.encode(b, r.queue[i])
+			r.queue[i].sent = true
+		}
+	}
+	if resend {
+		r.rto = min(2*r.rto, reliableRTOMax)
+		r.lastTx = now
+	}
+	return b
+}
+
+// inherit moves unacknowledged messages from the state of a replaced session,
+// renumbering them for the new one.
+func (r *reliableState) inherit(old *reliableState) {
+	old.mu.Lock()
+	q := old.queue
+	old.queue = nil
+	old.mu.Unlock()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, m := range q {
+		if len(r.queue) >= reliableQueueMax {
+			break
+		}
+		m.seq, m.sent = r.nextSend, false
+		r.nextSend++
+		r.queue = append(r.queue, m)
+	}
+}

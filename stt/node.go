@@ -1,0 +1,554 @@
+// Package stt implements the STT protocol (docs/protocol.md): a Node holds the
+// network seed and a static key, runs seed-authenticated handshakes with its peers and
+// carries datagrams to them over encrypted sessions, in batches. It knows nothing of
+// TUN devices or routing.
+package stt
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/cpu"
+	"golang.zx2c4.com/wireguard/conn"
+
+	"github.com/stt-tun/stt-tun/stt/handshake"
+	"github.com/stt-tun/stt-tun/stt/wire"
+)
+
+// Headroom is the offset at which a datagram's payload starts in the buffers the
+// node hands to a Handler, and the offset a sender should read payloads to: the DATA
+// header goes right in front of the payload, and the space before that is left for a
+// TUN device's virtio header.
+const Headroom = 32
+
+// recvBase is where a received frame starts in a receive buffer, so that its payload
+// lands at Headroom.
+const recvBase = Headroom - wire.HeaderLen
+
+// BufferSize is the size of a buffer that can hold any frame plus Headroom.
+const BufferSize = recvBase + wire.MaxMessageLen
+
+// MaxQueued bounds the datagrams held for a peer while its handshake runs.
+const MaxQueued = 256
+
+// Handler receives what the node delivers. Deliver is called from the node's receive
+// goroutines, possibly concurrently, and must not keep references to the batch after it
+// returns.
+type Handler interface {
+	Deliver(in *Inbound)
+}
+
+// ExtensionFunc handles a control message of the extension range 0x80..0xFF.
+type ExtensionFunc func(p *Peer, typ byte, body []byte)
+
+// Inbound is one batch of authenticated datagrams. Datagram i is
+// Bufs[i][Headroom:Headroom+Sizes[i]], from Peers[i] on stream Streams[i]. Scratch is
+// free for the handler to use during Deliver (capacity: the batch size).
+type Inbound struct {
+	Bufs    [][]byte
+	Sizes   []int
+	Peers   []*Peer
+	Streams []uint16
+	N       int
+	Scratch [][]byte
+}
+
+// Config configures a Node.
+type Config struct {
+	Seed       [32]byte
+	PrivateKey [32]byte
+	Name       string // this node's name, sent to peers in the handshake
+	ListenPort uint16 // 0 = any
+	FwMark     uint32 // SO_MARK on the UDP socket, 0 = none
+	Logger     *slog.Logger
+	Handler    Handler
+	Extension  ExtensionFunc
+	Bind       conn.Bind // nil = UDP on all addresses (wireguard/conn StdNetBind)
+	Timers     Timers
+	// DisableAES keeps this node from offering AES-256-GCM even with hardware AES.
+	DisableAES bool
+	// HandshakeLoadThreshold overrides the responder's load threshold (messages/s).
+	HandshakeLoadThreshold int
+}
+
+// Node is an STT endpoint: peers, sessions, timers and a transport.
+type Node struct {
+	cfg    Config
+	timers Timers
+	log    *slog.Logger
+	hs     *handshake.Engine
+	bind   conn.Bind
+	index  *indexTable
+	ctr    counters
+	epoch  time.Time
+
+	noncePool sync.Pool
+
+	mu     sync.RWMutex
+	peers  map[string]*Peer
+	inits  map[uint32]*initiation // our handshakes in flight, by our index
+	port   uint16
+	closed bool
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	wake   chan struct{}
+}
+
+// New creates a node. Nothing is opened until Start.
+func New(cfg Config) (*Node, error) {
+	if cfg.Handler == nil {
+		return nil, errors.New("stt: config needs a Handler")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	n := &Node{
+		cfg:    cfg,
+		timers: cfg.Timers.withDefaults(),
+		log:    cfg.Logger,
+		index:  newIndexTable(),
+		peers:  make(map[string]*Peer),
+		inits:  make(map[uint32]*initiation),
+		epoch:  time.Now(),
+		wake:   make(chan struct{}, 1),
+	}
+	n.noncePool.New = func() any { return new([12]byte) }
+	var caps uint32
+	if !cfg.DisableAES && hasHardwareAES() {
+		caps |= wire.CapHardwareAES
+	}
+	hs, err := handshake.New(handshake.Config{
+		Seed:          cfg.Seed,
+		Static:        cfg.PrivateKey,
+		Name:          cfg.Name,
+		Caps:          caps,
+		LoadThreshold: cfg.HandshakeLoadThreshold,
+		AllocIndex:    n.index.reserve,
+		ReleaseIndex:  n.index.release,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("stt: handshake: %w", err)
+	}
+	n.hs = hs
+	n.bind = cfg.Bind
+	if n.bind == nil {
+		n.bind = conn.NewStdNetBind()
+	}
+	return n, nil
+}
+
+func hasHardwareAES() bool {
+	return (cpu.X86.HasAES && cpu.X86.HasPCLMULQDQ) || (cpu.ARM64.HasAES && cpu.ARM64.HasPMULL)
+}
+
+// PublicKey is this node's static public key.
+func (n *Node) PublicKey() [32]byte { return n.hs.PublicKey() }
+
+// Port is the UDP port the node listens on, valid after Start.
+func (n *Node) Port() uint16 {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	return n.port
+}
+
+// Start opens the transport and starts the receive and timer goroutines.
+func (n *Node) Start() error {
+	fns, port, err := n.bind.Open(n.cfg.ListenPort)
+	if err != nil {
+		return fmt.Errorf("stt: listen on UDP port %d: %w", n.cfg.ListenPort, err)
+	}
+	if n.cfg.FwMark != 0 {
+		if err := n.bind.SetMark(n.cfg.FwMark); err != nil {
+			_ = n.bind.Close()
+			return fmt.Errorf("stt: set fwmark: %w", err)
+		}
+	}
+	n.mu.Lock()
+	n.port = port
+	n.mu.Unlock()
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	for _, fn := range fns {
+		n.wg.Add(1)
+		go n.receiveLoop(fn)
+	}
+	n.wg.Add(1)
+	go n.timerLoop()
+	return nil
+}
+
+// Close tells every peer with a session that this node is leaving, closes the
+// transport and waits for the node's goroutines.
+func (n *Node) Close() error {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return nil
+	}
+	n.closed = true
+	peers := make([]*Peer, 0, len(n.peers))
+	for _, p := range n.peers {
+		peers = append(peers, p)
+	}
+	n.mu.Unlock()
+	for _, p := range peers {
+		if s := p.current.Load(); s != nil {
+			p.sendControl(s, wire.AppendControl(nil, wire.CtlClose, []byte{wire.CodeShutdown, 0}))
+		}
+	}
+	if n.cancel != nil {
+		n.cancel()
+	}
+	err := n.bind.Close()
+	n.wg.Wait()
+	return err
+}
+
+// PeerConfig describes a peer to AddPeer.
+type PeerConfig struct {
+	Name                string
+	Endpoint            string    // host:port, may be empty (the peer must contact us)
+	PublicKey           *[32]byte // pinned static key, nil = any holder of the seed
+	PersistentKeepalive time.Duration
+	Tag                 any // opaque to the node; the caller's per-peer state
+}
+
+// AddPeer registers a peer. An endpoint given as a host name is resolved now and again
+// when the peer goes quiet.
+func (n *Node) AddPeer(pc PeerConfig) (*Peer, error) {
+	if pc.Name == "" || len(pc.Name) > wire.NameLen {
+		return nil, fmt.Errorf("stt: peer name %q must be 1..%d bytes", pc.Name, wire.NameLen)
+	}
+	p := &Peer{node: n, cfg: pc}
+	if pc.PublicKey != nil {
+		p.static = *pc.PublicKey
+		p.staticKnown = true
+	}
+	if pc.Endpoint != "" {
+		ap, err := n.resolve(pc.Endpoint)
+		if err != nil {
+			return nil, fmt.Errorf("stt: peer %s: %w", pc.Name, err)
+		}
+		if err := p.setEndpoint(ap); err != nil {
+			return nil, fmt.Errorf("stt: peer %s: endpoint: %w", pc.Name, err)
+		}
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if _, dup := n.peers[pc.Name]; dup {
+		return nil, fmt.Errorf("stt: peer %s already exists", pc.Name)
+	}
+	n.peers[pc.Name] = p
+	return p, nil
+}
+
+// RemovePeer forgets a peer and its sessions.
+func (n *Node) RemovePeer(name string) {
+	n.mu.Lock()
+	p := n.peers[name]
+	delete(n.peers, name)
+	n.mu.Unlock()
+	if p != nil {
+		p.shutdown()
+	}
+}
+
+// Peer returns the named peer or nil.
+func (n *Node) Peer(name string) *Peer {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	return n.peers[name]
+}
+
+// Peers returns all peers.
+func (n *Node) Peers() []*Peer {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	ps := make([]*Peer, 0, len(n.peers))
+	for _, p := range n.peers {
+		ps = append(ps, p)
+	}
+	return ps
+}
+
+// Stats returns a snapshot of the node's counters.
+func (n *Node) Stats() Stats {
+	st := Stats{Drops: make(map[string]uint64)}
+	for i := range n.ctr.drops {
+		v := n.ctr.drops[i].Load()
+		st.DropsByReasonArray[i] = v
+		st.DropsTotal += v
+		if v != 0 {
+			st.Drops[DropReason(i).String()] = v
+		}
+	}
+	st.HandshakesDone = n.ctr.handshakesDone.Load()
+	st.HandshakesStarted = n.ctr.handshakesStart.Load()
+	st.CookieRepliesSent = n.ctr.cookiesSent.Load()
+	st.HandshakeDHOps = n.hs.DHCount()
+	st.Sessions, st.PendingHandshakes = n.index.counts()
+	return st
+}
+
+func (n *Node) drop(r DropReason) { n.ctr.drops[r].Add(1) }
+
+func (n *Node) resolve(hostport string) (netip.AddrPort, error) {
+	if ap, err := netip.ParseAddrPort(hostport); err == nil {
+		return ap, nil
+	}
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("endpoint %q: %w", hostport, err)
+	}
+	ua, err := net.ResolveUDPAddr("udp", net.JoinHostPort(host, port))
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("resolve endpoint %q: %w", hostport, err)
+	}
+	ap := ua.AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+}
+
+// kick wakes the timer loop so that a handshake starts without waiting for a tick.
+func (n *Node) kick() {
+	select {
+	case n.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (n *Node) send(frames [][]byte, ep conn.Endpoint) error {
+	return n.bind.Send(frames, ep)
+}
+
+// receiveLoop reads batches from one transport receive function until the node closes.
+func (n *Node) receiveLoop(fn conn.ReceiveFunc) {
+	defer n.wg.Done()
+	batch := n.bind.BatchSize()
+	bufs := make([][]byte, batch)
+	rx := make([][]byte, batch)
+	sizes := make([]int, batch)
+	eps := make([]conn.Endpoint, batch)
+	for i := range bufs {
+		bufs[i] = make([]byte, BufferSize)
+		rx[i] = bufs[i][recvBase:]
+	}
+	in := &Inbound{
+		Bufs:    make([][]byte, batch),
+		Sizes:   make([]int, batch),
+		Peers:   make([]*Peer, batch),
+		Streams: make([]uint16, batch),
+		Scratch: make([][]byte, 0, batch),
+	}
+	nonce := new([12]byte)
+	hsOut := make([]byte, 0, 256)
+	var errs int
+	for {
+		k, err := fn(rx, sizes, eps)
+		if err != nil {
+			if n.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			errs++
+			n.log.Debug("transport receive error", "err", err)
+			if errs > 100 {
+				// A socket that fails every time would spin; back off, but stay alive.
+				select {
+				case <-n.ctx.Done():
+					return
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+			continue
+		}
+		errs = 0
+		n.receiveBatch(bufs, rx, sizes[:k], eps, in, nonce, hsOut)
+	}
+}
+
+// receiveBatch authenticates a batch of frames, handles handshakes and control
+// messages inline, and delivers data datagrams to the Handler in one call.
+func (n *Node) receiveBatch(bufs, rx [][]byte, sizes []int, eps []conn.Endpoint, in *Inbound, nonce *[12]byte, hsOut []byte) {
+	now := time.Now()
+	in.N = 0
+	var locked *session
+	unlock := func() {
+		if locked != nil {
+			locked.replayMu.Unlock()
+			locked = nil
+		}
+	}
+	for i, size := range sizes {
+		msg := rx[i][:size]
+		typ, err := wire.CheckLength(msg)
+		if err != nil {
+			n.drop(DropMalformed)
+			continue
+		}
+		if typ != wire.TypeData {
+			unlock()
+			n.handleHandshake(msg, eps[i], hsOut[:0])
+			continue
+		}
+		h, _ := wire.ParseHeader(msg)
+		s := n.index.lookup(h.Receiver)
+		if s == nil {
+			n.drop(DropUnknownIndex)
+			continue
+		}
+		if s.expired(now, &n.timers) {
+			n.drop(DropExpired)
+			continue
+		}
+		pt, err := s.open(msg, h.Counter, nonce)
+		if err != nil {
+			n.drop(DropAuth)
+			continue
+		}
+		if locked != s {
+			unlock()
+			s.replayMu.Lock()
+			locked = s
+		}
+		if !s.replay.ValidateCounter(h.Counter, n.timers.RejectAfterMessages) {
+			n.drop(DropReplay)
+			continue
+		}
+		p := s.peer
+		p.received(s, eps[i], now, size, h.Stream != wire.ControlStream)
+		if h.Stream == wire.ControlStream {
+			unlock()
+			n.handleControl(p, s, pt)
+			continue
+		}
+		in.Bufs[in.N] = bufs[i]
+		in.Sizes[in.N] = len(pt)
+		in.Peers[in.N] = p
+		in.Streams[in.N] = h.Stream
+		in.N++
+	}
+	unlock()
+	if in.N > 0 {
+		in.Scratch = in.Scratch[:0]
+		n.cfg.Handler.Deliver(in)
+		clear(in.Peers[:in.N])
+	}
+	clear(eps[:len(sizes)])
+}
+
+func addrPortOf(ep conn.Endpoint) netip.AddrPort {
+	if se, ok := ep.(*conn.StdNetEndpoint); ok {
+		return se.AddrPort
+	}
+	ap, _ := netip.ParseAddrPort(ep.DstToString())
+	return ap
+}
+
+// handleHandshake processes HELLO, CHALLENGE, AUTH_PROOF and COOKIE_REPLY.
+func (n *Node) handleHandshake(msg []byte, ep conn.Endpoint, out []byte) {
+	src := addrPortOf(ep)
+	switch msg[0] {
+	case wire.TypeHello:
+		reply, err := n.hs.HandleHello(msg, src, out)
+		if err != nil {
+			n.dropHandshake(err, src)
+		}
+		if reply != nil {
+			if reply[0] == wire.TypeCookieReply {
+				n.ctr.cookiesSent.Add(1)
+			}
+			_ = n.send([][]byte{reply}, ep)
+		}
+	case wire.TypeAuthProof:
+		res, reply, err := n.hs.HandleAuthProof(msg, src, out)
+		if reply != nil {
+			n.ctr.cookiesSent.Add(1)
+			_ = n.send([][]byte{reply}, ep)
+		}
+		if err != nil {
+			n.dropHandshake(err, src)
+			return
+		}
+		n.completeResponder(res, ep)
+	case wire.TypeChallenge:
+		idx := binary.LittleEndian.Uint32(msg[wire.ChallengeReceiverOff:])
+		n.mu.RLock()
+		in := n.inits[idx]
+		n.mu.RUnlock()
+		if in == nil {
+			n.drop(DropHandshake)
+			return
+		}
+		in.peer.consumeChallenge(in, msg, ep)
+	case wire.TypeCookieReply:
+		idx := binary.LittleEndian.Uint32(msg[wire.CookieReceiverOff:])
+		n.mu.RLock()
+		in := n.inits[idx]
+		n.mu.RUnlock()
+		if in == nil {
+			n.drop(DropHandshake)
+			return
+		}
+		in.peer.consumeCookie(in, msg)
+	}
+}
+
+func (n *Node) dropHandshake(err error, src netip.AddrPort) {
+	r := DropHandshake
+	switch {
+	case errors.Is(err, handshake.ErrBadMAC1):
+		r = DropBadMAC1
+	case errors.Is(err, handshake.ErrReplay):
+		r = DropHandshakeReplay
+	case errors.Is(err, handshake.ErrVersion):
+		r = DropVersion
+		n.log.Info("incompatible protocol version", "from", src)
+	case errors.Is(err, handshake.ErrUnderLoad), errors.Is(err, handshake.ErrRateLimited):
+		r = DropRateLimited
+	}
+	n.drop(r)
+	n.log.Debug("handshake dropped", "reason", r.String(), "err", err)
+}
+
+// completeResponder installs the session a verified AUTH_PROOF produced, after the
+// checks that need the peer: known name, pinned key, fresh timestamp.
+func (n *Node) completeResponder(res handshake.Result, ep conn.Endpoint) {
+	p := n.Peer(res.PeerName)
+	if p == nil {
+		n.index.release(res.LocalIndex)
+		n.drop(DropUnknownPeer)
+		n.log.Debug("handshake from unknown peer name", "name", res.PeerName)
+		return
+	}
+	p.completeResponder(res, ep)
+}
+
+// timerLoop drives every peer's timers: handshake retransmission, rekeys,
+// keepalives, dead-peer detection and session expiry.
+func (n *Node) timerLoop() {
+	defer n.wg.Done()
+	t := time.NewTicker(n.timers.Tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-t.C:
+		case <-n.wake:
+		}
+		now := time.Now()
+		for _, p := range n.Peers() {
+			p.tick(now)
+		}
+	}
+}
+
+func (n *Node) getNonce() *[12]byte  { return n.noncePool.Get().(*[12]byte) }
+func (n *Node) putNonce(b *[12]byte) { n.noncePool.Put(b) }

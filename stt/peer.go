@@ -1,0 +1,601 @@
+package stt
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/binary"
+	"errors"
+	"math/rand/v2"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.zx2c4.com/wireguard/conn"
+
+	"github.com/stt-tun/stt-tun/stt/handshake"
+	"github.com/stt-tun/stt-tun/stt/wire"
+)
+
+// Peer is a remote node the local node exchanges datagrams with.
+type Peer struct {
+	node *Node
+	cfg  PeerConfig
+
+	endpoint atomic.Pointer[conn.Endpoint]
+	current  atomic.Pointer[session]
+
+	// Times in nanoseconds since node.epoch; 0 = never.
+	lastSent        atomic.Int64
+	lastRecv        atomic.Int64
+	lastRecvData    atomic.Int64
+	firstUnanswered atomic.Int64 // first data sent since we last heard from the peer
+
+	txBytes, rxBytes     atomic.Uint64
+	txPackets, rxPackets atomic.Uint64
+	drops                atomic.Uint64
+	rtt                  atomic.Int64 // smoothed, ns
+
+	mu            sync.Mutex
+	previous      *session
+	init          *initiation
+	cookie        []byte
+	cookieAt      time.Time
+	wantHandshake bool
+	lastTimestamp [12]byte
+	lastHandshake time.Time
+	static        [32]byte
+	staticKnown   bool
+	queue         [][]byte
+	lastPing      time.Time
+	pings         map[uint32]chan time.Duration
+	pingSeq       uint32
+	removed       bool
+}
+
+// initiation is a handshake this node started, kept until it completes or is replaced.
+type initiation struct {
+	peer      *Peer
+	hs        *handshake.Initiation
+	index     uint32
+	firstSent time.Time // of the first attempt in this series
+	nextRetry time.Time
+	attempt   int
+}
+
+// Name is the peer's configured name.
+func (p *Peer) Name() string { return p.cfg.Name }
+
+// Tag is the opaque value given in PeerConfig.
+func (p *Peer) Tag() any { return p.cfg.Tag }
+
+// Endpoint is the peer's current underlay address, or the zero value.
+func (p *Peer) Endpoint() netip.AddrPort {
+	if ep := p.endpoint.Load(); ep != nil {
+		return addrPortOf(*ep)
+	}
+	return netip.AddrPort{}
+}
+
+// PublicKey is the peer's static key, pinned or learned, and whether it is known.
+func (p *Peer) PublicKey() ([32]byte, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.static, p.staticKnown
+}
+
+// LastHandshake is when the latest session with this peer was established.
+func (p *Peer) LastHandshake() time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.lastHandshake
+}
+
+// RTT is the smoothed round-trip time measured with PING, 0 if unknown.
+func (p *Peer) RTT() time.Duration { return time.Duration(p.rtt.Load()) }
+
+// HasSession reports whether the peer has a usable session.
+func (p *Peer) HasSession() bool {
+	s := p.current.Load()
+	return s != nil && !s.expired(time.Now(), &p.node.timers)
+}
+
+// Cipher names the AEAD of the current session, "" without one.
+func (p *Peer) Cipher() string {
+	if s := p.current.Load(); s != nil {
+		return s.cipherID.String()
+	}
+	return ""
+}
+
+// Stats returns the peer's traffic counters.
+func (p *Peer) Stats() PeerStats {
+	return PeerStats{
+		TxBytes: p.txBytes.Load(), RxBytes: p.rxBytes.Load(),
+		TxPackets: p.txPackets.Load(), RxPackets: p.rxPackets.Load(),
+		Drops: p.drops.Load(),
+	}
+}
+
+func (p *Peer) setEndpoint(ap netip.AddrPort) error {
+	ep, err := p.node.bind.ParseEndpoint(ap.String())
+	if err != nil {
+		return err
+	}
+	p.endpoint.Store(&ep)
+	return nil
+}
+
+func (p *Peer) mono(t time.Time) int64 { return int64(t.Sub(p.node.epoch)) }
+
+// Send seals and sends a batch of datagrams to the peer. pkts[i] holds wire.HeaderLen
+// bytes of headroom followed by the payload, and must have wire.TagLen bytes of spare
+// capacity; it is sealed in place and pkts[i] is extended to the frame. flows[i] keeps
+// datagrams of one flow on one stream. Without a session the datagrams are copied into a
+// bounded queue and a handshake starts.
+func (p *Peer) Send(pkts [][]byte, flows []uint16) error {
+	n := p.node
+	now := time.Now()
+	s := p.current.Load()
+	if s == nil || s.expired(now, &n.timers) {
+		p.enqueue(pkts)
+		return nil
+	}
+	first, ok := s.reserve(len(pkts), n.timers.RejectAfterMessages)
+	if !ok {
+		p.enqueue(pkts)
+		return nil
+	}
+	nonce := n.getNonce()
+	var bytes uint64
+	for i := range pkts {
+		bytes += uint64(len(pkts[i]) - wire.HeaderLen)
+		pkts[i] = s.seal(pkts[i], s.streamFor(flows[i]), first+uint64(i), nonce)
+	}
+	n.putNonce(nonce)
+	if first+uint64(len(pkts)) >= n.timers.RekeyAfterMessages {
+		n.kick()
+	}
+	return p.transmit(pkts, now, bytes, true)
+}
+
+// transmit sends sealed frames to the current endpoint and accounts for them.
+func (p *Peer) transmit(frames [][]byte, now time.Time, payloadBytes uint64, data bool) error {
+	epp := p.endpoint.Load()
+	if epp == nil {
+		p.drops.Add(uint64(len(frames)))
+		p.node.drop(DropSendError)
+		return errNoEndpoint
+	}
+	if err := p.node.send(frames, *epp); err != nil {
+		p.drops.Add(uint64(len(frames)))
+		p.node.drop(DropSendError)
+		return err
+	}
+	t := p.mono(now)
+	p.lastSent.Store(t)
+	if data {
+		p.txPackets.Add(uint64(len(frames)))
+		p.txBytes.Add(payloadBytes)
+		p.firstUnanswered.CompareAndSwap(0, t)
+	}
+	return nil
+}
+
+var errNoEndpoint = errors.New("peer has no known endpoint")
+
+// enqueue copies datagrams into the handshake queue, dropping the oldest when full.
+func (p *Peer) enqueue(pkts [][]byte) {
+	p.mu.Lock()
+	for _, pkt := range pkts {
+		if len(p.queue) >= MaxQueued {
+			p.queue[0] = nil
+			p.queue = p.queue[1:]
+			p.drops.Add(1)
+			p.node.drop(DropNoSession)
+		}
+		b := make([]byte, len(pkt), len(pkt)+wire.TagLen)
+		copy(b, pkt)
+		p.queue = append(p.queue, b)
+	}
+	p.wantHandshake = true
+	p.mu.Unlock()
+	p.node.kick()
+}
+
+// flushQueue sends what waited for a session. Called with p.mu held.
+func (p *Peer) flushQueueLocked(s *session) {
+	if len(p.queue) == 0 {
+		return
+	}
+	q := p.queue
+	p.queue = nil
+	first, ok := s.reserve(len(q), p.node.timers.RejectAfterMessages)
+	if !ok {
+		return
+	}
+	nonce := p.node.getNonce()
+	var bytes uint64
+	for i := range q {
+		bytes += uint64(len(q[i]) - wire.HeaderLen)
+		// Queued datagrams lost their flow numbers; one stream keeps them in order.
+		q[i] = s.seal(q[i], s.streamFor(0), first+uint64(i), nonce)
+	}
+	p.node.putNonce(nonce)
+	_ = p.transmit(q, time.Now(), bytes, true)
+}
+
+// sendControl seals one stream-0 payload on s and sends it.
+func (p *Peer) sendControl(s *session, payload []byte) {
+	first, ok := s.reserve(1, p.node.timers.RejectAfterMessages)
+	if !ok {
+		return
+	}
+	frame := make([]byte, wire.HeaderLen, wire.HeaderLen+len(payload)+wire.TagLen)
+	frame = append(frame, payload...)
+	nonce := p.node.getNonce()
+	frame = s.seal(frame, wire.ControlStream, first, nonce)
+	p.node.putNonce(nonce)
+	_ = p.transmit([][]byte{frame}, time.Now(), 0, false)
+}
+
+// received updates the peer after an authenticated frame: roaming, liveness,
+// confirmation and counters. Called on the receive path.
+func (p *Peer) received(s *session, ep conn.Endpoint, now time.Time, size int, data bool) {
+	if cur := p.endpoint.Load(); cur == nil || addrPortOf(*cur) != addrPortOf(ep) {
+		p.endpoint.Store(&ep)
+	}
+	t := p.mono(now)
+	p.lastRecv.Store(t)
+	p.firstUnanswered.Store(0)
+	if !s.confirmed.Load() {
+		s.confirmed.Store(true)
+	}
+	if data {
+		p.lastRecvData.Store(t)
+		p.rxPackets.Add(1)
+		p.rxBytes.Add(uint64(size - wire.Overhead))
+	}
+}
+
+// startHandshakeLocked sends a fresh HELLO. Called with p.mu held.
+func (p *Peer) startHandshakeLocked(now time.Time) {
+	n := p.node
+	epp := p.endpoint.Load()
+	if epp == nil || p.removed {
+		return
+	}
+	first := now
+	attempt := 0
+	if old := p.init; old != nil {
+		first, attempt = old.firstSent, old.attempt+1
+		p.dropInitLocked()
+	}
+	var cookie []byte
+	if p.cookie != nil && now.Sub(p.cookieAt) < 120*time.Second {
+		cookie = p.cookie
+	}
+	idx := n.index.reserve()
+	hs, hello, err := n.hs.Initiate(idx, cookie, make([]byte, 0, wire.HelloLen))
+	if err != nil {
+		n.index.release(idx)
+		n.log.Warn("cannot start handshake", "peer", p.cfg.Name, "err", err)
+		return
+	}
+	delay := n.timers.HandshakeRetry << min(attempt, 10)
+	if delay > n.timers.HandshakeRetryMax || delay <= 0 {
+		delay = n.timers.HandshakeRetryMax
+	}
+	jitter := time.Duration(rand.Int64N(int64(delay)/5*2+1)) - delay/5
+	in := &initiation{peer: p, hs: hs, index: idx, firstSent: first, nextRetry: now.Add(delay + jitter), attempt: attempt}
+	p.init = in
+	n.mu.Lock()
+	n.inits[idx] = in
+	n.mu.Unlock()
+	n.ctr.handshakesStart.Add(1)
+	_ = n.send([][]byte{hello}, *epp)
+}
+
+func (p *Peer) dropInitLocked() {
+	in := p.init
+	if in == nil {
+		return
+	}
+	p.init = nil
+	n := p.node
+	n.mu.Lock()
+	delete(n.inits, in.index)
+	n.mu.Unlock()
+	n.index.release(in.index)
+}
+
+// consumeChallenge continues our handshake: check the responder's identity, send
+// AUTH_PROOF and install the session.
+func (p *Peer) consumeChallenge(in *initiation, msg []byte, ep conn.Endpoint) {
+	n := p.node
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.init != in {
+		n.drop(DropHandshake)
+		return
+	}
+	info, err := in.hs.ReadChallenge(msg)
+	if err != nil {
+		n.dropHandshake(err, addrPortOf(ep))
+		return
+	}
+	if info.PeerName != p.cfg.Name {
+		n.drop(DropUnknownPeer)
+		n.log.Warn("peer answered with another name", "peer", p.cfg.Name, "name", info.PeerName)
+		return
+	}
+	if p.cfg.PublicKey != nil && subtle.ConstantTimeCompare(info.PeerStatic[:], p.cfg.PublicKey[:]) != 1 {
+		n.drop(DropPinMismatch)
+		n.log.Warn("peer's key does not match the pinned key; refusing", "peer", p.cfg.Name)
+		return
+	}
+	var cookie []byte
+	if p.cookie != nil && time.Since(p.cookieAt) < 120*time.Second {
+		cookie = p.cookie
+	}
+	proof, res, err := in.hs.WriteAuthProof(cookie, make([]byte, 0, wire.AuthProofLen))
+	if err != nil {
+		n.dropHandshake(err, addrPortOf(ep))
+		return
+	}
+	now := time.Now()
+	s, err := newSession(p, res.LocalIndex, res.RemoteIndex, true, res.Cipher, &res.SendKey, &res.RecvKey, now)
+	if err != nil {
+		n.drop(DropHandshake)
+		return
+	}
+	// The index stays reserved until install turns it into the session.
+	n.mu.Lock()
+	delete(n.inits, in.index)
+	n.mu.Unlock()
+	p.init = nil
+	if err := n.send([][]byte{proof}, ep); err != nil {
+		n.index.release(in.index)
+		return
+	}
+	p.installLocked(s, res.PeerStatic, now)
+	p.endpoint.Store(&ep)
+}
+
+// consumeCookie stores a cookie for our in-flight handshake; the next retransmission
+// carries it.
+func (p *Peer) consumeCookie(in *initiation, msg []byte) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.init != in {
+		p.node.drop(DropHandshake)
+		return
+	}
+	c, err := in.hs.ReadCookieReply(msg)
+	if err != nil {
+		p.node.dropHandshake(err, netip.AddrPort{})
+		return
+	}
+	p.cookie, p.cookieAt = c, time.Now()
+}
+
+// completeResponder installs a responder session after the per-peer checks.
+func (p *Peer) completeResponder(res handshake.Result, ep conn.Endpoint) {
+	n := p.node
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	reject := func(r DropReason) {
+		n.index.release(res.LocalIndex)
+		n.drop(r)
+	}
+	if p.removed {
+		reject(DropUnknownPeer)
+		return
+	}
+	if p.cfg.PublicKey != nil && subtle.ConstantTimeCompare(res.PeerStatic[:], p.cfg.PublicKey[:]) != 1 {
+		reject(DropPinMismatch)
+		n.log.Warn("handshake with a key other than the pinned one; refusing", "peer", p.cfg.Name)
+		return
+	}
+	// A new static key for the same name restarts the timestamp sequence only if the
+	// key is not pinned; replay protection is per key.
+	if p.staticKnown && p.static == res.PeerStatic && handshake.CompareTimestamp(res.Timestamp, p.lastTimestamp) <= 0 {
+		reject(DropStaleTimestamp)
+		return
+	}
+	now := time.Now()
+	s, err := newSession(p, res.LocalIndex, res.RemoteIndex, false, res.Cipher, &res.SendKey, &res.RecvKey, now)
+	if err != nil {
+		reject(DropHandshake)
+		return
+	}
+	p.lastTimestamp = res.Timestamp
+	p.endpoint.Store(&ep)
+	p.installLocked(s, res.PeerStatic, now)
+	p.sendControl(s, wire.AppendControl(nil, wire.CtlFinal, nil))
+	p.flushQueueLocked(s)
+}
+
+// installLocked makes s the current session; the one it replaces stays for receiving.
+func (p *Peer) installLocked(s *session, static [32]byte, now time.Time) {
+	n := p.node
+	n.index.install(s)
+	old := p.current.Swap(s)
+	if p.previous != nil {
+		n.index.remove(p.previous)
+	}
+	p.previous = old
+	if old != nil {
+		s.rel.inherit(&old.rel)
+	}
+	p.static, p.staticKnown = static, true
+	p.lastHandshake = now
+	p.wantHandshake = false
+	p.firstUnanswered.Store(0)
+	n.ctr.handshakesDone.Add(1)
+	if s.initiator {
+		p.flushQueueLocked(s)
+	}
+	n.log.Debug("session established", "peer", p.cfg.Name, "initiator", s.initiator, "cipher", s.cipherID.String())
+}
+
+// tick runs the peer's timers.
+func (p *Peer) tick(now time.Time) {
+	n := p.node
+	t := &n.timers
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.removed {
+		return
+	}
+	cur := p.current.Load()
+	// Expire sessions.
+	if p.previous != nil && p.previous.expired(now, t) {
+		n.index.remove(p.previous)
+		p.previous = nil
+	}
+	if cur != nil && cur.expired(now, t) {
+		n.index.remove(cur)
+		p.current.CompareAndSwap(cur, nil)
+		cur = nil
+	}
+	nowMono := p.mono(now)
+	sentRecently := nowMono-p.lastSent.Load() < int64(t.RekeyAfterTime)
+	need := p.wantHandshake
+	if cur != nil && sentRecently {
+		age := now.Sub(cur.created)
+		if (cur.initiator && age >= t.RekeyAfterTime) || (!cur.initiator && age >= t.responderRekeyAfter()) ||
+			cur.sendCounter.Load() >= t.RekeyAfterMessages {
+			need = true
+		}
+	}
+	if fu := p.firstUnanswered.Load(); fu != 0 && nowMono-fu >= int64(t.DeadPeerTimeout) {
+		need = true
+		p.firstUnanswered.Store(0)
+		if p.cfg.Endpoint != "" {
+			if ap, err := n.resolve(p.cfg.Endpoint); err == nil && ap != p.Endpoint() {
+				_ = p.setEndpoint(ap)
+			}
+		}
+	}
+	if p.cfg.PersistentKeepalive > 0 && cur == nil {
+		need = true
+	}
+	switch {
+	case p.init != nil && !now.Before(p.init.nextRetry):
+		if now.Sub(p.init.firstSent) >= t.HandshakeGiveUp {
+			n.log.Info("handshake gave up", "peer", p.cfg.Name)
+			p.dropInitLocked()
+			p.wantHandshake = false
+			p.drops.Add(uint64(len(p.queue)))
+			p.queue = nil
+		} else {
+			p.startHandshakeLocked(now)
+		}
+	case p.init == nil && need:
+		p.startHandshakeLocked(now)
+	}
+	if cur == nil {
+		return
+	}
+	// Keepalives: answer received data we have not answered, and keep NAT mappings.
+	lastSent := p.lastSent.Load()
+	passive := p.lastRecvData.Load() > lastSent && nowMono-lastSent >= int64(t.KeepaliveTimeout)
+	persistent := p.cfg.PersistentKeepalive > 0 && nowMono-lastSent >= int64(p.cfg.PersistentKeepalive)
+	var payload []byte
+	if cur.confirmed.Load() && now.Sub(p.lastPing) >= t.RTTProbeInterval && nowMono-p.lastRecv.Load() < int64(t.RTTProbeInterval)*2 {
+		payload = p.pingPayloadLocked(now, nil)
+	}
+	payload = cur.rel.appendDue(payload, now, p.RTT())
+	if payload != nil || passive || persistent {
+		p.sendControl(cur, payload)
+	}
+}
+
+// pingPayloadLocked builds a PING whose answer reports to ch (may be nil).
+func (p *Peer) pingPayloadLocked(now time.Time, ch chan time.Duration) []byte {
+	p.pingSeq++
+	p.lastPing = now
+	if ch != nil {
+		if p.pings == nil {
+			p.pings = make(map[uint32]chan time.Duration)
+		}
+		if len(p.pings) >= 64 {
+			clear(p.pings)
+		}
+		p.pings[p.pingSeq] = ch
+	}
+	var body [wire.PingBodyLen]byte
+	binary.LittleEndian.PutUint32(body[:4], p.pingSeq)
+	binary.LittleEndian.PutUint64(body[4:], uint64(p.mono(now)))
+	return wire.AppendControl(nil, wire.CtlPing, body[:])
+}
+
+// Ping sends an STT-level echo over the current session and waits for the answer.
+func (p *Peer) Ping(ctx context.Context) (time.Duration, error) {
+	s := p.current.Load()
+	if s == nil {
+		p.mu.Lock()
+		p.wantHandshake = true
+		p.mu.Unlock()
+		p.node.kick()
+		return 0, ErrNoSession
+	}
+	ch := make(chan time.Duration, 1)
+	p.mu.Lock()
+	payload := p.pingPayloadLocked(time.Now(), ch)
+	seq := p.pingSeq
+	p.mu.Unlock()
+	p.sendControl(s, payload)
+	select {
+	case d := <-ch:
+		return d, nil
+	case <-ctx.Done():
+		p.mu.Lock()
+		delete(p.pings, seq)
+		p.mu.Unlock()
+		return 0, ctx.Err()
+	}
+}
+
+// ErrNoSession reports an operation that needs a session the peer does not have yet.
+var ErrNoSession = errors.New("no session with peer")
+
+// Rekey starts a new handshake now, keeping the current session until it completes.
+func (p *Peer) Rekey() {
+	p.mu.Lock()
+	p.wantHandshake = true
+	p.mu.Unlock()
+	p.node.kick()
+}
+
+// SendReliable queues a control message (a STREAM_OPEN, STREAM_CLOSE or extension) for
+// reliable, in-order delivery on stream 0.
+func (p *Peer) SendReliable(typ byte, body []byte) error {
+	s := p.current.Load()
+	if s == nil {
+		return ErrNoSession
+	}
+	payload, err := s.rel.enqueue(typ, body, time.Now())
+	if err != nil {
+		return err
+	}
+	if payload != nil {
+		p.sendControl(s, payload)
+	}
+	return nil
+}
+
+func (p *Peer) shutdown() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.removed = true
+	p.dropInitLocked()
+	cur := p.current.Swap(nil)
+	if cur != nil {
+		p.sendControl(cur, wire.AppendControl(nil, wire.CtlClose, []byte{wire.CodeShutdown, 0}))
+	}
+	p.node.index.remove(cur, p.previous)
+	p.previous = nil
+	p.queue = nil
+}
