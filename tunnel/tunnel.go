@@ -1,0 +1,370 @@
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gaissmai/bart"
+
+	"github.com/stt-tun/stt-tun/config"
+	"github.com/stt-tun/stt-tun/routing"
+	"github.com/stt-tun/stt-tun/stt"
+	"github.com/stt-tun/stt-tun/stt/wire"
+	"github.com/stt-tun/stt-tun/tun"
+)
+
+// Options are the run-time settings of a tunnel that do not come from its config file.
+type Options struct {
+	Logger   *slog.Logger
+	StateDir string // where routing keeps its journal; "" = /run/stt-tun
+	// Device, when set, is used instead of creating a TUN device and no routing is
+	// done: the in-memory device of unit tests.
+	Device tun.Device
+}
+
+// peer is the tunnel's view of one configured peer: its allowed prefixes and its node
+// peer.
+type peer struct {
+	cfg config.Peer
+	sp  *stt.Peer
+}
+
+// Tunnel is a running stt-tun interface.
+type Tunnel struct {
+	cfg   *config.Config
+	log   *slog.Logger
+	dev   tun.Device
+	node  *stt.Node
+	route *routing.Manager
+	table atomic.Pointer[bart.Table[*peer]]
+	peers []*peer
+
+	noRoute    atomic.Uint64 // outbound packets to no peer
+	srcDenied  atomic.Uint64 // inbound packets from a source the peer may not use
+	malformed  atomic.Uint64 // packets that are not IPv4 or IPv6
+	tunErrors  atomic.Uint64
+	pumpsDone  sync.WaitGroup
+	done       chan struct{}
+	closeOnce  sync.Once
+	failOnce   sync.Once
+	stopReason atomic.Pointer[error]
+}
+
+// Start brings a tunnel up: TUN device, STT node, addresses and routes. It returns once
+// the interface is fully configured; on error nothing it did is left behind.
+func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, err error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	t := &Tunnel{cfg: cfg, log: log, done: make(chan struct{})}
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+
+	seed, err := config.LoadSeed(cfg.Interface.SeedFile)
+	if err != nil {
+		return nil, err
+	}
+	key, created, err := config.LoadOrCreateKey(cfg.Interface.KeyFile)
+	if err != nil {
+		return nil, err
+	}
+	if created {
+		log.Info("created node key", "file", cfg.Interface.KeyFile)
+	}
+
+	if opts.Device != nil {
+		t.dev = opts.Device
+	} else {
+		t.dev, err = tun.Create(cfg.Interface.Name, cfg.Interface.MTU)
+		if err != nil {
+			return nil, err
+		}
+	}
+	undo = append(undo, func() { _ = t.dev.Close() })
+	go func() {
+		for range t.dev.Events() {
+		}
+	}()
+
+	var fwmark uint32
+	if cfg.Interface.ExitPeer != "" {
+		fwmark = cfg.Interface.FwMark
+	}
+	t.node, err = stt.New(stt.Config{
+		Seed:       seed,
+		PrivateKey: key,
+		Name:       cfg.Interface.NodeName,
+		ListenPort: uint16(cfg.Interface.ListenPort),
+		FwMark:     fwmark,
+		Logger:     log,
+		Handler:    t,
+		Timers: stt.Timers{
+			RekeyAfterTime:     cfg.Advanced.RekeyAfter,
+			RekeyAfterMessages: cfg.Advanced.RekeyAfterMessages,
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := t.node.Start(); err != nil {
+		return nil, err
+	}
+	undo = append(undo, func() { _ = t.node.Close() })
+
+	table := new(bart.Table[*peer])
+	var routes []netip.Prefix
+	for i := range cfg.Peers {
+		pc := cfg.Peers[i]
+		p := &peer{cfg: pc}
+		p.sp, err = t.node.AddPeer(stt.PeerConfig{
+			Name:                pc.Name,
+			Endpoint:            pc.Endpoint,
+			PublicKey:           pc.PublicKey,
+			PersistentKeepalive: pc.PersistentKeepalive,
+			Tag:                 p,
+		})
+		if err != nil {
+			return nil, err
+		}
+		for _, pfx := range pc.AllowedPrefixes {
+			table.Insert(pfx, p)
+			if pc.Route && pfx.Bits() != 0 {
+				routes = append(routes, pfx)
+			}
+		}
+		t.peers = append(t.peers, p)
+	}
+	t.table.Store(table)
+
+	if opts.Device == nil {
+		t.route, err = routing.Apply(routing.Spec{
+			Link:       cfg.Interface.Name,
+			MTU:        cfg.Interface.MTU,
+			Addresses:  cfg.Interface.Addresses,
+			Routes:     routes,
+			FullTunnel: cfg.Interface.ExitPeer != "",
+			FwMark:     cfg.Interface.FwMark,
+			Table:      cfg.Interface.Table,
+			Forwarding: cfg.Forwarding.Enabled,
+			Masquerade: cfg.Forwarding.Masquerade,
+			StateDir:   opts.StateDir,
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+
+	t.pumpsDone.Add(1)
+	go t.readLoop()
+	log.Info("tunnel up", "interface", cfg.Interface.Name, "port", t.node.Port(), "peers", len(t.peers))
+	return t, nil
+}
+
+// Node exposes the STT node, for status and tests.
+func (t *Tunnel) Node() *stt.Node { return t.node }
+
+// Done is closed when the tunnel stops by itself (a fatal error) or after Close.
+func (t *Tunnel) Done() <-chan struct{} { return t.done }
+
+// Err reports why the tunnel stopped, nil after a clean Close.
+func (t *Tunnel) Err() error {
+	if e := t.stopReason.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
+
+// fail stops the tunnel because of err.
+func (t *Tunnel) fail(err error) {
+	t.failOnce.Do(func() {
+		t.stopReason.Store(&err)
+		t.log.Error("tunnel failed", "err", err)
+		go t.Close()
+	})
+}
+
+// Close stops the tunnel and undoes every change it made to the system.
+func (t *Tunnel) Close() error {
+	var errs []error
+	t.closeOnce.Do(func() {
+		if err := t.node.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close node: %w", err))
+		}
+		if err := t.dev.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close tun: %w", err))
+		}
+		t.pumpsDone.Wait()
+		if t.route != nil {
+			if err := t.route.Undo(); err != nil {
+				errs = append(errs, fmt.Errorf("undo routing: %w", err))
+			}
+		}
+		close(t.done)
+	})
+	return errors.Join(errs...)
+}
+
+// readLoop carries packets from the TUN device to peers until the device closes.
+func (t *Tunnel) readLoop() {
+	defer t.pumpsDone.Done()
+	batch := t.dev.BatchSize()
+	bufs := make([][]byte, batch)
+	for i := range bufs {
+		bufs[i] = make([]byte, stt.BufferSize)
+	}
+	sizes := make([]int, batch)
+	pkts := make([][]byte, 0, batch)
+	flows := make([]uint16, 0, batch)
+	var fails int
+	for {
+		n, err := t.dev.Read(bufs, sizes, stt.Headroom)
+		if err != nil && !errors.Is(err, tun.ErrTooManySegments) {
+			if errors.Is(err, os.ErrClosed) || t.closing() {
+				return
+			}
+			fails++
+			t.tunErrors.Add(1)
+			if fails > 50 {
+				t.fail(fmt.Errorf("read from tun: %w", err))
+				return
+			}
+			time.Sleep(10 * time.Millisecond) // a failing device must not spin the CPU
+			continue
+		}
+		fails = 0
+		table := t.table.Load()
+		var cur *peer
+		for i := 0; i < n; i++ {
+			pkt := bufs[i][stt.Headroom : stt.Headroom+sizes[i]]
+			dst, ok := dstAddr(pkt)
+			if !ok {
+				t.malformed.Add(1)
+				continue
+			}
+			p, ok := table.Lookup(dst)
+			if !ok {
+				t.noRoute.Add(1)
+				continue
+			}
+			if p != cur && len(pkts) > 0 {
+				_ = cur.sp.Send(pkts, flows)
+				pkts, flows = pkts[:0], flows[:0]
+			}
+			cur = p
+			pkts = append(pkts, bufs[i][stt.Headroom-wire.HeaderLen:stt.Headroom+sizes[i]])
+			flows = append(flows, flowHash(pkt))
+		}
+		if len(pkts) > 0 {
+			_ = cur.sp.Send(pkts, flows)
+			pkts, flows = pkts[:0], flows[:0]
+		}
+	}
+}
+
+func (t *Tunnel) closing() bool {
+	select {
+	case <-t.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// maxWriteCap bounds the capacity of a buffer handed to the TUN device's Write, whose
+// coalescing would otherwise build packets longer than IP allows (see package tun).
+const maxWriteCap = 2*stt.Headroom + tun.MaxPacketSize
+
+// Deliver writes authenticated packets to the TUN device, after checking that each
+// one's source address is inside the prefixes its peer may send from.
+func (t *Tunnel) Deliver(in *stt.Inbound) {
+	table := t.table.Load()
+	out := in.Scratch[:0]
+	for i := 0; i < in.N; i++ {
+		end := stt.Headroom + in.Sizes[i]
+		pkt := in.Bufs[i][stt.Headroom:end]
+		src, ok := srcAddr(pkt)
+		if !ok {
+			t.malformed.Add(1)
+			continue
+		}
+		p, ok := table.Lookup(src)
+		if !ok || p.sp != in.Peers[i] {
+			t.srcDenied.Add(1)
+			continue
+		}
+		out = append(out, in.Bufs[i][:end:min(cap(in.Bufs[i]), maxWriteCap)])
+	}
+	if len(out) == 0 {
+		return
+	}
+	if _, err := t.dev.Write(out, stt.Headroom); err != nil {
+		t.tunErrors.Add(1)
+		t.log.Debug("write to tun", "err", err)
+	}
+}
+
+// Counters are the tunnel layer's own drop counters.
+type Counters struct {
+	NoRoute      uint64 // outbound packets whose destination no peer serves
+	SourceDenied uint64 // inbound packets from outside the sending peer's prefixes
+	Malformed    uint64 // packets that are neither IPv4 nor IPv6
+	TunErrors    uint64
+}
+
+// Counters returns the tunnel's counters.
+func (t *Tunnel) Counters() Counters {
+	return Counters{
+		NoRoute: t.noRoute.Load(), SourceDenied: t.srcDenied.Load(),
+		Malformed: t.malformed.Load(), TunErrors: t.tunErrors.Load(),
+	}
+}
+
+// Status reports the tunnel's current state.
+func (t *Tunnel) Status() Status {
+	pub := t.node.PublicKey()
+	st := Status{
+		Interface:  t.cfg.Interface.Name,
+		NodeName:   t.cfg.Interface.NodeName,
+		PublicKey:  config.EncodeKey(pub),
+		ListenPort: int(t.node.Port()),
+		MTU:        t.cfg.Interface.MTU,
+	}
+	for _, a := range t.cfg.Interface.Addresses {
+		st.Addresses = append(st.Addresses, a.String())
+	}
+	for _, p := range t.peers {
+		ps := PeerStatus{Name: p.cfg.Name, Path: "none"}
+		if k, ok := p.sp.PublicKey(); ok {
+			ps.PublicKey = config.EncodeKey(k)
+		}
+		if ep := p.sp.Endpoint(); ep.IsValid() {
+			ps.Endpoint = ep.String()
+		}
+		if p.sp.HasSession() {
+			ps.Path = "udp"
+		}
+		for _, pfx := range p.cfg.AllowedPrefixes {
+			ps.AllowedPrefixes = append(ps.AllowedPrefixes, pfx.String())
+		}
+		ps.LastHandshake = p.sp.LastHandshake()
+		ps.RTT = float64(p.sp.RTT().Microseconds()) / 1000
+		s := p.sp.Stats()
+		ps.TxBytes, ps.RxBytes, ps.TxPackets, ps.RxPackets, ps.Drops = s.TxBytes, s.RxBytes, s.TxPackets, s.RxPackets, s.Drops
+		st.Peers = append(st.Peers, ps)
+	}
+	return st
+}

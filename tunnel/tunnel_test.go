@@ -1,0 +1,156 @@
+package tunnel
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stt-tun/stt-tun/config"
+	"github.com/stt-tun/stt-tun/tun"
+)
+
+func writeSecret(t *testing.T, dir, name string, k [32]byte) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(config.EncodeKey(k)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+type memNode struct {
+	t   *Tunnel
+	dev *tun.Mem
+}
+
+// startMem starts a tunnel on an in-memory device listening on loopback.
+func startMem(t *testing.T, seedFile, name string, addr string, peers []config.Peer) *memNode {
+	t.Helper()
+	dir := t.TempDir()
+	key, _ := config.GenerateKey()
+	cfg := &config.Config{
+		Interface: config.Interface{
+			Name: "mem-" + name, NodeName: name,
+			Addresses: []netip.Prefix{netip.MustParsePrefix(addr)},
+			MTU:       1420, SeedFile: seedFile,
+			KeyFile: writeSecret(t, dir, name+".key", key),
+		},
+		Peers: peers,
+	}
+	dev := tun.NewMem(cfg.Interface.Name, 1420, 16)
+	tu, err := Start(context.Background(), cfg, Options{Device: dev})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tu.Close() })
+	return &memNode{t: tu, dev: dev}
+}
+
+// ipv4UDP builds an IPv4/UDP packet; checksums are irrelevant to the tunnel.
+func ipv4UDP(src, dst string, sport, dport uint16, payload []byte) []byte {
+	s, d := netip.MustParseAddr(src).As4(), netip.MustParseAddr(dst).As4()
+	p := make([]byte, 28+len(payload))
+	p[0] = 0x45
+	binary.BigEndian.PutUint16(p[2:], uint16(len(p)))
+	p[8] = 64
+	p[9] = protoUDP
+	copy(p[12:], s[:])
+	copy(p[16:], d[:])
+	binary.BigEndian.PutUint16(p[20:], sport)
+	binary.BigEndian.PutUint16(p[22:], dport)
+	binary.BigEndian.PutUint16(p[24:], uint16(8+len(payload)))
+	copy(p[28:], payload)
+	return p
+}
+
+func memPair(t *testing.T) (a, b *memNode) {
+	seed, _ := config.GenerateSeed()
+	seedFile := writeSecret(t, t.TempDir(), "seed", seed)
+	b = startMem(t, seedFile, "b", "10.9.0.2/24", []config.Peer{{
+		Name: "a", AllowedPrefixes: []netip.Prefix{netip.MustParsePrefix("10.9.0.1/32")},
+	}})
+	a = startMem(t, seedFile, "a", "10.9.0.1/24", []config.Peer{{
+		Name:            "b",
+		Endpoint:        fmt.Sprintf("127.0.0.1:%d", b.t.Node().Port()),
+		AllowedPrefixes: []netip.Prefix{netip.MustParsePrefix("10.9.0.2/32"), netip.MustParsePrefix("192.168.77.0/24")},
+	}})
+	return a, b
+}
+
+func expectPacket(t *testing.T, dev *tun.Mem, want []byte) {
+	t.Helper()
+	select {
+	case got := <-dev.Written():
+		if !bytes.Equal(got, want) {
+			t.Fatalf("packet differs:\n got %x\nwant %x", got, want)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("packet did not arrive")
+	}
+}
+
+func TestPacketsCrossTheTunnelBothWays(t *testing.T) {
+	a, b := memPair(t)
+	out := ipv4UDP("10.9.0.1", "10.9.0.2", 1000, 2000, []byte("ping through the tunnel"))
+	a.dev.Inject(out)
+	expectPacket(t, b.dev, out)
+	back := ipv4UDP("10.9.0.2", "10.9.0.1", 2000, 1000, []byte("and back"))
+	b.dev.Inject(back)
+	expectPacket(t, a.dev, back)
+	// A subnet behind b is reachable through b.
+	lan := ipv4UDP("10.9.0.1", "192.168.77.5", 1000, 53, []byte("to the lan"))
+	a.dev.Inject(lan)
+	expectPacket(t, b.dev, lan)
+}
+
+func TestSpoofedSourceNeverReachesTun(t *testing.T) {
+	a, b := memPair(t)
+	// Establish the session and learn the path.
+	hello := ipv4UDP("10.9.0.1", "10.9.0.2", 1, 2, []byte("hi"))
+	a.dev.Inject(hello)
+	expectPacket(t, b.dev, hello)
+	// b sends with a source that a allows only from... nobody (10.9.0.77), and one
+	// from a prefix that belongs to b itself; only the second may arrive.
+	spoofed := ipv4UDP("10.9.0.77", "10.9.0.1", 2, 1, []byte("spoofed"))
+	good := ipv4UDP("10.9.0.2", "10.9.0.1", 2, 1, []byte("genuine"))
+	b.dev.Inject(spoofed, good)
+	expectPacket(t, a.dev, good)
+	if got := a.t.Counters().SourceDenied; got != 1 {
+		t.Fatalf("source-denied counter %d, want 1", got)
+	}
+	select {
+	case p := <-a.dev.Written():
+		t.Fatalf("unexpected packet reached the tun: %x", p)
+	default:
+	}
+}
+
+func TestNoRouteCounted(t *testing.T) {
+	a, _ := memPair(t)
+	a.dev.Inject(ipv4UDP("10.9.0.1", "172.31.0.1", 1, 2, []byte("nowhere")))
+	deadline := time.Now().Add(5 * time.Second)
+	for a.t.Counters().NoRoute != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("no-route packet not counted")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestFlowHashKeepsFlowOnOneStream(t *testing.T) {
+	p1 := ipv4UDP("10.0.0.1", "10.0.0.2", 1111, 2222, []byte("a"))
+	p2 := ipv4UDP("10.0.0.1", "10.0.0.2", 1111, 2222, []byte("different payload, same flow"))
+	p3 := ipv4UDP("10.0.0.1", "10.0.0.2", 1112, 2222, []byte("a"))
+	if flowHash(p1) != flowHash(p2) {
+		t.Fatal("one flow hashed to two values")
+	}
+	if flowHash(p1) == flowHash(p3) {
+		t.Fatal("different ports hashed alike (possible, but not for these inputs)")
+	}
+}
