@@ -1,0 +1,114 @@
+package tun
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+	wgtun "golang.zx2c4.com/wireguard/tun"
+)
+
+const cloneDevicePath = "/dev/net/tun"
+
+// Create creates the TUN interface name (the kernel picks tunN for "") with
+// the given MTU, in the network namespace of the calling OS thread, with TSO
+// and GRO on where the kernel supports them. The interface is left down and
+// without addresses; it disappears when the Device is closed.
+//
+// It performs the same open and TUNSETIFF as wireguard's CreateTUN, but closes
+// the descriptor on every failure, which CreateTUN does not.
+func Create(name string, mtu int) (Device, error) {
+	if mtu < MinMTU || mtu > MaxMTU {
+		return nil, fmt.Errorf("create tun %s: mtu %d outside [%d, %d]", name, mtu, MinMTU, MaxMTU)
+	}
+	if len(name) >= unix.IFNAMSIZ {
+		return nil, fmt.Errorf("create tun %s: name longer than %d bytes", name, unix.IFNAMSIZ-1)
+	}
+	fd, err := unix.Open(cloneDevicePath, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("create tun %s: open %s: %w", name, cloneDevicePath, err)
+	}
+	ifr, err := unix.NewIfreq(name)
+	if err == nil {
+		// IFF_VNET_HDR asks for offloads; wireguard/tun then enables
+		// TSO/USO with TUNSETOFFLOAD and sizes batches to 128.
+		ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+		err = unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr)
+	}
+	if err == nil {
+		// Non-blocking before os.NewFile, so the runtime poller owns it and
+		// Close can interrupt a blocked Read.
+		err = unix.SetNonblock(fd, true)
+	}
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("create tun %s: %w", name, err)
+	}
+	f := os.NewFile(uintptr(fd), cloneDevicePath)
+	dev, err := wgtun.CreateTUNFromFile(f, mtu)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("create tun %s: %w", name, err)
+	}
+	return &device{Device: dev}, nil
+}
+
+// device makes every Read and Write that fails once Close has begun report
+// os.ErrClosed. Upstream may otherwise hand the Read that Close interrupts its
+// netlink listener's shutdown error ("netlink socket closed: ...") instead.
+type device struct {
+	wgtun.Device
+	closed atomic.Bool
+}
+
+func (d *device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	n, err := d.Device.Read(bufs, sizes, offset)
+	return n, d.closedErr(err)
+}
+
+func (d *device) Write(bufs [][]byte, offset int) (int, error) {
+	n, err := d.Device.Write(bufs, offset)
+	return n, d.closedErr(err)
+}
+
+func (d *device) Close() error {
+	d.closed.Store(true)
+	return d.Device.Close()
+}
+
+func (d *device) closedErr(err error) error {
+	if err != nil && d.closed.Load() && !errors.Is(err, os.ErrClosed) {
+		return fmt.Errorf("%w (%v)", os.ErrClosed, err)
+	}
+	return err
+}
+
+// Offloads reports whether d exchanges virtio-net headers with the kernel,
+// which is what enables TSO and GRO (and USO/UDP GRO on Linux ≥ 6.2) on it.
+// Devices without a file, such as Mem, have none.
+func Offloads(d Device) bool {
+	f := d.File()
+	if f == nil {
+		return false
+	}
+	sc, err := f.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var flags uint16
+	cerr := sc.Control(func(fd uintptr) {
+		var ifr *unix.Ifreq
+		if ifr, err = unix.NewIfreq(""); err != nil {
+			return
+		}
+		if err = unix.IoctlIfreq(int(fd), unix.TUNGETIFF, ifr); err == nil {
+			flags = ifr.Uint16()
+		}
+	})
+	if err := errors.Join(cerr, err); err != nil {
+		return false
+	}
+	return flags&unix.IFF_VNET_HDR != 0
+}
