@@ -104,6 +104,7 @@ type nodeOpts struct {
 	timers  Timers
 	noAES   bool
 	loadThr int
+	handler Handler // nil = a collector
 }
 
 func randKey(t testing.TB) [32]byte {
@@ -121,10 +122,14 @@ func startNode(t testing.TB, o nodeOpts) *testNode {
 		key = *o.key
 	}
 	h := newCollector()
+	var handler Handler = h
+	if o.handler != nil {
+		handler = o.handler
+	}
 	b := &captureBind{Bind: conn.NewStdNetBind()}
 	n, err := New(Config{
 		Seed: o.seed, PrivateKey: key, Name: o.name, ListenPort: o.port,
-		Handler: h, Bind: b, Timers: o.timers, DisableAES: o.noAES,
+		Handler: handler, Bind: b, Timers: o.timers, DisableAES: o.noAES,
 		HandshakeLoadThreshold: o.loadThr,
 	})
 	if err != nil {
