@@ -215,7 +215,9 @@ func benchSealOpen(b *testing.B, c wire.CipherID, open bool) {
 	}
 }
 
-func BenchmarkSealChaCha20Poly1305(b *testing.B) { benchSealOpen(b, wire.CipherChaCha20Poly1305, false) }
+func BenchmarkSealChaCha20Poly1305(b *testing.B) {
+	benchSealOpen(b, wire.CipherChaCha20Poly1305, false)
+}
 func BenchmarkOpenChaCha20Poly1305(b *testing.B) { benchSealOpen(b, wire.CipherChaCha20Poly1305, true) }
 func BenchmarkSealAES256GCM(b *testing.B)        { benchSealOpen(b, wire.CipherAES256GCM, false) }
 func BenchmarkOpenAES256GCM(b *testing.B)        { benchSealOpen(b, wire.CipherAES256GCM, true) }
