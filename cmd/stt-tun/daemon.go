@@ -1,0 +1,171 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os/signal"
+	"sync"
+	"syscall"
+
+	"github.com/stt-tun/stt-tun/config"
+	"github.com/stt-tun/stt-tun/internal/ctl"
+	"github.com/stt-tun/stt-tun/tunnel"
+)
+
+// daemonTunnel is the part of *tunnel.Tunnel the daemon drives; tests supply a fake.
+type daemonTunnel interface {
+	Status() tunnel.Status
+	Done() <-chan struct{}
+	Err() error
+	Close() error
+}
+
+type daemonOptions struct {
+	stateDir string
+	level    slog.Level
+	ready    *readiness
+}
+
+// runDaemon runs one interface until SIGTERM or SIGINT, a down request on its control
+// socket, or a fatal tunnel error; then it closes the tunnel, which undoes its routing.
+// It reports readiness once the tunnel is up and the control socket answers.
+func runDaemon(ctx context.Context, e *env, cfg *config.Config, opts daemonOptions) error {
+	name := cfg.Interface.Name
+	log := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: opts.level})).
+		With("interface", name)
+
+	sigCtx, stopSignals := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stopSignals()
+
+	srv, err := ctl.Listen(opts.stateDir, name, log)
+	if errors.Is(err, ctl.ErrRunning) {
+		return fmt.Errorf("%s is already up (see 'stt-tun status %s')", name, name)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+
+	// Serve from the start, so that status shows a starting interface and down can
+	// abort a start that hangs (say, resolving a peer's name).
+	startCtx, cancelStart := context.WithCancel(sigCtx)
+	defer cancelStart()
+	d := &daemon{
+		starting: tunnel.Status{Interface: name, NodeName: cfg.Interface.NodeName},
+		shutdown: make(chan struct{}),
+		cancel:   cancelStart,
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(d) }()
+
+	log.Info("starting", "config", cfg.Path, "version", versionString())
+	t, err := e.start(startCtx, cfg, tunnel.Options{Logger: log, StateDir: opts.stateDir})
+	if err != nil {
+		srv.Close()
+		switch {
+		case d.stopRequested():
+			return fmt.Errorf("%s: start aborted by 'stt-tun down': %w", name, err)
+		case sigCtx.Err() != nil && ctx.Err() == nil:
+			return fmt.Errorf("%s: start interrupted by a signal: %w", name, err)
+		}
+		return fmt.Errorf("start %s: %w", name, err)
+	}
+	d.started(t)
+	opts.ready.ok()
+	log.Info("up", "control", srv.Path())
+
+	var runErr error
+	select {
+	case <-sigCtx.Done():
+		stopSignals() // a second signal ends the process the hard way
+		log.Info("stopping on signal")
+	case <-d.shutdown:
+		log.Info("stopping on request")
+	case <-t.Done():
+		if sigCtx.Err() == nil {
+			runErr = t.Err()
+			if runErr != nil {
+				log.Error("tunnel failed", "err", runErr)
+				runErr = fmt.Errorf("%s stopped: %w", name, runErr)
+			}
+		}
+	case err := <-served:
+		// Without its control socket the daemon could not be managed: stop rather than
+		// linger unreachable.
+		runErr = fmt.Errorf("%s: %w", name, err)
+		log.Error("control socket failed", "err", err)
+	}
+
+	closeErr := t.Close()
+	if closeErr != nil {
+		closeErr = fmt.Errorf("close %s: %w", name, closeErr)
+		log.Error("close", "err", closeErr)
+	}
+	if err := srv.CloseWithError(closeErr); err != nil {
+		log.Warn("control socket", "err", err)
+	}
+	if runErr == nil && closeErr == nil {
+		log.Info("down")
+	}
+	return errors.Join(runErr, closeErr)
+}
+
+// daemon is what the control socket sees of a running interface.
+type daemon struct {
+	starting tunnel.Status      // what status shows until the tunnel is up
+	cancel   context.CancelFunc // aborts a start in progress
+	once     sync.Once
+	shutdown chan struct{} // closed by a down request
+
+	mu     sync.Mutex
+	tunnel daemonTunnel // nil while starting
+}
+
+func (d *daemon) started(t daemonTunnel) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.tunnel = t
+}
+
+// Status reports the tunnel's status, or only its name while it starts.
+func (d *daemon) Status() tunnel.Status {
+	d.mu.Lock()
+	t := d.tunnel
+	d.mu.Unlock()
+	if t == nil {
+		return d.starting
+	}
+	return t.Status()
+}
+
+// Shutdown asks runDaemon to stop, aborting a start in progress.
+func (d *daemon) Shutdown() {
+	d.once.Do(func() {
+		close(d.shutdown)
+		d.mu.Lock()
+		up := d.tunnel != nil
+		d.mu.Unlock()
+		if !up {
+			d.cancel()
+		}
+	})
+}
+
+func (d *daemon) stopRequested() bool {
+	select {
+	case <-d.shutdown:
+		return true
+	default:
+		return false
+	}
+}
+
+// parseLevel parses --log-level.
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, usageError("up: --log-level %q: want debug, info, warn or error", s)
+	}
+	return l, nil
+}

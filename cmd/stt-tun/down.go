@@ -1,0 +1,103 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/stt-tun/stt-tun/config"
+	"github.com/stt-tun/stt-tun/internal/ctl"
+)
+
+func downCommand(e *env) *cli.Command {
+	return &cli.Command{
+		Name:      "down",
+		Usage:     "take an interface down",
+		UsageText: "stt-tun down NAME\n   stt-tun down -c FILE",
+		Description: `NAME is the interface name (or the NAME given to 'up', if its configuration
+names the interface differently). down asks the interface's daemon to stop, and
+returns once the tunnel is closed and its routes, rules and addresses are undone.
+
+If the daemon is gone (killed) but left its routing journal behind, down undoes the
+routing from the journal instead, and says so.
+
+Examples:
+   stt-tun down alpha
+   stt-tun down -c ./lab/alpha.toml`,
+		Flags: []cli.Flag{
+			configFlag(),
+			timeoutFlag(30 * time.Second),
+		},
+		Action: func(c *cli.Context) error { return down(c, e) },
+	}
+}
+
+func down(c *cli.Context, e *env) error {
+	link, err := linkName(c, "down")
+	if err != nil {
+		return err
+	}
+	dir := stateDir(c)
+	ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout"))
+	defer cancel()
+	err = ctl.Down(ctx, ctl.SocketPath(dir, link))
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ctl.ErrNotRunning), errors.Is(err, ctl.ErrNoConfirmation):
+		return undoLeftovers(e, dir, link, err)
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("%s: the daemon did not finish stopping within %v", link, c.Duration("timeout"))
+	default:
+		return fmt.Errorf("down %s: %w", link, err)
+	}
+}
+
+// undoLeftovers cleans up after a daemon that died without undoing its routing.
+func undoLeftovers(e *env, dir, link string, downErr error) error {
+	err := e.undo(dir, link)
+	if errors.Is(err, fs.ErrNotExist) {
+		_ = ctl.RemoveStale(dir, link)
+		if errors.Is(downErr, ctl.ErrNoConfirmation) {
+			return fmt.Errorf("%s: %w", link, downErr)
+		}
+		return fmt.Errorf("%s is not up", link)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: the daemon is gone; undo its routing from the journal: %w", link, err)
+	}
+	_ = ctl.RemoveStale(dir, link)
+	fmt.Fprintf(e.stderr, "stt-tun: %s: the daemon was gone (killed?); undid its routing from the journal\n", link)
+	return nil
+}
+
+// linkName is the interface a down or status command is about: a bare NAME is taken as
+// the interface name, unless no daemon socket has that name and <config-dir>/NAME.toml
+// names a different interface; -c FILE, or a NAME that is a path, is read for its
+// interface name.
+func linkName(c *cli.Context, cmd string) (string, error) {
+	path, bare, err := configPath(c, cmd)
+	if err != nil {
+		return "", err
+	}
+	if !bare {
+		cfg, err := config.Load(path)
+		if err != nil {
+			return "", err
+		}
+		return cfg.Interface.Name, nil
+	}
+	name := c.Args().First()
+	if _, err := os.Lstat(ctl.SocketPath(stateDir(c), name)); err == nil {
+		return name, nil
+	}
+	if cfg, err := config.Load(path); err == nil && cfg.Interface.Name != "" {
+		return cfg.Interface.Name, nil
+	}
+	return name, nil
+}

@@ -1,0 +1,105 @@
+// Command stt-tun brings up, takes down and inspects stt-tun interfaces, and makes the
+// keys and seeds they use. It only turns flags and configuration into calls to the
+// tunnel, routing and config packages; see `stt-tun --help`.
+//
+// Exit status: 0 on success, 1 on a runtime error and 2 on a usage error, each error
+// reported as one line on stderr beginning "stt-tun: ".
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"runtime/debug"
+	"strings"
+
+	"github.com/stt-tun/stt-tun/config"
+	"github.com/stt-tun/stt-tun/routing"
+	"github.com/stt-tun/stt-tun/tunnel"
+)
+
+// version is set at build time: -ldflags '-X main.version=...'.
+var version = ""
+
+func main() {
+	os.Exit(run(context.Background(), os.Args, defaultEnv()))
+}
+
+// env is what the commands need from the outside world, so that tests can supply it.
+type env struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	// exe is the program the daemon is started from; /proc/self/exe is this very binary
+	// even if the file was replaced by an upgrade since.
+	exe string
+	// start brings a tunnel up; tunnel.Start outside tests.
+	start func(context.Context, *config.Config, tunnel.Options) (daemonTunnel, error)
+	// undo reverts the routing changes of a daemon that died; routing.UndoFromState
+	// outside tests.
+	undo func(stateDir, link string) error
+}
+
+func defaultEnv() *env {
+	return &env{
+		stdin:  os.Stdin,
+		stdout: os.Stdout,
+		stderr: os.Stderr,
+		exe:    "/proc/self/exe",
+		start: func(ctx context.Context, cfg *config.Config, opts tunnel.Options) (daemonTunnel, error) {
+			return tunnel.Start(ctx, cfg, opts)
+		},
+		undo: routing.UndoFromState,
+	}
+}
+
+// run runs the command line args (args[0] is the program name) and returns the exit status.
+func run(ctx context.Context, args []string, e *env) int {
+	err := newApp(e).RunContext(ctx, args)
+	if err == nil {
+		return 0
+	}
+	msg := oneLine(err.Error())
+	if errors.Is(err, fs.ErrPermission) && os.Geteuid() != 0 {
+		msg += " (stt-tun needs root)"
+	}
+	fmt.Fprintf(e.stderr, "stt-tun: %s\n", msg)
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	return 1
+}
+
+// exitError carries an exit status other than 1.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+// usageError is a mistake on the command line: exit status 2.
+func usageError(format string, args ...any) error {
+	return &exitError{code: 2, err: fmt.Errorf(format, args...)}
+}
+
+// oneLine keeps an error message to a single line, whatever its source.
+func oneLine(s string) string {
+	s = strings.TrimSpace(s)
+	return strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", "; ")), " ")
+}
+
+// versionString is the build's version: the linker-set one, else the module's, else "dev".
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}

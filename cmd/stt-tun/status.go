@@ -1,0 +1,222 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/stt-tun/stt-tun/internal/ctl"
+	"github.com/stt-tun/stt-tun/tunnel"
+)
+
+func statusCommand(e *env) *cli.Command {
+	return &cli.Command{
+		Name:      "status",
+		Usage:     "show running interfaces and their peers",
+		UsageText: "stt-tun status [--json] [NAME]",
+		Description: `Without NAME, shows every interface that has a daemon; with NAME, only that one.
+--json prints tunnel status objects: an array without NAME, one object with NAME.
+
+Examples:
+   stt-tun status
+   stt-tun status alpha
+   stt-tun status --json | jq '.[].peers[] | {name, rx_bytes}'`,
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
+			timeoutFlag(5 * time.Second),
+		},
+		Action: func(c *cli.Context) error { return status(c, e) },
+	}
+}
+
+func status(c *cli.Context, e *env) error {
+	dir := stateDir(c)
+	ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout"))
+	defer cancel()
+
+	if c.Args().Present() {
+		link, err := linkName(c, "status")
+		if err != nil {
+			return err
+		}
+		st, err := ctl.Status(ctx, ctl.SocketPath(dir, link))
+		if errors.Is(err, ctl.ErrNotRunning) {
+			return fmt.Errorf("%s is not up", link)
+		}
+		if err != nil {
+			return fmt.Errorf("status %s: %w", link, err)
+		}
+		if c.Bool("json") {
+			return writeJSON(e.stdout, st)
+		}
+		return renderStatus(e.stdout, []tunnel.Status{st}, time.Now())
+	}
+
+	names, err := ctl.List(dir)
+	if err != nil {
+		return err
+	}
+	all := []tunnel.Status{}
+	var failed []string
+	for _, name := range names {
+		st, err := ctl.Status(ctx, ctl.SocketPath(dir, name))
+		if errors.Is(err, ctl.ErrNotRunning) {
+			continue // left behind by a killed daemon; `down` cleans it up
+		}
+		if err != nil {
+			failed = append(failed, fmt.Sprintf("%s: %v", name, err))
+			continue
+		}
+		all = append(all, st)
+	}
+	if c.Bool("json") {
+		err = writeJSON(e.stdout, all)
+	} else {
+		err = renderStatus(e.stdout, all, time.Now())
+	}
+	if err != nil {
+		return err
+	}
+	if len(failed) > 0 {
+		return errors.New(strings.Join(failed, "; "))
+	}
+	return nil
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
+		return fmt.Errorf("write status: %w", err)
+	}
+	return nil
+}
+
+// renderStatus writes a human-readable view of each interface and its peers, relative
+// to now.
+func renderStatus(w io.Writer, all []tunnel.Status, now time.Time) error {
+	var b strings.Builder
+	for i, st := range all {
+		if i > 0 {
+			b.WriteString("\n")
+		}
+		fmt.Fprintf(&b, "interface: %s\n", st.Interface)
+		fmt.Fprintf(&b, "  node name: %s\n", orDash(st.NodeName))
+		fmt.Fprintf(&b, "  public key: %s\n", orDash(st.PublicKey))
+		fmt.Fprintf(&b, "  listening port: %d\n", st.ListenPort)
+		fmt.Fprintf(&b, "  mtu: %d\n", st.MTU)
+		fmt.Fprintf(&b, "  addresses: %s\n", orDash(strings.Join(st.Addresses, ", ")))
+		if len(st.Peers) == 0 {
+			b.WriteString("  peers: none\n")
+			continue
+		}
+		b.WriteString("\n")
+		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "  PEER\tPATH\tHANDSHAKE\tRTT\tTX\tRX\tDROPS\tALLOWED")
+		for _, p := range st.Peers {
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n",
+				p.Name,
+				peerPath(p),
+				ago(p.LastHandshake, now),
+				rtt(p.RTT),
+				traffic(p.TxBytes, p.TxPackets),
+				traffic(p.RxBytes, p.RxPackets),
+				p.Drops,
+				orDash(strings.Join(p.AllowedPrefixes, ",")),
+			)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	if _, err := io.WriteString(w, b.String()); err != nil {
+		return fmt.Errorf("write status: %w", err)
+	}
+	return nil
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// peerPath is the transport and the underlay address, as "udp 192.0.2.7:51820".
+func peerPath(p tunnel.PeerStatus) string {
+	path := orDash(p.Path)
+	if p.Endpoint != "" {
+		path += " " + p.Endpoint
+	}
+	return path
+}
+
+// ago is how long before now t was, to the two largest units: "12s ago", "3m 4s ago".
+func ago(t, now time.Time) string {
+	if t.IsZero() {
+		return "never"
+	}
+	d := now.Sub(t)
+	if d < time.Second {
+		return "now"
+	}
+	s := int64(d / time.Second)
+	const (
+		minute = 60
+		hour   = 60 * minute
+		day    = 24 * hour
+	)
+	switch {
+	case s < minute:
+		return fmt.Sprintf("%ds ago", s)
+	case s < hour:
+		return fmt.Sprintf("%dm %ds ago", s/minute, s%minute)
+	case s < day:
+		return fmt.Sprintf("%dh %dm ago", s/hour, s%hour/minute)
+	default:
+		return fmt.Sprintf("%dd %dh ago", s/day, s%day/hour)
+	}
+}
+
+func rtt(ms float64) string {
+	switch {
+	case ms <= 0:
+		return "-"
+	case ms < 10:
+		return fmt.Sprintf("%.2f ms", ms)
+	case ms < 100:
+		return fmt.Sprintf("%.1f ms", ms)
+	default:
+		return fmt.Sprintf("%.0f ms", ms)
+	}
+}
+
+// traffic is bytes in binary units and the packet count: "1.50 MiB (1200 pkts)".
+func traffic(bytes, packets uint64) string {
+	unit := "pkts"
+	if packets == 1 {
+		unit = "pkt"
+	}
+	return fmt.Sprintf("%s (%d %s)", humanBytes(bytes), packets, unit)
+}
+
+func humanBytes(n uint64) string {
+	if n < 1024 {
+		return fmt.Sprintf("%d B", n)
+	}
+	v := float64(n)
+	for _, u := range []string{"KiB", "MiB", "GiB", "TiB", "PiB"} {
+		v /= 1024
+		if v < 1024 {
+			return fmt.Sprintf("%.2f %s", v, u)
+		}
+	}
+	return fmt.Sprintf("%.2f EiB", v/1024)
+}

@@ -1,0 +1,351 @@
+package ctl
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/stt-tun/stt-tun/tunnel"
+)
+
+// Tunnel is what the control server needs from the daemon it serves.
+type Tunnel interface {
+	// Status reports the tunnel's current state.
+	Status() tunnel.Status
+	// Shutdown asks the daemon to stop. It must not block, and may be called more than
+	// once. The daemon then closes the tunnel and calls Server.CloseWithError.
+	Shutdown()
+}
+
+// Server is a daemon's control socket.
+type Server struct {
+	ln   *net.UnixListener
+	lock *os.File
+	path string
+	log  *slog.Logger
+
+	done chan struct{} // closed by CloseWithError
+	wg   sync.WaitGroup
+
+	mu      sync.Mutex
+	closed  bool
+	stopErr error                 // how the tunnel stopped, told to clients waiting in Down
+	conns   map[net.Conn]struct{} // connections not waiting for the end of a down request
+}
+
+// Listen claims the control socket of interface name in state directory dir and binds it,
+// without serving yet: clients that connect before Serve wait in the backlog. It creates
+// dir (0700) if needed and holds an exclusive lock on <dir>/<name>.lock until Close, so
+// two daemons never serve one interface; if another holds it, the error wraps ErrRunning.
+// A socket left behind by a daemon that died is replaced.
+func Listen(dir, name string, log *slog.Logger) (*Server, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if err := checkName(dir, name); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state directory: %w", err)
+	}
+	lock, err := tryLock(dir, name)
+	if err != nil {
+		return nil, err
+	}
+	path := SocketPath(dir, name)
+	ln, err := bindPrivate(dir, name, path)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	return &Server{
+		ln:    ln,
+		lock:  lock,
+		path:  path,
+		log:   log,
+		done:  make(chan struct{}),
+		conns: make(map[net.Conn]struct{}),
+	}, nil
+}
+
+// tryLock takes the interface's lock file without waiting. The lock file is never removed:
+// removing it would let two processes hold locks on two different files of one name.
+func tryLock(dir, name string) (*os.File, error) {
+	p := filepath.Join(dir, name+lockSuffix)
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%s: %w", name, ErrRunning)
+		}
+		return nil, fmt.Errorf("lock %s: %w", p, err)
+	}
+	return f, nil
+}
+
+// bindPrivate binds the socket under a temporary name, restricts it to its owner and only
+// then renames it into place, so that it is never reachable with the umask's mode.
+func bindPrivate(dir, name, path string) (*net.UnixListener, error) {
+	// Holding the lock, whatever socket is there belongs to a daemon that is gone.
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != os.ModeSocket {
+			return nil, fmt.Errorf("%s exists and is not a socket; not replacing it", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove stale socket: %w", err)
+		}
+	}
+	tmp := tempSocketPath(dir, name)
+	_ = os.Remove(tmp) // left over from a crashed process that had our pid
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("listen on control socket: %w", err)
+	}
+	ln.SetUnlinkOnClose(false) // the socket is renamed; Close removes it by its final name
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		ln.Close()
+		os.Remove(tmp)
+		return nil, fmt.Errorf("restrict control socket: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		ln.Close()
+		os.Remove(tmp)
+		return nil, fmt.Errorf("install control socket: %w", err)
+	}
+	return ln, nil
+}
+
+// Path is the socket's file name.
+func (s *Server) Path() string { return s.path }
+
+// Serve answers requests on behalf of t until CloseWithError. It returns nil after a
+// close, or the error that stopped accepting connections.
+func (s *Server) Serve(t Tunnel) error {
+	for {
+		conn, err := s.ln.Accept()
+		if err != nil {
+			if s.isClosed() {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("accept on control socket: %w", err)
+		}
+		if !s.track(conn) {
+			conn.Close()
+			return nil
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.handle(conn, t)
+		}()
+	}
+}
+
+func (s *Server) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+// track registers conn so that a close interrupts it; false if the server is closed.
+func (s *Server) track(conn net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.conns[conn] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(conn net.Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.conns, conn)
+}
+
+func (s *Server) handle(conn net.Conn, t Tunnel) {
+	defer conn.Close()
+	defer s.untrack(conn)
+	br := bufio.NewReader(conn)
+	for {
+		if err := conn.SetDeadline(time.Now().Add(IdleTimeout)); err != nil {
+			return
+		}
+		line, err := readLine(br, MaxRequestSize)
+		if errors.Is(err, errTooLarge) {
+			s.reply(conn, Response{Error: fmt.Sprintf("request larger than %d bytes", MaxRequestSize)})
+			return
+		}
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !s.isClosed() {
+				s.log.Debug("control connection", "err", err)
+			}
+			return
+		}
+		req, err := decodeRequest(line)
+		if err != nil {
+			s.reply(conn, Response{Error: err.Error()})
+			return
+		}
+		switch req.Op {
+		case OpStatus:
+			st := t.Status()
+			if !s.reply(conn, Response{OK: true, Status: &st}) {
+				return
+			}
+		case OpDown:
+			s.down(conn, t)
+			return
+		default:
+			if !s.reply(conn, Response{Error: fmt.Sprintf("unknown op %q", req.Op)}) {
+				return
+			}
+		}
+	}
+}
+
+// down acknowledges a down request, asks the daemon to stop and keeps the connection until
+// the daemon has closed the tunnel, so that the client learns when (and whether) it is done.
+func (s *Server) down(conn net.Conn, t Tunnel) {
+	s.untrack(conn) // a close must not cut this connection before the final word
+	if !s.reply(conn, Response{OK: true, PID: os.Getpid()}) {
+		return
+	}
+	s.log.Info("shutdown requested over the control socket")
+	t.Shutdown()
+	<-s.done
+	s.mu.Lock()
+	stopErr := s.stopErr
+	s.mu.Unlock()
+	if stopErr != nil {
+		s.reply(conn, Response{Error: stopErr.Error()})
+		return
+	}
+	s.reply(conn, Response{OK: true, Stopped: true})
+}
+
+// reply writes one response line; false if the connection is no longer usable.
+func (s *Server) reply(conn net.Conn, r Response) bool {
+	b, err := json.Marshal(r)
+	if err != nil {
+		b, _ = json.Marshal(Response{Error: fmt.Sprintf("encode response: %v", err)})
+	}
+	b = append(b, '\n')
+	if err := conn.SetWriteDeadline(time.Now().Add(IdleTimeout)); err != nil {
+		return false
+	}
+	if _, err := conn.Write(b); err != nil {
+		s.log.Debug("control reply", "err", err)
+		return false
+	}
+	return true
+}
+
+// Close is CloseWithError(nil).
+func (s *Server) Close() error { return s.CloseWithError(nil) }
+
+// CloseWithError stops serving: it tells every client waiting in a down request how the
+// tunnel stopped (stopErr; nil means cleanly), closes all connections, removes the socket
+// and releases the interface's lock. It waits for the connection handlers to finish, each
+// bounded by IdleTimeout. Later calls do nothing.
+func (s *Server) CloseWithError(stopErr error) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.stopErr = stopErr
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+
+	// Give up the socket and the lock before the final word to clients waiting in Down,
+	// so that an `up` right after `down` finds the interface free.
+	err := s.ln.Close()
+	if rmErr := os.Remove(s.path); rmErr != nil && !errors.Is(rmErr, os.ErrNotExist) && err == nil {
+		err = rmErr
+	}
+	if lockErr := s.lock.Close(); lockErr != nil && err == nil {
+		err = lockErr
+	}
+	close(s.done)
+	s.wg.Wait()
+	if err != nil {
+		return fmt.Errorf("close control socket: %w", err)
+	}
+	return nil
+}
+
+var errTooLarge = errors.New("request too large")
+
+// decodeRequest parses one request line. Unknown fields are ignored so that newer clients
+// can add optional ones.
+func decodeRequest(line []byte) (Request, error) {
+	var req Request
+	if err := json.Unmarshal(line, &req); err != nil {
+		return Request{}, fmt.Errorf("bad request: %w", err)
+	}
+	return req, nil
+}
+
+// readLine reads up to and including '\n', refusing lines longer than max. A final line
+// without '\n' before EOF counts as a line.
+func readLine(r *bufio.Reader, max int) ([]byte, error) {
+	var line []byte
+	for {
+		chunk, err := r.ReadSlice('\n')
+		if len(line)+len(chunk) > max {
+			return nil, errTooLarge
+		}
+		line = append(line, chunk...)
+		switch {
+		case err == nil:
+			return line, nil
+		case errors.Is(err, bufio.ErrBufferFull):
+			continue
+		case errors.Is(err, io.EOF) && len(line) > 0:
+			return line, nil
+		default:
+			return nil, err
+		}
+	}
+}
+
+// RemoveStale removes the control socket of interface name if no daemon holds it, as after
+// the daemon was killed. It reports ErrRunning if a daemon does.
+func RemoveStale(dir, name string) error {
+	if err := checkName(dir, name); err != nil {
+		return err
+	}
+	if _, err := os.Lstat(SocketPath(dir, name)); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	lock, err := tryLock(dir, name)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	if err := os.Remove(SocketPath(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove stale socket: %w", err)
+	}
+	return nil
+}
