@@ -22,8 +22,8 @@ func newApp(e *env) *cli.App {
 encrypted UDP (or WebSocket where UDP is blocked), through a TUN interface.
 
 Example, on each node:
-   stt-tun genseed > /etc/stt-tun/seed       # once; copy it to every node
-   stt-tun up alpha                          # reads /etc/stt-tun/alpha.toml
+   (umask 077; stt-tun genseed > /etc/stt-tun/seed)   # once; copy it to every node
+   stt-tun up alpha                                   # reads /etc/stt-tun/alpha.toml
    stt-tun status
    stt-tun down alpha`,
 		Flags: []cli.Flag{

@@ -33,8 +33,9 @@ type daemonOptions struct {
 // It reports readiness once the tunnel is up and the control socket answers.
 func runDaemon(ctx context.Context, e *env, cfg *config.Config, opts daemonOptions) error {
 	name := cfg.Interface.Name
-	log := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: opts.level})).
-		With("interface", name)
+	// The tunnel names the interface in its own records.
+	tunnelLog := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: opts.level}))
+	log := tunnelLog.With("interface", name)
 
 	sigCtx, stopSignals := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stopSignals()
@@ -60,7 +61,7 @@ func runDaemon(ctx context.Context, e *env, cfg *config.Config, opts daemonOptio
 	go func() { served <- srv.Serve(d) }()
 
 	log.Info("starting", "config", cfg.Path, "version", versionString())
-	t, err := e.start(startCtx, cfg, tunnel.Options{Logger: log, StateDir: opts.stateDir})
+	t, err := e.start(startCtx, cfg, tunnel.Options{Logger: tunnelLog, StateDir: opts.stateDir})
 	if err != nil {
 		srv.Close()
 		switch {

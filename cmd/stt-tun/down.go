@@ -18,7 +18,7 @@ func downCommand(e *env) *cli.Command {
 	return &cli.Command{
 		Name:      "down",
 		Usage:     "take an interface down",
-		UsageText: "stt-tun down NAME\n   stt-tun down -c FILE",
+		UsageText: "stt-tun down (NAME | -c FILE)",
 		Description: `NAME is the interface name (or the NAME given to 'up', if its configuration
 names the interface differently). down asks the interface's daemon to stop, and
 returns once the tunnel is closed and its routes, rules and addresses are undone.

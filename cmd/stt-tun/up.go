@@ -38,7 +38,7 @@ func upCommand(e *env) *cli.Command {
 	return &cli.Command{
 		Name:      "up",
 		Usage:     "bring an interface up",
-		UsageText: "stt-tun up [--foreground] NAME\n   stt-tun up [--foreground] -c FILE",
+		UsageText: "stt-tun up [--foreground] (NAME | -c FILE)",
 		Description: `NAME means <config-dir>/NAME.toml (default /etc/stt-tun/NAME.toml); -c names
 any file. The interface's own name is the one its configuration gives.
 

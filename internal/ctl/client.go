@@ -99,6 +99,10 @@ func (c *client) roundTrip(req Request) (Response, error) {
 		return Response{}, c.wrap(fmt.Sprintf("send %s request", req.Op), err)
 	}
 	resp, err := c.read()
+	if c.ctx.Err() == nil && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
+		// It closed without answering: it was dying, or had failed to start.
+		return Response{}, fmt.Errorf("%s: the daemon hung up: %w", c.sock, ErrNotRunning)
+	}
 	if err != nil {
 		return Response{}, c.wrap(fmt.Sprintf("%s request", req.Op), err)
 	}

@@ -378,6 +378,27 @@ func TestDownWithoutConfirmation(t *testing.T) {
 	}
 }
 
+func TestDaemonHangsUp(t *testing.T) {
+	// A daemon that dies with a request in flight is not running.
+	path := filepath.Join(t.TempDir(), "x.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		bufio.NewReader(conn).ReadBytes('\n')
+		conn.Close()
+	}()
+	if _, err := Status(testContext(t), path); !errors.Is(err, ErrNotRunning) {
+		t.Fatalf("Status = %v, want ErrNotRunning", err)
+	}
+}
+
 func TestClientContextEnds(t *testing.T) {
 	// A daemon that never answers: the client gives up when its context ends.
 	path := filepath.Join(t.TempDir(), "x.sock")
