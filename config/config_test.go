@@ -1,0 +1,539 @@
+package config
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// doc joins lines with newlines, so that a test can count lines at a glance.
+func doc(lines ...string) string { return strings.Join(lines, "\n") + "\n" }
+
+const fullExample = `[interface]
+name = "stt1"
+node_name = "alpha"
+addresses = ["10.99.0.1/24", "fd99::1/64"]
+mtu = 1400
+listen_port = 51901
+seed_file = "seed"
+key_file = "/etc/stt-tun/alpha.key"
+exit_peer = "beta"
+fwmark = 0x1234
+table = 100
+
+[forwarding]
+enabled = true
+masquerade = true
+
+[[peer]]
+name = "beta"
+endpoint = "192.0.2.2:51900"
+allowed_prefixes = ["10.99.0.2/32", "192.168.50.0/24", "0.0.0.0/0", "::/0"]
+public_key = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo="
+persistent_keepalive = "25s"
+route = true
+
+[[peer]]
+name = "gamma"
+endpoint = "[2001:db8::3]:51900"
+allowed_prefixes = ["10.99.0.3/32", "fd99::3/128"]
+route = false
+
+[advanced]
+rekey_after = "90s"
+rekey_after_messages = 1000
+`
+
+func mustPrefixes(t *testing.T, ss ...string) []netip.Prefix {
+	t.Helper()
+	var out []netip.Prefix
+	for _, s := range ss {
+		out = append(out, netip.MustParsePrefix(s))
+	}
+	return out
+}
+
+func TestParseFullExample(t *testing.T) {
+	cfg, err := Parse([]byte(fullExample), "/etc/stt-tun/alpha.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := DecodeKey("hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &Config{
+		Path: "/etc/stt-tun/alpha.toml",
+		Interface: Interface{
+			Name:       "stt1",
+			NodeName:   "alpha",
+			Addresses:  mustPrefixes(t, "10.99.0.1/24", "fd99::1/64"),
+			MTU:        1400,
+			ListenPort: 51901,
+			SeedFile:   "/etc/stt-tun/seed",
+			KeyFile:    "/etc/stt-tun/alpha.key",
+			ExitPeer:   "beta",
+			FwMark:     0x1234,
+			Table:      100,
+		},
+		Forwarding: Forwarding{Enabled: true, Masquerade: true},
+		Peers: []Peer{
+			{
+				Name:                "beta",
+				Endpoint:            "192.0.2.2:51900",
+				AllowedPrefixes:     mustPrefixes(t, "10.99.0.2/32", "192.168.50.0/24", "0.0.0.0/0", "::/0"),
+				PublicKey:           &pub,
+				PersistentKeepalive: 25 * time.Second,
+				Route:               true,
+			},
+			{
+				Name:            "gamma",
+				Endpoint:        "[2001:db8::3]:51900",
+				AllowedPrefixes: mustPrefixes(t, "10.99.0.3/32", "fd99::3/128"),
+				Route:           false,
+			},
+		},
+		Advanced: Advanced{RekeyAfter: 90 * time.Second, RekeyAfterMessages: 1000},
+	}
+	if !reflect.DeepEqual(cfg, want) {
+		t.Errorf("got\n%#v\nwant\n%#v", cfg, want)
+	}
+	if p := cfg.Peer("gamma"); p == nil || p.Name != "gamma" {
+		t.Errorf("Peer(gamma) = %v", p)
+	}
+	if cfg.Peer("delta") != nil {
+		t.Error("Peer(delta) found a peer")
+	}
+}
+
+func TestParseDefaults(t *testing.T) {
+	src := doc(
+		`[interface]`,
+		`seed_file = "seed"`,
+		`key_file = "keys/node.key"`,
+		`[[peer]]`,
+		`name = "zz-peer"`,
+		`allowed_prefixes = ["10.99.0.2/32"]`,
+	)
+	cfg, err := Parse([]byte(src), "lab/a.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := cfg.Interface
+	if in.Name != DefaultName || in.MTU != DefaultMTU || in.ListenPort != DefaultListenPort ||
+		in.FwMark != DefaultFwMark || in.Table != DefaultTable || in.ExitPeer != "" || len(in.Addresses) != 0 {
+		t.Errorf("interface defaults: %+v", in)
+	}
+	if in.NodeName != defaultNodeName() || in.NodeName == "" || len(in.NodeName) > MaxNameLen {
+		t.Errorf("node_name default %q, host-derived %q", in.NodeName, defaultNodeName())
+	}
+	if in.SeedFile != "lab/seed" || in.KeyFile != "lab/keys/node.key" {
+		t.Errorf("relative paths: seed %q key %q", in.SeedFile, in.KeyFile)
+	}
+	if cfg.Forwarding != (Forwarding{}) {
+		t.Errorf("forwarding: %+v", cfg.Forwarding)
+	}
+	p := cfg.Peers[0]
+	if !p.Route || p.PersistentKeepalive != 0 || p.PublicKey != nil || p.Endpoint != "" {
+		t.Errorf("peer defaults: %+v", p)
+	}
+	if cfg.Advanced.RekeyAfter != 120*time.Second || cfg.Advanced.RekeyAfterMessages != 1<<32 {
+		t.Errorf("advanced defaults: %+v", cfg.Advanced)
+	}
+}
+
+func TestDefaultMTU(t *testing.T) {
+	if DefaultMTU != 1420 {
+		t.Errorf("DefaultMTU = %d, the documentation says 1420", DefaultMTU)
+	}
+	if MaxMTU != 65475 {
+		t.Errorf("MaxMTU = %d, the documentation says 65475", MaxMTU)
+	}
+}
+
+// TestParseValidVariants covers accepted forms beyond the full example.
+func TestParseValidVariants(t *testing.T) {
+	head := doc(
+		`[interface]`,
+		`node_name = "alpha"`,
+		`seed_file = "/s"`,
+		`key_file = "/k"`,
+	)
+	cases := []struct {
+		name, src string
+		check     func(t *testing.T, c *Config)
+	}{
+		{"inline peers", `peer = [{name = "b", allowed_prefixes = ["10.0.0.0/8"]}, {name = "c", allowed_prefixes = ["fd00::/8"], route = false}]` + "\n" + head,
+			func(t *testing.T, c *Config) {
+				if len(c.Peers) != 2 || c.Peers[1].Route {
+					t.Errorf("peers: %+v", c.Peers)
+				}
+			}},
+		{"default routes beside specific ones", head + doc(
+			`[[peer]]`, `name = "exit"`, `allowed_prefixes = ["0.0.0.0/0", "::/0", "10.99.0.2/32"]`,
+			`[[peer]]`, `name = "lan"`, `allowed_prefixes = ["192.168.1.0/24", "10.99.0.3/32"]`),
+			func(t *testing.T, c *Config) {
+				if len(c.Peers[0].AllowedPrefixes) != 3 {
+					t.Errorf("prefixes: %v", c.Peers[0].AllowedPrefixes)
+				}
+			}},
+		{"dotted keys and empty optional strings", doc(
+			`interface.seed_file = "/s"`, `interface.key_file = "/k"`, `interface.exit_peer = ""`, `interface.node_name = "a"`,
+			`[[peer]]`, `name = "b"`, `endpoint = ""`, `allowed_prefixes = ["10.0.0.1/32"]`),
+			func(t *testing.T, c *Config) {
+				if c.Interface.ExitPeer != "" || c.Peers[0].Endpoint != "" {
+					t.Errorf("got %+v", c)
+				}
+			}},
+		{"ipv4 only allows small mtu", head + "addresses = [\"10.0.0.1/24\"]\nmtu = 576\n",
+			func(t *testing.T, c *Config) {
+				if c.Interface.MTU != 576 {
+					t.Errorf("mtu %d", c.Interface.MTU)
+				}
+			}},
+		{"endpoint forms", head + doc(
+			`[[peer]]`, `name = "b"`, `endpoint = "vpn.example.net:51900"`, `allowed_prefixes = ["10.0.0.2/32"]`,
+			`[[peer]]`, `name = "c"`, `endpoint = "[fe80::1%eth0]:1"`, `allowed_prefixes = ["10.0.0.3/32"]`),
+			nil},
+		{"listen port zero", head + "listen_port = 0\n", func(t *testing.T, c *Config) {
+			if c.Interface.ListenPort != 0 {
+				t.Errorf("listen_port %d", c.Interface.ListenPort)
+			}
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse([]byte(tc.src), "t.toml")
+			if err != nil {
+				t.Fatalf("%v\n%s", err, tc.src)
+			}
+			if tc.check != nil {
+				tc.check(t, c)
+			}
+		})
+	}
+}
+
+// base is a minimal valid document; bad cases edit it. Line numbers:
+//
+//	1 [interface]
+//	2 node_name = "alpha"
+//	3 addresses = ["10.99.0.1/24", "fd99::1/64"]
+//	4 seed_file = "/etc/stt-tun/seed"
+//	5 key_file = "/etc/stt-tun/alpha.key"
+//	6
+//	7 [[peer]]
+//	8 name = "beta"
+//	9 allowed_prefixes = ["10.99.0.2/32"]
+var baseLines = []string{
+	`[interface]`,
+	`node_name = "alpha"`,
+	`addresses = ["10.99.0.1/24", "fd99::1/64"]`,
+	`seed_file = "/etc/stt-tun/seed"`,
+	`key_file = "/etc/stt-tun/alpha.key"`,
+	``,
+	`[[peer]]`,
+	`name = "beta"`,
+	`allowed_prefixes = ["10.99.0.2/32"]`,
+}
+
+// edit returns base with line n (1-based) replaced by repl, which may hold several
+// lines; n = len+1 appends.
+func edit(n int, repl ...string) string {
+	out := append([]string(nil), baseLines[:n-1]...)
+	out = append(out, repl...)
+	if n <= len(baseLines) {
+		out = append(out, baseLines[n:]...)
+	}
+	return doc(out...)
+}
+
+// insert returns base with lines added before line n.
+func insert(n int, add ...string) string {
+	out := append([]string(nil), baseLines[:n-1]...)
+	out = append(out, add...)
+	out = append(out, baseLines[n-1:]...)
+	return doc(out...)
+}
+
+const appendLine = 10 // edit(appendLine, ...) appends to base
+
+type badCase struct {
+	name string
+	src  string
+	line int
+	want []string // substrings of the message at line
+}
+
+var badCases = []badCase{
+	{"syntax error", edit(3, `addresses = ["10.99.0.1/24"`), 4, []string{"expected ',' or ']'"}},
+	{"unknown top-level key", insert(1, `listen_port = 1`), 1, []string{`unknown key "listen_port" at top level`, "[interface]"}},
+	{"unknown top-level key, no home", insert(1, `colour = "blue"`), 1, []string{`unknown key "colour"`, "[[peer]]"}},
+	{"unknown section", edit(appendLine, `[peers]`), 10, []string{"unknown section [peers]", "[[peer]]"}},
+	{"unknown subsection", edit(appendLine, `[interface.extra]`), 10, []string{"[interface.extra]"}},
+	{"unknown key in interface", insert(3, `listenport = 51900`), 3, []string{`unknown key "listenport" in [interface]`, "did you mean listen_port"}},
+	{"unknown key in interface, CamelCase", insert(3, `ListenPort = 51900`), 3, []string{`"ListenPort"`, "did you mean listen_port"}},
+	{"unknown key in peer", edit(appendLine, `allowed_ips = ["10.0.0.0/8"]`), 10, []string{`unknown key "allowed_ips" in [[peer]] "beta"`}},
+	{"interface key after peer", edit(appendLine, `mtu = 1400`), 10, []string{`unknown key "mtu" in [[peer]] "beta"`, "belongs in [interface]"}},
+	{"unknown key in second peer", edit(appendLine, `[[peer]]`, `name = "gamma"`, `alowed_prefixes = []`), 12, []string{`[[peer]] "gamma"`, `"alowed_prefixes"`, "did you mean allowed_prefixes"}},
+	{"unknown key in forwarding", edit(appendLine, `[forwarding]`, `enable = true`), 11, []string{`unknown key "enable" in [forwarding]`, "did you mean enabled"}},
+	{"unknown key in advanced", edit(appendLine, `[advanced]`, `rekey = "1s"`), 11, []string{`"rekey"`, "[advanced]"}},
+	{"wrong type", insert(3, `mtu = "1400"`), 3, []string{"interface: mtu must be an integer, not a TOML string"}},
+	{"wrong type in peer", edit(appendLine, `route = "yes"`), 10, []string{`peer "beta": route must be true or false`}},
+	{"keepalive as integer", edit(appendLine, `persistent_keepalive = 25`), 10, []string{"persistent_keepalive must be a duration string", `"25s"`}},
+	{"peer as table", edit(7, `[peer]`), 7, []string{"[peer] must be written [[peer]]"}},
+	{"peer as inline table", insert(1, `peer = {name = "x"}`), 1, []string{"peer must be written as [[peer]] sections"}},
+	{"interface as array table", edit(1, `[[interface]]`), 1, []string{"[[interface]] must be written [interface]"}},
+	{"duplicate key", insert(3, `node_name = "x"`), 3, []string{"node_name"}},
+	{"missing interface", doc(`[[peer]]`, `name = "b"`, `allowed_prefixes = ["10.0.0.1/32"]`), 1, []string{"missing [interface]"}},
+	{"missing seed_file", edit(4, `# no seed`), 1, []string{"seed_file is required"}},
+	{"empty key_file", edit(5, `key_file = ""`), 5, []string{"key_file is empty"}},
+	{"same seed and key file", edit(5, `key_file = "/etc/stt-tun/./seed"`), 5, []string{"key_file and seed_file are the same file /etc/stt-tun/seed"}},
+	{"bad interface name", insert(2, `name = "a-very-long-name-0"`), 2, []string{`name "a-very-long-name-0"`, "at most 15"}},
+	{"interface name with slash", insert(2, `name = "a/b"`), 2, []string{`"a/b"`}},
+	{"node_name too long", edit(2, `node_name = "`+strings.Repeat("n", 33)+`"`), 2, []string{"node_name", "33 bytes"}},
+	{"node_name with space", edit(2, `node_name = "my node"`), 2, []string{`node_name "my node"`, "spaces"}},
+	{"bad address", edit(3, `addresses = ["10.99.0.1/24", "fd99::1/129"]`), 3, []string{`"fd99::1/129" is not an IP prefix`}},
+	{"address without length", edit(3, `addresses = ["10.99.0.1"]`), 3, []string{`"10.99.0.1" has no prefix length`}},
+	{"address listed twice", edit(3, `addresses = ["10.99.0.1/24", "10.99.0.1/24"]`), 3, []string{"10.99.0.1/24 is listed twice"}},
+	{"multi-line addresses", edit(3, `addresses = [`, `  "10.99.0.1/24",`, `  "0.0.0.0/8",`, `]`), 5, []string{"0.0.0.0/8 is the unspecified address"}},
+	{"mtu too small for v6", insert(3, `mtu = 1000`), 3, []string{"mtu = 1000 is too small", "1280"}},
+	{"mtu too large", insert(3, `mtu = 65535`), 3, []string{"mtu = 65535 is too large", "65475"}},
+	{"bad listen port", insert(3, `listen_port = 70000`), 3, []string{"listen_port = 70000", "0..65535"}},
+	{"negative listen port", insert(3, `listen_port = -1`), 3, []string{"listen_port = -1"}},
+	{"fwmark zero", insert(3, `fwmark = 0`), 3, []string{"fwmark = 0"}},
+	{"reserved table", insert(3, `table = 254`), 3, []string{"table = 254 is reserved"}},
+	{"exit_peer unknown", insert(3, `exit_peer = "delta"`), 3, []string{`exit_peer "delta" is not the name of any [[peer]]`}},
+	{"exit_peer without default route", insert(3, `exit_peer = "beta"`), 3, []string{`exit_peer "beta"`, "neither 0.0.0.0/0 nor ::/0", "line 10"}},
+	{"exit_peer with route off", doc(append(append([]string{}, baseLines[:2]...), `exit_peer = "beta"`, baseLines[2], baseLines[3], baseLines[4],
+		`[[peer]]`, `name = "beta"`, `allowed_prefixes = ["0.0.0.0/0"]`, `route = false`)...),
+		3, []string{`exit_peer "beta" has route = false (line 10)`}},
+	{"masquerade without forwarding", edit(6, `[forwarding]`, `masquerade = true`, ``), 7, []string{"masquerade = true needs enabled = true"}},
+	{"peer without name", edit(8, `# anonymous`), 7, []string{"peer #1: name is required"}},
+	{"empty peer name", edit(8, `name = ""`), 8, []string{`peer #1: name ""`, "is empty"}},
+	{"duplicate peer name", edit(appendLine, `[[peer]]`, `name = "beta"`, `allowed_prefixes = ["10.99.0.3/32"]`), 11, []string{`peer "beta": name is used twice (first at line 8)`}},
+	{"peer named like this node", edit(8, `name = "alpha"`), 8, []string{`peer "alpha": name is this node's own node_name`}},
+	{"missing allowed_prefixes", edit(9, `endpoint = "192.0.2.2:51900"`), 7, []string{`peer "beta": allowed_prefixes is required`}},
+	{"empty allowed_prefixes", edit(9, `allowed_prefixes = []`), 9, []string{`allowed_prefixes is required`}},
+	{"bad prefix", edit(9, `allowed_prefixes = ["10.99.0.300/32"]`), 9, []string{`peer "beta": allowed_prefixes: "10.99.0.300/32" is not an IP prefix`}},
+	{"prefix without length", edit(9, `allowed_prefixes = ["10.99.0.2"]`), 9, []string{"10.99.0.2 has no prefix length; did you mean 10.99.0.2/32?"}},
+	{"host bits set", edit(9, `allowed_prefixes = ["10.99.0.2/32", "10.1.1.1/24"]`), 9, []string{`peer "beta": allowed_prefixes: 10.1.1.1/24 has host bits set; did you mean 10.1.1.0/24?`}},
+	{"host bits set, multi-line", edit(9, `allowed_prefixes = [`, `  "10.99.0.2/32",`, `  "fd00::1/64",`, `]`), 11, []string{"fd00::1/64 has host bits set; did you mean fd00::/64?"}},
+	{"prefix twice in one peer", edit(9, `allowed_prefixes = ["10.99.0.2/32", "10.99.0.2/32"]`), 9, []string{"10.99.0.2/32 is listed twice"}},
+	{"prefix inside another of the same peer", edit(9, `allowed_prefixes = ["10.0.0.0/8", "10.1.0.0/16"]`), 9, []string{"10.1.0.0/16 is already covered by 10.0.0.0/8"}},
+	{"overlapping peers", edit(appendLine, `[[peer]]`, `name = "gamma"`, `allowed_prefixes = ["10.99.0.0/24"]`), 12,
+		[]string{`peer "gamma": allowed_prefixes: 10.99.0.0/24 overlaps 10.99.0.2/32 of peer "beta" (line 9)`}},
+	{"two default routes", edit(9, `allowed_prefixes = ["0.0.0.0/0"]`, `[[peer]]`, `name = "gamma"`, `allowed_prefixes = ["0.0.0.0/0"]`), 12,
+		[]string{"0.0.0.0/0 overlaps 0.0.0.0/0"}},
+	{"endpoint without port", edit(appendLine, `endpoint = "192.0.2.2"`), 10, []string{`endpoint "192.0.2.2" has no port`, "192.0.2.2:51900"}},
+	{"endpoint v6 without brackets", edit(appendLine, `endpoint = "2001:db8::2"`), 10, []string{"brackets", "[2001:db8::2]:51900"}},
+	{"endpoint bad port", edit(appendLine, `endpoint = "192.0.2.2:0"`), 10, []string{`endpoint "192.0.2.2:0" has port "0"`}},
+	{"endpoint port too big", edit(appendLine, `endpoint = "host.example:65536"`), 10, []string{`has port "65536"`}},
+	{"endpoint URL", edit(appendLine, `endpoint = "wss://example.net/stt"`), 10, []string{"is a URL"}},
+	{"endpoint bad host", edit(appendLine, `endpoint = "bad_host!:1"`), 10, []string{"invalid host name"}},
+	{"bad base64 key", edit(appendLine, `public_key = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTm!="`), 10, []string{`peer "beta": public_key: key is not valid base64`}},
+	{"wrong key length", edit(appendLine, `public_key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"`), 10, []string{"public_key: key is 40 characters long"}},
+	{"key decodes short", edit(appendLine, `public_key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=="`), 10, []string{"public_key: key decodes to 31 bytes"}},
+	{"bad duration", edit(appendLine, `persistent_keepalive = "soon"`), 10, []string{`persistent_keepalive = "soon" is not a duration`}},
+	{"duration without unit", edit(appendLine, `persistent_keepalive = "25"`), 10, []string{`"25" has no unit`, `"25s"`}},
+	{"keepalive too short", edit(appendLine, `persistent_keepalive = "10ms"`), 10, []string{`persistent_keepalive = "10ms"`}},
+	{"negative keepalive", edit(appendLine, `persistent_keepalive = "-5s"`), 10, []string{"is negative"}},
+	{"bad rekey_after", edit(appendLine, `[advanced]`, `rekey_after = "0s"`), 11, []string{`rekey_after = "0s" must be between 1s and 24h0m0s`}},
+	{"bad rekey_after_messages", edit(appendLine, `[advanced]`, `rekey_after_messages = 0`), 11, []string{"rekey_after_messages = 0"}},
+}
+
+func TestParseErrors(t *testing.T) {
+	const file = "/etc/stt-tun/alpha.toml"
+	for _, tc := range badCases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.src), file)
+			if err == nil {
+				t.Fatalf("no error for\n%s", tc.src)
+			}
+			var ce *Error
+			if !errors.As(err, &ce) {
+				t.Fatalf("error %T is not a *config.Error: %v", err, err)
+			}
+			// Find the message at the expected line; there may be several errors.
+			var msg string
+			for _, e := range err.(ErrorList) {
+				if e.Line == tc.line {
+					msg = e.Error()
+					break
+				}
+			}
+			if msg == "" {
+				t.Fatalf("no error at line %d; got:\n%v\ndocument:\n%s", tc.line, err, numbered(tc.src))
+			}
+			prefix := file + ":" + itoa(tc.line) + ": "
+			if !strings.HasPrefix(msg, prefix) {
+				t.Errorf("message %q does not start with %q", msg, prefix)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(msg, w) {
+					t.Errorf("message %q lacks %q", msg, w)
+				}
+			}
+		})
+	}
+}
+
+// TestParseReportsAllProblems checks that independent problems are reported
+// together, in line order.
+func TestParseReportsAllProblems(t *testing.T) {
+	src := doc(
+		`[interface]`,
+		`mtu = 10`,
+		`seed_file = "/s"`,
+		`key_file = "/k"`,
+		`[[peer]]`,
+		`name = "b"`,
+		`allowed_prefixes = ["10.1.1.1/24"]`,
+		`persistent_keepalive = "x"`,
+	)
+	_, err := Parse([]byte(src), "f.toml")
+	var list ErrorList
+	if !errors.As(err, &list) || len(list) != 3 {
+		t.Fatalf("want 3 errors, got %v", err)
+	}
+	for i, line := range []int{2, 7, 8} {
+		if list[i].Line != line {
+			t.Errorf("error %d at line %d, want %d: %v", i, list[i].Line, line, list[i])
+		}
+	}
+	if got := strings.Count(err.Error(), "\n"); got != 2 {
+		t.Errorf("want one line per error, got %q", err.Error())
+	}
+}
+
+func TestParseCapsErrors(t *testing.T) {
+	lines := append([]string(nil), baseLines[:5]...)
+	for i := range 30 {
+		lines = append(lines, `[[peer]]`, `name = "p`+itoa(i)+`"`, `allowed_prefixes = ["10.`+itoa(i)+`.0.1/16"]`)
+	}
+	_, err := Parse([]byte(doc(lines...)), "f.toml")
+	var list ErrorList
+	if !errors.As(err, &list) || len(list) != maxErrors+1 {
+		t.Fatalf("want %d errors and a summary, got %d: %v", maxErrors, len(list), err)
+	}
+	if last := list[len(list)-1]; !strings.Contains(last.Msg, "10 more problems not shown") {
+		t.Errorf("summary: %v", last)
+	}
+}
+
+func TestParseNoPathName(t *testing.T) {
+	_, err := Parse([]byte("x = 1\n"), "")
+	if err == nil || !strings.HasPrefix(err.Error(), "<input>:1: ") {
+		t.Errorf("got %v", err)
+	}
+}
+
+func TestStringRoundTrip(t *testing.T) {
+	for _, src := range []string{fullExample, doc(baseLines...)} {
+		cfg, err := Parse([]byte(src), "/etc/stt-tun/a.toml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := Parse([]byte(cfg.String()), "/etc/stt-tun/a.toml")
+		if err != nil {
+			t.Fatalf("String() output does not parse: %v\n%s", err, cfg)
+		}
+		if !reflect.DeepEqual(cfg, again) {
+			t.Errorf("round trip differs:\n%#v\n%#v\n%s", cfg, again, cfg)
+		}
+	}
+}
+
+func TestResolvePath(t *testing.T) {
+	cases := map[string]string{
+		"alpha":                "/etc/stt-tun/alpha.toml",
+		"stt0":                 "/etc/stt-tun/stt0.toml",
+		"alpha.toml":           "alpha.toml",
+		"./alpha":              "./alpha",
+		"/srv/stt/alpha.conf":  "/srv/stt/alpha.conf",
+		"lab/alpha.toml":       "lab/alpha.toml",
+		"":                     "",
+		"..":                   "..",
+		"/etc/stt-tun/x.toml":  "/etc/stt-tun/x.toml",
+		"name-with.dots":       "/etc/stt-tun/name-with.dots.toml",
+		"relative/without/ext": "relative/without/ext",
+	}
+	for in, want := range cases {
+		if got := ResolvePath(in); got != want {
+			t.Errorf("ResolvePath(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestLoad(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "alpha.toml")
+	if err := os.WriteFile(path, []byte(fullExample), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Path != path || cfg.Interface.SeedFile != filepath.Join(dir, "seed") {
+		t.Errorf("Path %q SeedFile %q", cfg.Path, cfg.Interface.SeedFile)
+	}
+
+	// A relative path to Load still yields absolute paths in the Config.
+	t.Chdir(dir)
+	cfg, err = Load("alpha.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Path != path || cfg.Interface.SeedFile != filepath.Join(dir, "seed") {
+		t.Errorf("relative Load: Path %q SeedFile %q", cfg.Path, cfg.Interface.SeedFile)
+	}
+
+	_, err = Load(filepath.Join(dir, "missing.toml"))
+	if !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing file: %v", err)
+	}
+
+	bad := filepath.Join(dir, "bad.toml")
+	if err := os.WriteFile(bad, []byte(insert(3, "bogus = 1")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Load("bad.toml")
+	if err == nil || !strings.HasPrefix(err.Error(), "bad.toml:3: ") {
+		t.Errorf("errors should name the file as given: %v", err)
+	}
+}
+
+func TestTruncateUTF8(t *testing.T) {
+	cases := []struct {
+		in   string
+		n    int
+		want string
+	}{
+		{"short", 32, "short"},
+		{strings.Repeat("a", 40), 32, strings.Repeat("a", 32)},
+		{strings.Repeat("a", 31) + "é", 32, strings.Repeat("a", 31)},
+		{strings.Repeat("a", 30) + "é", 32, strings.Repeat("a", 30) + "é"},
+	}
+	for _, c := range cases {
+		if got := truncateUTF8(c.in, c.n); got != c.want {
+			t.Errorf("truncateUTF8(%q, %d) = %q, want %q", c.in, c.n, got, c.want)
+		}
+	}
+}
+
+func numbered(s string) string {
+	var b strings.Builder
+	for i, l := range strings.Split(strings.TrimSuffix(s, "\n"), "\n") {
+		b.WriteString(itoa(i+1) + "\t" + l + "\n")
+	}
+	return b.String()
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }

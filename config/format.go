@@ -1,0 +1,89 @@
+package config
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"unicode"
+)
+
+// String renders the effective configuration, every default filled in, as a TOML
+// document that Parse accepts and that yields the same Config. It holds no secret:
+// the seed and the private key live in their own files and only their paths appear.
+func (c *Config) String() string {
+	var b strings.Builder
+	in := &c.Interface
+	b.WriteString("[interface]\n")
+	fmt.Fprintf(&b, "name = %s\n", quote(in.Name))
+	fmt.Fprintf(&b, "node_name = %s\n", quote(in.NodeName))
+	fmt.Fprintf(&b, "addresses = %s\n", prefixList(in.Addresses))
+	fmt.Fprintf(&b, "mtu = %d\n", in.MTU)
+	fmt.Fprintf(&b, "listen_port = %d\n", in.ListenPort)
+	fmt.Fprintf(&b, "seed_file = %s\n", quote(in.SeedFile))
+	fmt.Fprintf(&b, "key_file = %s\n", quote(in.KeyFile))
+	if in.ExitPeer != "" {
+		fmt.Fprintf(&b, "exit_peer = %s\n", quote(in.ExitPeer))
+	}
+	fmt.Fprintf(&b, "fwmark = 0x%x\n", in.FwMark)
+	fmt.Fprintf(&b, "table = %d\n", in.Table)
+
+	if c.Forwarding != (Forwarding{}) {
+		b.WriteString("\n[forwarding]\n")
+		fmt.Fprintf(&b, "enabled = %t\n", c.Forwarding.Enabled)
+		fmt.Fprintf(&b, "masquerade = %t\n", c.Forwarding.Masquerade)
+	}
+
+	for i := range c.Peers {
+		p := &c.Peers[i]
+		b.WriteString("\n[[peer]]\n")
+		fmt.Fprintf(&b, "name = %s\n", quote(p.Name))
+		if p.Endpoint != "" {
+			fmt.Fprintf(&b, "endpoint = %s\n", quote(p.Endpoint))
+		}
+		fmt.Fprintf(&b, "allowed_prefixes = %s\n", prefixList(p.AllowedPrefixes))
+		if p.PublicKey != nil {
+			fmt.Fprintf(&b, "public_key = %s\n", quote(EncodeKey(*p.PublicKey)))
+		}
+		if p.PersistentKeepalive != 0 {
+			fmt.Fprintf(&b, "persistent_keepalive = %s\n", quote(p.PersistentKeepalive.String()))
+		}
+		fmt.Fprintf(&b, "route = %t\n", p.Route)
+	}
+
+	if c.Advanced != (Advanced{RekeyAfter: DefaultRekeyAfter, RekeyAfterMessages: DefaultRekeyAfterMessages}) {
+		b.WriteString("\n[advanced]\n")
+		fmt.Fprintf(&b, "rekey_after = %s\n", quote(c.Advanced.RekeyAfter.String()))
+		fmt.Fprintf(&b, "rekey_after_messages = %d\n", c.Advanced.RekeyAfterMessages)
+	}
+	return b.String()
+}
+
+func prefixList(ps []netip.Prefix) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = quote(p.String())
+	}
+	return "[" + strings.Join(s, ", ") + "]"
+}
+
+// quote writes a TOML basic string. Go's %q is close but not the same language:
+// its \x and \U escapes differ from TOML's.
+func quote(s string) string {
+	var b strings.Builder
+	b.WriteByte('"')
+	for _, r := range s {
+		switch {
+		case r == '"' || r == '\\':
+			b.WriteByte('\\')
+			b.WriteRune(r)
+		case r == '\t':
+			b.WriteString(`\t`)
+		case r == 0x7f || unicode.IsControl(r):
+			fmt.Fprintf(&b, `\u%04X`, r)
+		default:
+			b.WriteRune(r)
+		}
+	}
+	b.WriteByte('"')
+	return b.String()
+}

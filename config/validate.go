@@ -1,0 +1,569 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Limits on individual values, documented in docs/configuration.md.
+const (
+	maxKeepalive     = 65535 * time.Second
+	minRekeyAfter    = time.Second
+	maxRekeyAfter    = 24 * time.Hour
+	maxRoutingTable  = 1<<32 - 1
+	reservedTableLow = 253 // 253 default, 254 main, 255 local
+)
+
+// parse decodes, validates and fills defaults. dir anchors relative file paths.
+func parse(data []byte, path, dir string) (*Config, error) {
+	name := path
+	if name == "" {
+		name = "<input>"
+	}
+	ec := &errorCollector{path: name}
+	// Editors on Windows may start a file with a byte order mark, which TOML
+	// does not allow; it carries no meaning, so drop it.
+	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))
+	sch := buildSchema()
+	raw, ok := decodeRaw(data, ec, sch)
+	if !ok {
+		return nil, ec.err()
+	}
+	v := &validator{ec: ec, pos: indexPositions(data), dir: dir}
+	for _, sec := range sch {
+		// The decoder takes a lone [peer] as a one-element array; refuse it so
+		// that the second [peer] does not fail with a puzzling redefinition.
+		if line, ok := v.pos.tables[sec.name]; ok && sec.isArray {
+			ec.add(line, "[%s] must be written %s, two brackets on each side, one section per %s", sec.name, sec.header(), sec.name)
+		}
+	}
+	cfg := v.config(raw)
+	if err := ec.err(); err != nil {
+		return nil, err
+	}
+	cfg.Path = path
+	return cfg, nil
+}
+
+// validator turns a rawFile into a Config, reporting each problem at the line of
+// the key or array element at fault.
+type validator struct {
+	ec  *errorCollector
+	pos *positions
+	dir string
+	// noInterface is set when [interface] is missing, which is reported once
+	// rather than once per required key.
+	noInterface bool
+}
+
+// errAt reports a problem at the line of a dotted path such as
+// "peer.1.allowed_prefixes.0".
+func (v *validator) errAt(path, format string, args ...any) {
+	line := v.pos.line(path)
+	if line == 0 {
+		line = 1
+	}
+	v.ec.add(line, format, args...)
+}
+
+func (v *validator) config(raw *rawFile) *Config {
+	cfg := &Config{}
+	if raw.Interface == nil {
+		v.ec.add(1, "missing [interface] section; it needs at least seed_file and key_file")
+		v.noInterface = true
+		raw.Interface = &rawInterface{}
+	}
+	cfg.Interface = v.iface(raw.Interface)
+	cfg.Forwarding = v.forwarding(raw.Forwarding)
+	cfg.Peers = v.peers(raw.Peers, cfg.Interface.NodeName)
+	cfg.Advanced = v.advanced(raw.Advanced)
+	v.exitPeer(cfg)
+	return cfg
+}
+
+func (v *validator) iface(r *rawInterface) Interface {
+	in := Interface{
+		Name:       DefaultName,
+		MTU:        DefaultMTU,
+		ListenPort: DefaultListenPort,
+		FwMark:     DefaultFwMark,
+		Table:      DefaultTable,
+	}
+	if r.Name != nil {
+		in.Name = *r.Name
+		if err := checkLinkName(in.Name); err != nil {
+			v.errAt("interface.name", "interface: name %q %v", in.Name, err)
+		}
+	}
+	if r.NodeName != nil {
+		in.NodeName = *r.NodeName
+		if err := checkName(in.NodeName); err != nil {
+			v.errAt("interface.node_name", "interface: node_name %q %v", in.NodeName, err)
+		}
+	} else {
+		in.NodeName = defaultNodeName()
+	}
+
+	hasV6 := false
+	seen := make(map[netip.Prefix]int)
+	for i, s := range r.Addresses {
+		p := "interface.addresses." + strconv.Itoa(i)
+		a, err := parseAddress(s)
+		if err != nil {
+			v.errAt(p, "interface: addresses: %v", err)
+			continue
+		}
+		if j, dup := seen[a]; dup {
+			v.errAt(p, "interface: addresses: %s is listed twice (also at line %d)", a, v.pos.line("interface.addresses."+strconv.Itoa(j)))
+			continue
+		}
+		seen[a] = i
+		if a.Addr().Is6() {
+			hasV6 = true
+		}
+		in.Addresses = append(in.Addresses, a)
+	}
+
+	if r.MTU != nil {
+		minMTU, why := MinMTUIPv4, "with IPv4 addresses only"
+		if hasV6 {
+			minMTU, why = MinMTU, "with IPv6 addresses"
+		}
+		switch m := *r.MTU; {
+		case m < int64(minMTU):
+			v.errAt("interface.mtu", "interface: mtu = %d is too small; the minimum is %d %s", m, minMTU, why)
+		case m > MaxMTU:
+			v.errAt("interface.mtu", "interface: mtu = %d is too large; the maximum is %d (a sealed frame must fit one UDP datagram)", m, MaxMTU)
+		default:
+			in.MTU = int(m)
+		}
+	}
+
+	if r.ListenPort != nil {
+		if p := *r.ListenPort; p < 0 || p > 65535 {
+			v.errAt("interface.listen_port", "interface: listen_port = %d is not a UDP port (0..65535; 0 picks a random port)", p)
+		} else {
+			in.ListenPort = int(p)
+		}
+	}
+
+	in.SeedFile = v.filePath(r.SeedFile, "interface.seed_file", "seed_file",
+		`seed_file = "/etc/stt-tun/seed" (create it with: stt-tun genseed)`)
+	in.KeyFile = v.filePath(r.KeyFile, "interface.key_file", "key_file",
+		`key_file = "/etc/stt-tun/`+in.Name+`.key" (it is created on first start)`)
+	if in.SeedFile != "" && in.SeedFile == in.KeyFile {
+		v.errAt("interface.key_file", "interface: key_file and seed_file are the same file %s; the node key and the network seed must be kept apart", in.KeyFile)
+	}
+
+	if r.ExitPeer != nil {
+		in.ExitPeer = *r.ExitPeer // checked against the peers in exitPeer
+	}
+	if r.FwMark != nil {
+		if m := *r.FwMark; m <= 0 || m > 1<<32-1 {
+			v.errAt("interface.fwmark", "interface: fwmark = %d must be between 1 and 0xffffffff", m)
+		} else {
+			in.FwMark = uint32(m)
+		}
+	}
+	if r.Table != nil {
+		switch t := *r.Table; {
+		case t <= 0 || t > maxRoutingTable:
+			v.errAt("interface.table", "interface: table = %d must be between 1 and %d", t, int64(maxRoutingTable))
+		case t >= reservedTableLow && t <= 255:
+			v.errAt("interface.table", "interface: table = %d is reserved by the kernel (253 default, 254 main, 255 local); pick another, such as %d", t, DefaultTable)
+		default:
+			in.Table = int(t)
+		}
+	}
+	return in
+}
+
+// filePath checks a required path key and resolves it against the config file's
+// directory.
+func (v *validator) filePath(s *string, path, key, example string) string {
+	if s == nil {
+		if v.noInterface {
+			return ""
+		}
+		v.errAt("interface", "interface: %s is required, e.g. %s", key, example)
+		return ""
+	}
+	p := *s
+	switch {
+	case p == "":
+		v.errAt(path, "interface: %s is empty; e.g. %s", key, example)
+		return ""
+	case strings.ContainsFunc(p, unicode.IsControl):
+		v.errAt(path, "interface: %s %q contains control characters", key, p)
+		return ""
+	}
+	if !filepath.IsAbs(p) {
+		p = filepath.Join(v.dir, p)
+	}
+	return filepath.Clean(p)
+}
+
+func (v *validator) forwarding(r *rawForwarding) Forwarding {
+	var f Forwarding
+	if r == nil {
+		return f
+	}
+	if r.Enabled != nil {
+		f.Enabled = *r.Enabled
+	}
+	if r.Masquerade != nil {
+		f.Masquerade = *r.Masquerade
+	}
+	if f.Masquerade && !f.Enabled {
+		v.errAt("forwarding.masquerade", "forwarding: masquerade = true needs enabled = true; masquerading only applies to forwarded traffic")
+	}
+	return f
+}
+
+// owner records which peer claimed a prefix, for overlap messages.
+type owner struct {
+	prefix netip.Prefix
+	peer   int
+	path   string
+}
+
+func (v *validator) peers(raws []rawPeer, nodeName string) []Peer {
+	peers := make([]Peer, 0, len(raws))
+	names := make(map[string]int)
+	var claimed []owner
+	for i := range raws {
+		r := &raws[i]
+		base := "peer." + strconv.Itoa(i)
+		p := Peer{Route: true}
+		label := fmt.Sprintf("peer #%d", i+1)
+
+		if r.Name == nil {
+			v.errAt(base, "%s: name is required", label)
+		} else {
+			p.Name = *r.Name
+			if err := checkName(p.Name); err != nil {
+				v.errAt(base+".name", "%s: name %q %v", label, p.Name, err)
+			} else {
+				label = fmt.Sprintf("peer %q", p.Name)
+				if j, dup := names[p.Name]; dup {
+					v.errAt(base+".name", "%s: name is used twice (first at line %d); peer names must be unique", label,
+						v.pos.line("peer."+strconv.Itoa(j)+".name"))
+				} else {
+					names[p.Name] = i
+				}
+				if p.Name == nodeName {
+					v.errAt(base+".name", "%s: name is this node's own node_name; a node is not its own peer (set node_name in [interface] if the host name is wrong)", label)
+				}
+			}
+		}
+
+		if r.Endpoint != nil && *r.Endpoint != "" {
+			if err := checkEndpoint(*r.Endpoint); err != nil {
+				v.errAt(base+".endpoint", "%s: endpoint %q %v", label, *r.Endpoint, err)
+			} else {
+				p.Endpoint = *r.Endpoint
+			}
+		}
+
+		if len(r.AllowedPrefixes) == 0 {
+			where := base + ".allowed_prefixes"
+			if !v.pos.has(where) {
+				where = base
+			}
+			v.errAt(where, "%s: allowed_prefixes is required and must list at least one prefix, e.g. allowed_prefixes = [\"10.99.0.2/32\"]", label)
+		}
+		for j, s := range r.AllowedPrefixes {
+			path := base + ".allowed_prefixes." + strconv.Itoa(j)
+			pf, err := parseAllowedPrefix(s)
+			if err != nil {
+				v.errAt(path, "%s: allowed_prefixes: %v", label, err)
+				continue
+			}
+			if msg := v.overlap(claimed, pf, i, peers, label); msg != "" {
+				v.errAt(path, "%s", msg)
+				continue
+			}
+			claimed = append(claimed, owner{prefix: pf, peer: i, path: path})
+			p.AllowedPrefixes = append(p.AllowedPrefixes, pf)
+		}
+
+		if r.PublicKey != nil {
+			k, err := DecodeKey(*r.PublicKey)
+			if err != nil {
+				// The value is not echoed: a private key pasted here by mistake
+				// must not end up in logs.
+				v.errAt(base+".public_key", "%s: public_key: %v", label, err)
+			} else {
+				p.PublicKey = &k
+			}
+		}
+
+		if r.PersistentKeepalive != nil {
+			d, err := parseDuration(*r.PersistentKeepalive)
+			switch {
+			case err != nil:
+				v.errAt(base+".persistent_keepalive", "%s: persistent_keepalive = %q %v", label, *r.PersistentKeepalive, err)
+			case d != 0 && (d < time.Second || d > maxKeepalive):
+				v.errAt(base+".persistent_keepalive", "%s: persistent_keepalive = %q must be \"0s\" (off) or between 1s and %s", label, *r.PersistentKeepalive, maxKeepalive)
+			default:
+				p.PersistentKeepalive = d
+			}
+		}
+		if r.Route != nil {
+			p.Route = *r.Route
+		}
+		peers = append(peers, p)
+	}
+	return peers
+}
+
+// overlap checks a new prefix against those already claimed. Prefixes of different
+// peers may not overlap, except that a default route (/0) coexists with more
+// specific prefixes: longest-prefix match makes that unambiguous. Within one peer,
+// a prefix inside another (other than a /0) is redundant and refused.
+func (v *validator) overlap(claimed []owner, pf netip.Prefix, peer int, peers []Peer, label string) string {
+	for _, c := range claimed {
+		if !c.prefix.Overlaps(pf) {
+			continue
+		}
+		if c.peer == peer {
+			if c.prefix == pf {
+				return fmt.Sprintf("%s: allowed_prefixes: %s is listed twice (also at line %d)", label, pf, v.pos.line(c.path))
+			}
+			if c.prefix.Bits() == 0 || pf.Bits() == 0 {
+				continue
+			}
+			outer, inner := c.prefix, pf
+			if inner.Bits() < outer.Bits() {
+				outer, inner = inner, outer
+			}
+			return fmt.Sprintf("%s: allowed_prefixes: %s is already covered by %s (line %d); list only %s", label, inner, outer, v.pos.line(c.path), outer)
+		}
+		if (c.prefix.Bits() == 0) != (pf.Bits() == 0) {
+			continue
+		}
+		other := fmt.Sprintf("peer #%d", c.peer+1)
+		if c.peer < len(peers) && peers[c.peer].Name != "" {
+			other = fmt.Sprintf("peer %q", peers[c.peer].Name)
+		}
+		return fmt.Sprintf("%s: allowed_prefixes: %s overlaps %s of %s (line %d); a packet must have exactly one peer to go to",
+			label, pf, c.prefix, other, v.pos.line(c.path))
+	}
+	return ""
+}
+
+func (v *validator) advanced(r *rawAdvanced) Advanced {
+	a := Advanced{RekeyAfter: DefaultRekeyAfter, RekeyAfterMessages: DefaultRekeyAfterMessages}
+	if r == nil {
+		return a
+	}
+	if r.RekeyAfter != nil {
+		d, err := parseDuration(*r.RekeyAfter)
+		switch {
+		case err != nil:
+			v.errAt("advanced.rekey_after", "advanced: rekey_after = %q %v", *r.RekeyAfter, err)
+		case d < minRekeyAfter || d > maxRekeyAfter:
+			v.errAt("advanced.rekey_after", "advanced: rekey_after = %q must be between %s and %s", *r.RekeyAfter, minRekeyAfter, maxRekeyAfter)
+		default:
+			a.RekeyAfter = d
+		}
+	}
+	if r.RekeyAfterMessages != nil {
+		if n := *r.RekeyAfterMessages; n < 1 {
+			v.errAt("advanced.rekey_after_messages", "advanced: rekey_after_messages = %d must be at least 1", n)
+		} else {
+			a.RekeyAfterMessages = uint64(n)
+		}
+	}
+	return a
+}
+
+// exitPeer checks that exit_peer names a peer that can carry a default route.
+func (v *validator) exitPeer(cfg *Config) {
+	name := cfg.Interface.ExitPeer
+	if name == "" {
+		return
+	}
+	idx := -1
+	for i := range cfg.Peers {
+		if cfg.Peers[i].Name == name {
+			idx = i
+			break
+		}
+	}
+	if idx < 0 {
+		v.errAt("interface.exit_peer", "interface: exit_peer %q is not the name of any [[peer]] in this file", name)
+		return
+	}
+	p := &cfg.Peers[idx]
+	hasDefault := false
+	for _, pf := range p.AllowedPrefixes {
+		if pf.Bits() == 0 {
+			hasDefault = true
+		}
+	}
+	base := "peer." + strconv.Itoa(idx)
+	if !hasDefault {
+		v.errAt("interface.exit_peer", "interface: exit_peer %q: that peer's allowed_prefixes (line %d) include neither 0.0.0.0/0 nor ::/0; add them to send all traffic through it",
+			name, v.pos.line(base+".allowed_prefixes"))
+	}
+	if !p.Route {
+		v.errAt("interface.exit_peer", "interface: exit_peer %q has route = false (line %d); an exit peer needs its routes", name, v.pos.line(base+".route"))
+	}
+}
+
+// checkLinkName applies the kernel's rules for interface names.
+func checkLinkName(s string) error {
+	switch {
+	case s == "":
+		return errors.New("is empty")
+	case len(s) > MaxLinkNameLen:
+		return fmt.Errorf("is %d bytes long; Linux allows at most %d", len(s), MaxLinkNameLen)
+	case s == "." || s == "..":
+		return errors.New("is not a valid interface name")
+	case strings.ContainsAny(s, "/:") || strings.ContainsFunc(s, unicode.IsSpace) || strings.ContainsFunc(s, unicode.IsControl):
+		return errors.New("may not contain '/', ':', spaces or control characters")
+	}
+	return nil
+}
+
+// checkName applies the rules for node and peer names: they appear in the
+// handshake, in logs and on command lines.
+func checkName(s string) error {
+	switch {
+	case s == "":
+		return errors.New("is empty")
+	case len(s) > MaxNameLen:
+		return fmt.Errorf("is %d bytes long; the limit is %d", len(s), MaxNameLen)
+	case !utf8.ValidString(s):
+		return errors.New("is not valid UTF-8")
+	case strings.ContainsFunc(s, func(r rune) bool { return unicode.IsSpace(r) || !unicode.IsPrint(r) }):
+		return errors.New("may not contain spaces or control characters")
+	}
+	return nil
+}
+
+// parseAddress parses an interface address; host bits are the point here.
+func parseAddress(s string) (netip.Prefix, error) {
+	p, err := parsePrefix(s, "10.99.0.1/24")
+	if err != nil {
+		return p, err
+	}
+	a := p.Addr()
+	switch {
+	case a.IsUnspecified():
+		return p, fmt.Errorf("%s is the unspecified address, not an interface address", s)
+	case a.IsMulticast():
+		return p, fmt.Errorf("%s is a multicast address, not an interface address", s)
+	}
+	return p, nil
+}
+
+// parseAllowedPrefix parses a routed prefix, which must not have host bits set.
+func parseAllowedPrefix(s string) (netip.Prefix, error) {
+	if !strings.Contains(s, "/") {
+		if a, err := netip.ParseAddr(s); err == nil && a.Zone() == "" {
+			return netip.Prefix{}, fmt.Errorf("%s has no prefix length; did you mean %s?", s, netip.PrefixFrom(a, a.BitLen()))
+		}
+	}
+	p, err := parsePrefix(s, "10.99.0.2/32")
+	if err != nil {
+		return p, err
+	}
+	if m := p.Masked(); m != p {
+		return p, fmt.Errorf("%s has host bits set; did you mean %s?", s, m)
+	}
+	return p, nil
+}
+
+func parsePrefix(s, example string) (netip.Prefix, error) {
+	if !strings.Contains(s, "/") {
+		return netip.Prefix{}, fmt.Errorf("%q has no prefix length; write ADDRESS/LENGTH, e.g. %s", s, example)
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return p, fmt.Errorf("%q is not an IP prefix; write ADDRESS/LENGTH, e.g. %s", s, example)
+	}
+	if p.Addr().Is4In6() {
+		return p, fmt.Errorf("%q is an IPv4-mapped IPv6 prefix; write the IPv4 prefix instead", s)
+	}
+	return p, nil
+}
+
+// parseDuration parses a Go duration string such as "25s" or "2m", with errors
+// phrased for the configuration file.
+func parseDuration(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		if _, nerr := strconv.ParseFloat(s, 64); nerr == nil {
+			return 0, fmt.Errorf("has no unit; write e.g. \"%ss\"", s)
+		}
+		return 0, errors.New("is not a duration; write e.g. \"25s\", \"2m\" or \"1h30m\"")
+	}
+	if d < 0 {
+		return 0, errors.New("is negative")
+	}
+	return d, nil
+}
+
+// checkEndpoint accepts HOST:PORT where HOST is an IP address (IPv6 in brackets)
+// or a DNS name, resolved later by the engine.
+func checkEndpoint(s string) error {
+	if strings.Contains(s, "://") {
+		return errors.New("is a URL; write HOST:PORT, e.g. 192.0.2.2:51900")
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		if a, aerr := netip.ParseAddr(s); aerr == nil {
+			if a.Is6() {
+				return fmt.Errorf("has no port; IPv6 endpoints are written in brackets: [%s]:%d", a, DefaultListenPort)
+			}
+			return fmt.Errorf("has no port; write e.g. %s:%d", a, DefaultListenPort)
+		}
+		if !strings.Contains(s, ":") {
+			return fmt.Errorf("has no port; write HOST:PORT, e.g. %s:%d", s, DefaultListenPort)
+		}
+		return errors.New("is not HOST:PORT (IPv6 addresses go in brackets: [2001:db8::1]:51900)")
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || n == 0 {
+		return fmt.Errorf("has port %q; want a number from 1 to 65535", port)
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		if a.IsUnspecified() || a.IsMulticast() {
+			return fmt.Errorf("has address %s, which cannot be a peer's address", a)
+		}
+		return nil
+	}
+	if strings.Contains(host, ":") {
+		return fmt.Errorf("has host %q, which is not an IPv6 address", host)
+	}
+	return checkHostName(host)
+}
+
+func checkHostName(h string) error {
+	h = strings.TrimSuffix(h, ".")
+	if h == "" || len(h) > 253 {
+		return errors.New("has an empty or too long host name")
+	}
+	for label := range strings.SplitSeq(h, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return fmt.Errorf("has an invalid host name %q", h)
+		}
+		for _, c := range []byte(label) {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+				return fmt.Errorf("has an invalid host name %q", h)
+			}
+		}
+	}
+	return nil
+}
