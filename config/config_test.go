@@ -126,9 +126,14 @@ func TestParseDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	in := cfg.Interface
-	if in.Name != DefaultName || in.MTU != DefaultMTU || in.ListenPort != DefaultListenPort ||
+	if in.Name != "a" || in.MTU != DefaultMTU || in.ListenPort != DefaultListenPort ||
 		in.FwMark != DefaultFwMark || in.Table != DefaultTable || in.ExitPeer != "" || len(in.Addresses) != 0 {
 		t.Errorf("interface defaults: %+v", in)
+	}
+	for file, want := range map[string]string{"": DefaultName, "/etc/stt-tun/office.toml": "office", "x/has space.toml": DefaultName, "/etc/stt-tun/much-too-long-for-a-link.toml": DefaultName} {
+		if got := defaultLinkName(file); got != want {
+			t.Errorf("default link name for %q: %q, want %q", file, got, want)
+		}
 	}
 	if in.NodeName != defaultNodeName() || in.NodeName == "" || len(in.NodeName) > MaxNameLen {
 		t.Errorf("node_name default %q, host-derived %q", in.NodeName, defaultNodeName())

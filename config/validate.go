@@ -38,7 +38,7 @@ func parse(data []byte, path, dir string) (*Config, error) {
 	if !ok {
 		return nil, ec.err()
 	}
-	v := &validator{ec: ec, pos: indexPositions(data), dir: dir}
+	v := &validator{ec: ec, pos: indexPositions(data), dir: dir, defaultLink: defaultLinkName(path)}
 	for _, sec := range sch {
 		// The decoder takes a lone [peer] as a one-element array; refuse it so
 		// that the second [peer] does not fail with a puzzling redefinition.
@@ -60,6 +60,9 @@ type validator struct {
 	ec  *errorCollector
 	pos *positions
 	dir string
+	// defaultLink is the link name when [interface] sets none: the file's base name,
+	// as wg-quick does, so that `up NAME` and `down NAME` name the same interface.
+	defaultLink string
 	// noInterface is set when [interface] is missing, which is reported once
 	// rather than once per required key.
 	noInterface bool
@@ -92,7 +95,7 @@ func (v *validator) config(raw *rawFile) *Config {
 
 func (v *validator) iface(r *rawInterface) Interface {
 	in := Interface{
-		Name:       DefaultName,
+		Name:       v.defaultLink,
 		MTU:        DefaultMTU,
 		ListenPort: DefaultListenPort,
 		FwMark:     DefaultFwMark,
@@ -566,4 +569,17 @@ func checkHostName(h string) error {
 		}
 	}
 	return nil
+}
+
+// defaultLinkName derives a link name from a config file name: "/etc/stt-tun/wg9.toml"
+// gives "wg9". A base name that is not a valid link name gives DefaultName.
+func defaultLinkName(path string) string {
+	if path == "" {
+		return DefaultName
+	}
+	base := strings.TrimSuffix(filepath.Base(path), ".toml")
+	if base == "" || base == "." || checkLinkName(base) != nil {
+		return DefaultName
+	}
+	return base
 }
