@@ -32,7 +32,7 @@ const (
 const (
 	HelloSenderOff  = 4
 	HelloNoiseOff   = 8
-	HelloPayloadLen = 108 // timestamp 12, capabilities 4, padding 92
+	HelloPayloadLen = 108 // encrypted: timestamp 12, capabilities 4, padding 76, tag 16
 	HelloMAC1Off    = 148
 	HelloMAC2Off    = 164
 )
@@ -42,7 +42,7 @@ const (
 	ChallengeSenderOff   = 4
 	ChallengeReceiverOff = 8
 	ChallengeNoiseOff    = 12
-	ChallengePayloadLen  = 40 // capabilities 4, cipher 1, reserved 3, name 32
+	ChallengePayloadLen  = 40 // plaintext: capabilities 4, cipher 1, reserved 3, name 32 (+16 tag on the wire)
 	ChallengeMAC1Off     = 148
 	ChallengeMAC2Off     = 164
 )
@@ -52,7 +52,7 @@ const (
 	AuthSenderOff   = 4
 	AuthReceiverOff = 8
 	AuthNoiseOff    = 12
-	AuthPayloadLen  = 32 // name 32
+	AuthPayloadLen  = 32 // plaintext: name 32 (+16 tag on the wire)
 	AuthMAC1Off     = 108
 	AuthMAC2Off     = 124
 )
