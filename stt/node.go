@@ -469,8 +469,10 @@ func (n *Node) handleHandshake(msg []byte, ep conn.Endpoint, out []byte) {
 	case wire.TypeAuthProof:
 		res, reply, err := n.hs.HandleAuthProof(msg, src, out)
 		if reply != nil {
+			// Under load: the initiator must prove its address with a cookie first.
 			n.ctr.cookiesSent.Add(1)
 			_ = n.send([][]byte{reply}, ep)
+			return
 		}
 		if err != nil {
 			n.dropHandshake(err, src)
@@ -544,6 +546,7 @@ func (n *Node) timerLoop() {
 		case <-n.wake:
 		}
 		now := time.Now()
+		n.hs.Sweep()
 		for _, p := range n.Peers() {
 			p.tick(now)
 		}

@@ -588,3 +588,21 @@ func rawSender(t *testing.T) func(msg []byte, to *Node) {
 		}
 	}
 }
+
+func TestCookiePathUnderLoadStillConnects(t *testing.T) {
+	seed := randKey(t)
+	// A negative threshold keeps b permanently "under load": every handshake message
+	// must carry a cookie for b's view of a's address.
+	b := startNode(t, nodeOpts{seed: seed, name: "b", loadThr: -1})
+	a := startNode(t, nodeOpts{seed: seed, name: "a"})
+	_, _ = b.AddPeer(PeerConfig{Name: "a"})
+	pa, _ := a.AddPeer(PeerConfig{Name: "b", Endpoint: loopback(b.Node)})
+	sendOne(t, pa, 0, []byte("through the cookie"))
+	b.h.waitCount(t, 1, 10*time.Second)
+	if b.Stats().CookieRepliesSent == 0 {
+		t.Fatal("responder under load established a session without the cookie round trip")
+	}
+	if len(a.bind.ofType(wire.TypeCookieReply)) != 0 || len(b.bind.ofType(wire.TypeCookieReply)) == 0 {
+		t.Fatal("cookie replies went the wrong way")
+	}
+}

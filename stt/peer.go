@@ -39,6 +39,7 @@ type Peer struct {
 	mu            sync.Mutex
 	previous      *session
 	init          *initiation
+	proof         *initiation // the initiation whose AUTH_PROOF was sent last
 	cookie        []byte
 	cookieAt      time.Time
 	wantHandshake bool
@@ -349,11 +350,13 @@ func (p *Peer) consumeChallenge(in *initiation, msg []byte, ep conn.Endpoint) {
 		n.drop(DropHandshake)
 		return
 	}
-	// The index stays reserved until install turns it into the session.
-	n.mu.Lock()
-	delete(n.inits, in.index)
-	n.mu.Unlock()
+	// The index stays reserved until install turns it into the session. The
+	// initiation stays findable for a while: a responder under load may answer the
+	// AUTH_PROOF with a cookie, and then it is sent again with mac2.
 	p.init = nil
+	p.forgetProofLocked()
+	p.proof = in
+	in.nextRetry = now.Add(handshake.HalfOpenTimeout)
 	if err := n.send([][]byte{proof}, ep); err != nil {
 		n.index.release(in.index)
 		return
@@ -367,7 +370,7 @@ func (p *Peer) consumeChallenge(in *initiation, msg []byte, ep conn.Endpoint) {
 func (p *Peer) consumeCookie(in *initiation, msg []byte) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.init != in {
+	if p.init != in && p.proof != in {
 		p.node.drop(DropHandshake)
 		return
 	}
@@ -377,6 +380,28 @@ func (p *Peer) consumeCookie(in *initiation, msg []byte) {
 		return
 	}
 	p.cookie, p.cookieAt = c, time.Now()
+	if in == p.proof {
+		proof, err := in.hs.ResendAuthProof(c, make([]byte, 0, wire.AuthProofLen))
+		if err != nil {
+			p.node.dropHandshake(err, netip.AddrPort{})
+			return
+		}
+		if ep := p.endpoint.Load(); ep != nil {
+			_ = p.node.send([][]byte{proof}, *ep)
+		}
+	}
+}
+
+// forgetProofLocked stops answering cookies for the last AUTH_PROOF sent.
+func (p *Peer) forgetProofLocked() {
+	if p.proof == nil {
+		return
+	}
+	n := p.node
+	n.mu.Lock()
+	delete(n.inits, p.proof.index)
+	n.mu.Unlock()
+	p.proof = nil
 }
 
 // completeResponder installs a responder session after the per-peer checks.
@@ -458,6 +483,9 @@ func (p *Peer) tick(now time.Time) {
 		n.index.remove(cur)
 		p.current.CompareAndSwap(cur, nil)
 		cur = nil
+	}
+	if p.proof != nil && (cur == nil || cur.confirmed.Load() || !now.Before(p.proof.nextRetry)) {
+		p.forgetProofLocked()
 	}
 	nowMono := p.mono(now)
 	sentRecently := nowMono-p.lastSent.Load() < int64(t.RekeyAfterTime)
@@ -591,6 +619,7 @@ func (p *Peer) shutdown() {
 	defer p.mu.Unlock()
 	p.removed = true
 	p.dropInitLocked()
+	p.forgetProofLocked()
 	cur := p.current.Swap(nil)
 	if cur != nil {
 		p.sendControl(cur, wire.AppendControl(nil, wire.CtlClose, []byte{wire.CodeShutdown, 0}))
