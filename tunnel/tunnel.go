@@ -142,7 +142,9 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 		}
 		for _, pfx := range pc.AllowedPrefixes {
 			table.Insert(pfx, p)
-			if pc.Route && pfx.Bits() != 0 {
+			// A /0 means "any source" for a peer, and the default route only for the
+			// exit peer, where routing turns it into the policy-routed full tunnel.
+			if pc.Route && (pfx.Bits() != 0 || pc.Name == cfg.Interface.ExitPeer) {
 				routes = append(routes, pfx)
 			}
 		}
