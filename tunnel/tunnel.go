@@ -32,8 +32,9 @@ type Options struct {
 // peer is the tunnel's view of one configured peer: its allowed prefixes and its node
 // peer.
 type peer struct {
-	cfg config.Peer
-	sp  *stt.Peer
+	cfg       config.Peer
+	sp        *stt.Peer
+	srcDenied atomic.Uint64 // packets from this peer with a source it may not use
 }
 
 // Tunnel is a running stt-tun interface.
@@ -306,6 +307,9 @@ func (t *Tunnel) Deliver(in *stt.Inbound) {
 		p, ok := table.Lookup(src)
 		if !ok || p.sp != in.Peers[i] {
 			t.srcDenied.Add(1)
+			if from, _ := in.Peers[i].Tag().(*peer); from != nil {
+				from.srcDenied.Add(1)
+			}
 			continue
 		}
 		out = append(out, in.Bufs[i][:end:min(cap(in.Bufs[i]), maxWriteCap)])
@@ -365,7 +369,8 @@ func (t *Tunnel) Status() Status {
 		ps.LastHandshake = p.sp.LastHandshake()
 		ps.RTT = float64(p.sp.RTT().Microseconds()) / 1000
 		s := p.sp.Stats()
-		ps.TxBytes, ps.RxBytes, ps.TxPackets, ps.RxPackets, ps.Drops = s.TxBytes, s.RxBytes, s.TxPackets, s.RxPackets, s.Drops
+		ps.TxBytes, ps.RxBytes, ps.TxPackets, ps.RxPackets = s.TxBytes, s.RxBytes, s.TxPackets, s.RxPackets
+		ps.Drops = s.Drops + p.srcDenied.Load()
 		st.Peers = append(st.Peers, ps)
 	}
 	return st

@@ -124,6 +124,9 @@ func TestSpoofedSourceNeverReachesTun(t *testing.T) {
 	if got := a.t.Counters().SourceDenied; got != 1 {
 		t.Fatalf("source-denied counter %d, want 1", got)
 	}
+	if st := a.t.Status(); len(st.Peers) != 1 || st.Peers[0].Drops != 1 {
+		t.Fatalf("the drop is not shown against peer b: %+v", st.Peers)
+	}
 	select {
 	case p := <-a.dev.Written():
 		t.Fatalf("unexpected packet reached the tun: %x", p)
