@@ -117,7 +117,7 @@ func configPath(c *cli.Context, cmd string) (path string, bare bool, err error) 
 	file := c.String(configFlagName)
 	switch n := c.Args().Len(); {
 	case n > 1:
-		return "", false, usageError("%s: unexpected arguments %q (flags go before NAME)", cmd, c.Args().Slice()[1:])
+		return "", false, usageError("%s: unexpected arguments %q (one NAME at a time)", cmd, c.Args().Slice()[1:])
 	case n == 1 && file != "":
 		return "", false, usageError("%s: give NAME or -c FILE, not both", cmd)
 	case n == 0 && file == "":

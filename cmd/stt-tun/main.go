@@ -16,6 +16,8 @@ import (
 	"runtime/debug"
 	"strings"
 
+	"github.com/urfave/cli/v2"
+
 	"github.com/stt-tun/stt-tun/config"
 	"github.com/stt-tun/stt-tun/routing"
 	"github.com/stt-tun/stt-tun/tunnel"
@@ -57,7 +59,8 @@ func defaultEnv() *env {
 
 // run runs the command line args (args[0] is the program name) and returns the exit status.
 func run(ctx context.Context, args []string, e *env) int {
-	err := newApp(e).RunContext(ctx, args)
+	app := newApp(e)
+	err := app.RunContext(ctx, flagsFirst(app, args))
 	if err == nil {
 		return 0
 	}
@@ -102,4 +105,67 @@ func versionString() string {
 		return bi.Main.Version
 	}
 	return "dev"
+}
+
+// flagsFirst moves a command's flags in front of its arguments, so that
+// `status NAME --json` means what `status --json NAME` means: administrators type
+// flags last, and urfave/cli stops reading flags at the first argument. A "--" ends the
+// reordering.
+func flagsFirst(app *cli.App, args []string) []string {
+	if len(args) < 2 {
+		return args
+	}
+	// Find the command: the first word that is not a global flag or its value.
+	i := 1
+	for i < len(args) && strings.HasPrefix(args[i], "-") {
+		if takesValue(app.Flags, args[i]) {
+			i++
+		}
+		i++
+	}
+	if i >= len(args) {
+		return args
+	}
+	cmd := app.Command(args[i])
+	if cmd == nil {
+		return args
+	}
+	head := append([]string(nil), args[:i+1]...)
+	var flags, rest []string
+	tail := args[i+1:]
+	for j := 0; j < len(tail); j++ {
+		a := tail[j]
+		if a == "--" {
+			rest = append(rest, tail[j:]...)
+			break
+		}
+		if len(a) > 1 && strings.HasPrefix(a, "-") {
+			flags = append(flags, a)
+			if takesValue(cmd.Flags, a) && j+1 < len(tail) {
+				j++
+				flags = append(flags, tail[j])
+			}
+			continue
+		}
+		rest = append(rest, a)
+	}
+	return append(append(head, flags...), rest...)
+}
+
+// takesValue says whether the flag token a names a flag that reads the next word as
+// its value (a non-boolean flag written without "=").
+func takesValue(flags []cli.Flag, a string) bool {
+	name := strings.TrimLeft(a, "-")
+	if strings.Contains(name, "=") {
+		return false
+	}
+	for _, f := range flags {
+		for _, n := range f.Names() {
+			if n == name {
+				_, isBool := f.(*cli.BoolFlag)
+				return !isBool
+			}
+		}
+	}
+	return false
 }

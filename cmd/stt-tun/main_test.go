@@ -272,7 +272,8 @@ func TestErrors(t *testing.T) {
 		{"unknown command", "", []string{"frobnicate"}, 2, `unknown command "frobnicate"`},
 		{"up without NAME", "", []string{"up"}, 2, "up: missing NAME or -c FILE"},
 		{"up NAME and file", "", []string{"up", "-c", valid, "alpha"}, 2, "give NAME or -c FILE, not both"},
-		{"up flag after NAME", "", []string{"up", "alpha", "--foreground"}, 2, "flags go before NAME"},
+		{"up two NAMEs", "", []string{"up", "alpha", "beta"}, 2, "one NAME at a time"},
+		{"status flag after NAME", "", []string{"status", "stt9", "--json"}, 1, "stt9 is not up"},
 		{"up bad log level", "", []string{"up", "--log-level", "loud", "alpha"}, 2, `--log-level "loud"`},
 		{"up unknown NAME", "", []string{"up", "nope"}, 1, "nope: no configuration " + filepath.Join(h.dir, "nope.toml")},
 		{"up missing file", "", []string{"up", "-c", filepath.Join(h.dir, "missing.toml")}, 1, "missing.toml: no such file or directory"},
@@ -647,4 +648,20 @@ func TestBackgroundUp(t *testing.T) {
 	checkOneLineError(t, h.run("", "up", "failing"), 1, "stt-tun: start stt8: create tun device: operation not permitted")
 	checkOneLineError(t, h.run("", "up", "crashing"), 1,
 		"stt7: daemon exited before it was ready (exit status 3); see "+filepath.Join(h.dir, "stt7.log"))
+}
+
+func TestFlagsMayFollowName(t *testing.T) {
+	app := newApp(defaultEnv())
+	for _, c := range []struct{ in, want []string }{
+		{[]string{"stt-tun", "status", "wg0", "--json"}, []string{"stt-tun", "status", "--json", "wg0"}},
+		{[]string{"stt-tun", "--state-dir", "/x", "up", "wg0", "--log-level", "debug", "-f"}, []string{"stt-tun", "--state-dir", "/x", "up", "--log-level", "debug", "-f", "wg0"}},
+		{[]string{"stt-tun", "up", "-c", "a.toml", "--foreground"}, []string{"stt-tun", "up", "-c", "a.toml", "--foreground"}},
+		{[]string{"stt-tun", "down", "wg0", "--timeout=5s"}, []string{"stt-tun", "down", "--timeout=5s", "wg0"}},
+		{[]string{"stt-tun", "status", "--", "-odd"}, []string{"stt-tun", "status", "--", "-odd"}},
+		{[]string{"stt-tun", "frobnicate", "x", "-y"}, []string{"stt-tun", "frobnicate", "x", "-y"}},
+	} {
+		if got := flagsFirst(app, c.in); strings.Join(got, " ") != strings.Join(c.want, " ") {
+			t.Errorf("%q: got %q, want %q", c.in, got, c.want)
+		}
+	}
 }
