@@ -543,3 +543,28 @@ func mustRead(t *testing.T, path string) string {
 	}
 	return string(b)
 }
+
+// TestIPv6Underlay: the same tunnel, IPv4 and IPv6 inside, carried over an IPv6-only
+// path between the nodes (the peer's endpoint is an IPv6 address).
+func TestIPv6Underlay(t *testing.T) {
+	t.Parallel()
+	_, a, b, seed := pair(t)
+	a.writeConfig(nodeConf{addresses: tunA, seedFile: seed, peers: []peerConf{
+		{name: "beta", endpoint: "[fd00:231::2]:51900", allowed: allowB},
+	}})
+	b.writeConfig(nodeConf{addresses: tunB, seedFile: seed, peers: []peerConf{
+		{name: "alpha", allowed: allowA},
+	}})
+	b.startForeground()
+	a.startForeground()
+	for _, to := range []string{"10.99.0.2", "fd99::2"} {
+		waitPing(t, a.ns, to)
+	}
+	waitPing(t, b.ns, "10.99.0.1")
+	transfer(t, a.ns, b.ns, "fd99::2", 4<<20)
+	for _, st := range []statusJSON{a.mustStatus(), b.mustStatus()} {
+		if len(st.Peers) != 1 || !strings.HasPrefix(st.Peers[0].Endpoint, "[fd00:231::") {
+			t.Fatalf("%s: peer endpoint %+v, want the IPv6 underlay", st.NodeName, st.Peers)
+		}
+	}
+}
