@@ -1,0 +1,46 @@
+// Package ws is STT's WebSocket transport (docs/protocol.md §9): for networks that
+// block UDP, a node carries its frames in binary WebSocket messages over ws:// or
+// wss://, directly, behind a reverse proxy, or through an HTTP CONNECT proxy.
+//
+// # Wire format
+//
+// Every WebSocket message is binary and holds one or more records, each
+//
+//	length (2 bytes, little-endian) || message (length bytes)
+//
+// with 1 <= length <= 65535. A message carries at most MaxMessage bytes (1 MiB by
+// default). Text messages, records of length 0, records longer than the receiver's
+// buffers and records running past the end of their message are protocol violations:
+// the connection is closed and the event counted. No WebSocket extension (in
+// particular no compression) is negotiated.
+//
+// # Trust
+//
+// STT authenticates and encrypts end to end, so this package carries opaque messages
+// and treats every byte from the network as hostile: all limits are enforced before
+// memory is committed, a connection that has not carried an authenticated STT frame
+// (see Conn.MarkAuthenticated) gets small receive batches and, on a server, is closed
+// after AuthTimeout.
+//
+// TLS (wss://) is here to get through middleboxes that only let TLS or HTTPS out, or
+// to sit behind a TLS-terminating reverse proxy. It is not what protects the tunnel:
+// STT's own cryptography does, and a peer must not rely on the certificate check for
+// anything. InsecureSkipVerify is therefore a legitimate choice, not a hole.
+//
+// # Concurrency and resources
+//
+// Each Conn runs one reader goroutine (which calls the ReceiveFunc), one writer
+// goroutine draining a bounded send queue, and one keepalive goroutine. Conn.Send never
+// blocks: it copies the frames into one pooled message buffer and drops the message if
+// the queue is full. Close stops all three goroutines; Done is closed once they have
+// exited. Memory per connection is bounded by Batch receive buffers of BufSize bytes
+// (allocated lazily, at most PreAuthBatch of them before authentication), a 16 KiB
+// read-ahead buffer, and SendQueue messages of at most MaxMessage bytes.
+//
+// # Proxies
+//
+// A server can sit behind a reverse proxy that forwards WebSocket upgrades on its Path;
+// it then sees the proxy as the remote address. A client reaches the server directly or
+// through an HTTP proxy (explicit, or from HTTP_PROXY/HTTPS_PROXY/NO_PROXY), always with
+// CONNECT, for ws:// as for wss://, since plain forwarding proxies rarely pass upgrades.
+package ws

@@ -1,0 +1,359 @@
+package ws
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// Server HTTP limits.
+const (
+	// ReadHeaderTimeout bounds the TLS handshake and the reading of a request's headers.
+	ReadHeaderTimeout = 10 * time.Second
+	// IdleTimeout closes keep-alive HTTP connections that were never upgraded.
+	IdleTimeout = 30 * time.Second
+	// MaxHeaderBytes bounds a request's headers.
+	MaxHeaderBytes = 16 << 10
+)
+
+// ServerConfig configures Listen. Zero values select the defaults.
+type ServerConfig struct {
+	// Addr is the TCP address to listen on, e.g. ":443"; port 0 picks a free port.
+	Addr string
+	// Path is the only HTTP path that upgrades (default DefaultPath); others get 404.
+	Path string
+	// CertFile and KeyFile, both set, make the server speak TLS (wss://).
+	CertFile, KeyFile string
+
+	// Offset is where a record starts in a receive buffer.
+	Offset int
+	// BufSize is the size of each receive buffer (default Offset+MaxRecordLen); a
+	// record longer than BufSize-Offset closes the connection.
+	BufSize int
+	// Batch is the most records per ReceiveFunc call (default DefaultBatch).
+	Batch int
+	// MaxConns bounds the open connections (default DefaultMaxConns); more get 503.
+	MaxConns int
+	// AuthTimeout closes a connection not marked authenticated within it (default
+	// DefaultAuthTimeout; negative disables).
+	AuthTimeout time.Duration
+	// MaxMessage is the largest message read or written (default DefaultMaxMessage).
+	MaxMessage int
+	// SendQueue is the number of messages queued per connection (default
+	// DefaultSendQueue).
+	SendQueue int
+	// PingInterval is the keepalive interval (default DefaultPingInterval; negative
+	// disables).
+	PingInterval time.Duration
+
+	// Receive gets the records read from every connection. Required.
+	Receive ReceiveFunc
+	// OnConnect, if set, is called with each new connection before it reads anything.
+	OnConnect func(*Conn)
+	// Logger receives debug logs (default: discard).
+	Logger *slog.Logger
+}
+
+// ServerStats are a server's counters.
+type ServerStats struct {
+	Accepted              uint64 // connections upgraded
+	RejectedHTTP          uint64 // requests not upgraded: wrong path, not WebSocket, bad handshake
+	RejectedFull          uint64 // upgrades refused with 503 because MaxConns were open
+	Closed                uint64 // connections closed, for any reason
+	ClosedUnauthenticated uint64 // closed because AuthTimeout passed
+	ClosedOversized       uint64 // closed for a message over MaxMessage
+	ClosedBadRecord       uint64 // closed for a malformed or text message
+	ClosedKeepalive       uint64 // closed because a ping went unanswered
+	ClosedError           uint64 // closed for another read or write error
+	QueueDrops            uint64 // messages dropped by Send on full queues
+	Active                uint64 // connections open now
+}
+
+// Server accepts WebSocket connections on one path of an HTTP(S) server.
+type Server struct {
+	cfg    ServerConfig
+	opts   options
+	scheme string
+	ln     net.Listener
+	hs     *http.Server
+
+	mu        sync.Mutex
+	closed    bool
+	conns     map[*Conn]struct{}
+	handlers  sync.WaitGroup
+	serveDone chan struct{}
+
+	active atomic.Int64
+
+	accepted, rejectedHTTP, rejectedFull                atomic.Uint64
+	closedAll, closedUnauth, closedOversized, closedBad atomic.Uint64
+	closedKeepalive, closedError, queueDrops            atomic.Uint64
+}
+
+// Listen starts a server on cfg.Addr and returns once it is listening.
+func Listen(cfg ServerConfig) (*Server, error) {
+	o := options{
+		offset: cfg.Offset, bufSize: cfg.BufSize, batch: cfg.Batch,
+		maxMessage: cfg.MaxMessage, sendQueue: cfg.SendQueue,
+		pingInterval: cfg.PingInterval, recv: cfg.Receive, log: cfg.Logger,
+	}
+	if err := o.normalize(); err != nil {
+		return nil, fmt.Errorf("ws: listen: %w", err)
+	}
+	if cfg.Path == "" {
+		cfg.Path = DefaultPath
+	}
+	if !strings.HasPrefix(cfg.Path, "/") {
+		return nil, fmt.Errorf("ws: listen: path %q must start with /", cfg.Path)
+	}
+	if cfg.MaxConns == 0 {
+		cfg.MaxConns = DefaultMaxConns
+	}
+	if cfg.MaxConns < 1 {
+		return nil, fmt.Errorf("ws: listen: MaxConns %d must be positive", cfg.MaxConns)
+	}
+	if cfg.AuthTimeout == 0 {
+		cfg.AuthTimeout = DefaultAuthTimeout
+	}
+	if (cfg.CertFile == "") != (cfg.KeyFile == "") {
+		return nil, errors.New("ws: listen: CertFile and KeyFile must be set together")
+	}
+	cfg.Logger = o.log
+
+	s := &Server{cfg: cfg, opts: o, scheme: "ws", conns: make(map[*Conn]struct{}), serveDone: make(chan struct{})}
+	var tlsConf *tls.Config
+	if cfg.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("ws: listen: load certificate: %w", err)
+		}
+		tlsConf = &tls.Config{
+			Certificates: []tls.Certificate{cert},
+			MinVersion:   tls.VersionTLS12,
+			NextProtos:   []string{"http/1.1"}, // WebSocket upgrades need HTTP/1.1
+		}
+		s.scheme = "wss"
+	}
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("ws: listen on %s: %w", cfg.Addr, err)
+	}
+	if tlsConf != nil {
+		ln = tls.NewListener(ln, tlsConf)
+	}
+	s.ln = ln
+	s.hs = &http.Server{
+		Handler: http.HandlerFunc(s.handle),
+		// No ReadTimeout or WriteTimeout: net/http leaves those deadlines on hijacked
+		// connections. ReadHeaderTimeout also bounds the TLS handshake.
+		ReadHeaderTimeout: ReadHeaderTimeout,
+		IdleTimeout:       IdleTimeout,
+		MaxHeaderBytes:    MaxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(o.log.Handler(), slog.LevelDebug),
+	}
+	go func() {
+		defer close(s.serveDone)
+		if err := s.hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			o.log.Error("websocket server stopped", "addr", ln.Addr(), "err", err)
+		}
+	}()
+	return s, nil
+}
+
+// Addr returns the address the server listens on.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// URL returns the server's URL for a client on this host, e.g. "ws://127.0.0.1:8080/stt"
+// (a wildcard listen address is replaced by the loopback address).
+func (s *Server) URL() string {
+	host := s.ln.Addr().String()
+	if ap, err := netip.ParseAddrPort(host); err == nil && ap.Addr().IsUnspecified() {
+		lo := netip.AddrFrom4([4]byte{127, 0, 0, 1})
+		if ap.Addr().Is6() && !ap.Addr().Is4In6() {
+			lo = netip.IPv6Loopback()
+		}
+		host = netip.AddrPortFrom(lo, ap.Port()).String()
+	}
+	return s.scheme + "://" + host + s.cfg.Path
+}
+
+// Stats returns a snapshot of the server's counters.
+func (s *Server) Stats() ServerStats {
+	return ServerStats{
+		Accepted:              s.accepted.Load(),
+		RejectedHTTP:          s.rejectedHTTP.Load(),
+		RejectedFull:          s.rejectedFull.Load(),
+		Closed:                s.closedAll.Load(),
+		ClosedUnauthenticated: s.closedUnauth.Load(),
+		ClosedOversized:       s.closedOversized.Load(),
+		ClosedBadRecord:       s.closedBad.Load(),
+		ClosedKeepalive:       s.closedKeepalive.Load(),
+		ClosedError:           s.closedError.Load(),
+		QueueDrops:            s.queueDrops.Load(),
+		Active:                uint64(max(s.active.Load(), 0)),
+	}
+}
+
+// Conns returns the open connections.
+func (s *Server) Conns() []*Conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*Conn, 0, len(s.conns))
+	for c := range s.conns {
+		out = append(out, c)
+	}
+	return out
+}
+
+// Close stops listening, closes every connection and waits for their goroutines.
+// It must not be called from a ReceiveFunc.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		<-s.serveDone
+		return nil
+	}
+	s.closed = true
+	conns := make([]*Conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+
+	err := s.hs.Close()
+	s.handlers.Wait()
+	for _, c := range conns {
+		c.fail(reasonLocal, net.ErrClosed)
+	}
+	for _, c := range conns {
+		<-c.Done()
+	}
+	<-s.serveDone
+	if err != nil {
+		return fmt.Errorf("ws: close server: %w", err)
+	}
+	return nil
+}
+
+// reserve takes a connection slot if one is free.
+func (s *Server) reserve() bool {
+	for {
+		a := s.active.Load()
+		if a >= int64(s.cfg.MaxConns) {
+			return false
+		}
+		if s.active.CompareAndSwap(a, a+1) {
+			return true
+		}
+	}
+}
+
+// handle serves one HTTP request: it upgrades on the configured path and rejects
+// everything else.
+func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		http.Error(w, http.StatusText(http.StatusServiceUnavailable), http.StatusServiceUnavailable)
+		return
+	}
+	s.handlers.Add(1)
+	s.mu.Unlock()
+	defer s.handlers.Done()
+
+	if r.URL.Path != s.cfg.Path {
+		s.rejectedHTTP.Add(1)
+		http.NotFound(w, r)
+		return
+	}
+	if !headerHasToken(r.Header, "Connection", "upgrade") || !headerHasToken(r.Header, "Upgrade", "websocket") {
+		s.rejectedHTTP.Add(1)
+		w.Header().Set("Connection", "Upgrade")
+		w.Header().Set("Upgrade", "websocket")
+		http.Error(w, http.StatusText(http.StatusUpgradeRequired), http.StatusUpgradeRequired)
+		return
+	}
+	if !s.reserve() {
+		s.rejectedFull.Add(1)
+		w.Header().Set("Retry-After", "5")
+		http.Error(w, http.StatusText(http.StatusServiceUnavailable), http.StatusServiceUnavailable)
+		return
+	}
+	wsc, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+		// Origin checks guard browsers' cookies; STT authenticates on its own.
+		InsecureSkipVerify: true,
+		CompressionMode:    websocket.CompressionDisabled,
+	})
+	if err != nil {
+		s.active.Add(-1)
+		s.rejectedHTTP.Add(1)
+		s.opts.log.Debug("websocket upgrade refused", "remote", r.RemoteAddr, "err", err)
+		return // Accept wrote the response
+	}
+	remote, _ := netip.ParseAddrPort(r.RemoteAddr)
+	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
+	c := newConn(wsc, s.opts, s, remote, s.scheme+"://"+remote.String()+s.cfg.Path)
+
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		s.active.Add(-1)
+		_ = wsc.CloseNow()
+		return
+	}
+	s.conns[c] = struct{}{}
+	s.mu.Unlock()
+	s.accepted.Add(1)
+	if s.cfg.OnConnect != nil {
+		s.cfg.OnConnect(c)
+	}
+	c.start(s.cfg.AuthTimeout)
+}
+
+// connDone accounts for a finished connection.
+func (s *Server) connDone(c *Conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	s.active.Add(-1)
+	s.closedAll.Add(1)
+	c.closeMu.Lock()
+	reason := c.reason
+	c.closeMu.Unlock()
+	switch reason {
+	case reasonUnauthenticated:
+		s.closedUnauth.Add(1)
+	case reasonOversized:
+		s.closedOversized.Add(1)
+	case reasonBadRecord:
+		s.closedBad.Add(1)
+	case reasonKeepalive:
+		s.closedKeepalive.Add(1)
+	case reasonError:
+		s.closedError.Add(1)
+	}
+}
+
+// headerHasToken reports whether a comma-separated header contains token,
+// case-insensitively.
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for t := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
