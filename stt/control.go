@@ -6,6 +6,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.zx2c4.com/wireguard/conn"
+
 	"github.com/stt-tun/stt-tun/stt/wire"
 )
 
@@ -21,7 +23,7 @@ const (
 var ErrReliableQueueFull = errors.New("reliable control queue full")
 
 // handleControl processes the control messages of one authenticated stream-0 payload.
-func (n *Node) handleControl(p *Peer, s *session, payload []byte) {
+func (n *Node) handleControl(p *Peer, s *session, payload []byte, from conn.Endpoint) {
 	it := wire.NewControlIter(payload)
 	var reply []byte
 	for {
@@ -52,7 +54,7 @@ func (n *Node) handleControl(p *Peer, s *session, payload []byte) {
 		n.drop(DropControl)
 	}
 	if reply != nil {
-		p.sendControl(s, reply)
+		p.sendControlVia(s, reply, from)
 	}
 }
 

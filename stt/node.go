@@ -20,6 +20,7 @@ import (
 
 	"github.com/stt-tun/stt-tun/stt/handshake"
 	"github.com/stt-tun/stt-tun/stt/wire"
+	"github.com/stt-tun/stt-tun/stt/ws"
 )
 
 // Headroom is the offset at which a datagram's payload starts in the buffers the
@@ -76,6 +77,11 @@ type Config struct {
 	DisableAES bool
 	// HandshakeLoadThreshold overrides the responder's load threshold (messages/s).
 	HandshakeLoadThreshold int
+	// DisableUDP keeps the node off UDP entirely: WebSocket only.
+	DisableUDP bool
+	// WSListen is the address of the WebSocket listener ("" = none), WSPath its path
+	// (default /stt); WSCertFile and WSKeyFile turn it into wss://.
+	WSListen, WSPath, WSCertFile, WSKeyFile string
 }
 
 // Node is an STT endpoint: peers, sessions, timers and a transport.
@@ -101,6 +107,10 @@ type Node struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	wake   chan struct{}
+
+	wsServer *ws.Server
+	wsStates sync.Pool // *wsRecvState
+	wsEPs    wsEndpoints
 }
 
 // New creates a node. Nothing is opened until Start.
@@ -122,6 +132,7 @@ func New(cfg Config) (*Node, error) {
 		wake:   make(chan struct{}, 1),
 	}
 	n.noncePool.New = func() any { return new([12]byte) }
+	n.wsStates.New = func() any { return &wsRecvState{nonce: new([12]byte), hsOut: make([]byte, 0, 256)} }
 	var caps uint32
 	if !cfg.DisableAES && hasHardwareAES() {
 		caps |= wire.CapHardwareAES
@@ -160,22 +171,34 @@ func (n *Node) Port() uint16 {
 	return n.port
 }
 
-// Start opens the transport and starts the receive and timer goroutines.
+// Start opens the transports and starts the receive and timer goroutines.
 func (n *Node) Start() error {
-	fns, port, err := n.bind.Open(n.cfg.ListenPort)
-	if err != nil {
-		return fmt.Errorf("stt: listen on UDP port %d: %w", n.cfg.ListenPort, err)
-	}
-	if n.cfg.FwMark != 0 {
-		if err := n.bind.SetMark(n.cfg.FwMark); err != nil {
-			_ = n.bind.Close()
-			return fmt.Errorf("stt: set fwmark: %w", err)
+	var fns []conn.ReceiveFunc
+	if !n.cfg.DisableUDP {
+		var port uint16
+		var err error
+		fns, port, err = n.bind.Open(n.cfg.ListenPort)
+		if err != nil {
+			return fmt.Errorf("stt: listen on UDP port %d: %w", n.cfg.ListenPort, err)
 		}
+		if n.cfg.FwMark != 0 {
+			if err := n.bind.SetMark(n.cfg.FwMark); err != nil {
+				_ = n.bind.Close()
+				return fmt.Errorf("stt: set fwmark: %w", err)
+			}
+		}
+		n.mu.Lock()
+		n.port = port
+		n.mu.Unlock()
 	}
-	n.mu.Lock()
-	n.port = port
-	n.mu.Unlock()
 	n.ctx, n.cancel = context.WithCancel(context.Background())
+	if err := n.startWS(); err != nil {
+		n.cancel()
+		if !n.cfg.DisableUDP {
+			_ = n.bind.Close()
+		}
+		return err
+	}
 	for _, fn := range fns {
 		n.wg.Add(1)
 		go n.receiveLoop(fn)
@@ -207,7 +230,13 @@ func (n *Node) Close() error {
 	if n.cancel != nil {
 		n.cancel()
 	}
-	err := n.bind.Close()
+	var err error
+	if !n.cfg.DisableUDP {
+		err = n.bind.Close()
+	}
+	if n.wsServer != nil {
+		err = errors.Join(err, n.wsServer.Close())
+	}
 	n.wg.Wait()
 	return err
 }
@@ -219,6 +248,12 @@ type PeerConfig struct {
 	PublicKey           *[32]byte // pinned static key, nil = any holder of the seed
 	PersistentKeepalive time.Duration
 	Tag                 any // opaque to the node; the caller's per-peer state
+	// WSURL (ws:// or wss://) lets this node reach the peer over WebSocket when UDP
+	// fails, or only that way when the peer has no UDP Endpoint.
+	WSURL      string
+	WSProxy    string // "" = proxy from the environment, "none" = direct, else http://host:port
+	WSCAFile   string // CA bundle for wss://, "" = system roots
+	WSInsecure bool   // skip certificate checks (STT authenticates the peer anyway)
 }
 
 // AddPeer registers a peer. An endpoint given as a host name is resolved now and again
@@ -325,6 +360,12 @@ func (n *Node) kick() {
 }
 
 func (n *Node) send(frames [][]byte, ep conn.Endpoint) error {
+	if we, ok := ep.(*wsEndpoint); ok {
+		return we.send(frames)
+	}
+	if n.cfg.DisableUDP {
+		return errNoEndpoint
+	}
 	return n.bind.Send(frames, ep)
 }
 
@@ -422,10 +463,11 @@ func (n *Node) receiveBatch(bufs, rx [][]byte, sizes []int, eps []conn.Endpoint,
 			continue
 		}
 		p := s.peer
-		p.received(s, eps[i], now, size, h.Stream != wire.ControlStream)
+		probe := h.Stream == wire.ControlStream && len(pt) > 0 && pt[0] == wire.CtlPing
+		p.received(s, eps[i], now, size, h.Stream != wire.ControlStream, probe)
 		if h.Stream == wire.ControlStream {
 			unlock()
-			n.handleControl(p, s, pt)
+			n.handleControl(p, s, pt, eps[i])
 			continue
 		}
 		in.Bufs[in.N] = bufs[i]

@@ -64,11 +64,15 @@ func (c *collector) waitCount(t *testing.T, n int64, d time.Duration) {
 // tampering tests.
 type captureBind struct {
 	conn.Bind
-	mu   sync.Mutex
-	sent [][]byte
+	mu      sync.Mutex
+	sent    [][]byte
+	blocked atomic.Bool // drop every UDP datagram silently, like a firewall
 }
 
 func (b *captureBind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	if b.blocked.Load() {
+		return nil
+	}
 	b.mu.Lock()
 	for _, m := range bufs {
 		b.sent = append(b.sent, append([]byte(nil), m...))
@@ -105,6 +109,8 @@ type nodeOpts struct {
 	noAES   bool
 	loadThr int
 	handler Handler // nil = a collector
+	noUDP   bool
+	ws      bool // listen for WebSocket on loopback
 }
 
 func randKey(t testing.TB) [32]byte {
@@ -131,6 +137,8 @@ func startNode(t testing.TB, o nodeOpts) *testNode {
 		Seed: o.seed, PrivateKey: key, Name: o.name, ListenPort: o.port,
 		Handler: handler, Bind: b, Timers: o.timers, DisableAES: o.noAES,
 		HandshakeLoadThreshold: o.loadThr,
+		DisableUDP:             o.noUDP,
+		WSListen:               map[bool]string{true: "127.0.0.1:0"}[o.ws],
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -22,8 +22,10 @@ type Peer struct {
 	node *Node
 	cfg  PeerConfig
 
-	endpoint atomic.Pointer[conn.Endpoint]
-	current  atomic.Pointer[session]
+	udpEP   atomic.Pointer[conn.Endpoint] // latest UDP address: configured, or where authenticated frames came from
+	wsEP    atomic.Pointer[wsEndpoint]    // WebSocket connection to the peer, if any
+	onWS    atomic.Bool                   // the peer's traffic currently goes over WebSocket
+	current atomic.Pointer[session]
 
 	// Times in nanoseconds since node.epoch; 0 = never.
 	lastSent        atomic.Int64
@@ -52,6 +54,9 @@ type Peer struct {
 	pings         map[uint32]chan time.Duration
 	pingSeq       uint32
 	removed       bool
+	lastProbe     time.Time
+	wsDialing     bool
+	wsDialFailed  time.Time
 }
 
 // initiation is a handshake this node started, kept until it completes or is replaced.
@@ -72,7 +77,15 @@ func (p *Peer) Tag() any { return p.cfg.Tag }
 
 // Endpoint is the peer's current underlay address, or the zero value.
 func (p *Peer) Endpoint() netip.AddrPort {
-	if ep := p.endpoint.Load(); ep != nil {
+	if ep := p.sendEndpoint(); ep != nil {
+		return addrPortOf(ep)
+	}
+	return netip.AddrPort{}
+}
+
+// UDPEndpoint is the peer's latest UDP address, or the zero value.
+func (p *Peer) UDPEndpoint() netip.AddrPort {
+	if ep := p.udpEP.Load(); ep != nil {
 		return addrPortOf(*ep)
 	}
 	return netip.AddrPort{}
@@ -123,7 +136,7 @@ func (p *Peer) setEndpoint(ap netip.AddrPort) error {
 	if err != nil {
 		return err
 	}
-	p.endpoint.Store(&ep)
+	p.udpEP.Store(&ep)
 	return nil
 }
 
@@ -162,13 +175,13 @@ func (p *Peer) Send(pkts [][]byte, flows []uint16) error {
 
 // transmit sends sealed frames to the current endpoint and accounts for them.
 func (p *Peer) transmit(frames [][]byte, now time.Time, payloadBytes uint64, data bool) error {
-	epp := p.endpoint.Load()
-	if epp == nil {
+	ep := p.sendEndpoint()
+	if ep == nil {
 		p.drops.Add(uint64(len(frames)))
 		p.node.drop(DropSendError)
 		return errNoEndpoint
 	}
-	if err := p.node.send(frames, *epp); err != nil {
+	if err := p.node.send(frames, ep); err != nil {
 		p.drops.Add(uint64(len(frames)))
 		p.node.drop(DropSendError)
 		return err
@@ -226,8 +239,14 @@ func (p *Peer) flushQueueLocked(s *session) {
 	_ = p.transmit(q, time.Now(), bytes, true)
 }
 
-// sendControl seals one stream-0 payload on s and sends it.
+// sendControl seals one stream-0 payload on s and sends it on the current path.
 func (p *Peer) sendControl(s *session, payload []byte) {
+	p.sendControlVia(s, payload, nil)
+}
+
+// sendControlVia seals one stream-0 payload on s and sends it to ep, or on the
+// current path when ep is nil. Answers to probes go back the way the probe came.
+func (p *Peer) sendControlVia(s *session, payload []byte, ep conn.Endpoint) {
 	first, ok := s.reserve(1, p.node.timers.RejectAfterMessages)
 	if !ok {
 		return
@@ -237,15 +256,20 @@ func (p *Peer) sendControl(s *session, payload []byte) {
 	nonce := p.node.getNonce()
 	frame = s.seal(frame, wire.ControlStream, first, nonce)
 	p.node.putNonce(nonce)
-	_ = p.transmit([][]byte{frame}, time.Now(), 0, false)
+	if ep == nil {
+		_ = p.transmit([][]byte{frame}, time.Now(), 0, false)
+		return
+	}
+	if err := p.node.send([][]byte{frame}, ep); err != nil {
+		p.node.drop(DropSendError)
+	}
 }
 
-// received updates the peer after an authenticated frame: roaming, liveness,
-// confirmation and counters. Called on the receive path.
-func (p *Peer) received(s *session, ep conn.Endpoint, now time.Time, size int, data bool) {
-	if cur := p.endpoint.Load(); cur == nil || addrPortOf(*cur) != addrPortOf(ep) {
-		p.endpoint.Store(&ep)
-	}
+// received updates the peer after an authenticated frame: roaming, path, liveness,
+// confirmation and counters. Called on the receive path. A probe (a lone PING) moves
+// no path: it is answered the way it came.
+func (p *Peer) received(s *session, ep conn.Endpoint, now time.Time, size int, data, probe bool) {
+	p.learnEndpoint(ep, probe)
 	t := p.mono(now)
 	p.lastRecv.Store(t)
 	p.firstUnanswered.Store(0)
@@ -262,8 +286,11 @@ func (p *Peer) received(s *session, ep conn.Endpoint, now time.Time, size int, d
 // startHandshakeLocked sends a fresh HELLO. Called with p.mu held.
 func (p *Peer) startHandshakeLocked(now time.Time) {
 	n := p.node
-	epp := p.endpoint.Load()
-	if epp == nil || p.removed {
+	ep := p.sendEndpoint()
+	if ep == nil || p.removed {
+		if ep == nil && p.wantsWS() {
+			p.dialWSLocked()
+		}
 		return
 	}
 	first := now
@@ -294,7 +321,7 @@ func (p *Peer) startHandshakeLocked(now time.Time) {
 	n.inits[idx] = in
 	n.mu.Unlock()
 	n.ctr.handshakesStart.Add(1)
-	_ = n.send([][]byte{hello}, *epp)
+	_ = n.send([][]byte{hello}, ep)
 }
 
 func (p *Peer) dropInitLocked() {
@@ -361,8 +388,8 @@ func (p *Peer) consumeChallenge(in *initiation, msg []byte, ep conn.Endpoint) {
 		n.index.release(in.index)
 		return
 	}
+	p.learnEndpoint(ep, false)
 	p.installLocked(s, res.PeerStatic, now)
-	p.endpoint.Store(&ep)
 }
 
 // consumeCookie stores a cookie for our in-flight handshake; the next retransmission
@@ -386,8 +413,8 @@ func (p *Peer) consumeCookie(in *initiation, msg []byte) {
 			p.node.dropHandshake(err, netip.AddrPort{})
 			return
 		}
-		if ep := p.endpoint.Load(); ep != nil {
-			_ = p.node.send([][]byte{proof}, *ep)
+		if ep := p.sendEndpoint(); ep != nil {
+			_ = p.node.send([][]byte{proof}, ep)
 		}
 	}
 }
@@ -435,7 +462,7 @@ func (p *Peer) completeResponder(res handshake.Result, ep conn.Endpoint) {
 		return
 	}
 	p.lastTimestamp = res.Timestamp
-	p.endpoint.Store(&ep)
+	p.learnEndpoint(ep, false)
 	p.installLocked(s, res.PeerStatic, now)
 	p.sendControl(s, wire.AppendControl(nil, wire.CtlFinal, nil))
 	p.flushQueueLocked(s)
@@ -523,6 +550,7 @@ func (p *Peer) tick(now time.Time) {
 	case p.init == nil && need:
 		p.startHandshakeLocked(now)
 	}
+	p.tickPathLocked(now, cur)
 	if cur == nil {
 		return
 	}

@@ -16,6 +16,8 @@ type Timers struct {
 	HandshakeGiveUp     time.Duration
 	RTTProbeInterval    time.Duration
 	Tick                time.Duration // resolution of the timer loop
+	FallbackAfter       time.Duration // UDP silent this long: move to WebSocket
+	ProbeInterval       time.Duration // on WebSocket: probe UDP this often
 }
 
 // Default protocol limits.
@@ -31,6 +33,8 @@ const (
 	DefaultHandshakeGiveUp     = 90 * time.Second
 	DefaultRTTProbeInterval    = 5 * time.Second
 	DefaultTick                = 100 * time.Millisecond
+	DefaultFallbackAfter       = 3 * time.Second
+	DefaultProbeInterval       = 10 * time.Second
 )
 
 func (t Timers) withDefaults() Timers {
@@ -52,6 +56,8 @@ func (t Timers) withDefaults() Timers {
 	set(&t.HandshakeGiveUp, DefaultHandshakeGiveUp)
 	set(&t.RTTProbeInterval, DefaultRTTProbeInterval)
 	set(&t.Tick, DefaultTick)
+	set(&t.FallbackAfter, DefaultFallbackAfter)
+	set(&t.ProbeInterval, DefaultProbeInterval)
 	if t.RekeyAfterMessages == 0 {
 		t.RekeyAfterMessages = DefaultRekeyAfterMessages
 	}

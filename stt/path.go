@@ -1,0 +1,303 @@
+package stt
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"sync"
+	"time"
+
+	"golang.zx2c4.com/wireguard/conn"
+
+	"github.com/stt-tun/stt-tun/stt/ws"
+)
+
+// wsEndpoint is a WebSocket connection seen as a conn.Endpoint, so that the receive
+// path and the handshake treat both transports alike.
+type wsEndpoint struct {
+	c    *ws.Conn
+	addr netip.AddrPort
+}
+
+func newWSEndpoint(c *ws.Conn) *wsEndpoint { return &wsEndpoint{c: c, addr: c.RemoteAddr()} }
+
+func (e *wsEndpoint) ClearSrc()            {}
+func (e *wsEndpoint) SrcToString() string  { return "" }
+func (e *wsEndpoint) DstToString() string  { return e.addr.String() }
+func (e *wsEndpoint) DstToBytes() []byte   { b, _ := e.addr.MarshalBinary(); return b }
+func (e *wsEndpoint) DstIP() netip.Addr    { return e.addr.Addr() }
+func (e *wsEndpoint) SrcIP() netip.Addr    { return netip.Addr{} }
+func (e *wsEndpoint) String() string       { return e.c.String() }
+func (e *wsEndpoint) send(f [][]byte) error { return e.c.Send(f) }
+
+// Path names for status.
+const (
+	PathNone = "none"
+	PathUDP  = "udp"
+	PathWS   = "ws"
+)
+
+// sendEndpoint is where frames for the peer go now: the WebSocket while the peer's
+// traffic is on it, else UDP, else a WebSocket as the only way.
+func (p *Peer) sendEndpoint() conn.Endpoint {
+	we := p.wsEP.Load()
+	if we != nil && p.onWS.Load() {
+		return we
+	}
+	if !p.node.cfg.DisableUDP {
+		if ep := p.udpEP.Load(); ep != nil {
+			return *ep
+		}
+	}
+	if we != nil {
+		return we
+	}
+	return nil
+}
+
+// Path reports the transport the peer's traffic uses: "udp", "ws" or "none".
+func (p *Peer) Path() string {
+	switch p.sendEndpoint().(type) {
+	case nil:
+		return PathNone
+	case *wsEndpoint:
+		return PathWS
+	default:
+		return PathUDP
+	}
+}
+
+// learnEndpoint records where an authenticated frame came from: the peer roams to a
+// new UDP address, and its traffic follows the transport it last used, unless the frame
+// was a probe.
+func (p *Peer) learnEndpoint(ep conn.Endpoint, probe bool) {
+	if we, ok := ep.(*wsEndpoint); ok {
+		if p.wsEP.Load() != we {
+			p.wsEP.Store(we)
+		}
+		we.c.MarkAuthenticated()
+		if !probe && !p.onWS.Load() {
+			p.onWS.Store(true)
+			p.node.log.Info("peer path changed", "peer", p.cfg.Name, "path", PathWS)
+		}
+		return
+	}
+	if cur := p.udpEP.Load(); cur == nil || addrPortOf(*cur) != addrPortOf(ep) {
+		p.udpEP.Store(&ep)
+	}
+	if !probe && p.onWS.Load() {
+		p.onWS.Store(false)
+		p.node.log.Info("peer path changed", "peer", p.cfg.Name, "path", PathUDP)
+	}
+}
+
+// wantsWS says whether this side may dial the peer over WebSocket.
+func (p *Peer) wantsWS() bool { return p.cfg.WSURL != "" }
+
+// udpUsable says whether UDP to the peer is possible at all.
+func (p *Peer) udpUsable() bool { return !p.node.cfg.DisableUDP && p.udpEP.Load() != nil }
+
+// dialWSLocked starts dialing the peer's WebSocket URL in the background unless a dial
+// is running or recently failed. Called with p.mu held.
+func (p *Peer) dialWSLocked() {
+	if p.wsDialing || !p.wantsWS() || p.wsEP.Load() != nil {
+		return
+	}
+	if time.Since(p.wsDialFailed) < p.node.timers.HandshakeRetry {
+		return
+	}
+	p.wsDialing = true
+	n := p.node
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
+		c, err := ws.Dial(ctx, ws.DialConfig{
+			URL:                p.cfg.WSURL,
+			Proxy:              p.cfg.WSProxy,
+			CAFile:             p.cfg.WSCAFile,
+			InsecureSkipVerify: p.cfg.WSInsecure,
+			Offset:             recvBase,
+			BufSize:            BufferSize,
+			Receive:            n.wsReceive,
+			Logger:             n.log,
+		})
+		cancel()
+		p.mu.Lock()
+		p.wsDialing = false
+		if err != nil {
+			p.wsDialFailed = time.Now()
+			p.mu.Unlock()
+			n.log.Info("websocket dial failed", "peer", p.cfg.Name, "err", err)
+			return
+		}
+		if p.removed || n.ctx.Err() != nil {
+			p.mu.Unlock()
+			_ = c.Close()
+			return
+		}
+		p.wsEP.Store(n.wsEndpointFor(c))
+		p.mu.Unlock()
+		n.log.Info("websocket connected", "peer", p.cfg.Name, "url", c.String())
+		n.kick()
+	}()
+}
+
+// tickPathLocked moves the peer between UDP and WebSocket: to WebSocket when UDP does
+// not answer (a handshake or data for longer than FallbackAfter), and back when a UDP
+// probe is answered. Called with p.mu held.
+func (p *Peer) tickPathLocked(now time.Time, cur *session) {
+	n := p.node
+	t := &n.timers
+	if !p.wantsWS() {
+		return
+	}
+	if !p.udpUsable() {
+		// WebSocket is the only way: keep a connection while there is anything to do.
+		if p.wsEP.Load() == nil && (p.init != nil || p.wantHandshake || cur != nil || p.cfg.PersistentKeepalive > 0) {
+			p.dialWSLocked()
+		}
+		return
+	}
+	if !p.onWS.Load() {
+		stuck := p.init != nil && now.Sub(p.init.firstSent) >= t.FallbackAfter
+		if fu := p.firstUnanswered.Load(); cur != nil && fu != 0 && p.mono(now)-fu >= int64(t.FallbackAfter) {
+			stuck = true
+		}
+		if !stuck {
+			return
+		}
+		if p.wsEP.Load() == nil {
+			p.dialWSLocked()
+			return
+		}
+		n.log.Info("UDP does not answer; moving to WebSocket", "peer", p.cfg.Name)
+		p.onWS.Store(true)
+		p.firstUnanswered.Store(0)
+		if cur != nil && cur.confirmed.Load() {
+			// Tell the peer at once, so that its traffic follows.
+			p.sendControl(cur, nil)
+		} else {
+			p.startHandshakeLocked(now)
+		}
+		return
+	}
+	// On WebSocket: probe UDP now and then; a PONG over UDP moves us back.
+	if cur != nil && now.Sub(p.lastProbe) >= t.ProbeInterval {
+		p.lastProbe = now
+		if ep := p.udpEP.Load(); ep != nil {
+			p.sendControlVia(cur, p.pingPayloadLocked(now, nil), *ep)
+		}
+	}
+}
+
+// wsRecvState is the per-call scratch of the WebSocket receive path.
+type wsRecvState struct {
+	rx    [][]byte
+	eps   []conn.Endpoint
+	in    *Inbound
+	nonce *[12]byte
+	hsOut []byte
+}
+
+// wsReceive is the WebSocket transports' receive function: one batch of records
+// from one connection.
+func (n *Node) wsReceive(c *ws.Conn, bufs [][]byte, sizes []int) {
+	st := n.wsStates.Get().(*wsRecvState)
+	defer n.wsStates.Put(st)
+	if cap(st.rx) < len(bufs) {
+		st.rx = make([][]byte, len(bufs))
+		st.eps = make([]conn.Endpoint, len(bufs))
+		st.in = &Inbound{
+			Bufs: make([][]byte, len(bufs)), Sizes: make([]int, len(bufs)),
+			Peers: make([]*Peer, len(bufs)), Streams: make([]uint16, len(bufs)),
+			Scratch: make([][]byte, 0, len(bufs)),
+		}
+	}
+	we := n.wsEndpointFor(c)
+	rx := st.rx[:len(bufs)]
+	eps := st.eps[:len(bufs)]
+	for i := range bufs {
+		rx[i] = bufs[i][recvBase:]
+		eps[i] = we
+	}
+	n.receiveBatch(bufs, rx, sizes, eps, st.in, st.nonce, st.hsOut[:0])
+}
+
+// wsEndpoints remembers one endpoint per connection, so that a peer's endpoint is the
+// same value for every frame of a connection.
+type wsEndpoints struct {
+	mu sync.Mutex
+	m  map[*ws.Conn]*wsEndpoint
+}
+
+func (n *Node) wsEndpointFor(c *ws.Conn) *wsEndpoint {
+	n.wsEPs.mu.Lock()
+	defer n.wsEPs.mu.Unlock()
+	if e, ok := n.wsEPs.m[c]; ok {
+		return e
+	}
+	e := newWSEndpoint(c)
+	if n.wsEPs.m == nil {
+		n.wsEPs.m = make(map[*ws.Conn]*wsEndpoint)
+	}
+	n.wsEPs.m[c] = e
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		select {
+		case <-c.Done():
+		case <-n.ctx.Done():
+		}
+		n.wsEPs.mu.Lock()
+		delete(n.wsEPs.m, c)
+		n.wsEPs.mu.Unlock()
+		_ = c.Close()
+		for _, p := range n.Peers() {
+			if p.wsEP.CompareAndSwap(e, nil) {
+				p.onWS.Store(false)
+				n.log.Info("websocket closed", "peer", p.cfg.Name)
+			}
+		}
+		n.kick()
+	}()
+	return e
+}
+
+// startWS opens the WebSocket listener when one is configured.
+func (n *Node) startWS() error {
+	if n.cfg.WSListen == "" {
+		return nil
+	}
+	srv, err := ws.Listen(ws.ServerConfig{
+		Addr:     n.cfg.WSListen,
+		Path:     n.cfg.WSPath,
+		CertFile: n.cfg.WSCertFile,
+		KeyFile:  n.cfg.WSKeyFile,
+		Offset:   recvBase,
+		BufSize:  BufferSize,
+		Receive:  n.wsReceive,
+		Logger:   n.log,
+	})
+	if err != nil {
+		return fmt.Errorf("stt: websocket listener: %w", err)
+	}
+	n.wsServer = srv
+	return nil
+}
+
+// WSAddr is the WebSocket listener's address, or "" without one.
+func (n *Node) WSAddr() string {
+	if n.wsServer == nil {
+		return ""
+	}
+	return n.wsServer.Addr().String()
+}
+
+// WSStats returns the WebSocket listener's counters.
+func (n *Node) WSStats() (ws.ServerStats, bool) {
+	if n.wsServer == nil {
+		return ws.ServerStats{}, false
+	}
+	return n.wsServer.Stats(), true
+}

@@ -1,0 +1,84 @@
+package stt
+
+import (
+	"testing"
+	"time"
+)
+
+func wsURL(n *Node) string { return "ws://" + n.WSAddr() + "/stt" }
+
+func TestWebSocketOnlyPeer(t *testing.T) {
+	seed := randKey(t)
+	// b has no UDP at all; a reaches it only by its WebSocket URL.
+	b := startNode(t, nodeOpts{seed: seed, name: "b", noUDP: true, ws: true})
+	a := startNode(t, nodeOpts{seed: seed, name: "a"})
+	_, _ = b.AddPeer(PeerConfig{Name: "a"})
+	pa, err := a.AddPeer(PeerConfig{Name: "b", WSURL: wsURL(b.Node)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sendOne(t, pa, 0, []byte("over websocket"))
+	b.h.waitCount(t, 1, 10*time.Second)
+	sendOne(t, b.Peer("a"), 0, []byte("and back"))
+	a.h.waitCount(t, 1, 10*time.Second)
+	if pa.Path() != PathWS || b.Peer("a").Path() != PathWS {
+		t.Fatalf("paths %s/%s, want ws", pa.Path(), b.Peer("a").Path())
+	}
+	if len(a.bind.ofType(1)) != 0 {
+		t.Fatal("a sent a UDP HELLO to a peer that has no UDP endpoint")
+	}
+}
+
+func TestFallbackToWebSocketAndBackToUDP(t *testing.T) {
+	timers := Timers{FallbackAfter: 300 * time.Millisecond, ProbeInterval: 300 * time.Millisecond, Tick: 20 * time.Millisecond}
+	seed := randKey(t)
+	b := startNode(t, nodeOpts{seed: seed, name: "b", ws: true, timers: timers})
+	a := startNode(t, nodeOpts{seed: seed, name: "a", timers: timers})
+	_, _ = b.AddPeer(PeerConfig{Name: "a"})
+	pa, _ := a.AddPeer(PeerConfig{Name: "b", Endpoint: loopback(b.Node), WSURL: wsURL(b.Node)})
+	established(t, a, b)
+	if pa.Path() != PathUDP {
+		t.Fatalf("path %s before any failure, want udp", pa.Path())
+	}
+	s1 := pa.current.Load()
+
+	// UDP stops working both ways; a keeps sending and must end up on WebSocket
+	// with the same session.
+	a.bind.blocked.Store(true)
+	b.bind.blocked.Store(true)
+	pb := b.Peer("a")
+	keepSending(t, a, b, pa, func() bool { return pa.Path() == PathWS && pb.Path() == PathWS })
+	if pa.current.Load() != s1 {
+		t.Fatal("moving to WebSocket replaced the session")
+	}
+
+	// UDP works again: both sides return to it within a few probe intervals.
+	a.bind.blocked.Store(false)
+	b.bind.blocked.Store(false)
+	keepSending(t, a, b, pa, func() bool { return pa.Path() == PathUDP && pb.Path() == PathUDP })
+}
+
+// keepSending sends a datagram from a to b every few milliseconds until cond holds, and
+// checks that b keeps receiving.
+func keepSending(t *testing.T, a, b *testNode, p *Peer, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	start := b.h.count.Load()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not reached; paths a->b %s, b->a %s", p.Path(), b.Peer("a").Path())
+		}
+		sendOne(t, p, 1, []byte("tick"))
+		select {
+		case <-b.h.notify:
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	// Traffic flows on the new path.
+	n := b.h.count.Load()
+	sendOne(t, p, 1, []byte("after the move"))
+	b.h.waitCount(t, n+1, 5*time.Second)
+	if b.h.count.Load() <= start {
+		t.Fatal("nothing arrived")
+	}
+}
