@@ -21,13 +21,13 @@ type wsEndpoint struct {
 
 func newWSEndpoint(c *ws.Conn) *wsEndpoint { return &wsEndpoint{c: c, addr: c.RemoteAddr()} }
 
-func (e *wsEndpoint) ClearSrc()            {}
-func (e *wsEndpoint) SrcToString() string  { return "" }
-func (e *wsEndpoint) DstToString() string  { return e.addr.String() }
-func (e *wsEndpoint) DstToBytes() []byte   { b, _ := e.addr.MarshalBinary(); return b }
-func (e *wsEndpoint) DstIP() netip.Addr    { return e.addr.Addr() }
-func (e *wsEndpoint) SrcIP() netip.Addr    { return netip.Addr{} }
-func (e *wsEndpoint) String() string       { return e.c.String() }
+func (e *wsEndpoint) ClearSrc()             {}
+func (e *wsEndpoint) SrcToString() string   { return "" }
+func (e *wsEndpoint) DstToString() string   { return e.addr.String() }
+func (e *wsEndpoint) DstToBytes() []byte    { b, _ := e.addr.MarshalBinary(); return b }
+func (e *wsEndpoint) DstIP() netip.Addr     { return e.addr.Addr() }
+func (e *wsEndpoint) SrcIP() netip.Addr     { return netip.Addr{} }
+func (e *wsEndpoint) String() string        { return e.c.String() }
 func (e *wsEndpoint) send(f [][]byte) error { return e.c.Send(f) }
 
 // Path names for status.
