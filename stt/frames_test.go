@@ -227,8 +227,8 @@ func BenchmarkOpenAES256GCM(b *testing.B)        { benchSealOpen(b, wire.CipherA
 func BenchmarkNodeToNode(b *testing.B) {
 	seed := fixedKey(3)
 	counter := &countHandler{}
-	a := startNode(b, nodeOpts{seed: seed, name: "a"})
-	r := startNode(b, nodeOpts{seed: seed, name: "b", handler: counter})
+	a := startNode(b, nodeOpts{seed: seed, name: "a", noCap: true})
+	r := startNode(b, nodeOpts{seed: seed, name: "b", handler: counter, noCap: true})
 	_, _ = r.AddPeer(PeerConfig{Name: "a"})
 	p, _ := a.AddPeer(PeerConfig{Name: "b", Endpoint: loopback(r.Node)})
 	sendOne(b, p, 0, []byte("warm up"))

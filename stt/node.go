@@ -419,6 +419,7 @@ func (n *Node) receiveLoop(fn conn.ReceiveFunc) {
 func (n *Node) receiveBatch(bufs, rx [][]byte, sizes []int, eps []conn.Endpoint, in *Inbound, nonce *[12]byte, hsOut []byte) {
 	now := time.Now()
 	in.N = 0
+	var run recvRun
 	var locked *session
 	unlock := func() {
 		if locked != nil {
@@ -464,9 +465,10 @@ func (n *Node) receiveBatch(bufs, rx [][]byte, sizes []int, eps []conn.Endpoint,
 		}
 		p := s.peer
 		probe := h.Stream == wire.ControlStream && len(pt) > 0 && pt[0] == wire.CtlPing
-		p.received(s, eps[i], now, size, h.Stream != wire.ControlStream, probe)
+		run.add(s, eps[i], now, size, h.Stream != wire.ControlStream, probe)
 		if h.Stream == wire.ControlStream {
 			unlock()
+			run.flush(now) // control handling reads the peer's state
 			n.handleControl(p, s, pt, eps[i])
 			continue
 		}
@@ -477,6 +479,7 @@ func (n *Node) receiveBatch(bufs, rx [][]byte, sizes []int, eps []conn.Endpoint,
 		in.N++
 	}
 	unlock()
+	run.flush(now)
 	if in.N > 0 {
 		in.Scratch = in.Scratch[:0]
 		n.cfg.Handler.Deliver(in)

@@ -110,6 +110,7 @@ type nodeOpts struct {
 	loadThr int
 	handler Handler // nil = a collector
 	noUDP   bool
+	noCap   bool // a plain bind, for benchmarks: the capture copies every datagram
 	ws      bool // listen for WebSocket on loopback
 }
 
@@ -133,9 +134,13 @@ func startNode(t testing.TB, o nodeOpts) *testNode {
 		handler = o.handler
 	}
 	b := &captureBind{Bind: conn.NewStdNetBind()}
+	var bind conn.Bind = b
+	if o.noCap {
+		bind = b.Bind
+	}
 	n, err := New(Config{
 		Seed: o.seed, PrivateKey: key, Name: o.name, ListenPort: o.port,
-		Handler: handler, Bind: b, Timers: o.timers, DisableAES: o.noAES,
+		Handler: handler, Bind: bind, Timers: o.timers, DisableAES: o.noAES,
 		HandshakeLoadThreshold: o.loadThr,
 		DisableUDP:             o.noUDP,
 		WSListen:               map[bool]string{true: "127.0.0.1:0"}[o.ws],

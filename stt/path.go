@@ -83,7 +83,8 @@ func (p *Peer) learnEndpoint(ep conn.Endpoint, probe bool) {
 		return
 	}
 	if cur := p.udpEP.Load(); cur == nil || addrPortOf(*cur) != addrPortOf(ep) {
-		p.udpEP.Store(&ep)
+		e := ep // only a change of address costs an allocation
+		p.udpEP.Store(&e)
 	}
 	if !probe && p.onWS.Load() {
 		p.onWS.Store(false)

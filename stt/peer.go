@@ -265,22 +265,59 @@ func (p *Peer) sendControlVia(s *session, payload []byte, ep conn.Endpoint) {
 	}
 }
 
-// received updates the peer after an authenticated frame: roaming, path, liveness,
-// confirmation and counters. Called on the receive path. A probe (a lone PING) moves
-// no path: it is answered the way it came.
-func (p *Peer) received(s *session, ep conn.Endpoint, now time.Time, size int, data, probe bool) {
+// recvRun accumulates what a run of frames from one peer in a receive batch did to
+// the peer, so that the shared counters and clocks are written once per run rather
+// than once per frame (they share cache lines with the sending goroutine).
+type recvRun struct {
+	p           *Peer
+	packets     uint64
+	bytes       uint64
+	any, data   bool
+	unconfirmed *session
+}
+
+// add records one authenticated frame of s, switching runs when the peer changes.
+// The path and roaming are updated per frame: a probe (a lone PING) moves no path, it is
+// answered the way it came.
+func (r *recvRun) add(s *session, ep conn.Endpoint, now time.Time, size int, data, probe bool) {
+	p := s.peer
+	if p != r.p {
+		r.flush(now)
+		r.p = p
+	}
 	p.learnEndpoint(ep, probe)
-	t := p.mono(now)
-	p.lastRecv.Store(t)
-	p.firstUnanswered.Store(0)
+	r.any = true
 	if !s.confirmed.Load() {
-		s.confirmed.Store(true)
+		r.unconfirmed = s
 	}
 	if data {
-		p.lastRecvData.Store(t)
-		p.rxPackets.Add(1)
-		p.rxBytes.Add(uint64(size - wire.Overhead))
+		r.data = true
+		r.packets++
+		r.bytes += uint64(size - wire.Overhead)
 	}
+}
+
+// flush writes the run's effects to its peer.
+func (r *recvRun) flush(now time.Time) {
+	p := r.p
+	if p == nil || !r.any {
+		*r = recvRun{}
+		return
+	}
+	t := p.mono(now)
+	p.lastRecv.Store(t)
+	if p.firstUnanswered.Load() != 0 {
+		p.firstUnanswered.Store(0)
+	}
+	if r.unconfirmed != nil {
+		r.unconfirmed.confirmed.Store(true)
+	}
+	if r.data {
+		p.lastRecvData.Store(t)
+		p.rxPackets.Add(r.packets)
+		p.rxBytes.Add(r.bytes)
+	}
+	*r = recvRun{}
 }
 
 // startHandshakeLocked sends a fresh HELLO. Called with p.mu held.
