@@ -57,6 +57,17 @@ const (
 	// after which a new handshake starts.
 	DefaultRekeyAfterMessages = 1 << 32
 
+	// DefaultWSPath is the HTTP path of the WebSocket listener when [websocket] sets none.
+	DefaultWSPath = "/stt"
+
+	// DefaultFallbackAfter is how long UDP may go unanswered before a peer's traffic
+	// moves to WebSocket.
+	DefaultFallbackAfter = 3 * time.Second
+
+	// DefaultProbeInterval is how often UDP is probed while a peer's traffic is on
+	// WebSocket; an answer moves it back.
+	DefaultProbeInterval = 10 * time.Second
+
 	// MaxNameLen is the longest node_name or peer name, in bytes.
 	MaxNameLen = 32
 
@@ -72,6 +83,8 @@ type Config struct {
 
 	// Interface is the [interface] section.
 	Interface Interface
+	// WebSocket is the [websocket] section.
+	WebSocket WebSocket
 	// Forwarding is the [forwarding] section.
 	Forwarding Forwarding
 	// Peers are the [[peer]] sections, in file order.
@@ -90,8 +103,12 @@ type Interface struct {
 	Addresses []netip.Prefix
 	// MTU is the link MTU.
 	MTU int
-	// ListenPort is the UDP port to listen on; 0 picks a random port.
+	// ListenPort is the UDP port to listen on; 0 picks a random port. It is 0
+	// when UDP is off.
 	ListenPort int
+	// UDP says whether the node uses UDP at all; without it, it is reached and
+	// reaches its peers over WebSocket only.
+	UDP bool
 	// SeedFile is the path of the network seed file, resolved against the
 	// configuration file's directory if it was relative.
 	SeedFile string
@@ -103,6 +120,18 @@ type Interface struct {
 	FwMark uint32
 	// Table is the routing table used for the full-tunnel default routes.
 	Table int
+}
+
+// WebSocket is the [websocket] section: the listener peers reach this node on when
+// UDP does not get through.
+type WebSocket struct {
+	// Listen is the TCP address HOST:PORT of the listener, or empty for none.
+	Listen string
+	// Path is the HTTP path that upgrades to WebSocket.
+	Path string
+	// TLSCert and TLSKey, both set or both empty, make the listener speak wss://.
+	// Relative paths have been resolved against the configuration file's directory.
+	TLSCert, TLSKey string
 }
 
 // Forwarding is the [forwarding] section: whether this node forwards packets for
@@ -130,6 +159,17 @@ type Peer struct {
 	PersistentKeepalive time.Duration
 	// Route says whether routes for AllowedPrefixes are installed.
 	Route bool
+	// WSURL is the peer's ws:// or wss:// URL, or empty: the way to the peer when UDP
+	// fails, or the only way when Endpoint is empty.
+	WSURL string
+	// WSProxy is "" (the proxy from HTTPS_PROXY, HTTP_PROXY and NO_PROXY), "none"
+	// (direct), or an http:// proxy URL.
+	WSProxy string
+	// WSCAFile is a PEM file of the CAs trusted for a wss:// WSURL instead of the
+	// system's, resolved against the configuration file's directory.
+	WSCAFile string
+	// WSInsecure skips the certificate check of a wss:// WSURL.
+	WSInsecure bool
 }
 
 // Advanced is the [advanced] section: knobs for tests and experts.
@@ -138,6 +178,10 @@ type Advanced struct {
 	RekeyAfter time.Duration
 	// RekeyAfterMessages is the message count after which a new handshake starts.
 	RekeyAfterMessages uint64
+	// FallbackAfter is how long UDP may go unanswered before traffic moves to WebSocket.
+	FallbackAfter time.Duration
+	// ProbeInterval is how often UDP is probed while traffic is on WebSocket.
+	ProbeInterval time.Duration
 }
 
 // Peer returns the peer with the given name, or nil.
@@ -163,7 +207,8 @@ func ResolvePath(nameOrFile string) string {
 
 // Load reads and parses the configuration file at path. Error messages name the
 // file as given; Config.Path is made absolute so that a daemon that changes its
-// working directory still finds the seed and key files.
+// working directory still finds the seed and key files. Unlike Parse, Load also checks
+// that the files named by tls_cert, tls_key and ws_ca_file exist.
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -173,7 +218,7 @@ func Load(path string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read config %s: %w", path, err)
 	}
-	cfg, err := parse(data, path, filepath.Dir(abs))
+	cfg, err := parse(data, path, filepath.Dir(abs), true)
 	if err != nil {
 		return nil, err
 	}
@@ -182,9 +227,10 @@ func Load(path string) (*Config, error) {
 }
 
 // Parse parses and validates a configuration document. path names the document in
-// error messages and anchors relative seed_file and key_file paths; it is not read.
+// error messages and anchors relative file paths; neither it nor the files named in
+// the document are read.
 func Parse(data []byte, path string) (*Config, error) {
-	return parse(data, path, filepath.Dir(path))
+	return parse(data, path, filepath.Dir(path), false)
 }
 
 // defaultNodeName is the host name cut to MaxNameLen bytes without splitting a

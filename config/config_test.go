@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -27,6 +28,12 @@ exit_peer = "beta"
 fwmark = 0x1234
 table = 100
 
+[websocket]
+listen = "[::]:8443"
+path = "/tunnel/stt"
+tls_cert = "certs/alpha.crt"
+tls_key = "/etc/ssl/private/alpha.key"
+
 [forwarding]
 enabled = true
 masquerade = true
@@ -38,16 +45,24 @@ allowed_prefixes = ["10.99.0.2/32", "192.168.50.0/24", "0.0.0.0/0", "::/0"]
 public_key = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo="
 persistent_keepalive = "25s"
 route = true
+ws_url = "wss://beta.example.net/stt"
+ws_proxy = "http://proxy.example.net:3128"
+ws_ca_file = "beta-ca.pem"
 
 [[peer]]
 name = "gamma"
 endpoint = "[2001:db8::3]:51900"
 allowed_prefixes = ["10.99.0.3/32", "fd99::3/128"]
 route = false
+ws_url = "wss://[2001:db8::3]:8443/tunnel/stt"
+ws_proxy = "none"
+ws_insecure = true
 
 [advanced]
 rekey_after = "90s"
 rekey_after_messages = 1000
+fallback_after = "2s"
+probe_interval = "1m"
 `
 
 func mustPrefixes(t *testing.T, ss ...string) []netip.Prefix {
@@ -76,11 +91,18 @@ func TestParseFullExample(t *testing.T) {
 			Addresses:  mustPrefixes(t, "10.99.0.1/24", "fd99::1/64"),
 			MTU:        1400,
 			ListenPort: 51901,
+			UDP:        true,
 			SeedFile:   "/etc/stt-tun/seed",
 			KeyFile:    "/etc/stt-tun/alpha.key",
 			ExitPeer:   "beta",
 			FwMark:     0x1234,
 			Table:      100,
+		},
+		WebSocket: WebSocket{
+			Listen:  "[::]:8443",
+			Path:    "/tunnel/stt",
+			TLSCert: "/etc/stt-tun/certs/alpha.crt",
+			TLSKey:  "/etc/ssl/private/alpha.key",
 		},
 		Forwarding: Forwarding{Enabled: true, Masquerade: true},
 		Peers: []Peer{
@@ -91,15 +113,21 @@ func TestParseFullExample(t *testing.T) {
 				PublicKey:           &pub,
 				PersistentKeepalive: 25 * time.Second,
 				Route:               true,
+				WSURL:               "wss://beta.example.net/stt",
+				WSProxy:             "http://proxy.example.net:3128",
+				WSCAFile:            "/etc/stt-tun/beta-ca.pem",
 			},
 			{
 				Name:            "gamma",
 				Endpoint:        "[2001:db8::3]:51900",
 				AllowedPrefixes: mustPrefixes(t, "10.99.0.3/32", "fd99::3/128"),
 				Route:           false,
+				WSURL:           "wss://[2001:db8::3]:8443/tunnel/stt",
+				WSProxy:         "none",
+				WSInsecure:      true,
 			},
 		},
-		Advanced: Advanced{RekeyAfter: 90 * time.Second, RekeyAfterMessages: 1000},
+		Advanced: Advanced{RekeyAfter: 90 * time.Second, RekeyAfterMessages: 1000, FallbackAfter: 2 * time.Second, ProbeInterval: time.Minute},
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("got\n%#v\nwant\n%#v", cfg, want)
@@ -126,7 +154,7 @@ func TestParseDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	in := cfg.Interface
-	if in.Name != "a" || in.MTU != DefaultMTU || in.ListenPort != DefaultListenPort ||
+	if in.Name != "a" || in.MTU != DefaultMTU || in.ListenPort != DefaultListenPort || !in.UDP ||
 		in.FwMark != DefaultFwMark || in.Table != DefaultTable || in.ExitPeer != "" || len(in.Addresses) != 0 {
 		t.Errorf("interface defaults: %+v", in)
 	}
@@ -144,11 +172,16 @@ func TestParseDefaults(t *testing.T) {
 	if cfg.Forwarding != (Forwarding{}) {
 		t.Errorf("forwarding: %+v", cfg.Forwarding)
 	}
+	if cfg.WebSocket != (WebSocket{Path: DefaultWSPath}) {
+		t.Errorf("websocket: %+v", cfg.WebSocket)
+	}
 	p := cfg.Peers[0]
-	if !p.Route || p.PersistentKeepalive != 0 || p.PublicKey != nil || p.Endpoint != "" {
+	if !p.Route || p.PersistentKeepalive != 0 || p.PublicKey != nil || p.Endpoint != "" ||
+		p.WSURL != "" || p.WSProxy != "" || p.WSCAFile != "" || p.WSInsecure {
 		t.Errorf("peer defaults: %+v", p)
 	}
-	if cfg.Advanced.RekeyAfter != 120*time.Second || cfg.Advanced.RekeyAfterMessages != 1<<32 {
+	if cfg.Advanced.RekeyAfter != 120*time.Second || cfg.Advanced.RekeyAfterMessages != 1<<32 ||
+		cfg.Advanced.FallbackAfter != 3*time.Second || cfg.Advanced.ProbeInterval != 10*time.Second {
 		t.Errorf("advanced defaults: %+v", cfg.Advanced)
 	}
 }
@@ -211,6 +244,46 @@ func TestParseValidVariants(t *testing.T) {
 				t.Errorf("listen_port %d", c.Interface.ListenPort)
 			}
 		}},
+		{"websocket only node", head + doc(`udp = false`,
+			`[websocket]`, `listen = ":8443"`,
+			`[[peer]]`, `name = "b"`, `ws_url = "ws://192.0.2.2:8080/stt"`, `allowed_prefixes = ["10.0.0.2/32"]`,
+			`[[peer]]`, `name = "c"`, `allowed_prefixes = ["10.0.0.3/32"]`),
+			func(t *testing.T, c *Config) {
+				if c.Interface.UDP || c.Interface.ListenPort != 0 || c.WebSocket.Listen != ":8443" || c.WebSocket.Path != "/stt" {
+					t.Errorf("got %+v %+v", c.Interface, c.WebSocket)
+				}
+			}},
+		{"websocket only node without listener", head + doc(`udp = false`,
+			`[[peer]]`, `name = "b"`, `ws_url = "wss://vpn.example.net/stt"`, `allowed_prefixes = ["10.0.0.2/32"]`), nil},
+		{"udp = true is the default", head + doc(`udp = true`, `listen_port = 4000`), func(t *testing.T, c *Config) {
+			if !c.Interface.UDP || c.Interface.ListenPort != 4000 {
+				t.Errorf("got %+v", c.Interface)
+			}
+		}},
+		{"websocket empty strings mean none", head + doc(`[websocket]`, `listen = ""`, `tls_cert = ""`,
+			`[[peer]]`, `name = "b"`, `ws_url = ""`, `ws_proxy = ""`, `ws_ca_file = ""`, `ws_insecure = false`, `allowed_prefixes = ["10.0.0.2/32"]`),
+			func(t *testing.T, c *Config) {
+				if c.WebSocket != (WebSocket{Path: "/stt"}) || c.Peers[0].WSURL != "" {
+					t.Errorf("got %+v %+v", c.WebSocket, c.Peers[0])
+				}
+			}},
+		{"tls in one file, relative", head + doc(`[websocket]`, `listen = "127.0.0.1:443"`, `tls_cert = "both.pem"`, `tls_key = "both.pem"`),
+			func(t *testing.T, c *Config) {
+				if c.WebSocket.TLSCert != "both.pem" || c.WebSocket.TLSKey != "both.pem" {
+					t.Errorf("got %+v", c.WebSocket)
+				}
+			}},
+		{"ws_url forms", head + doc(
+			`[[peer]]`, `name = "b"`, `ws_url = "wss://vpn.example.net"`, `allowed_prefixes = ["10.0.0.2/32"]`,
+			`[[peer]]`, `name = "c"`, `ws_url = "ws://[fd00::1]:80/a/b?x=1"`, `ws_proxy = "http://u:p@proxy:3128"`, `allowed_prefixes = ["10.0.0.3/32"]`,
+			`[[peer]]`, `name = "d"`, `ws_url = "wss://10.1.2.3:8443/stt"`, `ws_proxy = "http://[fd00::9]/"`, `allowed_prefixes = ["10.0.0.4/32"]`),
+			nil},
+		{"durations at the limits", head + doc(`[advanced]`, `fallback_after = "1s"`, `probe_interval = "1h"`),
+			func(t *testing.T, c *Config) {
+				if c.Advanced.FallbackAfter != time.Second || c.Advanced.ProbeInterval != time.Hour {
+					t.Errorf("got %+v", c.Advanced)
+				}
+			}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -351,6 +424,57 @@ var badCases = []badCase{
 	{"negative keepalive", edit(appendLine, `persistent_keepalive = "-5s"`), 10, []string{"is negative"}},
 	{"bad rekey_after", edit(appendLine, `[advanced]`, `rekey_after = "0s"`), 11, []string{`rekey_after = "0s" must be between 1s and 24h0m0s`}},
 	{"bad rekey_after_messages", edit(appendLine, `[advanced]`, `rekey_after_messages = 0`), 11, []string{"rekey_after_messages = 0"}},
+
+	// WebSocket and path selection.
+	{"udp not a bool", insert(3, `udp = "no"`), 3, []string{"interface: udp must be true or false"}},
+	{"listen_port with udp off", insert(3, `udp = false`, `listen_port = 51900`, `[websocket]`, `listen = ":443"`), 4,
+		[]string{"listen_port has no use with udp = false (line 3)", "remove listen_port"}},
+	{"udp off, peer only on UDP", doc(`[interface]`, `node_name = "alpha"`, `udp = false`, `seed_file = "/s"`, `key_file = "/k"`,
+		`[[peer]]`, `name = "beta"`, `endpoint = "192.0.2.2:51900"`, `allowed_prefixes = ["10.99.0.2/32"]`), 8,
+		[]string{`peer "beta": endpoint is a UDP address, and this node has udp = false (line 3), so the peer could never be reached; give it a ws_url`}},
+	{"udp off, endpoint beside ws_url", doc(`[interface]`, `node_name = "alpha"`, `udp = false`, `seed_file = "/s"`, `key_file = "/k"`,
+		`[[peer]]`, `name = "beta"`, `endpoint = "192.0.2.2:51900"`, `ws_url = "wss://b.example/stt"`, `allowed_prefixes = ["10.99.0.2/32"]`), 8,
+		[]string{`endpoint is a UDP address`, "remove it, ws_url reaches the peer"}},
+	{"udp off, no way in", doc(`[interface]`, `node_name = "alpha"`, `udp = false`, `seed_file = "/s"`, `key_file = "/k"`,
+		`[[peer]]`, `name = "beta"`, `allowed_prefixes = ["10.99.0.2/32"]`), 6,
+		[]string{`peer "beta" could never be reached: this node has udp = false (line 3) and no [websocket] listen`}},
+	{"unknown key in websocket", edit(6, `[websocket]`, `listen = ":443"`, `port = 443`, ``), 8, []string{`unknown key "port" in [websocket]`}},
+	{"websocket as array", edit(6, `[[websocket]]`, `listen = ":443"`), 6, []string{"[[websocket]] must be written [websocket]"}},
+	{"listen without port", edit(6, `[websocket]`, `listen = "0.0.0.0"`, ``), 7, []string{`websocket: listen "0.0.0.0" is not HOST:PORT`}},
+	{"listen port zero", edit(6, `[websocket]`, `listen = ":0"`, ``), 7, []string{`websocket: listen ":0" has port "0"`}},
+	{"listen as URL", edit(6, `[websocket]`, `listen = "ws://0.0.0.0:80"`, ``), 7, []string{"is a URL"}},
+	{"listen not a string", edit(6, `[websocket]`, `listen = 8443`, ``), 7, []string{`websocket: listen must be a string HOST:PORT such as "0.0.0.0:8443", not a TOML integer`}},
+	{"path without slash", edit(6, `[websocket]`, `listen = ":443"`, `path = "stt"`, ``), 8, []string{`websocket: path "stt" must start with /`}},
+	{"path with query", edit(6, `[websocket]`, `listen = ":443"`, `path = "/stt?x"`, ``), 8, []string{`may not contain '?'`}},
+	{"path without listen", edit(6, `[websocket]`, `path = "/stt"`, ``), 7, []string{"websocket: path has no use without listen"}},
+	{"cert without key", edit(6, `[websocket]`, `listen = ":443"`, `tls_cert = "c.pem"`, ``), 8, []string{"websocket: tls_cert needs tls_key"}},
+	{"key without cert", edit(6, `[websocket]`, `listen = ":443"`, `tls_key = "k.pem"`, ``), 8, []string{"websocket: tls_key needs tls_cert"}},
+	{"tls without listen", edit(6, `[websocket]`, `tls_cert = "c.pem"`, `tls_key = "k.pem"`, ``), 7, []string{"websocket: tls_cert has no use without listen"}},
+	{"ws_url https", edit(appendLine, `ws_url = "https://vpn.example.net/stt"`), 10, []string{`peer "beta": ws_url "https://vpn.example.net/stt" is an https:// URL`, "wss://"}},
+	{"ws_url other scheme", edit(appendLine, `ws_url = "tcp://vpn.example.net:1"`), 10, []string{"must start with ws:// or wss://"}},
+	{"ws_url without scheme", edit(appendLine, `ws_url = "vpn.example.net:443"`), 10, []string{"must start with ws:// or wss://"}},
+	{"ws_url without host", edit(appendLine, `ws_url = "wss:///stt"`), 10, []string{"has no host"}},
+	{"ws_url bad port", edit(appendLine, `ws_url = "wss://vpn.example.net:70000/stt"`), 10, []string{`has port "70000"`}},
+	{"ws_url credentials", edit(appendLine, `ws_url = "wss://me:secret@vpn.example.net/stt"`), 10, []string{"may not contain a user name or password", "me:xxxxx@"}},
+	{"ws_url fragment", edit(appendLine, `ws_url = "wss://vpn.example.net/stt#x"`), 10, []string{"#fragment"}},
+	{"ws_url bad host", edit(appendLine, `ws_url = "wss://bad_host!/stt"`), 10, []string{`invalid host name "bad_host!"`}},
+	{"ws_url unspecified", edit(appendLine, `ws_url = "ws://0.0.0.0:80/stt"`), 10, []string{"cannot be a peer's address"}},
+	{"ws_proxy without ws_url", edit(appendLine, `ws_proxy = "none"`), 10, []string{`peer "beta": ws_proxy has no use without ws_url`}},
+	{"ws_proxy https", edit(appendLine, `ws_url = "wss://v.example/stt"`, `ws_proxy = "https://proxy:3128"`), 11, []string{"only http:// proxies"}},
+	{"ws_proxy no scheme", edit(appendLine, `ws_url = "wss://v.example/stt"`, `ws_proxy = "proxy:3128"`), 11, []string{`is not "none" or a proxy URL`}},
+	{"ws_proxy password not echoed", edit(appendLine, `ws_url = "wss://v.example/stt"`, `ws_proxy = "socks5://u:hunter2@proxy:1080"`), 11, []string{`"socks5://u:xxxxx@proxy:1080" must be "none" or an http:// URL`}},
+	{"ws_proxy with path", edit(appendLine, `ws_url = "wss://v.example/stt"`, `ws_proxy = "http://proxy:3128/x"`), 11, []string{"without a path"}},
+	{"ws_ca_file with ws://", edit(appendLine, `ws_url = "ws://v.example/stt"`, `ws_ca_file = "ca.pem"`), 11, []string{"ws_ca_file applies to wss:// only, and ws_url (line 10) is ws://"}},
+	{"ws_ca_file without ws_url", edit(appendLine, `ws_ca_file = "ca.pem"`), 10, []string{"ws_ca_file has no use without a wss:// ws_url"}},
+	{"ws_insecure with ws://", edit(appendLine, `ws_url = "ws://v.example/stt"`, `ws_insecure = true`), 11, []string{"ws_insecure applies to wss:// only"}},
+	{"ws_insecure and ws_ca_file", edit(appendLine, `ws_url = "wss://v.example/stt"`, `ws_ca_file = "ca.pem"`, `ws_insecure = true`), 12,
+		[]string{"ws_insecure = true skips the certificate check that ws_ca_file (line 11) is for"}},
+	{"ws_insecure not a bool", edit(appendLine, `ws_insecure = "yes"`), 10, []string{`peer "beta": ws_insecure must be true or false`}},
+	{"ws key in interface", insert(3, `ws_url = "wss://v.example/stt"`), 3, []string{`unknown key "ws_url" in [interface]`, "belongs in [[peer]]"}},
+	{"fallback_after too short", edit(appendLine, `[advanced]`, `fallback_after = "100ms"`), 11, []string{`advanced: fallback_after = "100ms" must be between 1s and 5m0s`}},
+	{"fallback_after no unit", edit(appendLine, `[advanced]`, `fallback_after = "3"`), 11, []string{`fallback_after = "3" has no unit`}},
+	{"probe_interval too long", edit(appendLine, `[advanced]`, `probe_interval = "2h"`), 11, []string{`advanced: probe_interval = "2h" must be between 1s and 1h0m0s`}},
+	{"probe_interval as integer", edit(appendLine, `[advanced]`, `probe_interval = 10`), 11, []string{`probe_interval must be a duration string such as "10s"`}},
 }
 
 func TestParseErrors(t *testing.T) {
@@ -440,7 +564,11 @@ func TestParseNoPathName(t *testing.T) {
 }
 
 func TestStringRoundTrip(t *testing.T) {
-	for _, src := range []string{fullExample, doc(baseLines...)} {
+	wsOnly := doc(`[interface]`, `node_name = "alpha"`, `udp = false`, `seed_file = "/s"`, `key_file = "/k"`,
+		`[websocket]`, `listen = "127.0.0.1:8080"`,
+		`[[peer]]`, `name = "beta"`, `ws_url = "ws://192.0.2.2/stt"`, `allowed_prefixes = ["10.99.0.2/32"]`,
+		`[advanced]`, `probe_interval = "3s"`)
+	for _, src := range []string{fullExample, doc(baseLines...), wsOnly} {
 		cfg, err := Parse([]byte(src), "/etc/stt-tun/a.toml")
 		if err != nil {
 			t.Fatal(err)
@@ -479,8 +607,18 @@ func TestResolvePath(t *testing.T) {
 func TestLoad(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "alpha.toml")
-	if err := os.WriteFile(path, []byte(fullExample), 0o644); err != nil {
+	// Load checks that the TLS files exist; Parse does not.
+	src := strings.Replace(fullExample, "/etc/ssl/private/alpha.key", "alpha.key.pem", 1)
+	if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
 		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(dir, "certs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"certs/alpha.crt", "alpha.key.pem", "beta-ca.pem"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte("pem\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	cfg, err := Load(path)
 	if err != nil {
@@ -498,6 +636,43 @@ func TestLoad(t *testing.T) {
 	}
 	if cfg.Path != path || cfg.Interface.SeedFile != filepath.Join(dir, "seed") {
 		t.Errorf("relative Load: Path %q SeedFile %q", cfg.Path, cfg.Interface.SeedFile)
+	}
+
+	if cfg.WebSocket.TLSKey != filepath.Join(dir, "alpha.key.pem") || cfg.Peers[0].WSCAFile != filepath.Join(dir, "beta-ca.pem") {
+		t.Errorf("TLS paths: key %q, CA %q", cfg.WebSocket.TLSKey, cfg.Peers[0].WSCAFile)
+	}
+
+	// Missing TLS files are reported at their keys; a directory is not a file.
+	if err := os.Remove(filepath.Join(dir, "beta-ca.pem")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, "certs", "alpha.crt")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(dir, "certs", "alpha.crt"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Load("alpha.toml")
+	lines := strings.Split(src, "\n")
+	lineOf := func(prefix string) int {
+		for i, l := range lines {
+			if strings.HasPrefix(l, prefix) {
+				return i + 1
+			}
+		}
+		t.Fatalf("no %q in the example", prefix)
+		return 0
+	}
+	for _, want := range []string{
+		fmt.Sprintf("alpha.toml:%d: websocket: tls_cert %s is a directory", lineOf("tls_cert"), filepath.Join(dir, "certs", "alpha.crt")),
+		fmt.Sprintf("alpha.toml:%d: peer \"beta\": ws_ca_file %s does not exist", lineOf("ws_ca_file"), filepath.Join(dir, "beta-ca.pem")),
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Load with missing TLS files: %v\nwant %q", err, want)
+		}
+	}
+	if _, err := Parse([]byte(src), path); err != nil {
+		t.Errorf("Parse looked at the files: %v", err)
 	}
 
 	_, err = Load(filepath.Join(dir, "missing.toml"))

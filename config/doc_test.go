@@ -219,13 +219,15 @@ func TestDocDefaults(t *testing.T) {
 // docWithKey returns a minimal valid document with line added to section.
 func docWithKey(section, line string) string {
 	parts := map[string][]string{
-		"interface":  {`[interface]`, `node_name = "alpha"`, `seed_file = "/s"`, `key_file = "/k"`},
+		"interface": {`[interface]`, `node_name = "alpha"`, `seed_file = "/s"`, `key_file = "/k"`},
+		// The other [websocket] keys only make sense with a listener.
+		"websocket":  {`[websocket]`, `listen = "127.0.0.1:8443"`},
 		"forwarding": {`[forwarding]`},
 		"peer":       {`[[peer]]`, `name = "beta"`, `allowed_prefixes = ["10.99.0.2/32"]`},
 		"advanced":   {`[advanced]`},
 	}
 	var out []string
-	for _, sec := range []string{"interface", "forwarding", "peer", "advanced"} {
+	for _, sec := range []string{"interface", "websocket", "forwarding", "peer", "advanced"} {
 		out = append(out, parts[sec]...)
 		if sec == section && line != "" {
 			out = append(out, line)

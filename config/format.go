@@ -18,7 +18,10 @@ func (c *Config) String() string {
 	fmt.Fprintf(&b, "node_name = %s\n", quote(in.NodeName))
 	fmt.Fprintf(&b, "addresses = %s\n", prefixList(in.Addresses))
 	fmt.Fprintf(&b, "mtu = %d\n", in.MTU)
-	fmt.Fprintf(&b, "listen_port = %d\n", in.ListenPort)
+	if in.UDP {
+		fmt.Fprintf(&b, "listen_port = %d\n", in.ListenPort)
+	}
+	fmt.Fprintf(&b, "udp = %t\n", in.UDP)
 	fmt.Fprintf(&b, "seed_file = %s\n", quote(in.SeedFile))
 	fmt.Fprintf(&b, "key_file = %s\n", quote(in.KeyFile))
 	if in.ExitPeer != "" {
@@ -26,6 +29,16 @@ func (c *Config) String() string {
 	}
 	fmt.Fprintf(&b, "fwmark = 0x%x\n", in.FwMark)
 	fmt.Fprintf(&b, "table = %d\n", in.Table)
+
+	if w := &c.WebSocket; w.Listen != "" {
+		b.WriteString("\n[websocket]\n")
+		fmt.Fprintf(&b, "listen = %s\n", quote(w.Listen))
+		fmt.Fprintf(&b, "path = %s\n", quote(w.Path))
+		if w.TLSCert != "" {
+			fmt.Fprintf(&b, "tls_cert = %s\n", quote(w.TLSCert))
+			fmt.Fprintf(&b, "tls_key = %s\n", quote(w.TLSKey))
+		}
+	}
 
 	if c.Forwarding != (Forwarding{}) {
 		b.WriteString("\n[forwarding]\n")
@@ -48,14 +61,36 @@ func (c *Config) String() string {
 			fmt.Fprintf(&b, "persistent_keepalive = %s\n", quote(p.PersistentKeepalive.String()))
 		}
 		fmt.Fprintf(&b, "route = %t\n", p.Route)
+		if p.WSURL != "" {
+			fmt.Fprintf(&b, "ws_url = %s\n", quote(p.WSURL))
+		}
+		if p.WSProxy != "" {
+			fmt.Fprintf(&b, "ws_proxy = %s\n", quote(p.WSProxy))
+		}
+		if p.WSCAFile != "" {
+			fmt.Fprintf(&b, "ws_ca_file = %s\n", quote(p.WSCAFile))
+		}
+		if p.WSInsecure {
+			b.WriteString("ws_insecure = true\n")
+		}
 	}
 
-	if c.Advanced != (Advanced{RekeyAfter: DefaultRekeyAfter, RekeyAfterMessages: DefaultRekeyAfterMessages}) {
+	if c.Advanced != defaultAdvanced() {
 		b.WriteString("\n[advanced]\n")
 		fmt.Fprintf(&b, "rekey_after = %s\n", quote(c.Advanced.RekeyAfter.String()))
 		fmt.Fprintf(&b, "rekey_after_messages = %d\n", c.Advanced.RekeyAfterMessages)
+		fmt.Fprintf(&b, "fallback_after = %s\n", quote(c.Advanced.FallbackAfter.String()))
+		fmt.Fprintf(&b, "probe_interval = %s\n", quote(c.Advanced.ProbeInterval.String()))
 	}
 	return b.String()
+}
+
+// defaultAdvanced is the [advanced] section when the file leaves every key out.
+func defaultAdvanced() Advanced {
+	return Advanced{
+		RekeyAfter: DefaultRekeyAfter, RekeyAfterMessages: DefaultRekeyAfterMessages,
+		FallbackAfter: DefaultFallbackAfter, ProbeInterval: DefaultProbeInterval,
+	}
 }
 
 func prefixList(ps []netip.Prefix) string {

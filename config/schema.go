@@ -19,6 +19,7 @@ import (
 
 type rawFile struct {
 	Interface  *rawInterface  `toml:"interface"`
+	WebSocket  *rawWebSocket  `toml:"websocket"`
 	Forwarding *rawForwarding `toml:"forwarding"`
 	Peers      []rawPeer      `toml:"peer"`
 	Advanced   *rawAdvanced   `toml:"advanced"`
@@ -30,11 +31,19 @@ type rawInterface struct {
 	Addresses  []string `toml:"addresses" want:"an array of prefixes such as [\"10.99.0.1/24\"]"`
 	MTU        *int64   `toml:"mtu"`
 	ListenPort *int64   `toml:"listen_port"`
+	UDP        *bool    `toml:"udp"`
 	SeedFile   *string  `toml:"seed_file"`
 	KeyFile    *string  `toml:"key_file"`
 	ExitPeer   *string  `toml:"exit_peer"`
 	FwMark     *int64   `toml:"fwmark"`
 	Table      *int64   `toml:"table"`
+}
+
+type rawWebSocket struct {
+	Listen  *string `toml:"listen" want:"a string HOST:PORT such as \"0.0.0.0:8443\""`
+	Path    *string `toml:"path" want:"a string such as \"/stt\""`
+	TLSCert *string `toml:"tls_cert" want:"a string, the path of a PEM certificate file"`
+	TLSKey  *string `toml:"tls_key" want:"a string, the path of a PEM key file"`
 }
 
 type rawForwarding struct {
@@ -49,11 +58,17 @@ type rawPeer struct {
 	PublicKey           *string  `toml:"public_key" want:"a base64 string"`
 	PersistentKeepalive *string  `toml:"persistent_keepalive" want:"a duration string such as \"25s\""`
 	Route               *bool    `toml:"route"`
+	WSURL               *string  `toml:"ws_url" want:"a string URL such as \"wss://vpn.example.net/stt\""`
+	WSProxy             *string  `toml:"ws_proxy" want:"a string: \"\", \"none\" or \"http://HOST:PORT\""`
+	WSCAFile            *string  `toml:"ws_ca_file" want:"a string, the path of a PEM file"`
+	WSInsecure          *bool    `toml:"ws_insecure"`
 }
 
 type rawAdvanced struct {
 	RekeyAfter         *string `toml:"rekey_after" want:"a duration string such as \"120s\""`
 	RekeyAfterMessages *int64  `toml:"rekey_after_messages"`
+	FallbackAfter      *string `toml:"fallback_after" want:"a duration string such as \"3s\""`
+	ProbeInterval      *string `toml:"probe_interval" want:"a duration string such as \"10s\""`
 }
 
 // schemaKey is one key the file format accepts.

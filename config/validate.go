@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/netip"
+	"net/url"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -21,10 +24,16 @@ const (
 	maxRekeyAfter    = 24 * time.Hour
 	maxRoutingTable  = 1<<32 - 1
 	reservedTableLow = 253 // 253 default, 254 main, 255 local
+	minFallback      = time.Second
+	maxFallback      = 5 * time.Minute
+	minProbe         = time.Second
+	maxProbe         = time.Hour
+	maxWSPathLen     = 256
 )
 
-// parse decodes, validates and fills defaults. dir anchors relative file paths.
-func parse(data []byte, path, dir string) (*Config, error) {
+// parse decodes, validates and fills defaults. dir anchors relative file paths;
+// checkFiles makes it check that the TLS files the document names exist.
+func parse(data []byte, path, dir string, checkFiles bool) (*Config, error) {
 	name := path
 	if name == "" {
 		name = "<input>"
@@ -38,7 +47,7 @@ func parse(data []byte, path, dir string) (*Config, error) {
 	if !ok {
 		return nil, ec.err()
 	}
-	v := &validator{ec: ec, pos: indexPositions(data), dir: dir, defaultLink: defaultLinkName(path)}
+	v := &validator{ec: ec, pos: indexPositions(data), dir: dir, defaultLink: defaultLinkName(path), checkFiles: checkFiles}
 	for _, sec := range sch {
 		// The decoder takes a lone [peer] as a one-element array; refuse it so
 		// that the second [peer] does not fail with a puzzling redefinition.
@@ -66,6 +75,9 @@ type validator struct {
 	// noInterface is set when [interface] is missing, which is reported once
 	// rather than once per required key.
 	noInterface bool
+	// checkFiles makes optional file keys (TLS certificates, keys and CAs) fail
+	// when their file does not exist.
+	checkFiles bool
 }
 
 // errAt reports a problem at the line of a dotted path such as
@@ -86,10 +98,12 @@ func (v *validator) config(raw *rawFile) *Config {
 		raw.Interface = &rawInterface{}
 	}
 	cfg.Interface = v.iface(raw.Interface)
+	cfg.WebSocket = v.websocket(raw.WebSocket)
 	cfg.Forwarding = v.forwarding(raw.Forwarding)
 	cfg.Peers = v.peers(raw.Peers, cfg.Interface.NodeName)
 	cfg.Advanced = v.advanced(raw.Advanced)
 	v.exitPeer(cfg)
+	v.reachable(cfg, raw.Peers)
 	return cfg
 }
 
@@ -98,6 +112,7 @@ func (v *validator) iface(r *rawInterface) Interface {
 		Name:       v.defaultLink,
 		MTU:        DefaultMTU,
 		ListenPort: DefaultListenPort,
+		UDP:        true,
 		FwMark:     DefaultFwMark,
 		Table:      DefaultTable,
 	}
@@ -151,7 +166,17 @@ func (v *validator) iface(r *rawInterface) Interface {
 		}
 	}
 
-	if r.ListenPort != nil {
+	if r.UDP != nil {
+		in.UDP = *r.UDP
+	}
+	if !in.UDP {
+		in.ListenPort = 0
+	}
+	if r.ListenPort != nil && !in.UDP {
+		// Refused rather than ignored: a node that looks reachable on a UDP port
+		// and is not would be puzzling to debug.
+		v.errAt("interface.listen_port", "interface: listen_port has no use with udp = false (line %d): this node opens no UDP socket; remove listen_port", v.pos.line("interface.udp"))
+	} else if r.ListenPort != nil {
 		if p := *r.ListenPort; p < 0 || p > 65535 {
 			v.errAt("interface.listen_port", "interface: listen_port = %d is not a UDP port (0..65535; 0 picks a random port)", p)
 		} else {
@@ -213,6 +238,86 @@ func (v *validator) filePath(s *string, path, key, example string) string {
 		p = filepath.Join(v.dir, p)
 	}
 	return filepath.Clean(p)
+}
+
+func (v *validator) websocket(r *rawWebSocket) WebSocket {
+	w := WebSocket{Path: DefaultWSPath}
+	if r == nil {
+		return w
+	}
+	if r.Listen != nil && *r.Listen != "" {
+		if err := checkListen(*r.Listen); err != nil {
+			v.errAt("websocket.listen", "websocket: listen %q %v", *r.Listen, err)
+		} else {
+			w.Listen = *r.Listen
+		}
+	}
+	hasListen := r.Listen != nil && *r.Listen != ""
+	needsListen := func(key string) {
+		if !hasListen {
+			v.errAt("websocket."+key, "websocket: %s has no use without listen; add e.g. listen = \"0.0.0.0:8443\"", key)
+		}
+	}
+	if r.Path != nil {
+		needsListen("path")
+		if err := checkWSPath(*r.Path); err != nil {
+			v.errAt("websocket.path", "websocket: path %q %v", *r.Path, err)
+		} else {
+			w.Path = *r.Path
+		}
+	}
+	w.TLSCert = v.optionalFile(r.TLSCert, "websocket.tls_cert", "websocket: tls_cert")
+	w.TLSKey = v.optionalFile(r.TLSKey, "websocket.tls_key", "websocket: tls_key")
+	certGiven := r.TLSCert != nil && *r.TLSCert != ""
+	keyGiven := r.TLSKey != nil && *r.TLSKey != ""
+	switch {
+	case certGiven && !keyGiven:
+		v.errAt("websocket.tls_cert", "websocket: tls_cert needs tls_key, the certificate's private key; set both for wss://, or neither for ws://")
+	case keyGiven && !certGiven:
+		v.errAt("websocket.tls_key", "websocket: tls_key needs tls_cert; set both for wss://, or neither for ws://")
+	}
+	if certGiven {
+		needsListen("tls_cert")
+	} else if keyGiven {
+		needsListen("tls_key")
+	}
+	if w.TLSCert == "" || w.TLSKey == "" {
+		// Half a TLS configuration is never used: the errors above say why.
+		w.TLSCert, w.TLSKey = "", ""
+	}
+	return w
+}
+
+// optionalFile checks an optional path key, "" meaning none, resolves it against the
+// configuration file's directory and, when files are checked, makes sure it exists.
+func (v *validator) optionalFile(s *string, path, label string) string {
+	if s == nil || *s == "" {
+		return ""
+	}
+	p := *s
+	if strings.ContainsFunc(p, unicode.IsControl) {
+		v.errAt(path, "%s %q contains control characters", label, p)
+		return ""
+	}
+	if !filepath.IsAbs(p) {
+		p = filepath.Join(v.dir, p)
+	}
+	p = filepath.Clean(p)
+	if v.checkFiles {
+		fi, err := os.Stat(p)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			v.errAt(path, "%s %s does not exist", label, p)
+			return ""
+		case err != nil:
+			v.errAt(path, "%s %s: %v", label, p, errors.Unwrap(err))
+			return ""
+		case fi.IsDir():
+			v.errAt(path, "%s %s is a directory, not a file", label, p)
+			return ""
+		}
+	}
+	return p
 }
 
 func (v *validator) forwarding(r *rawForwarding) Forwarding {
@@ -324,9 +429,90 @@ func (v *validator) peers(raws []rawPeer, nodeName string) []Peer {
 		if r.Route != nil {
 			p.Route = *r.Route
 		}
+		v.peerWS(r, &p, base, label)
 		peers = append(peers, p)
 	}
 	return peers
+}
+
+// peerWS checks a peer's WebSocket keys.
+func (v *validator) peerWS(r *rawPeer, p *Peer, base, label string) {
+	scheme := ""
+	if r.WSURL != nil && *r.WSURL != "" {
+		u, err := checkWSURL(*r.WSURL)
+		if err != nil {
+			v.errAt(base+".ws_url", "%s: ws_url %q %v", label, u, err)
+		} else {
+			p.WSURL = *r.WSURL
+			scheme = strings.SplitN(p.WSURL, ":", 2)[0]
+		}
+	}
+	hasURL := r.WSURL != nil && *r.WSURL != ""
+	if r.WSProxy != nil && *r.WSProxy != "" {
+		shown, err := checkProxy(*r.WSProxy)
+		switch {
+		case err != nil:
+			v.errAt(base+".ws_proxy", "%s: ws_proxy %q %v", label, shown, err)
+		case !hasURL:
+			v.errAt(base+".ws_proxy", "%s: ws_proxy has no use without ws_url", label)
+		default:
+			p.WSProxy = *r.WSProxy
+		}
+	}
+	tlsOnly := func(key string) bool {
+		switch {
+		case !hasURL:
+			v.errAt(base+"."+key, "%s: %s has no use without a wss:// ws_url", label, key)
+		case scheme == "ws":
+			v.errAt(base+"."+key, "%s: %s applies to wss:// only, and ws_url (line %d) is ws://", label, key, v.pos.line(base+".ws_url"))
+		default:
+			return true
+		}
+		return false
+	}
+	if r.WSCAFile != nil && *r.WSCAFile != "" {
+		f := v.optionalFile(r.WSCAFile, base+".ws_ca_file", label+": ws_ca_file")
+		if f != "" && tlsOnly("ws_ca_file") {
+			p.WSCAFile = f
+		}
+	}
+	if r.WSInsecure != nil && *r.WSInsecure {
+		switch {
+		case r.WSCAFile != nil && *r.WSCAFile != "":
+			v.errAt(base+".ws_insecure", "%s: ws_insecure = true skips the certificate check that ws_ca_file (line %d) is for; keep one of them", label, v.pos.line(base+".ws_ca_file"))
+		case tlsOnly("ws_insecure"):
+			p.WSInsecure = true
+		}
+	}
+}
+
+// reachable checks that a node without UDP can still reach, or be reached by, each peer.
+func (v *validator) reachable(cfg *Config, raws []rawPeer) {
+	if cfg.Interface.UDP {
+		return
+	}
+	udpLine := v.pos.line("interface.udp")
+	for i := range raws {
+		r := &raws[i]
+		if i >= len(cfg.Peers) {
+			break
+		}
+		p := &cfg.Peers[i]
+		base := "peer." + strconv.Itoa(i)
+		label := fmt.Sprintf("peer #%d", i+1)
+		if p.Name != "" {
+			label = fmt.Sprintf("peer %q", p.Name)
+		}
+		hasURL := r.WSURL != nil && *r.WSURL != ""
+		switch {
+		case r.Endpoint != nil && *r.Endpoint != "" && hasURL:
+			v.errAt(base+".endpoint", "%s: endpoint is a UDP address, and this node has udp = false (line %d); remove it, ws_url reaches the peer", label, udpLine)
+		case r.Endpoint != nil && *r.Endpoint != "":
+			v.errAt(base+".endpoint", "%s: endpoint is a UDP address, and this node has udp = false (line %d), so the peer could never be reached; give it a ws_url instead", label, udpLine)
+		case !hasURL && cfg.WebSocket.Listen == "":
+			v.errAt(base, "%s could never be reached: this node has udp = false (line %d) and no [websocket] listen for the peer to connect to; give the peer a ws_url, or set listen", label, udpLine)
+		}
+	}
 }
 
 // overlap checks a new prefix against those already claimed. Prefixes of different
@@ -365,10 +551,26 @@ func (v *validator) overlap(claimed []owner, pf netip.Prefix, peer int, peers []
 }
 
 func (v *validator) advanced(r *rawAdvanced) Advanced {
-	a := Advanced{RekeyAfter: DefaultRekeyAfter, RekeyAfterMessages: DefaultRekeyAfterMessages}
+	a := defaultAdvanced()
 	if r == nil {
 		return a
 	}
+	durationIn := func(s *string, key string, lo, hi time.Duration, dst *time.Duration) {
+		if s == nil {
+			return
+		}
+		d, err := parseDuration(*s)
+		switch {
+		case err != nil:
+			v.errAt("advanced."+key, "advanced: %s = %q %v", key, *s, err)
+		case d < lo || d > hi:
+			v.errAt("advanced."+key, "advanced: %s = %q must be between %s and %s", key, *s, lo, hi)
+		default:
+			*dst = d
+		}
+	}
+	durationIn(r.FallbackAfter, "fallback_after", minFallback, maxFallback, &a.FallbackAfter)
+	durationIn(r.ProbeInterval, "probe_interval", minProbe, maxProbe, &a.ProbeInterval)
 	if r.RekeyAfter != nil {
 		d, err := parseDuration(*r.RekeyAfter)
 		switch {
@@ -582,4 +784,117 @@ func defaultLinkName(path string) string {
 		return DefaultName
 	}
 	return base
+}
+
+// checkListen accepts HOST:PORT for a listener: HOST empty (every address), an IP
+// address or a host name; PORT 1 to 65535.
+func checkListen(s string) error {
+	if strings.Contains(s, "://") {
+		return errors.New("is a URL; write HOST:PORT, e.g. \"0.0.0.0:8443\"")
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return errors.New("is not HOST:PORT; write e.g. \"0.0.0.0:8443\", \"[::]:8443\" or \"127.0.0.1:8080\"")
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+		return fmt.Errorf("has port %q; want a number from 1 to 65535", port)
+	}
+	if host == "" {
+		return nil
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		if a.IsMulticast() {
+			return fmt.Errorf("has address %s, which is multicast", a)
+		}
+		return nil
+	}
+	if strings.Contains(host, ":") {
+		return fmt.Errorf("has host %q, which is not an IPv6 address", host)
+	}
+	return checkHostName(host)
+}
+
+// checkWSPath accepts an absolute HTTP path without query or fragment.
+func checkWSPath(s string) error {
+	switch {
+	case !strings.HasPrefix(s, "/"):
+		return errors.New("must start with /, e.g. \"/stt\"")
+	case len(s) > maxWSPathLen:
+		return fmt.Errorf("is %d bytes long; the limit is %d", len(s), maxWSPathLen)
+	case strings.ContainsAny(s, "?#") || strings.ContainsFunc(s, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }):
+		return errors.New("may not contain '?', '#', spaces or control characters")
+	}
+	return nil
+}
+
+// checkWSURL accepts ws://HOST[:PORT][/PATH] and wss://…; it returns the value to
+// show in a message.
+func checkWSURL(s string) (string, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return s, errors.New("is not a URL; write e.g. \"wss://vpn.example.net:443/stt\"")
+	}
+	shown := s
+	if u.User != nil {
+		shown = u.Redacted()
+	}
+	switch {
+	case u.Scheme == "https" || u.Scheme == "http":
+		return shown, fmt.Errorf("is an %s:// URL; WebSocket URLs start with ws:// or wss:// (the TLS form)", u.Scheme)
+	case u.Scheme != "ws" && u.Scheme != "wss":
+		return shown, errors.New("must start with ws:// or wss://, e.g. \"wss://vpn.example.net/stt\"")
+	case u.Opaque != "" || u.Host == "" || u.Hostname() == "":
+		return shown, errors.New("has no host; write e.g. \"wss://vpn.example.net/stt\"")
+	case u.User != nil:
+		return shown, errors.New("may not contain a user name or password")
+	case u.Fragment != "" || strings.Contains(s, "#"):
+		return shown, errors.New("may not contain a #fragment")
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.ParseUint(p, 10, 16); err != nil || n == 0 {
+			return shown, fmt.Errorf("has port %q; want a number from 1 to 65535", p)
+		}
+	}
+	if a, err := netip.ParseAddr(u.Hostname()); err == nil {
+		if a.IsUnspecified() || a.IsMulticast() {
+			return shown, fmt.Errorf("has address %s, which cannot be a peer's address", a)
+		}
+		return shown, nil
+	}
+	if err := checkHostName(u.Hostname()); err != nil {
+		return shown, err
+	}
+	return shown, nil
+}
+
+// checkProxy accepts "none" or http://[USER:PASSWORD@]HOST[:PORT]; it returns the
+// value to show in a message, without a password.
+func checkProxy(s string) (string, error) {
+	if s == "none" {
+		return s, nil
+	}
+	u, err := url.Parse(s)
+	if err != nil || !strings.Contains(s, "://") {
+		return s, errors.New("is not \"none\" or a proxy URL; write e.g. \"http://proxy.example.net:3128\"")
+	}
+	shown := u.Redacted()
+	switch {
+	case u.Scheme == "https":
+		return shown, errors.New("is an https:// proxy; only http:// proxies are supported (the WebSocket's own TLS runs inside the CONNECT tunnel)")
+	case u.Scheme != "http":
+		return shown, errors.New("must be \"none\" or an http:// URL, e.g. \"http://proxy.example.net:3128\"")
+	case u.Hostname() == "":
+		return shown, errors.New("has no host")
+	case (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "":
+		return shown, errors.New("must be http://HOST:PORT, without a path")
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.ParseUint(p, 10, 16); err != nil || n == 0 {
+			return shown, fmt.Errorf("has port %q; want a number from 1 to 65535", p)
+		}
+	}
+	if _, err := netip.ParseAddr(u.Hostname()); err == nil {
+		return shown, nil
+	}
+	return shown, checkHostName(u.Hostname())
 }
