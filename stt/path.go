@@ -118,6 +118,7 @@ func (p *Peer) dialWSLocked() {
 			Proxy:              p.cfg.WSProxy,
 			CAFile:             p.cfg.WSCAFile,
 			InsecureSkipVerify: p.cfg.WSInsecure,
+			FwMark:             n.cfg.FwMark,
 			Offset:             recvBase,
 			BufSize:            BufferSize,
 			Receive:            n.wsReceive,

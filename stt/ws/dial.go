@@ -48,6 +48,9 @@ type DialConfig struct {
 	// ServerName overrides the TLS server name (SNI and verification); default: the
 	// URL's host.
 	ServerName string
+	// FwMark, when not 0, is set as SO_MARK on the TCP connection (to the server or the
+	// proxy), so that policy routing can keep it out of a full tunnel it carries.
+	FwMark uint32
 
 	// Offset is where a record starts in a receive buffer.
 	Offset int
@@ -131,6 +134,9 @@ func Dial(ctx context.Context, cfg DialConfig) (*Conn, error) {
 		peer   net.Addr
 	)
 	dialer := &net.Dialer{KeepAlive: 30 * time.Second}
+	if cfg.FwMark != 0 {
+		dialer.Control = markControl(cfg.FwMark)
+	}
 	tr := &http.Transport{
 		Proxy: nil, // proxying is done in DialContext, with CONNECT for ws:// too
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
