@@ -106,9 +106,9 @@ type Interface struct {
 	// ListenPort is the UDP port to listen on; 0 picks a random port. It is 0
 	// when UDP is off.
 	ListenPort int
-	// UDP says whether the node uses UDP at all; without it, it is reached and
-	// reaches its peers over WebSocket only.
-	UDP bool
+	// DisableUDP keeps the node off UDP entirely (udp = false): it reaches its peers
+	// and is reached over WebSocket only. The zero value uses UDP.
+	DisableUDP bool
 	// SeedFile is the path of the network seed file, resolved against the
 	// configuration file's directory if it was relative.
 	SeedFile string

@@ -91,7 +91,6 @@ func TestParseFullExample(t *testing.T) {
 			Addresses:  mustPrefixes(t, "10.99.0.1/24", "fd99::1/64"),
 			MTU:        1400,
 			ListenPort: 51901,
-			UDP:        true,
 			SeedFile:   "/etc/stt-tun/seed",
 			KeyFile:    "/etc/stt-tun/alpha.key",
 			ExitPeer:   "beta",
@@ -154,7 +153,7 @@ func TestParseDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	in := cfg.Interface
-	if in.Name != "a" || in.MTU != DefaultMTU || in.ListenPort != DefaultListenPort || !in.UDP ||
+	if in.Name != "a" || in.MTU != DefaultMTU || in.ListenPort != DefaultListenPort || in.DisableUDP ||
 		in.FwMark != DefaultFwMark || in.Table != DefaultTable || in.ExitPeer != "" || len(in.Addresses) != 0 {
 		t.Errorf("interface defaults: %+v", in)
 	}
@@ -249,14 +248,14 @@ func TestParseValidVariants(t *testing.T) {
 			`[[peer]]`, `name = "b"`, `ws_url = "ws://192.0.2.2:8080/stt"`, `allowed_prefixes = ["10.0.0.2/32"]`,
 			`[[peer]]`, `name = "c"`, `allowed_prefixes = ["10.0.0.3/32"]`),
 			func(t *testing.T, c *Config) {
-				if c.Interface.UDP || c.Interface.ListenPort != 0 || c.WebSocket.Listen != ":8443" || c.WebSocket.Path != "/stt" {
+				if !c.Interface.DisableUDP || c.Interface.ListenPort != 0 || c.WebSocket.Listen != ":8443" || c.WebSocket.Path != "/stt" {
 					t.Errorf("got %+v %+v", c.Interface, c.WebSocket)
 				}
 			}},
 		{"websocket only node without listener", head + doc(`udp = false`,
 			`[[peer]]`, `name = "b"`, `ws_url = "wss://vpn.example.net/stt"`, `allowed_prefixes = ["10.0.0.2/32"]`), nil},
 		{"udp = true is the default", head + doc(`udp = true`, `listen_port = 4000`), func(t *testing.T, c *Config) {
-			if !c.Interface.UDP || c.Interface.ListenPort != 4000 {
+			if c.Interface.DisableUDP || c.Interface.ListenPort != 4000 {
 				t.Errorf("got %+v", c.Interface)
 			}
 		}},

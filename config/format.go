@@ -18,10 +18,10 @@ func (c *Config) String() string {
 	fmt.Fprintf(&b, "node_name = %s\n", quote(in.NodeName))
 	fmt.Fprintf(&b, "addresses = %s\n", prefixList(in.Addresses))
 	fmt.Fprintf(&b, "mtu = %d\n", in.MTU)
-	if in.UDP {
+	if !in.DisableUDP {
 		fmt.Fprintf(&b, "listen_port = %d\n", in.ListenPort)
 	}
-	fmt.Fprintf(&b, "udp = %t\n", in.UDP)
+	fmt.Fprintf(&b, "udp = %t\n", !in.DisableUDP)
 	fmt.Fprintf(&b, "seed_file = %s\n", quote(in.SeedFile))
 	fmt.Fprintf(&b, "key_file = %s\n", quote(in.KeyFile))
 	if in.ExitPeer != "" {

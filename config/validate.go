@@ -112,7 +112,6 @@ func (v *validator) iface(r *rawInterface) Interface {
 		Name:       v.defaultLink,
 		MTU:        DefaultMTU,
 		ListenPort: DefaultListenPort,
-		UDP:        true,
 		FwMark:     DefaultFwMark,
 		Table:      DefaultTable,
 	}
@@ -167,12 +166,12 @@ func (v *validator) iface(r *rawInterface) Interface {
 	}
 
 	if r.UDP != nil {
-		in.UDP = *r.UDP
+		in.DisableUDP = !*r.UDP
 	}
-	if !in.UDP {
+	if in.DisableUDP {
 		in.ListenPort = 0
 	}
-	if r.ListenPort != nil && !in.UDP {
+	if r.ListenPort != nil && in.DisableUDP {
 		// Refused rather than ignored: a node that looks reachable on a UDP port
 		// and is not would be puzzling to debug.
 		v.errAt("interface.listen_port", "interface: listen_port has no use with udp = false (line %d): this node opens no UDP socket; remove listen_port", v.pos.line("interface.udp"))
@@ -488,7 +487,7 @@ func (v *validator) peerWS(r *rawPeer, p *Peer, base, label string) {
 
 // reachable checks that a node without UDP can still reach, or be reached by, each peer.
 func (v *validator) reachable(cfg *Config, raws []rawPeer) {
-	if cfg.Interface.UDP {
+	if !cfg.Interface.DisableUDP {
 		return
 	}
 	udpLine := v.pos.line("interface.udp")
