@@ -116,7 +116,14 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 		Timers: stt.Timers{
 			RekeyAfterTime:     cfg.Advanced.RekeyAfter,
 			RekeyAfterMessages: cfg.Advanced.RekeyAfterMessages,
+			FallbackAfter:      cfg.Advanced.FallbackAfter,
+			ProbeInterval:      cfg.Advanced.ProbeInterval,
 		},
+		DisableUDP: cfg.Interface.DisableUDP,
+		WSListen:   cfg.WebSocket.Listen,
+		WSPath:     cfg.WebSocket.Path,
+		WSCertFile: cfg.WebSocket.TLSCert,
+		WSKeyFile:  cfg.WebSocket.TLSKey,
 	})
 	if err != nil {
 		return nil, err
@@ -137,6 +144,10 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 			PublicKey:           pc.PublicKey,
 			PersistentKeepalive: pc.PersistentKeepalive,
 			Tag:                 p,
+			WSURL:               pc.WSURL,
+			WSProxy:             pc.WSProxy,
+			WSCAFile:            pc.WSCAFile,
+			WSInsecure:          pc.WSInsecure,
 		})
 		if err != nil {
 			return nil, err
@@ -173,7 +184,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 
 	t.pumpsDone.Add(1)
 	go t.readLoop()
-	log.Info("tunnel up", "interface", cfg.Interface.Name, "port", t.node.Port(), "peers", len(t.peers))
+	log.Info("tunnel up", "interface", cfg.Interface.Name, "port", t.node.Port(), "websocket", t.node.WSAddr(), "peers", len(t.peers))
 	return t, nil
 }
 
@@ -357,11 +368,13 @@ func (t *Tunnel) Status() Status {
 		if k, ok := p.sp.PublicKey(); ok {
 			ps.PublicKey = config.EncodeKey(k)
 		}
+		// The endpoint is where traffic would go now: a UDP address, or for "ws" the TCP
+		// address at the other end of the WebSocket (the peer, or a proxy before it).
 		if ep := p.sp.Endpoint(); ep.IsValid() {
 			ps.Endpoint = ep.String()
 		}
 		if p.sp.HasSession() {
-			ps.Path = "udp"
+			ps.Path = p.sp.Path()
 		}
 		for _, pfx := range p.cfg.AllowedPrefixes {
 			ps.AllowedPrefixes = append(ps.AllowedPrefixes, pfx.String())
