@@ -49,7 +49,8 @@ type DialConfig struct {
 	// URL's host.
 	ServerName string
 	// FwMark, when not 0, is set as SO_MARK on the TCP connection (to the server or the
-	// proxy), so that policy routing can keep it out of a full tunnel it carries.
+	// proxy) and on the DNS queries that find it, so that policy routing can keep them
+	// out of a full tunnel the connection carries.
 	FwMark uint32
 
 	// Offset is where a record starts in a receive buffer.
@@ -136,6 +137,10 @@ func Dial(ctx context.Context, cfg DialConfig) (*Conn, error) {
 	dialer := &net.Dialer{KeepAlive: 30 * time.Second}
 	if cfg.FwMark != 0 {
 		dialer.Control = markControl(cfg.FwMark)
+		// The name lookups for the URL's or the proxy's host need the mark too: a full
+		// tunnel would otherwise route them into the tunnel that is not up yet.
+		marked := &net.Dialer{Control: dialer.Control}
+		dialer.Resolver = &net.Resolver{PreferGo: true, Dial: marked.DialContext}
 	}
 	tr := &http.Transport{
 		Proxy: nil, // proxying is done in DialContext, with CONNECT for ws:// too
