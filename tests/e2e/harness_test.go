@@ -2,7 +2,9 @@
 
 // Package e2e runs the stt-tun binary in network namespaces and checks what a network
 // administrator would check: pings and transfers through the tunnel, subnet and exit
-// routing, source filtering, `status`, and that `down` leaves the machine as it was.
+// routing, source filtering, `status`, that `down` leaves the machine as it was, and the
+// WebSocket transport where UDP is blocked (directly, behind nginx, through tinyproxy,
+// and switching paths under a running transfer).
 //
 // Run it with `make e2e` (as root). The tests use the binary that `make build` puts at
 // bin/stt-tun; they never build it themselves, so that what is tested is what ships.
@@ -163,6 +165,15 @@ type peerConf struct {
 	endpoint  string
 	allowed   []string
 	publicKey string
+	// WebSocket: wsURL, and wsProxy, which is "none" unless given, so that a proxy in
+	// the environment of the test cannot change what is tested.
+	wsURL, wsProxy, wsCAFile string
+	wsInsecure               bool
+}
+
+// wsConf is the [websocket] section; empty listen means none.
+type wsConf struct {
+	listen, path, cert, key string
 }
 
 // nodeConf is one node's configuration file.
@@ -174,7 +185,11 @@ type nodeConf struct {
 	exitPeer   string
 	forwarding bool
 	masquerade bool
-	peers      []peerConf
+	noUDP      bool   // udp = false
+	ws         wsConf // [websocket]
+	// fallbackAfter and probeInterval go to [advanced] when set.
+	fallbackAfter, probeInterval string
+	peers                        []peerConf
 	// extra is appended verbatim, for broken configurations.
 	extra string
 }
@@ -194,11 +209,24 @@ func (c nodeConf) render() string {
 	fmt.Fprintf(&b, "name = %q\n", linkName)
 	fmt.Fprintf(&b, "node_name = %q\n", c.nodeName)
 	fmt.Fprintf(&b, "addresses = %s\n", quoteList(c.addresses))
-	fmt.Fprintf(&b, "listen_port = %d\n", port)
+	if c.noUDP {
+		fmt.Fprintf(&b, "udp = false\n")
+	} else {
+		fmt.Fprintf(&b, "listen_port = %d\n", port)
+	}
 	fmt.Fprintf(&b, "seed_file = %q\n", c.seedFile)
 	fmt.Fprintf(&b, "key_file = %q\n", c.keyFile)
 	if c.exitPeer != "" {
 		fmt.Fprintf(&b, "exit_peer = %q\n", c.exitPeer)
+	}
+	if c.ws.listen != "" {
+		fmt.Fprintf(&b, "\n[websocket]\nlisten = %q\n", c.ws.listen)
+		if c.ws.path != "" {
+			fmt.Fprintf(&b, "path = %q\n", c.ws.path)
+		}
+		if c.ws.cert != "" {
+			fmt.Fprintf(&b, "tls_cert = %q\ntls_key = %q\n", c.ws.cert, c.ws.key)
+		}
 	}
 	if c.forwarding || c.masquerade {
 		fmt.Fprintf(&b, "\n[forwarding]\nenabled = %t\nmasquerade = %t\n", c.forwarding, c.masquerade)
@@ -211,6 +239,28 @@ func (c nodeConf) render() string {
 		fmt.Fprintf(&b, "allowed_prefixes = %s\n", quoteList(p.allowed))
 		if p.publicKey != "" {
 			fmt.Fprintf(&b, "public_key = %q\n", p.publicKey)
+		}
+		if p.wsURL != "" {
+			proxy := p.wsProxy
+			if proxy == "" {
+				proxy = "none"
+			}
+			fmt.Fprintf(&b, "ws_url = %q\nws_proxy = %q\n", p.wsURL, proxy)
+			if p.wsCAFile != "" {
+				fmt.Fprintf(&b, "ws_ca_file = %q\n", p.wsCAFile)
+			}
+			if p.wsInsecure {
+				fmt.Fprintf(&b, "ws_insecure = true\n")
+			}
+		}
+	}
+	if c.fallbackAfter != "" || c.probeInterval != "" {
+		b.WriteString("\n[advanced]\n")
+		if c.fallbackAfter != "" {
+			fmt.Fprintf(&b, "fallback_after = %q\n", c.fallbackAfter)
+		}
+		if c.probeInterval != "" {
+			fmt.Fprintf(&b, "probe_interval = %q\n", c.probeInterval)
 		}
 	}
 	b.WriteString(c.extra)
