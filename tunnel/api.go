@@ -15,6 +15,9 @@ type Status struct {
 	MTU        int          `json:"mtu"`
 	Addresses  []string     `json:"addresses"`
 	Peers      []PeerStatus `json:"peers"`
+	// Counters are the node's cumulative counters since it started, by name; see
+	// docs/security.md for what each one means.
+	Counters map[string]uint64 `json:"counters,omitempty"`
 }
 
 // PeerStatus describes one configured peer.

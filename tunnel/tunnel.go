@@ -359,6 +359,7 @@ func (t *Tunnel) Status() Status {
 		PublicKey:  config.EncodeKey(pub),
 		ListenPort: int(t.node.Port()),
 		MTU:        t.cfg.Interface.MTU,
+		Counters:   t.counterMap(),
 	}
 	for _, a := range t.cfg.Interface.Addresses {
 		st.Addresses = append(st.Addresses, a.String())
