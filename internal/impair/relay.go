@@ -93,6 +93,7 @@ type DirStats struct {
 	Received, ReceivedBytes uint64 // arrived on the input side
 	Sent, SentBytes         uint64 // left on the output side (duplicates included)
 
+	Filtered     uint64 // dropped by the SetDrop predicate
 	BlackHoled   uint64 // dropped by BlackHole
 	Lost         uint64 // dropped by Loss
 	Corrupted    uint64 // one byte changed
@@ -264,6 +265,17 @@ func (r *Relay) set(d Dir, im Impairment) error {
 	return nil
 }
 
+// SetDrop installs a predicate on direction d: a datagram for which drop returns true
+// is dropped (and counted as Filtered) before any other impairment applies, so that a
+// test can lose one particular message. drop runs on the relay's receive goroutine with
+// the direction locked, sees each datagram once and must not keep it; nil removes it.
+func (r *Relay) SetDrop(d Dir, drop func(b []byte) bool) {
+	dir := r.dirs[d]
+	dir.mu.Lock()
+	dir.drop = drop
+	dir.mu.Unlock()
+}
+
 // Impairment returns the current setting of direction d.
 func (r *Relay) Impairment(d Dir) Impairment {
 	dir := r.dirs[d]
@@ -393,6 +405,7 @@ type direction struct {
 
 	mu      sync.Mutex
 	im      Impairment
+	drop    func([]byte) bool
 	rng     *rand.Rand
 	tokens  float64
 	tokenAt time.Time
@@ -428,6 +441,10 @@ func (d *direction) admit(b []byte, now time.Time) {
 		}
 	}
 	im := d.im
+	if d.drop != nil && d.drop(b) {
+		st.Filtered++
+		return
+	}
 	if im.BlackHole {
 		st.BlackHoled++
 		return

@@ -512,3 +512,28 @@ func TestNewErrors(t *testing.T) {
 		t.Error("bad listen address accepted")
 	}
 }
+
+func TestSetDropLosesChosenDatagrams(t *testing.T) {
+	l := newLab(t, Config{})
+	first := true
+	l.r.SetDrop(AtoB, func(b []byte) bool {
+		if first && b[0] == 'x' {
+			first = false
+			return true
+		}
+		return false
+	})
+	l.send([]byte("a"), []byte("x1"), []byte("b"), []byte("x2"))
+	got := l.collect(3)
+	if string(got[0]) != "a" || string(got[1]) != "b" || string(got[2]) != "x2" {
+		t.Fatalf("got %q", got)
+	}
+	if s := l.r.Stats().A2B; s.Filtered != 1 || s.Sent != 3 {
+		t.Fatalf("counters %+v", s)
+	}
+	l.r.SetDrop(AtoB, nil)
+	l.send([]byte("x3"))
+	if got := l.collect(1)[0]; string(got) != "x3" {
+		t.Fatalf("got %q", got)
+	}
+}
