@@ -359,7 +359,7 @@ func TestLossyUnderlay(t *testing.T) {
 		"bytes_intact": size, "seconds": took.Seconds(),
 		"relay_lost": rs.A2B.Lost + rs.B2A.Lost, "relay_duplicated": rs.A2B.Duplicated + rs.B2A.Duplicated,
 		"relay_reordered": rs.A2B.Reordered + rs.B2A.Reordered,
-		"replay_drops": da["drop_replay"] + db["drop_replay"], "auth_drops": da["drop_auth"] + db["drop_auth"],
+		"replay_drops":    da["drop_replay"] + db["drop_replay"], "auth_drops": da["drop_auth"] + db["drop_auth"],
 	})
 }
 
