@@ -296,6 +296,19 @@ func (p *prober) answered() int {
 	return len(p.got)
 }
 
+// answeredSentIn counts the answers to probes sent in [from, to).
+func (p *prober) answeredSentIn(from, to time.Time) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, r := range p.got {
+		if !r.sentAt.Before(from) && r.sentAt.Before(to) {
+			n++
+		}
+	}
+	return n
+}
+
 // longestSilence is the longest time between consecutive answers arriving in [from, to].
 func (p *prober) longestSilence(from, to time.Time) time.Duration {
 	p.mu.Lock()
