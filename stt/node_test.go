@@ -66,11 +66,15 @@ type captureBind struct {
 	conn.Bind
 	mu      sync.Mutex
 	sent    [][]byte
-	blocked atomic.Bool // drop every UDP datagram silently, like a firewall
+	blocked  atomic.Bool  // drop every UDP datagram silently, like a firewall
+	dropOnce atomic.Int32 // drop the next single message of this type
 }
 
 func (b *captureBind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	if b.blocked.Load() {
+		return nil
+	}
+	if t := b.dropOnce.Load(); t != 0 && len(bufs) == 1 && int32(bufs[0][0]) == t && b.dropOnce.CompareAndSwap(t, 0) {
 		return nil
 	}
 	b.mu.Lock()
@@ -617,5 +621,37 @@ func TestCookiePathUnderLoadStillConnects(t *testing.T) {
 	}
 	if len(a.bind.ofType(wire.TypeCookieReply)) != 0 || len(b.bind.ofType(wire.TypeCookieReply)) == 0 {
 		t.Fatal("cookie replies went the wrong way")
+	}
+}
+
+func TestLostAuthProofLosesNoDataAndRecovers(t *testing.T) {
+	// Dead-peer detection is pushed out of reach, so only the unconfirmed-session rule
+	// can recover a lost AUTH_PROOF within the test's bounds.
+	timers := Timers{DeadPeerTimeout: time.Hour, HandshakeRetry: 100 * time.Millisecond, Tick: 10 * time.Millisecond}
+	a, b := pair(t, timers)
+	established(t, a, b)
+	pa := a.Peer("b")
+	old := pa.current.Load()
+
+	// A rekey whose AUTH_PROOF is lost: data keeps flowing on the old session.
+	a.bind.dropOnce.Store(wire.TypeAuthProof)
+	pa.Rekey()
+	waitFor(t, 5*time.Second, "the new, unconfirmed session", func() bool {
+		s := pa.current.Load()
+		return s != old && !s.confirmed.Load()
+	})
+	start := b.h.count.Load()
+	for i := 0; i < 50; i++ {
+		sendOne(t, pa, 2, []byte{byte(i)})
+	}
+	b.h.waitCount(t, start+50, 5*time.Second)
+
+	// And the handshake is redone, confirming a session without operator action.
+	waitFor(t, 10*time.Second, "a confirmed new session", func() bool {
+		s := pa.current.Load()
+		return s != old && s.confirmed.Load()
+	})
+	if n := len(a.bind.ofType(wire.TypeAuthProof)); n < 2 {
+		t.Fatalf("%d AUTH_PROOFs sent, want a second one after the loss", n)
 	}
 }

@@ -26,6 +26,9 @@ type Peer struct {
 	wsEP    atomic.Pointer[wsEndpoint]    // WebSocket connection to the peer, if any
 	onWS    atomic.Bool                   // the peer's traffic currently goes over WebSocket
 	current atomic.Pointer[session]
+	// standby is the confirmed session a rekey replaced: the initiator keeps sending on
+	// it until the new one is confirmed, so a lost AUTH_PROOF loses no data.
+	standby atomic.Pointer[session]
 
 	// Times in nanoseconds since node.epoch; 0 = never.
 	lastSent        atomic.Int64
@@ -151,6 +154,11 @@ func (p *Peer) Send(pkts [][]byte, flows []uint16) error {
 	n := p.node
 	now := time.Now()
 	s := p.current.Load()
+	if s != nil && !s.confirmed.Load() {
+		if sb := p.standby.Load(); sb != nil && !sb.expired(now, &n.timers) {
+			s = sb
+		}
+	}
 	if s == nil || s.expired(now, &n.timers) {
 		p.enqueue(pkts)
 		return nil
@@ -517,6 +525,11 @@ func (p *Peer) installLocked(s *session, static [32]byte, now time.Time) {
 	if old != nil {
 		s.rel.inherit(&old.rel)
 	}
+	if old != nil && s.initiator && old.confirmed.Load() {
+		p.standby.Store(old)
+	} else {
+		p.standby.Store(nil)
+	}
 	p.static, p.staticKnown = static, true
 	p.lastHandshake = now
 	p.wantHandshake = false
@@ -551,9 +564,15 @@ func (p *Peer) tick(now time.Time) {
 	if p.proof != nil && (cur == nil || cur.confirmed.Load() || !now.Before(p.proof.nextRetry)) {
 		p.forgetProofLocked()
 	}
+	if cur != nil && cur.confirmed.Load() {
+		p.standby.Store(nil)
+	}
+	// Our session never confirmed: the AUTH_PROOF or the FINAL was lost. Start over
+	// rather than wait for the dead-peer timer.
+	unconfirmed := cur != nil && cur.initiator && !cur.confirmed.Load() && now.Sub(cur.created) >= 2*t.HandshakeRetry
 	nowMono := p.mono(now)
 	sentRecently := nowMono-p.lastSent.Load() < int64(t.RekeyAfterTime)
-	need := p.wantHandshake
+	need := p.wantHandshake || (unconfirmed && sentRecently)
 	if cur != nil && sentRecently {
 		age := now.Sub(cur.created)
 		if (cur.initiator && age >= t.RekeyAfterTime) || (!cur.initiator && age >= t.responderRekeyAfter()) ||
