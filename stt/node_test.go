@@ -64,8 +64,8 @@ func (c *collector) waitCount(t *testing.T, n int64, d time.Duration) {
 // tampering tests.
 type captureBind struct {
 	conn.Bind
-	mu      sync.Mutex
-	sent    [][]byte
+	mu       sync.Mutex
+	sent     [][]byte
 	blocked  atomic.Bool  // drop every UDP datagram silently, like a firewall
 	dropOnce atomic.Int32 // drop the next single message of this type
 }
