@@ -6,17 +6,25 @@ import (
 	"time"
 )
 
+// StatusSchemaVersion is the version of the JSON form of Status that
+// `stt-tun status --json` prints, documented in docs/status-schema.md. Within one
+// version fields are only added; removing a field or changing its meaning bumps it.
+const StatusSchemaVersion = 1
+
 // Status is a point-in-time view of a running tunnel, as `stt-tun status` shows it.
 type Status struct {
-	Interface  string       `json:"interface"`
-	NodeName   string       `json:"node_name"`
-	PublicKey  string       `json:"public_key"` // base64
-	ListenPort int          `json:"listen_port"`
-	MTU        int          `json:"mtu"`
-	Addresses  []string     `json:"addresses"`
-	Peers      []PeerStatus `json:"peers"`
+	// SchemaVersion is StatusSchemaVersion in what `status --json` prints; the
+	// daemon's control socket leaves it 0.
+	SchemaVersion int          `json:"schema_version,omitempty"`
+	Interface     string       `json:"interface"`
+	NodeName      string       `json:"node_name"`
+	PublicKey     string       `json:"public_key"` // base64
+	ListenPort    int          `json:"listen_port"`
+	MTU           int          `json:"mtu"`
+	Addresses     []string     `json:"addresses"`
+	Peers         []PeerStatus `json:"peers"`
 	// Counters are the node's cumulative counters since it started, by name; see
-	// docs/security.md for what each one means.
+	// docs/status-schema.md for what each one means.
 	Counters map[string]uint64 `json:"counters,omitempty"`
 }
 
@@ -27,7 +35,7 @@ type PeerStatus struct {
 	Endpoint        string    `json:"endpoint,omitempty"`   // current underlay address
 	Path            string    `json:"path"`                 // "udp", "ws" or "none"
 	AllowedPrefixes []string  `json:"allowed_prefixes"`
-	LastHandshake   time.Time `json:"last_handshake,omitempty"`
+	LastHandshake   time.Time `json:"last_handshake,omitzero"`
 	RTT             float64   `json:"rtt_ms,omitempty"`
 	TxBytes         uint64    `json:"tx_bytes"`
 	RxBytes         uint64    `json:"rx_bytes"`
