@@ -323,6 +323,10 @@ func sampleStatus() []tunnel.Status {
 			ListenPort: 51900,
 			MTU:        1420,
 			Addresses:  []string{"10.99.0.1/24", "fd99::1/64"},
+			Counters: map[string]uint64{
+				"handshakes_started": 9, "handshakes_completed": 7, "drop_replay": 3,
+				"drop_bad_mac1": 12, "drop_auth": 0, "tunnel_no_route": 3,
+			},
 			Peers: []tunnel.PeerStatus{
 				{
 					Name: "beta", Endpoint: "192.0.2.2:51900", Path: "udp",

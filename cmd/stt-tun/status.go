@@ -1,11 +1,14 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -54,7 +57,7 @@ func status(c *cli.Context, e *env) error {
 			return fmt.Errorf("status %s: %w", link, err)
 		}
 		if c.Bool("json") {
-			return writeJSON(e.stdout, st)
+			return writeJSON(e.stdout, forJSON(st))
 		}
 		return renderStatus(e.stdout, []tunnel.Status{st}, time.Now())
 	}
@@ -77,7 +80,11 @@ func status(c *cli.Context, e *env) error {
 		all = append(all, st)
 	}
 	if c.Bool("json") {
-		err = writeJSON(e.stdout, all)
+		out := make([]tunnel.Status, len(all))
+		for i, st := range all {
+			out[i] = forJSON(st)
+		}
+		err = writeJSON(e.stdout, out)
 	} else {
 		err = renderStatus(e.stdout, all, time.Now())
 	}
@@ -88,6 +95,26 @@ func status(c *cli.Context, e *env) error {
 		return errors.New(strings.Join(failed, "; "))
 	}
 	return nil
+}
+
+// forJSON stamps a status with the schema version this program prints (the JSON is
+// encoded here, from this program's types, whatever daemon version sent it) and turns
+// absent lists into empty ones, so that scripts always find an array where
+// docs/status-schema.md promises one.
+func forJSON(st tunnel.Status) tunnel.Status {
+	st.SchemaVersion = tunnel.StatusSchemaVersion
+	if st.Addresses == nil {
+		st.Addresses = []string{}
+	}
+	peers := make([]tunnel.PeerStatus, len(st.Peers))
+	for i, p := range st.Peers {
+		if p.AllowedPrefixes == nil {
+			p.AllowedPrefixes = []string{}
+		}
+		peers[i] = p
+	}
+	st.Peers = peers
+	return st
 }
 
 func writeJSON(w io.Writer, v any) error {
@@ -110,9 +137,13 @@ func renderStatus(w io.Writer, all []tunnel.Status, now time.Time) error {
 		fmt.Fprintf(&b, "interface: %s\n", st.Interface)
 		fmt.Fprintf(&b, "  node name: %s\n", orDash(st.NodeName))
 		fmt.Fprintf(&b, "  public key: %s\n", orDash(st.PublicKey))
-		fmt.Fprintf(&b, "  listening port: %d\n", st.ListenPort)
+		fmt.Fprintf(&b, "  listening port: %s\n", port(st.ListenPort))
 		fmt.Fprintf(&b, "  mtu: %d\n", st.MTU)
 		fmt.Fprintf(&b, "  addresses: %s\n", orDash(strings.Join(st.Addresses, ", ")))
+		if st.Counters != nil {
+			fmt.Fprintf(&b, "  handshakes: %s\n", handshakes(st.Counters))
+			fmt.Fprintf(&b, "  dropped: %s\n", drops(st.Counters))
+		}
 		if len(st.Peers) == 0 {
 			b.WriteString("  peers: none\n")
 			continue
@@ -140,6 +171,57 @@ func renderStatus(w io.Writer, all []tunnel.Status, now time.Time) error {
 		return fmt.Errorf("write status: %w", err)
 	}
 	return nil
+}
+
+// port is the UDP listening port, "none" when the node has no UDP socket.
+func port(p int) string {
+	if p == 0 {
+		return "none (WebSocket only)"
+	}
+	return strconv.Itoa(p)
+}
+
+// handshakes summarises the node's handshake counters.
+func handshakes(c map[string]uint64) string {
+	s := fmt.Sprintf("%d completed, %d started", c["handshakes_completed"], c["handshakes_started"])
+	if n := c["cookie_replies_sent"]; n > 0 {
+		s += fmt.Sprintf(", %d cookie replies (under load)", n)
+	}
+	return s
+}
+
+// drops lists the non-zero drop counters, largest first: "12 bad_mac1, 3 replay". The
+// node's reasons are "drop_<reason>"; the tunnel layer's are "tunnel_<reason>".
+func drops(c map[string]uint64) string {
+	type count struct {
+		name string
+		n    uint64
+	}
+	var cs []count
+	for k, n := range c {
+		if n == 0 {
+			continue
+		}
+		if name, ok := strings.CutPrefix(k, "drop_"); ok {
+			cs = append(cs, count{name, n})
+		} else if strings.HasPrefix(k, "tunnel_") {
+			cs = append(cs, count{k, n})
+		}
+	}
+	if len(cs) == 0 {
+		return "none"
+	}
+	slices.SortFunc(cs, func(a, b count) int {
+		if a.n != b.n {
+			return cmp.Compare(b.n, a.n)
+		}
+		return strings.Compare(a.name, b.name)
+	})
+	parts := make([]string, len(cs))
+	for i, c := range cs {
+		parts[i] = fmt.Sprintf("%d %s", c.n, c.name)
+	}
+	return strings.Join(parts, ", ")
 }
 
 func orDash(s string) string {
