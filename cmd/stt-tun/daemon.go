@@ -81,7 +81,11 @@ func runDaemon(ctx context.Context, e *env, cfg *config.Config, opts daemonOptio
 		return fmt.Errorf("start %s: %w", name, err)
 	}
 	d.started(t)
+	// Only now, with the interface's addresses and routes in place, may whatever
+	// waits for it (`up`, or systemd and the units ordered after this one) go on.
 	opts.ready.ok()
+	sd := newNotifier(log)
+	sd.ready(fmt.Sprintf("%s up with %d peers", name, len(cfg.Peers)))
 	log.Info("up", "control", srv.Path())
 
 	var runErr error
@@ -106,6 +110,7 @@ func runDaemon(ctx context.Context, e *env, cfg *config.Config, opts daemonOptio
 		log.Error("control socket failed", "err", err)
 	}
 
+	sd.stopping()
 	closeErr := t.Close()
 	if closeErr != nil {
 		closeErr = fmt.Errorf("close %s: %w", name, closeErr)
