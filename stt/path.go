@@ -109,21 +109,23 @@ func (p *Peer) dialWSLocked() {
 	}
 	p.wsDialing = true
 	n := p.node
+	// The settings are read here, under p.mu: Update may change them during the dial.
+	dc := ws.DialConfig{
+		URL:                p.cfg.WSURL,
+		Proxy:              p.cfg.WSProxy,
+		CAFile:             p.cfg.WSCAFile,
+		InsecureSkipVerify: p.cfg.WSInsecure,
+		FwMark:             n.cfg.FwMark,
+		Offset:             recvBase,
+		BufSize:            BufferSize,
+		Receive:            n.wsReceive,
+		Logger:             n.log,
+	}
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
 		ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
-		c, err := ws.Dial(ctx, ws.DialConfig{
-			URL:                p.cfg.WSURL,
-			Proxy:              p.cfg.WSProxy,
-			CAFile:             p.cfg.WSCAFile,
-			InsecureSkipVerify: p.cfg.WSInsecure,
-			FwMark:             n.cfg.FwMark,
-			Offset:             recvBase,
-			BufSize:            BufferSize,
-			Receive:            n.wsReceive,
-			Logger:             n.log,
-		})
+		c, err := ws.Dial(ctx, dc)
 		cancel()
 		p.mu.Lock()
 		p.wsDialing = false
@@ -133,7 +135,7 @@ func (p *Peer) dialWSLocked() {
 			n.log.Info("websocket dial failed", "peer", p.cfg.Name, "err", err)
 			return
 		}
-		if p.removed || n.ctx.Err() != nil {
+		if p.removed || n.ctx.Err() != nil || !p.wsDialMatches(dc) {
 			p.mu.Unlock()
 			_ = c.Close()
 			return

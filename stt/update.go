@@ -1,0 +1,123 @@
+package stt
+
+import (
+	"errors"
+	"fmt"
+
+	"golang.zx2c4.com/wireguard/conn"
+
+	"github.com/stt-tun/stt-tun/stt/wire"
+	"github.com/stt-tun/stt-tun/stt/ws"
+)
+
+// ErrPeerRemoved reports an operation on a peer that RemovePeer has forgotten.
+var ErrPeerRemoved = errors.New("peer was removed")
+
+// Update changes a running peer's settings in place, for a configuration reload: its
+// endpoint, persistent keepalive, pinned key and WebSocket settings. Name and Tag cannot
+// change; Update refuses another name and ignores pc.Tag.
+//
+// The session survives every change but one: a pin that does not match the key the
+// current session was made with drops the session (and any handshake in flight), and a
+// new handshake must present the pinned key. A new endpoint is used at once; the session
+// does not depend on the address. Changed WebSocket settings close a WebSocket
+// connection to the peer, so that the next one is dialed with them; the session moves to
+// UDP or to that new connection.
+//
+// A host name endpoint is resolved before anything changes: if that fails, the peer is
+// left as it was.
+func (p *Peer) Update(pc PeerConfig) error {
+	if pc.Name != p.cfg.Name {
+		return fmt.Errorf("stt: peer %s: Update cannot rename a peer to %q", p.cfg.Name, pc.Name)
+	}
+	n := p.node
+	p.mu.Lock()
+	endpointChanged := pc.Endpoint != p.cfg.Endpoint
+	p.mu.Unlock()
+	var ep conn.Endpoint
+	if endpointChanged && pc.Endpoint != "" {
+		// Resolving may take a while; it is done without holding the lock.
+		ap, err := n.resolve(pc.Endpoint)
+		if err != nil {
+			return fmt.Errorf("stt: peer %s: %w", pc.Name, err)
+		}
+		ep, err = n.bind.ParseEndpoint(ap.String())
+		if err != nil {
+			return fmt.Errorf("stt: peer %s: endpoint: %w", pc.Name, err)
+		}
+	}
+
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.removed {
+		return fmt.Errorf("stt: peer %s: %w", pc.Name, ErrPeerRemoved)
+	}
+	if ep != nil {
+		p.udpEP.Store(&ep)
+		// Look for the peer at the new address now rather than after the dead-peer timer.
+		p.firstUnanswered.Store(0)
+	}
+	// An endpoint removed from the configuration leaves the learned address in place:
+	// the peer may be connected from where it is, as for a peer that never had one.
+	p.cfg.Endpoint = pc.Endpoint
+	p.cfg.PersistentKeepalive = pc.PersistentKeepalive
+
+	switch {
+	case pc.PublicKey == nil:
+		p.cfg.PublicKey = nil
+	default:
+		pin := *pc.PublicKey
+		p.cfg.PublicKey = &pin
+		if p.staticKnown && p.static != pin {
+			p.dropSessionsLocked()
+			n.log.Info("pinned key changed; the session with the old key is closed", "peer", p.cfg.Name)
+		}
+		p.static, p.staticKnown = pin, true
+	}
+
+	if pc.WSURL != p.cfg.WSURL || pc.WSProxy != p.cfg.WSProxy || pc.WSCAFile != p.cfg.WSCAFile || pc.WSInsecure != p.cfg.WSInsecure {
+		p.cfg.WSURL, p.cfg.WSProxy, p.cfg.WSCAFile, p.cfg.WSInsecure = pc.WSURL, pc.WSProxy, pc.WSCAFile, pc.WSInsecure
+		if we := p.wsEP.Load(); we != nil {
+			// The connection's watcher clears wsEP and moves the traffic off it.
+			_ = we.c.Close()
+		}
+	}
+	n.kick()
+	return nil
+}
+
+// dropSessionsLocked forgets every session and handshake with the peer and asks for a
+// new handshake, telling the peer so that it does not send into the void. Called with
+// p.mu held.
+func (p *Peer) dropSessionsLocked() {
+	n := p.node
+	p.dropInitLocked()
+	p.forgetProofLocked()
+	cur := p.current.Swap(nil)
+	if cur != nil {
+		p.sendControl(cur, wire.AppendControl(nil, wire.CtlClose, []byte{wire.CodeShutdown, 0}))
+		p.wantHandshake = true
+	}
+	n.index.remove(cur, p.previous)
+	p.previous = nil
+	// Replay protection of handshakes is per key; the next key starts afresh.
+	p.lastTimestamp = [12]byte{}
+}
+
+// wsDialMatches reports whether dc was made from the peer's current WebSocket
+// settings. Called with p.mu held.
+func (p *Peer) wsDialMatches(dc ws.DialConfig) bool {
+	return dc.URL == p.cfg.WSURL && dc.Proxy == p.cfg.WSProxy && dc.CAFile == p.cfg.WSCAFile &&
+		dc.InsecureSkipVerify == p.cfg.WSInsecure
+}
+
+// SessionID identifies the peer's current session (this node's index for it), and
+// reports whether there is one. A different value after a handshake means new keys; the
+// same value means the same session.
+func (p *Peer) SessionID() (uint32, bool) {
+	s := p.current.Load()
+	if s == nil {
+		return 0, false
+	}
+	return s.localIndex, true
+}
