@@ -26,12 +26,21 @@ returns once the tunnel is closed and its routes, rules and addresses are undone
 If the daemon is gone (killed) but left its routing journal behind, down undoes the
 routing from the journal instead, and says so.
 
+--leftovers only does the latter: it undoes what a dead daemon left behind, leaves a
+running daemon alone, and succeeds when there is nothing to do. The systemd unit runs
+it after the daemon exits, so that a restart after a crash finds a clean host.
+
 Examples:
    stt-tun down alpha
-   stt-tun down -c ./lab/alpha.toml`,
+   stt-tun down -c ./lab/alpha.toml
+   stt-tun down --leftovers alpha`,
 		Flags: []cli.Flag{
 			configFlag(),
 			timeoutFlag(30 * time.Second),
+			&cli.BoolFlag{
+				Name:  "leftovers",
+				Usage: "only undo what a dead daemon left behind; never stop a running one",
+			},
 		},
 		Action: func(c *cli.Context) error { return down(c, e) },
 	}
@@ -45,6 +54,9 @@ func down(c *cli.Context, e *env) error {
 	dir := stateDir(c)
 	ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout"))
 	defer cancel()
+	if c.Bool("leftovers") {
+		return downLeftovers(ctx, e, dir, link)
+	}
 	err = ctl.Down(ctx, ctl.SocketPath(dir, link))
 	switch {
 	case err == nil:
@@ -69,6 +81,30 @@ func undoLeftovers(e *env, dir, link string, downErr error) error {
 		return fmt.Errorf("%s is not up", link)
 	}
 	if err != nil {
+		return fmt.Errorf("%s: the daemon is gone; undo its routing from the journal: %w", link, err)
+	}
+	_ = ctl.RemoveStale(dir, link)
+	fmt.Fprintf(e.stderr, "stt-tun: %s: the daemon was gone (killed?); undid its routing from the journal\n", link)
+	return nil
+}
+
+// downLeftovers undoes the routing of a daemon that died, and nothing else: after a
+// clean stop, or with a daemon running (say, one started by hand, which made systemd's
+// start fail), there is nothing to do.
+func downLeftovers(ctx context.Context, e *env, dir, link string) error {
+	_, err := ctl.Status(ctx, ctl.SocketPath(dir, link))
+	switch {
+	case err == nil:
+		return nil
+	case !errors.Is(err, ctl.ErrNotRunning) && !errors.Is(err, ctl.ErrNoConfirmation):
+		return fmt.Errorf("%s: %w", link, err)
+	}
+	err = e.undo(dir, link)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		_ = ctl.RemoveStale(dir, link)
+		return nil
+	case err != nil:
 		return fmt.Errorf("%s: the daemon is gone; undo its routing from the journal: %w", link, err)
 	}
 	_ = ctl.RemoveStale(dir, link)

@@ -1,0 +1,50 @@
+package main
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/stt-tun/stt-tun/tunnel"
+)
+
+// TestDownLeftovers covers what the systemd unit runs after the daemon exits
+// (ExecStopPost): clean up after a crash, and leave everything else alone.
+func TestDownLeftovers(t *testing.T) {
+	t.Run("running daemon left alone", func(t *testing.T) {
+		h := newHarness(t)
+		serveFake(t, h.dir, tunnel.Status{Interface: "stt9"})
+		if r := h.run("", "down", "--leftovers", "stt9"); r.code != 0 || r.stderr != "" {
+			t.Errorf("down --leftovers: %+v", r)
+		}
+		if len(h.undone) != 0 {
+			t.Errorf("undo called for a running daemon: %v", h.undone)
+		}
+		if r := h.run("", "status", "stt9"); r.code != 0 {
+			t.Errorf("daemon gone after down --leftovers: %+v", r)
+		}
+	})
+	t.Run("crashed daemon cleaned up", func(t *testing.T) {
+		h := newHarness(t)
+		h.undo = func(string, string) error { return nil }
+		staleSocket(t, h.dir, "stt9")
+		r := h.run("", "down", "--leftovers", "stt9")
+		if r.code != 0 || r.stderr != "stt-tun: stt9: the daemon was gone (killed?); undid its routing from the journal\n" {
+			t.Errorf("down --leftovers: %+v", r)
+		}
+		if len(h.undone) != 1 || h.undone[0] != "stt9" {
+			t.Errorf("undo called for %v", h.undone)
+		}
+	})
+	t.Run("clean stop: nothing to do", func(t *testing.T) {
+		h := newHarness(t)
+		if r := h.run("", "down", "--leftovers", "stt9"); r.code != 0 || r.stderr != "" || r.stdout != "" {
+			t.Errorf("down --leftovers: %+v", r)
+		}
+	})
+	t.Run("undo fails", func(t *testing.T) {
+		h := newHarness(t)
+		h.undo = func(string, string) error { return errors.New("routing: undo stt9: permission denied") }
+		staleSocket(t, h.dir, "stt9")
+		checkOneLineError(t, h.run("", "down", "--leftovers", "stt9"), 1, "permission denied")
+	})
+}
