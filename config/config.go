@@ -89,6 +89,8 @@ type Config struct {
 	Forwarding Forwarding
 	// Peers are the [[peer]] sections, in file order.
 	Peers []Peer
+	// Metrics is the [metrics] section.
+	Metrics Metrics
 	// Advanced is the [advanced] section.
 	Advanced Advanced
 }
@@ -170,6 +172,12 @@ type Peer struct {
 	WSCAFile string
 	// WSInsecure skips the certificate check of a wss:// WSURL.
 	WSInsecure bool
+}
+
+// Metrics is the [metrics] section: the Prometheus endpoint, off by default.
+type Metrics struct {
+	// Listen is the TCP address HOST:PORT that serves /metrics, or empty for none.
+	Listen string
 }
 
 // Advanced is the [advanced] section: knobs for tests and experts.

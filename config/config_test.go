@@ -58,6 +58,9 @@ ws_url = "wss://[2001:db8::3]:8443/tunnel/stt"
 ws_proxy = "none"
 ws_insecure = true
 
+[metrics]
+listen = "127.0.0.1:9586"
+
 [advanced]
 rekey_after = "90s"
 rekey_after_messages = 1000
@@ -126,6 +129,7 @@ func TestParseFullExample(t *testing.T) {
 				WSInsecure:      true,
 			},
 		},
+		Metrics:  Metrics{Listen: "127.0.0.1:9586"},
 		Advanced: Advanced{RekeyAfter: 90 * time.Second, RekeyAfterMessages: 1000, FallbackAfter: 2 * time.Second, ProbeInterval: time.Minute},
 	}
 	if !reflect.DeepEqual(cfg, want) {
@@ -206,6 +210,18 @@ func TestParseValidVariants(t *testing.T) {
 		name, src string
 		check     func(t *testing.T, c *Config)
 	}{
+		{"metrics on every address", head + doc(`[metrics]`, `listen = "[::]:9586"`),
+			func(t *testing.T, c *Config) {
+				if c.Metrics.Listen != "[::]:9586" {
+					t.Errorf("metrics: %+v", c.Metrics)
+				}
+			}},
+		{"metrics off with an empty listen", head + doc(`[metrics]`, `listen = ""`),
+			func(t *testing.T, c *Config) {
+				if c.Metrics != (Metrics{}) || strings.Contains(c.String(), "[metrics]") {
+					t.Errorf("metrics: %+v", c.Metrics)
+				}
+			}},
 		{"inline peers", `peer = [{name = "b", allowed_prefixes = ["10.0.0.0/8"]}, {name = "c", allowed_prefixes = ["fd00::/8"], route = false}]` + "\n" + head,
 			func(t *testing.T, c *Config) {
 				if len(c.Peers) != 2 || c.Peers[1].Route {
@@ -474,6 +490,12 @@ var badCases = []badCase{
 	{"fallback_after no unit", edit(appendLine, `[advanced]`, `fallback_after = "3"`), 11, []string{`fallback_after = "3" has no unit`}},
 	{"probe_interval too long", edit(appendLine, `[advanced]`, `probe_interval = "2h"`), 11, []string{`advanced: probe_interval = "2h" must be between 1s and 1h0m0s`}},
 	{"probe_interval as integer", edit(appendLine, `[advanced]`, `probe_interval = 10`), 11, []string{`probe_interval must be a duration string such as "10s"`}},
+	{"metrics listen without port", edit(appendLine, `[metrics]`, `listen = "127.0.0.1"`), 11, []string{`metrics: listen "127.0.0.1" is not HOST:PORT`}},
+	{"metrics listen port 0", edit(appendLine, `[metrics]`, `listen = "127.0.0.1:0"`), 11, []string{`metrics: listen "127.0.0.1:0" has port "0"`}},
+	{"metrics listen as URL", edit(appendLine, `[metrics]`, `listen = "http://127.0.0.1:9586/metrics"`), 11, []string{"is a URL; write HOST:PORT"}},
+	{"metrics listen as integer", edit(appendLine, `[metrics]`, `listen = 9586`), 11, []string{`metrics: listen must be a string HOST:PORT such as "127.0.0.1:9586"`}},
+	{"unknown key in metrics", edit(appendLine, `[metrics]`, `address = "127.0.0.1:9586"`), 11, []string{`unknown key "address" in [metrics]`, "valid keys are listen"}},
+	{"metrics as array table", edit(appendLine, `[[metrics]]`), 10, []string{"[[metrics]] must be written [metrics]"}},
 }
 
 func TestParseErrors(t *testing.T) {

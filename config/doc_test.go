@@ -224,10 +224,11 @@ func docWithKey(section, line string) string {
 		"websocket":  {`[websocket]`, `listen = "127.0.0.1:8443"`},
 		"forwarding": {`[forwarding]`},
 		"peer":       {`[[peer]]`, `name = "beta"`, `allowed_prefixes = ["10.99.0.2/32"]`},
+		"metrics":    {`[metrics]`},
 		"advanced":   {`[advanced]`},
 	}
 	var out []string
-	for _, sec := range []string{"interface", "websocket", "forwarding", "peer", "advanced"} {
+	for _, sec := range []string{"interface", "websocket", "forwarding", "peer", "metrics", "advanced"} {
 		out = append(out, parts[sec]...)
 		if sec == section && line != "" {
 			out = append(out, line)

@@ -75,6 +75,11 @@ func (c *Config) String() string {
 		}
 	}
 
+	if c.Metrics.Listen != "" {
+		b.WriteString("\n[metrics]\n")
+		fmt.Fprintf(&b, "listen = %s\n", quote(c.Metrics.Listen))
+	}
+
 	if c.Advanced != defaultAdvanced() {
 		b.WriteString("\n[advanced]\n")
 		fmt.Fprintf(&b, "rekey_after = %s\n", quote(c.Advanced.RekeyAfter.String()))

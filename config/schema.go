@@ -22,6 +22,7 @@ type rawFile struct {
 	WebSocket  *rawWebSocket  `toml:"websocket"`
 	Forwarding *rawForwarding `toml:"forwarding"`
 	Peers      []rawPeer      `toml:"peer"`
+	Metrics    *rawMetrics    `toml:"metrics"`
 	Advanced   *rawAdvanced   `toml:"advanced"`
 }
 
@@ -62,6 +63,10 @@ type rawPeer struct {
 	WSProxy             *string  `toml:"ws_proxy" want:"a string: \"\", \"none\" or \"http://HOST:PORT\""`
 	WSCAFile            *string  `toml:"ws_ca_file" want:"a string, the path of a PEM file"`
 	WSInsecure          *bool    `toml:"ws_insecure"`
+}
+
+type rawMetrics struct {
+	Listen *string `toml:"listen" want:"a string HOST:PORT such as \"127.0.0.1:9586\""`
 }
 
 type rawAdvanced struct {

@@ -101,6 +101,7 @@ func (v *validator) config(raw *rawFile) *Config {
 	cfg.WebSocket = v.websocket(raw.WebSocket)
 	cfg.Forwarding = v.forwarding(raw.Forwarding)
 	cfg.Peers = v.peers(raw.Peers, cfg.Interface.NodeName)
+	cfg.Metrics = v.metrics(raw.Metrics)
 	cfg.Advanced = v.advanced(raw.Advanced)
 	v.exitPeer(cfg)
 	v.reachable(cfg, raw.Peers)
@@ -547,6 +548,19 @@ func (v *validator) overlap(claimed []owner, pf netip.Prefix, peer int, peers []
 			label, pf, c.prefix, other, v.pos.line(c.path))
 	}
 	return ""
+}
+
+func (v *validator) metrics(r *rawMetrics) Metrics {
+	var m Metrics
+	if r == nil || r.Listen == nil || *r.Listen == "" {
+		return m
+	}
+	if err := checkListen(*r.Listen); err != nil {
+		v.errAt("metrics.listen", "metrics: listen %q %v", *r.Listen, err)
+		return m
+	}
+	m.Listen = *r.Listen
+	return m
 }
 
 func (v *validator) advanced(r *rawAdvanced) Advanced {
