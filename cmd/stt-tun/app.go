@@ -47,6 +47,7 @@ Example, on each node:
 			genseedCommand(e),
 			genkeyCommand(e),
 			pubkeyCommand(e),
+			completionCommand(e),
 			{
 				Name:      "version",
 				Usage:     "print the version",
