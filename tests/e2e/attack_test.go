@@ -551,3 +551,45 @@ func TestEmptyDatagramFlood(t *testing.T) {
 		knownBug(t, "a flood of empty datagrams cost %.1f%% of the legitimate probes, against %.1f%% for 2-byte garbage at the same rate", 100*lost0, 100*lost2)
 	}
 }
+
+// TestVersionLogFlood: handshake messages of another protocol version are logged, so
+// that an operator notices a peer running another version — but rate-limited
+// (docs/protocol.md 4.2), because the version check comes before mac1: anyone can send
+// a 2-byte datagram and must not be able to make the daemon write a line for each.
+func TestVersionLogFlood(t *testing.T) {
+	t.Parallel()
+	r := newRelayed(t, relayedOpts{})
+	_, c, dst := r.attacker(t)
+	hello, proof := make([]byte, wire.HelloLen), make([]byte, wire.AuthProofLen)
+	hello[0], hello[1] = wire.TypeHello, 2
+	proof[0], proof[1] = wire.TypeAuthProof, 7
+	b0 := r.b.counters()
+	const total = 20000
+	start := time.Now()
+	sendAll(t, c, dst, [][]byte{hello, proof}, total, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var db map[string]uint64
+	_ = nslab.WaitFor(ctx, func() bool { db = delta(b0, r.b.counters()); return db["drop_version"] >= total })
+	el := time.Since(start)
+	lines := strings.Count(r.b.proc.Output(), "incompatible protocol version")
+	t.Logf("%d messages of other versions in %v: beta counted %d, logged %d lines", total, el.Round(time.Millisecond), db["drop_version"], lines)
+	if db["drop_version"] < total/2 {
+		t.Errorf("beta counted %d of %d messages of another version", db["drop_version"], total)
+	}
+	figure(t, "attack-version-log", map[string]any{"messages": total, "counted": db["drop_version"], "log_lines": lines})
+	if max := 10 + int(el.Seconds())*10; lines > max {
+		knownBug(t, "beta wrote %d log lines for %d unauthenticated datagrams in %v: the log is not rate-limited (stt/node.go dropHandshake logs every version error at INFO)", lines, total, el.Round(time.Millisecond))
+	}
+
+	// A future version may change the lengths: the version check comes before the
+	// length check, so a short HELLO of version 2 still counts as another version.
+	b1 := r.b.counters()
+	sendAll(t, c, dst, [][]byte{{wire.TypeHello, 2}, hello[:100]}, 100, nil)
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel2()
+	_ = nslab.WaitFor(ctx2, func() bool { db = delta(b1, r.b.counters()); return dropsTotal(db) >= 100 })
+	if db["drop_version"] != 100 {
+		knownBug(t, "100 HELLOs of version 2 with another length were counted as %v, want drop_version: wire.CheckLength drops them as malformed before the version is looked at", db)
+	}
+}
