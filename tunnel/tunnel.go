@@ -2,10 +2,10 @@ package tunnel
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -47,6 +47,16 @@ type Tunnel struct {
 	table atomic.Pointer[bart.Table[*peer]]
 	peers []*peer
 
+	// mu guards cfg, peers and each peer's cfg, which Reload replaces; the packet
+	// paths read only the table.
+	mu       sync.RWMutex
+	reloadMu sync.Mutex // one Reload at a time
+	seedSum  [32]byte   // of the seed the node runs with, for Reload to compare
+	metrics  *metricsServer
+
+	reloadsApplied atomic.Uint64
+	reloadsRefused atomic.Uint64
+
 	noRoute    atomic.Uint64 // outbound packets to no peer
 	srcDenied  atomic.Uint64 // inbound packets from a source the peer may not use
 	malformed  atomic.Uint64 // packets that are not IPv4 or IPv6
@@ -79,6 +89,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 	if err != nil {
 		return nil, err
 	}
+	t.seedSum = sha256.Sum256(seed[:])
 	key, created, err := config.LoadOrCreateKey(cfg.Interface.KeyFile)
 	if err != nil {
 		return nil, err
@@ -134,42 +145,31 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 	undo = append(undo, func() { _ = t.node.Close() })
 
 	table := new(bart.Table[*peer])
-	var routes []netip.Prefix
 	for i := range cfg.Peers {
 		pc := cfg.Peers[i]
 		p := &peer{cfg: pc}
-		p.sp, err = t.node.AddPeer(stt.PeerConfig{
-			Name:                pc.Name,
-			Endpoint:            pc.Endpoint,
-			PublicKey:           pc.PublicKey,
-			PersistentKeepalive: pc.PersistentKeepalive,
-			Tag:                 p,
-			WSURL:               pc.WSURL,
-			WSProxy:             pc.WSProxy,
-			WSCAFile:            pc.WSCAFile,
-			WSInsecure:          pc.WSInsecure,
-		})
+		p.sp, err = t.node.AddPeer(sttPeerConfig(pc, p))
 		if err != nil {
 			return nil, err
 		}
 		for _, pfx := range pc.AllowedPrefixes {
 			table.Insert(pfx, p)
-			// A /0 means "any source" for a peer, and the default route only for the
-			// exit peer, where routing turns it into the policy-routed full tunnel.
-			if pc.Route && (pfx.Bits() != 0 || pc.Name == cfg.Interface.ExitPeer) {
-				routes = append(routes, pfx)
-			}
 		}
 		t.peers = append(t.peers, p)
 	}
 	t.table.Store(table)
+
+	if err := t.startMetrics(cfg.Metrics.Listen); err != nil {
+		return nil, err
+	}
+	undo = append(undo, t.stopMetrics)
 
 	if opts.Device == nil {
 		t.route, err = routing.Apply(routing.Spec{
 			Link:       cfg.Interface.Name,
 			MTU:        cfg.Interface.MTU,
 			Addresses:  cfg.Interface.Addresses,
-			Routes:     routes,
+			Routes:     routesOf(cfg),
 			FullTunnel: cfg.Interface.ExitPeer != "",
 			FwMark:     cfg.Interface.FwMark,
 			Table:      cfg.Interface.Table,
@@ -215,6 +215,7 @@ func (t *Tunnel) fail(err error) {
 func (t *Tunnel) Close() error {
 	var errs []error
 	t.closeOnce.Do(func() {
+		t.stopMetrics()
 		if err := t.node.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close node: %w", err))
 		}
@@ -352,6 +353,8 @@ func (t *Tunnel) Counters() Counters {
 
 // Status reports the tunnel's current state.
 func (t *Tunnel) Status() Status {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
 	pub := t.node.PublicKey()
 	st := Status{
 		Interface:  t.cfg.Interface.Name,
