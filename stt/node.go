@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/cpu"
@@ -107,6 +108,8 @@ type Node struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	wake   chan struct{}
+
+	versionLogged atomic.Int64 // unix ns of the last log line about another version
 
 	wsServer *ws.Server
 	wsStates sync.Pool // *wsRecvState
@@ -431,7 +434,11 @@ func (n *Node) receiveBatch(bufs, rx [][]byte, sizes []int, eps []conn.Endpoint,
 		msg := rx[i][:size]
 		typ, err := wire.CheckLength(msg)
 		if err != nil {
-			n.drop(DropMalformed)
+			if errors.Is(err, wire.ErrVersion) {
+				n.dropVersion(msg[1], eps[i])
+			} else {
+				n.drop(DropMalformed)
+			}
 			continue
 		}
 		if typ != wire.TypeData {
@@ -547,6 +554,28 @@ func (n *Node) handleHandshake(msg []byte, ep conn.Endpoint, out []byte) {
 	}
 }
 
+// versionLogInterval bounds how often a node logs handshakes of another protocol
+// version: an administrator needs to learn of an incompatible peer, but a flood of such
+// messages must not become a flood of log lines.
+const versionLogInterval = 10 * time.Second
+
+// dropVersion counts a handshake message of another protocol version and logs it at
+// most once per versionLogInterval, with the number of such messages since.
+func (n *Node) dropVersion(v byte, ep conn.Endpoint) {
+	n.drop(DropVersion)
+	now := time.Now().UnixNano()
+	last := n.versionLogged.Load()
+	if now-last < int64(versionLogInterval) || !n.versionLogged.CompareAndSwap(last, now) {
+		return
+	}
+	total := n.ctr.drops[DropVersion].Load()
+	n.log.Info("handshake messages of an incompatible protocol version (a peer runs another stt-tun release?)",
+		"version", v, "ours", wire.Version, "total", total)
+	if ep != nil {
+		n.log.Debug("incompatible protocol version", "version", v, "from", ep.DstToString())
+	}
+}
+
 func (n *Node) dropHandshake(err error, src netip.AddrPort) {
 	r := DropHandshake
 	switch {
@@ -555,8 +584,13 @@ func (n *Node) dropHandshake(err error, src netip.AddrPort) {
 	case errors.Is(err, handshake.ErrReplay):
 		r = DropHandshakeReplay
 	case errors.Is(err, handshake.ErrVersion):
-		r = DropVersion
-		n.log.Info("incompatible protocol version", "from", src)
+		var ve *handshake.VersionError
+		v := byte(0)
+		if errors.As(err, &ve) {
+			v = ve.Version
+		}
+		n.dropVersion(v, nil)
+		return
 	case errors.Is(err, handshake.ErrUnderLoad), errors.Is(err, handshake.ErrRateLimited):
 		r = DropRateLimited
 	}

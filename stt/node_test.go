@@ -1,10 +1,12 @@
 package stt
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
@@ -115,6 +117,7 @@ type nodeOpts struct {
 	handler Handler // nil = a collector
 	noUDP   bool
 	noCap   bool // a plain bind, for benchmarks: the capture copies every datagram
+	logger  *slog.Logger
 	ws      bool // listen for WebSocket on loopback
 }
 
@@ -144,7 +147,7 @@ func startNode(t testing.TB, o nodeOpts) *testNode {
 	}
 	n, err := New(Config{
 		Seed: o.seed, PrivateKey: key, Name: o.name, ListenPort: o.port,
-		Handler: handler, Bind: bind, Timers: o.timers, DisableAES: o.noAES,
+		Handler: handler, Bind: bind, Logger: o.logger, Timers: o.timers, DisableAES: o.noAES,
 		HandshakeLoadThreshold: o.loadThr,
 		DisableUDP:             o.noUDP,
 		WSListen:               map[bool]string{true: "127.0.0.1:0"}[o.ws],
@@ -653,5 +656,41 @@ func TestLostAuthProofLosesNoDataAndRecovers(t *testing.T) {
 	})
 	if n := len(a.bind.ofType(wire.TypeAuthProof)); n < 2 {
 		t.Fatalf("%d AUTH_PROOFs sent, want a second one after the loss", n)
+	}
+}
+
+// lockedBuffer is a log sink safe for the node's goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.b = append(l.b, p...)
+	return len(p), nil
+}
+
+func (l *lockedBuffer) lines() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return bytes.Count(l.b, []byte("\n"))
+}
+
+func TestOtherVersionCountedAndLoggedSparingly(t *testing.T) {
+	logs := &lockedBuffer{}
+	b := startNode(t, nodeOpts{seed: randKey(t), name: "b", logger: slog.New(slog.NewTextHandler(logs, nil))})
+	raw := rawSender(t)
+	for i := 0; i < 100; i++ {
+		msg := make([]byte, wire.HelloLen+8*(i%3)) // a later version may well be longer
+		msg[0], msg[1] = wire.TypeHello, wire.Version+1
+		raw(msg, b.Node)
+	}
+	waitFor(t, 5*time.Second, "100 version drops", func() bool {
+		return b.Stats().DropsByReasonArray[DropVersion] == 100
+	})
+	if n := logs.lines(); n != 1 {
+		t.Fatalf("%d log lines for 100 messages of another version, want 1", n)
 	}
 }

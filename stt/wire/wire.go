@@ -126,6 +126,9 @@ var ErrLength = errors.New("message length does not fit its type")
 // ErrType reports an unknown message type.
 var ErrType = errors.New("unknown message type")
 
+// ErrVersion reports a handshake message of another protocol version.
+var ErrVersion = errors.New("handshake message of another protocol version")
+
 // PutHeader writes h as a DATA header into b[:HeaderLen].
 func PutHeader(b []byte, h Header) {
 	_ = b[HeaderLen-1]
@@ -182,6 +185,11 @@ func CheckLength(b []byte) (byte, error) {
 		return t, nil
 	default:
 		return t, ErrType
+	}
+	// A handshake message of another version may have another length; say which it
+	// was, so that an incompatible peer is told apart from garbage.
+	if len(b) >= 2 && b[1] != Version {
+		return t, ErrVersion
 	}
 	if len(b) != want {
 		return t, ErrLength

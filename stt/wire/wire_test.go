@@ -12,14 +12,25 @@ func TestCheckLengthRefusesEveryWrongLength(t *testing.T) {
 		for _, l := range []int{1, n - 1, n + 1, 2 * n} {
 			b := make([]byte, l)
 			b[0] = typ
+			if l > 1 {
+				b[1] = Version
+			}
 			if _, err := CheckLength(b); err == nil {
 				t.Errorf("type %d length %d accepted, want exactly %d", typ, l, n)
 			}
 		}
 		b := make([]byte, n)
-		b[0] = typ
+		b[0], b[1] = typ, Version
 		if _, err := CheckLength(b); err != nil {
 			t.Errorf("type %d length %d refused: %v", typ, n, err)
+		}
+		// Another version is told apart from a wrong length, whatever its length.
+		for _, l := range []int{2, n, n + 40} {
+			b := make([]byte, l)
+			b[0], b[1] = typ, Version+1
+			if _, err := CheckLength(b); !errors.Is(err, ErrVersion) {
+				t.Errorf("type %d version %d length %d: %v, want ErrVersion", typ, Version+1, l, err)
+			}
 		}
 	}
 	for _, l := range []int{1, MinDataLen - 1, MaxMessageLen + 1} {
