@@ -6,6 +6,7 @@ package config
 
 import (
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -91,6 +92,8 @@ type Config struct {
 	Peers []Peer
 	// Metrics is the [metrics] section.
 	Metrics Metrics
+	// Logging is the [logging] section.
+	Logging Logging
 	// Advanced is the [advanced] section.
 	Advanced Advanced
 }
@@ -179,6 +182,23 @@ type Metrics struct {
 	// Listen is the TCP address HOST:PORT that serves /metrics, or empty for none.
 	Listen string
 }
+
+// Logging is the [logging] section: what the daemon logs, and in which form. The zero
+// value logs at info level as text.
+type Logging struct {
+	// Level is the least severe level logged: slog.LevelDebug, LevelInfo, LevelWarn or
+	// LevelError. Peer addresses appear at debug level only.
+	Level slog.Level
+	// Format is "text" (logfmt-style key=value lines, slog's TextHandler) or "json"
+	// (one JSON object per line, slog's JSONHandler).
+	Format string
+}
+
+// Log formats of [logging] format.
+const (
+	LogText = "text"
+	LogJSON = "json"
+)
 
 // Advanced is the [advanced] section: knobs for tests and experts.
 type Advanced struct {

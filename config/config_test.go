@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -60,6 +61,10 @@ ws_insecure = true
 
 [metrics]
 listen = "127.0.0.1:9586"
+
+[logging]
+level = "debug"
+format = "json"
 
 [advanced]
 rekey_after = "90s"
@@ -130,6 +135,7 @@ func TestParseFullExample(t *testing.T) {
 			},
 		},
 		Metrics:  Metrics{Listen: "127.0.0.1:9586"},
+		Logging:  Logging{Level: slog.LevelDebug, Format: LogJSON},
 		Advanced: Advanced{RekeyAfter: 90 * time.Second, RekeyAfterMessages: 1000, FallbackAfter: 2 * time.Second, ProbeInterval: time.Minute},
 	}
 	if !reflect.DeepEqual(cfg, want) {
@@ -210,6 +216,19 @@ func TestParseValidVariants(t *testing.T) {
 		name, src string
 		check     func(t *testing.T, c *Config)
 	}{
+		{"logging defaults", head,
+			func(t *testing.T, c *Config) {
+				if c.Logging != (Logging{Level: slog.LevelInfo, Format: LogText}) || strings.Contains(c.String(), "[logging]") {
+					t.Errorf("logging: %+v", c.Logging)
+				}
+			}},
+		{"logging warn as text", head + doc(`[logging]`, `level = "warn"`),
+			func(t *testing.T, c *Config) {
+				if c.Logging != (Logging{Level: slog.LevelWarn, Format: LogText}) ||
+					!strings.Contains(c.String(), "[logging]\nlevel = \"warn\"\nformat = \"text\"\n") {
+					t.Errorf("logging: %+v\n%s", c.Logging, c)
+				}
+			}},
 		{"metrics on every address", head + doc(`[metrics]`, `listen = "[::]:9586"`),
 			func(t *testing.T, c *Config) {
 				if c.Metrics.Listen != "[::]:9586" {
@@ -490,6 +509,11 @@ var badCases = []badCase{
 	{"fallback_after no unit", edit(appendLine, `[advanced]`, `fallback_after = "3"`), 11, []string{`fallback_after = "3" has no unit`}},
 	{"probe_interval too long", edit(appendLine, `[advanced]`, `probe_interval = "2h"`), 11, []string{`advanced: probe_interval = "2h" must be between 1s and 1h0m0s`}},
 	{"probe_interval as integer", edit(appendLine, `[advanced]`, `probe_interval = 10`), 11, []string{`probe_interval must be a duration string such as "10s"`}},
+	{"logging level unknown", edit(appendLine, `[logging]`, `level = "verbose"`), 11, []string{`logging: level = "verbose" must be "debug", "info", "warn" or "error"`}},
+	{"logging level in capitals", edit(appendLine, `[logging]`, `level = "DEBUG"`), 11, []string{`logging: level = "DEBUG" must be`}},
+	{"logging level as integer", edit(appendLine, `[logging]`, `level = -4`), 11, []string{`logging: level must be a string: "debug", "info", "warn" or "error"`}},
+	{"logging format unknown", edit(appendLine, `[logging]`, `format = "logfmt"`), 11, []string{`logging: format = "logfmt" must be "text" or "json"`}},
+	{"unknown key in logging", edit(appendLine, `[logging]`, `file = "/var/log/stt-tun.log"`), 11, []string{`unknown key "file" in [logging]`, "valid keys are format, level"}},
 	{"metrics listen without port", edit(appendLine, `[metrics]`, `listen = "127.0.0.1"`), 11, []string{`metrics: listen "127.0.0.1" is not HOST:PORT`}},
 	{"metrics listen port 0", edit(appendLine, `[metrics]`, `listen = "127.0.0.1:0"`), 11, []string{`metrics: listen "127.0.0.1:0" has port "0"`}},
 	{"metrics listen as URL", edit(appendLine, `[metrics]`, `listen = "http://127.0.0.1:9586/metrics"`), 11, []string{"is a URL; write HOST:PORT"}},

@@ -225,10 +225,11 @@ func docWithKey(section, line string) string {
 		"forwarding": {`[forwarding]`},
 		"peer":       {`[[peer]]`, `name = "beta"`, `allowed_prefixes = ["10.99.0.2/32"]`},
 		"metrics":    {`[metrics]`},
+		"logging":    {`[logging]`},
 		"advanced":   {`[advanced]`},
 	}
 	var out []string
-	for _, sec := range []string{"interface", "websocket", "forwarding", "peer", "metrics", "advanced"} {
+	for _, sec := range []string{"interface", "websocket", "forwarding", "peer", "metrics", "logging", "advanced"} {
 		out = append(out, parts[sec]...)
 		if sec == section && line != "" {
 			out = append(out, line)

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"strings"
 	"unicode"
@@ -78,6 +79,16 @@ func (c *Config) String() string {
 	if c.Metrics.Listen != "" {
 		b.WriteString("\n[metrics]\n")
 		fmt.Fprintf(&b, "listen = %s\n", quote(c.Metrics.Listen))
+	}
+
+	if l := c.Logging; l.Level != slog.LevelInfo || (l.Format != LogText && l.Format != "") {
+		b.WriteString("\n[logging]\n")
+		fmt.Fprintf(&b, "level = %s\n", quote(strings.ToLower(l.Level.String())))
+		format := l.Format
+		if format == "" {
+			format = LogText
+		}
+		fmt.Fprintf(&b, "format = %s\n", quote(format))
 	}
 
 	if c.Advanced != defaultAdvanced() {

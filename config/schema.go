@@ -23,6 +23,7 @@ type rawFile struct {
 	Forwarding *rawForwarding `toml:"forwarding"`
 	Peers      []rawPeer      `toml:"peer"`
 	Metrics    *rawMetrics    `toml:"metrics"`
+	Logging    *rawLogging    `toml:"logging"`
 	Advanced   *rawAdvanced   `toml:"advanced"`
 }
 
@@ -67,6 +68,11 @@ type rawPeer struct {
 
 type rawMetrics struct {
 	Listen *string `toml:"listen" want:"a string HOST:PORT such as \"127.0.0.1:9586\""`
+}
+
+type rawLogging struct {
+	Level  *string `toml:"level" want:"a string: \"debug\", \"info\", \"warn\" or \"error\""`
+	Format *string `toml:"format" want:"a string: \"text\" or \"json\""`
 }
 
 type rawAdvanced struct {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"net"
 	"net/netip"
 	"net/url"
@@ -102,6 +103,7 @@ func (v *validator) config(raw *rawFile) *Config {
 	cfg.Forwarding = v.forwarding(raw.Forwarding)
 	cfg.Peers = v.peers(raw.Peers, cfg.Interface.NodeName)
 	cfg.Metrics = v.metrics(raw.Metrics)
+	cfg.Logging = v.logging(raw.Logging)
 	cfg.Advanced = v.advanced(raw.Advanced)
 	v.exitPeer(cfg)
 	v.reachable(cfg, raw.Peers)
@@ -561,6 +563,34 @@ func (v *validator) metrics(r *rawMetrics) Metrics {
 	}
 	m.Listen = *r.Listen
 	return m
+}
+
+// logLevels are the levels [logging] level accepts, by name.
+var logLevels = map[string]slog.Level{
+	"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError,
+}
+
+func (v *validator) logging(r *rawLogging) Logging {
+	l := Logging{Level: slog.LevelInfo, Format: LogText}
+	if r == nil {
+		return l
+	}
+	if r.Level != nil {
+		if lv, ok := logLevels[*r.Level]; ok {
+			l.Level = lv
+		} else {
+			v.errAt("logging.level", "logging: level = %q must be \"debug\", \"info\", \"warn\" or \"error\"", *r.Level)
+		}
+	}
+	if r.Format != nil {
+		switch f := *r.Format; f {
+		case LogText, LogJSON:
+			l.Format = f
+		default:
+			v.errAt("logging.format", "logging: format = %q must be \"text\" or \"json\"", f)
+		}
+	}
+	return l
 }
 
 func (v *validator) advanced(r *rawAdvanced) Advanced {

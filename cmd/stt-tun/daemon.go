@@ -39,7 +39,7 @@ type daemonOptions struct {
 func runDaemon(ctx context.Context, e *env, cfg *config.Config, opts daemonOptions) error {
 	name := cfg.Interface.Name
 	// The tunnel names the interface in its own records.
-	tunnelLog := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: opts.level}))
+	tunnelLog := newLogger(e.stderr, cfg.Logging.Format, opts.level)
 	log := tunnelLog.With("interface", name)
 
 	sigCtx, stopSignals := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)

@@ -62,8 +62,7 @@ Examples:
 			},
 			&cli.StringFlag{
 				Name:  "log-level",
-				Usage: "debug, info, warn or error",
-				Value: "info",
+				Usage: "debug, info, warn or error (default: the configuration's [logging] level, info)",
 			},
 			timeoutFlag(30 * time.Second),
 			&cli.IntFlag{
@@ -81,9 +80,11 @@ func up(c *cli.Context, e *env) error {
 	if err != nil {
 		return err
 	}
-	level, err := parseLevel(c.String("log-level"))
-	if err != nil {
-		return err
+	logLevel := c.String("log-level")
+	if logLevel != "" {
+		if _, err := parseLevel(logLevel); err != nil {
+			return err
+		}
 	}
 	var ready *readiness
 	if fd := c.Int("ready-fd"); fd != 0 {
@@ -99,6 +100,10 @@ func up(c *cli.Context, e *env) error {
 	}
 	name := cfg.Interface.Name
 	dir := stateDir(c)
+	level := cfg.Logging.Level
+	if logLevel != "" {
+		level, _ = parseLevel(logLevel) // checked above
+	}
 
 	// A cheap, friendly check; the daemon's lock is what really keeps a second one out.
 	ctx, cancel := context.WithTimeout(c.Context, 5*time.Second)
@@ -115,7 +120,7 @@ func up(c *cli.Context, e *env) error {
 			ready:    ready,
 		}))
 	}
-	return startDaemon(c.Context, e, cfg, dir, c.String("log-level"), c.Duration("timeout"))
+	return startDaemon(c.Context, e, cfg, dir, logLevel, c.Duration("timeout"))
 }
 
 // loadConfig reads a configuration, explaining a missing file named by a bare NAME.
@@ -153,13 +158,16 @@ func startDaemon(ctx context.Context, e *env, cfg *config.Config, dir, logLevel 
 	}
 	defer r.Close()
 
-	cmd := exec.Command(e.exe,
+	args := []string{
 		"--state-dir", dir,
 		"up", "--foreground",
 		"--ready-fd", strconv.Itoa(readyFD),
-		"--log-level", logLevel,
 		"--config", cfg.Path,
-	)
+	}
+	if logLevel != "" {
+		args = append(args, "--log-level", logLevel)
+	}
+	cmd := exec.Command(e.exe, args...)
 	cmd.Stdin = nil  // /dev/null
 	cmd.Stdout = nil // /dev/null
 	cmd.Stderr = logFile
