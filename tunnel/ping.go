@@ -56,7 +56,7 @@ func (t *Tunnel) Ping(ctx context.Context, name string) (PingReply, error) {
 			select {
 			case <-ctx.Done():
 				tick.Stop()
-				return PingReply{}, fmt.Errorf("no session with %s (the handshake did not complete): %w", name, ctx.Err())
+				return PingReply{}, fmt.Errorf("no session with %s: the handshake did not complete: %w", name, ctx.Err())
 			case <-tick.C:
 			}
 		}

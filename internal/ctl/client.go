@@ -107,9 +107,52 @@ func (c *client) roundTrip(req Request) (Response, error) {
 		return Response{}, c.wrap(fmt.Sprintf("%s request", req.Op), err)
 	}
 	if !resp.OK {
-		return Response{}, fmt.Errorf("%s request: daemon: %s", req.Op, resp.Error)
+		return Response{}, &DaemonError{Op: req.Op, Msg: resp.Error}
 	}
 	return resp, nil
+}
+
+// DaemonError is a request the daemon answered with an error.
+type DaemonError struct {
+	Op  string // the request's op
+	Msg string // the daemon's message
+}
+
+func (e *DaemonError) Error() string { return fmt.Sprintf("%s request: daemon: %s", e.Op, e.Msg) }
+
+// Reload asks the daemon listening on sock to read its configuration file again and
+// apply it, and returns what changed, one line each. A refusal (an invalid file, or a
+// change that needs a restart) is a *DaemonError; the daemon then runs on unchanged.
+func Reload(ctx context.Context, sock string) ([]string, error) {
+	c, err := dial(ctx, sock)
+	if err != nil {
+		return nil, err
+	}
+	defer c.close()
+	resp, err := c.roundTrip(Request{Op: OpReload})
+	if err != nil {
+		return nil, err
+	}
+	return resp.Changes, nil
+}
+
+// Ping asks the daemon listening on sock to send one echo to peer through its session
+// and to wait up to timeout for the answer (0: DefaultPingTimeout). No answer is not an
+// error: the result says Replied false, and why. An unknown peer is a *DaemonError.
+func Ping(ctx context.Context, sock, peer string, timeout time.Duration) (PingResult, error) {
+	c, err := dial(ctx, sock)
+	if err != nil {
+		return PingResult{}, err
+	}
+	defer c.close()
+	resp, err := c.roundTrip(Request{Op: OpPing, Peer: peer, TimeoutMS: timeout.Milliseconds()})
+	if err != nil {
+		return PingResult{}, err
+	}
+	if resp.Ping == nil {
+		return PingResult{}, fmt.Errorf("ping from %s: response has no result", sock)
+	}
+	return *resp.Ping, nil
 }
 
 // read reads one response line.

@@ -9,6 +9,14 @@
 //	                 →  {"ok":true,"stopped":true}             (the tunnel is closed)
 //	                    or {"ok":false,"error":"..."}          (closing it failed)
 //	                    then the daemon closes the connection and exits.
+//	{"op":"reload"}  →  {"ok":true,"changes":["peer \"gamma\" added", ...]}
+//	                    or {"ok":false,"error":"..."}          (refused; the running
+//	                                                            configuration stays)
+//	{"op":"ping","peer":"beta","timeout_ms":1000}
+//	                 →  {"ok":true,"ping":{"peer":"beta","replied":true,"rtt_ms":0.41,
+//	                                       "path":"udp","endpoint":"192.0.2.7:51900"}}
+//	                    or {"ok":true,"ping":{"peer":"beta","replied":false,"reason":"..."}}
+//	                    or {"ok":false,"error":"..."}          (no such peer)
 //	anything else    →  {"ok":false,"error":"unknown op \"x\""}
 //
 // A request line is at most MaxRequestSize bytes; a connection that sends nothing for
@@ -45,11 +53,39 @@ const (
 const (
 	OpStatus = "status" // report the tunnel's tunnel.Status
 	OpDown   = "down"   // stop the tunnel, undo its routing and exit
+	OpReload = "reload" // read the configuration file again and apply the changes
+	OpPing   = "ping"   // send one STT echo to a peer and wait for the answer
+)
+
+// Ping timeouts: a request without timeout_ms waits DefaultPingTimeout, and none waits
+// longer than MaxPingTimeout.
+const (
+	DefaultPingTimeout = time.Second
+	MaxPingTimeout     = time.Minute
 )
 
 // Request is one line sent by a client.
 type Request struct {
 	Op string `json:"op"`
+	// Peer names the peer of a ping request.
+	Peer string `json:"peer,omitempty"`
+	// TimeoutMS bounds a ping request's wait for the answer, in milliseconds; 0 means
+	// DefaultPingTimeout.
+	TimeoutMS int64 `json:"timeout_ms,omitempty"`
+}
+
+// PingResult is the outcome of one ping request.
+type PingResult struct {
+	Peer    string `json:"peer"`
+	Replied bool   `json:"replied"`
+	// RTT is the round-trip time in milliseconds, when the peer replied.
+	RTT float64 `json:"rtt_ms,omitempty"`
+	// Path is the transport the echo went and came back on: "udp" or "ws".
+	Path string `json:"path,omitempty"`
+	// Endpoint is the underlay address the echo was sent to.
+	Endpoint string `json:"endpoint,omitempty"`
+	// Reason says why there was no reply: a timeout, or no session yet.
+	Reason string `json:"reason,omitempty"`
 }
 
 // Response is one line sent by the server.
@@ -61,6 +97,10 @@ type Response struct {
 	PID int `json:"pid,omitempty"`
 	// Stopped marks the final response to a down request: the tunnel has been closed.
 	Stopped bool `json:"stopped,omitempty"`
+	// Changes lists what a reload changed, one line each; empty when nothing did.
+	Changes []string `json:"changes,omitempty"`
+	// Ping is the answer to a ping request.
+	Ping *PingResult `json:"ping,omitempty"`
 }
 
 var (

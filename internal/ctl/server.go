@@ -2,6 +2,7 @@ package ctl
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -24,6 +26,20 @@ type Tunnel interface {
 	// Shutdown asks the daemon to stop. It must not block, and may be called more than
 	// once. The daemon then closes the tunnel and calls Server.CloseWithError.
 	Shutdown()
+}
+
+// Reloader is implemented by a Tunnel that can read its configuration file again.
+type Reloader interface {
+	// Reload reads the configuration again and applies it, returning what changed, one
+	// line each. On error the running configuration stays as it was.
+	Reload() (changes []string, err error)
+}
+
+// Pinger is implemented by a Tunnel whose peers can be pinged.
+type Pinger interface {
+	// Ping sends one echo through the session with the named peer and waits for the
+	// answer until ctx ends. An error wrapping tunnel.ErrUnknownPeer means no such peer.
+	Ping(ctx context.Context, peer string) (tunnel.PingReply, error)
 }
 
 // Server is a daemon's control socket.
@@ -213,6 +229,14 @@ func (s *Server) handle(conn net.Conn, t Tunnel) {
 		case OpDown:
 			s.down(conn, t)
 			return
+		case OpReload:
+			if !s.reply(conn, s.reload(t)) {
+				return
+			}
+		case OpPing:
+			if !s.reply(conn, s.ping(t, req)) {
+				return
+			}
 		default:
 			if !s.reply(conn, Response{Error: fmt.Sprintf("unknown op %q", req.Op)}) {
 				return
@@ -239,6 +263,68 @@ func (s *Server) down(conn net.Conn, t Tunnel) {
 		return
 	}
 	s.reply(conn, Response{OK: true, Stopped: true})
+}
+
+// reload answers a reload request.
+func (s *Server) reload(t Tunnel) Response {
+	r, ok := t.(Reloader)
+	if !ok {
+		return Response{Error: "this daemon cannot reload"}
+	}
+	s.log.Info("reload requested over the control socket")
+	changes, err := r.Reload()
+	if err != nil {
+		return Response{Error: err.Error()}
+	}
+	return Response{OK: true, Changes: changes}
+}
+
+// ping answers a ping request. The wait ends early if the server closes.
+func (s *Server) ping(t Tunnel, req Request) Response {
+	p, ok := t.(Pinger)
+	if !ok {
+		return Response{Error: "this daemon cannot ping"}
+	}
+	if req.Peer == "" {
+		return Response{Error: "ping: no peer named in the request"}
+	}
+	timeout := DefaultPingTimeout
+	if req.TimeoutMS < 0 {
+		return Response{Error: fmt.Sprintf("ping: timeout_ms %d is negative", req.TimeoutMS)}
+	}
+	if req.TimeoutMS > 0 {
+		timeout = min(time.Duration(req.TimeoutMS)*time.Millisecond, MaxPingTimeout)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-s.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	reply, err := p.Ping(ctx, req.Peer)
+	switch {
+	case errors.Is(err, tunnel.ErrUnknownPeer):
+		return Response{Error: err.Error()}
+	case err != nil:
+		reason := err.Error()
+		if errors.Is(err, context.DeadlineExceeded) {
+			reason = fmt.Sprintf("no reply within %v", timeout)
+			if !strings.HasPrefix(err.Error(), "no reply") {
+				reason += " (" + strings.TrimSuffix(err.Error(), ": "+context.DeadlineExceeded.Error()) + ")"
+			}
+		}
+		return Response{OK: true, Ping: &PingResult{Peer: req.Peer, Reason: reason}}
+	}
+	return Response{OK: true, Ping: &PingResult{
+		Peer:     req.Peer,
+		Replied:  true,
+		RTT:      float64(reply.RTT.Nanoseconds()) / 1e6,
+		Path:     reply.Path,
+		Endpoint: reply.Endpoint,
+	}}
 }
 
 // reply writes one response line; false if the connection is no longer usable.
