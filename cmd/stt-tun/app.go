@@ -44,6 +44,7 @@ Example, on each node:
 			upCommand(e),
 			downCommand(e),
 			statusCommand(e),
+			reloadCommand(e),
 			genseedCommand(e),
 			genkeyCommand(e),
 			pubkeyCommand(e),

@@ -61,7 +61,11 @@ func runDaemon(ctx context.Context, e *env, cfg *config.Config, opts daemonOptio
 		starting: tunnel.Status{Interface: name, NodeName: cfg.Interface.NodeName},
 		shutdown: make(chan struct{}),
 		cancel:   cancelStart,
+		cfgPath:  cfg.Path,
+		log:      log,
 	}
+	stopReloads := d.reloadOnSIGHUP() // see reload.go
+	defer stopReloads()
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(d) }()
 
@@ -131,6 +135,8 @@ type daemon struct {
 	cancel   context.CancelFunc // aborts a start in progress
 	once     sync.Once
 	shutdown chan struct{} // closed by a down request
+	cfgPath  string        // the configuration file, read again by a reload
+	log      *slog.Logger
 
 	mu     sync.Mutex
 	tunnel daemonTunnel // nil while starting
