@@ -538,8 +538,8 @@ func TestEmptyDatagramFlood(t *testing.T) {
 	t.Logf("2-byte flood: %d sent, %d counted, %.1f%% of probes lost; empty flood: %d sent, %d counted, %.1f%% of probes lost",
 		sent2, counted2, 100*lost2, sent0, counted0, 100*lost0)
 	figure(t, "attack-empty-datagrams", map[string]any{
-		"garbage_sent": sent2, "garbage_counted": counted2, "garbage_probe_loss": lost2,
-		"empty_sent": sent0, "empty_counted": counted0, "empty_probe_loss": lost0,
+		"garbage_sent": sent2, "garbage_counted": counted2, "garbage_probe_loss_pct": 100 * max(lost2, 0),
+		"empty_sent": sent0, "empty_counted": counted0, "empty_probe_loss_pct": 100 * max(lost0, 0),
 	})
 	if counted2 < uint64(sent2)/2 {
 		t.Errorf("beta counted %d of %d 2-byte datagrams", counted2, sent2)

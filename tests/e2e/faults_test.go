@@ -554,8 +554,8 @@ func TestBlackHole(t *testing.T) {
 	})
 }
 
-// TestPeerRestart: one daemon is SIGKILLed and started again, as a supervisor would
-// (`stt-tun down` to undo what the dead daemon left, then `up`). Probes from alpha
+// TestPeerRestart: one daemon is SIGKILLed and started again, as the systemd unit
+// does (`down --leftovers`, then `up`). Probes from alpha
 // resume with nothing done on the other side. When the responder (beta, which has no
 // endpoint for alpha) restarts, alpha has to notice by itself that its session is dead.
 func TestPeerRestart(t *testing.T) {
@@ -579,14 +579,9 @@ func TestPeerRestart(t *testing.T) {
 			}
 			n.proc = nil
 			killed := time.Now()
-			// A supervisor's restart: `up` refuses while the dead daemon's routing
-			// journal is there, so clean up first.
-			if r := n.stt("up", "--foreground", "-c", n.cfgPath); r.code == 0 {
-				t.Fatalf("%s: up succeeded over the dead daemon's journal?", n.name)
-			} else {
-				t.Logf("%s: up right after SIGKILL: exit %d: %s", n.name, r.code, lastLine(r.stderr))
-			}
-			n.mustStt("down", linkName)
+			// Restart as the systemd unit does: ExecStopPost undoes what the dead
+			// daemon left behind, then ExecStart.
+			n.mustStt("down", "--leftovers", linkName)
 			n.startForeground()
 			restarted := time.Now()
 			rec := p.waitRecovered(t, restarted, time.Minute)
@@ -604,11 +599,6 @@ func TestPeerRestart(t *testing.T) {
 			})
 		})
 	}
-}
-
-func lastLine(s string) string {
-	s = strings.TrimRight(s, "\n")
-	return s[strings.LastIndex(s, "\n")+1:]
 }
 
 // TestRoaming: the underlay address changes in the middle of a transfer, and the
