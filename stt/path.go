@@ -132,7 +132,10 @@ func (p *Peer) dialWSLocked() {
 		if err != nil {
 			p.wsDialFailed = time.Now()
 			p.mu.Unlock()
-			n.log.Info("websocket dial failed", "peer", p.cfg.Name, "err", err)
+			// The error names the URL and the address dialed: peer addresses are
+			// logged at debug level only.
+			n.log.Info("websocket dial failed (debug level logs why)", "peer", p.cfg.Name)
+			n.log.Debug("websocket dial failed", "peer", p.cfg.Name, "err", err)
 			return
 		}
 		if p.removed || n.ctx.Err() != nil || !p.wsDialMatches(dc) {
@@ -142,7 +145,8 @@ func (p *Peer) dialWSLocked() {
 		}
 		p.wsEP.Store(n.wsEndpointFor(c))
 		p.mu.Unlock()
-		n.log.Info("websocket connected", "peer", p.cfg.Name, "url", c.String())
+		n.log.Info("websocket connected", "peer", p.cfg.Name)
+		n.log.Debug("websocket connected", "peer", p.cfg.Name, "url", c.String())
 		n.kick()
 	}()
 }
