@@ -200,6 +200,7 @@ func waitListening(t *testing.T, ns *nslab.NS, addr string, proc *nslab.Proc) {
 // told to stop, so that a test can change the network under it.
 type stream struct {
 	sent, received atomic.Int64
+	paused         atomic.Bool
 	stop           chan struct{}
 	stopOnce       sync.Once
 	cancel         context.CancelFunc // closes both connections at once
@@ -258,21 +259,45 @@ func startStream(t *testing.T, src, dst *nslab.NS, host string, rate int64) *str
 		crand.Read(seed[:])
 		rng := rand.NewChaCha8(seed)
 		chunk := make([]byte, 32<<10)
-		start := time.Now()
+		start, base := time.Now(), int64(0)
 		var sendErr error
-	loop:
-		for {
+		// sleep waits for d and reports whether to go on sending.
+		sleep := func(d time.Duration) bool {
 			select {
 			case <-s.stop:
-				break loop
+				return false
+			case <-ctx.Done():
+				return false
 			default:
 			}
-			due := time.Duration(float64(s.sent.Load()) / float64(rate) * float64(time.Second))
+			if d <= 0 {
+				return true
+			}
+			select {
+			case <-s.stop:
+				return false
+			case <-ctx.Done():
+				return false
+			case <-time.After(d):
+				return true
+			}
+		}
+		for {
+			if !sleep(0) {
+				break
+			}
+			if s.paused.Load() {
+				if !sleep(10 * time.Millisecond) {
+					break
+				}
+				// The pace starts over after a pause, rather than catching up.
+				start, base = time.Now(), s.sent.Load()
+				continue
+			}
+			due := time.Duration(float64(s.sent.Load()-base) / float64(rate) * float64(time.Second))
 			if ahead := due - time.Since(start); ahead > 0 {
-				select {
-				case <-s.stop:
-					break loop
-				case <-time.After(min(ahead, 50*time.Millisecond)):
+				if !sleep(min(ahead, 50*time.Millisecond)) {
+					break
 				}
 				continue
 			}
@@ -306,6 +331,27 @@ func startStream(t *testing.T, src, dst *nslab.NS, host string, rate int64) *str
 	})
 	return s
 }
+
+// pause stops sending, keeping the connection open, and waits until everything sent
+// so far has arrived; resume carries on.
+func (s *stream) pause(t *testing.T) {
+	t.Helper()
+	s.paused.Store(true)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var last int64 = -1
+	if err := nslab.WaitFor(ctx, func() bool {
+		// Sent stops growing at most one write after the pause.
+		sent := s.sent.Load()
+		stable := sent == last
+		last = sent
+		return stable && s.received.Load() == sent
+	}); err != nil {
+		t.Fatalf("paused transfer: received %d of %d bytes within 30s", s.received.Load(), s.sent.Load())
+	}
+}
+
+func (s *stream) resume() { s.paused.Store(false) }
 
 // finish stops sending and waits for everything sent to arrive.
 func (s *stream) finish(t *testing.T) nslab.TransferResult {
@@ -514,10 +560,10 @@ func TestWebSocketFallbackMidTransfer(t *testing.T) {
 	checkPath(t, b, "alpha", "udp", "10.231.0.1:")
 	handshake := a.mustStatus().peer(t, "beta").LastHandshake
 
-	// Paced, so that it lasts through both moves: some 60 MB in 7 to 8 seconds.
+	// Paced, so that it lasts through both moves: some 60 MB in 8 to 10 seconds.
 	const (
-		rate  = 8 << 20 // bytes per second
-		phase = 8 << 20 // bytes that must arrive on each path
+		rate  = 8 << 20  // bytes per second
+		phase = 12 << 20 // bytes that must arrive on each path
 	)
 	x := startStream(t, a.ns, b.ns, "10.99.0.2", rate)
 	x.waitReceived(t, phase, 30*time.Second, "before blocking UDP")
@@ -533,12 +579,18 @@ func TestWebSocketFallbackMidTransfer(t *testing.T) {
 		t.Error("the nftables rules dropped no UDP during the transfer")
 	}
 
+	// The transfer pauses, its connection open, while UDP comes back: under traffic
+	// both ways, a frame beta sent over WebSocket just before it saw alpha's return can
+	// arrive after it and pull alpha back to WebSocket until the next probe (stt's
+	// nodes follow the transport of the last frame they received). Paused, the test
+	// checks the return itself; beta follows once alpha's traffic comes over UDP.
+	x.pause(t)
 	unblock()
-	bound := 4 * probeInterval
-	d = waitPath(t, a, "beta", "udp", bound)
-	waitPath(t, b, "alpha", "udp", bound)
+	d = waitPath(t, a, "beta", "udp", 4*probeInterval)
 	t.Logf("UDP unblocked: alpha back on UDP after %v (probe interval %v)", d.Round(time.Millisecond), probeInterval)
 	mark = x.received.Load()
+	x.resume()
+	waitPath(t, b, "alpha", "udp", 10*time.Second)
 	x.waitReceived(t, mark+phase, 30*time.Second, "back over UDP")
 
 	res := x.finish(t)
