@@ -66,8 +66,9 @@ func runDaemon(ctx context.Context, e *env, cfg *config.Config, opts daemonOptio
 	}
 	stopReloads := d.reloadOnSIGHUP() // see reload.go
 	defer stopReloads()
+	sd := newNotifier(log)
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(d) }()
+	go func() { served <- srv.Serve(notifyingReloads{d, sd}) }()
 
 	log.Info("starting", "config", cfg.Path, "version", versionString())
 	if addr := os.Getenv("STT_TUN_PPROF"); addr != "" {
@@ -88,8 +89,7 @@ func runDaemon(ctx context.Context, e *env, cfg *config.Config, opts daemonOptio
 	// Only now, with the interface's addresses and routes in place, may whatever
 	// waits for it (`up`, or systemd and the units ordered after this one) go on.
 	opts.ready.ok()
-	sd := newNotifier(log)
-	sd.ready(fmt.Sprintf("%s up with %d peers", name, len(cfg.Peers)))
+	sd.ready(d.readyStatus())
 	log.Info("up", "control", srv.Path())
 
 	var runErr error
@@ -127,6 +127,32 @@ func runDaemon(ctx context.Context, e *env, cfg *config.Config, opts daemonOptio
 		log.Info("down")
 	}
 	return errors.Join(runErr, closeErr)
+}
+
+// notifyingReloads is the daemon as its control socket serves it: a reload asked for
+// there (`stt-tun reload`, the systemd unit's ExecReload) is framed by RELOADING=1 and
+// READY=1 to the service manager, so that `systemctl reload` waits for it.
+type notifyingReloads struct {
+	*daemon
+	sd *notifier
+}
+
+func (n notifyingReloads) Reload() ([]string, error) {
+	n.mu.Lock()
+	up := n.tunnel != nil
+	n.mu.Unlock()
+	if !up { // never READY=1 before the start has finished
+		return n.daemon.Reload()
+	}
+	n.sd.reloading()
+	defer func() { n.sd.ready(n.readyStatus()) }()
+	return n.daemon.Reload()
+}
+
+// readyStatus is the one-line state systemd shows for a running interface.
+func (d *daemon) readyStatus() string {
+	st := d.Status()
+	return fmt.Sprintf("%s up with %d peers", st.Interface, len(st.Peers))
 }
 
 // daemon is what the control socket sees of a running interface.

@@ -47,8 +47,8 @@ func receive(t *testing.T, c *net.UnixConn, d time.Duration) string {
 }
 
 // TestNotifyReadyOnlyAfterStart runs the daemon in the foreground under a fake service
-// manager: no READY=1 while tunnel.Start is still running, READY=1 once it returned, and
-// STOPPING=1 on the way down.
+// manager: no READY=1 while tunnel.Start is still running, READY=1 once it returned,
+// RELOADING=1 and READY=1 around a reload, and STOPPING=1 on the way down.
 func TestNotifyReadyOnlyAfterStart(t *testing.T) {
 	h := newHarness(t)
 	cfg := h.writeConfig("alpha", "stt9", "alpha")
@@ -84,6 +84,16 @@ func TestNotifyReadyOnlyAfterStart(t *testing.T) {
 		t.Fatalf("notification %q, want %q", msg, want)
 	}
 	f := <-started
+
+	// A reload over the control socket, as the unit's ExecReload asks for it, is framed
+	// by RELOADING=1 and READY=1 (the fake tunnel refuses it; that changes nothing).
+	h.run("", "reload", "stt9")
+	if msg := receive(t, sock, 10*time.Second); !strings.HasPrefix(msg, "RELOADING=1\n") {
+		t.Errorf("on reload: notification %q, want RELOADING=1", msg)
+	}
+	if msg := receive(t, sock, 10*time.Second); msg != want {
+		t.Errorf("after reload: notification %q, want %q", msg, want)
+	}
 
 	if r := h.run("", "down", "stt9"); r.code != 0 {
 		t.Fatalf("down: %+v", r)
