@@ -45,6 +45,7 @@ Example, on each node:
 			downCommand(e),
 			statusCommand(e),
 			reloadCommand(e),
+			pingCommand(e),
 			genseedCommand(e),
 			genkeyCommand(e),
 			pubkeyCommand(e),
