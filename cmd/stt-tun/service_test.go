@@ -1,7 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"errors"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/stt-tun/stt-tun/tunnel"
@@ -47,4 +50,32 @@ func TestDownLeftovers(t *testing.T) {
 		staleSocket(t, h.dir, "stt9")
 		checkOneLineError(t, h.run("", "down", "--leftovers", "stt9"), 1, "permission denied")
 	})
+}
+
+// TestBackgroundDaemonIsNamed: a daemon started by `up` runs /proc/self/exe, which ps,
+// ss and top would show as "exe"; it renames itself stt-tun.
+func TestBackgroundDaemonIsNamed(t *testing.T) {
+	h := newHarness(t)
+	t.Setenv(daemonEnvVar, "1")
+	h.writeConfig("alpha", "stt9", "alpha")
+	if r := h.run("", "up", "alpha"); r.code != 0 {
+		t.Fatalf("up: %+v", r)
+	}
+	t.Cleanup(func() { h.run("", "down", "stt9") })
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	found := 0
+	for _, p := range procs {
+		cmdline, err := os.ReadFile(p)
+		if err != nil || !bytes.Contains(cmdline, []byte("\x00"+h.dir+"\x00")) {
+			continue
+		}
+		found++
+		comm, _ := os.ReadFile(filepath.Join(filepath.Dir(p), "comm"))
+		if string(comm) != "stt-tun\n" {
+			t.Errorf("daemon %s is named %q", filepath.Dir(p), comm)
+		}
+	}
+	if found != 1 {
+		t.Errorf("found %d daemons with state directory %s", found, h.dir)
+	}
 }

@@ -93,6 +93,9 @@ func up(c *cli.Context, e *env) error {
 		}
 		ready = &readiness{f: os.NewFile(uintptr(fd), "readiness pipe")}
 		defer ready.f.Close()
+		// Started through /proc/self/exe, the daemon would be "exe" to ps, ss and
+		// top; name it as administrators look for it. Best effort.
+		_ = os.WriteFile("/proc/self/comm", []byte("stt-tun"), 0)
 	}
 	cfg, err := loadConfig(path, bare)
 	if err != nil {
