@@ -31,12 +31,14 @@ var commandArgs = map[string]string{
 	"completion": argShells,
 }
 
-// flagValues says what a flag's value completes to: "files", "dirs", or a word list.
+// flagValues says what a flag's value completes to: "files", "dirs", argInterfaces, or
+// a word list. Flags are named by their first name.
 var flagValues = map[string]string{
 	configFlagName: "files",
 	"state-dir":    "dirs",
 	"config-dir":   "dirs",
 	"log-level":    "debug info warn error",
+	"interface":    argInterfaces, // ping -I NAME
 }
 
 func completionCommand(e *env) *cli.Command {
@@ -212,6 +214,8 @@ func bashValueCase(b *strings.Builder, flags []cli.Flag, indent string) {
 			arm += `compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$cur"))`
 		case "dirs":
 			arm += `compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -d -- "$cur"))`
+		case argInterfaces:
+			arm += `COMPREPLY=($(compgen -W "$(__stt_tun_names interfaces "${words[@]}" | sort -u)" -- "$cur"))`
 		case "":
 			arm += ": # nothing to suggest"
 		default:
@@ -293,6 +297,8 @@ func zshFlagSpecs(flags []cli.Flag) []string {
 				action = ":file:_files"
 			case "dirs":
 				action = ":directory:_files -/"
+			case argInterfaces:
+				action = ":interface:->" + argInterfaces
 			case "":
 				action = ":" + names[0] + ": "
 			default:

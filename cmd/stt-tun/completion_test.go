@@ -79,6 +79,9 @@ func TestBashCompletion(t *testing.T) {
 		{"stt-tun --config-dir=" + other + " down ", []string{"lab", "stt7"}},
 		{"stt-tun completion ", []string{"bash", "zsh"}},
 		{"stt-tun genseed ", nil},
+		{"stt-tun ping ", []string{"delta", "gamma"}},
+		{"stt-tun ping -I ", []string{"alpha", "beta", "stt7"}},
+		{"stt-tun ping -c ", nil},
 	} {
 		if got := complete(tc.line); !slices.Equal(got, tc.want) {
 			t.Errorf("%q completes to %q, want %q", tc.line, got, tc.want)
