@@ -63,6 +63,18 @@ func (t *Tunnel) Reload(cfg *config.Config) error {
 	return err
 }
 
+// ReloadFile reads the configuration file at path and applies it as ReloadChanges
+// does. A file that does not load is refused, and counted, like any other refusal.
+func (t *Tunnel) ReloadFile(path string) ([]string, error) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.reloadsRefused.Add(1)
+		t.log.Warn("reload refused; the running configuration stays", "err", err)
+		return nil, err
+	}
+	return t.ReloadChanges(cfg)
+}
+
 // ReloadChanges applies a new configuration to the running tunnel without tearing down
 // what did not change, and describes what did, one line per change.
 //

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -477,5 +478,27 @@ allowed_prefixes = `+prefixes+`
 	err := restartNeeded(old, parse(`["10.0.0.2/32", "0.0.0.0/0", "::/0"]`))
 	if err == nil || !strings.Contains(err.Error(), `peer "b" allowed_prefixes: the full tunnel's default prefixes changed from [0.0.0.0/0] to [0.0.0.0/0, ::/0]`) {
 		t.Errorf("a new default prefix of the exit peer: %v", err)
+	}
+}
+
+// TestReloadFile: the file is read again; one that does not load is refused and
+// counted.
+func TestReloadFile(t *testing.T) {
+	l := newReloadLab(t)
+	path := filepath.Join(t.TempDir(), "alpha.toml")
+	if err := os.WriteFile(path, []byte(l.alphaConfig(t, "").String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if changes, err := l.a.t.ReloadFile(path); err != nil || len(changes) != 0 {
+		t.Fatalf("ReloadFile of the running configuration: %q, %v", changes, err)
+	}
+	if err := os.WriteFile(path, []byte("[interface]\nmtu = \"big\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.a.t.ReloadFile(path); err == nil || !strings.Contains(err.Error(), path+":2: interface: mtu must be an integer") {
+		t.Fatalf("ReloadFile of a broken file: %v", err)
+	}
+	if a, r := l.a.t.reloadsApplied.Load(), l.a.t.reloadsRefused.Load(); a != 1 || r != 1 {
+		t.Errorf("reloads: %d applied, %d refused; want 1 and 1", a, r)
 	}
 }

@@ -11,7 +11,6 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/stt-tun/stt-tun/config"
 	"github.com/stt-tun/stt-tun/internal/ctl"
 )
 
@@ -76,7 +75,7 @@ func reload(c *cli.Context, e *env) error {
 
 // tunnelReloader is the part of *tunnel.Tunnel a reload needs.
 type tunnelReloader interface {
-	ReloadChanges(cfg *config.Config) ([]string, error)
+	ReloadFile(path string) ([]string, error)
 }
 
 // Reload reads the configuration file again and applies it to the running tunnel,
@@ -92,12 +91,7 @@ func (d *daemon) Reload() ([]string, error) {
 	if !ok {
 		return nil, errors.New("this tunnel cannot reload")
 	}
-	cfg, err := config.Load(d.cfgPath)
-	if err != nil {
-		d.log.Warn("reload refused; the running configuration stays", "err", err)
-		return nil, err
-	}
-	return r.ReloadChanges(cfg)
+	return r.ReloadFile(d.cfgPath)
 }
 
 // reloadOnSIGHUP reloads the configuration on every SIGHUP until the returned function

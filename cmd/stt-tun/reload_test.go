@@ -25,7 +25,11 @@ type reloadTunnel struct {
 	reloads []*config.Config
 }
 
-func (f *reloadTunnel) ReloadChanges(cfg *config.Config) ([]string, error) {
+func (f *reloadTunnel) ReloadFile(path string) ([]string, error) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return nil, err
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if cfg.Interface.MTU == 1300 {
@@ -151,7 +155,7 @@ func TestReloadThroughDaemon(t *testing.T) {
 	if res.code != 0 {
 		t.Errorf("daemon exit %d: %s", res.code, res.stderr)
 	}
-	for _, want := range []string{"SIGHUP: reloading", "reload refused"} {
+	for _, want := range []string{"SIGHUP: reloading", "reload requested over the control socket"} {
 		if !strings.Contains(res.stderr, want) {
 			t.Errorf("daemon log lacks %q:\n%s", want, res.stderr)
 		}
