@@ -70,17 +70,25 @@ func (p *Peer) Path() string {
 // learnEndpoint records where an authenticated frame came from: the peer roams to a
 // new UDP address, and its traffic follows the transport it last used, unless the frame
 // was a probe.
-func (p *Peer) learnEndpoint(ep conn.Endpoint, probe bool) {
+//
+// It reports whether the peer's traffic just moved back to UDP, so that the caller can
+// tell the peer (which follows the same rule) with a frame over UDP.
+func (p *Peer) learnEndpoint(ep conn.Endpoint, probe bool) (movedToUDP bool) {
 	if we, ok := ep.(*wsEndpoint); ok {
 		if p.wsEP.Load() != we {
 			p.wsEP.Store(we)
 		}
 		we.c.MarkAuthenticated()
 		if !probe && !p.onWS.Load() {
+			// Frames the peer sent over WebSocket before it saw us return to UDP are
+			// still arriving for a while; they must not pull us back.
+			if back := p.toUDPAt.Load(); back != 0 && p.mono(time.Now())-back < int64(p.node.timers.FallbackAfter) {
+				return false
+			}
 			p.onWS.Store(true)
 			p.node.log.Info("peer path changed", "peer", p.cfg.Name, "path", PathWS)
 		}
-		return
+		return false
 	}
 	if cur := p.udpEP.Load(); cur == nil || addrPortOf(*cur) != addrPortOf(ep) {
 		e := ep // only a change of address costs an allocation
@@ -88,8 +96,11 @@ func (p *Peer) learnEndpoint(ep conn.Endpoint, probe bool) {
 	}
 	if !probe && p.onWS.Load() {
 		p.onWS.Store(false)
+		p.toUDPAt.Store(p.mono(time.Now()))
 		p.node.log.Info("peer path changed", "peer", p.cfg.Name, "path", PathUDP)
+		return true
 	}
+	return false
 }
 
 // wantsWS says whether this side may dial the peer over WebSocket.
@@ -104,7 +115,7 @@ func (p *Peer) dialWSLocked() {
 	if p.wsDialing || !p.wantsWS() || p.wsEP.Load() != nil {
 		return
 	}
-	if time.Since(p.wsDialFailed) < p.node.timers.HandshakeRetry {
+	if time.Since(p.wsDialFailed) < p.wsDialBackoff() {
 		return
 	}
 	p.wsDialing = true
@@ -131,13 +142,18 @@ func (p *Peer) dialWSLocked() {
 		p.wsDialing = false
 		if err != nil {
 			p.wsDialFailed = time.Now()
+			p.wsDialFails++
+			fails := p.wsDialFails
 			p.mu.Unlock()
 			// The error names the URL and the address dialed: peer addresses are
-			// logged at debug level only.
-			n.log.Info("websocket dial failed (debug level logs why)", "peer", p.cfg.Name)
-			n.log.Debug("websocket dial failed", "peer", p.cfg.Name, "err", err)
+			// logged at debug level only. One line at info per run of failures.
+			if fails == 1 {
+				n.log.Info("websocket dial failed; retrying with backoff (debug level logs why)", "peer", p.cfg.Name)
+			}
+			n.log.Debug("websocket dial failed", "peer", p.cfg.Name, "attempt", fails, "err", err)
 			return
 		}
+		p.wsDialFails = 0
 		if p.removed || n.ctx.Err() != nil || !p.wsDialMatches(dc) {
 			p.mu.Unlock()
 			_ = c.Close()
@@ -308,4 +324,17 @@ func (n *Node) WSStats() (ws.ServerStats, bool) {
 		return ws.ServerStats{}, false
 	}
 	return n.wsServer.Stats(), true
+}
+
+// maxWSDialBackoff caps the wait between WebSocket dial attempts.
+const maxWSDialBackoff = 30 * time.Second
+
+// wsDialBackoff is how long to wait after a failed dial: HandshakeRetry doubling per
+// consecutive failure up to maxWSDialBackoff. Called with p.mu held.
+func (p *Peer) wsDialBackoff() time.Duration {
+	d := p.node.timers.HandshakeRetry << min(p.wsDialFails, 10)
+	if d <= 0 || d > maxWSDialBackoff {
+		d = maxWSDialBackoff
+	}
+	return d
 }

@@ -3,6 +3,8 @@ package stt
 import (
 	"testing"
 	"time"
+
+	"github.com/stt-tun/stt-tun/stt/wire"
 )
 
 func wsURL(n *Node) string { return "ws://" + n.WSAddr() + "/stt" }
@@ -52,10 +54,56 @@ func TestFallbackToWebSocketAndBackToUDP(t *testing.T) {
 		t.Fatal("moving to WebSocket replaced the session")
 	}
 
-	// UDP works again: both sides return to it within a few probe intervals.
+	// UDP works again: both sides return to it within a few probe intervals, with no
+	// traffic at all: the prober's return is announced to the peer, which follows.
 	a.bind.blocked.Store(false)
 	b.bind.blocked.Store(false)
+	waitFor(t, 10*time.Second, "both sides back on UDP", func() bool { return pa.Path() == PathUDP && pb.Path() == PathUDP })
 	keepSending(t, a, b, pa, func() bool { return pa.Path() == PathUDP && pb.Path() == PathUDP })
+}
+
+func TestLateWebSocketFramesDoNotUndoReturnToUDP(t *testing.T) {
+	timers := Timers{FallbackAfter: time.Hour, ProbeInterval: time.Hour, Tick: 20 * time.Millisecond}
+	seed := randKey(t)
+	b := startNode(t, nodeOpts{seed: seed, name: "b", ws: true, timers: timers})
+	a := startNode(t, nodeOpts{seed: seed, name: "a", timers: timers})
+	_, _ = b.AddPeer(PeerConfig{Name: "a"})
+	pa, _ := a.AddPeer(PeerConfig{Name: "b", Endpoint: loopback(b.Node), WSURL: wsURL(b.Node)})
+	established(t, a, b)
+	// Put a's traffic on a WebSocket by hand, as a fallback would.
+	pa.mu.Lock()
+	pa.dialWSLocked()
+	pa.mu.Unlock()
+	waitFor(t, 5*time.Second, "websocket", func() bool { return pa.wsEP.Load() != nil })
+	pa.mu.Lock()
+	pa.lastProbe = time.Now() // no UDP probe for the next hour
+	pa.mu.Unlock()
+	pa.onWS.Store(true)
+	sendOne(t, pa, 1, []byte("over ws"))
+	pb := b.Peer("a")
+	waitFor(t, 5*time.Second, "b on ws", func() bool { return pb.Path() == PathWS })
+
+	// a hears from b over UDP (a probe's answer would do the same) and returns to UDP;
+	// b's frames already on their way over the WebSocket must not pull it back.
+	pb.sendControlVia(pb.current.Load(), wire.AppendControl(nil, wire.CtlFinal, nil), *pb.udpEP.Load())
+	waitFor(t, 5*time.Second, "a back on UDP", func() bool { return pa.Path() == PathUDP })
+	// The late frame: a PONG nobody asked for, which a counts as a control drop when
+	// it has handled it; unlike a PING it is no probe, so it would move the path.
+	drops := a.Stats().DropsByReasonArray[DropControl]
+	sb := pb.current.Load()
+	first, _ := sb.reserve(1, 1<<62)
+	frame := make([]byte, wire.HeaderLen, 64)
+	body := make([]byte, wire.PingBodyLen)
+	body[11] = 0x40 // a send time far in the future: an impossible RTT, counted and dropped
+	frame = append(frame, wire.AppendControl(nil, wire.CtlPong, body)...)
+	frame = sb.seal(frame, wire.ControlStream, first, new([12]byte))
+	if err := pb.wsEP.Load().send([][]byte{frame}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the late frame handled", func() bool { return a.Stats().DropsByReasonArray[DropControl] > drops })
+	if pa.Path() != PathUDP {
+		t.Fatal("a late WebSocket frame pulled the peer back off UDP")
+	}
 }
 
 // keepSending sends a datagram from a to b every few milliseconds until cond holds, and

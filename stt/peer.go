@@ -29,6 +29,7 @@ type Peer struct {
 	// standby is the confirmed session a rekey replaced: the initiator keeps sending on
 	// it until the new one is confirmed, so a lost AUTH_PROOF loses no data.
 	standby atomic.Pointer[session]
+	toUDPAt atomic.Int64 // when traffic last moved back from WebSocket to UDP (mono ns)
 
 	// Times in nanoseconds since node.epoch; 0 = never.
 	lastSent        atomic.Int64
@@ -59,6 +60,7 @@ type Peer struct {
 	removed       bool
 	lastProbe     time.Time
 	wsDialing     bool
+	wsDialFails   int
 	wsDialFailed  time.Time
 }
 
@@ -293,7 +295,10 @@ func (r *recvRun) add(s *session, ep conn.Endpoint, now time.Time, size int, dat
 		r.flush(now)
 		r.p = p
 	}
-	p.learnEndpoint(ep, probe)
+	if p.learnEndpoint(ep, probe) {
+		// Tell the peer over UDP at once, so that its traffic follows ours back.
+		p.sendControl(s, nil)
+	}
 	r.any = true
 	if !s.confirmed.Load() {
 		r.unconfirmed = s
