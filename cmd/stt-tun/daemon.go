@@ -152,6 +152,9 @@ func (n notifyingReloads) Reload() ([]string, error) {
 // readyStatus is the one-line state systemd shows for a running interface.
 func (d *daemon) readyStatus() string {
 	st := d.Status()
+	if len(st.Peers) == 1 {
+		return st.Interface + " up with 1 peer"
+	}
 	return fmt.Sprintf("%s up with %d peers", st.Interface, len(st.Peers))
 }
 
