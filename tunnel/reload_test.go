@@ -407,6 +407,12 @@ func TestReloadMetricsListener(t *testing.T) {
 		t.Fatalf("reload onto a busy port: %v", err)
 	}
 	scrape(t, "http://"+port+MetricsPath)
+	// The same port under another name: the old listener must make way first.
+	_, p, _ := strings.Cut(port, ":")
+	if err := l.a.t.Reload(withMetrics("localhost:" + p)); err != nil {
+		t.Fatal(err)
+	}
+	scrape(t, "http://"+port+MetricsPath)
 	if err := l.a.t.Reload(withMetrics("")); err != nil {
 		t.Fatal(err)
 	}
