@@ -3,6 +3,7 @@ package routing
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"runtime"
 	"strings"
@@ -19,6 +20,12 @@ import (
 type osEnv struct {
 	ns netns.NsHandle
 	nl *netlink.Handle
+	// own: every thread of the process is in ns, as in the daemon, so sockets and
+	// /proc/sys opened on any thread are in it and no setns is needed. Entering a
+	// namespace takes CAP_SYS_ADMIN, which the daemon does not otherwise need and
+	// the systemd unit does not grant; only callers that move a thread into another
+	// namespace (the tests) need it.
+	own bool
 }
 
 // openEnv captures the calling thread's network namespace.
@@ -27,12 +34,42 @@ func openEnv() (*osEnv, error) {
 	if err != nil {
 		return nil, fmt.Errorf("get network namespace: %w", err)
 	}
-	nl, err := netlink.NewHandleAt(ns)
+	own := allThreadsIn(ns)
+	var nl *netlink.Handle
+	if own {
+		nl, err = netlink.NewHandle()
+	} else {
+		nl, err = netlink.NewHandleAt(ns)
+	}
 	if err != nil {
 		ns.Close()
 		return nil, fmt.Errorf("open netlink: %w", err)
 	}
-	return &osEnv{ns: ns, nl: nl}, nil
+	return &osEnv{ns: ns, nl: nl, own: own}, nil
+}
+
+// allThreadsIn reports whether every thread of the process is in ns. Threads
+// started later are clones of these, so they are in it too unless moved.
+func allThreadsIn(ns netns.NsHandle) bool {
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return false
+	}
+	for _, task := range tasks {
+		h, err := netns.GetFromPath("/proc/self/task/" + task.Name() + "/ns/net")
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // the thread has exited
+		}
+		if err != nil {
+			return false
+		}
+		same := h.Equal(ns)
+		h.Close()
+		if !same {
+			return false
+		}
+	}
+	return true
 }
 
 func (e *osEnv) close() {
@@ -45,6 +82,9 @@ func (e *osEnv) close() {
 // If the thread cannot be moved back it stays locked and dies with its
 // goroutine rather than run other code in the wrong namespace.
 func (e *osEnv) inNS(f func() error) error {
+	if e.own {
+		return f()
+	}
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -110,7 +150,11 @@ func (e *osEnv) hasIPv6() bool {
 }
 
 func (e *osEnv) nft() (*nftables.Conn, error) {
-	c, err := nftables.New(nftables.WithNetNSFd(int(e.ns)))
+	var opts []nftables.ConnOption
+	if !e.own {
+		opts = append(opts, nftables.WithNetNSFd(int(e.ns)))
+	}
+	c, err := nftables.New(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("open nftables: %w", err)
 	}
