@@ -45,9 +45,9 @@ any file. The interface's own name is the one its configuration gives.
 Without --foreground, up starts a daemon in the background and returns once the
 interface has its addresses and routes, or prints why it could not. The daemon logs
 to <state-dir>/<interface>.log (default /run/stt-tun/). With --foreground the daemon
-runs in this process and logs to stderr (for systemd: Type=simple, or Type=forking
-without --foreground). SIGTERM or SIGINT, or 'stt-tun down', stops it and undoes its
-routing.
+runs in this process and logs to stderr; under systemd (scripts/stt-tun@.service,
+Type=notify) it reports readiness once the interface is up. SIGTERM or SIGINT, or
+'stt-tun down', stops it and undoes its routing; SIGHUP reloads the configuration.
 
 Examples:
    stt-tun up alpha
