@@ -11,27 +11,13 @@ const (
 )
 
 // dstAddr returns the destination of an IPv4 or IPv6 packet.
-func dstAddr(pkt []byte) (netip.Addr, bool) {
-	if len(pkt) == 0 {
-		return netip.Addr{}, false
-	}
-	switch pkt[0] >> 4 {
-	case 4:
-		if len(pkt) < 20 {
-			return netip.Addr{}, false
-		}
-		return netip.AddrFrom4([4]byte(pkt[16:20])), true
-	case 6:
-		if len(pkt) < 40 {
-			return netip.Addr{}, false
-		}
-		return netip.AddrFrom16([16]byte(pkt[24:40])), true
-	}
-	return netip.Addr{}, false
-}
+func dstAddr(pkt []byte) (netip.Addr, bool) { return packetAddr(pkt, 16, 24) }
 
 // srcAddr returns the source of an IPv4 or IPv6 packet.
-func srcAddr(pkt []byte) (netip.Addr, bool) {
+func srcAddr(pkt []byte) (netip.Addr, bool) { return packetAddr(pkt, 12, 8) }
+
+// packetAddr reads the address at offset v4 of an IPv4 header or v6 of an IPv6 header.
+func packetAddr(pkt []byte, v4, v6 int) (netip.Addr, bool) {
 	if len(pkt) == 0 {
 		return netip.Addr{}, false
 	}
@@ -40,12 +26,12 @@ func srcAddr(pkt []byte) (netip.Addr, bool) {
 		if len(pkt) < 20 {
 			return netip.Addr{}, false
 		}
-		return netip.AddrFrom4([4]byte(pkt[12:16])), true
+		return netip.AddrFrom4([4]byte(pkt[v4 : v4+4])), true
 	case 6:
 		if len(pkt) < 40 {
 			return netip.Addr{}, false
 		}
-		return netip.AddrFrom16([16]byte(pkt[8:24])), true
+		return netip.AddrFrom16([16]byte(pkt[v6 : v6+16])), true
 	}
 	return netip.Addr{}, false
 }
