@@ -319,14 +319,11 @@ func (n *Node) Peers() []*Peer {
 
 // Stats returns a snapshot of the node's counters.
 func (n *Node) Stats() Stats {
-	st := Stats{Drops: make(map[string]uint64)}
+	var st Stats
 	for i := range n.ctr.drops {
 		v := n.ctr.drops[i].Load()
-		st.DropsByReasonArray[i] = v
+		st.Drops[i] = v
 		st.DropsTotal += v
-		if v != 0 {
-			st.Drops[DropReason(i).String()] = v
-		}
 	}
 	st.HandshakesDone = n.ctr.handshakesDone.Load()
 	st.HandshakesStarted = n.ctr.handshakesStart.Load()

@@ -237,7 +237,7 @@ func TestWrongSeedGetsNoSessionAndCostsNoDH(t *testing.T) {
 	}
 	dhBefore := b.hs.DHCount()
 	sendOne(t, px, 0, []byte("let me in"))
-	waitFor(t, 5*time.Second, "bad mac1 drops", func() bool { return b.Stats().DropsByReasonArray[DropBadMAC1] >= 1 })
+	waitFor(t, 5*time.Second, "bad mac1 drops", func() bool { return b.Stats().Drops[DropBadMAC1] >= 1 })
 	if got := b.hs.DHCount(); got != dhBefore {
 		t.Fatalf("responder did %d DH operations for a non-member", got-dhBefore)
 	}
@@ -280,10 +280,10 @@ func TestReplayedDataFrameDropped(t *testing.T) {
 	b.h.waitCount(t, before+1, 5*time.Second)
 	frames := a.bind.ofType(wire.TypeData)
 	raw := rawSender(t)
-	replays := b.Stats().DropsByReasonArray[DropReplay]
+	replays := b.Stats().Drops[DropReplay]
 	raw(frames[len(frames)-1], b.Node)
 	waitFor(t, 5*time.Second, "replay drop", func() bool {
-		return b.Stats().DropsByReasonArray[DropReplay] == replays+1
+		return b.Stats().Drops[DropReplay] == replays+1
 	})
 	if got := b.h.count.Load(); got != before+1 {
 		t.Fatalf("replayed frame delivered")
@@ -298,7 +298,7 @@ func TestReplayedHelloRefused(t *testing.T) {
 	dh := b.hs.DHCount()
 	rawSender(t)(hello, b.Node)
 	waitFor(t, 5*time.Second, "hello replay drop", func() bool {
-		return b.Stats().DropsByReasonArray[DropHandshakeReplay] == 1
+		return b.Stats().Drops[DropHandshakeReplay] == 1
 	})
 	if b.hs.DHCount() != dh || len(b.bind.ofType(wire.TypeChallenge)) != challengesBefore {
 		t.Fatal("a replayed HELLO was answered")
@@ -317,7 +317,7 @@ func TestPinnedKeyMismatchRefused(t *testing.T) {
 	pa, _ := a.AddPeer(PeerConfig{Name: "b", Endpoint: loopback(b.Node)})
 	sendOne(t, pa, 0, []byte("x"))
 	waitFor(t, 5*time.Second, "pin mismatch at responder", func() bool {
-		return b.Stats().DropsByReasonArray[DropPinMismatch] >= 1
+		return b.Stats().Drops[DropPinMismatch] >= 1
 	})
 	if b.Peer("a").HasSession() || b.h.count.Load() != 0 {
 		t.Fatal("responder accepted a peer whose key is not the pinned one")
@@ -330,7 +330,7 @@ func TestPinnedKeyMismatchRefused(t *testing.T) {
 	pd, _ := c.AddPeer(PeerConfig{Name: "d", Endpoint: loopback(d.Node), PublicKey: &wrong})
 	sendOne(t, pd, 0, []byte("x"))
 	waitFor(t, 5*time.Second, "pin mismatch at initiator", func() bool {
-		return c.Stats().DropsByReasonArray[DropPinMismatch] >= 1
+		return c.Stats().Drops[DropPinMismatch] >= 1
 	})
 	if pd.HasSession() || len(c.bind.ofType(wire.TypeAuthProof)) != 0 {
 		t.Fatal("initiator continued with a responder whose key is not the pinned one")
@@ -501,7 +501,7 @@ func TestLoopbackFourStreamsBothWays(t *testing.T) {
 	px, _ := x.AddPeer(PeerConfig{Name: "b", Endpoint: loopback(b.Node)})
 	before := b.h.count.Load()
 	sendOne(t, px, 0, []byte("intruder"))
-	waitFor(t, 5*time.Second, "intruder dropped", func() bool { return b.Stats().DropsByReasonArray[DropBadMAC1] >= 1 })
+	waitFor(t, 5*time.Second, "intruder dropped", func() bool { return b.Stats().Drops[DropBadMAC1] >= 1 })
 	if b.h.count.Load() != before {
 		t.Fatal("datagram from a non-member delivered")
 	}
@@ -688,7 +688,7 @@ func TestOtherVersionCountedAndLoggedSparingly(t *testing.T) {
 		raw(msg, b.Node)
 	}
 	waitFor(t, 5*time.Second, "100 version drops", func() bool {
-		return b.Stats().DropsByReasonArray[DropVersion] == 100
+		return b.Stats().Drops[DropVersion] == 100
 	})
 	if n := logs.lines(); n != 1 {
 		t.Fatalf("%d log lines for 100 messages of another version, want 1", n)

@@ -89,7 +89,7 @@ func TestLateWebSocketFramesDoNotUndoReturnToUDP(t *testing.T) {
 	waitFor(t, 5*time.Second, "a back on UDP", func() bool { return pa.Path() == PathUDP })
 	// The late frame: a PONG nobody asked for, which a counts as a control drop when
 	// it has handled it; unlike a PING it is no probe, so it would move the path.
-	drops := a.Stats().DropsByReasonArray[DropControl]
+	drops := a.Stats().Drops[DropControl]
 	sb := pb.current.Load()
 	first, _ := sb.reserve(1, 1<<62)
 	frame := make([]byte, wire.HeaderLen, 64)
@@ -100,7 +100,7 @@ func TestLateWebSocketFramesDoNotUndoReturnToUDP(t *testing.T) {
 	if err := pb.wsEP.Load().send([][]byte{frame}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "the late frame handled", func() bool { return a.Stats().DropsByReasonArray[DropControl] > drops })
+	waitFor(t, 5*time.Second, "the late frame handled", func() bool { return a.Stats().Drops[DropControl] > drops })
 	if pa.Path() != PathUDP {
 		t.Fatal("a late WebSocket frame pulled the peer back off UDP")
 	}

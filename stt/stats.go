@@ -59,15 +59,14 @@ type counters struct {
 
 // Stats is a snapshot of a node's counters.
 type Stats struct {
-	Drops              map[string]uint64
-	HandshakesDone     uint64
-	HandshakesStarted  uint64
-	CookieRepliesSent  uint64
-	HandshakeDHOps     uint64
-	Sessions           int
-	PendingHandshakes  int
-	DropsTotal         uint64
-	DropsByReasonArray [numDropReasons]uint64
+	HandshakesDone    uint64
+	HandshakesStarted uint64
+	CookieRepliesSent uint64
+	HandshakeDHOps    uint64
+	Sessions          int
+	PendingHandshakes int
+	DropsTotal        uint64
+	Drops             [numDropReasons]uint64 // indexed by DropReason
 }
 
 // PeerStats is a snapshot of one peer's traffic counters.

@@ -113,7 +113,7 @@ func TestUpdatePinMismatchDropsSession(t *testing.T) {
 	delivered := b.h.count.Load()
 	sendOne(t, pb, 0, []byte("must not arrive"))
 	waitFor(t, 5*time.Second, "pin mismatch", func() bool {
-		return a.Stats().DropsByReasonArray[DropPinMismatch] >= 1
+		return a.Stats().Drops[DropPinMismatch] >= 1
 	})
 	if pb.HasSession() || b.h.count.Load() != delivered {
 		t.Fatal("a session was made with the key the pin excludes")

@@ -7,9 +7,9 @@ import "github.com/stt-tun/stt-tun/stt"
 // counters, and the tunnel layer's own drops.
 func (t *Tunnel) counterMap() map[string]uint64 {
 	st := t.node.Stats()
-	m := make(map[string]uint64, len(st.DropsByReasonArray)+8)
+	m := make(map[string]uint64, len(st.Drops)+8)
 	for _, r := range stt.DropReasons() {
-		m["drop_"+r.String()] = st.DropsByReasonArray[r]
+		m["drop_"+r.String()] = st.Drops[r]
 	}
 	m["handshakes_started"] = st.HandshakesStarted
 	m["handshakes_completed"] = st.HandshakesDone

@@ -153,7 +153,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		if handshakeDropReasons[r] {
 			d = descHSFailures
 		}
-		counter(d, st.DropsByReasonArray[r], r.String())
+		counter(d, st.Drops[r], r.String())
 	}
 	counter(descCookies, st.CookieRepliesSent)
 	counter(descDHOps, st.HandshakeDHOps)

@@ -368,7 +368,7 @@ func TestReloadPin(t *testing.T) {
 	}
 	l.a.dev.Inject(toB)
 	noPacket(t, l.b.dev, 500*time.Millisecond)
-	if l.a.t.Node().Stats().DropsByReasonArray[stt.DropPinMismatch] == 0 {
+	if l.a.t.Node().Stats().Drops[stt.DropPinMismatch] == 0 {
 		t.Error("no pin-mismatch drop: was a handshake with beta's key even tried?")
 	}
 }
