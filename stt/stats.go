@@ -41,6 +41,12 @@ func (r DropReason) String() string {
 	return dropNames[r]
 }
 
+// Handshake reports whether r is a refused or failed handshake message rather than a
+// dropped packet or control message.
+func (r DropReason) Handshake() bool {
+	return r >= DropBadMAC1 && r <= DropStaleTimestamp
+}
+
 // DropReasons lists every reason, for callers that export the counters.
 func DropReasons() []DropReason {
 	rs := make([]DropReason, numDropReasons)

@@ -3,95 +3,61 @@ package tunnel
 import (
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"strings"
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-
 	"github.com/stt-tun/stt-tun/config"
+	"github.com/stt-tun/stt-tun/internal/promtext"
 	"github.com/stt-tun/stt-tun/stt"
 )
 
 // MetricsPath is the HTTP path that serves the metrics.
 const MetricsPath = "/metrics"
 
-// handshakeDropReasons are the node's drop reasons that are failed or refused
-// handshakes, exported as stt_handshake_failures_total; the others are packets dropped,
-// exported as stt_drops_total.
-var handshakeDropReasons = map[stt.DropReason]bool{
-	stt.DropBadMAC1:         true,
-	stt.DropHandshake:       true,
-	stt.DropHandshakeReplay: true,
-	stt.DropVersion:         true,
-	stt.DropRateLimited:     true,
-	stt.DropUnknownPeer:     true,
-	stt.DropPinMismatch:     true,
-	stt.DropStaleTimestamp:  true,
-}
+// family is one metric family of the tunnel's, documented in docs/metrics.md.
+type family struct{ name, typ, help string }
 
-func desc(name, help string, labels ...string) *prometheus.Desc {
-	return prometheus.NewDesc(name, help, labels, nil)
-}
+func counter(name, help string) family { return family{name, promtext.Counter, help} }
+func gauge(name, help string) family   { return family{name, promtext.Gauge, help} }
 
 // The metrics, documented in docs/metrics.md. They are read from the counters the
 // packet paths keep anyway, at scrape time: exporting them costs nothing per packet.
 var (
-	descInterfaceInfo = desc("stt_interface_info", "The interface: its name, node name and public key (base64). Always 1.", "interface", "node_name", "public_key")
-	descPeerInfo      = desc("stt_peer_info", "A configured peer with its current path (udp, ws or none) and underlay endpoint. Always 1.", "peer", "path", "endpoint")
-	descPeerSession   = desc("stt_peer_session_up", "1 if the peer has a usable session, else 0.", "peer")
-	descPeerTxBytes   = desc("stt_peer_tx_bytes_total", "Payload bytes sent to the peer.", "peer")
-	descPeerRxBytes   = desc("stt_peer_rx_bytes_total", "Payload bytes received from the peer.", "peer")
-	descPeerTxPackets = desc("stt_peer_tx_packets_total", "Packets sent to the peer.", "peer")
-	descPeerRxPackets = desc("stt_peer_rx_packets_total", "Packets received from the peer.", "peer")
-	descPeerDrops     = desc("stt_peer_drops_total", "Packets to or from the peer that were dropped: handshake queue full, send errors, source not allowed.", "peer")
-	descPeerRTT       = desc("stt_peer_rtt_seconds", "Smoothed round-trip time to the peer, measured with STT echoes; absent until measured.", "peer")
-	descPeerHSAge     = desc("stt_peer_handshake_age_seconds", "Seconds since the peer's latest handshake completed; absent before the first.", "peer")
+	famInterfaceInfo = gauge("stt_interface_info", "The interface: its name, node name and public key (base64). Always 1.")
+	famPeerInfo      = gauge("stt_peer_info", "A configured peer with its current path (udp, ws or none) and underlay endpoint. Always 1.")
+	famPeerSession   = gauge("stt_peer_session_up", "1 if the peer has a usable session, else 0.")
+	famPeerTxBytes   = counter("stt_peer_tx_bytes_total", "Payload bytes sent to the peer.")
+	famPeerRxBytes   = counter("stt_peer_rx_bytes_total", "Payload bytes received from the peer.")
+	famPeerTxPackets = counter("stt_peer_tx_packets_total", "Packets sent to the peer.")
+	famPeerRxPackets = counter("stt_peer_rx_packets_total", "Packets received from the peer.")
+	famPeerDrops     = counter("stt_peer_drops_total", "Packets to or from the peer that were dropped: handshake queue full, send errors, source not allowed.")
+	famPeerRTT       = gauge("stt_peer_rtt_seconds", "Smoothed round-trip time to the peer, measured with STT echoes; absent until measured.")
+	famPeerHSAge     = gauge("stt_peer_handshake_age_seconds", "Seconds since the peer's latest handshake completed; absent before the first.")
 
-	descHSStarted   = desc("stt_handshakes_started_total", "Handshakes this node started (HELLOs sent, retransmissions included).")
-	descHSCompleted = desc("stt_handshakes_completed_total", "Handshakes completed, as initiator or responder.")
-	descHSFailures  = desc("stt_handshake_failures_total", "Handshake messages refused or failed, by reason.", "reason")
-	descDrops       = desc("stt_drops_total", "Packets the node dropped other than handshakes, by reason (auth and replay among them).", "reason")
-	descCookies     = desc("stt_cookie_replies_sent_total", "Cookie replies sent to handshakes while under load.")
-	descDHOps       = desc("stt_handshake_dh_operations_total", "X25519 operations done for handshakes.")
-	descSessions    = desc("stt_sessions", "Sessions the node can receive on now, current and previous keys.")
-	descPending     = desc("stt_pending_handshakes", "Handshakes in progress.")
+	famHSStarted   = counter("stt_handshakes_started_total", "Handshakes this node started (HELLOs sent, retransmissions included).")
+	famHSCompleted = counter("stt_handshakes_completed_total", "Handshakes completed, as initiator or responder.")
+	famHSFailures  = counter("stt_handshake_failures_total", "Handshake messages refused or failed, by reason.")
+	famDrops       = counter("stt_drops_total", "Packets the node dropped other than handshakes, by reason (auth and replay among them).")
+	famCookies     = counter("stt_cookie_replies_sent_total", "Cookie replies sent to handshakes while under load.")
+	famDHOps       = counter("stt_handshake_dh_operations_total", "X25519 operations done for handshakes.")
+	famSessions    = gauge("stt_sessions", "Sessions the node can receive on now, current and previous keys.")
+	famPending     = gauge("stt_pending_handshakes", "Handshakes in progress.")
 
-	descNoRoute   = desc("stt_tunnel_no_route_total", "Packets read from the interface whose destination is in no peer's allowed_prefixes.")
-	descSrcDenied = desc("stt_tunnel_source_denied_total", "Packets from a peer whose source is outside that peer's allowed_prefixes.")
-	descMalformed = desc("stt_tunnel_malformed_total", "Packets that are neither IPv4 nor IPv6.")
-	descTunErrors = desc("stt_tunnel_tun_errors_total", "Errors reading from or writing to the TUN device.")
-	descReloads   = desc("stt_reloads_total", "Configuration reloads, by result: applied or refused.", "result")
+	famNoRoute   = counter("stt_tunnel_no_route_total", "Packets read from the interface whose destination is in no peer's allowed_prefixes.")
+	famSrcDenied = counter("stt_tunnel_source_denied_total", "Packets from a peer whose source is outside that peer's allowed_prefixes.")
+	famMalformed = counter("stt_tunnel_malformed_total", "Packets that are neither IPv4 nor IPv6.")
+	famTunErrors = counter("stt_tunnel_tun_errors_total", "Errors reading from or writing to the TUN device.")
+	famReloads   = counter("stt_reloads_total", "Configuration reloads, by result: applied or refused.")
 
-	descWSAccepted = desc("stt_websocket_connections_accepted_total", "WebSocket connections the listener accepted.")
-	descWSRejected = desc("stt_websocket_connections_rejected_total", "HTTP requests the WebSocket listener refused, by reason: http (wrong path, not a WebSocket upgrade) or full (connection limit).", "reason")
-	descWSClosed   = desc("stt_websocket_connections_closed_total", "WebSocket connections of the listener that closed.")
-	descWSActive   = desc("stt_websocket_connections", "WebSocket connections of the listener open now.")
-	descWSDrops    = desc("stt_websocket_queue_drops_total", "Messages dropped because a WebSocket connection's send queue was full.")
+	famWSAccepted = counter("stt_websocket_connections_accepted_total", "WebSocket connections the listener accepted.")
+	famWSRejected = counter("stt_websocket_connections_rejected_total", "HTTP requests the WebSocket listener refused, by reason: http (wrong path, not a WebSocket upgrade) or full (connection limit).")
+	famWSClosed   = counter("stt_websocket_connections_closed_total", "WebSocket connections of the listener that closed.")
+	famWSActive   = gauge("stt_websocket_connections", "WebSocket connections of the listener open now.")
+	famWSDrops    = counter("stt_websocket_queue_drops_total", "Messages dropped because a WebSocket connection's send queue was full.")
 )
-
-var allDescs = []*prometheus.Desc{
-	descInterfaceInfo, descPeerInfo, descPeerSession, descPeerTxBytes, descPeerRxBytes, descPeerTxPackets,
-	descPeerRxPackets, descPeerDrops, descPeerRTT, descPeerHSAge,
-	descHSStarted, descHSCompleted, descHSFailures, descDrops, descCookies, descDHOps, descSessions, descPending,
-	descNoRoute, descSrcDenied, descMalformed, descTunErrors, descReloads,
-	descWSAccepted, descWSRejected, descWSClosed, descWSActive, descWSDrops,
-}
-
-// collector is the tunnel's prometheus.Collector.
-type collector struct{ t *Tunnel }
-
-// Describe sends every metric's description.
-func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range allDescs {
-		ch <- d
-	}
-}
 
 type peerSample struct {
 	name      string
@@ -99,9 +65,9 @@ type peerSample struct {
 	srcDenied uint64
 }
 
-// Collect reads the counters and sends them as metrics.
-func (c collector) Collect(ch chan<- prometheus.Metric) {
-	t := c.t
+// writeMetrics writes the tunnel's metrics, each family whole and in turn. Labels go
+// in the order of their names, as Prometheus' own clients write them.
+func (t *Tunnel) writeMetrics(w *promtext.Writer) {
 	t.mu.RLock()
 	iface, node := t.cfg.Interface.Name, t.cfg.Interface.NodeName
 	peers := make([]peerSample, len(t.peers))
@@ -110,71 +76,103 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	t.mu.RUnlock()
 
-	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	one := func(f family, v uint64, labels ...string) {
+		w.Family(f.name, f.typ, f.help)
+		w.Uint(f.name, v, labels...)
 	}
-	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
-	}
+	one(famInterfaceInfo, 1, "interface", iface, "node_name", node, "public_key", config.EncodeKey(t.node.PublicKey()))
 
-	gauge(descInterfaceInfo, 1, iface, node, config.EncodeKey(t.node.PublicKey()))
+	// The peers' figures, read once, then written family by family.
+	type peerFigures struct {
+		name, path, endpoint string
+		up                   uint64
+		stats                stt.PeerStats
+		drops                uint64
+		rtt                  float64
+		hsAge                float64
+		hasHS                bool
+	}
 	now := time.Now()
-	for _, p := range peers {
+	figs := make([]peerFigures, len(peers))
+	for i, p := range peers {
 		sp := p.sp
-		path, up := stt.PathNone, 0.0
+		f := peerFigures{name: p.name, path: stt.PathNone}
 		if sp.HasSession() {
-			path, up = sp.Path(), 1
+			f.path, f.up = sp.Path(), 1
 		}
-		endpoint := ""
 		if ep := sp.Endpoint(); ep.IsValid() {
-			endpoint = ep.String()
+			f.endpoint = ep.String()
 		}
-		gauge(descPeerInfo, 1, p.name, path, endpoint)
-		gauge(descPeerSession, up, p.name)
-		s := sp.Stats()
-		counter(descPeerTxBytes, s.TxBytes, p.name)
-		counter(descPeerRxBytes, s.RxBytes, p.name)
-		counter(descPeerTxPackets, s.TxPackets, p.name)
-		counter(descPeerRxPackets, s.RxPackets, p.name)
-		counter(descPeerDrops, s.Drops+p.srcDenied, p.name)
-		if rtt := sp.RTT(); rtt > 0 {
-			gauge(descPeerRTT, rtt.Seconds(), p.name)
-		}
+		f.stats = sp.Stats()
+		f.drops = f.stats.Drops + p.srcDenied
+		f.rtt = sp.RTT().Seconds()
 		if hs := sp.LastHandshake(); !hs.IsZero() {
-			gauge(descPeerHSAge, max(now.Sub(hs).Seconds(), 0), p.name)
+			f.hsAge, f.hasHS = max(now.Sub(hs).Seconds(), 0), true
+		}
+		figs[i] = f
+	}
+	perPeer := func(fam family, v func(*peerFigures) uint64) {
+		w.Family(fam.name, fam.typ, fam.help)
+		for i := range figs {
+			w.Uint(fam.name, v(&figs[i]), "peer", figs[i].name)
+		}
+	}
+	w.Family(famPeerInfo.name, famPeerInfo.typ, famPeerInfo.help)
+	for _, f := range figs {
+		w.Uint(famPeerInfo.name, 1, "endpoint", f.endpoint, "path", f.path, "peer", f.name)
+	}
+	perPeer(famPeerSession, func(f *peerFigures) uint64 { return f.up })
+	perPeer(famPeerTxBytes, func(f *peerFigures) uint64 { return f.stats.TxBytes })
+	perPeer(famPeerRxBytes, func(f *peerFigures) uint64 { return f.stats.RxBytes })
+	perPeer(famPeerTxPackets, func(f *peerFigures) uint64 { return f.stats.TxPackets })
+	perPeer(famPeerRxPackets, func(f *peerFigures) uint64 { return f.stats.RxPackets })
+	perPeer(famPeerDrops, func(f *peerFigures) uint64 { return f.drops })
+	w.Family(famPeerRTT.name, famPeerRTT.typ, famPeerRTT.help)
+	for _, f := range figs {
+		if f.rtt > 0 {
+			w.Float(famPeerRTT.name, f.rtt, "peer", f.name)
+		}
+	}
+	w.Family(famPeerHSAge.name, famPeerHSAge.typ, famPeerHSAge.help)
+	for _, f := range figs {
+		if f.hasHS {
+			w.Float(famPeerHSAge.name, f.hsAge, "peer", f.name)
 		}
 	}
 
 	st := t.node.Stats()
-	counter(descHSStarted, st.HandshakesStarted)
-	counter(descHSCompleted, st.HandshakesDone)
-	for _, r := range stt.DropReasons() {
-		d := descDrops
-		if handshakeDropReasons[r] {
-			d = descHSFailures
+	one(famHSStarted, st.HandshakesStarted)
+	one(famHSCompleted, st.HandshakesDone)
+	for _, fam := range []family{famHSFailures, famDrops} {
+		w.Family(fam.name, fam.typ, fam.help)
+		for _, r := range stt.DropReasons() {
+			if r.Handshake() == (fam == famHSFailures) {
+				w.Uint(fam.name, st.Drops[r], "reason", r.String())
+			}
 		}
-		counter(d, st.Drops[r], r.String())
 	}
-	counter(descCookies, st.CookieRepliesSent)
-	counter(descDHOps, st.HandshakeDHOps)
-	gauge(descSessions, float64(st.Sessions))
-	gauge(descPending, float64(st.PendingHandshakes))
+	one(famCookies, st.CookieRepliesSent)
+	one(famDHOps, st.HandshakeDHOps)
+	one(famSessions, uint64(st.Sessions))
+	one(famPending, uint64(st.PendingHandshakes))
 
 	tc := t.Counters()
-	counter(descNoRoute, tc.NoRoute)
-	counter(descSrcDenied, tc.SourceDenied)
-	counter(descMalformed, tc.Malformed)
-	counter(descTunErrors, tc.TunErrors)
-	counter(descReloads, t.reloadsApplied.Load(), "applied")
-	counter(descReloads, t.reloadsRefused.Load(), "refused")
+	one(famNoRoute, tc.NoRoute)
+	one(famSrcDenied, tc.SourceDenied)
+	one(famMalformed, tc.Malformed)
+	one(famTunErrors, tc.TunErrors)
+	w.Family(famReloads.name, famReloads.typ, famReloads.help)
+	w.Uint(famReloads.name, t.reloadsApplied.Load(), "result", "applied")
+	w.Uint(famReloads.name, t.reloadsRefused.Load(), "result", "refused")
 
 	if ws, ok := t.node.WSStats(); ok {
-		counter(descWSAccepted, ws.Accepted)
-		counter(descWSRejected, ws.RejectedHTTP, "http")
-		counter(descWSRejected, ws.RejectedFull, "full")
-		counter(descWSClosed, ws.Closed)
-		gauge(descWSActive, float64(ws.Active))
-		counter(descWSDrops, ws.QueueDrops)
+		one(famWSAccepted, ws.Accepted)
+		w.Family(famWSRejected.name, famWSRejected.typ, famWSRejected.help)
+		w.Uint(famWSRejected.name, ws.RejectedHTTP, "reason", "http")
+		w.Uint(famWSRejected.name, ws.RejectedFull, "reason", "full")
+		one(famWSClosed, ws.Closed)
+		one(famWSActive, uint64(ws.Active))
+		one(famWSDrops, ws.QueueDrops)
 	}
 }
 
@@ -189,17 +187,22 @@ type metricsServer struct {
 // metricsHandler is the HTTP handler of the metrics endpoint: the tunnel's metrics and
 // the Go runtime's and process's.
 func (t *Tunnel) metricsHandler() http.Handler {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(
-		collector{t},
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-	)
 	mux := http.NewServeMux()
-	mux.Handle(MetricsPath, promhttp.HandlerFor(reg, promhttp.HandlerOpts{
-		ErrorLog: slog.NewLogLogger(t.log.Handler(), slog.LevelWarn),
-		Registry: reg,
-	}))
+	mux.HandleFunc(MetricsPath, func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		w.Header().Set("Content-Type", promtext.ContentType)
+		pw := promtext.NewWriter(w)
+		t.writeMetrics(pw)
+		promtext.WriteRuntime(pw)
+		promtext.WriteProcess(pw)
+		if err := pw.Flush(); err != nil {
+			t.log.Debug("metrics: writing the response", "err", err)
+		}
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/" {
 			http.NotFound(w, r)
