@@ -4,13 +4,17 @@ BIN     ?= bin/stt-tun
 PKGS    := ./...
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
+# urfave_cli_no_docs leaves out the CLI library's man-page and markdown generators,
+# which stt-tun does not use; PPROF=1 adds Go's profiler (STT_TUN_PPROF). Both cost
+# every daemon resident memory (docs/benchmarks.md).
+TAGS    := urfave_cli_no_docs$(if $(PPROF), pprof)
 
 .PHONY: all build test unit e2e vet fmt-check deps demo fuzz bench clean
 
 all: build
 
 build:
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/stt-tun
+	$(GO) build -trimpath -tags '$(TAGS)' -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/stt-tun
 
 # deps installs the few system tools the end-to-end tests and demo drive (as root, on Debian).
 deps:
@@ -22,6 +26,7 @@ fmt-check:
 
 vet:
 	$(GO) vet $(PKGS)
+	$(GO) vet -tags 'urfave_cli_no_docs pprof' ./cmd/stt-tun
 
 # unit runs every package's tests with the race detector; fuzz seed corpora run as tests.
 unit:
