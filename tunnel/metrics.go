@@ -46,11 +46,12 @@ var (
 	famSessions    = gauge("stt_sessions", "Sessions the node can receive on now, current and previous keys.")
 	famPending     = gauge("stt_pending_handshakes", "Handshakes in progress.")
 
-	famNoRoute   = counter("stt_tunnel_no_route_total", "Packets read from the interface whose destination is in no peer's allowed_prefixes.")
-	famSrcDenied = counter("stt_tunnel_source_denied_total", "Packets from a peer whose source is outside that peer's allowed_prefixes.")
-	famMalformed = counter("stt_tunnel_malformed_total", "Packets that are neither IPv4 nor IPv6.")
-	famTunErrors = counter("stt_tunnel_tun_errors_total", "Errors reading from or writing to the TUN device.")
-	famReloads   = counter("stt_reloads_total", "Configuration reloads, by result: applied or refused.")
+	famNoRoute    = counter("stt_tunnel_no_route_total", "Packets read from the interface whose destination is in no peer's allowed_prefixes.")
+	famLinkScoped = counter("stt_tunnel_link_scoped_ignored_total", "Link-scoped packets read from the interface (link-local, router solicitations, MLD) that no peer's allowed_prefixes covers; not forwarded, by design.")
+	famSrcDenied  = counter("stt_tunnel_source_denied_total", "Packets from a peer whose source is outside that peer's allowed_prefixes.")
+	famMalformed  = counter("stt_tunnel_malformed_total", "Packets that are neither IPv4 nor IPv6.")
+	famTunErrors  = counter("stt_tunnel_tun_errors_total", "Errors reading from or writing to the TUN device.")
+	famReloads    = counter("stt_reloads_total", "Configuration reloads, by result: applied or refused.")
 
 	famWSAccepted = counter("stt_websocket_connections_accepted_total", "WebSocket connections the listener accepted.")
 	famWSRejected = counter("stt_websocket_connections_rejected_total", "HTTP requests the WebSocket listener refused, by reason: http (wrong path, not a WebSocket upgrade) or full (connection limit).")
@@ -158,6 +159,7 @@ func (t *Tunnel) writeMetrics(w *promtext.Writer) {
 
 	tc := t.Counters()
 	one(famNoRoute, tc.NoRoute)
+	one(famLinkScoped, tc.LinkScoped)
 	one(famSrcDenied, tc.SourceDenied)
 	one(famMalformed, tc.Malformed)
 	one(famTunErrors, tc.TunErrors)

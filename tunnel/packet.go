@@ -36,6 +36,16 @@ func packetAddr(pkt []byte, v4, v6 int) (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
+// linkScoped reports whether dst is an address a packet never leaves its link for:
+// link-local unicast and multicast, interface-local multicast, and the IPv4 limited
+// broadcast. The kernel sends such packets on every interface it brings up (IPv6
+// router solicitations and MLD reports), so when no peer's prefixes cover them they are
+// housekeeping, not traffic that went astray, and are counted apart from no_route.
+func linkScoped(dst netip.Addr) bool {
+	return dst.IsLinkLocalUnicast() || dst.IsLinkLocalMulticast() || dst.IsInterfaceLocalMulticast() ||
+		dst == netip.AddrFrom4([4]byte{255, 255, 255, 255})
+}
+
 // flowHash maps a packet's flow (addresses, protocol and, for TCP and UDP, ports) to a
 // number, so that every packet of one flow goes on the same stream.
 func flowHash(pkt []byte) uint16 {

@@ -58,6 +58,7 @@ type Tunnel struct {
 	reloadsRefused atomic.Uint64
 
 	noRoute    atomic.Uint64 // outbound packets to no peer
+	linkScoped atomic.Uint64 // outbound link-scoped packets no peer takes
 	srcDenied  atomic.Uint64 // inbound packets from a source the peer may not use
 	malformed  atomic.Uint64 // packets that are not IPv4 or IPv6
 	tunErrors  atomic.Uint64
@@ -272,7 +273,11 @@ func (t *Tunnel) readLoop() {
 			}
 			p, ok := table.Lookup(dst)
 			if !ok {
-				t.noRoute.Add(1)
+				if linkScoped(dst) {
+					t.linkScoped.Add(1)
+				} else {
+					t.noRoute.Add(1)
+				}
 				continue
 			}
 			if p != cur && len(pkts) > 0 {
@@ -338,6 +343,7 @@ func (t *Tunnel) Deliver(in *stt.Inbound) {
 // Counters are the tunnel layer's own drop counters.
 type Counters struct {
 	NoRoute      uint64 // outbound packets whose destination no peer serves
+	LinkScoped   uint64 // outbound link-scoped packets (router solicitations, MLD) no peer serves
 	SourceDenied uint64 // inbound packets from outside the sending peer's prefixes
 	Malformed    uint64 // packets that are neither IPv4 nor IPv6
 	TunErrors    uint64
@@ -346,7 +352,7 @@ type Counters struct {
 // Counters returns the tunnel's counters.
 func (t *Tunnel) Counters() Counters {
 	return Counters{
-		NoRoute: t.noRoute.Load(), SourceDenied: t.srcDenied.Load(),
+		NoRoute: t.noRoute.Load(), LinkScoped: t.linkScoped.Load(), SourceDenied: t.srcDenied.Load(),
 		Malformed: t.malformed.Load(), TunErrors: t.tunErrors.Load(),
 	}
 }

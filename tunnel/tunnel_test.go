@@ -146,6 +146,57 @@ func TestNoRouteCounted(t *testing.T) {
 	}
 }
 
+// TestLinkScopedNotCountedAsNoRoute: the kernel's link-local housekeeping (router
+// solicitations, MLD, mDNS, broadcasts) that no peer takes is counted as ignored, not
+// as no_route, which is kept for traffic that really went nowhere.
+func TestLinkScopedNotCountedAsNoRoute(t *testing.T) {
+	a, _ := memPair(t)
+	v6 := make([]byte, 48) // IPv6 header and 8 bytes of ICMPv6: a router solicitation
+	v6[0] = 0x60
+	v6[5] = 8
+	v6[6] = 58
+	v6[7] = 255
+	src, dst := netip.MustParseAddr("fe80::1").As16(), netip.MustParseAddr("ff02::2").As16()
+	copy(v6[8:24], src[:])
+	copy(v6[24:40], dst[:])
+	for _, p := range [][]byte{
+		ipv4UDP("10.9.0.1", "224.0.0.251", 5353, 5353, []byte("mdns")),
+		ipv4UDP("10.9.0.1", "255.255.255.255", 68, 67, []byte("bootp")),
+		ipv4UDP("10.9.0.1", "169.254.1.1", 1, 2, []byte("link-local")),
+		v6,
+	} {
+		a.dev.Inject(p)
+	}
+	// Packets are handled in order: once this one is counted, so are those above.
+	a.dev.Inject(ipv4UDP("10.9.0.1", "172.31.0.1", 1, 2, []byte("nowhere")))
+	deadline := time.Now().Add(5 * time.Second)
+	for a.t.Counters().NoRoute == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no-route packet not counted")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if c := a.t.Counters(); c.NoRoute != 1 || c.LinkScoped != 4 {
+		t.Fatalf("no_route %d, link_scoped %d; want 1 and 4", c.NoRoute, c.LinkScoped)
+	}
+	if got := a.t.Status().Counters["ignored_link_scoped"]; got != 4 {
+		t.Fatalf("status counters ignored_link_scoped = %d, want 4", got)
+	}
+}
+
+func TestLinkScoped(t *testing.T) {
+	for addr, want := range map[string]bool{
+		"fe80::1": true, "ff02::1:ff00:1": true, "ff01::1": true, "224.0.0.22": true,
+		"169.254.10.1": true, "255.255.255.255": true,
+		"ff05::2": false, "ff0e::1": false, "239.1.1.1": false, "10.0.0.255": false,
+		"fd00::1": false, "2001:db8::1": false, "10.9.0.2": false,
+	} {
+		if got := linkScoped(netip.MustParseAddr(addr)); got != want {
+			t.Errorf("linkScoped(%s) = %v, want %v", addr, got, want)
+		}
+	}
+}
+
 func TestFlowHashKeepsFlowOnOneStream(t *testing.T) {
 	p1 := ipv4UDP("10.0.0.1", "10.0.0.2", 1111, 2222, []byte("a"))
 	p2 := ipv4UDP("10.0.0.1", "10.0.0.2", 1111, 2222, []byte("different payload, same flow"))
