@@ -29,6 +29,8 @@ type Mem struct {
 
 	wmu     sync.Mutex // serialises Write, and Write against closing written
 	written chan []byte
+
+	spare chan []byte // buffers for Inject and Write to copy into; see Recycle
 }
 
 var _ Device = (*Mem)(nil)
@@ -43,6 +45,7 @@ func NewMem(name string, mtu, batch int) *Mem {
 		events:  make(chan Event, 1),
 		done:    make(chan struct{}),
 		written: make(chan []byte, MemWrittenCap),
+		spare:   make(chan []byte, MemWrittenCap),
 	}
 	m.cond = sync.NewCond(&m.mu)
 	m.events <- EventUp
@@ -58,9 +61,35 @@ func (m *Mem) Inject(pkts ...[]byte) {
 		return
 	}
 	for _, p := range pkts {
-		m.queue = append(m.queue, append([]byte(nil), p...))
+		m.queue = append(m.queue, m.clone(p))
 	}
 	m.cond.Broadcast()
+}
+
+// Recycle gives m a packet received from Written once the caller is done with
+// it: a later Inject or Write copies into it instead of allocating, so a
+// benchmark can pass packets through m without the device itself allocating
+// for each. Read recycles the copies Inject made in the same way. The caller
+// must not touch p afterwards. Recycle keeps at most MemWrittenCap spare
+// buffers and lets the rest go to the garbage collector.
+func (m *Mem) Recycle(p []byte) {
+	select {
+	case m.spare <- p[:0]:
+	default:
+	}
+}
+
+// clone copies p into a spare buffer if one is ready and large enough, else
+// into a new one.
+func (m *Mem) clone(p []byte) []byte {
+	select {
+	case b := <-m.spare:
+		if cap(b) >= len(p) {
+			return append(b, p...)
+		}
+	default:
+	}
+	return append([]byte(nil), p...)
 }
 
 // Written returns the channel of copies of written packets, in write order.
@@ -106,9 +135,16 @@ func (m *Mem) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	return n, nil
 }
 
+// pop removes the first n packets of the queue, recycling their copies, and
+// moves the rest to the front, so that Inject reuses the queue's array instead
+// of walking off its end and reallocating.
 func (m *Mem) pop(n int) {
-	clear(m.queue[:n])
-	m.queue = m.queue[n:]
+	for _, p := range m.queue[:n] {
+		m.Recycle(p)
+	}
+	k := copy(m.queue, m.queue[n:])
+	clear(m.queue[k:])
+	m.queue = m.queue[:k]
 }
 
 // waitingReaders returns how many Reads are blocked waiting for packets.
@@ -140,7 +176,7 @@ func (m *Mem) Write(bufs [][]byte, offset int) (int, error) {
 		}
 		clear(b[offset-VirtioNetHdrLen : offset])
 		select {
-		case m.written <- append([]byte(nil), b[offset:]...):
+		case m.written <- m.clone(b[offset:]):
 		case <-m.done:
 			return i, fmt.Errorf("tun: mem write: %w", os.ErrClosed)
 		}
