@@ -54,8 +54,9 @@ var (
 	famReloads    = counter("stt_reloads_total", "Configuration reloads, by result: applied or refused.")
 
 	famWSAccepted = counter("stt_websocket_connections_accepted_total", "WebSocket connections the listener accepted.")
-	famWSRejected = counter("stt_websocket_connections_rejected_total", "HTTP requests the WebSocket listener refused, by reason: http (wrong path, not a WebSocket upgrade) or full (connection limit).")
+	famWSRejected = counter("stt_websocket_connections_rejected_total", "HTTP requests the WebSocket listener refused, by reason: http (wrong path, not a WebSocket upgrade) or full (connection limit, every connection authenticated).")
 	famWSClosed   = counter("stt_websocket_connections_closed_total", "WebSocket connections of the listener that closed.")
+	famWSEvicted  = counter("stt_websocket_connections_evicted_total", "WebSocket connections closed unauthenticated to make room for a new one while the listener was full.")
 	famWSActive   = gauge("stt_websocket_connections", "WebSocket connections of the listener open now.")
 	famWSDrops    = counter("stt_websocket_queue_drops_total", "Messages dropped because a WebSocket connection's send queue was full.")
 )
@@ -173,6 +174,7 @@ func (t *Tunnel) writeMetrics(w *promtext.Writer) {
 		w.Uint(famWSRejected.name, ws.RejectedHTTP, "reason", "http")
 		w.Uint(famWSRejected.name, ws.RejectedFull, "reason", "full")
 		one(famWSClosed, ws.Closed)
+		one(famWSEvicted, ws.Evicted)
 		one(famWSActive, uint64(ws.Active))
 		one(famWSDrops, ws.QueueDrops)
 	}

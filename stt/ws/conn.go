@@ -54,6 +54,10 @@ var ErrFrameSize = errors.New("ws: frame size out of range")
 // authenticated within AuthTimeout.
 var ErrAuthTimeout = errors.New("ws: connection not authenticated in time")
 
+// ErrEvicted is the reason a server closes a connection not marked authenticated to
+// make room for a new one when MaxConns connections are open.
+var ErrEvicted = errors.New("ws: unauthenticated connection evicted for a new one, all connection slots taken")
+
 // ReceiveFunc gets a batch of records read from one connection: record i is
 // bufs[i][offset:offset+sizes[i]], where offset is the configured Offset, and every
 // bufs[i] has the configured BufSize. The buffers are reused after it returns. It is
@@ -81,6 +85,7 @@ const (
 	reasonLocal                       // Close, or the server closing
 	reasonPeer                        // the peer closed or hung up
 	reasonUnauthenticated             // AuthTimeout passed
+	reasonEvicted                     // not authenticated, evicted for a new connection
 	reasonOversized                   // a message over MaxMessage
 	reasonBadRecord                   // a malformed message or a text message
 	reasonKeepalive                   // a ping went unanswered
@@ -171,6 +176,12 @@ type Conn struct {
 	authed    atomic.Bool
 	authTimer *time.Timer
 
+	// Server side, guarded by srv.mu: the links of srv.unauth, and whether the server
+	// evicted this connection (then MarkAuthenticated has no effect and its slot went
+	// to the newcomer).
+	unauthPrev, unauthNext *Conn
+	unauthListed, evicted  bool
+
 	stop    chan struct{} // closed when the connection starts closing
 	done    chan struct{} // closed when all goroutines have exited
 	running atomic.Int32
@@ -226,9 +237,25 @@ func (c *Conn) start(authTimeout time.Duration) {
 }
 
 // MarkAuthenticated records that the node saw an authenticated STT frame on c: the
-// server's AuthTimeout no longer applies and receive batches grow to Batch records.
+// server's AuthTimeout no longer applies, the server will not evict c to make room for
+// a new connection, and receive batches grow to Batch records. On a connection the
+// server has already evicted it has no effect.
 func (c *Conn) MarkAuthenticated() {
-	if c.authed.Swap(true) {
+	if c.authed.Load() { // the common case: called for every authenticated frame
+		return
+	}
+	if s := c.srv; s != nil {
+		// Under srv.mu, so that an eviction either happened before (and wins) or finds
+		// c off the list.
+		s.mu.Lock()
+		if c.evicted || c.authed.Load() {
+			s.mu.Unlock()
+			return
+		}
+		c.authed.Store(true)
+		s.unauth.remove(c)
+		s.mu.Unlock()
+	} else if c.authed.Swap(true) {
 		return
 	}
 	c.closeMu.Lock()
@@ -355,6 +382,12 @@ func (c *Conn) fail(reason closeReason, err error) {
 	c.closeMu.Unlock()
 	if t != nil {
 		t.Stop()
+	}
+	if s := c.srv; s != nil {
+		// A closing connection is no candidate for eviction.
+		s.mu.Lock()
+		s.unauth.remove(c)
+		s.mu.Unlock()
 	}
 	if reason != reasonLocal && reason != reasonPeer {
 		c.opts.log.Debug("websocket connection closed", "conn", c.name, "err", err)

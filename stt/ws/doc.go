@@ -27,6 +27,33 @@
 // STT's own cryptography does, and a peer must not rely on the certificate check for
 // anything. InsecureSkipVerify is therefore a legitimate choice, not a hole.
 //
+// # Connection limit
+//
+// A server holds at most MaxConns connections. When all are taken, a new upgrade evicts
+// the oldest connection that has not been marked authenticated (closing it with
+// ErrEvicted, counted in ServerStats.Evicted) and takes its place; only when every open
+// connection is authenticated is the upgrade refused with 503. A connection marked
+// authenticated is never evicted, and marking and eviction are serialized, so one that
+// is being marked is either evicted first (and the mark has no effect) or kept. The
+// victim's slot passes to the newcomer at once, while the victim's goroutines are still
+// exiting (promptly: its socket is closed), so MaxConns bounds the open connections,
+// not those still winding down.
+//
+// So someone who can reach the listener but cannot produce an authenticated STT frame
+// (has no seed) can no longer lock peers out by holding every slot: each connection
+// they open pushes out their own oldest one, and an upgrade is refused only while every
+// slot is held by an authenticated connection or by an upgrade in progress (a matter of
+// microseconds). What they still can do is evict a legitimate connection in the window
+// before it is marked authenticated: from the upgrade until the peer's first
+// authenticated frame arrives, about one round trip when the peer already has a session
+// and two when it must first complete a handshake (its AUTH_PROOF is what authenticates
+// it on the responder), one more for a cookie under load. If MaxConns newer connections
+// arrive within that window it is evicted, so an attacker who sustains about MaxConns
+// upgrades per handshake (with the default 256 and a 100 ms round trip, some 1,300 a
+// second) keeps the peer's WebSocket path from coming up for as long as the flood lasts;
+// the peer keeps re-dialling, and UDP is not affected. A member, whose connections do
+// authenticate, can still fill every slot and get newcomers refused.
+//
 // # Concurrency and resources
 //
 // Each Conn runs one reader goroutine (which calls the ReceiveFunc), one writer

@@ -42,7 +42,9 @@ type ServerConfig struct {
 	BufSize int
 	// Batch is the most records per ReceiveFunc call (default DefaultBatch).
 	Batch int
-	// MaxConns bounds the open connections (default DefaultMaxConns); more get 503.
+	// MaxConns bounds the open connections (default DefaultMaxConns). When all are
+	// taken, a new upgrade evicts the oldest connection not yet marked authenticated;
+	// only when there is none does it get 503.
 	MaxConns int
 	// AuthTimeout closes a connection not marked authenticated within it (default
 	// DefaultAuthTimeout; negative disables).
@@ -68,9 +70,10 @@ type ServerConfig struct {
 type ServerStats struct {
 	Accepted              uint64 // connections upgraded
 	RejectedHTTP          uint64 // requests not upgraded: wrong path, not WebSocket, bad handshake
-	RejectedFull          uint64 // upgrades refused with 503 because MaxConns were open
+	RejectedFull          uint64 // upgrades refused with 503: MaxConns open, none evictable
 	Closed                uint64 // connections closed, for any reason
 	ClosedUnauthenticated uint64 // closed because AuthTimeout passed
+	Evicted               uint64 // closed unauthenticated to make room for a new upgrade
 	ClosedOversized       uint64 // closed for a message over MaxMessage
 	ClosedBadRecord       uint64 // closed for a malformed or text message
 	ClosedKeepalive       uint64 // closed because a ping went unanswered
@@ -90,6 +93,7 @@ type Server struct {
 	mu        sync.Mutex
 	closed    bool
 	conns     map[*Conn]struct{}
+	unauth    unauthList // registered connections not marked authenticated, oldest first
 	handlers  sync.WaitGroup
 	serveDone chan struct{}
 
@@ -97,7 +101,44 @@ type Server struct {
 
 	accepted, rejectedHTTP, rejectedFull                atomic.Uint64
 	closedAll, closedUnauth, closedOversized, closedBad atomic.Uint64
-	closedKeepalive, closedError, queueDrops            atomic.Uint64
+	closedKeepalive, closedError, queueDrops, evicted   atomic.Uint64
+}
+
+// unauthList is an intrusive FIFO of the connections that have not been marked
+// authenticated, linked through Conn.unauthPrev and Conn.unauthNext; the Server's mu
+// guards it.
+type unauthList struct {
+	head, tail *Conn // head is the oldest
+}
+
+// push appends c, the newest connection.
+func (l *unauthList) push(c *Conn) {
+	c.unauthListed = true
+	c.unauthPrev, c.unauthNext = l.tail, nil
+	if l.tail != nil {
+		l.tail.unauthNext = c
+	} else {
+		l.head = c
+	}
+	l.tail = c
+}
+
+// remove unlinks c if it is listed.
+func (l *unauthList) remove(c *Conn) {
+	if !c.unauthListed {
+		return
+	}
+	if c.unauthPrev != nil {
+		c.unauthPrev.unauthNext = c.unauthNext
+	} else {
+		l.head = c.unauthNext
+	}
+	if c.unauthNext != nil {
+		c.unauthNext.unauthPrev = c.unauthPrev
+	} else {
+		l.tail = c.unauthPrev
+	}
+	c.unauthPrev, c.unauthNext, c.unauthListed = nil, nil, false
 }
 
 // Listen starts a server on cfg.Addr and returns once it is listening.
@@ -195,6 +236,7 @@ func (s *Server) Stats() ServerStats {
 		RejectedFull:          s.rejectedFull.Load(),
 		Closed:                s.closedAll.Load(),
 		ClosedUnauthenticated: s.closedUnauth.Load(),
+		Evicted:               s.evicted.Load(),
 		ClosedOversized:       s.closedOversized.Load(),
 		ClosedBadRecord:       s.closedBad.Load(),
 		ClosedKeepalive:       s.closedKeepalive.Load(),
@@ -259,6 +301,28 @@ func (s *Server) reserve() bool {
 	}
 }
 
+// evictForSlot makes room for a new connection when reserve failed: it takes the slot of
+// the oldest connection not marked authenticated, which the caller must then close
+// with reasonEvicted, or reports false if every connection holding a slot is
+// authenticated (or still upgrading). The victim's slot passes to the caller, so its
+// connDone does not release it. Taking the victim off the list and marking it evicted
+// happen under mu, as MarkAuthenticated's check does: an authenticated connection is
+// never evicted.
+func (s *Server) evictForSlot() (victim *Conn, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.reserve() { // a slot came free meanwhile
+		return nil, true
+	}
+	c := s.unauth.head
+	if c == nil {
+		return nil, false
+	}
+	s.unauth.remove(c)
+	c.evicted = true
+	return c, true
+}
+
 // handle serves one HTTP request: it upgrades on the configured path and rejects
 // everything else.
 func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
@@ -285,10 +349,16 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !s.reserve() {
-		s.rejectedFull.Add(1)
-		w.Header().Set("Retry-After", "5")
-		http.Error(w, http.StatusText(http.StatusServiceUnavailable), http.StatusServiceUnavailable)
-		return
+		victim, ok := s.evictForSlot()
+		if !ok {
+			s.rejectedFull.Add(1)
+			w.Header().Set("Retry-After", "5")
+			http.Error(w, http.StatusText(http.StatusServiceUnavailable), http.StatusServiceUnavailable)
+			return
+		}
+		if victim != nil {
+			victim.fail(reasonEvicted, ErrEvicted)
+		}
 	}
 	wsc, err := websocket.Accept(w, r, &websocket.AcceptOptions{
 		// Origin checks guard browsers' cookies; STT authenticates on its own.
@@ -313,6 +383,7 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.conns[c] = struct{}{}
+	s.unauth.push(c)
 	s.mu.Unlock()
 	s.accepted.Add(1)
 	if s.cfg.OnConnect != nil {
@@ -325,8 +396,12 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 func (s *Server) connDone(c *Conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
+	s.unauth.remove(c)
+	handedOver := c.evicted // its slot went to the connection that evicted it
 	s.mu.Unlock()
-	s.active.Add(-1)
+	if !handedOver {
+		s.active.Add(-1)
+	}
 	s.closedAll.Add(1)
 	c.closeMu.Lock()
 	reason := c.reason
@@ -334,6 +409,8 @@ func (s *Server) connDone(c *Conn) {
 	switch reason {
 	case reasonUnauthenticated:
 		s.closedUnauth.Add(1)
+	case reasonEvicted:
+		s.evicted.Add(1)
 	case reasonOversized:
 		s.closedOversized.Add(1)
 	case reasonBadRecord:

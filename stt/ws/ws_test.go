@@ -785,8 +785,14 @@ func TestMalformedMessages(t *testing.T) {
 	}
 }
 
+// TestMaxConns: with MaxConns authenticated connections open, an upgrade gets 503; a
+// slot freed by a close is taken again.
 func TestMaxConns(t *testing.T) {
-	srv, conns := startServer(t, func(c *ServerConfig) { c.MaxConns = 2 })
+	srv, conns := startServer(t, func(c *ServerConfig) {
+		c.MaxConns = 2
+		next := c.OnConnect
+		c.OnConnect = func(c *Conn) { c.MarkAuthenticated(); next(c) }
+	})
 	dial(t, DialConfig{URL: srv.URL()})
 	c2 := dial(t, DialConfig{URL: srv.URL()})
 	// The server may report the two connections in either order.
@@ -807,9 +813,234 @@ func TestMaxConns(t *testing.T) {
 	}
 	dial(t, DialConfig{URL: srv.URL()})
 	nextConn(t, conns)
-	if st := srv.Stats(); st.Active != 2 || st.Accepted != 3 {
+	if st := srv.Stats(); st.Active != 2 || st.Accepted != 3 || st.Evicted != 0 {
 		t.Fatalf("stats after reconnecting %+v", st)
 	}
+}
+
+// fillServer dials n connections one after the other and returns the client and server
+// sides in the order the server registered them.
+func fillServer(t *testing.T, srv *Server, conns chan *Conn, n int) (clients, servers []*Conn) {
+	t.Helper()
+	for range n {
+		clients = append(clients, dial(t, DialConfig{URL: srv.URL()}))
+		servers = append(servers, nextConn(t, conns)) // registered before the next dial
+	}
+	return clients, servers
+}
+
+func checkOpen(t *testing.T, what string, cs ...*Conn) {
+	t.Helper()
+	for i, c := range cs {
+		if err := c.Err(); err != nil {
+			t.Errorf("%s %d closed: %v", what, i, err)
+		}
+	}
+}
+
+func checkEvicted(t *testing.T, what string, server, client *Conn) {
+	t.Helper()
+	wait(t, server.Done(), what+" to be evicted")
+	if !errors.Is(server.Err(), ErrEvicted) {
+		t.Errorf("%s: Err() = %v, want ErrEvicted", what, server.Err())
+	}
+	wait(t, client.Done(), what+": the client to see the close")
+}
+
+// TestFullServerEvictsOldestUnauthenticated: with MaxConns connections open and none
+// authenticated, a new upgrade is accepted and the oldest connection is closed in its
+// place, then the next oldest for the next upgrade.
+func TestFullServerEvictsOldestUnauthenticated(t *testing.T) {
+	const maxConns = 4
+	srv, conns := startServer(t, func(c *ServerConfig) { c.MaxConns = maxConns })
+	clients, servers := fillServer(t, srv, conns, maxConns)
+
+	recv := newSink()
+	dial(t, DialConfig{URL: srv.URL(), Receive: recv.receive})
+	news := nextConn(t, conns)
+	checkEvicted(t, "the oldest connection", servers[0], clients[0])
+	checkOpen(t, "newer connection", append(servers[1:], news)...)
+	if st := srv.Stats(); st.Evicted != 1 || st.Active != maxConns || st.Accepted != maxConns+1 ||
+		st.RejectedFull != 0 || st.Closed != 1 || st.ClosedUnauthenticated != 0 {
+		t.Errorf("stats %+v", st)
+	}
+
+	dial(t, DialConfig{URL: srv.URL()})
+	nextConn(t, conns)
+	checkEvicted(t, "the second oldest connection", servers[1], clients[1])
+	checkOpen(t, "newer connection", append(servers[2:], news)...)
+	if st := srv.Stats(); st.Evicted != 2 || st.Active != maxConns || st.Accepted != maxConns+2 {
+		t.Errorf("stats %+v", st)
+	}
+
+	// The newcomer's connection works.
+	if err := news.Send([][]byte{[]byte("in")}); err != nil {
+		t.Fatal(err)
+	}
+	if got := recv.waitN(t, 1); string(got[0]) != "in" {
+		t.Fatalf("got %q", got[0])
+	}
+}
+
+// TestFullServerOfAuthenticatedRefuses: with MaxConns authenticated connections open, a
+// new upgrade gets 503 and none of them is closed.
+func TestFullServerOfAuthenticatedRefuses(t *testing.T) {
+	const maxConns = 4
+	srv, conns := startServer(t, func(c *ServerConfig) {
+		c.MaxConns = maxConns
+		next := c.OnConnect
+		c.OnConnect = func(c *Conn) { c.MarkAuthenticated(); next(c) }
+	})
+	_, servers := fillServer(t, srv, conns, maxConns)
+	for range 3 {
+		_, err := Dial(context.Background(), DialConfig{URL: srv.URL(), Proxy: "none", Receive: func(*Conn, [][]byte, []int) {}})
+		if err == nil || !strings.Contains(err.Error(), "503") {
+			t.Fatalf("Dial to a server full of authenticated connections = %v, want 503", err)
+		}
+	}
+	// An eviction would have closed its victim before the upgrade was answered.
+	checkOpen(t, "authenticated connection", servers...)
+	if st := srv.Stats(); st.RejectedFull != 3 || st.Evicted != 0 || st.Active != maxConns || st.Closed != 0 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+// TestEvictionSkipsAuthenticated: the connection evicted is the oldest unauthenticated
+// one, never an older authenticated one; once only authenticated ones are left, 503.
+func TestEvictionSkipsAuthenticated(t *testing.T) {
+	const maxConns = 4
+	srv, conns := startServer(t, func(c *ServerConfig) { c.MaxConns = maxConns })
+	// Connections 0 and 2 authenticated, 1 and 3 not.
+	clients, servers := fillServer(t, srv, conns, maxConns)
+	servers[0].MarkAuthenticated()
+	servers[2].MarkAuthenticated()
+
+	dial(t, DialConfig{URL: srv.URL()})
+	n1 := nextConn(t, conns)
+	checkEvicted(t, "connection 1", servers[1], clients[1])
+	checkOpen(t, "connection", servers[0], servers[2], servers[3], n1)
+	n1.MarkAuthenticated()
+
+	dial(t, DialConfig{URL: srv.URL()})
+	n2 := nextConn(t, conns)
+	checkEvicted(t, "connection 3", servers[3], clients[3])
+	checkOpen(t, "connection", servers[0], servers[2], n1, n2)
+	n2.MarkAuthenticated()
+
+	_, err := Dial(context.Background(), DialConfig{URL: srv.URL(), Proxy: "none", Receive: func(*Conn, [][]byte, []int) {}})
+	if err == nil || !strings.Contains(err.Error(), "503") {
+		t.Fatalf("Dial with only authenticated connections open = %v, want 503", err)
+	}
+	checkOpen(t, "authenticated connection", servers[0], servers[2], n1, n2)
+	if st := srv.Stats(); st.Evicted != 2 || st.RejectedFull != 1 || st.Active != maxConns || st.Closed != 2 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+// TestEvictionRacesAuthentication: concurrent upgrades, authentications and closes keep
+// the accounting right, never evict a connection that was marked authenticated, and
+// never hold more than MaxConns; run with -race.
+func TestEvictionRacesAuthentication(t *testing.T) {
+	const (
+		maxConns = 4
+		workers  = 8
+		dials    = 25
+	)
+	var (
+		mu      sync.Mutex
+		all     []*Conn
+		marks   sync.WaitGroup
+		srvPtr  atomic.Pointer[Server]
+		tooMany atomic.Int64
+	)
+	srv, err := Listen(ServerConfig{
+		Addr:     "127.0.0.1:0",
+		MaxConns: maxConns,
+		Receive:  func(*Conn, [][]byte, []int) {},
+		OnConnect: func(c *Conn) {
+			if a := srvPtr.Load().Stats().Active; a > maxConns {
+				tooMany.Store(int64(a))
+			}
+			mu.Lock()
+			i := len(all)
+			all = append(all, c)
+			mu.Unlock()
+			if i%2 == 0 {
+				// Authenticate concurrently with the upgrades that may evict c.
+				marks.Go(c.MarkAuthenticated)
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvPtr.Store(srv)
+	defer srv.Close()
+
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			rng := mrand.New(mrand.NewPCG(uint64(w), 7))
+			var held []*Conn
+			defer func() {
+				for _, c := range held {
+					c.Close()
+					<-c.Done()
+				}
+			}()
+			for range dials {
+				ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+				c, err := Dial(ctx, DialConfig{URL: srv.URL(), Proxy: "none", Receive: func(*Conn, [][]byte, []int) {}})
+				cancel()
+				switch {
+				case err != nil && strings.Contains(err.Error(), "503"):
+					if len(held) > 0 { // make room
+						held[0].Close()
+						<-held[0].Done()
+						held = held[1:]
+					}
+				case err != nil:
+					t.Errorf("Dial: %v", err)
+					return
+				default:
+					held = append(held, c)
+					if rng.IntN(3) == 0 {
+						i := rng.IntN(len(held))
+						held[i].Close()
+						held = append(held[:i], held[i+1:]...)
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	marks.Wait()
+	if err := srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if a := tooMany.Load(); a != 0 {
+		t.Errorf("%d connections active, MaxConns %d", a, maxConns)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	var evicted uint64
+	for i, c := range all {
+		wait(t, c.Done(), "every server connection to finish")
+		if errors.Is(c.Err(), ErrEvicted) {
+			evicted++
+			if c.Authenticated() {
+				t.Errorf("connection %d evicted although authenticated", i)
+			}
+		}
+	}
+	st := srv.Stats()
+	if st.Evicted != evicted || st.Accepted != uint64(len(all)) || st.Closed != st.Accepted || st.Active != 0 {
+		t.Errorf("stats %+v; %d connections, %d evicted", st, len(all), evicted)
+	}
+	if evicted == 0 {
+		t.Error("no connection was evicted; the test did not exercise eviction")
+	}
+	t.Logf("stats %+v", st)
 }
 
 func TestAuthTimeout(t *testing.T) {
