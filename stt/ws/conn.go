@@ -164,7 +164,8 @@ func putMsg(m *outMsg) {
 // Dial (client side). Its methods are safe for concurrent use.
 type Conn struct {
 	ws     *websocket.Conn
-	srv    *Server // nil on the client side
+	cork   *corkConn // gathers a run of messages into one write; nil if not ours
+	srv    *Server   // nil on the client side
 	opts   options
 	remote netip.AddrPort
 	name   string
@@ -473,16 +474,36 @@ func (c *Conn) writeLoop() {
 		case <-c.stop:
 			return
 		case m := <-c.sendq:
-			err := c.ws.Write(ctx, websocket.MessageBinary, m.b)
-			if err != nil {
-				putMsg(m)
-				c.fail(reasonError, fmt.Errorf("ws: write to %s: %w", c.name, err))
-				return
+			// Write what is queued as one run: corked, the run leaves in one write
+			// instead of one or more per message (see corkConn).
+			if c.cork != nil {
+				c.cork.cork()
 			}
-			c.messagesOut.Add(1)
-			c.recordsOut.Add(uint64(m.records))
-			c.bytesOut.Add(uint64(len(m.b) - recordHeaderLen*m.records))
-			putMsg(m)
+			for m != nil {
+				err := c.ws.Write(ctx, websocket.MessageBinary, m.b)
+				if err != nil {
+					putMsg(m)
+					c.fail(reasonError, fmt.Errorf("ws: write to %s: %w", c.name, err))
+					return
+				}
+				c.messagesOut.Add(1)
+				c.recordsOut.Add(uint64(m.records))
+				c.bytesOut.Add(uint64(len(m.b) - recordHeaderLen*m.records))
+				putMsg(m)
+				m = nil
+				if c.cork != nil {
+					select {
+					case m = <-c.sendq:
+					default:
+					}
+				}
+			}
+			if c.cork != nil {
+				if err := c.cork.uncork(); err != nil {
+					c.fail(reasonError, fmt.Errorf("ws: write to %s: %w", c.name, err))
+					return
+				}
+			}
 		}
 	}
 }

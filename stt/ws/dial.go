@@ -133,6 +133,7 @@ func Dial(ctx context.Context, cfg DialConfig) (*Conn, error) {
 	var (
 		peerMu sync.Mutex
 		peer   net.Addr
+		cork   *corkConn
 	)
 	dialer := &net.Dialer{KeepAlive: 30 * time.Second}
 	if cfg.FwMark != 0 {
@@ -149,10 +150,12 @@ func Dial(ctx context.Context, cfg DialConfig) (*Conn, error) {
 			if err != nil {
 				return nil, err
 			}
+			cc := &corkConn{Conn: nc}
 			peerMu.Lock()
 			peer = nc.RemoteAddr()
+			cork = cc
 			peerMu.Unlock()
-			return nc, nil
+			return cc, nil
 		},
 		TLSClientConfig:        tlsConf,
 		TLSHandshakeTimeout:    10 * time.Second,
@@ -191,6 +194,9 @@ func Dial(ctx context.Context, cfg DialConfig) (*Conn, error) {
 		name = u.Scheme + "://" + u.Host + u.EscapedPath() + " via " + proxy.Host
 	}
 	c := newConn(wsc, o, nil, remote, name)
+	peerMu.Lock()
+	c.cork = cork
+	peerMu.Unlock()
 	c.start(0)
 	return c, nil
 }

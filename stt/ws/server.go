@@ -189,12 +189,14 @@ func Listen(cfg ServerConfig) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ws: listen on %s: %w", cfg.Addr, err)
 	}
+	ln = corkListener{ln} // under TLS, so that a run's TLS records go out together
 	if tlsConf != nil {
 		ln = tls.NewListener(ln, tlsConf)
 	}
 	s.ln = ln
 	s.hs = &http.Server{
-		Handler: http.HandlerFunc(s.handle),
+		Handler:     http.HandlerFunc(s.handle),
+		ConnContext: withCork,
 		// No ReadTimeout or WriteTimeout: net/http leaves those deadlines on hijacked
 		// connections. ReadHeaderTimeout also bounds the TLS handshake.
 		ReadHeaderTimeout: ReadHeaderTimeout,
@@ -374,6 +376,7 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 	remote, _ := netip.ParseAddrPort(r.RemoteAddr)
 	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
 	c := newConn(wsc, s.opts, s, remote, s.scheme+"://"+remote.String()+s.cfg.Path)
+	c.cork = corkOf(r.Context())
 
 	s.mu.Lock()
 	if s.closed {
