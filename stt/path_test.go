@@ -62,6 +62,41 @@ func TestFallbackToWebSocketAndBackToUDP(t *testing.T) {
 	keepSending(t, a, b, pa, func() bool { return pa.Path() == PathUDP && pb.Path() == PathUDP })
 }
 
+// TestIdlePeerFallsBackWhenKeepalivesGoUnanswered: with no traffic at all, a peer
+// with persistent keepalives notices that UDP stopped answering them and moves to
+// WebSocket, keeping its session, and its keepalives keep working there.
+func TestIdlePeerFallsBackWhenKeepalivesGoUnanswered(t *testing.T) {
+	timers := Timers{FallbackAfter: 300 * time.Millisecond, ProbeInterval: time.Hour, Tick: 20 * time.Millisecond}
+	seed := randKey(t)
+	b := startNode(t, nodeOpts{seed: seed, name: "b", ws: true, timers: timers})
+	a := startNode(t, nodeOpts{seed: seed, name: "a", timers: timers})
+	_, _ = b.AddPeer(PeerConfig{Name: "a"})
+	pa, _ := a.AddPeer(PeerConfig{
+		Name: "b", Endpoint: loopback(b.Node), WSURL: wsURL(b.Node),
+		PersistentKeepalive: 100 * time.Millisecond,
+	})
+	established(t, a, b)
+	s1 := pa.current.Load()
+	// Idle from here on: only keepalives flow, and they are answered over UDP.
+	before := pa.RTT()
+	waitFor(t, 5*time.Second, "a keepalive answered over UDP", func() bool { return pa.RTT() != before && pa.RTT() > 0 })
+	if pa.Path() != PathUDP {
+		t.Fatalf("path %s while UDP works, want udp", pa.Path())
+	}
+
+	a.bind.blocked.Store(true)
+	b.bind.blocked.Store(true)
+	waitFor(t, 10*time.Second, "a on WebSocket with no traffic", func() bool { return pa.Path() == PathWS })
+	if pa.current.Load() != s1 {
+		t.Fatal("moving to WebSocket replaced the session")
+	}
+	pb := b.Peer("a")
+	waitFor(t, 5*time.Second, "b follows to WebSocket", func() bool { return pb.Path() == PathWS })
+	// The keepalives are answered over WebSocket: received frames keep coming in.
+	last := pa.lastRecv.Load()
+	waitFor(t, 5*time.Second, "keepalives answered over WebSocket", func() bool { return pa.lastRecv.Load() > last })
+}
+
 func TestLateWebSocketFramesDoNotUndoReturnToUDP(t *testing.T) {
 	timers := Timers{FallbackAfter: time.Hour, ProbeInterval: time.Hour, Tick: 20 * time.Millisecond}
 	seed := randKey(t)

@@ -35,7 +35,7 @@ type Peer struct {
 	lastSent        atomic.Int64
 	lastRecv        atomic.Int64
 	lastRecvData    atomic.Int64
-	firstUnanswered atomic.Int64 // first data sent since we last heard from the peer
+	firstUnanswered atomic.Int64 // first data or keepalive echo sent since we last heard from the peer
 
 	txBytes, rxBytes     atomic.Uint64
 	txPackets, rxPackets atomic.Uint64
@@ -194,6 +194,11 @@ func (p *Peer) transmit(frames [][]byte, now time.Time, payloadBytes uint64, dat
 	if err := p.node.send(frames, ep); err != nil {
 		p.drops.Add(uint64(len(frames)))
 		p.node.drop(DropSendError)
+		if data {
+			// A path that refuses sends (a local firewall answers EPERM) is as dead
+			// as one that drops them: start the same clock.
+			p.firstUnanswered.CompareAndSwap(0, p.mono(now))
+		}
 		return err
 	}
 	t := p.mono(now)
@@ -620,12 +625,18 @@ func (p *Peer) tick(now time.Time) {
 	passive := p.lastRecvData.Load() > lastSent && nowMono-lastSent >= int64(t.KeepaliveTimeout)
 	persistent := p.cfg.PersistentKeepalive > 0 && nowMono-lastSent >= int64(p.cfg.PersistentKeepalive)
 	var payload []byte
-	if cur.confirmed.Load() && now.Sub(p.lastPing) >= t.RTTProbeInterval && nowMono-p.lastRecv.Load() < int64(t.RTTProbeInterval)*2 {
+	// A persistent keepalive is an echo request: its answer shows the path still works,
+	// and its silence starts the same clock as unanswered data, so that an idle peer
+	// whose UDP dies moves to WebSocket (and, later, re-handshakes) as a busy one does.
+	if persistent || (cur.confirmed.Load() && now.Sub(p.lastPing) >= t.RTTProbeInterval && nowMono-p.lastRecv.Load() < int64(t.RTTProbeInterval)*2) {
 		payload = p.pingPayloadLocked(now, nil)
 	}
 	payload = cur.rel.appendDue(payload, now, p.RTT())
-	if payload != nil || passive || persistent {
+	if payload != nil || passive {
 		p.sendControl(cur, payload)
+		if persistent {
+			p.firstUnanswered.CompareAndSwap(0, nowMono)
+		}
 	}
 }
 
