@@ -235,6 +235,9 @@ func parseProxy(spec string) (*url.URL, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse proxy: %w", err)
 	}
+	if p.Scheme == "https" {
+		return nil, fmt.Errorf("proxy %s: TLS to the proxy is not supported; give its plain HTTP address, http://host:port (wss:// is still encrypted end to end through it)", p.Redacted())
+	}
 	if p.Scheme != "http" || p.Hostname() == "" {
 		return nil, fmt.Errorf("proxy %s: want http://host:port", p.Redacted())
 	}
