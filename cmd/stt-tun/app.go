@@ -79,7 +79,6 @@ Example, on each node:
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
 			return usageError("%v (see 'stt-tun --help')", err)
 		},
-		HideHelpCommand: true,
 	}
 	for _, cmd := range app.Commands {
 		name := cmd.Name
