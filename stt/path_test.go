@@ -114,9 +114,8 @@ func TestLateWebSocketFramesDoNotUndoReturnToUDP(t *testing.T) {
 	pa.lastProbe = time.Now() // no UDP probe for the next hour
 	pa.mu.Unlock()
 	pa.onWS.Store(true)
-	sendOne(t, pa, 1, []byte("over ws"))
 	pb := b.Peer("a")
-	waitFor(t, 5*time.Second, "b on ws", func() bool { return pb.Path() == PathWS })
+	keepSending(t, a, b, pa, func() bool { return pb.Path() == PathWS })
 
 	// a hears from b over UDP (a probe's answer would do the same) and returns to UDP;
 	// b's frames already on their way over the WebSocket must not pull it back.
