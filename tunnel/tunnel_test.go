@@ -134,6 +134,51 @@ func TestSpoofedSourceNeverReachesTun(t *testing.T) {
 	}
 }
 
+// TestPeerCannotUseAnotherPeersAddress: a member that sends with the source address
+// of another member (c, configured on a but silent) is refused like any spoofer: the
+// source must be inside the prefixes of the peer the frame came from, not merely of
+// some peer.
+func TestPeerCannotUseAnotherPeersAddress(t *testing.T) {
+	seed, _ := config.GenerateSeed()
+	seedFile := writeSecret(t, t.TempDir(), "seed", seed)
+	b := startMem(t, seedFile, "b", "10.9.0.2/24", []config.Peer{{
+		Name: "a", AllowedPrefixes: []netip.Prefix{netip.MustParsePrefix("10.9.0.1/32")},
+	}})
+	a := startMem(t, seedFile, "a", "10.9.0.1/24", []config.Peer{
+		{
+			Name:            "b",
+			Endpoint:        fmt.Sprintf("127.0.0.1:%d", b.t.Node().Port()),
+			AllowedPrefixes: []netip.Prefix{netip.MustParsePrefix("10.9.0.2/32")},
+		},
+		{Name: "c", AllowedPrefixes: []netip.Prefix{netip.MustParsePrefix("10.9.0.3/32")}},
+	})
+	hello := ipv4UDP("10.9.0.1", "10.9.0.2", 1, 2, []byte("hi"))
+	a.dev.Inject(hello)
+	expectPacket(t, b.dev, hello)
+
+	asC := ipv4UDP("10.9.0.3", "10.9.0.1", 2, 1, []byte("pretending to be c"))
+	good := ipv4UDP("10.9.0.2", "10.9.0.1", 2, 1, []byte("genuine"))
+	b.dev.Inject(asC, good)
+	expectPacket(t, a.dev, good) // in order: asC was handled first
+	if got := a.t.Counters().SourceDenied; got != 1 {
+		t.Fatalf("source-denied counter %d, want 1", got)
+	}
+	for _, p := range a.t.Status().Peers {
+		want := uint64(0)
+		if p.Name == "b" {
+			want = 1
+		}
+		if p.Drops != want {
+			t.Errorf("peer %s drops %d, want %d (the spoofer is b)", p.Name, p.Drops, want)
+		}
+	}
+	select {
+	case p := <-a.dev.Written():
+		t.Fatalf("unexpected packet reached the tun: %x", p)
+	default:
+	}
+}
+
 func TestNoRouteCounted(t *testing.T) {
 	a, _ := memPair(t)
 	a.dev.Inject(ipv4UDP("10.9.0.1", "172.31.0.1", 1, 2, []byte("nowhere")))
