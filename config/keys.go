@@ -247,7 +247,14 @@ func checkSecretMode(kind, path string, mode fs.FileMode) error {
 	default:
 		return nil
 	}
-	return fmt.Errorf("%s %s is %s by others (mode %04o); run: chmod 600 %s", kind, path, what, perm, shellQuote(path))
+	who := "others"
+	switch g, o := perm&0o060 != 0, perm&0o006 != 0; {
+	case g && o:
+		who = "its group and others"
+	case g:
+		who = "its group"
+	}
+	return fmt.Errorf("%s %s is %s by %s (mode %04o); run: chmod 600 %s", kind, path, what, who, perm, shellQuote(path))
 }
 
 // shellQuote quotes a path for a copy-and-paste command when it needs it.

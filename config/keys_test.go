@@ -107,12 +107,12 @@ func TestSecretFilePermissions(t *testing.T) {
 		{0o400, ""},
 		{0o700, ""},
 		{0o610, ""}, // group execute only: nothing to read or write
-		{0o644, "is readable by others (mode 0644); run: chmod 600 "},
-		{0o640, "is readable by others (mode 0640)"},
+		{0o644, "is readable by its group and others (mode 0644); run: chmod 600 "},
+		{0o640, "is readable by its group (mode 0640)"},
 		{0o604, "is readable by others (mode 0604)"},
-		{0o620, "is writable by others (mode 0620)"},
+		{0o620, "is writable by its group (mode 0620)"},
 		{0o602, "is writable by others (mode 0602)"},
-		{0o666, "is readable and writable by others (mode 0666)"},
+		{0o666, "is readable and writable by its group and others (mode 0666)"},
 	}
 	for _, c := range cases {
 		for _, kind := range []string{"seed file", "key file"} {
@@ -145,12 +145,12 @@ func TestSecretFilePermissions(t *testing.T) {
 
 func TestPermissionMessageExact(t *testing.T) {
 	err := checkSecretMode("seed file", "/x/seed", 0o644)
-	want := "seed file /x/seed is readable by others (mode 0644); run: chmod 600 /x/seed"
+	want := "seed file /x/seed is readable by its group and others (mode 0644); run: chmod 600 /x/seed"
 	if err == nil || err.Error() != want {
 		t.Errorf("got %v\nwant %s", err, want)
 	}
 	err = checkSecretMode("key file", "/x/my key", 0o660)
-	want = "key file /x/my key is readable and writable by others (mode 0660); run: chmod 600 '/x/my key'"
+	want = "key file /x/my key is readable and writable by its group (mode 0660); run: chmod 600 '/x/my key'"
 	if err == nil || err.Error() != want {
 		t.Errorf("got %v\nwant %s", err, want)
 	}

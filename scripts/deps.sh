@@ -17,6 +17,7 @@ have nft       || need+=(nftables)
 have ip        || need+=(iproute2)
 have nginx     || need+=(nginx)
 have tinyproxy || need+=(tinyproxy)
+have sysctl    || need+=(procps)
 ((${#need[@]})) || exit 0
 
 if [ "$(id -u)" != 0 ]; then
