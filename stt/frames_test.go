@@ -1,6 +1,7 @@
 package stt
 
 import (
+	"bytes"
 	"encoding/hex"
 	"encoding/json"
 	"os"
@@ -131,8 +132,8 @@ func TestGoldenFrames(t *testing.T) {
 
 // fuzzNode returns a node that is not listening, with one live session whose keys are
 // fixed, so fuzzed frames can reach every stage of the receive path.
-func fuzzNode(tb testing.TB) (*Node, *session) {
-	n, err := New(Config{Seed: fixedKey(1), PrivateKey: fixedKey(2), Name: "fuzz", Handler: nopHandler{}, Bind: conn.NewStdNetBind()})
+func fuzzNode(tb testing.TB, h Handler) (*Node, *session) {
+	n, err := New(Config{Seed: fixedKey(1), PrivateKey: fixedKey(2), Name: "fuzz", Handler: h, Bind: conn.NewStdNetBind()})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -150,9 +151,14 @@ func fuzzNode(tb testing.TB) (*Node, *session) {
 	return n, s
 }
 
-type nopHandler struct{}
+// recordHandler keeps copies of what the node delivers.
+type recordHandler struct{ got [][]byte }
 
-func (nopHandler) Deliver(*Inbound) {}
+func (h *recordHandler) Deliver(in *Inbound) {
+	for i := 0; i < in.N; i++ {
+		h.got = append(h.got, bytes.Clone(in.Bufs[i][Headroom:Headroom+in.Sizes[i]]))
+	}
+}
 
 // FuzzReceive feeds arbitrary datagrams to the node's receive path: nothing may panic,
 // and nothing but a frame sealed with the session's key may be delivered.
@@ -180,12 +186,30 @@ func FuzzReceive(f *testing.F) {
 		if len(msg) > wire.MaxMessageLen {
 			return
 		}
-		n, _ := fuzzNode(t)
+		h := &recordHandler{}
+		n, _ := fuzzNode(t, h)
 		buf := make([]byte, BufferSize)
 		copy(buf[recvBase:], msg)
 		in := &Inbound{Bufs: make([][]byte, 1), Sizes: make([]int, 1), Peers: make([]*Peer, 1), Streams: make([]uint16, 1)}
 		ep, _ := n.bind.ParseEndpoint("127.0.0.1:9")
 		n.receiveBatch([][]byte{buf}, [][]byte{buf[recvBase:]}, []int{len(msg)}, []conn.Endpoint{ep}, in, new([12]byte), nil)
+		if len(h.got) == 0 {
+			return
+		}
+		// Something was delivered: msg must be a data frame sealed with the session's
+		// key, and what was delivered exactly its plaintext.
+		hdr, err := wire.ParseHeader(msg)
+		if err != nil || msg[0] != wire.TypeData || hdr.Stream == wire.ControlStream {
+			t.Fatalf("delivered %d datagrams from a message that is no data frame: %x", len(h.got), msg)
+		}
+		v, _ := newSession(nil, 0x11223344, 0x55667788, false, wire.CipherChaCha20Poly1305, &k, &k, time.Now())
+		plain, err := v.open(bytes.Clone(msg), hdr.Counter, new([12]byte))
+		if err != nil {
+			t.Fatalf("delivered a frame that does not open under the session's key: %x", msg)
+		}
+		if len(h.got) != 1 || !bytes.Equal(h.got[0], plain) {
+			t.Fatalf("delivered %q, want exactly the plaintext %q", h.got, plain)
+		}
 	})
 }
 
