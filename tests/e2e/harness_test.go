@@ -512,13 +512,14 @@ func (n *node) down() string {
 // statusJSON mirrors tunnel.Status as `status --json` prints it. It is decoded from
 // the JSON, not shared with the Go type, so that a renamed field fails here.
 type statusJSON struct {
-	Interface  string     `json:"interface"`
-	NodeName   string     `json:"node_name"`
-	PublicKey  string     `json:"public_key"`
-	ListenPort int        `json:"listen_port"`
-	MTU        int        `json:"mtu"`
-	Addresses  []string   `json:"addresses"`
-	Peers      []peerJSON `json:"peers"`
+	Interface  string            `json:"interface"`
+	NodeName   string            `json:"node_name"`
+	PublicKey  string            `json:"public_key"`
+	ListenPort int               `json:"listen_port"`
+	MTU        int               `json:"mtu"`
+	Addresses  []string          `json:"addresses"`
+	Peers      []peerJSON        `json:"peers"`
+	Counters   map[string]uint64 `json:"counters"`
 }
 
 type peerJSON struct {

@@ -362,8 +362,10 @@ func TestExitPeer(t *testing.T) {
 func TestSourceFilter(t *testing.T) {
 	t.Parallel()
 	_, a, b, seed := pair(t)
+	// alpha also knows gamma (never started): beta must not borrow gamma's addresses.
 	a.writeConfig(nodeConf{addresses: tunA, seedFile: seed, peers: []peerConf{
 		{name: "beta", endpoint: endpointB, allowed: allowB},
+		{name: "gamma", allowed: []string{"10.99.0.3/32", "fd99::3/128"}},
 	}})
 	b.writeConfig(nodeConf{addresses: tunB, seedFile: seed, peers: []peerConf{
 		{name: "alpha", allowed: allowA},
@@ -373,9 +375,13 @@ func TestSourceFilter(t *testing.T) {
 	waitPing(t, a.ns, "10.99.0.2")
 	waitPing(t, a.ns, "fd99::2")
 
-	// beta gets addresses alpha does not allow for it.
-	mustIn(t, b.ns, "ip", "addr", "add", "10.99.0.66/32", "dev", linkName)
-	mustIn(t, b.ns, "ip", "addr", "add", "fd99::66/128", "dev", linkName, "nodad")
+	// beta gets addresses alpha does not allow for it: of no peer, and gamma's.
+	for _, addr := range []string{"10.99.0.66/32", "10.99.0.3/32"} {
+		mustIn(t, b.ns, "ip", "addr", "add", addr, "dev", linkName)
+	}
+	for _, addr := range []string{"fd99::66/128", "fd99::3/128"} {
+		mustIn(t, b.ns, "ip", "addr", "add", addr, "dev", linkName, "nodad")
+	}
 
 	ln, err := a.ns.ListenPacket("udp", ":0")
 	if err != nil {
@@ -400,18 +406,21 @@ func TestSourceFilter(t *testing.T) {
 	}
 
 	const n = 20
-	rx0 := a.mustStatus().peer(t, "beta").RxPackets
+	st0 := a.mustStatus()
+	rx0, drops0, denied0 := st0.peer(t, "beta").RxPackets, st0.peer(t, "beta").Drops, st0.Counters["tunnel_source_denied"]
 	send("10.99.0.66", "10.99.0.1", "forbidden", n)
 	send("fd99::66", "fd99::1", "forbidden", n)
+	send("10.99.0.3", "10.99.0.1", "forbidden-as-gamma", n)
+	send("fd99::3", "fd99::1", "forbidden-as-gamma", n)
 	// They reached alpha's tunnel (received and decrypted from beta)...
 	ctx, cancel := context.WithTimeout(context.Background(), reachTimeout)
 	defer cancel()
 	var rx uint64
 	if err := nslab.WaitFor(ctx, func() bool {
 		rx = a.mustStatus().peer(t, "beta").RxPackets
-		return rx >= rx0+2*n
+		return rx >= rx0+4*n
 	}); err != nil {
-		t.Fatalf("alpha received %d packets from beta, want at least %d: the forbidden packets never reached alpha, so this test proves nothing", rx-rx0, 2*n)
+		t.Fatalf("alpha received %d packets from beta, want at least %d: the forbidden packets never reached alpha, so this test proves nothing", rx-rx0, 4*n)
 	}
 	// ...then allowed ones follow; the listener must see only those.
 	send("10.99.0.2", "10.99.0.1", "allowed4", 1)
@@ -434,10 +443,19 @@ func TestSourceFilter(t *testing.T) {
 	}
 	if len(leaked) > 0 {
 		t.Errorf("alpha delivered %d of %d packets whose source is outside beta's allowed prefixes %v, e.g. %s",
-			len(leaked), 2*n, allowB, leaked[0])
+			len(leaked), 4*n, allowB, leaked[0])
 	}
-	// Not an assertion: status has no counter for source-filtered packets yet.
-	t.Logf("alpha's status after %d source-filtered packets: drops = %d for beta", 2*n, a.mustStatus().peer(t, "beta").Drops)
+	// Each refused packet is counted once, against beta, the peer that sent it.
+	st := a.mustStatus()
+	if d := st.Counters["tunnel_source_denied"] - denied0; d != 4*n {
+		t.Errorf("tunnel_source_denied rose by %d, want %d", d, 4*n)
+	}
+	if d := st.peer(t, "beta").Drops - drops0; d != 4*n {
+		t.Errorf("beta's drops rose by %d, want %d", d, 4*n)
+	}
+	if d := st.peer(t, "gamma").Drops; d != 0 {
+		t.Errorf("gamma's drops are %d, want 0: beta's spoofing is not gamma's", d)
+	}
 }
 
 // TestBrokenConfigs: up refuses each broken file with one line on stderr that says
