@@ -20,6 +20,7 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 
 	"github.com/stt-tun/stt-tun/stt/handshake"
+	"github.com/stt-tun/stt-tun/stt/udp"
 	"github.com/stt-tun/stt-tun/stt/wire"
 	"github.com/stt-tun/stt-tun/stt/ws"
 )
@@ -72,7 +73,7 @@ type Config struct {
 	Logger     *slog.Logger
 	Handler    Handler
 	Extension  ExtensionFunc
-	Bind       conn.Bind // nil = UDP on all addresses (wireguard/conn StdNetBind)
+	Bind       conn.Bind // nil = UDP on all addresses (stt/udp)
 	Timers     Timers
 	// DisableAES keeps this node from offering AES-256-GCM even with hardware AES.
 	DisableAES bool
@@ -155,7 +156,7 @@ func New(cfg Config) (*Node, error) {
 	n.hs = hs
 	n.bind = cfg.Bind
 	if n.bind == nil {
-		n.bind = conn.NewStdNetBind()
+		n.bind = udp.New()
 	}
 	return n, nil
 }
@@ -492,9 +493,14 @@ func (n *Node) receiveBatch(bufs, rx [][]byte, sizes []int, eps []conn.Endpoint,
 	clear(eps[:len(sizes)])
 }
 
+// addrPortOf is an endpoint's address: from its AddrPort method where it has one
+// (stt/udp's endpoints do), from StdNetBind's field, else parsed from its text.
 func addrPortOf(ep conn.Endpoint) netip.AddrPort {
-	if se, ok := ep.(*conn.StdNetEndpoint); ok {
-		return se.AddrPort
+	switch e := ep.(type) {
+	case interface{ AddrPort() netip.AddrPort }:
+		return e.AddrPort()
+	case *conn.StdNetEndpoint:
+		return e.AddrPort
 	}
 	ap, _ := netip.ParseAddrPort(ep.DstToString())
 	return ap
