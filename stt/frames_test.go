@@ -12,6 +12,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/conn"
 
+	"github.com/stt-tun/stt-tun/stt/udp"
 	"github.com/stt-tun/stt-tun/stt/wire"
 )
 
@@ -133,7 +134,7 @@ func TestGoldenFrames(t *testing.T) {
 // fuzzNode returns a node that is not listening, with one live session whose keys are
 // fixed, so fuzzed frames can reach every stage of the receive path.
 func fuzzNode(tb testing.TB, h Handler) (*Node, *session) {
-	n, err := New(Config{Seed: fixedKey(1), PrivateKey: fixedKey(2), Name: "fuzz", Handler: h, Bind: conn.NewStdNetBind()})
+	n, err := New(Config{Seed: fixedKey(1), PrivateKey: fixedKey(2), Name: "fuzz", Handler: h, Bind: udp.New()})
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 
 	"github.com/stt-tun/stt-tun/stt/handshake"
+	"github.com/stt-tun/stt-tun/stt/udp"
 	"github.com/stt-tun/stt-tun/stt/wire"
 )
 
@@ -140,7 +141,7 @@ func startNode(t testing.TB, o nodeOpts) *testNode {
 	if o.handler != nil {
 		handler = o.handler
 	}
-	b := &captureBind{Bind: conn.NewStdNetBind()}
+	b := &captureBind{Bind: udp.New()}
 	var bind conn.Bind = b
 	if o.noCap {
 		bind = b.Bind
