@@ -115,6 +115,10 @@ type Node struct {
 	wsServer *ws.Server
 	wsStates sync.Pool // *wsRecvState
 	wsEPs    wsEndpoints
+
+	// resolver, when set (by tests), looks up endpoints given as a host name instead
+	// of the system's resolver.
+	resolver func(ctx context.Context, hostport string) (netip.AddrPort, error)
 }
 
 // New creates a node. Nothing is opened until Start.
@@ -336,7 +340,15 @@ func (n *Node) Stats() Stats {
 
 func (n *Node) drop(r DropReason) { n.ctr.drops[r].Add(1) }
 
+// resolve looks up a peer's endpoint, HOST:PORT, where HOST is an IP address or a
+// name. It takes as long as the system's resolver does: callers that must not wait
+// long use resolveContext.
 func (n *Node) resolve(hostport string) (netip.AddrPort, error) {
+	return n.resolveContext(context.Background(), hostport)
+}
+
+// resolveContext is resolve with the lookup of a name bounded by ctx.
+func (n *Node) resolveContext(ctx context.Context, hostport string) (netip.AddrPort, error) {
 	if ap, err := netip.ParseAddrPort(hostport); err == nil {
 		return ap, nil
 	}
@@ -344,12 +356,30 @@ func (n *Node) resolve(hostport string) (netip.AddrPort, error) {
 	if err != nil {
 		return netip.AddrPort{}, fmt.Errorf("endpoint %q: %w", hostport, err)
 	}
-	ua, err := net.ResolveUDPAddr("udp", net.JoinHostPort(host, port))
+	if n.resolver != nil {
+		return n.resolver(ctx, hostport)
+	}
+	r := net.DefaultResolver
+	pn, err := r.LookupPort(ctx, "udp", port)
 	if err != nil {
 		return netip.AddrPort{}, fmt.Errorf("resolve endpoint %q: %w", hostport, err)
 	}
-	ap := ua.AddrPort()
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+	ips, err := r.LookupNetIP(ctx, "ip", host)
+	if err == nil && len(ips) == 0 {
+		err = errors.New("no address")
+	}
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("resolve endpoint %q: %w", hostport, err)
+	}
+	// As net.ResolveUDPAddr chooses: the first IPv4 address, else the first.
+	ip := ips[0].Unmap()
+	for _, a := range ips {
+		if a.Unmap().Is4() {
+			ip = a.Unmap()
+			break
+		}
+	}
+	return netip.AddrPortFrom(ip, uint16(pn)), nil
 }
 
 // kick wakes the timer loop so that a handshake starts without waiting for a tick.

@@ -62,6 +62,7 @@ type Peer struct {
 	wsDialing     bool
 	wsDialFails   int
 	wsDialFailed  time.Time
+	resolving     bool // a lookup of cfg.Endpoint runs in the background
 }
 
 // initiation is a handshake this node started, kept until it completes or is replaced.
@@ -594,9 +595,7 @@ func (p *Peer) tick(now time.Time) {
 		need = true
 		p.firstUnanswered.Store(0)
 		if p.cfg.Endpoint != "" {
-			if ap, err := n.resolve(p.cfg.Endpoint); err == nil && ap != p.Endpoint() {
-				_ = p.setEndpoint(ap)
-			}
+			p.reresolveLocked()
 		}
 	}
 	if p.cfg.PersistentKeepalive > 0 && cur == nil {
@@ -638,6 +637,59 @@ func (p *Peer) tick(now time.Time) {
 			p.firstUnanswered.CompareAndSwap(0, nowMono)
 		}
 	}
+}
+
+// resolveTimeout bounds one background lookup of a peer's endpoint name.
+const resolveTimeout = 5 * time.Second
+
+// reresolveLocked looks the peer's configured endpoint name up again, in the
+// background: a slow or dead DNS server must hold up neither the timer loop, which runs
+// every peer's timers, nor this peer's lock, which Send takes to queue. At most one
+// lookup runs per peer. Its result becomes the peer's UDP address only if the
+// configured endpoint is still the name looked up (a reload may have changed it) and
+// the peer was not removed; the handshake in flight is then sent there at once. An IP
+// address needs no lookup. Called with p.mu held.
+func (p *Peer) reresolveLocked() {
+	name := p.cfg.Endpoint
+	if p.resolving || p.removed || name == "" {
+		return
+	}
+	if _, err := netip.ParseAddrPort(name); err == nil {
+		return
+	}
+	n := p.node
+	if n.ctx == nil || n.ctx.Err() != nil {
+		return
+	}
+	p.resolving = true
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		ctx, cancel := context.WithTimeout(n.ctx, resolveTimeout)
+		ap, err := n.resolveContext(ctx, name)
+		cancel()
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		p.resolving = false
+		if err != nil {
+			// Peer addresses are logged at debug level only.
+			n.log.Debug("endpoint lookup failed; keeping the address", "peer", p.cfg.Name, "err", err)
+			return
+		}
+		if p.removed || p.cfg.Endpoint != name || ap == p.UDPEndpoint() {
+			return
+		}
+		if err := p.setEndpoint(ap); err != nil {
+			n.log.Debug("endpoint lookup gave an unusable address", "peer", p.cfg.Name, "err", err)
+			return
+		}
+		n.log.Debug("endpoint name now has another address", "peer", p.cfg.Name, "endpoint", name, "addr", ap)
+		if p.init != nil {
+			// Retransmit the handshake to the new address now, not at its next retry.
+			p.init.nextRetry = time.Now()
+			n.kick()
+		}
+	}()
 }
 
 // pingPayloadLocked builds a PING whose answer reports to ch (may be nil).

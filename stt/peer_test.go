@@ -1,0 +1,252 @@
+package stt
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// gatedResolver stands in for DNS: it answers endpoint names from a table, and while
+// its gate is closed every lookup waits for the test to open it (or for its context).
+type gatedResolver struct {
+	mu      sync.Mutex
+	addrs   map[string]netip.AddrPort
+	gate    chan struct{} // nil = answer at once
+	once    *sync.Once
+	entered chan string // the name of each lookup, as it starts
+
+	calls, inflight, maxInflight atomic.Int32
+}
+
+func newGatedResolver() *gatedResolver {
+	return &gatedResolver{addrs: make(map[string]netip.AddrPort), entered: make(chan string, 64)}
+}
+
+func (r *gatedResolver) set(name string, ap netip.AddrPort) {
+	r.mu.Lock()
+	r.addrs[name] = ap
+	r.mu.Unlock()
+}
+
+// close makes lookups wait until open.
+func (r *gatedResolver) close() {
+	r.mu.Lock()
+	r.gate, r.once = make(chan struct{}), new(sync.Once)
+	r.mu.Unlock()
+}
+
+// open lets waiting and later lookups through. It may be called more than once.
+func (r *gatedResolver) open() {
+	r.mu.Lock()
+	gate, once := r.gate, r.once
+	r.mu.Unlock()
+	if gate != nil {
+		once.Do(func() { close(gate) })
+	}
+}
+
+func (r *gatedResolver) resolve(ctx context.Context, hostport string) (netip.AddrPort, error) {
+	r.calls.Add(1)
+	k := r.inflight.Add(1)
+	defer r.inflight.Add(-1)
+	for m := r.maxInflight.Load(); k > m && !r.maxInflight.CompareAndSwap(m, k); m = r.maxInflight.Load() {
+	}
+	r.entered <- hostport
+	r.mu.Lock()
+	gate := r.gate
+	r.mu.Unlock()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return netip.AddrPort{}, ctx.Err()
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ap, ok := r.addrs[hostport]
+	if !ok {
+		return netip.AddrPort{}, errors.New("no such host")
+	}
+	return ap, nil
+}
+
+// waitLookups waits for a lookup of each name to start, in any order.
+func (r *gatedResolver) waitLookups(t *testing.T, names ...string) {
+	t.Helper()
+	want := make(map[string]int)
+	for _, n := range names {
+		want[n]++
+	}
+	deadline := time.After(10 * time.Second)
+	for range names {
+		select {
+		case got := <-r.entered:
+			if want[got] == 0 {
+				t.Fatalf("lookup of %q, want one of %q", got, names)
+			}
+			want[got]--
+		case <-deadline:
+			t.Fatalf("lookups of %q did not all start", names)
+		}
+	}
+}
+
+// TestEndpointLookupHoldsUpNoTimers: a peer that went quiet has its endpoint name looked
+// up again, and while that lookup hangs (a dead DNS server) the other peers' handshakes
+// and traffic go on, the quiet peer's lock is free, and no second lookup starts. When
+// the answer comes, it is the peer's new address.
+func TestEndpointLookupHoldsUpNoTimers(t *testing.T) {
+	seed := randKey(t)
+	timers := Timers{DeadPeerTimeout: 300 * time.Millisecond}
+	a := startNode(t, nodeOpts{seed: seed, name: "a", timers: timers})
+	b1 := startNode(t, nodeOpts{seed: seed, name: "b", timers: timers})
+	// b2 is b after it moved to another address.
+	b2 := startNode(t, nodeOpts{seed: seed, name: "b", key: &b1.key, timers: timers})
+	c := startNode(t, nodeOpts{seed: seed, name: "c", timers: timers})
+	for _, x := range []*testNode{b1, b2, c} {
+		if _, err := x.AddPeer(PeerConfig{Name: "a"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := newGatedResolver()
+	t.Cleanup(r.open) // before the nodes close, which waits for their lookups
+	const name = "b.test:51900"
+	b1Addr := netip.MustParseAddrPort(loopback(b1.Node))
+	b2Addr := netip.MustParseAddrPort(loopback(b2.Node))
+	r.set(name, b1Addr)
+	a.resolver = r.resolve
+	pb, err := a.AddPeer(PeerConfig{Name: "b", Endpoint: name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.waitLookups(t, name)
+	pc, err := a.AddPeer(PeerConfig{Name: "c", Endpoint: loopback(c.Node)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	established(t, a, b1)
+	oldID := sessionOf(t, pb)
+
+	// b moves: the old address goes silent, and its name, looked up again, hangs.
+	r.close()
+	r.set(name, b2Addr)
+	b1.bind.blocked.Store(true)
+	// Unanswered data starts the dead-peer clock; it is sent again until the lookup
+	// starts, since frames b sent before it went silent (its first PING, say) may still
+	// be arriving and stop that clock.
+	deadline := time.After(10 * time.Second)
+	for looking := false; !looking; {
+		sendOne(t, pb, 0, []byte("into the void"))
+		select {
+		case got := <-r.entered:
+			if got != name {
+				t.Fatalf("lookup of %q, want %q", got, name)
+			}
+			looking = true
+		case <-time.After(timers.DeadPeerTimeout / 2):
+		case <-deadline:
+			t.Fatal("no lookup for a peer that stopped answering")
+		}
+	}
+
+	locked := make(chan struct{})
+	go func() {
+		pb.LastHandshake() // takes the peer's lock, as Send does to queue
+		close(locked)
+	}()
+	select {
+	case <-locked:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the quiet peer's lock is held during the lookup")
+	}
+	// Another dead-peer check while the lookup runs starts no second one.
+	pb.mu.Lock()
+	pb.reresolveLocked()
+	pb.mu.Unlock()
+	// An IP address is not looked up.
+	pc.mu.Lock()
+	pc.reresolveLocked()
+	lit := pc.resolving
+	pc.mu.Unlock()
+	if lit {
+		t.Fatal("a lookup started for an IP address endpoint")
+	}
+	// A handshake with c needs the timer loop.
+	sendOne(t, pc, 0, []byte("c is reachable while b's name hangs"))
+	c.h.waitCount(t, 1, 5*time.Second)
+	if got := r.inflight.Load(); got != 1 {
+		t.Fatalf("%d lookups in flight after c's handshake, want the one still waiting", got)
+	}
+
+	r.open()
+	waitFor(t, 5*time.Second, "the new address", func() bool { return pb.UDPEndpoint() == b2Addr })
+	waitFor(t, 5*time.Second, "a session with b at its new address", func() bool {
+		// Until the new session is confirmed, data still goes out under the old one.
+		s := pb.current.Load()
+		return s != nil && s.localIndex != oldID && s.confirmed.Load()
+	})
+	sendOne(t, pb, 0, []byte("at the new address"))
+	b2.h.waitCount(t, 1, 5*time.Second)
+	if got := r.maxInflight.Load(); got != 1 {
+		t.Fatalf("%d lookups of one peer's endpoint ran at once, want 1", got)
+	}
+	if got := r.calls.Load(); got != 2 {
+		t.Fatalf("%d lookups, want 2 (AddPeer, then one for the quiet peer)", got)
+	}
+}
+
+// TestStaleEndpointLookupNotApplied: a lookup that ends after a reload changed the
+// peer's endpoint, or after the peer was removed, changes nothing.
+func TestStaleEndpointLookupNotApplied(t *testing.T) {
+	a := startNode(t, nodeOpts{seed: randKey(t), name: "a"})
+	r := newGatedResolver()
+	t.Cleanup(r.open)
+	a.resolver = r.resolve
+	first := netip.MustParseAddrPort("127.0.0.1:9")
+	r.set("b.test:9", first)
+	r.set("c.test:9", first)
+	pb, err := a.AddPeer(PeerConfig{Name: "b", Endpoint: "b.test:9"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, err := a.AddPeer(PeerConfig{Name: "c", Endpoint: "c.test:9"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.waitLookups(t, "b.test:9", "c.test:9")
+
+	r.close()
+	stale := netip.MustParseAddrPort("127.0.0.1:7")
+	r.set("b.test:9", stale)
+	r.set("c.test:9", stale)
+	for _, p := range []*Peer{pb, pc} {
+		p.mu.Lock()
+		p.reresolveLocked()
+		p.mu.Unlock()
+	}
+	r.waitLookups(t, "b.test:9", "c.test:9")
+	reloaded := netip.MustParseAddrPort("127.0.0.1:13")
+	if err := pb.Update(PeerConfig{Name: "b", Endpoint: reloaded.String()}); err != nil {
+		t.Fatal(err)
+	}
+	a.RemovePeer("c")
+	r.open()
+	for _, p := range []*Peer{pb, pc} {
+		waitFor(t, 5*time.Second, "the lookup to end", func() bool {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			return !p.resolving
+		})
+	}
+	if got := pb.UDPEndpoint(); got != reloaded {
+		t.Fatalf("endpoint %s after a reload to %s and a stale lookup", got, reloaded)
+	}
+	if got := pc.UDPEndpoint(); got != first {
+		t.Fatalf("a removed peer's endpoint changed to %s", got)
+	}
+}
