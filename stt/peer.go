@@ -242,6 +242,11 @@ func (p *Peer) flushQueueLocked(s *session) {
 	p.queue = nil
 	first, ok := s.reserve(len(q), p.node.timers.RejectAfterMessages)
 	if !ok {
+		// The session may not seal that many (only with a REJECT_AFTER_MESSAGES
+		// lowered below the queue's length): the datagrams are lost, and counted as
+		// those a full queue pushes out are.
+		p.drops.Add(uint64(len(q)))
+		p.node.ctr.drops[DropNoSession].Add(uint64(len(q)))
 		return
 	}
 	nonce := p.node.getNonce()

@@ -2,7 +2,9 @@ package stt
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
+	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -248,5 +250,127 @@ func TestStaleEndpointLookupNotApplied(t *testing.T) {
 	}
 	if got := pc.UDPEndpoint(); got != first {
 		t.Fatalf("a removed peer's endpoint changed to %s", got)
+	}
+}
+
+// seqDatagrams builds datagrams from..to-1, each holding its number.
+func seqDatagrams(from, to int) ([][]byte, []uint16) {
+	pkts := make([][]byte, 0, to-from)
+	flows := make([]uint16, 0, to-from)
+	for i := from; i < to; i++ {
+		var b [4]byte
+		binary.BigEndian.PutUint32(b[:], uint32(i))
+		pkts = append(pkts, datagram(b[:]))
+		flows = append(flows, uint16(i))
+	}
+	return pkts, flows
+}
+
+// TestHandshakeQueueKeepsNewestMaxQueued: while no handshake completes, a peer holds
+// the newest MaxQueued datagrams and counts each older one it drops; when a session
+// comes up, exactly those are delivered, in the order they were sent.
+func TestHandshakeQueueKeepsNewestMaxQueued(t *testing.T) {
+	seed := randKey(t)
+	timers := Timers{HandshakeRetry: 100 * time.Millisecond, HandshakeRetryMax: 200 * time.Millisecond}
+	a := startNode(t, nodeOpts{seed: seed, name: "a", timers: timers})
+	// Nothing answers there: a socket the test holds and never reads.
+	silent, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = silent.Close() })
+	pb, err := a.AddPeer(PeerConfig{Name: "b", Endpoint: silent.LocalAddr().String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const total = MaxQueued + 44
+	for i := 0; i < total; i += 50 {
+		pkts, flows := seqDatagrams(i, min(i+50, total))
+		if err := pb.Send(pkts, flows); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pb.mu.Lock()
+	queued := len(pb.queue)
+	pb.mu.Unlock()
+	if queued != MaxQueued {
+		t.Fatalf("%d datagrams queued, want %d", queued, MaxQueued)
+	}
+	if got := pb.Stats().Drops; got != total-MaxQueued {
+		t.Fatalf("peer drops %d, want %d", got, total-MaxQueued)
+	}
+	if got := a.Stats().Drops[DropNoSession]; got != total-MaxQueued {
+		t.Fatalf("node no_session drops %d, want %d", got, total-MaxQueued)
+	}
+	waitFor(t, 5*time.Second, "a HELLO retransmitted, unanswered", func() bool { return a.Stats().HandshakesStarted >= 2 })
+	if pb.HasSession() {
+		t.Fatal("a session with a socket that never answers")
+	}
+	pb.mu.Lock()
+	queued = len(pb.queue)
+	pb.mu.Unlock()
+	if queued != MaxQueued {
+		t.Fatalf("%d datagrams queued while the handshake runs, want %d", queued, MaxQueued)
+	}
+
+	// The peer turns up at another address.
+	b := startNode(t, nodeOpts{seed: seed, name: "b", timers: timers})
+	if _, err := b.AddPeer(PeerConfig{Name: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := pb.Update(PeerConfig{Name: "b", Endpoint: loopback(b.Node)}); err != nil {
+		t.Fatal(err)
+	}
+	b.h.waitCount(t, MaxQueued, 10*time.Second)
+	b.h.mu.Lock()
+	got := b.h.got[1] // the initiator's queued datagrams all go on its first stream
+	b.h.mu.Unlock()
+	if len(got) != MaxQueued || b.h.count.Load() != MaxQueued {
+		t.Fatalf("%d datagrams delivered (%d on the queue's stream), want %d", b.h.count.Load(), len(got), MaxQueued)
+	}
+	for i, d := range got {
+		if want := uint32(total - MaxQueued + i); binary.BigEndian.Uint32(d) != want {
+			t.Fatalf("datagram %d delivered is number %d, want %d", i, binary.BigEndian.Uint32(d), want)
+		}
+	}
+	pb.mu.Lock()
+	queued = len(pb.queue)
+	pb.mu.Unlock()
+	if queued != 0 {
+		t.Fatalf("%d datagrams still queued with a session", queued)
+	}
+	if got := pb.Stats().Drops; got != total-MaxQueued {
+		t.Fatalf("peer drops %d after delivery, want %d", got, total-MaxQueued)
+	}
+}
+
+// TestQueuedDatagramsNoSessionCanSealAreCounted: datagrams that waited for a handshake
+// and that the new session may not seal (more of them than REJECT_AFTER_MESSAGES) are
+// lost, and counted as dropped like those pushed out of a full queue.
+func TestQueuedDatagramsNoSessionCanSealAreCounted(t *testing.T) {
+	const limit = 100
+	a, b := pair(t, Timers{RekeyAfterMessages: limit / 2, RejectAfterMessages: limit})
+	pb := a.Peer("b")
+	const n = limit + 50 // fits the queue, not the session
+	// One call queues them all before the handshake it starts can complete.
+	pkts, flows := seqDatagrams(0, n)
+	if err := pb.Send(pkts, flows); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the queued datagrams counted as dropped", func() bool { return pb.Stats().Drops >= n })
+	if got := pb.Stats().Drops; got != n {
+		t.Fatalf("peer drops %d, want %d", got, n)
+	}
+	if got := a.Stats().Drops[DropNoSession]; got != n {
+		t.Fatalf("node no_session drops %d, want %d", got, n)
+	}
+	if a.Stats().HandshakesDone == 0 {
+		t.Fatal("dropped before a session came up")
+	}
+	pb.mu.Lock()
+	queued := len(pb.queue)
+	pb.mu.Unlock()
+	if queued != 0 || b.h.count.Load() != 0 {
+		t.Fatalf("%d still queued, %d delivered; want the lot dropped", queued, b.h.count.Load())
 	}
 }
