@@ -613,6 +613,7 @@ func (p *Peer) tick(now time.Time) {
 			p.dropInitLocked()
 			p.wantHandshake = false
 			p.drops.Add(uint64(len(p.queue)))
+			n.ctr.drops[DropNoSession].Add(uint64(len(p.queue)))
 			p.queue = nil
 		} else {
 			p.startHandshakeLocked(now)

@@ -374,3 +374,29 @@ func TestQueuedDatagramsNoSessionCanSealAreCounted(t *testing.T) {
 		t.Fatalf("%d still queued, %d delivered; want the lot dropped", queued, b.h.count.Load())
 	}
 }
+
+// TestHandshakeGiveUpCountsItsQueue: when a handshake gives up, the datagrams that
+// waited for it are counted under no_session on the node as well as on the peer, so
+// that every discarded datagram has exactly one reason.
+func TestHandshakeGiveUpCountsItsQueue(t *testing.T) {
+	seed := randKey(t)
+	timers := Timers{HandshakeRetry: 50 * time.Millisecond, HandshakeRetryMax: 50 * time.Millisecond, HandshakeGiveUp: 300 * time.Millisecond}
+	a := startNode(t, nodeOpts{seed: seed, name: "a", timers: timers})
+	silent, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = silent.Close() })
+	pb, err := a.AddPeer(PeerConfig{Name: "b", Endpoint: silent.LocalAddr().String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkts, flows := seqDatagrams(0, 10)
+	if err := pb.Send(pkts, flows); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the handshake to give up", func() bool { return pb.Stats().Drops == 10 })
+	if got := a.Stats().Drops[DropNoSession]; got != 10 {
+		t.Fatalf("node no_session drops %d after the give-up, want 10", got)
+	}
+}

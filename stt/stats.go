@@ -22,7 +22,7 @@ const (
 	DropPinMismatch                       // handshake whose static key is not the pinned one
 	DropStaleTimestamp                    // AUTH_PROOF whose HELLO timestamp is not newer than the last
 	DropControl                           // malformed control message
-	DropNoSession                         // outbound datagram no session could carry: pushed out of a full queue, or in a queue longer than a new session may seal
+	DropNoSession                         // outbound datagram no session could carry: pushed out of a full queue, queued when the handshake gave up, or in a queue longer than a new session may seal
 	DropSendError                         // the transport refused a send
 	numDropReasons
 )
