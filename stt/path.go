@@ -90,8 +90,11 @@ func (p *Peer) learnEndpoint(ep conn.Endpoint, probe bool) (movedToUDP bool) {
 		}
 		return false
 	}
-	if cur := p.udpEP.Load(); cur == nil || addrPortOf(*cur) != addrPortOf(ep) {
-		e := ep // only a change of address costs an allocation
+	// The endpoint carries the peer's address and the local address it sent to, which
+	// replies leave from (a multi-homed host): keep the latest of both. Only a change
+	// costs an allocation.
+	if cur := p.udpEP.Load(); cur == nil || addrPortOf(*cur) != addrPortOf(ep) || (*cur).SrcIP() != ep.SrcIP() {
+		e := ep
 		p.udpEP.Store(&e)
 	}
 	if !probe && p.onWS.Load() {

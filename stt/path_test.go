@@ -1,6 +1,7 @@
 package stt
 
 import (
+	"net/netip"
 	"testing"
 	"time"
 
@@ -162,5 +163,22 @@ func keepSending(t *testing.T, a, b *testNode, p *Peer, cond func() bool) {
 	b.h.waitCount(t, n+1, 5*time.Second)
 	if b.h.count.Load() <= start {
 		t.Fatal("nothing arrived")
+	}
+}
+
+// TestRepliesLeaveFromTheAddressThePeerUsed: a peer configured by address starts with
+// an endpoint that has no local source; once it answers, the node keeps the endpoint
+// its frames came in on, which carries the local address they were sent to, so that
+// replies leave from that address on a multi-homed host.
+func TestRepliesLeaveFromTheAddressThePeerUsed(t *testing.T) {
+	a, b := pair(t, Timers{})
+	established(t, a, b)
+	pb := a.Peer("b")
+	waitFor(t, 5*time.Second, "the endpoint with a local source", func() bool {
+		ep := pb.udpEP.Load()
+		return ep != nil && (*ep).SrcIP().IsValid()
+	})
+	if got := (*pb.udpEP.Load()).SrcIP(); got != netip.MustParseAddr("127.0.0.1") {
+		t.Fatalf("replies would leave from %v, want 127.0.0.1", got)
 	}
 }

@@ -74,8 +74,11 @@ type socket struct {
 	is6  bool
 	gro  bool        // UDP_GRO is on: datagrams may arrive coalesced
 	gso  atomic.Bool // UDP_SEGMENT may be used; turned off when the kernel refuses it
-	rx   *receiver
-	tx   chan *sender // free send scratch
+	// gsoEINVAL counts coalesced sends refused with EINVAL since the last coalesced
+	// send that went through; at gsoEINVALLimit GSO is turned off.
+	gsoEINVAL atomic.Int32
+	rx        *receiver
+	tx        chan *sender // free send scratch
 
 	closed atomic.Bool
 
@@ -159,6 +162,10 @@ func ipv6Unavailable(err error) bool {
 	return errors.Is(err, unix.EAFNOSUPPORT) || errors.Is(err, unix.EPROTONOSUPPORT) ||
 		errors.Is(err, unix.EADDRNOTAVAIL)
 }
+
+// gsoEINVALLimit is how many coalesced sends in a row may fail with EINVAL (and go
+// out without GSO) before GSO is turned off for the socket.
+const gsoEINVALLimit = 16
 
 // listen opens one socket, with the options set before bind, and detects the
 // offloads.

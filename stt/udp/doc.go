@@ -13,7 +13,9 @@
 //   - drops empty datagrams in the kernel with a socket filter (see filter_linux.go for
 //     why only empty ones);
 //   - writes with sendmmsg, coalescing runs of equal-sized datagrams with UDP_SEGMENT
-//     (GSO) where the kernel can, and falls back to plain datagrams where it cannot;
+//     (GSO) where the kernel can, and falls back to plain datagrams where it cannot: for
+//     the one call when a destination's path MTU is too small for a segment (EMSGSIZE,
+//     or EINVAL before Linux 6.14), for good after EIO or 16 EINVALs in a row;
 //   - replies from the local address a peer's datagram was sent to (IP_PKTINFO /
 //     IPV6_PKTINFO), for hosts with several addresses;
 //   - interns the endpoints it hands out in a bounded cache, so that neither receiving

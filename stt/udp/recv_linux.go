@@ -190,7 +190,9 @@ func (r *receiver) direct(k int) {
 	base, w := r.out, r.out
 	for i := range k {
 		size := int(r.msgs[i].Len)
-		if size == 0 || r.msgs[i].Hdr.Flags&unix.MSG_TRUNC != 0 {
+		// A datagram moved down into a shorter buffer than its own would be cut: skip
+		// it like one the kernel truncated (the node's buffers are all one size).
+		if size == 0 || r.msgs[i].Hdr.Flags&unix.MSG_TRUNC != 0 || size > len(r.bufs[w]) {
 			r.s.skipped.Add(1)
 			continue
 		}
@@ -212,7 +214,9 @@ func (r *receiver) stage(k int) {
 	r.head, r.n = 0, 0
 	for i := range k {
 		size := int(r.msgs[i].Len)
-		if size == 0 || r.msgs[i].Hdr.Flags&unix.MSG_TRUNC != 0 {
+		// Without all of its control data, a coalesced datagram's segment size may be
+		// missing, and its segments would be delivered as one: skip it.
+		if size == 0 || r.msgs[i].Hdr.Flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
 			r.s.skipped.Add(1)
 			continue
 		}

@@ -117,37 +117,43 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 func (t *sender) send(bufs [][]byte, e *Endpoint) error {
 	gso := t.s.gso.Load()
 	src := e.SrcIP()
-	// The first message of the current attempt is a retry without GSO (gsoProbe) or
-	// without the source (srcProbe) of one that failed.
-	gsoProbe, srcProbe := false, false
+	// The first message of the current attempt is a retry without the source
+	// (srcProbe) of one that failed.
+	srcProbe := false
 	t.build(bufs, gso, src, e.SrcIfidx())
 	for t.sent < t.m {
 		if err := t.s.rc.Write(t.write); err != nil {
 			return err // closed
 		}
 		if t.errno == 0 {
-			if gsoProbe {
-				t.s.gso.Store(false)
-			}
 			if srcProbe {
 				e.ClearSrc()
 			}
-			gsoProbe, srcProbe = false, false
+			if gso && t.s.gsoEINVAL.Load() != 0 {
+				t.s.gsoEINVAL.Store(0)
+			}
+			srcProbe = false
 			continue
 		}
 		coalesced := t.msgs[t.sent].Hdr.Iovlen > 1
 		errno := t.errno
 		switch {
-		case coalesced && (errno == unix.EIO || errno == unix.EINVAL && !src.IsValid()):
+		case coalesced && errno == unix.EIO:
+			// The device or route cannot segment (an IPsec route, say): stop trying.
 			t.s.gso.Store(false)
 			gso = false
-		case coalesced && errno == unix.EINVAL:
-			gso, gsoProbe = false, true
-		case coalesced && errno == unix.EMSGSIZE:
+		case coalesced && (errno == unix.EINVAL || errno == unix.EMSGSIZE):
+			// A segment larger than this destination's path MTU: EMSGSIZE since Linux
+			// 6.14, EINVAL before. It says nothing about other destinations, so this
+			// call goes on without GSO and the socket keeps it, unless EINVAL keeps
+			// coming while plain sends work: then the kernel refuses GSO itself.
 			gso = false
+			if errno == unix.EINVAL && t.s.gsoEINVAL.Add(1) >= gsoEINVALLimit {
+				t.s.gso.Store(false)
+			}
 		case src.IsValid() && (errno == unix.EINVAL || errno == unix.ENETUNREACH || errno == unix.EADDRNOTAVAIL):
 			src, srcProbe = netip.Addr{}, true
-			gso, gsoProbe = t.s.gso.Load(), false
+			gso = t.s.gso.Load()
 		default:
 			return os.NewSyscallError("sendmmsg", errno)
 		}

@@ -656,8 +656,10 @@ func TestStickySource(t *testing.T) {
 
 // TestGSORefused: when the kernel refuses UDP_SEGMENT (here because the socket sends
 // without UDP checksums, SO_NO_CHECK, which GSO cannot do: EINVAL), the datagrams go
-// out without it and GSO stays off for the socket — also with a sticky source, where
-// EINVAL could have meant a lost source address.
+// out without it — also with a sticky source, where EINVAL could have meant a lost
+// source address. One refusal does not turn GSO off for the socket (before Linux 6.14
+// a single destination's small path MTU also gives EINVAL); gsoEINVALLimit refusals in
+// a row do, and a coalesced send that goes through starts the count again.
 func TestGSORefused(t *testing.T) {
 	for _, sticky := range []bool{false, true} {
 		t.Run(fmt.Sprintf("sticky=%v", sticky), func(t *testing.T) {
@@ -667,8 +669,11 @@ func TestGSORefused(t *testing.T) {
 			if !s.gso.Load() {
 				t.Skip("no UDP_SEGMENT in this kernel")
 			}
-			if err := s.rc.Control(func(fd uintptr) { err := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_NO_CHECK, 1); _ = err }); err != nil {
-				t.Fatal(err)
+			noCheck := func(on int) {
+				t.Helper()
+				if err := s.rc.Control(func(fd uintptr) { err := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_NO_CHECK, on); _ = err }); err != nil {
+					t.Fatal(err)
+				}
 			}
 			c := collect(t, fnsB[0], 2000)
 			ep := &Endpoint{dst: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), portB)}
@@ -679,19 +684,39 @@ func TestGSORefused(t *testing.T) {
 			for i := range 10 {
 				bufs = append(bufs, payload(i, 1000))
 			}
-			if err := a.Send(bufs, ep); err != nil {
-				t.Fatal(err)
-			}
-			for i := range bufs {
-				if g := c.next(t); !bytes.Equal(g.data, bufs[i]) {
-					t.Fatalf("datagram %d differs", i)
+			send := func() {
+				t.Helper()
+				if err := a.Send(bufs, ep); err != nil {
+					t.Fatal(err)
+				}
+				for i := range bufs {
+					if g := c.next(t); !bytes.Equal(g.data, bufs[i]) {
+						t.Fatalf("datagram %d differs", i)
+					}
+				}
+				if sticky && !ep.SrcIP().IsValid() {
+					t.Fatal("the GSO failure cost the endpoint its source address")
 				}
 			}
-			if s.gso.Load() {
-				t.Error("GSO still on after the kernel refused it")
+			noCheck(1)
+			for range gsoEINVALLimit - 1 {
+				send()
 			}
-			if sticky && !ep.SrcIP().IsValid() {
-				t.Error("the GSO failure cost the endpoint its source address")
+			if !s.gso.Load() {
+				t.Fatalf("GSO turned off after %d refusals, fewer than %d", gsoEINVALLimit-1, gsoEINVALLimit)
+			}
+			noCheck(0)
+			send() // goes through with GSO: the count starts again
+			noCheck(1)
+			for range gsoEINVALLimit - 1 {
+				send()
+			}
+			if !s.gso.Load() {
+				t.Fatal("GSO turned off although a coalesced send went through in between")
+			}
+			send()
+			if s.gso.Load() {
+				t.Errorf("GSO still on after %d refusals in a row", gsoEINVALLimit)
 			}
 		})
 	}
