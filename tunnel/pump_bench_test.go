@@ -1,16 +1,11 @@
 package tunnel
 
 import (
-	"context"
 	"encoding/binary"
 	"fmt"
-	"net/netip"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/stt-tun/stt-tun/config"
 	"github.com/stt-tun/stt-tun/tun"
 )
 
@@ -46,7 +41,7 @@ func BenchmarkPump(b *testing.B) {
 }
 
 func benchPump(b *testing.B, size int) {
-	a, dst := benchMemPair(b)
+	a, dst := memPair(b)
 	pp := newPumpPipe(a.dev, dst.dev, size)
 
 	// The first packet starts the handshake and waits in a's queue until it is done.
@@ -140,53 +135,4 @@ func (pp *pumpPipe) pump(b *testing.B, n int) (arrived, lost int) {
 	}
 	pp.timer.Stop()
 	return arrived, lost
-}
-
-// benchMemPair is memPair for benchmarks: tunnel b, and tunnel a that routes
-// 10.9.0.2/32 to b's port on 127.0.0.1, each closed by the benchmark's cleanup.
-func benchMemPair(tb testing.TB) (a, b *memNode) {
-	tb.Helper()
-	seed, _ := config.GenerateSeed()
-	seedFile := benchSecret(tb, "seed", seed)
-	b = benchStartMem(tb, seedFile, "b", "10.9.0.2/24", []config.Peer{{
-		Name: "a", AllowedPrefixes: []netip.Prefix{netip.MustParsePrefix("10.9.0.1/32")},
-	}})
-	a = benchStartMem(tb, seedFile, "a", "10.9.0.1/24", []config.Peer{{
-		Name:            "b",
-		Endpoint:        fmt.Sprintf("127.0.0.1:%d", b.t.Node().Port()),
-		AllowedPrefixes: []netip.Prefix{netip.MustParsePrefix("10.9.0.2/32")},
-	}})
-	return a, b
-}
-
-// benchStartMem is startMem for testing.TB.
-func benchStartMem(tb testing.TB, seedFile, name, addr string, peers []config.Peer) *memNode {
-	tb.Helper()
-	key, _ := config.GenerateKey()
-	cfg := &config.Config{
-		Interface: config.Interface{
-			Name: "mem-" + name, NodeName: name,
-			Addresses: []netip.Prefix{netip.MustParsePrefix(addr)},
-			MTU:       1420, SeedFile: seedFile,
-			KeyFile: benchSecret(tb, name+".key", key),
-		},
-		Peers: peers,
-	}
-	dev := tun.NewMem(cfg.Interface.Name, 1420, 16)
-	tu, err := Start(context.Background(), cfg, Options{Device: dev})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { _ = tu.Close() })
-	return &memNode{t: tu, dev: dev}
-}
-
-// benchSecret is writeSecret for testing.TB.
-func benchSecret(tb testing.TB, name string, k [32]byte) string {
-	tb.Helper()
-	p := filepath.Join(tb.TempDir(), name)
-	if err := os.WriteFile(p, []byte(config.EncodeKey(k)+"\n"), 0o600); err != nil {
-		tb.Fatal(err)
-	}
-	return p
 }

@@ -15,7 +15,7 @@ import (
 	"github.com/stt-tun/stt-tun/tun"
 )
 
-func writeSecret(t *testing.T, dir, name string, k [32]byte) string {
+func writeSecret(t testing.TB, dir, name string, k [32]byte) string {
 	t.Helper()
 	p := filepath.Join(dir, name)
 	if err := os.WriteFile(p, []byte(config.EncodeKey(k)+"\n"), 0o600); err != nil {
@@ -30,7 +30,7 @@ type memNode struct {
 }
 
 // startMem starts a tunnel on an in-memory device listening on loopback.
-func startMem(t *testing.T, seedFile, name string, addr string, peers []config.Peer) *memNode {
+func startMem(t testing.TB, seedFile, name string, addr string, peers []config.Peer) *memNode {
 	t.Helper()
 	dir := t.TempDir()
 	key, _ := config.GenerateKey()
@@ -69,7 +69,7 @@ func ipv4UDP(src, dst string, sport, dport uint16, payload []byte) []byte {
 	return p
 }
 
-func memPair(t *testing.T) (a, b *memNode) {
+func memPair(t testing.TB) (a, b *memNode) {
 	seed, _ := config.GenerateSeed()
 	seedFile := writeSecret(t, t.TempDir(), "seed", seed)
 	b = startMem(t, seedFile, "b", "10.9.0.2/24", []config.Peer{{
