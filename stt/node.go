@@ -271,6 +271,7 @@ func (n *Node) AddPeer(pc PeerConfig) (*Peer, error) {
 		return nil, fmt.Errorf("stt: peer name %q must be 1..%d bytes", pc.Name, wire.NameLen)
 	}
 	p := &Peer{node: n, cfg: pc}
+	p.chooser.Store(pc.WSURL != "")
 	if pc.PublicKey != nil {
 		p.static = *pc.PublicKey
 		p.staticKnown = true
@@ -500,7 +501,7 @@ func (n *Node) receiveBatch(bufs, rx [][]byte, sizes []int, eps []conn.Endpoint,
 		}
 		p := s.peer
 		probe := h.Stream == wire.ControlStream && len(pt) > 0 && pt[0] == wire.CtlPing
-		run.add(s, eps[i], now, size, h.Stream != wire.ControlStream, probe)
+		run.add(s, h.Counter, eps[i], now, size, h.Stream != wire.ControlStream, probe)
 		if h.Stream == wire.ControlStream {
 			unlock()
 			run.flush(now) // control handling reads the peer's state

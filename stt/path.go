@@ -68,25 +68,20 @@ func (p *Peer) Path() string {
 }
 
 // learnEndpoint records where an authenticated frame came from: the peer roams to a
-// new UDP address, and its traffic follows the transport it last used, unless the frame
-// was a probe.
+// new UDP address, and its traffic follows the peer's (see follow), unless the frame was
+// a probe. s and ctr name the frame: its session and counter; a handshake message, which
+// makes s, passes ctr = handshakeCtr.
 //
 // It reports whether the peer's traffic just moved back to UDP, so that the caller can
-// tell the peer (which follows the same rule) with a frame over UDP.
-func (p *Peer) learnEndpoint(ep conn.Endpoint, probe bool) (movedToUDP bool) {
+// tell the peer with a frame over UDP.
+func (p *Peer) learnEndpoint(ep conn.Endpoint, probe bool, s *session, ctr uint64) (movedToUDP bool) {
 	if we, ok := ep.(*wsEndpoint); ok {
 		if p.wsEP.Load() != we {
 			p.wsEP.Store(we)
 		}
 		we.c.MarkAuthenticated()
 		if !probe && !p.onWS.Load() {
-			// Frames the peer sent over WebSocket before it saw us return to UDP are
-			// still arriving for a while; they must not pull us back.
-			if back := p.toUDPAt.Load(); back != 0 && p.mono(time.Now())-back < int64(p.node.timers.FallbackAfter) {
-				return false
-			}
-			p.onWS.Store(true)
-			p.node.log.Info("peer path changed", "peer", p.cfg.Name, "path", PathWS)
+			p.follow(true, s, ctr)
 		}
 		return false
 	}
@@ -98,12 +93,57 @@ func (p *Peer) learnEndpoint(ep conn.Endpoint, probe bool) (movedToUDP bool) {
 		p.udpEP.Store(&e)
 	}
 	if !probe && p.onWS.Load() {
-		p.onWS.Store(false)
-		p.toUDPAt.Store(p.mono(time.Now()))
+		return p.follow(false, s, ctr)
+	}
+	return false
+}
+
+// handshakeCtr is the counter learnEndpoint is given for a handshake message: it
+// comes before every frame of the session it makes.
+const handshakeCtr = ^uint64(0)
+
+// pathMove is the frame that last moved the peer's traffic: its session's number and
+// its counter plus one (0 for a handshake message).
+type pathMove struct{ gen, next uint64 }
+
+// follow moves the peer's traffic to WebSocket (ws) or back to UDP on a frame that came
+// over the other transport, and reports whether it did.
+//
+// The node that holds the peer's WebSocket URL decides its path itself (tickPathLocked):
+// it moves to WebSocket only when UDP does not answer, and back on any frame over UDP;
+// it never follows the peer to WebSocket, since the peer is there only by following it,
+// and frames the peer sent before it saw a return to UDP keep coming over WebSocket for a
+// while (a queue, a TCP stream, perhaps a proxy: no time bound).
+//
+// The other node follows, but only frames the peer sent after the frame of the last move:
+// a later counter in the same session, or a later session. The peer seals each frame
+// before it reads its path, so a frame sealed after its move goes the new way; one of
+// an older counter is late, and moves nothing however late it comes.
+func (p *Peer) follow(ws bool, s *session, ctr uint64) bool {
+	if p.chooser.Load() && p.udpUsable() {
+		if ws || !p.onWS.CompareAndSwap(true, false) {
+			return false
+		}
 		p.node.log.Info("peer path changed", "peer", p.cfg.Name, "path", PathUDP)
 		return true
 	}
-	return false
+	next := ctr + 1 // handshakeCtr + 1 == 0
+	if m := p.moved.Load(); m != nil && (s.gen < m.gen || s.gen == m.gen && next <= m.next) {
+		return false // sent before the last move
+	}
+	p.moveMu.Lock()
+	defer p.moveMu.Unlock()
+	if m := p.moved.Load(); p.onWS.Load() == ws || m != nil && (s.gen < m.gen || s.gen == m.gen && next <= m.next) {
+		return false
+	}
+	p.moved.Store(&pathMove{gen: s.gen, next: next})
+	p.onWS.Store(ws)
+	path := PathUDP
+	if ws {
+		path = PathWS
+	}
+	p.node.log.Info("peer path changed", "peer", p.cfg.Name, "path", path)
+	return !ws
 }
 
 // wantsWS says whether this side may dial the peer over WebSocket.

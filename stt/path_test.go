@@ -1,6 +1,8 @@
 package stt
 
 import (
+	"bytes"
+	"log/slog"
 	"net/netip"
 	"testing"
 	"time"
@@ -181,4 +183,94 @@ func TestRepliesLeaveFromTheAddressThePeerUsed(t *testing.T) {
 	if got := (*pb.udpEP.Load()).SrcIP(); got != netip.MustParseAddr("127.0.0.1") {
 		t.Fatalf("replies would leave from %v, want 127.0.0.1", got)
 	}
+}
+
+// TestReturnToUDPUnderTrafficHoldsAgainstLateWebSocketFrames: traffic flows both ways,
+// without a pause, while the path moves to WebSocket and back to UDP; frames each side
+// sealed for the WebSocket before the return arrive long after it (a WebSocket is a TCP
+// stream, and a congested one delivers late). Both sides end on UDP and stay there.
+func TestReturnToUDPUnderTrafficHoldsAgainstLateWebSocketFrames(t *testing.T) {
+	timers := Timers{FallbackAfter: 200 * time.Millisecond, ProbeInterval: 300 * time.Millisecond, Tick: 10 * time.Millisecond}
+	seed := randKey(t)
+	logA, logB := &lockedBuffer{}, &lockedBuffer{}
+	b := startNode(t, nodeOpts{seed: seed, name: "b", ws: true, timers: timers, logger: slog.New(slog.NewTextHandler(logB, nil))})
+	a := startNode(t, nodeOpts{seed: seed, name: "a", timers: timers, logger: slog.New(slog.NewTextHandler(logA, nil))})
+	_, _ = b.AddPeer(PeerConfig{Name: "a"})
+	pa, _ := a.AddPeer(PeerConfig{Name: "b", Endpoint: loopback(b.Node), WSURL: wsURL(b.Node)})
+	established(t, a, b)
+	pb := b.Peer("a")
+	// moves counts the moves both sides logged; a move undone at once shows only here.
+	moves := func() int { return logA.count("peer path changed") + logB.count("peer path changed") }
+
+	// Traffic both ways, every millisecond, until the end of the test.
+	stop := make(chan struct{})
+	done := make(chan struct{}, 2)
+	for _, p := range []*Peer{pa, pb} {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(time.Millisecond):
+				}
+				_ = p.Send([][]byte{datagram([]byte("both ways"))}, []uint16{1})
+			}
+		}()
+	}
+	defer func() {
+		close(stop)
+		<-done
+		<-done
+	}()
+
+	a.bind.blocked.Store(true)
+	b.bind.blocked.Store(true)
+	waitFor(t, 10*time.Second, "both sides on WebSocket", func() bool { return pa.Path() == PathWS && pb.Path() == PathWS })
+
+	// Frames each side has sealed for the WebSocket and not yet delivered.
+	late := func(p *Peer) []byte {
+		s := p.current.Load()
+		first, _ := s.reserve(1, 1<<62)
+		f := make([]byte, wire.HeaderLen, wire.HeaderLen+wire.TagLen)
+		return s.seal(f, wire.ControlStream, first, new([12]byte))
+	}
+	lateA, lateB := late(pa), late(pb)
+
+	a.bind.blocked.Store(false)
+	b.bind.blocked.Store(false)
+	waitFor(t, 10*time.Second, "both sides back on UDP", func() bool { return pa.Path() == PathUDP && pb.Path() == PathUDP })
+
+	// Well after the return, and after FallbackAfter, the late frames arrive.
+	time.Sleep(2 * timers.FallbackAfter)
+	recvA, recvB, before := pa.lastRecv.Load(), pb.lastRecv.Load(), moves()
+	pa.mu.Lock()
+	pa.lastProbe = time.Now() // a wrong move would last until the next probe
+	pa.mu.Unlock()
+	if err := pa.wsEP.Load().send([][]byte{lateA}); err != nil {
+		t.Fatal(err)
+	}
+	if err := pb.wsEP.Load().send([][]byte{lateB}); err != nil {
+		t.Fatal(err)
+	}
+	// Both sides stay on UDP for three probe intervals, the late frames handled.
+	deadline := time.Now().Add(3 * timers.ProbeInterval)
+	for time.Now().Before(deadline) {
+		if pa.Path() != PathUDP || pb.Path() != PathUDP {
+			t.Fatalf("paths a->b %s, b->a %s after late WebSocket frames; want both on udp", pa.Path(), pb.Path())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if pa.lastRecv.Load() == recvA || pb.lastRecv.Load() == recvB {
+		t.Fatal("nothing received after the late frames")
+	}
+	if n := moves() - before; n != 0 {
+		t.Fatalf("late WebSocket frames moved the path %d times (moved and back)", n)
+	}
+}
+
+func (l *lockedBuffer) count(sub string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return bytes.Count(l.b, []byte(sub))
 }

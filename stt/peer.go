@@ -29,7 +29,12 @@ type Peer struct {
 	// standby is the confirmed session a rekey replaced: the initiator keeps sending on
 	// it until the new one is confirmed, so a lost AUTH_PROOF loses no data.
 	standby atomic.Pointer[session]
-	toUDPAt atomic.Int64 // when traffic last moved back from WebSocket to UDP (mono ns)
+	// moved is the peer's frame that last moved its traffic (see follow); moveMu
+	// orders moves made by concurrent receivers.
+	moved    atomic.Pointer[pathMove]
+	moveMu   sync.Mutex
+	chooser  atomic.Bool   // this node holds the peer's WebSocket URL: it chooses the path
+	sessions atomic.Uint64 // sessions made with the peer, numbering them
 
 	// Times in nanoseconds since node.epoch; 0 = never.
 	lastSent        atomic.Int64
@@ -300,13 +305,13 @@ type recvRun struct {
 // add records one authenticated frame of s, switching runs when the peer changes.
 // The path and roaming are updated per frame: a probe (a lone PING) moves no path, it is
 // answered the way it came.
-func (r *recvRun) add(s *session, ep conn.Endpoint, now time.Time, size int, data, probe bool) {
+func (r *recvRun) add(s *session, ctr uint64, ep conn.Endpoint, now time.Time, size int, data, probe bool) {
 	p := s.peer
 	if p != r.p {
 		r.flush(now)
 		r.p = p
 	}
-	if p.learnEndpoint(ep, probe) {
+	if p.learnEndpoint(ep, probe, s, ctr) {
 		// Tell the peer over UDP at once, so that its traffic follows ours back.
 		p.sendControl(s, nil)
 	}
@@ -449,7 +454,7 @@ func (p *Peer) consumeChallenge(in *initiation, msg []byte, ep conn.Endpoint) {
 		n.index.release(in.index)
 		return
 	}
-	p.learnEndpoint(ep, false)
+	p.learnEndpoint(ep, false, s, handshakeCtr)
 	p.installLocked(s, res.PeerStatic, now)
 }
 
@@ -523,7 +528,7 @@ func (p *Peer) completeResponder(res handshake.Result, ep conn.Endpoint) {
 		return
 	}
 	p.lastTimestamp = res.Timestamp
-	p.learnEndpoint(ep, false)
+	p.learnEndpoint(ep, false, s, handshakeCtr)
 	p.installLocked(s, res.PeerStatic, now)
 	p.sendControl(s, wire.AppendControl(nil, wire.CtlFinal, nil))
 	p.flushQueueLocked(s)

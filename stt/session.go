@@ -26,6 +26,7 @@ type session struct {
 	send        cipher.AEAD
 	recv        cipher.AEAD
 	created     time.Time
+	gen         uint64 // numbers the peer's sessions: a later one has a larger gen
 
 	sendCounter atomic.Uint64 // next counter to use
 	confirmed   atomic.Bool   // an authenticated frame arrived under this session
@@ -52,6 +53,9 @@ func newAEAD(id wire.CipherID, key []byte) (cipher.AEAD, error) {
 
 func newSession(p *Peer, local, remote uint32, initiator bool, id wire.CipherID, sendKey, recvKey *[32]byte, now time.Time) (*session, error) {
 	s := &session{peer: p, localIndex: local, remoteIndex: remote, initiator: initiator, cipherID: id, created: now}
+	if p != nil {
+		s.gen = p.sessions.Add(1)
+	}
 	var err error
 	if s.send, err = newAEAD(id, sendKey[:]); err != nil {
 		return nil, err

@@ -77,6 +77,7 @@ func (p *Peer) Update(pc PeerConfig) error {
 
 	if pc.WSURL != p.cfg.WSURL || pc.WSProxy != p.cfg.WSProxy || pc.WSCAFile != p.cfg.WSCAFile || pc.WSInsecure != p.cfg.WSInsecure {
 		p.cfg.WSURL, p.cfg.WSProxy, p.cfg.WSCAFile, p.cfg.WSInsecure = pc.WSURL, pc.WSProxy, pc.WSCAFile, pc.WSInsecure
+		p.chooser.Store(pc.WSURL != "")
 		if we := p.wsEP.Load(); we != nil {
 			// The connection's watcher clears wsEP and moves the traffic off it.
 			_ = we.c.Close()
