@@ -54,14 +54,11 @@ var (
 	famReloads    = counter("stt_reloads_total", "Configuration reloads, by result: applied or refused.")
 
 	famWSAccepted = counter("stt_websocket_connections_accepted_total", "WebSocket connections the listener accepted.")
-	famWSRejected = counter("stt_websocket_connections_rejected_total", "Connections the WebSocket listener refused, by reason: http (wrong path, not a WebSocket upgrade), full (connection limit, every connection authenticated), bad_request (refused by the HTTP server before the handler: not HTTP, headers too large, cut off or too slow) or tls (TLS handshake failed).")
+	famWSRejected = counter("stt_websocket_connections_rejected_total", "HTTP requests the WebSocket listener refused, by reason: http (wrong path, not a WebSocket upgrade) or full (connection limit, every connection authenticated).")
 	famWSClosed   = counter("stt_websocket_connections_closed_total", "WebSocket connections of the listener that closed.")
 	famWSEvicted  = counter("stt_websocket_connections_evicted_total", "WebSocket connections closed unauthenticated to make room for a new one while the listener was full.")
 	famWSActive   = gauge("stt_websocket_connections", "WebSocket connections of the listener open now.")
 	famWSDrops    = counter("stt_websocket_queue_drops_total", "Messages dropped because a WebSocket connection's send queue was full.")
-
-	famWSPending        = gauge("stt_websocket_pending_connections", "TCP connections of the WebSocket listener accepted and not yet upgraded or closed.")
-	famWSPendingEvicted = counter("stt_websocket_pending_connections_evicted_total", "TCP connections of the WebSocket listener closed before their upgrade to make room for a new one, the pending limit reached.")
 )
 
 type peerSample struct {
@@ -176,14 +173,10 @@ func (t *Tunnel) writeMetrics(w *promtext.Writer) {
 		w.Family(famWSRejected.name, famWSRejected.typ, famWSRejected.help)
 		w.Uint(famWSRejected.name, ws.RejectedHTTP, "reason", "http")
 		w.Uint(famWSRejected.name, ws.RejectedFull, "reason", "full")
-		w.Uint(famWSRejected.name, ws.RejectedBadRequest, "reason", "bad_request")
-		w.Uint(famWSRejected.name, ws.RejectedTLS, "reason", "tls")
 		one(famWSClosed, ws.Closed)
 		one(famWSEvicted, ws.Evicted)
 		one(famWSActive, uint64(ws.Active))
 		one(famWSDrops, ws.QueueDrops)
-		one(famWSPending, ws.Pending)
-		one(famWSPendingEvicted, ws.PendingEvicted)
 	}
 }
 

@@ -1,6 +1,8 @@
 package ws
 
 import (
+	"context"
+	"crypto/tls"
 	"net"
 	"sync"
 )
@@ -63,4 +65,35 @@ func (c *corkConn) flushLocked() error {
 	_, err := c.Conn.Write(c.buf)
 	c.buf = c.buf[:0]
 	return err
+}
+
+// corkListener makes every accepted connection a corkConn.
+type corkListener struct{ net.Listener }
+
+func (l corkListener) Accept() (net.Conn, error) {
+	nc, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &corkConn{Conn: nc}, nil
+}
+
+type corkKey struct{}
+
+// withCork is the HTTP server's ConnContext: it keeps the request's corkConn, under
+// TLS if there is TLS, where the upgrade handler finds it with corkOf.
+func withCork(ctx context.Context, nc net.Conn) context.Context {
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	if cc, ok := nc.(*corkConn); ok {
+		return context.WithValue(ctx, corkKey{}, cc)
+	}
+	return ctx
+}
+
+// corkOf returns the corkConn withCork kept, or nil.
+func corkOf(ctx context.Context) *corkConn {
+	cc, _ := ctx.Value(corkKey{}).(*corkConn)
+	return cc
 }

@@ -54,38 +54,6 @@
 // the peer keeps re-dialling, and UDP is not affected. A member, whose connections do
 // authenticate, can still fill every slot and get newcomers refused.
 //
-// # Connections not yet upgraded
-//
-// Every TCP connection the server accepts is pending until the WebSocket handshake takes
-// it over or it closes: during its TLS handshake, while it sends its request and while
-// the request is answered. A server holds at most MaxPending of them (default
-// DefaultMaxPending, 512); when that many are pending, a new TCP connection closes the
-// oldest pending one (ServerStats.PendingEvicted), in constant time. Each connection
-// carries one request: keep-alives are off, so a request that is not upgraded is
-// answered with "Connection: close" and its connection closed at once (without waiting
-// for the rest of a body), and no connection waits idle for a second request.
-// ReadHeaderTimeout bounds the TLS handshake and the request's headers. So the listener
-// holds at most MaxConns upgraded and MaxPending pending connections (768 sockets with
-// the defaults), each pending one costing a goroutine and some kilobytes of buffers,
-// however many an attacker opens.
-//
-// An attacker who opens connections and sends nothing, or a slow request, then pushes
-// out its own oldest connections. It evicts a legitimate connection only if it opens
-// MaxPending connections while that one is pending: from the accept until its request
-// has been read, which for ws:// is about the time the request takes to follow the TCP
-// handshake and for wss:// one round trip more (the TLS 1.3 handshake; two with TLS
-// 1.2), plus a round trip to the proxy for a client behind an HTTP CONNECT proxy. With
-// wss:// and a 100 ms round trip, that is some 5,000 new TCP connections a second,
-// sustained; the client re-dials, and UDP is not affected.
-//
-// A pending connection that closes without an upgrade is counted once if it was
-// refused: in RejectedHTTP or RejectedFull if its request reached the handler, in
-// RejectedBadRequest if net/http refused it first (not HTTP, headers over
-// MaxHeaderBytes, cut off or not complete within ReadHeaderTimeout), in RejectedTLS if
-// its TLS handshake failed after it sent something, in PendingEvicted if it was
-// evicted (one evicted while the handler answers its request counts twice). One that
-// sent nothing is not counted.
-//
 // # Concurrency and resources
 //
 // Each Conn runs one reader goroutine (which calls the ReceiveFunc), one writer

@@ -16,23 +16,14 @@ import (
 	"github.com/coder/websocket"
 )
 
-// drainTimeout bounds how long Close waits for the goroutines of connections that were
-// pending.
-const drainTimeout = 5 * time.Second
-
 // Server HTTP limits.
 const (
 	// ReadHeaderTimeout bounds the TLS handshake and the reading of a request's headers.
 	ReadHeaderTimeout = 10 * time.Second
-	// IdleTimeout would close keep-alive HTTP connections that were never upgraded;
-	// the server disables keep-alives, so a connection carries one request and closes
-	// after the answer unless it is upgraded.
+	// IdleTimeout closes keep-alive HTTP connections that were never upgraded.
 	IdleTimeout = 30 * time.Second
 	// MaxHeaderBytes bounds a request's headers.
 	MaxHeaderBytes = 16 << 10
-	// DefaultMaxPending is the number of connections a server holds that have not been
-	// upgraded yet.
-	DefaultMaxPending = 2 * DefaultMaxConns
 )
 
 // ServerConfig configures Listen. Zero values select the defaults.
@@ -55,10 +46,6 @@ type ServerConfig struct {
 	// taken, a new upgrade evicts the oldest connection not yet marked authenticated;
 	// only when there is none does it get 503.
 	MaxConns int
-	// MaxPending bounds the TCP connections accepted and not yet upgraded: those in
-	// their TLS handshake, sending their request or being answered (default
-	// DefaultMaxPending). When that many are open, a new one closes the oldest.
-	MaxPending int
 	// AuthTimeout closes a connection not marked authenticated within it (default
 	// DefaultAuthTimeout; negative disables).
 	AuthTimeout time.Duration
@@ -80,22 +67,10 @@ type ServerConfig struct {
 }
 
 // ServerStats are a server's counters.
-//
-// A TCP connection the server accepts is pending until it is upgraded or closes, and
-// carries one HTTP request (keep-alives are off). One that closes without an upgrade is
-// counted at most once: in RejectedHTTP or RejectedFull if its request reached the
-// handler, else in RejectedBadRequest, RejectedTLS or PendingEvicted. (A connection
-// evicted while the handler answers its request is counted in both.) One that sent
-// nothing, or over TLS nothing after its handshake, and then hung up or was closed
-// after ReadHeaderTimeout is counted nowhere, nor is one closed by Close.
 type ServerStats struct {
 	Accepted              uint64 // connections upgraded
 	RejectedHTTP          uint64 // requests not upgraded: wrong path, not WebSocket, bad handshake
 	RejectedFull          uint64 // upgrades refused with 503: MaxConns open, none evictable
-	RejectedBadRequest    uint64 // connections closed over a request net/http refused before the handler: not HTTP (400), headers over MaxHeaderBytes (431), another error it answers itself, cut off, or not complete within ReadHeaderTimeout
-	RejectedTLS           uint64 // connections whose TLS handshake failed after the client sent something: not TLS, no common parameters, certificate refused, cut off or too slow
-	PendingEvicted        uint64 // connections not yet upgraded closed to make room for a new one, MaxPending being open
-	Pending               uint64 // connections accepted and not yet upgraded or closed, now
 	Closed                uint64 // connections closed, for any reason
 	ClosedUnauthenticated uint64 // closed because AuthTimeout passed
 	Evicted               uint64 // closed unauthenticated to make room for a new upgrade
@@ -122,12 +97,9 @@ type Server struct {
 	handlers  sync.WaitGroup
 	serveDone chan struct{}
 
-	pending *pendingSet // connections not upgraded yet
-
 	active atomic.Int64
 
 	accepted, rejectedHTTP, rejectedFull                atomic.Uint64
-	rejectedBadRequest, rejectedTLS, pendingEvicted     atomic.Uint64
 	closedAll, closedUnauth, closedOversized, closedBad atomic.Uint64
 	closedKeepalive, closedError, queueDrops, evicted   atomic.Uint64
 }
@@ -191,12 +163,6 @@ func Listen(cfg ServerConfig) (*Server, error) {
 	if cfg.MaxConns < 1 {
 		return nil, fmt.Errorf("ws: listen: MaxConns %d must be positive", cfg.MaxConns)
 	}
-	if cfg.MaxPending == 0 {
-		cfg.MaxPending = DefaultMaxPending
-	}
-	if cfg.MaxPending < 1 {
-		return nil, fmt.Errorf("ws: listen: MaxPending %d must be positive", cfg.MaxPending)
-	}
 	if cfg.AuthTimeout == 0 {
 		cfg.AuthTimeout = DefaultAuthTimeout
 	}
@@ -205,10 +171,7 @@ func Listen(cfg ServerConfig) (*Server, error) {
 	}
 	cfg.Logger = o.log
 
-	s := &Server{
-		cfg: cfg, opts: o, scheme: "ws", conns: make(map[*Conn]struct{}),
-		pending: newPendingSet(cfg.MaxPending), serveDone: make(chan struct{}),
-	}
+	s := &Server{cfg: cfg, opts: o, scheme: "ws", conns: make(map[*Conn]struct{}), serveDone: make(chan struct{})}
 	var tlsConf *tls.Config
 	if cfg.CertFile != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
@@ -226,17 +189,14 @@ func Listen(cfg ServerConfig) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ws: listen on %s: %w", cfg.Addr, err)
 	}
-	// Every accepted connection is corked directly on TCP, under TLS, so that a run's TLS
-	// records go out together, and pending until it is upgraded or closes.
-	ln = pendingListener{Listener: ln, s: s}
+	ln = corkListener{ln} // under TLS, so that a run's TLS records go out together
 	if tlsConf != nil {
 		ln = tls.NewListener(ln, tlsConf)
 	}
 	s.ln = ln
 	s.hs = &http.Server{
 		Handler:     http.HandlerFunc(s.handle),
-		ConnContext: withServerConn,
-		ConnState:   s.connState,
+		ConnContext: withCork,
 		// No ReadTimeout or WriteTimeout: net/http leaves those deadlines on hijacked
 		// connections. ReadHeaderTimeout also bounds the TLS handshake.
 		ReadHeaderTimeout: ReadHeaderTimeout,
@@ -244,10 +204,6 @@ func Listen(cfg ServerConfig) (*Server, error) {
 		MaxHeaderBytes:    MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(o.log.Handler(), slog.LevelDebug),
 	}
-	// One request per connection: a request that is not upgraded is answered with
-	// "Connection: close" and its connection closed, so a refused client cannot keep
-	// its connection idle, and a connection's close tells its only request's fate.
-	s.hs.SetKeepAlivesEnabled(false)
 	go func() {
 		defer close(s.serveDone)
 		if err := s.hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -280,10 +236,6 @@ func (s *Server) Stats() ServerStats {
 		Accepted:              s.accepted.Load(),
 		RejectedHTTP:          s.rejectedHTTP.Load(),
 		RejectedFull:          s.rejectedFull.Load(),
-		RejectedBadRequest:    s.rejectedBadRequest.Load(),
-		RejectedTLS:           s.rejectedTLS.Load(),
-		PendingEvicted:        s.pendingEvicted.Load(),
-		Pending:               uint64(s.pending.len()),
 		Closed:                s.closedAll.Load(),
 		ClosedUnauthenticated: s.closedUnauth.Load(),
 		Evicted:               s.evicted.Load(),
@@ -307,8 +259,8 @@ func (s *Server) Conns() []*Conn {
 	return out
 }
 
-// Close stops listening, closes every connection, upgraded or not, and waits for their
-// goroutines. It must not be called from a ReceiveFunc.
+// Close stops listening, closes every connection and waits for their goroutines.
+// It must not be called from a ReceiveFunc.
 func (s *Server) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -323,14 +275,7 @@ func (s *Server) Close() error {
 	}
 	s.mu.Unlock()
 
-	s.pending.shut() // from here on, closes of pending connections are not refusals
 	err := s.hs.Close()
-	// net/http closes the connections it tracks; one accepted just before the listener
-	// closed may not be tracked yet, so close every pending one. One accepted after
-	// shut is closed at once by pendingListener.
-	for _, c := range s.pending.list() {
-		_ = c.Conn.Close()
-	}
 	s.handlers.Wait()
 	for _, c := range conns {
 		c.fail(reasonLocal, net.ErrClosed)
@@ -338,13 +283,7 @@ func (s *Server) Close() error {
 	for _, c := range conns {
 		<-c.Done()
 	}
-	<-s.serveDone // no connection is accepted, so none listed, from here on
-	// Every pending connection's serve goroutine ends promptly once its socket is closed
-	// (net/http lingers 500 ms after a 431); the bound only guards against a connection
-	// the accounting lost.
-	if !s.pending.waitEmpty(drainTimeout) {
-		s.opts.log.Error("websocket server closed with connections still pending", "addr", s.ln.Addr(), "pending", s.pending.len())
-	}
+	<-s.serveDone
 	if err != nil {
 		return fmt.Errorf("ws: close server: %w", err)
 	}
@@ -389,19 +328,6 @@ func (s *Server) evictForSlot() (victim *Conn, ok bool) {
 // handle serves one HTTP request: it upgrades on the configured path and rejects
 // everything else.
 func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
-	sc := serverConnFrom(r.Context())
-	if sc != nil {
-		sc.phase.Store(phaseHandled) // counted here if refused, not again when it closes
-	}
-	upgraded := false
-	defer func() {
-		if !upgraded {
-			// Read nothing more of a refused request: net/http would otherwise wait, with
-			// no deadline, for up to 256 KiB of a body the client declared and does not
-			// send, before it closes the connection.
-			_ = http.NewResponseController(w).SetReadDeadline(time.Now())
-		}
-	}()
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -419,8 +345,7 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 	}
 	if !headerHasToken(r.Header, "Connection", "upgrade") || !headerHasToken(r.Header, "Upgrade", "websocket") {
 		s.rejectedHTTP.Add(1)
-		// No "Connection: Upgrade": net/http sends "Connection: close", keep-alives
-		// being off.
+		w.Header().Set("Connection", "Upgrade")
 		w.Header().Set("Upgrade", "websocket")
 		http.Error(w, http.StatusText(http.StatusUpgradeRequired), http.StatusUpgradeRequired)
 		return
@@ -448,13 +373,10 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 		s.opts.log.Debug("websocket upgrade refused", "remote", r.RemoteAddr, "err", err)
 		return // Accept wrote the response
 	}
-	upgraded = true // hijacked, with its deadlines cleared
 	remote, _ := netip.ParseAddrPort(r.RemoteAddr)
 	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
 	c := newConn(wsc, s.opts, s, remote, s.scheme+"://"+remote.String()+s.cfg.Path)
-	if sc != nil {
-		c.cork = &sc.corkConn
-	}
+	c.cork = corkOf(r.Context())
 
 	s.mu.Lock()
 	if s.closed {
