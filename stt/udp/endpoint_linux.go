@@ -93,6 +93,9 @@ func parseEndpoint(s string) (*Endpoint, error) {
 		} else {
 			return nil, err
 		}
+		// The zone as a number, as received endpoints carry it, so that the two compare
+		// equal (a configured "fe80::1%eth0" and the peer's datagrams from it).
+		e.dst = netip.AddrPortFrom(a.WithZone(strconv.FormatUint(uint64(e.scope), 10)), ap.Port())
 	}
 	return e, nil
 }

@@ -560,6 +560,8 @@ func TestParseEndpoint(t *testing.T) {
 		{"[2001:db8::1]:1", "[2001:db8::1]:1", 0},
 		{"[::ffff:192.0.2.1]:7", "192.0.2.1:7", 0},
 		{"[fe80::1%1]:7", "[fe80::1%1]:7", 1},
+		// An interface name becomes its number, as in endpoints the receive path makes.
+		{"[fe80::1%lo]:7", "[fe80::1%1]:7", 1},
 	} {
 		ep, err := b.ParseEndpoint(tc.in)
 		if err != nil {
