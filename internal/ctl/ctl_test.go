@@ -356,58 +356,17 @@ func TestCloseBeforeServe(t *testing.T) {
 	}
 }
 
-func TestDownWithoutConfirmation(t *testing.T) {
-	// A daemon that acknowledges and then dies.
+// oneShotDaemon listens on a fresh socket and, on the first connection, reads one
+// request line and hands the connection to then, closing it afterwards. It returns
+// the socket's path.
+func oneShotDaemon(t *testing.T, then func(conn net.Conn)) string {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "x.sock")
 	ln, err := net.Listen("unix", path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	go func() {
-		conn, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		bufio.NewReader(conn).ReadBytes('\n')
-		io.WriteString(conn, `{"ok":true,"pid":1}`+"\n")
-		conn.Close()
-	}()
-	if err := Down(testContext(t), path); !errors.Is(err, ErrNoConfirmation) {
-		t.Fatalf("Down = %v, want ErrNoConfirmation", err)
-	}
-}
-
-func TestDaemonHangsUp(t *testing.T) {
-	// A daemon that dies with a request in flight is not running.
-	path := filepath.Join(t.TempDir(), "x.sock")
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		conn, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		bufio.NewReader(conn).ReadBytes('\n')
-		conn.Close()
-	}()
-	if _, err := Status(testContext(t), path); !errors.Is(err, ErrNotRunning) {
-		t.Fatalf("Status = %v, want ErrNotRunning", err)
-	}
-}
-
-func TestClientContextEnds(t *testing.T) {
-	// A daemon that never answers: the client gives up when its context ends.
-	path := filepath.Join(t.TempDir(), "x.sock")
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(func() { ln.Close() })
 	go func() {
 		conn, err := ln.Accept()
 		if err != nil {
@@ -415,9 +374,37 @@ func TestClientContextEnds(t *testing.T) {
 		}
 		defer conn.Close()
 		bufio.NewReader(conn).ReadBytes('\n')
+		then(conn)
+	}()
+	return path
+}
+
+func TestDownWithoutConfirmation(t *testing.T) {
+	// A daemon that acknowledges and then dies.
+	path := oneShotDaemon(t, func(conn net.Conn) {
+		io.WriteString(conn, `{"ok":true,"pid":1}`+"\n")
+	})
+	if err := Down(testContext(t), path); !errors.Is(err, ErrNoConfirmation) {
+		t.Fatalf("Down = %v, want ErrNoConfirmation", err)
+	}
+}
+
+func TestDaemonHangsUp(t *testing.T) {
+	// A daemon that dies with a request in flight is not running.
+	path := oneShotDaemon(t, func(net.Conn) {})
+	if _, err := Status(testContext(t), path); !errors.Is(err, ErrNotRunning) {
+		t.Fatalf("Status = %v, want ErrNotRunning", err)
+	}
+}
+
+func TestClientContextEnds(t *testing.T) {
+	// A daemon that never answers: the client gives up when its context ends.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	path := oneShotDaemon(t, func(conn net.Conn) {
 		cancel()
 		conn.Read(make([]byte, 1)) // until the client hangs up
-	}()
+	})
 	if _, err := Status(ctx, path); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Status = %v, want context.Canceled", err)
 	}
