@@ -57,13 +57,7 @@ func metricsPair(t *testing.T) (a, b *memNode) {
 			},
 		}
 		mod(cfg)
-		dev := tun.NewMem(cfg.Interface.Name, 1420, 16)
-		tu, err := Start(context.Background(), cfg, Options{Device: dev})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = tu.Close() })
-		return &memNode{t: tu, dev: dev}
+		return startCfg(t, cfg)
 	}
 	b = start("b", "10.9.0.2/24", func(c *config.Config) {
 		c.Peers = []config.Peer{{Name: "a", AllowedPrefixes: []netip.Prefix{netip.MustParsePrefix("10.9.0.1/32")}}}

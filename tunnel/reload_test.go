@@ -68,7 +68,8 @@ func peerSection(name, endpoint string, prefixes []string, extra ...string) stri
 	return b.String()
 }
 
-func startCfg(t *testing.T, cfg *config.Config) *memNode {
+// startCfg starts a tunnel with cfg on an in-memory device.
+func startCfg(t testing.TB, cfg *config.Config) *memNode {
 	t.Helper()
 	dev := tun.NewMem(cfg.Interface.Name, 1420, 16)
 	tu, err := Start(context.Background(), cfg, Options{Device: dev})

@@ -2,7 +2,6 @@ package tunnel
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"fmt"
 	"net/netip"
@@ -43,13 +42,7 @@ func startMem(t testing.TB, seedFile, name string, addr string, peers []config.P
 		},
 		Peers: peers,
 	}
-	dev := tun.NewMem(cfg.Interface.Name, 1420, 16)
-	tu, err := Start(context.Background(), cfg, Options{Device: dev})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = tu.Close() })
-	return &memNode{t: tu, dev: dev}
+	return startCfg(t, cfg)
 }
 
 // ipv4UDP builds an IPv4/UDP packet; checksums are irrelevant to the tunnel.

@@ -1,12 +1,10 @@
 package tunnel
 
 import (
-	"context"
 	"net/netip"
 	"testing"
 
 	"github.com/stt-tun/stt-tun/config"
-	"github.com/stt-tun/stt-tun/tun"
 )
 
 // TestWebSocketOnlyNode checks that Start passes the WebSocket settings through: b has
@@ -29,13 +27,7 @@ func TestWebSocketOnlyNode(t *testing.T) {
 			Advanced:  config.Advanced{FallbackAfter: config.DefaultFallbackAfter, ProbeInterval: config.DefaultProbeInterval},
 		}
 		mod(cfg)
-		dev := tun.NewMem(cfg.Interface.Name, 1420, 16)
-		tu, err := Start(context.Background(), cfg, Options{Device: dev})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = tu.Close() })
-		return &memNode{t: tu, dev: dev}
+		return startCfg(t, cfg)
 	}
 	b := start("b", "10.9.0.2/24", func(c *config.Config) {
 		c.Interface.DisableUDP = true
