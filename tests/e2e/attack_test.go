@@ -95,6 +95,26 @@ func sendAll(t *testing.T, c *net.UDPConn, dst *net.UDPAddr, msgs [][]byte, tota
 	return sent
 }
 
+// sendJudged sends each of msgs once from c to dst, paced so that n's socket buffer
+// never overflows: every message must be judged. It returns the change in n's counters
+// since before, once n has counted a drop for every message (or after 10 s).
+func sendJudged(t *testing.T, c *net.UDPConn, dst *net.UDPAddr, msgs [][]byte, n *node, before map[string]uint64) map[string]uint64 {
+	t.Helper()
+	sendAll(t, c, dst, msgs, len(msgs), func(sent int) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = nslab.WaitFor(ctx, func() bool { return dropsTotal(delta(before, n.counters())) >= uint64(sent)*9/10 })
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var d map[string]uint64
+	_ = nslab.WaitFor(ctx, func() bool {
+		d = delta(before, n.counters())
+		return dropsTotal(d) >= uint64(len(msgs))
+	})
+	return d
+}
+
 // vmKB reads a "Vm..." field (in kB) of /proc/PID/status.
 func vmKB(t *testing.T, pid int, field string) int {
 	t.Helper()
@@ -175,19 +195,7 @@ func TestReplayAttack(t *testing.T) {
 	}
 	b0 := r.b.counters()
 	p0 := r.b.mustStatus().peer(t, "alpha")
-	// Paced so that beta's socket buffer never overflows: every frame must be judged.
-	sendAll(t, c, dst, captured, len(captured), func(sent int) {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = nslab.WaitFor(ctx, func() bool { return dropsTotal(delta(b0, r.b.counters())) >= uint64(sent)*9/10 })
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	var db map[string]uint64
-	_ = nslab.WaitFor(ctx, func() bool {
-		db = delta(b0, r.b.counters())
-		return dropsTotal(db) >= uint64(len(captured))
-	})
+	db := sendJudged(t, c, dst, captured, r.b, b0)
 	p1 := r.b.mustStatus().peer(t, "alpha")
 	t.Logf("replayed %d DATA frames and %d handshake messages; beta: %v", data, hs, db)
 	if db["drop_replay"] != uint64(data) {
@@ -458,18 +466,7 @@ func TestMalformedFrames(t *testing.T) {
 		msgs = append(msgs, m)
 	}
 	b0 := r.b.counters()
-	sendAll(t, c, dst, msgs, len(msgs), func(sent int) {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = nslab.WaitFor(ctx, func() bool { return dropsTotal(delta(b0, r.b.counters())) >= uint64(sent)*9/10 })
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	var db map[string]uint64
-	_ = nslab.WaitFor(ctx, func() bool {
-		db = delta(b0, r.b.counters())
-		return dropsTotal(db) >= uint64(len(msgs))
-	})
+	db := sendJudged(t, c, dst, msgs, r.b, b0)
 	t.Logf("sent %d malformed messages; beta: %v", len(msgs), db)
 	select {
 	case <-r.b.proc.Done():
