@@ -176,19 +176,28 @@ func (n *testNS) createTUN(t *testing.T, name string) tun.Device {
 	return dev
 }
 
-// deleteLink removes a link synchronously, as the kernel does when the
-// process holding a TUN dies.
-func (n *testNS) deleteLink(t *testing.T, name string) {
+// link opens a netlink handle in the namespace and looks up the link name
+// with it; the caller closes the handle.
+func (n *testNS) link(t *testing.T, name string) (*netlink.Handle, netlink.Link) {
 	t.Helper()
 	h, err := netlink.NewHandleAt(n.h)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer h.Close()
 	l, err := h.LinkByName(name)
 	if err != nil {
+		h.Close()
 		t.Fatal(err)
 	}
+	return h, l
+}
+
+// deleteLink removes a link synchronously, as the kernel does when the
+// process holding a TUN dies.
+func (n *testNS) deleteLink(t *testing.T, name string) {
+	t.Helper()
+	h, l := n.link(t, name)
+	defer h.Close()
 	if err := h.LinkDel(l); err != nil {
 		t.Fatalf("delete link %s: %v", name, err)
 	}
@@ -213,15 +222,8 @@ func (n *testNS) underlay(t *testing.T) {
 // is over (even for nodad), so a dump taken too early would lack it.
 func (n *testNS) settle(t *testing.T, link string) {
 	t.Helper()
-	h, err := netlink.NewHandleAt(n.h)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, l := n.link(t, link)
 	defer h.Close()
-	l, err := h.LinkByName(link)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Subscribe before listing addresses, so no route can slip between.
 	ch := make(chan netlink.RouteUpdate, 64)
 	done := make(chan struct{})
