@@ -1241,3 +1241,41 @@ func TestConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestConnsAreCorked checks that both ends of a connection write through a corkConn
+// directly on the TCP connection (under TLS for wss://), which the write loop needs to
+// send a run of messages in one write: nothing else fails without it.
+func TestConnsAreCorked(t *testing.T) {
+	certFile, keyFile := writeSelfSigned(t, t.TempDir())
+	for _, tc := range []struct {
+		name string
+		tls  bool
+	}{{"ws", false}, {"wss", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv, conns := echoServer(t, func(c *ServerConfig) {
+				if tc.tls {
+					c.CertFile, c.KeyFile = certFile, keyFile
+				}
+			})
+			s := newSink()
+			cfg := DialConfig{URL: srv.URL(), Receive: s.receive}
+			if tc.tls {
+				cfg.CAFile = certFile
+			}
+			c := dial(t, cfg)
+			sc := nextConn(t, conns)
+			checkEcho(t, c, s)
+			for _, x := range []struct {
+				side string
+				c    *Conn
+			}{{"client", c}, {"server", sc}} {
+				if x.c.cork == nil {
+					t.Fatalf("%s side: no corkConn", x.side)
+				}
+				if _, ok := x.c.cork.Conn.(*net.TCPConn); !ok {
+					t.Fatalf("%s side: corkConn over %T, want *net.TCPConn", x.side, x.c.cork.Conn)
+				}
+			}
+		})
+	}
+}
