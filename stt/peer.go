@@ -176,13 +176,7 @@ func (p *Peer) Send(pkts [][]byte, flows []uint16) error {
 		p.enqueue(pkts)
 		return nil
 	}
-	nonce := n.getNonce()
-	var bytes uint64
-	for i := range pkts {
-		bytes += uint64(len(pkts[i]) - wire.HeaderLen)
-		pkts[i] = s.seal(pkts[i], s.streamFor(flows[i]), first+uint64(i), nonce)
-	}
-	n.putNonce(nonce)
+	bytes := p.sealBatch(s, pkts, flows, first)
 	if first+uint64(len(pkts)) >= n.timers.RekeyAfterMessages {
 		n.kick()
 	}
@@ -238,7 +232,7 @@ func (p *Peer) enqueue(pkts [][]byte) {
 	p.node.kick()
 }
 
-// flushQueue sends what waited for a session. Called with p.mu held.
+// flushQueueLocked sends what waited for a session. Called with p.mu held.
 func (p *Peer) flushQueueLocked(s *session) {
 	if len(p.queue) == 0 {
 		return
@@ -254,15 +248,27 @@ func (p *Peer) flushQueueLocked(s *session) {
 		p.node.ctr.drops[DropNoSession].Add(uint64(len(q)))
 		return
 	}
+	// Queued datagrams lost their flow numbers; one stream keeps them in order.
+	bytes := p.sealBatch(s, q, nil, first)
+	_ = p.transmit(q, time.Now(), bytes, true)
+}
+
+// sealBatch seals pkts in place on s, with the counters reserved from first on, each
+// on the stream of flows[i], or all on the stream of flow 0 when flows is nil. It
+// returns the payload bytes sealed.
+func (p *Peer) sealBatch(s *session, pkts [][]byte, flows []uint16, first uint64) uint64 {
 	nonce := p.node.getNonce()
 	var bytes uint64
-	for i := range q {
-		bytes += uint64(len(q[i]) - wire.HeaderLen)
-		// Queued datagrams lost their flow numbers; one stream keeps them in order.
-		q[i] = s.seal(q[i], s.streamFor(0), first+uint64(i), nonce)
+	stream := s.streamFor(0)
+	for i := range pkts {
+		bytes += uint64(len(pkts[i]) - wire.HeaderLen)
+		if flows != nil {
+			stream = s.streamFor(flows[i])
+		}
+		pkts[i] = s.seal(pkts[i], stream, first+uint64(i), nonce)
 	}
 	p.node.putNonce(nonce)
-	_ = p.transmit(q, time.Now(), bytes, true)
+	return bytes
 }
 
 // sendControl seals one stream-0 payload on s and sends it on the current path.
