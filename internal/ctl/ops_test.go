@@ -176,13 +176,21 @@ func TestPingEndsWithServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	go srv.Serve(&opsFake{fakeTunnel: newFake()})
+	f := &opsFake{fakeTunnel: newFake()}
+	go srv.Serve(f)
 	done := make(chan error, 1)
 	go func() {
 		_, err := Ping(context.Background(), srv.Path(), "silent", time.Minute)
 		done <- err
 	}()
-	time.Sleep(100 * time.Millisecond)
+	// Close only once the daemon is waiting for the reply.
+	deadline := time.Now().Add(10 * time.Second)
+	for f.lastWait.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the ping never reached the daemon")
+		}
+		time.Sleep(time.Millisecond)
+	}
 	closed := make(chan struct{})
 	go func() { srv.Close(); close(closed) }()
 	select {
@@ -191,7 +199,10 @@ func TestPingEndsWithServer(t *testing.T) {
 		t.Fatal("Close waited for a ping in progress")
 	}
 	select {
-	case <-done:
+	case err := <-done:
+		if err == nil {
+			t.Error("Ping of a peer that never answers succeeded when the server closed")
+		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the client still waits")
 	}
