@@ -184,6 +184,33 @@ func TestNoRouteCounted(t *testing.T) {
 	}
 }
 
+// TestMalformedCounted: packets read from the interface that are neither a whole IPv4
+// nor a whole IPv6 header go to no peer and are counted as malformed, not as no_route.
+func TestMalformedCounted(t *testing.T) {
+	a, _ := memPair(t)
+	v5 := ipv4UDP("10.9.0.1", "10.9.0.2", 1, 2, []byte("not v4"))
+	v5[0] = 0x55
+	shortV4 := ipv4UDP("10.9.0.1", "10.9.0.2", 1, 2, nil)[:19]
+	shortV6 := make([]byte, 39)
+	shortV6[0] = 0x60
+	a.dev.Inject(v5, shortV4, shortV6)
+	// Packets are handled in order: once this one is counted, so are those above.
+	a.dev.Inject(ipv4UDP("10.9.0.1", "172.31.0.1", 1, 2, []byte("nowhere")))
+	deadline := time.Now().Add(5 * time.Second)
+	for a.t.Counters().NoRoute == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no-route packet not counted")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if c := a.t.Counters(); c.Malformed != 3 || c.NoRoute != 1 {
+		t.Fatalf("malformed %d, no_route %d; want 3 and 1", c.Malformed, c.NoRoute)
+	}
+	if got := a.t.Status().Counters["tunnel_malformed"]; got != 3 {
+		t.Fatalf("status counters tunnel_malformed = %d, want 3", got)
+	}
+}
+
 // TestLinkScopedNotCountedAsNoRoute: the kernel's link-local housekeeping (router
 // solicitations, MLD, mDNS, broadcasts) that no peer takes is counted as ignored, not
 // as no_route, which is kept for traffic that really went nowhere.
