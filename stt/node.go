@@ -232,7 +232,7 @@ func (n *Node) Close() error {
 	n.mu.Unlock()
 	for _, p := range peers {
 		if s := p.current.Load(); s != nil {
-			p.sendControl(s, wire.AppendControl(nil, wire.CtlClose, []byte{wire.CodeShutdown, 0}))
+			p.sendClose(s)
 		}
 	}
 	if n.cancel != nil {

@@ -787,13 +787,13 @@ func (p *Peer) shutdown() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.removed = true
-	p.dropInitLocked()
-	p.forgetProofLocked()
-	cur := p.current.Swap(nil)
-	if cur != nil {
-		p.sendControl(cur, wire.AppendControl(nil, wire.CtlClose, []byte{wire.CodeShutdown, 0}))
-	}
-	p.node.index.remove(cur, p.previous)
-	p.previous = nil
+	// The handshake dropSessionsLocked asks for never starts: a removed peer runs no
+	// timers and completes no handshake.
+	p.dropSessionsLocked()
 	p.queue = nil
+}
+
+// sendClose tells the peer that s is closed because this side shuts it down.
+func (p *Peer) sendClose(s *session) {
+	p.sendControl(s, wire.AppendControl(nil, wire.CtlClose, []byte{wire.CodeShutdown, 0}))
 }

@@ -6,7 +6,6 @@ import (
 
 	"golang.zx2c4.com/wireguard/conn"
 
-	"github.com/stt-tun/stt-tun/stt/wire"
 	"github.com/stt-tun/stt-tun/stt/ws"
 )
 
@@ -96,7 +95,7 @@ func (p *Peer) dropSessionsLocked() {
 	p.forgetProofLocked()
 	cur := p.current.Swap(nil)
 	if cur != nil {
-		p.sendControl(cur, wire.AppendControl(nil, wire.CtlClose, []byte{wire.CodeShutdown, 0}))
+		p.sendClose(cur)
 		p.wantHandshake = true
 	}
 	n.index.remove(cur, p.previous)
