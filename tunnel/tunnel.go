@@ -304,12 +304,10 @@ func (t *Tunnel) closing() bool {
 	}
 }
 
-// maxWriteCap bounds the capacity of a buffer handed to the TUN device's Write, whose
-// coalescing would otherwise build packets longer than IP allows (see package tun).
-const maxWriteCap = 2*stt.Headroom + tun.MaxPacketSize
-
 // Deliver writes authenticated packets to the TUN device, after checking that each
-// one's source address is inside the prefixes its peer may send from.
+// one's source address is inside the prefixes its peer may send from. Each buffer's
+// capacity is cut to tun.MaxWriteCap, so that the device's coalescing cannot build a
+// packet longer than IP allows.
 func (t *Tunnel) Deliver(in *stt.Inbound) {
 	table := t.table.Load()
 	out := in.Scratch[:0]
@@ -329,7 +327,7 @@ func (t *Tunnel) Deliver(in *stt.Inbound) {
 			}
 			continue
 		}
-		out = append(out, in.Bufs[i][:end:min(cap(in.Bufs[i]), maxWriteCap)])
+		out = append(out, in.Bufs[i][:end:min(cap(in.Bufs[i]), tun.MaxWriteCap(stt.Headroom))])
 	}
 	if len(out) == 0 {
 		return
