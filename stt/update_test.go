@@ -48,6 +48,14 @@ func TestUpdateKeepsSession(t *testing.T) {
 		if err := pb.Update(pc); err != nil {
 			t.Fatalf("step %d: %v", i, err)
 		}
+		// Each step's settings are taken: the last step alone would not show it, since
+		// it returns to the settings the peer started with.
+		pb.mu.Lock()
+		keepalive, pin := pb.cfg.PersistentKeepalive, pb.cfg.PublicKey
+		pb.mu.Unlock()
+		if keepalive != pc.PersistentKeepalive || (pin == nil) != (pc.PublicKey == nil) || pin != nil && *pin != *pc.PublicKey {
+			t.Fatalf("step %d: settings not taken: keepalive %v, pin %v", i, keepalive, pin)
+		}
 		roundTrip(t, a, b, fmt.Sprintf("after step %d", i))
 		if got := sessionOf(t, pb); got != id {
 			t.Fatalf("step %d: session %d replaced by %d", i, id, got)
@@ -55,12 +63,6 @@ func TestUpdateKeepsSession(t *testing.T) {
 	}
 	if got := a.Stats().HandshakesDone; got != hs {
 		t.Fatalf("handshakes %d -> %d: Update caused a handshake", hs, got)
-	}
-	pb.mu.Lock()
-	keepalive, pin := pb.cfg.PersistentKeepalive, pb.cfg.PublicKey
-	pb.mu.Unlock()
-	if keepalive != 0 || pin != nil {
-		t.Fatalf("settings not taken: keepalive %v, pin %v", keepalive, pin)
 	}
 }
 
