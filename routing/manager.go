@@ -17,12 +17,11 @@ var ErrUndone = errors.New("routing manager already undone or closed")
 // Manager holds the configuration Apply made for one link and its journal.
 // Its methods are safe for concurrent use.
 type Manager struct {
-	mu    sync.Mutex
-	spec  Spec // normalized
-	env   *osEnv
-	j     *journal
-	index int
-	done  bool
+	mu   sync.Mutex
+	spec Spec // normalized
+	env  *osEnv
+	j    *journal // its ifindex is the link's
+	done bool
 
 	// crashAt, if positive, makes the change with that number (from 1)
 	// stop right after it is recorded, without rollback: a test's SIGKILL.
@@ -66,7 +65,7 @@ func apply(spec Spec, crashAt int) (*Manager, error) {
 		env.close()
 		return nil, fmt.Errorf("routing: apply %s: %w", s.Link, err)
 	}
-	m := &Manager{spec: s, env: env, j: j, index: link.Attrs().Index, crashAt: crashAt}
+	m := &Manager{spec: s, env: env, j: j, crashAt: crashAt}
 	if err := m.apply(link); err != nil {
 		err = fmt.Errorf("routing: apply %s: %w", s.Link, err)
 		if errors.Is(err, errCrash) {
@@ -249,7 +248,7 @@ func (m *Manager) addRoutes(prefixes []netip.Prefix) error {
 		if first+i+1 == m.crashAt {
 			return fmt.Errorf("%s: %w", c.describe(), errCrash)
 		}
-		if err := m.env.nl.RouteAdd(netlinkRoute(m.index, *c.Route)); err != nil {
+		if err := m.env.nl.RouteAdd(netlinkRoute(m.j.st.Index, *c.Route)); err != nil {
 			err = fmt.Errorf("add route %s table %d: %w", c.Route.Dst, c.Route.Table, err)
 			// Routes from i on were not added.
 			m.j.st.Changes = m.j.st.Changes[:first+i]
@@ -265,7 +264,7 @@ func (m *Manager) addRoutes(prefixes []netip.Prefix) error {
 func (m *Manager) addRoute(p netip.Prefix, table int) error {
 	rc := routeChange{Dst: p, Table: table}
 	return m.do(change{Route: &rc}, func() error {
-		if err := m.env.nl.RouteAdd(netlinkRoute(m.index, rc)); err != nil {
+		if err := m.env.nl.RouteAdd(netlinkRoute(m.j.st.Index, rc)); err != nil {
 			return fmt.Errorf("add route %s table %d: %w", p, table, err)
 		}
 		return nil
@@ -394,7 +393,7 @@ func (m *Manager) DelRoute(p netip.Prefix) error {
 	if i < 0 {
 		return fmt.Errorf("routing: %s: delete route %s: not added by this manager", m.spec.Link, p)
 	}
-	if err := revertRoute(m.env, m.index, *m.j.st.Changes[i].Route); err != nil {
+	if err := revertRoute(m.env, m.j.st.Index, *m.j.st.Changes[i].Route); err != nil {
 		return fmt.Errorf("routing: %s: %w", m.spec.Link, err)
 	}
 	if err := m.j.drop(i); err != nil {
