@@ -59,7 +59,7 @@ while read -r dir name; do
 	pkg="./${dir#./}"
 	echo "==> $pkg $name"
 	ok=0
-	for attempt in 1 2 3; do
+	for _ in 1 2 3; do
 		# shellcheck disable=SC2086 # FUZZFLAGS is a list of flags
 		if "$go" test -run '^$' -fuzz "^${name}\$" -fuzztime "$fuzztime" ${FUZZFLAGS:-} "$pkg" 2>&1 | tee "$log"; then
 			ok=1
