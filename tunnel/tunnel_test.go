@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/stt-tun/stt-tun/config"
+	"github.com/stt-tun/stt-tun/stt"
 	"github.com/stt-tun/stt-tun/tun"
 )
 
@@ -125,6 +126,27 @@ func TestSpoofedSourceNeverReachesTun(t *testing.T) {
 		t.Fatalf("unexpected packet reached the tun: %x", p)
 	default:
 	}
+}
+
+// TestDeliverCapsWriteCapacity: a receive buffer with more capacity than the TUN
+// device's Write accepts (its coalescing could grow a packet past IP's limit there) is
+// handed over cut to tun.MaxWriteCap, not refused.
+func TestDeliverCapsWriteCapacity(t *testing.T) {
+	seed, _ := config.GenerateSeed()
+	a := startMem(t, writeSecret(t, t.TempDir(), "seed", seed), "a", "10.9.0.1/24", []config.Peer{{
+		Name: "b", AllowedPrefixes: []netip.Prefix{netip.MustParsePrefix("10.9.0.2/32")},
+	}})
+	pkt := ipv4UDP("10.9.0.2", "10.9.0.1", 2, 1, []byte("roomy buffer"))
+	buf := make([]byte, stt.Headroom+len(pkt), tun.MaxWriteCap(stt.Headroom)+1)
+	copy(buf[stt.Headroom:], pkt)
+	a.t.Deliver(&stt.Inbound{
+		Bufs: [][]byte{buf}, Sizes: []int{len(pkt)}, Peers: []*stt.Peer{a.t.Node().Peer("b")},
+		N: 1, Scratch: make([][]byte, 0, 1),
+	})
+	if c := a.t.Counters(); c.TunErrors != 0 || c.SourceDenied != 0 {
+		t.Fatalf("tun errors %d, source denied %d; want 0 and 0", c.TunErrors, c.SourceDenied)
+	}
+	expectPacket(t, a.dev, pkt)
 }
 
 // TestPeerCannotUseAnotherPeersAddress: a member that sends with the source address
