@@ -206,7 +206,11 @@ func (p *Peer) transmit(frames [][]byte, now time.Time, payloadBytes uint64, dat
 	if data {
 		p.txPackets.Add(uint64(len(frames)))
 		p.txBytes.Add(payloadBytes)
-		p.firstUnanswered.CompareAndSwap(0, t)
+		// Set once per silence: a failing CompareAndSwap would still take the cache
+		// line, which the receive path reads, on every batch while the peer is quiet.
+		if p.firstUnanswered.Load() == 0 {
+			p.firstUnanswered.CompareAndSwap(0, t)
+		}
 	}
 	return nil
 }
