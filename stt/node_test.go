@@ -695,3 +695,31 @@ func TestOtherVersionCountedAndLoggedSparingly(t *testing.T) {
 		t.Fatalf("%d log lines for 100 messages of another version, want 1", n)
 	}
 }
+
+// TestPeerCloseEndsSession: a CLOSE from the peer ends the session it names at once, so
+// that the next datagram starts a handshake rather than vanish into a session the peer
+// no longer has.
+func TestPeerCloseEndsSession(t *testing.T) {
+	a, b := pair(t, Timers{})
+	established(t, a, b)
+	b.RemovePeer("a") // sends CLOSE
+	waitFor(t, 5*time.Second, "the session closed by the peer", func() bool {
+		_, ok := a.Peer("b").SessionID()
+		return !ok
+	})
+}
+
+// TestPeerRekeyRequestStartsHandshake: a REKEY from the peer makes this node start a new
+// handshake now, long before its own rekey timer would.
+func TestPeerRekeyRequestStartsHandshake(t *testing.T) {
+	a, b := pair(t, Timers{})
+	established(t, a, b)
+	pb := a.Peer("b")
+	id := sessionOf(t, pb)
+	s := b.Peer("a").current.Load()
+	b.Peer("a").sendControl(s, wire.AppendControl(nil, wire.CtlRekey, nil))
+	waitFor(t, 5*time.Second, "a new session after the peer's REKEY", func() bool {
+		got, ok := pb.SessionID()
+		return ok && got != id
+	})
+}
