@@ -131,9 +131,8 @@ func Dial(ctx context.Context, cfg DialConfig) (*Conn, error) {
 	}
 
 	var (
-		peerMu sync.Mutex
-		peer   net.Addr
-		cork   *corkConn
+		corkMu sync.Mutex
+		cork   *corkConn // the connection the upgrade went over, and so its peer
 	)
 	dialer := &net.Dialer{KeepAlive: 30 * time.Second}
 	if cfg.FwMark != 0 {
@@ -151,10 +150,9 @@ func Dial(ctx context.Context, cfg DialConfig) (*Conn, error) {
 				return nil, err
 			}
 			cc := &corkConn{Conn: nc}
-			peerMu.Lock()
-			peer = nc.RemoteAddr()
+			corkMu.Lock()
 			cork = cc
-			peerMu.Unlock()
+			corkMu.Unlock()
 			return cc, nil
 		},
 		TLSClientConfig:        tlsConf,
@@ -179,9 +177,13 @@ func Dial(ctx context.Context, cfg DialConfig) (*Conn, error) {
 		return nil, fmt.Errorf("ws: dial %s: %w", cfg.URL, err)
 	}
 
-	peerMu.Lock()
-	remote := addrPortOf(peer)
-	peerMu.Unlock()
+	corkMu.Lock()
+	cc := cork
+	corkMu.Unlock()
+	var remote netip.AddrPort
+	if cc != nil {
+		remote = addrPortOf(cc.RemoteAddr())
+	}
 	name := u.Scheme + "://" + remote.String() + u.EscapedPath()
 	if proxy != nil {
 		port := u.Port()
@@ -194,9 +196,7 @@ func Dial(ctx context.Context, cfg DialConfig) (*Conn, error) {
 		name = u.Scheme + "://" + u.Host + u.EscapedPath() + " via " + proxy.Host
 	}
 	c := newConn(wsc, o, nil, remote, name)
-	peerMu.Lock()
-	c.cork = cork
-	peerMu.Unlock()
+	c.cork = cc
 	c.start(0)
 	return c, nil
 }
