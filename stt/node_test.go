@@ -544,13 +544,18 @@ func TestRestartedPeerGetsNewSession(t *testing.T) {
 func TestReliableControlDeliveredInOrder(t *testing.T) {
 	var mu sync.Mutex
 	var got []byte
+	opens := 0
 	seed := randKey(t)
 	h := newCollector()
 	bKey := randKey(t)
 	b, err := New(Config{Seed: seed, PrivateKey: bKey, Name: "b", Handler: h,
 		Extension: func(p *Peer, typ byte, body []byte) {
 			mu.Lock()
-			got = append(got, body[0])
+			if typ == wire.CtlStreamOpen {
+				opens++
+			} else {
+				got = append(got, body[0])
+			}
 			mu.Unlock()
 		}})
 	if err != nil {
@@ -580,6 +585,15 @@ func TestReliableControlDeliveredInOrder(t *testing.T) {
 			t.Fatalf("message %d carried %d", i, v)
 		}
 	}
+	// A STREAM_OPEN is an announcement the node hands to the extension too.
+	if err := pa.SendReliable(wire.CtlStreamOpen, make([]byte, wire.StreamBodyLen)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the STREAM_OPEN at the extension", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return opens == 1
+	})
 }
 
 func TestPingMeasuresRTT(t *testing.T) {
