@@ -737,3 +737,39 @@ func TestPeerRekeyRequestStartsHandshake(t *testing.T) {
 		return ok && got != id
 	})
 }
+
+// TestReliableControlSurvivesRekey: reliable messages the old session never got
+// acknowledged move to the new session and are delivered over it.
+func TestReliableControlSurvivesRekey(t *testing.T) {
+	var got atomic.Int64
+	seed := randKey(t)
+	h := newCollector()
+	b, err := New(Config{Seed: seed, PrivateKey: randKey(t), Name: "b", Handler: h,
+		Extension: func(p *Peer, typ byte, body []byte) { got.Add(1) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	_, _ = b.AddPeer(PeerConfig{Name: "a"})
+	a := startNode(t, nodeOpts{seed: seed, name: "a"})
+	pa, _ := a.AddPeer(PeerConfig{Name: "b", Endpoint: fmt.Sprintf("127.0.0.1:%d", b.Port())})
+	sendOne(t, pa, 0, []byte("x"))
+	h.waitCount(t, 1, 5*time.Second)
+	old := pa.current.Load()
+	// A long smoothed RTT puts the old session's retransmission (2*RTT) beyond the wait
+	// below: what arrives in time came over the new session.
+	pa.rtt.Store(int64(2 * time.Second))
+	// Queued on the old session and never sent: as good as lost on the way.
+	for i := 0; i < 3; i++ {
+		if _, err := old.rel.enqueue(0x80, []byte{byte(i)}, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pa.Rekey()
+	waitFor(t, 3*time.Second, "the old session's reliable messages over the new one", func() bool {
+		return got.Load() == 3 && pa.current.Load() != old
+	})
+}
