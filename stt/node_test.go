@@ -773,3 +773,18 @@ func TestReliableControlSurvivesRekey(t *testing.T) {
 		return got.Load() == 3 && pa.current.Load() != old
 	})
 }
+
+// TestReceivedDataIsAnsweredByKeepalive: a node that receives data and has nothing to
+// send back answers with a keepalive after KeepaliveTimeout, so that the sender learns
+// the path works.
+func TestReceivedDataIsAnsweredByKeepalive(t *testing.T) {
+	// No RTT probes after the first, which goes out on the first tick.
+	a, b := pair(t, Timers{KeepaliveTimeout: 200 * time.Millisecond, RTTProbeInterval: time.Hour, Tick: 10 * time.Millisecond})
+	established(t, a, b)
+	time.Sleep(100 * time.Millisecond)
+	pa := b.Peer("a")
+	before := pa.lastSent.Load()
+	sendOne(t, a.Peer("b"), 0, []byte("answer me"))
+	b.h.waitCount(t, 2, 5*time.Second)
+	waitFor(t, 3*time.Second, "a keepalive answering the data", func() bool { return pa.lastSent.Load() > before })
+}
