@@ -1014,10 +1014,13 @@ func TestEvictionRacesAuthentication(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	marks.Wait()
+	// A Dial returns once the upgrade is answered, before the server's handler calls
+	// OnConnect, so marks.Go may still come: Close first, which waits for every
+	// handler, so that no marks.Go runs concurrently with marks.Wait.
 	if err := srv.Close(); err != nil {
 		t.Fatal(err)
 	}
+	marks.Wait()
 	if a := tooMany.Load(); a != 0 {
 		t.Errorf("%d connections active, MaxConns %d", a, maxConns)
 	}
