@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -70,12 +71,16 @@ type captureBind struct {
 	mu       sync.Mutex
 	sent     [][]byte
 	blocked  atomic.Bool  // drop every UDP datagram silently, like a firewall
+	refuse   atomic.Bool  // fail every send, like a firewall answering EPERM
 	dropOnce atomic.Int32 // drop the next single message of this type
 }
 
 func (b *captureBind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	if b.blocked.Load() {
 		return nil
+	}
+	if b.refuse.Load() {
+		return syscall.EPERM
 	}
 	if t := b.dropOnce.Load(); t != 0 && len(bufs) == 1 && int32(bufs[0][0]) == t && b.dropOnce.CompareAndSwap(t, 0) {
 		return nil

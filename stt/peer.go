@@ -188,12 +188,12 @@ func (p *Peer) transmit(frames [][]byte, now time.Time, payloadBytes uint64, dat
 	ep := p.sendEndpoint()
 	if ep == nil {
 		p.drops.Add(uint64(len(frames)))
-		p.node.drop(DropSendError)
+		p.node.ctr.drops[DropSendError].Add(uint64(len(frames)))
 		return errNoEndpoint
 	}
 	if err := p.node.send(frames, ep); err != nil {
 		p.drops.Add(uint64(len(frames)))
-		p.node.drop(DropSendError)
+		p.node.ctr.drops[DropSendError].Add(uint64(len(frames)))
 		if data {
 			// A path that refuses sends (a local firewall answers EPERM) is as dead
 			// as one that drops them: start the same clock.

@@ -400,3 +400,20 @@ func TestHandshakeGiveUpCountsItsQueue(t *testing.T) {
 		t.Fatalf("node no_session drops %d after the give-up, want 10", got)
 	}
 }
+
+// TestSendErrorsCountedPerPacket: a batch the transport refuses counts every one of its
+// packets, on the node as on the peer: drop_send_error is in packets.
+func TestSendErrorsCountedPerPacket(t *testing.T) {
+	a, b := pair(t, Timers{})
+	established(t, a, b)
+	pb := a.Peer("b")
+	before, nodeBefore := pb.Stats().Drops, a.Stats().Drops[DropSendError]
+	a.bind.refuse.Store(true)
+	pkts, flows := seqDatagrams(0, 10)
+	_ = pb.Send(pkts, flows)
+	// (A timer's control frame may fail in between too; it counts on both alike.)
+	peerRise, nodeRise := pb.Stats().Drops-before, a.Stats().Drops[DropSendError]-nodeBefore
+	if peerRise < 10 || nodeRise != peerRise {
+		t.Fatalf("peer drops rose by %d, node send_error by %d; want both the same, at least 10", peerRise, nodeRise)
+	}
+}
