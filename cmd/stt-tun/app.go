@@ -93,12 +93,8 @@ Example, on each node:
 func stateDir(c *cli.Context) string { return c.String("state-dir") }
 
 // timeoutFlag bounds how long a command waits for a daemon.
-func timeoutFlag(def time.Duration) *cli.DurationFlag {
-	return &cli.DurationFlag{
-		Name:  "timeout",
-		Usage: "how long to wait for the daemon",
-		Value: def,
-	}
+func timeoutFlag(def time.Duration) *cli.GenericFlag {
+	return durationFlag("timeout", nil, "how long to wait for the daemon", def)
 }
 
 const configFlagName = "config"

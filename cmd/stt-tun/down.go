@@ -52,7 +52,7 @@ func down(c *cli.Context, e *env) error {
 		return err
 	}
 	dir := stateDir(c)
-	ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout"))
+	ctx, cancel := context.WithTimeout(c.Context, flagDuration(c, "timeout"))
 	defer cancel()
 	if c.Bool("leftovers") {
 		return downLeftovers(ctx, e, dir, link)
@@ -64,7 +64,7 @@ func down(c *cli.Context, e *env) error {
 	case errors.Is(err, ctl.ErrNotRunning), errors.Is(err, ctl.ErrNoConfirmation):
 		return undoLeftovers(e, dir, link, err)
 	case errors.Is(err, context.DeadlineExceeded):
-		return fmt.Errorf("%s: the daemon did not finish stopping within %v", link, c.Duration("timeout"))
+		return fmt.Errorf("%s: the daemon did not finish stopping within %v", link, flagDuration(c, "timeout"))
 	default:
 		return fmt.Errorf("down %s: %w", link, err)
 	}

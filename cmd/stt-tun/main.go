@@ -132,7 +132,7 @@ func flagsFirst(app *cli.App, args []string) []string {
 	}
 	head := append([]string(nil), args[:i+1]...)
 	var flags, rest []string
-	tail := args[i+1:]
+	tail := splitGlued(cmd.Flags, args[i+1:])
 	for j := 0; j < len(tail); j++ {
 		a := tail[j]
 		if a == "--" {
@@ -150,6 +150,43 @@ func flagsFirst(app *cli.App, args []string) []string {
 		rest = append(rest, a)
 	}
 	return append(append(head, flags...), rest...)
+}
+
+// splitGlued separates a short flag from a value glued to it, as ping(8) users type
+// them: "-c1" becomes "-c", "1" and "-W0.5" becomes "-W", "0.5", for every one-letter
+// flag of the command that takes a value. Words up to a "--" are looked at.
+func splitGlued(flags []cli.Flag, args []string) []string {
+	out := make([]string, 0, len(args))
+	value := false // a is the value of the flag before it
+	for j, a := range args {
+		if value {
+			out, value = append(out, a), false
+			continue
+		}
+		if a == "--" {
+			return append(out, args[j:]...)
+		}
+		value = strings.HasPrefix(a, "-") && takesValue(flags, a)
+		if len(a) > 2 && a[0] == '-' && a[1] != '-' && !strings.Contains(a, "=") &&
+			!isFlag(flags, a[1:]) && takesValue(flags, a[:2]) {
+			out = append(out, a[:2], a[2:])
+			continue
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// isFlag says whether name is one of the names of flags.
+func isFlag(flags []cli.Flag, name string) bool {
+	for _, f := range flags {
+		for _, n := range f.Names() {
+			if n == name {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // takesValue says whether the flag token a names a flag that reads the next word as

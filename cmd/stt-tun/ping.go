@@ -44,11 +44,13 @@ may be left out when exactly one running interface has a peer of that name.
 ping sends COUNT echoes (default 4; 0 means until interrupted) one INTERVAL
 apart, waits up to TIMEOUT for each, and ends with a summary. It exits 0 if any
 echo was answered and 1 if none was; ^C stops it early, with the summary.
+INTERVAL and TIMEOUT take a unit (200ms, 3s) or plain seconds (0.2, 3), and a
+value may be glued to its flag (-c1, -W3), as with ping(8).
 
 Examples:
    stt-tun ping beta
    stt-tun ping -c 10 -i 200ms -I stt0 beta
-   stt-tun ping -c 1 -W 3s beta && echo "beta answers"`,
+   stt-tun ping -c1 -W 3 beta && echo "beta answers"`,
 		Flags: []cli.Flag{
 			&cli.IntFlag{
 				Name:    "count",
@@ -56,18 +58,8 @@ Examples:
 				Usage:   "number of echoes to send; 0 = until interrupted",
 				Value:   defaultPingCount,
 			},
-			&cli.DurationFlag{
-				Name:    "interval",
-				Aliases: []string{"i"},
-				Usage:   "time between echoes (at least 10ms)",
-				Value:   defaultPingInterval,
-			},
-			&cli.DurationFlag{
-				Name:    "timeout",
-				Aliases: []string{"W"},
-				Usage:   "how long to wait for each reply (at most 1m)",
-				Value:   ctl.DefaultPingTimeout,
-			},
+			durationFlag("interval", []string{"i"}, "time between echoes (at least 10ms)", defaultPingInterval),
+			durationFlag("timeout", []string{"W"}, "how long to wait for each reply (at most 1m)", ctl.DefaultPingTimeout),
 			&cli.StringFlag{
 				Name:    "interface",
 				Aliases: []string{"I"},
@@ -89,8 +81,8 @@ type pingSettings struct {
 func pingArgs(c *cli.Context) (pingSettings, error) {
 	s := pingSettings{
 		count:    c.Int("count"),
-		interval: c.Duration("interval"),
-		timeout:  c.Duration("timeout"),
+		interval: flagDuration(c, "interval"),
+		timeout:  flagDuration(c, "timeout"),
 	}
 	switch n := c.Args().Len(); {
 	case n == 0:

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/urfave/cli/v2"
+
 	"github.com/stt-tun/stt-tun/internal/ctl"
 	"github.com/stt-tun/stt-tun/tunnel"
 )
@@ -163,5 +165,73 @@ func TestPingSummary(t *testing.T) {
 		if got := pingSummary(tc.sent, tc.rtts); got != tc.want {
 			t.Errorf("pingSummary(%d, %v) = %q, want %q", tc.sent, tc.rtts, got, tc.want)
 		}
+	}
+}
+
+// TestPingTakesPing8Habits: a value glued to a short flag ("-c1") and plain seconds
+// ("-W 1", "-i 0.2") work as they do with ping(8).
+func TestPingTakesPing8Habits(t *testing.T) {
+	h := newHarness(t)
+	servePingFake(t, h.dir, "stt0", "beta")
+	r := h.run("", "ping", "-c1", "-W", "1", "-i", "0.2", "beta")
+	if r.code != 0 || strings.Count(r.stdout, "reply from beta") != 1 || !strings.Contains(r.stdout, "1 sent, 1 received") {
+		t.Errorf("ping -c1 -W 1 -i 0.2 beta: %+v", r)
+	}
+	r = h.run("", "ping", "beta", "-c2", "-i0.01", "-W1", "-Istt0")
+	if r.code != 0 || !strings.Contains(r.stdout, "2 sent, 2 received") {
+		t.Errorf("ping beta -c2 -i0.01 -W1 -Istt0: %+v", r)
+	}
+	// Plain numbers are seconds: the limits see 5 ms and 61 s.
+	checkOneLineError(t, h.run("", "ping", "-i", "0.005", "beta"), 2, "ping: -i 5ms: the interval is at least 10ms")
+	checkOneLineError(t, h.run("", "ping", "-W61", "beta"), 2, "ping: -W 1m1s: want a timeout above 0 and at most 1m0s")
+	// "-i" followed by a value that looks like glued flags stays a value.
+	checkOneLineError(t, h.run("", "ping", "-I", "-c1", "beta"), 1, "-c1 is not up")
+}
+
+func TestParseSecondsOrDuration(t *testing.T) {
+	for in, want := range map[string]time.Duration{
+		"1": time.Second, "0.2": 200 * time.Millisecond, "1.5": 1500 * time.Millisecond,
+		"200ms": 200 * time.Millisecond, "1m30s": 90 * time.Second, "0": 0, " 2 ": 2 * time.Second,
+	} {
+		if got, err := parseSecondsOrDuration(in); err != nil || got != want {
+			t.Errorf("parseSecondsOrDuration(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "x", "1e3", "inf", "NaN", "0x10", "1e400", "10 s"} {
+		if got, err := parseSecondsOrDuration(in); err == nil {
+			t.Errorf("parseSecondsOrDuration(%q) = %v, want an error", in, got)
+		}
+	}
+}
+
+// TestDurationFlagsSayPlainSecondsWork: every duration flag of every command takes
+// plain seconds and its help says so.
+func TestDurationFlagsSayPlainSecondsWork(t *testing.T) {
+	n := 0
+	for _, cmd := range newApp(defaultEnv()).Commands {
+		for _, f := range cmd.Flags {
+			if _, ok := f.(*cli.DurationFlag); ok {
+				t.Errorf("%s --%s is a cli.DurationFlag, which refuses plain seconds", cmd.Name, f.Names()[0])
+			}
+			g, ok := f.(*cli.GenericFlag)
+			if !ok {
+				continue
+			}
+			if _, ok := g.Value.(*secondsOrDuration); !ok {
+				continue
+			}
+			n++
+			if !strings.Contains(g.Usage, "plain seconds") || !strings.Contains(g.Usage, "unit") {
+				t.Errorf("%s --%s: usage %q does not say that a unit or plain seconds are accepted", cmd.Name, g.Name, g.Usage)
+			}
+			h := newHarness(t)
+			r := h.run("", cmd.Name, "--help")
+			if !strings.Contains(r.stdout, "--"+g.Name+" DURATION") {
+				t.Errorf("%s --help does not show --%s DURATION:\n%s", cmd.Name, g.Name, r.stdout)
+			}
+		}
+	}
+	if n < 6 {
+		t.Errorf("found %d duration flags, want the timeouts of up, down, status, reload and ping's -i and -W", n)
 	}
 }

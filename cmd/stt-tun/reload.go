@@ -50,7 +50,7 @@ func reload(c *cli.Context, e *env) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout"))
+	ctx, cancel := context.WithTimeout(c.Context, flagDuration(c, "timeout"))
 	defer cancel()
 	changes, err := ctl.Reload(ctx, ctl.SocketPath(stateDir(c), link))
 	var de *ctl.DaemonError

@@ -41,7 +41,7 @@ Examples:
 
 func status(c *cli.Context, e *env) error {
 	dir := stateDir(c)
-	ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout"))
+	ctx, cancel := context.WithTimeout(c.Context, flagDuration(c, "timeout"))
 	defer cancel()
 
 	if c.Args().Present() {

@@ -123,7 +123,7 @@ func up(c *cli.Context, e *env) error {
 			ready:    ready,
 		}))
 	}
-	return startDaemon(c.Context, e, cfg, dir, logLevel, c.Duration("timeout"))
+	return startDaemon(c.Context, e, cfg, dir, logLevel, flagDuration(c, "timeout"))
 }
 
 // loadConfig reads a configuration, explaining a missing file named by a bare NAME.
