@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"path/filepath"
 	"time"
 
@@ -12,6 +13,15 @@ import (
 
 // DefaultStateDir holds control sockets, daemon logs and routing journals.
 const DefaultStateDir = "/run/stt-tun"
+
+func init() {
+	// --version prints what the version command prints, not urfave/cli's
+	// "stt-tun version X".
+	cli.VersionPrinter = func(c *cli.Context) { printVersion(c.App.Writer) }
+}
+
+// printVersion prints the version line of both `stt-tun version` and `stt-tun --version`.
+func printVersion(w io.Writer) { fmt.Fprintf(w, "stt-tun %s\n", versionString()) }
 
 func newApp(e *env) *cli.App {
 	app := &cli.App{
@@ -61,7 +71,7 @@ Example, on each node:
 					if c.Args().Present() {
 						return usageError("version takes no arguments")
 					}
-					fmt.Fprintf(e.stdout, "stt-tun %s\n", versionString())
+					printVersion(e.stdout)
 					return nil
 				},
 			},

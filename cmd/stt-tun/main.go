@@ -64,11 +64,7 @@ func run(ctx context.Context, args []string, e *env) int {
 	if err == nil {
 		return 0
 	}
-	msg := oneLine(err.Error())
-	if errors.Is(err, fs.ErrPermission) && os.Geteuid() != 0 {
-		msg += " (stt-tun needs root)"
-	}
-	fmt.Fprintf(e.stderr, "stt-tun: %s\n", msg)
+	fmt.Fprintf(e.stderr, "stt-tun: %s\n", errorLine(err))
 	var ee *exitError
 	if errors.As(err, &ee) {
 		return ee.code
@@ -88,6 +84,23 @@ func (e *exitError) Unwrap() error { return e.err }
 // usageError is a mistake on the command line: exit status 2.
 func usageError(format string, args ...any) error {
 	return &exitError{code: 2, err: fmt.Errorf(format, args...)}
+}
+
+// rootHint ends the message of a permission error when stt-tun does not run as root,
+// the usual reason: opening /dev/net/tun, or changing links and routes, needs root.
+const rootHint = " (stt-tun needs root)"
+
+// notRoot says whether this process lacks root's privileges; tests replace it.
+var notRoot = func() bool { return os.Geteuid() != 0 }
+
+// errorLine is err as the one line stt-tun reports it: a permission error gets the
+// hint that stt-tun needs root, when it does not run as root.
+func errorLine(err error) string {
+	msg := oneLine(err.Error())
+	if errors.Is(err, fs.ErrPermission) && notRoot() && !strings.HasSuffix(msg, rootHint) {
+		msg += rootHint
+	}
+	return msg
 }
 
 // oneLine keeps an error message to a single line, whatever its source.

@@ -31,11 +31,17 @@ var update = flag.Bool("update", false, "rewrite golden files")
 // can start it as its background daemon through /proc/self/exe.
 const daemonEnvVar = "STT_TUN_TEST_FAKE_DAEMON"
 
+// notRootEnvVar makes that daemon act as if it did not run as root.
+const notRootEnvVar = "STT_TUN_TEST_NOT_ROOT"
+
 func TestMain(m *testing.M) {
 	if os.Getenv(daemonEnvVar) != "" {
 		e := defaultEnv()
 		e.start = fakeStart(nil)
 		e.undo = func(string, string) error { return errors.New("undo not faked in the daemon") }
+		if os.Getenv(notRootEnvVar) != "" {
+			notRoot = func() bool { return true }
+		}
 		os.Exit(run(context.Background(), append([]string{"stt-tun"}, os.Args[1:]...), e))
 	}
 	os.Exit(m.Run())
@@ -87,7 +93,7 @@ func fakeStart(started chan<- *fakeTunnel) func(context.Context, *config.Config,
 	return func(ctx context.Context, cfg *config.Config, opts tunnel.Options) (daemonTunnel, error) {
 		switch cfg.Interface.NodeName {
 		case "fail":
-			return nil, errors.New("create tun device: operation not permitted")
+			return nil, fmt.Errorf("create tun device: %w", syscall.EPERM)
 		case "crash":
 			os.Exit(3)
 		case "hang":
@@ -290,6 +296,41 @@ func TestErrors(t *testing.T) {
 			r := h.run(tc.stdin, tc.args...)
 			checkOneLineError(t, r, tc.code, tc.want)
 		})
+	}
+}
+
+// TestVersionFlagMatchesVersionCommand: `stt-tun --version` prints the line `stt-tun
+// version` prints, not urfave/cli's own.
+func TestVersionFlagMatchesVersionCommand(t *testing.T) {
+	h := newHarness(t)
+	want := h.run("", "version")
+	for _, flag := range []string{"--version", "-v"} {
+		if r := h.run("", flag); r.code != 0 || r.stdout != want.stdout || r.stdout != "stt-tun "+versionString()+"\n" {
+			t.Errorf("%s printed %q, version printed %q", flag, r.stdout, want.stdout)
+		}
+	}
+}
+
+// TestTunPermissionErrorSaysNeedsRoot: without root, creating the TUN device fails
+// with a permission error, and `up` says that stt-tun needs root, also when the
+// error comes from a background daemon, as text over its readiness pipe.
+func TestTunPermissionErrorSaysNeedsRoot(t *testing.T) {
+	h := newHarness(t)
+	t.Setenv(daemonEnvVar, "1")
+	t.Setenv(notRootEnvVar, "1")
+	saved := notRoot
+	notRoot = func() bool { return true }
+	t.Cleanup(func() { notRoot = saved })
+	cfg := h.writeConfig("failing", "stt8", "fail")
+	const want = "start stt8: create tun device: operation not permitted (stt-tun needs root)"
+	r := h.run("", "up", "failing")
+	checkOneLineError(t, r, 1, want)
+	if strings.Count(r.stderr, "needs root") != 1 {
+		t.Errorf("hint repeated: %q", r.stderr)
+	}
+	r = h.run("", "up", "--foreground", "-c", cfg)
+	if r.code != 1 || !strings.HasSuffix(r.stderr, "stt-tun: "+want+"\n") {
+		t.Errorf("up --foreground: %+v", r)
 	}
 }
 

@@ -256,7 +256,8 @@ func (r *readiness) fail(err error) error {
 		return err
 	}
 	r.done = true
-	fmt.Fprintf(r.f, "%s%s\n", errorPrefix, oneLine(err.Error()))
+	// The same line as run prints, root hint included: `up` only gets the text.
+	fmt.Fprintf(r.f, "%s%s\n", errorPrefix, errorLine(err))
 	r.f.Close()
 	return err
 }
