@@ -48,6 +48,12 @@ func runDaemon(ctx context.Context, e *env, cfg *config.Config, opts daemonOptio
 	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
+	// Before anything is changed, so that leftovers can be found from the file's name
+	// whatever the file says later (see source.go). Removed, still holding the lock,
+	// once nothing is left behind.
+	if err := recordSource(opts.stateDir, name, cfg.Path); err != nil {
+		log.Warn("cannot record the configuration file; 'down --leftovers' then needs the interface name", "err", err)
+	}
 
 	// Serve from the start, so that status shows a starting interface and down can
 	// abort a start that hangs (say, resolving a peer's name).
@@ -72,6 +78,7 @@ func runDaemon(ctx context.Context, e *env, cfg *config.Config, opts daemonOptio
 	}
 	t, err := e.start(startCtx, cfg, tunnel.Options{Logger: tunnelLog, StateDir: opts.stateDir})
 	if err != nil {
+		removeSourceIfClean(opts.stateDir, name)
 		srv.Close()
 		switch {
 		case d.stopRequested():
@@ -116,6 +123,7 @@ func runDaemon(ctx context.Context, e *env, cfg *config.Config, opts daemonOptio
 		closeErr = fmt.Errorf("close %s: %w", name, closeErr)
 		log.Error("close", "err", closeErr)
 	}
+	removeSourceIfClean(opts.stateDir, name)
 	if err := srv.CloseWithError(closeErr); err != nil {
 		log.Warn("control socket", "err", err)
 	}

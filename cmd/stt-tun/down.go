@@ -20,7 +20,8 @@ func downCommand(e *env) *cli.Command {
 		Usage:     "take an interface down",
 		UsageText: "stt-tun down (NAME | -c FILE)",
 		Description: `NAME is the interface name (or the NAME given to 'up', if its configuration
-names the interface differently). down asks the interface's daemon to stop, and
+names the interface differently, also after the file was edited into one that does
+not parse). down asks the interface's daemon to stop, and
 returns once the tunnel is closed and its routes, rules and addresses are undone.
 
 If the daemon is gone (killed) but left its routing journal behind, down undoes the
@@ -75,6 +76,7 @@ func undoLeftovers(e *env, dir, link string, downErr error) error {
 	err := e.undo(dir, link)
 	if errors.Is(err, fs.ErrNotExist) {
 		_ = ctl.RemoveStale(dir, link)
+		removeSourceIfClean(dir, link)
 		if errors.Is(downErr, ctl.ErrNoConfirmation) {
 			return fmt.Errorf("%s: %w", link, downErr)
 		}
@@ -84,6 +86,7 @@ func undoLeftovers(e *env, dir, link string, downErr error) error {
 		return fmt.Errorf("%s: the daemon is gone; undo its routing from the journal: %w", link, err)
 	}
 	_ = ctl.RemoveStale(dir, link)
+	removeSourceIfClean(dir, link)
 	fmt.Fprintf(e.stderr, "stt-tun: %s: the daemon was gone (killed?); undid its routing from the journal\n", link)
 	return nil
 }
@@ -103,37 +106,51 @@ func downLeftovers(ctx context.Context, e *env, dir, link string) error {
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		_ = ctl.RemoveStale(dir, link)
+		removeSourceIfClean(dir, link)
 		return nil
 	case err != nil:
 		return fmt.Errorf("%s: the daemon is gone; undo its routing from the journal: %w", link, err)
 	}
 	_ = ctl.RemoveStale(dir, link)
+	removeSourceIfClean(dir, link)
 	fmt.Fprintf(e.stderr, "stt-tun: %s: the daemon was gone (killed?); undid its routing from the journal\n", link)
 	return nil
 }
 
-// linkName is the interface a down or status command is about: a bare NAME is taken as
-// the interface name, unless no daemon socket has that name and <config-dir>/NAME.toml
-// names a different interface; -c FILE, or a NAME that is a path, is read for its
-// interface name.
+// linkName is the interface a down, status or reload command is about: a bare NAME
+// is taken as the interface name, unless no daemon socket has that name and an
+// interface was started from <config-dir>/NAME.toml (see source.go) or that file names
+// a different interface; -c FILE, or a NAME that is a path, likewise.
 func linkName(c *cli.Context, cmd string) (string, error) {
+	link, _, err := resolveLink(c, cmd)
+	return link, err
+}
+
+// resolveLink is linkName, and also why the configuration file could not tell when a
+// bare NAME was taken as the interface name for want of anything better.
+func resolveLink(c *cli.Context, cmd string) (link string, cfgErr, err error) {
 	path, bare, err := configPath(c, cmd)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
-	if !bare {
-		cfg, err := config.Load(path)
-		if err != nil {
-			return "", err
-		}
-		return cfg.Interface.Name, nil
-	}
+	dir := stateDir(c)
 	name := c.Args().First()
-	if _, err := os.Lstat(ctl.SocketPath(stateDir(c), name)); err == nil {
-		return name, nil
+	if bare {
+		if _, err := os.Lstat(ctl.SocketPath(dir, name)); err == nil {
+			return name, nil, nil
+		}
 	}
-	if cfg, err := config.Load(path); err == nil && cfg.Interface.Name != "" {
-		return cfg.Interface.Name, nil
+	// What was started from the file is found even after the file was broken, or
+	// renames the interface: the running daemon, or the journal of a dead one.
+	if link, ok := startedFrom(dir, path); ok {
+		return link, nil, nil
 	}
-	return name, nil
+	cfg, err := config.Load(path)
+	switch {
+	case err == nil && (cfg.Interface.Name != "" || !bare):
+		return cfg.Interface.Name, nil, nil
+	case err != nil && !bare:
+		return "", nil, err
+	}
+	return name, err, nil
 }

@@ -3,7 +3,9 @@
 // tunnel, routing and config packages; see `stt-tun --help`.
 //
 // Exit status: 0 on success, 1 on a runtime error and 2 on a usage error, each error
-// reported as one line on stderr beginning "stt-tun: ".
+// reported as one line on stderr beginning "stt-tun: ", except the problems of a
+// configuration file: one "FILE:LINE: message" line each (after a "stt-tun: " line
+// saying what they stopped, if anything more than reading the file).
 package main
 
 import (
@@ -13,6 +15,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"regexp"
 	"runtime/debug"
 	"strings"
 
@@ -64,7 +67,16 @@ func run(ctx context.Context, args []string, e *env) int {
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintf(e.stderr, "stt-tun: %s\n", errorLine(err))
+	if head, problems := splitProblems(err); problems != nil {
+		if head != "" {
+			fmt.Fprintf(e.stderr, "stt-tun: %s:\n", head)
+		}
+		for _, p := range problems {
+			fmt.Fprintln(e.stderr, p)
+		}
+	} else {
+		fmt.Fprintf(e.stderr, "stt-tun: %s\n", errorLine(err))
+	}
 	var ee *exitError
 	if errors.As(err, &ee) {
 		return ee.code
@@ -84,6 +96,54 @@ func (e *exitError) Unwrap() error { return e.err }
 // usageError is a mistake on the command line: exit status 2.
 func usageError(format string, args ...any) error {
 	return &exitError{code: 2, err: fmt.Errorf(format, args...)}
+}
+
+// problemsError is a failure explained by a list of problems in a configuration file,
+// FILE:LINE: message each, when only their text is known (from a daemon).
+type problemsError struct {
+	head     string // what failed; may be empty
+	problems []string
+}
+
+func (e *problemsError) Error() string {
+	s := strings.Join(e.problems, "\n")
+	if e.head != "" {
+		s = e.head + ": " + s
+	}
+	return s
+}
+
+// configProblem matches a line of config.ErrorList: FILE:LINE: message.
+var configProblem = regexp.MustCompile(`^[^\s:][^:\n]*:[0-9]+: `)
+
+// isConfigProblem says whether s reads like one problem of a configuration file.
+func isConfigProblem(s string) bool { return configProblem.MatchString(s) }
+
+// splitProblems takes apart an error that carries a configuration file's problems into
+// what failed (head, "" if nothing more than the file's problems) and the problems, one
+// FILE:LINE: message each: run prints them one per line, the form editors and CI
+// annotations read, as docs/configuration.md shows. Other errors give nil problems.
+func splitProblems(err error) (head string, problems []string) {
+	var pe *problemsError
+	if errors.As(err, &pe) {
+		head = strings.TrimSuffix(strings.TrimSuffix(err.Error(), pe.Error()), ": ")
+		if pe.head != "" {
+			head = strings.TrimPrefix(head+": "+pe.head, ": ")
+		}
+		for _, p := range pe.problems {
+			problems = append(problems, oneLine(p))
+		}
+		return head, problems
+	}
+	var list config.ErrorList
+	if !errors.As(err, &list) || len(list) == 0 || !strings.HasSuffix(err.Error(), list.Error()) {
+		return "", nil
+	}
+	head = strings.TrimSuffix(strings.TrimSuffix(err.Error(), list.Error()), ": ")
+	for _, p := range list {
+		problems = append(problems, oneLine(p.Error()))
+	}
+	return oneLine(head), problems
 }
 
 // rootHint ends the message of a permission error when stt-tun does not run as root,

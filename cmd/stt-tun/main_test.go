@@ -283,7 +283,6 @@ func TestErrors(t *testing.T) {
 		{"up bad log level", "", []string{"up", "--log-level", "loud", "alpha"}, 2, `--log-level "loud"`},
 		{"up unknown NAME", "", []string{"up", "nope"}, 1, "nope: no configuration " + filepath.Join(h.dir, "nope.toml")},
 		{"up missing file", "", []string{"up", "-c", filepath.Join(h.dir, "missing.toml")}, 1, "missing.toml: no such file or directory"},
-		{"up bad config", "", []string{"up", "-c", filepath.Join(h.dir, "bad.toml")}, 1, "bad.toml:3: unknown key \"listenport\""},
 		{"down not up", "", []string{"down", "stt9"}, 1, "stt9 is not up"},
 		{"down NAME of config not up", "", []string{"down", "alpha"}, 1, "stt9 is not up"},
 		{"status not up", "", []string{"status", "stt9"}, 1, "stt9 is not up"},
@@ -296,6 +295,36 @@ func TestErrors(t *testing.T) {
 			r := h.run(tc.stdin, tc.args...)
 			checkOneLineError(t, r, tc.code, tc.want)
 		})
+	}
+}
+
+// TestConfigErrorsOnePerLine: a configuration's problems are printed one FILE:LINE:
+// message per line, as docs/configuration.md shows, not joined into one line.
+func TestConfigErrorsOnePerLine(t *testing.T) {
+	h := newHarness(t)
+	bad := h.write("bad.toml", "[interface]\nname = \"stt9\"\nlistenport = 1\n")
+	want := []string{
+		bad + `:1: interface: seed_file is required`,
+		bad + `:1: interface: key_file is required`,
+		bad + `:3: unknown key "listenport" in [interface]; did you mean listen_port?`,
+	}
+	for _, args := range [][]string{{"up", "-c", bad}, {"up", "--foreground", "-c", bad}, {"down", "-c", bad}, {"reload", "bad"}} {
+		r := h.run("", args...)
+		lines := strings.Split(strings.TrimSuffix(r.stderr, "\n"), "\n")
+		if r.code != 1 || r.stdout != "" || len(lines) != len(want) {
+			t.Errorf("%v: %+v, want the %d problems on lines of their own", args, r, len(want))
+			continue
+		}
+		for i, l := range lines {
+			if !strings.HasPrefix(l, want[i]) {
+				t.Errorf("%v: line %d is %q, want it to begin %q", args, i+1, l, want[i])
+			}
+		}
+	}
+	// One problem is one line, in the same form.
+	one := h.write("one.toml", "[interface]\nname = \"stt9\"\nseed_file = \"seed\"\nkey_file = \"k\"\nlistenport = 1\n")
+	if r := h.run("", "up", "-c", one); r.code != 1 || !strings.HasPrefix(r.stderr, one+`:5: unknown key "listenport"`) || strings.Count(r.stderr, "\n") != 1 {
+		t.Errorf("one problem: %+v", r)
 	}
 }
 

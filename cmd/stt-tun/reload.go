@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -46,9 +48,14 @@ Examples:
 }
 
 func reload(c *cli.Context, e *env) error {
-	link, err := linkName(c, "reload")
+	link, cfgErr, err := resolveLink(c, "reload")
 	if err != nil {
 		return err
+	}
+	if cfgErr != nil && !errors.Is(cfgErr, fs.ErrNotExist) {
+		// Nothing runs under NAME or was started from NAME.toml, and the file does not
+		// say which interface it is: its problems are the answer.
+		return cfgErr
 	}
 	ctx, cancel := context.WithTimeout(c.Context, flagDuration(c, "timeout"))
 	defer cancel()
@@ -58,7 +65,11 @@ func reload(c *cli.Context, e *env) error {
 	case errors.Is(err, ctl.ErrNotRunning):
 		return fmt.Errorf("%s is not up", link)
 	case errors.As(err, &de):
-		return fmt.Errorf("reload %s refused, still running as before: %s", link, de.Msg)
+		head := fmt.Sprintf("reload %s refused, still running as before", link)
+		if lines := strings.Split(de.Msg, "\n"); len(lines) > 1 || isConfigProblem(de.Msg) {
+			return &problemsError{head: head, problems: lines}
+		}
+		return fmt.Errorf("%s: %s", head, de.Msg)
 	case err != nil:
 		return fmt.Errorf("reload %s: %w", link, err)
 	}

@@ -128,9 +128,17 @@ func TestReloadThroughDaemon(t *testing.T) {
 	// An invalid file: refused with FILE:LINE, the tunnel not asked.
 	good := readText(t, cfg)
 	h.write("alpha.toml", good+"mtu = 10\n")
-	checkOneLineError(t, h.run("", "reload", "stt9"), 1, "reload stt9 refused, still running as before: "+cfg+":11: unknown key \"mtu\" in [[peer]] \"beta\"")
-	// With -c, the file itself says which interface: its errors come straight away.
-	checkOneLineError(t, h.run("", "reload", "-c", cfg), 1, cfg+":11: unknown key \"mtu\"")
+	refused := "stt-tun: reload stt9 refused, still running as before:\n" + cfg + ":11: unknown key \"mtu\" in [[peer]] \"beta\"; "
+	if r := h.run("", "reload", "stt9"); r.code != 1 || !strings.HasPrefix(r.stderr, refused) || strings.Count(r.stderr, "\n") != 2 {
+		t.Errorf("reload stt9 of an invalid file: %+v", r)
+	}
+	// With -c, or the NAME the interface was started as, the daemon started from the
+	// file is found although the file no longer parses.
+	for _, args := range [][]string{{"-c", cfg}, {"alpha"}} {
+		if r := h.run("", append([]string{"reload"}, args...)...); r.code != 1 || !strings.HasPrefix(r.stderr, refused) {
+			t.Errorf("reload %v of an invalid file: %+v", args, r)
+		}
+	}
 	// A change the tunnel refuses.
 	h.write("alpha.toml", strings.Replace(good, "[interface]\n", "[interface]\nmtu = 1300\n", 1))
 	checkOneLineError(t, h.run("", "reload", "stt9"), 1, "reload stt9 refused, still running as before: restart needed: interface.mtu changed from 1420 to 1300")
@@ -186,7 +194,11 @@ func TestReloadCommand(t *testing.T) {
 		{"stt0", reloadOnly{changes: []string{`peer "gamma" added`, "route 10.99.3.0/24 added"}}, 0,
 			"stt0: reloaded\n  peer \"gamma\" added\n  route 10.99.3.0/24 added\n", ""},
 		{"stt1", reloadOnly{err: errors.New("/etc/stt-tun/stt1.toml:3: interface: mtu = 10 is too small\n/etc/stt-tun/stt1.toml:9: peer \"b\": bad")}, 1,
-			"", "stt-tun: reload stt1 refused, still running as before: /etc/stt-tun/stt1.toml:3: interface: mtu = 10 is too small; /etc/stt-tun/stt1.toml:9: peer \"b\": bad\n"},
+			"", "stt-tun: reload stt1 refused, still running as before:\n/etc/stt-tun/stt1.toml:3: interface: mtu = 10 is too small\n/etc/stt-tun/stt1.toml:9: peer \"b\": bad\n"},
+		{"stt2", reloadOnly{err: errors.New("/etc/stt-tun/stt2.toml:3: interface: mtu = 10 is too small")}, 1,
+			"", "stt-tun: reload stt2 refused, still running as before:\n/etc/stt-tun/stt2.toml:3: interface: mtu = 10 is too small\n"},
+		{"stt3", reloadOnly{err: errors.New("restart needed: interface.mtu changed from 1420 to 1300")}, 1,
+			"", "stt-tun: reload stt3 refused, still running as before: restart needed: interface.mtu changed from 1420 to 1300\n"},
 	} {
 		tc.f.st = tunnel.Status{Interface: tc.link}
 		srv, err := ctl.Listen(h.dir, tc.link, nil)

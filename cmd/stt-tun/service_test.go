@@ -79,3 +79,48 @@ func TestBackgroundDaemonIsNamed(t *testing.T) {
 		t.Errorf("found %d daemons with state directory %s", found, h.dir)
 	}
 }
+
+// TestLeftoversFoundAfterConfigBroken: after a daemon died, `down --leftovers NAME`
+// (the systemd unit's ExecStopPost) undoes the journal of the interface NAME.toml
+// started, although the file was edited meanwhile into one that does not parse and
+// names another interface. A clean stop leaves no record behind.
+func TestLeftoversFoundAfterConfigBroken(t *testing.T) {
+	h := newHarness(t)
+	t.Setenv(daemonEnvVar, "1")
+	h.writeConfig("alpha", "stt9", "alpha")
+	if r := h.run("", "up", "alpha"); r.code != 0 {
+		t.Fatalf("up: %+v", r)
+	}
+	if got := readSource(sourcePath(h.dir, "stt9")); got != filepath.Join(h.dir, "alpha.toml") {
+		t.Errorf("record of stt9 is %q", got)
+	}
+	if r := h.run("", "down", "alpha"); r.code != 0 {
+		t.Fatalf("down: %+v", r)
+	}
+	if _, err := os.Lstat(sourcePath(h.dir, "stt9")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("record left after a clean stop: %v", err)
+	}
+
+	h.writeConfig("crashing", "stt7", "crash")
+	if r := h.run("", "up", "crashing"); r.code != 1 {
+		t.Fatalf("up crashing: %+v", r)
+	}
+	h.write("crashing.toml", "[interface]\nname = \"stt6\"\nbogus = \n")
+	h.undo = func(string, string) error { return nil } // a journal was there, and is undone
+	r := h.run("", "down", "--leftovers", "crashing")
+	if r.code != 0 || r.stderr != "stt-tun: stt7: the daemon was gone (killed?); undid its routing from the journal\n" {
+		t.Errorf("down --leftovers crashing: %+v", r)
+	}
+	if len(h.undone) != 1 || h.undone[0] != "stt7" {
+		t.Errorf("undo called for %v, want stt7", h.undone)
+	}
+	if _, err := os.Lstat(sourcePath(h.dir, "stt7")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("record left after the leftovers were undone: %v", err)
+	}
+	// Now there is nothing left, and nothing to do.
+	h.undone = nil
+	h.undo = func(string, string) error { return os.ErrNotExist }
+	if r := h.run("", "down", "--leftovers", "crashing"); r.code != 0 || r.stderr != "" || len(h.undone) != 1 || h.undone[0] != "crashing" {
+		t.Errorf("second down --leftovers: %+v, undone %v", r, h.undone)
+	}
+}
