@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -27,6 +28,7 @@ type daemonOptions struct {
 	stateDir string
 	level    slog.Level
 	ready    *readiness
+	log      io.Writer // where the log goes; nil means e.stderr
 }
 
 // runDaemon runs one interface until SIGTERM or SIGINT, a down request on its control
@@ -35,7 +37,11 @@ type daemonOptions struct {
 func runDaemon(ctx context.Context, e *env, cfg *config.Config, opts daemonOptions) error {
 	name := cfg.Interface.Name
 	// The tunnel names the interface in its own records.
-	tunnelLog := newLogger(e.stderr, cfg.Logging.Format, opts.level)
+	logTo := opts.log
+	if logTo == nil {
+		logTo = e.stderr
+	}
+	tunnelLog := newLogger(logTo, cfg.Logging.Format, opts.level)
 	log := tunnelLog.With("interface", name)
 
 	sigCtx, stopSignals := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)

@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -31,8 +32,12 @@ var update = flag.Bool("update", false, "rewrite golden files")
 // can start it as its background daemon through /proc/self/exe.
 const daemonEnvVar = "STT_TUN_TEST_FAKE_DAEMON"
 
-// notRootEnvVar makes that daemon act as if it did not run as root.
-const notRootEnvVar = "STT_TUN_TEST_NOT_ROOT"
+// notRootEnvVar makes that daemon act as if it did not run as root, and logMaxEnvVar
+// sets the cap of its log.
+const (
+	notRootEnvVar = "STT_TUN_TEST_NOT_ROOT"
+	logMaxEnvVar  = "STT_TUN_TEST_LOG_MAX"
+)
 
 func TestMain(m *testing.M) {
 	if os.Getenv(daemonEnvVar) != "" {
@@ -41,6 +46,9 @@ func TestMain(m *testing.M) {
 		e.undo = func(string, string) error { return errors.New("undo not faked in the daemon") }
 		if os.Getenv(notRootEnvVar) != "" {
 			notRoot = func() bool { return true }
+		}
+		if n, err := strconv.ParseInt(os.Getenv(logMaxEnvVar), 10, 64); err == nil {
+			maxLogSize = n
 		}
 		os.Exit(run(context.Background(), append([]string{"stt-tun"}, os.Args[1:]...), e))
 	}

@@ -52,9 +52,17 @@ func TestDownLeftovers(t *testing.T) {
 	})
 }
 
-// TestBackgroundDaemonIsNamed: a daemon started by `up` runs /proc/self/exe, which ps,
-// ss and top would show as "exe"; it renames itself stt-tun.
-func TestBackgroundDaemonIsNamed(t *testing.T) {
+// TestBackgroundDaemonShowsItsProgram: a daemon started by `up` runs /proc/self/exe,
+// which ps, ss and top would show as "exe" and "/proc/self/exe"; it renames itself
+// stt-tun, and its argv[0] is the program's path.
+func TestBackgroundDaemonShowsItsProgram(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := filepath.EvalSymlinks(self); err == nil {
+		self = r
+	}
 	h := newHarness(t)
 	t.Setenv(daemonEnvVar, "1")
 	h.writeConfig("alpha", "stt9", "alpha")
@@ -73,6 +81,9 @@ func TestBackgroundDaemonIsNamed(t *testing.T) {
 		comm, _ := os.ReadFile(filepath.Join(filepath.Dir(p), "comm"))
 		if string(comm) != "stt-tun\n" {
 			t.Errorf("daemon %s is named %q", filepath.Dir(p), comm)
+		}
+		if argv0, _, _ := bytes.Cut(cmdline, []byte{0}); string(argv0) != self {
+			t.Errorf("daemon %s has argv[0] %q, want %q", filepath.Dir(p), argv0, self)
 		}
 	}
 	if found != 1 {

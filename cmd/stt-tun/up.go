@@ -44,7 +44,8 @@ any file. The interface's own name is the one its configuration gives.
 
 Without --foreground, up starts a daemon in the background and returns once the
 interface has its addresses and routes, or prints why it could not. The daemon logs
-to <state-dir>/<interface>.log (default /run/stt-tun/). With --foreground the daemon
+to <state-dir>/<interface>.log (default /run/stt-tun/), which it keeps under 10 MiB by
+renaming it to <interface>.log.1 and starting anew. With --foreground the daemon
 runs in this process and logs to stderr; under systemd (scripts/stt-tun@.service,
 Type=notify) it reports readiness once the interface is up. SIGTERM or SIGINT, or
 'stt-tun down', stops it and undoes its routing; SIGHUP reloads the configuration.
@@ -65,6 +66,11 @@ Examples:
 				Usage: "debug, info, warn or error (default: the configuration's [logging] level, info)",
 			},
 			timeoutFlag(30 * time.Second),
+			&cli.StringFlag{
+				Name:   "log-file",
+				Usage:  "log to this file, capped in size with one rotation (set by up for its daemon)",
+				Hidden: true,
+			},
 			&cli.IntFlag{
 				Name:   "ready-fd",
 				Usage:  "file descriptor to report readiness on (set by up for its daemon)",
@@ -93,8 +99,9 @@ func up(c *cli.Context, e *env) error {
 		}
 		ready = &readiness{f: os.NewFile(uintptr(fd), "readiness pipe")}
 		defer ready.f.Close()
-		// Started through /proc/self/exe, the daemon would be "exe" to ps, ss and
-		// top; name it as administrators look for it. Best effort.
+		// Started through /proc/self/exe, the daemon would be "exe" to ss, top and
+		// ps -e (its argv[0] is the program's path); name it as administrators look
+		// for it. Best effort.
 		_ = os.WriteFile("/proc/self/comm", []byte("stt-tun"), 0)
 	}
 	cfg, err := loadConfig(path, bare)
@@ -117,11 +124,19 @@ func up(c *cli.Context, e *env) error {
 	}
 
 	if c.Bool("foreground") {
-		return ready.fail(runDaemon(c.Context, e, cfg, daemonOptions{
-			stateDir: dir,
-			level:    level,
-			ready:    ready,
-		}))
+		opts := daemonOptions{stateDir: dir, level: level, ready: ready}
+		if path := c.String("log-file"); path != "" {
+			// The background daemon's log: its stderr already is the file (for what
+			// comes before this); from here on the file is capped, and stderr follows
+			// each new file so that a panic's trace lands in the current one.
+			l, err := newCappedLog(path, maxLogSize, redirectStderr)
+			if err != nil {
+				return ready.fail(fmt.Errorf("open daemon log: %w", err))
+			}
+			defer l.Close()
+			opts.log = l
+		}
+		return ready.fail(runDaemon(c.Context, e, cfg, opts))
 	}
 	return startDaemon(c.Context, e, cfg, dir, logLevel, flagDuration(c, "timeout"))
 }
@@ -150,7 +165,7 @@ func startDaemon(ctx context.Context, e *env, cfg *config.Config, dir, logLevel 
 		return fmt.Errorf("create state directory: %w", err)
 	}
 	logPath := filepath.Join(dir, name+".log")
-	logFile, err := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	logFile, err := openLogFile(logPath)
 	if err != nil {
 		return fmt.Errorf("open daemon log: %w", err)
 	}
@@ -166,11 +181,14 @@ func startDaemon(ctx context.Context, e *env, cfg *config.Config, dir, logLevel 
 		"up", "--foreground",
 		"--ready-fd", strconv.Itoa(readyFD),
 		"--config", cfg.Path,
+		"--log-file", logPath,
 	}
 	if logLevel != "" {
 		args = append(args, "--log-level", logLevel)
 	}
 	cmd := exec.Command(e.exe, args...)
+	// ps shows argv: the program's path, not the /proc/self/exe it is started through.
+	cmd.Args[0] = programPath()
 	cmd.Stdin = nil  // /dev/null
 	cmd.Stdout = nil // /dev/null
 	cmd.Stderr = logFile
@@ -210,6 +228,20 @@ func startDaemon(ctx context.Context, e *env, cfg *config.Config, dir, logLevel 
 		}
 		return fmt.Errorf("%s: daemon exited before it was ready (%v); see %s", name, werr, logPath)
 	}
+}
+
+// programPath is this program's file as ps should show it: resolved, and without the
+// " (deleted)" the kernel appends once an upgrade has replaced the file.
+func programPath() string {
+	p, err := os.Executable()
+	if err != nil {
+		return "stt-tun"
+	}
+	p = strings.TrimSuffix(p, " (deleted)")
+	if r, err := filepath.EvalSymlinks(p); err == nil {
+		p = r
+	}
+	return p
 }
 
 var errNoLine = errors.New("readiness pipe closed without a line")
