@@ -17,6 +17,16 @@ import (
 // which TestMain turns into stt-tun.
 func runInstall(t *testing.T, dest string, args ...string) string {
 	t.Helper()
+	out, err := tryInstall(t, dest, args...)
+	if err != nil {
+		t.Fatalf("install.sh %v: %v\n%s", args, err, out)
+	}
+	return out
+}
+
+// tryInstall is runInstall for a run that may fail.
+func tryInstall(t *testing.T, dest string, args ...string) (string, error) {
+	t.Helper()
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -25,10 +35,27 @@ func runInstall(t *testing.T, dest string, args ...string) string {
 	// The race detector waits a second at exit by default; this binary runs often.
 	cmd.Env = append(os.Environ(), "DESTDIR="+dest, daemonEnvVar+"=1", "GORACE=atexit_sleep_ms=0")
 	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// filesUnder lists every file and symlink under root, relative to it.
+func filesUnder(t *testing.T, root string) []string {
+	t.Helper()
+	var files []string
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() {
+			rel, _ := filepath.Rel(root, p)
+			files = append(files, rel)
+		}
+		return nil
+	})
 	if err != nil {
-		t.Fatalf("install.sh %v: %v\n%s", args, err, out)
+		t.Fatal(err)
 	}
-	return string(out)
+	return files
 }
 
 func checkMode(t *testing.T, path string, want fs.FileMode) {
@@ -85,7 +112,7 @@ func TestInstallScript(t *testing.T) {
 	os.Chmod(filepath.Join(dest, "etc/stt-tun"), 0o755)
 	out = runInstall(t, dest, "--genseed")
 	checkMode(t, filepath.Join(dest, "etc/stt-tun"), 0o700)
-	if !strings.Contains(out, "tightened /etc/stt-tun from mode 755 to 0700") {
+	if !strings.Contains(out, "tightened "+dest+"/etc/stt-tun from mode 755 to 0700") {
 		t.Errorf("no word about the loosened directory:\n%s", out)
 	}
 	unit := filepath.Join(dest, "etc/systemd/system/stt-tun@.service")
@@ -105,7 +132,7 @@ func TestInstallScript(t *testing.T) {
 
 	// And again: nothing changes that should stay, the seed above all.
 	out = runInstall(t, dest, "--genseed")
-	if !bytes.Equal(readFile(t, seedFile), seed) || !strings.Contains(out, "kept the existing /etc/stt-tun/seed") {
+	if !bytes.Equal(readFile(t, seedFile), seed) || !strings.Contains(out, "kept the existing "+dest+"/etc/stt-tun/seed") {
 		t.Errorf("second --genseed replaced the seed or did not say so:\n%s", out)
 	}
 	if strings.Contains(out, "tightened") {
@@ -124,11 +151,49 @@ func TestInstallScriptPrefix(t *testing.T) {
 	}
 	dest := t.TempDir()
 	os.MkdirAll(filepath.Join(dest, "etc/systemd"), 0o755)
-	runInstall(t, dest, "--prefix", "/opt/stt-tun")
+	runInstall(t, dest, "--prefix", "/opt/stt-tun", "--system")
 	checkMode(t, filepath.Join(dest, "opt/stt-tun/bin/stt-tun"), 0o755)
 	unit := string(readFile(t, filepath.Join(dest, "etc/systemd/system/stt-tun@.service")))
 	if !strings.Contains(unit, "ExecStart=/opt/stt-tun/bin/stt-tun up --foreground %i\n") ||
 		strings.Contains(unit, "/usr/local/bin") {
 		t.Errorf("unit does not follow --prefix:\n%s", unit)
+	}
+}
+
+// TestInstallScriptPrefixStaysInPrefix: with --prefix and without --system, install.sh
+// writes nothing outside the prefix, says so, and prints the paths it writes with
+// DESTDIR; --genseed, which would write /etc/stt-tun/seed, is refused up front.
+func TestInstallScriptPrefixStaysInPrefix(t *testing.T) {
+	if _, err := exec.LookPath("bash"); err != nil {
+		t.Skip("no bash")
+	}
+	dest := t.TempDir()
+	os.MkdirAll(filepath.Join(dest, "etc/systemd"), 0o755) // a systemd machine
+	out := runInstall(t, dest, "--prefix", "/opt/stt-tun")
+	for _, f := range filesUnder(t, dest) {
+		if !strings.HasPrefix(f, "opt/stt-tun/") {
+			t.Errorf("install.sh --prefix /opt/stt-tun wrote /%s", f)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dest, "opt/stt-tun/bin/stt-tun")); err != nil {
+		t.Error(err)
+	}
+	for _, want := range []string{
+		"staging under DESTDIR=" + dest + "\n",
+		"installed " + dest + "/opt/stt-tun/bin/stt-tun (",
+		"skipped /etc/stt-tun and the systemd unit: outside --prefix /opt/stt-tun (add --system to install them)\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+
+	dest = t.TempDir()
+	out, err := tryInstall(t, dest, "--prefix", "/opt/stt-tun", "--genseed")
+	if err == nil || !strings.Contains(out, "install.sh: --genseed writes /etc/stt-tun/seed, outside --prefix /opt/stt-tun: add --system\n") {
+		t.Errorf("--prefix --genseed without --system: %v\n%s", err, out)
+	}
+	if files := filesUnder(t, dest); len(files) != 0 {
+		t.Errorf("a refused install wrote %v", files)
 	}
 }
