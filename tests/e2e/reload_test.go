@@ -123,7 +123,7 @@ func TestReloadWithoutDrops(t *testing.T) {
 	}
 	writeSecret(t, a.cfgPath, string(good)+"bogus = 1\n")
 	r := a.stt("reload", linkName)
-	if r.code != 1 || !strings.Contains(r.stderr, "reload "+linkName+" refused, still running as before: "+a.cfgPath+":") ||
+	if r.code != 1 || !strings.Contains(r.stderr, "reload "+linkName+" refused, still running as before:\n"+a.cfgPath+":") ||
 		!strings.Contains(r.stderr, `unknown key "bogus"`) {
 		t.Errorf("reload of a broken file: exit %d, stderr %q", r.code, r.stderr)
 	}
