@@ -100,3 +100,32 @@ func TestUnitCapabilities(t *testing.T) {
 	b.down()
 	sameSnapshot(t, b.ns, "beta after down", beforeB)
 }
+
+// TestLeftoversAfterConfigBroken: after a crash the systemd unit runs `down --leftovers
+// NAME`; it undoes the killed daemon's routing although NAME.toml was edited meanwhile
+// into a file that does not parse and names another interface.
+func TestLeftoversAfterConfigBroken(t *testing.T) {
+	t.Parallel()
+	_, a, _, seed := pair(t)
+	a.writeConfig(nodeConf{addresses: tunA, seedFile: seed, peers: []peerConf{
+		{name: "beta", endpoint: endpointB, allowed: allowB},
+	}})
+	before := takeSnapshot(t, a.ns)
+	byName := []string{binary(t), "--state-dir", a.stateDir, "--config-dir", filepath.Dir(a.cfgPath)}
+	a.proc = a.ns.Start(append(byName, "up", "--foreground", "alpha")...)
+	a.waitUp()
+	if err := a.proc.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	a.proc.Wait()
+	a.proc = nil
+	writeSecret(t, a.cfgPath, "[interface]\nname = \"stt9\"\nbogus =\n")
+	r := runIn(a.ns, append(byName, "down", "--leftovers", "alpha")...)
+	if r.err != nil || r.stderr != "stt-tun: "+linkName+": the daemon was gone (killed?); undid its routing from the journal\n" {
+		t.Fatalf("down --leftovers alpha after SIGKILL and a broken alpha.toml: %v\nstdout: %s\nstderr: %s", r.err, r.stdout, r.stderr)
+	}
+	sameSnapshot(t, a.ns, "alpha after SIGKILL and down --leftovers", before)
+	if _, err := os.Lstat(filepath.Join(a.stateDir, linkName+".json")); !os.IsNotExist(err) {
+		t.Errorf("journal left: %v", err)
+	}
+}
