@@ -135,12 +135,17 @@ func (m *Manager) apply(link netlink.Link) error {
 
 // addFullTunnel routes family's traffic into Table, except packets with the
 // mark and destinations the main table knows more specifically than /0.
-// The route goes in before the rules, so that no packet is steered to the
+// The routes go in before the rules, so that no packet is steered to the
 // table while it is still empty (and would fall through to the uplink).
 func (m *Manager) addFullTunnel(family int) error {
 	def := netip.PrefixFrom(netip.IPv4Unspecified(), 0)
 	if family == 6 {
 		def = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+	}
+	if m.spec.KillSwitch {
+		if err := m.addKillSwitch(family); err != nil {
+			return err
+		}
 	}
 	if err := m.addRoute(def, m.spec.Table); err != nil {
 		return err
@@ -269,6 +274,36 @@ func (m *Manager) addRoute(p netip.Prefix, table int) error {
 		}
 		return nil
 	})
+}
+
+func (m *Manager) addKillSwitch(family int) error {
+	kc := killSwitchChange{Family: family, Table: m.spec.Table}
+	return m.do(change{KillSwitch: &kc}, func() error {
+		if err := m.env.nl.RouteAdd(killSwitchRoute(kc)); err != nil {
+			return fmt.Errorf("add ipv%d kill switch table %d: %w", family, kc.Table, err)
+		}
+		return nil
+	})
+}
+
+// killSwitchRoute is "unreachable default proto 83 metric KillSwitchMetric"
+// in the change's table. It names no link, so the kernel keeps it when the
+// link goes; its deletion names its type, protocol and metric, so it cannot
+// hit another route.
+func killSwitchRoute(kc killSwitchChange) *netlink.Route {
+	r := &netlink.Route{
+		Dst:      ipNet(netip.PrefixFrom(netip.IPv4Unspecified(), 0)),
+		Table:    kc.Table,
+		Type:     unix.RTN_UNREACHABLE,
+		Protocol: Protocol,
+		Priority: KillSwitchMetric,
+		Family:   unix.AF_INET,
+	}
+	if kc.Family == 6 {
+		r.Dst = ipNet(netip.PrefixFrom(netip.IPv6Unspecified(), 0))
+		r.Family = unix.AF_INET6
+	}
+	return r
 }
 
 // netlinkRoute is rc as a route via the link with the given index. Scope
@@ -573,6 +608,12 @@ func revert(env *osEnv, index int, linkPresent bool, c change) error {
 		return revertSysctl(env, *c.Sysctl)
 	case c.NFT != nil:
 		return env.delNFTTable(c.NFT.Name)
+	case c.KillSwitch != nil:
+		// Not bound to the link: after a crash it is the one route left.
+		if err := env.nl.RouteDel(killSwitchRoute(*c.KillSwitch)); err != nil && !gone(err) {
+			return fmt.Errorf("delete ipv%d kill switch table %d: %w", c.KillSwitch.Family, c.KillSwitch.Table, err)
+		}
+		return nil
 	}
 	return fmt.Errorf("%w: empty change", ErrJournalCorrupt)
 }

@@ -287,6 +287,7 @@ func fullSpec(stateDir string) Spec {
 		Addresses:  []netip.Prefix{pfx("10.77.0.1/24"), pfx("fd77::1/64")},
 		Routes:     []netip.Prefix{pfx("10.78.0.0/16"), pfx("fd78::/48"), pfx("0.0.0.0/0"), pfx("::/0")},
 		FullTunnel: true,
+		KillSwitch: true,
 		Forwarding: true,
 		Masquerade: true,
 		StateDir:   stateDir,
@@ -334,6 +335,8 @@ func checkApplied(t *testing.T, n *testNS) {
 	mustContain(t, "v6 main", n.ip(t, "-6", "route", "show", "table", "main"), "fd78::/48 dev stt0 proto 83")
 	mustContain(t, "v4 table", n.ip(t, "route", "show", "table", "5354"), "default dev stt0 proto 83 scope link")
 	mustContain(t, "v6 table", n.ip(t, "-6", "route", "show", "table", "5354"), "default dev stt0 proto 83")
+	mustContain(t, "v4 kill switch", n.ip(t, "route", "show", "table", "5354"), "unreachable default proto 83 metric 4294967295")
+	mustContain(t, "v6 kill switch", n.ip(t, "-6", "route", "show", "table", "5354"), "unreachable default dev lo proto 83 metric 4294967295")
 	for _, fam := range []string{"-4", "-6"} {
 		mustContain(t, "rules "+fam, n.ip(t, fam, "rule"),
 			"32764:\tfrom all lookup main suppress_prefixlength 0 proto 83",
@@ -841,4 +844,83 @@ func TestFullTunnelOneFamily(t *testing.T) {
 	}
 	sameDump(t, before, n.dump(t))
 	noJournal(t, stateDir)
+}
+
+// routeGet asks the kernel for a route to args and returns its answer, or
+// its error message.
+func (n *testNS) routeGet(args ...string) string {
+	out, err := exec.Command("ip", append([]string{"-n", n.name}, args...)...).CombinedOutput()
+	if err != nil {
+		return "error: " + string(out)
+	}
+	return string(out)
+}
+
+// TestKillSwitchBlocksAfterCrash kills the link as a SIGKILL of the daemon
+// does and checks that the traffic the full tunnel carried is refused, not
+// routed to the underlay, while the node's own marked packets and the local
+// subnet still reach the underlay; then that UndoFromState removes the kill
+// switch and the machine is as before.
+func TestKillSwitchBlocksAfterCrash(t *testing.T) {
+	n := newNS(t)
+	n.underlay(t)
+	beforeTUN := n.dump(t)
+	n.createTUN(t, "stt0")
+	n.ip(t, "link", "set", "stt0", "up")
+	n.ip(t, "link", "set", "stt0", "down")
+	stateDir := filepath.Join(t.TempDir(), "state")
+	m, err := n.apply(fullSpec(stateDir))
+	if err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	defer m.Close()
+	checkApplied(t, n)
+	checkDecisions(t, n) // the kill switch does not take over while the link is there
+
+	n.deleteLink(t, "stt0")
+	for _, args := range [][]string{
+		{"route", "get", "198.51.100.1"},
+		{"route", "get", "10.78.1.1"}, // a peer's prefix, gone with the link
+		{"-6", "route", "get", "2001:db8:1::1"},
+		{"-6", "route", "get", "fd78::1"},
+	} {
+		if got := n.routeGet(args...); !strings.Contains(got, "No route to host") {
+			t.Errorf("ip %s after the link vanished: %q, want the unreachable route's No route to host", strings.Join(args, " "), got)
+		}
+	}
+	mustContain(t, "marked v4", n.routeGet("route", "get", "198.51.100.1", "mark", "0x5354"), "via 192.0.2.2 dev under0")
+	mustContain(t, "marked v6", n.routeGet("-6", "route", "get", "2001:db8:1::1", "mark", "0x5354"), "via 2001:db8:ffff::2 dev under0")
+	mustContain(t, "local subnet", n.routeGet("route", "get", "192.0.2.9"), "dev under0")
+	mustContain(t, "local subnet v6", n.routeGet("-6", "route", "get", "2001:db8:ffff::9"), "dev under0")
+
+	if err := n.undoFromState(stateDir, "stt0"); err != nil {
+		t.Fatalf("UndoFromState: %v", err)
+	}
+	sameDump(t, beforeTUN, n.dump(t))
+	noJournal(t, stateDir)
+	mustContain(t, "after down", n.routeGet("route", "get", "198.51.100.1"), "via 192.0.2.2 dev under0")
+}
+
+// TestKillSwitchOptOut: without KillSwitch, a vanished link leaves the
+// traffic to the main table's default route, as before the kill switch, and
+// no unreachable route is made.
+func TestKillSwitchOptOut(t *testing.T) {
+	n := newNS(t)
+	n.underlay(t)
+	n.createTUN(t, "stt0")
+	stateDir := filepath.Join(t.TempDir(), "state")
+	spec := fullSpec(stateDir)
+	spec.KillSwitch = false
+	m, err := n.apply(spec)
+	if err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	defer m.Close()
+	mustNotContain(t, "v4 table", n.ip(t, "route", "show", "table", "5354"), "unreachable")
+	mustNotContain(t, "v6 table", n.ip(t, "-6", "route", "show", "table", "5354"), "unreachable")
+	n.deleteLink(t, "stt0")
+	mustContain(t, "v4 without kill switch", n.routeGet("route", "get", "198.51.100.1"), "via 192.0.2.2 dev under0")
+	if err := n.undoFromState(stateDir, "stt0"); err != nil {
+		t.Fatalf("UndoFromState: %v", err)
+	}
 }
