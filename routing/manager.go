@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"reflect"
 	"sync"
 
 	"github.com/vishvananda/netlink"
@@ -22,6 +23,11 @@ type Manager struct {
 	env  *osEnv
 	j    *journal // its ifindex is the link's
 	done bool
+
+	// carried is how many changes at the start of the journal were taken
+	// over from a dead run (takeOver); the first claimed of them have been
+	// claimed by this Apply.
+	carried, claimed int
 
 	// crashAt, if positive, makes the change with that number (from 1)
 	// stop right after it is recorded, without rollback: a test's SIGKILL.
@@ -60,19 +66,42 @@ func apply(spec Spec, crashAt int) (*Manager, error) {
 		env.close()
 		return nil, fmt.Errorf("routing: apply %s: find link: %w", s.Link, err)
 	}
-	j, err := createJournal(StatePath(s.StateDir, s.Link), s.Link, link.Attrs().Index)
+	path := StatePath(s.StateDir, s.Link)
+	j, err := createJournal(path, s.Link, link.Attrs().Index)
+	var carried int
+	if errors.Is(err, ErrJournalExists) {
+		var terr error
+		j, carried, terr = takeOver(env, path, s.Link, link.Attrs().Index)
+		if terr != nil {
+			err = errors.Join(err, terr)
+		} else {
+			err = nil
+		}
+	}
 	if err != nil {
 		env.close()
 		return nil, fmt.Errorf("routing: apply %s: %w", s.Link, err)
 	}
-	m := &Manager{spec: s, env: env, j: j, crashAt: crashAt}
+	m := &Manager{spec: s, env: env, j: j, crashAt: crashAt, carried: carried}
 	if err := m.apply(link); err != nil {
 		err = fmt.Errorf("routing: apply %s: %w", s.Link, err)
 		if errors.Is(err, errCrash) {
 			env.close()
 			return nil, err
 		}
-		if uerr := m.revertAll(); uerr != nil {
+		// What was taken over from a dead run stays, in the journal, for
+		// `down`: a failed up must not open the kill switch.
+		if uerr := revertFrom(m.env, m.j, m.carried); uerr != nil {
+			err = errors.Join(err, fmt.Errorf("routing: roll back %s: %w", s.Link, uerr))
+		}
+		env.close()
+		return nil, err
+	}
+	if err := m.releaseCarried(); err != nil {
+		// As for a failed step: the new configuration goes, what is left of
+		// the old one stays in the journal for `down`.
+		err = fmt.Errorf("routing: apply %s: remove what the previous run left: %w", s.Link, err)
+		if uerr := revertFrom(m.env, m.j, m.carried); uerr != nil {
 			err = errors.Join(err, fmt.Errorf("routing: roll back %s: %w", s.Link, uerr))
 		}
 		env.close()
@@ -80,6 +109,104 @@ func apply(spec Spec, crashAt int) (*Manager, error) {
 	}
 	m.crashAt = 0
 	return m, nil
+}
+
+// takeOver adopts the journal a dead run left for link, so that a new Apply
+// replaces its configuration without a moment in which the full tunnel's
+// traffic could leak: the rules, kill switch, sysctls and nftables table it
+// recorded stay in effect, and Apply claims those it would make again
+// (Manager.claim). It applies only when the journal's link is gone, as it
+// is once the daemon that held the TUN has died; then the changes bound to
+// that link (its state, addresses and routes) went with it and are
+// forgotten. A journal whose link still exists is refused: another process
+// may be using it, and `down` must decide. takeOver returns the journal,
+// rewritten for the new link with the old changes that are still in effect
+// first, and how many those are.
+func takeOver(env *osEnv, path, link string, index int) (*journal, int, error) {
+	j, err := readJournal(path)
+	if err != nil {
+		return nil, 0, err
+	}
+	if j.st.Link != link {
+		return nil, 0, fmt.Errorf("%s: %w: it is for link %q", path, ErrJournalCorrupt, j.st.Link)
+	}
+	if j.st.Index == index {
+		return nil, 0, fmt.Errorf("%s is the journal of this very link (ifindex %d)", path, index)
+	}
+	if _, err := env.nl.LinkByIndex(j.st.Index); err == nil {
+		return nil, 0, fmt.Errorf("the link it was made for (ifindex %d) still exists", j.st.Index)
+	} else if !errors.As(err, new(netlink.LinkNotFoundError)) && !errors.Is(err, unix.ENODEV) {
+		return nil, 0, fmt.Errorf("find link %d: %w", j.st.Index, err)
+	}
+	var kept []change
+	for _, c := range j.st.Changes {
+		if !c.linkBound() {
+			kept = append(kept, c)
+		}
+	}
+	old := j.st
+	j.st.Index = index
+	j.st.Changes = append([]change{}, kept...)
+	if err := j.save(); err != nil {
+		j.st = old
+		return nil, 0, err
+	}
+	return j, len(kept), nil
+}
+
+// linkBound reports whether the change lives and dies with the journal's
+// link.
+func (c change) linkBound() bool {
+	return c.Link != nil || c.Addr != nil || c.Route != nil
+}
+
+// claim reports whether c, or for a sysctl a change setting the same key to
+// the same value, is among the changes taken over from a dead run and not
+// yet claimed. Such a change is in effect and in the journal already; a
+// claimed one is moved to the end of the carried ones, so that what is not
+// claimed by the end of Apply is j.st.Changes[claimed:carried].
+func (m *Manager) claim(c change) bool {
+	for i := m.claimed; i < m.carried; i++ {
+		o := m.j.st.Changes[i]
+		same := reflect.DeepEqual(o, c)
+		if c.Sysctl != nil && o.Sysctl != nil {
+			same = o.Sysctl.Key == c.Sysctl.Key && o.Sysctl.New == c.Sysctl.New
+		}
+		if !same {
+			continue
+		}
+		// Keep the carried changes in their recorded order, claimed first.
+		cs := m.j.st.Changes
+		copy(cs[m.claimed+1:i+1], cs[m.claimed:i])
+		cs[m.claimed] = o
+		m.claimed++
+		return true
+	}
+	return false
+}
+
+// releaseCarried reverts what a dead run left and the new configuration did
+// not claim, and drops it from the journal.
+func (m *Manager) releaseCarried() error {
+	if m.claimed == m.carried {
+		return nil
+	}
+	var errs []error
+	var failed []change
+	for i := m.carried - 1; i >= m.claimed; i-- {
+		c := m.j.st.Changes[i]
+		if err := revert(m.env, m.j.st.Index, true, c); err != nil {
+			errs = append(errs, err)
+			failed = append([]change{c}, failed...)
+		}
+	}
+	rest := append(append([]change{}, m.j.st.Changes[:m.claimed]...), failed...)
+	m.j.st.Changes = append(rest, m.j.st.Changes[m.carried:]...)
+	m.carried = m.claimed + len(failed)
+	if err := m.j.save(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }
 
 func (m *Manager) apply(link netlink.Link) error {
@@ -160,6 +287,9 @@ func (m *Manager) addFullTunnel(family int) error {
 // do records c, then runs op. If op fails the change did not happen, so
 // its record is dropped rather than reverted.
 func (m *Manager) do(c change, op func() error) error {
+	if m.claim(c) {
+		return nil
+	}
 	if err := m.j.record(c); err != nil {
 		return fmt.Errorf("%s: %w", c.describe(), err)
 	}
@@ -350,6 +480,11 @@ func netlinkRule(rc ruleChange) *netlink.Rule {
 }
 
 func (m *Manager) setSysctl(key, val string) error {
+	// Claimed first: a dead run left the value set, and its record holds
+	// the value to restore.
+	if m.claim(change{Sysctl: &sysctlChange{Key: key, New: val}}) {
+		return nil
+	}
 	old, err := m.env.readSysctl(key)
 	if err != nil {
 		return fmt.Errorf("read sysctl %s: %w", key, err)
@@ -367,6 +502,9 @@ func (m *Manager) setSysctl(key, val string) error {
 
 func (m *Manager) addMasquerade() error {
 	name := NFTTableName(m.spec.Link)
+	if m.claim(change{NFT: &nftChange{Family: "inet", Name: name}}) {
+		return nil
+	}
 	// A table of that name that is not ours must survive our undo, so it is
 	// refused before the journal could claim it.
 	exists, err := m.env.nftTableExists(name)
@@ -542,6 +680,13 @@ func UndoFromState(stateDir, link string) error {
 // revertJournal reverts j's changes newest first. Changes that could not be
 // reverted stay in the journal; if there are none, it is removed.
 func revertJournal(env *osEnv, j *journal) error {
+	return revertFrom(env, j, 0)
+}
+
+// revertFrom reverts j's changes from index from on, newest first. Those
+// before from, and those that could not be reverted, stay in the journal;
+// if there are none, it is removed.
+func revertFrom(env *osEnv, j *journal, from int) error {
 	// Link-bound changes died with the link if it is gone. The ifindex is
 	// compared because a new link may carry the old name.
 	linkPresent := true
@@ -554,17 +699,17 @@ func revertJournal(env *osEnv, j *journal) error {
 	}
 	var errs []error
 	var failed []change
-	for i := len(j.st.Changes) - 1; i >= 0; i-- {
+	for i := len(j.st.Changes) - 1; i >= from; i-- {
 		c := j.st.Changes[i]
 		if err := revert(env, j.st.Index, linkPresent, c); err != nil {
 			errs = append(errs, err)
 			failed = append([]change{c}, failed...)
 		}
 	}
-	if len(errs) == 0 {
+	if len(errs) == 0 && from == 0 {
 		return j.remove()
 	}
-	j.st.Changes = failed
+	j.st.Changes = append(j.st.Changes[:from:from], failed...)
 	if err := j.save(); err != nil {
 		errs = append(errs, err)
 	}
