@@ -677,6 +677,27 @@ func UndoFromState(stateDir, link string) error {
 	return nil
 }
 
+// HoldsKillSwitch reports whether the journal for link in stateDir (empty
+// means DefaultStateDir) records a kill switch: then undoing it would let
+// the full tunnel's traffic out by the uplink. A missing journal gives
+// false and an error wrapping fs.ErrNotExist, a malformed one
+// ErrJournalCorrupt.
+func HoldsKillSwitch(stateDir, link string) (bool, error) {
+	if err := checkLinkName(link); err != nil {
+		return false, fmt.Errorf("routing: %w", err)
+	}
+	j, err := readJournal(StatePath(stateDir, link))
+	if err != nil {
+		return false, fmt.Errorf("routing: %s: %w", link, err)
+	}
+	for _, c := range j.st.Changes {
+		if c.KillSwitch != nil {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
 // revertJournal reverts j's changes newest first. Changes that could not be
 // reverted stay in the journal; if there are none, it is removed.
 func revertJournal(env *osEnv, j *journal) error {
