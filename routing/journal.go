@@ -14,8 +14,9 @@ import (
 )
 
 // ErrJournalExists is returned by Apply when a journal for the link is
-// already on disk: a previous run did not undo its changes (it was killed,
-// or is still running). Call UndoFromState first.
+// already on disk and the link it was made for still exists: a previous run
+// did not undo its changes and may still be running. Call UndoFromState
+// first. (A journal whose link is gone is taken over instead.)
 var ErrJournalExists = errors.New("journal already exists")
 
 // ErrJournalCorrupt is returned when a journal cannot be parsed or

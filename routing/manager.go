@@ -44,8 +44,9 @@ var errCrash = errors.New("simulated crash")
 // Apply reverts what it did, removes the journal and returns an error naming
 // the step; should the rollback itself fail, the journal keeps what is left
 // for UndoFromState and the error says so. If a journal for the link already
-// exists, Apply changes nothing and returns an error wrapping
-// ErrJournalExists.
+// exists and its link is gone (the daemon that made it died), Apply takes it
+// over (see takeOver); if its link still exists, Apply changes nothing and
+// returns an error wrapping ErrJournalExists.
 //
 // Apply acts in the calling OS thread's network namespace.
 func Apply(spec Spec) (*Manager, error) {
