@@ -74,7 +74,7 @@ func apply(spec Spec, crashAt int) (*Manager, error) {
 		var terr error
 		j, carried, terr = takeOver(env, path, s.Link, link.Attrs().Index)
 		if terr != nil {
-			err = errors.Join(err, terr)
+			err = fmt.Errorf("%w; not taken over: %w", err, terr)
 		} else {
 			err = nil
 		}
@@ -132,10 +132,10 @@ func takeOver(env *osEnv, path, link string, index int) (*journal, int, error) {
 		return nil, 0, fmt.Errorf("%s: %w: it is for link %q", path, ErrJournalCorrupt, j.st.Link)
 	}
 	if j.st.Index == index {
-		return nil, 0, fmt.Errorf("%s is the journal of this very link (ifindex %d)", path, index)
+		return nil, 0, fmt.Errorf("it was made for this very link (ifindex %d): the run that made it may still be going", index)
 	}
 	if _, err := env.nl.LinkByIndex(j.st.Index); err == nil {
-		return nil, 0, fmt.Errorf("the link it was made for (ifindex %d) still exists", j.st.Index)
+		return nil, 0, fmt.Errorf("the link it was made for (ifindex %d) still exists: the run that made it may still be going", j.st.Index)
 	} else if !errors.As(err, new(netlink.LinkNotFoundError)) && !errors.Is(err, unix.ENODEV) {
 		return nil, 0, fmt.Errorf("find link %d: %w", j.st.Index, err)
 	}
@@ -163,9 +163,9 @@ func (c change) linkBound() bool {
 
 // claim reports whether c, or for a sysctl a change setting the same key to
 // the same value, is among the changes taken over from a dead run and not
-// yet claimed. Such a change is in effect and in the journal already; a
-// claimed one is moved to the end of the carried ones, so that what is not
-// claimed by the end of Apply is j.st.Changes[claimed:carried].
+// yet claimed. Such a change is in effect and in the journal already. A
+// claimed change moves to just after those claimed before it, so that what
+// is not claimed by the end of Apply is j.st.Changes[claimed:carried].
 func (m *Manager) claim(c change) bool {
 	for i := m.claimed; i < m.carried; i++ {
 		o := m.j.st.Changes[i]

@@ -1092,6 +1092,8 @@ func TestApplyRefusesJournalOfLiveLink(t *testing.T) {
 			m2.Close()
 		}
 		t.Fatalf("second Apply on the same live link: %v, want ErrJournalExists", err)
+	} else if strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), "may still be going") {
+		t.Errorf("second Apply on the same live link: error %q is not one line saying why", err)
 	}
 	sameDump(t, applied, n.dump(t))
 }
