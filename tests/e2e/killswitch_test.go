@@ -150,7 +150,8 @@ func killAlpha(t *testing.T, a *node) {
 // a packet that leaks out of the full tunnel reaches the internet. With the
 // default kill switch, after a SIGKILL of alpha's daemon, the packets the
 // tunnel carried are refused at the sender (IPv4 and IPv6) and none arrive,
-// while alpha's marked packets still leave by the uplink; `down` restores
+// while alpha's marked packets still leave by the uplink and the LAN is
+// reachable; `down` restores
 // every dump exactly. A new `up` after a SIGKILL takes over without `down`
 // and carries the traffic again. With kill_switch = false the same probe
 // sees the leak, which shows the probe can see one.
@@ -211,6 +212,12 @@ func TestKillSwitch(t *testing.T) {
 	}
 	if r := runIn(a.ns, "ping", "-c", "1", "-W", "1", "198.51.100.2"); r.err == nil {
 		t.Errorf("after SIGKILL, ping to the internet got an answer:\n%s", r.stdout)
+	}
+	// The LAN, which the main table routes more specifically, is not the tunnel's.
+	for _, lan := range []string{"10.231.0.2", "fd00:231::2"} {
+		if r := runIn(a.ns, "ping", "-c", "1", "-W", "5", lan); r.err != nil {
+			t.Errorf("after SIGKILL, the kill switch blocks the LAN: ping %s: %v\n%s%s", lan, r.err, r.stdout, r.stderr)
+		}
 	}
 	stderr := a.down()
 	if !strings.Contains(stderr, "journal") {
