@@ -125,6 +125,11 @@ type Interface struct {
 	FwMark uint32
 	// Table is the routing table used for the full-tunnel default routes.
 	Table int
+	// KillSwitch, with ExitPeer, blocks the traffic of the full tunnel while the
+	// tunnel is gone (the daemon was killed) instead of letting it out through the
+	// uplink, until `stt-tun down`. The default is true; it has no effect without
+	// ExitPeer.
+	KillSwitch bool
 }
 
 // WebSocket is the [websocket] section: the listener peers reach this node on when

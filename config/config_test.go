@@ -28,6 +28,7 @@ key_file = "/etc/stt-tun/alpha.key"
 exit_peer = "beta"
 fwmark = 0x1234
 table = 100
+kill_switch = false
 
 [websocket]
 listen = "[::]:8443"
@@ -104,6 +105,7 @@ func TestParseFullExample(t *testing.T) {
 			ExitPeer:   "beta",
 			FwMark:     0x1234,
 			Table:      100,
+			KillSwitch: false,
 		},
 		WebSocket: WebSocket{
 			Listen:  "[::]:8443",
@@ -164,7 +166,8 @@ func TestParseDefaults(t *testing.T) {
 	}
 	in := cfg.Interface
 	if in.Name != "a" || in.MTU != DefaultMTU || in.ListenPort != DefaultListenPort || in.DisableUDP ||
-		in.FwMark != DefaultFwMark || in.Table != DefaultTable || in.ExitPeer != "" || len(in.Addresses) != 0 {
+		in.FwMark != DefaultFwMark || in.Table != DefaultTable || in.ExitPeer != "" || len(in.Addresses) != 0 ||
+		!in.KillSwitch {
 		t.Errorf("interface defaults: %+v", in)
 	}
 	for file, want := range map[string]string{"": DefaultName, "/etc/stt-tun/office.toml": "office", "x/has space.toml": DefaultName, "/etc/stt-tun/much-too-long-for-a-link.toml": DefaultName} {
@@ -422,6 +425,7 @@ var badCases = []badCase{
 	{"negative listen port", insert(3, `listen_port = -1`), 3, []string{"listen_port = -1"}},
 	{"fwmark zero", insert(3, `fwmark = 0`), 3, []string{"fwmark = 0"}},
 	{"reserved table", insert(3, `table = 254`), 3, []string{"table = 254 is reserved"}},
+	{"kill_switch not a bool", insert(3, `kill_switch = "off"`), 3, []string{"kill_switch must be true or false"}},
 	{"exit_peer unknown", insert(3, `exit_peer = "delta"`), 3, []string{`exit_peer "delta" is not the name of any [[peer]]`}},
 	{"exit_peer without default route", insert(3, `exit_peer = "beta"`), 3, []string{`exit_peer "beta"`, "neither 0.0.0.0/0 nor ::/0", "line 10"}},
 	{"exit_peer with route off", doc(append(append([]string{}, baseLines[:2]...), `exit_peer = "beta"`, baseLines[2], baseLines[3], baseLines[4],

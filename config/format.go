@@ -27,6 +27,7 @@ func (c *Config) String() string {
 	fmt.Fprintf(&b, "key_file = %s\n", quote(in.KeyFile))
 	if in.ExitPeer != "" {
 		fmt.Fprintf(&b, "exit_peer = %s\n", quote(in.ExitPeer))
+		fmt.Fprintf(&b, "kill_switch = %t\n", in.KillSwitch)
 	}
 	fmt.Fprintf(&b, "fwmark = 0x%x\n", in.FwMark)
 	fmt.Fprintf(&b, "table = %d\n", in.Table)

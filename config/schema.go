@@ -39,6 +39,7 @@ type rawInterface struct {
 	ExitPeer   *string  `toml:"exit_peer"`
 	FwMark     *int64   `toml:"fwmark"`
 	Table      *int64   `toml:"table"`
+	KillSwitch *bool    `toml:"kill_switch"`
 }
 
 type rawWebSocket struct {

@@ -117,6 +117,7 @@ func (v *validator) iface(r *rawInterface) Interface {
 		ListenPort: DefaultListenPort,
 		FwMark:     DefaultFwMark,
 		Table:      DefaultTable,
+		KillSwitch: true,
 	}
 	if r.Name != nil {
 		in.Name = *r.Name
@@ -213,6 +214,11 @@ func (v *validator) iface(r *rawInterface) Interface {
 		default:
 			in.Table = int(t)
 		}
+	}
+	if r.KillSwitch != nil {
+		// Accepted without exit_peer, like fwmark and table, so that switching
+		// the full tunnel on and off stays a one-line change.
+		in.KillSwitch = *r.KillSwitch
 	}
 	return in
 }

@@ -14,8 +14,9 @@ import (
 )
 
 // ErrJournalExists is returned by Apply when a journal for the link is
-// already on disk: a previous run did not undo its changes (it was killed,
-// or is still running). Call UndoFromState first.
+// already on disk and the link it was made for still exists: a previous run
+// did not undo its changes and may still be running. Call UndoFromState
+// first. (A journal whose link is gone is taken over instead.)
 var ErrJournalExists = errors.New("journal already exists")
 
 // ErrJournalCorrupt is returned when a journal cannot be parsed or
@@ -44,6 +45,9 @@ type change struct {
 	Rule   *ruleChange   `json:"rule,omitempty"`
 	Sysctl *sysctlChange `json:"sysctl,omitempty"`
 	NFT    *nftChange    `json:"nft,omitempty"`
+	// KillSwitch is separate from Route because it is bound to no link: it
+	// outlives the TUN, and its revert must run when the link is gone.
+	KillSwitch *killSwitchChange `json:"kill_switch,omitempty"`
 }
 
 // linkChange records the link's state before Apply. MTU is the value Apply
@@ -86,6 +90,14 @@ type nftChange struct {
 	Name   string `json:"name"`
 }
 
+// killSwitchChange is the full tunnel's kill switch in one family: an
+// unreachable default route in Table, with metric KillSwitchMetric and
+// protocol Protocol.
+type killSwitchChange struct {
+	Family int `json:"family"` // 4 or 6
+	Table  int `json:"table"`
+}
+
 func (c change) describe() string {
 	switch {
 	case c.Link != nil:
@@ -100,6 +112,8 @@ func (c change) describe() string {
 		return "sysctl " + c.Sysctl.Key
 	case c.NFT != nil:
 		return "nftables table " + c.NFT.Name
+	case c.KillSwitch != nil:
+		return fmt.Sprintf("ipv%d kill switch table %d", c.KillSwitch.Family, c.KillSwitch.Table)
 	}
 	return "empty change"
 }
@@ -107,7 +121,7 @@ func (c change) describe() string {
 // check rejects a change a journal written by this package cannot hold.
 func (c change) check() error {
 	n := 0
-	for _, set := range []bool{c.Link != nil, c.Addr != nil, c.Route != nil, c.Rule != nil, c.Sysctl != nil, c.NFT != nil} {
+	for _, set := range []bool{c.Link != nil, c.Addr != nil, c.Route != nil, c.Rule != nil, c.Sysctl != nil, c.NFT != nil, c.KillSwitch != nil} {
 		if set {
 			n++
 		}
@@ -135,6 +149,10 @@ func (c change) check() error {
 	case c.NFT != nil:
 		if c.NFT.Family != "inet" || c.NFT.Name == "" {
 			return fmt.Errorf("bad nftables table %q %q", c.NFT.Family, c.NFT.Name)
+		}
+	case c.KillSwitch != nil:
+		if (c.KillSwitch.Family != 4 && c.KillSwitch.Family != 6) || c.KillSwitch.Table <= 0 {
+			return fmt.Errorf("bad kill switch %+v", *c.KillSwitch)
 		}
 	}
 	return nil

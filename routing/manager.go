@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"reflect"
 	"sync"
 
 	"github.com/vishvananda/netlink"
@@ -23,6 +24,11 @@ type Manager struct {
 	j    *journal // its ifindex is the link's
 	done bool
 
+	// carried is how many changes at the start of the journal were taken
+	// over from a dead run (takeOver); the first claimed of them have been
+	// claimed by this Apply.
+	carried, claimed int
+
 	// crashAt, if positive, makes the change with that number (from 1)
 	// stop right after it is recorded, without rollback: a test's SIGKILL.
 	crashAt int
@@ -38,8 +44,9 @@ var errCrash = errors.New("simulated crash")
 // Apply reverts what it did, removes the journal and returns an error naming
 // the step; should the rollback itself fail, the journal keeps what is left
 // for UndoFromState and the error says so. If a journal for the link already
-// exists, Apply changes nothing and returns an error wrapping
-// ErrJournalExists.
+// exists and its link is gone (the daemon that made it died), Apply takes it
+// over (see takeOver); if its link still exists, Apply changes nothing and
+// returns an error wrapping ErrJournalExists.
 //
 // Apply acts in the calling OS thread's network namespace.
 func Apply(spec Spec) (*Manager, error) {
@@ -60,19 +67,42 @@ func apply(spec Spec, crashAt int) (*Manager, error) {
 		env.close()
 		return nil, fmt.Errorf("routing: apply %s: find link: %w", s.Link, err)
 	}
-	j, err := createJournal(StatePath(s.StateDir, s.Link), s.Link, link.Attrs().Index)
+	path := StatePath(s.StateDir, s.Link)
+	j, err := createJournal(path, s.Link, link.Attrs().Index)
+	var carried int
+	if errors.Is(err, ErrJournalExists) {
+		var terr error
+		j, carried, terr = takeOver(env, path, s.Link, link.Attrs().Index)
+		if terr != nil {
+			err = fmt.Errorf("%w; not taken over: %w", err, terr)
+		} else {
+			err = nil
+		}
+	}
 	if err != nil {
 		env.close()
 		return nil, fmt.Errorf("routing: apply %s: %w", s.Link, err)
 	}
-	m := &Manager{spec: s, env: env, j: j, crashAt: crashAt}
+	m := &Manager{spec: s, env: env, j: j, crashAt: crashAt, carried: carried}
 	if err := m.apply(link); err != nil {
 		err = fmt.Errorf("routing: apply %s: %w", s.Link, err)
 		if errors.Is(err, errCrash) {
 			env.close()
 			return nil, err
 		}
-		if uerr := m.revertAll(); uerr != nil {
+		// What was taken over from a dead run stays, in the journal, for
+		// `down`: a failed up must not open the kill switch.
+		if uerr := revertFrom(m.env, m.j, m.carried); uerr != nil {
+			err = errors.Join(err, fmt.Errorf("routing: roll back %s: %w", s.Link, uerr))
+		}
+		env.close()
+		return nil, err
+	}
+	if err := m.releaseCarried(); err != nil {
+		// As for a failed step: the new configuration goes, what is left of
+		// the old one stays in the journal for `down`.
+		err = fmt.Errorf("routing: apply %s: remove what the previous run left: %w", s.Link, err)
+		if uerr := revertFrom(m.env, m.j, m.carried); uerr != nil {
 			err = errors.Join(err, fmt.Errorf("routing: roll back %s: %w", s.Link, uerr))
 		}
 		env.close()
@@ -80,6 +110,104 @@ func apply(spec Spec, crashAt int) (*Manager, error) {
 	}
 	m.crashAt = 0
 	return m, nil
+}
+
+// takeOver adopts the journal a dead run left for link, so that a new Apply
+// replaces its configuration without a moment in which the full tunnel's
+// traffic could leak: the rules, kill switch, sysctls and nftables table it
+// recorded stay in effect, and Apply claims those it would make again
+// (Manager.claim). It applies only when the journal's link is gone, as it
+// is once the daemon that held the TUN has died; then the changes bound to
+// that link (its state, addresses and routes) went with it and are
+// forgotten. A journal whose link still exists is refused: another process
+// may be using it, and `down` must decide. takeOver returns the journal,
+// rewritten for the new link with the old changes that are still in effect
+// first, and how many those are.
+func takeOver(env *osEnv, path, link string, index int) (*journal, int, error) {
+	j, err := readJournal(path)
+	if err != nil {
+		return nil, 0, err
+	}
+	if j.st.Link != link {
+		return nil, 0, fmt.Errorf("%s: %w: it is for link %q", path, ErrJournalCorrupt, j.st.Link)
+	}
+	if j.st.Index == index {
+		return nil, 0, fmt.Errorf("it was made for this very link (ifindex %d): the run that made it may still be going", index)
+	}
+	if _, err := env.nl.LinkByIndex(j.st.Index); err == nil {
+		return nil, 0, fmt.Errorf("the link it was made for (ifindex %d) still exists: the run that made it may still be going", j.st.Index)
+	} else if !errors.As(err, new(netlink.LinkNotFoundError)) && !errors.Is(err, unix.ENODEV) {
+		return nil, 0, fmt.Errorf("find link %d: %w", j.st.Index, err)
+	}
+	var kept []change
+	for _, c := range j.st.Changes {
+		if !c.linkBound() {
+			kept = append(kept, c)
+		}
+	}
+	old := j.st
+	j.st.Index = index
+	j.st.Changes = append([]change{}, kept...)
+	if err := j.save(); err != nil {
+		j.st = old
+		return nil, 0, err
+	}
+	return j, len(kept), nil
+}
+
+// linkBound reports whether the change lives and dies with the journal's
+// link.
+func (c change) linkBound() bool {
+	return c.Link != nil || c.Addr != nil || c.Route != nil
+}
+
+// claim reports whether c, or for a sysctl a change setting the same key to
+// the same value, is among the changes taken over from a dead run and not
+// yet claimed. Such a change is in effect and in the journal already. A
+// claimed change moves to just after those claimed before it, so that what
+// is not claimed by the end of Apply is j.st.Changes[claimed:carried].
+func (m *Manager) claim(c change) bool {
+	for i := m.claimed; i < m.carried; i++ {
+		o := m.j.st.Changes[i]
+		same := reflect.DeepEqual(o, c)
+		if c.Sysctl != nil && o.Sysctl != nil {
+			same = o.Sysctl.Key == c.Sysctl.Key && o.Sysctl.New == c.Sysctl.New
+		}
+		if !same {
+			continue
+		}
+		// Keep the carried changes in their recorded order, claimed first.
+		cs := m.j.st.Changes
+		copy(cs[m.claimed+1:i+1], cs[m.claimed:i])
+		cs[m.claimed] = o
+		m.claimed++
+		return true
+	}
+	return false
+}
+
+// releaseCarried reverts what a dead run left and the new configuration did
+// not claim, and drops it from the journal.
+func (m *Manager) releaseCarried() error {
+	if m.claimed == m.carried {
+		return nil
+	}
+	var errs []error
+	var failed []change
+	for i := m.carried - 1; i >= m.claimed; i-- {
+		c := m.j.st.Changes[i]
+		if err := revert(m.env, m.j.st.Index, true, c); err != nil {
+			errs = append(errs, err)
+			failed = append([]change{c}, failed...)
+		}
+	}
+	rest := append(append([]change{}, m.j.st.Changes[:m.claimed]...), failed...)
+	m.j.st.Changes = append(rest, m.j.st.Changes[m.carried:]...)
+	m.carried = m.claimed + len(failed)
+	if err := m.j.save(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }
 
 func (m *Manager) apply(link netlink.Link) error {
@@ -135,12 +263,17 @@ func (m *Manager) apply(link netlink.Link) error {
 
 // addFullTunnel routes family's traffic into Table, except packets with the
 // mark and destinations the main table knows more specifically than /0.
-// The route goes in before the rules, so that no packet is steered to the
+// The routes go in before the rules, so that no packet is steered to the
 // table while it is still empty (and would fall through to the uplink).
 func (m *Manager) addFullTunnel(family int) error {
 	def := netip.PrefixFrom(netip.IPv4Unspecified(), 0)
 	if family == 6 {
 		def = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+	}
+	if m.spec.KillSwitch {
+		if err := m.addKillSwitch(family); err != nil {
+			return err
+		}
 	}
 	if err := m.addRoute(def, m.spec.Table); err != nil {
 		return err
@@ -155,6 +288,9 @@ func (m *Manager) addFullTunnel(family int) error {
 // do records c, then runs op. If op fails the change did not happen, so
 // its record is dropped rather than reverted.
 func (m *Manager) do(c change, op func() error) error {
+	if m.claim(c) {
+		return nil
+	}
 	if err := m.j.record(c); err != nil {
 		return fmt.Errorf("%s: %w", c.describe(), err)
 	}
@@ -271,6 +407,36 @@ func (m *Manager) addRoute(p netip.Prefix, table int) error {
 	})
 }
 
+func (m *Manager) addKillSwitch(family int) error {
+	kc := killSwitchChange{Family: family, Table: m.spec.Table}
+	return m.do(change{KillSwitch: &kc}, func() error {
+		if err := m.env.nl.RouteAdd(killSwitchRoute(kc)); err != nil {
+			return fmt.Errorf("add ipv%d kill switch table %d: %w", family, kc.Table, err)
+		}
+		return nil
+	})
+}
+
+// killSwitchRoute is "unreachable default proto 83 metric KillSwitchMetric"
+// in the change's table. It names no link, so the kernel keeps it when the
+// link goes; its deletion names its type, protocol and metric, so it cannot
+// hit another route.
+func killSwitchRoute(kc killSwitchChange) *netlink.Route {
+	r := &netlink.Route{
+		Dst:      ipNet(netip.PrefixFrom(netip.IPv4Unspecified(), 0)),
+		Table:    kc.Table,
+		Type:     unix.RTN_UNREACHABLE,
+		Protocol: Protocol,
+		Priority: KillSwitchMetric,
+		Family:   unix.AF_INET,
+	}
+	if kc.Family == 6 {
+		r.Dst = ipNet(netip.PrefixFrom(netip.IPv6Unspecified(), 0))
+		r.Family = unix.AF_INET6
+	}
+	return r
+}
+
 // netlinkRoute is rc as a route via the link with the given index. Scope
 // link for IPv4 is what `ip route add ... dev` gives a route without a
 // gateway.
@@ -315,6 +481,11 @@ func netlinkRule(rc ruleChange) *netlink.Rule {
 }
 
 func (m *Manager) setSysctl(key, val string) error {
+	// Claimed first: a dead run left the value set, and its record holds
+	// the value to restore.
+	if m.claim(change{Sysctl: &sysctlChange{Key: key, New: val}}) {
+		return nil
+	}
 	old, err := m.env.readSysctl(key)
 	if err != nil {
 		return fmt.Errorf("read sysctl %s: %w", key, err)
@@ -332,6 +503,9 @@ func (m *Manager) setSysctl(key, val string) error {
 
 func (m *Manager) addMasquerade() error {
 	name := NFTTableName(m.spec.Link)
+	if m.claim(change{NFT: &nftChange{Family: "inet", Name: name}}) {
+		return nil
+	}
 	// A table of that name that is not ours must survive our undo, so it is
 	// refused before the journal could claim it.
 	exists, err := m.env.nftTableExists(name)
@@ -504,9 +678,37 @@ func UndoFromState(stateDir, link string) error {
 	return nil
 }
 
+// HoldsKillSwitch reports whether the journal for link in stateDir (empty
+// means DefaultStateDir) records a kill switch: then undoing it would let
+// the full tunnel's traffic out by the uplink. A missing journal gives
+// false and an error wrapping fs.ErrNotExist, a malformed one
+// ErrJournalCorrupt.
+func HoldsKillSwitch(stateDir, link string) (bool, error) {
+	if err := checkLinkName(link); err != nil {
+		return false, fmt.Errorf("routing: %w", err)
+	}
+	j, err := readJournal(StatePath(stateDir, link))
+	if err != nil {
+		return false, fmt.Errorf("routing: %s: %w", link, err)
+	}
+	for _, c := range j.st.Changes {
+		if c.KillSwitch != nil {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
 // revertJournal reverts j's changes newest first. Changes that could not be
 // reverted stay in the journal; if there are none, it is removed.
 func revertJournal(env *osEnv, j *journal) error {
+	return revertFrom(env, j, 0)
+}
+
+// revertFrom reverts j's changes from index from on, newest first. Those
+// before from, and those that could not be reverted, stay in the journal;
+// if there are none, it is removed.
+func revertFrom(env *osEnv, j *journal, from int) error {
 	// Link-bound changes died with the link if it is gone. The ifindex is
 	// compared because a new link may carry the old name.
 	linkPresent := true
@@ -519,17 +721,17 @@ func revertJournal(env *osEnv, j *journal) error {
 	}
 	var errs []error
 	var failed []change
-	for i := len(j.st.Changes) - 1; i >= 0; i-- {
+	for i := len(j.st.Changes) - 1; i >= from; i-- {
 		c := j.st.Changes[i]
 		if err := revert(env, j.st.Index, linkPresent, c); err != nil {
 			errs = append(errs, err)
 			failed = append([]change{c}, failed...)
 		}
 	}
-	if len(errs) == 0 {
+	if len(errs) == 0 && from == 0 {
 		return j.remove()
 	}
-	j.st.Changes = failed
+	j.st.Changes = append(j.st.Changes[:from:from], failed...)
 	if err := j.save(); err != nil {
 		errs = append(errs, err)
 	}
@@ -573,6 +775,12 @@ func revert(env *osEnv, index int, linkPresent bool, c change) error {
 		return revertSysctl(env, *c.Sysctl)
 	case c.NFT != nil:
 		return env.delNFTTable(c.NFT.Name)
+	case c.KillSwitch != nil:
+		// Not bound to the link: after a crash it is the one route left.
+		if err := env.nl.RouteDel(killSwitchRoute(*c.KillSwitch)); err != nil && !gone(err) {
+			return fmt.Errorf("delete ipv%d kill switch table %d: %w", c.KillSwitch.Family, c.KillSwitch.Table, err)
+		}
+		return nil
 	}
 	return fmt.Errorf("%w: empty change", ErrJournalCorrupt)
 }

@@ -287,6 +287,7 @@ func fullSpec(stateDir string) Spec {
 		Addresses:  []netip.Prefix{pfx("10.77.0.1/24"), pfx("fd77::1/64")},
 		Routes:     []netip.Prefix{pfx("10.78.0.0/16"), pfx("fd78::/48"), pfx("0.0.0.0/0"), pfx("::/0")},
 		FullTunnel: true,
+		KillSwitch: true,
 		Forwarding: true,
 		Masquerade: true,
 		StateDir:   stateDir,
@@ -334,6 +335,8 @@ func checkApplied(t *testing.T, n *testNS) {
 	mustContain(t, "v6 main", n.ip(t, "-6", "route", "show", "table", "main"), "fd78::/48 dev stt0 proto 83")
 	mustContain(t, "v4 table", n.ip(t, "route", "show", "table", "5354"), "default dev stt0 proto 83 scope link")
 	mustContain(t, "v6 table", n.ip(t, "-6", "route", "show", "table", "5354"), "default dev stt0 proto 83")
+	mustContain(t, "v4 kill switch", n.ip(t, "route", "show", "table", "5354"), "unreachable default proto 83 metric 4294967295")
+	mustContain(t, "v6 kill switch", n.ip(t, "-6", "route", "show", "table", "5354"), "unreachable default dev lo proto 83 metric 4294967295")
 	for _, fam := range []string{"-4", "-6"} {
 		mustContain(t, "rules "+fam, n.ip(t, fam, "rule"),
 			"32764:\tfrom all lookup main suppress_prefixlength 0 proto 83",
@@ -841,4 +844,256 @@ func TestFullTunnelOneFamily(t *testing.T) {
 	}
 	sameDump(t, before, n.dump(t))
 	noJournal(t, stateDir)
+}
+
+// routeGet asks the kernel for a route to args and returns its answer, or
+// its error message.
+func (n *testNS) routeGet(args ...string) string {
+	out, err := exec.Command("ip", append([]string{"-n", n.name}, args...)...).CombinedOutput()
+	if err != nil {
+		return "error: " + string(out)
+	}
+	return string(out)
+}
+
+// TestKillSwitchBlocksAfterCrash kills the link as a SIGKILL of the daemon
+// does and checks that the traffic the full tunnel carried is refused, not
+// routed to the underlay, while the node's own marked packets and the local
+// subnet still reach the underlay; then that UndoFromState removes the kill
+// switch and the machine is as before.
+func TestKillSwitchBlocksAfterCrash(t *testing.T) {
+	n := newNS(t)
+	n.underlay(t)
+	beforeTUN := n.dump(t)
+	n.createTUN(t, "stt0")
+	n.ip(t, "link", "set", "stt0", "up")
+	n.ip(t, "link", "set", "stt0", "down")
+	stateDir := filepath.Join(t.TempDir(), "state")
+	m, err := n.apply(fullSpec(stateDir))
+	if err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	defer m.Close()
+	checkApplied(t, n)
+	checkDecisions(t, n) // the kill switch does not take over while the link is there
+
+	n.deleteLink(t, "stt0")
+	for _, args := range [][]string{
+		{"route", "get", "198.51.100.1"},
+		{"route", "get", "10.78.1.1"}, // a peer's prefix, gone with the link
+		{"-6", "route", "get", "2001:db8:1::1"},
+		{"-6", "route", "get", "fd78::1"},
+	} {
+		if got := n.routeGet(args...); !strings.Contains(got, "No route to host") {
+			t.Errorf("ip %s after the link vanished: %q, want the unreachable route's No route to host", strings.Join(args, " "), got)
+		}
+	}
+	mustContain(t, "marked v4", n.routeGet("route", "get", "198.51.100.1", "mark", "0x5354"), "via 192.0.2.2 dev under0")
+	mustContain(t, "marked v6", n.routeGet("-6", "route", "get", "2001:db8:1::1", "mark", "0x5354"), "via 2001:db8:ffff::2 dev under0")
+	mustContain(t, "local subnet", n.routeGet("route", "get", "192.0.2.9"), "dev under0")
+	mustContain(t, "local subnet v6", n.routeGet("-6", "route", "get", "2001:db8:ffff::9"), "dev under0")
+
+	if err := n.undoFromState(stateDir, "stt0"); err != nil {
+		t.Fatalf("UndoFromState: %v", err)
+	}
+	sameDump(t, beforeTUN, n.dump(t))
+	noJournal(t, stateDir)
+	mustContain(t, "after down", n.routeGet("route", "get", "198.51.100.1"), "via 192.0.2.2 dev under0")
+}
+
+// TestKillSwitchOptOut: without KillSwitch, a vanished link leaves the
+// traffic to the main table's default route, as before the kill switch, and
+// no unreachable route is made.
+func TestKillSwitchOptOut(t *testing.T) {
+	n := newNS(t)
+	n.underlay(t)
+	n.createTUN(t, "stt0")
+	stateDir := filepath.Join(t.TempDir(), "state")
+	spec := fullSpec(stateDir)
+	spec.KillSwitch = false
+	m, err := n.apply(spec)
+	if err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	defer m.Close()
+	mustNotContain(t, "v4 table", n.ip(t, "route", "show", "table", "5354"), "unreachable")
+	mustNotContain(t, "v6 table", n.ip(t, "-6", "route", "show", "table", "5354"), "unreachable")
+	n.deleteLink(t, "stt0")
+	mustContain(t, "v4 without kill switch", n.routeGet("route", "get", "198.51.100.1"), "via 192.0.2.2 dev under0")
+	if err := n.undoFromState(stateDir, "stt0"); err != nil {
+		t.Fatalf("UndoFromState: %v", err)
+	}
+}
+
+// crashed applies spec, then deletes the link as the kernel does when the
+// daemon holding the TUN is killed, and makes a new TUN of the same name,
+// as a new daemon does before it applies its routing again.
+func (n *testNS) crashed(t *testing.T, spec Spec) {
+	t.Helper()
+	n.createTUN(t, "stt0")
+	m, err := n.apply(spec)
+	if err != nil {
+		t.Fatalf("first Apply: %v", err)
+	}
+	m.Close()
+	n.deleteLink(t, "stt0")
+	mustContain(t, "after the crash", n.routeGet("route", "get", "198.51.100.1"), "No route to host")
+	n.createTUN(t, "stt0")
+}
+
+// killSwitchDeletions watches the namespace's routing table for the removal
+// of a kill switch route until stop is called, which returns how many it
+// saw.
+func (n *testNS) killSwitchDeletions(t *testing.T) (stop func() int) {
+	t.Helper()
+	ch := make(chan netlink.RouteUpdate, 256)
+	done := make(chan struct{})
+	ns := n.h
+	if err := netlink.RouteSubscribeWithOptions(ch, done, netlink.RouteSubscribeOptions{Namespace: &ns}); err != nil {
+		t.Fatal(err)
+	}
+	count := make(chan int, 1)
+	go func() {
+		deleted := 0
+		for u := range ch {
+			if u.Type == unix.RTM_DELROUTE && u.Route.Type == unix.RTN_UNREACHABLE && u.Table == DefaultTable {
+				deleted++
+			}
+		}
+		count <- deleted
+	}()
+	// A marker route added and deleted after the work tells the watcher it
+	// has seen everything before it: netlink delivers in order.
+	return func() int {
+		n.ip(t, "route", "add", "blackhole", "203.0.113.0/24", "table", "99")
+		n.ip(t, "route", "del", "blackhole", "203.0.113.0/24", "table", "99")
+		close(done)
+		return <-count
+	}
+}
+
+// TestApplyTakesOverAfterCrash: a new Apply after a crash replaces the
+// journal the dead run left, without first taking the kill switch, the
+// rules or the sysctls away (so nothing leaks while it works), and a later
+// Undo restores the machine as it was before the first run.
+func TestApplyTakesOverAfterCrash(t *testing.T) {
+	n := newNS(t)
+	n.underlay(t)
+	before := n.dump(t)
+	stateDir := filepath.Join(t.TempDir(), "state")
+	n.crashed(t, fullSpec(stateDir))
+
+	stop := n.killSwitchDeletions(t)
+	m, err := n.apply(fullSpec(stateDir))
+	if err != nil {
+		t.Fatalf("Apply after the crash: %v", err)
+	}
+	if d := stop(); d != 0 {
+		t.Errorf("the new Apply removed a kill switch route %d times; traffic could leak meanwhile", d)
+	}
+	checkApplied(t, n)
+	checkDecisions(t, n)
+	for _, fam := range []string{"-4", "-6"} {
+		if got := strings.Count(n.ip(t, fam, "rule"), "proto 83"); got != 2 {
+			t.Errorf("ip %s rule: %d rules of ours, want 2", fam, got)
+		}
+	}
+	j, err := readJournal(StatePath(stateDir, "stt0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[string]int{}
+	for _, c := range j.st.Changes {
+		kinds[c.describe()]++
+	}
+	for k, v := range kinds {
+		if v != 1 {
+			t.Errorf("journal records %q %d times", k, v)
+		}
+	}
+
+	if err := m.Undo(); err != nil {
+		t.Fatalf("Undo: %v", err)
+	}
+	n.deleteLink(t, "stt0")
+	sameDump(t, before, n.dump(t))
+	noJournal(t, stateDir)
+}
+
+// TestApplyTakeOverReleasesWhatIsNotWanted: the new run has no kill switch,
+// forwarding or masquerade; what the dead run left of them goes.
+func TestApplyTakeOverReleasesWhatIsNotWanted(t *testing.T) {
+	n := newNS(t)
+	n.underlay(t)
+	before := n.dump(t)
+	stateDir := filepath.Join(t.TempDir(), "state")
+	n.crashed(t, fullSpec(stateDir))
+
+	spec := fullSpec(stateDir)
+	spec.KillSwitch, spec.Forwarding, spec.Masquerade = false, false, false
+	m, err := n.apply(spec)
+	if err != nil {
+		t.Fatalf("Apply after the crash: %v", err)
+	}
+	mustNotContain(t, "v4 table", n.ip(t, "route", "show", "table", "5354"), "unreachable")
+	mustNotContain(t, "v6 table", n.ip(t, "-6", "route", "show", "table", "5354"), "unreachable")
+	mustNotContain(t, "nft", n.nft(t, "list", "ruleset"), "stt-tun-stt0")
+	if v := n.sysctl(t, sysctlIPForward); v != "0" {
+		t.Errorf("ip_forward = %s after a run without forwarding, want 0", v)
+	}
+	checkDecisions(t, n)
+	if err := m.Undo(); err != nil {
+		t.Fatalf("Undo: %v", err)
+	}
+	n.deleteLink(t, "stt0")
+	sameDump(t, before, n.dump(t))
+}
+
+// TestApplyTakeOverFails: when the new Apply fails, it undoes only its own
+// changes; the kill switch stays, and so does the journal, for `down`.
+func TestApplyTakeOverFails(t *testing.T) {
+	n := newNS(t)
+	n.underlay(t)
+	before := n.dump(t)
+	stateDir := filepath.Join(t.TempDir(), "state")
+	n.crashed(t, fullSpec(stateDir))
+	n.ip(t, "-6", "route", "add", "fd78::/48", "via", "2001:db8:ffff::3")
+
+	if m, err := n.apply(fullSpec(stateDir)); err == nil {
+		m.Undo()
+		t.Fatal("Apply over a conflicting route succeeded")
+	}
+	mustContain(t, "after the failed Apply", n.routeGet("route", "get", "198.51.100.1"), "No route to host")
+	mustContain(t, "after the failed Apply", n.routeGet("-6", "route", "get", "2001:db8:1::1"), "No route to host")
+	if err := n.undoFromState(stateDir, "stt0"); err != nil {
+		t.Fatalf("UndoFromState: %v", err)
+	}
+	n.deleteLink(t, "stt0")
+	n.ip(t, "-6", "route", "del", "fd78::/48", "via", "2001:db8:ffff::3")
+	sameDump(t, before, n.dump(t))
+	noJournal(t, stateDir)
+}
+
+// TestApplyRefusesJournalOfLiveLink: a journal whose link still exists is
+// not a dead run's; Apply leaves it and its changes alone.
+func TestApplyRefusesJournalOfLiveLink(t *testing.T) {
+	n := newNS(t)
+	n.underlay(t)
+	n.createTUN(t, "stt0")
+	stateDir := filepath.Join(t.TempDir(), "state")
+	m, err := n.apply(fullSpec(stateDir))
+	if err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	defer m.Undo()
+	applied := n.dump(t)
+	if m2, err := n.apply(fullSpec(stateDir)); !errors.Is(err, ErrJournalExists) {
+		if err == nil {
+			m2.Close()
+		}
+		t.Fatalf("second Apply on the same live link: %v, want ErrJournalExists", err)
+	} else if strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), "may still be going") {
+		t.Errorf("second Apply on the same live link: error %q is not one line saying why", err)
+	}
+	sameDump(t, applied, n.dump(t))
 }

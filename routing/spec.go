@@ -39,6 +39,11 @@ const (
 	// `ip rule`). Deletions name it, so an undo can never remove a route or
 	// rule that someone else made with the same destination.
 	Protocol = 83
+
+	// KillSwitchMetric is the metric of the kill switch's unreachable
+	// default route in the full-tunnel table: the largest there is, so the
+	// default route via the link always wins while the link exists.
+	KillSwitchMetric = 0xffffffff
 )
 
 // Special kernel routing tables that Spec.Table must not name.
@@ -77,6 +82,17 @@ type Spec struct {
 	// IPv6 from bypassing a full tunnel, include ::/0 too. It requires at
 	// least one /0 in Routes. IPv6 parts are skipped where IPv6 is disabled.
 	FullTunnel bool
+
+	// KillSwitch, with FullTunnel, also puts an unreachable default route
+	// (metric KillSwitchMetric, bound to no link) in Table for each family
+	// of the full tunnel. While the link exists its own default route wins;
+	// once the link is gone (the daemon was killed and the kernel deleted
+	// its TUN) the unmarked traffic that the rules steer to Table is
+	// refused instead of falling through to the main table's default
+	// route. The route stays until the journal is undone. Traffic the main
+	// table routes more specifically than /0 (the LAN) and the node's own
+	// marked packets never reach Table, so they are not affected.
+	KillSwitch bool
 
 	// FwMark is the mark the node sets on its own UDP sockets (SO_MARK) so
 	// that its underlay packets bypass the tunnel. Zero means DefaultFwMark.

@@ -276,6 +276,8 @@ func TestReloadRefused(t *testing.T) {
 			c.Peers[0].Endpoint, c.Peers[1].Endpoint = "", ""
 			return c
 		}, `restart needed: interface.udp changed from true to false; websocket.listen changed from "" to "127.0.0.1:8443"`},
+		{"kill switch", func() *config.Config { return withPeers("kill_switch = false") },
+			"restart needed: interface.kill_switch changed from true to false"},
 		{"advanced", func() *config.Config { return withPeers("", "[advanced]\nrekey_after = \"60s\"") },
 			`restart needed: advanced.rekey_after changed from "2m0s" to "1m0s"`},
 		{"addresses", func() *config.Config {

@@ -172,6 +172,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 			Addresses:  cfg.Interface.Addresses,
 			Routes:     routesOf(cfg),
 			FullTunnel: cfg.Interface.ExitPeer != "",
+			KillSwitch: cfg.Interface.ExitPeer != "" && cfg.Interface.KillSwitch,
 			FwMark:     cfg.Interface.FwMark,
 			Table:      cfg.Interface.Table,
 			Forwarding: cfg.Forwarding.Enabled,

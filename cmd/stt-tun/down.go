@@ -29,7 +29,9 @@ routing from the journal instead, and says so.
 
 --leftovers only does the latter: it undoes what a dead daemon left behind, leaves a
 running daemon alone, and succeeds when there is nothing to do. The systemd unit runs
-it after the daemon exits, so that a restart after a crash finds a clean host.
+it after the daemon exits. It leaves a full tunnel's kill switch (and the routing that
+goes with it) in place, so that the traffic stays blocked until the unit restarts the
+daemon, which takes the leftovers over, or until a plain 'down'.
 
 Examples:
    stt-tun down alpha
@@ -101,6 +103,13 @@ func downLeftovers(ctx context.Context, e *env, dir, link string) error {
 		return nil
 	case !errors.Is(err, ctl.ErrNotRunning) && !errors.Is(err, ctl.ErrNoConfirmation):
 		return fmt.Errorf("%s: %w", link, err)
+	}
+	if held, _ := e.killSwitch(dir, link); held {
+		// Undoing would let the full tunnel's traffic out by the uplink until
+		// the restart; the next up takes the journal over instead.
+		_ = ctl.RemoveStale(dir, link)
+		fmt.Fprintf(e.stderr, "stt-tun: %s: the daemon was gone (killed?); its kill switch keeps blocking the full tunnel's traffic until the next up or 'stt-tun down %s'\n", link, link)
+		return nil
 	}
 	err = e.undo(dir, link)
 	switch {

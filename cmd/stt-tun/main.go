@@ -45,6 +45,9 @@ type env struct {
 	// undo reverts the routing changes of a daemon that died; routing.UndoFromState
 	// outside tests.
 	undo func(stateDir, link string) error
+	// killSwitch reports whether a dead daemon's journal holds a kill switch;
+	// routing.HoldsKillSwitch outside tests.
+	killSwitch func(stateDir, link string) (bool, error)
 }
 
 func defaultEnv() *env {
@@ -56,7 +59,8 @@ func defaultEnv() *env {
 		start: func(ctx context.Context, cfg *config.Config, opts tunnel.Options) (daemonTunnel, error) {
 			return tunnel.Start(ctx, cfg, opts)
 		},
-		undo: routing.UndoFromState,
+		undo:       routing.UndoFromState,
+		killSwitch: routing.HoldsKillSwitch,
 	}
 }
 

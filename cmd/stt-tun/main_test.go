@@ -134,12 +134,14 @@ func fakeStart(started chan<- *fakeTunnel) func(context.Context, *config.Config,
 
 // harness runs the CLI in this process against a temporary state and config directory.
 type harness struct {
-	t        *testing.T
-	dir      string // state directory and config directory
-	started  chan *fakeTunnel
-	undo     func(stateDir, link string) error
-	undoneMu sync.Mutex
-	undone   []string
+	t       *testing.T
+	dir     string // state directory and config directory
+	started chan *fakeTunnel
+	undo    func(stateDir, link string) error
+	// killSwitch fakes routing.HoldsKillSwitch; nil reports none.
+	killSwitch func(stateDir, link string) (bool, error)
+	undoneMu   sync.Mutex
+	undone     []string
 }
 
 func newHarness(t *testing.T) *harness {
@@ -198,6 +200,12 @@ func (h *harness) runContext(ctx context.Context, stdin string, args ...string) 
 		h.undone = append(h.undone, link)
 		h.undoneMu.Unlock()
 		return h.undo(stateDir, link)
+	}
+	e.killSwitch = func(stateDir, link string) (bool, error) {
+		if h.killSwitch == nil {
+			return false, fmt.Errorf("routing: %s: %w", link, fs.ErrNotExist)
+		}
+		return h.killSwitch(stateDir, link)
 	}
 	code := run(ctx, append([]string{"stt-tun"}, args...), e)
 	return result{code, stdout.String(), stderr.String()}

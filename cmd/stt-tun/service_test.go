@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stt-tun/stt-tun/tunnel"
@@ -36,6 +37,23 @@ func TestDownLeftovers(t *testing.T) {
 		}
 		if len(h.undone) != 1 || h.undone[0] != "stt9" {
 			t.Errorf("undo called for %v", h.undone)
+		}
+	})
+	t.Run("crashed daemon with a kill switch: kept", func(t *testing.T) {
+		h := newHarness(t)
+		h.undo = func(string, string) error { return nil }
+		h.killSwitch = func(string, string) (bool, error) { return true, nil }
+		staleSocket(t, h.dir, "stt9")
+		r := h.run("", "down", "--leftovers", "stt9")
+		if r.code != 0 || !strings.Contains(r.stderr, "kill switch keeps blocking") || strings.Count(r.stderr, "\n") != 1 {
+			t.Errorf("down --leftovers: %+v", r)
+		}
+		if len(h.undone) != 0 {
+			t.Errorf("undo called for %v; the kill switch would have opened", h.undone)
+		}
+		// A plain down is the way out.
+		if r := h.run("", "down", "stt9"); r.code != 0 || len(h.undone) != 1 {
+			t.Errorf("down after down --leftovers kept the kill switch: %+v, undone %v", r, h.undone)
 		}
 	})
 	t.Run("clean stop: nothing to do", func(t *testing.T) {

@@ -183,6 +183,7 @@ type nodeConf struct {
 	seedFile   string
 	keyFile    string
 	exitPeer   string
+	killSwitch string // kill_switch = ..., when set
 	forwarding bool
 	masquerade bool
 	noUDP      bool   // udp = false
@@ -218,6 +219,9 @@ func (c nodeConf) render() string {
 	fmt.Fprintf(&b, "key_file = %q\n", c.keyFile)
 	if c.exitPeer != "" {
 		fmt.Fprintf(&b, "exit_peer = %q\n", c.exitPeer)
+	}
+	if c.killSwitch != "" {
+		fmt.Fprintf(&b, "kill_switch = %s\n", c.killSwitch)
 	}
 	if c.ws.listen != "" {
 		fmt.Fprintf(&b, "\n[websocket]\nlisten = %q\n", c.ws.listen)

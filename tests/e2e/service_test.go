@@ -40,8 +40,9 @@ func unitCapabilities(t *testing.T) string {
 
 // TestUnitCapabilities runs both daemons with no more capabilities than the systemd
 // unit leaves them: alpha a full tunnel with a WebSocket listener on port 443, beta a
-// forwarding, masquerading exit. Then alpha is killed and the unit's ExecStopPost,
-// `down --leftovers`, undoes its routing under the same limits.
+// forwarding, masquerading exit. Then alpha is killed; the unit's ExecStopPost,
+// `down --leftovers`, keeps its kill switch, and `down` undoes its routing, both
+// under the same limits.
 func TestUnitCapabilities(t *testing.T) {
 	t.Parallel()
 	if _, err := exec.LookPath("setpriv"); err != nil {
@@ -87,11 +88,20 @@ func TestUnitCapabilities(t *testing.T) {
 	}
 	a.proc.Wait()
 	a.proc = nil
+	// The full tunnel's kill switch outlives the daemon: --leftovers keeps it (and
+	// the journal) for the restart; a plain down undoes it, under the same limits.
 	r := runIn(a.ns, append(limited, binary(t), "--state-dir", a.stateDir, "down", "--leftovers", linkName)...)
-	if r.err != nil || !strings.Contains(r.stderr, "journal") {
+	if r.err != nil || !strings.Contains(r.stderr, "kill switch") {
 		t.Fatalf("down --leftovers after SIGKILL: %v\nstdout: %s\nstderr: %s", r.err, r.stdout, r.stderr)
 	}
-	sameSnapshot(t, a.ns, "alpha after SIGKILL and down --leftovers", beforeA)
+	if got := mustIn(t, a.ns, "ip", "route", "show", "table", "5354"); !strings.Contains(got, "unreachable default") {
+		t.Errorf("down --leftovers removed the kill switch:\n%s", got)
+	}
+	r = runIn(a.ns, append(limited, binary(t), "--state-dir", a.stateDir, "down", linkName)...)
+	if r.err != nil || !strings.Contains(r.stderr, "journal") {
+		t.Fatalf("down after SIGKILL: %v\nstdout: %s\nstderr: %s", r.err, r.stdout, r.stderr)
+	}
+	sameSnapshot(t, a.ns, "alpha after SIGKILL and down", beforeA)
 	// After a clean stop there is nothing left to do, and it says nothing.
 	if r := runIn(a.ns, append(limited, binary(t), "--state-dir", a.stateDir, "down", "--leftovers", linkName)...); r.err != nil || r.stderr != "" {
 		t.Errorf("down --leftovers with nothing left: %v, stderr %q", r.err, r.stderr)
