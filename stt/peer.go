@@ -102,6 +102,15 @@ func (p *Peer) UDPEndpoint() netip.AddrPort {
 	return netip.AddrPort{}
 }
 
+// WSEndpoint is the TCP address at the other end of the peer's WebSocket connection
+// (the peer, or a proxy before it), or the zero value without one.
+func (p *Peer) WSEndpoint() netip.AddrPort {
+	if we := p.wsEP.Load(); we != nil {
+		return we.addr
+	}
+	return netip.AddrPort{}
+}
+
 // PublicKey is the peer's static key, pinned or learned, and whether it is known.
 func (p *Peer) PublicKey() ([32]byte, bool) {
 	p.mu.Lock()

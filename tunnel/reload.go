@@ -105,6 +105,10 @@ func (t *Tunnel) ReloadChanges(cfg *config.Config) ([]string, error) {
 		t.log.Info("reloaded: nothing changed")
 	}
 	for _, c := range changes {
+		if w, ok := strings.CutPrefix(c, "warning: "); ok {
+			t.log.Warn(w)
+			continue
+		}
 		t.log.Info("reloaded: " + c)
 	}
 	return changes, nil
@@ -287,6 +291,9 @@ func (t *Tunnel) reload(cfg *config.Config) ([]string, error) {
 	}
 	if stopMetrics != nil {
 		stopMetrics.close()
+	}
+	for _, w := range t.runningLoopWarnings(cfg, peers) {
+		changes = append(changes, "warning: "+w)
 	}
 	return changes, nil
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -32,9 +33,11 @@ type Options struct {
 // peer is the tunnel's view of one configured peer: its allowed prefixes and its node
 // peer.
 type peer struct {
-	cfg       config.Peer
-	sp        *stt.Peer
-	srcDenied atomic.Uint64 // packets from this peer with a source it may not use
+	cfg        config.Peer
+	sp         *stt.Peer
+	srcDenied  atomic.Uint64 // packets from this peer with a source it may not use
+	loops      atomic.Uint64 // packets to this peer dropped as a routing loop
+	loopLogged atomic.Bool   // the routing loop was logged
 }
 
 // Tunnel is a running stt-tun interface.
@@ -61,6 +64,9 @@ type Tunnel struct {
 	linkScoped atomic.Uint64 // outbound link-scoped packets no peer takes
 	srcDenied  atomic.Uint64 // inbound packets from a source the peer may not use
 	malformed  atomic.Uint64 // packets that are not IPv4 or IPv6
+	loops      atomic.Uint64 // outbound packets that are the node's own underlay traffic
+	port       uint16        // the UDP listen port, 0 = none; set before the pumps start
+	ownAddrs   []netip.Addr  // the interface's addresses; fixed while it runs
 	tunErrors  atomic.Uint64
 	pumpsDone  sync.WaitGroup
 	done       chan struct{}
@@ -144,6 +150,10 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 		return nil, err
 	}
 	undo = append(undo, func() { _ = t.node.Close() })
+	t.port = t.node.Port()
+	for _, a := range cfg.Interface.Addresses {
+		t.ownAddrs = append(t.ownAddrs, a.Addr().Unmap())
+	}
 
 	table := new(bart.Table[*peer])
 	for i := range cfg.Peers {
@@ -159,6 +169,9 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 		t.peers = append(t.peers, p)
 	}
 	t.table.Store(table)
+	for _, w := range t.runningLoopWarnings(cfg, t.peers) {
+		log.Warn(w)
+	}
 
 	if err := t.startMetrics(cfg.Metrics.Listen); err != nil {
 		return nil, err
@@ -284,6 +297,10 @@ func (t *Tunnel) readLoop() {
 				_ = cur.sp.Send(pkts, flows)
 				pkts, flows = pkts[:0], flows[:0]
 			}
+			if t.loopsBack(pkt, p) {
+				t.routingLoop(p, pkt)
+				continue
+			}
 			cur = p
 			pkts = append(pkts, bufs[i][stt.Headroom-wire.HeaderLen:stt.Headroom+sizes[i]])
 			flows = append(flows, flowHash(pkt))
@@ -344,6 +361,7 @@ type Counters struct {
 	LinkScoped   uint64 // outbound link-scoped packets (router solicitations, MLD) no peer serves
 	SourceDenied uint64 // inbound packets from outside the sending peer's prefixes
 	Malformed    uint64 // packets that are neither IPv4 nor IPv6
+	RoutingLoop  uint64 // outbound packets that were the node's own underlay traffic
 	TunErrors    uint64
 }
 
@@ -351,7 +369,7 @@ type Counters struct {
 func (t *Tunnel) Counters() Counters {
 	return Counters{
 		NoRoute: t.noRoute.Load(), LinkScoped: t.linkScoped.Load(), SourceDenied: t.srcDenied.Load(),
-		Malformed: t.malformed.Load(), TunErrors: t.tunErrors.Load(),
+		Malformed: t.malformed.Load(), RoutingLoop: t.loops.Load(), TunErrors: t.tunErrors.Load(),
 	}
 }
 
@@ -391,7 +409,7 @@ func (t *Tunnel) Status() Status {
 		ps.RTT = float64(p.sp.RTT().Microseconds()) / 1000
 		s := p.sp.Stats()
 		ps.TxBytes, ps.RxBytes, ps.TxPackets, ps.RxPackets = s.TxBytes, s.RxBytes, s.TxPackets, s.RxPackets
-		ps.Drops = s.Drops + p.srcDenied.Load()
+		ps.Drops = s.Drops + p.srcDenied.Load() + p.loops.Load()
 		st.Peers = append(st.Peers, ps)
 	}
 	return st
