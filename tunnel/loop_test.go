@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"strings"
@@ -169,6 +170,71 @@ func TestLoopWarnings(t *testing.T) {
 	for i, w := range want {
 		if !strings.HasPrefix(got[i], w) || !strings.Contains(got[i], "routing_loop") {
 			t.Errorf("warning %d = %q, want it to start %q and name routing_loop", i, got[i], w)
+		}
+	}
+}
+
+// TestUnresolvablePeerStopsNoOther: a peer whose endpoint name does not resolve, or
+// whose lookup hangs (a silent DNS server), does not keep the tunnel from starting or
+// the other peers from working. Start returns once the interface is configured; the
+// peer runs without an address, status says why, and the name is looked up again.
+func TestUnresolvablePeerStopsNoOther(t *testing.T) {
+	seed, _ := config.GenerateSeed()
+	seedFile := writeSecret(t, t.TempDir(), "seed", seed)
+	c := startMem(t, seedFile, "c", "10.9.0.3/24", []config.Peer{{
+		Name: "a", AllowedPrefixes: []netip.Prefix{netip.MustParsePrefix("10.9.0.1/32")},
+	}})
+	key, _ := config.GenerateKey()
+	cfg := &config.Config{
+		Interface: config.Interface{
+			Name: "mem-a", NodeName: "a",
+			Addresses: []netip.Prefix{netip.MustParsePrefix("10.9.0.1/24")},
+			MTU:       1420, SeedFile: seedFile,
+			KeyFile: writeSecret(t, t.TempDir(), "a.key", key),
+		},
+		Peers: []config.Peer{
+			{Name: "b", Endpoint: "b.invalid:51900", AllowedPrefixes: []netip.Prefix{netip.MustParsePrefix("10.9.0.2/32")}},
+			{Name: "silent", Endpoint: "silent.invalid:51900", AllowedPrefixes: []netip.Prefix{netip.MustParsePrefix("10.9.0.4/32")}},
+			{Name: "c", Endpoint: endpointOf(c), AllowedPrefixes: []netip.Prefix{netip.MustParsePrefix("10.9.0.3/32")}},
+		},
+	}
+	lookups := make(chan string, 64)
+	resolver := func(ctx context.Context, hostport string) (netip.AddrPort, error) {
+		lookups <- hostport
+		if hostport == "silent.invalid:51900" {
+			<-ctx.Done() // a DNS server that never answers
+			return netip.AddrPort{}, fmt.Errorf("lookup silent.invalid: %w", ctx.Err())
+		}
+		return netip.AddrPort{}, fmt.Errorf("lookup %s: no such host", hostport)
+	}
+	dev := tun.NewMem(cfg.Interface.Name, 1420, 16)
+	tu, err := Start(context.Background(), cfg, Options{Device: dev, Resolver: resolver})
+	if err != nil {
+		t.Fatalf("Start with peers whose names do not resolve: %v", err)
+	}
+	t.Cleanup(func() { _ = tu.Close() })
+	a := &memNode{t: tu, dev: dev}
+
+	st := a.t.Status()
+	if st.State != StateUp {
+		t.Errorf("state %q after Start, want %q", st.State, StateUp)
+	}
+	if pb := st.Peers[0]; pb.Endpoint != "" || !strings.Contains(pb.EndpointError, "no such host") {
+		t.Errorf("peer b: endpoint %q, endpoint_error %q; want none, and why", pb.Endpoint, pb.EndpointError)
+	}
+	out := ipv4UDP("10.9.0.1", "10.9.0.3", 1, 2, []byte("c is reachable"))
+	a.dev.Inject(out)
+	expectPacket(t, c.dev, out)
+	// b's name is looked up again in the background.
+	deadline := time.After(10 * time.Second)
+	for seen := 0; seen < 2; {
+		select {
+		case h := <-lookups:
+			if h == "b.invalid:51900" {
+				seen++
+			}
+		case <-deadline:
+			t.Fatal("b's name is not looked up again")
 		}
 	}
 }

@@ -28,6 +28,8 @@ type Options struct {
 	// Device, when set, is used instead of creating a TUN device and no routing is
 	// done: the in-memory device of unit tests.
 	Device tun.Device
+	// Resolver replaces the system's resolver for peers' endpoint names: for tests.
+	Resolver func(ctx context.Context, hostport string) (netip.AddrPort, error)
 }
 
 // peer is the tunnel's view of one configured peer: its allowed prefixes and its node
@@ -142,6 +144,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 		WSPath:     cfg.WebSocket.Path,
 		WSCertFile: cfg.WebSocket.TLSCert,
 		WSKeyFile:  cfg.WebSocket.TLSKey,
+		Resolver:   opts.Resolver,
 	})
 	if err != nil {
 		return nil, err
@@ -169,6 +172,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 		t.peers = append(t.peers, p)
 	}
 	t.table.Store(table)
+	t.awaitLookups(ctx)
 	for _, w := range t.runningLoopWarnings(cfg, t.peers) {
 		log.Warn(w)
 	}
@@ -200,6 +204,25 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 	go t.readLoop()
 	log.Info("tunnel up", "interface", cfg.Interface.Name, "port", t.node.Port(), "websocket", t.node.WSAddr(), "peers", len(t.peers))
 	return t, nil
+}
+
+// lookupWait bounds how long Start waits for the first lookups of the peers' endpoint
+// names: those that answer by then are in place when `up` returns; the others go on in
+// the background, and their peers start without an address.
+const lookupWait = 2 * time.Second
+
+// awaitLookups waits for the first lookup of every peer's endpoint name, all running at
+// once, for lookupWait at most or until ctx ends.
+func (t *Tunnel) awaitLookups(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, lookupWait)
+	defer cancel()
+	for _, p := range t.peers {
+		select {
+		case <-p.sp.LookupDone():
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // Node exposes the STT node, for status and tests.
@@ -379,6 +402,7 @@ func (t *Tunnel) Status() Status {
 	defer t.mu.RUnlock()
 	pub := t.node.PublicKey()
 	st := Status{
+		State:      StateUp,
 		Interface:  t.cfg.Interface.Name,
 		NodeName:   t.cfg.Interface.NodeName,
 		PublicKey:  config.EncodeKey(pub),
@@ -399,6 +423,7 @@ func (t *Tunnel) Status() Status {
 		if ep := p.sp.Endpoint(); ep.IsValid() {
 			ps.Endpoint = ep.String()
 		}
+		ps.EndpointError = p.sp.EndpointError()
 		if p.sp.HasSession() {
 			ps.Path = p.sp.Path()
 		}
