@@ -524,6 +524,7 @@ func (n *node) down() string {
 // statusJSON mirrors tunnel.Status as `status --json` prints it. It is decoded from
 // the JSON, not shared with the Go type, so that a renamed field fails here.
 type statusJSON struct {
+	State      string            `json:"state"`
 	Interface  string            `json:"interface"`
 	NodeName   string            `json:"node_name"`
 	PublicKey  string            `json:"public_key"`
@@ -538,6 +539,7 @@ type peerJSON struct {
 	Name            string    `json:"name"`
 	PublicKey       string    `json:"public_key"`
 	Endpoint        string    `json:"endpoint"`
+	EndpointError   string    `json:"endpoint_error"`
 	Path            string    `json:"path"`
 	AllowedPrefixes []string  `json:"allowed_prefixes"`
 	LastHandshake   time.Time `json:"last_handshake"`

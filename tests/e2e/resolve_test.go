@@ -1,0 +1,50 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestUnresolvablePeerStopsNoOther: alpha has a peer whose endpoint name does not
+// resolve. up still brings the interface up, the working peer carries traffic, and
+// status shows the other without an address and why; the log says so once. A reload
+// that adds another such peer is applied, not refused.
+func TestUnresolvablePeerStopsNoOther(t *testing.T) {
+	t.Parallel()
+	_, a, b, seed := pair(t)
+	ghost := peerConf{name: "ghost", endpoint: "ghost.stt-tun.invalid:51900", allowed: []string{"10.99.0.7/32"}}
+	beta := peerConf{name: "beta", endpoint: endpointB, allowed: allowB}
+	a.writeConfig(nodeConf{addresses: tunA, seedFile: seed, peers: []peerConf{ghost, beta}})
+	b.writeConfig(nodeConf{addresses: tunB, seedFile: seed, peers: []peerConf{{name: "alpha", allowed: allowA}}})
+	b.startForeground()
+
+	start := time.Now()
+	a.upDaemon()
+	t.Logf("up took %v", time.Since(start).Round(time.Millisecond))
+	waitPing(t, a.ns, "10.99.0.2")
+	st := a.mustStatus()
+	if st.State != "up" {
+		t.Errorf("state %q after up, want up", st.State)
+	}
+	if g := st.peer(t, "ghost"); g.Endpoint != "" || g.EndpointError == "" {
+		t.Errorf("ghost: endpoint %q, endpoint_error %q; want no address, and why", g.Endpoint, g.EndpointError)
+	}
+	if text := a.mustStt("status", linkName); !strings.Contains(text, "peer ghost: endpoint does not resolve") {
+		t.Errorf("status text does not say ghost's endpoint does not resolve:\n%s", text)
+	}
+	if log := a.daemonLog(); strings.Count(log, "endpoint name does not resolve") != 1 {
+		t.Errorf("the daemon logged the unresolvable name %d times, want once:\n%s",
+			strings.Count(log, "endpoint name does not resolve"), log)
+	}
+
+	ghost2 := peerConf{name: "ghost2", endpoint: "ghost2.stt-tun.invalid:51900", allowed: []string{"10.99.0.8/32"}}
+	a.writeConfig(nodeConf{addresses: tunA, seedFile: seed, peers: []peerConf{ghost, beta, ghost2}})
+	if out := a.mustStt("reload", linkName); !strings.Contains(out, `peer "ghost2" added`) {
+		t.Errorf("reload with a peer whose name does not resolve:\n%s", out)
+	}
+	waitPing(t, a.ns, "10.99.0.2")
+	a.down()
+}
