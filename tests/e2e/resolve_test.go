@@ -3,9 +3,14 @@
 package e2e
 
 import (
+	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/stt-tun/stt-tun/internal/nslab"
 )
 
 // TestUnresolvablePeerStopsNoOther: alpha has a peer whose endpoint name does not
@@ -46,5 +51,52 @@ func TestUnresolvablePeerStopsNoOther(t *testing.T) {
 		t.Errorf("reload with a peer whose name does not resolve:\n%s", out)
 	}
 	waitPing(t, a.ns, "10.99.0.2")
+	a.down()
+}
+
+// silentDNS makes the processes `ip netns exec` starts in ns use a DNS server that
+// never answers: a UDP socket in server that reads nothing. `ip netns exec` mounts
+// /etc/netns/<ns>/resolv.conf over /etc/resolv.conf; the file is removed at cleanup.
+func silentDNS(t *testing.T, ns, server *nslab.NS, addr string) {
+	t.Helper()
+	pc, err := server.ListenPacket("udp", net.JoinHostPort(addr, "53"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	dir := filepath.Join("/etc/netns", ns.Name())
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		os.RemoveAll(dir)
+		os.Remove("/etc/netns") // only if no one else uses it
+	})
+	if err := os.WriteFile(filepath.Join(dir, "resolv.conf"), []byte("nameserver "+addr+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSilentDNSHoldsUpNoPeer: with a DNS server that never answers, a peer's endpoint
+// name used to make up fail for the whole interface after some ten seconds. Now up
+// brings the interface up, the peer with an IP address works, and the other one waits
+// for its name in the background.
+func TestSilentDNSHoldsUpNoPeer(t *testing.T) {
+	t.Parallel()
+	_, a, b, seed := pair(t)
+	silentDNS(t, a.ns, b.ns, "10.231.0.2")
+	ghost := peerConf{name: "ghost", endpoint: "ghost.stt-tun.invalid:51900", allowed: []string{"10.99.0.7/32"}}
+	beta := peerConf{name: "beta", endpoint: endpointB, allowed: allowB}
+	a.writeConfig(nodeConf{addresses: tunA, seedFile: seed, peers: []peerConf{ghost, beta}})
+	b.writeConfig(nodeConf{addresses: tunB, seedFile: seed, peers: []peerConf{{name: "alpha", allowed: allowA}}})
+	b.startForeground()
+
+	start := time.Now()
+	a.upDaemon()
+	t.Logf("up took %v with a silent DNS server", time.Since(start).Round(time.Millisecond))
+	waitPing(t, a.ns, "10.99.0.2")
+	if g := a.mustStatus().peer(t, "ghost"); g.Endpoint != "" {
+		t.Errorf("ghost has endpoint %q without an answer from DNS", g.Endpoint)
+	}
 	a.down()
 }
