@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"net/url"
 	"slices"
+	"strconv"
 
 	"github.com/stt-tun/stt-tun/config"
 )
@@ -21,8 +22,8 @@ import (
 // node's own underlay traffic: a UDP datagram to p's UDP endpoint, or one sent from the
 // node's listen port by one of the interface's own addresses (the source the OS picks
 // when it routes the node's socket into the tunnel), or a TCP segment to the far end
-// of p's WebSocket connection. It reads two atomic pointers at most: no lock, no
-// allocation.
+// of p's WebSocket connection or to its ws_url given as an IP address. It reads two
+// atomic pointers at most: no lock, no allocation.
 func (t *Tunnel) loopsBack(pkt []byte, p *peer) bool {
 	var proto byte
 	var l4 []byte
@@ -52,9 +53,34 @@ func (t *Tunnel) loopsBack(pkt []byte, p *peer) bool {
 		}
 		return to == p.sp.UDPEndpoint()
 	case protoTCP:
+		if u := p.wsURL.Load(); u != nil && *u == to {
+			return true
+		}
 		return to == p.sp.WSEndpoint()
 	}
 	return false
+}
+
+// setWSURL publishes the address of a ws_url whose host is an IP address (nil for a
+// name, or no URL).
+func (p *peer) setWSURL(s string) {
+	var ap *netip.AddrPort
+	if u, err := url.Parse(s); err == nil && s != "" {
+		port := u.Port()
+		if port == "" {
+			port = "80"
+			if u.Scheme == "wss" {
+				port = "443"
+			}
+		}
+		if a, err := netip.ParseAddr(u.Hostname()); err == nil {
+			if n, err := strconv.ParseUint(port, 10, 16); err == nil {
+				v := netip.AddrPortFrom(a.Unmap(), uint16(n))
+				ap = &v
+			}
+		}
+	}
+	p.wsURL.Store(ap)
 }
 
 // routingLoop counts a packet that loopsBack found, and the first time for p logs at

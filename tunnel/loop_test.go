@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -15,7 +16,7 @@ import (
 
 // loopPair is memPair with a's prefixes for b covering b's endpoint (127.0.0.1) and a
 // logging to log.
-func loopPair(t *testing.T, log *lockedBuffer) (a, b *memNode) {
+func loopPair(t testing.TB, log *lockedBuffer) (a, b *memNode) {
 	t.Helper()
 	seed, _ := config.GenerateSeed()
 	seedFile := writeSecret(t, t.TempDir(), "seed", seed)
@@ -120,6 +121,48 @@ func TestRoutingLoopDropped(t *testing.T) {
 	}
 	if n := strings.Count(log.String(), "routing loop:"); n != 1 {
 		t.Errorf("%d routing loop warnings for one peer, want 1:\n%s", n, log.String())
+	}
+}
+
+// TestRoutingLoopWebSocketURL: TCP to a peer's ws_url (an IP address, its port or the
+// scheme's) is the node's own WebSocket traffic; TCP elsewhere is not.
+func TestRoutingLoopWebSocketURL(t *testing.T) {
+	var log lockedBuffer
+	a, _ := loopPair(t, &log)
+	p, _ := a.t.table.Load().Lookup(netip.MustParseAddr("10.9.0.2"))
+	for _, tc := range []struct {
+		url  string
+		pkt  []byte
+		loop bool
+	}{
+		{"wss://10.9.0.2/stt", ipv4TCP("10.9.0.1", "10.9.0.2", 40000, 443), true},
+		{"ws://10.9.0.2:8080/stt", ipv4TCP("10.9.0.1", "10.9.0.2", 40000, 8080), true},
+		{"ws://10.9.0.2:8080/stt", ipv4TCP("10.9.0.1", "10.9.0.2", 40000, 80), false},
+		{"ws://relay.example:8080/stt", ipv4TCP("10.9.0.1", "10.9.0.2", 40000, 8080), false},
+		{"", ipv4TCP("10.9.0.1", "10.9.0.2", 40000, 443), false},
+	} {
+		p.setWSURL(tc.url)
+		if got := a.t.loopsBack(tc.pkt, p); got != tc.loop {
+			t.Errorf("ws_url %q: loop %v, want %v", tc.url, got, tc.loop)
+		}
+	}
+}
+
+// TestReloadWarnsOfRoutingLoop: a reload that makes a peer's prefixes cover its
+// endpoint is applied, with a warning among its changes.
+func TestReloadWarnsOfRoutingLoop(t *testing.T) {
+	l := newReloadLab(t)
+	cfg := l.na.config(t, "",
+		peerSection("beta", endpointOf(l.b), []string{"10.9.0.2/32", "127.0.0.1/32"}),
+		peerSection("delta", endpointOf(l.d), []string{"10.9.0.4/32"}))
+	changes, err := l.a.t.ReloadChanges(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(changes, func(c string) bool {
+		return strings.HasPrefix(c, `warning: peer "beta": its own allowed_prefixes 127.0.0.1/32 cover its endpoint`)
+	}) {
+		t.Errorf("reload changes %q lack the routing loop warning", changes)
 	}
 }
 
@@ -235,6 +278,20 @@ func TestUnresolvablePeerStopsNoOther(t *testing.T) {
 			}
 		case <-deadline:
 			t.Fatal("b's name is not looked up again")
+		}
+	}
+}
+
+// BenchmarkRoutingLoopCheck is the per-packet cost of the check, for a UDP packet
+// that is no loop (the common case, and the most work).
+func BenchmarkRoutingLoopCheck(b *testing.B) {
+	var log lockedBuffer
+	a, _ := loopPair(b, &log)
+	p, _ := a.t.table.Load().Lookup(netip.MustParseAddr("10.9.0.2"))
+	pkt := ipv4UDP("10.9.0.1", "10.9.0.2", 1, 2, make([]byte, 1200))
+	for b.Loop() {
+		if a.t.loopsBack(pkt, p) {
+			b.Fatal("loop")
 		}
 	}
 }

@@ -273,6 +273,9 @@ func (t *Tunnel) reload(cfg *config.Config) ([]string, error) {
 		}
 		peers = append(peers, pl.p)
 	}
+	for _, pl := range plans {
+		pl.p.setWSURL(pl.cfg.WSURL)
+	}
 	t.mu.Lock()
 	t.table.Store(table)
 	for _, pl := range plans {

@@ -40,6 +40,9 @@ type peer struct {
 	srcDenied  atomic.Uint64 // packets from this peer with a source it may not use
 	loops      atomic.Uint64 // packets to this peer dropped as a routing loop
 	loopLogged atomic.Bool   // the routing loop was logged
+	// wsURL is the address of the peer's ws_url when its host is an IP address, for
+	// the packet pump, which reads no cfg.
+	wsURL atomic.Pointer[netip.AddrPort]
 }
 
 // Tunnel is a running stt-tun interface.
@@ -162,6 +165,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 	for i := range cfg.Peers {
 		pc := cfg.Peers[i]
 		p := &peer{cfg: pc}
+		p.setWSURL(pc.WSURL)
 		p.sp, err = t.node.AddPeer(sttPeerConfig(pc, p))
 		if err != nil {
 			return nil, err
