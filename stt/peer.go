@@ -23,9 +23,10 @@ type Peer struct {
 	node *Node
 	cfg  PeerConfig
 
-	udpEP   atomic.Pointer[conn.Endpoint] // latest UDP address: configured, or where authenticated frames came from
-	wsEP    atomic.Pointer[wsEndpoint]    // WebSocket connection to the peer, if any
-	onWS    atomic.Bool                   // the peer's traffic currently goes over WebSocket
+	udpEP   atomic.Pointer[conn.Endpoint]  // latest UDP address: configured, or where authenticated frames came from
+	udpAP   atomic.Pointer[netip.AddrPort] // udpEP's address, stored with it
+	wsEP    atomic.Pointer[wsEndpoint]     // WebSocket connection to the peer, if any
+	onWS    atomic.Bool                    // the peer's traffic currently goes over WebSocket
 	current atomic.Pointer[session]
 	// standby is the confirmed session a rekey replaced: the initiator keeps sending on
 	// it until the new one is confirmed, so a lost AUTH_PROOF loses no data.
@@ -106,8 +107,8 @@ func (p *Peer) Endpoint() netip.AddrPort {
 
 // UDPEndpoint is the peer's latest UDP address, or the zero value.
 func (p *Peer) UDPEndpoint() netip.AddrPort {
-	if ep := p.udpEP.Load(); ep != nil {
-		return addrPortOf(*ep)
+	if ap := p.udpAP.Load(); ap != nil {
+		return *ap
 	}
 	return netip.AddrPort{}
 }
@@ -166,8 +167,16 @@ func (p *Peer) setEndpoint(ap netip.AddrPort) error {
 	if err != nil {
 		return err
 	}
-	p.udpEP.Store(&ep)
+	p.storeUDP(ep)
 	return nil
+}
+
+// storeUDP makes ep the peer's UDP address, and publishes its AddrPort for
+// UDPEndpoint, which the tunnel's packet pump calls for every UDP packet.
+func (p *Peer) storeUDP(ep conn.Endpoint) {
+	ap := addrPortOf(ep)
+	p.udpEP.Store(&ep)
+	p.udpAP.Store(&ap)
 }
 
 func (p *Peer) mono(t time.Time) int64 { return int64(t.Sub(p.node.epoch)) }

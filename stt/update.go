@@ -60,7 +60,7 @@ func (p *Peer) Update(pc PeerConfig) error {
 		return fmt.Errorf("stt: peer %s: %w", pc.Name, ErrPeerRemoved)
 	}
 	if ep != nil {
-		p.udpEP.Store(&ep)
+		p.storeUDP(ep)
 		// Look for the peer at the new address now rather than after the dead-peer timer.
 		p.firstUnanswered.Store(0)
 	}
