@@ -727,8 +727,12 @@ func (p *Peer) reresolveLocked() {
 			p.endLookupLocked()
 			return
 		}
-		if p.removed || p.cfg.Endpoint != name {
-			n.kick() // a name configured since then may be waiting for its lookup
+		if p.removed {
+			p.endLookupLocked()
+			return
+		}
+		if p.cfg.Endpoint != name {
+			n.kick() // the name configured since then waits for its lookup
 			return
 		}
 		if err != nil {
@@ -923,6 +927,7 @@ func (p *Peer) shutdown() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.removed = true
+	p.endLookupLocked()
 	// The handshake dropSessionsLocked asks for never starts: a removed peer runs no
 	// timers and completes no handshake.
 	p.dropSessionsLocked()

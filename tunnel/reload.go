@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -295,6 +296,9 @@ func (t *Tunnel) reload(cfg *config.Config) ([]string, error) {
 	if stopMetrics != nil {
 		stopMetrics.close()
 	}
+	// As Start does, give new endpoint names a moment to answer, so that the peers
+	// that can be reached are when reload returns.
+	t.awaitLookups(context.Background())
 	for _, w := range t.runningLoopWarnings(cfg, peers) {
 		changes = append(changes, "warning: "+w)
 	}
