@@ -359,14 +359,8 @@ func (n *Node) Stats() Stats {
 
 func (n *Node) drop(r DropReason) { n.ctr.drops[r].Add(1) }
 
-// resolve looks up a peer's endpoint, HOST:PORT, where HOST is an IP address or a
-// name. It takes as long as the system's resolver does: callers that must not wait
-// long use resolveContext.
-func (n *Node) resolve(hostport string) (netip.AddrPort, error) {
-	return n.resolveContext(context.Background(), hostport)
-}
-
-// resolveContext is resolve with the lookup of a name bounded by ctx.
+// resolveContext looks up a peer's endpoint, HOST:PORT, where HOST is an IP address or
+// a name, for as long as ctx allows.
 func (n *Node) resolveContext(ctx context.Context, hostport string) (netip.AddrPort, error) {
 	if ap, err := netip.ParseAddrPort(hostport); err == nil {
 		return ap, nil
