@@ -84,6 +84,9 @@ type Config struct {
 	// WSListen is the address of the WebSocket listener ("" = none), WSPath its path
 	// (default /stt); WSCertFile and WSKeyFile turn it into wss://.
 	WSListen, WSPath, WSCertFile, WSKeyFile string
+	// Resolver, when set, looks up endpoints given as a host name (HOST:PORT) instead
+	// of the system's resolver: for tests.
+	Resolver func(ctx context.Context, hostport string) (netip.AddrPort, error)
 }
 
 // Node is an STT endpoint: peers, sessions, timers and a transport.
@@ -130,14 +133,15 @@ func New(cfg Config) (*Node, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	n := &Node{
-		cfg:    cfg,
-		timers: cfg.Timers.withDefaults(),
-		log:    cfg.Logger,
-		index:  newIndexTable(),
-		peers:  make(map[string]*Peer),
-		inits:  make(map[uint32]*initiation),
-		epoch:  time.Now(),
-		wake:   make(chan struct{}, 1),
+		cfg:      cfg,
+		timers:   cfg.Timers.withDefaults(),
+		log:      cfg.Logger,
+		index:    newIndexTable(),
+		peers:    make(map[string]*Peer),
+		inits:    make(map[uint32]*initiation),
+		epoch:    time.Now(),
+		wake:     make(chan struct{}, 1),
+		resolver: cfg.Resolver,
 	}
 	n.noncePool.New = func() any { return new([12]byte) }
 	n.wsStates.New = func() any { return &wsRecvState{nonce: new([12]byte), hsOut: make([]byte, 0, 256)} }
@@ -264,8 +268,10 @@ type PeerConfig struct {
 	WSInsecure bool   // skip certificate checks (STT authenticates the peer anyway)
 }
 
-// AddPeer registers a peer. An endpoint given as a host name is resolved now and again
-// when the peer goes quiet.
+// AddPeer registers a peer. An endpoint given as a host name is looked up in the
+// background (LookupDone tells when the first lookup ended): a name that does not
+// resolve leaves the peer without an address, and is looked up again until it does,
+// and whenever the peer goes quiet.
 func (n *Node) AddPeer(pc PeerConfig) (*Peer, error) {
 	if pc.Name == "" || len(pc.Name) > wire.NameLen {
 		return nil, fmt.Errorf("stt: peer name %q must be 1..%d bytes", pc.Name, wire.NameLen)
@@ -276,21 +282,33 @@ func (n *Node) AddPeer(pc PeerConfig) (*Peer, error) {
 		p.static = *pc.PublicKey
 		p.staticKnown = true
 	}
+	name := false
 	if pc.Endpoint != "" {
-		ap, err := n.resolve(pc.Endpoint)
-		if err != nil {
-			return nil, fmt.Errorf("stt: peer %s: %w", pc.Name, err)
-		}
-		if err := p.setEndpoint(ap); err != nil {
-			return nil, fmt.Errorf("stt: peer %s: endpoint: %w", pc.Name, err)
+		ap, err := netip.ParseAddrPort(pc.Endpoint)
+		switch {
+		case err == nil:
+			if err := p.setEndpoint(ap); err != nil {
+				return nil, fmt.Errorf("stt: peer %s: endpoint: %w", pc.Name, err)
+			}
+		default:
+			if _, _, err := net.SplitHostPort(pc.Endpoint); err != nil {
+				return nil, fmt.Errorf("stt: peer %s: endpoint %q: %w", pc.Name, pc.Endpoint, err)
+			}
+			name = true
 		}
 	}
 	n.mu.Lock()
-	defer n.mu.Unlock()
 	if _, dup := n.peers[pc.Name]; dup {
+		n.mu.Unlock()
 		return nil, fmt.Errorf("stt: peer %s already exists", pc.Name)
 	}
 	n.peers[pc.Name] = p
+	n.mu.Unlock()
+	if name {
+		p.mu.Lock()
+		p.startLookupLocked()
+		p.mu.Unlock()
+	}
 	return p, nil
 }
 
@@ -341,14 +359,8 @@ func (n *Node) Stats() Stats {
 
 func (n *Node) drop(r DropReason) { n.ctr.drops[r].Add(1) }
 
-// resolve looks up a peer's endpoint, HOST:PORT, where HOST is an IP address or a
-// name. It takes as long as the system's resolver does: callers that must not wait
-// long use resolveContext.
-func (n *Node) resolve(hostport string) (netip.AddrPort, error) {
-	return n.resolveContext(context.Background(), hostport)
-}
-
-// resolveContext is resolve with the lookup of a name bounded by ctx.
+// resolveContext looks up a peer's endpoint, HOST:PORT, where HOST is an IP address or
+// a name, for as long as ctx allows.
 func (n *Node) resolveContext(ctx context.Context, hostport string) (netip.AddrPort, error) {
 	if ap, err := netip.ParseAddrPort(hostport); err == nil {
 		return ap, nil

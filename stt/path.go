@@ -90,7 +90,7 @@ func (p *Peer) learnEndpoint(ep conn.Endpoint, probe bool, s *session, ctr uint6
 	// costs an allocation.
 	if cur := p.udpEP.Load(); cur == nil || addrPortOf(*cur) != addrPortOf(ep) || (*cur).SrcIP() != ep.SrcIP() {
 		e := ep
-		p.udpEP.Store(&e)
+		p.storeUDP(e)
 	}
 	if !probe && p.onWS.Load() {
 		return p.follow(false, s, ctr)

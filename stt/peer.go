@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"math/rand/v2"
+	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -22,9 +23,10 @@ type Peer struct {
 	node *Node
 	cfg  PeerConfig
 
-	udpEP   atomic.Pointer[conn.Endpoint] // latest UDP address: configured, or where authenticated frames came from
-	wsEP    atomic.Pointer[wsEndpoint]    // WebSocket connection to the peer, if any
-	onWS    atomic.Bool                   // the peer's traffic currently goes over WebSocket
+	udpEP   atomic.Pointer[conn.Endpoint]  // latest UDP address: configured, or where authenticated frames came from
+	udpAP   atomic.Pointer[netip.AddrPort] // udpEP's address, stored with it
+	wsEP    atomic.Pointer[wsEndpoint]     // WebSocket connection to the peer, if any
+	onWS    atomic.Bool                    // the peer's traffic currently goes over WebSocket
 	current atomic.Pointer[session]
 	// standby is the confirmed session a rekey replaced: the initiator keeps sending on
 	// it until the new one is confirmed, so a lost AUTH_PROOF loses no data.
@@ -68,6 +70,15 @@ type Peer struct {
 	wsDialFails   int
 	wsDialFailed  time.Time
 	resolving     bool // a lookup of cfg.Endpoint runs in the background
+	// unresolved: cfg.Endpoint is a name that has given no address since it was
+	// configured. The timers look it up again, lookupFails times failed so far, from
+	// nextLookup on; lookupErr says why the last lookup failed. lookupDone is closed
+	// when the first lookup of the name ends (answer or failure).
+	unresolved  bool
+	lookupFails int
+	nextLookup  time.Time
+	lookupErr   string
+	lookupDone  chan struct{}
 }
 
 // initiation is a handshake this node started, kept until it completes or is replaced.
@@ -96,8 +107,17 @@ func (p *Peer) Endpoint() netip.AddrPort {
 
 // UDPEndpoint is the peer's latest UDP address, or the zero value.
 func (p *Peer) UDPEndpoint() netip.AddrPort {
-	if ep := p.udpEP.Load(); ep != nil {
-		return addrPortOf(*ep)
+	if ap := p.udpAP.Load(); ap != nil {
+		return *ap
+	}
+	return netip.AddrPort{}
+}
+
+// WSEndpoint is the TCP address at the other end of the peer's WebSocket connection
+// (the peer, or a proxy before it), or the zero value without one.
+func (p *Peer) WSEndpoint() netip.AddrPort {
+	if we := p.wsEP.Load(); we != nil {
+		return we.addr
 	}
 	return netip.AddrPort{}
 }
@@ -147,8 +167,16 @@ func (p *Peer) setEndpoint(ap netip.AddrPort) error {
 	if err != nil {
 		return err
 	}
-	p.udpEP.Store(&ep)
+	p.storeUDP(ep)
 	return nil
+}
+
+// storeUDP makes ep the peer's UDP address, and publishes its AddrPort for
+// UDPEndpoint, which the tunnel's packet pump calls for every UDP packet.
+func (p *Peer) storeUDP(ep conn.Endpoint) {
+	ap := addrPortOf(ep)
+	p.udpEP.Store(&ep)
+	p.udpAP.Store(&ap)
 }
 
 func (p *Peer) mono(t time.Time) int64 { return int64(t.Sub(p.node.epoch)) }
@@ -611,6 +639,9 @@ func (p *Peer) tick(now time.Time) {
 			need = true
 		}
 	}
+	if p.unresolved && !now.Before(p.nextLookup) {
+		p.reresolveLocked()
+	}
 	if fu := p.firstUnanswered.Load(); fu != 0 && nowMono-fu >= int64(t.DeadPeerTimeout) {
 		need = true
 		p.firstUnanswered.Store(0)
@@ -692,12 +723,38 @@ func (p *Peer) reresolveLocked() {
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		p.resolving = false
+		if n.ctx.Err() != nil { // the node is closing
+			p.endLookupLocked()
+			return
+		}
+		if p.removed {
+			p.endLookupLocked()
+			return
+		}
+		if p.cfg.Endpoint != name {
+			n.kick() // the name configured since then waits for its lookup
+			return
+		}
 		if err != nil {
+			if p.unresolved {
+				p.lookupFailedLocked(err)
+				return
+			}
 			// Peer addresses are logged at debug level only.
 			n.log.Debug("endpoint lookup failed; keeping the address", "peer", p.cfg.Name, "err", err)
 			return
 		}
-		if p.removed || p.cfg.Endpoint != name || ap == p.UDPEndpoint() {
+		if p.unresolved {
+			if p.lookupFails > 0 {
+				n.log.Info("peer's endpoint name resolves now", "peer", p.cfg.Name)
+			}
+			p.unresolved, p.lookupFails, p.lookupErr = false, 0, ""
+			p.endLookupLocked()
+			if p.wantHandshake || p.init != nil {
+				n.kick() // the handshake waited for the address
+			}
+		}
+		if ap == p.UDPEndpoint() {
 			return
 		}
 		if err := p.setEndpoint(ap); err != nil {
@@ -711,6 +768,85 @@ func (p *Peer) reresolveLocked() {
 			n.kick()
 		}
 	}()
+}
+
+// Lookups of a name that has never resolved are retried after lookupRetry, doubling
+// with each failure up to lookupRetryMax.
+const (
+	lookupRetry    = time.Second
+	lookupRetryMax = 30 * time.Second
+)
+
+// lookupFailedLocked records a failed lookup of a name that has given no address yet:
+// the peer stays without one, and the timers try again later. The first failure is
+// logged at warn, without the name (peer addresses and names are debug-level).
+// Called with p.mu held.
+func (p *Peer) lookupFailedLocked(err error) {
+	n := p.node
+	p.lookupFails++
+	p.lookupErr = err.Error()
+	p.nextLookup = time.Now().Add(min(lookupRetry<<min(p.lookupFails-1, 10), lookupRetryMax))
+	if p.lookupFails == 1 {
+		n.log.Warn("peer's endpoint name does not resolve; the peer starts without an address and the name is looked up again in the background",
+			"peer", p.cfg.Name, "reason", lookupReason(err))
+	}
+	n.log.Debug("endpoint lookup failed", "peer", p.cfg.Name, "err", err, "retry_in", time.Until(p.nextLookup).Round(time.Millisecond))
+	p.endLookupLocked()
+}
+
+// lookupReason is why a lookup failed, without the name looked up.
+func lookupReason(err error) string {
+	var de *net.DNSError
+	switch {
+	case errors.As(err, &de) && de.IsNotFound:
+		return "no such host"
+	case errors.As(err, &de) && de.IsTimeout, errors.Is(err, context.DeadlineExceeded):
+		return "timed out"
+	case errors.As(err, &de):
+		return de.Err
+	}
+	return "lookup failed"
+}
+
+// startLookupLocked makes the peer's configured endpoint, a name, wait for its first
+// lookup, and starts it. Called with p.mu held.
+func (p *Peer) startLookupLocked() {
+	p.endLookupLocked()
+	p.unresolved, p.lookupFails, p.lookupErr, p.nextLookup = true, 0, "", time.Time{}
+	p.lookupDone = make(chan struct{})
+	p.reresolveLocked()
+}
+
+// endLookupLocked releases those waiting for the first lookup. Called with p.mu held.
+func (p *Peer) endLookupLocked() {
+	if p.lookupDone != nil {
+		close(p.lookupDone)
+		p.lookupDone = nil
+	}
+}
+
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// LookupDone is closed once the first lookup of the peer's endpoint name has ended,
+// with an address or without; at once for an IP address, or no endpoint.
+func (p *Peer) LookupDone() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.lookupDone == nil {
+		return closedChan
+	}
+	return p.lookupDone
+}
+
+// EndpointError says why the peer's endpoint name has no address yet ("" when it has
+// one, or is an IP address); the name is looked up again in the background.
+func (p *Peer) EndpointError() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.unresolved {
+		return ""
+	}
+	return p.lookupErr
 }
 
 // pingPayloadLocked builds a PING whose answer reports to ch (may be nil).
@@ -791,6 +927,7 @@ func (p *Peer) shutdown() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.removed = true
+	p.endLookupLocked()
 	// The handshake dropSessionsLocked asks for never starts: a removed peer runs no
 	// timers and completes no handshake.
 	p.dropSessionsLocked()

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -221,6 +222,8 @@ func TestStaleEndpointLookupNotApplied(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.waitLookups(t, "b.test:9", "c.test:9")
+	<-pb.LookupDone()
+	<-pc.LookupDone()
 
 	r.close()
 	stale := netip.MustParseAddrPort("127.0.0.1:7")
@@ -415,5 +418,61 @@ func TestSendErrorsCountedPerPacket(t *testing.T) {
 	peerRise, nodeRise := pb.Stats().Drops-before, a.Stats().Drops[DropSendError]-nodeBefore
 	if peerRise < 10 || nodeRise != peerRise {
 		t.Fatalf("peer drops rose by %d, node send_error by %d; want both the same, at least 10", peerRise, nodeRise)
+	}
+}
+
+// TestUnresolvableEndpointStartsWithoutAddress: a peer whose endpoint name does not
+// resolve is added at once, without an address, and does not hold up the other peers:
+// their handshakes and traffic go on. Its name is looked up again in the background
+// (backing off) and, once it answers, the peer gets the address and its queued traffic
+// goes out. EndpointError says why it has none meanwhile.
+func TestUnresolvableEndpointStartsWithoutAddress(t *testing.T) {
+	seed := randKey(t)
+	a := startNode(t, nodeOpts{seed: seed, name: "a"})
+	b := startNode(t, nodeOpts{seed: seed, name: "b"})
+	c := startNode(t, nodeOpts{seed: seed, name: "c"})
+	for _, x := range []*testNode{b, c} {
+		if _, err := x.AddPeer(PeerConfig{Name: "a"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := newGatedResolver()
+	t.Cleanup(r.open)
+	a.resolver = r.resolve
+	const name = "b.invalid:51900"
+	pb, err := a.AddPeer(PeerConfig{Name: "b", Endpoint: name})
+	if err != nil {
+		t.Fatalf("AddPeer with a name that does not resolve: %v", err)
+	}
+	pc, err := a.AddPeer(PeerConfig{Name: "c", Endpoint: loopback(c.Node)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-pb.LookupDone()
+	r.waitLookups(t, name) // the first
+	if ep := pb.Endpoint(); ep.IsValid() {
+		t.Fatalf("endpoint %s for a name that does not resolve", ep)
+	}
+	if got := pb.EndpointError(); !strings.Contains(got, "no such host") {
+		t.Fatalf("EndpointError %q, want the lookup's error", got)
+	}
+	// c works meanwhile; b's traffic waits in its queue.
+	sendOne(t, pc, 0, []byte("c is reachable"))
+	c.h.waitCount(t, 1, 5*time.Second)
+	sendOne(t, pb, 0, []byte("waits for b's address"))
+	// Retried in the background.
+	r.waitLookups(t, name)
+	if ep := pb.Endpoint(); ep.IsValid() {
+		t.Fatalf("endpoint %s for a name that does not resolve", ep)
+	}
+	// The name starts to resolve: the next lookup gives b its address, and the
+	// queued datagram goes out.
+	r.set(name, netip.MustParseAddrPort(loopback(b.Node)))
+	b.h.waitCount(t, 1, 10*time.Second)
+	if got := pb.EndpointError(); got != "" {
+		t.Fatalf("EndpointError %q after the name resolved", got)
+	}
+	if got := pb.UDPEndpoint().String(); got != loopback(b.Node) {
+		t.Fatalf("endpoint %s, want %s", got, loopback(b.Node))
 	}
 }

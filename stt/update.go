@@ -3,6 +3,8 @@ package stt
 import (
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 
 	"golang.zx2c4.com/wireguard/conn"
 
@@ -23,8 +25,9 @@ var ErrPeerRemoved = errors.New("peer was removed")
 // connection to the peer, so that the next one is dialed with them; the session moves to
 // UDP or to that new connection.
 //
-// A host name endpoint is resolved before anything changes: if that fails, the peer is
-// left as it was.
+// An endpoint given as a host name is looked up in the background, as AddPeer does: the
+// peer keeps its current address until the name answers (LookupDone), and a name that
+// does not resolve is looked up again until it does.
 func (p *Peer) Update(pc PeerConfig) error {
 	if pc.Name != p.cfg.Name {
 		return fmt.Errorf("stt: peer %s: Update cannot rename a peer to %q", p.cfg.Name, pc.Name)
@@ -34,15 +37,20 @@ func (p *Peer) Update(pc PeerConfig) error {
 	endpointChanged := pc.Endpoint != p.cfg.Endpoint
 	p.mu.Unlock()
 	var ep conn.Endpoint
+	name := false
 	if endpointChanged && pc.Endpoint != "" {
-		// Resolving may take a while; it is done without holding the lock.
-		ap, err := n.resolve(pc.Endpoint)
-		if err != nil {
-			return fmt.Errorf("stt: peer %s: %w", pc.Name, err)
-		}
-		ep, err = n.bind.ParseEndpoint(ap.String())
-		if err != nil {
-			return fmt.Errorf("stt: peer %s: endpoint: %w", pc.Name, err)
+		ap, err := netip.ParseAddrPort(pc.Endpoint)
+		switch {
+		case err == nil:
+			ep, err = n.bind.ParseEndpoint(ap.String())
+			if err != nil {
+				return fmt.Errorf("stt: peer %s: endpoint: %w", pc.Name, err)
+			}
+		default:
+			if _, _, err := net.SplitHostPort(pc.Endpoint); err != nil {
+				return fmt.Errorf("stt: peer %s: endpoint %q: %w", pc.Name, pc.Endpoint, err)
+			}
+			name = true
 		}
 	}
 
@@ -52,7 +60,7 @@ func (p *Peer) Update(pc PeerConfig) error {
 		return fmt.Errorf("stt: peer %s: %w", pc.Name, ErrPeerRemoved)
 	}
 	if ep != nil {
-		p.udpEP.Store(&ep)
+		p.storeUDP(ep)
 		// Look for the peer at the new address now rather than after the dead-peer timer.
 		p.firstUnanswered.Store(0)
 	}
@@ -60,6 +68,14 @@ func (p *Peer) Update(pc PeerConfig) error {
 	// the peer may be connected from where it is, as for a peer that never had one.
 	p.cfg.Endpoint = pc.Endpoint
 	p.cfg.PersistentKeepalive = pc.PersistentKeepalive
+	if endpointChanged {
+		if name {
+			p.startLookupLocked()
+		} else {
+			p.unresolved, p.lookupErr = false, ""
+			p.endLookupLocked()
+		}
+	}
 
 	switch {
 	case pc.PublicKey == nil:

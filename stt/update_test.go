@@ -87,13 +87,21 @@ func TestUpdateNewEndpoint(t *testing.T) {
 	if got := sessionOf(t, pb); got != id {
 		t.Fatalf("session %d replaced by %d", id, got)
 	}
-	// An unresolvable name leaves the peer as it was.
-	if err := pb.Update(PeerConfig{Name: "b", Endpoint: "no-such-host.invalid:1"}); err == nil {
-		t.Fatal("Update with an unresolvable endpoint succeeded")
+	// An unresolvable name is taken, looked up in the background, and leaves the
+	// peer at the address it has until the name answers.
+	r := newGatedResolver()
+	a.resolver = r.resolve
+	if err := pb.Update(PeerConfig{Name: "b", Endpoint: "no-such-host.invalid:1"}); err != nil {
+		t.Fatalf("Update with an unresolvable endpoint: %v", err)
 	}
+	<-pb.LookupDone()
 	if got := pb.Endpoint().String(); got != loopback(b.Node) {
-		t.Fatalf("a failed Update changed the endpoint to %s", got)
+		t.Fatalf("an unresolvable name changed the endpoint to %s", got)
 	}
+	if pb.EndpointError() == "" {
+		t.Fatal("no endpoint error for a name that does not resolve")
+	}
+	roundTrip(t, a, b, "while the name does not resolve")
 }
 
 // TestUpdatePinMismatchDropsSession: a pin that is not the session's key ends the

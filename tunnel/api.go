@@ -11,18 +11,26 @@ import (
 // version fields are only added; removing a field or changing its meaning bumps it.
 const StatusSchemaVersion = 1
 
+// The states of Status.State.
+const (
+	StateStarting = "starting"
+	StateUp       = "up"
+)
+
 // Status is a point-in-time view of a running tunnel, as `stt-tun status` shows it.
 type Status struct {
 	// SchemaVersion is StatusSchemaVersion in what `status --json` prints; the
 	// daemon's control socket leaves it 0.
-	SchemaVersion int          `json:"schema_version,omitempty"`
-	Interface     string       `json:"interface"`
-	NodeName      string       `json:"node_name"`
-	PublicKey     string       `json:"public_key"` // base64
-	ListenPort    int          `json:"listen_port"`
-	MTU           int          `json:"mtu"`
-	Addresses     []string     `json:"addresses"`
-	Peers         []PeerStatus `json:"peers"`
+	SchemaVersion int `json:"schema_version,omitempty"`
+	// State is StateStarting while the daemon brings the interface up, then StateUp.
+	State      string       `json:"state"`
+	Interface  string       `json:"interface"`
+	NodeName   string       `json:"node_name"`
+	PublicKey  string       `json:"public_key"` // base64
+	ListenPort int          `json:"listen_port"`
+	MTU        int          `json:"mtu"`
+	Addresses  []string     `json:"addresses"`
+	Peers      []PeerStatus `json:"peers"`
 	// Counters are the node's cumulative counters since it started, by name; see
 	// docs/status-schema.md for what each one means.
 	Counters map[string]uint64 `json:"counters,omitempty"`
@@ -30,10 +38,13 @@ type Status struct {
 
 // PeerStatus describes one configured peer.
 type PeerStatus struct {
-	Name            string    `json:"name"`
-	PublicKey       string    `json:"public_key,omitempty"` // base64, learned or pinned
-	Endpoint        string    `json:"endpoint,omitempty"`   // current underlay address
-	Path            string    `json:"path"`                 // "udp", "ws" or "none"
+	Name      string `json:"name"`
+	PublicKey string `json:"public_key,omitempty"` // base64, learned or pinned
+	Endpoint  string `json:"endpoint,omitempty"`   // current underlay address
+	// EndpointError says why the configured endpoint name has no address yet; it is
+	// looked up again in the background.
+	EndpointError   string    `json:"endpoint_error,omitempty"`
+	Path            string    `json:"path"` // "udp", "ws" or "none"
 	AllowedPrefixes []string  `json:"allowed_prefixes"`
 	LastHandshake   time.Time `json:"last_handshake,omitzero"`
 	RTT             float64   `json:"rtt_ms,omitempty"`

@@ -21,6 +21,7 @@ func (t *Tunnel) counterMap() map[string]uint64 {
 	m["ignored_link_scoped"] = c.LinkScoped
 	m["tunnel_source_denied"] = c.SourceDenied
 	m["tunnel_malformed"] = c.Malformed
+	m["tunnel_routing_loop"] = c.RoutingLoop
 	m["tunnel_tun_errors"] = c.TunErrors
 	return m
 }

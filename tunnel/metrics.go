@@ -33,7 +33,7 @@ var (
 	famPeerRxBytes   = counter("stt_peer_rx_bytes_total", "Payload bytes received from the peer.")
 	famPeerTxPackets = counter("stt_peer_tx_packets_total", "Packets sent to the peer.")
 	famPeerRxPackets = counter("stt_peer_rx_packets_total", "Packets received from the peer.")
-	famPeerDrops     = counter("stt_peer_drops_total", "Packets to or from the peer that were dropped: handshake queue full, send errors, source not allowed.")
+	famPeerDrops     = counter("stt_peer_drops_total", "Packets to or from the peer that were dropped: handshake queue full, send errors, source not allowed, routing loop.")
 	famPeerRTT       = gauge("stt_peer_rtt_seconds", "Smoothed round-trip time to the peer, measured with STT echoes; absent until measured.")
 	famPeerHSAge     = gauge("stt_peer_handshake_age_seconds", "Seconds since the peer's latest handshake completed; absent before the first.")
 
@@ -50,6 +50,7 @@ var (
 	famLinkScoped = counter("stt_tunnel_link_scoped_ignored_total", "Link-scoped packets read from the interface (link-local, router solicitations, MLD) that no peer's allowed_prefixes covers; not forwarded, by design.")
 	famSrcDenied  = counter("stt_tunnel_source_denied_total", "Packets from a peer whose source is outside that peer's allowed_prefixes.")
 	famMalformed  = counter("stt_tunnel_malformed_total", "Packets that are neither IPv4 nor IPv6.")
+	famLoop       = counter("stt_tunnel_routing_loop_total", "Packets read from the interface that were this node's own underlay traffic to a peer (a routing loop), dropped.")
 	famTunErrors  = counter("stt_tunnel_tun_errors_total", "Errors reading from or writing to the TUN device.")
 	famReloads    = counter("stt_reloads_total", "Configuration reloads, by result: applied or refused.")
 
@@ -62,9 +63,9 @@ var (
 )
 
 type peerSample struct {
-	name      string
-	sp        *stt.Peer
-	srcDenied uint64
+	name     string
+	sp       *stt.Peer
+	tunDrops uint64 // the tunnel layer's drops of the peer's packets
 }
 
 // writeMetrics writes the tunnel's metrics, each family whole and in turn. Labels go
@@ -74,7 +75,7 @@ func (t *Tunnel) writeMetrics(w *promtext.Writer) {
 	iface, node := t.cfg.Interface.Name, t.cfg.Interface.NodeName
 	peers := make([]peerSample, len(t.peers))
 	for i, p := range t.peers {
-		peers[i] = peerSample{name: p.cfg.Name, sp: p.sp, srcDenied: p.srcDenied.Load()}
+		peers[i] = peerSample{name: p.cfg.Name, sp: p.sp, tunDrops: p.srcDenied.Load() + p.loops.Load()}
 	}
 	t.mu.RUnlock()
 
@@ -106,7 +107,7 @@ func (t *Tunnel) writeMetrics(w *promtext.Writer) {
 			f.endpoint = ep.String()
 		}
 		f.stats = sp.Stats()
-		f.drops = f.stats.Drops + p.srcDenied
+		f.drops = f.stats.Drops + p.tunDrops
 		f.rtt = sp.RTT().Seconds()
 		if hs := sp.LastHandshake(); !hs.IsZero() {
 			f.hsAge, f.hasHS = max(now.Sub(hs).Seconds(), 0), true
@@ -163,6 +164,7 @@ func (t *Tunnel) writeMetrics(w *promtext.Writer) {
 	one(famLinkScoped, tc.LinkScoped)
 	one(famSrcDenied, tc.SourceDenied)
 	one(famMalformed, tc.Malformed)
+	one(famLoop, tc.RoutingLoop)
 	one(famTunErrors, tc.TunErrors)
 	w.Family(famReloads.name, famReloads.typ, famReloads.help)
 	w.Uint(famReloads.name, t.reloadsApplied.Load(), "result", "applied")

@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -105,6 +106,10 @@ func (t *Tunnel) ReloadChanges(cfg *config.Config) ([]string, error) {
 		t.log.Info("reloaded: nothing changed")
 	}
 	for _, c := range changes {
+		if w, ok := strings.CutPrefix(c, "warning: "); ok {
+			t.log.Warn(w)
+			continue
+		}
 		t.log.Info("reloaded: " + c)
 	}
 	return changes, nil
@@ -269,6 +274,9 @@ func (t *Tunnel) reload(cfg *config.Config) ([]string, error) {
 		}
 		peers = append(peers, pl.p)
 	}
+	for _, pl := range plans {
+		pl.p.setWSURL(pl.cfg.WSURL)
+	}
 	t.mu.Lock()
 	t.table.Store(table)
 	for _, pl := range plans {
@@ -287,6 +295,12 @@ func (t *Tunnel) reload(cfg *config.Config) ([]string, error) {
 	}
 	if stopMetrics != nil {
 		stopMetrics.close()
+	}
+	// As Start does, give new endpoint names a moment to answer, so that the peers
+	// that can be reached are when reload returns.
+	t.awaitLookups(context.Background())
+	for _, w := range t.runningLoopWarnings(cfg, peers) {
+		changes = append(changes, "warning: "+w)
 	}
 	return changes, nil
 }

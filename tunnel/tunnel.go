@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -27,14 +28,21 @@ type Options struct {
 	// Device, when set, is used instead of creating a TUN device and no routing is
 	// done: the in-memory device of unit tests.
 	Device tun.Device
+	// Resolver replaces the system's resolver for peers' endpoint names: for tests.
+	Resolver func(ctx context.Context, hostport string) (netip.AddrPort, error)
 }
 
 // peer is the tunnel's view of one configured peer: its allowed prefixes and its node
 // peer.
 type peer struct {
-	cfg       config.Peer
-	sp        *stt.Peer
-	srcDenied atomic.Uint64 // packets from this peer with a source it may not use
+	cfg        config.Peer
+	sp         *stt.Peer
+	srcDenied  atomic.Uint64 // packets from this peer with a source it may not use
+	loops      atomic.Uint64 // packets to this peer dropped as a routing loop
+	loopLogged atomic.Bool   // the routing loop was logged
+	// wsURL is the address of the peer's ws_url when its host is an IP address, for
+	// the packet pump, which reads no cfg.
+	wsURL atomic.Pointer[netip.AddrPort]
 }
 
 // Tunnel is a running stt-tun interface.
@@ -61,6 +69,9 @@ type Tunnel struct {
 	linkScoped atomic.Uint64 // outbound link-scoped packets no peer takes
 	srcDenied  atomic.Uint64 // inbound packets from a source the peer may not use
 	malformed  atomic.Uint64 // packets that are not IPv4 or IPv6
+	loops      atomic.Uint64 // outbound packets that are the node's own underlay traffic
+	port       uint16        // the UDP listen port, 0 = none; set before the pumps start
+	ownAddrs   []netip.Addr  // the interface's addresses; fixed while it runs
 	tunErrors  atomic.Uint64
 	pumpsDone  sync.WaitGroup
 	done       chan struct{}
@@ -136,6 +147,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 		WSPath:     cfg.WebSocket.Path,
 		WSCertFile: cfg.WebSocket.TLSCert,
 		WSKeyFile:  cfg.WebSocket.TLSKey,
+		Resolver:   opts.Resolver,
 	})
 	if err != nil {
 		return nil, err
@@ -144,11 +156,16 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 		return nil, err
 	}
 	undo = append(undo, func() { _ = t.node.Close() })
+	t.port = t.node.Port()
+	for _, a := range cfg.Interface.Addresses {
+		t.ownAddrs = append(t.ownAddrs, a.Addr().Unmap())
+	}
 
 	table := new(bart.Table[*peer])
 	for i := range cfg.Peers {
 		pc := cfg.Peers[i]
 		p := &peer{cfg: pc}
+		p.setWSURL(pc.WSURL)
 		p.sp, err = t.node.AddPeer(sttPeerConfig(pc, p))
 		if err != nil {
 			return nil, err
@@ -159,6 +176,10 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 		t.peers = append(t.peers, p)
 	}
 	t.table.Store(table)
+	t.awaitLookups(ctx)
+	for _, w := range t.runningLoopWarnings(cfg, t.peers) {
+		log.Warn(w)
+	}
 
 	if err := t.startMetrics(cfg.Metrics.Listen); err != nil {
 		return nil, err
@@ -188,6 +209,25 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 	go t.readLoop()
 	log.Info("tunnel up", "interface", cfg.Interface.Name, "port", t.node.Port(), "websocket", t.node.WSAddr(), "peers", len(t.peers))
 	return t, nil
+}
+
+// lookupWait bounds how long Start waits for the first lookups of the peers' endpoint
+// names: those that answer by then are in place when `up` returns; the others go on in
+// the background, and their peers start without an address.
+const lookupWait = 2 * time.Second
+
+// awaitLookups waits for the first lookup of every peer's endpoint name, all running at
+// once, for lookupWait at most or until ctx ends.
+func (t *Tunnel) awaitLookups(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, lookupWait)
+	defer cancel()
+	for _, p := range t.peers {
+		select {
+		case <-p.sp.LookupDone():
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // Node exposes the STT node, for status and tests.
@@ -285,6 +325,10 @@ func (t *Tunnel) readLoop() {
 				_ = cur.sp.Send(pkts, flows)
 				pkts, flows = pkts[:0], flows[:0]
 			}
+			if t.loopsBack(pkt, p) {
+				t.routingLoop(p, pkt)
+				continue
+			}
 			cur = p
 			pkts = append(pkts, bufs[i][stt.Headroom-wire.HeaderLen:stt.Headroom+sizes[i]])
 			flows = append(flows, flowHash(pkt))
@@ -345,6 +389,7 @@ type Counters struct {
 	LinkScoped   uint64 // outbound link-scoped packets (router solicitations, MLD) no peer serves
 	SourceDenied uint64 // inbound packets from outside the sending peer's prefixes
 	Malformed    uint64 // packets that are neither IPv4 nor IPv6
+	RoutingLoop  uint64 // outbound packets that were the node's own underlay traffic
 	TunErrors    uint64
 }
 
@@ -352,7 +397,7 @@ type Counters struct {
 func (t *Tunnel) Counters() Counters {
 	return Counters{
 		NoRoute: t.noRoute.Load(), LinkScoped: t.linkScoped.Load(), SourceDenied: t.srcDenied.Load(),
-		Malformed: t.malformed.Load(), TunErrors: t.tunErrors.Load(),
+		Malformed: t.malformed.Load(), RoutingLoop: t.loops.Load(), TunErrors: t.tunErrors.Load(),
 	}
 }
 
@@ -362,6 +407,7 @@ func (t *Tunnel) Status() Status {
 	defer t.mu.RUnlock()
 	pub := t.node.PublicKey()
 	st := Status{
+		State:      StateUp,
 		Interface:  t.cfg.Interface.Name,
 		NodeName:   t.cfg.Interface.NodeName,
 		PublicKey:  config.EncodeKey(pub),
@@ -382,6 +428,7 @@ func (t *Tunnel) Status() Status {
 		if ep := p.sp.Endpoint(); ep.IsValid() {
 			ps.Endpoint = ep.String()
 		}
+		ps.EndpointError = p.sp.EndpointError()
 		if p.sp.HasSession() {
 			ps.Path = p.sp.Path()
 		}
@@ -392,7 +439,7 @@ func (t *Tunnel) Status() Status {
 		ps.RTT = float64(p.sp.RTT().Microseconds()) / 1000
 		s := p.sp.Stats()
 		ps.TxBytes, ps.RxBytes, ps.TxPackets, ps.RxPackets = s.TxBytes, s.RxBytes, s.TxPackets, s.RxPackets
-		ps.Drops = s.Drops + p.srcDenied.Load()
+		ps.Drops = s.Drops + p.srcDenied.Load() + p.loops.Load()
 		st.Peers = append(st.Peers, ps)
 	}
 	return st

@@ -66,7 +66,7 @@ func runDaemon(ctx context.Context, e *env, cfg *config.Config, opts daemonOptio
 	startCtx, cancelStart := context.WithCancel(sigCtx)
 	defer cancelStart()
 	d := &daemon{
-		starting: tunnel.Status{Interface: name, NodeName: cfg.Interface.NodeName},
+		starting: tunnel.Status{State: tunnel.StateStarting, Interface: name, NodeName: cfg.Interface.NodeName},
 		shutdown: make(chan struct{}),
 		cancel:   cancelStart,
 		cfgPath:  cfg.Path,

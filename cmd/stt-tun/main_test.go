@@ -403,6 +403,7 @@ func sampleStatus() []tunnel.Status {
 	now := sampleNow()
 	return []tunnel.Status{
 		{
+			State:      tunnel.StateUp,
 			Interface:  "stt0",
 			NodeName:   "alpha",
 			PublicKey:  "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=",
@@ -429,13 +430,23 @@ func sampleStatus() []tunnel.Status {
 				{
 					Name: "delta", Path: "none",
 				},
+				{
+					Name: "epsilon", Path: "none", AllowedPrefixes: []string{"10.99.0.5/32"},
+					EndpointError: `resolve endpoint "epsilon.example.net:51900": lookup epsilon.example.net: no such host`,
+				},
 			},
 		},
 		{
+			State:      tunnel.StateUp,
 			Interface:  "stt1",
 			NodeName:   "alpha-lab",
 			ListenPort: 0,
 			MTU:        1280,
+		},
+		{
+			State:     tunnel.StateStarting,
+			Interface: "stt2",
+			NodeName:  "alpha-starting",
 		},
 	}
 }
@@ -525,7 +536,7 @@ func TestStatusFromDaemons(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &all); r.code != 0 || err != nil {
 		t.Fatalf("status --json: %+v: %v", r, err)
 	}
-	if len(all) != 2 || all[0].Interface != "stt0" || all[1].Interface != "stt1" || len(all[0].Peers) != 3 {
+	if len(all) != 3 || all[0].Interface != "stt0" || all[1].Interface != "stt1" || all[2].State != tunnel.StateStarting || len(all[0].Peers) != 4 {
 		t.Errorf("status --json = %+v", all)
 	}
 
@@ -662,7 +673,13 @@ func TestDownAbortsStart(t *testing.T) {
 		exited <- h.run("", "up", "--foreground", "--ready-fd", fmt.Sprint(fd), "-c", cfg)
 	}()
 	<-h.started // the daemon is inside tunnel.Start, and its socket answers
-	if r := h.run("", "status", "--json", "stt9"); r.code != 0 || !strings.Contains(r.stdout, `"node_name": "hang"`) {
+	if r := h.run("", "status", "--json", "stt9"); r.code != 0 || !strings.Contains(r.stdout, `"node_name": "hang"`) ||
+		!strings.Contains(r.stdout, `"state": "starting"`) {
+		t.Errorf("status --json while starting does not say starting: %+v", r)
+	}
+	// The text says so, and shows no zeros that read as settings ("mtu: 0").
+	if r := h.run("", "status", "stt9"); r.code != 0 || !strings.Contains(r.stdout, "state: starting") ||
+		strings.Contains(r.stdout, "mtu") || strings.Contains(r.stdout, "listening port") {
 		t.Errorf("status while starting: %+v", r)
 	}
 	if r := h.run("", "down", "stt9"); r.code != 0 {

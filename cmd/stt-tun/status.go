@@ -103,6 +103,7 @@ func status(c *cli.Context, e *env) error {
 // docs/status-schema.md promises one.
 func forJSON(st tunnel.Status) tunnel.Status {
 	st.SchemaVersion = tunnel.StatusSchemaVersion
+	st.State = state(st)
 	if st.Addresses == nil {
 		st.Addresses = []string{}
 	}
@@ -135,6 +136,12 @@ func renderStatus(w io.Writer, all []tunnel.Status, now time.Time) error {
 			b.WriteString("\n")
 		}
 		fmt.Fprintf(&b, "interface: %s\n", st.Interface)
+		if state(st) == tunnel.StateStarting {
+			// Nothing else is known yet: no zeros that would read as settings.
+			fmt.Fprintf(&b, "  state: starting\n")
+			fmt.Fprintf(&b, "  node name: %s\n", orDash(st.NodeName))
+			continue
+		}
 		fmt.Fprintf(&b, "  node name: %s\n", orDash(st.NodeName))
 		fmt.Fprintf(&b, "  public key: %s\n", orDash(st.PublicKey))
 		fmt.Fprintf(&b, "  listening port: %s\n", port(st.ListenPort))
@@ -166,11 +173,28 @@ func renderStatus(w io.Writer, all []tunnel.Status, now time.Time) error {
 		if err := tw.Flush(); err != nil {
 			return err
 		}
+		for _, p := range st.Peers {
+			if p.EndpointError != "" {
+				fmt.Fprintf(&b, "  peer %s: endpoint does not resolve (%s); looked up again in the background\n", p.Name, p.EndpointError)
+			}
+		}
 	}
 	if _, err := io.WriteString(w, b.String()); err != nil {
 		return fmt.Errorf("write status: %w", err)
 	}
 	return nil
+}
+
+// state is the status' state; a daemon older than the field sends none, and is
+// starting while it has no counters.
+func state(st tunnel.Status) string {
+	switch {
+	case st.State != "":
+		return st.State
+	case st.Counters == nil:
+		return tunnel.StateStarting
+	}
+	return tunnel.StateUp
 }
 
 // port is the UDP listening port, "none" when the node has no UDP socket.

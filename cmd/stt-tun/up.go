@@ -19,6 +19,7 @@ import (
 
 	"github.com/stt-tun/stt-tun/config"
 	"github.com/stt-tun/stt-tun/internal/ctl"
+	"github.com/stt-tun/stt-tun/tunnel"
 )
 
 // Lines the daemon writes on its readiness pipe: exactly one, then it closes the pipe.
@@ -137,6 +138,10 @@ func up(c *cli.Context, e *env) error {
 			opts.log = l
 		}
 		return ready.fail(runDaemon(c.Context, e, cfg, opts))
+	}
+	// The daemon logs these too, once names are resolved; its log is not in sight.
+	for _, w := range tunnel.ConfigLoopWarnings(cfg) {
+		fmt.Fprintf(e.stderr, "warning: %s\n", w)
 	}
 	return startDaemon(c.Context, e, cfg, dir, logLevel, flagDuration(c, "timeout"))
 }

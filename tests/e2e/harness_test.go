@@ -351,8 +351,9 @@ func (n *node) startForeground() {
 
 // upDaemon runs the daemonizing `stt-tun up -c FILE`, which returns once the interface
 // is up, and registers a cleanup that takes it down and, failing that, kills the
-// daemon by the PID found for this node's (unique) state directory.
-func (n *node) upDaemon() {
+// daemon by the PID found for this node's (unique) state directory. It returns what up
+// wrote to stderr (its warnings).
+func (n *node) upDaemon() string {
 	n.t.Helper()
 	n.t.Cleanup(func() {
 		if len(daemonPIDs(n.stateDir)) == 0 {
@@ -379,6 +380,17 @@ func (n *node) upDaemon() {
 		n.t.Fatalf("%s: daemonized up returned but status is not ready: %+v, %v", n.name, st, err)
 	}
 	n.checkLinkAddrs()
+	return r.stderr
+}
+
+// daemonLog is what the node's daemon logged: a foreground daemon's output, or the
+// log file of one that up started.
+func (n *node) daemonLog() string {
+	if n.proc != nil {
+		return n.proc.Output()
+	}
+	b, _ := os.ReadFile(filepath.Join(n.stateDir, linkName+".log"))
+	return string(b)
 }
 
 // daemonPIDs returns the processes whose command line names stateDir: the daemons (and
@@ -516,6 +528,7 @@ func (n *node) down() string {
 // statusJSON mirrors tunnel.Status as `status --json` prints it. It is decoded from
 // the JSON, not shared with the Go type, so that a renamed field fails here.
 type statusJSON struct {
+	State      string            `json:"state"`
 	Interface  string            `json:"interface"`
 	NodeName   string            `json:"node_name"`
 	PublicKey  string            `json:"public_key"`
@@ -530,6 +543,7 @@ type peerJSON struct {
 	Name            string    `json:"name"`
 	PublicKey       string    `json:"public_key"`
 	Endpoint        string    `json:"endpoint"`
+	EndpointError   string    `json:"endpoint_error"`
 	Path            string    `json:"path"`
 	AllowedPrefixes []string  `json:"allowed_prefixes"`
 	LastHandshake   time.Time `json:"last_handshake"`

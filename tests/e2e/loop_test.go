@@ -1,0 +1,164 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stt-tun/stt-tun/internal/nslab"
+)
+
+// loopDrops is the routing_loop counter of a node's status.
+func loopDrops(st statusJSON) uint64 { return st.Counters["tunnel_routing_loop"] }
+
+// waitLoopDrop waits until n counts a packet dropped as a routing loop, and fails
+// showing the status if none comes.
+func waitLoopDrop(t *testing.T, n *node) statusJSON {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), reachTimeout)
+	defer cancel()
+	var st statusJSON
+	if err := nslab.WaitFor(ctx, func() bool {
+		var err error
+		st, err = n.status()
+		return err == nil && loopDrops(st) > 0
+	}); err != nil {
+		t.Fatalf("%s: no routing_loop drop counted within %v; counters %v, peers %+v", n.name, reachTimeout, st.Counters, st.Peers)
+	}
+	return st
+}
+
+// noAmplification checks that, over a few seconds of the loop's trigger, the kernel
+// hands the node's TUN device about as many packets as the trigger makes: a tunnel that
+// re-encapsulates its own traffic feeds it without bound (a hundred thousand a second).
+func noAmplification(t *testing.T, n *node, dev string, during func()) {
+	t.Helper()
+	before := linkTxPackets(t, n.ns, dev)
+	during()
+	sent := linkTxPackets(t, n.ns, dev) - before
+	t.Logf("%s: %d packets sent on %s during the trigger", n.name, sent, dev)
+	if sent > 2000 {
+		t.Errorf("%s sent %d packets on %s while given a few dozen: the tunnel re-encapsulates its own traffic", n.name, sent, dev)
+	}
+}
+
+// linkTxPackets reads the transmit packet counter of dev in ns.
+func linkTxPackets(t *testing.T, ns *nslab.NS, dev string) uint64 {
+	t.Helper()
+	out := mustIn(t, ns, "cat", "/sys/class/net/"+dev+"/statistics/tx_packets")
+	var v uint64
+	for _, c := range strings.TrimSpace(out) {
+		v = v*10 + uint64(c-'0')
+	}
+	return v
+}
+
+// pingFor sends pings from ns to addr for d, ignoring their outcome.
+func pingFor(ns *nslab.NS, addr string, d time.Duration) {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		_, _ = ns.Run("ping", "-c", "5", "-i", "0.2", "-W", "1", "-q", addr)
+	}
+}
+
+// TestRoutingLoopOwnEndpointDropped: a reload gives beta allowed_prefixes that cover
+// beta's own endpoint while a session is up, so alpha's routes send its UDP to beta
+// into its own tunnel. reload and up warn about it; the packets that come back into the
+// TUN are dropped and counted as routing_loop (status, the peer's drops), logged once,
+// and not encapsulated again without end (without the guard: hundreds of thousands of
+// packets a second).
+func TestRoutingLoopOwnEndpointDropped(t *testing.T) {
+	t.Parallel()
+	_, a, b, seed := pair(t)
+	confA := func(allowed []string) nodeConf {
+		return nodeConf{addresses: tunA, seedFile: seed, peers: []peerConf{
+			{name: "beta", endpoint: endpointB, allowed: allowed},
+		}}
+	}
+	b.writeConfig(nodeConf{addresses: tunB, seedFile: seed, peers: []peerConf{
+		{name: "alpha", endpoint: "10.231.0.1:51900", allowed: allowA},
+	}})
+	b.startForeground()
+	a.writeConfig(confA(allowB))
+	if stderr := a.upDaemon(); strings.Contains(stderr, "warning") {
+		t.Errorf("up warns about a configuration without a loop:\n%s", stderr)
+	}
+	waitPing(t, a.ns, "10.99.0.2")
+
+	// 10.231.0.0/25 holds beta's endpoint 10.231.0.2 and is more specific than the
+	// underlay's /24.
+	looping := append([]string{"10.231.0.0/25"}, allowB...)
+	a.writeConfig(confA(looping))
+	out := a.mustStt("reload", linkName)
+	if !strings.Contains(out, `warning: peer "beta"`) || !strings.Contains(out, "10.231.0.0/25") || !strings.Contains(out, "routing_loop") {
+		t.Errorf("reload does not warn that beta's allowed_prefixes cover its endpoint:\n%s", out)
+	}
+	if got := mustIn(t, a.ns, "ip", "route", "get", "10.231.0.2"); !strings.Contains(got, "dev "+linkName) {
+		t.Fatalf("the trigger is not in place: alpha routes beta's endpoint %s", got)
+	}
+	noAmplification(t, a, linkName, func() { pingFor(a.ns, "10.99.0.2", 3*time.Second) })
+	st := waitLoopDrop(t, a)
+	if p := st.peer(t, "beta"); p.Drops < loopDrops(st) {
+		t.Errorf("beta's drops %d do not include the %d routing_loop drops", p.Drops, loopDrops(st))
+	}
+	if text := a.mustStt("status", linkName); !strings.Contains(text, "tunnel_routing_loop") {
+		t.Errorf("status text does not list the routing_loop drops:\n%s", text)
+	}
+	if log := a.daemonLog(); strings.Count(log, "routing loop:") != 1 {
+		t.Errorf("the daemon logged the routing loop %d times, want once:\n%s", strings.Count(log, "routing loop:"), log)
+	}
+
+	// up with the looping configuration warns too, and comes up.
+	a.down()
+	if stderr := a.upDaemon(); !strings.Contains(stderr, `warning: peer "beta"`) || !strings.Contains(stderr, "10.231.0.0/25") {
+		t.Errorf("up does not warn that beta's allowed_prefixes cover its endpoint; stderr:\n%s", stderr)
+	}
+	a.down()
+}
+
+// TestRoutingLoopExitPeerUplinkLost: under exit_peer, alpha's uplink loses its
+// address while traffic flows, and the only default route left goes through the tunnel
+// (as a network manager may leave it): the full tunnel's policy routing then sends
+// alpha's own marked datagrams to beta into the tunnel. They are dropped as
+// routing_loop, and alpha does not amplify its own traffic.
+func TestRoutingLoopExitPeerUplinkLost(t *testing.T) {
+	t.Parallel()
+	lab := newLab(t)
+	nsA, nsB := lab.NS("a"), lab.NS("b")
+	devA, _ := lab.Link(nsA, underA, nsB, underB)
+	a, b, seed := newNode(t, nsA, "alpha"), newNode(t, nsB, "beta"), seedFile(t)
+	inet := lab.NS("inet")
+	lab.Link(b.ns, []string{"198.51.100.1/24"}, inet, []string{"198.51.100.2/24"})
+	const publicB = "10.233.0.2"
+	mustIn(t, b.ns, "ip", "addr", "add", publicB+"/32", "dev", "lo")
+	mustIn(t, a.ns, "ip", "route", "add", "default", "via", "10.231.0.2")
+	a.writeConfig(nodeConf{addresses: tunA, seedFile: seed, exitPeer: "beta", peers: []peerConf{
+		{name: "beta", endpoint: publicB + ":51900", allowed: append([]string{"0.0.0.0/0", "::/0"}, allowB...)},
+	}})
+	b.writeConfig(nodeConf{addresses: tunB, seedFile: seed, forwarding: true, masquerade: true, peers: []peerConf{
+		{name: "alpha", allowed: allowA},
+	}})
+	b.startForeground()
+	a.startForeground()
+	if log := a.daemonLog(); strings.Contains(log, "routing_loop") {
+		t.Errorf("the exit peer's /0 over its endpoint is warned about:\n%s", log)
+	}
+	waitPing(t, a.ns, "198.51.100.2")
+	if st := a.mustStatus(); loopDrops(st) != 0 {
+		t.Fatalf("routing_loop drops before the trigger: %v", st.Counters)
+	}
+
+	mustIn(t, a.ns, "ip", "addr", "flush", "dev", devA)
+	mustIn(t, a.ns, "ip", "route", "replace", "default", "dev", linkName)
+	if got := mustIn(t, a.ns, "ip", "route", "get", publicB, "mark", "0x5354"); !strings.Contains(got, "dev "+linkName) {
+		t.Fatalf("the trigger is not in place: alpha routes its marked datagrams to beta %s", got)
+	}
+	noAmplification(t, a, linkName, func() { pingFor(a.ns, "198.51.100.2", 3*time.Second) })
+	waitLoopDrop(t, a)
+	if log := a.daemonLog(); strings.Count(log, "routing loop:") != 1 {
+		t.Errorf("the daemon logged the routing loop %d times, want once:\n%s", strings.Count(log, "routing loop:"), log)
+	}
+}
