@@ -140,7 +140,9 @@ func TestForgedFarAheadCounterDoesNotAdvanceReplayWindow(t *testing.T) {
 	o.p.current.Store(s)
 	o.receive(sealed(peer, 3, 0, "first"))
 
-	forged := sealed(peer, 3, 1<<40, "forged")
+	// Far beyond the replay window (8192 behind the highest), yet below
+	// REJECT_AFTER_MESSAGES, so that only authentication can refuse it.
+	forged := sealed(peer, 3, 1<<20, "forged")
 	forged[len(forged)-1] ^= 1 // the tag no longer matches
 	o.receive(forged)
 	if got := o.drops(DropAuth); got != 1 {
@@ -405,5 +407,35 @@ func TestHeaderIsAuthenticated(t *testing.T) {
 	}
 	if got := o.delivered(); len(got) != 0 {
 		t.Fatalf("delivered %q from frames with a changed header", got)
+	}
+}
+
+// TestInitiatorRefusesResponderWithAnotherName: a node that handshakes with the
+// address it has for peer "c" and is answered by a member named "b" sends no
+// AUTH_PROOF and installs no session: the seed proves membership, not which member.
+func TestInitiatorRefusesResponderWithAnotherName(t *testing.T) {
+	seed := randKey(t)
+	a := startNode(t, nodeOpts{seed: seed, name: "a"})
+	b := startNode(t, nodeOpts{seed: seed, name: "b"})
+	if _, err := b.AddPeer(PeerConfig{Name: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	pc, err := a.AddPeer(PeerConfig{Name: "c", Endpoint: loopback(b.Node)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sendOne(t, pc, 0, []byte("for c only"))
+	waitFor(t, 5*time.Second, "the CHALLENGE from b", func() bool { return len(b.bind.ofType(wire.TypeChallenge)) >= 1 })
+	waitFor(t, 5*time.Second, "the CHALLENGE refused or accepted", func() bool {
+		return a.Stats().Drops[DropUnknownPeer] >= 1 || pc.current.Load() != nil
+	})
+	if pc.current.Load() != nil {
+		t.Fatal("a session was installed for c with a responder named b")
+	}
+	if n := len(a.bind.ofType(wire.TypeAuthProof)); n != 0 {
+		t.Fatalf("%d AUTH_PROOFs sent to a responder with the wrong name", n)
+	}
+	if n := len(a.bind.ofType(wire.TypeData)); n != 0 {
+		t.Fatalf("%d DATA frames sent to a responder with the wrong name", n)
 	}
 }
