@@ -3,6 +3,8 @@ package stt
 import (
 	"context"
 	"encoding/binary"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -331,4 +333,87 @@ func TestWebSocketConnectionMarkedOnlyByAuthenticatedFrame(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "the genuine frame marking the connection", sc.Authenticated)
+}
+
+// TestProbeOverUDPDoesNotMovePeerOffWebSocket: while the peer's traffic goes over
+// WebSocket, a lone PING arriving over UDP (the peer probing whether UDP works again)
+// is answered but moves nothing; a data frame over UDP does move the traffic back.
+func TestProbeOverUDPDoesNotMovePeerOffWebSocket(t *testing.T) {
+	o := newOffline(t, Timers{})
+	s, peer := o.session(t, teethLocal, false, time.Now(), 0x10)
+	o.p.current.Store(s)
+	o.p.onWS.Store(true)
+	ping := wire.AppendControl(nil, wire.CtlPing, make([]byte, wire.PingBodyLen))
+	o.receive(sealed(peer, 0, 0, string(ping)))
+	if !o.p.onWS.Load() {
+		t.Fatal("a probe over UDP moved the peer's traffic off WebSocket")
+	}
+	if len(o.bind.ofType(wire.TypeData)) == 0 {
+		t.Fatal("the probe was not answered")
+	}
+	o.receive(sealed(peer, 1, 1, "data over UDP"))
+	if o.p.onWS.Load() {
+		t.Fatal("data over UDP did not move the traffic back (the test's premise)")
+	}
+}
+
+// TestNewKeyRestartsTimestampSequence: replay protection of HELLO timestamps is per
+// static key: a peer that comes back with a new key (not pinned) is accepted even if
+// its clock is behind the timestamps of its old key.
+func TestNewKeyRestartsTimestampSequence(t *testing.T) {
+	o := newOffline(t, Timers{})
+	var last [12]byte
+	last[0] = 0x40
+	last[7] = 0x10
+	o.p.mu.Lock()
+	o.p.static, o.p.staticKnown, o.p.lastTimestamp = fixedKey(0x77), true, last
+	o.p.mu.Unlock()
+	older := last
+	older[7]--
+	o.p.completeResponder(handshake.Result{
+		LocalIndex: o.n.index.reserve(), RemoteIndex: teethRemote, SendKey: fixedKey(3), RecvKey: fixedKey(4),
+		Cipher: wire.CipherChaCha20Poly1305, PeerStatic: fixedKey(0x78), PeerName: "peer", Timestamp: older,
+	}, o.ep)
+	if o.p.current.Load() == nil {
+		t.Fatalf("a new key was refused for a timestamp older than the old key's (%d stale_timestamp drops)", o.drops(DropStaleTimestamp))
+	}
+}
+
+// countingHandler counts deliveries; safe for concurrent receivers.
+type countingHandler struct{ n atomic.Int64 }
+
+func (h *countingHandler) Deliver(in *Inbound) { h.n.Add(int64(in.N)) }
+
+// TestConcurrentReceiversDeliverEachCounterOnce: two receive goroutines given the
+// same frames of one session (a duplicating network, two sockets) deliver each
+// counter once between them: the replay filter is checked and updated under the
+// session's lock.
+func TestConcurrentReceiversDeliverEachCounterOnce(t *testing.T) {
+	o := newOffline(t, Timers{})
+	h := &countingHandler{}
+	o.n.cfg.Handler = h
+	s, peer := o.session(t, teethLocal, false, time.Now(), 0x10)
+	o.p.current.Store(s)
+	const total, batch = 400, 8
+	frames := make([][]byte, total)
+	for i := range frames {
+		frames[i] = sealed(peer, 3, uint64(i), "dup")
+	}
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < total; i += batch {
+				o.receive(frames[i : i+batch]...)
+			}
+		}()
+	}
+	wg.Wait()
+	if got := h.n.Load(); got != total {
+		t.Fatalf("%d datagrams delivered from %d distinct counters sent twice", got, total)
+	}
+	if got := o.drops(DropReplay); got != total {
+		t.Fatalf("%d replay drops, want %d", got, total)
+	}
 }
