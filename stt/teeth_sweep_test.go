@@ -417,3 +417,107 @@ func TestConcurrentReceiversDeliverEachCounterOnce(t *testing.T) {
 		t.Fatalf("%d replay drops, want %d", got, total)
 	}
 }
+
+// TestUnknownPeerNameReleasesIndex: an AUTH_PROOF from a member whose name is not a
+// configured peer is refused and gives back the index its handshake reserved.
+func TestUnknownPeerNameReleasesIndex(t *testing.T) {
+	o := newOffline(t, Timers{})
+	o.n.completeResponder(handshake.Result{
+		LocalIndex: o.n.index.reserve(), RemoteIndex: teethRemote, SendKey: fixedKey(3), RecvKey: fixedKey(4),
+		Cipher: wire.CipherChaCha20Poly1305, PeerStatic: fixedKey(5), PeerName: "stranger", Timestamp: [12]byte{0x40},
+	}, o.ep)
+	if got := o.drops(DropUnknownPeer); got != 1 {
+		t.Fatalf("%d unknown_peer drops, want 1", got)
+	}
+	if sessions, pending := o.n.index.counts(); sessions != 0 || pending != 0 {
+		t.Fatalf("%d sessions, %d reserved indices; want 0 and 0", sessions, pending)
+	}
+}
+
+// TestRetransmissionsHoldOneIndex: each retransmission of a HELLO is a new initiation
+// with a new index; the one it replaces gives its index back and is no longer found
+// for CHALLENGEs, so a peer that never answers holds one index, not one per retry.
+func TestRetransmissionsHoldOneIndex(t *testing.T) {
+	o := newOffline(t, Timers{})
+	o.p.mu.Lock()
+	for range 5 {
+		o.p.startHandshakeLocked(time.Now())
+	}
+	o.p.mu.Unlock()
+	if _, pending := o.n.index.counts(); pending != 1 {
+		t.Fatalf("%d reserved indices after 5 attempts, want 1", pending)
+	}
+	o.n.mu.RLock()
+	inits := len(o.n.inits)
+	o.n.mu.RUnlock()
+	if inits != 1 {
+		t.Fatalf("%d initiations findable, want 1", inits)
+	}
+}
+
+// TestConfirmedSessionForgetsItsInitiation: once the session an AUTH_PROOF made is
+// confirmed, its initiation is no longer findable (for COOKIE_REPLYs), so the table of
+// initiations does not grow with every handshake.
+func TestConfirmedSessionForgetsItsInitiation(t *testing.T) {
+	o := newOffline(t, Timers{})
+	resp, err := handshake.New(handshake.Config{Seed: fixedKey(1), Static: fixedKey(9), Name: "peer", LoadThreshold: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.p.mu.Lock()
+	o.p.startHandshakeLocked(time.Now())
+	in := o.p.init
+	o.p.mu.Unlock()
+	chal, err := resp.HandleHello(o.bind.ofType(wire.TypeHello)[0], addrPortOf(o.ep), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.p.consumeChallenge(in, chal, o.ep)
+	s := o.p.current.Load()
+	if s == nil {
+		t.Fatal("no session from the CHALLENGE")
+	}
+	s.confirmed.Store(true)
+	o.p.tick(time.Now())
+	o.n.mu.RLock()
+	inits := len(o.n.inits)
+	o.n.mu.RUnlock()
+	if inits != 0 {
+		t.Fatalf("%d initiations still findable after the session was confirmed", inits)
+	}
+}
+
+// TestQueuedDatagramsAreCopies: datagrams queued while a handshake runs are copied:
+// the caller may reuse its buffers as soon as Send returns.
+func TestQueuedDatagramsAreCopies(t *testing.T) {
+	o := newOffline(t, Timers{})
+	buf := datagram([]byte("queued payload"))
+	if err := o.p.Send([][]byte{buf}, []uint16{0}); err != nil {
+		t.Fatal(err)
+	}
+	copy(buf[wire.HeaderLen:], "overwritten!!!")
+	o.p.mu.Lock()
+	defer o.p.mu.Unlock()
+	if len(o.p.queue) != 1 || string(o.p.queue[0][wire.HeaderLen:]) != "queued payload" {
+		t.Fatalf("queue holds %q, want the payload as it was sent", o.p.queue)
+	}
+}
+
+// TestPeerCloseRemovesSessionFromIndex: a CLOSE under the current session takes it
+// off the receive path too: later frames under it are for no session.
+func TestPeerCloseRemovesSessionFromIndex(t *testing.T) {
+	o := newOffline(t, Timers{})
+	s, peer := o.session(t, teethLocal, false, time.Now(), 0x10)
+	o.p.current.Store(s)
+	o.receive(sealed(peer, 0, 0, string(wire.AppendControl(nil, wire.CtlClose, []byte{wire.CodeShutdown, 0}))))
+	if o.p.current.Load() != nil {
+		t.Fatal("the session the peer closed is still current")
+	}
+	o.receive(sealed(peer, 3, 1, "after close"))
+	if got := o.delivered(); len(got) != 0 {
+		t.Fatalf("delivered %q under a closed session", got)
+	}
+	if got := o.drops(DropUnknownIndex); got != 1 {
+		t.Fatalf("%d unknown_index drops, want 1", got)
+	}
+}
