@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/stt-tun/stt-tun/config"
+	"github.com/stt-tun/stt-tun/stt"
 )
 
 // ipv6UDP builds an IPv6/UDP packet; checksums are irrelevant to the tunnel.
@@ -74,5 +75,33 @@ func TestPacketAddressesReadTheirFields(t *testing.T) {
 		if !ok1 || !ok2 || src.String() != tc.src || dst.String() != tc.dst {
 			t.Errorf("packet %s -> %s: read source %v (%v), destination %v (%v)", tc.src, tc.dst, src, ok1, dst, ok2)
 		}
+	}
+}
+
+// TestTruncatedPacketsFromPeerNotWritten: a packet from a peer too short to hold its
+// IP header is counted as malformed and never written, even when the part that is
+// there names an allowed source.
+func TestTruncatedPacketsFromPeerNotWritten(t *testing.T) {
+	seed, _ := config.GenerateSeed()
+	a := startMem(t, writeSecret(t, t.TempDir(), "seed", seed), "a", "10.9.0.1/24", []config.Peer{{
+		Name: "b", AllowedPrefixes: []netip.Prefix{netip.MustParsePrefix("10.9.0.2/32"), netip.MustParsePrefix("fd00:9::2/128")},
+	}})
+	v4 := ipv4UDP("10.9.0.2", "10.9.0.1", 2, 1, nil)[:19]
+	v6 := ipv6UDP("fd00:9::2", "fd00:9::1", 2, 1, nil)[:39]
+	in := &stt.Inbound{Peers: []*stt.Peer{a.t.Node().Peer("b"), a.t.Node().Peer("b")}, N: 2, Scratch: make([][]byte, 0, 2)}
+	for _, pkt := range [][]byte{v4, v6} {
+		buf := make([]byte, stt.Headroom+len(pkt), stt.BufferSize)
+		copy(buf[stt.Headroom:], pkt)
+		in.Bufs = append(in.Bufs, buf)
+		in.Sizes = append(in.Sizes, len(pkt))
+	}
+	a.t.Deliver(in)
+	if c := a.t.Counters(); c.Malformed != 2 {
+		t.Fatalf("malformed %d, want 2", c.Malformed)
+	}
+	select {
+	case p := <-a.dev.Written():
+		t.Fatalf("a truncated packet reached the tun: %x", p)
+	default:
 	}
 }
