@@ -2,6 +2,7 @@ package stt
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"sync"
 	"testing"
@@ -437,5 +438,28 @@ func TestInitiatorRefusesResponderWithAnotherName(t *testing.T) {
 	}
 	if n := len(a.bind.ofType(wire.TypeData)); n != 0 {
 		t.Fatalf("%d DATA frames sent to a responder with the wrong name", n)
+	}
+}
+
+// TestExpiredSessionSealsNoControl: control messages are not sealed on a session past
+// REJECT_AFTER_TIME either, in the time before the timer takes it away: a reliable
+// message or a ping finds no session, and a CLOSE is not sent.
+func TestExpiredSessionSealsNoControl(t *testing.T) {
+	o := newOffline(t, Timers{})
+	old := time.Now().Add(-DefaultRejectAfterTime - time.Second)
+	s, _ := o.session(t, teethLocal, true, old, 0x10)
+	s.confirmed.Store(true)
+	o.p.current.Store(s)
+	if err := o.p.SendReliable(0x80, []byte("later")); err != nil && !errors.Is(err, ErrNoSession) {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := o.p.Ping(ctx); !errors.Is(err, ErrNoSession) {
+		t.Errorf("Ping on an expired session: %v, want ErrNoSession", err)
+	}
+	o.p.sendClose(s) // as Node.Close does for every peer's current session
+	if n := s.sendCounter.Load(); n != 0 {
+		t.Fatalf("%d control frames sealed on a session past REJECT_AFTER_TIME", n)
 	}
 }
