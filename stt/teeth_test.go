@@ -450,8 +450,8 @@ func TestExpiredSessionSealsNoControl(t *testing.T) {
 	s, _ := o.session(t, teethLocal, true, old, 0x10)
 	s.confirmed.Store(true)
 	o.p.current.Store(s)
-	if err := o.p.SendReliable(0x80, []byte("later")); err != nil && !errors.Is(err, ErrNoSession) {
-		t.Fatal(err)
+	if err := o.p.SendReliable(0x80, []byte("later")); !errors.Is(err, ErrNoSession) {
+		t.Errorf("SendReliable on an expired session: %v, want ErrNoSession", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
