@@ -521,3 +521,34 @@ func TestPeerCloseRemovesSessionFromIndex(t *testing.T) {
 		t.Fatalf("%d unknown_index drops, want 1", got)
 	}
 }
+
+// TestFollowerMovesOnlyOnLaterFrames: the node that follows its peer's path moves only
+// on a frame the peer sealed after the frame of the last move (a later counter of the
+// same session, or a later session); a frame sealed before it, however late it
+// arrives over the other transport, moves nothing.
+func TestFollowerMovesOnlyOnLaterFrames(t *testing.T) {
+	o := newOffline(t, Timers{})
+	old, _ := o.session(t, teethLocal, false, time.Now(), 0x10)
+	s, _ := o.session(t, teethLocal+1, false, time.Now(), 0x20) // a later session: larger gen
+	steps := []struct {
+		name  string
+		ws    bool
+		s     *session
+		ctr   uint64
+		onWS  bool // where the traffic is after the frame
+		moved bool
+	}{
+		{"frame 10 over WebSocket", true, s, 10, true, false},
+		{"late frame 5 over UDP", false, s, 5, true, false},
+		{"late frame of the older session over UDP", false, old, 100, true, false},
+		{"frame 20 over UDP", false, s, 20, false, true},
+		{"late frame 15 over WebSocket", true, s, 15, false, false},
+		{"frame 21 over WebSocket", true, s, 21, true, false},
+	}
+	for _, st := range steps {
+		moved := o.p.follow(st.ws, st.s, st.ctr)
+		if o.p.onWS.Load() != st.onWS || moved != st.moved {
+			t.Fatalf("%s: on WebSocket %v, moved to UDP %v; want %v and %v", st.name, o.p.onWS.Load(), moved, st.onWS, st.moved)
+		}
+	}
+}
