@@ -264,17 +264,34 @@ func TestTamperedDataFrameDropped(t *testing.T) {
 	frames := a.bind.ofType(wire.TypeData)
 	frame := frames[len(frames)-1]
 	raw := rawSender(t)
-	dropsBefore := b.Stats().DropsTotal
+	st0 := b.Stats()
 	for i := range frame {
 		bad := append([]byte(nil), frame...)
 		bad[i] ^= 0x40
 		raw(bad, b.Node)
 	}
 	waitFor(t, 5*time.Second, "drops for every tampered frame", func() bool {
-		return b.Stats().DropsTotal-dropsBefore >= uint64(len(frame))
+		return b.Stats().DropsTotal-st0.DropsTotal >= uint64(len(frame))
 	})
 	if got := b.h.count.Load(); got != before+1 {
 		t.Fatalf("a tampered frame was delivered: %d datagrams, want %d", got, before+1)
+	}
+	// Each for its reason: the type byte makes no DATA frame, the receiver index names
+	// no session, and every other byte, header included, fails authentication. A
+	// header outside the associated data would show as replays of the original.
+	st := b.Stats()
+	for _, w := range []struct {
+		r    DropReason
+		want uint64
+	}{
+		{DropMalformed, 1},
+		{DropUnknownIndex, 4},
+		{DropAuth, uint64(len(frame) - 5)},
+		{DropReplay, 0},
+	} {
+		if got := st.Drops[w.r] - st0.Drops[w.r]; got != w.want {
+			t.Errorf("%d tampered frames dropped as %s, want %d", got, w.r, w.want)
+		}
 	}
 }
 

@@ -311,6 +311,9 @@ func (p *Peer) sendControl(s *session, payload []byte) {
 // sendControlVia seals one stream-0 payload on s and sends it to ep, or on the
 // current path when ep is nil. Answers to probes go back the way the probe came.
 func (p *Peer) sendControlVia(s *session, payload []byte, ep conn.Endpoint) {
+	if s.expired(time.Now(), &p.node.timers) {
+		return // the timer has not taken it away yet, but it seals nothing more
+	}
 	first, ok := s.reserve(1, p.node.timers.RejectAfterMessages)
 	if !ok {
 		return
@@ -871,7 +874,7 @@ func (p *Peer) pingPayloadLocked(now time.Time, ch chan time.Duration) []byte {
 // Ping sends an STT-level echo over the current session and waits for the answer.
 func (p *Peer) Ping(ctx context.Context) (time.Duration, error) {
 	s := p.current.Load()
-	if s == nil {
+	if s == nil || s.expired(time.Now(), &p.node.timers) {
 		p.mu.Lock()
 		p.wantHandshake = true
 		p.mu.Unlock()
@@ -910,7 +913,7 @@ func (p *Peer) Rekey() {
 // reliable, in-order delivery on stream 0.
 func (p *Peer) SendReliable(typ byte, body []byte) error {
 	s := p.current.Load()
-	if s == nil {
+	if s == nil || s.expired(time.Now(), &p.node.timers) {
 		return ErrNoSession
 	}
 	payload, err := s.rel.enqueue(typ, body, time.Now())
