@@ -297,21 +297,6 @@ func BenchmarkRoutingLoopCheck(b *testing.B) {
 	}
 }
 
-// ipv6UDP builds an IPv6/UDP packet.
-func ipv6UDP(src, dst string, sport, dport uint16) []byte {
-	s, d := netip.MustParseAddr(src).As16(), netip.MustParseAddr(dst).As16()
-	p := make([]byte, 48)
-	p[0] = 0x60
-	p[5] = 8
-	p[6] = protoUDP
-	p[7] = 64
-	copy(p[8:], s[:])
-	copy(p[24:], d[:])
-	p[40], p[41] = byte(sport>>8), byte(sport)
-	p[42], p[43] = byte(dport>>8), byte(dport)
-	return p
-}
-
 // TestRoutingLoopIPv6: the check reads IPv6 packets too: UDP to the peer's IPv6
 // endpoint is a loop, UDP to another port of it is not.
 func TestRoutingLoopIPv6(t *testing.T) {
@@ -321,10 +306,10 @@ func TestRoutingLoopIPv6(t *testing.T) {
 	if err := p.sp.Update(stt.PeerConfig{Name: "b", Endpoint: "[2001:db8::2]:51820"}); err != nil {
 		t.Fatal(err)
 	}
-	if !a.t.loopsBack(ipv6UDP("2001:db8::1", "2001:db8::2", 40000, 51820), p) {
+	if !a.t.loopsBack(ipv6UDP("2001:db8::1", "2001:db8::2", 40000, 51820, nil), p) {
 		t.Error("UDP to the peer's IPv6 endpoint is not a loop")
 	}
-	if a.t.loopsBack(ipv6UDP("2001:db8::1", "2001:db8::2", 40000, 51821), p) {
+	if a.t.loopsBack(ipv6UDP("2001:db8::1", "2001:db8::2", 40000, 51821, nil), p) {
 		t.Error("UDP to another port of the peer's IPv6 address is a loop")
 	}
 }
