@@ -20,6 +20,8 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun"
+
+	stttun "github.com/stt-tun/stt-tun/tun"
 )
 
 // testNS is a named network namespace owned by one test.
@@ -168,6 +170,14 @@ func (n *testNS) createTUN(t *testing.T, name string) tun.Device {
 	if err := n.do(func() error {
 		var err error
 		dev, err = tun.CreateTUN(name, 1500)
+		if err != nil {
+			return err
+		}
+		// Marked as stt-tun's own tun.Create does, or Apply refuses it.
+		l, err := netlink.LinkByName(name)
+		if err == nil {
+			err = netlink.LinkSetAlias(l, stttun.LinkAlias)
+		}
 		return err
 	}); err != nil {
 		t.Fatalf("create tun %s: %v", name, err)

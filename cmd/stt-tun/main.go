@@ -20,6 +20,7 @@ import (
 
 	"github.com/stt-tun/stt-tun/config"
 	"github.com/stt-tun/stt-tun/routing"
+	"github.com/stt-tun/stt-tun/tun"
 	"github.com/stt-tun/stt-tun/tunnel"
 )
 
@@ -42,6 +43,9 @@ type env struct {
 	// undo reverts the routing changes of a daemon that died; routing.UndoFromState
 	// outside tests.
 	undo func(stateDir, link string) error
+	// linkFree fails, in one line, if a link of the name exists; tun.CheckFree outside
+	// tests.
+	linkFree func(name string) error
 }
 
 func defaultEnv() *env {
@@ -53,7 +57,8 @@ func defaultEnv() *env {
 		start: func(ctx context.Context, cfg *config.Config, opts tunnel.Options) (daemonTunnel, error) {
 			return tunnel.Start(ctx, cfg, opts)
 		},
-		undo: routing.UndoFromState,
+		undo:     routing.UndoFromState,
+		linkFree: tun.CheckFree,
 	}
 }
 

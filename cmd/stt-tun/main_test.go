@@ -358,7 +358,9 @@ func sampleNow() time.Time { return time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
 
 func TestStatusRenderGolden(t *testing.T) {
 	var b bytes.Buffer
-	if err := renderStatus(&b, sampleStatus(), sampleNow()); err != nil {
+	// The status of one whose daemon is gone is listed after the running ones.
+	all := append([]tunnel.Status{goneStatus("stt2")}, sampleStatus()...)
+	if err := renderStatus(&b, all, sampleNow()); err != nil {
 		t.Fatal(err)
 	}
 	golden := filepath.Join("testdata", "status.golden")

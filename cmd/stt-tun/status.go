@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -16,6 +18,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/stt-tun/stt-tun/internal/ctl"
+	"github.com/stt-tun/stt-tun/internal/statedir"
+	"github.com/stt-tun/stt-tun/routing"
 	"github.com/stt-tun/stt-tun/tunnel"
 )
 
@@ -24,8 +28,11 @@ func statusCommand(e *env) *cli.Command {
 		Name:      "status",
 		Usage:     "show running interfaces and their peers",
 		UsageText: "stt-tun status [--json] [NAME]",
-		Description: `Without NAME, shows every interface that has a daemon; with NAME, only that one.
---json prints tunnel status objects: an array without NAME, one object with NAME.
+		Description: `Without NAME, shows every interface that has a daemon, and every one whose daemon
+is gone (killed) but left its routing behind ("stt0: daemon gone, run 'stt-tun down
+stt0'"); with NAME, only that one, and the exit status is 1 if its daemon is gone.
+--json prints tunnel status objects: an array without NAME, one object with NAME;
+"state" is "up", "starting" or "daemon_gone".
 
 Examples:
    stt-tun status
@@ -43,15 +50,34 @@ func status(c *cli.Context, e *env) error {
 	dir := stateDir(c)
 	ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout"))
 	defer cancel()
+	dirErr := statedir.Check(dir)
+	if dirErr != nil && !errors.Is(dirErr, fs.ErrNotExist) {
+		return dirErr
+	}
 
 	if c.Args().Present() {
 		link, err := linkName(c, "status")
 		if err != nil {
 			return err
 		}
+		if dirErr != nil {
+			return fmt.Errorf("%s is not up", link)
+		}
 		st, err := ctl.Status(ctx, ctl.SocketPath(dir, link))
 		if errors.Is(err, ctl.ErrNotRunning) {
-			return fmt.Errorf("%s is not up", link)
+			gone, gerr := daemonGone(dir, link)
+			switch {
+			case gerr != nil:
+				return fmt.Errorf("status %s: %w", link, gerr)
+			case !gone:
+				return fmt.Errorf("%s is not up", link)
+			}
+			if c.Bool("json") {
+				if err := writeJSON(e.stdout, forJSON(goneStatus(link))); err != nil {
+					return err
+				}
+			}
+			return errors.New(goneLine(link))
 		}
 		if err != nil {
 			return fmt.Errorf("status %s: %w", link, err)
@@ -62,16 +88,34 @@ func status(c *cli.Context, e *env) error {
 		return renderStatus(e.stdout, []tunnel.Status{st}, time.Now())
 	}
 
-	names, err := ctl.List(dir)
-	if err != nil {
-		return err
+	var names []string
+	if dirErr == nil {
+		socks, err := ctl.List(dir)
+		if err != nil {
+			return err
+		}
+		journals, err := routing.Journals(dir)
+		if err != nil {
+			return err
+		}
+		names = append(socks, journals...)
+		slices.Sort(names)
+		names = slices.Compact(names)
 	}
 	all := []tunnel.Status{}
 	var failed []string
 	for _, name := range names {
 		st, err := ctl.Status(ctx, ctl.SocketPath(dir, name))
 		if errors.Is(err, ctl.ErrNotRunning) {
-			continue // left behind by a killed daemon; `down` cleans it up
+			g, gerr := daemonGone(dir, name)
+			switch {
+			case gerr != nil:
+				failed = append(failed, fmt.Sprintf("%s: %v", name, gerr))
+			case g:
+				all = append(all, goneStatus(name))
+			}
+			// Else a socket without journal or daemon: nothing to undo; `down` removes it.
+			continue
 		}
 		if err != nil {
 			failed = append(failed, fmt.Sprintf("%s: %v", name, err))
@@ -79,6 +123,7 @@ func status(c *cli.Context, e *env) error {
 		}
 		all = append(all, st)
 	}
+	var err error
 	if c.Bool("json") {
 		out := make([]tunnel.Status, len(all))
 		for i, st := range all {
@@ -97,12 +142,59 @@ func status(c *cli.Context, e *env) error {
 	return nil
 }
 
+// Values of tunnel.Status.State in what `status --json` prints.
+const (
+	stateUp         = "up"
+	stateStarting   = "starting"
+	stateDaemonGone = "daemon_gone"
+)
+
+// daemonGone reports whether link's daemon died and left its routing behind: its
+// routing journal is there and no process holds its lock.
+func daemonGone(dir, link string) (bool, error) {
+	fi, err := os.Lstat(routing.StatePath(dir, link))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if !fi.Mode().IsRegular() {
+		return false, fmt.Errorf("%s is not a regular file", routing.StatePath(dir, link))
+	}
+	held, err := ctl.Held(dir, link)
+	if err != nil {
+		return false, err
+	}
+	if held {
+		return false, fmt.Errorf("its daemon holds the lock but does not answer on %s", ctl.SocketPath(dir, link))
+	}
+	return true, nil
+}
+
+// goneStatus is what status shows of an interface whose daemon is gone.
+func goneStatus(link string) tunnel.Status {
+	return tunnel.Status{Interface: link, State: stateDaemonGone}
+}
+
+// goneLine is the one line that tells of an interface whose daemon is gone.
+func goneLine(link string) string {
+	return fmt.Sprintf("%s: daemon gone, run 'stt-tun down %s'", link, link)
+}
+
 // forJSON stamps a status with the schema version this program prints (the JSON is
 // encoded here, from this program's types, whatever daemon version sent it) and turns
 // absent lists into empty ones, so that scripts always find an array where
 // docs/status-schema.md promises one.
 func forJSON(st tunnel.Status) tunnel.Status {
 	st.SchemaVersion = tunnel.StatusSchemaVersion
+	switch {
+	case st.State != "":
+	case st.Counters == nil:
+		st.State = stateStarting
+	default:
+		st.State = stateUp
+	}
 	if st.Addresses == nil {
 		st.Addresses = []string{}
 	}
@@ -130,10 +222,17 @@ func writeJSON(w io.Writer, v any) error {
 // to now.
 func renderStatus(w io.Writer, all []tunnel.Status, now time.Time) error {
 	var b strings.Builder
-	for i, st := range all {
-		if i > 0 {
+	var gone []string
+	n := 0
+	for _, st := range all {
+		if st.State == stateDaemonGone {
+			gone = append(gone, st.Interface)
+			continue
+		}
+		if n > 0 {
 			b.WriteString("\n")
 		}
+		n++
 		fmt.Fprintf(&b, "interface: %s\n", st.Interface)
 		fmt.Fprintf(&b, "  node name: %s\n", orDash(st.NodeName))
 		fmt.Fprintf(&b, "  public key: %s\n", orDash(st.PublicKey))
@@ -166,6 +265,13 @@ func renderStatus(w io.Writer, all []tunnel.Status, now time.Time) error {
 		if err := tw.Flush(); err != nil {
 			return err
 		}
+	}
+	// Routing a dead daemon left behind, after the running interfaces.
+	for i, name := range gone {
+		if i == 0 && n > 0 {
+			b.WriteString("\n")
+		}
+		b.WriteString(goneLine(name) + "\n")
 	}
 	if _, err := io.WriteString(w, b.String()); err != nil {
 		return fmt.Errorf("write status: %w", err)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"syscall"
 	"time"
 
@@ -70,6 +71,10 @@ type client struct {
 }
 
 func dial(ctx context.Context, sock string) (*client, error) {
+	// connect(2) follows symbolic links; a daemon's socket is never one.
+	if fi, err := os.Lstat(sock); err == nil && fi.Mode().Type() != os.ModeSocket {
+		return nil, fmt.Errorf("%s is not a socket; not connecting", sock)
+	}
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", sock)
 	if err != nil {
