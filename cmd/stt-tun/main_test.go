@@ -124,6 +124,7 @@ type harness struct {
 	dir      string // state directory and config directory
 	started  chan *fakeTunnel
 	undo     func(stateDir, link string) error
+	linkFree func(name string) error // nil: no link is in the way
 	undoneMu sync.Mutex
 	undone   []string
 }
@@ -184,6 +185,12 @@ func (h *harness) runContext(ctx context.Context, stdin string, args ...string) 
 		h.undone = append(h.undone, link)
 		h.undoneMu.Unlock()
 		return h.undo(stateDir, link)
+	}
+	e.linkFree = func(name string) error {
+		if h.linkFree == nil {
+			return nil
+		}
+		return h.linkFree(name)
 	}
 	code := run(ctx, append([]string{"stt-tun"}, args...), e)
 	return result{code, stdout.String(), stderr.String()}
