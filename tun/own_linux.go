@@ -49,8 +49,14 @@ func existsError(l netlink.Link) error {
 	if IsOwn(l, l.Attrs().Name) {
 		whose = "created by stt-tun: is it up under another --state-dir?"
 	}
-	return fmt.Errorf("a link named %s already exists (%s, %s): %w", l.Attrs().Name, kind, whose, ErrLinkExists)
+	return existsErr(fmt.Sprintf("a link named %s already exists (%s, %s)", l.Attrs().Name, kind, whose))
 }
+
+// existsErr is an error that says what is there, and is ErrLinkExists.
+type existsErr string
+
+func (e existsErr) Error() string        { return string(e) }
+func (e existsErr) Is(target error) bool { return target == ErrLinkExists }
 
 // mark gives the link name, just created, LinkAlias.
 func mark(name string) error {

@@ -105,7 +105,7 @@ func TestUpRefusesExistingLink(t *testing.T) {
 	} {
 		for _, args := range [][]string{{"up", "-c", c.cfg}, {"up", "--foreground", "-c", c.cfg}} {
 			r := n.stt(args...)
-			if r.code != 1 || !strings.HasPrefix(r.stderr, c.want) || strings.Count(r.stderr, "\n") != 1 {
+			if r.code != 1 || r.stderr != c.want+"\n" {
 				t.Errorf("%v: exit %d, stderr %q; want one line %q", args, r.code, r.stderr, c.want)
 			}
 		}
