@@ -34,10 +34,10 @@ func CheckFree(name string) error {
 		}
 		return fmt.Errorf("look up link %s: %w", name, err)
 	}
-	return existsError(l)
+	return existsError(l, name)
 }
 
-func existsError(l netlink.Link) error {
+func existsError(l netlink.Link, name string) error {
 	kind := l.Type()
 	if tt, ok := l.(*netlink.Tuntap); ok {
 		kind = tt.Mode.String()
@@ -45,11 +45,14 @@ func existsError(l netlink.Link) error {
 			kind = "tun"
 		}
 	}
+	if l.Attrs().Name != name { // found by an alternative name
+		kind = fmt.Sprintf("%s %s", kind, l.Attrs().Name)
+	}
 	whose := "not created by stt-tun"
-	if IsOwn(l, l.Attrs().Name) {
+	if IsOwn(l, name) {
 		whose = "created by stt-tun: is it up under another --state-dir?"
 	}
-	return existsErr(fmt.Sprintf("a link named %s already exists (%s, %s)", l.Attrs().Name, kind, whose))
+	return existsErr(fmt.Sprintf("a link named %s already exists (%s, %s)", name, kind, whose))
 }
 
 // existsErr is an error that says what is there, and is ErrLinkExists.

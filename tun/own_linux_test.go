@@ -51,9 +51,13 @@ func TestCreateRefusesExistingLink(t *testing.T) {
 	ns := nslab.New(t).NS("exists")
 	ns.MustRun(t, "ip", "tuntap", "add", "dev", "stt9", "mode", "tun")
 	ns.MustRun(t, "ip", "link", "add", "eth-net", "type", "veth", "peer", "name", "eth-peer")
+	ns.MustRun(t, "ip", "tuntap", "add", "dev", "tap7", "mode", "tap")
+	ns.MustRun(t, "ip", "link", "property", "add", "dev", "eth-peer", "altname", "stt7")
 	for _, c := range []struct{ name, want string }{
 		{"stt9", "a link named stt9 already exists (tun, not created by stt-tun)"},
 		{"eth-net", "a link named eth-net already exists (veth, not created by stt-tun)"},
+		{"tap7", "a link named tap7 already exists (tap, not created by stt-tun)"},
+		{"stt7", "a link named stt7 already exists (veth eth-peer, not created by stt-tun)"},
 	} {
 		before := ns.MustRun(t, "ip", "-d", "link", "show", c.name)
 		err := ns.Do(func() error {

@@ -132,7 +132,7 @@ func lockGone(ctx context.Context, dir, link string, downErr error) (*ctl.Lock, 
 			return nil, fmt.Errorf("%s: %w", link, err)
 		}
 		if !errors.Is(downErr, ctl.ErrNoConfirmation) {
-			return nil, fmt.Errorf("%s: its daemon is running (it holds %s) but does not answer on %s; not undoing its routing",
+			return nil, fmt.Errorf("%s: its daemon is running (it holds %s) but does not answer on %s; not undoing its routing (stop the daemon with SIGTERM)",
 				link, filepath.Join(dir, link+".lock"), ctl.SocketPath(dir, link))
 		}
 		select {
