@@ -202,3 +202,19 @@ func TestUnsafeStateDirRefused(t *testing.T) {
 		})
 	}
 }
+
+// TestUpRefusedWhileDaemonHoldsLock: a daemon whose socket is gone still runs; up says
+// so rather than blame the link that daemon made.
+func TestUpRefusedWhileDaemonHoldsLock(t *testing.T) {
+	h := newHarness(t)
+	h.writeConfig("alpha", "stt9", "alpha")
+	h.linkFree = func(name string) error {
+		return fmt.Errorf("a link named %s already exists (tun, created by stt-tun: is it up under another --state-dir?)", name)
+	}
+	l, err := ctl.TryLock(h.dir, "stt9")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release()
+	checkOneLineError(t, h.run("", "up", "alpha"), 1, "stt9 is already up: its daemon holds")
+}
