@@ -119,6 +119,11 @@ func up(c *cli.Context, e *env) error {
 	if err == nil {
 		return ready.fail(fmt.Errorf("%s is already up (see 'stt-tun status %s')", name, name))
 	}
+	// A daemon that holds the lock runs, whether or not its socket answers.
+	if held, err := ctl.Held(dir, name); err == nil && held {
+		return ready.fail(fmt.Errorf("%s is already up: its daemon holds %s (see 'stt-tun status %s')",
+			name, filepath.Join(dir, name+".lock"), name))
+	}
 	// stt-tun never adopts a link it did not create; refused before anything is made,
 	// in the state directory or on the link. (tun.Create refuses it too, race-free.)
 	if err := e.linkFree(name); err != nil {
