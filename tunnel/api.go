@@ -15,20 +15,20 @@ const StatusSchemaVersion = 1
 type Status struct {
 	// SchemaVersion is StatusSchemaVersion in what `status --json` prints; the
 	// daemon's control socket leaves it 0.
-	SchemaVersion int `json:"schema_version,omitempty"`
-	// State is "up", "starting" or "daemon_gone" in what `status --json` prints,
-	// which sets it; the daemon's control socket leaves it empty.
-	State      string       `json:"state,omitempty"`
-	Interface  string       `json:"interface"`
-	NodeName   string       `json:"node_name"`
-	PublicKey  string       `json:"public_key"` // base64
-	ListenPort int          `json:"listen_port"`
-	MTU        int          `json:"mtu"`
-	Addresses  []string     `json:"addresses"`
-	Peers      []PeerStatus `json:"peers"`
+	SchemaVersion int          `json:"schema_version,omitempty"`
+	Interface     string       `json:"interface"`
+	NodeName      string       `json:"node_name"`
+	PublicKey     string       `json:"public_key"` // base64
+	ListenPort    int          `json:"listen_port"`
+	MTU           int          `json:"mtu"`
+	Addresses     []string     `json:"addresses"`
+	Peers         []PeerStatus `json:"peers"`
 	// Counters are the node's cumulative counters since it started, by name; see
 	// docs/status-schema.md for what each one means.
 	Counters map[string]uint64 `json:"counters,omitempty"`
+	// State is "up", "starting" or "daemon_gone" in what `status --json` prints,
+	// which sets it; the daemon's control socket leaves it empty.
+	State string `json:"state,omitempty"`
 }
 
 // PeerStatus describes one configured peer.
