@@ -102,15 +102,30 @@ func tryLock(dir, name string) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open lock: %w", err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+	for try := 1; ; try++ {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return f, nil
+		}
+		// Held probes (status) take the lock shared for a moment: a daemon holds it
+		// for good. Look again before concluding that one runs.
+		if errors.Is(err, syscall.EWOULDBLOCK) && try < lockTries {
+			time.Sleep(lockRetry)
+			continue
+		}
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
 			return nil, fmt.Errorf("%s: %w", name, ErrRunning)
 		}
 		return nil, fmt.Errorf("lock %s: %w", p, err)
 	}
-	return f, nil
 }
+
+// A lock found taken is tried lockTries times, lockRetry apart.
+const (
+	lockTries = 5
+	lockRetry = 10 * time.Millisecond
+)
 
 // bindPrivate binds the socket under a temporary name, restricts it to its owner and only
 // then renames it into place, so that it is never reachable with the umask's mode.
