@@ -223,6 +223,18 @@ func TestStateDirAttacks(t *testing.T) {
 		t.Errorf("down with a journal naming inet filter: exit %d, stderr %q; want one line, journal corrupt", r.code, r.stderr)
 	}
 	sameSnapshot(t, n.ns, "after down with a journal naming inet filter", before)
+
+	// Without the table, the journal is one stt-tun could have written, but the link
+	// with its ifindex is not stt-tun's: eth0 stays up, with its address.
+	noTable := strings.Replace(journal, `,
+		{"nft":{"family":"inet","name":"filter"}}`, "", 1)
+	if err := os.WriteFile(filepath.Join(n.stateDir, "stt0.json"), []byte(noTable), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := n.stt("down", linkName); r.code != 0 {
+		t.Errorf("down with a journal naming %s's ifindex: exit %d, stderr %q", eth, r.code, r.stderr)
+	}
+	sameSnapshot(t, n.ns, "after down with a journal naming "+eth+"'s ifindex", before)
 }
 
 // waitUntil polls cond until it holds, failing the test after readyTimeout.
