@@ -10,7 +10,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
+
+	"github.com/stt-tun/stt-tun/internal/statedir"
 )
 
 // ErrJournalExists is returned by Apply when a journal for the link is
@@ -25,6 +28,9 @@ var ErrJournalExists = errors.New("journal already exists")
 var ErrJournalCorrupt = errors.New("journal corrupt")
 
 const journalVersion = 1
+
+// maxJournalSize bounds what readJournal reads: ample for tens of thousands of routes.
+const maxJournalSize = 64 << 20
 
 // journalFile is the on-disk form. Changes are in the order they were made
 // and are reverted in reverse order.
@@ -118,42 +124,153 @@ func (c change) describe() string {
 	return "empty change"
 }
 
-// check rejects a change a journal written by this package cannot hold.
-func (c change) check() error {
+// changeKind is one kind of change a journal may hold: how to find it in a change, and
+// what this package could have recorded of it. A journal is read back from disk, so
+// check must accept only what Apply and AddRoute write: a journal naming anything else
+// (another link's table, a sysctl of its choosing, a foreign nftables table) is corrupt,
+// and nothing of it is reverted. To add a kind: a field in change, an entry here, a case
+// in describe and in revert (manager.go).
+type changeKind struct {
+	name string
+	// set reports whether c is of this kind.
+	set func(c change) bool
+	// check validates c against its journal (link name, ifindex).
+	check func(jf *journalFile, c change) error
+}
+
+var changeKinds = []changeKind{
+	{"link", func(c change) bool { return c.Link != nil }, checkLinkChange},
+	{"addr", func(c change) bool { return c.Addr != nil }, checkAddrChange},
+	{"route", func(c change) bool { return c.Route != nil }, checkRouteChange},
+	{"rule", func(c change) bool { return c.Rule != nil }, checkRuleChange},
+	{"sysctl", func(c change) bool { return c.Sysctl != nil }, checkSysctlChange},
+	{"nft", func(c change) bool { return c.NFT != nil }, checkNFTChange},
+	{"kill_switch", func(c change) bool { return c.KillSwitch != nil }, checkKillSwitchChange},
+}
+
+// check rejects a change a journal written by this package for jf's link cannot hold.
+func (c change) check(jf *journalFile) error {
+	var kind *changeKind
 	n := 0
-	for _, set := range []bool{c.Link != nil, c.Addr != nil, c.Route != nil, c.Rule != nil, c.Sysctl != nil, c.NFT != nil, c.KillSwitch != nil} {
-		if set {
+	for i := range changeKinds {
+		if changeKinds[i].set(c) {
+			kind = &changeKinds[i]
 			n++
 		}
 	}
 	if n != 1 {
 		return fmt.Errorf("change with %d kinds, want 1", n)
 	}
+	return kind.check(jf, c)
+}
+
+func checkMTU(mtu int) bool { return mtu >= 68 && mtu <= 65535 }
+
+func checkLinkChange(_ *journalFile, c change) error {
+	lc := c.Link
+	if !checkMTU(lc.OldMTU) || (lc.MTU != 0 && !checkMTU(lc.MTU)) {
+		return fmt.Errorf("bad link change %+v", *lc)
+	}
+	return nil
+}
+
+func checkAddrChange(_ *journalFile, c change) error {
+	if err := checkPrefix(*c.Addr); err != nil {
+		return fmt.Errorf("address %s: %w", *c.Addr, err)
+	}
+	return nil
+}
+
+// validTable reports whether t may hold the full tunnel's routes (see Spec.Table).
+func validTable(t int) bool {
+	switch t {
+	case tableDefault, tableMain, tableLocal:
+		return false
+	}
+	return t > 0 && int64(t) <= 0xffffffff
+}
+
+// checkRouteChange accepts the routes Apply makes: a prefix in the main table, or a
+// full tunnel's default route in its own table.
+func checkRouteChange(_ *journalFile, c change) error {
+	rc := c.Route
+	bad := fmt.Errorf("bad route %s table %d", rc.Dst, rc.Table)
+	if checkPrefix(rc.Dst) != nil || rc.Dst.Masked() != rc.Dst {
+		return bad
+	}
+	if rc.Dst.Bits() == 0 {
+		if !validTable(rc.Table) {
+			return bad
+		}
+		return nil
+	}
+	if rc.Table != tableMain {
+		return bad
+	}
+	return nil
+}
+
+// checkRuleChange accepts the two rules of a full tunnel: "lookup main
+// suppress_prefixlength 0" and "not fwmark M lookup T".
+func checkRuleChange(_ *journalFile, c change) error {
+	r := c.Rule
+	bad := fmt.Errorf("bad rule %+v", *r)
+	if (r.Family != 4 && r.Family != 6) || r.Priority < 1 || r.Priority > DefaultRulePriority+1 {
+		return bad
+	}
 	switch {
-	case c.Addr != nil:
-		if err := checkPrefix(*c.Addr); err != nil {
-			return fmt.Errorf("address %s: %w", *c.Addr, err)
+	case r.Table == tableMain:
+		if r.Suppress == nil || *r.Suppress != 0 || r.Mark != 0 || r.Invert {
+			return bad
 		}
-	case c.Route != nil:
-		if err := checkPrefix(c.Route.Dst); err != nil || c.Route.Table <= 0 {
-			return fmt.Errorf("bad route %s table %d", c.Route.Dst, c.Route.Table)
+	case validTable(r.Table):
+		if r.Suppress != nil || r.Mark == 0 || !r.Invert {
+			return bad
 		}
-	case c.Rule != nil:
-		if (c.Rule.Family != 4 && c.Rule.Family != 6) || c.Rule.Priority <= 0 || c.Rule.Table <= 0 {
-			return fmt.Errorf("bad rule %+v", *c.Rule)
+	default:
+		return bad
+	}
+	return nil
+}
+
+func checkSysctlChange(_ *journalFile, c change) error {
+	sc := c.Sysctl
+	if !validSysctlKey(sc.Key) {
+		return fmt.Errorf("bad sysctl key %q", sc.Key)
+	}
+	// Apply only ever writes 1, over a value the kernel showed it.
+	if sc.New != "1" || !isDecimal(sc.Old) {
+		return fmt.Errorf("bad sysctl %s value %q (was %q)", sc.Key, sc.New, sc.Old)
+	}
+	return nil
+}
+
+func isDecimal(s string) bool {
+	if s == "" || len(s) > 10 {
+		return false
+	}
+	for _, r := range s {
+		if r < '0' || r > '9' {
+			return false
 		}
-	case c.Sysctl != nil:
-		if !validSysctlKey(c.Sysctl.Key) {
-			return fmt.Errorf("bad sysctl key %q", c.Sysctl.Key)
-		}
-	case c.NFT != nil:
-		if c.NFT.Family != "inet" || c.NFT.Name == "" {
-			return fmt.Errorf("bad nftables table %q %q", c.NFT.Family, c.NFT.Name)
-		}
-	case c.KillSwitch != nil:
-		if (c.KillSwitch.Family != 4 && c.KillSwitch.Family != 6) || c.KillSwitch.Table <= 0 {
-			return fmt.Errorf("bad kill switch %+v", *c.KillSwitch)
-		}
+	}
+	return true
+}
+
+// checkKillSwitchChange accepts the full tunnel's unreachable default route in its own
+// table, per family.
+func checkKillSwitchChange(_ *journalFile, c change) error {
+	k := c.KillSwitch
+	if (k.Family != 4 && k.Family != 6) || !validTable(k.Table) {
+		return fmt.Errorf("bad kill switch %+v", *k)
+	}
+	return nil
+}
+
+// checkNFTChange accepts only the masquerade table of the journal's own link.
+func checkNFTChange(jf *journalFile, c change) error {
+	if c.NFT.Family != "inet" || c.NFT.Name != NFTTableName(jf.Link) {
+		return fmt.Errorf("nftables table %s %s is not stt-tun's table for %s", c.NFT.Family, c.NFT.Name, jf.Link)
 	}
 	return nil
 }
@@ -168,15 +285,15 @@ type journal struct {
 
 // createJournal claims path (O_EXCL) and writes an empty journal.
 func createJournal(path, link string, index int) (*journal, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("create state dir: %w", err)
+	if err := statedir.Ensure(filepath.Dir(path)); err != nil {
+		return nil, err
 	}
 	j := &journal{path: path, st: journalFile{Version: journalVersion, Link: link, Index: index, Changes: []change{}}}
 	data, err := j.encode()
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	f, err := statedir.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if errors.Is(err, fs.ErrExist) {
 		return nil, fmt.Errorf("%s: %w (run `stt-tun down` to revert the previous run)", path, ErrJournalExists)
 	}
@@ -197,9 +314,20 @@ func createJournal(path, link string, index int) (*journal, error) {
 // readJournal loads and checks a journal. A missing file gives an error
 // wrapping fs.ErrNotExist; a malformed one, ErrJournalCorrupt.
 func readJournal(path string) (*journal, error) {
-	data, err := os.ReadFile(path)
+	if err := statedir.Check(filepath.Dir(path)); err != nil {
+		return nil, err
+	}
+	f, err := statedir.OpenFile(path, os.O_RDONLY, 0)
 	if err != nil {
 		return nil, fmt.Errorf("read journal: %w", err)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxJournalSize+1))
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("read journal: %w", err)
+	}
+	if len(data) > maxJournalSize {
+		return nil, fmt.Errorf("%s: %w: larger than %d bytes", path, ErrJournalCorrupt, maxJournalSize)
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
@@ -220,7 +348,7 @@ func readJournal(path string) (*journal, error) {
 		return nil, fmt.Errorf("%s: %w: ifindex %d", path, ErrJournalCorrupt, st.Index)
 	}
 	for i, c := range st.Changes {
-		if err := c.check(); err != nil {
+		if err := c.check(&st); err != nil {
 			return nil, fmt.Errorf("%s: %w: change %d: %v", path, ErrJournalCorrupt, i, err)
 		}
 	}
@@ -270,7 +398,11 @@ func (j *journal) save() error {
 		return err
 	}
 	tmp := j.path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	// A new file, never one found there: O_EXCL does not follow a link in its place.
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("write journal: %w", err)
+	}
+	f, err := statedir.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return fmt.Errorf("write journal: %w", err)
 	}
@@ -320,4 +452,29 @@ func syncDir(dir string) error {
 		return err
 	}
 	return nil
+}
+
+// Journals lists the links that have a journal in stateDir (empty means
+// DefaultStateDir), sorted: each one's routing is in effect, by a running daemon or
+// left behind by a dead one. A missing directory has none.
+func Journals(stateDir string) ([]string, error) {
+	if stateDir == "" {
+		stateDir = DefaultStateDir
+	}
+	entries, err := os.ReadDir(stateDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list journals: %w", err)
+	}
+	var links []string
+	for _, e := range entries { // ReadDir sorts by name
+		link, ok := strings.CutSuffix(e.Name(), ".json")
+		if !ok || !e.Type().IsRegular() || checkLinkName(link) != nil {
+			continue
+		}
+		links = append(links, link)
+	}
+	return links, nil
 }

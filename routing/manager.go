@@ -10,6 +10,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/stt-tun/stt-tun/tun"
 )
 
 // ErrUndone is returned by a Manager's methods after Undo or Close.
@@ -66,6 +68,11 @@ func apply(spec Spec, crashAt int) (*Manager, error) {
 	if err != nil {
 		env.close()
 		return nil, fmt.Errorf("routing: apply %s: find link: %w", s.Link, err)
+	}
+	if !tun.IsOwn(link, s.Link) {
+		env.close()
+		return nil, fmt.Errorf("routing: apply %s: not a TUN device created by stt-tun (kind %s, alias %q); not touching it",
+			s.Link, link.Type(), link.Attrs().Alias)
 	}
 	path := StatePath(s.StateDir, s.Link)
 	j, err := createJournal(path, s.Link, link.Attrs().Index)
@@ -134,8 +141,12 @@ func takeOver(env *osEnv, path, link string, index int) (*journal, int, error) {
 	if j.st.Index == index {
 		return nil, 0, fmt.Errorf("it was made for this very link (ifindex %d): the run that made it may still be going", index)
 	}
-	if _, err := env.nl.LinkByIndex(j.st.Index); err == nil {
-		return nil, 0, fmt.Errorf("the link it was made for (ifindex %d) still exists: the run that made it may still be going", j.st.Index)
+	// After the namespace was made anew another link may have the old index; only
+	// our own TUN device at that index means the run may still be going.
+	if l, err := env.nl.LinkByIndex(j.st.Index); err == nil {
+		if tun.IsOwn(l, j.st.Link) {
+			return nil, 0, fmt.Errorf("the link it was made for (ifindex %d) still exists: the run that made it may still be going", j.st.Index)
+		}
 	} else if !errors.As(err, new(netlink.LinkNotFoundError)) && !errors.Is(err, unix.ENODEV) {
 		return nil, 0, fmt.Errorf("find link %d: %w", j.st.Index, err)
 	}
@@ -710,13 +721,19 @@ func revertJournal(env *osEnv, j *journal) error {
 // if there are none, it is removed.
 func revertFrom(env *osEnv, j *journal, from int) error {
 	// Link-bound changes died with the link if it is gone. The ifindex is
-	// compared because a new link may carry the old name.
+	// looked up because a new link may carry the old name; the name, kind and
+	// mark are compared because after the namespace was made anew another link
+	// may have the old index. Only on our own link are its addresses, routes
+	// and state ours to undo.
 	linkPresent := true
-	if _, err := env.nl.LinkByIndex(j.st.Index); err != nil {
+	l, err := env.nl.LinkByIndex(j.st.Index)
+	if err != nil {
 		var nf netlink.LinkNotFoundError
 		if !errors.As(err, &nf) && !errors.Is(err, unix.ENODEV) {
 			return fmt.Errorf("find link %d: %w", j.st.Index, err)
 		}
+		linkPresent = false
+	} else if !tun.IsOwn(l, j.st.Link) {
 		linkPresent = false
 	}
 	var errs []error
@@ -792,6 +809,9 @@ func revertLink(env *osEnv, index int, lc linkChange) error {
 			return nil
 		}
 		return fmt.Errorf("restore link: %w", err)
+	}
+	if link.Attrs().Alias != tun.LinkAlias {
+		return nil // not ours (any more); see revertJournal
 	}
 	if !lc.WasUp && link.Attrs().Flags&net.FlagUp != 0 {
 		if err := env.nl.LinkSetDown(link); err != nil && !gone(err) {

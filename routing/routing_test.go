@@ -20,6 +20,8 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun"
+
+	stttun "github.com/stt-tun/stt-tun/tun"
 )
 
 // testNS is a named network namespace owned by one test.
@@ -168,6 +170,14 @@ func (n *testNS) createTUN(t *testing.T, name string) tun.Device {
 	if err := n.do(func() error {
 		var err error
 		dev, err = tun.CreateTUN(name, 1500)
+		if err != nil {
+			return err
+		}
+		// Marked as stt-tun's own tun.Create does, or Apply refuses it.
+		l, err := netlink.LinkByName(name)
+		if err == nil {
+			err = netlink.LinkSetAlias(l, stttun.LinkAlias)
+		}
 		return err
 	}); err != nil {
 		t.Fatalf("create tun %s: %v", name, err)
@@ -461,6 +471,14 @@ func TestCrashUndoFromState(t *testing.T) {
 		{"link survives", func(t *testing.T, n *testNS, _, beforeApply string) string {
 			return beforeApply
 		}},
+		// After a crash and the namespace made anew, another link may have the
+		// old ifindex: its addresses, routes, MTU and state are not ours.
+		{"index reused by a veth of the same name", func(t *testing.T, n *testNS, _, _ string) string {
+			return foreignAtIndex(t, n, "stt0")
+		}},
+		{"index reused by another link", func(t *testing.T, n *testNS, _, _ string) string {
+			return foreignAtIndex(t, n, "eth0")
+		}},
 		{"link replaced", func(t *testing.T, n *testNS, _, _ string) string {
 			// A new daemon's TUN with the same name, already configured:
 			// the old journal must not touch it.
@@ -498,9 +516,17 @@ func TestCrashUndoFromState(t *testing.T) {
 			if err := n.undoFromState(stateDir, "stt0"); err != nil {
 				t.Fatalf("UndoFromState: %v", err)
 			}
-			if want != "" {
+			switch {
+			case strings.HasPrefix(want, "link "):
+				name := strings.TrimPrefix(want, "link ")
+				mustContain(t, "link at the old index", n.ip(t, "addr", "show", name), "mtu 1420", ",UP", "inet 10.77.0.1/24", "inet6 fd77::1/64")
+				mustContain(t, "its route", n.ip(t, "route", "show", "table", "main"), "10.78.0.0/16 dev "+name+" proto 83")
+				mustContain(t, "its route", n.ip(t, "-6", "route", "show", "table", "main"), "fd78::/48 dev "+name+" proto 83")
+				mustNotContain(t, "rules", n.ip(t, "rule"), "proto 83")
+				mustNotContain(t, "nft", n.nft(t, "list", "ruleset"), "stt-tun-stt0")
+			case want != "":
 				sameDump(t, want, n.dump(t))
-			} else {
+			default:
 				mustContain(t, "replacement link", n.ip(t, "addr", "show", "stt0"), "mtu 1500", ",UP", "inet 10.77.0.1/24")
 				mustContain(t, "replacement route", n.ip(t, "route", "show", "table", "main"), "10.78.0.0/16 dev stt0 proto 83")
 				mustNotContain(t, "rules", n.ip(t, "rule"), "proto 83")
@@ -519,6 +545,32 @@ func TestCrashUndoFromState(t *testing.T) {
 			m.Close()
 		})
 	}
+}
+
+// foreignAtIndex deletes stt0 and gives its ifindex to a veth link called name, set
+// up as the tunnel was: MTU 1420, up, its addresses and routes (proto 83). It returns
+// "link NAME" for TestCrashUndoFromState.
+func foreignAtIndex(t *testing.T, n *testNS, name string) string {
+	t.Helper()
+	h, l := n.link(t, "stt0")
+	index := l.Attrs().Index
+	h.Close()
+	n.deleteLink(t, "stt0")
+	n.ip(t, "link", "add", name, "index", fmt.Sprint(index), "mtu", "1420", "type", "veth", "peer", "name", name+"-p")
+	n.ip(t, "link", "set", name+"-p", "up")
+	n.ip(t, "link", "set", name, "up")
+	n.ip(t, "addr", "add", "10.77.0.1/24", "dev", name)
+	n.ip(t, "addr", "add", "fd77::1/64", "dev", name, "nodad")
+	n.ip(t, "route", "add", "10.78.0.0/16", "dev", name, "proto", "83")
+	n.ip(t, "-6", "route", "add", "fd78::/48", "dev", name, "proto", "83")
+	n.settle(t, name)
+	if h, l := n.link(t, name); l.Attrs().Index != index {
+		h.Close()
+		t.Fatalf("%s got ifindex %d, want %d", name, l.Attrs().Index, index)
+	} else {
+		h.Close()
+	}
+	return "link " + name
 }
 
 // TestCrashDuringApply kills Apply right after it records each change in
@@ -725,6 +777,21 @@ func TestJournalCorrupt(t *testing.T) {
 		"bad prefix":     `{"version":1,"link":"stt0","ifindex":7,"changes":[{"addr":"10.0.0.300/24"}]}`,
 		"foreign sysctl": `{"version":1,"link":"stt0","ifindex":7,"changes":[{"sysctl":{"key":"kernel/panic","old":"0","new":"1"}}]}`,
 		"bad rule":       `{"version":1,"link":"stt0","ifindex":7,"changes":[{"rule":{"family":5,"priority":1,"table":1}}]}`,
+		// Only what Apply makes: a tampered journal must not delete anything else.
+		"foreign nft table":      `{"version":1,"link":"stt0","ifindex":7,"changes":[{"nft":{"family":"inet","name":"filter"}}]}`,
+		"other link's nft table": `{"version":1,"link":"stt0","ifindex":7,"changes":[{"nft":{"family":"inet","name":"stt-tun-stt1"}}]}`,
+		"nft family ip":          `{"version":1,"link":"stt0","ifindex":7,"changes":[{"nft":{"family":"ip","name":"stt-tun-stt0"}}]}`,
+		"route in local table":   `{"version":1,"link":"stt0","ifindex":7,"changes":[{"route":{"dst":"10.0.0.0/8","table":255}}]}`,
+		"route in other table":   `{"version":1,"link":"stt0","ifindex":7,"changes":[{"route":{"dst":"10.0.0.0/8","table":100}}]}`,
+		"default in main":        `{"version":1,"link":"stt0","ifindex":7,"changes":[{"route":{"dst":"0.0.0.0/0","table":254}}]}`,
+		"route host bits":        `{"version":1,"link":"stt0","ifindex":7,"changes":[{"route":{"dst":"10.0.0.1/8","table":254}}]}`,
+		"rule lookup main":       `{"version":1,"link":"stt0","ifindex":7,"changes":[{"rule":{"family":4,"priority":100,"table":254}}]}`,
+		"rule lookup local":      `{"version":1,"link":"stt0","ifindex":7,"changes":[{"rule":{"family":4,"priority":100,"table":255,"suppress_prefixlength":0}}]}`,
+		"rule after main":        `{"version":1,"link":"stt0","ifindex":7,"changes":[{"rule":{"family":4,"priority":32766,"table":254,"suppress_prefixlength":0}}]}`,
+		"rule without mark":      `{"version":1,"link":"stt0","ifindex":7,"changes":[{"rule":{"family":4,"priority":100,"table":5354}}]}`,
+		"sysctl set to 0":        `{"version":1,"link":"stt0","ifindex":7,"changes":[{"sysctl":{"key":"net/ipv4/ip_forward","old":"1","new":"0"}}]}`,
+		"sysctl odd old value":   `{"version":1,"link":"stt0","ifindex":7,"changes":[{"sysctl":{"key":"net/ipv4/ip_forward","old":"1 2","new":"1"}}]}`,
+		"link mtu 0":             `{"version":1,"link":"stt0","ifindex":7,"changes":[{"link":{"old_mtu":0,"was_up":false}}]}`,
 	}
 	for name, content := range cases {
 		t.Run(name, func(t *testing.T) {

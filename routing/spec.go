@@ -55,8 +55,9 @@ const (
 
 // Spec describes the OS configuration for one tunnel link.
 type Spec struct {
-	// Link is the name of an existing link, normally the TUN device the
-	// tunnel engine created. It is never created or deleted here.
+	// Link is the name of an existing TUN device that tun.Create made: Apply
+	// refuses any other link, one without tun.LinkAlias included. It is never
+	// created or deleted here.
 	Link string
 
 	// MTU is set on the link; zero leaves the MTU alone. With IPv6
@@ -117,7 +118,9 @@ type Spec struct {
 	Masquerade bool
 
 	// StateDir holds the journal, <StateDir>/<Link>.json. Empty means
-	// DefaultStateDir.
+	// DefaultStateDir. It must be safe as internal/statedir says (owned by
+	// root, writable by nobody else, nor its parents); a missing one is created
+	// with mode 0700.
 	StateDir string
 }
 

@@ -14,8 +14,10 @@ const cloneDevicePath = "/dev/net/tun"
 
 // Create creates the TUN interface name (the kernel picks tunN for "") with
 // the given MTU, in the network namespace of the calling OS thread, with TSO
-// and GRO on where the kernel supports them. The interface is left down and
-// without addresses; it disappears when the Device is closed.
+// and GRO on where the kernel supports them, and marks it with LinkAlias. The
+// interface is left down and without addresses; it disappears when the Device
+// is closed. If a link called name exists, Create changes nothing and returns
+// an error wrapping ErrLinkExists.
 //
 // It performs the same open and TUNSETIFF as wireguard's CreateTUN, but closes
 // the descriptor on every failure, which CreateTUN does not.
@@ -26,6 +28,14 @@ func Create(name string, mtu int) (Device, error) {
 	if len(name) >= unix.IFNAMSIZ {
 		return nil, fmt.Errorf("create tun %s: name longer than %d bytes", name, unix.IFNAMSIZ-1)
 	}
+	// Never attach to a device that exists (a persistent TUN, say): set up as ours,
+	// its addresses and MTU would be changed, and `down` would undo what it did not do.
+	// IFF_TUN_EXCL below closes the race; this check names what is there.
+	if name != "" {
+		if err := CheckFree(name); err != nil {
+			return nil, err
+		}
+	}
 	fd, err := unix.Open(cloneDevicePath, unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("create tun %s: open %s: %w", name, cloneDevicePath, err)
@@ -34,8 +44,19 @@ func Create(name string, mtu int) (Device, error) {
 	if err == nil {
 		// IFF_VNET_HDR asks for offloads; wireguard/tun then enables
 		// TSO/USO with TUNSETOFFLOAD and sizes batches to 128.
-		ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+		ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_VNET_HDR | unix.IFF_TUN_EXCL)
 		err = unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr)
+		if errors.Is(err, unix.EBUSY) {
+			unix.Close(fd)
+			if cerr := CheckFree(name); cerr != nil {
+				return nil, cerr
+			}
+			return nil, fmt.Errorf("create tun %s: %w (%v)", name, ErrLinkExists, err)
+		}
+	}
+	if err == nil {
+		// The device is ours from now on: it goes away with fd. Mark it so.
+		err = mark(ifr.Name())
 	}
 	if err == nil {
 		// Non-blocking before os.NewFile, so the runtime poller owns it and

@@ -15,6 +15,9 @@ const StatusSchemaVersion = 1
 const (
 	StateStarting = "starting"
 	StateUp       = "up"
+	// StateDaemonGone is set by `stt-tun status`, not by a daemon: a journal of
+	// routing changes remains but no daemon holds the interface's lock.
+	StateDaemonGone = "daemon_gone"
 )
 
 // Status is a point-in-time view of a running tunnel, as `stt-tun status` shows it.
@@ -22,7 +25,8 @@ type Status struct {
 	// SchemaVersion is StatusSchemaVersion in what `status --json` prints; the
 	// daemon's control socket leaves it 0.
 	SchemaVersion int `json:"schema_version,omitempty"`
-	// State is StateStarting while the daemon brings the interface up, then StateUp.
+	// State is StateStarting while the daemon brings the interface up, then StateUp;
+	// StateDaemonGone in what `status` prints for routing a dead daemon left.
 	State      string       `json:"state"`
 	Interface  string       `json:"interface"`
 	NodeName   string       `json:"node_name"`

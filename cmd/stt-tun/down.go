@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/stt-tun/stt-tun/config"
 	"github.com/stt-tun/stt-tun/internal/ctl"
+	"github.com/stt-tun/stt-tun/internal/statedir"
 )
 
 func downCommand(e *env) *cli.Command {
@@ -55,17 +57,33 @@ func down(c *cli.Context, e *env) error {
 		return err
 	}
 	dir := stateDir(c)
+	if err := statedir.Check(dir); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			if c.Bool("leftovers") {
+				return nil
+			}
+			return fmt.Errorf("%s is not up", link)
+		}
+		return err
+	}
 	ctx, cancel := context.WithTimeout(c.Context, flagDuration(c, "timeout"))
 	defer cancel()
 	if c.Bool("leftovers") {
-		return downLeftovers(ctx, e, dir, link)
+		_, err := ctl.Status(ctx, ctl.SocketPath(dir, link))
+		switch {
+		case err == nil:
+			return nil // a running daemon is left alone
+		case !errors.Is(err, ctl.ErrNotRunning) && !errors.Is(err, ctl.ErrNoConfirmation):
+			return fmt.Errorf("%s: %w", link, err)
+		}
+		return undoLeftovers(ctx, e, dir, link, err, true)
 	}
 	err = ctl.Down(ctx, ctl.SocketPath(dir, link))
 	switch {
 	case err == nil:
 		return nil
 	case errors.Is(err, ctl.ErrNotRunning), errors.Is(err, ctl.ErrNoConfirmation):
-		return undoLeftovers(e, dir, link, err)
+		return undoLeftovers(ctx, e, dir, link, err, false)
 	case errors.Is(err, context.DeadlineExceeded):
 		return fmt.Errorf("%s: the daemon did not finish stopping within %v", link, flagDuration(c, "timeout"))
 	default:
@@ -73,13 +91,34 @@ func down(c *cli.Context, e *env) error {
 	}
 }
 
-// undoLeftovers cleans up after a daemon that died without undoing its routing.
-func undoLeftovers(e *env, dir, link string, downErr error) error {
-	err := e.undo(dir, link)
+// undoLeftovers cleans up after a daemon that died without undoing its routing. The
+// daemon is gone only if its lock is free, whatever became of its socket: a daemon
+// whose socket was removed still runs and still owns its routing. The lock is held
+// while the journal is undone, so no daemon can start meanwhile. With leftovers (down
+// --leftovers) a missing journal is not an error.
+func undoLeftovers(ctx context.Context, e *env, dir, link string, downErr error, leftovers bool) error {
+	lock, err := lockGone(ctx, dir, link, downErr)
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
+	if leftovers {
+		if held, _ := e.killSwitch(dir, link); held {
+			// Undoing would let the full tunnel's traffic out by the uplink until
+			// the restart; the next up takes the journal over instead.
+			_ = lock.RemoveStale()
+			fmt.Fprintf(e.stderr, "stt-tun: %s: the daemon was gone (killed?); its kill switch keeps blocking the full tunnel's traffic until the next up or 'stt-tun down %s'\n", link, link)
+			return nil
+		}
+	}
+	err = e.undo(dir, link)
 	if errors.Is(err, fs.ErrNotExist) {
-		_ = ctl.RemoveStale(dir, link)
+		_ = lock.RemoveStale()
 		removeSourceIfClean(dir, link)
-		if errors.Is(downErr, ctl.ErrNoConfirmation) {
+		switch {
+		case leftovers:
+			return nil
+		case errors.Is(downErr, ctl.ErrNoConfirmation):
 			return fmt.Errorf("%s: %w", link, downErr)
 		}
 		return fmt.Errorf("%s is not up", link)
@@ -87,43 +126,35 @@ func undoLeftovers(e *env, dir, link string, downErr error) error {
 	if err != nil {
 		return fmt.Errorf("%s: the daemon is gone; undo its routing from the journal: %w", link, err)
 	}
-	_ = ctl.RemoveStale(dir, link)
+	_ = lock.RemoveStale()
 	removeSourceIfClean(dir, link)
 	fmt.Fprintf(e.stderr, "stt-tun: %s: the daemon was gone (killed?); undid its routing from the journal\n", link)
 	return nil
 }
 
-// downLeftovers undoes the routing of a daemon that died, and nothing else: after a
-// clean stop, or with a daemon running (say, one started by hand, which made systemd's
-// start fail), there is nothing to do.
-func downLeftovers(ctx context.Context, e *env, dir, link string) error {
-	_, err := ctl.Status(ctx, ctl.SocketPath(dir, link))
-	switch {
-	case err == nil:
-		return nil
-	case !errors.Is(err, ctl.ErrNotRunning) && !errors.Is(err, ctl.ErrNoConfirmation):
-		return fmt.Errorf("%s: %w", link, err)
+// lockGone takes the interface's lock, proving its daemon gone. A daemon that said it
+// was stopping (ErrNoConfirmation) may still be exiting: its lock is waited for until
+// ctx ends. One that does not answer on its socket but holds the lock is alive, and
+// its routing is not touched.
+func lockGone(ctx context.Context, dir, link string, downErr error) (*ctl.Lock, error) {
+	for {
+		lock, err := ctl.TryLock(dir, link)
+		if err == nil {
+			return lock, nil
+		}
+		if !errors.Is(err, ctl.ErrRunning) {
+			return nil, fmt.Errorf("%s: %w", link, err)
+		}
+		if !errors.Is(downErr, ctl.ErrNoConfirmation) {
+			return nil, fmt.Errorf("%s: its daemon is running (it holds %s) but does not answer on %s; not undoing its routing (stop the daemon with SIGTERM)",
+				link, filepath.Join(dir, link+".lock"), ctl.SocketPath(dir, link))
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%s: %w, and it still runs", link, downErr)
+		case <-time.After(20 * time.Millisecond): // polling the lock, bounded by ctx
+		}
 	}
-	if held, _ := e.killSwitch(dir, link); held {
-		// Undoing would let the full tunnel's traffic out by the uplink until
-		// the restart; the next up takes the journal over instead.
-		_ = ctl.RemoveStale(dir, link)
-		fmt.Fprintf(e.stderr, "stt-tun: %s: the daemon was gone (killed?); its kill switch keeps blocking the full tunnel's traffic until the next up or 'stt-tun down %s'\n", link, link)
-		return nil
-	}
-	err = e.undo(dir, link)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		_ = ctl.RemoveStale(dir, link)
-		removeSourceIfClean(dir, link)
-		return nil
-	case err != nil:
-		return fmt.Errorf("%s: the daemon is gone; undo its routing from the journal: %w", link, err)
-	}
-	_ = ctl.RemoveStale(dir, link)
-	removeSourceIfClean(dir, link)
-	fmt.Fprintf(e.stderr, "stt-tun: %s: the daemon was gone (killed?); undid its routing from the journal\n", link)
-	return nil
 }
 
 // linkName is the interface a down, status or reload command is about: a bare NAME

@@ -5,9 +5,10 @@ import (
 	"fmt"
 	"os"
 	"sync"
-	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/stt-tun/stt-tun/internal/statedir"
 )
 
 // maxLogSize caps a background daemon's log, <state-dir>/<interface>.log. A record that
@@ -15,10 +16,11 @@ import (
 // there, and starts a new log: an interface's logs take at most twice the cap.
 var maxLogSize int64 = 10 << 20 // 10 MiB; tests lower it
 
-// openLogFile opens a daemon log for appending, creating it mode 0600. It never
-// follows a symlink planted in its place.
+// openLogFile opens a daemon log for appending, creating it mode 0600. Like every
+// state file it is opened without following a symlink planted in its place, and only
+// if it is a regular file (statedir.OpenFile).
 func openLogFile(path string) (*os.File, error) {
-	return os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
+	return statedir.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 }
 
 // cappedLog is an io.Writer to a log file whose size it caps with one rotation:

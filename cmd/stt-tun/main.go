@@ -23,6 +23,7 @@ import (
 
 	"github.com/stt-tun/stt-tun/config"
 	"github.com/stt-tun/stt-tun/routing"
+	"github.com/stt-tun/stt-tun/tun"
 	"github.com/stt-tun/stt-tun/tunnel"
 )
 
@@ -48,6 +49,9 @@ type env struct {
 	// killSwitch reports whether a dead daemon's journal holds a kill switch;
 	// routing.HoldsKillSwitch outside tests.
 	killSwitch func(stateDir, link string) (bool, error)
+	// linkFree fails, in one line, if a link of the name exists; tun.CheckFree outside
+	// tests.
+	linkFree func(name string) error
 }
 
 func defaultEnv() *env {
@@ -61,6 +65,7 @@ func defaultEnv() *env {
 		},
 		undo:       routing.UndoFromState,
 		killSwitch: routing.HoldsKillSwitch,
+		linkFree:   tun.CheckFree,
 	}
 }
 

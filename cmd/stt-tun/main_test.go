@@ -134,10 +134,11 @@ func fakeStart(started chan<- *fakeTunnel) func(context.Context, *config.Config,
 
 // harness runs the CLI in this process against a temporary state and config directory.
 type harness struct {
-	t       *testing.T
-	dir     string // state directory and config directory
-	started chan *fakeTunnel
-	undo    func(stateDir, link string) error
+	t        *testing.T
+	dir      string // state directory and config directory
+	started  chan *fakeTunnel
+	undo     func(stateDir, link string) error
+	linkFree func(name string) error // nil: no link is in the way
 	// killSwitch fakes routing.HoldsKillSwitch; nil reports none.
 	killSwitch func(stateDir, link string) (bool, error)
 	undoneMu   sync.Mutex
@@ -206,6 +207,12 @@ func (h *harness) runContext(ctx context.Context, stdin string, args ...string) 
 			return false, fmt.Errorf("routing: %s: %w", link, fs.ErrNotExist)
 		}
 		return h.killSwitch(stateDir, link)
+	}
+	e.linkFree = func(name string) error {
+		if h.linkFree == nil {
+			return nil
+		}
+		return h.linkFree(name)
 	}
 	code := run(ctx, append([]string{"stt-tun"}, args...), e)
 	return result{code, stdout.String(), stderr.String()}
@@ -455,7 +462,9 @@ func sampleNow() time.Time { return time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
 
 func TestStatusRenderGolden(t *testing.T) {
 	var b bytes.Buffer
-	if err := renderStatus(&b, sampleStatus(), sampleNow()); err != nil {
+	// The status of one whose daemon is gone is listed after the running ones.
+	all := append([]tunnel.Status{goneStatus("stt3")}, sampleStatus()...)
+	if err := renderStatus(&b, all, sampleNow()); err != nil {
 		t.Fatal(err)
 	}
 	golden := filepath.Join("testdata", "status.golden")

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -16,6 +18,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/stt-tun/stt-tun/internal/ctl"
+	"github.com/stt-tun/stt-tun/internal/statedir"
+	"github.com/stt-tun/stt-tun/routing"
 	"github.com/stt-tun/stt-tun/tunnel"
 )
 
@@ -24,8 +28,11 @@ func statusCommand(e *env) *cli.Command {
 		Name:      "status",
 		Usage:     "show running interfaces and their peers",
 		UsageText: "stt-tun status [--json] [NAME]",
-		Description: `Without NAME, shows every interface that has a daemon; with NAME, only that one.
---json prints tunnel status objects: an array without NAME, one object with NAME.
+		Description: `Without NAME, shows every interface that has a daemon, and every one whose daemon
+is gone (killed) but left its routing behind ("stt0: daemon gone, run 'stt-tun down
+stt0'"); with NAME, only that one, and the exit status is 1 if its daemon is gone.
+--json prints tunnel status objects: an array without NAME, one object with NAME;
+"state" is "up", "starting" or "daemon_gone".
 
 Examples:
    stt-tun status
@@ -43,15 +50,34 @@ func status(c *cli.Context, e *env) error {
 	dir := stateDir(c)
 	ctx, cancel := context.WithTimeout(c.Context, flagDuration(c, "timeout"))
 	defer cancel()
+	dirErr := statedir.Check(dir)
+	if dirErr != nil && !errors.Is(dirErr, fs.ErrNotExist) {
+		return dirErr
+	}
 
 	if c.Args().Present() {
 		link, err := linkName(c, "status")
 		if err != nil {
 			return err
 		}
+		if dirErr != nil {
+			return fmt.Errorf("%s is not up", link)
+		}
 		st, err := ctl.Status(ctx, ctl.SocketPath(dir, link))
 		if errors.Is(err, ctl.ErrNotRunning) {
-			return fmt.Errorf("%s is not up", link)
+			gone, gerr := daemonGone(dir, link)
+			switch {
+			case gerr != nil:
+				return fmt.Errorf("status %s: %w", link, gerr)
+			case !gone:
+				return fmt.Errorf("%s is not up", link)
+			}
+			if c.Bool("json") {
+				if err := writeJSON(e.stdout, forJSON(goneStatus(link))); err != nil {
+					return err
+				}
+			}
+			return errors.New(goneLine(link))
 		}
 		if err != nil {
 			return fmt.Errorf("status %s: %w", link, err)
@@ -62,16 +88,34 @@ func status(c *cli.Context, e *env) error {
 		return renderStatus(e.stdout, []tunnel.Status{st}, time.Now())
 	}
 
-	names, err := ctl.List(dir)
-	if err != nil {
-		return err
+	var names []string
+	if dirErr == nil {
+		socks, err := ctl.List(dir)
+		if err != nil {
+			return err
+		}
+		journals, err := routing.Journals(dir)
+		if err != nil {
+			return err
+		}
+		names = append(socks, journals...)
+		slices.Sort(names)
+		names = slices.Compact(names)
 	}
 	all := []tunnel.Status{}
 	var failed []string
 	for _, name := range names {
 		st, err := ctl.Status(ctx, ctl.SocketPath(dir, name))
 		if errors.Is(err, ctl.ErrNotRunning) {
-			continue // left behind by a killed daemon; `down` cleans it up
+			g, gerr := daemonGone(dir, name)
+			switch {
+			case gerr != nil:
+				failed = append(failed, fmt.Sprintf("%s: %v", name, gerr))
+			case g:
+				all = append(all, goneStatus(name))
+			}
+			// Else a socket without journal or daemon: nothing to undo; `down` removes it.
+			continue
 		}
 		if err != nil {
 			failed = append(failed, fmt.Sprintf("%s: %v", name, err))
@@ -79,6 +123,7 @@ func status(c *cli.Context, e *env) error {
 		}
 		all = append(all, st)
 	}
+	var err error
 	if c.Bool("json") {
 		out := make([]tunnel.Status, len(all))
 		for i, st := range all {
@@ -95,6 +140,39 @@ func status(c *cli.Context, e *env) error {
 		return errors.New(strings.Join(failed, "; "))
 	}
 	return nil
+}
+
+// daemonGone reports whether link's daemon died and left its routing behind: its
+// routing journal is there and no process holds its lock.
+func daemonGone(dir, link string) (bool, error) {
+	fi, err := os.Lstat(routing.StatePath(dir, link))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if !fi.Mode().IsRegular() {
+		return false, fmt.Errorf("%s is not a regular file", routing.StatePath(dir, link))
+	}
+	held, err := ctl.Held(dir, link)
+	if err != nil {
+		return false, err
+	}
+	if held {
+		return false, fmt.Errorf("its daemon holds the lock but does not answer on %s", ctl.SocketPath(dir, link))
+	}
+	return true, nil
+}
+
+// goneStatus is what status shows of an interface whose daemon is gone.
+func goneStatus(link string) tunnel.Status {
+	return tunnel.Status{Interface: link, State: tunnel.StateDaemonGone}
+}
+
+// goneLine is the one line that tells of an interface whose daemon is gone.
+func goneLine(link string) string {
+	return fmt.Sprintf("%s: daemon gone, run 'stt-tun down %s'", link, link)
 }
 
 // forJSON stamps a status with the schema version this program prints (the JSON is
@@ -131,10 +209,17 @@ func writeJSON(w io.Writer, v any) error {
 // to now.
 func renderStatus(w io.Writer, all []tunnel.Status, now time.Time) error {
 	var b strings.Builder
-	for i, st := range all {
-		if i > 0 {
+	var gone []string
+	n := 0
+	for _, st := range all {
+		if st.State == tunnel.StateDaemonGone {
+			gone = append(gone, st.Interface)
+			continue
+		}
+		if n > 0 {
 			b.WriteString("\n")
 		}
+		n++
 		fmt.Fprintf(&b, "interface: %s\n", st.Interface)
 		if state(st) == tunnel.StateStarting {
 			// Nothing else is known yet: no zeros that would read as settings.
@@ -178,6 +263,13 @@ func renderStatus(w io.Writer, all []tunnel.Status, now time.Time) error {
 				fmt.Fprintf(&b, "  peer %s: endpoint does not resolve (%s); looked up again in the background\n", p.Name, p.EndpointError)
 			}
 		}
+	}
+	// Routing a dead daemon left behind, after the running interfaces.
+	for i, name := range gone {
+		if i == 0 && n > 0 {
+			b.WriteString("\n")
+		}
+		b.WriteString(goneLine(name) + "\n")
 	}
 	if _, err := io.WriteString(w, b.String()); err != nil {
 		return fmt.Errorf("write status: %w", err)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/stt-tun/stt-tun/config"
 	"github.com/stt-tun/stt-tun/internal/ctl"
+	"github.com/stt-tun/stt-tun/internal/statedir"
 	"github.com/stt-tun/stt-tun/tunnel"
 )
 
@@ -116,12 +117,25 @@ func up(c *cli.Context, e *env) error {
 		level, _ = parseLevel(logLevel) // checked above
 	}
 
+	if err := statedir.Check(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return ready.fail(err)
+	}
 	// A cheap, friendly check; the daemon's lock is what really keeps a second one out.
 	ctx, cancel := context.WithTimeout(c.Context, 5*time.Second)
 	_, err = ctl.Status(ctx, ctl.SocketPath(dir, name))
 	cancel()
 	if err == nil {
 		return ready.fail(fmt.Errorf("%s is already up (see 'stt-tun status %s')", name, name))
+	}
+	// A daemon that holds the lock runs, whether or not its socket answers.
+	if held, err := ctl.Held(dir, name); err == nil && held {
+		return ready.fail(fmt.Errorf("%s is already up: its daemon holds %s (see 'stt-tun status %s')",
+			name, filepath.Join(dir, name+".lock"), name))
+	}
+	// stt-tun never adopts a link it did not create; refused before anything is made,
+	// in the state directory or on the link. (tun.Create refuses it too, race-free.)
+	if err := e.linkFree(name); err != nil {
+		return ready.fail(err)
 	}
 
 	if c.Bool("foreground") {
@@ -166,8 +180,8 @@ func startDaemon(ctx context.Context, e *env, cfg *config.Config, dir, logLevel 
 	// Interrupted, stop the daemon too rather than leave it half started.
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create state directory: %w", err)
+	if err := statedir.Ensure(dir); err != nil {
+		return err
 	}
 	logPath := filepath.Join(dir, name+".log")
 	logFile, err := openLogFile(logPath)

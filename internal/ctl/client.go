@@ -7,10 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
+	"os"
+	"path/filepath"
 	"syscall"
 	"time"
 
+	"github.com/stt-tun/stt-tun/internal/statedir"
 	"github.com/stt-tun/stt-tun/tunnel"
 )
 
@@ -70,6 +74,17 @@ type client struct {
 }
 
 func dial(ctx context.Context, sock string) (*client, error) {
+	// Whoever can write the directory could have put a socket of theirs there.
+	if err := statedir.Check(filepath.Dir(sock)); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%s: %w", sock, ErrNotRunning)
+		}
+		return nil, err
+	}
+	// connect(2) follows symbolic links; a daemon's socket is never one.
+	if fi, err := os.Lstat(sock); err == nil && fi.Mode().Type() != os.ModeSocket {
+		return nil, fmt.Errorf("%s is not a socket; not connecting", sock)
+	}
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", sock)
 	if err != nil {

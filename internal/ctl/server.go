@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/stt-tun/stt-tun/internal/statedir"
 	"github.com/stt-tun/stt-tun/tunnel"
 )
 
@@ -70,8 +71,8 @@ func Listen(dir, name string, log *slog.Logger) (*Server, error) {
 	if err := checkName(dir, name); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create state directory: %w", err)
+	if err := statedir.Ensure(dir); err != nil {
+		return nil, err
 	}
 	lock, err := tryLock(dir, name)
 	if err != nil {
@@ -97,19 +98,34 @@ func Listen(dir, name string, log *slog.Logger) (*Server, error) {
 // removing it would let two processes hold locks on two different files of one name.
 func tryLock(dir, name string) (*os.File, error) {
 	p := filepath.Join(dir, name+lockSuffix)
-	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := statedir.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open lock: %w", err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+	for try := 1; ; try++ {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return f, nil
+		}
+		// Held probes (status) take the lock shared for a moment: a daemon holds it
+		// for good. Look again before concluding that one runs.
+		if errors.Is(err, syscall.EWOULDBLOCK) && try < lockTries {
+			time.Sleep(lockRetry)
+			continue
+		}
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
 			return nil, fmt.Errorf("%s: %w", name, ErrRunning)
 		}
 		return nil, fmt.Errorf("lock %s: %w", p, err)
 	}
-	return f, nil
 }
+
+// A lock found taken is tried lockTries times, lockRetry apart.
+const (
+	lockTries = 5
+	lockRetry = 10 * time.Millisecond
+)
 
 // bindPrivate binds the socket under a temporary name, restricts it to its owner and only
 // then renames it into place, so that it is never reachable with the umask's mode.
@@ -130,6 +146,11 @@ func bindPrivate(dir, name, path string) (*net.UnixListener, error) {
 		return nil, fmt.Errorf("listen on control socket: %w", err)
 	}
 	ln.SetUnlinkOnClose(false) // the socket is renamed; Close removes it by its final name
+	// chmod follows links: make sure the name is still the socket just bound.
+	if fi, err := os.Lstat(tmp); err != nil || fi.Mode().Type() != os.ModeSocket {
+		ln.Close()
+		return nil, fmt.Errorf("restrict control socket: %s is no longer the socket just bound", tmp)
+	}
 	if err := os.Chmod(tmp, 0o600); err != nil {
 		ln.Close()
 		os.Remove(tmp)
@@ -425,13 +446,70 @@ func RemoveStale(dir, name string) error {
 	if _, err := os.Lstat(SocketPath(dir, name)); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	lock, err := tryLock(dir, name)
+	l, err := TryLock(dir, name)
 	if err != nil {
 		return err
 	}
-	defer lock.Close()
-	if err := os.Remove(SocketPath(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	defer l.Release()
+	return l.RemoveStale()
+}
+
+// Lock is an interface's lock, held by a process other than its daemon: while it is
+// held no daemon runs for the interface and none can start, so what the last one left
+// behind may be cleaned up.
+type Lock struct {
+	f         *os.File
+	dir, name string
+}
+
+// TryLock takes the lock of interface name without waiting, as a daemon does. If a
+// daemon holds it, the error wraps ErrRunning: that daemon is alive, whether or not its
+// control socket answers.
+func TryLock(dir, name string) (*Lock, error) {
+	if err := checkName(dir, name); err != nil {
+		return nil, err
+	}
+	if err := statedir.Check(dir); err != nil {
+		return nil, err
+	}
+	f, err := tryLock(dir, name)
+	if err != nil {
+		return nil, err
+	}
+	return &Lock{f: f, dir: dir, name: name}, nil
+}
+
+// RemoveStale removes the socket a dead daemon left behind.
+func (l *Lock) RemoveStale() error {
+	if err := os.Remove(SocketPath(l.dir, l.name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove stale socket: %w", err)
 	}
 	return nil
+}
+
+// Release gives the lock up.
+func (l *Lock) Release() { l.f.Close() }
+
+// Held reports whether a daemon holds the lock of interface name, without creating the
+// lock file: a missing one means that no daemon ever ran for the interface in dir.
+func Held(dir, name string) (bool, error) {
+	if err := checkName(dir, name); err != nil {
+		return false, err
+	}
+	p := filepath.Join(dir, name+lockSuffix)
+	f, err := statedir.OpenFile(p, os.O_RDONLY, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("open lock: %w", err)
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB); err != nil {
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return true, nil
+		}
+		return false, fmt.Errorf("lock %s: %w", p, err)
+	}
+	return false, nil // closing f drops the shared lock
 }
