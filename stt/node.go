@@ -79,6 +79,8 @@ type Config struct {
 	DisableAES bool
 	// HandshakeLoadThreshold overrides the responder's load threshold (messages/s).
 	HandshakeLoadThreshold int
+	// HandshakeReplayWindow overrides handshake.ReplayWindow (0 = default).
+	HandshakeReplayWindow time.Duration
 	// DisableUDP keeps the node off UDP entirely: WebSocket only.
 	DisableUDP bool
 	// WSListen is the address of the WebSocket listener ("" = none), WSPath its path
@@ -151,6 +153,7 @@ func New(cfg Config) (*Node, error) {
 		Name:          cfg.Name,
 		Caps:          caps,
 		LoadThreshold: cfg.HandshakeLoadThreshold,
+		ReplayWindow:  cfg.HandshakeReplayWindow,
 		AllocIndex:    n.index.reserve,
 		ReleaseIndex:  n.index.release,
 	})

@@ -166,6 +166,8 @@ type Config struct {
 	// DefaultLoadThreshold, a negative value means "always under load" (cookies always
 	// required).
 	LoadThreshold int
+	// ReplayWindow is how long HELLOs are remembered (section 4.5); 0 means ReplayWindow.
+	ReplayWindow time.Duration
 	// AllocIndex returns a fresh nonzero receiver index, unique in the node, for a
 	// responder's half-open handshake; 0 means none is available. The Engine calls it
 	// without holding its locks. nil: the Engine draws random indices unique only among
@@ -190,6 +192,7 @@ type Engine struct {
 	rand      io.Reader
 	now       func() time.Time
 	threshold int
+	window    time.Duration // replay window (section 4.5)
 	alloc     func() uint32
 	release   func(uint32)
 	cookieKey cipher.AEAD // XChaCha20-Poly1305 under COOKIE_KEY; stateless
@@ -224,6 +227,7 @@ func New(cfg Config) (*Engine, error) {
 		rand:      cfg.Rand,
 		now:       cfg.Now,
 		threshold: cfg.LoadThreshold,
+		window:    cfg.ReplayWindow,
 		alloc:     cfg.AllocIndex,
 		release:   cfg.ReleaseIndex,
 	}
@@ -235,6 +239,9 @@ func New(cfg Config) (*Engine, error) {
 	}
 	if e.now == nil {
 		e.now = time.Now
+	}
+	if e.window <= 0 {
+		e.window = ReplayWindow
 	}
 	if e.threshold == 0 {
 		e.threshold = DefaultLoadThreshold
@@ -248,6 +255,7 @@ func New(cfg Config) (*Engine, error) {
 	e.cookieKey = aead
 	e.half.init()
 	e.replay.init()
+	e.replay.window = e.window
 	e.buckets.init()
 	return e, nil
 }

@@ -117,7 +117,7 @@ func TestReplayedHelloRefusedWithoutDH(t *testing.T) {
 }
 
 func TestReplayCacheBounded(t *testing.T) {
-	var c replayCache
+	c := replayCache{window: ReplayWindow}
 	c.init()
 	now := time.Unix(1000, 0)
 	var k [32]byte

@@ -79,8 +79,9 @@ func (t *halfOpenTable) expire(now time.Time, rel []uint32) []uint32 {
 // replayCache remembers the ephemeral keys of answered HELLOs. When full, the oldest entry
 // goes: section 4.5 explains why a HELLO replayed past the cache still yields no session.
 type replayCache struct {
-	seen  map[[32]byte]time.Time
-	order *list.List // of [32]byte, oldest first
+	window time.Duration
+	seen   map[[32]byte]time.Time
+	order  *list.List // of [32]byte, oldest first
 }
 
 func (c *replayCache) init() {
@@ -95,7 +96,7 @@ func (c *replayCache) trim(now time.Time) {
 			return
 		}
 		k := f.Value.([32]byte)
-		if c.order.Len() < ReplayCacheSize && now.Sub(c.seen[k]) < ReplayWindow {
+		if c.order.Len() < ReplayCacheSize && now.Sub(c.seen[k]) < c.window {
 			return
 		}
 		c.order.Remove(f)
