@@ -1,0 +1,310 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	encbin "encoding/binary"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/blake2s"
+
+	"github.com/stt-tun/stt-tun/config"
+	"github.com/stt-tun/stt-tun/internal/impair"
+	"github.com/stt-tun/stt-tun/internal/nslab"
+	"github.com/stt-tun/stt-tun/stt/handshake"
+	"github.com/stt-tun/stt-tun/stt/wire"
+)
+
+// Denial-of-service scenarios on the handshake: what an attacker can do to keep a
+// legitimate peer from getting a session, rather than to the tunnel already running.
+
+// restartAlpha kills alpha and starts it again, as the systemd unit does, and returns
+// when the new daemon is up.
+func (r *relayed) restartAlpha(t *testing.T) {
+	t.Helper()
+	if err := r.a.proc.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = r.a.proc.Wait()
+	r.a.proc = nil
+	r.a.mustStt("down", "--leftovers", linkName)
+	r.a.startForeground()
+}
+
+// pace sleeps until sent messages at rate per second would have been sent since
+// start: the shape of the attack traffic, not synchronisation.
+func pace(start time.Time, sent int, rate float64) {
+	if d := time.Duration(float64(sent) / rate * float64(time.Second)); time.Since(start) < d {
+		time.Sleep(d - time.Since(start))
+	}
+}
+
+// TestHandshakeReplayLockout: an attacker without the seed records alpha's HELLO and
+// AUTH_PROOF on the underlay, waits until beta has forgotten the HELLO (the replay
+// window, shortened here to 3 s), and replays both from alpha's own address while alpha
+// restarts: the AUTH_PROOF fast enough to make beta "under load" (400/s), the HELLO 60
+// times a second. The replays cost beta no public-key work and at most the cookie
+// replies of one address's bucket, and the restarted alpha gets a session within one
+// cookie round trip plus its retransmission timer (here: 3 s).
+//
+// Before the fix, the AUTH_PROOFs counted as load, the old HELLO spent the token bucket
+// of alpha's address, and alpha got no session while the replay went on.
+func TestHandshakeReplayLockout(t *testing.T) {
+	t.Parallel()
+	const window = 3 * time.Second
+	r := newRelayed(t, relayedOpts{capture: 256, advanced: fmt.Sprintf("handshake_replay_window = %q", window.String())})
+	var hello, proof []byte
+	for _, m := range r.relay.Captured(impair.AtoB) {
+		switch {
+		case len(m) == wire.HelloLen && m[0] == wire.TypeHello:
+			hello = m
+		case len(m) == wire.AuthProofLen && m[0] == wire.TypeAuthProof:
+			proof = m
+		}
+	}
+	if hello == nil || proof == nil {
+		t.Fatal("the relay captured no HELLO or no AUTH_PROOF of alpha's handshake")
+	}
+	// The attacker sends from alpha's address as beta sees it (the relay's B side):
+	// a namespace linked to beta that owns that address too. beta answers it through
+	// its route to the relay, as it would answer spoofed datagrams.
+	x := r.lab.NS("x")
+	_, bDev := r.lab.Link(x, []string{attackerAddr + "/24", relayB + "/32"}, r.b.ns, []string{betaForX + "/24"})
+	r.b.ns.MustRun(t, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf."+bDev+".rp_filter=0")
+	pc, err := x.ListenPacket("udp4", fmt.Sprintf("%s:%d", relayB, relayPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := pc.(*net.UDPConn)
+	t.Cleanup(func() { c.Close() })
+	dst := &net.UDPAddr{IP: net.ParseIP(betaForX), Port: port}
+
+	startEcho(t, r.b.ns)
+	p := startProber(t, r.a.ns, tunnelB, 100*time.Millisecond)
+	p.waitRecovered(t, time.Now(), reachTimeout)
+
+	// Wait out the replay window: the time has to pass for the attack to work.
+	time.Sleep(window + time.Second)
+
+	b0 := r.b.counters()
+	var stop atomic.Bool
+	var sent atomic.Uint64
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		start := time.Now()
+		for i := 0; !stop.Load(); i++ {
+			m := proof
+			if i%8 == 0 { // 460 datagrams a second, about 60 of them HELLOs
+				m = hello
+			}
+			if _, err := c.WriteToUDP(m, dst); err != nil {
+				return
+			}
+			sent.Add(1)
+			pace(start, i+1, 460)
+		}
+	}()
+	stopFlood := func() { stop.Store(true); wg.Wait() }
+	defer stopFlood()
+
+	// Two seconds of replay before the restart: no public-key work for any of it.
+	time.Sleep(2 * time.Second)
+	db := delta(b0, r.b.counters())
+	t.Logf("2 s of replay (%d datagrams): beta %v", sent.Load(), db)
+
+	r.restartAlpha(t)
+	up := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var at time.Time
+	err = nslab.WaitFor(ctx, func() bool {
+		var ok bool
+		at, ok = p.firstAnswerSentAfter(up)
+		return ok
+	})
+	flood := sent.Load()
+	stopFlood()
+	rec := at.Sub(up)
+	dAll := delta(b0, r.b.counters())
+	t.Logf("alpha restarted under the replay; probes answered again after %v (err %v); %d datagrams replayed; beta %v",
+		rec.Round(time.Millisecond), err, flood, dAll)
+	figure(t, "attack-handshake-replay", map[string]any{
+		"replayed": flood, "recovery_seconds": rec.Seconds(), "recovered": err == nil,
+		"dh_ops_before_restart": db["handshake_dh_ops"], "cookie_replies": dAll["cookie_replies_sent"],
+	})
+	if db["handshake_dh_ops"] != 0 {
+		t.Errorf("replayed handshake messages cost beta %d DH operations", db["handshake_dh_ops"])
+	}
+	// At most one address's cookie bucket: a burst of 5, 20 a second.
+	if max := uint64(5 + 20*2 + 20); db["cookie_replies_sent"] > max {
+		t.Errorf("beta sent %d cookie replies in 2 s to one replaying address, more than its bucket (%d)", db["cookie_replies_sent"], max)
+	}
+	if err != nil {
+		t.Fatalf("the restarted alpha got no session within 20 s under the replay (%d probes answered)", p.answered())
+	}
+	// One cookie round trip, then the retransmission timer (1 s, +20%), then the
+	// handshake: 3 s is the bound with room for a slow machine.
+	if rec > 3*time.Second {
+		t.Errorf("the restarted alpha needed %v to get a session under the replay, want at most 3 s", rec.Round(time.Millisecond))
+	}
+}
+
+// floodSource is one of the member attacker's source addresses.
+type floodSource struct {
+	c      *net.UDPConn
+	hellos [][]byte
+	inits  map[uint32]*handshake.Initiation
+	cookie atomic.Pointer[[16]byte]
+}
+
+// TestMemberFloodManySources: an attacker that holds the seed floods beta from 64
+// addresses, 22 HELLOs a second each, with the cookie of each address in mac2 once it
+// has one, and never answers a CHALLENGE, so that its handshakes stay half-open. alpha,
+// whose key beta pins, restarts during the flood and gets a session within 5 s; beta's
+// X25519 work stays within the documented bound (at most 200 handshakes a second in
+// all, each at most 4 operations).
+//
+// Before the fix, each address had its own budget (64 × 20 handshakes a second), the
+// half-open table filled up, and alpha got no session during the flood.
+func TestMemberFloodManySources(t *testing.T) {
+	t.Parallel()
+	const nsrc, rate = 64, 22
+	r := newRelayed(t, relayedOpts{manual: true})
+	r.b.writeConfig(nodeConf{addresses: tunB, seedFile: r.seed, peers: []peerConf{
+		{name: "alpha", allowed: allowA, publicKey: r.a.publicKey()},
+	}})
+	r.b.startForeground()
+	r.a.startForeground()
+	waitPing(t, r.a.ns, tunnelB)
+
+	x := r.lab.NS("x")
+	addrs := []string{attackerAddr + "/24"}
+	for i := range nsrc {
+		addrs = append(addrs, fmt.Sprintf("10.241.3.%d/24", 10+i))
+	}
+	r.lab.Link(x, addrs, r.b.ns, []string{betaForX + "/24"})
+	dst := &net.UDPAddr{IP: net.ParseIP(betaForX), Port: port}
+	seed, err := config.LoadSeed(r.seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := engine(t, seed)
+	const perSource = rate * 20 // enough fresh HELLOs for 20 s
+	srcs := make([]*floodSource, nsrc)
+	for i := range srcs {
+		pc, err := x.ListenPacket("udp4", fmt.Sprintf("10.241.3.%d:0", 10+i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := &floodSource{c: pc.(*net.UDPConn)}
+		s.hellos, s.inits = hellos(t, e, perSource, nil)
+		srcs[i] = s
+	}
+	startEcho(t, r.b.ns)
+	p := startProber(t, r.a.ns, tunnelB, 100*time.Millisecond)
+	p.waitRecovered(t, time.Now(), reachTimeout)
+
+	var stop atomic.Bool
+	var sent atomic.Uint64
+	var wg sync.WaitGroup
+	for _, s := range srcs {
+		wg.Add(2)
+		go func() { // the cookie replies
+			defer wg.Done()
+			buf := make([]byte, 2048)
+			for {
+				n, err := s.c.Read(buf)
+				if err != nil {
+					return
+				}
+				if n != wire.CookieReplyLen || buf[0] != wire.TypeCookieReply {
+					continue
+				}
+				in := s.inits[encbin.LittleEndian.Uint32(buf[wire.CookieReceiverOff:])]
+				if in == nil {
+					continue
+				}
+				if ck, err := in.ReadCookieReply(buf[:n]); err == nil && len(ck) == 16 {
+					var k [16]byte
+					copy(k[:], ck)
+					s.cookie.Store(&k)
+				}
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			start := time.Now()
+			for i, m := range s.hellos {
+				if stop.Load() {
+					return
+				}
+				if k := s.cookie.Load(); k != nil {
+					h, _ := blake2s.New128(k[:])
+					h.Write(m[:wire.HelloMAC2Off])
+					copy(m[wire.HelloMAC2Off:], h.Sum(nil))
+				}
+				if _, err := s.c.WriteToUDP(m, dst); err != nil {
+					return
+				}
+				sent.Add(1)
+				pace(start, i+1, rate)
+			}
+		}()
+	}
+	stopFlood := func() {
+		if stop.Swap(true) {
+			return
+		}
+		for _, s := range srcs {
+			s.c.Close()
+		}
+		wg.Wait()
+	}
+	defer stopFlood()
+
+	// Let the flood fill beta's half-open table and get its cookies.
+	b0 := r.b.counters()
+	t0 := time.Now()
+	time.Sleep(4 * time.Second)
+	r.restartAlpha(t)
+	up := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	var at time.Time
+	err = nslab.WaitFor(ctx, func() bool {
+		var ok bool
+		at, ok = p.firstAnswerSentAfter(up)
+		return ok
+	})
+	rec := at.Sub(up)
+	db := delta(b0, r.b.counters())
+	el := time.Since(t0)
+	stopFlood()
+	dhRate := float64(db["handshake_dh_ops"]) / el.Seconds()
+	t.Logf("%d HELLOs from %d addresses in %v: beta %v (%.0f X25519/s); alpha's session after %v (err %v)",
+		sent.Load(), nsrc, el.Round(time.Millisecond), db, dhRate, rec.Round(time.Millisecond), err)
+	figure(t, "attack-member-many-sources", map[string]any{
+		"sources": nsrc, "hellos": sent.Load(), "flood_seconds": el.Seconds(),
+		"dh_ops": db["handshake_dh_ops"], "dh_ops_per_second": dhRate,
+		"cookie_replies": db["cookie_replies_sent"], "recovery_seconds": rec.Seconds(), "recovered": err == nil,
+	})
+	// 200 handshakes a second, 4 X25519 each, plus one second's burst.
+	if max := uint64(4 * handshake.DefaultLoadThreshold * (el.Seconds() + 1)); db["handshake_dh_ops"] > max {
+		t.Errorf("beta did %d X25519 operations in %v under the flood, more than the bound (%d)", db["handshake_dh_ops"], el.Round(time.Millisecond), max)
+	}
+	if err != nil {
+		t.Fatalf("alpha got no session within 15 s of its restart under the flood (%d probes answered)", p.answered())
+	}
+	if rec > 5*time.Second {
+		t.Errorf("alpha needed %v to get a session under the flood, want at most 5 s", rec.Round(time.Millisecond))
+	}
+}
