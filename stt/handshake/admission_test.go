@@ -228,3 +228,23 @@ func TestFullTableSparesConfiguredPeers(t *testing.T) {
 		t.Fatalf("the configured peer's handshake was evicted: %v", err)
 	}
 }
+
+// A HELLO that carried a cookie, replayed after the cache forgot it, is not let through
+// by the cookie: outside the window only a cookie of the current secret proves the
+// address, and the replay's is from an older one.
+func TestStaleHelloWithOldCookieCostsAtMostACookie(t *testing.T) {
+	o := defaultOpts()
+	ini, resp := newPair(t, o)
+	_, old, _ := ini.Initiate(66, cookieOf(t, resp, srcAlice), nil)
+	if r, err := resp.HandleHello(old, srcAlice, nil); err != nil || r[0] != wire.TypeChallenge {
+		t.Fatalf("original HELLO: %v", err)
+	}
+	o.clock.Advance(ReplayWindow + time.Second) // the secret has rotated once since
+	before := resp.DHCount()
+	if r, err := resp.HandleHello(old, srcAlice, nil); err != nil || r[0] != wire.TypeCookieReply {
+		t.Fatalf("replay with a cookie of the previous secret: %v", err)
+	}
+	if resp.DHCount() != before {
+		t.Fatal("the replay cost X25519 work")
+	}
+}

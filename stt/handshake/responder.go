@@ -92,7 +92,10 @@ func (e *Engine) HandleHello(msg []byte, src netip.AddrPort, out []byte) ([]byte
 		// Perhaps a replay of a HELLO the cache has forgotten: it does not count as
 		// load and gets at most a cookie reply, from budgets of its own. A legitimate
 		// initiator with a wrong clock proves its address with the cookie and goes on.
-		ok, err := e.checkMAC2Locked(msg, wire.HelloMAC2Off, src, now)
+		// Only a cookie of the current secret counts here: a HELLO carrying one was
+		// first sent less than CookieSecretLifetime ago, so the cache still has it if
+		// it is a replay.
+		ok, err := e.checkMAC2Locked(msg, wire.HelloMAC2Off, src, now, false)
 		if err != nil {
 			return fail(err)
 		}
@@ -105,7 +108,7 @@ func (e *Engine) HandleHello(msg []byte, src netip.AddrPort, out []byte) ([]byte
 		return fail(ErrReplay)
 	}
 	if e.underLoad(e.load.add(now)) && !proven {
-		ok, err := e.checkMAC2Locked(msg, wire.HelloMAC2Off, src, now)
+		ok, err := e.checkMAC2Locked(msg, wire.HelloMAC2Off, src, now, true)
 		if err != nil {
 			return fail(err)
 		}
@@ -225,7 +228,7 @@ func (e *Engine) HandleAuthProof(msg []byte, src netip.AddrPort, out []byte) (Re
 	rel = e.half.expire(now, rel)
 	if err == nil && e.underLoad(e.load.add(now)) {
 		var ok bool
-		ok, err = e.checkMAC2Locked(msg, wire.AuthMAC2Off, src, now)
+		ok, err = e.checkMAC2Locked(msg, wire.AuthMAC2Off, src, now, true)
 		if err == nil && !ok {
 			if !e.cookies.take(sourceKey(src.Addr()), now) {
 				err = ErrRateLimited
@@ -284,9 +287,9 @@ func (e *Engine) underLoad(rate float64) bool {
 	return e.threshold < 0 || rate > float64(e.threshold) || e.half.len() > MaxHalfOpen/2
 }
 
-// checkMAC2Locked verifies mac2 against the cookie src would hold from the current or the
-// previous cookie secret. Called with e.mu held.
-func (e *Engine) checkMAC2Locked(msg []byte, off int, src netip.AddrPort, now time.Time) (bool, error) {
+// checkMAC2Locked verifies mac2 against the cookie src would hold from the current or
+// (with prev) the previous cookie secret. Called with e.mu held.
+func (e *Engine) checkMAC2Locked(msg []byte, off int, src netip.AddrPort, now time.Time, prev bool) (bool, error) {
 	cur, err := e.secrets.current(now, e.rand)
 	if err != nil {
 		return false, fmt.Errorf("handshake: cookie secret: %w", err)
@@ -295,7 +298,7 @@ func (e *Engine) checkMAC2Locked(msg []byte, off int, src netip.AddrPort, now ti
 	c := cookieFor(cur, src)
 	want := mac(c[:], msg[:off])
 	ok := subtle.ConstantTimeCompare(want[:], got) == 1
-	if e.secrets.haveP {
+	if prev && e.secrets.haveP {
 		c = cookieFor(&e.secrets.prev, src)
 		want = mac(c[:], msg[:off])
 		ok = subtle.ConstantTimeCompare(want[:], got) == 1 || ok
