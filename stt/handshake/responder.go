@@ -100,6 +100,9 @@ func (e *Engine) HandleHello(msg []byte, src netip.AddrPort, out []byte) ([]byte
 			return fail(err)
 		}
 		if !ok {
+			// Cached too, so that further copies of this HELLO are dropped before
+			// their payload is read: a replay draws one cookie reply per window.
+			e.replay.insert(eph, now)
 			return cookie(&e.stale, &e.staleAll)
 		}
 		proven = true

@@ -7,6 +7,9 @@ import (
 	encbin "encoding/binary"
 	"fmt"
 	"net"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -48,16 +51,86 @@ func pace(start time.Time, sent int, rate float64) {
 
 // TestHandshakeReplayLockout: an attacker without the seed records alpha's HELLO and
 // AUTH_PROOF on the underlay, waits until beta has forgotten the HELLO (the replay
-// window, shortened here to 3 s), and replays both from alpha's own address while alpha
-// restarts: the AUTH_PROOF fast enough to make beta "under load" (400/s), the HELLO 60
-// times a second. The replays cost beta no public-key work and at most the cookie
-// replies of one address's bucket, and the restarted alpha gets a session within one
-// cookie round trip plus its retransmission timer (here: 3 s).
+// window, shortened here to 3 s), and replays both while alpha restarts: the AUTH_PROOF
+// fast enough to make beta "under load" if it counted, the HELLO to spend budgets.
 //
-// Before the fix, the AUTH_PROOFs counted as load, the old HELLO spent the token bucket
-// of alpha's address, and alpha got no session while the replay went on.
+//   - peer-address: from alpha's own address, 460 datagrams a second, about 60 of them
+//     HELLOs, to spend the token bucket of alpha's address;
+//   - spoofed-4300: from 4300 spoofed addresses, 5000 a second, to draw cookie replies
+//     (each address has a bucket of its own) and to fill the table of buckets.
+//
+// The replays cost beta no public-key work, draw at most the cookie replies of the
+// budgets for stale HELLOs (one address's bucket; 200 a second in all), and the
+// restarted alpha gets a session within one cookie round trip plus its retransmission
+// timer (here: 3 s).
+//
+// Before the fix, the AUTH_PROOFs counted as load and the old HELLO spent the bucket
+// of alpha's address (or filled the bucket table), and alpha got no session for seconds.
 func TestHandshakeReplayLockout(t *testing.T) {
-	t.Parallel()
+	for _, v := range []struct {
+		name          string
+		sources, rate int
+	}{{"peer-address", 0, 460}, {"spoofed-4300", 4300, 5000}} {
+		t.Run(v.name, func(t *testing.T) {
+			t.Parallel()
+			replayLockout(t, v.name, v.sources, v.rate)
+		})
+	}
+}
+
+// spoofedSender sends UDP datagrams with any IPv4 source address, from a raw socket in ns.
+type spoofedSender struct {
+	fd  int
+	dst [4]byte
+	pkt []byte
+}
+
+func newSpoofedSender(t *testing.T, ns *nslab.NS, dst string) *spoofedSender {
+	t.Helper()
+	s := &spoofedSender{dst: [4]byte(net.ParseIP(dst).To4()), pkt: make([]byte, 0, 28+wire.HelloLen)}
+	err := ns.Do(func() (err error) {
+		s.fd, err = syscall.Socket(syscall.AF_INET, syscall.SOCK_RAW, syscall.IPPROTO_RAW)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("raw socket: %v", err)
+	}
+	t.Cleanup(func() { syscall.Close(s.fd) })
+	return s
+}
+
+// send sends payload from src:sport to dst:port. The kernel fills in the IP checksum,
+// length and ID; the UDP checksum is left out (zero), which IPv4 allows.
+func (s *spoofedSender) send(src [4]byte, sport uint16, payload []byte) error {
+	p := s.pkt[:28]
+	clear(p)
+	p[0], p[8], p[9] = 0x45, 64, syscall.IPPROTO_UDP
+	encbin.BigEndian.PutUint16(p[2:], uint16(28+len(payload)))
+	copy(p[12:], src[:])
+	copy(p[16:], s.dst[:])
+	encbin.BigEndian.PutUint16(p[20:], sport)
+	encbin.BigEndian.PutUint16(p[22:], port)
+	encbin.BigEndian.PutUint16(p[24:], uint16(8+len(payload)))
+	p = append(p, payload...)
+	return syscall.Sendto(s.fd, p, 0, &syscall.SockaddrInet4{Addr: s.dst})
+}
+
+// cpuTicks is the user and system time of process pid so far, in clock ticks.
+func cpuTicks(t *testing.T, pid int) uint64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The fields after the command name, which is in parentheses: utime and stime are
+	// the 14th and 15th fields of the line, the 12th and 13th after ")".
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	u, _ := strconv.ParseUint(f[11], 10, 64)
+	sys, _ := strconv.ParseUint(f[12], 10, 64)
+	return u + sys
+}
+
+func replayLockout(t *testing.T, name string, sources, rate int) {
 	const window = 3 * time.Second
 	r := newRelayed(t, relayedOpts{capture: 256, advanced: fmt.Sprintf("handshake_replay_window = %q", window.String())})
 	var hello, proof []byte
@@ -72,19 +145,31 @@ func TestHandshakeReplayLockout(t *testing.T) {
 	if hello == nil || proof == nil {
 		t.Fatal("the relay captured no HELLO or no AUTH_PROOF of alpha's handshake")
 	}
-	// The attacker sends from alpha's address as beta sees it (the relay's B side):
-	// a namespace linked to beta that owns that address too. beta answers it through
-	// its route to the relay, as it would answer spoofed datagrams.
+	// The attacker is a namespace linked to beta. From alpha's address as beta sees it
+	// (the relay's B side), which it owns too, beta answers it through its route to the
+	// relay, as it would answer spoofed datagrams; the spoofed addresses are routed back
+	// to the attacker, which drops what beta sends them.
 	x := r.lab.NS("x")
 	_, bDev := r.lab.Link(x, []string{attackerAddr + "/24", relayB + "/32"}, r.b.ns, []string{betaForX + "/24"})
 	r.b.ns.MustRun(t, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf."+bDev+".rp_filter=0")
-	pc, err := x.ListenPacket("udp4", fmt.Sprintf("%s:%d", relayB, relayPort))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := pc.(*net.UDPConn)
-	t.Cleanup(func() { c.Close() })
+	r.b.ns.MustRun(t, "ip", "route", "add", "10.242.0.0/16", "via", attackerAddr)
 	dst := &net.UDPAddr{IP: net.ParseIP(betaForX), Port: port}
+	var send func(i int, m []byte) error
+	if sources == 0 {
+		pc, err := x.ListenPacket("udp4", fmt.Sprintf("%s:%d", relayB, relayPort))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := pc.(*net.UDPConn)
+		t.Cleanup(func() { c.Close() })
+		send = func(_ int, m []byte) error { _, err := c.WriteToUDP(m, dst); return err }
+	} else {
+		raw := newSpoofedSender(t, x, betaForX)
+		send = func(i int, m []byte) error {
+			k := i % sources
+			return raw.send([4]byte{10, 242, byte(k >> 8), byte(k)}, uint16(40000+k%1000), m)
+		}
+	}
 
 	startEcho(t, r.b.ns)
 	p := startProber(t, r.a.ns, tunnelB, 100*time.Millisecond)
@@ -94,6 +179,8 @@ func TestHandshakeReplayLockout(t *testing.T) {
 	time.Sleep(window + time.Second)
 
 	b0 := r.b.counters()
+	pid := r.b.proc.PID()
+	cpu0, t0 := cpuTicks(t, pid), time.Now()
 	var stop atomic.Bool
 	var sent atomic.Uint64
 	var wg sync.WaitGroup
@@ -103,50 +190,61 @@ func TestHandshakeReplayLockout(t *testing.T) {
 		start := time.Now()
 		for i := 0; !stop.Load(); i++ {
 			m := proof
-			if i%8 == 0 { // 460 datagrams a second, about 60 of them HELLOs
-				m = hello
+			if i%8 == 0 || (sources > 0 && i%rate >= 400) {
+				m = hello // alpha's address: about 60 a second; spoofed: all but 400 a second
 			}
-			if _, err := c.WriteToUDP(m, dst); err != nil {
+			if err := send(i, m); err != nil {
 				return
 			}
 			sent.Add(1)
-			pace(start, i+1, 460)
+			pace(start, i+1, float64(rate))
 		}
 	}()
 	stopFlood := func() { stop.Store(true); wg.Wait() }
 	defer stopFlood()
 
-	// Two seconds of replay before the restart: no public-key work for any of it.
-	time.Sleep(2 * time.Second)
+	// Replay for longer than the window before the restart (a replayed HELLO the node
+	// answered would be forgotten again): no public-key work for any of it.
+	time.Sleep(window + 2*time.Second)
 	db := delta(b0, r.b.counters())
-	t.Logf("2 s of replay (%d datagrams): beta %v", sent.Load(), db)
+	el := time.Since(t0)
+	t.Logf("%v of replay (%d datagrams): beta %v", el.Round(time.Millisecond), sent.Load(), db)
 
 	r.restartAlpha(t)
 	up := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	var at time.Time
-	err = nslab.WaitFor(ctx, func() bool {
+	err := nslab.WaitFor(ctx, func() bool {
 		var ok bool
 		at, ok = p.firstAnswerSentAfter(up)
 		return ok
 	})
 	flood := sent.Load()
 	stopFlood()
+	elAll := time.Since(t0)
+	cpu := float64(cpuTicks(t, pid)-cpu0) / 100 // USER_HZ
 	rec := at.Sub(up)
 	dAll := delta(b0, r.b.counters())
-	t.Logf("alpha restarted under the replay; probes answered again after %v (err %v); %d datagrams replayed; beta %v",
-		rec.Round(time.Millisecond), err, flood, dAll)
-	figure(t, "attack-handshake-replay", map[string]any{
+	t.Logf("alpha restarted under the replay; probes answered again after %v (err %v); %d datagrams replayed in %v; beta used %.2f s of CPU; beta %v",
+		rec.Round(time.Millisecond), err, flood, elAll.Round(time.Millisecond), cpu, dAll)
+	figure(t, "attack-handshake-replay-"+name, map[string]any{
 		"replayed": flood, "recovery_seconds": rec.Seconds(), "recovered": err == nil,
 		"dh_ops_before_restart": db["handshake_dh_ops"], "cookie_replies": dAll["cookie_replies_sent"],
+		"cookie_replies_per_second": float64(dAll["cookie_replies_sent"]) / elAll.Seconds(),
+		"cpu_seconds_per_second":    cpu / elAll.Seconds(),
 	})
 	if db["handshake_dh_ops"] != 0 {
 		t.Errorf("replayed handshake messages cost beta %d DH operations", db["handshake_dh_ops"])
 	}
-	// At most one address's cookie bucket: a burst of 5, 20 a second.
-	if max := uint64(5 + 20*2 + 20); db["cookie_replies_sent"] > max {
-		t.Errorf("beta sent %d cookie replies in 2 s to one replaying address, more than its bucket (%d)", db["cookie_replies_sent"], max)
+	// At most one address's cookie bucket (a burst of 5, 20 a second), and from many
+	// addresses the node-wide budget for stale HELLOs (200 at once, 200 a second).
+	max := uint64(5 + 20*el.Seconds() + 20)
+	if sources > 0 {
+		max = uint64(handshake.DefaultLoadThreshold*(1+el.Seconds())) + 20
+	}
+	if db["cookie_replies_sent"] > max {
+		t.Errorf("beta sent %d cookie replies in %v of replay, more than the budget (%d)", db["cookie_replies_sent"], el.Round(time.Millisecond), max)
 	}
 	if err != nil {
 		t.Fatalf("the restarted alpha got no session within 20 s under the replay (%d probes answered)", p.answered())
