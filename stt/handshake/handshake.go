@@ -43,7 +43,8 @@ var (
 	// ErrBadMAC1: the sender does not hold the network seed (or the message was altered).
 	// No public-key work was done.
 	ErrBadMAC1 = errors.New("handshake: bad mac1")
-	// ErrReplay: a HELLO whose ephemeral key was already answered. No public-key work done.
+	// ErrReplay: a HELLO whose ephemeral key was seen before (section 4.5). No public-key
+	// work done, no answer, and it does not count toward the load.
 	ErrReplay = errors.New("handshake: replayed HELLO")
 	// ErrRateLimited: under load and the source address has used its token bucket, or
 	// the node-wide handshake budget is spent.
