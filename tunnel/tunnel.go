@@ -132,12 +132,12 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 			ProbeInterval:      cfg.Advanced.ProbeInterval,
 		},
 		DisableUDP: cfg.Interface.DisableUDP,
+		WSListen:   cfg.WebSocket.Listen,
+		WSPath:     cfg.WebSocket.Path,
+		WSCertFile: cfg.WebSocket.TLSCert,
+		WSKeyFile:  cfg.WebSocket.TLSKey,
 
 		HandshakeReplayWindow: cfg.Advanced.ReplayWindow,
-		WSListen:              cfg.WebSocket.Listen,
-		WSPath:                cfg.WebSocket.Path,
-		WSCertFile:            cfg.WebSocket.TLSCert,
-		WSKeyFile:             cfg.WebSocket.TLSKey,
 	})
 	if err != nil {
 		return nil, err
