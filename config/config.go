@@ -69,6 +69,11 @@ const (
 	// WebSocket; an answer moves it back.
 	DefaultProbeInterval = 10 * time.Second
 
+	// DefaultReplayWindow is how long a responder remembers the HELLOs it has seen, and
+	// how far a HELLO's timestamp may be from its clock to count as fresh
+	// (docs/protocol.md 4.5).
+	DefaultReplayWindow = 180 * time.Second
+
 	// MaxNameLen is the longest node_name or peer name, in bytes.
 	MaxNameLen = 32
 
@@ -215,6 +220,8 @@ type Advanced struct {
 	FallbackAfter time.Duration
 	// ProbeInterval is how often UDP is probed while traffic is on WebSocket.
 	ProbeInterval time.Duration
+	// ReplayWindow is how long the responder remembers HELLOs (docs/protocol.md 4.5).
+	ReplayWindow time.Duration
 }
 
 // Peer returns the peer with the given name, or nil.

@@ -138,7 +138,7 @@ func TestParseFullExample(t *testing.T) {
 		},
 		Metrics:  Metrics{Listen: "127.0.0.1:9586"},
 		Logging:  Logging{Level: slog.LevelDebug, Format: LogJSON},
-		Advanced: Advanced{RekeyAfter: 90 * time.Second, RekeyAfterMessages: 1000, FallbackAfter: 2 * time.Second, ProbeInterval: time.Minute},
+		Advanced: Advanced{RekeyAfter: 90 * time.Second, RekeyAfterMessages: 1000, FallbackAfter: 2 * time.Second, ProbeInterval: time.Minute, ReplayWindow: DefaultReplayWindow},
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("got\n%#v\nwant\n%#v", cfg, want)

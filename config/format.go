@@ -98,6 +98,7 @@ func (c *Config) String() string {
 		fmt.Fprintf(&b, "rekey_after_messages = %d\n", c.Advanced.RekeyAfterMessages)
 		fmt.Fprintf(&b, "fallback_after = %s\n", quote(c.Advanced.FallbackAfter.String()))
 		fmt.Fprintf(&b, "probe_interval = %s\n", quote(c.Advanced.ProbeInterval.String()))
+		fmt.Fprintf(&b, "handshake_replay_window = %s\n", quote(c.Advanced.ReplayWindow.String()))
 	}
 	return b.String()
 }
@@ -107,6 +108,7 @@ func defaultAdvanced() Advanced {
 	return Advanced{
 		RekeyAfter: DefaultRekeyAfter, RekeyAfterMessages: DefaultRekeyAfterMessages,
 		FallbackAfter: DefaultFallbackAfter, ProbeInterval: DefaultProbeInterval,
+		ReplayWindow: DefaultReplayWindow,
 	}
 }
 

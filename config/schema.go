@@ -81,6 +81,7 @@ type rawAdvanced struct {
 	RekeyAfterMessages *int64  `toml:"rekey_after_messages"`
 	FallbackAfter      *string `toml:"fallback_after" want:"a duration string such as \"3s\""`
 	ProbeInterval      *string `toml:"probe_interval" want:"a duration string such as \"10s\""`
+	ReplayWindow       *string `toml:"handshake_replay_window" want:"a duration string such as \"180s\""`
 }
 
 // schemaKey is one key the file format accepts.

@@ -29,6 +29,8 @@ const (
 	maxFallback      = 5 * time.Minute
 	minProbe         = time.Second
 	maxProbe         = time.Hour
+	minReplayWindow  = 2 * time.Second
+	maxReplayWindow  = time.Hour
 	maxWSPathLen     = 256
 )
 
@@ -620,6 +622,7 @@ func (v *validator) advanced(r *rawAdvanced) Advanced {
 	}
 	durationIn(r.FallbackAfter, "fallback_after", minFallback, maxFallback, &a.FallbackAfter)
 	durationIn(r.ProbeInterval, "probe_interval", minProbe, maxProbe, &a.ProbeInterval)
+	durationIn(r.ReplayWindow, "handshake_replay_window", minReplayWindow, maxReplayWindow, &a.ReplayWindow)
 	if r.RekeyAfter != nil {
 		d, err := parseDuration(*r.RekeyAfter)
 		switch {

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # reliability.sh — the figures of docs/reliability.md, from the lab.
 #
-# Runs the fault and attack scenarios of tests/e2e (faults_test.go, attack_test.go) RUNS
-# times. Each scenario appends its measurements as a JSON line to a figures file
+# Runs the fault and attack scenarios of tests/e2e (faults_test.go, attack_test.go,
+# dos_test.go) RUNS times. Each scenario appends its measurements as a JSON line to a figures file
 # (STT_FIGURES); scripts/figures turns them into the table of docs/reliability.md:
 # per scenario the median [min–max] recovery time over the runs, the bytes delivered
 # intact, and the drops the nodes counted.
@@ -33,7 +33,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 runs=5
 parallel=2
-run='^(TestLossyUnderlay|TestCorruptedDatagrams|TestBlackHole|TestPeerRestart|TestRoaming|TestRekeyUnderLoad|TestHandshakeMessageLoss|TestReplayAttack|TestHelloFloodNonMember|TestHelloFloodMember|TestMalformedFrames|TestEmptyDatagramFlood|TestVersionLogFlood)$'
+run='^(TestLossyUnderlay|TestCorruptedDatagrams|TestBlackHole|TestPeerRestart|TestRoaming|TestRekeyUnderLoad|TestHandshakeMessageLoss|TestReplayAttack|TestHelloFloodNonMember|TestHelloFloodMember|TestHandshakeReplayLockout|TestMemberFloodManySources|TestMalformedFrames|TestEmptyDatagramFlood|TestVersionLogFlood)$'
 keep=""
 build=0
 while [ $# -gt 0 ]; do

@@ -79,6 +79,8 @@ type Config struct {
 	DisableAES bool
 	// HandshakeLoadThreshold overrides the responder's load threshold (messages/s).
 	HandshakeLoadThreshold int
+	// HandshakeReplayWindow overrides handshake.ReplayWindow (0 = default).
+	HandshakeReplayWindow time.Duration
 	// DisableUDP keeps the node off UDP entirely: WebSocket only.
 	DisableUDP bool
 	// WSListen is the address of the WebSocket listener ("" = none), WSPath its path
@@ -114,6 +116,11 @@ type Node struct {
 	wake   chan struct{}
 
 	versionLogged atomic.Int64 // unix ns of the last log line about another version
+	dropLogs      [numDropReasons]dropLog
+
+	// peerAddrs is the set of the peers' current UDP addresses, which the handshake
+	// engine favours under load (handshake.Config.Priority); the timer loop keeps it.
+	peerAddrs atomic.Pointer[map[netip.Addr]struct{}]
 
 	wsServer *ws.Server
 	wsStates sync.Pool // *wsRecvState
@@ -155,8 +162,10 @@ func New(cfg Config) (*Node, error) {
 		Name:          cfg.Name,
 		Caps:          caps,
 		LoadThreshold: cfg.HandshakeLoadThreshold,
+		ReplayWindow:  cfg.HandshakeReplayWindow,
 		AllocIndex:    n.index.reserve,
 		ReleaseIndex:  n.index.release,
+		Priority:      n.isPeerAddr,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("stt: handshake: %w", err)
@@ -622,6 +631,91 @@ func (n *Node) dropVersion(v byte, ep conn.Endpoint) {
 	}
 }
 
+// dropLogInterval bounds how often a node writes the debug line of one drop reason: a
+// flood of dropped handshakes must not become a flood of log lines. The line says how
+// many drops of that reason it stands for.
+const dropLogInterval = time.Second
+
+// dropLog is the state of one reason's rate-limited debug line.
+type dropLog struct {
+	last       atomic.Int64 // unix ns of the last line
+	suppressed atomic.Uint64
+}
+
+// logDrop writes the debug line for a dropped handshake message of reason r, at most
+// once per dropLogInterval per reason, with the number of drops left unlogged since.
+func (n *Node) logDrop(r DropReason, err error, name string) {
+	if !n.log.Enabled(context.Background(), slog.LevelDebug) {
+		return
+	}
+	l := &n.dropLogs[r]
+	now := time.Now().UnixNano()
+	last := l.last.Load()
+	if now-last < int64(dropLogInterval) || !l.last.CompareAndSwap(last, now) {
+		l.suppressed.Add(1)
+		return
+	}
+	attrs := []any{"reason", r.String()}
+	if err != nil {
+		attrs = append(attrs, "err", err)
+	}
+	if name != "" {
+		attrs = append(attrs, "name", name)
+	}
+	if s := l.suppressed.Swap(0); s > 0 {
+		attrs = append(attrs, "suppressed", s)
+	}
+	n.log.Debug("handshake dropped", attrs...)
+}
+
+// isPeerAddr reports whether a is a configured peer's current UDP address.
+func (n *Node) isPeerAddr(a netip.Addr) bool {
+	m := n.peerAddrs.Load()
+	if m == nil {
+		return false
+	}
+	_, ok := (*m)[a]
+	return ok
+}
+
+// refreshPeerAddrs rebuilds the set isPeerAddr reads when the peers' addresses are not
+// all in it (or it holds more than there are peers), and otherwise allocates nothing.
+func (n *Node) refreshPeerAddrs(peers []*Peer) {
+	cur := n.peerAddrs.Load()
+	same := cur != nil
+	count := 0
+	for _, p := range peers {
+		a := p.udpAddr()
+		if !a.IsValid() {
+			continue
+		}
+		count++
+		if same {
+			_, ok := (*cur)[a]
+			same = ok
+		}
+	}
+	if same && len(*cur) <= count {
+		return
+	}
+	m := make(map[netip.Addr]struct{}, count)
+	for _, p := range peers {
+		if a := p.udpAddr(); a.IsValid() {
+			m[a] = struct{}{}
+		}
+	}
+	n.peerAddrs.Store(&m)
+}
+
+// udpAddr is the IP address of the peer's current UDP endpoint, or the zero Addr.
+func (p *Peer) udpAddr() netip.Addr {
+	ep := p.udpEP.Load()
+	if ep == nil || *ep == nil {
+		return netip.Addr{}
+	}
+	return addrPortOf(*ep).Addr().Unmap()
+}
+
 func (n *Node) dropHandshake(err error, src netip.AddrPort) {
 	r := DropHandshake
 	switch {
@@ -641,7 +735,7 @@ func (n *Node) dropHandshake(err error, src netip.AddrPort) {
 		r = DropRateLimited
 	}
 	n.drop(r)
-	n.log.Debug("handshake dropped", "reason", r.String(), "err", err)
+	n.logDrop(r, err, "")
 }
 
 // completeResponder installs the session a verified AUTH_PROOF produced, after the
@@ -651,7 +745,7 @@ func (n *Node) completeResponder(res handshake.Result, ep conn.Endpoint) {
 	if p == nil {
 		n.index.release(res.LocalIndex)
 		n.drop(DropUnknownPeer)
-		n.log.Debug("handshake from unknown peer name", "name", res.PeerName)
+		n.logDrop(DropUnknownPeer, nil, res.PeerName)
 		return
 	}
 	p.completeResponder(res, ep)
@@ -672,7 +766,9 @@ func (n *Node) timerLoop() {
 		}
 		now := time.Now()
 		n.hs.Sweep()
-		for _, p := range n.Peers() {
+		peers := n.Peers()
+		n.refreshPeerAddrs(peers)
+		for _, p := range peers {
 			p.tick(now)
 		}
 	}

@@ -148,6 +148,8 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 		WSCertFile: cfg.WebSocket.TLSCert,
 		WSKeyFile:  cfg.WebSocket.TLSKey,
 		Resolver:   opts.Resolver,
+
+		HandshakeReplayWindow: cfg.Advanced.ReplayWindow,
 	})
 	if err != nil {
 		return nil, err

@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,9 +43,11 @@ var (
 	// ErrBadMAC1: the sender does not hold the network seed (or the message was altered).
 	// No public-key work was done.
 	ErrBadMAC1 = errors.New("handshake: bad mac1")
-	// ErrReplay: a HELLO whose ephemeral key was already answered. No public-key work done.
+	// ErrReplay: a HELLO whose ephemeral key was seen before (section 4.5). No public-key
+	// work done, no answer, and it does not count toward the load.
 	ErrReplay = errors.New("handshake: replayed HELLO")
-	// ErrRateLimited: under load and the source address has used its token bucket.
+	// ErrRateLimited: under load and the source address has used its token bucket, or
+	// the node-wide handshake budget is spent.
 	ErrRateLimited = errors.New("handshake: source rate limited")
 	// ErrUnderLoad: the half-open table is full (or the index allocator gave up); the
 	// initiator's retransmission will try again.
@@ -102,8 +105,14 @@ const (
 	// CookieBurst and CookieRate are the per-source token bucket used under load.
 	CookieBurst = 5
 	CookieRate  = 20 // per second
-	// MaxRateLimitSources bounds the per-source bucket table.
+	// MaxRateLimitSources bounds each per-source bucket table.
 	MaxRateLimitSources = 4096
+	// MaxHalfOpenPerSource bounds the half-open handshakes of one source (an IPv4
+	// address or an IPv6 /64).
+	MaxHalfOpenPerSource = 16
+	// PriorityShare is the part of the node-wide handshake budget (LOAD_THRESHOLD
+	// handshakes a second) kept for the addresses of configured peers: 1/PriorityShare.
+	PriorityShare = 4
 )
 
 // Payload layout of the Noise messages (the plaintexts; the wire fields in package wire
@@ -166,6 +175,15 @@ type Config struct {
 	// DefaultLoadThreshold, a negative value means "always under load" (cookies always
 	// required).
 	LoadThreshold int
+	// ReplayWindow is how long HELLOs are remembered (section 4.5); 0 means ReplayWindow.
+	// A HELLO whose timestamp is more than half of it away from Now is answered only with
+	// a cookie reply unless its mac2 proves the source address.
+	ReplayWindow time.Duration
+	// Priority reports whether a (proven) source address is a configured peer's, to draw
+	// on the part of the handshake budget kept for them and to keep its half-open
+	// handshake from eviction. Called with the Engine's lock held: it must be cheap and
+	// must not call back into the Engine. nil: no address has priority.
+	Priority func(netip.Addr) bool
 	// AllocIndex returns a fresh nonzero receiver index, unique in the node, for a
 	// responder's half-open handshake; 0 means none is available. The Engine calls it
 	// without holding its locks. nil: the Engine draws random indices unique only among
@@ -190,8 +208,10 @@ type Engine struct {
 	rand      io.Reader
 	now       func() time.Time
 	threshold int
+	window    time.Duration // replay window (section 4.5)
 	alloc     func() uint32
 	release   func(uint32)
+	priority  func(netip.Addr) bool
 	cookieKey cipher.AEAD // XChaCha20-Poly1305 under COOKIE_KEY; stateless
 
 	dhCount atomic.Uint64
@@ -203,8 +223,13 @@ type Engine struct {
 	half    halfOpenTable
 	replay  replayCache
 	load    loadMeter
-	buckets bucketTable
-	secrets cookieSecrets
+	buckets bucketTable // handshakes of proven sources under load
+	cookies bucketTable // cookie replies to fresh HELLOs and to AUTH_PROOFs
+	stale   bucketTable // cookie replies to HELLOs outside the replay window
+	// Node-wide budgets: handshakes that get public-key work (general, and the part
+	// kept for configured peers), and cookie replies to HELLOs outside the window.
+	general, reserved, staleAll tokenBucket
+	secrets                     cookieSecrets
 }
 
 // New checks cfg and returns an Engine for it.
@@ -224,8 +249,10 @@ func New(cfg Config) (*Engine, error) {
 		rand:      cfg.Rand,
 		now:       cfg.Now,
 		threshold: cfg.LoadThreshold,
+		window:    cfg.ReplayWindow,
 		alloc:     cfg.AllocIndex,
 		release:   cfg.ReleaseIndex,
+		priority:  cfg.Priority,
 	}
 	copy(e.name[:], cfg.Name)
 	if e.rand == nil {
@@ -235,6 +262,9 @@ func New(cfg Config) (*Engine, error) {
 	}
 	if e.now == nil {
 		e.now = time.Now
+	}
+	if e.window <= 0 {
+		e.window = ReplayWindow
 	}
 	if e.threshold == 0 {
 		e.threshold = DefaultLoadThreshold
@@ -248,7 +278,20 @@ func New(cfg Config) (*Engine, error) {
 	e.cookieKey = aead
 	e.half.init()
 	e.replay.init()
+	e.replay.window = e.window
 	e.buckets.init()
+	e.cookies.init()
+	e.stale.init()
+	budget := float64(e.threshold)
+	if budget <= 0 {
+		budget = DefaultLoadThreshold
+	}
+	// Each budget refills over a second and holds at least a source's burst, so that a
+	// tiny LOAD_THRESHOLD (tests) still lets handshakes through.
+	share := budget / PriorityShare
+	e.general = newTokenBucket(budget-share, max(budget-share, CookieBurst))
+	e.reserved = newTokenBucket(share, max(share, CookieBurst))
+	e.staleAll = newTokenBucket(budget, max(budget, CookieBurst))
 	return e, nil
 }
 

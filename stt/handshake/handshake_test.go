@@ -117,7 +117,7 @@ func TestReplayedHelloRefusedWithoutDH(t *testing.T) {
 }
 
 func TestReplayCacheBounded(t *testing.T) {
-	var c replayCache
+	c := replayCache{window: ReplayWindow}
 	c.init()
 	now := time.Unix(1000, 0)
 	var k [32]byte
@@ -322,7 +322,9 @@ func TestTamperedChallengeRejected(t *testing.T) {
 	// A seed holder re-MACing a changed Noise byte still fails authentication.
 	for i := wire.ChallengeNoiseOff; i < wire.ChallengeMAC1Off; i++ {
 		in2, hello2, _ := ini.Initiate(13, nil, nil)
-		chal2, err := resp.HandleHello(hello2, srcAlice, nil)
+		// One source each: a source may hold only MaxHalfOpenPerSource handshakes.
+		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 2, byte(i >> 8), byte(i)}), 1)
+		chal2, err := resp.HandleHello(hello2, src, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -535,7 +537,14 @@ func TestCookieRepliesRateLimitedPerSource(t *testing.T) {
 	if err := send(srcAlice); !errors.Is(err, ErrRateLimited) {
 		t.Fatalf("refilled more than one token: %v", err)
 	}
-	// Valid-mac2 HELLOs from the source draw on the same bucket.
+	// A source that proves its address with mac2 draws on a bucket of its own, which
+	// the cookie replies (perhaps to HELLOs spoofed from its address) did not spend.
+	for i := range CookieBurst {
+		_, hello, _ := ini.Initiate(31, cookieOf(t, resp, srcAlice), nil)
+		if r, err := resp.HandleHello(hello, srcAlice, nil); err != nil || r[0] != wire.TypeChallenge {
+			t.Fatalf("valid mac2 %d after the cookie bucket was spent: %v", i, err)
+		}
+	}
 	_, hello, _ := ini.Initiate(31, cookieOf(t, resp, srcAlice), nil)
 	if _, err := resp.HandleHello(hello, srcAlice, nil); !errors.Is(err, ErrRateLimited) {
 		t.Fatalf("valid mac2 not limited: %v", err)
@@ -602,6 +611,7 @@ func TestHalfOpenTableBounded(t *testing.T) {
 		t.Skip("1024 handshakes")
 	}
 	o := defaultOpts()
+	o.respThreshold = 8 * MaxHalfOpen // a node-wide budget that lets the table fill at once
 	ini, resp := newPair(t, o)
 	src := func(i int) netip.AddrPort {
 		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), 1)
@@ -612,13 +622,17 @@ func TestHalfOpenTableBounded(t *testing.T) {
 			t.Fatalf("HELLO %d: %v", i, err)
 		}
 	}
+	// A full table makes room by evicting its oldest handshake (index 0x1001, the
+	// allocator's first): a flood cannot hold it.
 	_, hello, _ := ini.Initiate(5000, cookieOf(t, resp, src(5000)), nil)
-	before := resp.DHCount()
-	if _, err := resp.HandleHello(hello, src(5000), nil); !errors.Is(err, ErrUnderLoad) {
-		t.Fatalf("table over capacity: %v", err)
+	if r, err := resp.HandleHello(hello, src(5000), nil); err != nil || r[0] != wire.TypeChallenge {
+		t.Fatalf("full table refused a new handshake: %v", err)
 	}
-	if resp.HalfOpen() != MaxHalfOpen || resp.DHCount() != before {
+	if resp.HalfOpen() != MaxHalfOpen {
 		t.Fatalf("half-open %d", resp.HalfOpen())
+	}
+	if rel := o.alloc.releasedList(); len(rel) != 1 || rel[0] != 0x1001 {
+		t.Fatalf("evicted %x, want the oldest (1001)", rel)
 	}
 }
 

@@ -77,6 +77,7 @@ type pairOpts struct {
 	alloc                *indexAlloc
 	initName, respName   string
 	initStatic, respStat [32]byte
+	priority             func(netip.Addr) bool
 }
 
 func defaultOpts() pairOpts {
@@ -99,7 +100,8 @@ func newPair(t testing.TB, o pairOpts) (ini, resp *Engine) {
 		t.Fatal(err)
 	}
 	resp, err = New(Config{Seed: o.respSeed, Static: o.respStat, Name: o.respName, Caps: o.respCaps,
-		Now: o.clock.Now, LoadThreshold: o.respThreshold, AllocIndex: o.alloc.alloc, ReleaseIndex: o.alloc.release})
+		Now: o.clock.Now, LoadThreshold: o.respThreshold, AllocIndex: o.alloc.alloc, ReleaseIndex: o.alloc.release,
+		Priority: o.priority})
 	if err != nil {
 		t.Fatal(err)
 	}

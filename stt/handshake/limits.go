@@ -22,39 +22,73 @@ type halfOpen struct {
 	born   time.Time
 	ts     [timestampLen]byte
 	cipher wire.CipherID
+	src    netip.Addr // sourceKey of the HELLO's address
+	prio   bool       // from a configured peer's address (Config.Priority)
 	elem   *list.Element
 }
 
 // halfOpenTable maps our receiver index to a half-open handshake, with a list in creation
 // order so that expiry is O(expired).
+//
+// A flood cannot monopolise it: one source (an IPv4 address, an IPv6 /64) holds at most
+// MaxHalfOpenPerSource entries, and a full table makes room by evicting its oldest entry
+// that does not come from a configured peer's address. The flood's handshakes then live
+// only as long as it takes the flood to fill the table again (at the global handshake
+// budget, over 5 s), which is ample for a legitimate initiator's AUTH_PROOF.
 type halfOpenTable struct {
 	byIndex map[uint32]*halfOpen
 	order   *list.List // of *halfOpen, oldest first
+	perSrc  map[netip.Addr]int
 }
 
 func (t *halfOpenTable) init() {
 	t.byIndex = make(map[uint32]*halfOpen)
 	t.order = list.New()
+	t.perSrc = make(map[netip.Addr]int)
 }
 
 func (t *halfOpenTable) len() int { return len(t.byIndex) }
 
-func (t *halfOpenTable) add(h *halfOpen) bool {
-	if len(t.byIndex) >= MaxHalfOpen {
-		return false
+// full reports whether src may not open another half-open handshake.
+func (t *halfOpenTable) full(src netip.Addr) bool { return t.perSrc[src] >= MaxHalfOpenPerSource }
+
+// add inserts h, evicting the oldest entry when the table is full; the index of an
+// evicted entry is appended to rel. It reports false (and inserts nothing) when h's
+// source is at its cap or nothing can be evicted for it.
+func (t *halfOpenTable) add(h *halfOpen, rel []uint32) ([]uint32, bool) {
+	if _, dup := t.byIndex[h.local]; dup || t.full(h.src) {
+		return rel, false
 	}
-	if _, dup := t.byIndex[h.local]; dup {
-		return false
+	if len(t.byIndex) >= MaxHalfOpen {
+		var victim *halfOpen
+		for f := t.order.Front(); f != nil; f = f.Next() {
+			if v := f.Value.(*halfOpen); !v.prio {
+				victim = v
+				break
+			}
+		}
+		if victim == nil && h.prio {
+			victim = t.order.Front().Value.(*halfOpen)
+		}
+		if victim == nil {
+			return rel, false
+		}
+		t.remove(victim)
+		rel = append(rel, victim.local)
 	}
 	h.elem = t.order.PushBack(h)
 	t.byIndex[h.local] = h
-	return true
+	t.perSrc[h.src]++
+	return rel, true
 }
 
 func (t *halfOpenTable) remove(h *halfOpen) {
 	if t.byIndex[h.local] == h {
 		delete(t.byIndex, h.local)
 		t.order.Remove(h.elem)
+		if t.perSrc[h.src]--; t.perSrc[h.src] <= 0 {
+			delete(t.perSrc, h.src)
+		}
 	}
 }
 
@@ -79,8 +113,9 @@ func (t *halfOpenTable) expire(now time.Time, rel []uint32) []uint32 {
 // replayCache remembers the ephemeral keys of answered HELLOs. When full, the oldest entry
 // goes: section 4.5 explains why a HELLO replayed past the cache still yields no session.
 type replayCache struct {
-	seen  map[[32]byte]time.Time
-	order *list.List // of [32]byte, oldest first
+	window time.Duration
+	seen   map[[32]byte]time.Time
+	order  *list.List // of [32]byte, oldest first
 }
 
 func (c *replayCache) init() {
@@ -95,7 +130,7 @@ func (c *replayCache) trim(now time.Time) {
 			return
 		}
 		k := f.Value.([32]byte)
-		if c.order.Len() < ReplayCacheSize && now.Sub(c.seen[k]) < ReplayWindow {
+		if c.order.Len() < ReplayCacheSize && now.Sub(c.seen[k]) < c.window {
 			return
 		}
 		c.order.Remove(f)
@@ -139,6 +174,44 @@ func (l *loadMeter) add(now time.Time) float64 {
 	}
 	l.cur++
 	return float64(l.prev)*(1-el.Seconds()) + float64(l.cur)
+}
+
+// tokenBucket is a token bucket of its own rate and burst, for the node-wide budgets.
+type tokenBucket struct {
+	rate, burst float64
+	tokens      float64
+	last        time.Time
+}
+
+func newTokenBucket(rate, burst float64) tokenBucket {
+	return tokenBucket{rate: rate, burst: burst, tokens: burst}
+}
+
+// take spends one token, reporting false when there is none.
+func (b *tokenBucket) take(now time.Time) bool {
+	if b.last.IsZero() {
+		b.last = now
+	} else if el := now.Sub(b.last); el > 0 {
+		b.tokens = min(b.burst, b.tokens+el.Seconds()*b.rate)
+		b.last = now
+	}
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
+// sourceKey is the address a source's budgets are keyed by: an IPv4 address (an
+// IPv4-mapped one counts as IPv4), or the /64 of an IPv6 address, since whoever has one
+// IPv6 address usually has the whole /64.
+func sourceKey(a netip.Addr) netip.Addr {
+	a = a.Unmap()
+	if a.Is6() {
+		p, _ := a.Prefix(64)
+		return p.Addr()
+	}
+	return a
 }
 
 // bucket is one source address's token bucket for replies under load.

@@ -13,13 +13,17 @@ import (
 )
 
 // HandleHello processes a HELLO from src and returns the reply to send to src: a CHALLENGE
-// (reply[0] == wire.TypeChallenge) or, under load, a COOKIE_REPLY (wire.TypeCookieReply).
-// On a drop it returns nil and an error wrapping one of the Err* reasons.
+// (reply[0] == wire.TypeChallenge) or a COOKIE_REPLY (wire.TypeCookieReply) when the source
+// must first prove its address. On a drop it returns nil and an error wrapping one of the
+// Err* reasons.
 //
 // The reply is appended to out (as cipher.AEAD.Seal appends to dst); pass buf[:0] to
 // reuse buf. out may share memory with msg: msg is fully read before out is written.
 // The order of checks is the DoS defence of sections 4.3–4.5: free header checks, mac1,
-// replay cache, load/cookie gate, table capacity, and only then public-key work.
+// replay cache, the timestamp (symmetric work only), then — for a HELLO that may be new —
+// the load/cookie gate, the source's budget once its address is proven, the node-wide
+// budget and the half-open table, and only then public-key work. A replayed HELLO never
+// counts toward the load, and costs at most a cookie reply.
 func (e *Engine) HandleHello(msg []byte, src netip.AddrPort, out []byte) ([]byte, error) {
 	if err := checkHeader(msg, wire.TypeHello, wire.HelloLen); err != nil {
 		return nil, err
@@ -41,42 +45,14 @@ func (e *Engine) HandleHello(msg []byte, src netip.AddrPort, out []byte) ([]byte
 	now := e.now()
 
 	e.mu.Lock()
-	rel := e.half.expire(now, nil)
-	rate := e.load.add(now)
-	if e.replay.contains(eph, now) {
-		e.mu.Unlock()
-		e.releaseAll(rel)
+	seen := e.replay.contains(eph, now)
+	e.mu.Unlock()
+	if seen {
 		return nil, ErrReplay
 	}
-	if e.underLoad(rate) {
-		ok, err := e.checkMAC2Locked(msg, wire.HelloMAC2Off, src, now)
-		if err == nil && !e.buckets.take(src.Addr().Unmap(), now) {
-			err = ErrRateLimited
-		}
-		if err == nil && !ok {
-			var reply []byte
-			reply, err = e.cookieReplyLocked(out, sender, &mac1, src, now)
-			if err == nil {
-				e.mu.Unlock()
-				e.releaseAll(rel)
-				return reply, nil
-			}
-		}
-		if err != nil {
-			e.mu.Unlock()
-			e.releaseAll(rel)
-			return nil, err
-		}
-	}
-	if e.half.len() >= MaxHalfOpen {
-		e.mu.Unlock()
-		e.releaseAll(rel)
-		return nil, ErrUnderLoad
-	}
-	e.replay.insert(eph, now)
-	e.mu.Unlock()
-	e.releaseAll(rel)
 
+	// The HELLO's payload is readable with symmetric work alone (section 4.1): its
+	// timestamp tells a HELLO that may be new from one older than the replay cache.
 	hs, err := e.noiseState(false)
 	if err != nil {
 		return nil, err
@@ -88,8 +64,76 @@ func (e *Engine) HandleHello(msg []byte, src netip.AddrPort, out []byte) ([]byte
 	if len(payload) != helloPlainLen {
 		return nil, ErrMalformed
 	}
-	h := &halfOpen{hs: hs, remote: sender, born: now}
+	h := &halfOpen{hs: hs, remote: sender, born: now, src: sourceKey(src.Addr())}
 	copy(h.ts[:], payload[:timestampLen])
+	fresh := e.fresh(h.ts, now)
+
+	e.mu.Lock()
+	rel := e.half.expire(now, nil)
+	fail := func(err error) ([]byte, error) {
+		e.mu.Unlock()
+		e.releaseAll(rel)
+		return nil, err
+	}
+	cookie := func(b *bucketTable, all *tokenBucket) ([]byte, error) {
+		if !b.take(h.src, now) || (all != nil && !all.take(now)) {
+			return fail(ErrRateLimited)
+		}
+		reply, err := e.cookieReplyLocked(out, sender, &mac1, src, now)
+		if err != nil {
+			return fail(err)
+		}
+		e.mu.Unlock()
+		e.releaseAll(rel)
+		return reply, nil
+	}
+	proven := false
+	if !fresh {
+		// Perhaps a replay of a HELLO the cache has forgotten: it does not count as
+		// load and gets at most a cookie reply, from budgets of its own. A legitimate
+		// initiator with a wrong clock proves its address with the cookie and goes on.
+		// Only a cookie of the current secret counts here: a HELLO carrying one was
+		// first sent less than CookieSecretLifetime ago, so the cache still has it if
+		// it is a replay.
+		ok, err := e.checkMAC2Locked(msg, wire.HelloMAC2Off, src, now, false)
+		if err != nil {
+			return fail(err)
+		}
+		if !ok {
+			// Cached too, so that further copies of this HELLO are dropped before
+			// their payload is read: a replay draws one cookie reply per window.
+			e.replay.insert(eph, now)
+			return cookie(&e.stale, &e.staleAll)
+		}
+		proven = true
+	}
+	if !e.replay.insert(eph, now) {
+		return fail(ErrReplay)
+	}
+	if e.underLoad(e.load.add(now)) && !proven {
+		ok, err := e.checkMAC2Locked(msg, wire.HelloMAC2Off, src, now, true)
+		if err != nil {
+			return fail(err)
+		}
+		if !ok {
+			return cookie(&e.cookies, nil)
+		}
+		proven = true
+	}
+	// A source's own budget is spent only once its address is proven.
+	if proven && !e.buckets.take(h.src, now) {
+		return fail(ErrRateLimited)
+	}
+	if e.half.full(h.src) {
+		return fail(fmt.Errorf("%w: source has %d", ErrUnderLoad, MaxHalfOpenPerSource))
+	}
+	h.prio = e.priority != nil && e.priority(src.Addr().Unmap())
+	if !(h.prio && e.reserved.take(now)) && !e.general.take(now) {
+		return fail(fmt.Errorf("%w: node-wide handshake budget spent", ErrRateLimited))
+	}
+	e.mu.Unlock()
+	e.releaseAll(rel)
+
 	peerCaps := binary.LittleEndian.Uint32(payload[timestampLen:]) & wire.CapHardwareAES
 	h.cipher = chooseCipher(e.caps, peerCaps)
 
@@ -112,14 +156,19 @@ func (e *Engine) HandleHello(msg []byte, src netip.AddrPort, out []byte) ([]byte
 			return nil, fmt.Errorf("%w: no free index", ErrUnderLoad)
 		}
 	}
+	var added bool
+	rel = rel[:0]
 	e.mu.Lock()
 	if e.alloc == nil {
 		h.local, err = e.ownIndexLocked()
 	}
-	if err == nil && !e.half.add(h) {
-		err = ErrUnderLoad
+	if err == nil {
+		if rel, added = e.half.add(h, rel); !added {
+			err = ErrUnderLoad
+		}
 	}
 	e.mu.Unlock()
+	e.releaseAll(rel)
 	if err != nil {
 		if h.local != 0 {
 			e.releaseAll([]uint32{h.local})
@@ -128,6 +177,15 @@ func (e *Engine) HandleHello(msg []byte, src netip.AddrPort, out []byte) ([]byte
 	}
 	binary.LittleEndian.PutUint32(out[base+wire.ChallengeSenderOff:], h.local)
 	return e.finishMACs(out, base, nil), nil
+}
+
+// fresh reports whether a HELLO timestamp lies within half the replay window of now, so
+// that a HELLO the replay cache has forgotten (first seen a window ago) cannot be fresh.
+func (e *Engine) fresh(ts [timestampLen]byte, now time.Time) bool {
+	sec := int64(binary.BigEndian.Uint64(ts[:8]) - 1<<62)
+	t := time.Unix(sec, int64(binary.BigEndian.Uint32(ts[8:])))
+	d := now.Sub(t)
+	return d < e.window/2 && d > -e.window/2
 }
 
 // HandleAuthProof processes an AUTH_PROOF from src. On success it returns the Result (the
@@ -155,8 +213,10 @@ func (e *Engine) HandleAuthProof(msg []byte, src netip.AddrPort, out []byte) (Re
 	copy(mac1[:], msg[wire.AuthMAC1Off:])
 	now := e.now()
 
+	// An AUTH_PROOF that answers no handshake in flight (a replay, however old) is
+	// dropped before it counts toward the load: only one that can complete a handshake
+	// does.
 	e.mu.Lock()
-	rate := e.load.add(now)
 	var rel []uint32
 	h := e.half.byIndex[receiver]
 	var err error
@@ -169,11 +229,11 @@ func (e *Engine) HandleAuthProof(msg []byte, src netip.AddrPort, out []byte) (Re
 		err = ErrExpired
 	}
 	rel = e.half.expire(now, rel)
-	if err == nil && e.underLoad(rate) {
+	if err == nil && e.underLoad(e.load.add(now)) {
 		var ok bool
-		ok, err = e.checkMAC2Locked(msg, wire.AuthMAC2Off, src, now)
+		ok, err = e.checkMAC2Locked(msg, wire.AuthMAC2Off, src, now, true)
 		if err == nil && !ok {
-			if !e.buckets.take(src.Addr().Unmap(), now) {
+			if !e.cookies.take(sourceKey(src.Addr()), now) {
 				err = ErrRateLimited
 			} else {
 				var reply []byte
@@ -230,9 +290,9 @@ func (e *Engine) underLoad(rate float64) bool {
 	return e.threshold < 0 || rate > float64(e.threshold) || e.half.len() > MaxHalfOpen/2
 }
 
-// checkMAC2Locked verifies mac2 against the cookie src would hold from the current or the
-// previous cookie secret. Called with e.mu held.
-func (e *Engine) checkMAC2Locked(msg []byte, off int, src netip.AddrPort, now time.Time) (bool, error) {
+// checkMAC2Locked verifies mac2 against the cookie src would hold from the current or
+// (with prev) the previous cookie secret. Called with e.mu held.
+func (e *Engine) checkMAC2Locked(msg []byte, off int, src netip.AddrPort, now time.Time, prev bool) (bool, error) {
 	cur, err := e.secrets.current(now, e.rand)
 	if err != nil {
 		return false, fmt.Errorf("handshake: cookie secret: %w", err)
@@ -241,7 +301,7 @@ func (e *Engine) checkMAC2Locked(msg []byte, off int, src netip.AddrPort, now ti
 	c := cookieFor(cur, src)
 	want := mac(c[:], msg[:off])
 	ok := subtle.ConstantTimeCompare(want[:], got) == 1
-	if e.secrets.haveP {
+	if prev && e.secrets.haveP {
 		c = cookieFor(&e.secrets.prev, src)
 		want = mac(c[:], msg[:off])
 		ok = subtle.ConstantTimeCompare(want[:], got) == 1 || ok

@@ -14,10 +14,10 @@ func TestHalfOpenTableIndexIsOwned(t *testing.T) {
 	var tbl halfOpenTable
 	tbl.init()
 	first, second := &halfOpen{local: 5, born: time.Unix(1, 0)}, &halfOpen{local: 5, born: time.Unix(2, 0)}
-	if !tbl.add(first) {
+	if _, ok := tbl.add(first, nil); !ok {
 		t.Fatal("first half-open refused")
 	}
-	if tbl.add(second) {
+	if _, ok := tbl.add(second, nil); ok {
 		t.Fatal("a second half-open took index 5")
 	}
 	tbl.remove(second)

@@ -1,0 +1,267 @@
+package handshake
+
+import (
+	"errors"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/stt-tun/stt-tun/stt/wire"
+)
+
+// Admission under attack: replays, floods from many sources, and the half-open table.
+
+func srcN(i int) netip.AddrPort {
+	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 3, byte(i >> 8), byte(i)}), 1)
+}
+
+// A HELLO replayed after the replay cache forgot it draws at most the cookie replies of
+// its address's bucket, costs no public-key work, and does not count toward the load: a
+// fresh HELLO from the same address right after a long replay still gets a CHALLENGE.
+func TestStaleHelloCostsAtMostACookieAndIsNoLoad(t *testing.T) {
+	o := defaultOpts()
+	o.respThreshold = 10
+	ini, resp := newPair(t, o)
+	_, old, _ := ini.Initiate(60, nil, nil)
+	if r, err := resp.HandleHello(old, srcAlice, nil); err != nil || r[0] != wire.TypeChallenge {
+		t.Fatalf("original HELLO: %v", err)
+	}
+	o.clock.Advance(ReplayWindow + time.Second)
+	resp.Sweep()
+	before := resp.DHCount()
+	cookies := 0
+	for i := range 100 {
+		r, err := resp.HandleHello(old, srcAlice, nil)
+		switch {
+		case err == nil && r[0] == wire.TypeCookieReply:
+			cookies++
+		case errors.Is(err, ErrReplay):
+		default:
+			t.Fatalf("replay %d: %v, %v", i, r, err)
+		}
+	}
+	if resp.DHCount() != before {
+		t.Fatalf("the replays cost %d X25519 operations", resp.DHCount()-before)
+	}
+	// The first copy draws a cookie reply and is cached; the others are dropped unread.
+	if cookies != 1 {
+		t.Fatalf("%d cookie replies to 100 copies of one stale HELLO, want 1", cookies)
+	}
+	// Other stale HELLOs from the same address draw on its bucket of cookie replies.
+	cookies = 0
+	for i := range 2 * CookieBurst {
+		_, h, _ := ini.Initiate(uint32(600+i), nil, nil)
+		o.clock.Advance(ReplayWindow)
+		r, err := resp.HandleHello(h, srcAlice, nil)
+		o.clock.Advance(-ReplayWindow)
+		if err == nil && r[0] == wire.TypeCookieReply {
+			cookies++
+		} else if !errors.Is(err, ErrRateLimited) {
+			t.Fatalf("stale HELLO %d: %v", i, err)
+		}
+	}
+	if cookies != CookieBurst {
+		t.Fatalf("%d cookie replies to %d stale HELLOs at one instant, want a burst (%d)", cookies, 2*CookieBurst, CookieBurst)
+	}
+	_, hello, _ := ini.Initiate(61, nil, nil)
+	if r, err := resp.HandleHello(hello, srcAlice, nil); err != nil || r[0] != wire.TypeChallenge {
+		t.Fatalf("fresh HELLO after the replays: %v (the replays counted as load?)", err)
+	}
+}
+
+// An initiator whose clock is off by more than half the window gets a cookie reply and,
+// with the cookie, a CHALLENGE: a wrong clock costs a round trip, not the handshake.
+func TestSkewedClockHelloCompletesWithCookie(t *testing.T) {
+	o := defaultOpts()
+	ini, resp := newPair(t, o)
+	in, hello, _ := ini.Initiate(62, nil, nil)
+	o.clock.Advance(ReplayWindow) // the responder's clock is ahead by a whole window
+	r, err := resp.HandleHello(hello, srcAlice, nil)
+	if err != nil || r[0] != wire.TypeCookieReply {
+		t.Fatalf("skewed HELLO: %v", err)
+	}
+	cookie, err := in.ReadCookieReply(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.clock.Advance(-ReplayWindow) // the initiator's next HELLO carries the skewed clock
+	_, hello, _ = ini.Initiate(63, cookie, nil)
+	o.clock.Advance(ReplayWindow)
+	if r, err := resp.HandleHello(hello, srcAlice, nil); err != nil || r[0] != wire.TypeChallenge {
+		t.Fatalf("skewed HELLO with the cookie: %v", err)
+	}
+}
+
+// AUTH_PROOFs that answer no handshake in flight (replays) do not count toward the load.
+func TestReplayedAuthProofIsNoLoad(t *testing.T) {
+	o := defaultOpts()
+	o.respThreshold = 10
+	ini, resp := newPair(t, o)
+	in, hello, _ := ini.Initiate(64, nil, nil)
+	chal, err := resp.HandleHello(hello, srcAlice, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := in.ReadChallenge(chal); err != nil {
+		t.Fatal(err)
+	}
+	auth, _, _ := in.WriteAuthProof(nil, nil)
+	if _, _, err := resp.HandleAuthProof(auth, srcAlice, nil); err != nil {
+		t.Fatal(err)
+	}
+	o.clock.Advance(2 * time.Second) // a clean load meter
+	for i := range 100 {
+		if _, reply, err := resp.HandleAuthProof(auth, srcAlice, nil); !errors.Is(err, ErrUnknownIndex) || reply != nil {
+			t.Fatalf("replay %d: %v", i, err)
+		}
+	}
+	_, hello, _ = ini.Initiate(65, nil, nil)
+	if r, err := resp.HandleHello(hello, srcAlice, nil); err != nil || r[0] != wire.TypeChallenge {
+		t.Fatalf("fresh HELLO after the replays: %v (the replays counted as load?)", err)
+	}
+}
+
+// The node-wide budget holds across any number of proven sources: at one instant, its
+// burst of handshakes gets public-key work, and the next second its rate.
+func TestGlobalHandshakeBudgetAcrossSources(t *testing.T) {
+	o := defaultOpts()
+	o.respThreshold = -1 // always under load: mac2 required; budget DefaultLoadThreshold
+	ini, resp := newPair(t, o)
+	general := DefaultLoadThreshold - DefaultLoadThreshold/PriorityShare
+	round := func() (challenges int) {
+		for i := range 400 {
+			_, hello, _ := ini.Initiate(uint32(1000+i), cookieOf(t, resp, srcN(i)), nil)
+			r, err := resp.HandleHello(hello, srcN(i), nil)
+			switch {
+			case err == nil && r[0] == wire.TypeChallenge:
+				challenges++
+			case errors.Is(err, ErrRateLimited):
+			default:
+				t.Fatalf("source %d: %v", i, err)
+			}
+		}
+		return challenges
+	}
+	before := resp.DHCount()
+	if n := round(); n != general {
+		t.Fatalf("400 proven sources at once got %d CHALLENGEs, want the budget's burst %d", n, general)
+	}
+	if d := resp.DHCount() - before; d > uint64(3*general) {
+		t.Fatalf("%d X25519 operations for %d CHALLENGEs", d, general)
+	}
+	o.clock.Advance(time.Second)
+	if n := round(); n != general {
+		t.Fatalf("a second later: %d CHALLENGEs, want %d", n, general)
+	}
+}
+
+// A configured peer's address draws on the part of the budget kept for it when the
+// rest is spent.
+func TestConfiguredPeerKeepsAHandshakeBudget(t *testing.T) {
+	o := defaultOpts()
+	o.respThreshold = -1
+	o.priority = func(a netip.Addr) bool { return a == srcAlice.Addr() }
+	ini, resp := newPair(t, o)
+	for i := range 300 {
+		_, hello, _ := ini.Initiate(uint32(2000+i), cookieOf(t, resp, srcN(i)), nil)
+		_, _ = resp.HandleHello(hello, srcN(i), nil)
+	}
+	_, hello, _ := ini.Initiate(2999, cookieOf(t, resp, srcN(999)), nil)
+	if _, err := resp.HandleHello(hello, srcN(999), nil); !errors.Is(err, ErrRateLimited) {
+		t.Fatalf("the general budget is not spent: %v", err)
+	}
+	_, hello, _ = ini.Initiate(3000, cookieOf(t, resp, srcAlice), nil)
+	if r, err := resp.HandleHello(hello, srcAlice, nil); err != nil || r[0] != wire.TypeChallenge {
+		t.Fatalf("the configured peer's address got no handshake: %v", err)
+	}
+}
+
+// One source holds at most MaxHalfOpenPerSource half-open handshakes, and the one past
+// the cap costs no public-key work.
+func TestHalfOpenCapPerSource(t *testing.T) {
+	o := defaultOpts()
+	ini, resp := newPair(t, o)
+	for i := range MaxHalfOpenPerSource {
+		_, hello, _ := ini.Initiate(uint32(70+i), nil, nil)
+		if r, err := resp.HandleHello(hello, srcAlice, nil); err != nil || r[0] != wire.TypeChallenge {
+			t.Fatalf("HELLO %d: %v", i, err)
+		}
+	}
+	_, hello, _ := ini.Initiate(99, nil, nil)
+	before := resp.DHCount()
+	if _, err := resp.HandleHello(hello, srcAlice, nil); !errors.Is(err, ErrUnderLoad) {
+		t.Fatalf("past the cap: %v", err)
+	}
+	if resp.DHCount() != before {
+		t.Fatal("the refused HELLO cost X25519 work")
+	}
+	// Another IPv6 address of the same /64 is the same source; another /64 is not.
+	for i := range MaxHalfOpenPerSource {
+		a := netip.AddrPortFrom(netip.MustParseAddr("2001:db8:1:2::1"), uint16(1+i))
+		_, hello, _ := ini.Initiate(uint32(200+i), nil, nil)
+		if _, err := resp.HandleHello(hello, a, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, hello, _ = ini.Initiate(300, nil, nil)
+	if _, err := resp.HandleHello(hello, netip.MustParseAddrPort("[2001:db8:1:2:ffff::9]:1"), nil); !errors.Is(err, ErrUnderLoad) {
+		t.Fatalf("another address of the same /64: %v", err)
+	}
+	_, hello, _ = ini.Initiate(301, nil, nil)
+	if _, err := resp.HandleHello(hello, netip.MustParseAddrPort("[2001:db8:1:3::1]:1"), nil); err != nil {
+		t.Fatalf("another /64: %v", err)
+	}
+}
+
+// A full table evicts its oldest handshake that is not a configured peer's: the peer's
+// handshake, though older than all the flood's, still completes.
+func TestFullTableSparesConfiguredPeers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("1024 handshakes")
+	}
+	o := defaultOpts()
+	o.respThreshold = 8 * MaxHalfOpen
+	o.priority = func(a netip.Addr) bool { return a == srcAlice.Addr() }
+	ini, resp := newPair(t, o)
+	in, hello, _ := ini.Initiate(7, cookieOf(t, resp, srcAlice), nil)
+	chal, err := resp.HandleHello(hello, srcAlice, nil)
+	if err != nil || chal[0] != wire.TypeChallenge {
+		t.Fatal(err)
+	}
+	for i := range MaxHalfOpen + 100 {
+		_, hello, _ := ini.Initiate(uint32(4000+i), cookieOf(t, resp, srcN(i)), nil)
+		if r, err := resp.HandleHello(hello, srcN(i), nil); err != nil || r[0] != wire.TypeChallenge {
+			t.Fatalf("flood HELLO %d: %v", i, err)
+		}
+	}
+	if resp.HalfOpen() != MaxHalfOpen {
+		t.Fatalf("half-open %d", resp.HalfOpen())
+	}
+	if _, err := in.ReadChallenge(chal); err != nil {
+		t.Fatal(err)
+	}
+	auth, _, _ := in.WriteAuthProof(cookieOf(t, resp, srcAlice), nil)
+	if _, reply, err := resp.HandleAuthProof(auth, srcAlice, nil); err != nil || reply != nil {
+		t.Fatalf("the configured peer's handshake was evicted: %v", err)
+	}
+}
+
+// A HELLO that carried a cookie, replayed after the cache forgot it, is not let through
+// by the cookie: outside the window only a cookie of the current secret proves the
+// address, and the replay's is from an older one.
+func TestStaleHelloWithOldCookieCostsAtMostACookie(t *testing.T) {
+	o := defaultOpts()
+	ini, resp := newPair(t, o)
+	_, old, _ := ini.Initiate(66, cookieOf(t, resp, srcAlice), nil)
+	if r, err := resp.HandleHello(old, srcAlice, nil); err != nil || r[0] != wire.TypeChallenge {
+		t.Fatalf("original HELLO: %v", err)
+	}
+	o.clock.Advance(ReplayWindow + time.Second) // the secret has rotated once since
+	before := resp.DHCount()
+	if r, err := resp.HandleHello(old, srcAlice, nil); err != nil || r[0] != wire.TypeCookieReply {
+		t.Fatalf("replay with a cookie of the previous secret: %v", err)
+	}
+	if resp.DHCount() != before {
+		t.Fatal("the replay cost X25519 work")
+	}
+}
