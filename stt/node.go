@@ -84,6 +84,9 @@ type Config struct {
 	// WSListen is the address of the WebSocket listener ("" = none), WSPath its path
 	// (default /stt); WSCertFile and WSKeyFile turn it into wss://.
 	WSListen, WSPath, WSCertFile, WSKeyFile string
+	// WSMaxPending and WSMaxPendingPerSource bound the listener's connections not yet
+	// upgraded, in total and per source (0: ws's defaults).
+	WSMaxPending, WSMaxPendingPerSource int
 }
 
 // Node is an STT endpoint: peers, sessions, timers and a transport.

@@ -136,6 +136,9 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 		WSPath:     cfg.WebSocket.Path,
 		WSCertFile: cfg.WebSocket.TLSCert,
 		WSKeyFile:  cfg.WebSocket.TLSKey,
+
+		WSMaxPending:          cfg.WebSocket.MaxPending,
+		WSMaxPendingPerSource: cfg.WebSocket.MaxPendingPerSource,
 	})
 	if err != nil {
 		return nil, err
