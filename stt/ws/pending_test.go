@@ -44,14 +44,18 @@ func waitStats(t testing.TB, srv *Server, what string, ok func(ServerStats) bool
 	}
 }
 
+// closeWait bounds waitClosed: shorter than ReadHeaderTimeout, after which net/http
+// closes a connection that sent nothing whatever the bounds do.
+const closeWait = ReadHeaderTimeout / 2
+
 // waitClosed waits until the server closes c: a read returns EOF or a reset.
 func waitClosed(t testing.TB, c net.Conn, what string) {
 	t.Helper()
-	_ = c.SetReadDeadline(time.Now().Add(waitTimeout))
+	_ = c.SetReadDeadline(time.Now().Add(closeWait))
 	_, err := io.Copy(io.Discard, c)
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
-		t.Fatalf("%s: still open after %v", what, waitTimeout)
+		t.Fatalf("%s: still open after %v", what, closeWait)
 	}
 }
 
