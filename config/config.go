@@ -60,6 +60,13 @@ const (
 
 	// DefaultWSPath is the HTTP path of the WebSocket listener when [websocket] sets none.
 	DefaultWSPath = "/stt"
+	// DefaultWSMaxPending is the most TCP connections the WebSocket listener holds that
+	// have not upgraded yet.
+	DefaultWSMaxPending = 512
+	// DefaultWSMaxPendingPerSource is the most of them from one IPv4 address or IPv6 /64.
+	DefaultWSMaxPendingPerSource = 32
+	// MaxWSPending is the largest max_pending accepted.
+	MaxWSPending = 65535
 
 	// DefaultFallbackAfter is how long UDP may go unanswered before a peer's traffic
 	// moves to WebSocket.
@@ -147,6 +154,9 @@ type WebSocket struct {
 	// TLSCert and TLSKey, both set or both empty, make the listener speak wss://.
 	// Relative paths have been resolved against the configuration file's directory.
 	TLSCert, TLSKey string
+	// MaxPending bounds the TCP connections accepted and not yet upgraded;
+	// MaxPendingPerSource bounds them per IPv4 address or IPv6 /64.
+	MaxPending, MaxPendingPerSource int
 }
 
 // Forwarding is the [forwarding] section: whether this node forwards packets for

@@ -35,6 +35,8 @@ listen = "[::]:8443"
 path = "/tunnel/stt"
 tls_cert = "certs/alpha.crt"
 tls_key = "/etc/ssl/private/alpha.key"
+max_pending = 1024
+max_pending_per_source = 8
 
 [forwarding]
 enabled = true
@@ -112,6 +114,9 @@ func TestParseFullExample(t *testing.T) {
 			Path:    "/tunnel/stt",
 			TLSCert: "/etc/stt-tun/certs/alpha.crt",
 			TLSKey:  "/etc/ssl/private/alpha.key",
+
+			MaxPending:          1024,
+			MaxPendingPerSource: 8,
 		},
 		Forwarding: Forwarding{Enabled: true, Masquerade: true},
 		Peers: []Peer{
@@ -184,7 +189,7 @@ func TestParseDefaults(t *testing.T) {
 	if cfg.Forwarding != (Forwarding{}) {
 		t.Errorf("forwarding: %+v", cfg.Forwarding)
 	}
-	if cfg.WebSocket != (WebSocket{Path: DefaultWSPath}) {
+	if cfg.WebSocket != (WebSocket{Path: DefaultWSPath, MaxPending: DefaultWSMaxPending, MaxPendingPerSource: DefaultWSMaxPendingPerSource}) {
 		t.Errorf("websocket: %+v", cfg.WebSocket)
 	}
 	p := cfg.Peers[0]
@@ -300,7 +305,7 @@ func TestParseValidVariants(t *testing.T) {
 		{"websocket empty strings mean none", head + doc(`[websocket]`, `listen = ""`, `tls_cert = ""`,
 			`[[peer]]`, `name = "b"`, `ws_url = ""`, `ws_proxy = ""`, `ws_ca_file = ""`, `ws_insecure = false`, `allowed_prefixes = ["10.0.0.2/32"]`),
 			func(t *testing.T, c *Config) {
-				if c.WebSocket != (WebSocket{Path: "/stt"}) || c.Peers[0].WSURL != "" {
+				if c.WebSocket != (WebSocket{Path: "/stt", MaxPending: 512, MaxPendingPerSource: 32}) || c.Peers[0].WSURL != "" {
 					t.Errorf("got %+v %+v", c.WebSocket, c.Peers[0])
 				}
 			}},
@@ -489,6 +494,11 @@ var badCases = []badCase{
 	{"cert without key", edit(6, `[websocket]`, `listen = ":443"`, `tls_cert = "c.pem"`, ``), 8, []string{"websocket: tls_cert needs tls_key"}},
 	{"key without cert", edit(6, `[websocket]`, `listen = ":443"`, `tls_key = "k.pem"`, ``), 8, []string{"websocket: tls_key needs tls_cert"}},
 	{"tls without listen", edit(6, `[websocket]`, `tls_cert = "c.pem"`, `tls_key = "k.pem"`, ``), 7, []string{"websocket: tls_cert has no use without listen"}},
+	{"max_pending zero", edit(6, `[websocket]`, `listen = ":443"`, `max_pending = 0`, ``), 8, []string{"websocket: max_pending = 0 must be between 1 and 65535"}},
+	{"max_pending too large", edit(6, `[websocket]`, `listen = ":443"`, `max_pending = 70000`, ``), 8, []string{"websocket: max_pending = 70000 must be between 1 and 65535"}},
+	{"max_pending without listen", edit(6, `[websocket]`, `max_pending = 10`, ``), 7, []string{"websocket: max_pending has no use without listen"}},
+	{"per source over max_pending", edit(6, `[websocket]`, `listen = ":443"`, `max_pending = 10`, `max_pending_per_source = 11`, ``), 9, []string{"websocket: max_pending_per_source = 11 must be between 1 and max_pending (10)"}},
+	{"per source zero", edit(6, `[websocket]`, `listen = ":443"`, `max_pending_per_source = 0`, ``), 8, []string{"websocket: max_pending_per_source = 0 must be between 1 and max_pending (512)"}},
 	{"ws_url https", edit(appendLine, `ws_url = "https://vpn.example.net/stt"`), 10, []string{`peer "beta": ws_url "https://vpn.example.net/stt" is an https:// URL`, "wss://"}},
 	{"ws_url other scheme", edit(appendLine, `ws_url = "tcp://vpn.example.net:1"`), 10, []string{"must start with ws:// or wss://"}},
 	{"ws_url without scheme", edit(appendLine, `ws_url = "vpn.example.net:443"`), 10, []string{"must start with ws:// or wss://"}},

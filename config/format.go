@@ -36,6 +36,8 @@ func (c *Config) String() string {
 		b.WriteString("\n[websocket]\n")
 		fmt.Fprintf(&b, "listen = %s\n", quote(w.Listen))
 		fmt.Fprintf(&b, "path = %s\n", quote(w.Path))
+		fmt.Fprintf(&b, "max_pending = %d\n", w.MaxPending)
+		fmt.Fprintf(&b, "max_pending_per_source = %d\n", w.MaxPendingPerSource)
 		if w.TLSCert != "" {
 			fmt.Fprintf(&b, "tls_cert = %s\n", quote(w.TLSCert))
 			fmt.Fprintf(&b, "tls_key = %s\n", quote(w.TLSKey))

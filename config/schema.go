@@ -47,6 +47,9 @@ type rawWebSocket struct {
 	Path    *string `toml:"path" want:"a string such as \"/stt\""`
 	TLSCert *string `toml:"tls_cert" want:"a string, the path of a PEM certificate file"`
 	TLSKey  *string `toml:"tls_key" want:"a string, the path of a PEM key file"`
+
+	MaxPending          *int64 `toml:"max_pending"`
+	MaxPendingPerSource *int64 `toml:"max_pending_per_source"`
 }
 
 type rawForwarding struct {

@@ -251,7 +251,7 @@ func (v *validator) filePath(s *string, path, key, example string) string {
 }
 
 func (v *validator) websocket(r *rawWebSocket) WebSocket {
-	w := WebSocket{Path: DefaultWSPath}
+	w := WebSocket{Path: DefaultWSPath, MaxPending: DefaultWSMaxPending, MaxPendingPerSource: DefaultWSMaxPendingPerSource}
 	if r == nil {
 		return w
 	}
@@ -294,6 +294,23 @@ func (v *validator) websocket(r *rawWebSocket) WebSocket {
 	if w.TLSCert == "" || w.TLSKey == "" {
 		// Half a TLS configuration is never used: the errors above say why.
 		w.TLSCert, w.TLSKey = "", ""
+	}
+	if r.MaxPending != nil {
+		needsListen("max_pending")
+		if n := *r.MaxPending; n < 1 || n > MaxWSPending {
+			v.errAt("websocket.max_pending", "websocket: max_pending = %d must be between 1 and %d", n, MaxWSPending)
+		} else {
+			w.MaxPending = int(n)
+		}
+	}
+	w.MaxPendingPerSource = min(w.MaxPendingPerSource, w.MaxPending)
+	if r.MaxPendingPerSource != nil {
+		needsListen("max_pending_per_source")
+		if n := *r.MaxPendingPerSource; n < 1 || n > int64(w.MaxPending) {
+			v.errAt("websocket.max_pending_per_source", "websocket: max_pending_per_source = %d must be between 1 and max_pending (%d)", n, w.MaxPending)
+		} else {
+			w.MaxPendingPerSource = int(n)
+		}
 	}
 	return w
 }

@@ -14,7 +14,7 @@
 # Needs root, Go, and bin/stt-tun (built with `make build` when missing or with
 # --build). One run takes about 2 minutes (the black hole alone is 30 s); RUNS=5 about 10.
 #
-# Usage: sudo scripts/reliability.sh [-n RUNS] [-p PARALLEL] [--run REGEXP] [--json FILE] [--build]
+# Usage: sudo scripts/reliability.sh [-n RUNS] [-p PARALLEL] [--run REGEXP] [--json FILE] [--build] [--flood N]
 set -euo pipefail
 
 usage() {
@@ -26,6 +26,9 @@ usage: sudo scripts/reliability.sh [options]
   --run REGEXP   only the tests matching REGEXP (default: all fault and attack tests)
   --json FILE    also keep the raw measurements (JSON lines) in FILE
   --build        run `make build` first even if bin/stt-tun exists
+  --flood N      connections of the WebSocket connection flood, against a daemon
+                 allowed N file descriptors (default 20000; make test uses 4000
+                 against 2048)
 EOF
 }
 
@@ -33,7 +36,8 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 runs=5
 parallel=2
-run='^(TestLossyUnderlay|TestCorruptedDatagrams|TestBlackHole|TestPeerRestart|TestRoaming|TestRekeyUnderLoad|TestHandshakeMessageLoss|TestReplayAttack|TestHelloFloodNonMember|TestHelloFloodMember|TestHandshakeReplayLockout|TestMemberFloodManySources|TestMalformedFrames|TestEmptyDatagramFlood|TestVersionLogFlood)$'
+run='^(TestLossyUnderlay|TestCorruptedDatagrams|TestBlackHole|TestPeerRestart|TestRoaming|TestRekeyUnderLoad|TestHandshakeMessageLoss|TestReplayAttack|TestHelloFloodNonMember|TestHelloFloodMember|TestHandshakeReplayLockout|TestMemberFloodManySources|TestMalformedFrames|TestEmptyDatagramFlood|TestVersionLogFlood|TestWebSocketConnectionFlood)$'
+flood=20000
 keep=""
 build=0
 while [ $# -gt 0 ]; do
@@ -43,11 +47,13 @@ while [ $# -gt 0 ]; do
 	--run) run=$2; shift 2 ;;
 	--json) keep=$2; shift 2 ;;
 	--build) build=1; shift ;;
+	--flood) flood=$2; shift 2 ;;
 	-h | --help) usage; exit 0 ;;
 	*) usage >&2; exit 2 ;;
 	esac
 done
 case $runs in '' | *[!0-9]*) echo "reliability: -n needs a number" >&2; exit 2 ;; esac
+case $flood in '' | *[!0-9]*) echo "reliability: --flood needs a number" >&2; exit 2 ;; esac
 
 [ "$(id -u)" = 0 ] || { echo "reliability: needs root (network namespaces)" >&2; exit 1; }
 export PATH=$PATH:/usr/local/go/bin
@@ -69,7 +75,8 @@ for ((i = 1; i <= runs; i++)); do
 	echo "==> run $i of $runs"
 	start=$SECONDS
 	# -test.count=1 and a fresh process per run: nothing carries over between runs.
-	if ! (cd tests/e2e && STT_FIGURES=$figures "$tmp/e2e.test" -test.run "$run" \
+	if ! (cd tests/e2e && STT_FIGURES=$figures STT_WSFLOOD_CONNS=$flood STT_WSFLOOD_NOFILE=$flood \
+		"$tmp/e2e.test" -test.run "$run" \
 		-test.parallel "$parallel" -test.timeout 15m >"$tmp/run$i.log" 2>&1); then
 		failed=$((failed + 1))
 		echo "    run $i FAILED; its failures:" >&2

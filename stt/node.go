@@ -89,6 +89,9 @@ type Config struct {
 	// Resolver, when set, looks up endpoints given as a host name (HOST:PORT) instead
 	// of the system's resolver: for tests.
 	Resolver func(ctx context.Context, hostport string) (netip.AddrPort, error)
+	// WSMaxPending and WSMaxPendingPerSource bound the listener's connections not yet
+	// upgraded, in total and per source (0: ws's defaults).
+	WSMaxPending, WSMaxPendingPerSource int
 }
 
 // Node is an STT endpoint: peers, sessions, timers and a transport.

@@ -341,10 +341,13 @@ func (n *Node) startWS() error {
 		Path:     n.cfg.WSPath,
 		CertFile: n.cfg.WSCertFile,
 		KeyFile:  n.cfg.WSKeyFile,
-		Offset:   recvBase,
-		BufSize:  BufferSize,
-		Receive:  n.wsReceive,
-		Logger:   n.log,
+
+		MaxPending:          n.cfg.WSMaxPending,
+		MaxPendingPerSource: n.cfg.WSMaxPendingPerSource,
+		Offset:              recvBase,
+		BufSize:             BufferSize,
+		Receive:             n.wsReceive,
+		Logger:              n.log,
 	})
 	if err != nil {
 		return fmt.Errorf("stt: websocket listener: %w", err)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/stt-tun/stt-tun/config"
+	"github.com/stt-tun/stt-tun/internal/accept"
 	"github.com/stt-tun/stt-tun/internal/promtext"
 	"github.com/stt-tun/stt-tun/stt"
 )
@@ -60,6 +61,11 @@ var (
 	famWSEvicted  = counter("stt_websocket_connections_evicted_total", "WebSocket connections closed unauthenticated to make room for a new one while the listener was full.")
 	famWSActive   = gauge("stt_websocket_connections", "WebSocket connections of the listener open now.")
 	famWSDrops    = counter("stt_websocket_queue_drops_total", "Messages dropped because a WebSocket connection's send queue was full.")
+
+	famWSPending       = gauge("stt_websocket_pending_connections", "TCP connections of the WebSocket listener accepted and not yet upgraded or closed.")
+	famWSPendingClosed = counter("stt_websocket_pending_connections_closed_total", "TCP connections of the WebSocket listener closed before an upgrade by its bounds, by reason: source_limit (max_pending_per_source from its source, closed at accept), evicted (the oldest, max_pending reached) or deadline (not upgraded within 10 s of its accept).")
+
+	famAcceptErrors = counter("stt_accept_errors_total", "Failed accepts on the daemon's listeners, retried with backoff, by listener: control, websocket or metrics.")
 )
 
 type peerSample struct {
@@ -179,6 +185,15 @@ func (t *Tunnel) writeMetrics(w *promtext.Writer) {
 		one(famWSEvicted, ws.Evicted)
 		one(famWSActive, uint64(ws.Active))
 		one(famWSDrops, ws.QueueDrops)
+		one(famWSPending, ws.Pending)
+		w.Family(famWSPendingClosed.name, famWSPendingClosed.typ, famWSPendingClosed.help)
+		w.Uint(famWSPendingClosed.name, ws.PendingRefusedSource, "reason", "source_limit")
+		w.Uint(famWSPendingClosed.name, ws.PendingEvicted, "reason", "evicted")
+		w.Uint(famWSPendingClosed.name, ws.PendingExpired, "reason", "deadline")
+	}
+	w.Family(famAcceptErrors.name, famAcceptErrors.typ, famAcceptErrors.help)
+	for _, k := range accept.Kinds {
+		w.Uint(famAcceptErrors.name, accept.Errors(k), "listener", k.String())
 	}
 }
 
@@ -230,6 +245,9 @@ func listenMetrics(addr string) (net.Listener, error) {
 
 // serveMetrics serves the metrics on ln until close.
 func (t *Tunnel) serveMetrics(ln net.Listener, addr string) *metricsServer {
+	// Failed accepts (out of file descriptors) are counted, logged and retried, rather
+	// than left to net/http's silent retry.
+	ln = accept.Wrap(ln, accept.Metrics, t.log)
 	m := &metricsServer{
 		addr: addr,
 		ln:   ln,

@@ -150,6 +150,8 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 		Resolver:   opts.Resolver,
 
 		HandshakeReplayWindow: cfg.Advanced.ReplayWindow,
+		WSMaxPending:          cfg.WebSocket.MaxPending,
+		WSMaxPendingPerSource: cfg.WebSocket.MaxPendingPerSource,
 	})
 	if err != nil {
 		return nil, err

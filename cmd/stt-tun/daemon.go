@@ -44,6 +44,13 @@ func runDaemon(ctx context.Context, e *env, cfg *config.Config, opts daemonOptio
 	tunnelLog := newLogger(logTo, cfg.Logging.Format, opts.level)
 	log := tunnelLog.With("interface", name)
 
+	// Up to the hard limit (systemd's LimitNOFILE): an exhausted table makes every
+	// listener's accept fail (they retry) and new sessions' sockets impossible.
+	fileLimit, err := raiseFileLimit()
+	if err != nil {
+		log.Warn("cannot raise the limit on open files to the hard limit", "limit", fileLimit, "err", err)
+	}
+
 	sigCtx, stopSignals := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stopSignals()
 
@@ -78,7 +85,7 @@ func runDaemon(ctx context.Context, e *env, cfg *config.Config, opts daemonOptio
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(notifyingReloads{d, sd}) }()
 
-	log.Info("starting", "config", cfg.Path, "version", versionString())
+	log.Info("starting", "config", cfg.Path, "version", versionString(), "open_files_limit", fileLimit)
 	if addr := os.Getenv("STT_TUN_PPROF"); addr != "" {
 		servePprof(addr, log)
 	}

@@ -13,6 +13,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -476,4 +477,48 @@ func FuzzRequest(f *testing.F) {
 			}
 		}
 	})
+}
+
+// emfileListener fails its first n accepts with EMFILE, as a daemon out of file
+// descriptors sees them, then accepts from the listener under it.
+type emfileListener struct {
+	net.Listener
+	mu sync.Mutex
+	n  int
+}
+
+func (l *emfileListener) Accept() (net.Conn, error) {
+	l.mu.Lock()
+	if l.n > 0 {
+		l.n--
+		l.mu.Unlock()
+		return nil, &net.OpError{Op: "accept", Net: "unix", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	}
+	l.mu.Unlock()
+	return l.Listener.Accept()
+}
+
+// Out of file descriptors, the control socket keeps serving: a failed accept is retried,
+// not the end of Serve (which would stop the daemon).
+func TestServeSurvivesEMFILE(t *testing.T) {
+	f := newFake()
+	dir := filepath.Join(t.TempDir(), "state")
+	srv, err := Listen(dir, "stt0", nil)
+	if err != nil {
+		t.Fatalf("Listen: %v", err)
+	}
+	srv.ln.Listener = &emfileListener{Listener: srv.ln.Listener, n: 5}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(f) }()
+	defer func() {
+		if err := srv.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+		if err := <-served; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	}()
+	if _, err := Status(testContext(t), srv.Path()); err != nil {
+		t.Fatalf("Status after the accepts failed with EMFILE: %v", err)
+	}
 }

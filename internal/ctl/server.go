@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/stt-tun/stt-tun/internal/accept"
 	"github.com/stt-tun/stt-tun/internal/statedir"
 	"github.com/stt-tun/stt-tun/tunnel"
 )
@@ -45,7 +46,7 @@ type Pinger interface {
 
 // Server is a daemon's control socket.
 type Server struct {
-	ln   *net.UnixListener
+	ln   *accept.Listener // retries failed accepts: EMFILE must not stop the daemon
 	lock *os.File
 	path string
 	log  *slog.Logger
@@ -85,7 +86,7 @@ func Listen(dir, name string, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	return &Server{
-		ln:    ln,
+		ln:    accept.Wrap(ln, accept.Control, log),
 		lock:  lock,
 		path:  path,
 		log:   log,
@@ -173,12 +174,10 @@ func (s *Server) Serve(t Tunnel) error {
 	for {
 		conn, err := s.ln.Accept()
 		if err != nil {
+			// The listener retries every other error itself (counted, logged, with
+			// backoff): out of file descriptors, the daemon keeps serving.
 			if s.isClosed() {
 				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
 			}
 			return fmt.Errorf("accept on control socket: %w", err)
 		}

@@ -71,6 +71,9 @@ var rows = []row{
 		"", "probes lost: {empty_probe_loss_pct:r}% (garbage: {garbage_probe_loss_pct:r}%)", "{empty_counted} of {empty_sent} empty counted (garbage: {garbage_counted} of {garbage_sent})"},
 	{"attack-version-log", "20 000 handshakes of another protocol version",
 		"", "", "{counted} counted; {log_lines} log lines"},
+	{"attack-websocket-connections", "{connections} TCP connections from {sources} addresses to the WebSocket listener for 15 s, each sending GET / every 20 s, re-opened 5 s after beta closes it; beta allowed {fd_limit} file descriptors",
+		"a WebSocket-only peer restarted mid-flood has a session after {ws_peer_recovery_seconds:r} s; status and metrics answer ({status_ok}, {metrics_ok}; 1 = yes)",
+		"UDP probes answered: {udp_probes_kept_pct:r}%", "beta's file descriptors peak at {fds_peak:r} (from {fds_before}); memory +{rss_growth_kb:r} kB; {closed_by_beta} connections closed by beta"},
 }
 
 var placeholder = regexp.MustCompile(`\{([a-z0-9_]+)(:r)?\}`)
@@ -133,7 +136,7 @@ func run(in io.Reader, out io.Writer) error {
 				return summary(d[m[1]], m[2] != "")
 			})
 		}
-		fmt.Fprintf(out, "| %s (%d) | %s | %s | %s | %s |\n", r.scenario, runs[r.scenario], r.fault,
+		fmt.Fprintf(out, "| %s (%d) | %s | %s | %s | %s |\n", r.scenario, runs[r.scenario], cell(r.fault),
 			cell(r.recovery), cell(r.delivered), cell(r.drops))
 	}
 	var other []string

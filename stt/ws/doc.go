@@ -54,6 +54,22 @@
 // the peer keeps re-dialling, and UDP is not affected. A member, whose connections do
 // authenticate, can still fill every slot and get newcomers refused.
 //
+// # Connections not yet upgraded
+//
+// Every TCP connection the server accepts is pending until the upgrade handler promotes
+// it or it closes: during its TLS handshake, while it sends its request and while it is
+// answered. The accepting listener holds them in a set (pending.go): at most
+// MaxPendingPerSource from one IPv4 address or IPv6 /64 (a new one beyond it is closed
+// at accept, ServerStats.PendingRefusedSource), at most MaxPending in all (a new one
+// closes the oldest, PendingEvicted), and none longer than PendingTimeout after its
+// accept (PendingExpired), a deadline that does not restart whatever the client sends.
+// Keep-alives are off, so a request that is not upgraded is answered with
+// "Connection: close" and its connection closed. A connection leaves the set exactly
+// once, under the set's lock, by whichever comes first of its close, its promotion, its
+// eviction or its deadline; the accounting therefore needs nothing from net/http but the
+// Close of the net.Conn it was given. The accept under the set retries its errors with
+// backoff (internal/accept): out of file descriptors, the listener waits, never stops.
+//
 // # Concurrency and resources
 //
 // Each Conn runs one reader goroutine (which calls the ReceiveFunc), one writer

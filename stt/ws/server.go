@@ -1,6 +1,7 @@
 package ws
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -14,13 +15,17 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/stt-tun/stt-tun/internal/accept"
 )
 
 // Server HTTP limits.
 const (
 	// ReadHeaderTimeout bounds the TLS handshake and the reading of a request's headers.
 	ReadHeaderTimeout = 10 * time.Second
-	// IdleTimeout closes keep-alive HTTP connections that were never upgraded.
+	// IdleTimeout would close keep-alive HTTP connections that were never upgraded;
+	// the server disables keep-alives, so a connection carries one request and is
+	// closed after its answer unless it is upgraded.
 	IdleTimeout = 30 * time.Second
 	// MaxHeaderBytes bounds a request's headers.
 	MaxHeaderBytes = 16 << 10
@@ -46,6 +51,17 @@ type ServerConfig struct {
 	// taken, a new upgrade evicts the oldest connection not yet marked authenticated;
 	// only when there is none does it get 503.
 	MaxConns int
+	// MaxPending bounds the TCP connections accepted and not yet upgraded: in their TLS
+	// handshake, sending their request or being answered (default DefaultMaxPending).
+	// When that many are pending, a new one closes the oldest.
+	MaxPending int
+	// MaxPendingPerSource bounds the connections not yet upgraded from one IPv4 address
+	// or IPv6 /64 (default DefaultMaxPendingPerSource, at most MaxPending). A new one
+	// beyond it is closed at once.
+	MaxPendingPerSource int
+	// PendingTimeout closes a connection not upgraded this long after its accept
+	// (default PendingDeadline). It does not restart.
+	PendingTimeout time.Duration
 	// AuthTimeout closes a connection not marked authenticated within it (default
 	// DefaultAuthTimeout; negative disables).
 	AuthTimeout time.Duration
@@ -71,6 +87,10 @@ type ServerStats struct {
 	Accepted              uint64 // connections upgraded
 	RejectedHTTP          uint64 // requests not upgraded: wrong path, not WebSocket, bad handshake
 	RejectedFull          uint64 // upgrades refused with 503: MaxConns open, none evictable
+	Pending               uint64 // TCP connections accepted and not yet upgraded or closed, now
+	PendingRefusedSource  uint64 // TCP connections closed at accept: MaxPendingPerSource pending from their source
+	PendingEvicted        uint64 // pending connections closed, oldest first, to admit a new one: MaxPending pending
+	PendingExpired        uint64 // pending connections closed because PendingDeadline passed since their accept
 	Closed                uint64 // connections closed, for any reason
 	ClosedUnauthenticated uint64 // closed because AuthTimeout passed
 	Evicted               uint64 // closed unauthenticated to make room for a new upgrade
@@ -96,6 +116,8 @@ type Server struct {
 	unauth    unauthList // registered connections not marked authenticated, oldest first
 	handlers  sync.WaitGroup
 	serveDone chan struct{}
+
+	pending *pendingSet // connections not upgraded yet
 
 	active atomic.Int64
 
@@ -163,6 +185,19 @@ func Listen(cfg ServerConfig) (*Server, error) {
 	if cfg.MaxConns < 1 {
 		return nil, fmt.Errorf("ws: listen: MaxConns %d must be positive", cfg.MaxConns)
 	}
+	if cfg.MaxPending == 0 {
+		cfg.MaxPending = DefaultMaxPending
+	}
+	if cfg.MaxPendingPerSource == 0 {
+		cfg.MaxPendingPerSource = min(DefaultMaxPendingPerSource, cfg.MaxPending)
+	}
+	if cfg.MaxPending < 1 || cfg.MaxPendingPerSource < 1 || cfg.MaxPendingPerSource > cfg.MaxPending {
+		return nil, fmt.Errorf("ws: listen: MaxPending %d and MaxPendingPerSource %d must be positive, the second at most the first",
+			cfg.MaxPending, cfg.MaxPendingPerSource)
+	}
+	if cfg.PendingTimeout <= 0 {
+		cfg.PendingTimeout = PendingDeadline
+	}
 	if cfg.AuthTimeout == 0 {
 		cfg.AuthTimeout = DefaultAuthTimeout
 	}
@@ -171,7 +206,10 @@ func Listen(cfg ServerConfig) (*Server, error) {
 	}
 	cfg.Logger = o.log
 
-	s := &Server{cfg: cfg, opts: o, scheme: "ws", conns: make(map[*Conn]struct{}), serveDone: make(chan struct{})}
+	s := &Server{
+		cfg: cfg, opts: o, scheme: "ws", conns: make(map[*Conn]struct{}), serveDone: make(chan struct{}),
+		pending: newPendingSet(cfg.MaxPending, cfg.MaxPendingPerSource, cfg.PendingTimeout),
+	}
 	var tlsConf *tls.Config
 	if cfg.CertFile != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
@@ -189,14 +227,20 @@ func Listen(cfg ServerConfig) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ws: listen on %s: %w", cfg.Addr, err)
 	}
-	ln = corkListener{ln} // under TLS, so that a run's TLS records go out together
+	// From the socket up: failed accepts retried (out of file descriptors, the listener
+	// waits rather than stops); every connection pending, bounded, until the upgrade
+	// takes it over; corked under TLS, so that a run's TLS records go out together.
+	ln = pendingListener{Listener: accept.Wrap(ln, accept.WebSocket, o.log), set: s.pending}
+	ln = corkListener{ln}
 	if tlsConf != nil {
 		ln = tls.NewListener(ln, tlsConf)
 	}
 	s.ln = ln
 	s.hs = &http.Server{
-		Handler:     http.HandlerFunc(s.handle),
-		ConnContext: withCork,
+		Handler: http.HandlerFunc(s.handle),
+		ConnContext: func(ctx context.Context, nc net.Conn) context.Context {
+			return withPending(withCork(ctx, nc), nc)
+		},
 		// No ReadTimeout or WriteTimeout: net/http leaves those deadlines on hijacked
 		// connections. ReadHeaderTimeout also bounds the TLS handshake.
 		ReadHeaderTimeout: ReadHeaderTimeout,
@@ -204,6 +248,10 @@ func Listen(cfg ServerConfig) (*Server, error) {
 		MaxHeaderBytes:    MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(o.log.Handler(), slog.LevelDebug),
 	}
+	// One request per connection: a request that is not upgraded is answered with
+	// "Connection: close" and its connection closed, so no refused client keeps a
+	// connection (and its file descriptor) by sending a request now and then.
+	s.hs.SetKeepAlivesEnabled(false)
 	go func() {
 		defer close(s.serveDone)
 		if err := s.hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -236,6 +284,10 @@ func (s *Server) Stats() ServerStats {
 		Accepted:              s.accepted.Load(),
 		RejectedHTTP:          s.rejectedHTTP.Load(),
 		RejectedFull:          s.rejectedFull.Load(),
+		Pending:               uint64(s.pending.len()),
+		PendingRefusedSource:  s.pending.refusedSource.Load(),
+		PendingEvicted:        s.pending.evicted.Load(),
+		PendingExpired:        s.pending.expired.Load(),
 		Closed:                s.closedAll.Load(),
 		ClosedUnauthenticated: s.closedUnauth.Load(),
 		Evicted:               s.evicted.Load(),
@@ -275,6 +327,7 @@ func (s *Server) Close() error {
 	}
 	s.mu.Unlock()
 
+	s.pending.shut()
 	err := s.hs.Close()
 	s.handlers.Wait()
 	for _, c := range conns {
@@ -328,6 +381,14 @@ func (s *Server) evictForSlot() (victim *Conn, ok bool) {
 // handle serves one HTTP request: it upgrades on the configured path and rejects
 // everything else.
 func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
+	upgraded := false
+	defer func() {
+		if !upgraded {
+			// Read nothing more of a refused request: the connection closes after the
+			// answer, without waiting for a body the client announced.
+			_ = http.NewResponseController(w).SetReadDeadline(time.Now())
+		}
+	}()
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -372,6 +433,13 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 		s.rejectedHTTP.Add(1)
 		s.opts.log.Debug("websocket upgrade refused", "remote", r.RemoteAddr, "err", err)
 		return // Accept wrote the response
+	}
+	upgraded = true // hijacked
+	if pc := pendingOf(r.Context()); pc != nil && !pc.promote() {
+		// Its pending deadline passed, or it was evicted, just before: it is closed.
+		s.active.Add(-1)
+		_ = wsc.CloseNow()
+		return
 	}
 	remote, _ := netip.ParseAddrPort(r.RemoteAddr)
 	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
