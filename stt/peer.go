@@ -68,6 +68,13 @@ type Peer struct {
 	wsDialFails   int
 	wsDialFailed  time.Time
 	resolving     bool // a lookup of cfg.Endpoint runs in the background
+	// The peer refused our latest handshake (docs/protocol.md 4.8): the refusal code
+	// (0 = none), since when, until when no new handshake starts, and how many refusals
+	// in a row (for the back-off).
+	refusal      uint16
+	refusedSince time.Time
+	refusedUntil time.Time
+	refusals     int
 }
 
 // initiation is a handshake this node started, kept until it completes or is replaced.
@@ -109,7 +116,8 @@ func (p *Peer) PublicKey() ([32]byte, bool) {
 	return p.static, p.staticKnown
 }
 
-// LastHandshake is when the latest session with this peer was established.
+// LastHandshake is when the latest session with this peer was established: confirmed by
+// the peer (its FINAL or first frame, for a handshake this node started).
 func (p *Peer) LastHandshake() time.Time {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -119,10 +127,17 @@ func (p *Peer) LastHandshake() time.Time {
 // RTT is the smoothed round-trip time measured with PING, 0 if unknown.
 func (p *Peer) RTT() time.Duration { return time.Duration(p.rtt.Load()) }
 
-// HasSession reports whether the peer has a usable session.
+// HasSession reports whether the peer has a usable session: one the peer has confirmed
+// (an unconfirmed one may never be: the AUTH_PROOF may be lost or refused), or the
+// confirmed one a rekey is replacing.
 func (p *Peer) HasSession() bool {
-	s := p.current.Load()
-	return s != nil && !s.expired(time.Now(), &p.node.timers)
+	now := time.Now()
+	for _, s := range [...]*session{p.current.Load(), p.standby.Load()} {
+		if s != nil && s.confirmed.Load() && !s.expired(now, &p.node.timers) {
+			return true
+		}
+	}
+	return false
 }
 
 // Cipher names the AEAD of the current session, "" without one.
@@ -220,6 +235,15 @@ var errNoEndpoint = errors.New("peer has no known endpoint")
 // enqueue copies datagrams into the handshake queue, dropping the oldest when full.
 func (p *Peer) enqueue(pkts [][]byte) {
 	p.mu.Lock()
+	if p.refusedLocked(time.Now()) {
+		// The peer refused us: nothing would carry these before the back-off ends.
+		// Remember that there is traffic, so that a handshake starts when it does.
+		p.drops.Add(uint64(len(pkts)))
+		p.node.ctr.drops[DropRefused].Add(uint64(len(pkts)))
+		p.wantHandshake = true
+		p.mu.Unlock()
+		return
+	}
 	for _, pkt := range pkts {
 		if len(p.queue) >= MaxQueued {
 			p.queue[0] = nil
@@ -348,8 +372,8 @@ func (r *recvRun) flush(now time.Time) {
 	if p.firstUnanswered.Load() != 0 {
 		p.firstUnanswered.Store(0)
 	}
-	if r.unconfirmed != nil {
-		r.unconfirmed.confirmed.Store(true)
+	if r.unconfirmed != nil && r.unconfirmed.confirmed.CompareAndSwap(false, true) {
+		p.confirmedSession(r.unconfirmed, now)
 	}
 	if r.data {
 		p.lastRecvData.Store(t)
@@ -518,11 +542,13 @@ func (p *Peer) completeResponder(res handshake.Result, ep conn.Endpoint) {
 	}
 	if p.removed {
 		reject(DropUnknownPeer)
+		n.refuse(res, ep, wire.CodeNotPeer)
 		return
 	}
 	if p.cfg.PublicKey != nil && subtle.ConstantTimeCompare(res.PeerStatic[:], p.cfg.PublicKey[:]) != 1 {
 		reject(DropPinMismatch)
 		n.log.Warn("handshake with a key other than the pinned one; refusing", "peer", p.cfg.Name)
+		n.refuse(res, ep, wire.CodePinMismatch)
 		return
 	}
 	// A new static key for the same name restarts the timestamp sequence only if the
@@ -562,10 +588,13 @@ func (p *Peer) installLocked(s *session, static [32]byte, now time.Time) {
 		p.standby.Store(nil)
 	}
 	p.static, p.staticKnown = static, true
-	p.lastHandshake = now
 	p.wantHandshake = false
 	p.firstUnanswered.Store(0)
-	n.ctr.handshakesDone.Add(1)
+	if s.confirmed.Load() {
+		// A responder's session: the AUTH_PROOF confirmed it. Ours counts once the
+		// peer confirms it (confirmedSession).
+		p.confirmedLocked(now)
+	}
 	if s.initiator {
 		p.flushQueueLocked(s)
 	}
@@ -620,6 +649,10 @@ func (p *Peer) tick(now time.Time) {
 	}
 	if p.cfg.PersistentKeepalive > 0 && cur == nil {
 		need = true
+	}
+	if p.refusedLocked(now) {
+		// Refused: wait out the back-off (refusalBackoff) before asking again.
+		need = false
 	}
 	switch {
 	case p.init != nil && !now.Before(p.init.nextRetry):
