@@ -166,11 +166,27 @@ func renderStatus(w io.Writer, all []tunnel.Status, now time.Time) error {
 		if err := tw.Flush(); err != nil {
 			return err
 		}
+		for _, p := range st.Peers {
+			if p.Refused != "" {
+				fmt.Fprintf(&b, "  refused by %s: %s\n", p.Name, refusal(p.Refused))
+			}
+		}
 	}
 	if _, err := io.WriteString(w, b.String()); err != nil {
 		return fmt.Errorf("write status: %w", err)
 	}
 	return nil
+}
+
+// refusal says in words why a peer refuses this node (docs/status-schema.md, refused).
+func refusal(name string) string {
+	switch name {
+	case "unknown_peer":
+		return "not a configured peer (it has no [[peer]] with this node's name)"
+	case "pin_mismatch":
+		return "this node's key is not the public_key it pins for it"
+	}
+	return name
 }
 
 // port is the UDP listening port, "none" when the node has no UDP socket.
