@@ -41,6 +41,12 @@ type Peer struct {
 	lastRecv        atomic.Int64
 	lastRecvData    atomic.Int64
 	firstUnanswered atomic.Int64 // first data or keepalive echo sent since we last heard from the peer
+	// sentUnanswered counts data datagrams sent since we last heard from the peer: if
+	// the path is then given up as dead, they are presumed lost (DropFallback).
+	sentUnanswered atomic.Uint64
+	// holding: the path is being switched (UDP gave no answer, the WebSocket is being
+	// dialed); datagrams wait in queue instead of going into the dead path.
+	holding atomic.Bool
 
 	txBytes, rxBytes     atomic.Uint64
 	txPackets, rxPackets atomic.Uint64
@@ -186,6 +192,9 @@ func (p *Peer) Send(pkts [][]byte, flows []uint16) error {
 		p.enqueue(pkts)
 		return nil
 	}
+	if p.holding.Load() && p.hold(pkts) {
+		return nil
+	}
 	first, ok := s.reserve(len(pkts), n.timers.RejectAfterMessages)
 	if !ok {
 		p.enqueue(pkts)
@@ -225,6 +234,15 @@ func (p *Peer) transmit(frames [][]byte, now time.Time, payloadBytes uint64, dat
 		// line, which the receive path reads, on every batch while the peer is quiet.
 		if p.firstUnanswered.Load() == 0 {
 			p.firstUnanswered.CompareAndSwap(0, t)
+		}
+		if _, ws := ep.(*wsEndpoint); !ws && p.chooser.Load() {
+			// Only a node that may move the path away from UDP needs the count.
+			p.sentUnanswered.Add(uint64(len(frames)))
+			if p.onWS.Load() {
+				// The move came between choosing UDP and counting: it may have
+				// taken the count before this batch was in it.
+				p.countFallbackLost()
+			}
 		}
 	}
 	return nil
@@ -371,6 +389,9 @@ func (r *recvRun) flush(now time.Time) {
 	p.lastRecv.Store(t)
 	if p.firstUnanswered.Load() != 0 {
 		p.firstUnanswered.Store(0)
+	}
+	if p.sentUnanswered.Load() != 0 {
+		p.sentUnanswered.Store(0)
 	}
 	if r.unconfirmed != nil && r.unconfirmed.confirmed.CompareAndSwap(false, true) {
 		p.confirmedSession(r.unconfirmed, now)
