@@ -33,7 +33,7 @@ func refusalReason(code uint16) string {
 	case wire.CodeNotPeer:
 		return "not a configured peer"
 	case wire.CodePinMismatch:
-		return "our key is not the one it pins for us"
+		return "our key is not the public_key it pins for us"
 	}
 	return ""
 }
@@ -89,11 +89,15 @@ func (p *Peer) refusedBy(s *session, code uint16, now time.Time) {
 	n := p.node
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	// The responder has no session with us: it refuses us now, and whatever made it
+	// refuse (our [[peer]] removed, a new pin) ended the sessions it had with us too. So
+	// the session a rekey was replacing goes as well; only receiving on the previous
+	// one stays possible until it expires, as after any rekey.
 	if p.current.Load() == s {
-		// Back to the session a rekey was replacing, if it still works: the responder
-		// may keep it until it expires.
-		sb := p.standby.Swap(nil)
-		p.current.Store(sb)
+		p.current.Store(nil)
+	}
+	if sb := p.standby.Swap(nil); sb != nil && sb != p.previous {
+		n.index.remove(sb)
 	}
 	if p.previous == s {
 		p.previous = nil

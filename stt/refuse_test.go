@@ -200,7 +200,7 @@ func TestRefusedInitiatorShowsWhy(t *testing.T) {
 		reason     DropReason
 	}{
 		{false, "unknown_peer", "not a configured peer", DropUnknownPeer},
-		{true, "pin_mismatch", "our key is not the one it pins for us", DropPinMismatch},
+		{true, "pin_mismatch", "our key is not the public_key it pins for us", DropPinMismatch},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			logs := &lockedBuffer{}

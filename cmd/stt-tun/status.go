@@ -182,9 +182,9 @@ func renderStatus(w io.Writer, all []tunnel.Status, now time.Time) error {
 func refusal(name string) string {
 	switch name {
 	case "unknown_peer":
-		return "not a configured peer (it has no [[peer]] with this node's name)"
+		return "not a configured peer"
 	case "pin_mismatch":
-		return "this node's key is not the public_key it pins for it"
+		return "our key is not the public_key it pins for us"
 	}
 	return name
 }

@@ -21,7 +21,7 @@ import (
 func TestRefusedPeerIsShownDown(t *testing.T) {
 	for _, tc := range []struct{ name, words string }{
 		{"unknown_peer", "not a configured peer"},
-		{"pin_mismatch", "key is not the public_key it pins"},
+		{"pin_mismatch", "our key is not the public_key it pins for us"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -60,7 +60,7 @@ func TestRefusedPeerIsShownDown(t *testing.T) {
 				t.Errorf("beta counted no drop_%s", tc.name)
 			}
 			text := a.mustStt("status", linkName)
-			if !strings.Contains(text, "refused by beta: ") || !strings.Contains(text, tc.words) {
+			if !strings.Contains(text, "refused by beta: "+tc.words+"\n") {
 				t.Errorf("alpha's status does not say why beta refuses it:\n%s", text)
 			}
 			m, err := scrapeIn(a.ns, metricsAddr)
@@ -74,6 +74,10 @@ func TestRefusedPeerIsShownDown(t *testing.T) {
 				if !strings.Contains(m, want+"\n") {
 					t.Errorf("metrics lack %q:\n%s", want, grepLines(m, "stt_peer_"))
 				}
+			}
+			// `stt-tun ping` says why at once instead of timing out.
+			if r := a.stt("ping", "-c", "1", "-W", "5s", "beta"); r.err == nil || !strings.Contains(r.stdout+r.stderr, "refused by beta: "+tc.words) {
+				t.Errorf("stt-tun ping of a refusing peer: %v\nstdout: %s\nstderr: %s", r.err, r.stdout, r.stderr)
 			}
 			// More traffic during the back-off: counted, and not logged again.
 			_ = a.ns.Ping("10.99.0.2")
