@@ -295,6 +295,10 @@ func (p *Peer) tickPathLocked(now time.Time, cur *session) {
 		if p.wsEP.Load() == nil && (p.init != nil || p.wantHandshake || cur != nil || p.cfg.PersistentKeepalive > 0) {
 			p.dialWSLocked()
 		}
+		if p.wsEP.Load() != nil {
+			// UDP went away (a reload) during a move: the WebSocket is the way now.
+			p.releaseHeldLocked(cur)
+		}
 		return
 	}
 	if !p.onWS.Load() {
