@@ -254,7 +254,8 @@ func (p *Peer) hold(pkts [][]byte) bool {
 // releaseHeldLocked ends a hold: the datagrams that waited go out on s over the path
 // now chosen. Called with p.mu held.
 func (p *Peer) releaseHeldLocked(s *session) {
-	if !p.holding.Swap(false) {
+	// Load first: this runs on every tick, and a write would contend with Send's read.
+	if !p.holding.Load() || !p.holding.Swap(false) {
 		return
 	}
 	if s == nil || s.expired(time.Now(), &p.node.timers) {
