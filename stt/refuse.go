@@ -93,11 +93,10 @@ func (p *Peer) refusedBy(s *session, code uint16, now time.Time) {
 	// refuse (our [[peer]] removed, a new pin) ended the sessions it had with us too. So
 	// the session a rekey was replacing goes as well; only receiving on the previous
 	// one stays possible until it expires, as after any rekey.
-	if p.current.Load() == s {
-		p.current.Store(nil)
-	}
-	if sb := p.standby.Swap(nil); sb != nil && sb != p.previous {
-		n.index.remove(sb)
+	if p.current.CompareAndSwap(s, nil) {
+		if sb := p.standby.Swap(nil); sb != nil && sb != p.previous {
+			n.index.remove(sb)
+		}
 	}
 	if p.previous == s {
 		p.previous = nil
