@@ -70,12 +70,13 @@ func (p *Peer) Refusal() (Refusal, bool) {
 }
 
 // refusalBackoff is how long an initiator waits after its nth consecutive refusal
-// (n ≥ 1) before it tries the peer again: HandshakeRetryMax (8 s) doubling per refusal
-// up to RekeyAfterTime (120 s). A refusal comes from a configuration only an operator
-// changes, so hammering the peer gains nothing; a short first wait keeps the recovery
-// quick when the operator has just fixed it.
+// (n ≥ 1) before it tries the peer again: HandshakeRetry (1 s) doubling per refusal up
+// to RekeyAfterTime (120 s). A refusal comes from a configuration only an operator
+// changes, so hammering the peer gains nothing; short first waits keep the recovery
+// quick when the operator is fixing it right now (a handful of tries in the first
+// minute, then one every two minutes).
 func (t *Timers) refusalBackoff(n int) time.Duration {
-	d := t.HandshakeRetryMax << min(max(n-1, 0), 10)
+	d := t.HandshakeRetry << min(max(n-1, 0), 10)
 	if d <= 0 || d > t.RekeyAfterTime {
 		d = t.RekeyAfterTime
 	}

@@ -205,7 +205,7 @@ func TestRefusedInitiatorShowsWhy(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			logs := &lockedBuffer{}
 			// A short back-off, so that the test sees a second refusal.
-			timers := Timers{HandshakeRetryMax: 100 * time.Millisecond, Tick: 10 * time.Millisecond}
+			timers := Timers{HandshakeRetry: 100 * time.Millisecond, Tick: 10 * time.Millisecond}
 			a, b := refusedPair(t, tc.pin, timers, logs)
 			pb := a.Peer("b")
 			sendOne(t, pb, 0, []byte("x"))
@@ -255,11 +255,10 @@ func TestRefusedInitiatorShowsWhy(t *testing.T) {
 }
 
 // TestRefusedInitiatorBacksOff: a refused initiator with traffic waits out a back-off
-// (HandshakeRetryMax doubling per refusal) instead of redoing the handshake at its
-// unconfirmed-session pace (2 × HandshakeRetry, here 20 ms).
+// (HandshakeRetry doubling per refusal) instead of starting a handshake for every
+// datagram that finds no session.
 func TestRefusedInitiatorBacksOff(t *testing.T) {
-	timers := Timers{HandshakeRetry: 10 * time.Millisecond, HandshakeRetryMax: 200 * time.Millisecond,
-		Tick: 5 * time.Millisecond, RekeyAfterTime: time.Hour}
+	timers := Timers{HandshakeRetry: 200 * time.Millisecond, Tick: 5 * time.Millisecond, RekeyAfterTime: time.Hour}
 	a, _ := refusedPair(t, false, timers, nil)
 	pb := a.Peer("b")
 	sendOne(t, pb, 0, []byte("x"))
@@ -267,7 +266,7 @@ func TestRefusedInitiatorBacksOff(t *testing.T) {
 	start := time.Now()
 	first, _ := pb.Refusal()
 	if d := first.RetryAt.Sub(first.Since); d < 200*time.Millisecond-time.Millisecond {
-		t.Fatalf("first back-off %v, want HandshakeRetryMax (200ms)", d)
+		t.Fatalf("first back-off %v, want HandshakeRetry (200ms)", d)
 	}
 	proofs := len(a.bind.ofType(wire.TypeAuthProof))
 	// Keep traffic coming for a second: the node wants a handshake all along.
@@ -297,7 +296,7 @@ func TestRefusedInitiatorBacksOff(t *testing.T) {
 // handshake after the back-off succeeds, the refusal is gone and one line says so.
 func TestRefusalClearsWhenAccepted(t *testing.T) {
 	logs := &lockedBuffer{}
-	timers := Timers{HandshakeRetryMax: 100 * time.Millisecond, Tick: 10 * time.Millisecond}
+	timers := Timers{HandshakeRetry: 100 * time.Millisecond, Tick: 10 * time.Millisecond}
 	a, b := refusedPair(t, false, timers, logs)
 	pb := a.Peer("b")
 	sendOne(t, pb, 0, []byte("x"))

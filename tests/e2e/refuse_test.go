@@ -85,7 +85,7 @@ func TestRefusedPeerIsShownDown(t *testing.T) {
 				t.Error("packets for a refusing peer were not counted under drop_refused")
 			}
 
-			// beta's operator fixes it: the tunnel comes up once the back-off (8 s)
+			// beta's operator fixes it: the tunnel comes up once the back-off (1 s doubling)
 			// has passed, without anything done on alpha.
 			b.writeConfig(nodeConf{addresses: tunB, seedFile: seed,
 				peers: []peerConf{{name: "alpha", allowed: allowA, publicKey: a.publicKey()}}})
