@@ -524,6 +524,16 @@ func (n *Node) receiveBatch(bufs, rx [][]byte, sizes []int, eps []conn.Endpoint,
 			continue
 		}
 		p := s.peer
+		if h.Stream == wire.ControlStream && s.initiator && !s.confirmed.Load() {
+			if code, ok := wire.RefusalCode(pt); ok {
+				// The responder verified our AUTH_PROOF and refused us: it confirms
+				// nothing and moves no path (section 4.8).
+				unlock()
+				run.flush(now)
+				p.refusedBy(s, code, now)
+				continue
+			}
+		}
 		probe := h.Stream == wire.ControlStream && len(pt) > 0 && pt[0] == wire.CtlPing
 		run.add(s, h.Counter, eps[i], now, size, h.Stream != wire.ControlStream, probe)
 		if h.Stream == wire.ControlStream {
@@ -749,6 +759,7 @@ func (n *Node) completeResponder(res handshake.Result, ep conn.Endpoint) {
 		n.index.release(res.LocalIndex)
 		n.drop(DropUnknownPeer)
 		n.logDrop(DropUnknownPeer, nil, res.PeerName)
+		n.refuse(res, ep, wire.CodeNotPeer)
 		return
 	}
 	p.completeResponder(res, ep)

@@ -9,6 +9,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/conn"
 
+	"github.com/stt-tun/stt-tun/stt/wire"
 	"github.com/stt-tun/stt-tun/stt/ws"
 )
 
@@ -153,13 +154,14 @@ func (p *Peer) wantsWS() bool { return p.cfg.WSURL != "" }
 func (p *Peer) udpUsable() bool { return !p.node.cfg.DisableUDP && p.udpEP.Load() != nil }
 
 // dialWSLocked starts dialing the peer's WebSocket URL in the background unless a dial
-// is running or recently failed. Called with p.mu held.
-func (p *Peer) dialWSLocked() {
+// is running or recently failed, and reports whether it started one. Called with p.mu
+// held.
+func (p *Peer) dialWSLocked() bool {
 	if p.wsDialing || !p.wantsWS() || p.wsEP.Load() != nil {
-		return
+		return false
 	}
 	if time.Since(p.wsDialFailed) < p.wsDialBackoff() {
-		return
+		return false
 	}
 	p.wsDialing = true
 	n := p.node
@@ -193,11 +195,15 @@ func (p *Peer) dialWSLocked() {
 			if fails == 1 {
 				n.log.Info("websocket dial failed; retrying with backoff (debug level logs why)", "peer", p.cfg.Name)
 			}
+			p.mu.Lock()
+			p.dropHeldLocked()
+			p.mu.Unlock()
 			n.log.Debug("websocket dial failed", "peer", p.cfg.Name, "attempt", fails, "err", err)
 			return
 		}
 		p.wsDialFails = 0
 		if p.removed || n.ctx.Err() != nil || !p.wsDialMatches(dc) {
+			p.dropHeldLocked()
 			p.mu.Unlock()
 			_ = c.Close()
 			return
@@ -208,6 +214,72 @@ func (p *Peer) dialWSLocked() {
 		n.log.Debug("websocket connected", "peer", p.cfg.Name, "url", c.String())
 		n.kick()
 	}()
+	return true
+}
+
+// countFallbackLost counts the data datagrams sent over UDP since it last answered as
+// lost to the move away from it (DropFallback). Some may have arrived, if only the way
+// back failed; no answer says which.
+func (p *Peer) countFallbackLost() {
+	if lost := p.sentUnanswered.Swap(0); lost > 0 {
+		p.drops.Add(lost)
+		p.node.ctr.drops[DropFallback].Add(lost)
+		p.node.log.Debug("datagrams sent over UDP after its last answer presumed lost", "peer", p.cfg.Name, "count", lost)
+	}
+}
+
+// hold queues datagrams while the path is being switched, and reports whether it did
+// (false: the switch ended meanwhile, send them normally). When the queue is full the
+// oldest goes, counted under DropFallback.
+func (p *Peer) hold(pkts [][]byte) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.holding.Load() {
+		return false
+	}
+	for _, pkt := range pkts {
+		if len(p.queue) >= MaxQueued {
+			p.queue[0] = nil
+			p.queue = p.queue[1:]
+			p.drops.Add(1)
+			p.node.ctr.drops[DropFallback].Add(1)
+		}
+		b := make([]byte, len(pkt), len(pkt)+wire.TagLen)
+		copy(b, pkt)
+		p.queue = append(p.queue, b)
+	}
+	return true
+}
+
+// releaseHeldLocked ends a hold: the datagrams that waited go out on s over the path
+// now chosen. Called with p.mu held.
+func (p *Peer) releaseHeldLocked(s *session) {
+	// Load first: this runs on every tick, and a write would contend with Send's read.
+	if !p.holding.Load() || !p.holding.Swap(false) {
+		return
+	}
+	if s == nil || s.expired(time.Now(), &p.node.timers) {
+		// The session went meanwhile: the queue waits for the next, as any would.
+		if len(p.queue) > 0 {
+			p.wantHandshake = true
+		}
+		return
+	}
+	p.flushQueueLocked(s)
+}
+
+// dropHeldLocked ends a hold whose move cannot be made (the dial failed): what waited is
+// counted under DropFallback rather than sent into the path that stopped answering.
+// Called with p.mu held.
+func (p *Peer) dropHeldLocked() {
+	if !p.holding.Swap(false) {
+		return
+	}
+	if l := uint64(len(p.queue)); l > 0 {
+		p.drops.Add(l)
+		p.node.ctr.drops[DropFallback].Add(l)
+		p.queue = nil
+	}
 }
 
 // tickPathLocked moves the peer between UDP and WebSocket: to WebSocket when UDP does
@@ -224,6 +296,10 @@ func (p *Peer) tickPathLocked(now time.Time, cur *session) {
 		if p.wsEP.Load() == nil && (p.init != nil || p.wantHandshake || cur != nil || p.cfg.PersistentKeepalive > 0) {
 			p.dialWSLocked()
 		}
+		if p.wsEP.Load() != nil {
+			// UDP went away (a reload) during a move: the WebSocket is the way now.
+			p.releaseHeldLocked(cur)
+		}
 		return
 	}
 	if !p.onWS.Load() {
@@ -232,18 +308,28 @@ func (p *Peer) tickPathLocked(now time.Time, cur *session) {
 			stuck = true
 		}
 		if !stuck {
+			// UDP answered after all: what waited for a move goes the way it was going.
+			p.releaseHeldLocked(cur)
 			return
 		}
 		if p.wsEP.Load() == nil {
-			p.dialWSLocked()
+			dialing := p.dialWSLocked() || p.wsDialing
+			if dialing && cur != nil && cur.confirmed.Load() {
+				// Until the WebSocket carries, datagrams wait rather than go into UDP.
+				p.holding.Store(true)
+			}
 			return
 		}
 		n.log.Info("UDP does not answer; moving to WebSocket", "peer", p.cfg.Name)
 		p.onWS.Store(true)
 		p.firstUnanswered.Store(0)
+		// What went over UDP since it last answered is presumed lost: count it.
+		p.countFallbackLost()
 		if cur != nil && cur.confirmed.Load() {
-			// Tell the peer at once, so that its traffic follows.
+			// Tell the peer at once, so that its traffic follows; what waited for the
+			// move follows the keepalive on the same stream.
 			p.sendControl(cur, nil)
+			p.releaseHeldLocked(cur)
 		} else {
 			p.startHandshakeLocked(now)
 		}

@@ -43,6 +43,12 @@ type Peer struct {
 	lastRecv        atomic.Int64
 	lastRecvData    atomic.Int64
 	firstUnanswered atomic.Int64 // first data or keepalive echo sent since we last heard from the peer
+	// sentUnanswered counts data datagrams sent since we last heard from the peer: if
+	// the path is then given up as dead, they are presumed lost (DropFallback).
+	sentUnanswered atomic.Uint64
+	// holding: the path is being switched (UDP gave no answer, the WebSocket is being
+	// dialed); datagrams wait in queue instead of going into the dead path.
+	holding atomic.Bool
 
 	txBytes, rxBytes     atomic.Uint64
 	txPackets, rxPackets atomic.Uint64
@@ -79,6 +85,13 @@ type Peer struct {
 	nextLookup  time.Time
 	lookupErr   string
 	lookupDone  chan struct{}
+	// The peer refused our latest handshake (docs/protocol.md 4.8): the refusal code
+	// (0 = none), since when, until when no new handshake starts, and how many refusals
+	// in a row (for the back-off).
+	refusal      uint16
+	refusedSince time.Time
+	refusedUntil time.Time
+	refusals     int
 }
 
 // initiation is a handshake this node started, kept until it completes or is replaced.
@@ -129,7 +142,8 @@ func (p *Peer) PublicKey() ([32]byte, bool) {
 	return p.static, p.staticKnown
 }
 
-// LastHandshake is when the latest session with this peer was established.
+// LastHandshake is when the latest session with this peer was established: confirmed by
+// the peer (its FINAL or first frame, for a handshake this node started).
 func (p *Peer) LastHandshake() time.Time {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -139,10 +153,17 @@ func (p *Peer) LastHandshake() time.Time {
 // RTT is the smoothed round-trip time measured with PING, 0 if unknown.
 func (p *Peer) RTT() time.Duration { return time.Duration(p.rtt.Load()) }
 
-// HasSession reports whether the peer has a usable session.
+// HasSession reports whether the peer has a usable session: one the peer has confirmed
+// (an unconfirmed one may never be: the AUTH_PROOF may be lost or refused), or the
+// confirmed one a rekey is replacing.
 func (p *Peer) HasSession() bool {
-	s := p.current.Load()
-	return s != nil && !s.expired(time.Now(), &p.node.timers)
+	now := time.Now()
+	for _, s := range [...]*session{p.current.Load(), p.standby.Load()} {
+		if s != nil && s.confirmed.Load() && !s.expired(now, &p.node.timers) {
+			return true
+		}
+	}
+	return false
 }
 
 // Cipher names the AEAD of the current session, "" without one.
@@ -199,6 +220,9 @@ func (p *Peer) Send(pkts [][]byte, flows []uint16) error {
 		p.enqueue(pkts)
 		return nil
 	}
+	if p.holding.Load() && p.hold(pkts) {
+		return nil
+	}
 	first, ok := s.reserve(len(pkts), n.timers.RejectAfterMessages)
 	if !ok {
 		p.enqueue(pkts)
@@ -239,6 +263,15 @@ func (p *Peer) transmit(frames [][]byte, now time.Time, payloadBytes uint64, dat
 		if p.firstUnanswered.Load() == 0 {
 			p.firstUnanswered.CompareAndSwap(0, t)
 		}
+		if _, ws := ep.(*wsEndpoint); !ws && p.chooser.Load() {
+			// Only a node that may move the path away from UDP needs the count.
+			p.sentUnanswered.Add(uint64(len(frames)))
+			if p.onWS.Load() {
+				// The move came between choosing UDP and counting: it may have
+				// taken the count before this batch was in it.
+				p.countFallbackLost()
+			}
+		}
 	}
 	return nil
 }
@@ -248,6 +281,15 @@ var errNoEndpoint = errors.New("peer has no known endpoint")
 // enqueue copies datagrams into the handshake queue, dropping the oldest when full.
 func (p *Peer) enqueue(pkts [][]byte) {
 	p.mu.Lock()
+	if p.refusedLocked(time.Now()) {
+		// The peer refused us: nothing would carry these before the back-off ends.
+		// Remember that there is traffic, so that a handshake starts when it does.
+		p.drops.Add(uint64(len(pkts)))
+		p.node.ctr.drops[DropRefused].Add(uint64(len(pkts)))
+		p.wantHandshake = true
+		p.mu.Unlock()
+		return
+	}
 	for _, pkt := range pkts {
 		if len(p.queue) >= MaxQueued {
 			p.queue[0] = nil
@@ -379,8 +421,11 @@ func (r *recvRun) flush(now time.Time) {
 	if p.firstUnanswered.Load() != 0 {
 		p.firstUnanswered.Store(0)
 	}
-	if r.unconfirmed != nil {
-		r.unconfirmed.confirmed.Store(true)
+	if p.sentUnanswered.Load() != 0 {
+		p.sentUnanswered.Store(0)
+	}
+	if r.unconfirmed != nil && r.unconfirmed.confirmed.CompareAndSwap(false, true) {
+		p.confirmedSession(r.unconfirmed, now)
 	}
 	if r.data {
 		p.lastRecvData.Store(t)
@@ -549,11 +594,13 @@ func (p *Peer) completeResponder(res handshake.Result, ep conn.Endpoint) {
 	}
 	if p.removed {
 		reject(DropUnknownPeer)
+		n.refuse(res, ep, wire.CodeNotPeer)
 		return
 	}
 	if p.cfg.PublicKey != nil && subtle.ConstantTimeCompare(res.PeerStatic[:], p.cfg.PublicKey[:]) != 1 {
 		reject(DropPinMismatch)
 		n.log.Warn("handshake with a key other than the pinned one; refusing", "peer", p.cfg.Name)
+		n.refuse(res, ep, wire.CodePinMismatch)
 		return
 	}
 	// A new static key for the same name restarts the timestamp sequence only if the
@@ -593,10 +640,13 @@ func (p *Peer) installLocked(s *session, static [32]byte, now time.Time) {
 		p.standby.Store(nil)
 	}
 	p.static, p.staticKnown = static, true
-	p.lastHandshake = now
 	p.wantHandshake = false
 	p.firstUnanswered.Store(0)
-	n.ctr.handshakesDone.Add(1)
+	if s.confirmed.Load() {
+		// A responder's session: the AUTH_PROOF confirmed it. Ours counts once the
+		// peer confirms it (confirmedSession).
+		p.confirmedLocked(now)
+	}
 	if s.initiator {
 		p.flushQueueLocked(s)
 	}
@@ -654,6 +704,10 @@ func (p *Peer) tick(now time.Time) {
 	}
 	if p.cfg.PersistentKeepalive > 0 && cur == nil {
 		need = true
+	}
+	if p.refusedLocked(now) {
+		// Refused: wait out the back-off (refusalBackoff) before asking again.
+		need = false
 	}
 	switch {
 	case p.init != nil && !now.Before(p.init.nextRetry):

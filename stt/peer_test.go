@@ -367,9 +367,8 @@ func TestQueuedDatagramsNoSessionCanSealAreCounted(t *testing.T) {
 	if got := a.Stats().Drops[DropNoSession]; got != n {
 		t.Fatalf("node no_session drops %d, want %d", got, n)
 	}
-	if a.Stats().HandshakesDone == 0 {
-		t.Fatal("dropped before a session came up")
-	}
+	// The session that could not seal them was made: the peer confirms it.
+	waitFor(t, 5*time.Second, "the session confirmed", func() bool { return a.Stats().HandshakesDone != 0 })
 	pb.mu.Lock()
 	queued := len(pb.queue)
 	pb.mu.Unlock()

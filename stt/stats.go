@@ -24,13 +24,15 @@ const (
 	DropControl                           // malformed control message
 	DropNoSession                         // outbound datagram no session could carry: pushed out of a full queue, queued when the handshake gave up, or in a queue longer than a new session may seal
 	DropSendError                         // the transport refused a send
+	DropRefused                           // outbound datagram for a peer that refused our handshake, during the back-off
+	DropFallback                          // outbound datagram lost to a move from UDP to WebSocket: sent over UDP after its last answer, or held for a move that failed
 	numDropReasons
 )
 
 var dropNames = [numDropReasons]string{
 	"malformed", "unknown_index", "auth", "replay", "expired", "bad_mac1", "handshake",
 	"handshake_replay", "version", "rate_limited", "unknown_peer", "pin_mismatch",
-	"stale_timestamp", "control", "no_session", "send_error",
+	"stale_timestamp", "control", "no_session", "send_error", "refused", "fallback",
 }
 
 // String names the reason as metrics and status show it.

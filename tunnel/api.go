@@ -57,4 +57,8 @@ type PeerStatus struct {
 	TxPackets       uint64    `json:"tx_packets"`
 	RxPackets       uint64    `json:"rx_packets"`
 	Drops           uint64    `json:"drops"`
+	// Refused is why the peer refuses this node's handshakes: "unknown_peer" (it has
+	// no [[peer]] for this node) or "pin_mismatch" (it pins another key for it); ""
+	// (absent in JSON) when it does not.
+	Refused string `json:"refused,omitempty"`
 }

@@ -37,9 +37,10 @@ var (
 	famPeerDrops     = counter("stt_peer_drops_total", "Packets to or from the peer that were dropped: handshake queue full, send errors, source not allowed, routing loop.")
 	famPeerRTT       = gauge("stt_peer_rtt_seconds", "Smoothed round-trip time to the peer, measured with STT echoes; absent until measured.")
 	famPeerHSAge     = gauge("stt_peer_handshake_age_seconds", "Seconds since the peer's latest handshake completed; absent before the first.")
+	famPeerRefused   = gauge("stt_peer_refused", "1 while the peer refuses this node's handshakes, with the reason (unknown_peer, pin_mismatch); absent otherwise.")
 
 	famHSStarted   = counter("stt_handshakes_started_total", "Handshakes this node started (HELLOs sent, retransmissions included).")
-	famHSCompleted = counter("stt_handshakes_completed_total", "Handshakes completed, as initiator or responder.")
+	famHSCompleted = counter("stt_handshakes_completed_total", "Handshakes completed, as initiator or responder (as initiator: once the peer confirmed).")
 	famHSFailures  = counter("stt_handshake_failures_total", "Handshake messages refused or failed, by reason.")
 	famDrops       = counter("stt_drops_total", "Packets the node dropped other than handshakes, by reason (auth and replay among them).")
 	famCookies     = counter("stt_cookie_replies_sent_total", "Cookie replies sent to handshakes while under load.")
@@ -94,6 +95,7 @@ func (t *Tunnel) writeMetrics(w *promtext.Writer) {
 	// The peers' figures, read once, then written family by family.
 	type peerFigures struct {
 		name, path, endpoint string
+		refused              string
 		up                   uint64
 		stats                stt.PeerStats
 		drops                uint64
@@ -117,6 +119,9 @@ func (t *Tunnel) writeMetrics(w *promtext.Writer) {
 		f.rtt = sp.RTT().Seconds()
 		if hs := sp.LastHandshake(); !hs.IsZero() {
 			f.hsAge, f.hasHS = max(now.Sub(hs).Seconds(), 0), true
+		}
+		if r, ok := sp.Refusal(); ok {
+			f.refused = r.Name
 		}
 		figs[i] = f
 	}
@@ -146,6 +151,12 @@ func (t *Tunnel) writeMetrics(w *promtext.Writer) {
 	for _, f := range figs {
 		if f.hasHS {
 			w.Float(famPeerHSAge.name, f.hsAge, "peer", f.name)
+		}
+	}
+	w.Family(famPeerRefused.name, famPeerRefused.typ, famPeerRefused.help)
+	for _, f := range figs {
+		if f.refused != "" {
+			w.Uint(famPeerRefused.name, 1, "peer", f.name, "reason", f.refused)
 		}
 	}
 

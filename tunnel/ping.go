@@ -47,12 +47,20 @@ func (t *Tunnel) Ping(ctx context.Context, name string) (PingReply, error) {
 			}
 			return r, nil
 		}
+		if r, ok := sp.Refusal(); ok {
+			// Nothing will answer before the peer's operator acts: say why at once.
+			return PingReply{}, fmt.Errorf("refused by %s: %s", name, r.Reason)
+		}
 		if !errors.Is(err, stt.ErrNoSession) {
 			return PingReply{}, fmt.Errorf("no reply from %s: %w", name, err)
 		}
 		// Ping asked for a handshake; wait for the session it makes.
 		tick := time.NewTicker(sessionPoll)
 		for !sp.HasSession() {
+			if r, ok := sp.Refusal(); ok {
+				tick.Stop()
+				return PingReply{}, fmt.Errorf("refused by %s: %s", name, r.Reason)
+			}
 			select {
 			case <-ctx.Done():
 				tick.Stop()

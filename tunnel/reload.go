@@ -167,7 +167,7 @@ func (t *Tunnel) reload(cfg *config.Config) ([]string, error) {
 			if len(pl.changed) > 0 {
 				line := fmt.Sprintf("peer %q: %s changed", pc.Name, strings.Join(pl.changed, ", "))
 				if pc.PublicKey != nil {
-					if k, ok := pl.p.sp.PublicKey(); ok && pl.p.sp.HasSession() && k != *pc.PublicKey {
+					if k, ok := pl.p.sp.PublicKey(); ok && hasAnySession(pl.p.sp) && k != *pc.PublicKey {
 						line += " (session closed: the new public_key is not the key it was made with)"
 					}
 				}
@@ -504,4 +504,11 @@ func (t *Tunnel) checkSecrets(cfg *config.Config) error {
 		return fmt.Errorf("%w: the private key in interface.key_file %s changed", ErrRestartNeeded, cfg.Interface.KeyFile)
 	}
 	return nil
+}
+
+// hasAnySession reports whether the peer has a session a new pin would close, confirmed
+// by the peer yet or not.
+func hasAnySession(sp *stt.Peer) bool {
+	_, ok := sp.SessionID()
+	return ok
 }

@@ -105,6 +105,21 @@ func sessionID(t *testing.T, n *memNode, peer string) uint32 {
 	return id
 }
 
+// waitConfirmed waits until n's sessions with peers are up: confirmed by the peer, so
+// that no handshake completes later, during what the test measures.
+func waitConfirmed(t *testing.T, n *memNode, peers ...string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for _, name := range peers {
+		for !n.t.Node().Peer(name).HasSession() {
+			if time.Now().After(deadline) {
+				t.Fatalf("no confirmed session with %s", name)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+}
+
 // reloadLab is alpha with peers beta and delta; gamma is configured to reach alpha, which
 // does not know it yet.
 type reloadLab struct {
@@ -147,6 +162,7 @@ func TestReloadPeersAndPrefixes(t *testing.T) {
 	toD := ipv4UDP("10.9.0.1", "10.9.0.4", 1000, 2000, []byte("to delta"))
 	l.a.dev.Inject(toD)
 	expectPacket(t, l.d.dev, toD)
+	waitConfirmed(t, l.a, "beta", "delta")
 
 	idB := sessionID(t, l.a, "beta")
 	spB := l.a.t.Node().Peer("beta")
@@ -341,6 +357,7 @@ func TestReloadPin(t *testing.T) {
 	toB := ipv4UDP("10.9.0.1", "10.9.0.2", 1000, 2000, []byte("to beta"))
 	l.a.dev.Inject(toB)
 	expectPacket(t, l.b.dev, toB)
+	waitConfirmed(t, l.a, "beta")
 	idB := sessionID(t, l.a, "beta")
 
 	pinned := func(key string) *config.Config {

@@ -440,6 +440,9 @@ func (t *Tunnel) Status() Status {
 			ps.AllowedPrefixes = append(ps.AllowedPrefixes, pfx.String())
 		}
 		ps.LastHandshake = p.sp.LastHandshake()
+		if r, ok := p.sp.Refusal(); ok {
+			ps.Refused = r.Name
+		}
 		ps.RTT = float64(p.sp.RTT().Microseconds()) / 1000
 		s := p.sp.Stats()
 		ps.TxBytes, ps.RxBytes, ps.TxPackets, ps.RxPackets = s.TxBytes, s.RxBytes, s.TxPackets, s.RxPackets

@@ -419,7 +419,7 @@ func sampleStatus() []tunnel.Status {
 			Addresses:  []string{"10.99.0.1/24", "fd99::1/64"},
 			Counters: map[string]uint64{
 				"handshakes_started": 9, "handshakes_completed": 7, "drop_replay": 3,
-				"drop_bad_mac1": 12, "drop_auth": 0, "tunnel_no_route": 3,
+				"drop_bad_mac1": 12, "drop_auth": 0, "tunnel_no_route": 3, "drop_refused": 2,
 			},
 			Peers: []tunnel.PeerStatus{
 				{
@@ -435,7 +435,7 @@ func sampleStatus() []tunnel.Status {
 					TxBytes: 5 << 30, RxBytes: 999, TxPackets: 4000000, RxPackets: 7, Drops: 12,
 				},
 				{
-					Name: "delta", Path: "none",
+					Name: "delta", Path: "none", Endpoint: "192.0.2.4:51900", Refused: "unknown_peer",
 				},
 				{
 					Name: "epsilon", Path: "none", AllowedPrefixes: []string{"10.99.0.5/32"},

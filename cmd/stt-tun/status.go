@@ -262,6 +262,9 @@ func renderStatus(w io.Writer, all []tunnel.Status, now time.Time) error {
 			if p.EndpointError != "" {
 				fmt.Fprintf(&b, "  peer %s: endpoint does not resolve (%s); looked up again in the background\n", p.Name, p.EndpointError)
 			}
+			if p.Refused != "" {
+				fmt.Fprintf(&b, "  refused by %s: %s\n", p.Name, refusal(p.Refused))
+			}
 		}
 	}
 	// Routing a dead daemon left behind, after the running interfaces.
@@ -287,6 +290,17 @@ func state(st tunnel.Status) string {
 		return tunnel.StateStarting
 	}
 	return tunnel.StateUp
+}
+
+// refusal says in words why a peer refuses this node (docs/status-schema.md, refused).
+func refusal(name string) string {
+	switch name {
+	case "unknown_peer":
+		return "not a configured peer"
+	case "pin_mismatch":
+		return "our key is not the public_key it pins for us"
+	}
+	return name
 }
 
 // port is the UDP listening port, "none" when the node has no UDP socket.

@@ -2,6 +2,8 @@ package handshake
 
 import (
 	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
 	"encoding/hex"
 	"encoding/json"
 	"net/netip"
@@ -92,6 +94,8 @@ type goldenVector struct {
 	CookieSource       string   `json:"cookie_source"`
 	Cookie             hexBytes `json:"cookie"`
 	CookieReply        hexBytes `json:"cookie_reply"`
+	RefusalNotPeer     hexBytes `json:"refusal_not_peer"`
+	RefusalPinMismatch hexBytes `json:"refusal_pin_mismatch"`
 }
 
 // goldenInitiator and goldenResponder build the Engines of the transcript. rand is the
@@ -156,13 +160,25 @@ func buildGolden(t testing.TB) goldenVector {
 		t.Fatal("golden transcript: sides disagree")
 	}
 
+	// The refusals the responder would send instead of FINAL (section 4.8).
+	refNotPeer, err := SealRefusal(nil, rr, wire.CodeNotPeer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refPin, err := SealRefusal(nil, rr, wire.CodePinMismatch)
+	if err != nil {
+		t.Fatal(err)
+	}
+
 	ip, rp := ini.PublicKey(), resp.PublicKey()
 	ts := ri.Timestamp
 	return goldenVector{
 		Description: "STT v1 handshake transcript (docs/protocol.md section 4). Inputs: seed, statics, " +
 			"the random bytes each side draws (ephemeral private keys; cookie secret then nonce), " +
 			"indices, names, caps, time. k1 seals frames from initiator to responder, k2 the other way. " +
-			"cookie_reply answers hello from cookie_source on a responder under load.",
+			"cookie_reply answers hello from cookie_source on a responder under load. " +
+			"refusal_not_peer and refusal_pin_mismatch are the DATA frames (stream 0, counter 0, k2) " +
+			"a responder sends instead of FINAL when it refuses the verified initiator (section 4.8).",
 		Seed: gSeed, InitiatorStatic: gInitStatic, ResponderStatic: gRespStatic,
 		InitiatorPublic: ip[:], ResponderPublic: rp[:],
 		InitiatorEphemeral: gInitEph, ResponderEphemeral: gRespEph,
@@ -176,6 +192,7 @@ func buildGolden(t testing.TB) goldenVector {
 		K1:     ri.SendKey[:], K2: ri.RecvKey[:],
 		CookieSecret: gCookieSecret, CookieNonce: gCookieNonce,
 		CookieSource: gCookieSrc.String(), Cookie: cookie[:], CookieReply: cr,
+		RefusalNotPeer: refNotPeer, RefusalPinMismatch: refPin,
 	}
 }
 
@@ -207,6 +224,27 @@ func TestGoldenVectors(t *testing.T) {
 	if len(gv.Hello) != wire.HelloLen || len(gv.Challenge) != wire.ChallengeLen ||
 		len(gv.AuthProof) != wire.AuthProofLen || len(gv.CookieReply) != wire.CookieReplyLen {
 		t.Fatal("message lengths")
+	}
+	// The refusal opens under k2 (AES-256-GCM here: both sides have the cap), nonce
+	// counter 0, the 16-byte header as AD, and holds exactly CLOSE(code).
+	for code, frame := range map[uint16][]byte{wire.CodeNotPeer: gv.RefusalNotPeer, wire.CodePinMismatch: gv.RefusalPinMismatch} {
+		blk, _ := aes.NewCipher(gv.K2)
+		aead, _ := cipher.NewGCM(blk)
+		var nonce [12]byte
+		pt, err := aead.Open(nil, nonce[:], frame[wire.HeaderLen:], frame[:wire.HeaderLen])
+		if err != nil {
+			t.Fatalf("refusal %d does not open under k2: %v", code, err)
+		}
+		if got, ok := wire.RefusalCode(pt); !ok || got != code || len(frame) != wire.HeaderLen+5+wire.TagLen {
+			t.Fatalf("refusal %d: payload %x", code, pt)
+		}
+		h, _ := wire.ParseHeader(frame)
+		if h.Stream != wire.ControlStream || h.Counter != 0 || h.Receiver != gInitIndex {
+			t.Fatalf("refusal %d: header %+v", code, h)
+		}
+	}
+	if _, err := SealRefusal(nil, Result{RemoteIndex: 1, Cipher: wire.CipherChaCha20Poly1305}, wire.CodeShutdown); err == nil {
+		t.Fatal("SealRefusal sealed a code that is no refusal")
 	}
 	pub := PublicKey(arr32(gInitEph))
 	if !bytes.Equal(gv.Hello[wire.HelloNoiseOff:wire.HelloNoiseOff+32], pub[:]) {

@@ -40,7 +40,30 @@ const (
 	CodeNotPermited = 3
 	CodeResource    = 4
 	CodeRekey       = 5
+	// CodeNotPeer and CodePinMismatch are refusals (docs/protocol.md 4.8): a responder
+	// that verified an AUTH_PROOF tells the initiator why it will not make the session.
+	CodeNotPeer     = 6 // the initiator's name is not a configured peer of the responder
+	CodePinMismatch = 7 // the initiator's static key is not the one pinned for its name
 )
+
+// IsRefusalCode reports whether code is one a responder refuses a handshake with.
+func IsRefusalCode(code uint16) bool { return code == CodeNotPeer || code == CodePinMismatch }
+
+// AppendRefusal appends the stream-0 payload of a refusal: one CLOSE with code.
+func AppendRefusal(b []byte, code uint16) []byte {
+	return AppendControl(b, CtlClose, binary.LittleEndian.AppendUint16(nil, code))
+}
+
+// RefusalCode reports whether a stream-0 payload is a refusal, and its code: exactly
+// one CLOSE message whose code is a refusal code, nothing before or after it.
+func RefusalCode(payload []byte) (uint16, bool) {
+	if len(payload) != ControlHeaderLen+CloseBodyLen || payload[0] != CtlClose ||
+		binary.LittleEndian.Uint16(payload[1:]) != CloseBodyLen {
+		return 0, false
+	}
+	code := binary.LittleEndian.Uint16(payload[3:])
+	return code, IsRefusalCode(code)
+}
 
 // ErrControlTruncated reports a control message whose length runs past its payload.
 var ErrControlTruncated = errors.New("control message truncated")

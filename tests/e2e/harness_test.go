@@ -553,6 +553,7 @@ type peerJSON struct {
 	TxPackets       uint64    `json:"tx_packets"`
 	RxPackets       uint64    `json:"rx_packets"`
 	Drops           uint64    `json:"drops"`
+	Refused         string    `json:"refused"`
 }
 
 func (s statusJSON) peer(t testing.TB, name string) peerJSON {

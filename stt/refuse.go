@@ -1,0 +1,157 @@
+package stt
+
+import (
+	"time"
+
+	"golang.zx2c4.com/wireguard/conn"
+
+	"github.com/stt-tun/stt-tun/stt/handshake"
+	"github.com/stt-tun/stt-tun/stt/wire"
+)
+
+// Refusals (docs/protocol.md section 4.8). A responder that verified an AUTH_PROOF but
+// will not make the session (no [[peer]] of that name, or a pinned key that differs)
+// answers with one frame sealed under that handshake's keys instead of FINAL. Only the
+// initiator that sent the AUTH_PROOF can open it, and no one else can make one, so the
+// initiator may believe it: it drops the session, shows the refusal, and backs off.
+
+// refuse sends the refusal for a verified AUTH_PROOF whose Result the node will not
+// turn into a session. The caller has released (or will release) res.LocalIndex.
+func (n *Node) refuse(res handshake.Result, ep conn.Endpoint, code uint16) {
+	frame, err := handshake.SealRefusal(make([]byte, 0, wire.HeaderLen+wire.ControlHeaderLen+wire.CloseBodyLen+wire.TagLen), res, code)
+	if err != nil {
+		return
+	}
+	if err := n.send([][]byte{frame}, ep); err != nil {
+		n.drop(DropSendError)
+	}
+}
+
+// refusalReason is the text `status` shows for a refusal code.
+func refusalReason(code uint16) string {
+	switch code {
+	case wire.CodeNotPeer:
+		return "not a configured peer"
+	case wire.CodePinMismatch:
+		return "our key is not the public_key it pins for us"
+	}
+	return ""
+}
+
+// refusalName is the machine-readable name of a refusal code, as status JSON and the
+// drop counters of the responder name the cause: "unknown_peer", "pin_mismatch".
+func refusalName(code uint16) string {
+	switch code {
+	case wire.CodeNotPeer:
+		return DropUnknownPeer.String()
+	case wire.CodePinMismatch:
+		return DropPinMismatch.String()
+	}
+	return ""
+}
+
+// Refusal is why the peer refused our latest handshake: Name is "unknown_peer" or
+// "pin_mismatch", Reason the words `status` shows. The zero value: not refused.
+type Refusal struct {
+	Name, Reason string
+	Since        time.Time // when the first refusal of this kind arrived
+	RetryAt      time.Time // when this node tries again
+}
+
+// Refusal reports the peer's standing refusal, if any. It is cleared when a session
+// with the peer is confirmed.
+func (p *Peer) Refusal() (Refusal, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.refusal == 0 {
+		return Refusal{}, false
+	}
+	return Refusal{Name: refusalName(p.refusal), Reason: refusalReason(p.refusal), Since: p.refusedSince, RetryAt: p.refusedUntil}, true
+}
+
+// refusalBackoff is how long an initiator waits after its nth consecutive refusal
+// (n ≥ 1) before it tries the peer again: HandshakeRetry (1 s) doubling per refusal up
+// to RekeyAfterTime (120 s). A refusal comes from a configuration only an operator
+// changes, so hammering the peer gains nothing; short first waits keep the recovery
+// quick when the operator is fixing it right now (a handful of tries in the first
+// minute, then one every two minutes).
+func (t *Timers) refusalBackoff(n int) time.Duration {
+	d := t.HandshakeRetry << min(max(n-1, 0), 10)
+	if d <= 0 || d > t.RekeyAfterTime {
+		d = t.RekeyAfterTime
+	}
+	return d
+}
+
+// refusedBy acts on an authenticated refusal under our unconfirmed session s: the
+// session goes (the responder has none), the peer shows the refusal, and no handshake
+// starts before the back-off has passed. One info line per change of refusal.
+func (p *Peer) refusedBy(s *session, code uint16, now time.Time) {
+	n := p.node
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	// The responder has no session with us: it refuses us now, and whatever made it
+	// refuse (our [[peer]] removed, a new pin) ended the sessions it had with us too. So
+	// the session a rekey was replacing goes as well; only receiving on the previous
+	// one stays possible until it expires, as after any rekey.
+	if p.current.CompareAndSwap(s, nil) {
+		if sb := p.standby.Swap(nil); sb != nil && sb != p.previous {
+			n.index.remove(sb)
+		}
+	}
+	if p.previous == s {
+		p.previous = nil
+	}
+	n.index.remove(s)
+	if p.proof != nil {
+		p.forgetProofLocked()
+	}
+	p.refusals++
+	if p.refusal != code {
+		p.refusedSince = now
+		n.log.Info("peer refused our handshake", "peer", p.cfg.Name, "reason", refusalReason(code), "code", refusalName(code))
+	}
+	p.refusal = code
+	wait := n.timers.refusalBackoff(p.refusals)
+	p.refusedUntil = now.Add(wait)
+	n.log.Debug("refused; next handshake after back-off", "peer", p.cfg.Name, "wait", wait)
+	// What waited for this session cannot be delivered.
+	if len(p.queue) > 0 {
+		p.drops.Add(uint64(len(p.queue)))
+		n.ctr.drops[DropRefused].Add(uint64(len(p.queue)))
+		p.queue = nil
+	}
+	p.wantHandshake = false
+}
+
+// refusedLocked reports whether the peer refused us and the back-off still runs.
+// Called with p.mu held.
+func (p *Peer) refusedLocked(now time.Time) bool {
+	return p.refusal != 0 && now.Before(p.refusedUntil)
+}
+
+// confirmedSession records that s, made by our handshake, was confirmed by the peer:
+// only now does the handshake count as completed, and a standing refusal ends.
+func (p *Peer) confirmedSession(s *session, now time.Time) {
+	n := p.node
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.current.Load() != s && p.previous != s {
+		return // already replaced or dropped
+	}
+	p.confirmedLocked(now)
+	n.log.Debug("session confirmed", "peer", p.cfg.Name)
+}
+
+// confirmedLocked counts a completed handshake: the peer has shown it holds the
+// session's keys. Called with p.mu held.
+func (p *Peer) confirmedLocked(now time.Time) {
+	n := p.node
+	p.lastHandshake = now
+	n.ctr.handshakesDone.Add(1)
+	p.refusals = 0
+	if p.refusal != 0 {
+		p.refusal = 0
+		n.log.Info("peer accepts our handshake again", "peer", p.cfg.Name)
+	}
+}
