@@ -1,6 +1,7 @@
 package stt
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"sync"
@@ -228,4 +229,67 @@ func (r *reliableState) inherit(old *reliableState) {
 		r.nextSend++
 		r.queue = append(r.queue, m)
 	}
+}
+
+// pingPayloadLocked builds a PING whose answer reports to ch (may be nil).
+func (p *Peer) pingPayloadLocked(now time.Time, ch chan time.Duration) []byte {
+	p.pingSeq++
+	p.lastPing = now
+	if ch != nil {
+		if p.pings == nil {
+			p.pings = make(map[uint32]chan time.Duration)
+		}
+		if len(p.pings) >= 64 {
+			clear(p.pings)
+		}
+		p.pings[p.pingSeq] = ch
+	}
+	var body [wire.PingBodyLen]byte
+	binary.LittleEndian.PutUint32(body[:4], p.pingSeq)
+	binary.LittleEndian.PutUint64(body[4:], uint64(p.mono(now)))
+	return wire.AppendControl(nil, wire.CtlPing, body[:])
+}
+
+// Ping sends an STT-level echo over the current session and waits for the answer.
+func (p *Peer) Ping(ctx context.Context) (time.Duration, error) {
+	s := p.current.Load()
+	if s == nil || s.expired(time.Now(), &p.node.timers) {
+		p.mu.Lock()
+		p.wantHandshake = true
+		p.mu.Unlock()
+		p.node.kick()
+		return 0, ErrNoSession
+	}
+	ch := make(chan time.Duration, 1)
+	p.mu.Lock()
+	payload := p.pingPayloadLocked(time.Now(), ch)
+	seq := p.pingSeq
+	p.mu.Unlock()
+	p.sendControl(s, payload)
+	select {
+	case d := <-ch:
+		return d, nil
+	case <-ctx.Done():
+		p.mu.Lock()
+		delete(p.pings, seq)
+		p.mu.Unlock()
+		return 0, ctx.Err()
+	}
+}
+
+// SendReliable queues a control message (a STREAM_OPEN, STREAM_CLOSE or extension) for
+// reliable, in-order delivery on stream 0.
+func (p *Peer) SendReliable(typ byte, body []byte) error {
+	s := p.current.Load()
+	if s == nil || s.expired(time.Now(), &p.node.timers) {
+		return ErrNoSession
+	}
+	payload, err := s.rel.enqueue(typ, body, time.Now())
+	if err != nil {
+		return err
+	}
+	if payload != nil {
+		p.sendControl(s, payload)
+	}
+	return nil
 }

@@ -129,29 +129,3 @@ func (p *Peer) refusedBy(s *session, code uint16, now time.Time) {
 func (p *Peer) refusedLocked(now time.Time) bool {
 	return p.refusal != 0 && now.Before(p.refusedUntil)
 }
-
-// confirmedSession records that s, made by our handshake, was confirmed by the peer:
-// only now does the handshake count as completed, and a standing refusal ends.
-func (p *Peer) confirmedSession(s *session, now time.Time) {
-	n := p.node
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.current.Load() != s && p.previous != s {
-		return // already replaced or dropped
-	}
-	p.confirmedLocked(now)
-	n.log.Debug("session confirmed", "peer", p.cfg.Name)
-}
-
-// confirmedLocked counts a completed handshake: the peer has shown it holds the
-// session's keys. Called with p.mu held.
-func (p *Peer) confirmedLocked(now time.Time) {
-	n := p.node
-	p.lastHandshake = now
-	n.ctr.handshakesDone.Add(1)
-	p.refusals = 0
-	if p.refusal != 0 {
-		p.refusal = 0
-		n.log.Info("peer accepts our handshake again", "peer", p.cfg.Name)
-	}
-}

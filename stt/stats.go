@@ -1,6 +1,17 @@
 package stt
 
-import "sync/atomic"
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/stt-tun/stt-tun/stt/handshake"
+	"github.com/stt-tun/stt-tun/stt/wire"
+	"golang.zx2c4.com/wireguard/conn"
+)
 
 // DropReason says why the node discarded a message. Every discarded input is counted
 // under exactly one reason.
@@ -82,4 +93,87 @@ type PeerStats struct {
 	TxBytes, RxBytes     uint64
 	TxPackets, RxPackets uint64
 	Drops                uint64 // datagrams for this peer dropped (queue full, send errors, policy)
+}
+
+func (n *Node) drop(r DropReason) { n.ctr.drops[r].Add(1) }
+
+// versionLogInterval bounds how often a node logs handshakes of another protocol
+// version: an administrator needs to learn of an incompatible peer, but a flood of such
+// messages must not become a flood of log lines.
+const versionLogInterval = 10 * time.Second
+
+// dropVersion counts a handshake message of another protocol version and logs it at
+// most once per versionLogInterval, with the number of such messages since.
+func (n *Node) dropVersion(v byte, ep conn.Endpoint) {
+	n.drop(DropVersion)
+	now := time.Now().UnixNano()
+	last := n.versionLogged.Load()
+	if now-last < int64(versionLogInterval) || !n.versionLogged.CompareAndSwap(last, now) {
+		return
+	}
+	total := n.ctr.drops[DropVersion].Load()
+	n.log.Info("handshake messages of an incompatible protocol version (a peer runs another stt-tun release?)",
+		"version", v, "ours", wire.Version, "total", total)
+	if ep != nil {
+		n.log.Debug("incompatible protocol version", "version", v, "from", ep.DstToString())
+	}
+}
+
+// dropLogInterval bounds how often a node writes the debug line of one drop reason: a
+// flood of dropped handshakes must not become a flood of log lines. The line says how
+// many drops of that reason it stands for.
+const dropLogInterval = time.Second
+
+// dropLog is the state of one reason's rate-limited debug line.
+type dropLog struct {
+	last       atomic.Int64 // unix ns of the last line
+	suppressed atomic.Uint64
+}
+
+// logDrop writes the debug line for a dropped handshake message of reason r, at most
+// once per dropLogInterval per reason, with the number of drops left unlogged since.
+func (n *Node) logDrop(r DropReason, err error, name string) {
+	if !n.log.Enabled(context.Background(), slog.LevelDebug) {
+		return
+	}
+	l := &n.dropLogs[r]
+	now := time.Now().UnixNano()
+	last := l.last.Load()
+	if now-last < int64(dropLogInterval) || !l.last.CompareAndSwap(last, now) {
+		l.suppressed.Add(1)
+		return
+	}
+	attrs := []any{"reason", r.String()}
+	if err != nil {
+		attrs = append(attrs, "err", err)
+	}
+	if name != "" {
+		attrs = append(attrs, "name", name)
+	}
+	if s := l.suppressed.Swap(0); s > 0 {
+		attrs = append(attrs, "suppressed", s)
+	}
+	n.log.Debug("handshake dropped", attrs...)
+}
+
+func (n *Node) dropHandshake(err error, src netip.AddrPort) {
+	r := DropHandshake
+	switch {
+	case errors.Is(err, handshake.ErrBadMAC1):
+		r = DropBadMAC1
+	case errors.Is(err, handshake.ErrReplay):
+		r = DropHandshakeReplay
+	case errors.Is(err, handshake.ErrVersion):
+		var ve *handshake.VersionError
+		v := byte(0)
+		if errors.As(err, &ve) {
+			v = ve.Version
+		}
+		n.dropVersion(v, nil)
+		return
+	case errors.Is(err, handshake.ErrUnderLoad), errors.Is(err, handshake.ErrRateLimited):
+		r = DropRateLimited
+	}
+	n.drop(r)
+	n.logDrop(r, err, "")
 }

@@ -7,8 +7,6 @@ import (
 	"net/netip"
 
 	"golang.zx2c4.com/wireguard/conn"
-
-	"github.com/stt-tun/stt-tun/stt/ws"
 )
 
 // ErrPeerRemoved reports an operation on a peer that RemovePeer has forgotten.
@@ -100,31 +98,6 @@ func (p *Peer) Update(pc PeerConfig) error {
 	}
 	n.kick()
 	return nil
-}
-
-// dropSessionsLocked forgets every session and handshake with the peer and asks for a
-// new handshake, telling the peer so that it does not send into the void. Called with
-// p.mu held.
-func (p *Peer) dropSessionsLocked() {
-	n := p.node
-	p.dropInitLocked()
-	p.forgetProofLocked()
-	cur := p.current.Swap(nil)
-	if cur != nil {
-		p.sendClose(cur)
-		p.wantHandshake = true
-	}
-	n.index.remove(cur, p.previous)
-	p.previous = nil
-	// Replay protection of handshakes is per key; the next key starts afresh.
-	p.lastTimestamp = [12]byte{}
-}
-
-// wsDialMatches reports whether dc was made from the peer's current WebSocket
-// settings. Called with p.mu held.
-func (p *Peer) wsDialMatches(dc ws.DialConfig) bool {
-	return dc.URL == p.cfg.WSURL && dc.Proxy == p.cfg.WSProxy && dc.CAFile == p.cfg.WSCAFile &&
-		dc.InsecureSkipVerify == p.cfg.WSInsecure
 }
 
 // SessionID identifies the peer's current session (this node's index for it), and

@@ -1,0 +1,353 @@
+// Handshake orchestration: starting, continuing and completing the handshakes of
+// stt/handshake with a peer, and installing the session they make.
+
+package stt
+
+import (
+	"crypto/subtle"
+	"encoding/binary"
+	"math/rand/v2"
+	"net/netip"
+	"time"
+
+	"github.com/stt-tun/stt-tun/stt/handshake"
+	"github.com/stt-tun/stt-tun/stt/wire"
+	"golang.zx2c4.com/wireguard/conn"
+)
+
+// initiation is a handshake this node started, kept until it completes or is replaced.
+type initiation struct {
+	peer      *Peer
+	hs        *handshake.Initiation
+	index     uint32
+	firstSent time.Time // of the first attempt in this series
+	nextRetry time.Time
+	attempt   int
+}
+
+// startHandshakeLocked sends a fresh HELLO. Called with p.mu held.
+func (p *Peer) startHandshakeLocked(now time.Time) {
+	n := p.node
+	ep := p.sendEndpoint()
+	if ep == nil || p.removed {
+		if ep == nil && p.wantsWS() {
+			p.dialWSLocked()
+		}
+		return
+	}
+	first := now
+	attempt := 0
+	if old := p.init; old != nil {
+		first, attempt = old.firstSent, old.attempt+1
+		p.dropInitLocked()
+	}
+	var cookie []byte
+	if p.cookie != nil && now.Sub(p.cookieAt) < 120*time.Second {
+		cookie = p.cookie
+	}
+	idx := n.index.reserve()
+	hs, hello, err := n.hs.Initiate(idx, cookie, make([]byte, 0, wire.HelloLen))
+	if err != nil {
+		n.index.release(idx)
+		n.log.Warn("cannot start handshake", "peer", p.cfg.Name, "err", err)
+		return
+	}
+	delay := n.timers.HandshakeRetry << min(attempt, 10)
+	if delay > n.timers.HandshakeRetryMax || delay <= 0 {
+		delay = n.timers.HandshakeRetryMax
+	}
+	jitter := time.Duration(rand.Int64N(int64(delay)/5*2+1)) - delay/5
+	in := &initiation{peer: p, hs: hs, index: idx, firstSent: first, nextRetry: now.Add(delay + jitter), attempt: attempt}
+	p.init = in
+	n.mu.Lock()
+	n.inits[idx] = in
+	n.mu.Unlock()
+	n.ctr.handshakesStart.Add(1)
+	_ = n.send([][]byte{hello}, ep)
+}
+
+func (p *Peer) dropInitLocked() {
+	in := p.init
+	if in == nil {
+		return
+	}
+	p.init = nil
+	n := p.node
+	n.mu.Lock()
+	delete(n.inits, in.index)
+	n.mu.Unlock()
+	n.index.release(in.index)
+}
+
+// consumeChallenge continues our handshake: check the responder's identity, send
+// AUTH_PROOF and install the session.
+func (p *Peer) consumeChallenge(in *initiation, msg []byte, ep conn.Endpoint) {
+	n := p.node
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.init != in {
+		n.drop(DropHandshake)
+		return
+	}
+	info, err := in.hs.ReadChallenge(msg)
+	if err != nil {
+		n.dropHandshake(err, addrPortOf(ep))
+		return
+	}
+	if info.PeerName != p.cfg.Name {
+		n.drop(DropUnknownPeer)
+		n.log.Warn("peer answered with another name", "peer", p.cfg.Name, "name", info.PeerName)
+		return
+	}
+	if p.cfg.PublicKey != nil && subtle.ConstantTimeCompare(info.PeerStatic[:], p.cfg.PublicKey[:]) != 1 {
+		n.drop(DropPinMismatch)
+		n.log.Warn("peer's key does not match the pinned key; refusing", "peer", p.cfg.Name)
+		return
+	}
+	var cookie []byte
+	if p.cookie != nil && time.Since(p.cookieAt) < 120*time.Second {
+		cookie = p.cookie
+	}
+	proof, res, err := in.hs.WriteAuthProof(cookie, make([]byte, 0, wire.AuthProofLen))
+	if err != nil {
+		n.dropHandshake(err, addrPortOf(ep))
+		return
+	}
+	now := time.Now()
+	s, err := newSession(p, res.LocalIndex, res.RemoteIndex, true, res.Cipher, &res.SendKey, &res.RecvKey, now)
+	if err != nil {
+		n.drop(DropHandshake)
+		return
+	}
+	// The index stays reserved until install turns it into the session. The
+	// initiation stays findable for a while: a responder under load may answer the
+	// AUTH_PROOF with a cookie, and then it is sent again with mac2.
+	p.init = nil
+	p.forgetProofLocked()
+	p.proof = in
+	in.nextRetry = now.Add(handshake.HalfOpenTimeout)
+	if err := n.send([][]byte{proof}, ep); err != nil {
+		n.index.release(in.index)
+		return
+	}
+	p.learnEndpoint(ep, false, s, handshakeCtr)
+	p.installLocked(s, res.PeerStatic, now)
+}
+
+// consumeCookie stores a cookie for our in-flight handshake; the next retransmission
+// carries it.
+func (p *Peer) consumeCookie(in *initiation, msg []byte) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.init != in && p.proof != in {
+		p.node.drop(DropHandshake)
+		return
+	}
+	c, err := in.hs.ReadCookieReply(msg)
+	if err != nil {
+		p.node.dropHandshake(err, netip.AddrPort{})
+		return
+	}
+	p.cookie, p.cookieAt = c, time.Now()
+	if in == p.proof {
+		proof, err := in.hs.ResendAuthProof(c, make([]byte, 0, wire.AuthProofLen))
+		if err != nil {
+			p.node.dropHandshake(err, netip.AddrPort{})
+			return
+		}
+		if ep := p.sendEndpoint(); ep != nil {
+			_ = p.node.send([][]byte{proof}, ep)
+		}
+	}
+}
+
+// forgetProofLocked stops answering cookies for the last AUTH_PROOF sent.
+func (p *Peer) forgetProofLocked() {
+	if p.proof == nil {
+		return
+	}
+	n := p.node
+	n.mu.Lock()
+	delete(n.inits, p.proof.index)
+	n.mu.Unlock()
+	p.proof = nil
+}
+
+// handleHandshake processes HELLO, CHALLENGE, AUTH_PROOF and COOKIE_REPLY.
+func (n *Node) handleHandshake(msg []byte, ep conn.Endpoint, out []byte) {
+	src := addrPortOf(ep)
+	switch msg[0] {
+	case wire.TypeHello:
+		reply, err := n.hs.HandleHello(msg, src, out)
+		if err != nil {
+			n.dropHandshake(err, src)
+		}
+		if reply != nil {
+			if reply[0] == wire.TypeCookieReply {
+				n.ctr.cookiesSent.Add(1)
+			}
+			_ = n.send([][]byte{reply}, ep)
+		}
+	case wire.TypeAuthProof:
+		res, reply, err := n.hs.HandleAuthProof(msg, src, out)
+		if reply != nil {
+			// Under load: the initiator must prove its address with a cookie first.
+			n.ctr.cookiesSent.Add(1)
+			_ = n.send([][]byte{reply}, ep)
+			return
+		}
+		if err != nil {
+			n.dropHandshake(err, src)
+			return
+		}
+		n.completeResponder(res, ep)
+	case wire.TypeChallenge:
+		idx := binary.LittleEndian.Uint32(msg[wire.ChallengeReceiverOff:])
+		n.mu.RLock()
+		in := n.inits[idx]
+		n.mu.RUnlock()
+		if in == nil {
+			n.drop(DropHandshake)
+			return
+		}
+		in.peer.consumeChallenge(in, msg, ep)
+	case wire.TypeCookieReply:
+		idx := binary.LittleEndian.Uint32(msg[wire.CookieReceiverOff:])
+		n.mu.RLock()
+		in := n.inits[idx]
+		n.mu.RUnlock()
+		if in == nil {
+			n.drop(DropHandshake)
+			return
+		}
+		in.peer.consumeCookie(in, msg)
+	}
+}
+
+// completeResponder installs the session a verified AUTH_PROOF produced, after the
+// checks that need the peer: known name, pinned key, fresh timestamp.
+func (n *Node) completeResponder(res handshake.Result, ep conn.Endpoint) {
+	p := n.Peer(res.PeerName)
+	if p == nil {
+		n.index.release(res.LocalIndex)
+		n.drop(DropUnknownPeer)
+		n.logDrop(DropUnknownPeer, nil, res.PeerName)
+		n.refuse(res, ep, wire.CodeNotPeer)
+		return
+	}
+	p.completeResponder(res, ep)
+}
+
+// completeResponder installs a responder session after the per-peer checks.
+func (p *Peer) completeResponder(res handshake.Result, ep conn.Endpoint) {
+	n := p.node
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	reject := func(r DropReason) {
+		n.index.release(res.LocalIndex)
+		n.drop(r)
+	}
+	if p.removed {
+		reject(DropUnknownPeer)
+		n.refuse(res, ep, wire.CodeNotPeer)
+		return
+	}
+	if p.cfg.PublicKey != nil && subtle.ConstantTimeCompare(res.PeerStatic[:], p.cfg.PublicKey[:]) != 1 {
+		reject(DropPinMismatch)
+		n.log.Warn("handshake with a key other than the pinned one; refusing", "peer", p.cfg.Name)
+		n.refuse(res, ep, wire.CodePinMismatch)
+		return
+	}
+	// A new static key for the same name restarts the timestamp sequence only if the
+	// key is not pinned; replay protection is per key.
+	if p.staticKnown && p.static == res.PeerStatic && handshake.CompareTimestamp(res.Timestamp, p.lastTimestamp) <= 0 {
+		reject(DropStaleTimestamp)
+		return
+	}
+	now := time.Now()
+	s, err := newSession(p, res.LocalIndex, res.RemoteIndex, false, res.Cipher, &res.SendKey, &res.RecvKey, now)
+	if err != nil {
+		reject(DropHandshake)
+		return
+	}
+	p.lastTimestamp = res.Timestamp
+	p.learnEndpoint(ep, false, s, handshakeCtr)
+	p.installLocked(s, res.PeerStatic, now)
+	p.sendControl(s, wire.AppendControl(nil, wire.CtlFinal, nil))
+	p.flushQueueLocked(s)
+}
+
+// installLocked makes s the current session; the one it replaces stays for receiving.
+func (p *Peer) installLocked(s *session, static [32]byte, now time.Time) {
+	n := p.node
+	n.index.install(s)
+	old := p.current.Swap(s)
+	if p.previous != nil {
+		n.index.remove(p.previous)
+	}
+	p.previous = old
+	if old != nil {
+		s.rel.inherit(&old.rel)
+	}
+	if old != nil && s.initiator && old.confirmed.Load() {
+		p.standby.Store(old)
+	} else {
+		p.standby.Store(nil)
+	}
+	p.static, p.staticKnown = static, true
+	p.wantHandshake = false
+	p.firstUnanswered.Store(0)
+	if s.confirmed.Load() {
+		// A responder's session: the AUTH_PROOF confirmed it. Ours counts once the
+		// peer confirms it (confirmedSession).
+		p.confirmedLocked(now)
+	}
+	if s.initiator {
+		p.flushQueueLocked(s)
+	}
+	n.log.Debug("session established", "peer", p.cfg.Name, "initiator", s.initiator, "cipher", s.cipherID.String())
+}
+
+// confirmedSession records that s, made by our handshake, was confirmed by the peer:
+// only now does the handshake count as completed, and a standing refusal ends.
+func (p *Peer) confirmedSession(s *session, now time.Time) {
+	n := p.node
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.current.Load() != s && p.previous != s {
+		return // already replaced or dropped
+	}
+	p.confirmedLocked(now)
+	n.log.Debug("session confirmed", "peer", p.cfg.Name)
+}
+
+// confirmedLocked counts a completed handshake: the peer has shown it holds the
+// session's keys. Called with p.mu held.
+func (p *Peer) confirmedLocked(now time.Time) {
+	n := p.node
+	p.lastHandshake = now
+	n.ctr.handshakesDone.Add(1)
+	p.refusals = 0
+	if p.refusal != 0 {
+		p.refusal = 0
+		n.log.Info("peer accepts our handshake again", "peer", p.cfg.Name)
+	}
+}
+
+// dropSessionsLocked forgets every session and handshake with the peer and asks for a
+// new handshake, telling the peer so that it does not send into the void. Called with
+// p.mu held.
+func (p *Peer) dropSessionsLocked() {
+	n := p.node
+	p.dropInitLocked()
+	p.forgetProofLocked()
+	cur := p.current.Swap(nil)
+	if cur != nil {
+		p.sendClose(cur)
+		p.wantHandshake = true
+	}
+	n.index.remove(cur, p.previous)
+	p.previous = nil
+	// Replay protection of handshakes is per key; the next key starts afresh.
+	p.lastTimestamp = [12]byte{}
+}

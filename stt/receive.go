@@ -1,0 +1,260 @@
+// The inbound path: a transport's batch → length and header (wire) → index lookup and
+// open (session.go) → replay check → roaming and path (path.go) → the Handler.
+
+package stt
+
+import (
+	"errors"
+	"net"
+	"time"
+
+	"github.com/stt-tun/stt-tun/stt/wire"
+	"github.com/stt-tun/stt-tun/stt/ws"
+	"golang.zx2c4.com/wireguard/conn"
+)
+
+// Handler receives what the node delivers. Deliver is called from the node's receive
+// goroutines, possibly concurrently, and must not keep references to the batch after it
+// returns.
+type Handler interface {
+	Deliver(in *Inbound)
+}
+
+// Inbound is one batch of authenticated datagrams. Datagram i is
+// Bufs[i][Headroom:Headroom+Sizes[i]], from Peers[i] on stream Streams[i]. Scratch is
+// free for the handler to use during Deliver (capacity: the batch size).
+type Inbound struct {
+	Bufs    [][]byte
+	Sizes   []int
+	Peers   []*Peer
+	Streams []uint16
+	N       int
+	Scratch [][]byte
+}
+
+// receiveLoop reads batches from one transport receive function until the node closes.
+func (n *Node) receiveLoop(fn conn.ReceiveFunc) {
+	defer n.wg.Done()
+	batch := n.bind.BatchSize()
+	bufs := make([][]byte, batch)
+	rx := make([][]byte, batch)
+	sizes := make([]int, batch)
+	eps := make([]conn.Endpoint, batch)
+	for i := range bufs {
+		bufs[i] = make([]byte, BufferSize)
+		rx[i] = bufs[i][recvBase:]
+	}
+	in := &Inbound{
+		Bufs:    make([][]byte, batch),
+		Sizes:   make([]int, batch),
+		Peers:   make([]*Peer, batch),
+		Streams: make([]uint16, batch),
+		Scratch: make([][]byte, 0, batch),
+	}
+	nonce := new([12]byte)
+	hsOut := make([]byte, 0, 256)
+	var errs int
+	for {
+		k, err := fn(rx, sizes, eps)
+		if err != nil {
+			if n.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			errs++
+			n.log.Debug("transport receive error", "err", err)
+			if errs > 100 {
+				// A socket that fails every time would spin; back off, but stay alive.
+				select {
+				case <-n.ctx.Done():
+					return
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+			continue
+		}
+		errs = 0
+		n.receiveBatch(bufs, rx, sizes[:k], eps, in, nonce, hsOut)
+	}
+}
+
+// receiveBatch authenticates a batch of frames, handles handshakes and control
+// messages inline, and delivers data datagrams to the Handler in one call.
+func (n *Node) receiveBatch(bufs, rx [][]byte, sizes []int, eps []conn.Endpoint, in *Inbound, nonce *[12]byte, hsOut []byte) {
+	now := time.Now()
+	in.N = 0
+	var run recvRun
+	var locked *session
+	unlock := func() {
+		if locked != nil {
+			locked.replayMu.Unlock()
+			locked = nil
+		}
+	}
+	for i, size := range sizes {
+		msg := rx[i][:size]
+		typ, err := wire.CheckLength(msg)
+		if err != nil {
+			if errors.Is(err, wire.ErrVersion) {
+				n.dropVersion(msg[1], eps[i])
+			} else {
+				n.drop(DropMalformed)
+			}
+			continue
+		}
+		if typ != wire.TypeData {
+			unlock()
+			n.handleHandshake(msg, eps[i], hsOut[:0])
+			continue
+		}
+		h, _ := wire.ParseHeader(msg)
+		s := n.index.lookup(h.Receiver)
+		if s == nil {
+			n.drop(DropUnknownIndex)
+			continue
+		}
+		if s.expired(now, &n.timers) {
+			n.drop(DropExpired)
+			continue
+		}
+		pt, err := s.open(msg, h.Counter, nonce)
+		if err != nil {
+			n.drop(DropAuth)
+			continue
+		}
+		if locked != s {
+			unlock()
+			s.replayMu.Lock()
+			locked = s
+		}
+		if !s.replay.ValidateCounter(h.Counter, n.timers.RejectAfterMessages) {
+			n.drop(DropReplay)
+			continue
+		}
+		p := s.peer
+		if h.Stream == wire.ControlStream && s.initiator && !s.confirmed.Load() {
+			if code, ok := wire.RefusalCode(pt); ok {
+				// The responder verified our AUTH_PROOF and refused us: it confirms
+				// nothing and moves no path (section 4.8).
+				unlock()
+				run.flush(now)
+				p.refusedBy(s, code, now)
+				continue
+			}
+		}
+		probe := h.Stream == wire.ControlStream && len(pt) > 0 && pt[0] == wire.CtlPing
+		run.add(s, h.Counter, eps[i], now, size, h.Stream != wire.ControlStream, probe)
+		if h.Stream == wire.ControlStream {
+			unlock()
+			run.flush(now) // control handling reads the peer's state
+			n.handleControl(p, s, pt, eps[i])
+			continue
+		}
+		in.Bufs[in.N] = bufs[i]
+		in.Sizes[in.N] = len(pt)
+		in.Peers[in.N] = p
+		in.Streams[in.N] = h.Stream
+		in.N++
+	}
+	unlock()
+	run.flush(now)
+	if in.N > 0 {
+		in.Scratch = in.Scratch[:0]
+		n.cfg.Handler.Deliver(in)
+		clear(in.Peers[:in.N])
+	}
+	clear(eps[:len(sizes)])
+}
+
+// recvRun accumulates what a run of frames from one peer in a receive batch did to
+// the peer, so that the shared counters and clocks are written once per run rather
+// than once per frame (they share cache lines with the sending goroutine).
+type recvRun struct {
+	p           *Peer
+	packets     uint64
+	bytes       uint64
+	any, data   bool
+	unconfirmed *session
+}
+
+// add records one authenticated frame of s, switching runs when the peer changes.
+// The path and roaming are updated per frame: a probe (a lone PING) moves no path, it is
+// answered the way it came.
+func (r *recvRun) add(s *session, ctr uint64, ep conn.Endpoint, now time.Time, size int, data, probe bool) {
+	p := s.peer
+	if p != r.p {
+		r.flush(now)
+		r.p = p
+	}
+	if p.learnEndpoint(ep, probe, s, ctr) {
+		// Tell the peer over UDP at once, so that its traffic follows ours back.
+		p.sendControl(s, nil)
+	}
+	r.any = true
+	if !s.confirmed.Load() {
+		r.unconfirmed = s
+	}
+	if data {
+		r.data = true
+		r.packets++
+		r.bytes += uint64(size - wire.Overhead)
+	}
+}
+
+// flush writes the run's effects to its peer.
+func (r *recvRun) flush(now time.Time) {
+	p := r.p
+	if p == nil || !r.any {
+		*r = recvRun{}
+		return
+	}
+	t := p.mono(now)
+	p.lastRecv.Store(t)
+	if p.firstUnanswered.Load() != 0 {
+		p.firstUnanswered.Store(0)
+	}
+	if p.sentUnanswered.Load() != 0 {
+		p.sentUnanswered.Store(0)
+	}
+	if r.unconfirmed != nil && r.unconfirmed.confirmed.CompareAndSwap(false, true) {
+		p.confirmedSession(r.unconfirmed, now)
+	}
+	if r.data {
+		p.lastRecvData.Store(t)
+		p.rxPackets.Add(r.packets)
+		p.rxBytes.Add(r.bytes)
+	}
+	*r = recvRun{}
+}
+
+// wsRecvState is the per-call scratch of the WebSocket receive path.
+type wsRecvState struct {
+	rx    [][]byte
+	eps   []conn.Endpoint
+	in    *Inbound
+	nonce *[12]byte
+	hsOut []byte
+}
+
+// wsReceive is the WebSocket transports' receive function: one batch of records
+// from one connection.
+func (n *Node) wsReceive(c *ws.Conn, bufs [][]byte, sizes []int) {
+	st := n.wsStates.Get().(*wsRecvState)
+	defer n.wsStates.Put(st)
+	if cap(st.rx) < len(bufs) {
+		st.rx = make([][]byte, len(bufs))
+		st.eps = make([]conn.Endpoint, len(bufs))
+		st.in = &Inbound{
+			Bufs: make([][]byte, len(bufs)), Sizes: make([]int, len(bufs)),
+			Peers: make([]*Peer, len(bufs)), Streams: make([]uint16, len(bufs)),
+			Scratch: make([][]byte, 0, len(bufs)),
+		}
+	}
+	we := n.wsEndpointFor(c)
+	rx := st.rx[:len(bufs)]
+	eps := st.eps[:len(bufs)]
+	for i := range bufs {
+		rx[i] = bufs[i][recvBase:]
+		eps[i] = we
+	}
+	n.receiveBatch(bufs, rx, sizes, eps, st.in, st.nonce, st.hsOut[:0])
+}

@@ -1,0 +1,226 @@
+// The outbound path: Peer.Send → queue or seal (session.go) → transmit on the path
+// the peer's traffic takes (path.go) → the transport (stt/udp or a WebSocket).
+
+package stt
+
+import (
+	"errors"
+	"time"
+
+	"github.com/stt-tun/stt-tun/stt/wire"
+	"golang.zx2c4.com/wireguard/conn"
+)
+
+// Send seals and sends a batch of datagrams to the peer. pkts[i] holds wire.HeaderLen
+// bytes of headroom followed by the payload, and must have wire.TagLen bytes of spare
+// capacity; it is sealed in place and pkts[i] is extended to the frame. flows[i] keeps
+// datagrams of one flow on one stream. Without a session the datagrams are copied into a
+// bounded queue and a handshake starts.
+func (p *Peer) Send(pkts [][]byte, flows []uint16) error {
+	n := p.node
+	now := time.Now()
+	s := p.current.Load()
+	if s != nil && !s.confirmed.Load() {
+		if sb := p.standby.Load(); sb != nil && !sb.expired(now, &n.timers) {
+			s = sb
+		}
+	}
+	if s == nil || s.expired(now, &n.timers) {
+		p.enqueue(pkts)
+		return nil
+	}
+	if p.holding.Load() && p.hold(pkts) {
+		return nil
+	}
+	first, ok := s.reserve(len(pkts), n.timers.RejectAfterMessages)
+	if !ok {
+		p.enqueue(pkts)
+		return nil
+	}
+	bytes := p.sealBatch(s, pkts, flows, first)
+	if first+uint64(len(pkts)) >= n.timers.RekeyAfterMessages {
+		n.kick()
+	}
+	return p.transmit(pkts, now, bytes, true)
+}
+
+// transmit sends sealed frames to the current endpoint and accounts for them.
+func (p *Peer) transmit(frames [][]byte, now time.Time, payloadBytes uint64, data bool) error {
+	ep := p.sendEndpoint()
+	if ep == nil {
+		p.drops.Add(uint64(len(frames)))
+		p.node.ctr.drops[DropSendError].Add(uint64(len(frames)))
+		return errNoEndpoint
+	}
+	if err := p.node.send(frames, ep); err != nil {
+		p.drops.Add(uint64(len(frames)))
+		p.node.ctr.drops[DropSendError].Add(uint64(len(frames)))
+		if data {
+			// A path that refuses sends (a local firewall answers EPERM) is as dead
+			// as one that drops them: start the same clock.
+			p.firstUnanswered.CompareAndSwap(0, p.mono(now))
+		}
+		return err
+	}
+	t := p.mono(now)
+	p.lastSent.Store(t)
+	if data {
+		p.txPackets.Add(uint64(len(frames)))
+		p.txBytes.Add(payloadBytes)
+		// Set once per silence: a failing CompareAndSwap would still take the cache
+		// line, which the receive path reads, on every batch while the peer is quiet.
+		if p.firstUnanswered.Load() == 0 {
+			p.firstUnanswered.CompareAndSwap(0, t)
+		}
+		if _, ws := ep.(*wsEndpoint); !ws && p.chooser.Load() {
+			// Only a node that may move the path away from UDP needs the count.
+			p.sentUnanswered.Add(uint64(len(frames)))
+			if p.onWS.Load() {
+				// The move came between choosing UDP and counting: it may have
+				// taken the count before this batch was in it.
+				p.countFallbackLost()
+			}
+		}
+	}
+	return nil
+}
+
+var errNoEndpoint = errors.New("peer has no known endpoint")
+
+// enqueue copies datagrams into the handshake queue, dropping the oldest when full.
+func (p *Peer) enqueue(pkts [][]byte) {
+	p.mu.Lock()
+	if p.refusedLocked(time.Now()) {
+		// The peer refused us: nothing would carry these before the back-off ends.
+		// Remember that there is traffic, so that a handshake starts when it does.
+		p.drops.Add(uint64(len(pkts)))
+		p.node.ctr.drops[DropRefused].Add(uint64(len(pkts)))
+		p.wantHandshake = true
+		p.mu.Unlock()
+		return
+	}
+	for _, pkt := range pkts {
+		if len(p.queue) >= MaxQueued {
+			p.queue[0] = nil
+			p.queue = p.queue[1:]
+			p.drops.Add(1)
+			p.node.drop(DropNoSession)
+		}
+		b := make([]byte, len(pkt), len(pkt)+wire.TagLen)
+		copy(b, pkt)
+		p.queue = append(p.queue, b)
+	}
+	p.wantHandshake = true
+	p.mu.Unlock()
+	p.node.kick()
+}
+
+// flushQueueLocked sends what waited for a session. Called with p.mu held.
+func (p *Peer) flushQueueLocked(s *session) {
+	if len(p.queue) == 0 {
+		return
+	}
+	q := p.queue
+	p.queue = nil
+	first, ok := s.reserve(len(q), p.node.timers.RejectAfterMessages)
+	if !ok {
+		// The session may not seal that many (only with a REJECT_AFTER_MESSAGES
+		// lowered below the queue's length): the datagrams are lost, and counted as
+		// those a full queue pushes out are.
+		p.drops.Add(uint64(len(q)))
+		p.node.ctr.drops[DropNoSession].Add(uint64(len(q)))
+		return
+	}
+	// Queued datagrams lost their flow numbers; one stream keeps them in order.
+	bytes := p.sealBatch(s, q, nil, first)
+	_ = p.transmit(q, time.Now(), bytes, true)
+}
+
+// sealBatch seals pkts in place on s, with the counters reserved from first on, each
+// on the stream of flows[i], or all on the stream of flow 0 when flows is nil. It
+// returns the payload bytes sealed.
+func (p *Peer) sealBatch(s *session, pkts [][]byte, flows []uint16, first uint64) uint64 {
+	nonce := p.node.getNonce()
+	var bytes uint64
+	stream := s.streamFor(0)
+	for i := range pkts {
+		bytes += uint64(len(pkts[i]) - wire.HeaderLen)
+		if flows != nil {
+			stream = s.streamFor(flows[i])
+		}
+		pkts[i] = s.seal(pkts[i], stream, first+uint64(i), nonce)
+	}
+	p.node.putNonce(nonce)
+	return bytes
+}
+
+// sendControl seals one stream-0 payload on s and sends it on the current path.
+func (p *Peer) sendControl(s *session, payload []byte) {
+	p.sendControlVia(s, payload, nil)
+}
+
+// sendControlVia seals one stream-0 payload on s and sends it to ep, or on the
+// current path when ep is nil. Answers to probes go back the way the probe came.
+func (p *Peer) sendControlVia(s *session, payload []byte, ep conn.Endpoint) {
+	if s.expired(time.Now(), &p.node.timers) {
+		return // the timer has not taken it away yet, but it seals nothing more
+	}
+	first, ok := s.reserve(1, p.node.timers.RejectAfterMessages)
+	if !ok {
+		return
+	}
+	frame := make([]byte, wire.HeaderLen, wire.HeaderLen+len(payload)+wire.TagLen)
+	frame = append(frame, payload...)
+	nonce := p.node.getNonce()
+	frame = s.seal(frame, wire.ControlStream, first, nonce)
+	p.node.putNonce(nonce)
+	if ep == nil {
+		_ = p.transmit([][]byte{frame}, time.Now(), 0, false)
+		return
+	}
+	if err := p.node.send([][]byte{frame}, ep); err != nil {
+		p.node.drop(DropSendError)
+	}
+}
+
+// sendClose tells the peer that s is closed because this side shuts it down.
+func (p *Peer) sendClose(s *session) {
+	p.sendControl(s, wire.AppendControl(nil, wire.CtlClose, []byte{wire.CodeShutdown, 0}))
+}
+
+// hold queues datagrams while the path is being switched, and reports whether it did
+// (false: the switch ended meanwhile, send them normally). When the queue is full the
+// oldest goes, counted under DropFallback.
+func (p *Peer) hold(pkts [][]byte) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.holding.Load() {
+		return false
+	}
+	for _, pkt := range pkts {
+		if len(p.queue) >= MaxQueued {
+			p.queue[0] = nil
+			p.queue = p.queue[1:]
+			p.drops.Add(1)
+			p.node.ctr.drops[DropFallback].Add(1)
+		}
+		b := make([]byte, len(pkt), len(pkt)+wire.TagLen)
+		copy(b, pkt)
+		p.queue = append(p.queue, b)
+	}
+	return true
+}
+
+func (n *Node) send(frames [][]byte, ep conn.Endpoint) error {
+	if we, ok := ep.(*wsEndpoint); ok {
+		return we.send(frames)
+	}
+	if n.cfg.DisableUDP {
+		return errNoEndpoint
+	}
+	return n.bind.Send(frames, ep)
+}
+
+func (n *Node) getNonce() *[12]byte { return n.noncePool.Get().(*[12]byte) }
+
+func (n *Node) putNonce(b *[12]byte) { n.noncePool.Put(b) }
