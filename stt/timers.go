@@ -99,17 +99,45 @@ func (n *Node) timerLoop() {
 	}
 }
 
-// tick runs the peer's timers.
+// tick runs the peer's timers: one function per expiry, in this order. Called from the
+// timer loop every Tick, and at once when something kicks it.
 func (p *Peer) tick(now time.Time) {
-	n := p.node
-	t := &n.timers
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.removed {
 		return
 	}
+	cur := p.expiredSessionsLocked(now)
+	need := p.wantHandshake
+	if p.expiredUnconfirmedLocked(now, cur) || p.expiredRekeyLocked(now, cur) {
+		need = true
+	}
+	p.expiredLookupLocked(now)
+	if p.expiredDeadPeerLocked(now) {
+		need = true
+	}
+	if p.cfg.PersistentKeepalive > 0 && cur == nil {
+		need = true // a persistent keepalive keeps a session up, not only the NAT mapping
+	}
+	if p.refusedLocked(now) {
+		// Refused: wait out the back-off (refusalBackoff) before asking again.
+		need = false
+	}
+	p.expiredRetransmitHandshakeLocked(now, need)
+	p.tickPathLocked(now, cur)
+	if cur != nil {
+		p.expiredSendKeepaliveLocked(now, cur)
+	}
+}
+
+// expiredSessionsLocked takes sessions past RejectAfterTime off the receive path,
+// forgets an AUTH_PROOF no cookie may answer any more, and lets go of the session a
+// rekey replaced once the new one is confirmed. It returns the current session, if
+// any is left. Called with p.mu held.
+func (p *Peer) expiredSessionsLocked(now time.Time) *session {
+	n := p.node
+	t := &n.timers
 	cur := p.current.Load()
-	// Expire sessions.
 	if p.previous != nil && p.previous.expired(now, t) {
 		n.index.remove(p.previous)
 		p.previous = nil
@@ -125,39 +153,68 @@ func (p *Peer) tick(now time.Time) {
 	if cur != nil && cur.confirmed.Load() {
 		p.standby.Store(nil)
 	}
-	// Our session never confirmed: the AUTH_PROOF or the FINAL was lost. Start over
-	// rather than wait for the dead-peer timer.
-	unconfirmed := cur != nil && cur.initiator && !cur.confirmed.Load() && now.Sub(cur.created) >= 2*t.HandshakeRetry
-	nowMono := p.mono(now)
-	sentRecently := nowMono-p.lastSent.Load() < int64(t.RekeyAfterTime)
-	need := p.wantHandshake || (unconfirmed && sentRecently)
-	if cur != nil && sentRecently {
-		age := now.Sub(cur.created)
-		if (cur.initiator && age >= t.RekeyAfterTime) || (!cur.initiator && age >= t.responderRekeyAfter()) ||
-			cur.sendCounter.Load() >= t.RekeyAfterMessages {
-			need = true
-		}
+	return cur
+}
+
+// sentRecently reports whether this node sent the peer anything within
+// RekeyAfterTime: an idle peer is not rekeyed.
+func (p *Peer) sentRecently(now time.Time) bool {
+	return p.mono(now)-p.lastSent.Load() < int64(p.node.timers.RekeyAfterTime)
+}
+
+// expiredUnconfirmedLocked reports whether our session was never confirmed (the
+// AUTH_PROOF or the FINAL was lost) for two handshake retries while there is traffic:
+// start over rather than wait for the dead-peer timer. Called with p.mu held.
+func (p *Peer) expiredUnconfirmedLocked(now time.Time, cur *session) bool {
+	return cur != nil && cur.initiator && !cur.confirmed.Load() &&
+		now.Sub(cur.created) >= 2*p.node.timers.HandshakeRetry && p.sentRecently(now)
+}
+
+// expiredRekeyLocked reports whether the current session is due for new keys: old
+// enough (the responder waits a little longer, so that the two rarely race) or near its
+// message limit, while there is traffic. Called with p.mu held.
+func (p *Peer) expiredRekeyLocked(now time.Time, cur *session) bool {
+	t := &p.node.timers
+	if cur == nil || !p.sentRecently(now) {
+		return false
 	}
+	age := now.Sub(cur.created)
+	return (cur.initiator && age >= t.RekeyAfterTime) || (!cur.initiator && age >= t.responderRekeyAfter()) ||
+		cur.sendCounter.Load() >= t.RekeyAfterMessages
+}
+
+// expiredLookupLocked looks up again an endpoint name that has given no address yet,
+// once its back-off has passed. Called with p.mu held.
+func (p *Peer) expiredLookupLocked(now time.Time) {
 	if p.unresolved && !now.Before(p.nextLookup) {
 		p.reresolveLocked()
 	}
-	if fu := p.firstUnanswered.Load(); fu != 0 && nowMono-fu >= int64(t.DeadPeerTimeout) {
-		need = true
-		p.firstUnanswered.Store(0)
-		if p.cfg.Endpoint != "" {
-			p.reresolveLocked()
-		}
+}
+
+// expiredDeadPeerLocked reports whether the peer has not answered for DeadPeerTimeout
+// since we first sent it something: the session may be gone at the other end, so a
+// handshake is due, and an endpoint name is looked up again in case it moved. Called
+// with p.mu held.
+func (p *Peer) expiredDeadPeerLocked(now time.Time) bool {
+	fu := p.firstUnanswered.Load()
+	if fu == 0 || p.mono(now)-fu < int64(p.node.timers.DeadPeerTimeout) {
+		return false
 	}
-	if p.cfg.PersistentKeepalive > 0 && cur == nil {
-		need = true
+	p.firstUnanswered.Store(0)
+	if p.cfg.Endpoint != "" {
+		p.reresolveLocked()
 	}
-	if p.refusedLocked(now) {
-		// Refused: wait out the back-off (refusalBackoff) before asking again.
-		need = false
-	}
+	return true
+}
+
+// expiredRetransmitHandshakeLocked sends the handshake in flight again when its retry
+// is due, or gives it up (and what waited for it) after HandshakeGiveUp; without one in
+// flight it starts one if need says so. Called with p.mu held.
+func (p *Peer) expiredRetransmitHandshakeLocked(now time.Time, need bool) {
+	n := p.node
 	switch {
 	case p.init != nil && !now.Before(p.init.nextRetry):
-		if now.Sub(p.init.firstSent) >= t.HandshakeGiveUp {
+		if now.Sub(p.init.firstSent) >= n.timers.HandshakeGiveUp {
 			n.log.Info("handshake gave up", "peer", p.cfg.Name)
 			p.dropInitLocked()
 			p.wantHandshake = false
@@ -170,11 +227,14 @@ func (p *Peer) tick(now time.Time) {
 	case p.init == nil && need:
 		p.startHandshakeLocked(now)
 	}
-	p.tickPathLocked(now, cur)
-	if cur == nil {
-		return
-	}
-	// Keepalives: answer received data we have not answered, and keep NAT mappings.
+}
+
+// expiredSendKeepaliveLocked sends on cur what the peer is owed: a keepalive answering
+// data we have not answered (KeepaliveTimeout), a persistent keepalive, an RTT probe, and
+// reliable control messages due for (re)transmission. Called with p.mu held.
+func (p *Peer) expiredSendKeepaliveLocked(now time.Time, cur *session) {
+	t := &p.node.timers
+	nowMono := p.mono(now)
 	lastSent := p.lastSent.Load()
 	passive := p.lastRecvData.Load() > lastSent && nowMono-lastSent >= int64(t.KeepaliveTimeout)
 	persistent := p.cfg.PersistentKeepalive > 0 && nowMono-lastSent >= int64(p.cfg.PersistentKeepalive)
@@ -194,61 +254,75 @@ func (p *Peer) tick(now time.Time) {
 	}
 }
 
-// tickPathLocked moves the peer between UDP and WebSocket: to WebSocket when UDP does
-// not answer (a handshake or data for longer than FallbackAfter), and back when a UDP
-// probe is answered. Called with p.mu held.
+// tickPathLocked runs the path timers of a peer this node may reach over WebSocket:
+// keep a connection where WebSocket is the only way, move to it when UDP does not
+// answer, and probe UDP while on it. Called with p.mu held.
 func (p *Peer) tickPathLocked(now time.Time, cur *session) {
+	switch {
+	case !p.wantsWS():
+	case !p.udpUsable():
+		p.keepWebSocketLocked(cur)
+	case !p.onWS.Load():
+		p.expiredFallbackToWebSocketLocked(now, cur)
+	default:
+		p.expiredProbeUDPLocked(now, cur)
+	}
+}
+
+// keepWebSocketLocked keeps a WebSocket connection to a peer UDP cannot reach while
+// there is anything to do. Called with p.mu held.
+func (p *Peer) keepWebSocketLocked(cur *session) {
+	if p.wsEP.Load() == nil && (p.init != nil || p.wantHandshake || cur != nil || p.cfg.PersistentKeepalive > 0) {
+		p.dialWSLocked()
+	}
+	if p.wsEP.Load() != nil {
+		// UDP went away (a reload) during a move: the WebSocket is the way now.
+		p.releaseHeldLocked(cur)
+	}
+}
+
+// expiredFallbackToWebSocketLocked moves the peer's traffic to WebSocket when UDP has
+// not answered a handshake or data for FallbackAfter: it dials first (datagrams are held
+// meanwhile), then moves. Called with p.mu held.
+func (p *Peer) expiredFallbackToWebSocketLocked(now time.Time, cur *session) {
 	n := p.node
 	t := &n.timers
-	if !p.wantsWS() {
+	stuck := p.init != nil && now.Sub(p.init.firstSent) >= t.FallbackAfter
+	if fu := p.firstUnanswered.Load(); cur != nil && fu != 0 && p.mono(now)-fu >= int64(t.FallbackAfter) {
+		stuck = true
+	}
+	if !stuck {
+		// UDP answered after all: what waited for a move goes the way it was going.
+		p.releaseHeldLocked(cur)
 		return
 	}
-	if !p.udpUsable() {
-		// WebSocket is the only way: keep a connection while there is anything to do.
-		if p.wsEP.Load() == nil && (p.init != nil || p.wantHandshake || cur != nil || p.cfg.PersistentKeepalive > 0) {
-			p.dialWSLocked()
-		}
-		if p.wsEP.Load() != nil {
-			// UDP went away (a reload) during a move: the WebSocket is the way now.
-			p.releaseHeldLocked(cur)
-		}
-		return
-	}
-	if !p.onWS.Load() {
-		stuck := p.init != nil && now.Sub(p.init.firstSent) >= t.FallbackAfter
-		if fu := p.firstUnanswered.Load(); cur != nil && fu != 0 && p.mono(now)-fu >= int64(t.FallbackAfter) {
-			stuck = true
-		}
-		if !stuck {
-			// UDP answered after all: what waited for a move goes the way it was going.
-			p.releaseHeldLocked(cur)
-			return
-		}
-		if p.wsEP.Load() == nil {
-			dialing := p.dialWSLocked() || p.wsDialing
-			if dialing && cur != nil && cur.confirmed.Load() {
-				// Until the WebSocket carries, datagrams wait rather than go into UDP.
-				p.holding.Store(true)
-			}
-			return
-		}
-		n.log.Info("UDP does not answer; moving to WebSocket", "peer", p.cfg.Name)
-		p.onWS.Store(true)
-		p.firstUnanswered.Store(0)
-		// What went over UDP since it last answered is presumed lost: count it.
-		p.countFallbackLost()
-		if cur != nil && cur.confirmed.Load() {
-			// Tell the peer at once, so that its traffic follows; what waited for the
-			// move follows the keepalive on the same stream.
-			p.sendControl(cur, nil)
-			p.releaseHeldLocked(cur)
-		} else {
-			p.startHandshakeLocked(now)
+	if p.wsEP.Load() == nil {
+		dialing := p.dialWSLocked() || p.wsDialing
+		if dialing && cur != nil && cur.confirmed.Load() {
+			// Until the WebSocket carries, datagrams wait rather than go into UDP.
+			p.holding.Store(true)
 		}
 		return
 	}
-	// On WebSocket: probe UDP now and then; a PONG over UDP moves us back.
-	if cur != nil && now.Sub(p.lastProbe) >= t.ProbeInterval {
+	n.log.Info("UDP does not answer; moving to WebSocket", "peer", p.cfg.Name)
+	p.onWS.Store(true)
+	p.firstUnanswered.Store(0)
+	// What went over UDP since it last answered is presumed lost: count it.
+	p.countFallbackLost()
+	if cur != nil && cur.confirmed.Load() {
+		// Tell the peer at once, so that its traffic follows; what waited for the
+		// move follows the keepalive on the same stream.
+		p.sendControl(cur, nil)
+		p.releaseHeldLocked(cur)
+	} else {
+		p.startHandshakeLocked(now)
+	}
+}
+
+// expiredProbeUDPLocked sends a PING over UDP every ProbeInterval while the peer's
+// traffic is on WebSocket; a PONG over UDP moves it back. Called with p.mu held.
+func (p *Peer) expiredProbeUDPLocked(now time.Time, cur *session) {
+	if cur != nil && now.Sub(p.lastProbe) >= p.node.timers.ProbeInterval {
 		p.lastProbe = now
 		if ep := p.udpEP.Load(); ep != nil {
 			p.sendControlVia(cur, p.pingPayloadLocked(now, nil), *ep)
