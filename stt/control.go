@@ -74,15 +74,15 @@ func (n *Node) handleControlMsg(p *Peer, s *session, m wire.ControlMsg, reply []
 			n.drop(DropControl)
 			break
 		}
-		old := p.rtt.Load()
+		old := p.counters.rtt.Load()
 		if old == 0 {
-			p.rtt.Store(int64(rtt))
+			p.counters.rtt.Store(int64(rtt))
 		} else {
-			p.rtt.Store(old - old/8 + int64(rtt)/8)
+			p.counters.rtt.Store(old - old/8 + int64(rtt)/8)
 		}
 		p.mu.Lock()
-		ch := p.pings[seq]
-		delete(p.pings, seq)
+		ch := p.ping.waiting[seq]
+		delete(p.ping.waiting, seq)
 		p.mu.Unlock()
 		if ch != nil {
 			ch <- rtt
@@ -91,7 +91,7 @@ func (n *Node) handleControlMsg(p *Peer, s *session, m wire.ControlMsg, reply []
 		// The peer is going away: stop sending on this session so the next datagram
 		// starts a handshake instead of vanishing.
 		p.mu.Lock()
-		if p.current.CompareAndSwap(s, nil) {
+		if p.keys.current.CompareAndSwap(s, nil) {
 			n.index.remove(s)
 		}
 		p.mu.Unlock()
@@ -233,29 +233,29 @@ func (r *reliableState) inherit(old *reliableState) {
 
 // pingPayloadLocked builds a PING whose answer reports to ch (may be nil).
 func (p *Peer) pingPayloadLocked(now time.Time, ch chan time.Duration) []byte {
-	p.pingSeq++
-	p.lastPing = now
+	p.ping.seq++
+	p.ping.last = now
 	if ch != nil {
-		if p.pings == nil {
-			p.pings = make(map[uint32]chan time.Duration)
+		if p.ping.waiting == nil {
+			p.ping.waiting = make(map[uint32]chan time.Duration)
 		}
-		if len(p.pings) >= 64 {
-			clear(p.pings)
+		if len(p.ping.waiting) >= 64 {
+			clear(p.ping.waiting)
 		}
-		p.pings[p.pingSeq] = ch
+		p.ping.waiting[p.ping.seq] = ch
 	}
 	var body [wire.PingBodyLen]byte
-	binary.LittleEndian.PutUint32(body[:4], p.pingSeq)
+	binary.LittleEndian.PutUint32(body[:4], p.ping.seq)
 	binary.LittleEndian.PutUint64(body[4:], uint64(p.mono(now)))
 	return wire.AppendControl(nil, wire.CtlPing, body[:])
 }
 
 // Ping sends an STT-level echo over the current session and waits for the answer.
 func (p *Peer) Ping(ctx context.Context) (time.Duration, error) {
-	s := p.current.Load()
+	s := p.keys.current.Load()
 	if s == nil || s.expired(time.Now(), &p.node.timers) {
 		p.mu.Lock()
-		p.wantHandshake = true
+		p.hs.want = true
 		p.mu.Unlock()
 		p.node.kick()
 		return 0, ErrNoSession
@@ -263,7 +263,7 @@ func (p *Peer) Ping(ctx context.Context) (time.Duration, error) {
 	ch := make(chan time.Duration, 1)
 	p.mu.Lock()
 	payload := p.pingPayloadLocked(time.Now(), ch)
-	seq := p.pingSeq
+	seq := p.ping.seq
 	p.mu.Unlock()
 	p.sendControl(s, payload)
 	select {
@@ -271,7 +271,7 @@ func (p *Peer) Ping(ctx context.Context) (time.Duration, error) {
 		return d, nil
 	case <-ctx.Done():
 		p.mu.Lock()
-		delete(p.pings, seq)
+		delete(p.ping.waiting, seq)
 		p.mu.Unlock()
 		return 0, ctx.Err()
 	}
@@ -280,7 +280,7 @@ func (p *Peer) Ping(ctx context.Context) (time.Duration, error) {
 // SendReliable queues a control message (a STREAM_OPEN, STREAM_CLOSE or extension) for
 // reliable, in-order delivery on stream 0.
 func (p *Peer) SendReliable(typ byte, body []byte) error {
-	s := p.current.Load()
+	s := p.keys.current.Load()
 	if s == nil || s.expired(time.Now(), &p.node.timers) {
 		return ErrNoSession
 	}

@@ -78,7 +78,7 @@ func TestFallbackLosesNothingUncounted(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("not on WebSocket: paths %s/%s", pa.Path(), pb.Path())
 		}
-		if sentBeforeHold < 0 && pa.holding.Load() {
+		if sentBeforeHold < 0 && pa.path.holding.Load() {
 			sentBeforeHold = sent
 		}
 		sendOne(t, pa, 1, []byte("tick"))
@@ -135,11 +135,11 @@ func TestFallbackHeldCountedWhenDialFails(t *testing.T) {
 	b.bind.blocked.Store(true)
 	held := false
 	deadline := time.Now().Add(10 * time.Second)
-	for !(held && !pa.holding.Load()) {
+	for !(held && !pa.path.holding.Load()) {
 		if time.Now().After(deadline) {
-			t.Fatalf("held %v, holding %v: no failed dial with datagrams waiting", held, pa.holding.Load())
+			t.Fatalf("held %v, holding %v: no failed dial with datagrams waiting", held, pa.path.holding.Load())
 		}
-		held = held || pa.holding.Load()
+		held = held || pa.path.holding.Load()
 		sendOne(t, pa, 1, []byte("tick"))
 		time.Sleep(5 * time.Millisecond) // pacing of the traffic
 	}

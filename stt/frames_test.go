@@ -148,7 +148,7 @@ func fuzzNode(tb testing.TB, h Handler) (*Node, *session) {
 		tb.Fatal(err)
 	}
 	n.index.install(s)
-	p.current.Store(s)
+	p.keys.current.Store(s)
 	return n, s
 }
 

@@ -18,9 +18,8 @@ import (
 // initiation is a handshake this node started, kept until it completes or is replaced.
 type initiation struct {
 	peer      *Peer
-	hs        *handshake.Initiation
-	index     uint32
-	firstSent time.Time // of the first attempt in this series
+	hs        *handshake.Initiation // its LocalIndex names it in n.inits and the index table
+	firstSent time.Time             // of the first attempt in this series
 	nextRetry time.Time
 	attempt   int
 }
@@ -30,21 +29,18 @@ func (p *Peer) startHandshakeLocked(now time.Time) {
 	n := p.node
 	ep := p.sendEndpoint()
 	if ep == nil || p.removed {
-		if ep == nil && p.wantsWS() {
+		if ep == nil && p.chooser() {
 			p.dialWSLocked()
 		}
 		return
 	}
 	first := now
 	attempt := 0
-	if old := p.init; old != nil {
+	if old := p.hs.init; old != nil {
 		first, attempt = old.firstSent, old.attempt+1
 		p.dropInitLocked()
 	}
-	var cookie []byte
-	if p.cookie != nil && now.Sub(p.cookieAt) < 120*time.Second {
-		cookie = p.cookie
-	}
+	cookie := p.cookieLocked(now)
 	idx := n.index.reserve()
 	hs, hello, err := n.hs.Initiate(idx, cookie, make([]byte, 0, wire.HelloLen))
 	if err != nil {
@@ -57,8 +53,8 @@ func (p *Peer) startHandshakeLocked(now time.Time) {
 		delay = n.timers.HandshakeRetryMax
 	}
 	jitter := time.Duration(rand.Int64N(int64(delay)/5*2+1)) - delay/5
-	in := &initiation{peer: p, hs: hs, index: idx, firstSent: first, nextRetry: now.Add(delay + jitter), attempt: attempt}
-	p.init = in
+	in := &initiation{peer: p, hs: hs, firstSent: first, nextRetry: now.Add(delay + jitter), attempt: attempt}
+	p.hs.init = in
 	n.mu.Lock()
 	n.inits[idx] = in
 	n.mu.Unlock()
@@ -67,16 +63,16 @@ func (p *Peer) startHandshakeLocked(now time.Time) {
 }
 
 func (p *Peer) dropInitLocked() {
-	in := p.init
+	in := p.hs.init
 	if in == nil {
 		return
 	}
-	p.init = nil
+	p.hs.init = nil
 	n := p.node
 	n.mu.Lock()
-	delete(n.inits, in.index)
+	delete(n.inits, in.hs.LocalIndex())
 	n.mu.Unlock()
-	n.index.release(in.index)
+	n.index.release(in.hs.LocalIndex())
 }
 
 // consumeChallenge continues our handshake: check the responder's identity, send
@@ -85,7 +81,7 @@ func (p *Peer) consumeChallenge(in *initiation, msg []byte, ep conn.Endpoint) {
 	n := p.node
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.init != in {
+	if p.hs.init != in {
 		n.drop(DropHandshake)
 		return
 	}
@@ -99,21 +95,17 @@ func (p *Peer) consumeChallenge(in *initiation, msg []byte, ep conn.Endpoint) {
 		n.log.Warn("peer answered with another name", "peer", p.cfg.Name, "name", info.PeerName)
 		return
 	}
-	if p.cfg.PublicKey != nil && subtle.ConstantTimeCompare(info.PeerStatic[:], p.cfg.PublicKey[:]) != 1 {
+	if p.pinMismatchLocked(info.PeerStatic) {
 		n.drop(DropPinMismatch)
 		n.log.Warn("peer's key does not match the pinned key; refusing", "peer", p.cfg.Name)
 		return
 	}
-	var cookie []byte
-	if p.cookie != nil && time.Since(p.cookieAt) < 120*time.Second {
-		cookie = p.cookie
-	}
-	proof, res, err := in.hs.WriteAuthProof(cookie, make([]byte, 0, wire.AuthProofLen))
+	now := time.Now()
+	proof, res, err := in.hs.WriteAuthProof(p.cookieLocked(now), make([]byte, 0, wire.AuthProofLen))
 	if err != nil {
 		n.dropHandshake(err, addrPortOf(ep))
 		return
 	}
-	now := time.Now()
 	s, err := newSession(p, res.LocalIndex, res.RemoteIndex, true, res.Cipher, &res.SendKey, &res.RecvKey, now)
 	if err != nil {
 		n.drop(DropHandshake)
@@ -122,12 +114,12 @@ func (p *Peer) consumeChallenge(in *initiation, msg []byte, ep conn.Endpoint) {
 	// The index stays reserved until install turns it into the session. The
 	// initiation stays findable for a while: a responder under load may answer the
 	// AUTH_PROOF with a cookie, and then it is sent again with mac2.
-	p.init = nil
+	p.hs.init = nil
 	p.forgetProofLocked()
-	p.proof = in
+	p.hs.proof = in
 	in.nextRetry = now.Add(handshake.HalfOpenTimeout)
 	if err := n.send([][]byte{proof}, ep); err != nil {
-		n.index.release(in.index)
+		n.index.release(in.hs.LocalIndex())
 		return
 	}
 	p.learnEndpoint(ep, false, s, handshakeCtr)
@@ -139,7 +131,7 @@ func (p *Peer) consumeChallenge(in *initiation, msg []byte, ep conn.Endpoint) {
 func (p *Peer) consumeCookie(in *initiation, msg []byte) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.init != in && p.proof != in {
+	if p.hs.init != in && p.hs.proof != in {
 		p.node.drop(DropHandshake)
 		return
 	}
@@ -148,8 +140,8 @@ func (p *Peer) consumeCookie(in *initiation, msg []byte) {
 		p.node.dropHandshake(err, netip.AddrPort{})
 		return
 	}
-	p.cookie, p.cookieAt = c, time.Now()
-	if in == p.proof {
+	p.hs.cookie, p.hs.cookieAt = c, time.Now()
+	if in == p.hs.proof {
 		proof, err := in.hs.ResendAuthProof(c, make([]byte, 0, wire.AuthProofLen))
 		if err != nil {
 			p.node.dropHandshake(err, netip.AddrPort{})
@@ -163,14 +155,14 @@ func (p *Peer) consumeCookie(in *initiation, msg []byte) {
 
 // forgetProofLocked stops answering cookies for the last AUTH_PROOF sent.
 func (p *Peer) forgetProofLocked() {
-	if p.proof == nil {
+	if p.hs.proof == nil {
 		return
 	}
 	n := p.node
 	n.mu.Lock()
-	delete(n.inits, p.proof.index)
+	delete(n.inits, p.hs.proof.hs.LocalIndex())
 	n.mu.Unlock()
-	p.proof = nil
+	p.hs.proof = nil
 }
 
 // handleHandshake processes HELLO, CHALLENGE, AUTH_PROOF and COOKIE_REPLY.
@@ -203,9 +195,7 @@ func (n *Node) handleHandshake(msg []byte, ep conn.Endpoint, out []byte) {
 		n.completeResponder(res, ep)
 	case wire.TypeChallenge:
 		idx := binary.LittleEndian.Uint32(msg[wire.ChallengeReceiverOff:])
-		n.mu.RLock()
-		in := n.inits[idx]
-		n.mu.RUnlock()
+		in := n.initiation(idx)
 		if in == nil {
 			n.drop(DropHandshake)
 			return
@@ -213,9 +203,7 @@ func (n *Node) handleHandshake(msg []byte, ep conn.Endpoint, out []byte) {
 		in.peer.consumeChallenge(in, msg, ep)
 	case wire.TypeCookieReply:
 		idx := binary.LittleEndian.Uint32(msg[wire.CookieReceiverOff:])
-		n.mu.RLock()
-		in := n.inits[idx]
-		n.mu.RUnlock()
+		in := n.initiation(idx)
 		if in == nil {
 			n.drop(DropHandshake)
 			return
@@ -252,7 +240,7 @@ func (p *Peer) completeResponder(res handshake.Result, ep conn.Endpoint) {
 		n.refuse(res, ep, wire.CodeNotPeer)
 		return
 	}
-	if p.cfg.PublicKey != nil && subtle.ConstantTimeCompare(res.PeerStatic[:], p.cfg.PublicKey[:]) != 1 {
+	if p.pinMismatchLocked(res.PeerStatic) {
 		reject(DropPinMismatch)
 		n.log.Warn("handshake with a key other than the pinned one; refusing", "peer", p.cfg.Name)
 		n.refuse(res, ep, wire.CodePinMismatch)
@@ -260,7 +248,7 @@ func (p *Peer) completeResponder(res handshake.Result, ep conn.Endpoint) {
 	}
 	// A new static key for the same name restarts the timestamp sequence only if the
 	// key is not pinned; replay protection is per key.
-	if p.staticKnown && p.static == res.PeerStatic && handshake.CompareTimestamp(res.Timestamp, p.lastTimestamp) <= 0 {
+	if p.hs.staticKnown && p.hs.static == res.PeerStatic && handshake.CompareTimestamp(res.Timestamp, p.hs.lastTimestamp) <= 0 {
 		reject(DropStaleTimestamp)
 		return
 	}
@@ -270,7 +258,7 @@ func (p *Peer) completeResponder(res handshake.Result, ep conn.Endpoint) {
 		reject(DropHandshake)
 		return
 	}
-	p.lastTimestamp = res.Timestamp
+	p.hs.lastTimestamp = res.Timestamp
 	p.learnEndpoint(ep, false, s, handshakeCtr)
 	p.installLocked(s, res.PeerStatic, now)
 	p.sendControl(s, wire.AppendControl(nil, wire.CtlFinal, nil))
@@ -281,22 +269,22 @@ func (p *Peer) completeResponder(res handshake.Result, ep conn.Endpoint) {
 func (p *Peer) installLocked(s *session, static [32]byte, now time.Time) {
 	n := p.node
 	n.index.install(s)
-	old := p.current.Swap(s)
-	if p.previous != nil {
-		n.index.remove(p.previous)
+	old := p.keys.current.Swap(s)
+	if p.keys.previous != nil {
+		n.index.remove(p.keys.previous)
 	}
-	p.previous = old
+	p.keys.previous = old
 	if old != nil {
 		s.rel.inherit(&old.rel)
 	}
 	if old != nil && s.initiator && old.confirmed.Load() {
-		p.standby.Store(old)
+		p.keys.standby.Store(old)
 	} else {
-		p.standby.Store(nil)
+		p.keys.standby.Store(nil)
 	}
-	p.static, p.staticKnown = static, true
-	p.wantHandshake = false
-	p.firstUnanswered.Store(0)
+	p.hs.static, p.hs.staticKnown = static, true
+	p.hs.want = false
+	p.times.firstUnanswered.Store(0)
 	if s.confirmed.Load() {
 		// A responder's session: the AUTH_PROOF confirmed it. Ours counts once the
 		// peer confirms it (confirmedSession).
@@ -314,7 +302,7 @@ func (p *Peer) confirmedSession(s *session, now time.Time) {
 	n := p.node
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.current.Load() != s && p.previous != s {
+	if p.keys.current.Load() != s && p.keys.previous != s {
 		return // already replaced or dropped
 	}
 	p.confirmedLocked(now)
@@ -325,11 +313,11 @@ func (p *Peer) confirmedSession(s *session, now time.Time) {
 // session's keys. Called with p.mu held.
 func (p *Peer) confirmedLocked(now time.Time) {
 	n := p.node
-	p.lastHandshake = now
+	p.hs.last = now
 	n.ctr.handshakesDone.Add(1)
-	p.refusals = 0
-	if p.refusal != 0 {
-		p.refusal = 0
+	p.refused.count = 0
+	if p.refused.code != 0 {
+		p.refused.code = 0
 		n.log.Info("peer accepts our handshake again", "peer", p.cfg.Name)
 	}
 }
@@ -341,13 +329,36 @@ func (p *Peer) dropSessionsLocked() {
 	n := p.node
 	p.dropInitLocked()
 	p.forgetProofLocked()
-	cur := p.current.Swap(nil)
+	cur := p.keys.current.Swap(nil)
 	if cur != nil {
 		p.sendClose(cur)
-		p.wantHandshake = true
+		p.hs.want = true
 	}
-	n.index.remove(cur, p.previous)
-	p.previous = nil
+	n.index.remove(cur, p.keys.previous)
+	p.keys.previous = nil
 	// Replay protection of handshakes is per key; the next key starts afresh.
-	p.lastTimestamp = [12]byte{}
+	p.hs.lastTimestamp = [12]byte{}
+}
+
+// initiation is our handshake in flight that the index idx names, or nil.
+func (n *Node) initiation(idx uint32) *initiation {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	return n.inits[idx]
+}
+
+// pinMismatchLocked reports whether key is not the key the peer's configuration pins
+// (there is no pin: false). Called with p.mu held.
+func (p *Peer) pinMismatchLocked(key [32]byte) bool {
+	return p.cfg.PublicKey != nil && subtle.ConstantTimeCompare(key[:], p.cfg.PublicKey[:]) != 1
+}
+
+// cookieLocked is the responder's cookie for mac2 while the responder still accepts
+// it (it changes its cookie secret every handshake.CookieSecretLifetime), else nil.
+// Called with p.mu held.
+func (p *Peer) cookieLocked(now time.Time) []byte {
+	if p.hs.cookie != nil && now.Sub(p.hs.cookieAt) < handshake.CookieSecretLifetime {
+		return p.hs.cookie
+	}
+	return nil
 }

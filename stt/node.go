@@ -227,7 +227,7 @@ func (n *Node) Close() error {
 	}
 	n.mu.Unlock()
 	for _, p := range peers {
-		if s := p.current.Load(); s != nil {
+		if s := p.keys.current.Load(); s != nil {
 			p.sendClose(s)
 		}
 	}
@@ -269,10 +269,10 @@ func (n *Node) AddPeer(pc PeerConfig) (*Peer, error) {
 		return nil, fmt.Errorf("stt: peer name %q must be 1..%d bytes", pc.Name, wire.NameLen)
 	}
 	p := &Peer{node: n, cfg: pc}
-	p.chooser.Store(pc.WSURL != "")
+	p.path.wsConf.Store(pc.wsSettings())
 	if pc.PublicKey != nil {
-		p.static = *pc.PublicKey
-		p.staticKnown = true
+		p.hs.static = *pc.PublicKey
+		p.hs.staticKnown = true
 	}
 	name := false
 	if pc.Endpoint != "" {
@@ -434,7 +434,7 @@ func (n *Node) refreshPeerAddrs(peers []*Peer) {
 
 // udpAddr is the IP address of the peer's current UDP endpoint, or the zero Addr.
 func (p *Peer) udpAddr() netip.Addr {
-	ep := p.udpEP.Load()
+	ep := p.path.udp.Load()
 	if ep == nil || *ep == nil {
 		return netip.Addr{}
 	}

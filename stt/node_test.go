@@ -388,10 +388,10 @@ func TestStreamIDsNeverCollideBetweenSides(t *testing.T) {
 func TestTwoSessionsHaveUnrelatedKeys(t *testing.T) {
 	a, b := pair(t, Timers{})
 	established(t, a, b)
-	s1 := a.Peer("b").current.Load()
+	s1 := a.Peer("b").keys.current.Load()
 	a.Peer("b").Rekey()
-	waitFor(t, 5*time.Second, "rekey", func() bool { return a.Peer("b").current.Load() != s1 })
-	s2 := a.Peer("b").current.Load()
+	waitFor(t, 5*time.Second, "rekey", func() bool { return a.Peer("b").keys.current.Load() != s1 })
+	s2 := a.Peer("b").keys.current.Load()
 	var n [12]byte
 	pt := make([]byte, 64)
 	c1 := s1.send.Seal(nil, n[:], pt, nil)
@@ -671,13 +671,13 @@ func TestLostAuthProofLosesNoDataAndRecovers(t *testing.T) {
 	a, b := pair(t, timers)
 	established(t, a, b)
 	pa := a.Peer("b")
-	old := pa.current.Load()
+	old := pa.keys.current.Load()
 
 	// A rekey whose AUTH_PROOF is lost: data keeps flowing on the old session.
 	a.bind.dropOnce.Store(wire.TypeAuthProof)
 	pa.Rekey()
 	waitFor(t, 5*time.Second, "the new, unconfirmed session", func() bool {
-		s := pa.current.Load()
+		s := pa.keys.current.Load()
 		return s != old && !s.confirmed.Load()
 	})
 	start := b.h.count.Load()
@@ -688,7 +688,7 @@ func TestLostAuthProofLosesNoDataAndRecovers(t *testing.T) {
 
 	// And the handshake is redone, confirming a session without operator action.
 	waitFor(t, 10*time.Second, "a confirmed new session", func() bool {
-		s := pa.current.Load()
+		s := pa.keys.current.Load()
 		return s != old && s.confirmed.Load()
 	})
 	if n := len(a.bind.ofType(wire.TypeAuthProof)); n < 2 {
@@ -752,7 +752,7 @@ func TestPeerRekeyRequestStartsHandshake(t *testing.T) {
 	established(t, a, b)
 	pb := a.Peer("b")
 	id := sessionOf(t, pb)
-	s := b.Peer("a").current.Load()
+	s := b.Peer("a").keys.current.Load()
 	b.Peer("a").sendControl(s, wire.AppendControl(nil, wire.CtlRekey, nil))
 	waitFor(t, 5*time.Second, "a new session after the peer's REKEY", func() bool {
 		got, ok := pb.SessionID()
@@ -780,10 +780,10 @@ func TestReliableControlSurvivesRekey(t *testing.T) {
 	pa, _ := a.AddPeer(PeerConfig{Name: "b", Endpoint: fmt.Sprintf("127.0.0.1:%d", b.Port())})
 	sendOne(t, pa, 0, []byte("x"))
 	h.waitCount(t, 1, 5*time.Second)
-	old := pa.current.Load()
+	old := pa.keys.current.Load()
 	// A long smoothed RTT puts the old session's retransmission (2*RTT) beyond the wait
 	// below: what arrives in time came over the new session.
-	pa.rtt.Store(int64(2 * time.Second))
+	pa.counters.rtt.Store(int64(2 * time.Second))
 	// Queued on the old session and never sent: as good as lost on the way.
 	for i := 0; i < 3; i++ {
 		if _, err := old.rel.enqueue(0x80, []byte{byte(i)}, time.Now()); err != nil {
@@ -792,7 +792,7 @@ func TestReliableControlSurvivesRekey(t *testing.T) {
 	}
 	pa.Rekey()
 	waitFor(t, 3*time.Second, "the old session's reliable messages over the new one", func() bool {
-		return got.Load() == 3 && pa.current.Load() != old
+		return got.Load() == 3 && pa.keys.current.Load() != old
 	})
 }
 
@@ -805,8 +805,8 @@ func TestReceivedDataIsAnsweredByKeepalive(t *testing.T) {
 	established(t, a, b)
 	time.Sleep(100 * time.Millisecond)
 	pa := b.Peer("a")
-	before := pa.lastSent.Load()
+	before := pa.times.lastSent.Load()
 	sendOne(t, a.Peer("b"), 0, []byte("answer me"))
 	b.h.waitCount(t, 2, 5*time.Second)
-	waitFor(t, 3*time.Second, "a keepalive answering the data", func() bool { return pa.lastSent.Load() > before })
+	waitFor(t, 3*time.Second, "a keepalive answering the data", func() bool { return pa.times.lastSent.Load() > before })
 }

@@ -2,10 +2,47 @@ package stt
 
 import (
 	"net/netip"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
 )
+
+// path is where the peer's frames go: its UDP address, its WebSocket connection, and
+// which of the two carries its traffic. The fields read by the packet path are atomics;
+// moves made by concurrent receivers are ordered by moveMu; dial and probe state is
+// guarded by Peer.mu.
+type path struct {
+	udp   atomic.Pointer[conn.Endpoint]  // latest UDP address: configured, or where authenticated frames came from
+	udpAP atomic.Pointer[netip.AddrPort] // udp's address, stored with it
+	ws    atomic.Pointer[wsEndpoint]     // WebSocket connection to the peer, if any
+	onWS  atomic.Bool                    // the peer's traffic currently goes over WebSocket
+	// wsConf is the peer's WebSocket settings (nil: none): a node that holds the
+	// peer's URL chooses the path (chooser).
+	wsConf atomic.Pointer[wsSettings]
+	// moved is the peer's frame that last moved its traffic (see follow); moveMu
+	// orders moves made by concurrent receivers.
+	moved  atomic.Pointer[pathMove]
+	moveMu sync.Mutex
+	// holding: the path is being switched (UDP gave no answer, the WebSocket is being
+	// dialed); datagrams wait in queue instead of going into the dead path.
+	holding atomic.Bool
+	// sentUnanswered counts data datagrams sent since we last heard from the peer: if
+	// the path is then given up as dead, they are presumed lost (DropFallback).
+	sentUnanswered atomic.Uint64
+
+	// Guarded by Peer.mu.
+	lastProbe time.Time // of UDP, while on WebSocket
+	dial      wsDial
+}
+
+// wsDial is the dialing of the peer's WebSocket URL. Guarded by Peer.mu.
+type wsDial struct {
+	running  bool
+	fails    int // in a row
+	failedAt time.Time
+}
 
 // Path names for status.
 const (
@@ -17,12 +54,12 @@ const (
 // sendEndpoint is where frames for the peer go now: the WebSocket while the peer's
 // traffic is on it, else UDP, else a WebSocket as the only way.
 func (p *Peer) sendEndpoint() conn.Endpoint {
-	we := p.wsEP.Load()
-	if we != nil && p.onWS.Load() {
+	we := p.path.ws.Load()
+	if we != nil && p.path.onWS.Load() {
 		return we
 	}
 	if !p.node.cfg.DisableUDP {
-		if ep := p.udpEP.Load(); ep != nil {
+		if ep := p.path.udp.Load(); ep != nil {
 			return *ep
 		}
 	}
@@ -53,11 +90,11 @@ func (p *Peer) Path() string {
 // tell the peer with a frame over UDP.
 func (p *Peer) learnEndpoint(ep conn.Endpoint, probe bool, s *session, ctr uint64) (movedToUDP bool) {
 	if we, ok := ep.(*wsEndpoint); ok {
-		if p.wsEP.Load() != we {
-			p.wsEP.Store(we)
+		if p.path.ws.Load() != we {
+			p.path.ws.Store(we)
 		}
 		we.c.MarkAuthenticated()
-		if !probe && !p.onWS.Load() {
+		if !probe && !p.path.onWS.Load() {
 			p.follow(true, s, ctr)
 		}
 		return false
@@ -65,11 +102,11 @@ func (p *Peer) learnEndpoint(ep conn.Endpoint, probe bool, s *session, ctr uint6
 	// The endpoint carries the peer's address and the local address it sent to, which
 	// replies leave from (a multi-homed host): keep the latest of both. Only a change
 	// costs an allocation.
-	if cur := p.udpEP.Load(); cur == nil || addrPortOf(*cur) != addrPortOf(ep) || (*cur).SrcIP() != ep.SrcIP() {
+	if cur := p.path.udp.Load(); cur == nil || addrPortOf(*cur) != addrPortOf(ep) || (*cur).SrcIP() != ep.SrcIP() {
 		e := ep
 		p.storeUDP(e)
 	}
-	if !probe && p.onWS.Load() {
+	if !probe && p.path.onWS.Load() {
 		return p.follow(false, s, ctr)
 	}
 	return false
@@ -97,24 +134,24 @@ type pathMove struct{ gen, next uint64 }
 // before it reads its path, so a frame sealed after its move goes the new way; one of
 // an older counter is late, and moves nothing however late it comes.
 func (p *Peer) follow(ws bool, s *session, ctr uint64) bool {
-	if p.chooser.Load() && p.udpUsable() {
-		if ws || !p.onWS.CompareAndSwap(true, false) {
+	if p.chooser() && p.udpUsable() {
+		if ws || !p.path.onWS.CompareAndSwap(true, false) {
 			return false
 		}
 		p.node.log.Info("peer path changed", "peer", p.cfg.Name, "path", PathUDP)
 		return true
 	}
 	next := ctr + 1 // handshakeCtr + 1 == 0
-	if m := p.moved.Load(); m != nil && (s.gen < m.gen || s.gen == m.gen && next <= m.next) {
+	if m := p.path.moved.Load(); m != nil && (s.gen < m.gen || s.gen == m.gen && next <= m.next) {
 		return false // sent before the last move
 	}
-	p.moveMu.Lock()
-	defer p.moveMu.Unlock()
-	if m := p.moved.Load(); p.onWS.Load() == ws || m != nil && (s.gen < m.gen || s.gen == m.gen && next <= m.next) {
+	p.path.moveMu.Lock()
+	defer p.path.moveMu.Unlock()
+	if m := p.path.moved.Load(); p.path.onWS.Load() == ws || m != nil && (s.gen < m.gen || s.gen == m.gen && next <= m.next) {
 		return false
 	}
-	p.moved.Store(&pathMove{gen: s.gen, next: next})
-	p.onWS.Store(ws)
+	p.path.moved.Store(&pathMove{gen: s.gen, next: next})
+	p.path.onWS.Store(ws)
 	path := PathUDP
 	if ws {
 		path = PathWS
@@ -123,19 +160,15 @@ func (p *Peer) follow(ws bool, s *session, ctr uint64) bool {
 	return !ws
 }
 
-// wantsWS says whether this side may dial the peer over WebSocket.
-func (p *Peer) wantsWS() bool { return p.cfg.WSURL != "" }
-
 // udpUsable says whether UDP to the peer is possible at all.
-func (p *Peer) udpUsable() bool { return !p.node.cfg.DisableUDP && p.udpEP.Load() != nil }
+func (p *Peer) udpUsable() bool { return !p.node.cfg.DisableUDP && p.path.udp.Load() != nil }
 
 // countFallbackLost counts the data datagrams sent over UDP since it last answered as
 // lost to the move away from it (DropFallback). Some may have arrived, if only the way
 // back failed; no answer says which.
 func (p *Peer) countFallbackLost() {
-	if lost := p.sentUnanswered.Swap(0); lost > 0 {
-		p.drops.Add(lost)
-		p.node.ctr.drops[DropFallback].Add(lost)
+	if lost := p.path.sentUnanswered.Swap(0); lost > 0 {
+		p.drop(DropFallback, lost)
 		p.node.log.Debug("datagrams sent over UDP after its last answer presumed lost", "peer", p.cfg.Name, "count", lost)
 	}
 }
@@ -144,13 +177,13 @@ func (p *Peer) countFallbackLost() {
 // now chosen. Called with p.mu held.
 func (p *Peer) releaseHeldLocked(s *session) {
 	// Load first: this runs on every tick, and a write would contend with Send's read.
-	if !p.holding.Load() || !p.holding.Swap(false) {
+	if !p.path.holding.Load() || !p.path.holding.Swap(false) {
 		return
 	}
 	if s == nil || s.expired(time.Now(), &p.node.timers) {
 		// The session went meanwhile: the queue waits for the next, as any would.
 		if len(p.queue) > 0 {
-			p.wantHandshake = true
+			p.hs.want = true
 		}
 		return
 	}
@@ -161,14 +194,10 @@ func (p *Peer) releaseHeldLocked(s *session) {
 // counted under DropFallback rather than sent into the path that stopped answering.
 // Called with p.mu held.
 func (p *Peer) dropHeldLocked() {
-	if !p.holding.Swap(false) {
+	if !p.path.holding.Swap(false) {
 		return
 	}
-	if l := uint64(len(p.queue)); l > 0 {
-		p.drops.Add(l)
-		p.node.ctr.drops[DropFallback].Add(l)
-		p.queue = nil
-	}
+	p.dropQueueLocked(DropFallback)
 }
 
 // addrPortOf is an endpoint's address: from its AddrPort method where it has one

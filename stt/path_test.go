@@ -45,7 +45,7 @@ func TestFallbackToWebSocketAndBackToUDP(t *testing.T) {
 	if pa.Path() != PathUDP {
 		t.Fatalf("path %s before any failure, want udp", pa.Path())
 	}
-	s1 := pa.current.Load()
+	s1 := pa.keys.current.Load()
 
 	// UDP stops working both ways; a keeps sending and must end up on WebSocket
 	// with the same session.
@@ -53,7 +53,7 @@ func TestFallbackToWebSocketAndBackToUDP(t *testing.T) {
 	b.bind.blocked.Store(true)
 	pb := b.Peer("a")
 	keepSending(t, a, b, pa, func() bool { return pa.Path() == PathWS && pb.Path() == PathWS })
-	if pa.current.Load() != s1 {
+	if pa.keys.current.Load() != s1 {
 		t.Fatal("moving to WebSocket replaced the session")
 	}
 
@@ -79,7 +79,7 @@ func TestIdlePeerFallsBackWhenKeepalivesGoUnanswered(t *testing.T) {
 		PersistentKeepalive: 100 * time.Millisecond,
 	})
 	established(t, a, b)
-	s1 := pa.current.Load()
+	s1 := pa.keys.current.Load()
 	// Idle from here on: only keepalives flow, and they are answered over UDP.
 	before := pa.RTT()
 	waitFor(t, 5*time.Second, "a keepalive answered over UDP", func() bool { return pa.RTT() != before && pa.RTT() > 0 })
@@ -90,14 +90,14 @@ func TestIdlePeerFallsBackWhenKeepalivesGoUnanswered(t *testing.T) {
 	a.bind.blocked.Store(true)
 	b.bind.blocked.Store(true)
 	waitFor(t, 10*time.Second, "a on WebSocket with no traffic", func() bool { return pa.Path() == PathWS })
-	if pa.current.Load() != s1 {
+	if pa.keys.current.Load() != s1 {
 		t.Fatal("moving to WebSocket replaced the session")
 	}
 	pb := b.Peer("a")
 	waitFor(t, 5*time.Second, "b follows to WebSocket", func() bool { return pb.Path() == PathWS })
 	// The keepalives are answered over WebSocket: received frames keep coming in.
-	last := pa.lastRecv.Load()
-	waitFor(t, 5*time.Second, "keepalives answered over WebSocket", func() bool { return pa.lastRecv.Load() > last })
+	last := pa.times.lastRecv.Load()
+	waitFor(t, 5*time.Second, "keepalives answered over WebSocket", func() bool { return pa.times.lastRecv.Load() > last })
 }
 
 func TestLateWebSocketFramesDoNotUndoReturnToUDP(t *testing.T) {
@@ -112,29 +112,29 @@ func TestLateWebSocketFramesDoNotUndoReturnToUDP(t *testing.T) {
 	pa.mu.Lock()
 	pa.dialWSLocked()
 	pa.mu.Unlock()
-	waitFor(t, 5*time.Second, "websocket", func() bool { return pa.wsEP.Load() != nil })
+	waitFor(t, 5*time.Second, "websocket", func() bool { return pa.path.ws.Load() != nil })
 	pa.mu.Lock()
-	pa.lastProbe = time.Now() // no UDP probe for the next hour
+	pa.path.lastProbe = time.Now() // no UDP probe for the next hour
 	pa.mu.Unlock()
-	pa.onWS.Store(true)
+	pa.path.onWS.Store(true)
 	pb := b.Peer("a")
 	keepSending(t, a, b, pa, func() bool { return pb.Path() == PathWS })
 
 	// a hears from b over UDP (a probe's answer would do the same) and returns to UDP;
 	// b's frames already on their way over the WebSocket must not pull it back.
-	pb.sendControlVia(pb.current.Load(), wire.AppendControl(nil, wire.CtlFinal, nil), *pb.udpEP.Load())
+	pb.sendControlVia(pb.keys.current.Load(), wire.AppendControl(nil, wire.CtlFinal, nil), *pb.path.udp.Load())
 	waitFor(t, 5*time.Second, "a back on UDP", func() bool { return pa.Path() == PathUDP })
 	// The late frame: a PONG nobody asked for, which a counts as a control drop when
 	// it has handled it; unlike a PING it is no probe, so it would move the path.
 	drops := a.Stats().Drops[DropControl]
-	sb := pb.current.Load()
+	sb := pb.keys.current.Load()
 	first, _ := sb.reserve(1, 1<<62)
 	frame := make([]byte, wire.HeaderLen, 64)
 	body := make([]byte, wire.PingBodyLen)
 	body[11] = 0x40 // a send time far in the future: an impossible RTT, counted and dropped
 	frame = append(frame, wire.AppendControl(nil, wire.CtlPong, body)...)
 	frame = sb.seal(frame, wire.ControlStream, first, new([12]byte))
-	if err := pb.wsEP.Load().send([][]byte{frame}); err != nil {
+	if err := pb.path.ws.Load().send([][]byte{frame}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "the late frame handled", func() bool { return a.Stats().Drops[DropControl] > drops })
@@ -177,10 +177,10 @@ func TestRepliesLeaveFromTheAddressThePeerUsed(t *testing.T) {
 	established(t, a, b)
 	pb := a.Peer("b")
 	waitFor(t, 5*time.Second, "the endpoint with a local source", func() bool {
-		ep := pb.udpEP.Load()
+		ep := pb.path.udp.Load()
 		return ep != nil && (*ep).SrcIP().IsValid()
 	})
-	if got := (*pb.udpEP.Load()).SrcIP(); got != netip.MustParseAddr("127.0.0.1") {
+	if got := (*pb.path.udp.Load()).SrcIP(); got != netip.MustParseAddr("127.0.0.1") {
 		t.Fatalf("replies would leave from %v, want 127.0.0.1", got)
 	}
 }
@@ -230,7 +230,7 @@ func TestReturnToUDPUnderTrafficHoldsAgainstLateWebSocketFrames(t *testing.T) {
 
 	// Frames each side has sealed for the WebSocket and not yet delivered.
 	late := func(p *Peer) []byte {
-		s := p.current.Load()
+		s := p.keys.current.Load()
 		first, _ := s.reserve(1, 1<<62)
 		f := make([]byte, wire.HeaderLen, wire.HeaderLen+wire.TagLen)
 		return s.seal(f, wire.ControlStream, first, new([12]byte))
@@ -243,14 +243,14 @@ func TestReturnToUDPUnderTrafficHoldsAgainstLateWebSocketFrames(t *testing.T) {
 
 	// Well after the return, and after FallbackAfter, the late frames arrive.
 	time.Sleep(2 * timers.FallbackAfter)
-	recvA, recvB, before := pa.lastRecv.Load(), pb.lastRecv.Load(), moves()
+	recvA, recvB, before := pa.times.lastRecv.Load(), pb.times.lastRecv.Load(), moves()
 	pa.mu.Lock()
-	pa.lastProbe = time.Now() // a wrong move would last until the next probe
+	pa.path.lastProbe = time.Now() // a wrong move would last until the next probe
 	pa.mu.Unlock()
-	if err := pa.wsEP.Load().send([][]byte{lateA}); err != nil {
+	if err := pa.path.ws.Load().send([][]byte{lateA}); err != nil {
 		t.Fatal(err)
 	}
-	if err := pb.wsEP.Load().send([][]byte{lateB}); err != nil {
+	if err := pb.path.ws.Load().send([][]byte{lateB}); err != nil {
 		t.Fatal(err)
 	}
 	// Both sides stay on UDP for three probe intervals, the late frames handled.
@@ -261,7 +261,7 @@ func TestReturnToUDPUnderTrafficHoldsAgainstLateWebSocketFrames(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	if pa.lastRecv.Load() == recvA || pb.lastRecv.Load() == recvB {
+	if pa.times.lastRecv.Load() == recvA || pb.times.lastRecv.Load() == recvB {
 		t.Fatal("nothing received after the late frames")
 	}
 	if n := moves() - before; n != 0 {

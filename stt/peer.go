@@ -13,79 +13,103 @@ import (
 )
 
 // Peer is a remote node the local node exchanges datagrams with.
+//
+// Its state is grouped by what guards it. The groups read by the packet path (keys,
+// path, times, counters) are atomics, so that Send and the receive goroutines take no
+// lock; everything else is guarded by mu, which the timers, the handshake and Update
+// take. A field of an atomic group that is a plain value says so.
 type Peer struct {
 	node *Node
-	cfg  PeerConfig
 
-	udpEP   atomic.Pointer[conn.Endpoint]  // latest UDP address: configured, or where authenticated frames came from
-	udpAP   atomic.Pointer[netip.AddrPort] // udpEP's address, stored with it
-	wsEP    atomic.Pointer[wsEndpoint]     // WebSocket connection to the peer, if any
-	onWS    atomic.Bool                    // the peer's traffic currently goes over WebSocket
+	keys     peerKeys     // the sessions: atomics; previous under mu
+	path     path         // where frames go (path.go): atomics, moves under path.moveMu
+	times    peerTimes    // the clocks the timers read: atomics
+	counters peerCounters // traffic figures: atomics
+
+	// mu guards cfg (but Name and Tag, which never change) and every field below.
+	mu      sync.Mutex
+	cfg     PeerConfig
+	hs      handshakeState
+	queue   [][]byte // datagrams waiting for a session, or for a move of the path (path.holding)
+	ping    pingState
+	lookup  lookupState
+	refused refusalState
+	removed bool
+}
+
+// peerKeys are the peer's sessions. current and standby are atomics, read by the
+// packet path and written with Peer.mu held; previous is guarded by Peer.mu.
+type peerKeys struct {
 	current atomic.Pointer[session]
 	// standby is the confirmed session a rekey replaced: the initiator keeps sending on
 	// it until the new one is confirmed, so a lost AUTH_PROOF loses no data.
 	standby atomic.Pointer[session]
-	// moved is the peer's frame that last moved its traffic (see follow); moveMu
-	// orders moves made by concurrent receivers.
-	moved    atomic.Pointer[pathMove]
-	moveMu   sync.Mutex
-	chooser  atomic.Bool   // this node holds the peer's WebSocket URL: it chooses the path
-	sessions atomic.Uint64 // sessions made with the peer, numbering them
+	made    atomic.Uint64 // sessions made with the peer, numbering them (session.gen)
+	// previous is the session current replaced, kept for receiving until it expires.
+	// Guarded by Peer.mu.
+	previous *session
+}
 
-	// Times in nanoseconds since node.epoch; 0 = never.
+// peerTimes are the clocks the timers read, in nanoseconds since node.epoch (0 =
+// never). Atomics: the packet path writes them.
+type peerTimes struct {
 	lastSent        atomic.Int64
 	lastRecv        atomic.Int64
 	lastRecvData    atomic.Int64
 	firstUnanswered atomic.Int64 // first data or keepalive echo sent since we last heard from the peer
-	// sentUnanswered counts data datagrams sent since we last heard from the peer: if
-	// the path is then given up as dead, they are presumed lost (DropFallback).
-	sentUnanswered atomic.Uint64
-	// holding: the path is being switched (UDP gave no answer, the WebSocket is being
-	// dialed); datagrams wait in queue instead of going into the dead path.
-	holding atomic.Bool
+}
 
+// peerCounters are the peer's traffic figures. Atomics.
+type peerCounters struct {
 	txBytes, rxBytes     atomic.Uint64
 	txPackets, rxPackets atomic.Uint64
 	drops                atomic.Uint64
 	rtt                  atomic.Int64 // smoothed, ns
+}
 
-	mu            sync.Mutex
-	previous      *session
-	init          *initiation
+// handshakeState is the handshake side of the peer (handshake_peer.go). Guarded by
+// Peer.mu.
+type handshakeState struct {
+	init          *initiation // the handshake in flight, if any
 	proof         *initiation // the initiation whose AUTH_PROOF was sent last
-	cookie        []byte
+	cookie        []byte      // the responder's latest cookie, for mac2
 	cookieAt      time.Time
-	wantHandshake bool
-	lastTimestamp [12]byte
-	lastHandshake time.Time
-	static        [32]byte
+	want          bool      // a handshake is wanted: traffic waits, or a rekey was asked for
+	lastTimestamp [12]byte  // of the peer's latest accepted HELLO, against replay
+	last          time.Time // when the latest session was confirmed (LastHandshake)
+	static        [32]byte  // the peer's static key, pinned or learned
 	staticKnown   bool
-	queue         [][]byte
-	lastPing      time.Time
-	pings         map[uint32]chan time.Duration
-	pingSeq       uint32
-	removed       bool
-	lastProbe     time.Time
-	wsDialing     bool
-	wsDialFails   int
-	wsDialFailed  time.Time
-	resolving     bool // a lookup of cfg.Endpoint runs in the background
+}
+
+// pingState is the STT echo of the peer. Guarded by Peer.mu.
+type pingState struct {
+	last    time.Time
+	waiting map[uint32]chan time.Duration // Ping calls waiting for their PONG, by sequence
+	seq     uint32
+}
+
+// lookupState is the background lookup of cfg.Endpoint when it is a name. Guarded by
+// Peer.mu.
+type lookupState struct {
+	running bool // a lookup runs in the background
 	// unresolved: cfg.Endpoint is a name that has given no address since it was
-	// configured. The timers look it up again, lookupFails times failed so far, from
-	// nextLookup on; lookupErr says why the last lookup failed. lookupDone is closed
-	// when the first lookup of the name ends (answer or failure).
-	unresolved  bool
-	lookupFails int
-	nextLookup  time.Time
-	lookupErr   string
-	lookupDone  chan struct{}
-	// The peer refused our latest handshake (docs/protocol.md 4.8): the refusal code
-	// (0 = none), since when, until when no new handshake starts, and how many refusals
-	// in a row (for the back-off).
-	refusal      uint16
-	refusedSince time.Time
-	refusedUntil time.Time
-	refusals     int
+	// configured. The timers look it up again, fails times failed so far, from next
+	// on; err says why the last lookup failed. done is closed when the first lookup of
+	// the name ends (answer or failure).
+	unresolved bool
+	fails      int
+	next       time.Time
+	err        string
+	done       chan struct{}
+}
+
+// refusalState is the peer's refusal of our latest handshake (docs/protocol.md 4.8):
+// the refusal code (0 = none), since when, until when no new handshake starts, and how
+// many refusals in a row (for the back-off). Guarded by Peer.mu.
+type refusalState struct {
+	code         uint16
+	since, until time.Time
+	count        int
 }
 
 // Name is the peer's configured name.
@@ -104,7 +128,7 @@ func (p *Peer) Endpoint() netip.AddrPort {
 
 // UDPEndpoint is the peer's latest UDP address, or the zero value.
 func (p *Peer) UDPEndpoint() netip.AddrPort {
-	if ap := p.udpAP.Load(); ap != nil {
+	if ap := p.path.udpAP.Load(); ap != nil {
 		return *ap
 	}
 	return netip.AddrPort{}
@@ -113,7 +137,7 @@ func (p *Peer) UDPEndpoint() netip.AddrPort {
 // WSEndpoint is the TCP address at the other end of the peer's WebSocket connection
 // (the peer, or a proxy before it), or the zero value without one.
 func (p *Peer) WSEndpoint() netip.AddrPort {
-	if we := p.wsEP.Load(); we != nil {
+	if we := p.path.ws.Load(); we != nil {
 		return we.addr
 	}
 	return netip.AddrPort{}
@@ -123,7 +147,7 @@ func (p *Peer) WSEndpoint() netip.AddrPort {
 func (p *Peer) PublicKey() ([32]byte, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.static, p.staticKnown
+	return p.hs.static, p.hs.staticKnown
 }
 
 // LastHandshake is when the latest session with this peer was established: confirmed by
@@ -131,18 +155,18 @@ func (p *Peer) PublicKey() ([32]byte, bool) {
 func (p *Peer) LastHandshake() time.Time {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.lastHandshake
+	return p.hs.last
 }
 
 // RTT is the smoothed round-trip time measured with PING, 0 if unknown.
-func (p *Peer) RTT() time.Duration { return time.Duration(p.rtt.Load()) }
+func (p *Peer) RTT() time.Duration { return time.Duration(p.counters.rtt.Load()) }
 
 // HasSession reports whether the peer has a usable session: one the peer has confirmed
 // (an unconfirmed one may never be: the AUTH_PROOF may be lost or refused), or the
 // confirmed one a rekey is replacing.
 func (p *Peer) HasSession() bool {
 	now := time.Now()
-	for _, s := range [...]*session{p.current.Load(), p.standby.Load()} {
+	for _, s := range [...]*session{p.keys.current.Load(), p.keys.standby.Load()} {
 		if s != nil && s.confirmed.Load() && !s.expired(now, &p.node.timers) {
 			return true
 		}
@@ -152,7 +176,7 @@ func (p *Peer) HasSession() bool {
 
 // Cipher names the AEAD of the current session, "" without one.
 func (p *Peer) Cipher() string {
-	if s := p.current.Load(); s != nil {
+	if s := p.keys.current.Load(); s != nil {
 		return s.cipherID.String()
 	}
 	return ""
@@ -161,9 +185,9 @@ func (p *Peer) Cipher() string {
 // Stats returns the peer's traffic counters.
 func (p *Peer) Stats() PeerStats {
 	return PeerStats{
-		TxBytes: p.txBytes.Load(), RxBytes: p.rxBytes.Load(),
-		TxPackets: p.txPackets.Load(), RxPackets: p.rxPackets.Load(),
-		Drops: p.drops.Load(),
+		TxBytes: p.counters.txBytes.Load(), RxBytes: p.counters.rxBytes.Load(),
+		TxPackets: p.counters.txPackets.Load(), RxPackets: p.counters.rxPackets.Load(),
+		Drops: p.counters.drops.Load(),
 	}
 }
 
@@ -180,8 +204,8 @@ func (p *Peer) setEndpoint(ap netip.AddrPort) error {
 // UDPEndpoint, which the tunnel's packet pump calls for every UDP packet.
 func (p *Peer) storeUDP(ep conn.Endpoint) {
 	ap := addrPortOf(ep)
-	p.udpEP.Store(&ep)
-	p.udpAP.Store(&ap)
+	p.path.udp.Store(&ep)
+	p.path.udpAP.Store(&ap)
 }
 
 func (p *Peer) mono(t time.Time) int64 { return int64(t.Sub(p.node.epoch)) }
@@ -198,7 +222,7 @@ const resolveTimeout = 5 * time.Second
 // address needs no lookup. Called with p.mu held.
 func (p *Peer) reresolveLocked() {
 	name := p.cfg.Endpoint
-	if p.resolving || p.removed || name == "" {
+	if p.lookup.running || p.removed || name == "" {
 		return
 	}
 	if _, err := netip.ParseAddrPort(name); err == nil {
@@ -208,7 +232,7 @@ func (p *Peer) reresolveLocked() {
 	if n.ctx == nil || n.ctx.Err() != nil {
 		return
 	}
-	p.resolving = true
+	p.lookup.running = true
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
@@ -217,7 +241,7 @@ func (p *Peer) reresolveLocked() {
 		cancel()
 		p.mu.Lock()
 		defer p.mu.Unlock()
-		p.resolving = false
+		p.lookup.running = false
 		if n.ctx.Err() != nil { // the node is closing
 			p.endLookupLocked()
 			return
@@ -231,7 +255,7 @@ func (p *Peer) reresolveLocked() {
 			return
 		}
 		if err != nil {
-			if p.unresolved {
+			if p.lookup.unresolved {
 				p.lookupFailedLocked(err)
 				return
 			}
@@ -239,13 +263,13 @@ func (p *Peer) reresolveLocked() {
 			n.log.Debug("endpoint lookup failed; keeping the address", "peer", p.cfg.Name, "err", err)
 			return
 		}
-		if p.unresolved {
-			if p.lookupFails > 0 {
+		if p.lookup.unresolved {
+			if p.lookup.fails > 0 {
 				n.log.Info("peer's endpoint name resolves now", "peer", p.cfg.Name)
 			}
-			p.unresolved, p.lookupFails, p.lookupErr = false, 0, ""
+			p.lookup.unresolved, p.lookup.fails, p.lookup.err = false, 0, ""
 			p.endLookupLocked()
-			if p.wantHandshake || p.init != nil {
+			if p.hs.want || p.hs.init != nil {
 				n.kick() // the handshake waited for the address
 			}
 		}
@@ -257,9 +281,9 @@ func (p *Peer) reresolveLocked() {
 			return
 		}
 		n.log.Debug("endpoint name now has another address", "peer", p.cfg.Name, "endpoint", name, "addr", ap)
-		if p.init != nil {
+		if p.hs.init != nil {
 			// Retransmit the handshake to the new address now, not at its next retry.
-			p.init.nextRetry = time.Now()
+			p.hs.init.nextRetry = time.Now()
 			n.kick()
 		}
 	}()
@@ -278,14 +302,14 @@ const (
 // Called with p.mu held.
 func (p *Peer) lookupFailedLocked(err error) {
 	n := p.node
-	p.lookupFails++
-	p.lookupErr = err.Error()
-	p.nextLookup = time.Now().Add(min(lookupRetry<<min(p.lookupFails-1, 10), lookupRetryMax))
-	if p.lookupFails == 1 {
+	p.lookup.fails++
+	p.lookup.err = err.Error()
+	p.lookup.next = time.Now().Add(min(lookupRetry<<min(p.lookup.fails-1, 10), lookupRetryMax))
+	if p.lookup.fails == 1 {
 		n.log.Warn("peer's endpoint name does not resolve; the peer starts without an address and the name is looked up again in the background",
 			"peer", p.cfg.Name, "reason", lookupReason(err))
 	}
-	n.log.Debug("endpoint lookup failed", "peer", p.cfg.Name, "err", err, "retry_in", time.Until(p.nextLookup).Round(time.Millisecond))
+	n.log.Debug("endpoint lookup failed", "peer", p.cfg.Name, "err", err, "retry_in", time.Until(p.lookup.next).Round(time.Millisecond))
 	p.endLookupLocked()
 }
 
@@ -307,16 +331,16 @@ func lookupReason(err error) string {
 // lookup, and starts it. Called with p.mu held.
 func (p *Peer) startLookupLocked() {
 	p.endLookupLocked()
-	p.unresolved, p.lookupFails, p.lookupErr, p.nextLookup = true, 0, "", time.Time{}
-	p.lookupDone = make(chan struct{})
+	p.lookup.unresolved, p.lookup.fails, p.lookup.err, p.lookup.next = true, 0, "", time.Time{}
+	p.lookup.done = make(chan struct{})
 	p.reresolveLocked()
 }
 
 // endLookupLocked releases those waiting for the first lookup. Called with p.mu held.
 func (p *Peer) endLookupLocked() {
-	if p.lookupDone != nil {
-		close(p.lookupDone)
-		p.lookupDone = nil
+	if p.lookup.done != nil {
+		close(p.lookup.done)
+		p.lookup.done = nil
 	}
 }
 
@@ -327,10 +351,10 @@ var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); retu
 func (p *Peer) LookupDone() <-chan struct{} {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.lookupDone == nil {
+	if p.lookup.done == nil {
 		return closedChan
 	}
-	return p.lookupDone
+	return p.lookup.done
 }
 
 // EndpointError says why the peer's endpoint name has no address yet ("" when it has
@@ -338,10 +362,10 @@ func (p *Peer) LookupDone() <-chan struct{} {
 func (p *Peer) EndpointError() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if !p.unresolved {
+	if !p.lookup.unresolved {
 		return ""
 	}
-	return p.lookupErr
+	return p.lookup.err
 }
 
 // ErrNoSession reports an operation that needs a session the peer does not have yet.
@@ -350,7 +374,7 @@ var ErrNoSession = errors.New("no session with peer")
 // Rekey starts a new handshake now, keeping the current session until it completes.
 func (p *Peer) Rekey() {
 	p.mu.Lock()
-	p.wantHandshake = true
+	p.hs.want = true
 	p.mu.Unlock()
 	p.node.kick()
 }

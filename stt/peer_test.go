@@ -174,7 +174,7 @@ func TestEndpointLookupHoldsUpNoTimers(t *testing.T) {
 	// An IP address is not looked up.
 	pc.mu.Lock()
 	pc.reresolveLocked()
-	lit := pc.resolving
+	lit := pc.lookup.running
 	pc.mu.Unlock()
 	if lit {
 		t.Fatal("a lookup started for an IP address endpoint")
@@ -190,7 +190,7 @@ func TestEndpointLookupHoldsUpNoTimers(t *testing.T) {
 	waitFor(t, 5*time.Second, "the new address", func() bool { return pb.UDPEndpoint() == b2Addr })
 	waitFor(t, 5*time.Second, "a session with b at its new address", func() bool {
 		// Until the new session is confirmed, data still goes out under the old one.
-		s := pb.current.Load()
+		s := pb.keys.current.Load()
 		return s != nil && s.localIndex != oldID && s.confirmed.Load()
 	})
 	sendOne(t, pb, 0, []byte("at the new address"))
@@ -245,7 +245,7 @@ func TestStaleEndpointLookupNotApplied(t *testing.T) {
 		waitFor(t, 5*time.Second, "the lookup to end", func() bool {
 			p.mu.Lock()
 			defer p.mu.Unlock()
-			return !p.resolving
+			return !p.lookup.running
 		})
 	}
 	if got := pb.UDPEndpoint(); got != reloaded {

@@ -208,20 +208,20 @@ func (r *recvRun) flush(now time.Time) {
 		return
 	}
 	t := p.mono(now)
-	p.lastRecv.Store(t)
-	if p.firstUnanswered.Load() != 0 {
-		p.firstUnanswered.Store(0)
+	p.times.lastRecv.Store(t)
+	if p.times.firstUnanswered.Load() != 0 {
+		p.times.firstUnanswered.Store(0)
 	}
-	if p.sentUnanswered.Load() != 0 {
-		p.sentUnanswered.Store(0)
+	if p.path.sentUnanswered.Load() != 0 {
+		p.path.sentUnanswered.Store(0)
 	}
 	if r.unconfirmed != nil && r.unconfirmed.confirmed.CompareAndSwap(false, true) {
 		p.confirmedSession(r.unconfirmed, now)
 	}
 	if r.data {
-		p.lastRecvData.Store(t)
-		p.rxPackets.Add(r.packets)
-		p.rxBytes.Add(r.bytes)
+		p.times.lastRecvData.Store(t)
+		p.counters.rxPackets.Add(r.packets)
+		p.counters.rxBytes.Add(r.bytes)
 	}
 	*r = recvRun{}
 }

@@ -63,10 +63,10 @@ type Refusal struct {
 func (p *Peer) Refusal() (Refusal, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.refusal == 0 {
+	if p.refused.code == 0 {
 		return Refusal{}, false
 	}
-	return Refusal{Name: refusalName(p.refusal), Reason: refusalReason(p.refusal), Since: p.refusedSince, RetryAt: p.refusedUntil}, true
+	return Refusal{Name: refusalName(p.refused.code), Reason: refusalReason(p.refused.code), Since: p.refused.since, RetryAt: p.refused.until}, true
 }
 
 // refusalBackoff is how long an initiator waits after its nth consecutive refusal
@@ -94,38 +94,34 @@ func (p *Peer) refusedBy(s *session, code uint16, now time.Time) {
 	// refuse (our [[peer]] removed, a new pin) ended the sessions it had with us too. So
 	// the session a rekey was replacing goes as well; only receiving on the previous
 	// one stays possible until it expires, as after any rekey.
-	if p.current.CompareAndSwap(s, nil) {
-		if sb := p.standby.Swap(nil); sb != nil && sb != p.previous {
+	if p.keys.current.CompareAndSwap(s, nil) {
+		if sb := p.keys.standby.Swap(nil); sb != nil && sb != p.keys.previous {
 			n.index.remove(sb)
 		}
 	}
-	if p.previous == s {
-		p.previous = nil
+	if p.keys.previous == s {
+		p.keys.previous = nil
 	}
 	n.index.remove(s)
-	if p.proof != nil {
+	if p.hs.proof != nil {
 		p.forgetProofLocked()
 	}
-	p.refusals++
-	if p.refusal != code {
-		p.refusedSince = now
+	p.refused.count++
+	if p.refused.code != code {
+		p.refused.since = now
 		n.log.Info("peer refused our handshake", "peer", p.cfg.Name, "reason", refusalReason(code), "code", refusalName(code))
 	}
-	p.refusal = code
-	wait := n.timers.refusalBackoff(p.refusals)
-	p.refusedUntil = now.Add(wait)
+	p.refused.code = code
+	wait := n.timers.refusalBackoff(p.refused.count)
+	p.refused.until = now.Add(wait)
 	n.log.Debug("refused; next handshake after back-off", "peer", p.cfg.Name, "wait", wait)
 	// What waited for this session cannot be delivered.
-	if len(p.queue) > 0 {
-		p.drops.Add(uint64(len(p.queue)))
-		n.ctr.drops[DropRefused].Add(uint64(len(p.queue)))
-		p.queue = nil
-	}
-	p.wantHandshake = false
+	p.dropQueueLocked(DropRefused)
+	p.hs.want = false
 }
 
 // refusedLocked reports whether the peer refused us and the back-off still runs.
 // Called with p.mu held.
 func (p *Peer) refusedLocked(now time.Time) bool {
-	return p.refusal != 0 && now.Before(p.refusedUntil)
+	return p.refused.code != 0 && now.Before(p.refused.until)
 }

@@ -108,7 +108,7 @@ func TestSessionUpOnlyAfterPeerConfirms(t *testing.T) {
 	}
 	sendOne(t, pb, 0, []byte("x"))
 	res, _, from := f.handshake(t)
-	waitFor(t, 5*time.Second, "a's unconfirmed session", func() bool { return pb.current.Load() != nil })
+	waitFor(t, 5*time.Second, "a's unconfirmed session", func() bool { return pb.keys.current.Load() != nil })
 	if pb.HasSession() || !pb.LastHandshake().IsZero() || a.Stats().HandshakesDone != 0 {
 		t.Fatalf("before FINAL: session up %v, last handshake %v, %d completed; want down, never, 0",
 			pb.HasSession(), pb.LastHandshake(), a.Stats().HandshakesDone)
@@ -130,8 +130,8 @@ func TestForgedRefusalChangesNothing(t *testing.T) {
 	pb, _ := a.AddPeer(PeerConfig{Name: "b", Endpoint: f.addr()})
 	sendOne(t, pb, 0, []byte("x"))
 	res, _, from := f.handshake(t)
-	waitFor(t, 5*time.Second, "a's unconfirmed session", func() bool { return pb.current.Load() != nil })
-	s := pb.current.Load()
+	waitFor(t, 5*time.Second, "a's unconfirmed session", func() bool { return pb.keys.current.Load() != nil })
+	s := pb.keys.current.Load()
 
 	refusal := wire.AppendRefusal(nil, wire.CodeNotPeer)
 	forged := [][]byte{
@@ -145,7 +145,7 @@ func TestForgedRefusalChangesNothing(t *testing.T) {
 		f.send(t, m, from)
 	}
 	waitFor(t, 5*time.Second, "the forged refusals dropped", func() bool { return a.Stats().Drops[DropAuth] == uint64(len(forged)) })
-	if _, refused := pb.Refusal(); refused || pb.current.Load() != s || s.confirmed.Load() {
+	if _, refused := pb.Refusal(); refused || pb.keys.current.Load() != s || s.confirmed.Load() {
 		t.Fatal("a refusal that does not authenticate changed the peer's state")
 	}
 
@@ -156,7 +156,7 @@ func TestForgedRefusalChangesNothing(t *testing.T) {
 	}
 	f.send(t, frame, from)
 	waitFor(t, 5*time.Second, "the refusal", func() bool { _, ok := pb.Refusal(); return ok })
-	if pb.current.Load() != nil || pb.HasSession() || a.Stats().HandshakesDone != 0 {
+	if pb.keys.current.Load() != nil || pb.HasSession() || a.Stats().HandshakesDone != 0 {
 		t.Fatal("the refused session is still there, or counted as completed")
 	}
 	// A refusal confirms nothing: it must not have marked the session as confirmed.
@@ -232,7 +232,7 @@ func TestRefusedInitiatorShowsWhy(t *testing.T) {
 			waitFor(t, 5*time.Second, "a second refusal", func() bool {
 				pb.mu.Lock()
 				defer pb.mu.Unlock()
-				return pb.refusals >= 2
+				return pb.refused.count >= 2
 			})
 			if n := strings.Count(string(logs.bytes()), "peer refused our handshake"); n != 1 {
 				t.Fatalf("%d info lines for repeated refusals of the same kind, want 1:\n%s", n, logs.bytes())
@@ -281,7 +281,7 @@ func TestRefusedInitiatorBacksOff(t *testing.T) {
 		t.Fatalf("%d handshakes in about a second of refusals; the back-off did not hold", n)
 	}
 	pb.mu.Lock()
-	n, until := pb.refusals, pb.refusedUntil
+	n, until := pb.refused.count, pb.refused.until
 	pb.mu.Unlock()
 	if n < 2 {
 		t.Fatalf("%d refusals in a second with a 200 ms back-off: it never tried again", n)

@@ -162,17 +162,17 @@ func TestLogsHoldNoKeyMaterial(t *testing.T) {
 
 			var oracle keyOracle
 			established(t, a, b)
-			oracle.addSession(a.Peer("b").current.Load())
-			oracle.addSession(b.Peer("a").current.Load())
-			s1 := a.Peer("b").current.Load()
+			oracle.addSession(a.Peer("b").keys.current.Load())
+			oracle.addSession(b.Peer("a").keys.current.Load())
+			s1 := a.Peer("b").keys.current.Load()
 			a.Peer("b").Rekey()
-			waitFor(t, 5*time.Second, "rekey", func() bool { return a.Peer("b").current.Load() != s1 })
+			waitFor(t, 5*time.Second, "rekey", func() bool { return a.Peer("b").keys.current.Load() != s1 })
 			sendOne(t, a.Peer("b"), 1, []byte("after the rekey"))
 			sendOne(t, b.Peer("a"), 2, []byte("and back"))
 			b.h.waitCount(t, 2, 5*time.Second)
 			a.h.waitCount(t, 1, 5*time.Second)
-			oracle.addSession(a.Peer("b").current.Load())
-			oracle.addSession(b.Peer("a").current.Load())
+			oracle.addSession(a.Peer("b").keys.current.Load())
+			oracle.addSession(b.Peer("a").keys.current.Load())
 
 			text := logs.String()
 			if !strings.Contains(text, "session established") {

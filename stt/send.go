@@ -19,9 +19,9 @@ import (
 func (p *Peer) Send(pkts [][]byte, flows []uint16) error {
 	n := p.node
 	now := time.Now()
-	s := p.current.Load()
+	s := p.keys.current.Load()
 	if s != nil && !s.confirmed.Load() {
-		if sb := p.standby.Load(); sb != nil && !sb.expired(now, &n.timers) {
+		if sb := p.keys.standby.Load(); sb != nil && !sb.expired(now, &n.timers) {
 			s = sb
 		}
 	}
@@ -29,7 +29,7 @@ func (p *Peer) Send(pkts [][]byte, flows []uint16) error {
 		p.enqueue(pkts)
 		return nil
 	}
-	if p.holding.Load() && p.hold(pkts) {
+	if p.path.holding.Load() && p.hold(pkts) {
 		return nil
 	}
 	first, ok := s.reserve(len(pkts), n.timers.RejectAfterMessages)
@@ -48,34 +48,32 @@ func (p *Peer) Send(pkts [][]byte, flows []uint16) error {
 func (p *Peer) transmit(frames [][]byte, now time.Time, payloadBytes uint64, data bool) error {
 	ep := p.sendEndpoint()
 	if ep == nil {
-		p.drops.Add(uint64(len(frames)))
-		p.node.ctr.drops[DropSendError].Add(uint64(len(frames)))
+		p.drop(DropSendError, uint64(len(frames)))
 		return errNoEndpoint
 	}
 	if err := p.node.send(frames, ep); err != nil {
-		p.drops.Add(uint64(len(frames)))
-		p.node.ctr.drops[DropSendError].Add(uint64(len(frames)))
+		p.drop(DropSendError, uint64(len(frames)))
 		if data {
 			// A path that refuses sends (a local firewall answers EPERM) is as dead
 			// as one that drops them: start the same clock.
-			p.firstUnanswered.CompareAndSwap(0, p.mono(now))
+			p.times.firstUnanswered.CompareAndSwap(0, p.mono(now))
 		}
 		return err
 	}
 	t := p.mono(now)
-	p.lastSent.Store(t)
+	p.times.lastSent.Store(t)
 	if data {
-		p.txPackets.Add(uint64(len(frames)))
-		p.txBytes.Add(payloadBytes)
+		p.counters.txPackets.Add(uint64(len(frames)))
+		p.counters.txBytes.Add(payloadBytes)
 		// Set once per silence: a failing CompareAndSwap would still take the cache
 		// line, which the receive path reads, on every batch while the peer is quiet.
-		if p.firstUnanswered.Load() == 0 {
-			p.firstUnanswered.CompareAndSwap(0, t)
+		if p.times.firstUnanswered.Load() == 0 {
+			p.times.firstUnanswered.CompareAndSwap(0, t)
 		}
-		if _, ws := ep.(*wsEndpoint); !ws && p.chooser.Load() {
+		if _, ws := ep.(*wsEndpoint); !ws && p.chooser() {
 			// Only a node that may move the path away from UDP needs the count.
-			p.sentUnanswered.Add(uint64(len(frames)))
-			if p.onWS.Load() {
+			p.path.sentUnanswered.Add(uint64(len(frames)))
+			if p.path.onWS.Load() {
 				// The move came between choosing UDP and counting: it may have
 				// taken the count before this batch was in it.
 				p.countFallbackLost()
@@ -93,26 +91,39 @@ func (p *Peer) enqueue(pkts [][]byte) {
 	if p.refusedLocked(time.Now()) {
 		// The peer refused us: nothing would carry these before the back-off ends.
 		// Remember that there is traffic, so that a handshake starts when it does.
-		p.drops.Add(uint64(len(pkts)))
-		p.node.ctr.drops[DropRefused].Add(uint64(len(pkts)))
-		p.wantHandshake = true
+		p.drop(DropRefused, uint64(len(pkts)))
+		p.hs.want = true
 		p.mu.Unlock()
 		return
 	}
+	p.queueLocked(pkts, DropNoSession)
+	p.hs.want = true
+	p.mu.Unlock()
+	p.node.kick()
+}
+
+// queueLocked copies datagrams into the peer's queue, bounded by MaxQueued: when it is
+// full the oldest goes, counted under r. Called with p.mu held.
+func (p *Peer) queueLocked(pkts [][]byte, r DropReason) {
 	for _, pkt := range pkts {
 		if len(p.queue) >= MaxQueued {
 			p.queue[0] = nil
 			p.queue = p.queue[1:]
-			p.drops.Add(1)
-			p.node.drop(DropNoSession)
+			p.drop(r, 1)
 		}
 		b := make([]byte, len(pkt), len(pkt)+wire.TagLen)
 		copy(b, pkt)
 		p.queue = append(p.queue, b)
 	}
-	p.wantHandshake = true
-	p.mu.Unlock()
-	p.node.kick()
+}
+
+// dropQueueLocked empties the peer's queue, counting what it held under r. Called with
+// p.mu held.
+func (p *Peer) dropQueueLocked(r DropReason) {
+	if len(p.queue) > 0 {
+		p.drop(r, uint64(len(p.queue)))
+	}
+	p.queue = nil
 }
 
 // flushQueueLocked sends what waited for a session. Called with p.mu held.
@@ -127,8 +138,7 @@ func (p *Peer) flushQueueLocked(s *session) {
 		// The session may not seal that many (only with a REJECT_AFTER_MESSAGES
 		// lowered below the queue's length): the datagrams are lost, and counted as
 		// those a full queue pushes out are.
-		p.drops.Add(uint64(len(q)))
-		p.node.ctr.drops[DropNoSession].Add(uint64(len(q)))
+		p.drop(DropNoSession, uint64(len(q)))
 		return
 	}
 	// Queued datagrams lost their flow numbers; one stream keeps them in order.
@@ -194,20 +204,10 @@ func (p *Peer) sendClose(s *session) {
 func (p *Peer) hold(pkts [][]byte) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if !p.holding.Load() {
+	if !p.path.holding.Load() {
 		return false
 	}
-	for _, pkt := range pkts {
-		if len(p.queue) >= MaxQueued {
-			p.queue[0] = nil
-			p.queue = p.queue[1:]
-			p.drops.Add(1)
-			p.node.ctr.drops[DropFallback].Add(1)
-		}
-		b := make([]byte, len(pkt), len(pkt)+wire.TagLen)
-		copy(b, pkt)
-		p.queue = append(p.queue, b)
-	}
+	p.queueLocked(pkts, DropFallback)
 	return true
 }
 

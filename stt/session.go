@@ -56,7 +56,7 @@ func newAEAD(id wire.CipherID, key []byte) (cipher.AEAD, error) {
 func newSession(p *Peer, local, remote uint32, initiator bool, id wire.CipherID, sendKey, recvKey *[32]byte, now time.Time) (*session, error) {
 	s := &session{peer: p, localIndex: local, remoteIndex: remote, initiator: initiator, cipherID: id, created: now}
 	if p != nil {
-		s.gen = p.sessions.Add(1)
+		s.gen = p.keys.made.Add(1)
 	}
 	var err error
 	if s.send, err = newAEAD(id, sendKey[:]); err != nil {

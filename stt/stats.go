@@ -97,6 +97,13 @@ type PeerStats struct {
 
 func (n *Node) drop(r DropReason) { n.ctr.drops[r].Add(1) }
 
+// drop counts k datagrams for the peer lost for reason r: in the peer's figures and
+// the node's.
+func (p *Peer) drop(r DropReason, k uint64) {
+	p.counters.drops.Add(k)
+	p.node.ctr.drops[r].Add(k)
+}
+
 // versionLogInterval bounds how often a node logs handshakes of another protocol
 // version: an administrator needs to learn of an incompatible peer, but a flood of such
 // messages must not become a flood of log lines.

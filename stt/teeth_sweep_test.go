@@ -19,10 +19,10 @@ func TestCloseUnderOldSessionKeepsCurrent(t *testing.T) {
 	o := newOffline(t, Timers{})
 	old, oldPeer := o.session(t, teethLocal, false, time.Now(), 0x10)
 	cur, _ := o.session(t, teethLocal+1, false, time.Now(), 0x20)
-	o.p.previous = old
-	o.p.current.Store(cur)
+	o.p.keys.previous = old
+	o.p.keys.current.Store(cur)
 	o.receive(sealed(oldPeer, 0, 0, string(wire.AppendControl(nil, wire.CtlClose, []byte{wire.CodeShutdown, 0}))))
-	if got := o.p.current.Load(); got != cur {
+	if got := o.p.keys.current.Load(); got != cur {
 		t.Fatalf("a CLOSE under the previous session replaced the current one with %p", got)
 	}
 	if o.n.index.lookup(cur.localIndex) != cur {
@@ -56,7 +56,7 @@ func TestStaleInitiationCannotInstallSession(t *testing.T) {
 	}
 	o.p.mu.Lock()
 	o.p.startHandshakeLocked(time.Now())
-	stale := o.p.init
+	stale := o.p.hs.init
 	o.p.startHandshakeLocked(time.Now()) // a retransmission: a new initiation
 	o.p.mu.Unlock()
 	hellos := o.bind.ofType(wire.TypeHello)
@@ -68,7 +68,7 @@ func TestStaleInitiationCannotInstallSession(t *testing.T) {
 		t.Fatal(err)
 	}
 	o.p.consumeChallenge(stale, chal, o.ep)
-	if o.p.current.Load() != nil || len(o.bind.ofType(wire.TypeAuthProof)) != 0 {
+	if o.p.keys.current.Load() != nil || len(o.bind.ofType(wire.TypeAuthProof)) != 0 {
 		t.Fatal("the CHALLENGE of a replaced initiation made a session")
 	}
 	if got := o.drops(DropHandshake); got != 1 {
@@ -85,7 +85,7 @@ func TestStaleInitiationCannotInstallSession(t *testing.T) {
 	}
 	o.p.consumeCookie(stale, cr)
 	o.p.mu.Lock()
-	cookie := o.p.cookie
+	cookie := o.p.hs.cookie
 	o.p.mu.Unlock()
 	if cookie != nil {
 		t.Fatal("a COOKIE_REPLY for a replaced initiation was stored")
@@ -102,7 +102,7 @@ func TestRemovedPeerCompletesNoHandshake(t *testing.T) {
 		LocalIndex: idx, RemoteIndex: teethRemote, SendKey: fixedKey(3), RecvKey: fixedKey(4),
 		Cipher: wire.CipherChaCha20Poly1305, PeerStatic: fixedKey(5), PeerName: "peer", Timestamp: [12]byte{0x40},
 	}, o.ep)
-	if o.p.current.Load() != nil {
+	if o.p.keys.current.Load() != nil {
 		t.Fatal("a removed peer got a session")
 	}
 	if sessions, pending := o.n.index.counts(); sessions != 0 || pending != 0 {
@@ -131,7 +131,7 @@ func TestReliableReceiveDeliversOnlyInOrder(t *testing.T) {
 func controlNode(t *testing.T) (*offline, *session, *[]byte) {
 	o := newOffline(t, Timers{})
 	s, _ := o.session(t, teethLocal, false, time.Now(), 0x10)
-	o.p.current.Store(s)
+	o.p.keys.current.Store(s)
 	var ext []byte
 	o.n.cfg.Extension = func(p *Peer, typ byte, body []byte) { ext = append(ext, typ) }
 	return o, s, &ext
@@ -205,7 +205,7 @@ func TestPendingPingsBounded(t *testing.T) {
 	for i := 0; i < 1000; i++ {
 		o.p.pingPayloadLocked(time.Now(), make(chan time.Duration, 1))
 	}
-	if n := len(o.p.pings); n > 64 {
+	if n := len(o.p.ping.waiting); n > 64 {
 		t.Fatalf("%d pings pending, want at most 64", n)
 	}
 }
@@ -216,9 +216,9 @@ func TestStaleCookieNotUsed(t *testing.T) {
 	o := newOffline(t, Timers{})
 	now := time.Now()
 	o.p.mu.Lock()
-	o.p.cookie = make([]byte, wire.MACLen)
-	o.p.cookie[0] = 1
-	o.p.cookieAt = now.Add(-121 * time.Second)
+	o.p.hs.cookie = make([]byte, wire.MACLen)
+	o.p.hs.cookie[0] = 1
+	o.p.hs.cookieAt = now.Add(-121 * time.Second)
 	o.p.startHandshakeLocked(now)
 	o.p.mu.Unlock()
 	hellos := o.bind.ofType(wire.TypeHello)
@@ -240,14 +240,14 @@ func TestTimersDropExpiredSessionsFromIndex(t *testing.T) {
 	prev, _ := o.session(t, teethLocal, false, old, 0x10)
 	cur, _ := o.session(t, teethLocal+1, false, old, 0x20)
 	o.p.mu.Lock()
-	o.p.previous = prev
+	o.p.keys.previous = prev
 	o.p.mu.Unlock()
-	o.p.current.Store(cur)
+	o.p.keys.current.Store(cur)
 	o.p.tick(time.Now())
 	if sessions, _ := o.n.index.counts(); sessions != 0 {
 		t.Fatalf("%d sessions in the index after expiry, want 0", sessions)
 	}
-	if o.p.current.Load() != nil {
+	if o.p.keys.current.Load() != nil {
 		t.Fatal("an expired session is still current")
 	}
 }
@@ -278,7 +278,7 @@ func TestStandbyIsOnlyAConfirmedSession(t *testing.T) {
 	second, _ := o.session(t, teethLocal+1, true, time.Now(), 0x20)
 	o.p.installLocked(second, fixedKey(5), time.Now())
 	o.p.mu.Unlock()
-	if sb := o.p.standby.Load(); sb != nil {
+	if sb := o.p.keys.standby.Load(); sb != nil {
 		t.Fatalf("an unconfirmed session became the standby")
 	}
 }
@@ -295,7 +295,7 @@ func TestWebSocketConnectionMarkedOnlyByAuthenticatedFrame(t *testing.T) {
 	k1, k2 := fixedKey(0x10), fixedKey(0x50)
 	s, _ := newSession(p, teethLocal, teethRemote, false, wire.CipherChaCha20Poly1305, &k1, &k2, time.Now())
 	n.index.install(s)
-	p.current.Store(s)
+	p.keys.current.Store(s)
 	peer, _ := newSession(nil, teethRemote, teethLocal, true, wire.CipherChaCha20Poly1305, &k2, &k1, time.Now())
 
 	conns := make(chan *ws.Conn, 1)
@@ -341,18 +341,18 @@ func TestWebSocketConnectionMarkedOnlyByAuthenticatedFrame(t *testing.T) {
 func TestProbeOverUDPDoesNotMovePeerOffWebSocket(t *testing.T) {
 	o := newOffline(t, Timers{})
 	s, peer := o.session(t, teethLocal, false, time.Now(), 0x10)
-	o.p.current.Store(s)
-	o.p.onWS.Store(true)
+	o.p.keys.current.Store(s)
+	o.p.path.onWS.Store(true)
 	ping := wire.AppendControl(nil, wire.CtlPing, make([]byte, wire.PingBodyLen))
 	o.receive(sealed(peer, 0, 0, string(ping)))
-	if !o.p.onWS.Load() {
+	if !o.p.path.onWS.Load() {
 		t.Fatal("a probe over UDP moved the peer's traffic off WebSocket")
 	}
 	if len(o.bind.ofType(wire.TypeData)) == 0 {
 		t.Fatal("the probe was not answered")
 	}
 	o.receive(sealed(peer, 1, 1, "data over UDP"))
-	if o.p.onWS.Load() {
+	if o.p.path.onWS.Load() {
 		t.Fatal("data over UDP did not move the traffic back (the test's premise)")
 	}
 }
@@ -366,7 +366,7 @@ func TestNewKeyRestartsTimestampSequence(t *testing.T) {
 	last[0] = 0x40
 	last[7] = 0x10
 	o.p.mu.Lock()
-	o.p.static, o.p.staticKnown, o.p.lastTimestamp = fixedKey(0x77), true, last
+	o.p.hs.static, o.p.hs.staticKnown, o.p.hs.lastTimestamp = fixedKey(0x77), true, last
 	o.p.mu.Unlock()
 	older := last
 	older[7]--
@@ -374,7 +374,7 @@ func TestNewKeyRestartsTimestampSequence(t *testing.T) {
 		LocalIndex: o.n.index.reserve(), RemoteIndex: teethRemote, SendKey: fixedKey(3), RecvKey: fixedKey(4),
 		Cipher: wire.CipherChaCha20Poly1305, PeerStatic: fixedKey(0x78), PeerName: "peer", Timestamp: older,
 	}, o.ep)
-	if o.p.current.Load() == nil {
+	if o.p.keys.current.Load() == nil {
 		t.Fatalf("a new key was refused for a timestamp older than the old key's (%d stale_timestamp drops)", o.drops(DropStaleTimestamp))
 	}
 }
@@ -393,7 +393,7 @@ func TestConcurrentReceiversDeliverEachCounterOnce(t *testing.T) {
 	h := &countingHandler{}
 	o.n.cfg.Handler = h
 	s, peer := o.session(t, teethLocal, false, time.Now(), 0x10)
-	o.p.current.Store(s)
+	o.p.keys.current.Store(s)
 	const total, batch = 400, 8
 	frames := make([][]byte, total)
 	for i := range frames {
@@ -466,14 +466,14 @@ func TestConfirmedSessionForgetsItsInitiation(t *testing.T) {
 	}
 	o.p.mu.Lock()
 	o.p.startHandshakeLocked(time.Now())
-	in := o.p.init
+	in := o.p.hs.init
 	o.p.mu.Unlock()
 	chal, err := resp.HandleHello(o.bind.ofType(wire.TypeHello)[0], addrPortOf(o.ep), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	o.p.consumeChallenge(in, chal, o.ep)
-	s := o.p.current.Load()
+	s := o.p.keys.current.Load()
 	if s == nil {
 		t.Fatal("no session from the CHALLENGE")
 	}
@@ -508,9 +508,9 @@ func TestQueuedDatagramsAreCopies(t *testing.T) {
 func TestPeerCloseRemovesSessionFromIndex(t *testing.T) {
 	o := newOffline(t, Timers{})
 	s, peer := o.session(t, teethLocal, false, time.Now(), 0x10)
-	o.p.current.Store(s)
+	o.p.keys.current.Store(s)
 	o.receive(sealed(peer, 0, 0, string(wire.AppendControl(nil, wire.CtlClose, []byte{wire.CodeShutdown, 0}))))
-	if o.p.current.Load() != nil {
+	if o.p.keys.current.Load() != nil {
 		t.Fatal("the session the peer closed is still current")
 	}
 	o.receive(sealed(peer, 3, 1, "after close"))
@@ -547,8 +547,8 @@ func TestFollowerMovesOnlyOnLaterFrames(t *testing.T) {
 	}
 	for _, st := range steps {
 		moved := o.p.follow(st.ws, st.s, st.ctr)
-		if o.p.onWS.Load() != st.onWS || moved != st.moved {
-			t.Fatalf("%s: on WebSocket %v, moved to UDP %v; want %v and %v", st.name, o.p.onWS.Load(), moved, st.onWS, st.moved)
+		if o.p.path.onWS.Load() != st.onWS || moved != st.moved {
+			t.Fatalf("%s: on WebSocket %v, moved to UDP %v; want %v and %v", st.name, o.p.path.onWS.Load(), moved, st.onWS, st.moved)
 		}
 	}
 }

@@ -138,7 +138,7 @@ func (o *offline) drops(r DropReason) uint64 { return o.n.Stats().Drops[r] }
 func TestForgedFarAheadCounterDoesNotAdvanceReplayWindow(t *testing.T) {
 	o := newOffline(t, Timers{})
 	s, peer := o.session(t, teethLocal, false, time.Now(), 0x10)
-	o.p.current.Store(s)
+	o.p.keys.current.Store(s)
 	o.receive(sealed(peer, 3, 0, "first"))
 
 	// Far beyond the replay window (8192 behind the highest), yet below
@@ -175,7 +175,7 @@ func TestExpiredSessionOpensNothing(t *testing.T) {
 	o := newOffline(t, Timers{})
 	old := time.Now().Add(-DefaultRejectAfterTime - time.Second)
 	s, peer := o.session(t, teethLocal, false, old, 0x10)
-	o.p.current.Store(s)
+	o.p.keys.current.Store(s)
 	o.receive(sealed(peer, 3, 0, "too late"))
 	if got := o.delivered(); len(got) != 0 {
 		t.Fatalf("delivered %q under a session past REJECT_AFTER_TIME", got)
@@ -191,7 +191,7 @@ func TestExpiredSessionSealsNothing(t *testing.T) {
 	o := newOffline(t, Timers{})
 	old := time.Now().Add(-DefaultRejectAfterTime - time.Second)
 	s, _ := o.session(t, teethLocal, true, old, 0x10)
-	o.p.current.Store(s)
+	o.p.keys.current.Store(s)
 	sendOne(t, o.p, 0, []byte("must wait"))
 	if n := s.sendCounter.Load(); n != 0 {
 		t.Fatalf("%d frames sealed on a session past REJECT_AFTER_TIME", n)
@@ -219,8 +219,8 @@ func TestExpiredStandbySealsNothing(t *testing.T) {
 	if cur.confirmed.Load() {
 		t.Fatal("a new initiator session is confirmed before any frame")
 	}
-	o.p.standby.Store(sb)
-	o.p.current.Store(cur)
+	o.p.keys.standby.Store(sb)
+	o.p.keys.current.Store(cur)
 	sendOne(t, o.p, 0, []byte("new keys"))
 	if n := sb.sendCounter.Load(); n != 0 {
 		t.Fatalf("%d frames sealed on an expired standby session", n)
@@ -248,11 +248,11 @@ func TestInitiatorRekeysAfterRekeyAfterTime(t *testing.T) {
 		now := time.Now()
 		s, _ := o.session(t, teethLocal, tc.initiator, now.Add(-tc.age), 0x10)
 		s.confirmed.Store(true)
-		o.p.current.Store(s)
-		o.p.lastSent.Store(o.p.mono(now)) // traffic goes out: the session is in use
+		o.p.keys.current.Store(s)
+		o.p.times.lastSent.Store(o.p.mono(now)) // traffic goes out: the session is in use
 		o.p.tick(now)
 		o.p.mu.Lock()
-		started := o.p.init != nil
+		started := o.p.hs.init != nil
 		o.p.mu.Unlock()
 		hellos := len(o.bind.ofType(wire.TypeHello))
 		if started != tc.want || (hellos == 1) != tc.want {
@@ -271,7 +271,7 @@ func TestHelloTimestampMustIncrease(t *testing.T) {
 	var last [12]byte
 	last[0], last[11] = 0x40, 0x10
 	o.p.mu.Lock()
-	o.p.static, o.p.staticKnown, o.p.lastTimestamp = static, true, last
+	o.p.hs.static, o.p.hs.staticKnown, o.p.hs.lastTimestamp = static, true, last
 	o.p.mu.Unlock()
 	result := func(ts [12]byte) handshake.Result {
 		return handshake.Result{
@@ -287,14 +287,14 @@ func TestHelloTimestampMustIncrease(t *testing.T) {
 		if got := o.drops(DropStaleTimestamp); got != uint64(i+1) {
 			t.Fatalf("timestamp %x after %x: %d stale_timestamp drops, want %d", ts, last, got, i+1)
 		}
-		if s := o.p.current.Load(); s != nil {
+		if s := o.p.keys.current.Load(); s != nil {
 			t.Fatalf("timestamp %x after %x: a session was installed", ts, last)
 		}
 	}
 	newer := last
 	newer[11]++
 	o.p.completeResponder(result(newer), o.ep)
-	if o.p.current.Load() == nil {
+	if o.p.keys.current.Load() == nil {
 		t.Fatal("a newer timestamp was refused")
 	}
 	if sessions, pending := o.n.index.counts(); sessions != 1 || pending != 0 {
@@ -339,7 +339,7 @@ func TestNothingSealedAtRejectAfterMessages(t *testing.T) {
 	}
 	s, peer := o.session(t, teethLocal, true, time.Now(), 0x10)
 	s.confirmed.Store(true)
-	o.p.current.Store(s)
+	o.p.keys.current.Store(s)
 	s.sendCounter.Store(limit - 1)
 	sendOne(t, o.p, 0, []byte("last"))
 	sendOne(t, o.p, 0, []byte("one too many"))
@@ -365,7 +365,7 @@ func TestNothingSealedAtRejectAfterMessages(t *testing.T) {
 func TestUnknownReceiverIndexResolvesToNoSession(t *testing.T) {
 	o := newOffline(t, Timers{})
 	s, _ := o.session(t, teethLocal, false, time.Now(), 0x10)
-	o.p.current.Store(s)
+	o.p.keys.current.Store(s)
 	k1, k2 := fixedKey(0x10), fixedKey(0x50)
 	wrong := []uint32{0, teethLocal + 1, teethLocal - 1, teethLocal ^ 0x80000000, teethLocal ^ 1<<16, 0x44332211, teethRemote}
 	for i, idx := range wrong {
@@ -391,7 +391,7 @@ func TestUnknownReceiverIndexResolvesToNoSession(t *testing.T) {
 func TestHeaderIsAuthenticated(t *testing.T) {
 	o := newOffline(t, Timers{})
 	s, peer := o.session(t, teethLocal, false, time.Now(), 0x10)
-	o.p.current.Store(s)
+	o.p.keys.current.Store(s)
 	var want uint64
 	for i := 1; i < wire.HeaderLen; i++ {
 		if i >= wire.DataReceiverOff && i < wire.DataReceiverOff+4 {
@@ -428,9 +428,9 @@ func TestInitiatorRefusesResponderWithAnotherName(t *testing.T) {
 	sendOne(t, pc, 0, []byte("for c only"))
 	waitFor(t, 5*time.Second, "the CHALLENGE from b", func() bool { return len(b.bind.ofType(wire.TypeChallenge)) >= 1 })
 	waitFor(t, 5*time.Second, "the CHALLENGE refused or accepted", func() bool {
-		return a.Stats().Drops[DropUnknownPeer] >= 1 || pc.current.Load() != nil
+		return a.Stats().Drops[DropUnknownPeer] >= 1 || pc.keys.current.Load() != nil
 	})
-	if pc.current.Load() != nil {
+	if pc.keys.current.Load() != nil {
 		t.Fatal("a session was installed for c with a responder named b")
 	}
 	if n := len(a.bind.ofType(wire.TypeAuthProof)); n != 0 {
@@ -449,7 +449,7 @@ func TestExpiredSessionSealsNoControl(t *testing.T) {
 	old := time.Now().Add(-DefaultRejectAfterTime - time.Second)
 	s, _ := o.session(t, teethLocal, true, old, 0x10)
 	s.confirmed.Store(true)
-	o.p.current.Store(s)
+	o.p.keys.current.Store(s)
 	if err := o.p.SendReliable(0x80, []byte("later")); !errors.Is(err, ErrNoSession) {
 		t.Errorf("SendReliable on an expired session: %v, want ErrNoSession", err)
 	}

@@ -108,7 +108,7 @@ func (p *Peer) tick(now time.Time) {
 		return
 	}
 	cur := p.expiredSessionsLocked(now)
-	need := p.wantHandshake
+	need := p.hs.want
 	if p.expiredUnconfirmedLocked(now, cur) || p.expiredRekeyLocked(now, cur) {
 		need = true
 	}
@@ -137,21 +137,21 @@ func (p *Peer) tick(now time.Time) {
 func (p *Peer) expiredSessionsLocked(now time.Time) *session {
 	n := p.node
 	t := &n.timers
-	cur := p.current.Load()
-	if p.previous != nil && p.previous.expired(now, t) {
-		n.index.remove(p.previous)
-		p.previous = nil
+	cur := p.keys.current.Load()
+	if p.keys.previous != nil && p.keys.previous.expired(now, t) {
+		n.index.remove(p.keys.previous)
+		p.keys.previous = nil
 	}
 	if cur != nil && cur.expired(now, t) {
 		n.index.remove(cur)
-		p.current.CompareAndSwap(cur, nil)
+		p.keys.current.CompareAndSwap(cur, nil)
 		cur = nil
 	}
-	if p.proof != nil && (cur == nil || cur.confirmed.Load() || !now.Before(p.proof.nextRetry)) {
+	if p.hs.proof != nil && (cur == nil || cur.confirmed.Load() || !now.Before(p.hs.proof.nextRetry)) {
 		p.forgetProofLocked()
 	}
 	if cur != nil && cur.confirmed.Load() {
-		p.standby.Store(nil)
+		p.keys.standby.Store(nil)
 	}
 	return cur
 }
@@ -159,7 +159,7 @@ func (p *Peer) expiredSessionsLocked(now time.Time) *session {
 // sentRecently reports whether this node sent the peer anything within
 // RekeyAfterTime: an idle peer is not rekeyed.
 func (p *Peer) sentRecently(now time.Time) bool {
-	return p.mono(now)-p.lastSent.Load() < int64(p.node.timers.RekeyAfterTime)
+	return p.mono(now)-p.times.lastSent.Load() < int64(p.node.timers.RekeyAfterTime)
 }
 
 // expiredUnconfirmedLocked reports whether our session was never confirmed (the
@@ -186,7 +186,7 @@ func (p *Peer) expiredRekeyLocked(now time.Time, cur *session) bool {
 // expiredLookupLocked looks up again an endpoint name that has given no address yet,
 // once its back-off has passed. Called with p.mu held.
 func (p *Peer) expiredLookupLocked(now time.Time) {
-	if p.unresolved && !now.Before(p.nextLookup) {
+	if p.lookup.unresolved && !now.Before(p.lookup.next) {
 		p.reresolveLocked()
 	}
 }
@@ -196,11 +196,11 @@ func (p *Peer) expiredLookupLocked(now time.Time) {
 // handshake is due, and an endpoint name is looked up again in case it moved. Called
 // with p.mu held.
 func (p *Peer) expiredDeadPeerLocked(now time.Time) bool {
-	fu := p.firstUnanswered.Load()
+	fu := p.times.firstUnanswered.Load()
 	if fu == 0 || p.mono(now)-fu < int64(p.node.timers.DeadPeerTimeout) {
 		return false
 	}
-	p.firstUnanswered.Store(0)
+	p.times.firstUnanswered.Store(0)
 	if p.cfg.Endpoint != "" {
 		p.reresolveLocked()
 	}
@@ -213,18 +213,16 @@ func (p *Peer) expiredDeadPeerLocked(now time.Time) bool {
 func (p *Peer) expiredRetransmitHandshakeLocked(now time.Time, need bool) {
 	n := p.node
 	switch {
-	case p.init != nil && !now.Before(p.init.nextRetry):
-		if now.Sub(p.init.firstSent) >= n.timers.HandshakeGiveUp {
+	case p.hs.init != nil && !now.Before(p.hs.init.nextRetry):
+		if now.Sub(p.hs.init.firstSent) >= n.timers.HandshakeGiveUp {
 			n.log.Info("handshake gave up", "peer", p.cfg.Name)
 			p.dropInitLocked()
-			p.wantHandshake = false
-			p.drops.Add(uint64(len(p.queue)))
-			n.ctr.drops[DropNoSession].Add(uint64(len(p.queue)))
-			p.queue = nil
+			p.hs.want = false
+			p.dropQueueLocked(DropNoSession)
 		} else {
 			p.startHandshakeLocked(now)
 		}
-	case p.init == nil && need:
+	case p.hs.init == nil && need:
 		p.startHandshakeLocked(now)
 	}
 }
@@ -235,21 +233,21 @@ func (p *Peer) expiredRetransmitHandshakeLocked(now time.Time, need bool) {
 func (p *Peer) expiredSendKeepaliveLocked(now time.Time, cur *session) {
 	t := &p.node.timers
 	nowMono := p.mono(now)
-	lastSent := p.lastSent.Load()
-	passive := p.lastRecvData.Load() > lastSent && nowMono-lastSent >= int64(t.KeepaliveTimeout)
+	lastSent := p.times.lastSent.Load()
+	passive := p.times.lastRecvData.Load() > lastSent && nowMono-lastSent >= int64(t.KeepaliveTimeout)
 	persistent := p.cfg.PersistentKeepalive > 0 && nowMono-lastSent >= int64(p.cfg.PersistentKeepalive)
 	var payload []byte
 	// A persistent keepalive is an echo request: its answer shows the path still works,
 	// and its silence starts the same clock as unanswered data, so that an idle peer
 	// whose UDP dies moves to WebSocket (and, later, re-handshakes) as a busy one does.
-	if persistent || (cur.confirmed.Load() && now.Sub(p.lastPing) >= t.RTTProbeInterval && nowMono-p.lastRecv.Load() < int64(t.RTTProbeInterval)*2) {
+	if persistent || (cur.confirmed.Load() && now.Sub(p.ping.last) >= t.RTTProbeInterval && nowMono-p.times.lastRecv.Load() < int64(t.RTTProbeInterval)*2) {
 		payload = p.pingPayloadLocked(now, nil)
 	}
 	payload = cur.rel.appendDue(payload, now, p.RTT())
 	if payload != nil || passive {
 		p.sendControl(cur, payload)
 		if persistent {
-			p.firstUnanswered.CompareAndSwap(0, nowMono)
+			p.times.firstUnanswered.CompareAndSwap(0, nowMono)
 		}
 	}
 }
@@ -259,10 +257,10 @@ func (p *Peer) expiredSendKeepaliveLocked(now time.Time, cur *session) {
 // answer, and probe UDP while on it. Called with p.mu held.
 func (p *Peer) tickPathLocked(now time.Time, cur *session) {
 	switch {
-	case !p.wantsWS():
+	case !p.chooser():
 	case !p.udpUsable():
 		p.keepWebSocketLocked(cur)
-	case !p.onWS.Load():
+	case !p.path.onWS.Load():
 		p.expiredFallbackToWebSocketLocked(now, cur)
 	default:
 		p.expiredProbeUDPLocked(now, cur)
@@ -272,10 +270,10 @@ func (p *Peer) tickPathLocked(now time.Time, cur *session) {
 // keepWebSocketLocked keeps a WebSocket connection to a peer UDP cannot reach while
 // there is anything to do. Called with p.mu held.
 func (p *Peer) keepWebSocketLocked(cur *session) {
-	if p.wsEP.Load() == nil && (p.init != nil || p.wantHandshake || cur != nil || p.cfg.PersistentKeepalive > 0) {
+	if p.path.ws.Load() == nil && (p.hs.init != nil || p.hs.want || cur != nil || p.cfg.PersistentKeepalive > 0) {
 		p.dialWSLocked()
 	}
-	if p.wsEP.Load() != nil {
+	if p.path.ws.Load() != nil {
 		// UDP went away (a reload) during a move: the WebSocket is the way now.
 		p.releaseHeldLocked(cur)
 	}
@@ -287,8 +285,8 @@ func (p *Peer) keepWebSocketLocked(cur *session) {
 func (p *Peer) expiredFallbackToWebSocketLocked(now time.Time, cur *session) {
 	n := p.node
 	t := &n.timers
-	stuck := p.init != nil && now.Sub(p.init.firstSent) >= t.FallbackAfter
-	if fu := p.firstUnanswered.Load(); cur != nil && fu != 0 && p.mono(now)-fu >= int64(t.FallbackAfter) {
+	stuck := p.hs.init != nil && now.Sub(p.hs.init.firstSent) >= t.FallbackAfter
+	if fu := p.times.firstUnanswered.Load(); cur != nil && fu != 0 && p.mono(now)-fu >= int64(t.FallbackAfter) {
 		stuck = true
 	}
 	if !stuck {
@@ -296,17 +294,17 @@ func (p *Peer) expiredFallbackToWebSocketLocked(now time.Time, cur *session) {
 		p.releaseHeldLocked(cur)
 		return
 	}
-	if p.wsEP.Load() == nil {
-		dialing := p.dialWSLocked() || p.wsDialing
+	if p.path.ws.Load() == nil {
+		dialing := p.dialWSLocked() || p.path.dial.running
 		if dialing && cur != nil && cur.confirmed.Load() {
 			// Until the WebSocket carries, datagrams wait rather than go into UDP.
-			p.holding.Store(true)
+			p.path.holding.Store(true)
 		}
 		return
 	}
 	n.log.Info("UDP does not answer; moving to WebSocket", "peer", p.cfg.Name)
-	p.onWS.Store(true)
-	p.firstUnanswered.Store(0)
+	p.path.onWS.Store(true)
+	p.times.firstUnanswered.Store(0)
 	// What went over UDP since it last answered is presumed lost: count it.
 	p.countFallbackLost()
 	if cur != nil && cur.confirmed.Load() {
@@ -322,9 +320,9 @@ func (p *Peer) expiredFallbackToWebSocketLocked(now time.Time, cur *session) {
 // expiredProbeUDPLocked sends a PING over UDP every ProbeInterval while the peer's
 // traffic is on WebSocket; a PONG over UDP moves it back. Called with p.mu held.
 func (p *Peer) expiredProbeUDPLocked(now time.Time, cur *session) {
-	if cur != nil && now.Sub(p.lastProbe) >= p.node.timers.ProbeInterval {
-		p.lastProbe = now
-		if ep := p.udpEP.Load(); ep != nil {
+	if cur != nil && now.Sub(p.path.lastProbe) >= p.node.timers.ProbeInterval {
+		p.path.lastProbe = now
+		if ep := p.path.udp.Load(); ep != nil {
 			p.sendControlVia(cur, p.pingPayloadLocked(now, nil), *ep)
 		}
 	}

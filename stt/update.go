@@ -60,7 +60,7 @@ func (p *Peer) Update(pc PeerConfig) error {
 	if ep != nil {
 		p.storeUDP(ep)
 		// Look for the peer at the new address now rather than after the dead-peer timer.
-		p.firstUnanswered.Store(0)
+		p.times.firstUnanswered.Store(0)
 	}
 	// An endpoint removed from the configuration leaves the learned address in place:
 	// the peer may be connected from where it is, as for a peer that never had one.
@@ -70,7 +70,7 @@ func (p *Peer) Update(pc PeerConfig) error {
 		if name {
 			p.startLookupLocked()
 		} else {
-			p.unresolved, p.lookupErr = false, ""
+			p.lookup.unresolved, p.lookup.err = false, ""
 			p.endLookupLocked()
 		}
 	}
@@ -81,17 +81,17 @@ func (p *Peer) Update(pc PeerConfig) error {
 	default:
 		pin := *pc.PublicKey
 		p.cfg.PublicKey = &pin
-		if p.staticKnown && p.static != pin {
+		if p.hs.staticKnown && p.hs.static != pin {
 			p.dropSessionsLocked()
 			n.log.Info("pinned key changed; the session with the old key is closed", "peer", p.cfg.Name)
 		}
-		p.static, p.staticKnown = pin, true
+		p.hs.static, p.hs.staticKnown = pin, true
 	}
 
-	if pc.WSURL != p.cfg.WSURL || pc.WSProxy != p.cfg.WSProxy || pc.WSCAFile != p.cfg.WSCAFile || pc.WSInsecure != p.cfg.WSInsecure {
+	if ws := pc.wsSettings(); *ws != *p.cfg.wsSettings() {
 		p.cfg.WSURL, p.cfg.WSProxy, p.cfg.WSCAFile, p.cfg.WSInsecure = pc.WSURL, pc.WSProxy, pc.WSCAFile, pc.WSInsecure
-		p.chooser.Store(pc.WSURL != "")
-		if we := p.wsEP.Load(); we != nil {
+		p.path.wsConf.Store(ws)
+		if we := p.path.ws.Load(); we != nil {
 			// The connection's watcher clears wsEP and moves the traffic off it.
 			_ = we.c.Close()
 		}
@@ -104,7 +104,7 @@ func (p *Peer) Update(pc PeerConfig) error {
 // reports whether there is one. A different value after a handshake means new keys; the
 // same value means the same session.
 func (p *Peer) SessionID() (uint32, bool) {
-	s := p.current.Load()
+	s := p.keys.current.Load()
 	if s == nil {
 		return 0, false
 	}

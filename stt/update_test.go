@@ -165,11 +165,11 @@ func TestUpdateWebSocketSettings(t *testing.T) {
 	}
 	established(t, a, b)
 	id := sessionOf(t, pb)
-	first := pb.wsEP.Load()
+	first := pb.path.ws.Load()
 	if err := pb.Update(PeerConfig{Name: "b", WSURL: url + "?v=2", WSProxy: "none"}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "old connection closed", func() bool { return pb.wsEP.Load() != first })
+	waitFor(t, 5*time.Second, "old connection closed", func() bool { return pb.path.ws.Load() != first })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for {
@@ -188,7 +188,7 @@ func TestUpdateWebSocketSettings(t *testing.T) {
 			t.Fatal("no traffic over WebSocket after the settings changed")
 		}
 	}
-	if w := pb.wsEP.Load(); w == nil || w == first {
+	if w := pb.path.ws.Load(); w == nil || w == first {
 		t.Fatal("traffic did not move to a new connection")
 	}
 	if got := sessionOf(t, pb); got != id {

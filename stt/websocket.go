@@ -68,8 +68,8 @@ func (n *Node) wsEndpointFor(c *ws.Conn) *wsEndpoint {
 		n.wsEPs.mu.Unlock()
 		_ = c.Close()
 		for _, p := range n.Peers() {
-			if p.wsEP.CompareAndSwap(e, nil) {
-				p.onWS.Store(false)
+			if p.path.ws.CompareAndSwap(e, nil) {
+				p.path.onWS.Store(false)
 				n.log.Info("websocket closed", "peer", p.cfg.Name)
 			}
 		}
@@ -123,20 +123,21 @@ func (n *Node) WSStats() (ws.ServerStats, bool) {
 // is running or recently failed, and reports whether it started one. Called with p.mu
 // held.
 func (p *Peer) dialWSLocked() bool {
-	if p.wsDialing || !p.wantsWS() || p.wsEP.Load() != nil {
+	if p.path.dial.running || !p.chooser() || p.path.ws.Load() != nil {
 		return false
 	}
-	if time.Since(p.wsDialFailed) < p.wsDialBackoff() {
+	if time.Since(p.path.dial.failedAt) < p.wsDialBackoff() {
 		return false
 	}
-	p.wsDialing = true
+	p.path.dial.running = true
 	n := p.node
 	// The settings are read here, under p.mu: Update may change them during the dial.
+	conf := p.path.wsConf.Load()
 	dc := ws.DialConfig{
-		URL:                p.cfg.WSURL,
-		Proxy:              p.cfg.WSProxy,
-		CAFile:             p.cfg.WSCAFile,
-		InsecureSkipVerify: p.cfg.WSInsecure,
+		URL:                conf.URL,
+		Proxy:              conf.Proxy,
+		CAFile:             conf.CAFile,
+		InsecureSkipVerify: conf.Insecure,
 		FwMark:             n.cfg.FwMark,
 		Offset:             recvBase,
 		BufSize:            BufferSize,
@@ -150,11 +151,11 @@ func (p *Peer) dialWSLocked() bool {
 		c, err := ws.Dial(ctx, dc)
 		cancel()
 		p.mu.Lock()
-		p.wsDialing = false
+		p.path.dial.running = false
 		if err != nil {
-			p.wsDialFailed = time.Now()
-			p.wsDialFails++
-			fails := p.wsDialFails
+			p.path.dial.failedAt = time.Now()
+			p.path.dial.fails++
+			fails := p.path.dial.fails
 			p.mu.Unlock()
 			// The error names the URL and the address dialed: peer addresses are
 			// logged at debug level only. One line at info per run of failures.
@@ -167,14 +168,14 @@ func (p *Peer) dialWSLocked() bool {
 			n.log.Debug("websocket dial failed", "peer", p.cfg.Name, "attempt", fails, "err", err)
 			return
 		}
-		p.wsDialFails = 0
-		if p.removed || n.ctx.Err() != nil || !p.wsDialMatches(dc) {
+		p.path.dial.fails = 0
+		if p.removed || n.ctx.Err() != nil || p.path.wsConf.Load() != conf {
 			p.dropHeldLocked()
 			p.mu.Unlock()
 			_ = c.Close()
 			return
 		}
-		p.wsEP.Store(n.wsEndpointFor(c))
+		p.path.ws.Store(n.wsEndpointFor(c))
 		p.mu.Unlock()
 		n.log.Info("websocket connected", "peer", p.cfg.Name)
 		n.log.Debug("websocket connected", "peer", p.cfg.Name, "url", c.String())
@@ -189,16 +190,27 @@ const maxWSDialBackoff = 30 * time.Second
 // wsDialBackoff is how long to wait after a failed dial: HandshakeRetry doubling per
 // consecutive failure up to maxWSDialBackoff. Called with p.mu held.
 func (p *Peer) wsDialBackoff() time.Duration {
-	d := p.node.timers.HandshakeRetry << min(p.wsDialFails, 10)
+	d := p.node.timers.HandshakeRetry << min(p.path.dial.fails, 10)
 	if d <= 0 || d > maxWSDialBackoff {
 		d = maxWSDialBackoff
 	}
 	return d
 }
 
-// wsDialMatches reports whether dc was made from the peer's current WebSocket
-// settings. Called with p.mu held.
-func (p *Peer) wsDialMatches(dc ws.DialConfig) bool {
-	return dc.URL == p.cfg.WSURL && dc.Proxy == p.cfg.WSProxy && dc.CAFile == p.cfg.WSCAFile &&
-		dc.InsecureSkipVerify == p.cfg.WSInsecure
+// wsSettings are a peer's WebSocket settings, as PeerConfig gives them: a dial made
+// with settings that have changed since is not used.
+type wsSettings struct {
+	URL, Proxy, CAFile string
+	Insecure           bool
+}
+
+func (pc *PeerConfig) wsSettings() *wsSettings {
+	return &wsSettings{URL: pc.WSURL, Proxy: pc.WSProxy, CAFile: pc.WSCAFile, Insecure: pc.WSInsecure}
+}
+
+// chooser reports whether this node holds the peer's WebSocket URL: then it may dial
+// the peer over WebSocket, and it chooses the peer's path itself (follow).
+func (p *Peer) chooser() bool {
+	c := p.path.wsConf.Load()
+	return c != nil && c.URL != ""
 }
