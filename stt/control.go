@@ -116,8 +116,11 @@ func (n *Node) handleControlMsg(p *Peer, s *session, m wire.ControlMsg, reply []
 	return reply
 }
 
-// reliableState is one session's side of the reliable control channel: a queue of
-// unacknowledged messages with retransmission, and the next sequence it expects.
+// reliableState is one session's side of the reliable control channel (RELIABLE and
+// ACK, docs/protocol.md 6.1): a queue of unacknowledged messages with retransmission,
+// and the next sequence it expects. Nothing in stt-tun sends on it yet (SendReliable and
+// Config.Extension have no production caller); it is kept because the mesh will carry
+// its member records on it.
 type reliableState struct {
 	mu       sync.Mutex
 	nextSend uint32
@@ -253,9 +256,9 @@ func (p *Peer) pingPayloadLocked(now time.Time, ch chan time.Duration) []byte {
 // Ping sends an STT-level echo over the current session and waits for the answer.
 func (p *Peer) Ping(ctx context.Context) (time.Duration, error) {
 	s := p.keys.current.Load()
-	if s == nil || s.expired(time.Now(), &p.node.timers) {
+	if s == nil || s.expired(time.Now(), &p.node.limits) {
 		p.mu.Lock()
-		p.hs.want = true
+		p.handshake.want = true
 		p.mu.Unlock()
 		p.node.kick()
 		return 0, ErrNoSession
@@ -278,10 +281,11 @@ func (p *Peer) Ping(ctx context.Context) (time.Duration, error) {
 }
 
 // SendReliable queues a control message (a STREAM_OPEN, STREAM_CLOSE or extension) for
-// reliable, in-order delivery on stream 0.
+// reliable, in-order delivery on stream 0. No production code calls it yet: the mesh
+// will carry its member records this way.
 func (p *Peer) SendReliable(typ byte, body []byte) error {
 	s := p.keys.current.Load()
-	if s == nil || s.expired(time.Now(), &p.node.timers) {
+	if s == nil || s.expired(time.Now(), &p.node.limits) {
 		return ErrNoSession
 	}
 	payload, err := s.rel.enqueue(typ, body, time.Now())

@@ -59,7 +59,7 @@ func slowDialProxy(t *testing.T, target string, delay time.Duration) string {
 // while the WebSocket is still being dialed wait in the queue and are delivered once it
 // carries, not thrown into the dead path.
 func TestFallbackLosesNothingUncounted(t *testing.T) {
-	timers := Timers{FallbackAfter: 300 * time.Millisecond, ProbeInterval: time.Hour, Tick: 10 * time.Millisecond}
+	timers := Limits{FallbackAfter: 300 * time.Millisecond, ProbeInterval: time.Hour, Tick: 10 * time.Millisecond}
 	seed := randKey(t)
 	b := startNode(t, nodeOpts{seed: seed, name: "b", ws: true, timers: timers})
 	a := startNode(t, nodeOpts{seed: seed, name: "a", timers: timers})
@@ -115,7 +115,7 @@ func TestFallbackLosesNothingUncounted(t *testing.T) {
 // dialed are counted under DropFallback when the dial fails, not kept or sent into
 // the path that stopped answering; the hold ends.
 func TestFallbackHeldCountedWhenDialFails(t *testing.T) {
-	timers := Timers{FallbackAfter: 300 * time.Millisecond, ProbeInterval: time.Hour, Tick: 10 * time.Millisecond}
+	timers := Limits{FallbackAfter: 300 * time.Millisecond, ProbeInterval: time.Hour, Tick: 10 * time.Millisecond}
 	seed := randKey(t)
 	b := startNode(t, nodeOpts{seed: seed, name: "b", timers: timers})
 	a := startNode(t, nodeOpts{seed: seed, name: "a", timers: timers})

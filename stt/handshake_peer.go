@@ -27,7 +27,7 @@ type initiation struct {
 // startHandshakeLocked sends a fresh HELLO. Called with p.mu held.
 func (p *Peer) startHandshakeLocked(now time.Time) {
 	n := p.node
-	ep := p.sendEndpoint()
+	ep := p.target()
 	if ep == nil || p.removed {
 		if ep == nil && p.chooser() {
 			p.dialWSLocked()
@@ -36,7 +36,7 @@ func (p *Peer) startHandshakeLocked(now time.Time) {
 	}
 	first := now
 	attempt := 0
-	if old := p.hs.init; old != nil {
+	if old := p.handshake.init; old != nil {
 		first, attempt = old.firstSent, old.attempt+1
 		p.dropInitLocked()
 	}
@@ -48,44 +48,44 @@ func (p *Peer) startHandshakeLocked(now time.Time) {
 		n.log.Warn("cannot start handshake", "peer", p.cfg.Name, "err", err)
 		return
 	}
-	delay := n.timers.HandshakeRetry << min(attempt, 10)
-	if delay > n.timers.HandshakeRetryMax || delay <= 0 {
-		delay = n.timers.HandshakeRetryMax
+	delay := n.limits.HandshakeRetry << min(attempt, 10)
+	if delay > n.limits.HandshakeRetryMax || delay <= 0 {
+		delay = n.limits.HandshakeRetryMax
 	}
 	jitter := time.Duration(rand.Int64N(int64(delay)/5*2+1)) - delay/5
-	in := &initiation{peer: p, hs: hs, firstSent: first, nextRetry: now.Add(delay + jitter), attempt: attempt}
-	p.hs.init = in
+	ini := &initiation{peer: p, hs: hs, firstSent: first, nextRetry: now.Add(delay + jitter), attempt: attempt}
+	p.handshake.init = ini
 	n.mu.Lock()
-	n.inits[idx] = in
+	n.inits[idx] = ini
 	n.mu.Unlock()
 	n.ctr.handshakesStart.Add(1)
 	_ = n.send([][]byte{hello}, ep)
 }
 
 func (p *Peer) dropInitLocked() {
-	in := p.hs.init
-	if in == nil {
+	ini := p.handshake.init
+	if ini == nil {
 		return
 	}
-	p.hs.init = nil
+	p.handshake.init = nil
 	n := p.node
 	n.mu.Lock()
-	delete(n.inits, in.hs.LocalIndex())
+	delete(n.inits, ini.hs.LocalIndex())
 	n.mu.Unlock()
-	n.index.release(in.hs.LocalIndex())
+	n.index.release(ini.hs.LocalIndex())
 }
 
 // consumeChallenge continues our handshake: check the responder's identity, send
 // AUTH_PROOF and install the session.
-func (p *Peer) consumeChallenge(in *initiation, msg []byte, ep conn.Endpoint) {
+func (p *Peer) consumeChallenge(ini *initiation, msg []byte, ep conn.Endpoint) {
 	n := p.node
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.hs.init != in {
+	if p.handshake.init != ini {
 		n.drop(DropHandshake)
 		return
 	}
-	info, err := in.hs.ReadChallenge(msg)
+	info, err := ini.hs.ReadChallenge(msg)
 	if err != nil {
 		n.dropHandshake(err, addrPortOf(ep))
 		return
@@ -101,7 +101,7 @@ func (p *Peer) consumeChallenge(in *initiation, msg []byte, ep conn.Endpoint) {
 		return
 	}
 	now := time.Now()
-	proof, res, err := in.hs.WriteAuthProof(p.cookieLocked(now), make([]byte, 0, wire.AuthProofLen))
+	proof, res, err := ini.hs.WriteAuthProof(p.cookieLocked(now), make([]byte, 0, wire.AuthProofLen))
 	if err != nil {
 		n.dropHandshake(err, addrPortOf(ep))
 		return
@@ -114,12 +114,12 @@ func (p *Peer) consumeChallenge(in *initiation, msg []byte, ep conn.Endpoint) {
 	// The index stays reserved until install turns it into the session. The
 	// initiation stays findable for a while: a responder under load may answer the
 	// AUTH_PROOF with a cookie, and then it is sent again with mac2.
-	p.hs.init = nil
+	p.handshake.init = nil
 	p.forgetProofLocked()
-	p.hs.proof = in
-	in.nextRetry = now.Add(handshake.HalfOpenTimeout)
+	p.handshake.proof = ini
+	ini.nextRetry = now.Add(handshake.HalfOpenTimeout)
 	if err := n.send([][]byte{proof}, ep); err != nil {
-		n.index.release(in.hs.LocalIndex())
+		n.index.release(ini.hs.LocalIndex())
 		return
 	}
 	p.learnEndpoint(ep, false, s, handshakeCtr)
@@ -128,26 +128,26 @@ func (p *Peer) consumeChallenge(in *initiation, msg []byte, ep conn.Endpoint) {
 
 // consumeCookie stores a cookie for our in-flight handshake; the next retransmission
 // carries it.
-func (p *Peer) consumeCookie(in *initiation, msg []byte) {
+func (p *Peer) consumeCookie(ini *initiation, msg []byte) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.hs.init != in && p.hs.proof != in {
+	if p.handshake.init != ini && p.handshake.proof != ini {
 		p.node.drop(DropHandshake)
 		return
 	}
-	c, err := in.hs.ReadCookieReply(msg)
+	c, err := ini.hs.ReadCookieReply(msg)
 	if err != nil {
 		p.node.dropHandshake(err, netip.AddrPort{})
 		return
 	}
-	p.hs.cookie, p.hs.cookieAt = c, time.Now()
-	if in == p.hs.proof {
-		proof, err := in.hs.ResendAuthProof(c, make([]byte, 0, wire.AuthProofLen))
+	p.handshake.cookie, p.handshake.cookieAt = c, time.Now()
+	if ini == p.handshake.proof {
+		proof, err := ini.hs.ResendAuthProof(c, make([]byte, 0, wire.AuthProofLen))
 		if err != nil {
 			p.node.dropHandshake(err, netip.AddrPort{})
 			return
 		}
-		if ep := p.sendEndpoint(); ep != nil {
+		if ep := p.target(); ep != nil {
 			_ = p.node.send([][]byte{proof}, ep)
 		}
 	}
@@ -155,14 +155,14 @@ func (p *Peer) consumeCookie(in *initiation, msg []byte) {
 
 // forgetProofLocked stops answering cookies for the last AUTH_PROOF sent.
 func (p *Peer) forgetProofLocked() {
-	if p.hs.proof == nil {
+	if p.handshake.proof == nil {
 		return
 	}
 	n := p.node
 	n.mu.Lock()
-	delete(n.inits, p.hs.proof.hs.LocalIndex())
+	delete(n.inits, p.handshake.proof.hs.LocalIndex())
 	n.mu.Unlock()
-	p.hs.proof = nil
+	p.handshake.proof = nil
 }
 
 // handleHandshake processes HELLO, CHALLENGE, AUTH_PROOF and COOKIE_REPLY.
@@ -195,20 +195,20 @@ func (n *Node) handleHandshake(msg []byte, ep conn.Endpoint, out []byte) {
 		n.completeResponder(res, ep)
 	case wire.TypeChallenge:
 		idx := binary.LittleEndian.Uint32(msg[wire.ChallengeReceiverOff:])
-		in := n.initiation(idx)
-		if in == nil {
+		ini := n.initiation(idx)
+		if ini == nil {
 			n.drop(DropHandshake)
 			return
 		}
-		in.peer.consumeChallenge(in, msg, ep)
+		ini.peer.consumeChallenge(ini, msg, ep)
 	case wire.TypeCookieReply:
 		idx := binary.LittleEndian.Uint32(msg[wire.CookieReceiverOff:])
-		in := n.initiation(idx)
-		if in == nil {
+		ini := n.initiation(idx)
+		if ini == nil {
 			n.drop(DropHandshake)
 			return
 		}
-		in.peer.consumeCookie(in, msg)
+		ini.peer.consumeCookie(ini, msg)
 	}
 }
 
@@ -248,7 +248,7 @@ func (p *Peer) completeResponder(res handshake.Result, ep conn.Endpoint) {
 	}
 	// A new static key for the same name restarts the timestamp sequence only if the
 	// key is not pinned; replay protection is per key.
-	if p.hs.staticKnown && p.hs.static == res.PeerStatic && handshake.CompareTimestamp(res.Timestamp, p.hs.lastTimestamp) <= 0 {
+	if p.handshake.staticKnown && p.handshake.static == res.PeerStatic && handshake.CompareTimestamp(res.Timestamp, p.handshake.lastTimestamp) <= 0 {
 		reject(DropStaleTimestamp)
 		return
 	}
@@ -258,7 +258,7 @@ func (p *Peer) completeResponder(res handshake.Result, ep conn.Endpoint) {
 		reject(DropHandshake)
 		return
 	}
-	p.hs.lastTimestamp = res.Timestamp
+	p.handshake.lastTimestamp = res.Timestamp
 	p.learnEndpoint(ep, false, s, handshakeCtr)
 	p.installLocked(s, res.PeerStatic, now)
 	p.sendControl(s, wire.AppendControl(nil, wire.CtlFinal, nil))
@@ -282,8 +282,8 @@ func (p *Peer) installLocked(s *session, static [32]byte, now time.Time) {
 	} else {
 		p.keys.standby.Store(nil)
 	}
-	p.hs.static, p.hs.staticKnown = static, true
-	p.hs.want = false
+	p.handshake.static, p.handshake.staticKnown = static, true
+	p.handshake.want = false
 	p.times.firstUnanswered.Store(0)
 	if s.confirmed.Load() {
 		// A responder's session: the AUTH_PROOF confirmed it. Ours counts once the
@@ -313,7 +313,7 @@ func (p *Peer) confirmedSession(s *session, now time.Time) {
 // session's keys. Called with p.mu held.
 func (p *Peer) confirmedLocked(now time.Time) {
 	n := p.node
-	p.hs.last = now
+	p.handshake.last = now
 	n.ctr.handshakesDone.Add(1)
 	p.refused.count = 0
 	if p.refused.code != 0 {
@@ -332,12 +332,12 @@ func (p *Peer) dropSessionsLocked() {
 	cur := p.keys.current.Swap(nil)
 	if cur != nil {
 		p.sendClose(cur)
-		p.hs.want = true
+		p.handshake.want = true
 	}
 	n.index.remove(cur, p.keys.previous)
 	p.keys.previous = nil
 	// Replay protection of handshakes is per key; the next key starts afresh.
-	p.hs.lastTimestamp = [12]byte{}
+	p.handshake.lastTimestamp = [12]byte{}
 }
 
 // initiation is our handshake in flight that the index idx names, or nil.
@@ -357,8 +357,8 @@ func (p *Peer) pinMismatchLocked(key [32]byte) bool {
 // it (it changes its cookie secret every handshake.CookieSecretLifetime), else nil.
 // Called with p.mu held.
 func (p *Peer) cookieLocked(now time.Time) []byte {
-	if p.hs.cookie != nil && now.Sub(p.hs.cookieAt) < handshake.CookieSecretLifetime {
-		return p.hs.cookie
+	if p.handshake.cookie != nil && now.Sub(p.handshake.cookieAt) < handshake.CookieSecretLifetime {
+		return p.handshake.cookie
 	}
 	return nil
 }

@@ -40,7 +40,9 @@ const BufferSize = recvBase + wire.MaxMessageLen
 // MaxQueued bounds the datagrams held for a peer while its handshake runs.
 const MaxQueued = 256
 
-// ExtensionFunc handles a control message of the extension range 0x80..0xFF.
+// ExtensionFunc handles a control message of the extension range 0x80..0xFF, and the
+// STREAM_OPEN and STREAM_CLOSE announcements: the hook by which the mesh will receive the
+// member records it sends with SendReliable. Nothing sets it yet.
 type ExtensionFunc func(p *Peer, typ byte, body []byte)
 
 // Config configures a Node.
@@ -54,7 +56,7 @@ type Config struct {
 	Handler    Handler
 	Extension  ExtensionFunc
 	Bind       conn.Bind // nil = UDP on all addresses (stt/udp)
-	Timers     Timers
+	Limits     Limits
 	// DisableAES keeps this node from offering AES-256-GCM even with hardware AES.
 	DisableAES bool
 	// HandshakeLoadThreshold overrides the responder's load threshold (messages/s).
@@ -77,7 +79,7 @@ type Config struct {
 // Node is an STT endpoint: peers, sessions, timers and a transport.
 type Node struct {
 	cfg    Config
-	timers Timers
+	limits Limits
 	log    *slog.Logger
 	hs     *handshake.Engine
 	bind   conn.Bind
@@ -124,7 +126,7 @@ func New(cfg Config) (*Node, error) {
 	}
 	n := &Node{
 		cfg:      cfg,
-		timers:   cfg.Timers.withDefaults(),
+		limits:   cfg.Limits.withDefaults(),
 		log:      cfg.Logger,
 		index:    newIndexTable(),
 		peers:    make(map[string]*Peer),
@@ -271,8 +273,8 @@ func (n *Node) AddPeer(pc PeerConfig) (*Peer, error) {
 	p := &Peer{node: n, cfg: pc}
 	p.path.wsConf.Store(pc.wsSettings())
 	if pc.PublicKey != nil {
-		p.hs.static = *pc.PublicKey
-		p.hs.staticKnown = true
+		p.handshake.static = *pc.PublicKey
+		p.handshake.staticKnown = true
 	}
 	name := false
 	if pc.Endpoint != "" {

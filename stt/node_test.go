@@ -117,7 +117,7 @@ type nodeOpts struct {
 	key     *[32]byte
 	name    string
 	port    uint16
-	timers  Timers
+	timers  Limits
 	noAES   bool
 	loadThr int
 	handler Handler // nil = a collector
@@ -153,7 +153,7 @@ func startNode(t testing.TB, o nodeOpts) *testNode {
 	}
 	n, err := New(Config{
 		Seed: o.seed, PrivateKey: key, Name: o.name, ListenPort: o.port,
-		Handler: handler, Bind: bind, Logger: o.logger, Timers: o.timers, DisableAES: o.noAES,
+		Handler: handler, Bind: bind, Logger: o.logger, Limits: o.timers, DisableAES: o.noAES,
 		HandshakeLoadThreshold: o.loadThr,
 		DisableUDP:             o.noUDP,
 		WSListen:               map[bool]string{true: "127.0.0.1:0"}[o.ws],
@@ -171,7 +171,7 @@ func startNode(t testing.TB, o nodeOpts) *testNode {
 func loopback(n *Node) string { return fmt.Sprintf("127.0.0.1:%d", n.Port()) }
 
 // pair starts two nodes that know each other; a initiates.
-func pair(t testing.TB, timers Timers) (a, b *testNode) {
+func pair(t testing.TB, timers Limits) (a, b *testNode) {
 	seed := randKey(t)
 	a = startNode(t, nodeOpts{seed: seed, name: "a", timers: timers})
 	b = startNode(t, nodeOpts{seed: seed, name: "b", timers: timers})
@@ -221,7 +221,7 @@ func established(t testing.TB, a, b *testNode) {
 }
 
 func TestSessionEstablishedAndQueuedDatagramDelivered(t *testing.T) {
-	a, b := pair(t, Timers{})
+	a, b := pair(t, Limits{})
 	established(t, a, b)
 	if got := string(b.h.got[1][0]); got != "hello" {
 		t.Fatalf("got %q", got)
@@ -256,7 +256,7 @@ func TestWrongSeedGetsNoSessionAndCostsNoDH(t *testing.T) {
 }
 
 func TestTamperedDataFrameDropped(t *testing.T) {
-	a, b := pair(t, Timers{})
+	a, b := pair(t, Limits{})
 	established(t, a, b)
 	before := b.h.count.Load()
 	sendOne(t, a.Peer("b"), 3, []byte("original payload"))
@@ -296,7 +296,7 @@ func TestTamperedDataFrameDropped(t *testing.T) {
 }
 
 func TestReplayedDataFrameDropped(t *testing.T) {
-	a, b := pair(t, Timers{})
+	a, b := pair(t, Limits{})
 	established(t, a, b)
 	before := b.h.count.Load()
 	sendOne(t, a.Peer("b"), 3, []byte("once only"))
@@ -314,7 +314,7 @@ func TestReplayedDataFrameDropped(t *testing.T) {
 }
 
 func TestReplayedHelloRefused(t *testing.T) {
-	a, b := pair(t, Timers{})
+	a, b := pair(t, Limits{})
 	established(t, a, b)
 	hello := a.bind.ofType(wire.TypeHello)[0]
 	challengesBefore := len(b.bind.ofType(wire.TypeChallenge))
@@ -368,7 +368,7 @@ func TestStreamIDsNeverCollideBetweenSides(t *testing.T) {
 			t.Fatalf("flow %d: initiator stream %d, responder stream %d", flow, i, r)
 		}
 	}
-	a, b := pair(t, Timers{})
+	a, b := pair(t, Limits{})
 	established(t, a, b)
 	for f := uint16(0); f < 8; f++ {
 		sendOne(t, a.Peer("b"), f, []byte{byte(f)})
@@ -386,7 +386,7 @@ func TestStreamIDsNeverCollideBetweenSides(t *testing.T) {
 }
 
 func TestTwoSessionsHaveUnrelatedKeys(t *testing.T) {
-	a, b := pair(t, Timers{})
+	a, b := pair(t, Limits{})
 	established(t, a, b)
 	s1 := a.Peer("b").keys.current.Load()
 	a.Peer("b").Rekey()
@@ -405,7 +405,7 @@ func TestTwoSessionsHaveUnrelatedKeys(t *testing.T) {
 }
 
 func TestTrafficFlowsAcrossRekeyWithNothingLost(t *testing.T) {
-	a, b := pair(t, Timers{RekeyAfterMessages: 2000})
+	a, b := pair(t, Limits{RekeyAfterMessages: 2000})
 	established(t, a, b)
 	const total = 20000
 	pa := a.Peer("b")
@@ -490,7 +490,7 @@ func checkStreams(t *testing.T, h *collector, nflows, total int) {
 }
 
 func TestLoopbackFourStreamsBothWays(t *testing.T) {
-	a, b := pair(t, Timers{})
+	a, b := pair(t, Limits{})
 	established(t, a, b)
 	const total = 40000
 	startB := b.h.count.Load()
@@ -531,7 +531,7 @@ func TestLoopbackFourStreamsBothWays(t *testing.T) {
 }
 
 func TestRestartedPeerGetsNewSession(t *testing.T) {
-	timers := Timers{DeadPeerTimeout: 300 * time.Millisecond, KeepaliveTimeout: 100 * time.Millisecond, Tick: 20 * time.Millisecond}
+	timers := Limits{DeadPeerTimeout: 300 * time.Millisecond, KeepaliveTimeout: 100 * time.Millisecond, Tick: 20 * time.Millisecond}
 	seed := randKey(t)
 	keyB := randKey(t)
 	a := startNode(t, nodeOpts{seed: seed, name: "a", timers: timers})
@@ -619,7 +619,7 @@ func TestReliableControlDeliveredInOrder(t *testing.T) {
 }
 
 func TestPingMeasuresRTT(t *testing.T) {
-	a, b := pair(t, Timers{})
+	a, b := pair(t, Limits{})
 	established(t, a, b)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -667,7 +667,7 @@ func TestCookiePathUnderLoadStillConnects(t *testing.T) {
 func TestLostAuthProofLosesNoDataAndRecovers(t *testing.T) {
 	// Dead-peer detection is pushed out of reach, so only the unconfirmed-session rule
 	// can recover a lost AUTH_PROOF within the test's bounds.
-	timers := Timers{DeadPeerTimeout: time.Hour, HandshakeRetry: 100 * time.Millisecond, Tick: 10 * time.Millisecond}
+	timers := Limits{DeadPeerTimeout: time.Hour, HandshakeRetry: 100 * time.Millisecond, Tick: 10 * time.Millisecond}
 	a, b := pair(t, timers)
 	established(t, a, b)
 	pa := a.Peer("b")
@@ -736,7 +736,7 @@ func TestOtherVersionCountedAndLoggedSparingly(t *testing.T) {
 // that the next datagram starts a handshake rather than vanish into a session the peer
 // no longer has.
 func TestPeerCloseEndsSession(t *testing.T) {
-	a, b := pair(t, Timers{})
+	a, b := pair(t, Limits{})
 	established(t, a, b)
 	b.RemovePeer("a") // sends CLOSE
 	waitFor(t, 5*time.Second, "the session closed by the peer", func() bool {
@@ -748,7 +748,7 @@ func TestPeerCloseEndsSession(t *testing.T) {
 // TestPeerRekeyRequestStartsHandshake: a REKEY from the peer makes this node start a new
 // handshake now, long before its own rekey timer would.
 func TestPeerRekeyRequestStartsHandshake(t *testing.T) {
-	a, b := pair(t, Timers{})
+	a, b := pair(t, Limits{})
 	established(t, a, b)
 	pb := a.Peer("b")
 	id := sessionOf(t, pb)
@@ -801,7 +801,7 @@ func TestReliableControlSurvivesRekey(t *testing.T) {
 // the path works.
 func TestReceivedDataIsAnsweredByKeepalive(t *testing.T) {
 	// No RTT probes after the first, which goes out on the first tick.
-	a, b := pair(t, Timers{KeepaliveTimeout: 200 * time.Millisecond, RTTProbeInterval: time.Hour, Tick: 10 * time.Millisecond})
+	a, b := pair(t, Limits{KeepaliveTimeout: 200 * time.Millisecond, RTTProbeInterval: time.Hour, Tick: 10 * time.Millisecond})
 	established(t, a, b)
 	time.Sleep(100 * time.Millisecond)
 	pa := b.Peer("a")

@@ -51,9 +51,9 @@ const (
 	PathWS   = "ws"
 )
 
-// sendEndpoint is where frames for the peer go now: the WebSocket while the peer's
+// target is where frames for the peer go now: the WebSocket while the peer's
 // traffic is on it, else UDP, else a WebSocket as the only way.
-func (p *Peer) sendEndpoint() conn.Endpoint {
+func (p *Peer) target() conn.Endpoint {
 	we := p.path.ws.Load()
 	if we != nil && p.path.onWS.Load() {
 		return we
@@ -71,7 +71,7 @@ func (p *Peer) sendEndpoint() conn.Endpoint {
 
 // Path reports the transport the peer's traffic uses: "udp", "ws" or "none".
 func (p *Peer) Path() string {
-	switch p.sendEndpoint().(type) {
+	switch p.target().(type) {
 	case nil:
 		return PathNone
 	case *wsEndpoint:
@@ -180,10 +180,10 @@ func (p *Peer) releaseHeldLocked(s *session) {
 	if !p.path.holding.Load() || !p.path.holding.Swap(false) {
 		return
 	}
-	if s == nil || s.expired(time.Now(), &p.node.timers) {
+	if s == nil || s.expired(time.Now(), &p.node.limits) {
 		// The session went meanwhile: the queue waits for the next, as any would.
 		if len(p.queue) > 0 {
-			p.hs.want = true
+			p.handshake.want = true
 		}
 		return
 	}

@@ -35,7 +35,7 @@ func TestWebSocketOnlyPeer(t *testing.T) {
 }
 
 func TestFallbackToWebSocketAndBackToUDP(t *testing.T) {
-	timers := Timers{FallbackAfter: 300 * time.Millisecond, ProbeInterval: 300 * time.Millisecond, Tick: 20 * time.Millisecond}
+	timers := Limits{FallbackAfter: 300 * time.Millisecond, ProbeInterval: 300 * time.Millisecond, Tick: 20 * time.Millisecond}
 	seed := randKey(t)
 	b := startNode(t, nodeOpts{seed: seed, name: "b", ws: true, timers: timers})
 	a := startNode(t, nodeOpts{seed: seed, name: "a", timers: timers})
@@ -69,7 +69,7 @@ func TestFallbackToWebSocketAndBackToUDP(t *testing.T) {
 // with persistent keepalives notices that UDP stopped answering them and moves to
 // WebSocket, keeping its session, and its keepalives keep working there.
 func TestIdlePeerFallsBackWhenKeepalivesGoUnanswered(t *testing.T) {
-	timers := Timers{FallbackAfter: 300 * time.Millisecond, ProbeInterval: time.Hour, Tick: 20 * time.Millisecond}
+	timers := Limits{FallbackAfter: 300 * time.Millisecond, ProbeInterval: time.Hour, Tick: 20 * time.Millisecond}
 	seed := randKey(t)
 	b := startNode(t, nodeOpts{seed: seed, name: "b", ws: true, timers: timers})
 	a := startNode(t, nodeOpts{seed: seed, name: "a", timers: timers})
@@ -101,7 +101,7 @@ func TestIdlePeerFallsBackWhenKeepalivesGoUnanswered(t *testing.T) {
 }
 
 func TestLateWebSocketFramesDoNotUndoReturnToUDP(t *testing.T) {
-	timers := Timers{FallbackAfter: time.Hour, ProbeInterval: time.Hour, Tick: 20 * time.Millisecond}
+	timers := Limits{FallbackAfter: time.Hour, ProbeInterval: time.Hour, Tick: 20 * time.Millisecond}
 	seed := randKey(t)
 	b := startNode(t, nodeOpts{seed: seed, name: "b", ws: true, timers: timers})
 	a := startNode(t, nodeOpts{seed: seed, name: "a", timers: timers})
@@ -173,7 +173,7 @@ func keepSending(t *testing.T, a, b *testNode, p *Peer, cond func() bool) {
 // its frames came in on, which carries the local address they were sent to, so that
 // replies leave from that address on a multi-homed host.
 func TestRepliesLeaveFromTheAddressThePeerUsed(t *testing.T) {
-	a, b := pair(t, Timers{})
+	a, b := pair(t, Limits{})
 	established(t, a, b)
 	pb := a.Peer("b")
 	waitFor(t, 5*time.Second, "the endpoint with a local source", func() bool {
@@ -190,7 +190,7 @@ func TestRepliesLeaveFromTheAddressThePeerUsed(t *testing.T) {
 // sealed for the WebSocket before the return arrive long after it (a WebSocket is a TCP
 // stream, and a congested one delivers late). Both sides end on UDP and stay there.
 func TestReturnToUDPUnderTrafficHoldsAgainstLateWebSocketFrames(t *testing.T) {
-	timers := Timers{FallbackAfter: 200 * time.Millisecond, ProbeInterval: 300 * time.Millisecond, Tick: 10 * time.Millisecond}
+	timers := Limits{FallbackAfter: 200 * time.Millisecond, ProbeInterval: 300 * time.Millisecond, Tick: 10 * time.Millisecond}
 	seed := randKey(t)
 	logA, logB := &lockedBuffer{}, &lockedBuffer{}
 	b := startNode(t, nodeOpts{seed: seed, name: "b", ws: true, timers: timers, logger: slog.New(slog.NewTextHandler(logB, nil))})

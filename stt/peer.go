@@ -27,14 +27,14 @@ type Peer struct {
 	counters peerCounters // traffic figures: atomics
 
 	// mu guards cfg (but Name and Tag, which never change) and every field below.
-	mu      sync.Mutex
-	cfg     PeerConfig
-	hs      handshakeState
-	queue   [][]byte // datagrams waiting for a session, or for a move of the path (path.holding)
-	ping    pingState
-	lookup  lookupState
-	refused refusalState
-	removed bool
+	mu        sync.Mutex
+	cfg       PeerConfig
+	handshake handshakeState
+	queue     [][]byte // datagrams waiting for a session, or for a move of the path (path.holding)
+	ping      pingState
+	lookup    lookupState
+	refused   refusalState
+	removed   bool
 }
 
 // peerKeys are the peer's sessions. current and standby are atomics, read by the
@@ -120,7 +120,7 @@ func (p *Peer) Tag() any { return p.cfg.Tag }
 
 // Endpoint is the peer's current underlay address, or the zero value.
 func (p *Peer) Endpoint() netip.AddrPort {
-	if ep := p.sendEndpoint(); ep != nil {
+	if ep := p.target(); ep != nil {
 		return addrPortOf(ep)
 	}
 	return netip.AddrPort{}
@@ -147,7 +147,7 @@ func (p *Peer) WSEndpoint() netip.AddrPort {
 func (p *Peer) PublicKey() ([32]byte, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.hs.static, p.hs.staticKnown
+	return p.handshake.static, p.handshake.staticKnown
 }
 
 // LastHandshake is when the latest session with this peer was established: confirmed by
@@ -155,7 +155,7 @@ func (p *Peer) PublicKey() ([32]byte, bool) {
 func (p *Peer) LastHandshake() time.Time {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.hs.last
+	return p.handshake.last
 }
 
 // RTT is the smoothed round-trip time measured with PING, 0 if unknown.
@@ -167,7 +167,7 @@ func (p *Peer) RTT() time.Duration { return time.Duration(p.counters.rtt.Load())
 func (p *Peer) HasSession() bool {
 	now := time.Now()
 	for _, s := range [...]*session{p.keys.current.Load(), p.keys.standby.Load()} {
-		if s != nil && s.confirmed.Load() && !s.expired(now, &p.node.timers) {
+		if s != nil && s.confirmed.Load() && !s.expired(now, &p.node.limits) {
 			return true
 		}
 	}
@@ -269,7 +269,7 @@ func (p *Peer) reresolveLocked() {
 			}
 			p.lookup.unresolved, p.lookup.fails, p.lookup.err = false, 0, ""
 			p.endLookupLocked()
-			if p.hs.want || p.hs.init != nil {
+			if p.handshake.want || p.handshake.init != nil {
 				n.kick() // the handshake waited for the address
 			}
 		}
@@ -281,9 +281,9 @@ func (p *Peer) reresolveLocked() {
 			return
 		}
 		n.log.Debug("endpoint name now has another address", "peer", p.cfg.Name, "endpoint", name, "addr", ap)
-		if p.hs.init != nil {
+		if p.handshake.init != nil {
 			// Retransmit the handshake to the new address now, not at its next retry.
-			p.hs.init.nextRetry = time.Now()
+			p.handshake.init.nextRetry = time.Now()
 			n.kick()
 		}
 	}()
@@ -374,7 +374,7 @@ var ErrNoSession = errors.New("no session with peer")
 // Rekey starts a new handshake now, keeping the current session until it completes.
 func (p *Peer) Rekey() {
 	p.mu.Lock()
-	p.hs.want = true
+	p.handshake.want = true
 	p.mu.Unlock()
 	p.node.kick()
 }

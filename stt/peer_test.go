@@ -105,7 +105,7 @@ func (r *gatedResolver) waitLookups(t *testing.T, names ...string) {
 // the answer comes, it is the peer's new address.
 func TestEndpointLookupHoldsUpNoTimers(t *testing.T) {
 	seed := randKey(t)
-	timers := Timers{DeadPeerTimeout: 300 * time.Millisecond}
+	timers := Limits{DeadPeerTimeout: 300 * time.Millisecond}
 	a := startNode(t, nodeOpts{seed: seed, name: "a", timers: timers})
 	b1 := startNode(t, nodeOpts{seed: seed, name: "b", timers: timers})
 	// b2 is b after it moved to another address.
@@ -274,7 +274,7 @@ func seqDatagrams(from, to int) ([][]byte, []uint16) {
 // comes up, exactly those are delivered, in the order they were sent.
 func TestHandshakeQueueKeepsNewestMaxQueued(t *testing.T) {
 	seed := randKey(t)
-	timers := Timers{HandshakeRetry: 100 * time.Millisecond, HandshakeRetryMax: 200 * time.Millisecond}
+	timers := Limits{HandshakeRetry: 100 * time.Millisecond, HandshakeRetryMax: 200 * time.Millisecond}
 	a := startNode(t, nodeOpts{seed: seed, name: "a", timers: timers})
 	// Nothing answers there: a socket the test holds and never reads.
 	silent, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
@@ -352,7 +352,7 @@ func TestHandshakeQueueKeepsNewestMaxQueued(t *testing.T) {
 // lost, and counted as dropped like those pushed out of a full queue.
 func TestQueuedDatagramsNoSessionCanSealAreCounted(t *testing.T) {
 	const limit = 100
-	a, b := pair(t, Timers{RekeyAfterMessages: limit / 2, RejectAfterMessages: limit})
+	a, b := pair(t, Limits{RekeyAfterMessages: limit / 2, RejectAfterMessages: limit})
 	pb := a.Peer("b")
 	const n = limit + 50 // fits the queue, not the session
 	// One call queues them all before the handshake it starts can complete.
@@ -382,7 +382,7 @@ func TestQueuedDatagramsNoSessionCanSealAreCounted(t *testing.T) {
 // that every discarded datagram has exactly one reason.
 func TestHandshakeGiveUpCountsItsQueue(t *testing.T) {
 	seed := randKey(t)
-	timers := Timers{HandshakeRetry: 50 * time.Millisecond, HandshakeRetryMax: 50 * time.Millisecond, HandshakeGiveUp: 300 * time.Millisecond}
+	timers := Limits{HandshakeRetry: 50 * time.Millisecond, HandshakeRetryMax: 50 * time.Millisecond, HandshakeGiveUp: 300 * time.Millisecond}
 	a := startNode(t, nodeOpts{seed: seed, name: "a", timers: timers})
 	silent, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -406,7 +406,7 @@ func TestHandshakeGiveUpCountsItsQueue(t *testing.T) {
 // TestSendErrorsCountedPerPacket: a batch the transport refuses counts every one of its
 // packets, on the node as on the peer: drop_send_error is in packets.
 func TestSendErrorsCountedPerPacket(t *testing.T) {
-	a, b := pair(t, Timers{})
+	a, b := pair(t, Limits{})
 	established(t, a, b)
 	pb := a.Peer("b")
 	before, nodeBefore := pb.Stats().Drops, a.Stats().Drops[DropSendError]

@@ -112,7 +112,7 @@ func (n *Node) receiveBatch(bufs, rx [][]byte, sizes []int, eps []conn.Endpoint,
 			n.drop(DropUnknownIndex)
 			continue
 		}
-		if s.expired(now, &n.timers) {
+		if s.expired(now, &n.limits) {
 			n.drop(DropExpired)
 			continue
 		}
@@ -126,7 +126,7 @@ func (n *Node) receiveBatch(bufs, rx [][]byte, sizes []int, eps []conn.Endpoint,
 			s.replayMu.Lock()
 			locked = s
 		}
-		if !s.replay.ValidateCounter(h.Counter, n.timers.RejectAfterMessages) {
+		if !s.replay.ValidateCounter(h.Counter, n.limits.RejectAfterMessages) {
 			n.drop(DropReplay)
 			continue
 		}

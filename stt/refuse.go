@@ -75,7 +75,7 @@ func (p *Peer) Refusal() (Refusal, bool) {
 // changes, so hammering the peer gains nothing; short first waits keep the recovery
 // quick when the operator is fixing it right now (a handful of tries in the first
 // minute, then one every two minutes).
-func (t *Timers) refusalBackoff(n int) time.Duration {
+func (t *Limits) refusalBackoff(n int) time.Duration {
 	d := t.HandshakeRetry << min(max(n-1, 0), 10)
 	if d <= 0 || d > t.RekeyAfterTime {
 		d = t.RekeyAfterTime
@@ -103,7 +103,7 @@ func (p *Peer) refusedBy(s *session, code uint16, now time.Time) {
 		p.keys.previous = nil
 	}
 	n.index.remove(s)
-	if p.hs.proof != nil {
+	if p.handshake.proof != nil {
 		p.forgetProofLocked()
 	}
 	p.refused.count++
@@ -112,12 +112,12 @@ func (p *Peer) refusedBy(s *session, code uint16, now time.Time) {
 		n.log.Info("peer refused our handshake", "peer", p.cfg.Name, "reason", refusalReason(code), "code", refusalName(code))
 	}
 	p.refused.code = code
-	wait := n.timers.refusalBackoff(p.refused.count)
+	wait := n.limits.refusalBackoff(p.refused.count)
 	p.refused.until = now.Add(wait)
 	n.log.Debug("refused; next handshake after back-off", "peer", p.cfg.Name, "wait", wait)
 	// What waited for this session cannot be delivered.
 	p.dropQueueLocked(DropRefused)
-	p.hs.want = false
+	p.handshake.want = false
 }
 
 // refusedLocked reports whether the peer refused us and the back-off still runs.

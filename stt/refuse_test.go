@@ -93,7 +93,7 @@ func sealControl(t *testing.T, res handshake.Result, sendKey [32]byte, ctr uint6
 
 // slowRetry keeps the initiator from redoing an unconfirmed handshake during a test
 // that holds its session unconfirmed on purpose.
-var slowRetry = Timers{HandshakeRetry: 10 * time.Second, HandshakeRetryMax: 10 * time.Second}
+var slowRetry = Limits{HandshakeRetry: 10 * time.Second, HandshakeRetryMax: 10 * time.Second}
 
 // TestSessionUpOnlyAfterPeerConfirms: an initiator that has sent AUTH_PROOF has a
 // session, but the peer has not confirmed it: it is not up, no handshake counts as
@@ -167,7 +167,7 @@ func TestForgedRefusalChangesNothing(t *testing.T) {
 
 // refusedPair starts a, which has b as a peer, and b, which refuses a: it has no
 // [[peer]] for a (pin = false) or pins another key for it (pin = true).
-func refusedPair(t *testing.T, pin bool, timers Timers, logs *lockedBuffer) (a, b *testNode) {
+func refusedPair(t *testing.T, pin bool, timers Limits, logs *lockedBuffer) (a, b *testNode) {
 	t.Helper()
 	seed := randKey(t)
 	var logger *slog.Logger
@@ -205,7 +205,7 @@ func TestRefusedInitiatorShowsWhy(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			logs := &lockedBuffer{}
 			// A short back-off, so that the test sees a second refusal.
-			timers := Timers{HandshakeRetry: 100 * time.Millisecond, Tick: 10 * time.Millisecond}
+			timers := Limits{HandshakeRetry: 100 * time.Millisecond, Tick: 10 * time.Millisecond}
 			a, b := refusedPair(t, tc.pin, timers, logs)
 			pb := a.Peer("b")
 			sendOne(t, pb, 0, []byte("x"))
@@ -258,7 +258,7 @@ func TestRefusedInitiatorShowsWhy(t *testing.T) {
 // (HandshakeRetry doubling per refusal) instead of starting a handshake for every
 // datagram that finds no session.
 func TestRefusedInitiatorBacksOff(t *testing.T) {
-	timers := Timers{HandshakeRetry: 200 * time.Millisecond, Tick: 5 * time.Millisecond, RekeyAfterTime: time.Hour}
+	timers := Limits{HandshakeRetry: 200 * time.Millisecond, Tick: 5 * time.Millisecond, RekeyAfterTime: time.Hour}
 	a, _ := refusedPair(t, false, timers, nil)
 	pb := a.Peer("b")
 	sendOne(t, pb, 0, []byte("x"))
@@ -296,7 +296,7 @@ func TestRefusedInitiatorBacksOff(t *testing.T) {
 // handshake after the back-off succeeds, the refusal is gone and one line says so.
 func TestRefusalClearsWhenAccepted(t *testing.T) {
 	logs := &lockedBuffer{}
-	timers := Timers{HandshakeRetry: 100 * time.Millisecond, Tick: 10 * time.Millisecond}
+	timers := Limits{HandshakeRetry: 100 * time.Millisecond, Tick: 10 * time.Millisecond}
 	a, b := refusedPair(t, false, timers, logs)
 	pb := a.Peer("b")
 	sendOne(t, pb, 0, []byte("x"))

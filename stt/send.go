@@ -21,24 +21,24 @@ func (p *Peer) Send(pkts [][]byte, flows []uint16) error {
 	now := time.Now()
 	s := p.keys.current.Load()
 	if s != nil && !s.confirmed.Load() {
-		if sb := p.keys.standby.Load(); sb != nil && !sb.expired(now, &n.timers) {
+		if sb := p.keys.standby.Load(); sb != nil && !sb.expired(now, &n.limits) {
 			s = sb
 		}
 	}
-	if s == nil || s.expired(now, &n.timers) {
+	if s == nil || s.expired(now, &n.limits) {
 		p.enqueue(pkts)
 		return nil
 	}
 	if p.path.holding.Load() && p.hold(pkts) {
 		return nil
 	}
-	first, ok := s.reserve(len(pkts), n.timers.RejectAfterMessages)
+	first, ok := s.reserve(len(pkts), n.limits.RejectAfterMessages)
 	if !ok {
 		p.enqueue(pkts)
 		return nil
 	}
 	bytes := p.sealBatch(s, pkts, flows, first)
-	if first+uint64(len(pkts)) >= n.timers.RekeyAfterMessages {
+	if first+uint64(len(pkts)) >= n.limits.RekeyAfterMessages {
 		n.kick()
 	}
 	return p.transmit(pkts, now, bytes, true)
@@ -46,7 +46,7 @@ func (p *Peer) Send(pkts [][]byte, flows []uint16) error {
 
 // transmit sends sealed frames to the current endpoint and accounts for them.
 func (p *Peer) transmit(frames [][]byte, now time.Time, payloadBytes uint64, data bool) error {
-	ep := p.sendEndpoint()
+	ep := p.target()
 	if ep == nil {
 		p.drop(DropSendError, uint64(len(frames)))
 		return errNoEndpoint
@@ -92,12 +92,12 @@ func (p *Peer) enqueue(pkts [][]byte) {
 		// The peer refused us: nothing would carry these before the back-off ends.
 		// Remember that there is traffic, so that a handshake starts when it does.
 		p.drop(DropRefused, uint64(len(pkts)))
-		p.hs.want = true
+		p.handshake.want = true
 		p.mu.Unlock()
 		return
 	}
 	p.queueLocked(pkts, DropNoSession)
-	p.hs.want = true
+	p.handshake.want = true
 	p.mu.Unlock()
 	p.node.kick()
 }
@@ -133,7 +133,7 @@ func (p *Peer) flushQueueLocked(s *session) {
 	}
 	q := p.queue
 	p.queue = nil
-	first, ok := s.reserve(len(q), p.node.timers.RejectAfterMessages)
+	first, ok := s.reserve(len(q), p.node.limits.RejectAfterMessages)
 	if !ok {
 		// The session may not seal that many (only with a REJECT_AFTER_MESSAGES
 		// lowered below the queue's length): the datagrams are lost, and counted as
@@ -172,10 +172,10 @@ func (p *Peer) sendControl(s *session, payload []byte) {
 // sendControlVia seals one stream-0 payload on s and sends it to ep, or on the
 // current path when ep is nil. Answers to probes go back the way the probe came.
 func (p *Peer) sendControlVia(s *session, payload []byte, ep conn.Endpoint) {
-	if s.expired(time.Now(), &p.node.timers) {
+	if s.expired(time.Now(), &p.node.limits) {
 		return // the timer has not taken it away yet, but it seals nothing more
 	}
-	first, ok := s.reserve(1, p.node.timers.RejectAfterMessages)
+	first, ok := s.reserve(1, p.node.limits.RejectAfterMessages)
 	if !ok {
 		return
 	}

@@ -110,7 +110,7 @@ func (s *session) open(frame []byte, counter uint64, nonce *[12]byte) ([]byte, e
 }
 
 // expired reports whether the session may no longer seal or open anything.
-func (s *session) expired(now time.Time, t *Timers) bool {
+func (s *session) expired(now time.Time, t *Limits) bool {
 	return now.Sub(s.created) >= t.RejectAfterTime
 }
 

@@ -54,9 +54,9 @@ func (r DropReason) String() string {
 	return dropNames[r]
 }
 
-// Handshake reports whether r is a refused or failed handshake message rather than a
+// IsHandshake reports whether r is a refused or failed handshake message rather than a
 // dropped packet or control message.
-func (r DropReason) Handshake() bool {
+func (r DropReason) IsHandshake() bool {
 	return r >= DropBadMAC1 && r <= DropStaleTimestamp
 }
 

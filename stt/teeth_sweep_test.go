@@ -16,7 +16,7 @@ import (
 // TestCloseUnderOldSessionKeepsCurrent: a CLOSE sealed under a session a rekey
 // replaced ends only that session: the current one, made after it, stays.
 func TestCloseUnderOldSessionKeepsCurrent(t *testing.T) {
-	o := newOffline(t, Timers{})
+	o := newOffline(t, Limits{})
 	old, oldPeer := o.session(t, teethLocal, false, time.Now(), 0x10)
 	cur, _ := o.session(t, teethLocal+1, false, time.Now(), 0x20)
 	o.p.keys.previous = old
@@ -49,14 +49,14 @@ func TestRemovingOldSessionKeepsNewOneAtItsIndex(t *testing.T) {
 // replaced (a retransmission started a new one) installs nothing, and a COOKIE_REPLY
 // for it stores no cookie.
 func TestStaleInitiationCannotInstallSession(t *testing.T) {
-	o := newOffline(t, Timers{})
+	o := newOffline(t, Limits{})
 	resp, err := handshake.New(handshake.Config{Seed: fixedKey(1), Static: fixedKey(9), Name: "peer", LoadThreshold: 1 << 30})
 	if err != nil {
 		t.Fatal(err)
 	}
 	o.p.mu.Lock()
 	o.p.startHandshakeLocked(time.Now())
-	stale := o.p.hs.init
+	stale := o.p.handshake.init
 	o.p.startHandshakeLocked(time.Now()) // a retransmission: a new initiation
 	o.p.mu.Unlock()
 	hellos := o.bind.ofType(wire.TypeHello)
@@ -85,7 +85,7 @@ func TestStaleInitiationCannotInstallSession(t *testing.T) {
 	}
 	o.p.consumeCookie(stale, cr)
 	o.p.mu.Lock()
-	cookie := o.p.hs.cookie
+	cookie := o.p.handshake.cookie
 	o.p.mu.Unlock()
 	if cookie != nil {
 		t.Fatal("a COOKIE_REPLY for a replaced initiation was stored")
@@ -95,7 +95,7 @@ func TestStaleInitiationCannotInstallSession(t *testing.T) {
 // TestRemovedPeerCompletesNoHandshake: an AUTH_PROOF that completes after its peer
 // was removed installs no session and gives its index back.
 func TestRemovedPeerCompletesNoHandshake(t *testing.T) {
-	o := newOffline(t, Timers{})
+	o := newOffline(t, Limits{})
 	o.n.RemovePeer("peer")
 	idx := o.n.index.reserve()
 	o.p.completeResponder(handshake.Result{
@@ -129,7 +129,7 @@ func TestReliableReceiveDeliversOnlyInOrder(t *testing.T) {
 // controlNode is an offline node with a live session and an extension that records
 // the control types it is handed.
 func controlNode(t *testing.T) (*offline, *session, *[]byte) {
-	o := newOffline(t, Timers{})
+	o := newOffline(t, Limits{})
 	s, _ := o.session(t, teethLocal, false, time.Now(), 0x10)
 	o.p.keys.current.Store(s)
 	var ext []byte
@@ -199,7 +199,7 @@ func newSessionPeerSide(t *testing.T, s *session) *session {
 // TestPendingPingsBounded: the table of pings waiting for their PONG stays bounded
 // however many go unanswered.
 func TestPendingPingsBounded(t *testing.T) {
-	o := newOffline(t, Timers{})
+	o := newOffline(t, Limits{})
 	o.p.mu.Lock()
 	defer o.p.mu.Unlock()
 	for i := 0; i < 1000; i++ {
@@ -213,12 +213,12 @@ func TestPendingPingsBounded(t *testing.T) {
 // TestStaleCookieNotUsed: a cookie older than two minutes (the responder's secret has
 // rotated) is not put into the mac2 of a new HELLO.
 func TestStaleCookieNotUsed(t *testing.T) {
-	o := newOffline(t, Timers{})
+	o := newOffline(t, Limits{})
 	now := time.Now()
 	o.p.mu.Lock()
-	o.p.hs.cookie = make([]byte, wire.MACLen)
-	o.p.hs.cookie[0] = 1
-	o.p.hs.cookieAt = now.Add(-121 * time.Second)
+	o.p.handshake.cookie = make([]byte, wire.MACLen)
+	o.p.handshake.cookie[0] = 1
+	o.p.handshake.cookieAt = now.Add(-121 * time.Second)
 	o.p.startHandshakeLocked(now)
 	o.p.mu.Unlock()
 	hellos := o.bind.ofType(wire.TypeHello)
@@ -235,7 +235,7 @@ func TestStaleCookieNotUsed(t *testing.T) {
 // REJECT_AFTER_TIME, current and previous, from the index, so their receiver
 // indices resolve to nothing.
 func TestTimersDropExpiredSessionsFromIndex(t *testing.T) {
-	o := newOffline(t, Timers{})
+	o := newOffline(t, Limits{})
 	old := time.Now().Add(-DefaultRejectAfterTime - time.Second)
 	prev, _ := o.session(t, teethLocal, false, old, 0x10)
 	cur, _ := o.session(t, teethLocal+1, false, old, 0x20)
@@ -255,7 +255,7 @@ func TestTimersDropExpiredSessionsFromIndex(t *testing.T) {
 // TestPeerNameLongerThanWireFieldRefused: a peer name that does not fit the
 // handshake's name field is refused when the peer is added (it could never match).
 func TestPeerNameLongerThanWireFieldRefused(t *testing.T) {
-	o := newOffline(t, Timers{})
+	o := newOffline(t, Limits{})
 	long := make([]byte, wire.NameLen+1)
 	for i := range long {
 		long[i] = 'n'
@@ -271,7 +271,7 @@ func TestPeerNameLongerThanWireFieldRefused(t *testing.T) {
 // TestStandbyIsOnlyAConfirmedSession: a rekey keeps the session it replaces for
 // sending only if that one was confirmed; an unconfirmed one is no fallback.
 func TestStandbyIsOnlyAConfirmedSession(t *testing.T) {
-	o := newOffline(t, Timers{})
+	o := newOffline(t, Limits{})
 	first, _ := o.session(t, teethLocal, true, time.Now(), 0x10)
 	o.p.mu.Lock()
 	o.p.installLocked(first, fixedKey(5), time.Now())
@@ -339,7 +339,7 @@ func TestWebSocketConnectionMarkedOnlyByAuthenticatedFrame(t *testing.T) {
 // WebSocket, a lone PING arriving over UDP (the peer probing whether UDP works again)
 // is answered but moves nothing; a data frame over UDP does move the traffic back.
 func TestProbeOverUDPDoesNotMovePeerOffWebSocket(t *testing.T) {
-	o := newOffline(t, Timers{})
+	o := newOffline(t, Limits{})
 	s, peer := o.session(t, teethLocal, false, time.Now(), 0x10)
 	o.p.keys.current.Store(s)
 	o.p.path.onWS.Store(true)
@@ -361,12 +361,12 @@ func TestProbeOverUDPDoesNotMovePeerOffWebSocket(t *testing.T) {
 // static key: a peer that comes back with a new key (not pinned) is accepted even if
 // its clock is behind the timestamps of its old key.
 func TestNewKeyRestartsTimestampSequence(t *testing.T) {
-	o := newOffline(t, Timers{})
+	o := newOffline(t, Limits{})
 	var last [12]byte
 	last[0] = 0x40
 	last[7] = 0x10
 	o.p.mu.Lock()
-	o.p.hs.static, o.p.hs.staticKnown, o.p.hs.lastTimestamp = fixedKey(0x77), true, last
+	o.p.handshake.static, o.p.handshake.staticKnown, o.p.handshake.lastTimestamp = fixedKey(0x77), true, last
 	o.p.mu.Unlock()
 	older := last
 	older[7]--
@@ -389,7 +389,7 @@ func (h *countingHandler) Deliver(in *Inbound) { h.n.Add(int64(in.N)) }
 // counter once between them: the replay filter is checked and updated under the
 // session's lock.
 func TestConcurrentReceiversDeliverEachCounterOnce(t *testing.T) {
-	o := newOffline(t, Timers{})
+	o := newOffline(t, Limits{})
 	h := &countingHandler{}
 	o.n.cfg.Handler = h
 	s, peer := o.session(t, teethLocal, false, time.Now(), 0x10)
@@ -421,7 +421,7 @@ func TestConcurrentReceiversDeliverEachCounterOnce(t *testing.T) {
 // TestUnknownPeerNameReleasesIndex: an AUTH_PROOF from a member whose name is not a
 // configured peer is refused and gives back the index its handshake reserved.
 func TestUnknownPeerNameReleasesIndex(t *testing.T) {
-	o := newOffline(t, Timers{})
+	o := newOffline(t, Limits{})
 	o.n.completeResponder(handshake.Result{
 		LocalIndex: o.n.index.reserve(), RemoteIndex: teethRemote, SendKey: fixedKey(3), RecvKey: fixedKey(4),
 		Cipher: wire.CipherChaCha20Poly1305, PeerStatic: fixedKey(5), PeerName: "stranger", Timestamp: [12]byte{0x40},
@@ -438,7 +438,7 @@ func TestUnknownPeerNameReleasesIndex(t *testing.T) {
 // with a new index; the one it replaces gives its index back and is no longer found
 // for CHALLENGEs, so a peer that never answers holds one index, not one per retry.
 func TestRetransmissionsHoldOneIndex(t *testing.T) {
-	o := newOffline(t, Timers{})
+	o := newOffline(t, Limits{})
 	o.p.mu.Lock()
 	for range 5 {
 		o.p.startHandshakeLocked(time.Now())
@@ -459,14 +459,14 @@ func TestRetransmissionsHoldOneIndex(t *testing.T) {
 // confirmed, its initiation is no longer findable (for COOKIE_REPLYs), so the table of
 // initiations does not grow with every handshake.
 func TestConfirmedSessionForgetsItsInitiation(t *testing.T) {
-	o := newOffline(t, Timers{})
+	o := newOffline(t, Limits{})
 	resp, err := handshake.New(handshake.Config{Seed: fixedKey(1), Static: fixedKey(9), Name: "peer", LoadThreshold: 1 << 30})
 	if err != nil {
 		t.Fatal(err)
 	}
 	o.p.mu.Lock()
 	o.p.startHandshakeLocked(time.Now())
-	in := o.p.hs.init
+	in := o.p.handshake.init
 	o.p.mu.Unlock()
 	chal, err := resp.HandleHello(o.bind.ofType(wire.TypeHello)[0], addrPortOf(o.ep), nil)
 	if err != nil {
@@ -490,7 +490,7 @@ func TestConfirmedSessionForgetsItsInitiation(t *testing.T) {
 // TestQueuedDatagramsAreCopies: datagrams queued while a handshake runs are copied:
 // the caller may reuse its buffers as soon as Send returns.
 func TestQueuedDatagramsAreCopies(t *testing.T) {
-	o := newOffline(t, Timers{})
+	o := newOffline(t, Limits{})
 	buf := datagram([]byte("queued payload"))
 	if err := o.p.Send([][]byte{buf}, []uint16{0}); err != nil {
 		t.Fatal(err)
@@ -506,7 +506,7 @@ func TestQueuedDatagramsAreCopies(t *testing.T) {
 // TestPeerCloseRemovesSessionFromIndex: a CLOSE under the current session takes it
 // off the receive path too: later frames under it are for no session.
 func TestPeerCloseRemovesSessionFromIndex(t *testing.T) {
-	o := newOffline(t, Timers{})
+	o := newOffline(t, Limits{})
 	s, peer := o.session(t, teethLocal, false, time.Now(), 0x10)
 	o.p.keys.current.Store(s)
 	o.receive(sealed(peer, 0, 0, string(wire.AppendControl(nil, wire.CtlClose, []byte{wire.CodeShutdown, 0}))))
@@ -527,7 +527,7 @@ func TestPeerCloseRemovesSessionFromIndex(t *testing.T) {
 // same session, or a later session); a frame sealed before it, however late it
 // arrives over the other transport, moves nothing.
 func TestFollowerMovesOnlyOnLaterFrames(t *testing.T) {
-	o := newOffline(t, Timers{})
+	o := newOffline(t, Limits{})
 	old, _ := o.session(t, teethLocal, false, time.Now(), 0x10)
 	s, _ := o.session(t, teethLocal+1, false, time.Now(), 0x20) // a later session: larger gen
 	steps := []struct {

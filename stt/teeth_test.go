@@ -63,11 +63,11 @@ const (
 	teethRemote = 0x55667788 // the peer's
 )
 
-func newOffline(t *testing.T, timers Timers) *offline {
+func newOffline(t *testing.T, timers Limits) *offline {
 	t.Helper()
 	h := &recordHandler{}
 	b := &sinkBind{Bind: udp.New()}
-	n, err := New(Config{Seed: fixedKey(1), PrivateKey: fixedKey(2), Name: "me", Handler: h, Bind: b, Timers: timers})
+	n, err := New(Config{Seed: fixedKey(1), PrivateKey: fixedKey(2), Name: "me", Handler: h, Bind: b, Limits: timers})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +136,7 @@ func (o *offline) drops(r DropReason) uint64 { return o.n.Stats().Drops[r] }
 // replay window advanced before the frame is opened, anyone who saw one receiver
 // index could make a session drop everything its peer sends.
 func TestForgedFarAheadCounterDoesNotAdvanceReplayWindow(t *testing.T) {
-	o := newOffline(t, Timers{})
+	o := newOffline(t, Limits{})
 	s, peer := o.session(t, teethLocal, false, time.Now(), 0x10)
 	o.p.keys.current.Store(s)
 	o.receive(sealed(peer, 3, 0, "first"))
@@ -172,7 +172,7 @@ func equalStrings(a, b []string) bool {
 // TestExpiredSessionOpensNothing: a frame under a session older than
 // REJECT_AFTER_TIME is dropped as expired even though it authenticates.
 func TestExpiredSessionOpensNothing(t *testing.T) {
-	o := newOffline(t, Timers{})
+	o := newOffline(t, Limits{})
 	old := time.Now().Add(-DefaultRejectAfterTime - time.Second)
 	s, peer := o.session(t, teethLocal, false, old, 0x10)
 	o.p.keys.current.Store(s)
@@ -188,7 +188,7 @@ func TestExpiredSessionOpensNothing(t *testing.T) {
 // TestExpiredSessionSealsNothing: Send does not seal on a current session older than
 // REJECT_AFTER_TIME; the datagram waits for a new session instead.
 func TestExpiredSessionSealsNothing(t *testing.T) {
-	o := newOffline(t, Timers{})
+	o := newOffline(t, Limits{})
 	old := time.Now().Add(-DefaultRejectAfterTime - time.Second)
 	s, _ := o.session(t, teethLocal, true, old, 0x10)
 	o.p.keys.current.Store(s)
@@ -211,7 +211,7 @@ func TestExpiredSessionSealsNothing(t *testing.T) {
 // falls back to the standby session only if that is not past REJECT_AFTER_TIME;
 // otherwise it seals on the new session.
 func TestExpiredStandbySealsNothing(t *testing.T) {
-	o := newOffline(t, Timers{})
+	o := newOffline(t, Limits{})
 	old := time.Now().Add(-DefaultRejectAfterTime - time.Second)
 	sb, _ := o.session(t, teethLocal, true, old, 0x10)
 	sb.confirmed.Store(true)
@@ -244,7 +244,7 @@ func TestInitiatorRekeysAfterRekeyAfterTime(t *testing.T) {
 		{false, DefaultRekeyAfterTime + time.Millisecond, false},
 		{false, DefaultRekeyAfterTime + DefaultRekeyAfterTime/8 + time.Millisecond, true},
 	} {
-		o := newOffline(t, Timers{})
+		o := newOffline(t, Limits{})
 		now := time.Now()
 		s, _ := o.session(t, teethLocal, tc.initiator, now.Add(-tc.age), 0x10)
 		s.confirmed.Store(true)
@@ -252,7 +252,7 @@ func TestInitiatorRekeysAfterRekeyAfterTime(t *testing.T) {
 		o.p.times.lastSent.Store(o.p.mono(now)) // traffic goes out: the session is in use
 		o.p.tick(now)
 		o.p.mu.Lock()
-		started := o.p.hs.init != nil
+		started := o.p.handshake.init != nil
 		o.p.mu.Unlock()
 		hellos := len(o.bind.ofType(wire.TypeHello))
 		if started != tc.want || (hellos == 1) != tc.want {
@@ -266,12 +266,12 @@ func TestInitiatorRekeysAfterRekeyAfterTime(t *testing.T) {
 // timestamp is not newer than the last one it accepted from the same key, equal
 // included (docs/protocol.md 4.5), and accepts a newer one.
 func TestHelloTimestampMustIncrease(t *testing.T) {
-	o := newOffline(t, Timers{})
+	o := newOffline(t, Limits{})
 	static := fixedKey(0x77)
 	var last [12]byte
 	last[0], last[11] = 0x40, 0x10
 	o.p.mu.Lock()
-	o.p.hs.static, o.p.hs.staticKnown, o.p.hs.lastTimestamp = static, true, last
+	o.p.handshake.static, o.p.handshake.staticKnown, o.p.handshake.lastTimestamp = static, true, last
 	o.p.mu.Unlock()
 	result := func(ts [12]byte) handshake.Result {
 		return handshake.Result{
@@ -333,9 +333,9 @@ func TestReliableQueueHoldsAtMost256(t *testing.T) {
 // none with it is opened.
 func TestNothingSealedAtRejectAfterMessages(t *testing.T) {
 	const limit = 16
-	o := newOffline(t, Timers{RekeyAfterMessages: 8, RejectAfterMessages: limit})
-	if o.n.timers.RejectAfterMessages != limit {
-		t.Fatalf("REJECT_AFTER_MESSAGES is %d, want %d", o.n.timers.RejectAfterMessages, limit)
+	o := newOffline(t, Limits{RekeyAfterMessages: 8, RejectAfterMessages: limit})
+	if o.n.limits.RejectAfterMessages != limit {
+		t.Fatalf("REJECT_AFTER_MESSAGES is %d, want %d", o.n.limits.RejectAfterMessages, limit)
 	}
 	s, peer := o.session(t, teethLocal, true, time.Now(), 0x10)
 	s.confirmed.Store(true)
@@ -363,7 +363,7 @@ func TestNothingSealedAtRejectAfterMessages(t *testing.T) {
 // live session's is dropped as unknown_index, even when it is sealed with the keys of
 // a live session whose index is close to it.
 func TestUnknownReceiverIndexResolvesToNoSession(t *testing.T) {
-	o := newOffline(t, Timers{})
+	o := newOffline(t, Limits{})
 	s, _ := o.session(t, teethLocal, false, time.Now(), 0x10)
 	o.p.keys.current.Store(s)
 	k1, k2 := fixedKey(0x10), fixedKey(0x50)
@@ -389,7 +389,7 @@ func TestUnknownReceiverIndexResolvesToNoSession(t *testing.T) {
 // frame fail to open (auth), even for a counter never seen, so the replay filter
 // cannot be what stops it.
 func TestHeaderIsAuthenticated(t *testing.T) {
-	o := newOffline(t, Timers{})
+	o := newOffline(t, Limits{})
 	s, peer := o.session(t, teethLocal, false, time.Now(), 0x10)
 	o.p.keys.current.Store(s)
 	var want uint64
@@ -445,7 +445,7 @@ func TestInitiatorRefusesResponderWithAnotherName(t *testing.T) {
 // REJECT_AFTER_TIME either, in the time before the timer takes it away: a reliable
 // message or a ping finds no session, and a CLOSE is not sent.
 func TestExpiredSessionSealsNoControl(t *testing.T) {
-	o := newOffline(t, Timers{})
+	o := newOffline(t, Limits{})
 	old := time.Now().Add(-DefaultRejectAfterTime - time.Second)
 	s, _ := o.session(t, teethLocal, true, old, 0x10)
 	s.confirmed.Store(true)

@@ -1,86 +1,16 @@
+// The timers: one goroutine (timerLoop) ticks every peer; Peer.tick runs each expiry,
+// a function of its own named expired*, in a fixed order. Limits (limits.go) holds
+// their durations.
+
 package stt
 
 import "time"
-
-// Timers holds the protocol's time and count limits (docs/protocol.md section 7). The
-// zero value of a field means its default; tests lower them to make rekeys happen.
-type Timers struct {
-	RekeyAfterTime      time.Duration
-	RejectAfterTime     time.Duration
-	RekeyAfterMessages  uint64
-	RejectAfterMessages uint64
-	KeepaliveTimeout    time.Duration
-	DeadPeerTimeout     time.Duration
-	HandshakeRetry      time.Duration // first retransmission delay
-	HandshakeRetryMax   time.Duration
-	HandshakeGiveUp     time.Duration
-	RTTProbeInterval    time.Duration
-	Tick                time.Duration // resolution of the timer loop
-	FallbackAfter       time.Duration // UDP silent this long: move to WebSocket
-	ProbeInterval       time.Duration // on WebSocket: probe UDP this often
-}
-
-// Default protocol limits.
-const (
-	DefaultRekeyAfterTime      = 120 * time.Second
-	DefaultRejectAfterTime     = 180 * time.Second
-	DefaultRekeyAfterMessages  = 1 << 32
-	DefaultRejectAfterMessages = 1 << 33
-	DefaultKeepaliveTimeout    = 10 * time.Second
-	DefaultDeadPeerTimeout     = 15 * time.Second
-	DefaultHandshakeRetry      = time.Second
-	DefaultHandshakeRetryMax   = 8 * time.Second
-	DefaultHandshakeGiveUp     = 90 * time.Second
-	DefaultRTTProbeInterval    = 5 * time.Second
-	DefaultTick                = 100 * time.Millisecond
-	DefaultFallbackAfter       = 3 * time.Second
-	DefaultProbeInterval       = 10 * time.Second
-)
-
-func (t Timers) withDefaults() Timers {
-	set := func(d *time.Duration, v time.Duration) {
-		if *d <= 0 {
-			*d = v
-		}
-	}
-	set(&t.RekeyAfterTime, DefaultRekeyAfterTime)
-	set(&t.RejectAfterTime, DefaultRejectAfterTime)
-	if t.RejectAfterTime < t.RekeyAfterTime+t.RekeyAfterTime/4 {
-		// The old keys must outlive the rekey by enough for the new handshake to finish.
-		t.RejectAfterTime = t.RekeyAfterTime + t.RekeyAfterTime/2
-	}
-	set(&t.KeepaliveTimeout, DefaultKeepaliveTimeout)
-	set(&t.DeadPeerTimeout, DefaultDeadPeerTimeout)
-	set(&t.HandshakeRetry, DefaultHandshakeRetry)
-	set(&t.HandshakeRetryMax, DefaultHandshakeRetryMax)
-	set(&t.HandshakeGiveUp, DefaultHandshakeGiveUp)
-	set(&t.RTTProbeInterval, DefaultRTTProbeInterval)
-	set(&t.Tick, DefaultTick)
-	set(&t.FallbackAfter, DefaultFallbackAfter)
-	set(&t.ProbeInterval, DefaultProbeInterval)
-	if t.RekeyAfterMessages == 0 {
-		t.RekeyAfterMessages = DefaultRekeyAfterMessages
-	}
-	if t.RejectAfterMessages == 0 {
-		t.RejectAfterMessages = DefaultRejectAfterMessages
-	}
-	if t.RejectAfterMessages < t.RekeyAfterMessages {
-		t.RejectAfterMessages = 2 * t.RekeyAfterMessages
-	}
-	return t
-}
-
-// responderRekeyAfter is when the responder of a session starts a rekey itself, later
-// than the initiator so that the two rarely race.
-func (t *Timers) responderRekeyAfter() time.Duration {
-	return t.RekeyAfterTime + t.RekeyAfterTime/8
-}
 
 // timerLoop drives every peer's timers: handshake retransmission, rekeys,
 // keepalives, dead-peer detection and session expiry.
 func (n *Node) timerLoop() {
 	defer n.wg.Done()
-	t := time.NewTicker(n.timers.Tick)
+	t := time.NewTicker(n.limits.Tick)
 	defer t.Stop()
 	for {
 		select {
@@ -108,7 +38,7 @@ func (p *Peer) tick(now time.Time) {
 		return
 	}
 	cur := p.expiredSessionsLocked(now)
-	need := p.hs.want
+	need := p.handshake.want
 	if p.expiredUnconfirmedLocked(now, cur) || p.expiredRekeyLocked(now, cur) {
 		need = true
 	}
@@ -136,7 +66,7 @@ func (p *Peer) tick(now time.Time) {
 // any is left. Called with p.mu held.
 func (p *Peer) expiredSessionsLocked(now time.Time) *session {
 	n := p.node
-	t := &n.timers
+	t := &n.limits
 	cur := p.keys.current.Load()
 	if p.keys.previous != nil && p.keys.previous.expired(now, t) {
 		n.index.remove(p.keys.previous)
@@ -147,7 +77,7 @@ func (p *Peer) expiredSessionsLocked(now time.Time) *session {
 		p.keys.current.CompareAndSwap(cur, nil)
 		cur = nil
 	}
-	if p.hs.proof != nil && (cur == nil || cur.confirmed.Load() || !now.Before(p.hs.proof.nextRetry)) {
+	if p.handshake.proof != nil && (cur == nil || cur.confirmed.Load() || !now.Before(p.handshake.proof.nextRetry)) {
 		p.forgetProofLocked()
 	}
 	if cur != nil && cur.confirmed.Load() {
@@ -159,7 +89,7 @@ func (p *Peer) expiredSessionsLocked(now time.Time) *session {
 // sentRecently reports whether this node sent the peer anything within
 // RekeyAfterTime: an idle peer is not rekeyed.
 func (p *Peer) sentRecently(now time.Time) bool {
-	return p.mono(now)-p.times.lastSent.Load() < int64(p.node.timers.RekeyAfterTime)
+	return p.mono(now)-p.times.lastSent.Load() < int64(p.node.limits.RekeyAfterTime)
 }
 
 // expiredUnconfirmedLocked reports whether our session was never confirmed (the
@@ -167,14 +97,14 @@ func (p *Peer) sentRecently(now time.Time) bool {
 // start over rather than wait for the dead-peer timer. Called with p.mu held.
 func (p *Peer) expiredUnconfirmedLocked(now time.Time, cur *session) bool {
 	return cur != nil && cur.initiator && !cur.confirmed.Load() &&
-		now.Sub(cur.created) >= 2*p.node.timers.HandshakeRetry && p.sentRecently(now)
+		now.Sub(cur.created) >= 2*p.node.limits.HandshakeRetry && p.sentRecently(now)
 }
 
 // expiredRekeyLocked reports whether the current session is due for new keys: old
 // enough (the responder waits a little longer, so that the two rarely race) or near its
 // message limit, while there is traffic. Called with p.mu held.
 func (p *Peer) expiredRekeyLocked(now time.Time, cur *session) bool {
-	t := &p.node.timers
+	t := &p.node.limits
 	if cur == nil || !p.sentRecently(now) {
 		return false
 	}
@@ -197,7 +127,7 @@ func (p *Peer) expiredLookupLocked(now time.Time) {
 // with p.mu held.
 func (p *Peer) expiredDeadPeerLocked(now time.Time) bool {
 	fu := p.times.firstUnanswered.Load()
-	if fu == 0 || p.mono(now)-fu < int64(p.node.timers.DeadPeerTimeout) {
+	if fu == 0 || p.mono(now)-fu < int64(p.node.limits.DeadPeerTimeout) {
 		return false
 	}
 	p.times.firstUnanswered.Store(0)
@@ -213,16 +143,16 @@ func (p *Peer) expiredDeadPeerLocked(now time.Time) bool {
 func (p *Peer) expiredRetransmitHandshakeLocked(now time.Time, need bool) {
 	n := p.node
 	switch {
-	case p.hs.init != nil && !now.Before(p.hs.init.nextRetry):
-		if now.Sub(p.hs.init.firstSent) >= n.timers.HandshakeGiveUp {
+	case p.handshake.init != nil && !now.Before(p.handshake.init.nextRetry):
+		if now.Sub(p.handshake.init.firstSent) >= n.limits.HandshakeGiveUp {
 			n.log.Info("handshake gave up", "peer", p.cfg.Name)
 			p.dropInitLocked()
-			p.hs.want = false
+			p.handshake.want = false
 			p.dropQueueLocked(DropNoSession)
 		} else {
 			p.startHandshakeLocked(now)
 		}
-	case p.hs.init == nil && need:
+	case p.handshake.init == nil && need:
 		p.startHandshakeLocked(now)
 	}
 }
@@ -231,7 +161,7 @@ func (p *Peer) expiredRetransmitHandshakeLocked(now time.Time, need bool) {
 // data we have not answered (KeepaliveTimeout), a persistent keepalive, an RTT probe, and
 // reliable control messages due for (re)transmission. Called with p.mu held.
 func (p *Peer) expiredSendKeepaliveLocked(now time.Time, cur *session) {
-	t := &p.node.timers
+	t := &p.node.limits
 	nowMono := p.mono(now)
 	lastSent := p.times.lastSent.Load()
 	passive := p.times.lastRecvData.Load() > lastSent && nowMono-lastSent >= int64(t.KeepaliveTimeout)
@@ -270,7 +200,7 @@ func (p *Peer) tickPathLocked(now time.Time, cur *session) {
 // keepWebSocketLocked keeps a WebSocket connection to a peer UDP cannot reach while
 // there is anything to do. Called with p.mu held.
 func (p *Peer) keepWebSocketLocked(cur *session) {
-	if p.path.ws.Load() == nil && (p.hs.init != nil || p.hs.want || cur != nil || p.cfg.PersistentKeepalive > 0) {
+	if p.path.ws.Load() == nil && (p.handshake.init != nil || p.handshake.want || cur != nil || p.cfg.PersistentKeepalive > 0) {
 		p.dialWSLocked()
 	}
 	if p.path.ws.Load() != nil {
@@ -284,8 +214,8 @@ func (p *Peer) keepWebSocketLocked(cur *session) {
 // meanwhile), then moves. Called with p.mu held.
 func (p *Peer) expiredFallbackToWebSocketLocked(now time.Time, cur *session) {
 	n := p.node
-	t := &n.timers
-	stuck := p.hs.init != nil && now.Sub(p.hs.init.firstSent) >= t.FallbackAfter
+	t := &n.limits
+	stuck := p.handshake.init != nil && now.Sub(p.handshake.init.firstSent) >= t.FallbackAfter
 	if fu := p.times.firstUnanswered.Load(); cur != nil && fu != 0 && p.mono(now)-fu >= int64(t.FallbackAfter) {
 		stuck = true
 	}
@@ -320,7 +250,7 @@ func (p *Peer) expiredFallbackToWebSocketLocked(now time.Time, cur *session) {
 // expiredProbeUDPLocked sends a PING over UDP every ProbeInterval while the peer's
 // traffic is on WebSocket; a PONG over UDP moves it back. Called with p.mu held.
 func (p *Peer) expiredProbeUDPLocked(now time.Time, cur *session) {
-	if cur != nil && now.Sub(p.path.lastProbe) >= p.node.timers.ProbeInterval {
+	if cur != nil && now.Sub(p.path.lastProbe) >= p.node.limits.ProbeInterval {
 		p.path.lastProbe = now
 		if ep := p.path.udp.Load(); ep != nil {
 			p.sendControlVia(cur, p.pingPayloadLocked(now, nil), *ep)

@@ -81,11 +81,11 @@ func (p *Peer) Update(pc PeerConfig) error {
 	default:
 		pin := *pc.PublicKey
 		p.cfg.PublicKey = &pin
-		if p.hs.staticKnown && p.hs.static != pin {
+		if p.handshake.staticKnown && p.handshake.static != pin {
 			p.dropSessionsLocked()
 			n.log.Info("pinned key changed; the session with the old key is closed", "peer", p.cfg.Name)
 		}
-		p.hs.static, p.hs.staticKnown = pin, true
+		p.handshake.static, p.handshake.staticKnown = pin, true
 	}
 
 	if ws := pc.wsSettings(); *ws != *p.cfg.wsSettings() {

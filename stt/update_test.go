@@ -31,7 +31,7 @@ func roundTrip(t *testing.T, a, b *testNode, msg string) {
 // TestUpdateKeepsSession: keepalive, endpoint and a pin that matches change in place,
 // and the session (and its keys) stay.
 func TestUpdateKeepsSession(t *testing.T) {
-	a, b := pair(t, Timers{})
+	a, b := pair(t, Limits{})
 	established(t, a, b)
 	pb := a.Peer("b")
 	id := sessionOf(t, pb)
@@ -68,7 +68,7 @@ func TestUpdateKeepsSession(t *testing.T) {
 
 // TestUpdateNewEndpoint: traffic goes to the new address at once, under the same session.
 func TestUpdateNewEndpoint(t *testing.T) {
-	a, b := pair(t, Timers{})
+	a, b := pair(t, Limits{})
 	established(t, a, b)
 	pb := a.Peer("b")
 	id := sessionOf(t, pb)
@@ -107,7 +107,7 @@ func TestUpdateNewEndpoint(t *testing.T) {
 // TestUpdatePinMismatchDropsSession: a pin that is not the session's key ends the
 // session, and no new one is made with the old key.
 func TestUpdatePinMismatchDropsSession(t *testing.T) {
-	a, b := pair(t, Timers{})
+	a, b := pair(t, Limits{})
 	established(t, a, b)
 	pb := a.Peer("b")
 	wrong := handshake.PublicKey(randKey(t))
@@ -137,7 +137,7 @@ func TestUpdatePinMismatchDropsSession(t *testing.T) {
 }
 
 func TestUpdateRefusals(t *testing.T) {
-	a, b := pair(t, Timers{})
+	a, b := pair(t, Limits{})
 	established(t, a, b)
 	pb := a.Peer("b")
 	if err := pb.Update(PeerConfig{Name: "c"}); err == nil {

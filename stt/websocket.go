@@ -190,7 +190,7 @@ const maxWSDialBackoff = 30 * time.Second
 // wsDialBackoff is how long to wait after a failed dial: HandshakeRetry doubling per
 // consecutive failure up to maxWSDialBackoff. Called with p.mu held.
 func (p *Peer) wsDialBackoff() time.Duration {
-	d := p.node.timers.HandshakeRetry << min(p.path.dial.fails, 10)
+	d := p.node.limits.HandshakeRetry << min(p.path.dial.fails, 10)
 	if d <= 0 || d > maxWSDialBackoff {
 		d = maxWSDialBackoff
 	}

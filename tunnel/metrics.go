@@ -166,7 +166,7 @@ func (t *Tunnel) writeMetrics(w *promtext.Writer) {
 	for _, fam := range []family{famHSFailures, famDrops} {
 		w.Family(fam.name, fam.typ, fam.help)
 		for _, r := range stt.DropReasons() {
-			if r.Handshake() == (fam == famHSFailures) {
+			if r.IsHandshake() == (fam == famHSFailures) {
 				w.Uint(fam.name, st.Drops[r], "reason", r.String())
 			}
 		}

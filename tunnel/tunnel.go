@@ -136,7 +136,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 		FwMark:     fwmark,
 		Logger:     log,
 		Handler:    t,
-		Timers: stt.Timers{
+		Limits: stt.Limits{
 			RekeyAfterTime:     cfg.Advanced.RekeyAfter,
 			RekeyAfterMessages: cfg.Advanced.RekeyAfterMessages,
 			FallbackAfter:      cfg.Advanced.FallbackAfter,

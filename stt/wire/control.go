@@ -34,12 +34,12 @@ const (
 
 // Error codes carried by CLOSE and ERROR.
 const (
-	CodeNone        = 0
-	CodeShutdown    = 1
-	CodeProtocol    = 2
-	CodeNotPermited = 3
-	CodeResource    = 4
-	CodeRekey       = 5
+	CodeNone         = 0
+	CodeShutdown     = 1
+	CodeProtocol     = 2
+	CodeNotPermitted = 3
+	CodeResource     = 4
+	CodeRekey        = 5
 	// CodeNotPeer and CodePinMismatch are refusals (docs/protocol.md 4.8): a responder
 	// that verified an AUTH_PROOF tells the initiator why it will not make the session.
 	CodeNotPeer     = 6 // the initiator's name is not a configured peer of the responder
