@@ -51,24 +51,6 @@ const (
 	PathWS   = "ws"
 )
 
-// target is where frames for the peer go now: the WebSocket while the peer's
-// traffic is on it, else UDP, else a WebSocket as the only way.
-func (p *Peer) target() conn.Endpoint {
-	we := p.path.ws.Load()
-	if we != nil && p.path.onWS.Load() {
-		return we
-	}
-	if !p.node.cfg.DisableUDP {
-		if ep := p.path.udp.Load(); ep != nil {
-			return *ep
-		}
-	}
-	if we != nil {
-		return we
-	}
-	return nil
-}
-
 // Path reports the transport the peer's traffic uses: "udp", "ws" or "none".
 func (p *Peer) Path() string {
 	switch p.target().(type) {
@@ -80,41 +62,6 @@ func (p *Peer) Path() string {
 		return PathUDP
 	}
 }
-
-// learnEndpoint records where an authenticated frame came from: the peer roams to a
-// new UDP address, and its traffic follows the peer's (see follow), unless the frame was
-// a probe. s and ctr name the frame: its session and counter; a handshake message, which
-// makes s, passes ctr = handshakeCtr.
-//
-// It reports whether the peer's traffic just moved back to UDP, so that the caller can
-// tell the peer with a frame over UDP.
-func (p *Peer) learnEndpoint(ep conn.Endpoint, probe bool, s *session, ctr uint64) (movedToUDP bool) {
-	if we, ok := ep.(*wsEndpoint); ok {
-		if p.path.ws.Load() != we {
-			p.path.ws.Store(we)
-		}
-		we.c.MarkAuthenticated()
-		if !probe && !p.path.onWS.Load() {
-			p.follow(true, s, ctr)
-		}
-		return false
-	}
-	// The endpoint carries the peer's address and the local address it sent to, which
-	// replies leave from (a multi-homed host): keep the latest of both. Only a change
-	// costs an allocation.
-	if cur := p.path.udp.Load(); cur == nil || addrPortOf(*cur) != addrPortOf(ep) || (*cur).SrcIP() != ep.SrcIP() {
-		e := ep
-		p.storeUDP(e)
-	}
-	if !probe && p.path.onWS.Load() {
-		return p.follow(false, s, ctr)
-	}
-	return false
-}
-
-// handshakeCtr is the counter learnEndpoint is given for a handshake message: it
-// comes before every frame of the session it makes.
-const handshakeCtr = ^uint64(0)
 
 // pathMove is the frame that last moved the peer's traffic: its session's number and
 // its counter plus one (0 for a handshake message).
@@ -198,17 +145,4 @@ func (p *Peer) dropHeldLocked() {
 		return
 	}
 	p.dropQueueLocked(DropFallback)
-}
-
-// addrPortOf is an endpoint's address: from its AddrPort method where it has one
-// (stt/udp's endpoints do), from StdNetBind's field, else parsed from its text.
-func addrPortOf(ep conn.Endpoint) netip.AddrPort {
-	switch e := ep.(type) {
-	case interface{ AddrPort() netip.AddrPort }:
-		return e.AddrPort()
-	case *conn.StdNetEndpoint:
-		return e.AddrPort
-	}
-	ap, _ := netip.ParseAddrPort(ep.DstToString())
-	return ap
 }

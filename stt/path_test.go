@@ -134,7 +134,7 @@ func TestLateWebSocketFramesDoNotUndoReturnToUDP(t *testing.T) {
 	body[11] = 0x40 // a send time far in the future: an impossible RTT, counted and dropped
 	frame = append(frame, wire.AppendControl(nil, wire.CtlPong, body)...)
 	frame = sb.seal(frame, wire.ControlStream, first, new([12]byte))
-	if err := pb.path.ws.Load().send([][]byte{frame}); err != nil {
+	if err := pb.path.ws.Load().c.Send([][]byte{frame}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "the late frame handled", func() bool { return a.Stats().Drops[DropControl] > drops })
@@ -247,10 +247,10 @@ func TestReturnToUDPUnderTrafficHoldsAgainstLateWebSocketFrames(t *testing.T) {
 	pa.mu.Lock()
 	pa.path.lastProbe = time.Now() // a wrong move would last until the next probe
 	pa.mu.Unlock()
-	if err := pa.path.ws.Load().send([][]byte{lateA}); err != nil {
+	if err := pa.path.ws.Load().c.Send([][]byte{lateA}); err != nil {
 		t.Fatal(err)
 	}
-	if err := pb.path.ws.Load().send([][]byte{lateB}); err != nil {
+	if err := pb.path.ws.Load().c.Send([][]byte{lateB}); err != nil {
 		t.Fatal(err)
 	}
 	// Both sides stay on UDP for three probe intervals, the late frames handled.

@@ -208,8 +208,6 @@ func (p *Peer) storeUDP(ep conn.Endpoint) {
 	p.path.udpAP.Store(&ap)
 }
 
-func (p *Peer) mono(t time.Time) int64 { return int64(t.Sub(p.node.epoch)) }
-
 // resolveTimeout bounds one background lookup of a peer's endpoint name.
 const resolveTimeout = 5 * time.Second
 

@@ -1,11 +1,16 @@
-// The inbound path: a transport's batch → length and header (wire) → index lookup and
-// open (session.go) → replay check → roaming and path (path.go) → the Handler.
+// The inbound path, in the order a frame takes it: a transport's batch (receiveLoop for
+// UDP, wsReceive for WebSocket) → receiveBatch: length and type (stt/wire) → index
+// lookup and expiry (session.go) → open → replay check → the per-peer run: roaming
+// (learnEndpoint, which calls follow in path.go only when the path moves), clocks and
+// counters → the Handler (tunnel.Deliver). Handshake messages branch off to
+// handshake_peer.go, control messages (stream 0) to control.go.
 
 package stt
 
 import (
 	"errors"
 	"net"
+	"net/netip"
 	"time"
 
 	"github.com/stt-tun/stt-tun/stt/wire"
@@ -75,6 +80,39 @@ func (n *Node) receiveLoop(fn conn.ReceiveFunc) {
 		errs = 0
 		n.receiveBatch(bufs, rx, sizes[:k], eps, in, nonce, hsOut)
 	}
+}
+
+// wsReceive is the WebSocket transports' receive function: one batch of records
+// from one connection.
+func (n *Node) wsReceive(c *ws.Conn, bufs [][]byte, sizes []int) {
+	st := n.wsStates.Get().(*wsRecvState)
+	defer n.wsStates.Put(st)
+	if cap(st.rx) < len(bufs) {
+		st.rx = make([][]byte, len(bufs))
+		st.eps = make([]conn.Endpoint, len(bufs))
+		st.in = &Inbound{
+			Bufs: make([][]byte, len(bufs)), Sizes: make([]int, len(bufs)),
+			Peers: make([]*Peer, len(bufs)), Streams: make([]uint16, len(bufs)),
+			Scratch: make([][]byte, 0, len(bufs)),
+		}
+	}
+	we := n.wsEndpointFor(c)
+	rx := st.rx[:len(bufs)]
+	eps := st.eps[:len(bufs)]
+	for i := range bufs {
+		rx[i] = bufs[i][recvBase:]
+		eps[i] = we
+	}
+	n.receiveBatch(bufs, rx, sizes, eps, st.in, st.nonce, st.hsOut[:0])
+}
+
+// wsRecvState is the per-call scratch of the WebSocket receive path.
+type wsRecvState struct {
+	rx    [][]byte
+	eps   []conn.Endpoint
+	in    *Inbound
+	nonce *[12]byte
+	hsOut []byte
 }
 
 // receiveBatch authenticates a batch of frames, handles handshakes and control
@@ -200,6 +238,54 @@ func (r *recvRun) add(s *session, ctr uint64, ep conn.Endpoint, now time.Time, s
 	}
 }
 
+// learnEndpoint records where an authenticated frame came from: the peer roams to a
+// new UDP address, and its traffic follows the peer's (see follow), unless the frame was
+// a probe. s and ctr name the frame: its session and counter; a handshake message, which
+// makes s, passes ctr = handshakeCtr.
+//
+// It reports whether the peer's traffic just moved back to UDP, so that the caller can
+// tell the peer with a frame over UDP.
+func (p *Peer) learnEndpoint(ep conn.Endpoint, probe bool, s *session, ctr uint64) (movedToUDP bool) {
+	if we, ok := ep.(*wsEndpoint); ok {
+		if p.path.ws.Load() != we {
+			p.path.ws.Store(we)
+		}
+		we.c.MarkAuthenticated()
+		if !probe && !p.path.onWS.Load() {
+			p.follow(true, s, ctr)
+		}
+		return false
+	}
+	// The endpoint carries the peer's address and the local address it sent to, which
+	// replies leave from (a multi-homed host): keep the latest of both. Only a change
+	// costs an allocation.
+	if cur := p.path.udp.Load(); cur == nil || addrPortOf(*cur) != addrPortOf(ep) || (*cur).SrcIP() != ep.SrcIP() {
+		e := ep
+		p.storeUDP(e)
+	}
+	if !probe && p.path.onWS.Load() {
+		return p.follow(false, s, ctr)
+	}
+	return false
+}
+
+// handshakeCtr is the counter learnEndpoint is given for a handshake message: it
+// comes before every frame of the session it makes.
+const handshakeCtr = ^uint64(0)
+
+// addrPortOf is an endpoint's address: from its AddrPort method where it has one
+// (stt/udp's endpoints do), from StdNetBind's field, else parsed from its text.
+func addrPortOf(ep conn.Endpoint) netip.AddrPort {
+	switch e := ep.(type) {
+	case interface{ AddrPort() netip.AddrPort }:
+		return e.AddrPort()
+	case *conn.StdNetEndpoint:
+		return e.AddrPort
+	}
+	ap, _ := netip.ParseAddrPort(ep.DstToString())
+	return ap
+}
+
 // flush writes the run's effects to its peer.
 func (r *recvRun) flush(now time.Time) {
 	p := r.p
@@ -224,37 +310,4 @@ func (r *recvRun) flush(now time.Time) {
 		p.counters.rxBytes.Add(r.bytes)
 	}
 	*r = recvRun{}
-}
-
-// wsRecvState is the per-call scratch of the WebSocket receive path.
-type wsRecvState struct {
-	rx    [][]byte
-	eps   []conn.Endpoint
-	in    *Inbound
-	nonce *[12]byte
-	hsOut []byte
-}
-
-// wsReceive is the WebSocket transports' receive function: one batch of records
-// from one connection.
-func (n *Node) wsReceive(c *ws.Conn, bufs [][]byte, sizes []int) {
-	st := n.wsStates.Get().(*wsRecvState)
-	defer n.wsStates.Put(st)
-	if cap(st.rx) < len(bufs) {
-		st.rx = make([][]byte, len(bufs))
-		st.eps = make([]conn.Endpoint, len(bufs))
-		st.in = &Inbound{
-			Bufs: make([][]byte, len(bufs)), Sizes: make([]int, len(bufs)),
-			Peers: make([]*Peer, len(bufs)), Streams: make([]uint16, len(bufs)),
-			Scratch: make([][]byte, 0, len(bufs)),
-		}
-	}
-	we := n.wsEndpointFor(c)
-	rx := st.rx[:len(bufs)]
-	eps := st.eps[:len(bufs)]
-	for i := range bufs {
-		rx[i] = bufs[i][recvBase:]
-		eps[i] = we
-	}
-	n.receiveBatch(bufs, rx, sizes, eps, st.in, st.nonce, st.hsOut[:0])
 }

@@ -1,5 +1,8 @@
-// The outbound path: Peer.Send → queue or seal (session.go) → transmit on the path
-// the peer's traffic takes (path.go) → the transport (stt/udp or a WebSocket).
+// The outbound path, in the order a datagram takes it: Peer.Send → sealBatch (counters
+// and keys: session.go; the header: stt/wire) → transmit to the peer's target (the
+// choice of path; path.go keeps the rest of the path) → Node.send → the transport
+// (stt/udp, or a connection of stt/ws). Then the queues that hold datagrams while no
+// session or no path can carry them, and the sending of control frames.
 
 package stt
 
@@ -44,6 +47,24 @@ func (p *Peer) Send(pkts [][]byte, flows []uint16) error {
 	return p.transmit(pkts, now, bytes, true)
 }
 
+// sealBatch seals pkts in place on s, with the counters reserved from first on, each
+// on the stream of flows[i], or all on the stream of flow 0 when flows is nil. It
+// returns the payload bytes sealed.
+func (p *Peer) sealBatch(s *session, pkts [][]byte, flows []uint16, first uint64) uint64 {
+	nonce := p.node.getNonce()
+	var bytes uint64
+	stream := s.streamFor(0)
+	for i := range pkts {
+		bytes += uint64(len(pkts[i]) - wire.HeaderLen)
+		if flows != nil {
+			stream = s.streamFor(flows[i])
+		}
+		pkts[i] = s.seal(pkts[i], stream, first+uint64(i), nonce)
+	}
+	p.node.putNonce(nonce)
+	return bytes
+}
+
 // transmit sends sealed frames to the current endpoint and accounts for them.
 func (p *Peer) transmit(frames [][]byte, now time.Time, payloadBytes uint64, data bool) error {
 	ep := p.target()
@@ -83,7 +104,60 @@ func (p *Peer) transmit(frames [][]byte, now time.Time, payloadBytes uint64, dat
 	return nil
 }
 
+// target is where frames for the peer go now: the WebSocket while the peer's
+// traffic is on it, else UDP, else a WebSocket as the only way.
+func (p *Peer) target() conn.Endpoint {
+	we := p.path.ws.Load()
+	if we != nil && p.path.onWS.Load() {
+		return we
+	}
+	if !p.node.cfg.DisableUDP {
+		if ep := p.path.udp.Load(); ep != nil {
+			return *ep
+		}
+	}
+	if we != nil {
+		return we
+	}
+	return nil
+}
+
+// chooser reports whether this node holds the peer's WebSocket URL: then it may dial
+// the peer over WebSocket, and it chooses the peer's path itself (follow).
+func (p *Peer) chooser() bool {
+	c := p.path.wsConf.Load()
+	return c != nil && c.URL != ""
+}
+
+// send hands frames to ep's transport: its WebSocket connection, or the UDP bind.
+func (n *Node) send(frames [][]byte, ep conn.Endpoint) error {
+	if we, ok := ep.(*wsEndpoint); ok {
+		return we.c.Send(frames)
+	}
+	if n.cfg.DisableUDP {
+		return errNoEndpoint
+	}
+	return n.bind.Send(frames, ep)
+}
+
 var errNoEndpoint = errors.New("peer has no known endpoint")
+
+func (n *Node) getNonce() *[12]byte { return n.noncePool.Get().(*[12]byte) }
+
+func (n *Node) putNonce(b *[12]byte) { n.noncePool.Put(b) }
+
+// hold queues datagrams while the path is being switched, and reports whether it did
+// (false: the switch ended meanwhile, send them normally). When the queue is full the
+// oldest goes, counted under DropFallback.
+func (p *Peer) hold(pkts [][]byte) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.path.holding.Load() {
+		return false
+	}
+	p.queueLocked(pkts, DropFallback)
+	return true
+}
 
 // enqueue copies datagrams into the handshake queue, dropping the oldest when full.
 func (p *Peer) enqueue(pkts [][]byte) {
@@ -146,24 +220,6 @@ func (p *Peer) flushQueueLocked(s *session) {
 	_ = p.transmit(q, time.Now(), bytes, true)
 }
 
-// sealBatch seals pkts in place on s, with the counters reserved from first on, each
-// on the stream of flows[i], or all on the stream of flow 0 when flows is nil. It
-// returns the payload bytes sealed.
-func (p *Peer) sealBatch(s *session, pkts [][]byte, flows []uint16, first uint64) uint64 {
-	nonce := p.node.getNonce()
-	var bytes uint64
-	stream := s.streamFor(0)
-	for i := range pkts {
-		bytes += uint64(len(pkts[i]) - wire.HeaderLen)
-		if flows != nil {
-			stream = s.streamFor(flows[i])
-		}
-		pkts[i] = s.seal(pkts[i], stream, first+uint64(i), nonce)
-	}
-	p.node.putNonce(nonce)
-	return bytes
-}
-
 // sendControl seals one stream-0 payload on s and sends it on the current path.
 func (p *Peer) sendControl(s *session, payload []byte) {
 	p.sendControlVia(s, payload, nil)
@@ -197,30 +253,3 @@ func (p *Peer) sendControlVia(s *session, payload []byte, ep conn.Endpoint) {
 func (p *Peer) sendClose(s *session) {
 	p.sendControl(s, wire.AppendControl(nil, wire.CtlClose, []byte{wire.CodeShutdown, 0}))
 }
-
-// hold queues datagrams while the path is being switched, and reports whether it did
-// (false: the switch ended meanwhile, send them normally). When the queue is full the
-// oldest goes, counted under DropFallback.
-func (p *Peer) hold(pkts [][]byte) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if !p.path.holding.Load() {
-		return false
-	}
-	p.queueLocked(pkts, DropFallback)
-	return true
-}
-
-func (n *Node) send(frames [][]byte, ep conn.Endpoint) error {
-	if we, ok := ep.(*wsEndpoint); ok {
-		return we.send(frames)
-	}
-	if n.cfg.DisableUDP {
-		return errNoEndpoint
-	}
-	return n.bind.Send(frames, ep)
-}
-
-func (n *Node) getNonce() *[12]byte { return n.noncePool.Get().(*[12]byte) }
-
-func (n *Node) putNonce(b *[12]byte) { n.noncePool.Put(b) }

@@ -202,3 +202,7 @@ func (t *indexTable) counts() (sessions, pending int) {
 	defer t.mu.Unlock()
 	return len(*t.sessions.Load()), len(t.reserved)
 }
+
+// mono is t on the clocks of peerTimes: nanoseconds since node.epoch. Here beside the
+// sessions because both directions of the packet path read it.
+func (p *Peer) mono(t time.Time) int64 { return int64(t.Sub(p.node.epoch)) }

@@ -36,8 +36,6 @@ func (e *wsEndpoint) SrcIP() netip.Addr { return netip.Addr{} }
 
 func (e *wsEndpoint) String() string { return e.c.String() }
 
-func (e *wsEndpoint) send(f [][]byte) error { return e.c.Send(f) }
-
 // wsEndpoints remembers one endpoint per connection, so that a peer's endpoint is the
 // same value for every frame of a connection.
 type wsEndpoints struct {
@@ -206,11 +204,4 @@ type wsSettings struct {
 
 func (pc *PeerConfig) wsSettings() *wsSettings {
 	return &wsSettings{URL: pc.WSURL, Proxy: pc.WSProxy, CAFile: pc.WSCAFile, Insecure: pc.WSInsecure}
-}
-
-// chooser reports whether this node holds the peer's WebSocket URL: then it may dial
-// the peer over WebSocket, and it chooses the peer's path itself (follow).
-func (p *Peer) chooser() bool {
-	c := p.path.wsConf.Load()
-	return c != nil && c.URL != ""
 }
