@@ -26,13 +26,12 @@ type Handler interface {
 }
 
 // Inbound is one batch of authenticated datagrams. Datagram i is
-// Bufs[i][Headroom:Headroom+Sizes[i]], from Peers[i] on stream Streams[i]. Scratch is
-// free for the handler to use during Deliver (capacity: the batch size).
+// Bufs[i][Headroom:Headroom+Sizes[i]], from Peers[i]. Scratch is free for the handler
+// to use during Deliver (capacity: the batch size).
 type Inbound struct {
 	Bufs    [][]byte
 	Sizes   []int
 	Peers   []*Peer
-	Streams []uint16
 	N       int
 	Scratch [][]byte
 }
@@ -53,7 +52,6 @@ func (n *Node) receiveLoop(fn conn.ReceiveFunc) {
 		Bufs:    make([][]byte, batch),
 		Sizes:   make([]int, batch),
 		Peers:   make([]*Peer, batch),
-		Streams: make([]uint16, batch),
 		Scratch: make([][]byte, 0, batch),
 	}
 	nonce := new([12]byte)
@@ -92,7 +90,7 @@ func (n *Node) wsReceive(c *ws.Conn, bufs [][]byte, sizes []int) {
 		st.eps = make([]conn.Endpoint, len(bufs))
 		st.in = &Inbound{
 			Bufs: make([][]byte, len(bufs)), Sizes: make([]int, len(bufs)),
-			Peers: make([]*Peer, len(bufs)), Streams: make([]uint16, len(bufs)),
+			Peers:   make([]*Peer, len(bufs)),
 			Scratch: make([][]byte, 0, len(bufs)),
 		}
 	}
@@ -190,7 +188,6 @@ func (n *Node) receiveBatch(bufs, rx [][]byte, sizes []int, eps []conn.Endpoint,
 		in.Bufs[in.N] = bufs[i]
 		in.Sizes[in.N] = len(pt)
 		in.Peers[in.N] = p
-		in.Streams[in.N] = h.Stream
 		in.N++
 	}
 	unlock()

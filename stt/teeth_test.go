@@ -116,7 +116,7 @@ func (o *offline) receive(frames ...[]byte) {
 		eps[i] = o.ep
 	}
 	k := len(frames)
-	in := &Inbound{Bufs: make([][]byte, k), Sizes: make([]int, k), Peers: make([]*Peer, k), Streams: make([]uint16, k), Scratch: make([][]byte, 0, k)}
+	in := &Inbound{Bufs: make([][]byte, k), Sizes: make([]int, k), Peers: make([]*Peer, k), Scratch: make([][]byte, 0, k)}
 	o.n.receiveBatch(bufs, rx, sizes, eps, in, new([12]byte), make([]byte, 0, 256))
 }
 
