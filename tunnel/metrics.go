@@ -75,6 +75,13 @@ type peerSample struct {
 	tunDrops uint64 // the tunnel layer's drops of the peer's packets
 }
 
+// peerRow is a peer's figures as the metrics write them.
+type peerRow struct {
+	name string
+	peerFigures
+	hsAge float64 // seconds since the last handshake, if there was one
+}
+
 // writeMetrics writes the tunnel's metrics, each family whole and in turn. Labels go
 // in the order of their names, as Prometheus' own clients write them.
 func (t *Tunnel) writeMetrics(w *promtext.Writer) {
@@ -82,7 +89,7 @@ func (t *Tunnel) writeMetrics(w *promtext.Writer) {
 	iface, node := t.cfg.Interface.Name, t.cfg.Interface.NodeName
 	peers := make([]peerSample, len(t.peers))
 	for i, p := range t.peers {
-		peers[i] = peerSample{name: p.cfg.Name, sp: p.sp, tunDrops: p.srcDenied.Load() + p.loops.Load()}
+		peers[i] = peerSample{name: p.cfg.Name, sp: p.sp, tunDrops: p.tunDrops()}
 	}
 	t.mu.RUnlock()
 
@@ -93,39 +100,16 @@ func (t *Tunnel) writeMetrics(w *promtext.Writer) {
 	one(famInterfaceInfo, 1, "interface", iface, "node_name", node, "public_key", config.EncodeKey(t.node.PublicKey()))
 
 	// The peers' figures, read once, then written family by family.
-	type peerFigures struct {
-		name, path, endpoint string
-		refused              string
-		up                   uint64
-		stats                stt.PeerStats
-		drops                uint64
-		rtt                  float64
-		hsAge                float64
-		hasHS                bool
-	}
 	now := time.Now()
-	figs := make([]peerFigures, len(peers))
+	figs := make([]peerRow, len(peers))
 	for i, p := range peers {
-		sp := p.sp
-		f := peerFigures{name: p.name, path: stt.PathNone}
-		if sp.HasSession() {
-			f.path, f.up = sp.Path(), 1
-		}
-		if ep := sp.Endpoint(); ep.IsValid() {
-			f.endpoint = ep.String()
-		}
-		f.stats = sp.Stats()
-		f.drops = f.stats.Drops + p.tunDrops
-		f.rtt = sp.RTT().Seconds()
-		if hs := sp.LastHandshake(); !hs.IsZero() {
-			f.hsAge, f.hasHS = max(now.Sub(hs).Seconds(), 0), true
-		}
-		if r, ok := sp.Refusal(); ok {
-			f.refused = r.Name
+		f := peerRow{name: p.name, peerFigures: figuresOf(p.sp, p.tunDrops)}
+		if !f.lastHS.IsZero() {
+			f.hsAge = max(now.Sub(f.lastHS).Seconds(), 0)
 		}
 		figs[i] = f
 	}
-	perPeer := func(fam family, v func(*peerFigures) uint64) {
+	perPeer := func(fam family, v func(*peerRow) uint64) {
 		w.Family(fam.name, fam.typ, fam.help)
 		for i := range figs {
 			w.Uint(fam.name, v(&figs[i]), "peer", figs[i].name)
@@ -135,21 +119,26 @@ func (t *Tunnel) writeMetrics(w *promtext.Writer) {
 	for _, f := range figs {
 		w.Uint(famPeerInfo.name, 1, "endpoint", f.endpoint, "path", f.path, "peer", f.name)
 	}
-	perPeer(famPeerSession, func(f *peerFigures) uint64 { return f.up })
-	perPeer(famPeerTxBytes, func(f *peerFigures) uint64 { return f.stats.TxBytes })
-	perPeer(famPeerRxBytes, func(f *peerFigures) uint64 { return f.stats.RxBytes })
-	perPeer(famPeerTxPackets, func(f *peerFigures) uint64 { return f.stats.TxPackets })
-	perPeer(famPeerRxPackets, func(f *peerFigures) uint64 { return f.stats.RxPackets })
-	perPeer(famPeerDrops, func(f *peerFigures) uint64 { return f.drops })
+	perPeer(famPeerSession, func(f *peerRow) uint64 {
+		if f.up {
+			return 1
+		}
+		return 0
+	})
+	perPeer(famPeerTxBytes, func(f *peerRow) uint64 { return f.stats.TxBytes })
+	perPeer(famPeerRxBytes, func(f *peerRow) uint64 { return f.stats.RxBytes })
+	perPeer(famPeerTxPackets, func(f *peerRow) uint64 { return f.stats.TxPackets })
+	perPeer(famPeerRxPackets, func(f *peerRow) uint64 { return f.stats.RxPackets })
+	perPeer(famPeerDrops, func(f *peerRow) uint64 { return f.drops })
 	w.Family(famPeerRTT.name, famPeerRTT.typ, famPeerRTT.help)
 	for _, f := range figs {
 		if f.rtt > 0 {
-			w.Float(famPeerRTT.name, f.rtt, "peer", f.name)
+			w.Float(famPeerRTT.name, f.rtt.Seconds(), "peer", f.name)
 		}
 	}
 	w.Family(famPeerHSAge.name, famPeerHSAge.typ, famPeerHSAge.help)
 	for _, f := range figs {
-		if f.hasHS {
+		if !f.lastHS.IsZero() {
 			w.Float(famPeerHSAge.name, f.hsAge, "peer", f.name)
 		}
 	}

@@ -423,30 +423,19 @@ func (t *Tunnel) Status() Status {
 		st.Addresses = append(st.Addresses, a.String())
 	}
 	for _, p := range t.peers {
-		ps := PeerStatus{Name: p.cfg.Name, Path: "none"}
+		f := figuresOf(p.sp, p.tunDrops())
+		ps := PeerStatus{Name: p.cfg.Name, Path: f.path, Endpoint: f.endpoint, LastHandshake: f.lastHS, Refused: f.refused}
 		if k, ok := p.sp.PublicKey(); ok {
 			ps.PublicKey = config.EncodeKey(k)
 		}
-		// The endpoint is where traffic would go now: a UDP address, or for "ws" the TCP
-		// address at the other end of the WebSocket (the peer, or a proxy before it).
-		if ep := p.sp.Endpoint(); ep.IsValid() {
-			ps.Endpoint = ep.String()
-		}
 		ps.EndpointError = p.sp.EndpointError()
-		if p.sp.HasSession() {
-			ps.Path = p.sp.Path()
-		}
 		for _, pfx := range p.cfg.AllowedPrefixes {
 			ps.AllowedPrefixes = append(ps.AllowedPrefixes, pfx.String())
 		}
-		ps.LastHandshake = p.sp.LastHandshake()
-		if r, ok := p.sp.Refusal(); ok {
-			ps.Refused = r.Name
-		}
-		ps.RTT = float64(p.sp.RTT().Microseconds()) / 1000
-		s := p.sp.Stats()
+		ps.RTT = float64(f.rtt.Microseconds()) / 1000
+		s := f.stats
 		ps.TxBytes, ps.RxBytes, ps.TxPackets, ps.RxPackets = s.TxBytes, s.RxBytes, s.TxPackets, s.RxPackets
-		ps.Drops = s.Drops + p.srcDenied.Load() + p.loops.Load()
+		ps.Drops = f.drops
 		st.Peers = append(st.Peers, ps)
 	}
 	return st
