@@ -193,22 +193,21 @@ func (n *Node) handleHandshake(msg []byte, ep conn.Endpoint, out []byte) {
 			return
 		}
 		n.completeResponder(res, ep)
-	case wire.TypeChallenge:
-		idx := binary.LittleEndian.Uint32(msg[wire.ChallengeReceiverOff:])
-		ini := n.initiation(idx)
-		if ini == nil {
-			n.drop(DropHandshake)
-			return
+	case wire.TypeChallenge, wire.TypeCookieReply:
+		// Both answer a handshake of ours, which their receiver index names.
+		off := wire.ChallengeReceiverOff
+		if msg[0] == wire.TypeCookieReply {
+			off = wire.CookieReceiverOff
 		}
-		ini.peer.consumeChallenge(ini, msg, ep)
-	case wire.TypeCookieReply:
-		idx := binary.LittleEndian.Uint32(msg[wire.CookieReceiverOff:])
-		ini := n.initiation(idx)
-		if ini == nil {
+		ini := n.initiation(binary.LittleEndian.Uint32(msg[off:]))
+		switch {
+		case ini == nil:
 			n.drop(DropHandshake)
-			return
+		case msg[0] == wire.TypeChallenge:
+			ini.peer.consumeChallenge(ini, msg, ep)
+		default:
+			ini.peer.consumeCookie(ini, msg)
 		}
-		ini.peer.consumeCookie(ini, msg)
 	}
 }
 

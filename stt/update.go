@@ -92,7 +92,7 @@ func (p *Peer) Update(pc PeerConfig) error {
 		p.cfg.WSURL, p.cfg.WSProxy, p.cfg.WSCAFile, p.cfg.WSInsecure = pc.WSURL, pc.WSProxy, pc.WSCAFile, pc.WSInsecure
 		p.path.wsConf.Store(ws)
 		if we := p.path.ws.Load(); we != nil {
-			// The connection's watcher clears wsEP and moves the traffic off it.
+			// The connection's watcher clears path.ws and moves the traffic off it.
 			_ = we.c.Close()
 		}
 	}
