@@ -433,12 +433,3 @@ func (n *Node) refreshPeerAddrs(peers []*Peer) {
 	}
 	n.peerAddrs.Store(&m)
 }
-
-// udpAddr is the IP address of the peer's current UDP endpoint, or the zero Addr.
-func (p *Peer) udpAddr() netip.Addr {
-	ep := p.path.udp.Load()
-	if ep == nil || *ep == nil {
-		return netip.Addr{}
-	}
-	return addrPortOf(*ep).Addr().Unmap()
-}

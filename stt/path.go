@@ -146,3 +146,29 @@ func (p *Peer) dropHeldLocked() {
 	}
 	p.dropQueueLocked(DropFallback)
 }
+
+// udpAddr is the IP address of the peer's current UDP endpoint, or the zero Addr.
+func (p *Peer) udpAddr() netip.Addr {
+	ep := p.path.udp.Load()
+	if ep == nil || *ep == nil {
+		return netip.Addr{}
+	}
+	return addrPortOf(*ep).Addr().Unmap()
+}
+
+func (p *Peer) setEndpoint(ap netip.AddrPort) error {
+	ep, err := p.node.bind.ParseEndpoint(ap.String())
+	if err != nil {
+		return err
+	}
+	p.storeUDP(ep)
+	return nil
+}
+
+// storeUDP makes ep the peer's UDP address, and publishes its AddrPort for
+// UDPEndpoint, which the tunnel's packet pump calls for every UDP packet.
+func (p *Peer) storeUDP(ep conn.Endpoint) {
+	ap := addrPortOf(ep)
+	p.path.udp.Store(&ep)
+	p.path.udpAP.Store(&ap)
+}

@@ -8,8 +8,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"golang.zx2c4.com/wireguard/conn"
 )
 
 // Peer is a remote node the local node exchanges datagrams with.
@@ -189,23 +187,6 @@ func (p *Peer) Stats() PeerStats {
 		TxPackets: p.counters.txPackets.Load(), RxPackets: p.counters.rxPackets.Load(),
 		Drops: p.counters.drops.Load(),
 	}
-}
-
-func (p *Peer) setEndpoint(ap netip.AddrPort) error {
-	ep, err := p.node.bind.ParseEndpoint(ap.String())
-	if err != nil {
-		return err
-	}
-	p.storeUDP(ep)
-	return nil
-}
-
-// storeUDP makes ep the peer's UDP address, and publishes its AddrPort for
-// UDPEndpoint, which the tunnel's packet pump calls for every UDP packet.
-func (p *Peer) storeUDP(ep conn.Endpoint) {
-	ap := addrPortOf(ep)
-	p.path.udp.Store(&ep)
-	p.path.udpAP.Store(&ap)
 }
 
 // resolveTimeout bounds one background lookup of a peer's endpoint name.
