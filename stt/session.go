@@ -102,7 +102,7 @@ func (s *session) seal(frame []byte, stream uint16, counter uint64, nonce *[12]b
 }
 
 // open authenticates and decrypts frame in place, returning the plaintext. It does not
-// check for replay: call accept after a successful open.
+// check for replay: the receive path checks the session's replay window after it.
 func (s *session) open(frame []byte, counter uint64, nonce *[12]byte) ([]byte, error) {
 	wire.Nonce(nonce, counter)
 	ct := frame[wire.HeaderLen:]
