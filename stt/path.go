@@ -1,3 +1,9 @@
+// The path: which transport carries a peer's traffic, UDP or WebSocket (later, a
+// relay). Its state is the path type; here are the moves made on the peer's frames
+// (follow) and the fallback holds. The per-packet reads sit on the packet path itself:
+// the choice for a batch (target) in send.go, roaming (learnEndpoint) in receive.go;
+// the path timers (fallback to WebSocket, UDP probes) are in timers.go.
+
 package stt
 
 import (
@@ -18,8 +24,8 @@ type path struct {
 	udpAP atomic.Pointer[netip.AddrPort] // udp's address, stored with it
 	ws    atomic.Pointer[wsEndpoint]     // WebSocket connection to the peer, if any
 	onWS  atomic.Bool                    // the peer's traffic currently goes over WebSocket
-	// wsConf is the peer's WebSocket settings (nil: none): a node that holds the
-	// peer's URL chooses the path (chooser).
+	// wsConf is the peer's WebSocket settings, replaced whole by Update when they
+	// change: a node that holds the peer's URL chooses the path (chooser).
 	wsConf atomic.Pointer[wsSettings]
 	// moved is the peer's frame that last moved its traffic (see follow); moveMu
 	// orders moves made by concurrent receivers.
