@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -193,5 +194,35 @@ func TestUpdateWebSocketSettings(t *testing.T) {
 	}
 	if got := sessionOf(t, pb); got != id {
 		t.Fatalf("session %d replaced by %d", id, got)
+	}
+}
+
+// TestWebSocketDialWithOldSettingsNotUsed: settings that change while a dial runs make
+// the connection it brings useless. It is closed rather than used, and the peer is
+// reached over a connection dialed with the new settings.
+func TestWebSocketDialWithOldSettingsNotUsed(t *testing.T) {
+	seed := randKey(t)
+	b := startNode(t, nodeOpts{seed: seed, name: "b", ws: true, noUDP: true})
+	a := startNode(t, nodeOpts{seed: seed, name: "a", noUDP: true})
+	if _, err := b.AddPeer(PeerConfig{Name: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	proxy := slowDialProxy(t, b.WSAddr(), 500*time.Millisecond)
+	pb, err := a.AddPeer(PeerConfig{Name: "b", WSURL: "ws://" + proxy + "/stt", WSProxy: "none"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = pb.Send([][]byte{datagram([]byte("starts a dial"))}, []uint16{0})
+	waitFor(t, 5*time.Second, "a dial through the slow proxy", func() bool {
+		pb.mu.Lock()
+		defer pb.mu.Unlock()
+		return pb.path.dial.running
+	})
+	if err := pb.Update(PeerConfig{Name: "b", WSURL: wsURL(b.Node), WSProxy: "none"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "a session over WebSocket", pb.HasSession)
+	if w := pb.path.ws.Load(); w == nil || !strings.Contains(w.c.String(), b.WSAddr()) {
+		t.Fatalf("peer reached over %v, want a connection dialed to %s directly", w, b.WSAddr())
 	}
 }
