@@ -10,9 +10,10 @@ import (
 	"net/netip"
 	"time"
 
+	"golang.zx2c4.com/wireguard/conn"
+
 	"github.com/stt-tun/stt-tun/stt/handshake"
 	"github.com/stt-tun/stt-tun/stt/wire"
-	"golang.zx2c4.com/wireguard/conn"
 )
 
 // initiation is a handshake this node started, kept until it completes or is replaced.

@@ -13,9 +13,10 @@ import (
 	"net/netip"
 	"time"
 
+	"golang.zx2c4.com/wireguard/conn"
+
 	"github.com/stt-tun/stt-tun/stt/wire"
 	"github.com/stt-tun/stt-tun/stt/ws"
-	"golang.zx2c4.com/wireguard/conn"
 )
 
 // Handler receives what the node delivers. Deliver is called from the node's receive

@@ -10,8 +10,9 @@ import (
 	"errors"
 	"time"
 
-	"github.com/stt-tun/stt-tun/stt/wire"
 	"golang.zx2c4.com/wireguard/conn"
+
+	"github.com/stt-tun/stt-tun/stt/wire"
 )
 
 // Send seals and sends a batch of datagrams to the peer. pkts[i] holds wire.HeaderLen

@@ -8,9 +8,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.zx2c4.com/wireguard/conn"
+
 	"github.com/stt-tun/stt-tun/stt/handshake"
 	"github.com/stt-tun/stt-tun/stt/wire"
-	"golang.zx2c4.com/wireguard/conn"
 )
 
 // DropReason says why the node discarded a message. Every discarded input is counted
