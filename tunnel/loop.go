@@ -40,7 +40,10 @@ func (t *Tunnel) loopsBack(pkt []byte, p *peer) bool {
 		if len(pkt) < 44 {
 			return false
 		}
-		proto, l4 = pkt[6], pkt[40:]
+		var ok bool
+		if proto, l4, ok = ipv6Upper(pkt); !ok {
+			return false
+		}
 		src, dst = netip.AddrFrom16([16]byte(pkt[8:24])), netip.AddrFrom16([16]byte(pkt[24:40]))
 	default:
 		return false
@@ -59,6 +62,40 @@ func (t *Tunnel) loopsBack(pkt []byte, p *peer) bool {
 		return to == p.sp.WSEndpoint()
 	}
 	return false
+}
+
+// maxExtHeaders bounds the IPv6 extension headers ipv6Upper steps over.
+const maxExtHeaders = 4
+
+// ipv6Upper finds the upper-layer protocol of an IPv6 packet and its header (at least
+// the 4 bytes of ports), stepping over hop-by-hop, routing, destination options and
+// fragment headers. The node's own UDP datagrams, routed into the TUN device with its
+// MTU, come as fragments when they are larger than it: the first fragment carries
+// the ports behind a fragment header, and missing it would let the loop spin on
+// (each large datagram, re-encapsulated, is fragmented again). ok is false for a
+// fragment other than the first (it has no ports) and for what cannot be parsed.
+func ipv6Upper(pkt []byte) (proto byte, l4 []byte, ok bool) {
+	proto, off := pkt[6], 40
+	for range maxExtHeaders {
+		switch proto {
+		case 0, 43, 60: // hop-by-hop, routing, destination options: length in 8 bytes, less 1
+			if len(pkt) < off+8 {
+				return 0, nil, false
+			}
+			proto, off = pkt[off], off+(int(pkt[off+1])+1)*8
+		case 44: // fragment: 8 bytes; offset in the upper 13 bits of bytes 2-3
+			if len(pkt) < off+8 || binary.BigEndian.Uint16(pkt[off+2:off+4])>>3 != 0 {
+				return 0, nil, false
+			}
+			proto, off = pkt[off], off+8
+		default:
+			if len(pkt) < off+4 {
+				return 0, nil, false
+			}
+			return proto, pkt[off:], true
+		}
+	}
+	return 0, nil, false
 }
 
 // setWSURL publishes the address of a ws_url whose host is an IP address (nil for a

@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -311,5 +312,55 @@ func TestRoutingLoopIPv6(t *testing.T) {
 	}
 	if a.t.loopsBack(ipv6UDP("2001:db8::1", "2001:db8::2", 40000, 51821, nil), p) {
 		t.Error("UDP to another port of the peer's IPv6 address is a loop")
+	}
+}
+
+// ipv6Frag is ipv6UDP as the kernel fragments it: the first fragment (offset 0, more
+// to come) of the datagram, with a fragment header between the IPv6 and UDP headers,
+// or, with offset > 0, a later fragment that carries no UDP header.
+func ipv6Frag(src, dst string, sport, dport uint16, offset uint16) []byte {
+	whole := ipv6UDP(src, dst, sport, dport, make([]byte, 32))
+	p := make([]byte, 0, len(whole)+8)
+	p = append(p, whole[:40]...)
+	p[6] = 44 // fragment header follows
+	p = append(p, protoUDP, 0, byte(offset<<3>>8), byte(offset<<3)|1, 0, 0, 0, 7)
+	if offset == 0 {
+		p = append(p, whole[40:]...)
+	} else {
+		p = append(p, make([]byte, 16)...)
+	}
+	binary.BigEndian.PutUint16(p[4:], uint16(len(p)-40))
+	return p
+}
+
+// TestRoutingLoopIPv6Fragments: the node's own UDP datagram to the peer's IPv6
+// endpoint that the kernel fragmented on its way into the TUN device (larger than the
+// MTU) is a loop too: its first fragment, whose ports sit behind a fragment header, is
+// dropped, as is one behind a hop-by-hop header. Without this, a large datagram looped
+// for ever (each re-encapsulation fragmented again: 1 GiB in 10 s in a lab).
+func TestRoutingLoopIPv6Fragments(t *testing.T) {
+	var log lockedBuffer
+	a, _ := loopPair(t, &log)
+	p, _ := a.t.table.Load().Lookup(netip.MustParseAddr("10.9.0.2"))
+	if err := p.sp.Update(stt.PeerConfig{Name: "b", Endpoint: "[2001:db8::2]:51820"}); err != nil {
+		t.Fatal(err)
+	}
+	if !a.t.loopsBack(ipv6Frag("2001:db8::1", "2001:db8::2", 40000, 51820, 0), p) {
+		t.Error("the first fragment of UDP to the peer's IPv6 endpoint is not a loop")
+	}
+	if a.t.loopsBack(ipv6Frag("2001:db8::1", "2001:db8::2", 40000, 51821, 0), p) {
+		t.Error("the first fragment of UDP to another port is a loop")
+	}
+	if a.t.loopsBack(ipv6Frag("2001:db8::1", "2001:db8::2", 40000, 51820, 100), p) {
+		t.Error("a later fragment, which has no ports, is a loop")
+	}
+	hbh := ipv6UDP("2001:db8::1", "2001:db8::2", 40000, 51820, nil)
+	hbh = append(hbh[:40:40], append([]byte{protoUDP, 0, 1, 4, 0, 0, 0, 0}, hbh[40:]...)...)
+	hbh[6] = 0 // hop-by-hop options (a PadN) before the UDP header
+	if !a.t.loopsBack(hbh, p) {
+		t.Error("UDP to the peer's IPv6 endpoint behind a hop-by-hop header is not a loop")
+	}
+	if n := testing.AllocsPerRun(100, func() { a.t.loopsBack(hbh, p) }); n != 0 {
+		t.Errorf("%v allocations per check", n)
 	}
 }
