@@ -3,6 +3,7 @@ package tunnel
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -132,6 +133,7 @@ func TestRoutingLoopWebSocketURL(t *testing.T) {
 	var log lockedBuffer
 	a, _ := loopPair(t, &log)
 	p, _ := a.t.table.Load().Lookup(netip.MustParseAddr("10.9.0.2"))
+	a.t.resolver = func(context.Context, string) (netip.AddrPort, error) { return netip.AddrPort{}, errors.New("no such host") }
 	for _, tc := range []struct {
 		url  string
 		pkt  []byte
@@ -143,7 +145,8 @@ func TestRoutingLoopWebSocketURL(t *testing.T) {
 		{"ws://relay.example:8080/stt", ipv4TCP("10.9.0.1", "10.9.0.2", 40000, 8080), false},
 		{"", ipv4TCP("10.9.0.1", "10.9.0.2", 40000, 443), false},
 	} {
-		p.setWSURL(tc.url)
+		a.t.setWSURL(p, tc.url)
+		<-p.ws.Load().looked
 		if got := a.t.loopsBack(tc.pkt, p); got != tc.loop {
 			t.Errorf("ws_url %q: loop %v, want %v", tc.url, got, tc.loop)
 		}
@@ -362,5 +365,45 @@ func TestRoutingLoopIPv6Fragments(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(100, func() { a.t.loopsBack(hbh, p) }); n != 0 {
 		t.Errorf("%v allocations per check", n)
+	}
+}
+
+// TestRoutingLoopWebSocketHostName: a ws_url whose host is a name is looked up too.
+// Reload (as up) then warns when an allowed prefix covers the address it resolved to,
+// and the TCP of a new WebSocket connection that the system routes into the tunnel
+// is recognised as the node's own before anything is connected. Without the lookup,
+// such a peer never connected and nothing said why: no warning, "dropped: none".
+func TestRoutingLoopWebSocketHostName(t *testing.T) {
+	l := newReloadLab(t)
+	var asked []string
+	l.a.t.resolver = func(_ context.Context, hostport string) (netip.AddrPort, error) {
+		asked = append(asked, hostport) // read after the lookup is done
+		if hostport == "beta.test:8080" {
+			return netip.MustParseAddrPort("192.0.2.77:8080"), nil
+		}
+		return netip.AddrPort{}, errors.New("no such host")
+	}
+	cfg := l.na.config(t, "",
+		peerSection("beta", endpointOf(l.b), []string{"10.9.0.2/32", "192.0.2.0/24"}, `ws_url = "ws://beta.test:8080/stt"`),
+		peerSection("delta", endpointOf(l.d), []string{"10.9.0.4/32"}))
+	changes, err := l.a.t.ReloadChanges(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(changes, func(c string) bool {
+		return strings.HasPrefix(c, `warning: peer "beta": its own allowed_prefixes 192.0.2.0/24 cover its endpoint`)
+	}) {
+		t.Errorf("reload changes %q lack the routing loop warning for the ws_url host", changes)
+	}
+	p, _ := l.a.t.table.Load().Lookup(netip.MustParseAddr("10.9.0.2"))
+	<-p.ws.Load().looked
+	if !slices.Equal(asked, []string{"beta.test:8080"}) {
+		t.Errorf("looked up %q, want the ws_url host once", asked)
+	}
+	if !l.a.t.loopsBack(ipv4TCP("10.9.0.1", "192.0.2.77", 40000, 8080), p) {
+		t.Error("TCP to the address the ws_url host resolved to is not a loop")
+	}
+	if l.a.t.loopsBack(ipv4TCP("10.9.0.1", "192.0.2.77", 40000, 80), p) {
+		t.Error("TCP to another port of the ws_url host is a loop")
 	}
 }
