@@ -133,7 +133,9 @@ func TestRoutingLoopWebSocketURL(t *testing.T) {
 	var log lockedBuffer
 	a, _ := loopPair(t, &log)
 	p, _ := a.t.table.Load().Lookup(netip.MustParseAddr("10.9.0.2"))
-	a.t.resolver = func(context.Context, string) (netip.AddrPort, error) { return netip.AddrPort{}, errors.New("no such host") }
+	a.t.resolver = func(context.Context, string) (netip.AddrPort, error) {
+		return netip.AddrPort{}, errors.New("no such host")
+	}
 	for _, tc := range []struct {
 		url  string
 		pkt  []byte
