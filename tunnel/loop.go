@@ -26,8 +26,8 @@ import (
 // node's listen port by one of the interface's own addresses (the source the OS picks
 // when it routes the node's socket into the tunnel), or a TCP segment to the far end
 // of p's WebSocket connection or to its ws_url's host (an IP address, or what its name
-// resolved to). It reads two
-// atomic pointers at most: no lock, no allocation.
+// resolved to) when a prefix narrower than /0 covers it. It reads a few
+// atomic pointers (and, for such TCP only, looks the prefix up): no lock, no allocation.
 func (t *Tunnel) loopsBack(pkt []byte, p *peer) bool {
 	var proto byte
 	var l4 []byte
@@ -60,10 +60,15 @@ func (t *Tunnel) loopsBack(pkt []byte, p *peer) bool {
 		}
 		return to == p.sp.UDPEndpoint()
 	case protoTCP:
-		if w := p.ws.Load(); w != nil && w.has(to) {
-			return true
+		if w := p.ws.Load(); (w == nil || !w.has(to)) && to != p.sp.WSEndpoint() {
+			return false
 		}
-		return to == p.sp.WSEndpoint()
+		// The node's own TCP is marked, and the full tunnel's rules keep it out of the
+		// exit peer's /0: TCP that reaches the tunnel by that /0 is the users' (a web
+		// site on the server that also carries the WebSocket), and goes through. Only
+		// a narrower prefix over the host draws the node's own TCP in.
+		lpm, _, ok := t.table.Load().LookupPrefixLPM(netip.PrefixFrom(dst, dst.BitLen()))
+		return ok && lpm.Bits() > 0
 	}
 	return false
 }

@@ -409,3 +409,36 @@ func TestRoutingLoopWebSocketHostName(t *testing.T) {
 		t.Error("TCP to another port of the ws_url host is a loop")
 	}
 }
+
+// TestExitPeerCarriesTCPToItsWebSocketHost: under a full tunnel the exit peer's /0
+// covers the host of its ws_url, and TCP to that host and port that reaches the tunnel
+// by the /0 is the users' (the node's own is marked and takes the uplink): a web site
+// on the server that carries the WebSocket. It goes through; only a narrower prefix
+// over the host makes such TCP the node's own. Dropping it as routing_loop made the
+// site unreachable through the tunnel (curl timed out in a lab, "routing loop"
+// warned).
+func TestExitPeerCarriesTCPToItsWebSocketHost(t *testing.T) {
+	l := newReloadLab(t)
+	pkt := ipv4TCP("10.9.0.1", "198.51.100.9", 40000, 8080)
+	for _, tc := range []struct {
+		prefixes []string
+		loop     bool
+	}{
+		{[]string{"10.9.0.2/32", "0.0.0.0/0"}, false},
+		{[]string{"10.9.0.2/32", "0.0.0.0/0", "198.51.100.0/24"}, true},
+	} {
+		cfg := l.na.config(t, "",
+			peerSection("beta", endpointOf(l.b), tc.prefixes, `ws_url = "ws://198.51.100.9:8080/stt"`),
+			peerSection("delta", endpointOf(l.d), []string{"10.9.0.4/32"}))
+		if _, err := l.a.t.ReloadChanges(cfg); err != nil {
+			t.Fatal(err)
+		}
+		p, _ := l.a.t.table.Load().Lookup(netip.MustParseAddr("198.51.100.9"))
+		if got := l.a.t.loopsBack(pkt, p); got != tc.loop {
+			t.Errorf("prefixes %v: TCP to the ws_url host is a loop: %v, want %v", tc.prefixes, got, tc.loop)
+		}
+		if n := testing.AllocsPerRun(100, func() { l.a.t.loopsBack(pkt, p) }); n != 0 {
+			t.Errorf("prefixes %v: %v allocations per check", tc.prefixes, n)
+		}
+	}
+}
