@@ -1164,3 +1164,41 @@ func TestApplyRefusesJournalOfLiveLink(t *testing.T) {
 	}
 	sameDump(t, applied, n.dump(t))
 }
+
+// TestApplyTakeOverRemakesWhatIsGone: a dead run's journal names rules, kill switch,
+// sysctls and an nftables table that are no longer in effect (the namespace was made
+// anew after the crash, or someone removed them by hand). The new Apply, taking the
+// journal over, makes them again instead of believing the journal: else the full
+// tunnel ran without its rules, and all traffic left by the uplink while status said
+// up. Undo then restores the machine as it was.
+func TestApplyTakeOverRemakesWhatIsGone(t *testing.T) {
+	n := newNS(t)
+	n.underlay(t)
+	before := n.dump(t)
+	stateDir := filepath.Join(t.TempDir(), "state")
+	n.crashed(t, fullSpec(stateDir))
+	for _, fam := range []string{"-4", "-6"} {
+		n.ip(t, fam, "rule", "del", "priority", "32764")
+		n.ip(t, fam, "rule", "del", "priority", "32765")
+		n.ip(t, fam, "route", "flush", "table", "5354")
+	}
+	n.nft(t, "delete", "table", "inet", "stt-tun-stt0")
+	for _, k := range []string{sysctlIPForward, sysctlIP6Forward, sysctlSrcValidMark} {
+		if err := n.do(func() error { return os.WriteFile("/proc/sys/"+k, []byte("0"), 0o644) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	m, err := n.apply(fullSpec(stateDir))
+	if err != nil {
+		t.Fatalf("Apply after the crash: %v", err)
+	}
+	checkApplied(t, n)
+	checkDecisions(t, n)
+	if err := m.Undo(); err != nil {
+		t.Fatalf("Undo: %v", err)
+	}
+	n.deleteLink(t, "stt0")
+	sameDump(t, before, n.dump(t))
+	noJournal(t, stateDir)
+}
