@@ -176,39 +176,71 @@ func TestConfiguredPeerKeepsAHandshakeBudget(t *testing.T) {
 	}
 }
 
-// One source holds at most MaxHalfOpenPerSource half-open handshakes, and the one past
-// the cap costs no public-key work.
+// One source holds at most MaxHalfOpenPerSource half-open handshakes: the one past the
+// cap replaces that source's oldest (whose AUTH_PROOF then finds nothing), and leaves
+// other sources' handshakes alone. All addresses of an IPv6 /64 are one source.
 func TestHalfOpenCapPerSource(t *testing.T) {
 	o := defaultOpts()
 	ini, resp := newPair(t, o)
-	for i := range MaxHalfOpenPerSource {
+	perSrc := func(a netip.AddrPort) int {
+		resp.mu.Lock()
+		defer resp.mu.Unlock()
+		return resp.half.perSrc[sourceKey(a.Addr())]
+	}
+	other, ohello, _ := ini.Initiate(69, nil, nil)
+	ochal, err := resp.HandleHello(ohello, srcBob, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldest, hello, _ := ini.Initiate(70, nil, nil)
+	chal, err := resp.HandleHello(hello, srcAlice, nil)
+	if err != nil || chal[0] != wire.TypeChallenge {
+		t.Fatalf("HELLO 0: %v", err)
+	}
+	for i := 1; i < MaxHalfOpenPerSource; i++ {
 		_, hello, _ := ini.Initiate(uint32(70+i), nil, nil)
 		if r, err := resp.HandleHello(hello, srcAlice, nil); err != nil || r[0] != wire.TypeChallenge {
 			t.Fatalf("HELLO %d: %v", i, err)
 		}
 	}
-	_, hello, _ := ini.Initiate(99, nil, nil)
-	before := resp.DHCount()
-	if _, err := resp.HandleHello(hello, srcAlice, nil); !errors.Is(err, ErrUnderLoad) {
+	_, hello, _ = ini.Initiate(99, nil, nil)
+	if r, err := resp.HandleHello(hello, srcAlice, nil); err != nil || r[0] != wire.TypeChallenge {
 		t.Fatalf("past the cap: %v", err)
 	}
-	if resp.DHCount() != before {
-		t.Fatal("the refused HELLO cost X25519 work")
+	if n := perSrc(srcAlice); n != MaxHalfOpenPerSource {
+		t.Fatalf("the source holds %d half-open handshakes, cap %d", n, MaxHalfOpenPerSource)
+	}
+	if _, err := oldest.ReadChallenge(chal); err != nil {
+		t.Fatal(err)
+	}
+	auth, _, _ := oldest.WriteAuthProof(nil, nil)
+	if _, _, err := resp.HandleAuthProof(auth, srcAlice, nil); !errors.Is(err, ErrUnknownIndex) {
+		t.Fatalf("the source's oldest handshake was not the one replaced: %v", err)
+	}
+	if _, err := other.ReadChallenge(ochal); err != nil {
+		t.Fatal(err)
+	}
+	auth, _, _ = other.WriteAuthProof(nil, nil)
+	if _, _, err := resp.HandleAuthProof(auth, srcBob, nil); err != nil {
+		t.Fatalf("another source's handshake: %v", err)
 	}
 	// Another IPv6 address of the same /64 is the same source; another /64 is not.
-	for i := range MaxHalfOpenPerSource {
-		a := netip.AddrPortFrom(netip.MustParseAddr("2001:db8:1:2::1"), uint16(1+i))
+	a := netip.MustParseAddrPort("[2001:db8:1:2::1]:1")
+	for i := range MaxHalfOpenPerSource + 1 {
 		_, hello, _ := ini.Initiate(uint32(200+i), nil, nil)
+		if i == MaxHalfOpenPerSource {
+			a = netip.MustParseAddrPort("[2001:db8:1:2:ffff::9]:1")
+		}
 		if _, err := resp.HandleHello(hello, a, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
-	_, hello, _ = ini.Initiate(300, nil, nil)
-	if _, err := resp.HandleHello(hello, netip.MustParseAddrPort("[2001:db8:1:2:ffff::9]:1"), nil); !errors.Is(err, ErrUnderLoad) {
-		t.Fatalf("another address of the same /64: %v", err)
+	if n := perSrc(a); n != MaxHalfOpenPerSource {
+		t.Fatalf("a /64 holds %d half-open handshakes, cap %d", n, MaxHalfOpenPerSource)
 	}
 	_, hello, _ = ini.Initiate(301, nil, nil)
-	if _, err := resp.HandleHello(hello, netip.MustParseAddrPort("[2001:db8:1:3::1]:1"), nil); err != nil {
+	b := netip.MustParseAddrPort("[2001:db8:1:3::1]:1")
+	if _, err := resp.HandleHello(hello, b, nil); err != nil || perSrc(b) != 1 {
 		t.Fatalf("another /64: %v", err)
 	}
 }
@@ -263,5 +295,43 @@ func TestStaleHelloWithOldCookieCostsAtMostACookie(t *testing.T) {
 	}
 	if resp.DHCount() != before {
 		t.Fatal("the replay cost X25519 work")
+	}
+}
+
+// HELLOs a peer sent to other nodes (mac1 does not name the responder) and replayed
+// here from the peer's own address, without the seed, take that source's half-open
+// slots; the peer's own HELLO must still get a CHALLENGE and complete, rather than
+// find its source full for HalfOpenTimeout.
+func TestReplayedHellosFromPeersAddressDoNotLockItOut(t *testing.T) {
+	for _, prio := range []bool{false, true} {
+		o := defaultOpts()
+		if prio {
+			o.priority = func(a netip.Addr) bool { return a == srcAlice.Addr() }
+		}
+		ini, resp := newPair(t, o)
+		for i := range 2 * MaxHalfOpenPerSource {
+			_, captured, _ := ini.Initiate(uint32(5000+i), nil, nil)
+			if _, err := resp.HandleHello(captured, srcAlice, nil); err != nil {
+				t.Fatalf("priority %v: replayed HELLO %d: %v", prio, i, err)
+			}
+		}
+		resp.mu.Lock()
+		n := resp.half.perSrc[sourceKey(srcAlice.Addr())]
+		resp.mu.Unlock()
+		if n > MaxHalfOpenPerSource {
+			t.Fatalf("priority %v: one source holds %d half-open handshakes, cap %d", prio, n, MaxHalfOpenPerSource)
+		}
+		in, hello, _ := ini.Initiate(6000, nil, nil)
+		chal, err := resp.HandleHello(hello, srcAlice, nil)
+		if err != nil || chal[0] != wire.TypeChallenge {
+			t.Fatalf("priority %v: the peer's own HELLO after %d replays from its address: %v", prio, 2*MaxHalfOpenPerSource, err)
+		}
+		if _, err := in.ReadChallenge(chal); err != nil {
+			t.Fatal(err)
+		}
+		auth, _, _ := in.WriteAuthProof(nil, nil)
+		if _, reply, err := resp.HandleAuthProof(auth, srcAlice, nil); err != nil || reply != nil {
+			t.Fatalf("priority %v: the peer's AUTH_PROOF: %v", prio, err)
+		}
 	}
 }

@@ -124,9 +124,6 @@ func (e *Engine) HandleHello(msg []byte, src netip.AddrPort, out []byte) ([]byte
 	if proven && !e.buckets.take(h.src, now) {
 		return fail(ErrRateLimited)
 	}
-	if e.half.full(h.src) {
-		return fail(fmt.Errorf("%w: source has %d", ErrUnderLoad, MaxHalfOpenPerSource))
-	}
 	h.prio = e.priority != nil && e.priority(src.Addr().Unmap())
 	if !(h.prio && e.reserved.take(now)) && !e.general.take(now) {
 		return fail(fmt.Errorf("%w: node-wide handshake budget spent", ErrRateLimited))
