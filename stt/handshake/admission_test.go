@@ -335,3 +335,56 @@ func TestReplayedHellosFromPeersAddressDoNotLockItOut(t *testing.T) {
 		}
 	}
 }
+
+// With a replay window shorter than the cookie secret's lifetime, a HELLO that carried
+// a cookie and is replayed once the cache has forgotten it (stale) must not pass as
+// proven: it costs at most a cookie reply, no public-key work.
+func TestStaleHelloWithCookieUnderShortWindowCostsNoDH(t *testing.T) {
+	o := defaultOpts()
+	o.window = 10 * time.Second
+	ini, resp := newPair(t, o)
+	_, old, _ := ini.Initiate(66, cookieOf(t, resp, srcAlice), nil)
+	if r, err := resp.HandleHello(old, srcAlice, nil); err != nil || r[0] != wire.TypeChallenge {
+		t.Fatalf("original HELLO: %v", err)
+	}
+	o.clock.Advance(o.window + time.Second)
+	resp.Sweep()
+	before := resp.DHCount()
+	r, err := resp.HandleHello(old, srcAlice, nil)
+	if resp.DHCount() != before {
+		t.Fatalf("the replay %.1fs later cost %d X25519 operations (answer %v, %v)",
+			(o.window + time.Second).Seconds(), resp.DHCount()-before, r != nil && r[0] == wire.TypeChallenge, err)
+	}
+	if err != nil || r[0] != wire.TypeCookieReply {
+		t.Fatalf("replay: %v", err)
+	}
+}
+
+// With a short replay window, an initiator whose clock is off still completes with a
+// cookie: the stricter rule for stale HELLOs costs it a round trip, not the handshake.
+func TestSkewedClockHelloCompletesUnderShortWindow(t *testing.T) {
+	o := defaultOpts()
+	o.window = 10 * time.Second
+	ini, resp := newPair(t, o)
+	// Whatever the cookie secret's age, the retry within a second goes through.
+	for step := range 3 {
+		o.clock.Advance(time.Duration(step) * 4 * time.Second)
+		in, hello, _ := ini.Initiate(uint32(70+step), nil, nil)
+		o.clock.Advance(o.window)
+		r, err := resp.HandleHello(hello, srcAlice, nil)
+		if err != nil || r[0] != wire.TypeCookieReply {
+			t.Fatalf("step %d: skewed HELLO: %v", step, err)
+		}
+		cookie, err := in.ReadCookieReply(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.clock.Advance(-o.window + 500*time.Millisecond)
+		_, hello, _ = ini.Initiate(uint32(80+step), cookie, nil)
+		o.clock.Advance(o.window)
+		if r, err := resp.HandleHello(hello, srcAlice, nil); err != nil || r[0] != wire.TypeChallenge {
+			t.Fatalf("step %d: skewed HELLO with the cookie: %v", step, err)
+		}
+		o.clock.Advance(-o.window)
+	}
+}

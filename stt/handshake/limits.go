@@ -279,23 +279,38 @@ func (b *bucketTable) take(addr netip.Addr, now time.Time) bool {
 
 // cookieSecrets is the rotating cookie_secret of section 4.4. The previous secret stays
 // valid for one more lifetime, so that a cookie an initiator may still use (younger than
-// CookieSecretLifetime) always verifies.
+// the lifetime) always verifies.
+//
+// The lifetime is CookieSecretLifetime, or the replay window if that is shorter: a stale
+// HELLO (section 4.5) is let through by a cookie of the current secret only because a
+// HELLO carrying one was first seen less than a lifetime ago, and so is still in the
+// replay cache if it is a replay.
 type cookieSecrets struct {
 	cur, prev   [32]byte
 	born        time.Time
 	have, haveP bool
+	life        time.Duration // 0: CookieSecretLifetime
+}
+
+// lifetime is how long one secret issues cookies.
+func (s *cookieSecrets) lifetime() time.Duration {
+	if s.life <= 0 || s.life > CookieSecretLifetime {
+		return CookieSecretLifetime
+	}
+	return s.life
 }
 
 // current rotates if due and returns the secret to issue cookies with.
 func (s *cookieSecrets) current(now time.Time, r io.Reader) (*[32]byte, error) {
-	if s.have && now.Sub(s.born) < CookieSecretLifetime && !now.Before(s.born) {
+	life := s.lifetime()
+	if s.have && now.Sub(s.born) < life && !now.Before(s.born) {
 		return &s.cur, nil
 	}
 	var next [32]byte
 	if _, err := io.ReadFull(r, next[:]); err != nil {
 		return nil, err
 	}
-	s.haveP = s.have && now.Sub(s.born) < 2*CookieSecretLifetime && !now.Before(s.born)
+	s.haveP = s.have && now.Sub(s.born) < 2*life && !now.Before(s.born)
 	s.prev = s.cur
 	s.cur, s.born, s.have = next, now, true
 	return &s.cur, nil
