@@ -388,3 +388,83 @@ func TestSkewedClockHelloCompletesUnderShortWindow(t *testing.T) {
 		o.clock.Advance(-o.window)
 	}
 }
+
+// staleHellos returns n HELLOs that are stale once the clock has advanced by a window:
+// the caller advances it.
+func staleHellos(t *testing.T, ini *Engine, n int, first uint32) [][]byte {
+	t.Helper()
+	out := make([][]byte, n)
+	for i := range out {
+		_, h, err := ini.Initiate(first+uint32(i), nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[i] = h
+	}
+	return out
+}
+
+// Many distinct stale HELLOs at once (replays of HELLOs the cache has forgotten) do not
+// put the node under load: a fresh HELLO right after them gets a CHALLENGE, not a
+// demand for a cookie.
+func TestManyStaleHellosAreNoLoad(t *testing.T) {
+	o := defaultOpts()
+	o.respThreshold = 10
+	ini, resp := newPair(t, o)
+	old := staleHellos(t, ini, 5*o.respThreshold, 7000)
+	o.clock.Advance(ReplayWindow)
+	for i, h := range old {
+		if _, err := resp.HandleHello(h, srcN(i), nil); err != nil && !errors.Is(err, ErrRateLimited) {
+			t.Fatalf("stale HELLO %d: %v", i, err)
+		}
+	}
+	_, hello, _ := ini.Initiate(7999, nil, nil)
+	if r, err := resp.HandleHello(hello, srcAlice, nil); err != nil || r[0] != wire.TypeChallenge {
+		t.Fatalf("fresh HELLO after %d stale ones: %v (they counted as load?)", len(old), err)
+	}
+}
+
+// Stale HELLOs spoofed from an address spend a bucket of their own: under load, the
+// address's real owner still gets its cookie reply.
+func TestStaleHellosSpendNoFreshCookieBudget(t *testing.T) {
+	o := defaultOpts()
+	o.respThreshold = -1 // always under load
+	ini, resp := newPair(t, o)
+	old := staleHellos(t, ini, 4*CookieBurst, 7100)
+	o.clock.Advance(ReplayWindow)
+	for i, h := range old {
+		if _, err := resp.HandleHello(h, srcAlice, nil); err != nil && !errors.Is(err, ErrRateLimited) {
+			t.Fatalf("stale HELLO %d: %v", i, err)
+		}
+	}
+	_, hello, _ := ini.Initiate(7199, nil, nil)
+	if r, err := resp.HandleHello(hello, srcAlice, nil); err != nil || r[0] != wire.TypeCookieReply {
+		t.Fatalf("fresh HELLO under load after stale ones from its address: %v, want a cookie reply", err)
+	}
+}
+
+// Cookie replies to stale HELLOs are bounded node-wide, however many sources the
+// replays come from: at one instant, at most the node-wide bucket's burst.
+func TestStaleCookieRepliesBoundedNodeWide(t *testing.T) {
+	o := defaultOpts()
+	o.respThreshold = DefaultLoadThreshold // the node-wide bucket's rate and burst
+	ini, resp := newPair(t, o)
+	n := DefaultLoadThreshold + 100
+	old := staleHellos(t, ini, n, 8000)
+	o.clock.Advance(ReplayWindow)
+	cookies := 0
+	for i, h := range old {
+		r, err := resp.HandleHello(h, srcN(i), nil)
+		switch {
+		case err == nil && r[0] == wire.TypeCookieReply:
+			cookies++
+		case errors.Is(err, ErrRateLimited):
+		default:
+			t.Fatalf("stale HELLO %d: %v", i, err)
+		}
+	}
+	if cookies > DefaultLoadThreshold {
+		t.Fatalf("%d cookie replies to %d stale HELLOs from as many sources at one instant, node-wide bound %d",
+			cookies, n, DefaultLoadThreshold)
+	}
+}
