@@ -117,6 +117,7 @@ type Node struct {
 
 	versionLogged atomic.Int64 // unix ns of the last log line about another version
 	dropLogs      [numDropReasons]dropLog
+	warnLogs      [numDropReasons]dropLog // warnDrop's, apart from the debug lines
 
 	// peerAddrs is the set of the peers' current UDP addresses, which the handshake
 	// engine favours under load (handshake.Config.Priority); the timer loop keeps it.
@@ -670,6 +671,24 @@ func (n *Node) logDrop(r DropReason, err error, name string) {
 		attrs = append(attrs, "suppressed", s)
 	}
 	n.log.Debug("handshake dropped", attrs...)
+}
+
+// warnDrop writes the warn-level line for a handshake refused for reason r, at most
+// once per dropLogInterval per reason, with the number of refusals left unlogged since:
+// a member can make a node refuse handshakes at its handshake budget, and each must not
+// be a line in the administrator's log. The drop itself is counted by the caller.
+func (n *Node) warnDrop(r DropReason, msg string, attrs ...any) {
+	l := &n.warnLogs[r]
+	now := time.Now().UnixNano()
+	last := l.last.Load()
+	if now-last < int64(dropLogInterval) || !l.last.CompareAndSwap(last, now) {
+		l.suppressed.Add(1)
+		return
+	}
+	if s := l.suppressed.Swap(0); s > 0 {
+		attrs = append(attrs, "suppressed", s)
+	}
+	n.log.Warn(msg, attrs...)
 }
 
 // isPeerAddr reports whether a is a configured peer's current UDP address.

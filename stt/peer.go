@@ -556,7 +556,7 @@ func (p *Peer) completeResponder(res handshake.Result, ep conn.Endpoint) {
 	}
 	if p.cfg.PublicKey != nil && subtle.ConstantTimeCompare(res.PeerStatic[:], p.cfg.PublicKey[:]) != 1 {
 		reject(DropPinMismatch)
-		n.log.Warn("handshake with a key other than the pinned one; refusing", "peer", p.cfg.Name)
+		n.warnDrop(DropPinMismatch, "handshake with a key other than the pinned one; refusing", "peer", p.cfg.Name)
 		return
 	}
 	// A new static key for the same name restarts the timestamp sequence only if the
