@@ -468,3 +468,46 @@ func TestStaleCookieRepliesBoundedNodeWide(t *testing.T) {
 			cookies, n, DefaultLoadThreshold)
 	}
 }
+
+// The edges of the window: a HELLO whose clock is just under half a window from the
+// responder's is fresh; the cache drops its copies until a window after it was first
+// seen; from then on its copies are stale, whichever way its clock was off.
+func TestHelloAtTheWindowEdgesIsCachedThenStale(t *testing.T) {
+	half := ReplayWindow / 2
+	for _, ahead := range []bool{false, true} {
+		o := defaultOpts()
+		ini, resp := newPair(t, o)
+		_, hello, _ := ini.Initiate(90, nil, nil)
+		if ahead {
+			o.clock.Advance(-half + time.Millisecond) // the HELLO's clock is ahead
+		} else {
+			o.clock.Advance(half - time.Millisecond) // behind
+		}
+		if r, err := resp.HandleHello(hello, srcAlice, nil); err != nil || r[0] != wire.TypeChallenge {
+			t.Fatalf("ahead %v: a HELLO just inside half the window: %v", ahead, err)
+		}
+		o.clock.Advance(ReplayWindow - time.Millisecond)
+		if _, err := resp.HandleHello(hello, srcAlice, nil); !errors.Is(err, ErrReplay) {
+			t.Fatalf("ahead %v: a copy just inside the window: %v, want a replay drop", ahead, err)
+		}
+		o.clock.Advance(time.Millisecond)
+		before := resp.DHCount()
+		if r, err := resp.HandleHello(hello, srcAlice, nil); err != nil || r[0] != wire.TypeCookieReply || resp.DHCount() != before {
+			t.Fatalf("ahead %v: a copy a window after first sight: %v, want only a cookie reply", ahead, err)
+		}
+	}
+}
+
+// A HELLO whose clock is more than half a window ahead is stale as much as one behind:
+// otherwise a HELLO from the future, recorded once, would stay fresh for its copies
+// long after the cache forgot it.
+func TestHelloFromTheFutureIsStale(t *testing.T) {
+	o := defaultOpts()
+	ini, resp := newPair(t, o)
+	_, hello, _ := ini.Initiate(91, nil, nil)
+	o.clock.Advance(-ReplayWindow/2 - time.Millisecond)
+	before := resp.DHCount()
+	if r, err := resp.HandleHello(hello, srcAlice, nil); err != nil || r[0] != wire.TypeCookieReply || resp.DHCount() != before {
+		t.Fatalf("a HELLO more than half a window ahead: %v, want only a cookie reply", err)
+	}
+}
