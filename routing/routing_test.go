@@ -670,6 +670,10 @@ func TestApplyFailsHalfway(t *testing.T) {
 			name: "address exists",
 			setup: func(t *testing.T, n *testNS, _ string) {
 				n.ip(t, "addr", "add", "fd77::1/64", "dev", "stt0", "nodad")
+				// The dump below must hold the address's local route, which the kernel
+				// adds from a work queue: under load it came only after the dump, and
+				// the rollback looked like it had left a route behind.
+				n.settle(t, "stt0")
 			},
 			wantErr: "add address fd77::1/64",
 		},
