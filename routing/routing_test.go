@@ -182,6 +182,13 @@ func (n *testNS) createTUN(t *testing.T, name string) tun.Device {
 	}); err != nil {
 		t.Fatalf("create tun %s: %v", name, err)
 	}
+	// Drain the link events as the tunnel does: an undrained channel blocks the
+	// device's netlink listener for good, and every test leaked it and its socket.
+	// The range ends when Close makes the listener close the channel.
+	go func() {
+		for range dev.Events() {
+		}
+	}()
 	t.Cleanup(func() { dev.Close() })
 	return dev
 }
