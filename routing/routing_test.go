@@ -182,6 +182,13 @@ func (n *testNS) createTUN(t *testing.T, name string) tun.Device {
 	}); err != nil {
 		t.Fatalf("create tun %s: %v", name, err)
 	}
+	// Drain the link events as the tunnel does: an undrained channel blocks the
+	// device's netlink listener for good, and every test leaked it and its socket.
+	// The range ends when Close makes the listener close the channel.
+	go func() {
+		for range dev.Events() {
+		}
+	}()
 	t.Cleanup(func() { dev.Close() })
 	return dev
 }
@@ -670,6 +677,10 @@ func TestApplyFailsHalfway(t *testing.T) {
 			name: "address exists",
 			setup: func(t *testing.T, n *testNS, _ string) {
 				n.ip(t, "addr", "add", "fd77::1/64", "dev", "stt0", "nodad")
+				// The dump below must hold the address's local route, which the kernel
+				// adds from a work queue: under load it came only after the dump, and
+				// the rollback looked like it had left a route behind.
+				n.settle(t, "stt0")
 			},
 			wantErr: "add address fd77::1/64",
 		},
