@@ -166,16 +166,6 @@ func (p *Peer) HasSession() bool {
 	return false
 }
 
-// SessionConfirmed reports whether the peer has a usable session that the peer is known
-// to hold too: one this node answered as responder, or one under which an authenticated
-// frame came back. An initiator's session is unconfirmed from the AUTH_PROOF until the
-// responder's FINAL, and stays so if the responder refused the AUTH_PROOF; HasSession
-// counts it, SessionConfirmed does not.
-func (p *Peer) SessionConfirmed() bool {
-	s := p.current.Load()
-	return s != nil && s.confirmed.Load() && !s.expired(time.Now(), &p.node.timers)
-}
-
 // Cipher names the AEAD of the current session, "" without one.
 func (p *Peer) Cipher() string {
 	if s := p.current.Load(); s != nil {

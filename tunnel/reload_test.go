@@ -236,16 +236,11 @@ func TestReloadPeersAndPrefixes(t *testing.T) {
 	// gamma: connects (keepalive) and its packets are delivered.
 	//
 	// gamma's keepalive has been handshaking since it started; before the reload alpha
-	// refused its AUTH_PROOF (unknown peer), which leaves gamma with an unconfirmed
-	// session alpha never had (protocol.md 4.7), so gamma's HasSession says nothing: a
-	// packet sealed on that session is dropped at alpha as unknown_index. Nor does
-	// alpha's session: gamma installs its own only after sending the AUTH_PROOF, so for a
-	// moment it still seals on the old one. Wait until alpha's FINAL confirmed gamma's
-	// current session: that session is one alpha holds.
+	// refused it (unknown peer). A session counts (HasSession) only once alpha confirmed
+	// it (protocol.md 4.7, 4.8): then it is one alpha holds, and what gamma seals on it
+	// arrives.
 	fromC := ipv4UDP("10.9.0.3", "10.9.0.1", 3000, 1000, []byte("from gamma"))
-	waitUntil(t, "gamma has a session with alpha that alpha confirmed", func() bool {
-		return l.c.t.Node().Peer("alpha").SessionConfirmed()
-	})
+	waitUntil(t, "gamma has a session with alpha that alpha confirmed", l.c.t.Node().Peer("alpha").HasSession)
 	l.c.dev.Inject(fromC)
 	expectPacket(t, l.a.dev, fromC)
 	toC := ipv4UDP("10.9.0.1", "10.9.0.3", 1000, 3000, []byte("to gamma"))
