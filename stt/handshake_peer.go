@@ -242,7 +242,7 @@ func (p *Peer) completeResponder(res handshake.Result, ep conn.Endpoint) {
 	}
 	if p.pinMismatchLocked(res.PeerStatic) {
 		reject(DropPinMismatch)
-		n.log.Warn("handshake with a key other than the pinned one; refusing", "peer", p.cfg.Name)
+		n.warnDrop(DropPinMismatch, "handshake with a key other than the pinned one; refusing", "peer", p.cfg.Name)
 		n.refuse(res, ep, wire.CodePinMismatch)
 		return
 	}

@@ -177,4 +177,7 @@ func (p *Peer) storeUDP(ep conn.Endpoint) {
 	ap := addrPortOf(ep)
 	p.path.udp.Store(&ep)
 	p.path.udpAP.Store(&ap)
+	if p.node != nil {
+		p.node.addrGen.Add(1) // after the store: the timers then see the new address
+	}
 }

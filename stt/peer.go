@@ -362,6 +362,7 @@ func (p *Peer) shutdown() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.removed = true
+	p.node.addrGen.Add(1) // its address leaves the set of configured peers' addresses
 	p.endLookupLocked()
 	// The handshake dropSessionsLocked asks for never starts: a removed peer runs no
 	// timers and completes no handshake.

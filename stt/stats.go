@@ -185,3 +185,21 @@ func (n *Node) dropHandshake(err error, src netip.AddrPort) {
 	n.drop(r)
 	n.logDrop(r, err, "")
 }
+
+// warnDrop writes the warn-level line for a handshake refused for reason r, at most
+// once per dropLogInterval per reason, with the number of refusals left unlogged since:
+// a member can make a node refuse handshakes at its handshake budget, and each must not
+// be a line in the administrator's log. The drop itself is counted by the caller.
+func (n *Node) warnDrop(r DropReason, msg string, attrs ...any) {
+	l := &n.warnLogs[r]
+	now := time.Now().UnixNano()
+	last := l.last.Load()
+	if now-last < int64(dropLogInterval) || !l.last.CompareAndSwap(last, now) {
+		l.suppressed.Add(1)
+		return
+	}
+	if s := l.suppressed.Swap(0); s > 0 {
+		attrs = append(attrs, "suppressed", s)
+	}
+	n.log.Warn(msg, attrs...)
+}
