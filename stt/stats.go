@@ -132,10 +132,23 @@ func (n *Node) dropVersion(v byte, ep conn.Endpoint) {
 // many drops of that reason it stands for.
 const dropLogInterval = time.Second
 
-// dropLog is the state of one reason's rate-limited debug line.
+// dropLog is the state of one reason's rate-limited log line.
 type dropLog struct {
 	last       atomic.Int64 // unix ns of the last line
 	suppressed atomic.Uint64
+}
+
+// allow reports whether a line may be written now (at most one per dropLogInterval),
+// and how many were left unwritten since the last; otherwise it counts this one as
+// left unwritten.
+func (l *dropLog) allow() (suppressed uint64, ok bool) {
+	now := time.Now().UnixNano()
+	last := l.last.Load()
+	if now-last < int64(dropLogInterval) || !l.last.CompareAndSwap(last, now) {
+		l.suppressed.Add(1)
+		return 0, false
+	}
+	return l.suppressed.Swap(0), true
 }
 
 // logDrop writes the debug line for a dropped handshake message of reason r, at most
@@ -144,11 +157,8 @@ func (n *Node) logDrop(r DropReason, err error, name string) {
 	if !n.log.Enabled(context.Background(), slog.LevelDebug) {
 		return
 	}
-	l := &n.dropLogs[r]
-	now := time.Now().UnixNano()
-	last := l.last.Load()
-	if now-last < int64(dropLogInterval) || !l.last.CompareAndSwap(last, now) {
-		l.suppressed.Add(1)
+	s, ok := n.dropLogs[r].allow()
+	if !ok {
 		return
 	}
 	attrs := []any{"reason", r.String()}
@@ -158,7 +168,7 @@ func (n *Node) logDrop(r DropReason, err error, name string) {
 	if name != "" {
 		attrs = append(attrs, "name", name)
 	}
-	if s := l.suppressed.Swap(0); s > 0 {
+	if s > 0 {
 		attrs = append(attrs, "suppressed", s)
 	}
 	n.log.Debug("handshake dropped", attrs...)
@@ -191,14 +201,11 @@ func (n *Node) dropHandshake(err error, src netip.AddrPort) {
 // a member can make a node refuse handshakes at its handshake budget, and each must not
 // be a line in the administrator's log. The drop itself is counted by the caller.
 func (n *Node) warnDrop(r DropReason, msg string, attrs ...any) {
-	l := &n.warnLogs[r]
-	now := time.Now().UnixNano()
-	last := l.last.Load()
-	if now-last < int64(dropLogInterval) || !l.last.CompareAndSwap(last, now) {
-		l.suppressed.Add(1)
+	s, ok := n.warnLogs[r].allow()
+	if !ok {
 		return
 	}
-	if s := l.suppressed.Swap(0); s > 0 {
+	if s > 0 {
 		attrs = append(attrs, "suppressed", s)
 	}
 	n.log.Warn(msg, attrs...)

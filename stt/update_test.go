@@ -153,12 +153,7 @@ func TestUpdateRefusals(t *testing.T) {
 // TestUpdateWebSocketSettings: new WebSocket settings close the connection dialed with
 // the old ones; the session carries on over the next one.
 func TestUpdateWebSocketSettings(t *testing.T) {
-	seed := randKey(t)
-	b := startNode(t, nodeOpts{seed: seed, name: "b", ws: true, noUDP: true})
-	a := startNode(t, nodeOpts{seed: seed, name: "a", noUDP: true})
-	if _, err := b.AddPeer(PeerConfig{Name: "a"}); err != nil {
-		t.Fatal(err)
-	}
+	a, b := wsOnlyPair(t)
 	url := "ws://" + b.WSAddr() + "/stt"
 	pb, err := a.AddPeer(PeerConfig{Name: "b", WSURL: url, WSProxy: "none"})
 	if err != nil {
@@ -201,12 +196,7 @@ func TestUpdateWebSocketSettings(t *testing.T) {
 // the connection it brings useless. It is closed rather than used, and the peer is
 // reached over a connection dialed with the new settings.
 func TestWebSocketDialWithOldSettingsNotUsed(t *testing.T) {
-	seed := randKey(t)
-	b := startNode(t, nodeOpts{seed: seed, name: "b", ws: true, noUDP: true})
-	a := startNode(t, nodeOpts{seed: seed, name: "a", noUDP: true})
-	if _, err := b.AddPeer(PeerConfig{Name: "a"}); err != nil {
-		t.Fatal(err)
-	}
+	a, b := wsOnlyPair(t)
 	proxy := slowDialProxy(t, b.WSAddr(), 500*time.Millisecond)
 	pb, err := a.AddPeer(PeerConfig{Name: "b", WSURL: "ws://" + proxy + "/stt", WSProxy: "none"})
 	if err != nil {
@@ -225,4 +215,17 @@ func TestWebSocketDialWithOldSettingsNotUsed(t *testing.T) {
 	if w := pb.path.ws.Load(); w == nil || !strings.Contains(w.c.String(), b.WSAddr()) {
 		t.Fatalf("peer reached over %v, want a connection dialed to %s directly", w, b.WSAddr())
 	}
+}
+
+// wsOnlyPair starts two nodes without UDP: b listens for WebSocket and knows a as a
+// peer; a has no peer yet.
+func wsOnlyPair(t *testing.T) (a, b *testNode) {
+	t.Helper()
+	seed := randKey(t)
+	b = startNode(t, nodeOpts{seed: seed, name: "b", ws: true, noUDP: true})
+	a = startNode(t, nodeOpts{seed: seed, name: "a", noUDP: true})
+	if _, err := b.AddPeer(PeerConfig{Name: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	return a, b
 }
