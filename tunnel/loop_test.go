@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/stt-tun/stt-tun/config"
+	"github.com/stt-tun/stt-tun/internal/status"
 	"github.com/stt-tun/stt-tun/stt"
 	"github.com/stt-tun/stt-tun/tun"
 )
@@ -260,8 +261,8 @@ func TestUnresolvablePeerStopsNoOther(t *testing.T) {
 	a := &memNode{t: tu, dev: dev}
 
 	st := a.t.Status()
-	if st.State != StateUp {
-		t.Errorf("state %q after Start, want %q", st.State, StateUp)
+	if st.State != status.StateUp {
+		t.Errorf("state %q after Start, want %q", st.State, status.StateUp)
 	}
 	if pb := st.Peers[0]; pb.Endpoint != "" || !strings.Contains(pb.EndpointError, "no such host") {
 		t.Errorf("peer b: endpoint %q, endpoint_error %q; want none, and why", pb.Endpoint, pb.EndpointError)

@@ -19,8 +19,8 @@ import (
 
 	"github.com/stt-tun/stt-tun/internal/ctl"
 	"github.com/stt-tun/stt-tun/internal/statedir"
+	"github.com/stt-tun/stt-tun/internal/status"
 	"github.com/stt-tun/stt-tun/routing"
-	"github.com/stt-tun/stt-tun/tunnel"
 )
 
 func statusCommand(e *env) *cli.Command {
@@ -42,11 +42,12 @@ Examples:
 			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
 			timeoutFlag(5 * time.Second),
 		},
-		Action: func(c *cli.Context) error { return status(c, e) },
+		Action: func(c *cli.Context) error { return showStatus(c, e) },
 	}
 }
 
-func status(c *cli.Context, e *env) error {
+// showStatus is the status command: one interface's status, or every running one's.
+func showStatus(c *cli.Context, e *env) error {
 	dir := stateDir(c)
 	ctx, cancel := context.WithTimeout(c.Context, flagDuration(c, "timeout"))
 	defer cancel()
@@ -85,7 +86,7 @@ func status(c *cli.Context, e *env) error {
 		if c.Bool("json") {
 			return writeJSON(e.stdout, forJSON(st))
 		}
-		return renderStatus(e.stdout, []tunnel.Status{st}, time.Now())
+		return renderStatus(e.stdout, []status.Status{st}, time.Now())
 	}
 
 	var names []string
@@ -102,7 +103,7 @@ func status(c *cli.Context, e *env) error {
 		slices.Sort(names)
 		names = slices.Compact(names)
 	}
-	all := []tunnel.Status{}
+	all := []status.Status{}
 	var failed []string
 	for _, name := range names {
 		st, err := ctl.Status(ctx, ctl.SocketPath(dir, name))
@@ -125,7 +126,7 @@ func status(c *cli.Context, e *env) error {
 	}
 	var err error
 	if c.Bool("json") {
-		out := make([]tunnel.Status, len(all))
+		out := make([]status.Status, len(all))
 		for i, st := range all {
 			out[i] = forJSON(st)
 		}
@@ -166,8 +167,8 @@ func daemonGone(dir, link string) (bool, error) {
 }
 
 // goneStatus is what status shows of an interface whose daemon is gone.
-func goneStatus(link string) tunnel.Status {
-	return tunnel.Status{Interface: link, State: tunnel.StateDaemonGone}
+func goneStatus(link string) status.Status {
+	return status.Status{Interface: link, State: status.StateDaemonGone}
 }
 
 // goneLine is the one line that tells of an interface whose daemon is gone.
@@ -179,13 +180,13 @@ func goneLine(link string) string {
 // encoded here, from this program's types, whatever daemon version sent it) and turns
 // absent lists into empty ones, so that scripts always find an array where
 // docs/status-schema.md promises one.
-func forJSON(st tunnel.Status) tunnel.Status {
-	st.SchemaVersion = tunnel.StatusSchemaVersion
+func forJSON(st status.Status) status.Status {
+	st.SchemaVersion = status.SchemaVersion
 	st.State = state(st)
 	if st.Addresses == nil {
 		st.Addresses = []string{}
 	}
-	peers := make([]tunnel.PeerStatus, len(st.Peers))
+	peers := make([]status.Peer, len(st.Peers))
 	for i, p := range st.Peers {
 		if p.AllowedPrefixes == nil {
 			p.AllowedPrefixes = []string{}
@@ -207,12 +208,12 @@ func writeJSON(w io.Writer, v any) error {
 
 // renderStatus writes a human-readable view of each interface and its peers, relative
 // to now.
-func renderStatus(w io.Writer, all []tunnel.Status, now time.Time) error {
+func renderStatus(w io.Writer, all []status.Status, now time.Time) error {
 	var b strings.Builder
 	var gone []string
 	n := 0
 	for _, st := range all {
-		if st.State == tunnel.StateDaemonGone {
+		if st.State == status.StateDaemonGone {
 			gone = append(gone, st.Interface)
 			continue
 		}
@@ -221,7 +222,7 @@ func renderStatus(w io.Writer, all []tunnel.Status, now time.Time) error {
 		}
 		n++
 		fmt.Fprintf(&b, "interface: %s\n", st.Interface)
-		if state(st) == tunnel.StateStarting {
+		if state(st) == status.StateStarting {
 			// Nothing else is known yet: no zeros that would read as settings.
 			fmt.Fprintf(&b, "  state: starting\n")
 			fmt.Fprintf(&b, "  node name: %s\n", orDash(st.NodeName))
@@ -282,14 +283,14 @@ func renderStatus(w io.Writer, all []tunnel.Status, now time.Time) error {
 
 // state is the status' state; a daemon older than the field sends none, and is
 // starting while it has no counters.
-func state(st tunnel.Status) string {
+func state(st status.Status) string {
 	switch {
 	case st.State != "":
 		return st.State
 	case st.Counters == nil:
-		return tunnel.StateStarting
+		return status.StateStarting
 	}
-	return tunnel.StateUp
+	return status.StateUp
 }
 
 // refusal says in words why a peer refuses this node (docs/status-schema.md, refused).
@@ -362,7 +363,7 @@ func orDash(s string) string {
 }
 
 // peerPath is the transport and the underlay address, as "udp 192.0.2.7:51820".
-func peerPath(p tunnel.PeerStatus) string {
+func peerPath(p status.Peer) string {
 	path := orDash(p.Path)
 	if p.Endpoint != "" {
 		path += " " + p.Endpoint
