@@ -16,7 +16,7 @@ import (
 
 	"github.com/stt-tun/stt-tun/config"
 	"github.com/stt-tun/stt-tun/internal/status"
-	"github.com/stt-tun/stt-tun/tun"
+	"github.com/stt-tun/stt-tun/tun/tuntest"
 	"github.com/stt-tun/stt-tun/tunnel"
 )
 
@@ -141,7 +141,7 @@ func realCounters(t *testing.T) map[string]uint64 {
 		Name: "mem-schema", NodeName: "schema", MTU: 1420,
 		SeedFile: filepath.Join(dir, "seed"), KeyFile: filepath.Join(dir, "key"),
 	}}
-	tu, err := tunnel.Start(context.Background(), cfg, tunnel.Options{Device: tun.NewMem("mem-schema", 1420, 4)})
+	tu, err := tunnel.Start(context.Background(), cfg, tunnel.Options{Device: tuntest.NewMem("mem-schema", 1420, 4)})
 	if err != nil {
 		t.Fatal(err)
 	}
