@@ -26,8 +26,8 @@ const (
 
 // Status is a point-in-time view of a running tunnel, as `stt-tun status` shows it.
 type Status struct {
-	// SchemaVersion is SchemaVersion in what `status --json` prints; the daemon's
-	// control socket leaves it 0.
+	// SchemaVersion is this package's SchemaVersion in what `status --json`
+	// prints; the daemon's control socket leaves it 0.
 	SchemaVersion int `json:"schema_version,omitempty"`
 	// State is StateStarting while the daemon brings the interface up, then StateUp;
 	// StateDaemonGone in what `status` prints for routing a dead daemon left.
