@@ -116,9 +116,16 @@ func TestLateWebSocketFramesDoNotUndoReturnToUDP(t *testing.T) {
 	pa.mu.Lock()
 	pa.lastProbe = time.Now() // no UDP probe for the next hour
 	pa.mu.Unlock()
-	pa.onWS.Store(true)
 	pb := b.Peer("a")
-	keepSending(t, a, b, pa, func() bool { return pb.Path() == PathWS })
+	// As in a fallback, UDP from b does not come through while b follows a. A frame b
+	// sent over UDP before that may still be on its way and take a back to UDP, as
+	// any frame over UDP would: the move is made again until b has followed.
+	b.bind.blocked.Store(true)
+	keepSending(t, a, b, pa, func() bool {
+		pa.onWS.Store(true)
+		return pb.Path() == PathWS
+	})
+	b.bind.blocked.Store(false)
 
 	// a hears from b over UDP (a probe's answer would do the same) and returns to UDP;
 	// b's frames already on their way over the WebSocket must not pull it back.
