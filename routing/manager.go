@@ -300,6 +300,11 @@ func (m *Manager) addFullTunnel(family int) error {
 // its record is dropped rather than reverted.
 func (m *Manager) do(c change, op func() error) error {
 	if m.claim(c) {
+		// Taken over from a dead run: in effect still, or not (the namespace was
+		// made anew, someone removed it by hand). Made again; found there, fine.
+		if err := op(); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("%s: %w", c.describe(), err)
+		}
 		return nil
 	}
 	if err := m.j.record(c); err != nil {
@@ -492,9 +497,25 @@ func netlinkRule(rc ruleChange) *netlink.Rule {
 }
 
 func (m *Manager) setSysctl(key, val string) error {
-	// Claimed first: a dead run left the value set, and its record holds
-	// the value to restore.
+	// Claimed first: a dead run set the value, and its record holds the value
+	// to restore. Unless the value is not set any more (the namespace was made
+	// anew, or someone changed it): then what is there now is what to restore.
 	if m.claim(change{Sysctl: &sysctlChange{Key: key, New: val}}) {
+		cur, err := m.env.readSysctl(key)
+		if err != nil {
+			return fmt.Errorf("read sysctl %s: %w", key, err)
+		}
+		if cur == val {
+			return nil
+		}
+		rec := m.j.st.Changes[m.claimed-1].Sysctl
+		rec.Old = cur
+		if err := m.j.save(); err != nil {
+			return fmt.Errorf("sysctl %s: %w", key, err)
+		}
+		if err := m.env.writeSysctl(key, val); err != nil {
+			return fmt.Errorf("set sysctl %s=%s: %w", key, val, err)
+		}
 		return nil
 	}
 	old, err := m.env.readSysctl(key)
@@ -514,14 +535,21 @@ func (m *Manager) setSysctl(key, val string) error {
 
 func (m *Manager) addMasquerade() error {
 	name := NFTTableName(m.spec.Link)
-	if m.claim(change{NFT: &nftChange{Family: "inet", Name: name}}) {
-		return nil
-	}
 	// A table of that name that is not ours must survive our undo, so it is
 	// refused before the journal could claim it.
 	exists, err := m.env.nftTableExists(name)
 	if err != nil {
 		return fmt.Errorf("masquerade: %w", err)
+	}
+	// A dead run's table, taken over: made again if it is gone.
+	if m.claim(change{NFT: &nftChange{Family: "inet", Name: name}}) {
+		if exists {
+			return nil
+		}
+		if err := m.env.addMasquerade(name, m.spec.Link); err != nil {
+			return fmt.Errorf("masquerade: %w", err)
+		}
+		return nil
 	}
 	if exists {
 		return fmt.Errorf("masquerade: nftables table inet %s already exists", name)

@@ -182,6 +182,13 @@ func (n *testNS) createTUN(t *testing.T, name string) tun.Device {
 	}); err != nil {
 		t.Fatalf("create tun %s: %v", name, err)
 	}
+	// Drain the link events as the tunnel does: an undrained channel blocks the
+	// device's netlink listener for good, and every test leaked it and its socket.
+	// The range ends when Close makes the listener close the channel.
+	go func() {
+		for range dev.Events() {
+		}
+	}()
 	t.Cleanup(func() { dev.Close() })
 	return dev
 }
@@ -670,6 +677,10 @@ func TestApplyFailsHalfway(t *testing.T) {
 			name: "address exists",
 			setup: func(t *testing.T, n *testNS, _ string) {
 				n.ip(t, "addr", "add", "fd77::1/64", "dev", "stt0", "nodad")
+				// The dump below must hold the address's local route, which the kernel
+				// adds from a work queue: under load it came only after the dump, and
+				// the rollback looked like it had left a route behind.
+				n.settle(t, "stt0")
 			},
 			wantErr: "add address fd77::1/64",
 		},
@@ -1163,4 +1174,42 @@ func TestApplyRefusesJournalOfLiveLink(t *testing.T) {
 		t.Errorf("second Apply on the same live link: error %q is not one line saying why", err)
 	}
 	sameDump(t, applied, n.dump(t))
+}
+
+// TestApplyTakeOverRemakesWhatIsGone: a dead run's journal names rules, kill switch,
+// sysctls and an nftables table that are no longer in effect (the namespace was made
+// anew after the crash, or someone removed them by hand). The new Apply, taking the
+// journal over, makes them again instead of believing the journal: else the full
+// tunnel ran without its rules, and all traffic left by the uplink while status said
+// up. Undo then restores the machine as it was.
+func TestApplyTakeOverRemakesWhatIsGone(t *testing.T) {
+	n := newNS(t)
+	n.underlay(t)
+	before := n.dump(t)
+	stateDir := filepath.Join(t.TempDir(), "state")
+	n.crashed(t, fullSpec(stateDir))
+	for _, fam := range []string{"-4", "-6"} {
+		n.ip(t, fam, "rule", "del", "priority", "32764")
+		n.ip(t, fam, "rule", "del", "priority", "32765")
+		n.ip(t, fam, "route", "flush", "table", "5354")
+	}
+	n.nft(t, "delete", "table", "inet", "stt-tun-stt0")
+	for _, k := range []string{sysctlIPForward, sysctlIP6Forward, sysctlSrcValidMark} {
+		if err := n.do(func() error { return os.WriteFile("/proc/sys/"+k, []byte("0"), 0o644) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	m, err := n.apply(fullSpec(stateDir))
+	if err != nil {
+		t.Fatalf("Apply after the crash: %v", err)
+	}
+	checkApplied(t, n)
+	checkDecisions(t, n)
+	if err := m.Undo(); err != nil {
+		t.Fatalf("Undo: %v", err)
+	}
+	n.deleteLink(t, "stt0")
+	sameDump(t, before, n.dump(t))
+	noJournal(t, stateDir)
 }

@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/stt-tun/stt-tun/stt/handshake"
+	"github.com/stt-tun/stt-tun/stt/udp"
+	"github.com/stt-tun/stt-tun/stt/wire"
 )
 
 // recordLog keeps every record of a logger at debug level.
@@ -69,5 +71,48 @@ func TestDroppedHandshakeLogIsRateLimitedPerReason(t *testing.T) {
 	lines = rl.lines("handshake dropped")
 	if len(lines) != 3 || lines[2]["reason"] != DropBadMAC1.String() || lines[2]["suppressed"] != "999" {
 		t.Fatalf("after the interval: %v, want a bad-mac1 line with suppressed=999", lines)
+	}
+}
+
+// A member that completes handshakes under a pinned peer's name with its own key is
+// refused each time, and each refusal is counted; the warning says so at most once per
+// interval, with the number left out: at the handshake budget (up to 200 a second) it
+// would otherwise be a warn-level line each.
+func TestPinMismatchWarningIsRateLimited(t *testing.T) {
+	rl := &recordLog{}
+	b := &sinkBind{Bind: udp.New()}
+	n, err := New(Config{Seed: fixedKey(1), PrivateKey: fixedKey(2), Name: "n", Handler: &recordHandler{}, Bind: b,
+		Logger: slog.New(rl)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pinned := fixedKey(0x60)
+	p, err := n.AddPeer(PeerConfig{Name: "peer", PublicKey: &pinned})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep, _ := b.ParseEndpoint("127.0.0.1:9")
+	const msg = "handshake with a key other than the pinned one; refusing"
+	for i := range 1000 {
+		p.completeResponder(handshake.Result{
+			LocalIndex: n.index.reserve(), RemoteIndex: uint32(i + 1),
+			SendKey: fixedKey(3), RecvKey: fixedKey(4), Cipher: wire.CipherChaCha20Poly1305,
+			PeerStatic: fixedKey(0x70), PeerName: "peer",
+		}, ep)
+	}
+	if got := n.Stats().Drops[DropPinMismatch]; got != 1000 {
+		t.Fatalf("counted %d pin mismatches, want 1000", got)
+	}
+	if lines := rl.lines(msg); len(lines) != 1 {
+		t.Fatalf("1000 refused handshakes gave %d warnings, want 1", len(lines))
+	}
+	n.warnLogs[DropPinMismatch].last.Add(-int64(2 * dropLogInterval))
+	p.completeResponder(handshake.Result{
+		LocalIndex: n.index.reserve(), RemoteIndex: 5000,
+		SendKey: fixedKey(3), RecvKey: fixedKey(4), Cipher: wire.CipherChaCha20Poly1305,
+		PeerStatic: fixedKey(0x70), PeerName: "peer",
+	}, ep)
+	if lines := rl.lines(msg); len(lines) != 2 || lines[1]["suppressed"] != "999" || lines[1]["peer"] != "peer" {
+		t.Fatalf("after the interval: %v, want a line for the peer with suppressed=999", lines)
 	}
 }

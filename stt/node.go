@@ -120,10 +120,15 @@ type Node struct {
 
 	versionLogged atomic.Int64 // unix ns of the last log line about another version
 	dropLogs      [numDropReasons]dropLog
+	warnLogs      [numDropReasons]dropLog // warnDrop's, apart from the debug lines
 
 	// peerAddrs is the set of the peers' current UDP addresses, which the handshake
 	// engine favours under load (handshake.Config.Priority); the timer loop keeps it.
 	peerAddrs atomic.Pointer[map[netip.Addr]struct{}]
+	// addrGen counts changes of the peers' UDP addresses and removals of peers;
+	// addrBuilt is its value when peerAddrs was last built (timer loop only).
+	addrGen   atomic.Uint64
+	addrBuilt uint64
 
 	wsServer *ws.Server
 	wsStates sync.Pool // *wsRecvState
@@ -681,6 +686,24 @@ func (n *Node) logDrop(r DropReason, err error, name string) {
 	n.log.Debug("handshake dropped", attrs...)
 }
 
+// warnDrop writes the warn-level line for a handshake refused for reason r, at most
+// once per dropLogInterval per reason, with the number of refusals left unlogged since:
+// a member can make a node refuse handshakes at its handshake budget, and each must not
+// be a line in the administrator's log. The drop itself is counted by the caller.
+func (n *Node) warnDrop(r DropReason, msg string, attrs ...any) {
+	l := &n.warnLogs[r]
+	now := time.Now().UnixNano()
+	last := l.last.Load()
+	if now-last < int64(dropLogInterval) || !l.last.CompareAndSwap(last, now) {
+		l.suppressed.Add(1)
+		return
+	}
+	if s := l.suppressed.Swap(0); s > 0 {
+		attrs = append(attrs, "suppressed", s)
+	}
+	n.log.Warn(msg, attrs...)
+}
+
 // isPeerAddr reports whether a is a configured peer's current UDP address.
 func (n *Node) isPeerAddr(a netip.Addr) bool {
 	m := n.peerAddrs.Load()
@@ -691,33 +714,22 @@ func (n *Node) isPeerAddr(a netip.Addr) bool {
 	return ok
 }
 
-// refreshPeerAddrs rebuilds the set isPeerAddr reads when the peers' addresses are not
-// all in it (or it holds more than there are peers), and otherwise allocates nothing.
+// refreshPeerAddrs rebuilds the set isPeerAddr reads when a peer's address has changed
+// or a peer has gone since it was last built (addrGen), and otherwise allocates nothing.
+// Only the timer loop calls it.
 func (n *Node) refreshPeerAddrs(peers []*Peer) {
-	cur := n.peerAddrs.Load()
-	same := cur != nil
-	count := 0
-	for _, p := range peers {
-		a := p.udpAddr()
-		if !a.IsValid() {
-			continue
-		}
-		count++
-		if same {
-			_, ok := (*cur)[a]
-			same = ok
-		}
-	}
-	if same && len(*cur) <= count {
+	g := n.addrGen.Load() // before the addresses are read: a later change shows next time
+	if n.peerAddrs.Load() != nil && g == n.addrBuilt {
 		return
 	}
-	m := make(map[netip.Addr]struct{}, count)
+	m := make(map[netip.Addr]struct{}, len(peers))
 	for _, p := range peers {
 		if a := p.udpAddr(); a.IsValid() {
 			m[a] = struct{}{}
 		}
 	}
 	n.peerAddrs.Store(&m)
+	n.addrBuilt = g
 }
 
 // udpAddr is the IP address of the peer's current UDP endpoint, or the zero Addr.

@@ -198,6 +198,9 @@ func (p *Peer) storeUDP(ep conn.Endpoint) {
 	ap := addrPortOf(ep)
 	p.udpEP.Store(&ep)
 	p.udpAP.Store(&ap)
+	if p.node != nil {
+		p.node.addrGen.Add(1) // after the store: the timers then see the new address
+	}
 }
 
 func (p *Peer) mono(t time.Time) int64 { return int64(t.Sub(p.node.epoch)) }
@@ -599,7 +602,7 @@ func (p *Peer) completeResponder(res handshake.Result, ep conn.Endpoint) {
 	}
 	if p.cfg.PublicKey != nil && subtle.ConstantTimeCompare(res.PeerStatic[:], p.cfg.PublicKey[:]) != 1 {
 		reject(DropPinMismatch)
-		n.log.Warn("handshake with a key other than the pinned one; refusing", "peer", p.cfg.Name)
+		n.warnDrop(DropPinMismatch, "handshake with a key other than the pinned one; refusing", "peer", p.cfg.Name)
 		n.refuse(res, ep, wire.CodePinMismatch)
 		return
 	}
@@ -984,6 +987,7 @@ func (p *Peer) shutdown() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.removed = true
+	p.node.addrGen.Add(1) // its address leaves the set of configured peers' addresses
 	p.endLookupLocked()
 	// The handshake dropSessionsLocked asks for never starts: a removed peer runs no
 	// timers and completes no handshake.

@@ -1,12 +1,15 @@
 package tunnel
 
 import (
+	"context"
 	"encoding/binary"
 	"fmt"
+	"net"
 	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
+	"time"
 
 	"github.com/stt-tun/stt-tun/config"
 )
@@ -22,8 +25,9 @@ import (
 // node's own underlay traffic: a UDP datagram to p's UDP endpoint, or one sent from the
 // node's listen port by one of the interface's own addresses (the source the OS picks
 // when it routes the node's socket into the tunnel), or a TCP segment to the far end
-// of p's WebSocket connection or to its ws_url given as an IP address. It reads two
-// atomic pointers at most: no lock, no allocation.
+// of p's WebSocket connection or to its ws_url's host (an IP address, or what its name
+// resolved to) when a prefix narrower than /0 covers it. It reads a few
+// atomic pointers (and, for such TCP only, looks the prefix up): no lock, no allocation.
 func (t *Tunnel) loopsBack(pkt []byte, p *peer) bool {
 	var proto byte
 	var l4 []byte
@@ -40,7 +44,10 @@ func (t *Tunnel) loopsBack(pkt []byte, p *peer) bool {
 		if len(pkt) < 44 {
 			return false
 		}
-		proto, l4 = pkt[6], pkt[40:]
+		var ok bool
+		if proto, l4, ok = ipv6Upper(pkt); !ok {
+			return false
+		}
 		src, dst = netip.AddrFrom16([16]byte(pkt[8:24])), netip.AddrFrom16([16]byte(pkt[24:40]))
 	default:
 		return false
@@ -53,34 +60,170 @@ func (t *Tunnel) loopsBack(pkt []byte, p *peer) bool {
 		}
 		return to == p.sp.UDPEndpoint()
 	case protoTCP:
-		if u := p.wsURL.Load(); u != nil && *u == to {
-			return true
+		if w := p.ws.Load(); (w == nil || !w.has(to)) && to != p.sp.WSEndpoint() {
+			return false
 		}
-		return to == p.sp.WSEndpoint()
+		// The node's own TCP is marked, and the full tunnel's rules keep it out of the
+		// exit peer's /0: TCP that reaches the tunnel by that /0 is the users' (a web
+		// site on the server that also carries the WebSocket), and goes through. Only
+		// a narrower prefix over the host draws the node's own TCP in.
+		lpm, _, ok := t.table.Load().LookupPrefixLPM(netip.PrefixFrom(dst, dst.BitLen()))
+		return ok && lpm.Bits() > 0
 	}
 	return false
 }
 
-// setWSURL publishes the address of a ws_url whose host is an IP address (nil for a
-// name, or no URL).
-func (p *peer) setWSURL(s string) {
-	var ap *netip.AddrPort
-	if u, err := url.Parse(s); err == nil && s != "" {
-		port := u.Port()
-		if port == "" {
-			port = "80"
-			if u.Scheme == "wss" {
-				port = "443"
+// maxExtHeaders bounds the IPv6 extension headers ipv6Upper steps over.
+const maxExtHeaders = 4
+
+// ipv6Upper finds the upper-layer protocol of an IPv6 packet and its header (at least
+// the 4 bytes of ports), stepping over hop-by-hop, routing, destination options and
+// fragment headers. The node's own UDP datagrams, routed into the TUN device with its
+// MTU, come as fragments when they are larger than it: the first fragment carries
+// the ports behind a fragment header, and missing it would let the loop spin on
+// (each large datagram, re-encapsulated, is fragmented again). ok is false for a
+// fragment other than the first (it has no ports) and for what cannot be parsed.
+func ipv6Upper(pkt []byte) (proto byte, l4 []byte, ok bool) {
+	proto, off := pkt[6], 40
+	for range maxExtHeaders {
+		switch proto {
+		case 0, 43, 60: // hop-by-hop, routing, destination options: length in 8 bytes, less 1
+			if len(pkt) < off+8 {
+				return 0, nil, false
 			}
-		}
-		if a, err := netip.ParseAddr(u.Hostname()); err == nil {
-			if n, err := strconv.ParseUint(port, 10, 16); err == nil {
-				v := netip.AddrPortFrom(a.Unmap(), uint16(n))
-				ap = &v
+			proto, off = pkt[off], off+(int(pkt[off+1])+1)*8
+		case 44: // fragment: 8 bytes; offset in the upper 13 bits of bytes 2-3
+			if len(pkt) < off+8 || binary.BigEndian.Uint16(pkt[off+2:off+4])>>3 != 0 {
+				return 0, nil, false
 			}
+			proto, off = pkt[off], off+8
+		default:
+			if len(pkt) < off+4 {
+				return 0, nil, false
+			}
+			return proto, pkt[off:], true
 		}
 	}
-	p.wsURL.Store(ap)
+	return 0, nil, false
+}
+
+// wsTarget is a peer's ws_url as the packet pump sees it: the addresses its TCP goes
+// to. For a host name they are those of its lookup, once it has answered.
+type wsTarget struct {
+	url    string
+	addrs  [2]netip.AddrPort // the first IPv4 and the first IPv6 address; zero: none
+	looked chan struct{}     // closed once addrs are final (at once for an IP address)
+}
+
+// has reports whether to, a valid address, is one of w's.
+func (w *wsTarget) has(to netip.AddrPort) bool { return w.addrs[0] == to || w.addrs[1] == to }
+
+// wsLookupTimeout bounds the lookup of a ws_url host name.
+const wsLookupTimeout = 5 * time.Second
+
+// setWSURL publishes the addresses of p's ws_url s: at once for an IP address; for a
+// host name, once a lookup in the background answers. Without them, TCP from a new
+// WebSocket connection that the system routes into the tunnel would not be recognised
+// as the node's own (nothing is connected yet), and neither up nor reload could warn
+// that an allowed prefix covers the host. An unchanged URL keeps what it has.
+func (t *Tunnel) setWSURL(p *peer, s string) {
+	if cur := p.ws.Load(); cur != nil && cur.url == s {
+		return
+	}
+	w := &wsTarget{url: s, looked: make(chan struct{})}
+	u, err := url.Parse(s)
+	if err != nil || s == "" {
+		close(w.looked)
+		p.ws.Store(w)
+		return
+	}
+	port := u.Port()
+	if port == "" {
+		port = "80"
+		if u.Scheme == "wss" {
+			port = "443"
+		}
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		close(w.looked)
+		p.ws.Store(w)
+		return
+	}
+	if a, err := netip.ParseAddr(u.Hostname()); err == nil {
+		w.addrs[0] = netip.AddrPortFrom(a.Unmap(), uint16(n))
+		close(w.looked)
+		p.ws.Store(w)
+		return
+	}
+	p.ws.Store(w)
+	host := u.Hostname()
+	go func() {
+		ctx, cancel := context.WithTimeout(t.lookupCtx, wsLookupTimeout)
+		defer cancel()
+		next := &wsTarget{url: s, looked: w.looked}
+		next.addrs = t.lookupWS(ctx, host, uint16(n))
+		if p.ws.CompareAndSwap(w, next) {
+			close(w.looked)
+			t.warnLateWSLoop(p, next)
+		}
+	}()
+}
+
+// lookupWS resolves a ws_url host name to its first IPv4 and first IPv6 address (the
+// dialer may use either), with Options.Resolver in tests.
+func (t *Tunnel) lookupWS(ctx context.Context, host string, port uint16) (out [2]netip.AddrPort) {
+	if t.resolver != nil {
+		if ap, err := t.resolver(ctx, net.JoinHostPort(host, strconv.Itoa(int(port)))); err == nil {
+			out[0] = netip.AddrPortFrom(ap.Addr().Unmap(), port)
+		}
+		return out
+	}
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return out
+	}
+	for _, a := range ips {
+		a = a.Unmap()
+		switch {
+		case a.Is4() && !out[0].IsValid():
+			out[0] = netip.AddrPortFrom(a, port)
+		case a.Is6() && !out[1].IsValid():
+			out[1] = netip.AddrPortFrom(a, port)
+		}
+	}
+	return out
+}
+
+// warnLateWSLoop logs, once a ws_url host name has resolved after up or reload stopped
+// waiting, the warnings those would have given for its addresses.
+func (t *Tunnel) warnLateWSLoop(p *peer, w *wsTarget) {
+	select {
+	case <-t.lookupCtx.Done():
+		return
+	default:
+	}
+	t.mu.RLock()
+	cfg, name := t.cfg, p.cfg.Name
+	t.mu.RUnlock()
+	for _, msg := range loopWarnings(cfg, func(pc config.Peer) []netip.Addr {
+		if pc.Name != name || pc.WSURL != w.url {
+			return nil
+		}
+		return w.addrList()
+	}) {
+		t.log.Warn(msg)
+	}
+}
+
+func (w *wsTarget) addrList() []netip.Addr {
+	var out []netip.Addr
+	for _, ap := range w.addrs {
+		if ap.IsValid() {
+			out = append(out, ap.Addr())
+		}
+	}
+	return out
 }
 
 // routingLoop counts a packet that loopsBack found, and the first time for p logs at
@@ -158,6 +301,13 @@ func (t *Tunnel) runningLoopWarnings(cfg *config.Config, peers []*peer) []string
 			if p.cfg.Name == pc.Name && p.sp != nil {
 				if ap := p.sp.UDPEndpoint(); ap.IsValid() && !slices.Contains(out, ap.Addr().Unmap()) {
 					out = append(out, ap.Addr().Unmap())
+				}
+				if w := p.ws.Load(); w != nil && w.url == pc.WSURL {
+					for _, a := range w.addrList() {
+						if !slices.Contains(out, a) {
+							out = append(out, a)
+						}
+					}
 				}
 			}
 		}

@@ -275,7 +275,7 @@ func (t *Tunnel) reload(cfg *config.Config) ([]string, error) {
 		peers = append(peers, pl.p)
 	}
 	for _, pl := range plans {
-		pl.p.setWSURL(pl.cfg.WSURL)
+		t.setWSURL(pl.p, pl.cfg.WSURL)
 	}
 	t.mu.Lock()
 	t.table.Store(table)

@@ -43,9 +43,9 @@ type peer struct {
 	srcDenied  atomic.Uint64 // packets from this peer with a source it may not use
 	loops      atomic.Uint64 // packets to this peer dropped as a routing loop
 	loopLogged atomic.Bool   // the routing loop was logged
-	// wsURL is the address of the peer's ws_url when its host is an IP address, for
-	// the packet pump, which reads no cfg.
-	wsURL atomic.Pointer[netip.AddrPort]
+	// ws is the peer's ws_url and the addresses of its host (an IP address, or what
+	// its name resolved to), for the packet pump, which reads no cfg.
+	ws atomic.Pointer[wsTarget]
 }
 
 // Tunnel is a running stt-tun interface.
@@ -81,6 +81,12 @@ type Tunnel struct {
 	closeOnce  sync.Once
 	failOnce   sync.Once
 	stopReason atomic.Pointer[error]
+
+	// resolver is Options.Resolver; lookupCtx ends the lookups of ws_url host names
+	// when the tunnel closes.
+	resolver     func(ctx context.Context, hostport string) (netip.AddrPort, error)
+	lookupCtx    context.Context
+	lookupCancel context.CancelFunc
 }
 
 // Start brings a tunnel up: TUN device, STT node, addresses and routes. It returns once
@@ -90,8 +96,10 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	t := &Tunnel{cfg: cfg, log: log, done: make(chan struct{})}
+	t := &Tunnel{cfg: cfg, log: log, done: make(chan struct{}), resolver: opts.Resolver}
+	t.lookupCtx, t.lookupCancel = context.WithCancel(context.Background())
 	var undo []func()
+	undo = append(undo, t.lookupCancel)
 	defer func() {
 		if err != nil {
 			for i := len(undo) - 1; i >= 0; i-- {
@@ -172,7 +180,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 	for i := range cfg.Peers {
 		pc := cfg.Peers[i]
 		p := &peer{cfg: pc}
-		p.setWSURL(pc.WSURL)
+		t.setWSURL(p, pc.WSURL)
 		p.sp, err = t.node.AddPeer(sttPeerConfig(pc, p))
 		if err != nil {
 			return nil, err
@@ -234,6 +242,13 @@ func (t *Tunnel) awaitLookups(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		}
+		if w := p.ws.Load(); w != nil {
+			select {
+			case <-w.looked:
+			case <-ctx.Done():
+				return
+			}
+		}
 	}
 }
 
@@ -264,6 +279,7 @@ func (t *Tunnel) fail(err error) {
 func (t *Tunnel) Close() error {
 	var errs []error
 	t.closeOnce.Do(func() {
+		t.lookupCancel()
 		t.stopMetrics()
 		if err := t.node.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close node: %w", err))

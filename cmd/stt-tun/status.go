@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -78,7 +79,7 @@ func showStatus(c *cli.Context, e *env) error {
 					return err
 				}
 			}
-			return errors.New(goneLine(link))
+			return errors.New(goneLine(link, dir))
 		}
 		if err != nil {
 			return fmt.Errorf("status %s: %w", link, err)
@@ -86,7 +87,7 @@ func showStatus(c *cli.Context, e *env) error {
 		if c.Bool("json") {
 			return writeJSON(e.stdout, forJSON(st))
 		}
-		return renderStatus(e.stdout, []status.Status{st}, time.Now())
+		return renderStatus(e.stdout, []status.Status{st}, dir, time.Now())
 	}
 
 	var names []string
@@ -132,7 +133,7 @@ func showStatus(c *cli.Context, e *env) error {
 		}
 		err = writeJSON(e.stdout, out)
 	} else {
-		err = renderStatus(e.stdout, all, time.Now())
+		err = renderStatus(e.stdout, all, dir, time.Now())
 	}
 	if err != nil {
 		return err
@@ -171,9 +172,14 @@ func goneStatus(link string) status.Status {
 	return status.Status{Interface: link, State: status.StateDaemonGone}
 }
 
-// goneLine is the one line that tells of an interface whose daemon is gone.
-func goneLine(link string) string {
-	return fmt.Sprintf("%s: daemon gone, run 'stt-tun down %s'", link, link)
+// goneLine is the one line that tells of an interface whose daemon is gone, with the
+// command that cleans up after it: in state directory dir, named when not the default.
+func goneLine(link, dir string) string {
+	down := "stt-tun down " + link
+	if filepath.Clean(dir) != DefaultStateDir {
+		down = fmt.Sprintf("stt-tun --state-dir %s down %s", dir, link)
+	}
+	return fmt.Sprintf("%s: daemon gone, run '%s'", link, down)
 }
 
 // forJSON stamps a status with the schema version this program prints (the JSON is
@@ -208,7 +214,7 @@ func writeJSON(w io.Writer, v any) error {
 
 // renderStatus writes a human-readable view of each interface and its peers, relative
 // to now.
-func renderStatus(w io.Writer, all []status.Status, now time.Time) error {
+func renderStatus(w io.Writer, all []status.Status, dir string, now time.Time) error {
 	var b strings.Builder
 	var gone []string
 	n := 0
@@ -273,7 +279,7 @@ func renderStatus(w io.Writer, all []status.Status, now time.Time) error {
 		if i == 0 && n > 0 {
 			b.WriteString("\n")
 		}
-		b.WriteString(goneLine(name) + "\n")
+		b.WriteString(goneLine(name, dir) + "\n")
 	}
 	if _, err := io.WriteString(w, b.String()); err != nil {
 		return fmt.Errorf("write status: %w", err)

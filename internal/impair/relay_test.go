@@ -108,6 +108,17 @@ func (l *lab) wait(what string, cond func(Stats) bool) Stats {
 	}
 }
 
+// waitSent waits until the relay has counted at least a2b and b2a datagrams as sent.
+// The counters of a batch are updated after its last write returns, so the receiver can
+// hold a datagram before the relay has counted it; a test that checks Sent (or the hold
+// times, recorded with it) after collecting waits here first.
+func (l *lab) waitSent(a2b, b2a uint64) Stats {
+	l.t.Helper()
+	return l.wait(fmt.Sprintf("relay counted %d sent a2b, %d b2a", a2b, b2a), func(s Stats) bool {
+		return s.A2B.Sent >= a2b && s.B2A.Sent >= b2a
+	})
+}
+
 // collect reads n datagrams that b received.
 func (l *lab) collect(n int) [][]byte {
 	l.t.Helper()
@@ -170,7 +181,9 @@ func TestForwardsBothWaysUnchanged(t *testing.T) {
 	case <-time.After(waitTimeout):
 		t.Fatalf("no reply at a: %+v", l.r.Stats())
 	}
-	s := l.r.Stats()
+	// The relay counts a batch once the writes returned, so a datagram may be received
+	// before it is counted as sent: wait for the counters, then check them exactly.
+	s := l.waitSent(300, 1)
 	if s.A2B.Received != 300 || s.A2B.Sent != 300 || s.B2A.Sent != 1 || s.A2B.SentBytes != 300*1200 {
 		t.Fatalf("counters %+v", s)
 	}
@@ -335,7 +348,7 @@ func TestDelayApplied(t *testing.T) {
 	_ = l.r.SetA2B(Impairment{Delay: delay, Jitter: jitter})
 	l.send(numbered(200, 100)...)
 	l.collect(200)
-	s := l.r.Stats().A2B
+	s := l.waitSent(200, 0).A2B
 	if s.Delayed != 200 {
 		t.Errorf("delayed %d, want 200", s.Delayed)
 	}
@@ -531,7 +544,7 @@ func TestSetDropLosesChosenDatagrams(t *testing.T) {
 	if string(got[0]) != "a" || string(got[1]) != "b" || string(got[2]) != "x2" {
 		t.Fatalf("got %q", got)
 	}
-	if s := l.r.Stats().A2B; s.Filtered != 1 || s.Sent != 3 {
+	if s := l.waitSent(3, 0).A2B; s.Filtered != 1 || s.Sent != 3 {
 		t.Fatalf("counters %+v", s)
 	}
 	l.r.SetDrop(AtoB, nil)

@@ -8,7 +8,7 @@
 // writable by all: nobody else can rename or remove the entries in it that root owns.
 // Symbolic links on the way are followed only if a trusted user owns them. OpenFile
 // opens a file in the directory without following a symbolic link and only if it is a
-// regular file.
+// regular file with no other name.
 package statedir
 
 import (
@@ -156,8 +156,10 @@ func checkDir(path string, fi fs.FileInfo, ancestor bool) error {
 }
 
 // OpenFile opens a file in a checked state directory like os.OpenFile, but never
-// follows a symbolic link, and refuses anything but a regular file (a FIFO or device
-// planted there is not opened for real: the open does not block, and is undone).
+// follows a symbolic link, and refuses anything but a regular file with one name (no
+// hard link to a file elsewhere; a FIFO or device planted there is not opened for
+// real: the open does not block, and is undone). Do not pass O_TRUNC: the kernel
+// would truncate a hard-linked file before it is refused.
 func OpenFile(path string, flag int, perm os.FileMode) (*os.File, error) {
 	fd, err := unix.Open(path, flag|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, uint32(perm.Perm()))
 	if err != nil {
@@ -174,6 +176,13 @@ func OpenFile(path string, flag int, perm os.FileMode) (*os.File, error) {
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		unix.Close(fd)
 		return nil, &fs.PathError{Op: "open", Path: path, Err: errors.New("not a regular file; refusing it")}
+	}
+	// A hard link to a file elsewhere (root's /etc/shadow, say) is no symbolic link,
+	// but writing through it would change that file all the same. stt-tun's own
+	// files in the directory have one name each.
+	if st.Nlink != 1 {
+		unix.Close(fd)
+		return nil, &fs.PathError{Op: "open", Path: path, Err: fmt.Errorf("has %d hard links; refusing it", st.Nlink)}
 	}
 	if err := unix.SetNonblock(fd, false); err != nil {
 		unix.Close(fd)

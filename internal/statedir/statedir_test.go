@@ -230,3 +230,36 @@ func TestOpenFileRegular(t *testing.T) {
 		t.Errorf("mode %v, want 0600", m)
 	}
 }
+
+// TestOpenFileRefusesHardLink: a hard link planted under a state file's name (to a
+// file of root's elsewhere) is refused for every open the state files use, and the
+// file it names is left as it was. O_NOFOLLOW alone does not see it: a hard link is
+// the file itself.
+func TestOpenFileRefusesHardLink(t *testing.T) {
+	dir := t.TempDir()
+	victim := filepath.Join(dir, "victim")
+	if err := os.WriteFile(victim, []byte("precious\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	planted := filepath.Join(dir, "stt0.log")
+	if err := os.Link(victim, planted); err != nil {
+		t.Fatal(err)
+	}
+	for _, flag := range []int{
+		os.O_WRONLY | os.O_APPEND | os.O_CREATE, // the daemon log
+		os.O_RDWR | os.O_CREATE,                 // the lock
+		os.O_RDONLY,                             // the journal, read back
+	} {
+		f, err := OpenFile(planted, flag, 0o600)
+		if err == nil {
+			f.WriteString("overwritten\n")
+			f.Close()
+			t.Errorf("OpenFile(%#x) opened a hard link to another file", flag)
+		} else if !strings.Contains(err.Error(), "hard links") {
+			t.Errorf("OpenFile(%#x) error %q does not say why", flag, err)
+		}
+	}
+	if b, _ := os.ReadFile(victim); string(b) != "precious\n" {
+		t.Errorf("the linked file was changed: %q", b)
+	}
+}

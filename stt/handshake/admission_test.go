@@ -176,39 +176,71 @@ func TestConfiguredPeerKeepsAHandshakeBudget(t *testing.T) {
 	}
 }
 
-// One source holds at most MaxHalfOpenPerSource half-open handshakes, and the one past
-// the cap costs no public-key work.
+// One source holds at most MaxHalfOpenPerSource half-open handshakes: the one past the
+// cap replaces that source's oldest (whose AUTH_PROOF then finds nothing), and leaves
+// other sources' handshakes alone. All addresses of an IPv6 /64 are one source.
 func TestHalfOpenCapPerSource(t *testing.T) {
 	o := defaultOpts()
 	ini, resp := newPair(t, o)
-	for i := range MaxHalfOpenPerSource {
+	perSrc := func(a netip.AddrPort) int {
+		resp.mu.Lock()
+		defer resp.mu.Unlock()
+		return resp.half.perSrc[sourceKey(a.Addr())]
+	}
+	other, ohello, _ := ini.Initiate(69, nil, nil)
+	ochal, err := resp.HandleHello(ohello, srcBob, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldest, hello, _ := ini.Initiate(70, nil, nil)
+	chal, err := resp.HandleHello(hello, srcAlice, nil)
+	if err != nil || chal[0] != wire.TypeChallenge {
+		t.Fatalf("HELLO 0: %v", err)
+	}
+	for i := 1; i < MaxHalfOpenPerSource; i++ {
 		_, hello, _ := ini.Initiate(uint32(70+i), nil, nil)
 		if r, err := resp.HandleHello(hello, srcAlice, nil); err != nil || r[0] != wire.TypeChallenge {
 			t.Fatalf("HELLO %d: %v", i, err)
 		}
 	}
-	_, hello, _ := ini.Initiate(99, nil, nil)
-	before := resp.DHCount()
-	if _, err := resp.HandleHello(hello, srcAlice, nil); !errors.Is(err, ErrUnderLoad) {
+	_, hello, _ = ini.Initiate(99, nil, nil)
+	if r, err := resp.HandleHello(hello, srcAlice, nil); err != nil || r[0] != wire.TypeChallenge {
 		t.Fatalf("past the cap: %v", err)
 	}
-	if resp.DHCount() != before {
-		t.Fatal("the refused HELLO cost X25519 work")
+	if n := perSrc(srcAlice); n != MaxHalfOpenPerSource {
+		t.Fatalf("the source holds %d half-open handshakes, cap %d", n, MaxHalfOpenPerSource)
+	}
+	if _, err := oldest.ReadChallenge(chal); err != nil {
+		t.Fatal(err)
+	}
+	auth, _, _ := oldest.WriteAuthProof(nil, nil)
+	if _, _, err := resp.HandleAuthProof(auth, srcAlice, nil); !errors.Is(err, ErrUnknownIndex) {
+		t.Fatalf("the source's oldest handshake was not the one replaced: %v", err)
+	}
+	if _, err := other.ReadChallenge(ochal); err != nil {
+		t.Fatal(err)
+	}
+	auth, _, _ = other.WriteAuthProof(nil, nil)
+	if _, _, err := resp.HandleAuthProof(auth, srcBob, nil); err != nil {
+		t.Fatalf("another source's handshake: %v", err)
 	}
 	// Another IPv6 address of the same /64 is the same source; another /64 is not.
-	for i := range MaxHalfOpenPerSource {
-		a := netip.AddrPortFrom(netip.MustParseAddr("2001:db8:1:2::1"), uint16(1+i))
+	a := netip.MustParseAddrPort("[2001:db8:1:2::1]:1")
+	for i := range MaxHalfOpenPerSource + 1 {
 		_, hello, _ := ini.Initiate(uint32(200+i), nil, nil)
+		if i == MaxHalfOpenPerSource {
+			a = netip.MustParseAddrPort("[2001:db8:1:2:ffff::9]:1")
+		}
 		if _, err := resp.HandleHello(hello, a, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
-	_, hello, _ = ini.Initiate(300, nil, nil)
-	if _, err := resp.HandleHello(hello, netip.MustParseAddrPort("[2001:db8:1:2:ffff::9]:1"), nil); !errors.Is(err, ErrUnderLoad) {
-		t.Fatalf("another address of the same /64: %v", err)
+	if n := perSrc(a); n != MaxHalfOpenPerSource {
+		t.Fatalf("a /64 holds %d half-open handshakes, cap %d", n, MaxHalfOpenPerSource)
 	}
 	_, hello, _ = ini.Initiate(301, nil, nil)
-	if _, err := resp.HandleHello(hello, netip.MustParseAddrPort("[2001:db8:1:3::1]:1"), nil); err != nil {
+	b := netip.MustParseAddrPort("[2001:db8:1:3::1]:1")
+	if _, err := resp.HandleHello(hello, b, nil); err != nil || perSrc(b) != 1 {
 		t.Fatalf("another /64: %v", err)
 	}
 }
@@ -263,5 +295,219 @@ func TestStaleHelloWithOldCookieCostsAtMostACookie(t *testing.T) {
 	}
 	if resp.DHCount() != before {
 		t.Fatal("the replay cost X25519 work")
+	}
+}
+
+// HELLOs a peer sent to other nodes (mac1 does not name the responder) and replayed
+// here from the peer's own address, without the seed, take that source's half-open
+// slots; the peer's own HELLO must still get a CHALLENGE and complete, rather than
+// find its source full for HalfOpenTimeout.
+func TestReplayedHellosFromPeersAddressDoNotLockItOut(t *testing.T) {
+	for _, prio := range []bool{false, true} {
+		o := defaultOpts()
+		if prio {
+			o.priority = func(a netip.Addr) bool { return a == srcAlice.Addr() }
+		}
+		ini, resp := newPair(t, o)
+		for i := range 2 * MaxHalfOpenPerSource {
+			_, captured, _ := ini.Initiate(uint32(5000+i), nil, nil)
+			if _, err := resp.HandleHello(captured, srcAlice, nil); err != nil {
+				t.Fatalf("priority %v: replayed HELLO %d: %v", prio, i, err)
+			}
+		}
+		resp.mu.Lock()
+		n := resp.half.perSrc[sourceKey(srcAlice.Addr())]
+		resp.mu.Unlock()
+		if n > MaxHalfOpenPerSource {
+			t.Fatalf("priority %v: one source holds %d half-open handshakes, cap %d", prio, n, MaxHalfOpenPerSource)
+		}
+		in, hello, _ := ini.Initiate(6000, nil, nil)
+		chal, err := resp.HandleHello(hello, srcAlice, nil)
+		if err != nil || chal[0] != wire.TypeChallenge {
+			t.Fatalf("priority %v: the peer's own HELLO after %d replays from its address: %v", prio, 2*MaxHalfOpenPerSource, err)
+		}
+		if _, err := in.ReadChallenge(chal); err != nil {
+			t.Fatal(err)
+		}
+		auth, _, _ := in.WriteAuthProof(nil, nil)
+		if _, reply, err := resp.HandleAuthProof(auth, srcAlice, nil); err != nil || reply != nil {
+			t.Fatalf("priority %v: the peer's AUTH_PROOF: %v", prio, err)
+		}
+	}
+}
+
+// With a replay window shorter than the cookie secret's lifetime, a HELLO that carried
+// a cookie and is replayed once the cache has forgotten it (stale) must not pass as
+// proven: it costs at most a cookie reply, no public-key work.
+func TestStaleHelloWithCookieUnderShortWindowCostsNoDH(t *testing.T) {
+	o := defaultOpts()
+	o.window = 10 * time.Second
+	ini, resp := newPair(t, o)
+	_, old, _ := ini.Initiate(66, cookieOf(t, resp, srcAlice), nil)
+	if r, err := resp.HandleHello(old, srcAlice, nil); err != nil || r[0] != wire.TypeChallenge {
+		t.Fatalf("original HELLO: %v", err)
+	}
+	o.clock.Advance(o.window + time.Second)
+	resp.Sweep()
+	before := resp.DHCount()
+	r, err := resp.HandleHello(old, srcAlice, nil)
+	if resp.DHCount() != before {
+		t.Fatalf("the replay %.1fs later cost %d X25519 operations (answer %v, %v)",
+			(o.window + time.Second).Seconds(), resp.DHCount()-before, r != nil && r[0] == wire.TypeChallenge, err)
+	}
+	if err != nil || r[0] != wire.TypeCookieReply {
+		t.Fatalf("replay: %v", err)
+	}
+}
+
+// With a short replay window, an initiator whose clock is off still completes with a
+// cookie: the stricter rule for stale HELLOs costs it a round trip, not the handshake.
+func TestSkewedClockHelloCompletesUnderShortWindow(t *testing.T) {
+	o := defaultOpts()
+	o.window = 10 * time.Second
+	ini, resp := newPair(t, o)
+	// Whatever the cookie secret's age, the retry within a second goes through.
+	for step := range 3 {
+		o.clock.Advance(time.Duration(step) * 4 * time.Second)
+		in, hello, _ := ini.Initiate(uint32(70+step), nil, nil)
+		o.clock.Advance(o.window)
+		r, err := resp.HandleHello(hello, srcAlice, nil)
+		if err != nil || r[0] != wire.TypeCookieReply {
+			t.Fatalf("step %d: skewed HELLO: %v", step, err)
+		}
+		cookie, err := in.ReadCookieReply(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.clock.Advance(-o.window + 500*time.Millisecond)
+		_, hello, _ = ini.Initiate(uint32(80+step), cookie, nil)
+		o.clock.Advance(o.window)
+		if r, err := resp.HandleHello(hello, srcAlice, nil); err != nil || r[0] != wire.TypeChallenge {
+			t.Fatalf("step %d: skewed HELLO with the cookie: %v", step, err)
+		}
+		o.clock.Advance(-o.window)
+	}
+}
+
+// staleHellos returns n HELLOs that are stale once the clock has advanced by a window:
+// the caller advances it.
+func staleHellos(t *testing.T, ini *Engine, n int, first uint32) [][]byte {
+	t.Helper()
+	out := make([][]byte, n)
+	for i := range out {
+		_, h, err := ini.Initiate(first+uint32(i), nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[i] = h
+	}
+	return out
+}
+
+// Many distinct stale HELLOs at once (replays of HELLOs the cache has forgotten) do not
+// put the node under load: a fresh HELLO right after them gets a CHALLENGE, not a
+// demand for a cookie.
+func TestManyStaleHellosAreNoLoad(t *testing.T) {
+	o := defaultOpts()
+	o.respThreshold = 10
+	ini, resp := newPair(t, o)
+	old := staleHellos(t, ini, 5*o.respThreshold, 7000)
+	o.clock.Advance(ReplayWindow)
+	for i, h := range old {
+		if _, err := resp.HandleHello(h, srcN(i), nil); err != nil && !errors.Is(err, ErrRateLimited) {
+			t.Fatalf("stale HELLO %d: %v", i, err)
+		}
+	}
+	_, hello, _ := ini.Initiate(7999, nil, nil)
+	if r, err := resp.HandleHello(hello, srcAlice, nil); err != nil || r[0] != wire.TypeChallenge {
+		t.Fatalf("fresh HELLO after %d stale ones: %v (they counted as load?)", len(old), err)
+	}
+}
+
+// Stale HELLOs spoofed from an address spend a bucket of their own: under load, the
+// address's real owner still gets its cookie reply.
+func TestStaleHellosSpendNoFreshCookieBudget(t *testing.T) {
+	o := defaultOpts()
+	o.respThreshold = -1 // always under load
+	ini, resp := newPair(t, o)
+	old := staleHellos(t, ini, 4*CookieBurst, 7100)
+	o.clock.Advance(ReplayWindow)
+	for i, h := range old {
+		if _, err := resp.HandleHello(h, srcAlice, nil); err != nil && !errors.Is(err, ErrRateLimited) {
+			t.Fatalf("stale HELLO %d: %v", i, err)
+		}
+	}
+	_, hello, _ := ini.Initiate(7199, nil, nil)
+	if r, err := resp.HandleHello(hello, srcAlice, nil); err != nil || r[0] != wire.TypeCookieReply {
+		t.Fatalf("fresh HELLO under load after stale ones from its address: %v, want a cookie reply", err)
+	}
+}
+
+// Cookie replies to stale HELLOs are bounded node-wide, however many sources the
+// replays come from: at one instant, at most the node-wide bucket's burst.
+func TestStaleCookieRepliesBoundedNodeWide(t *testing.T) {
+	o := defaultOpts()
+	o.respThreshold = DefaultLoadThreshold // the node-wide bucket's rate and burst
+	ini, resp := newPair(t, o)
+	n := DefaultLoadThreshold + 100
+	old := staleHellos(t, ini, n, 8000)
+	o.clock.Advance(ReplayWindow)
+	cookies := 0
+	for i, h := range old {
+		r, err := resp.HandleHello(h, srcN(i), nil)
+		switch {
+		case err == nil && r[0] == wire.TypeCookieReply:
+			cookies++
+		case errors.Is(err, ErrRateLimited):
+		default:
+			t.Fatalf("stale HELLO %d: %v", i, err)
+		}
+	}
+	if cookies > DefaultLoadThreshold {
+		t.Fatalf("%d cookie replies to %d stale HELLOs from as many sources at one instant, node-wide bound %d",
+			cookies, n, DefaultLoadThreshold)
+	}
+}
+
+// The edges of the window: a HELLO whose clock is just under half a window from the
+// responder's is fresh; the cache drops its copies until a window after it was first
+// seen; from then on its copies are stale, whichever way its clock was off.
+func TestHelloAtTheWindowEdgesIsCachedThenStale(t *testing.T) {
+	half := ReplayWindow / 2
+	for _, ahead := range []bool{false, true} {
+		o := defaultOpts()
+		ini, resp := newPair(t, o)
+		_, hello, _ := ini.Initiate(90, nil, nil)
+		if ahead {
+			o.clock.Advance(-half + time.Millisecond) // the HELLO's clock is ahead
+		} else {
+			o.clock.Advance(half - time.Millisecond) // behind
+		}
+		if r, err := resp.HandleHello(hello, srcAlice, nil); err != nil || r[0] != wire.TypeChallenge {
+			t.Fatalf("ahead %v: a HELLO just inside half the window: %v", ahead, err)
+		}
+		o.clock.Advance(ReplayWindow - time.Millisecond)
+		if _, err := resp.HandleHello(hello, srcAlice, nil); !errors.Is(err, ErrReplay) {
+			t.Fatalf("ahead %v: a copy just inside the window: %v, want a replay drop", ahead, err)
+		}
+		o.clock.Advance(time.Millisecond)
+		before := resp.DHCount()
+		if r, err := resp.HandleHello(hello, srcAlice, nil); err != nil || r[0] != wire.TypeCookieReply || resp.DHCount() != before {
+			t.Fatalf("ahead %v: a copy a window after first sight: %v, want only a cookie reply", ahead, err)
+		}
+	}
+}
+
+// A HELLO whose clock is more than half a window ahead is stale as much as one behind:
+// otherwise a HELLO from the future, recorded once, would stay fresh for its copies
+// long after the cache forgot it.
+func TestHelloFromTheFutureIsStale(t *testing.T) {
+	o := defaultOpts()
+	ini, resp := newPair(t, o)
+	_, hello, _ := ini.Initiate(91, nil, nil)
+	o.clock.Advance(-ReplayWindow/2 - time.Millisecond)
+	before := resp.DHCount()
+	if r, err := resp.HandleHello(hello, srcAlice, nil); err != nil || r[0] != wire.TypeCookieReply || resp.DHCount() != before {
+		t.Fatalf("a HELLO more than half a window ahead: %v, want only a cookie reply", err)
 	}
 }

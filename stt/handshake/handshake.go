@@ -279,6 +279,7 @@ func New(cfg Config) (*Engine, error) {
 	e.half.init()
 	e.replay.init()
 	e.replay.window = e.window
+	e.secrets.life = e.window
 	e.buckets.init()
 	e.cookies.init()
 	e.stale.init()

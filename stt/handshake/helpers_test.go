@@ -78,6 +78,7 @@ type pairOpts struct {
 	initName, respName   string
 	initStatic, respStat [32]byte
 	priority             func(netip.Addr) bool
+	window               time.Duration // the responder's ReplayWindow (0: default)
 }
 
 func defaultOpts() pairOpts {
@@ -101,7 +102,7 @@ func newPair(t testing.TB, o pairOpts) (ini, resp *Engine) {
 	}
 	resp, err = New(Config{Seed: o.respSeed, Static: o.respStat, Name: o.respName, Caps: o.respCaps,
 		Now: o.clock.Now, LoadThreshold: o.respThreshold, AllocIndex: o.alloc.alloc, ReleaseIndex: o.alloc.release,
-		Priority: o.priority})
+		Priority: o.priority, ReplayWindow: o.window})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,10 +31,14 @@ type halfOpen struct {
 // order so that expiry is O(expired).
 //
 // A flood cannot monopolise it: one source (an IPv4 address, an IPv6 /64) holds at most
-// MaxHalfOpenPerSource entries, and a full table makes room by evicting its oldest entry
-// that does not come from a configured peer's address. The flood's handshakes then live
-// only as long as it takes the flood to fill the table again (at the global handshake
-// budget, over 5 s), which is ample for a legitimate initiator's AUTH_PROOF.
+// MaxHalfOpenPerSource entries, a new handshake from a source at its cap replaces that
+// source's oldest, and a full table makes room by evicting its oldest entry that does not
+// come from a configured peer's address. The flood's handshakes then live only as long as
+// it takes the flood to fill the table again (at the global handshake budget, over 5 s),
+// which is ample for a legitimate initiator's AUTH_PROOF. A source at its cap is not
+// refused: HELLOs replayed from a peer's address without the seed (mac1 does not name the
+// responder, so any HELLO the peer sent to another node will do) would otherwise keep the
+// peer itself out.
 type halfOpenTable struct {
 	byIndex map[uint32]*halfOpen
 	order   *list.List // of *halfOpen, oldest first
@@ -49,17 +53,23 @@ func (t *halfOpenTable) init() {
 
 func (t *halfOpenTable) len() int { return len(t.byIndex) }
 
-// full reports whether src may not open another half-open handshake.
-func (t *halfOpenTable) full(src netip.Addr) bool { return t.perSrc[src] >= MaxHalfOpenPerSource }
-
-// add inserts h, evicting the oldest entry when the table is full; the index of an
-// evicted entry is appended to rel. It reports false (and inserts nothing) when h's
-// source is at its cap or nothing can be evicted for it.
+// add inserts h, evicting its source's oldest entry when the source is at its cap, or
+// else the table's oldest when the table is full; the index of an evicted entry is
+// appended to rel. It reports false (and inserts nothing) when h's index is taken or
+// nothing can be evicted for it.
 func (t *halfOpenTable) add(h *halfOpen, rel []uint32) ([]uint32, bool) {
-	if _, dup := t.byIndex[h.local]; dup || t.full(h.src) {
+	if _, dup := t.byIndex[h.local]; dup {
 		return rel, false
 	}
-	if len(t.byIndex) >= MaxHalfOpen {
+	if t.perSrc[h.src] >= MaxHalfOpenPerSource {
+		for f := t.order.Front(); f != nil; f = f.Next() {
+			if v := f.Value.(*halfOpen); v.src == h.src {
+				t.remove(v)
+				rel = append(rel, v.local)
+				break
+			}
+		}
+	} else if len(t.byIndex) >= MaxHalfOpen {
 		var victim *halfOpen
 		for f := t.order.Front(); f != nil; f = f.Next() {
 			if v := f.Value.(*halfOpen); !v.prio {
@@ -269,23 +279,38 @@ func (b *bucketTable) take(addr netip.Addr, now time.Time) bool {
 
 // cookieSecrets is the rotating cookie_secret of section 4.4. The previous secret stays
 // valid for one more lifetime, so that a cookie an initiator may still use (younger than
-// CookieSecretLifetime) always verifies.
+// the lifetime) always verifies.
+//
+// The lifetime is CookieSecretLifetime, or the replay window if that is shorter: a stale
+// HELLO (section 4.5) is let through by a cookie of the current secret only because a
+// HELLO carrying one was first seen less than a lifetime ago, and so is still in the
+// replay cache if it is a replay.
 type cookieSecrets struct {
 	cur, prev   [32]byte
 	born        time.Time
 	have, haveP bool
+	life        time.Duration // 0: CookieSecretLifetime
+}
+
+// lifetime is how long one secret issues cookies.
+func (s *cookieSecrets) lifetime() time.Duration {
+	if s.life <= 0 || s.life > CookieSecretLifetime {
+		return CookieSecretLifetime
+	}
+	return s.life
 }
 
 // current rotates if due and returns the secret to issue cookies with.
 func (s *cookieSecrets) current(now time.Time, r io.Reader) (*[32]byte, error) {
-	if s.have && now.Sub(s.born) < CookieSecretLifetime && !now.Before(s.born) {
+	life := s.lifetime()
+	if s.have && now.Sub(s.born) < life && !now.Before(s.born) {
 		return &s.cur, nil
 	}
 	var next [32]byte
 	if _, err := io.ReadFull(r, next[:]); err != nil {
 		return nil, err
 	}
-	s.haveP = s.have && now.Sub(s.born) < 2*CookieSecretLifetime && !now.Before(s.born)
+	s.haveP = s.have && now.Sub(s.born) < 2*life && !now.Before(s.born)
 	s.prev = s.cur
 	s.cur, s.born, s.have = next, now, true
 	return &s.cur, nil

@@ -93,8 +93,8 @@ func (e *Engine) HandleHello(msg []byte, src netip.AddrPort, out []byte) ([]byte
 		// load and gets at most a cookie reply, from budgets of its own. A legitimate
 		// initiator with a wrong clock proves its address with the cookie and goes on.
 		// Only a cookie of the current secret counts here: a HELLO carrying one was
-		// first sent less than CookieSecretLifetime ago, so the cache still has it if
-		// it is a replay.
+		// first sent less than a secret's lifetime ago, which is no longer than the
+		// replay window, so the cache still has it if it is a replay.
 		ok, err := e.checkMAC2Locked(msg, wire.HelloMAC2Off, src, now, false)
 		if err != nil {
 			return fail(err)
@@ -123,9 +123,6 @@ func (e *Engine) HandleHello(msg []byte, src netip.AddrPort, out []byte) ([]byte
 	// A source's own budget is spent only once its address is proven.
 	if proven && !e.buckets.take(h.src, now) {
 		return fail(ErrRateLimited)
-	}
-	if e.half.full(h.src) {
-		return fail(fmt.Errorf("%w: source has %d", ErrUnderLoad, MaxHalfOpenPerSource))
 	}
 	h.prio = e.priority != nil && e.priority(src.Addr().Unmap())
 	if !(h.prio && e.reserved.take(now)) && !e.general.take(now) {

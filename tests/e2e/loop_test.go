@@ -162,3 +162,39 @@ func TestRoutingLoopExitPeerUplinkLost(t *testing.T) {
 		t.Errorf("the daemon logged the routing loop %d times, want once:\n%s", strings.Count(log, "routing loop:"), log)
 	}
 }
+
+// TestRoutingLoopLargeIPv6DatagramsDropped: as TestRoutingLoopOwnEndpointDropped, with
+// beta's endpoint an IPv6 address and pings too large to fit the TUN MTU once
+// encapsulated. The kernel fragments alpha's own datagrams on their way into the
+// tunnel, so the UDP ports sit behind a fragment header; those must be dropped as
+// routing_loop too. Without that the loop ran on its own after three pings (1 GiB in
+// 10 s in a lab).
+func TestRoutingLoopLargeIPv6DatagramsDropped(t *testing.T) {
+	t.Parallel()
+	_, a, b, seed := pair(t)
+	const endpoint6B = "[fd00:231::2]:51900"
+	confA := func(allowed []string) nodeConf {
+		return nodeConf{addresses: tunA, seedFile: seed, peers: []peerConf{
+			{name: "beta", endpoint: endpoint6B, allowed: allowed},
+		}}
+	}
+	b.writeConfig(nodeConf{addresses: tunB, seedFile: seed, peers: []peerConf{
+		{name: "alpha", endpoint: "[fd00:231::1]:51900", allowed: allowA},
+	}})
+	b.startForeground()
+	a.writeConfig(confA(allowB))
+	a.upDaemon()
+	waitPing(t, a.ns, "10.99.0.2")
+
+	a.writeConfig(confA(append([]string{"fd00:231::2/128"}, allowB...)))
+	a.mustStt("reload", linkName)
+	if got := mustIn(t, a.ns, "ip", "-6", "route", "get", "fd00:231::2"); !strings.Contains(got, "dev "+linkName) {
+		t.Fatalf("the trigger is not in place: alpha routes beta's endpoint %s", got)
+	}
+	noAmplification(t, a, linkName, func() {
+		_, _ = a.ns.Run("ping", "-c", "3", "-i", "0.2", "-W", "1", "-q", "-s", "1380", "10.99.0.2")
+		time.Sleep(3 * time.Second) // a measuring window: how much the loop sends on its own
+	})
+	waitLoopDrop(t, a)
+	a.down()
+}

@@ -17,8 +17,8 @@ import (
 // replaced ends only that session: the current one, made after it, stays.
 func TestCloseUnderOldSessionKeepsCurrent(t *testing.T) {
 	o := newOffline(t, Timers{})
-	old, oldPeer := o.session(t, teethLocal, false, time.Now(), 0x10)
-	cur, _ := o.session(t, teethLocal+1, false, time.Now(), 0x20)
+	old, oldPeer := o.session(t, testLocalIndex, false, time.Now(), 0x10)
+	cur, _ := o.session(t, testLocalIndex+1, false, time.Now(), 0x20)
 	o.p.previous = old
 	o.p.current.Store(cur)
 	o.receive(sealed(oldPeer, 0, 0, string(wire.AppendControl(nil, wire.CtlClose, []byte{wire.CodeShutdown, 0}))))
@@ -99,7 +99,7 @@ func TestRemovedPeerCompletesNoHandshake(t *testing.T) {
 	o.n.RemovePeer("peer")
 	idx := o.n.index.reserve()
 	o.p.completeResponder(handshake.Result{
-		LocalIndex: idx, RemoteIndex: teethRemote, SendKey: fixedKey(3), RecvKey: fixedKey(4),
+		LocalIndex: idx, RemoteIndex: testRemoteIndex, SendKey: fixedKey(3), RecvKey: fixedKey(4),
 		Cipher: wire.CipherChaCha20Poly1305, PeerStatic: fixedKey(5), PeerName: "peer", Timestamp: [12]byte{0x40},
 	}, o.ep)
 	if o.p.current.Load() != nil {
@@ -130,7 +130,7 @@ func TestReliableReceiveDeliversOnlyInOrder(t *testing.T) {
 // the control types it is handed.
 func controlNode(t *testing.T) (*offline, *session, *[]byte) {
 	o := newOffline(t, Timers{})
-	s, _ := o.session(t, teethLocal, false, time.Now(), 0x10)
+	s, _ := o.session(t, testLocalIndex, false, time.Now(), 0x10)
 	o.p.current.Store(s)
 	var ext []byte
 	o.n.cfg.Extension = func(p *Peer, typ byte, body []byte) { ext = append(ext, typ) }
@@ -237,8 +237,8 @@ func TestStaleCookieNotUsed(t *testing.T) {
 func TestTimersDropExpiredSessionsFromIndex(t *testing.T) {
 	o := newOffline(t, Timers{})
 	old := time.Now().Add(-DefaultRejectAfterTime - time.Second)
-	prev, _ := o.session(t, teethLocal, false, old, 0x10)
-	cur, _ := o.session(t, teethLocal+1, false, old, 0x20)
+	prev, _ := o.session(t, testLocalIndex, false, old, 0x10)
+	cur, _ := o.session(t, testLocalIndex+1, false, old, 0x20)
 	o.p.mu.Lock()
 	o.p.previous = prev
 	o.p.mu.Unlock()
@@ -272,10 +272,10 @@ func TestPeerNameLongerThanWireFieldRefused(t *testing.T) {
 // sending only if that one was confirmed; an unconfirmed one is no fallback.
 func TestStandbyIsOnlyAConfirmedSession(t *testing.T) {
 	o := newOffline(t, Timers{})
-	first, _ := o.session(t, teethLocal, true, time.Now(), 0x10)
+	first, _ := o.session(t, testLocalIndex, true, time.Now(), 0x10)
 	o.p.mu.Lock()
 	o.p.installLocked(first, fixedKey(5), time.Now())
-	second, _ := o.session(t, teethLocal+1, true, time.Now(), 0x20)
+	second, _ := o.session(t, testLocalIndex+1, true, time.Now(), 0x20)
 	o.p.installLocked(second, fixedKey(5), time.Now())
 	o.p.mu.Unlock()
 	if sb := o.p.standby.Load(); sb != nil {
@@ -293,10 +293,10 @@ func TestWebSocketConnectionMarkedOnlyByAuthenticatedFrame(t *testing.T) {
 		t.Fatal(err)
 	}
 	k1, k2 := fixedKey(0x10), fixedKey(0x50)
-	s, _ := newSession(p, teethLocal, teethRemote, false, wire.CipherChaCha20Poly1305, &k1, &k2, time.Now())
+	s, _ := newSession(p, testLocalIndex, testRemoteIndex, false, wire.CipherChaCha20Poly1305, &k1, &k2, time.Now())
 	n.index.install(s)
 	p.current.Store(s)
-	peer, _ := newSession(nil, teethRemote, teethLocal, true, wire.CipherChaCha20Poly1305, &k2, &k1, time.Now())
+	peer, _ := newSession(nil, testRemoteIndex, testLocalIndex, true, wire.CipherChaCha20Poly1305, &k2, &k1, time.Now())
 
 	conns := make(chan *ws.Conn, 1)
 	srv, err := ws.Listen(ws.ServerConfig{Addr: "127.0.0.1:0", Offset: recvBase, BufSize: BufferSize,
@@ -340,7 +340,7 @@ func TestWebSocketConnectionMarkedOnlyByAuthenticatedFrame(t *testing.T) {
 // is answered but moves nothing; a data frame over UDP does move the traffic back.
 func TestProbeOverUDPDoesNotMovePeerOffWebSocket(t *testing.T) {
 	o := newOffline(t, Timers{})
-	s, peer := o.session(t, teethLocal, false, time.Now(), 0x10)
+	s, peer := o.session(t, testLocalIndex, false, time.Now(), 0x10)
 	o.p.current.Store(s)
 	o.p.onWS.Store(true)
 	ping := wire.AppendControl(nil, wire.CtlPing, make([]byte, wire.PingBodyLen))
@@ -371,7 +371,7 @@ func TestNewKeyRestartsTimestampSequence(t *testing.T) {
 	older := last
 	older[7]--
 	o.p.completeResponder(handshake.Result{
-		LocalIndex: o.n.index.reserve(), RemoteIndex: teethRemote, SendKey: fixedKey(3), RecvKey: fixedKey(4),
+		LocalIndex: o.n.index.reserve(), RemoteIndex: testRemoteIndex, SendKey: fixedKey(3), RecvKey: fixedKey(4),
 		Cipher: wire.CipherChaCha20Poly1305, PeerStatic: fixedKey(0x78), PeerName: "peer", Timestamp: older,
 	}, o.ep)
 	if o.p.current.Load() == nil {
@@ -392,7 +392,7 @@ func TestConcurrentReceiversDeliverEachCounterOnce(t *testing.T) {
 	o := newOffline(t, Timers{})
 	h := &countingHandler{}
 	o.n.cfg.Handler = h
-	s, peer := o.session(t, teethLocal, false, time.Now(), 0x10)
+	s, peer := o.session(t, testLocalIndex, false, time.Now(), 0x10)
 	o.p.current.Store(s)
 	const total, batch = 400, 8
 	frames := make([][]byte, total)
@@ -423,7 +423,7 @@ func TestConcurrentReceiversDeliverEachCounterOnce(t *testing.T) {
 func TestUnknownPeerNameReleasesIndex(t *testing.T) {
 	o := newOffline(t, Timers{})
 	o.n.completeResponder(handshake.Result{
-		LocalIndex: o.n.index.reserve(), RemoteIndex: teethRemote, SendKey: fixedKey(3), RecvKey: fixedKey(4),
+		LocalIndex: o.n.index.reserve(), RemoteIndex: testRemoteIndex, SendKey: fixedKey(3), RecvKey: fixedKey(4),
 		Cipher: wire.CipherChaCha20Poly1305, PeerStatic: fixedKey(5), PeerName: "stranger", Timestamp: [12]byte{0x40},
 	}, o.ep)
 	if got := o.drops(DropUnknownPeer); got != 1 {
@@ -507,7 +507,7 @@ func TestQueuedDatagramsAreCopies(t *testing.T) {
 // off the receive path too: later frames under it are for no session.
 func TestPeerCloseRemovesSessionFromIndex(t *testing.T) {
 	o := newOffline(t, Timers{})
-	s, peer := o.session(t, teethLocal, false, time.Now(), 0x10)
+	s, peer := o.session(t, testLocalIndex, false, time.Now(), 0x10)
 	o.p.current.Store(s)
 	o.receive(sealed(peer, 0, 0, string(wire.AppendControl(nil, wire.CtlClose, []byte{wire.CodeShutdown, 0}))))
 	if o.p.current.Load() != nil {
@@ -528,8 +528,8 @@ func TestPeerCloseRemovesSessionFromIndex(t *testing.T) {
 // arrives over the other transport, moves nothing.
 func TestFollowerMovesOnlyOnLaterFrames(t *testing.T) {
 	o := newOffline(t, Timers{})
-	old, _ := o.session(t, teethLocal, false, time.Now(), 0x10)
-	s, _ := o.session(t, teethLocal+1, false, time.Now(), 0x20) // a later session: larger gen
+	old, _ := o.session(t, testLocalIndex, false, time.Now(), 0x10)
+	s, _ := o.session(t, testLocalIndex+1, false, time.Now(), 0x20) // a later session: larger gen
 	steps := []struct {
 		name  string
 		ws    bool

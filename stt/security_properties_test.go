@@ -59,8 +59,8 @@ type offline struct {
 }
 
 const (
-	teethLocal  = 0x11223344 // our index of the test session
-	teethRemote = 0x55667788 // the peer's
+	testLocalIndex  = 0x11223344 // our index of the test session
+	testRemoteIndex = 0x55667788 // the peer's
 )
 
 func newOffline(t *testing.T, timers Timers) *offline {
@@ -84,11 +84,11 @@ func newOffline(t *testing.T, timers Timers) *offline {
 func (o *offline) session(t *testing.T, local uint32, initiator bool, created time.Time, keyBase byte) (ours, theirs *session) {
 	t.Helper()
 	k1, k2 := fixedKey(keyBase), fixedKey(keyBase+0x40)
-	ours, err := newSession(o.p, local, teethRemote, initiator, wire.CipherChaCha20Poly1305, &k1, &k2, created)
+	ours, err := newSession(o.p, local, testRemoteIndex, initiator, wire.CipherChaCha20Poly1305, &k1, &k2, created)
 	if err != nil {
 		t.Fatal(err)
 	}
-	theirs, err = newSession(nil, teethRemote, local, !initiator, wire.CipherChaCha20Poly1305, &k2, &k1, time.Now())
+	theirs, err = newSession(nil, testRemoteIndex, local, !initiator, wire.CipherChaCha20Poly1305, &k2, &k1, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,7 +137,7 @@ func (o *offline) drops(r DropReason) uint64 { return o.n.Stats().Drops[r] }
 // index could make a session drop everything its peer sends.
 func TestForgedFarAheadCounterDoesNotAdvanceReplayWindow(t *testing.T) {
 	o := newOffline(t, Timers{})
-	s, peer := o.session(t, teethLocal, false, time.Now(), 0x10)
+	s, peer := o.session(t, testLocalIndex, false, time.Now(), 0x10)
 	o.p.current.Store(s)
 	o.receive(sealed(peer, 3, 0, "first"))
 
@@ -174,7 +174,7 @@ func equalStrings(a, b []string) bool {
 func TestExpiredSessionOpensNothing(t *testing.T) {
 	o := newOffline(t, Timers{})
 	old := time.Now().Add(-DefaultRejectAfterTime - time.Second)
-	s, peer := o.session(t, teethLocal, false, old, 0x10)
+	s, peer := o.session(t, testLocalIndex, false, old, 0x10)
 	o.p.current.Store(s)
 	o.receive(sealed(peer, 3, 0, "too late"))
 	if got := o.delivered(); len(got) != 0 {
@@ -190,7 +190,7 @@ func TestExpiredSessionOpensNothing(t *testing.T) {
 func TestExpiredSessionSealsNothing(t *testing.T) {
 	o := newOffline(t, Timers{})
 	old := time.Now().Add(-DefaultRejectAfterTime - time.Second)
-	s, _ := o.session(t, teethLocal, true, old, 0x10)
+	s, _ := o.session(t, testLocalIndex, true, old, 0x10)
 	o.p.current.Store(s)
 	sendOne(t, o.p, 0, []byte("must wait"))
 	if n := s.sendCounter.Load(); n != 0 {
@@ -213,9 +213,9 @@ func TestExpiredSessionSealsNothing(t *testing.T) {
 func TestExpiredStandbySealsNothing(t *testing.T) {
 	o := newOffline(t, Timers{})
 	old := time.Now().Add(-DefaultRejectAfterTime - time.Second)
-	sb, _ := o.session(t, teethLocal, true, old, 0x10)
+	sb, _ := o.session(t, testLocalIndex, true, old, 0x10)
 	sb.confirmed.Store(true)
-	cur, _ := o.session(t, teethLocal+1, true, time.Now(), 0x20)
+	cur, _ := o.session(t, testLocalIndex+1, true, time.Now(), 0x20)
 	if cur.confirmed.Load() {
 		t.Fatal("a new initiator session is confirmed before any frame")
 	}
@@ -246,7 +246,7 @@ func TestInitiatorRekeysAfterRekeyAfterTime(t *testing.T) {
 	} {
 		o := newOffline(t, Timers{})
 		now := time.Now()
-		s, _ := o.session(t, teethLocal, tc.initiator, now.Add(-tc.age), 0x10)
+		s, _ := o.session(t, testLocalIndex, tc.initiator, now.Add(-tc.age), 0x10)
 		s.confirmed.Store(true)
 		o.p.current.Store(s)
 		o.p.lastSent.Store(o.p.mono(now)) // traffic goes out: the session is in use
@@ -275,7 +275,7 @@ func TestHelloTimestampMustIncrease(t *testing.T) {
 	o.p.mu.Unlock()
 	result := func(ts [12]byte) handshake.Result {
 		return handshake.Result{
-			LocalIndex: o.n.index.reserve(), RemoteIndex: teethRemote,
+			LocalIndex: o.n.index.reserve(), RemoteIndex: testRemoteIndex,
 			SendKey: fixedKey(3), RecvKey: fixedKey(4), Cipher: wire.CipherChaCha20Poly1305,
 			PeerStatic: static, PeerName: "peer", Timestamp: ts,
 		}
@@ -337,7 +337,7 @@ func TestNothingSealedAtRejectAfterMessages(t *testing.T) {
 	if o.n.timers.RejectAfterMessages != limit {
 		t.Fatalf("REJECT_AFTER_MESSAGES is %d, want %d", o.n.timers.RejectAfterMessages, limit)
 	}
-	s, peer := o.session(t, teethLocal, true, time.Now(), 0x10)
+	s, peer := o.session(t, testLocalIndex, true, time.Now(), 0x10)
 	s.confirmed.Store(true)
 	o.p.current.Store(s)
 	s.sendCounter.Store(limit - 1)
@@ -364,13 +364,13 @@ func TestNothingSealedAtRejectAfterMessages(t *testing.T) {
 // a live session whose index is close to it.
 func TestUnknownReceiverIndexResolvesToNoSession(t *testing.T) {
 	o := newOffline(t, Timers{})
-	s, _ := o.session(t, teethLocal, false, time.Now(), 0x10)
+	s, _ := o.session(t, testLocalIndex, false, time.Now(), 0x10)
 	o.p.current.Store(s)
 	k1, k2 := fixedKey(0x10), fixedKey(0x50)
-	wrong := []uint32{0, teethLocal + 1, teethLocal - 1, teethLocal ^ 0x80000000, teethLocal ^ 1<<16, 0x44332211, teethRemote}
+	wrong := []uint32{0, testLocalIndex + 1, testLocalIndex - 1, testLocalIndex ^ 0x80000000, testLocalIndex ^ 1<<16, 0x44332211, testRemoteIndex}
 	for i, idx := range wrong {
 		// Same keys as the live session, another receiver index.
-		forger, err := newSession(nil, teethRemote, idx, true, wire.CipherChaCha20Poly1305, &k2, &k1, time.Now())
+		forger, err := newSession(nil, testRemoteIndex, idx, true, wire.CipherChaCha20Poly1305, &k2, &k1, time.Now())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -390,7 +390,7 @@ func TestUnknownReceiverIndexResolvesToNoSession(t *testing.T) {
 // cannot be what stops it.
 func TestHeaderIsAuthenticated(t *testing.T) {
 	o := newOffline(t, Timers{})
-	s, peer := o.session(t, teethLocal, false, time.Now(), 0x10)
+	s, peer := o.session(t, testLocalIndex, false, time.Now(), 0x10)
 	o.p.current.Store(s)
 	var want uint64
 	for i := 1; i < wire.HeaderLen; i++ {
@@ -447,7 +447,7 @@ func TestInitiatorRefusesResponderWithAnotherName(t *testing.T) {
 func TestExpiredSessionSealsNoControl(t *testing.T) {
 	o := newOffline(t, Timers{})
 	old := time.Now().Add(-DefaultRejectAfterTime - time.Second)
-	s, _ := o.session(t, teethLocal, true, old, 0x10)
+	s, _ := o.session(t, testLocalIndex, true, old, 0x10)
 	s.confirmed.Store(true)
 	o.p.current.Store(s)
 	if err := o.p.SendReliable(0x80, []byte("later")); !errors.Is(err, ErrNoSession) {
