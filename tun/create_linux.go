@@ -105,31 +105,3 @@ func (d *device) closedErr(err error) error {
 	}
 	return err
 }
-
-// Offloads reports whether d exchanges virtio-net headers with the kernel,
-// which is what enables TSO and GRO (and USO/UDP GRO on Linux ≥ 6.2) on it.
-// Devices without a file, such as Mem, have none.
-func Offloads(d Device) bool {
-	f := d.File()
-	if f == nil {
-		return false
-	}
-	sc, err := f.SyscallConn()
-	if err != nil {
-		return false
-	}
-	var flags uint16
-	cerr := sc.Control(func(fd uintptr) {
-		var ifr *unix.Ifreq
-		if ifr, err = unix.NewIfreq(""); err != nil {
-			return
-		}
-		if err = unix.IoctlIfreq(int(fd), unix.TUNGETIFF, ifr); err == nil {
-			flags = ifr.Uint16()
-		}
-	})
-	if err := errors.Join(cerr, err); err != nil {
-		return false
-	}
-	return flags&unix.IFF_VNET_HDR != 0
-}

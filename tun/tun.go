@@ -1,11 +1,12 @@
 // Package tun is stt-tun's thin layer over golang.zx2c4.com/wireguard/tun:
-// creating the Linux TUN device, the headroom and buffer rules its batched
-// Read and Write impose, whether segmentation offloads are active, and an
-// in-memory Device for tests of the packet pump.
+// creating the Linux TUN device, and the headroom and buffer rules its batched
+// Read and Write impose. The in-memory Device for tests of the packet pump is
+// in tun/tuntest.
 //
 // # Rules for callers (Linux device, from wireguard/tun's tun_linux.go and offload_linux.go)
 //
-// With offloads on (IFF_VNET_HDR, see Offloads) the kernel exchanges a
+// With offloads on (IFF_VNET_HDR, which Create asks for; BatchSize() > 1
+// tells that the kernel granted them) the kernel exchanges a
 // 10-byte virtio-net header with every packet and may hand over TCP/UDP
 // "super-packets" of up to 64 KiB that the device splits (Read) or builds
 // (Write). That gives these rules:
@@ -48,8 +49,9 @@
 //   - The returned count is not reliable across implementations (the Linux
 //     device returns bytes, not packets); use only the error.
 //
-// The tunnel reserves 16 bytes in front of every packet for its own header
-// and reads and writes at that offset, which satisfies both sides.
+// The tunnel reserves stt.Headroom (32) bytes in front of every packet, room
+// for its own 16-byte header, and reads and writes at that offset, which
+// satisfies both sides.
 //
 // Other facts: Read calls are serialised inside the device, as are Write
 // calls; one reader and one writer goroutine is the intended use. Close
@@ -75,12 +77,8 @@ type Device = wgtun.Device
 // Event is a change of the device's state reported on Device.Events.
 type Event = wgtun.Event
 
-// Events a Device reports.
-const (
-	EventUp        = wgtun.EventUp
-	EventDown      = wgtun.EventDown
-	EventMTUUpdate = wgtun.EventMTUUpdate
-)
+// EventUp is the event a Device reports on Events when its link comes up.
+const EventUp = wgtun.EventUp
 
 // ErrTooManySegments is returned by Read when a super-packet has more
 // segments than there are buffers. It is not fatal.
@@ -105,10 +103,6 @@ const (
 	MinMTU = 68
 	MaxMTU = 65535
 )
-
-// ReadBufSize returns the smallest len each element of bufs passed to Read
-// must have for a device of the given MTU read at offset.
-func ReadBufSize(offset, mtu int) int { return offset + mtu }
 
 // MaxWriteCap returns the largest capacity an element of bufs passed to Write
 // at offset may have, so that in-place coalescing stays within MaxPacketSize.

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/stt-tun/stt-tun/config"
-	"github.com/stt-tun/stt-tun/tun"
+	"github.com/stt-tun/stt-tun/tun/tuntest"
 )
 
 type lockedBuffer struct {
@@ -81,7 +81,7 @@ func TestDebugLogHoldsNoSecret(t *testing.T) {
 					Peers:    peers,
 					Advanced: config.Advanced{FallbackAfter: time.Second, ProbeInterval: time.Second},
 				}
-				dev := tun.NewMem(cfg.Interface.Name, 1420, 16)
+				dev := tuntest.NewMem(cfg.Interface.Name, 1420, 16)
 				tu, err := Start(context.Background(), cfg, Options{Device: dev, Logger: log.With("node", name)})
 				if err != nil {
 					t.Fatal(err)

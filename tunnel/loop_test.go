@@ -13,8 +13,9 @@ import (
 	"time"
 
 	"github.com/stt-tun/stt-tun/config"
+	"github.com/stt-tun/stt-tun/internal/status"
 	"github.com/stt-tun/stt-tun/stt"
-	"github.com/stt-tun/stt-tun/tun"
+	"github.com/stt-tun/stt-tun/tun/tuntest"
 )
 
 // loopPair is memPair with a's prefixes for b covering b's endpoint (127.0.0.1) and a
@@ -42,7 +43,7 @@ func loopPair(t testing.TB, log *lockedBuffer) (a, b *memNode) {
 			},
 		}},
 	}
-	dev := tun.NewMem(cfg.Interface.Name, 1420, 16)
+	dev := tuntest.NewMem(cfg.Interface.Name, 1420, 16)
 	tu, err := Start(context.Background(), cfg, Options{Device: dev, Logger: slog.New(slog.NewTextHandler(log, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -278,7 +279,7 @@ func TestUnresolvablePeerStopsNoOther(t *testing.T) {
 		}
 		return netip.AddrPort{}, fmt.Errorf("lookup %s: no such host", hostport)
 	}
-	dev := tun.NewMem(cfg.Interface.Name, 1420, 16)
+	dev := tuntest.NewMem(cfg.Interface.Name, 1420, 16)
 	tu, err := Start(context.Background(), cfg, Options{Device: dev, Resolver: resolver})
 	if err != nil {
 		t.Fatalf("Start with peers whose names do not resolve: %v", err)
@@ -287,8 +288,8 @@ func TestUnresolvablePeerStopsNoOther(t *testing.T) {
 	a := &memNode{t: tu, dev: dev}
 
 	st := a.t.Status()
-	if st.State != StateUp {
-		t.Errorf("state %q after Start, want %q", st.State, StateUp)
+	if st.State != status.StateUp {
+		t.Errorf("state %q after Start, want %q", st.State, status.StateUp)
 	}
 	if pb := st.Peers[0]; pb.Endpoint != "" || !strings.Contains(pb.EndpointError, "no such host") {
 		t.Errorf("peer b: endpoint %q, endpoint_error %q; want none, and why", pb.Endpoint, pb.EndpointError)

@@ -20,7 +20,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/stt-tun/stt-tun/config"
-	"github.com/stt-tun/stt-tun/tun"
+	"github.com/stt-tun/stt-tun/tun/tuntest"
 )
 
 const metricsDoc = "../docs/metrics.md"
@@ -237,7 +237,7 @@ func TestMetricsListenerBusy(t *testing.T) {
 		},
 		Metrics: config.Metrics{Listen: busy.Addr().String()},
 	}
-	dev := tun.NewMem("mem-a", 1420, 16)
+	dev := tuntest.NewMem("mem-a", 1420, 16)
 	if _, err := Start(context.Background(), cfg, Options{Device: dev}); err == nil || !strings.Contains(err.Error(), "metrics: listen on") {
 		t.Fatalf("Start with a busy metrics port: %v", err)
 	}

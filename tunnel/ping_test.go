@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/stt-tun/stt-tun/internal/status"
 )
 
 func TestPing(t *testing.T) {
@@ -26,7 +28,7 @@ func TestPing(t *testing.T) {
 		t.Errorf("b pings a: %+v, %v", r, err)
 	}
 
-	if _, err := a.t.Ping(ctx, "zeta"); !errors.Is(err, ErrUnknownPeer) || !strings.Contains(err.Error(), `"zeta"`) {
+	if _, err := a.t.Ping(ctx, "zeta"); !errors.Is(err, status.ErrUnknownPeer) || !strings.Contains(err.Error(), `"zeta"`) {
 		t.Errorf("unknown peer: %v", err)
 	}
 

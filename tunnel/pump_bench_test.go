@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stt-tun/stt-tun/tun"
+	"github.com/stt-tun/stt-tun/tun/tuntest"
 )
 
 const (
@@ -71,14 +71,14 @@ func benchPump(b *testing.B, size int) {
 
 // pumpPipe injects numbered packets into one device and counts them out of another.
 type pumpPipe struct {
-	in, out *tun.Mem
+	in, out *tuntest.Mem
 	size    int
 	batch   [][]byte // pumpWindow packet images, numbered before each Inject
 	seq     uint64   // number of the next packet to inject
 	timer   *time.Timer
 }
 
-func newPumpPipe(in, out *tun.Mem, size int) *pumpPipe {
+func newPumpPipe(in, out *tuntest.Mem, size int) *pumpPipe {
 	pp := &pumpPipe{in: in, out: out, size: size, batch: make([][]byte, pumpWindow)}
 	for i := range pp.batch {
 		pp.batch[i] = ipv4UDP("10.9.0.1", "10.9.0.2", 1000, 2000, make([]byte, size-28))

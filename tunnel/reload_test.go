@@ -14,7 +14,7 @@ import (
 
 	"github.com/stt-tun/stt-tun/config"
 	"github.com/stt-tun/stt-tun/stt"
-	"github.com/stt-tun/stt-tun/tun"
+	"github.com/stt-tun/stt-tun/tun/tuntest"
 )
 
 // cfgNode is one node of a reload test: its files and how to write its configuration.
@@ -71,7 +71,7 @@ func peerSection(name, endpoint string, prefixes []string, extra ...string) stri
 // startCfg starts a tunnel with cfg on an in-memory device.
 func startCfg(t testing.TB, cfg *config.Config) *memNode {
 	t.Helper()
-	dev := tun.NewMem(cfg.Interface.Name, 1420, 16)
+	dev := tuntest.NewMem(cfg.Interface.Name, 1420, 16)
 	tu, err := Start(context.Background(), cfg, Options{Device: dev})
 	if err != nil {
 		t.Fatal(err)
@@ -96,7 +96,7 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 }
 
 // noPacket fails if the device writes anything within d.
-func noPacket(t *testing.T, dev *tun.Mem, d time.Duration) {
+func noPacket(t *testing.T, dev *tuntest.Mem, d time.Duration) {
 	t.Helper()
 	select {
 	case p := <-dev.Written():

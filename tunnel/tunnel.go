@@ -1,3 +1,5 @@
+// Package tunnel is the engine of stt-tun: it owns a TUN device, an STT node and the
+// prefix table, and pumps packets between them in both directions.
 package tunnel
 
 import (
@@ -15,6 +17,7 @@ import (
 	"github.com/gaissmai/bart"
 
 	"github.com/stt-tun/stt-tun/config"
+	"github.com/stt-tun/stt-tun/internal/status"
 	"github.com/stt-tun/stt-tun/routing"
 	"github.com/stt-tun/stt-tun/stt"
 	"github.com/stt-tun/stt-tun/stt/wire"
@@ -422,12 +425,12 @@ func (t *Tunnel) Counters() Counters {
 }
 
 // Status reports the tunnel's current state.
-func (t *Tunnel) Status() Status {
+func (t *Tunnel) Status() status.Status {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	pub := t.node.PublicKey()
-	st := Status{
-		State:      StateUp,
+	st := status.Status{
+		State:      status.StateUp,
 		Interface:  t.cfg.Interface.Name,
 		NodeName:   t.cfg.Interface.NodeName,
 		PublicKey:  config.EncodeKey(pub),
@@ -440,7 +443,7 @@ func (t *Tunnel) Status() Status {
 	}
 	for _, p := range t.peers {
 		f := figuresOf(p.sp, p.tunDrops())
-		ps := PeerStatus{Name: p.cfg.Name, Path: f.path, Endpoint: f.endpoint, LastHandshake: f.lastHS, Refused: f.refused}
+		ps := status.Peer{Name: p.cfg.Name, Path: f.path, Endpoint: f.endpoint, LastHandshake: f.lastHS, Refused: f.refused}
 		if k, ok := p.sp.PublicKey(); ok {
 			ps.PublicKey = config.EncodeKey(k)
 		}

@@ -13,6 +13,7 @@ import (
 	"github.com/stt-tun/stt-tun/config"
 	"github.com/stt-tun/stt-tun/stt"
 	"github.com/stt-tun/stt-tun/tun"
+	"github.com/stt-tun/stt-tun/tun/tuntest"
 )
 
 func writeSecret(t testing.TB, dir, name string, k [32]byte) string {
@@ -26,7 +27,7 @@ func writeSecret(t testing.TB, dir, name string, k [32]byte) string {
 
 type memNode struct {
 	t   *Tunnel
-	dev *tun.Mem
+	dev *tuntest.Mem
 }
 
 // startMem starts a tunnel on an in-memory device listening on loopback.
@@ -77,7 +78,7 @@ func memPair(t testing.TB) (a, b *memNode) {
 	return a, b
 }
 
-func expectPacket(t *testing.T, dev *tun.Mem, want []byte) {
+func expectPacket(t *testing.T, dev *tuntest.Mem, want []byte) {
 	t.Helper()
 	select {
 	case got := <-dev.Written():

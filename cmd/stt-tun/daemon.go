@@ -13,12 +13,13 @@ import (
 
 	"github.com/stt-tun/stt-tun/config"
 	"github.com/stt-tun/stt-tun/internal/ctl"
+	"github.com/stt-tun/stt-tun/internal/status"
 	"github.com/stt-tun/stt-tun/tunnel"
 )
 
 // daemonTunnel is the part of *tunnel.Tunnel the daemon drives; tests supply a fake.
 type daemonTunnel interface {
-	Status() tunnel.Status
+	Status() status.Status
 	Done() <-chan struct{}
 	Err() error
 	Close() error
@@ -73,7 +74,7 @@ func runDaemon(ctx context.Context, e *env, cfg *config.Config, opts daemonOptio
 	startCtx, cancelStart := context.WithCancel(sigCtx)
 	defer cancelStart()
 	d := &daemon{
-		starting: tunnel.Status{State: tunnel.StateStarting, Interface: name, NodeName: cfg.Interface.NodeName},
+		starting: status.Status{State: status.StateStarting, Interface: name, NodeName: cfg.Interface.NodeName},
 		shutdown: make(chan struct{}),
 		cancel:   cancelStart,
 		cfgPath:  cfg.Path,
@@ -177,7 +178,7 @@ func (d *daemon) readyStatus() string {
 
 // daemon is what the control socket sees of a running interface.
 type daemon struct {
-	starting tunnel.Status      // what status shows until the tunnel is up
+	starting status.Status      // what status shows until the tunnel is up
 	cancel   context.CancelFunc // aborts a start in progress
 	once     sync.Once
 	shutdown chan struct{} // closed by a down request
@@ -195,7 +196,7 @@ func (d *daemon) started(t daemonTunnel) {
 }
 
 // Status reports the tunnel's status, or only its name while it starts.
-func (d *daemon) Status() tunnel.Status {
+func (d *daemon) Status() status.Status {
 	d.mu.Lock()
 	t := d.tunnel
 	d.mu.Unlock()

@@ -23,6 +23,7 @@ import (
 
 	"github.com/stt-tun/stt-tun/config"
 	"github.com/stt-tun/stt-tun/internal/ctl"
+	"github.com/stt-tun/stt-tun/internal/status"
 	"github.com/stt-tun/stt-tun/tunnel"
 )
 
@@ -57,7 +58,7 @@ func TestMain(m *testing.M) {
 
 // fakeTunnel stands in for *tunnel.Tunnel.
 type fakeTunnel struct {
-	status tunnel.Status
+	status status.Status
 	done   chan struct{}
 	once   sync.Once
 	mu     sync.Mutex
@@ -65,7 +66,7 @@ type fakeTunnel struct {
 	closed bool
 }
 
-func (f *fakeTunnel) Status() tunnel.Status { return f.status }
+func (f *fakeTunnel) Status() status.Status { return f.status }
 func (f *fakeTunnel) Done() <-chan struct{} { return f.done }
 func (f *fakeTunnel) Err() error {
 	f.mu.Lock()
@@ -116,7 +117,7 @@ func fakeStart(started chan<- *fakeTunnel) func(context.Context, *config.Config,
 			addrs = append(addrs, a.String())
 		}
 		f := &fakeTunnel{
-			status: tunnel.Status{
+			status: status.Status{
 				Interface:  cfg.Interface.Name,
 				NodeName:   cfg.Interface.NodeName,
 				ListenPort: cfg.Interface.ListenPort,
@@ -406,11 +407,11 @@ func TestVersion(t *testing.T) {
 	}
 }
 
-func sampleStatus() []tunnel.Status {
+func sampleStatus() []status.Status {
 	now := sampleNow()
-	return []tunnel.Status{
+	return []status.Status{
 		{
-			State:      tunnel.StateUp,
+			State:      status.StateUp,
 			Interface:  "stt0",
 			NodeName:   "alpha",
 			PublicKey:  "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=",
@@ -421,7 +422,7 @@ func sampleStatus() []tunnel.Status {
 				"handshakes_started": 9, "handshakes_completed": 7, "drop_replay": 3,
 				"drop_bad_mac1": 12, "drop_auth": 0, "tunnel_no_route": 3, "drop_refused": 2,
 			},
-			Peers: []tunnel.PeerStatus{
+			Peers: []status.Peer{
 				{
 					Name: "beta", Endpoint: "192.0.2.2:51900", Path: "udp",
 					AllowedPrefixes: []string{"10.99.0.2/32", "192.168.50.0/24"},
@@ -444,14 +445,14 @@ func sampleStatus() []tunnel.Status {
 			},
 		},
 		{
-			State:      tunnel.StateUp,
+			State:      status.StateUp,
 			Interface:  "stt1",
 			NodeName:   "alpha-lab",
 			ListenPort: 0,
 			MTU:        1280,
 		},
 		{
-			State:     tunnel.StateStarting,
+			State:     status.StateStarting,
 			Interface: "stt2",
 			NodeName:  "alpha-starting",
 		},
@@ -463,8 +464,8 @@ func sampleNow() time.Time { return time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
 func TestStatusRenderGolden(t *testing.T) {
 	var b bytes.Buffer
 	// The status of one whose daemon is gone is listed after the running ones.
-	all := append([]tunnel.Status{goneStatus("stt3")}, sampleStatus()...)
-	if err := renderStatus(&b, all, sampleNow()); err != nil {
+	all := append([]status.Status{goneStatus("stt3")}, sampleStatus()...)
+	if err := renderStatus(&b, all, DefaultStateDir, sampleNow()); err != nil {
 		t.Fatal(err)
 	}
 	golden := filepath.Join("testdata", "status.golden")
@@ -506,12 +507,12 @@ func TestFormatHelpers(t *testing.T) {
 }
 
 // ctlFake serves a fixed status on a control socket, as a daemon would.
-type ctlFake struct{ st tunnel.Status }
+type ctlFake struct{ st status.Status }
 
-func (f ctlFake) Status() tunnel.Status { return f.st }
+func (f ctlFake) Status() status.Status { return f.st }
 func (f ctlFake) Shutdown()             {}
 
-func serveFake(t *testing.T, dir string, st tunnel.Status) {
+func serveFake(t *testing.T, dir string, st status.Status) {
 	t.Helper()
 	srv, err := ctl.Listen(dir, st.Interface, nil)
 	if err != nil {
@@ -541,16 +542,16 @@ func TestStatusFromDaemons(t *testing.T) {
 	staleSocket(t, h.dir, "stt7")
 
 	r := h.run("", "status", "--json")
-	var all []tunnel.Status
+	var all []status.Status
 	if err := json.Unmarshal([]byte(r.stdout), &all); r.code != 0 || err != nil {
 		t.Fatalf("status --json: %+v: %v", r, err)
 	}
-	if len(all) != 3 || all[0].Interface != "stt0" || all[1].Interface != "stt1" || all[2].State != tunnel.StateStarting || len(all[0].Peers) != 4 {
+	if len(all) != 3 || all[0].Interface != "stt0" || all[1].Interface != "stt1" || all[2].State != status.StateStarting || len(all[0].Peers) != 4 {
 		t.Errorf("status --json = %+v", all)
 	}
 
 	r = h.run("", "status", "--json", "stt1")
-	var one tunnel.Status
+	var one status.Status
 	if err := json.Unmarshal([]byte(r.stdout), &one); r.code != 0 || err != nil || one.Interface != "stt1" {
 		t.Fatalf("status --json stt1: %+v: %v", r, err)
 	}

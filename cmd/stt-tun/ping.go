@@ -17,7 +17,7 @@ import (
 
 	"github.com/stt-tun/stt-tun/config"
 	"github.com/stt-tun/stt-tun/internal/ctl"
-	"github.com/stt-tun/stt-tun/tunnel"
+	"github.com/stt-tun/stt-tun/internal/status"
 )
 
 // Defaults and limits of ping.
@@ -143,7 +143,7 @@ func pingInterface(ctx context.Context, dir, configDir, given, peer string) (str
 			continue // stale socket, or a daemon that does not answer
 		}
 		up = append(up, name)
-		if slices.ContainsFunc(st.Peers, func(p tunnel.PeerStatus) bool { return p.Name == peer }) {
+		if slices.ContainsFunc(st.Peers, func(p status.Peer) bool { return p.Name == peer }) {
 			with = append(with, name)
 		}
 	}
@@ -242,21 +242,21 @@ func pingSummary(sent int, rtts []float64) string {
 
 // tunnelPinger is the part of *tunnel.Tunnel a ping needs.
 type tunnelPinger interface {
-	Ping(ctx context.Context, peer string) (tunnel.PingReply, error)
+	Ping(ctx context.Context, peer string) (status.PingReply, error)
 }
 
 // Ping sends one echo through the session with peer; the control socket's ping op
 // calls it.
-func (d *daemon) Ping(ctx context.Context, peer string) (tunnel.PingReply, error) {
+func (d *daemon) Ping(ctx context.Context, peer string) (status.PingReply, error) {
 	d.mu.Lock()
 	t := d.tunnel
 	d.mu.Unlock()
 	if t == nil {
-		return tunnel.PingReply{}, errors.New("the interface is still starting")
+		return status.PingReply{}, errors.New("the interface is still starting")
 	}
 	p, ok := t.(tunnelPinger)
 	if !ok {
-		return tunnel.PingReply{}, errors.New("this tunnel cannot ping")
+		return status.PingReply{}, errors.New("this tunnel cannot ping")
 	}
 	return p.Ping(ctx, peer)
 }

@@ -11,21 +11,21 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/stt-tun/stt-tun/internal/ctl"
-	"github.com/stt-tun/stt-tun/tunnel"
+	"github.com/stt-tun/stt-tun/internal/status"
 )
 
 // pingFake is a daemon whose peers answer pings as scripted, in 0.3 ms and 0.1 ms more
 // each time: "flaky" every other time, "dead" never, the others always.
 type pingFake struct {
-	st    tunnel.Status
+	st    status.Status
 	mu    sync.Mutex
 	calls map[string]int
 }
 
-func (f *pingFake) Status() tunnel.Status { return f.st }
+func (f *pingFake) Status() status.Status { return f.st }
 func (f *pingFake) Shutdown()             {}
 
-func (f *pingFake) Ping(ctx context.Context, peer string) (tunnel.PingReply, error) {
+func (f *pingFake) Ping(ctx context.Context, peer string) (status.PingReply, error) {
 	f.mu.Lock()
 	n := f.calls[peer]
 	f.calls[peer]++
@@ -36,20 +36,20 @@ func (f *pingFake) Ping(ctx context.Context, peer string) (tunnel.PingReply, err
 	}
 	switch {
 	case !known:
-		return tunnel.PingReply{}, fmt.Errorf("%w named %q on %s", tunnel.ErrUnknownPeer, peer, f.st.Interface)
+		return status.PingReply{}, fmt.Errorf("%w named %q on %s", status.ErrUnknownPeer, peer, f.st.Interface)
 	case peer != "dead" && (peer != "flaky" || n%2 == 0):
-		return tunnel.PingReply{RTT: time.Duration(300+100*n) * time.Microsecond, Path: "udp", Endpoint: "192.0.2.2:51900"}, nil
+		return status.PingReply{RTT: time.Duration(300+100*n) * time.Microsecond, Path: "udp", Endpoint: "192.0.2.2:51900"}, nil
 	}
 	<-ctx.Done()
-	return tunnel.PingReply{}, fmt.Errorf("no reply from %s: %w", peer, ctx.Err())
+	return status.PingReply{}, fmt.Errorf("no reply from %s: %w", peer, ctx.Err())
 }
 
 // servePingFake runs a daemon for interface link with the named peers.
 func servePingFake(t *testing.T, dir, link string, peers ...string) *pingFake {
 	t.Helper()
-	f := &pingFake{st: tunnel.Status{Interface: link, NodeName: "alpha"}, calls: make(map[string]int)}
+	f := &pingFake{st: status.Status{Interface: link, NodeName: "alpha"}, calls: make(map[string]int)}
 	for _, p := range peers {
-		f.st.Peers = append(f.st.Peers, tunnel.PeerStatus{Name: p})
+		f.st.Peers = append(f.st.Peers, status.Peer{Name: p})
 	}
 	srv, err := ctl.Listen(dir, link, nil)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/stt-tun/stt-tun/config"
 	"github.com/stt-tun/stt-tun/internal/ctl"
+	"github.com/stt-tun/stt-tun/internal/status"
 	"github.com/stt-tun/stt-tun/tunnel"
 )
 
@@ -43,11 +44,11 @@ func (f *reloadTunnel) ReloadFile(path string) ([]string, error) {
 	return changes, nil
 }
 
-func (f *reloadTunnel) Ping(ctx context.Context, peer string) (tunnel.PingReply, error) {
+func (f *reloadTunnel) Ping(ctx context.Context, peer string) (status.PingReply, error) {
 	if peer != "beta" {
-		return tunnel.PingReply{}, fmt.Errorf("%w named %q", tunnel.ErrUnknownPeer, peer)
+		return status.PingReply{}, fmt.Errorf("%w named %q", status.ErrUnknownPeer, peer)
 	}
-	return tunnel.PingReply{RTT: time.Millisecond, Path: "ws", Endpoint: "192.0.2.2:443"}, nil
+	return status.PingReply{RTT: time.Millisecond, Path: "ws", Endpoint: "192.0.2.2:443"}, nil
 }
 
 func (f *reloadTunnel) reloadCount() int {
@@ -66,7 +67,7 @@ func startReloadDaemon(t *testing.T, h *harness, cfg string) (*reloadTunnel, fun
 	e.stdin, e.stdout, e.stderr = strings.NewReader(""), &stdout, &stderr
 	e.start = func(_ context.Context, c *config.Config, _ tunnel.Options) (daemonTunnel, error) {
 		f := &reloadTunnel{fakeTunnel: &fakeTunnel{
-			status: tunnel.Status{Interface: c.Interface.Name, NodeName: c.Interface.NodeName, PublicKey: "k"},
+			status: status.Status{Interface: c.Interface.Name, NodeName: c.Interface.NodeName, PublicKey: "k"},
 			done:   make(chan struct{}),
 		}}
 		started <- f
@@ -200,7 +201,7 @@ func TestReloadCommand(t *testing.T) {
 		{"stt3", reloadOnly{err: errors.New("restart needed: interface.mtu changed from 1420 to 1300")}, 1,
 			"", "stt-tun: reload stt3 refused, still running as before: restart needed: interface.mtu changed from 1420 to 1300\n"},
 	} {
-		tc.f.st = tunnel.Status{Interface: tc.link}
+		tc.f.st = status.Status{Interface: tc.link}
 		srv, err := ctl.Listen(h.dir, tc.link, nil)
 		if err != nil {
 			t.Fatal(err)

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/stt-tun/stt-tun/tunnel"
+	"github.com/stt-tun/stt-tun/internal/status"
 )
 
 // TestDownLeftovers covers what the systemd unit runs after the daemon exits
@@ -16,7 +16,7 @@ import (
 func TestDownLeftovers(t *testing.T) {
 	t.Run("running daemon left alone", func(t *testing.T) {
 		h := newHarness(t)
-		serveFake(t, h.dir, tunnel.Status{Interface: "stt9"})
+		serveFake(t, h.dir, status.Status{Interface: "stt9"})
 		if r := h.run("", "down", "--leftovers", "stt9"); r.code != 0 || r.stderr != "" {
 			t.Errorf("down --leftovers: %+v", r)
 		}

@@ -44,7 +44,8 @@ func TestStatusListsDaemonGone(t *testing.T) {
 	h := newHarness(t)
 	serveFake(t, h.dir, sampleStatus()[0]) // stt0 runs
 	leaveJournal(t, h.dir, "stt9")
-	const line = "stt9: daemon gone, run 'stt-tun down stt9'"
+	// The state directory is not the default: the command to run names it.
+	line := "stt9: daemon gone, run 'stt-tun --state-dir " + h.dir + " down stt9'"
 	// A journal without a socket is listed too.
 	if err := os.WriteFile(routing.StatePath(h.dir, "stt8"), []byte(`{}`), 0o600); err != nil {
 		t.Fatal(err)
@@ -52,7 +53,7 @@ func TestStatusListsDaemonGone(t *testing.T) {
 
 	r := h.run("", "status")
 	if r.code != 0 || !strings.Contains(r.stdout, "interface: stt0\n") ||
-		!strings.HasSuffix(r.stdout, "\n\nstt8: daemon gone, run 'stt-tun down stt8'\n"+line+"\n") {
+		!strings.HasSuffix(r.stdout, "\n\nstt8: daemon gone, run 'stt-tun --state-dir "+h.dir+" down stt8'\n"+line+"\n") {
 		t.Errorf("status: %+v, want stt0 and then the stt8 and stt9 lines", r)
 	}
 

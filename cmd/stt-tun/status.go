@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,8 +20,8 @@ import (
 
 	"github.com/stt-tun/stt-tun/internal/ctl"
 	"github.com/stt-tun/stt-tun/internal/statedir"
+	"github.com/stt-tun/stt-tun/internal/status"
 	"github.com/stt-tun/stt-tun/routing"
-	"github.com/stt-tun/stt-tun/tunnel"
 )
 
 func statusCommand(e *env) *cli.Command {
@@ -42,11 +43,12 @@ Examples:
 			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
 			timeoutFlag(5 * time.Second),
 		},
-		Action: func(c *cli.Context) error { return status(c, e) },
+		Action: func(c *cli.Context) error { return showStatus(c, e) },
 	}
 }
 
-func status(c *cli.Context, e *env) error {
+// showStatus is the status command: one interface's status, or every running one's.
+func showStatus(c *cli.Context, e *env) error {
 	dir := stateDir(c)
 	ctx, cancel := context.WithTimeout(c.Context, flagDuration(c, "timeout"))
 	defer cancel()
@@ -77,7 +79,7 @@ func status(c *cli.Context, e *env) error {
 					return err
 				}
 			}
-			return errors.New(goneLine(link))
+			return errors.New(goneLine(link, dir))
 		}
 		if err != nil {
 			return fmt.Errorf("status %s: %w", link, err)
@@ -85,7 +87,7 @@ func status(c *cli.Context, e *env) error {
 		if c.Bool("json") {
 			return writeJSON(e.stdout, forJSON(st))
 		}
-		return renderStatus(e.stdout, []tunnel.Status{st}, time.Now())
+		return renderStatus(e.stdout, []status.Status{st}, dir, time.Now())
 	}
 
 	var names []string
@@ -102,7 +104,7 @@ func status(c *cli.Context, e *env) error {
 		slices.Sort(names)
 		names = slices.Compact(names)
 	}
-	all := []tunnel.Status{}
+	all := []status.Status{}
 	var failed []string
 	for _, name := range names {
 		st, err := ctl.Status(ctx, ctl.SocketPath(dir, name))
@@ -125,13 +127,13 @@ func status(c *cli.Context, e *env) error {
 	}
 	var err error
 	if c.Bool("json") {
-		out := make([]tunnel.Status, len(all))
+		out := make([]status.Status, len(all))
 		for i, st := range all {
 			out[i] = forJSON(st)
 		}
 		err = writeJSON(e.stdout, out)
 	} else {
-		err = renderStatus(e.stdout, all, time.Now())
+		err = renderStatus(e.stdout, all, dir, time.Now())
 	}
 	if err != nil {
 		return err
@@ -166,26 +168,31 @@ func daemonGone(dir, link string) (bool, error) {
 }
 
 // goneStatus is what status shows of an interface whose daemon is gone.
-func goneStatus(link string) tunnel.Status {
-	return tunnel.Status{Interface: link, State: tunnel.StateDaemonGone}
+func goneStatus(link string) status.Status {
+	return status.Status{Interface: link, State: status.StateDaemonGone}
 }
 
-// goneLine is the one line that tells of an interface whose daemon is gone.
-func goneLine(link string) string {
-	return fmt.Sprintf("%s: daemon gone, run 'stt-tun down %s'", link, link)
+// goneLine is the one line that tells of an interface whose daemon is gone, with the
+// command that cleans up after it: in state directory dir, named when not the default.
+func goneLine(link, dir string) string {
+	down := "stt-tun down " + link
+	if filepath.Clean(dir) != DefaultStateDir {
+		down = fmt.Sprintf("stt-tun --state-dir %s down %s", dir, link)
+	}
+	return fmt.Sprintf("%s: daemon gone, run '%s'", link, down)
 }
 
 // forJSON stamps a status with the schema version this program prints (the JSON is
 // encoded here, from this program's types, whatever daemon version sent it) and turns
 // absent lists into empty ones, so that scripts always find an array where
 // docs/status-schema.md promises one.
-func forJSON(st tunnel.Status) tunnel.Status {
-	st.SchemaVersion = tunnel.StatusSchemaVersion
+func forJSON(st status.Status) status.Status {
+	st.SchemaVersion = status.SchemaVersion
 	st.State = state(st)
 	if st.Addresses == nil {
 		st.Addresses = []string{}
 	}
-	peers := make([]tunnel.PeerStatus, len(st.Peers))
+	peers := make([]status.Peer, len(st.Peers))
 	for i, p := range st.Peers {
 		if p.AllowedPrefixes == nil {
 			p.AllowedPrefixes = []string{}
@@ -207,12 +214,12 @@ func writeJSON(w io.Writer, v any) error {
 
 // renderStatus writes a human-readable view of each interface and its peers, relative
 // to now.
-func renderStatus(w io.Writer, all []tunnel.Status, now time.Time) error {
+func renderStatus(w io.Writer, all []status.Status, dir string, now time.Time) error {
 	var b strings.Builder
 	var gone []string
 	n := 0
 	for _, st := range all {
-		if st.State == tunnel.StateDaemonGone {
+		if st.State == status.StateDaemonGone {
 			gone = append(gone, st.Interface)
 			continue
 		}
@@ -221,7 +228,7 @@ func renderStatus(w io.Writer, all []tunnel.Status, now time.Time) error {
 		}
 		n++
 		fmt.Fprintf(&b, "interface: %s\n", st.Interface)
-		if state(st) == tunnel.StateStarting {
+		if state(st) == status.StateStarting {
 			// Nothing else is known yet: no zeros that would read as settings.
 			fmt.Fprintf(&b, "  state: starting\n")
 			fmt.Fprintf(&b, "  node name: %s\n", orDash(st.NodeName))
@@ -272,7 +279,7 @@ func renderStatus(w io.Writer, all []tunnel.Status, now time.Time) error {
 		if i == 0 && n > 0 {
 			b.WriteString("\n")
 		}
-		b.WriteString(goneLine(name) + "\n")
+		b.WriteString(goneLine(name, dir) + "\n")
 	}
 	if _, err := io.WriteString(w, b.String()); err != nil {
 		return fmt.Errorf("write status: %w", err)
@@ -282,14 +289,14 @@ func renderStatus(w io.Writer, all []tunnel.Status, now time.Time) error {
 
 // state is the status' state; a daemon older than the field sends none, and is
 // starting while it has no counters.
-func state(st tunnel.Status) string {
+func state(st status.Status) string {
 	switch {
 	case st.State != "":
 		return st.State
 	case st.Counters == nil:
-		return tunnel.StateStarting
+		return status.StateStarting
 	}
-	return tunnel.StateUp
+	return status.StateUp
 }
 
 // refusal says in words why a peer refuses this node (docs/status-schema.md, refused).
@@ -362,7 +369,7 @@ func orDash(s string) string {
 }
 
 // peerPath is the transport and the underlay address, as "udp 192.0.2.7:51820".
-func peerPath(p tunnel.PeerStatus) string {
+func peerPath(p status.Peer) string {
 	path := orDash(p.Path)
 	if p.Endpoint != "" {
 		path += " " + p.Endpoint

@@ -15,7 +15,8 @@ import (
 	"time"
 
 	"github.com/stt-tun/stt-tun/config"
-	"github.com/stt-tun/stt-tun/tun"
+	"github.com/stt-tun/stt-tun/internal/status"
+	"github.com/stt-tun/stt-tun/tun/tuntest"
 	"github.com/stt-tun/stt-tun/tunnel"
 )
 
@@ -140,7 +141,7 @@ func realCounters(t *testing.T) map[string]uint64 {
 		Name: "mem-schema", NodeName: "schema", MTU: 1420,
 		SeedFile: filepath.Join(dir, "seed"), KeyFile: filepath.Join(dir, "key"),
 	}}
-	tu, err := tunnel.Start(context.Background(), cfg, tunnel.Options{Device: tun.NewMem("mem-schema", 1420, 4)})
+	tu, err := tunnel.Start(context.Background(), cfg, tunnel.Options{Device: tuntest.NewMem("mem-schema", 1420, 4)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,8 +158,8 @@ func realCounters(t *testing.T) map[string]uint64 {
 // those documented as never absent, and the version is the documented one.
 func TestStatusJSONMatchesSchemaDoc(t *testing.T) {
 	rows, docVersion := readSchemaDoc(t)
-	if docVersion != tunnel.StatusSchemaVersion {
-		t.Errorf("%s documents schema version %d, the program prints %d", schemaDoc, docVersion, tunnel.StatusSchemaVersion)
+	if docVersion != status.SchemaVersion {
+		t.Errorf("%s documents schema version %d, the program prints %d", schemaDoc, docVersion, status.SchemaVersion)
 	}
 	var documented, never []string
 	for _, r := range rows {
@@ -173,7 +174,7 @@ func TestStatusJSONMatchesSchemaDoc(t *testing.T) {
 	slices.Sort(documented)
 	slices.Sort(never)
 
-	var full tunnel.Status
+	var full status.Status
 	populate(t, reflect.ValueOf(&full).Elem(), realCounters(t))
 	got := jsonPaths(t, forJSON(full))
 	if m := missing(got, documented); len(m) > 0 {
@@ -185,7 +186,7 @@ func TestStatusJSONMatchesSchemaDoc(t *testing.T) {
 
 	// A peer that never connected, on an interface still starting: only the fields
 	// documented as never absent.
-	bare := forJSON(tunnel.Status{Interface: "stt0", Peers: []tunnel.PeerStatus{{Name: "beta"}}})
+	bare := forJSON(status.Status{Interface: "stt0", Peers: []status.Peer{{Name: "beta"}}})
 	if got := jsonPaths(t, bare); !slices.Equal(got, never) {
 		t.Errorf("a bare status prints %v;\nthe document says these are never absent: %v", got, never)
 	}
@@ -206,7 +207,7 @@ func missing(a, b []string) []string {
 // object, and [] rather than null for absent lists.
 func TestStatusJSONVersionAndArrays(t *testing.T) {
 	h := newHarness(t)
-	serveFake(t, h.dir, tunnel.Status{Interface: "stt5", Peers: []tunnel.PeerStatus{{Name: "beta", Path: "none"}}})
+	serveFake(t, h.dir, status.Status{Interface: "stt5", Peers: []status.Peer{{Name: "beta", Path: "none"}}})
 	r := h.run("", "status", "--json", "stt5")
 	if r.code != 0 {
 		t.Fatalf("status --json: %+v", r)

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/stt-tun/stt-tun/internal/statedir"
-	"github.com/stt-tun/stt-tun/tunnel"
+	"github.com/stt-tun/stt-tun/internal/status"
 )
 
 // ErrNoConfirmation means the daemon closed the connection after acknowledging a down
@@ -23,18 +23,18 @@ import (
 var ErrNoConfirmation = errors.New("daemon exited without confirming that the tunnel was closed")
 
 // Status asks the daemon listening on sock for its tunnel's status.
-func Status(ctx context.Context, sock string) (tunnel.Status, error) {
+func Status(ctx context.Context, sock string) (status.Status, error) {
 	c, err := dial(ctx, sock)
 	if err != nil {
-		return tunnel.Status{}, err
+		return status.Status{}, err
 	}
 	defer c.close()
 	resp, err := c.roundTrip(Request{Op: OpStatus})
 	if err != nil {
-		return tunnel.Status{}, err
+		return status.Status{}, err
 	}
 	if resp.Status == nil {
-		return tunnel.Status{}, fmt.Errorf("status from %s: response has no status", sock)
+		return status.Status{}, fmt.Errorf("status from %s: response has no status", sock)
 	}
 	return *resp.Status, nil
 }

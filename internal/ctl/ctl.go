@@ -4,7 +4,7 @@
 // 0600 so that only root (the socket's owner) can connect. The protocol is line-delimited
 // JSON: the client writes one Request per line and reads one Response per line.
 //
-//	{"op":"status"}  →  {"ok":true,"status":{...tunnel.Status...}}
+//	{"op":"status"}  →  {"ok":true,"status":{...status.Status...}}
 //	{"op":"down"}    →  {"ok":true,"pid":1234}                 (ack: shutdown begins)
 //	                 →  {"ok":true,"stopped":true}             (the tunnel is closed)
 //	                    or {"ok":false,"error":"..."}          (closing it failed)
@@ -32,7 +32,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/stt-tun/stt-tun/tunnel"
+	"github.com/stt-tun/stt-tun/internal/status"
 )
 
 const (
@@ -51,7 +51,7 @@ const (
 
 // Operations a client may request.
 const (
-	OpStatus = "status" // report the tunnel's tunnel.Status
+	OpStatus = "status" // report the tunnel's status.Status
 	OpDown   = "down"   // stop the tunnel, undo its routing and exit
 	OpReload = "reload" // read the configuration file again and apply the changes
 	OpPing   = "ping"   // send one STT echo to a peer and wait for the answer
@@ -92,7 +92,7 @@ type PingResult struct {
 type Response struct {
 	OK     bool           `json:"ok"`
 	Error  string         `json:"error,omitempty"`
-	Status *tunnel.Status `json:"status,omitempty"`
+	Status *status.Status `json:"status,omitempty"`
 	// PID is the daemon's process id, sent in the acknowledgement of a down request.
 	PID int `json:"pid,omitempty"`
 	// Stopped marks the final response to a down request: the tunnel has been closed.

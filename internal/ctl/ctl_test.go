@@ -17,27 +17,27 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stt-tun/stt-tun/tunnel"
+	"github.com/stt-tun/stt-tun/internal/status"
 )
 
 // fakeTunnel stands in for the daemon: a fixed status, and a channel that a down request
 // closes.
 type fakeTunnel struct {
-	status   tunnel.Status
+	status   status.Status
 	once     sync.Once
 	shutdown chan struct{}
 }
 
 func newFake() *fakeTunnel {
 	return &fakeTunnel{
-		status: tunnel.Status{
+		status: status.Status{
 			Interface:  "stt0",
 			NodeName:   "alpha",
 			PublicKey:  "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=",
 			ListenPort: 51820,
 			MTU:        1420,
 			Addresses:  []string{"10.9.0.1/24", "fd09::1/64"},
-			Peers: []tunnel.PeerStatus{{
+			Peers: []status.Peer{{
 				Name:            "beta",
 				Endpoint:        "192.0.2.7:51820",
 				Path:            "udp",
@@ -55,7 +55,7 @@ func newFake() *fakeTunnel {
 	}
 }
 
-func (f *fakeTunnel) Status() tunnel.Status { return f.status }
+func (f *fakeTunnel) Status() status.Status { return f.status }
 func (f *fakeTunnel) Shutdown()             { f.once.Do(func() { close(f.shutdown) }) }
 
 // serve starts a server for f in a fresh state directory and closes it when the test ends.

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stt-tun/stt-tun/tunnel"
+	"github.com/stt-tun/stt-tun/internal/status"
 )
 
 // opsFake is a daemon that also reloads and pings: peer "beta" answers, "silent" has a
@@ -30,21 +30,21 @@ func (f *opsFake) Reload() ([]string, error) {
 	return f.changes, f.reloadErr
 }
 
-func (f *opsFake) Ping(ctx context.Context, peer string) (tunnel.PingReply, error) {
+func (f *opsFake) Ping(ctx context.Context, peer string) (status.PingReply, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		f.lastWait.Store(int64(time.Until(dl)))
 	}
 	switch peer {
 	case "beta":
-		return tunnel.PingReply{RTT: 1500 * time.Microsecond, Path: "ws", Endpoint: "192.0.2.7:443"}, nil
+		return status.PingReply{RTT: 1500 * time.Microsecond, Path: "ws", Endpoint: "192.0.2.7:443"}, nil
 	case "silent":
 		<-ctx.Done()
-		return tunnel.PingReply{}, fmt.Errorf("no reply from silent: %w", ctx.Err())
+		return status.PingReply{}, fmt.Errorf("no reply from silent: %w", ctx.Err())
 	case "new":
 		<-ctx.Done()
-		return tunnel.PingReply{}, fmt.Errorf("no session with new: the handshake did not complete: %w", ctx.Err())
+		return status.PingReply{}, fmt.Errorf("no session with new: the handshake did not complete: %w", ctx.Err())
 	}
-	return tunnel.PingReply{}, fmt.Errorf("%w named %q on stt0", tunnel.ErrUnknownPeer, peer)
+	return status.PingReply{}, fmt.Errorf("%w named %q on stt0", status.ErrUnknownPeer, peer)
 }
 
 func serveTunnel(t *testing.T, tu Tunnel) *Server {

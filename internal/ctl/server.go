@@ -18,13 +18,13 @@ import (
 
 	"github.com/stt-tun/stt-tun/internal/accept"
 	"github.com/stt-tun/stt-tun/internal/statedir"
-	"github.com/stt-tun/stt-tun/tunnel"
+	"github.com/stt-tun/stt-tun/internal/status"
 )
 
 // Tunnel is what the control server needs from the daemon it serves.
 type Tunnel interface {
 	// Status reports the tunnel's current state.
-	Status() tunnel.Status
+	Status() status.Status
 	// Shutdown asks the daemon to stop. It must not block, and may be called more than
 	// once. The daemon then closes the tunnel and calls Server.CloseWithError.
 	Shutdown()
@@ -40,8 +40,8 @@ type Reloader interface {
 // Pinger is implemented by a Tunnel whose peers can be pinged.
 type Pinger interface {
 	// Ping sends one echo through the session with the named peer and waits for the
-	// answer until ctx ends. An error wrapping tunnel.ErrUnknownPeer means no such peer.
-	Ping(ctx context.Context, peer string) (tunnel.PingReply, error)
+	// answer until ctx ends. An error wrapping status.ErrUnknownPeer means no such peer.
+	Ping(ctx context.Context, peer string) (status.PingReply, error)
 }
 
 // Server is a daemon's control socket.
@@ -326,7 +326,7 @@ func (s *Server) ping(t Tunnel, req Request) Response {
 	}()
 	reply, err := p.Ping(ctx, req.Peer)
 	switch {
-	case errors.Is(err, tunnel.ErrUnknownPeer):
+	case errors.Is(err, status.ErrUnknownPeer):
 		return Response{Error: err.Error()}
 	case err != nil:
 		reason := err.Error()

@@ -525,7 +525,7 @@ func (n *node) down() string {
 	return r.stderr
 }
 
-// statusJSON mirrors tunnel.Status as `status --json` prints it. It is decoded from
+// statusJSON mirrors status.Status as `status --json` prints it. It is decoded from
 // the JSON, not shared with the Go type, so that a renamed field fails here.
 type statusJSON struct {
 	State      string            `json:"state"`

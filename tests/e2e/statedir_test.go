@@ -54,7 +54,8 @@ func TestStatusShowsDaemonGoneAfterSIGKILL(t *testing.T) {
 		t.Fatalf("the killed daemon's nftables table is gone already; nothing to show: %v", r.err)
 	}
 
-	const line = "stt0: daemon gone, run 'stt-tun down stt0'"
+	// The lab's state directory is not the default, so the command to run names it.
+	line := "stt0: daemon gone, run 'stt-tun --state-dir " + n.stateDir + " down stt0'"
 	r := n.stt("status")
 	if r.code != 0 || r.stdout != line+"\n" {
 		t.Errorf("status after SIGKILL: exit %d, stdout %q, stderr %q; want %q", r.code, r.stdout, r.stderr, line)

@@ -1,15 +1,19 @@
-// Package tunnel is the engine of stt-tun: it owns a TUN device, an STT node and the
-// prefix table, and pumps packets between them in both directions.
-package tunnel
+// Package status holds what a running tunnel reports about itself — its Status,
+// each Peer's, and the PingReply to an echo — as the control socket carries it
+// between the daemon and the CLI. The engine (tunnel) fills these values, the
+// control socket (internal/ctl) carries them and the CLI renders them; this package
+// imports none of them, so the control-socket protocol does not depend on the engine.
+package status
 
 import (
+	"errors"
 	"time"
 )
 
-// StatusSchemaVersion is the version of the JSON form of Status that
+// SchemaVersion is the version of the JSON form of Status that
 // `stt-tun status --json` prints, documented in docs/status-schema.md. Within one
 // version fields are only added; removing a field or changing its meaning bumps it.
-const StatusSchemaVersion = 1
+const SchemaVersion = 1
 
 // The states of Status.State.
 const (
@@ -22,26 +26,26 @@ const (
 
 // Status is a point-in-time view of a running tunnel, as `stt-tun status` shows it.
 type Status struct {
-	// SchemaVersion is StatusSchemaVersion in what `status --json` prints; the
-	// daemon's control socket leaves it 0.
+	// SchemaVersion is this package's SchemaVersion in what `status --json`
+	// prints; the daemon's control socket leaves it 0.
 	SchemaVersion int `json:"schema_version,omitempty"`
 	// State is StateStarting while the daemon brings the interface up, then StateUp;
 	// StateDaemonGone in what `status` prints for routing a dead daemon left.
-	State      string       `json:"state"`
-	Interface  string       `json:"interface"`
-	NodeName   string       `json:"node_name"`
-	PublicKey  string       `json:"public_key"` // base64
-	ListenPort int          `json:"listen_port"`
-	MTU        int          `json:"mtu"`
-	Addresses  []string     `json:"addresses"`
-	Peers      []PeerStatus `json:"peers"`
+	State      string   `json:"state"`
+	Interface  string   `json:"interface"`
+	NodeName   string   `json:"node_name"`
+	PublicKey  string   `json:"public_key"` // base64
+	ListenPort int      `json:"listen_port"`
+	MTU        int      `json:"mtu"`
+	Addresses  []string `json:"addresses"`
+	Peers      []Peer   `json:"peers"`
 	// Counters are the node's cumulative counters since it started, by name; see
 	// docs/status-schema.md for what each one means.
 	Counters map[string]uint64 `json:"counters,omitempty"`
 }
 
-// PeerStatus describes one configured peer.
-type PeerStatus struct {
+// Peer describes one configured peer.
+type Peer struct {
 	Name      string `json:"name"`
 	PublicKey string `json:"public_key,omitempty"` // base64, learned or pinned
 	Endpoint  string `json:"endpoint,omitempty"`   // current underlay address
@@ -62,3 +66,17 @@ type PeerStatus struct {
 	// (absent in JSON) when it does not.
 	Refused string `json:"refused,omitempty"`
 }
+
+// PingReply is the answer to one STT-level echo sent to a peer.
+type PingReply struct {
+	RTT time.Duration
+	// Path is the transport the echo went and came back on, "udp" or "ws": a peer
+	// answers an echo the way it came.
+	Path string
+	// Endpoint is the underlay address the echo was sent to (for "ws", the TCP address
+	// at the other end of the WebSocket).
+	Endpoint string
+}
+
+// ErrUnknownPeer reports a peer name that the running configuration does not have.
+var ErrUnknownPeer = errors.New("no such peer")

@@ -1,4 +1,4 @@
-package tun
+package tuntest
 
 import (
 	"bytes"
@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/stt-tun/stt-tun/internal/nslab"
+	"github.com/stt-tun/stt-tun/tun"
 )
 
 func fill(b []byte, v byte) []byte {
@@ -90,7 +91,7 @@ func TestMemOffsetHonoured(t *testing.T) {
 	if got := <-m.Written(); !bytes.Equal(got, pkt) {
 		t.Errorf("written %x, want %x", got, pkt)
 	}
-	wantHead := append(fill(make([]byte, off-VirtioNetHdrLen), 0xBB), make([]byte, VirtioNetHdrLen)...)
+	wantHead := append(fill(make([]byte, off-tun.VirtioNetHdrLen), 0xBB), make([]byte, tun.VirtioNetHdrLen)...)
 	if !bytes.Equal(wbuf[:off], wantHead) {
 		t.Errorf("headroom after Write = %x, want %x (virtio-net header scratch cleared, rest untouched)", wbuf[:off], wantHead)
 	}
@@ -105,10 +106,10 @@ func TestMemRules(t *testing.T) {
 		buf  []byte
 		off  int
 	}{
-		{"offset below MinOffset", append(make([]byte, MinOffset-1), pkt...), MinOffset - 1},
+		{"offset below tun.MinOffset", append(make([]byte, tun.MinOffset-1), pkt...), tun.MinOffset - 1},
 		{"empty packet", make([]byte, 16), 16},
 		{"offset past end", make([]byte, 16), 17},
-		{"capacity past MaxWriteCap", append(make([]byte, 16, MaxWriteCap(16)+1), pkt...), 16},
+		{"capacity past tun.MaxWriteCap", append(make([]byte, 16, tun.MaxWriteCap(16)+1), pkt...), 16},
 	} {
 		if n, err := m.Write([][]byte{append(make([]byte, 16), pkt...), c.buf}, c.off); err == nil || n != 0 {
 			t.Errorf("%s: Write = %d, %v; want 0 and an error", c.name, n, err)
@@ -117,8 +118,8 @@ func TestMemRules(t *testing.T) {
 	if n := len(m.Written()); n != 0 {
 		t.Errorf("%d packets written by failed Writes", n)
 	}
-	if _, err := m.Write([][]byte{append(make([]byte, 16, MaxWriteCap(16)), pkt...)}, 16); err != nil {
-		t.Errorf("Write with capacity MaxWriteCap: %v", err)
+	if _, err := m.Write([][]byte{append(make([]byte, 16, tun.MaxWriteCap(16)), pkt...)}, 16); err != nil {
+		t.Errorf("Write with capacity tun.MaxWriteCap: %v", err)
 	}
 
 	big, small := make([]byte, 101), []byte{0x45}
@@ -160,7 +161,7 @@ func TestMemCloseUnblocksRead(t *testing.T) {
 		t.Fatal("Close did not unblock Read")
 	}
 	if _, ok := <-m.Events(); !ok {
-		t.Error("Events closed without the initial EventUp")
+		t.Error("Events closed without the initial tun.EventUp")
 	}
 	if _, ok := <-m.Events(); ok {
 		t.Error("Events not closed by Close")
@@ -172,7 +173,7 @@ func TestMemCloseUnblocksRead(t *testing.T) {
 
 func TestMemCloseUnblocksWrite(t *testing.T) {
 	m := NewMem("mem0", 100, 8)
-	bufs := make([][]byte, MemWrittenCap+1)
+	bufs := make([][]byte, WrittenCap+1)
 	for i := range bufs {
 		bufs[i] = append(make([]byte, 16), 0x45)
 	}
@@ -187,14 +188,14 @@ func TestMemCloseUnblocksWrite(t *testing.T) {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := nslab.WaitFor(ctx, func() bool { return len(m.Written()) == MemWrittenCap }); err != nil {
+	if err := nslab.WaitFor(ctx, func() bool { return len(m.Written()) == WrittenCap }); err != nil {
 		t.Fatal("Written never filled:", err)
 	}
 	m.Close()
 	select {
 	case r := <-res:
-		if r.n != MemWrittenCap || !errors.Is(r.err, os.ErrClosed) {
-			t.Errorf("Write blocked on a full Written = %d, %v; want %d, os.ErrClosed", r.n, r.err, MemWrittenCap)
+		if r.n != WrittenCap || !errors.Is(r.err, os.ErrClosed) {
+			t.Errorf("Write blocked on a full Written = %d, %v; want %d, os.ErrClosed", r.n, r.err, WrittenCap)
 		}
 	case <-ctx.Done():
 		t.Fatal("Close did not unblock Write")
@@ -203,8 +204,8 @@ func TestMemCloseUnblocksWrite(t *testing.T) {
 	for range m.Written() {
 		drained++
 	}
-	if drained != MemWrittenCap {
-		t.Errorf("drained %d packets after Close, want %d", drained, MemWrittenCap)
+	if drained != WrittenCap {
+		t.Errorf("drained %d packets after Close, want %d", drained, WrittenCap)
 	}
 }
 

@@ -1,23 +1,27 @@
-package tun
+// Package tuntest provides an in-memory TUN device for tests of code that reads
+// and writes packets through a tun.Device, such as the tunnel's packet pump.
+package tuntest
 
 import (
 	"fmt"
 	"os"
 	"sync"
+
+	"github.com/stt-tun/stt-tun/tun"
 )
 
-// MemWrittenCap is how many written packets a Mem holds before Write blocks.
-const MemWrittenCap = 1024
+// WrittenCap is how many written packets a Mem holds before Write blocks.
+const WrittenCap = 1024
 
-// Mem is an in-memory Device for tests. Packets given to Inject come out of
+// Mem is an in-memory tun.Device for tests. Packets given to Inject come out of
 // Read; packets passed to Write come out of Written. It applies the Linux
-// device's offset and buffer rules strictly (see the package documentation),
+// device's offset and buffer rules strictly (see package tun's documentation),
 // including scribbling over the virtio-net headroom on Write, so code that
 // passes with Mem respects them. It has no offloads and never coalesces.
 type Mem struct {
 	name       string
 	mtu, batch int
-	events     chan Event
+	events     chan tun.Event
 	done       chan struct{}
 	closeOnce  sync.Once
 
@@ -33,22 +37,22 @@ type Mem struct {
 	spare chan []byte // buffers for Inject and Write to copy into; see Recycle
 }
 
-var _ Device = (*Mem)(nil)
+var _ tun.Device = (*Mem)(nil)
 
 // NewMem returns an open Mem with the given name, MTU and batch size (at
-// least 1). Its Events channel holds one EventUp.
+// least 1). Its Events channel holds one tun.EventUp.
 func NewMem(name string, mtu, batch int) *Mem {
 	m := &Mem{
 		name:    name,
 		mtu:     mtu,
 		batch:   max(batch, 1),
-		events:  make(chan Event, 1),
+		events:  make(chan tun.Event, 1),
 		done:    make(chan struct{}),
-		written: make(chan []byte, MemWrittenCap),
-		spare:   make(chan []byte, MemWrittenCap),
+		written: make(chan []byte, WrittenCap),
+		spare:   make(chan []byte, WrittenCap),
 	}
 	m.cond = sync.NewCond(&m.mu)
-	m.events <- EventUp
+	m.events <- tun.EventUp
 	return m
 }
 
@@ -70,7 +74,7 @@ func (m *Mem) Inject(pkts ...[]byte) {
 // it: a later Inject or Write copies into it instead of allocating, so a
 // benchmark can pass packets through m without the device itself allocating
 // for each. Read recycles the copies Inject made in the same way. The caller
-// must not touch p afterwards. Recycle keeps at most MemWrittenCap spare
+// must not touch p afterwards. Recycle keeps at most WrittenCap spare
 // buffers and lets the rest go to the garbage collector.
 func (m *Mem) Recycle(p []byte) {
 	select {
@@ -155,17 +159,17 @@ func (m *Mem) waitingReaders() int {
 }
 
 // Write checks bufs against the Linux device's rules, clears each packet's
-// virtio-net headroom bufs[i][offset-VirtioNetHdrLen:offset] as that device
+// virtio-net headroom bufs[i][offset-tun.VirtioNetHdrLen:offset] as that device
 // does, and sends a copy of each bufs[i][offset:] to Written, blocking while
 // Written is full. It returns the number of packets written, and an error
 // wrapping os.ErrClosed once m is closed.
 func (m *Mem) Write(bufs [][]byte, offset int) (int, error) {
 	for i, b := range bufs {
-		if offset < MinOffset || offset > len(b)-1 {
+		if offset < tun.MinOffset || offset > len(b)-1 {
 			return 0, fmt.Errorf("tun: mem write: invalid offset %d for bufs[%d] of %d bytes", offset, i, len(b))
 		}
-		if cap(b) > MaxWriteCap(offset) {
-			return 0, fmt.Errorf("tun: mem write: bufs[%d] capacity %d exceeds %d at offset %d", i, cap(b), MaxWriteCap(offset), offset)
+		if cap(b) > tun.MaxWriteCap(offset) {
+			return 0, fmt.Errorf("tun: mem write: bufs[%d] capacity %d exceeds %d at offset %d", i, cap(b), tun.MaxWriteCap(offset), offset)
 		}
 	}
 	m.wmu.Lock()
@@ -174,7 +178,7 @@ func (m *Mem) Write(bufs [][]byte, offset int) (int, error) {
 		if m.isDone() {
 			return i, fmt.Errorf("tun: mem write: %w", os.ErrClosed)
 		}
-		clear(b[offset-VirtioNetHdrLen : offset])
+		clear(b[offset-tun.VirtioNetHdrLen : offset])
 		select {
 		case m.written <- m.clone(b[offset:]):
 		case <-m.done:
@@ -200,7 +204,7 @@ func (m *Mem) MTU() (int, error) { return m.mtu, nil }
 func (m *Mem) Name() (string, error) { return m.name, nil }
 
 // Events returns the event channel; it is closed by Close.
-func (m *Mem) Events() <-chan Event { return m.events }
+func (m *Mem) Events() <-chan tun.Event { return m.events }
 
 // BatchSize returns the batch size given to NewMem.
 func (m *Mem) BatchSize() int { return m.batch }
