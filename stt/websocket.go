@@ -167,7 +167,9 @@ func (p *Peer) dialWSLocked() bool {
 			return
 		}
 		p.path.dial.fails = 0
-		if p.removed || n.ctx.Err() != nil || p.path.wsConf.Load() != conf {
+		// Settings changed and changed back during the dial are the same settings: the
+		// connection is kept, as before the settings became a snapshot.
+		if cur := p.path.wsConf.Load(); p.removed || n.ctx.Err() != nil || cur == nil || *cur != *conf {
 			p.dropHeldLocked()
 			p.mu.Unlock()
 			_ = c.Close()
