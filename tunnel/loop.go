@@ -2,7 +2,6 @@ package tunnel
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -13,110 +12,6 @@ import (
 
 	"github.com/stt-tun/stt-tun/config"
 )
-
-// A routing loop: the OS routes the node's own underlay traffic to a peer (UDP
-// datagrams, or the TCP of a WebSocket) into the tunnel interface, because an allowed
-// prefix covers the peer's endpoint, or because under exit_peer the uplink lost its
-// route and the default route goes through the tunnel. Encapsulated again, each such
-// packet would come back at once, and the tunnel would spin on its own traffic. The
-// packet pump drops these packets (counted as routing_loop), as WireGuard does.
-
-// loopsBack reports whether pkt, read from the TUN device and bound for p, is the
-// node's own underlay traffic: a UDP datagram to p's UDP endpoint, or one sent from the
-// node's listen port by one of the interface's own addresses (the source the OS picks
-// when it routes the node's socket into the tunnel), or a TCP segment to the far end
-// of p's WebSocket connection or to its ws_url's host (an IP address, or what its name
-// resolved to) when a prefix narrower than /0 covers it. It reads a few
-// atomic pointers (and, for such TCP only, looks the prefix up): no lock, no allocation.
-func (t *Tunnel) loopsBack(pkt []byte, p *peer) bool {
-	var proto byte
-	var l4 []byte
-	var src, dst netip.Addr
-	switch pkt[0] >> 4 {
-	case 4:
-		ihl := int(pkt[0]&0x0f) * 4
-		if ihl < 20 || len(pkt) < ihl+4 || binary.BigEndian.Uint16(pkt[6:8])&0x1fff != 0 {
-			return false // not the first fragment: no ports
-		}
-		proto, l4 = pkt[9], pkt[ihl:]
-		src, dst = netip.AddrFrom4([4]byte(pkt[12:16])), netip.AddrFrom4([4]byte(pkt[16:20]))
-	case 6:
-		if len(pkt) < 44 {
-			return false
-		}
-		var ok bool
-		if proto, l4, ok = ipv6Upper(pkt); !ok {
-			return false
-		}
-		src, dst = netip.AddrFrom16([16]byte(pkt[8:24])), netip.AddrFrom16([16]byte(pkt[24:40]))
-	default:
-		return false
-	}
-	to := netip.AddrPortFrom(dst, binary.BigEndian.Uint16(l4[2:4]))
-	switch proto {
-	case protoUDP:
-		if t.port != 0 && binary.BigEndian.Uint16(l4[0:2]) == t.port && slices.Contains(t.ownAddrs, src) {
-			return true
-		}
-		return to == p.sp.UDPEndpoint()
-	case protoTCP:
-		if w := p.ws.Load(); (w == nil || !w.has(to)) && to != p.sp.WSEndpoint() {
-			return false
-		}
-		// The node's own TCP is marked, and the full tunnel's rules keep it out of the
-		// exit peer's /0: TCP that reaches the tunnel by that /0 is the users' (a web
-		// site on the server that also carries the WebSocket), and goes through. Only
-		// a narrower prefix over the host draws the node's own TCP in.
-		lpm, _, ok := t.table.Load().LookupPrefixLPM(netip.PrefixFrom(dst, dst.BitLen()))
-		return ok && lpm.Bits() > 0
-	}
-	return false
-}
-
-// maxExtHeaders bounds the IPv6 extension headers ipv6Upper steps over.
-const maxExtHeaders = 4
-
-// ipv6Upper finds the upper-layer protocol of an IPv6 packet and its header (at least
-// the 4 bytes of ports), stepping over hop-by-hop, routing, destination options and
-// fragment headers. The node's own UDP datagrams, routed into the TUN device with its
-// MTU, come as fragments when they are larger than it: the first fragment carries
-// the ports behind a fragment header, and missing it would let the loop spin on
-// (each large datagram, re-encapsulated, is fragmented again). ok is false for a
-// fragment other than the first (it has no ports) and for what cannot be parsed.
-func ipv6Upper(pkt []byte) (proto byte, l4 []byte, ok bool) {
-	proto, off := pkt[6], 40
-	for range maxExtHeaders {
-		switch proto {
-		case 0, 43, 60: // hop-by-hop, routing, destination options: length in 8 bytes, less 1
-			if len(pkt) < off+8 {
-				return 0, nil, false
-			}
-			proto, off = pkt[off], off+(int(pkt[off+1])+1)*8
-		case 44: // fragment: 8 bytes; offset in the upper 13 bits of bytes 2-3
-			if len(pkt) < off+8 || binary.BigEndian.Uint16(pkt[off+2:off+4])>>3 != 0 {
-				return 0, nil, false
-			}
-			proto, off = pkt[off], off+8
-		default:
-			if len(pkt) < off+4 {
-				return 0, nil, false
-			}
-			return proto, pkt[off:], true
-		}
-	}
-	return 0, nil, false
-}
-
-// wsTarget is a peer's ws_url as the packet pump sees it: the addresses its TCP goes
-// to. For a host name they are those of its lookup, once it has answered.
-type wsTarget struct {
-	url    string
-	addrs  [2]netip.AddrPort // the first IPv4 and the first IPv6 address; zero: none
-	looked chan struct{}     // closed once addrs are final (at once for an IP address)
-}
-
-// has reports whether to, a valid address, is one of w's.
-func (w *wsTarget) has(to netip.AddrPort) bool { return w.addrs[0] == to || w.addrs[1] == to }
 
 // wsLookupTimeout bounds the lookup of a ws_url host name.
 const wsLookupTimeout = 5 * time.Second

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,7 +19,6 @@ import (
 	"github.com/stt-tun/stt-tun/internal/status"
 	"github.com/stt-tun/stt-tun/routing"
 	"github.com/stt-tun/stt-tun/stt"
-	"github.com/stt-tun/stt-tun/stt/wire"
 	"github.com/stt-tun/stt-tun/tun"
 )
 
@@ -296,114 +294,6 @@ func (t *Tunnel) Close() error {
 		close(t.done)
 	})
 	return errors.Join(errs...)
-}
-
-// readLoop carries packets from the TUN device to peers until the device closes.
-func (t *Tunnel) readLoop() {
-	defer t.pumpsDone.Done()
-	batch := t.dev.BatchSize()
-	bufs := make([][]byte, batch)
-	for i := range bufs {
-		bufs[i] = make([]byte, stt.BufferSize)
-	}
-	sizes := make([]int, batch)
-	pkts := make([][]byte, 0, batch)
-	flows := make([]uint16, 0, batch)
-	var fails int
-	for {
-		n, err := t.dev.Read(bufs, sizes, stt.Headroom)
-		if err != nil && !errors.Is(err, tun.ErrTooManySegments) {
-			if errors.Is(err, os.ErrClosed) || t.closing() {
-				return
-			}
-			fails++
-			t.tunErrors.Add(1)
-			if fails > 50 {
-				t.fail(fmt.Errorf("read from tun: %w", err))
-				return
-			}
-			time.Sleep(10 * time.Millisecond) // a failing device must not spin the CPU
-			continue
-		}
-		fails = 0
-		table := t.table.Load()
-		var cur *peer
-		for i := 0; i < n; i++ {
-			pkt := bufs[i][stt.Headroom : stt.Headroom+sizes[i]]
-			dst, ok := dstAddr(pkt)
-			if !ok {
-				t.malformed.Add(1)
-				continue
-			}
-			p, ok := table.Lookup(dst)
-			if !ok {
-				if linkScoped(dst) {
-					t.linkScoped.Add(1)
-				} else {
-					t.noRoute.Add(1)
-				}
-				continue
-			}
-			if p != cur && len(pkts) > 0 {
-				_ = cur.sp.Send(pkts, flows)
-				pkts, flows = pkts[:0], flows[:0]
-			}
-			if t.loopsBack(pkt, p) {
-				t.routingLoop(p, pkt)
-				continue
-			}
-			cur = p
-			pkts = append(pkts, bufs[i][stt.Headroom-wire.HeaderLen:stt.Headroom+sizes[i]])
-			flows = append(flows, flowHash(pkt))
-		}
-		if len(pkts) > 0 {
-			_ = cur.sp.Send(pkts, flows)
-			pkts, flows = pkts[:0], flows[:0]
-		}
-	}
-}
-
-func (t *Tunnel) closing() bool {
-	select {
-	case <-t.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// Deliver writes authenticated packets to the TUN device, after checking that each
-// one's source address is inside the prefixes its peer may send from. Each buffer's
-// capacity is cut to tun.MaxWriteCap, so that the device's coalescing cannot build a
-// packet longer than IP allows.
-func (t *Tunnel) Deliver(in *stt.Inbound) {
-	table := t.table.Load()
-	out := in.Scratch[:0]
-	for i := 0; i < in.N; i++ {
-		end := stt.Headroom + in.Sizes[i]
-		pkt := in.Bufs[i][stt.Headroom:end]
-		src, ok := srcAddr(pkt)
-		if !ok {
-			t.malformed.Add(1)
-			continue
-		}
-		p, ok := table.Lookup(src)
-		if !ok || p.sp != in.Peers[i] {
-			t.srcDenied.Add(1)
-			if from, _ := in.Peers[i].Tag().(*peer); from != nil {
-				from.srcDenied.Add(1)
-			}
-			continue
-		}
-		out = append(out, in.Bufs[i][:end:min(cap(in.Bufs[i]), tun.MaxWriteCap(stt.Headroom))])
-	}
-	if len(out) == 0 {
-		return
-	}
-	if _, err := t.dev.Write(out, stt.Headroom); err != nil {
-		t.tunErrors.Add(1)
-		t.log.Debug("write to tun", "err", err)
-	}
 }
 
 // Counters are the tunnel layer's own drop counters.
