@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun"
 
+	"github.com/stt-tun/stt-tun/internal/nslab"
 	stttun "github.com/stt-tun/stt-tun/tun"
 )
 
@@ -37,9 +38,12 @@ func newNS(t *testing.T) *testNS {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (network namespaces, netlink, nftables)")
 	}
+	// Named with this process's PID, so that a later run deletes what a killed one
+	// left (nslab.SweepStale).
+	nslab.SweepStale("stt-rt")
 	var rnd [4]byte
 	rand.Read(rnd[:])
-	n := &testNS{name: "stt-rt-" + hex.EncodeToString(rnd[:])}
+	n := &testNS{name: fmt.Sprintf("stt-rt-%d-%s", os.Getpid(), hex.EncodeToString(rnd[:]))}
 	errc := make(chan error, 1)
 	go func() {
 		// Never unlocked: the thread ends with the goroutine instead of

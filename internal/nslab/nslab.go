@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -66,10 +67,45 @@ func New(t testing.TB) *Lab {
 	if _, err := rand.Read(rnd[:]); err != nil {
 		t.Fatalf("nslab: random prefix: %v", err)
 	}
+	SweepStale("stt")
 	l := &Lab{t: t, prefix: fmt.Sprintf("stt-%d-%s", os.Getpid(), hex.EncodeToString(rnd[:]))}
 	t.Cleanup(l.cleanup)
 	return l
 }
+
+// SweepStale deletes the namespaces named "<kind>-<pid>-…" whose creating process pid
+// is gone. A test binary that was killed (a timeout, SIGKILL) runs no cleanup, so what
+// it made would stay; names carry the creator's PID so that a later run can tell.
+// Namespaces of live processes, and names of another shape, are left alone. It sweeps
+// once per kind and process.
+func SweepStale(kind string) {
+	swept.Lock()
+	defer swept.Unlock()
+	if swept.kinds[kind] {
+		return
+	}
+	swept.kinds[kind] = true
+	entries, _ := os.ReadDir("/run/netns")
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Name(), kind+"-")
+		if !ok {
+			continue
+		}
+		pidText, _, _ := strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(pidText)
+		if err != nil || pid <= 0 || pid == os.Getpid() {
+			continue
+		}
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			_ = netns.DeleteNamed(e.Name())
+		}
+	}
+}
+
+var swept = struct {
+	sync.Mutex
+	kinds map[string]bool
+}{kinds: map[string]bool{}}
 
 // Prefix returns the prefix shared by the names of all namespaces of the lab.
 func (l *Lab) Prefix() string { return l.prefix }

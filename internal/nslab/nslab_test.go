@@ -3,7 +3,9 @@ package nslab
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -139,5 +141,36 @@ func TestWaitFor(t *testing.T) {
 	defer cancel()
 	if err := WaitFor(ctx, func() bool { return false }); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("WaitFor on a never-true condition = %v, want deadline exceeded", err)
+	}
+}
+
+// TestSweepStaleDeletesOnlyDeadCreators: a namespace whose name carries the PID of a
+// process that is gone is deleted; those of this process and of a live one stay.
+func TestSweepStaleDeletesOnlyDeadCreators(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	kind := fmt.Sprintf("stt-sweeptest-%d", os.Getpid())
+	names := map[string]bool{ // name: should survive
+		fmt.Sprintf("%s-%d-x", kind, dead.Process.Pid): false,
+		fmt.Sprintf("%s-%d-x", kind, os.Getpid()):      true,
+		fmt.Sprintf("%s-1-x", kind):                    true, // init lives
+	}
+	for name := range names {
+		if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+			t.Fatalf("ip netns add %s: %v: %s", name, err, out)
+		}
+		t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
+	}
+	SweepStale(kind)
+	for name, survive := range names {
+		_, err := os.Stat("/run/netns/" + name)
+		if exists := err == nil; exists != survive {
+			t.Errorf("namespace %s exists %v after the sweep, want %v", name, exists, survive)
+		}
 	}
 }
