@@ -114,14 +114,20 @@ func TestDownLeavesRoutingOfADaemonThatHoldsItsLock(t *testing.T) {
 	}
 }
 
+// linkExists has up find a link of the interface's name already there, described by
+// what, as tun.CheckFree words it.
+func (h *harness) linkExists(what string) {
+	h.linkFree = func(name string) error {
+		return fmt.Errorf("a link named %s already exists (%s)", name, what)
+	}
+}
+
 // TestUpRefusesExistingLink: a link of the interface's name is never adopted; up says
 // what is there in one line and creates nothing in the state directory.
 func TestUpRefusesExistingLink(t *testing.T) {
 	h := newHarness(t)
 	h.writeConfig("alpha", "stt9", "alpha")
-	h.linkFree = func(name string) error {
-		return fmt.Errorf("a link named %s already exists (tun, not created by stt-tun)", name)
-	}
+	h.linkExists("tun, not created by stt-tun")
 	state := filepath.Join(t.TempDir(), "state")
 	before := dirNames(t, h.dir)
 	for _, args := range [][]string{{"up", "--foreground", "alpha"}, {"up", "alpha"}} {
@@ -209,9 +215,7 @@ func TestUnsafeStateDirRefused(t *testing.T) {
 func TestUpRefusedWhileDaemonHoldsLock(t *testing.T) {
 	h := newHarness(t)
 	h.writeConfig("alpha", "stt9", "alpha")
-	h.linkFree = func(name string) error {
-		return fmt.Errorf("a link named %s already exists (tun, created by stt-tun: is it up under another --state-dir?)", name)
-	}
+	h.linkExists("tun, created by stt-tun: is it up under another --state-dir?")
 	l, err := ctl.TryLock(h.dir, "stt9")
 	if err != nil {
 		t.Fatal(err)

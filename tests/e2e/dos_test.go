@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"context"
 	encbin "encoding/binary"
 	"fmt"
 	"net"
@@ -212,19 +211,11 @@ func replayLockout(t *testing.T, name string, sources, rate int) {
 
 	r.restartAlpha(t)
 	up := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	var at time.Time
-	err := nslab.WaitFor(ctx, func() bool {
-		var ok bool
-		at, ok = p.firstAnswerSentAfter(up)
-		return ok
-	})
+	rec, err := p.waitAnswerSentAfter(up, 20*time.Second)
 	flood := sent.Load()
 	stopFlood()
 	elAll := time.Since(t0)
 	cpu := float64(cpuTicks(t, pid)-cpu0) / 100 // USER_HZ
-	rec := at.Sub(up)
 	dAll := delta(b0, r.b.counters())
 	t.Logf("alpha restarted under the replay; probes answered again after %v (err %v); %d datagrams replayed in %v; beta used %.2f s of CPU; beta %v",
 		rec.Round(time.Millisecond), err, flood, elAll.Round(time.Millisecond), cpu, dAll)
@@ -411,15 +402,7 @@ func TestMemberFloodManySources(t *testing.T) {
 	time.Sleep(3 * time.Second)
 	r.restartAlpha(t)
 	up := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	var at time.Time
-	err = nslab.WaitFor(ctx, func() bool {
-		var ok bool
-		at, ok = p.firstAnswerSentAfter(up)
-		return ok
-	})
-	rec := at.Sub(up)
+	rec, err := p.waitAnswerSentAfter(up, 15*time.Second)
 	db := delta(b0, r.b.counters())
 	el := time.Since(t0)
 	stopFlood()

@@ -276,6 +276,17 @@ func (p *prober) firstAnswerSentAfter(since time.Time) (time.Time, bool) {
 // long after since the answer came.
 func (p *prober) waitRecovered(t *testing.T, since time.Time, timeout time.Duration) time.Duration {
 	t.Helper()
+	rec, err := p.waitAnswerSentAfter(since, timeout)
+	if err != nil {
+		t.Fatalf("no probe sent after the fault ended was answered within %v (%d probes sent, %d answered)", timeout, p.sent.Load(), p.answered())
+	}
+	return rec
+}
+
+// waitAnswerSentAfter waits up to timeout for an answer to a probe sent at or after
+// since and returns how long after since it came, or the wait's error (the duration is
+// then meaningless). For tests that report a recovery time even when there was none.
+func (p *prober) waitAnswerSentAfter(since time.Time, timeout time.Duration) (time.Duration, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	var at time.Time
@@ -284,10 +295,7 @@ func (p *prober) waitRecovered(t *testing.T, since time.Time, timeout time.Durat
 		at, ok = p.firstAnswerSentAfter(since)
 		return ok
 	})
-	if err != nil {
-		t.Fatalf("no probe sent after the fault ended was answered within %v (%d probes sent, %d answered)", timeout, p.sent.Load(), p.answered())
-	}
-	return at.Sub(since)
+	return at.Sub(since), err
 }
 
 func (p *prober) answered() int {

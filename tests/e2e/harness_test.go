@@ -341,6 +341,19 @@ func (n *node) mustStt(args ...string) string {
 	return r.stdout
 }
 
+// startBetaWithGhost configures alpha with beta and a peer "ghost" whose endpoint name
+// never resolves, configures beta with alpha, and starts beta; it returns alpha's two
+// peers for configurations built on them.
+func startBetaWithGhost(a, b *node, seed string) (ghost, beta peerConf) {
+	a.t.Helper()
+	ghost = peerConf{name: "ghost", endpoint: "ghost.stt-tun.invalid:51900", allowed: []string{"10.99.0.7/32"}}
+	beta = peerConf{name: "beta", endpoint: endpointB, allowed: allowB}
+	a.writeConfig(nodeConf{addresses: tunA, seedFile: seed, peers: []peerConf{ghost, beta}})
+	b.writeConfig(nodeConf{addresses: tunB, seedFile: seed, peers: []peerConf{{name: "alpha", allowed: allowA}}})
+	b.startForeground()
+	return ghost, beta
+}
+
 // startForeground runs `stt-tun up --foreground -c FILE` in the node's namespace as a
 // process the lab owns, and waits until it is up.
 func (n *node) startForeground() {

@@ -64,6 +64,22 @@ func pingFor(ns *nslab.NS, addr string, d time.Duration) {
 	}
 }
 
+// startBetaForLoop configures beta with alpha at alphaAt and starts it; alpha's
+// configuration, with beta at betaAt and the allowed_prefixes a test varies to make
+// or unmake a loop, comes from the function it returns.
+func startBetaForLoop(b *node, seed, betaAt, alphaAt string) func(allowed []string) nodeConf {
+	b.t.Helper()
+	b.writeConfig(nodeConf{addresses: tunB, seedFile: seed, peers: []peerConf{
+		{name: "alpha", endpoint: alphaAt, allowed: allowA},
+	}})
+	b.startForeground()
+	return func(allowed []string) nodeConf {
+		return nodeConf{addresses: tunA, seedFile: seed, peers: []peerConf{
+			{name: "beta", endpoint: betaAt, allowed: allowed},
+		}}
+	}
+}
+
 // TestRoutingLoopOwnEndpointDropped: a reload gives beta allowed_prefixes that cover
 // beta's own endpoint while a session is up, so alpha's routes send its UDP to beta
 // into its own tunnel. reload and up warn about it; the packets that come back into the
@@ -73,15 +89,7 @@ func pingFor(ns *nslab.NS, addr string, d time.Duration) {
 func TestRoutingLoopOwnEndpointDropped(t *testing.T) {
 	t.Parallel()
 	_, a, b, seed := pair(t)
-	confA := func(allowed []string) nodeConf {
-		return nodeConf{addresses: tunA, seedFile: seed, peers: []peerConf{
-			{name: "beta", endpoint: endpointB, allowed: allowed},
-		}}
-	}
-	b.writeConfig(nodeConf{addresses: tunB, seedFile: seed, peers: []peerConf{
-		{name: "alpha", endpoint: "10.231.0.1:51900", allowed: allowA},
-	}})
-	b.startForeground()
+	confA := startBetaForLoop(b, seed, endpointB, "10.231.0.1:51900")
 	a.writeConfig(confA(allowB))
 	if stderr := a.upDaemon(); strings.Contains(stderr, "warning") {
 		t.Errorf("up warns about a configuration without a loop:\n%s", stderr)
@@ -173,15 +181,7 @@ func TestRoutingLoopLargeIPv6DatagramsDropped(t *testing.T) {
 	t.Parallel()
 	_, a, b, seed := pair(t)
 	const endpoint6B = "[fd00:231::2]:51900"
-	confA := func(allowed []string) nodeConf {
-		return nodeConf{addresses: tunA, seedFile: seed, peers: []peerConf{
-			{name: "beta", endpoint: endpoint6B, allowed: allowed},
-		}}
-	}
-	b.writeConfig(nodeConf{addresses: tunB, seedFile: seed, peers: []peerConf{
-		{name: "alpha", endpoint: "[fd00:231::1]:51900", allowed: allowA},
-	}})
-	b.startForeground()
+	confA := startBetaForLoop(b, seed, endpoint6B, "[fd00:231::1]:51900")
 	a.writeConfig(confA(allowB))
 	a.upDaemon()
 	waitPing(t, a.ns, "10.99.0.2")

@@ -88,16 +88,8 @@ func TestRecordedHellosFromPeersAddress(t *testing.T) {
 
 	r.restartAlpha(t)
 	up := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	var at time.Time
-	err = nslab.WaitFor(ctx, func() bool {
-		var ok bool
-		at, ok = p.firstAnswerSentAfter(up)
-		return ok
-	})
+	rec, err := p.waitAnswerSentAfter(up, 20*time.Second)
 	stopReplay()
-	rec := at.Sub(up)
 	t.Logf("alpha restarted under %d replayed HELLOs from its address; probes answered again after %v (err %v); beta %v",
 		sent.Load(), rec.Round(time.Millisecond), err, delta(b0, r.b.counters()))
 	figure(t, "attack-recorded-hellos-peer-address", map[string]any{

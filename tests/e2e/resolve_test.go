@@ -20,11 +20,7 @@ import (
 func TestUnresolvablePeerStopsNoOther(t *testing.T) {
 	t.Parallel()
 	_, a, b, seed := pair(t)
-	ghost := peerConf{name: "ghost", endpoint: "ghost.stt-tun.invalid:51900", allowed: []string{"10.99.0.7/32"}}
-	beta := peerConf{name: "beta", endpoint: endpointB, allowed: allowB}
-	a.writeConfig(nodeConf{addresses: tunA, seedFile: seed, peers: []peerConf{ghost, beta}})
-	b.writeConfig(nodeConf{addresses: tunB, seedFile: seed, peers: []peerConf{{name: "alpha", allowed: allowA}}})
-	b.startForeground()
+	ghost, beta := startBetaWithGhost(a, b, seed)
 
 	start := time.Now()
 	a.upDaemon()
@@ -85,11 +81,7 @@ func TestSilentDNSHoldsUpNoPeer(t *testing.T) {
 	t.Parallel()
 	_, a, b, seed := pair(t)
 	silentDNS(t, a.ns, b.ns, "10.231.0.2")
-	ghost := peerConf{name: "ghost", endpoint: "ghost.stt-tun.invalid:51900", allowed: []string{"10.99.0.7/32"}}
-	beta := peerConf{name: "beta", endpoint: endpointB, allowed: allowB}
-	a.writeConfig(nodeConf{addresses: tunA, seedFile: seed, peers: []peerConf{ghost, beta}})
-	b.writeConfig(nodeConf{addresses: tunB, seedFile: seed, peers: []peerConf{{name: "alpha", allowed: allowA}}})
-	b.startForeground()
+	startBetaWithGhost(a, b, seed)
 
 	start := time.Now()
 	a.upDaemon()
