@@ -236,7 +236,7 @@ func TestStaleCookieNotUsed(t *testing.T) {
 // indices resolve to nothing.
 func TestTimersDropExpiredSessionsFromIndex(t *testing.T) {
 	o := newOffline(t, Limits{})
-	old := time.Now().Add(-DefaultRejectAfterTime - time.Second)
+	old := expiredAt()
 	prev, _ := o.session(t, testLocalIndex, false, old, 0x10)
 	cur, _ := o.session(t, testLocalIndex+1, false, old, 0x20)
 	o.p.mu.Lock()
@@ -447,10 +447,7 @@ func TestRetransmissionsHoldOneIndex(t *testing.T) {
 	if _, pending := o.n.index.counts(); pending != 1 {
 		t.Fatalf("%d reserved indices after 5 attempts, want 1", pending)
 	}
-	o.n.mu.RLock()
-	inits := len(o.n.inits)
-	o.n.mu.RUnlock()
-	if inits != 1 {
+	if inits := o.initiations(); inits != 1 {
 		t.Fatalf("%d initiations findable, want 1", inits)
 	}
 }
@@ -479,10 +476,7 @@ func TestConfirmedSessionForgetsItsInitiation(t *testing.T) {
 	}
 	s.confirmed.Store(true)
 	o.p.tick(time.Now())
-	o.n.mu.RLock()
-	inits := len(o.n.inits)
-	o.n.mu.RUnlock()
-	if inits != 0 {
+	if inits := o.initiations(); inits != 0 {
 		t.Fatalf("%d initiations still findable after the session was confirmed", inits)
 	}
 }
