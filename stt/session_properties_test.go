@@ -45,15 +45,23 @@ func TestRemovingOldSessionKeepsNewOneAtItsIndex(t *testing.T) {
 	}
 }
 
+// peerResponder is the handshake engine of the offline peer "peer", which answers
+// the HELLOs the node under test sends it.
+func peerResponder(t *testing.T) *handshake.Engine {
+	t.Helper()
+	resp, err := handshake.New(handshake.Config{Seed: fixedKey(1), Static: fixedKey(9), Name: "peer", LoadThreshold: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
 // TestStaleInitiationCannotInstallSession: a CHALLENGE for an initiation the peer has
 // replaced (a retransmission started a new one) installs nothing, and a COOKIE_REPLY
 // for it stores no cookie.
 func TestStaleInitiationCannotInstallSession(t *testing.T) {
 	o := newOffline(t, Limits{})
-	resp, err := handshake.New(handshake.Config{Seed: fixedKey(1), Static: fixedKey(9), Name: "peer", LoadThreshold: 1 << 30})
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := peerResponder(t)
 	o.p.mu.Lock()
 	o.p.startHandshakeLocked(time.Now())
 	stale := o.p.handshake.init
@@ -457,10 +465,7 @@ func TestRetransmissionsHoldOneIndex(t *testing.T) {
 // initiations does not grow with every handshake.
 func TestConfirmedSessionForgetsItsInitiation(t *testing.T) {
 	o := newOffline(t, Limits{})
-	resp, err := handshake.New(handshake.Config{Seed: fixedKey(1), Static: fixedKey(9), Name: "peer", LoadThreshold: 1 << 30})
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := peerResponder(t)
 	o.p.mu.Lock()
 	o.p.startHandshakeLocked(time.Now())
 	in := o.p.handshake.init
