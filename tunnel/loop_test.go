@@ -27,22 +27,13 @@ func loopPair(t testing.TB, log *lockedBuffer) (a, b *memNode) {
 	b = startMem(t, seedFile, "b", "10.9.0.2/24", []config.Peer{{
 		Name: "a", AllowedPrefixes: []netip.Prefix{netip.MustParsePrefix("10.9.0.1/32"), netip.MustParsePrefix("192.168.5.0/24")},
 	}})
-	key, _ := config.GenerateKey()
-	cfg := &config.Config{
-		Interface: config.Interface{
-			Name: "mem-a", NodeName: "a",
-			Addresses: []netip.Prefix{netip.MustParsePrefix("10.9.0.1/24")},
-			MTU:       1420, SeedFile: seedFile,
-			KeyFile: writeSecret(t, t.TempDir(), "a.key", key),
+	cfg := memConfig(t, seedFile, "a", "10.9.0.1/24", []config.Peer{{
+		Name:     "b",
+		Endpoint: endpointOf(b),
+		AllowedPrefixes: []netip.Prefix{
+			netip.MustParsePrefix("10.9.0.2/32"), netip.MustParsePrefix("127.0.0.0/8"),
 		},
-		Peers: []config.Peer{{
-			Name:     "b",
-			Endpoint: endpointOf(b),
-			AllowedPrefixes: []netip.Prefix{
-				netip.MustParsePrefix("10.9.0.2/32"), netip.MustParsePrefix("127.0.0.0/8"),
-			},
-		}},
-	}
+	}})
 	dev := tuntest.NewMem(cfg.Interface.Name, 1420, 16)
 	tu, err := Start(context.Background(), cfg, Options{Device: dev, Logger: slog.New(slog.NewTextHandler(log, nil))})
 	if err != nil {
@@ -267,20 +258,11 @@ func TestUnresolvablePeerStopsNoOther(t *testing.T) {
 	c := startMem(t, seedFile, "c", "10.9.0.3/24", []config.Peer{{
 		Name: "a", AllowedPrefixes: []netip.Prefix{netip.MustParsePrefix("10.9.0.1/32")},
 	}})
-	key, _ := config.GenerateKey()
-	cfg := &config.Config{
-		Interface: config.Interface{
-			Name: "mem-a", NodeName: "a",
-			Addresses: []netip.Prefix{netip.MustParsePrefix("10.9.0.1/24")},
-			MTU:       1420, SeedFile: seedFile,
-			KeyFile: writeSecret(t, t.TempDir(), "a.key", key),
-		},
-		Peers: []config.Peer{
-			{Name: "b", Endpoint: "b.invalid:51900", AllowedPrefixes: []netip.Prefix{netip.MustParsePrefix("10.9.0.2/32")}},
-			{Name: "silent", Endpoint: "silent.invalid:51900", AllowedPrefixes: []netip.Prefix{netip.MustParsePrefix("10.9.0.4/32")}},
-			{Name: "c", Endpoint: endpointOf(c), AllowedPrefixes: []netip.Prefix{netip.MustParsePrefix("10.9.0.3/32")}},
-		},
-	}
+	cfg := memConfig(t, seedFile, "a", "10.9.0.1/24", []config.Peer{
+		{Name: "b", Endpoint: "b.invalid:51900", AllowedPrefixes: []netip.Prefix{netip.MustParsePrefix("10.9.0.2/32")}},
+		{Name: "silent", Endpoint: "silent.invalid:51900", AllowedPrefixes: []netip.Prefix{netip.MustParsePrefix("10.9.0.4/32")}},
+		{Name: "c", Endpoint: endpointOf(c), AllowedPrefixes: []netip.Prefix{netip.MustParsePrefix("10.9.0.3/32")}},
+	})
 	lookups := make(chan string, 64)
 	resolver := func(ctx context.Context, hostport string) (netip.AddrPort, error) {
 		lookups <- hostport

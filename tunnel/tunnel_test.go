@@ -33,18 +33,23 @@ type memNode struct {
 // startMem starts a tunnel on an in-memory device listening on loopback.
 func startMem(t testing.TB, seedFile, name string, addr string, peers []config.Peer) *memNode {
 	t.Helper()
-	dir := t.TempDir()
+	return startCfg(t, memConfig(t, seedFile, name, addr, peers))
+}
+
+// memConfig is the configuration startMem starts: node name with a fresh key,
+// interface mem-<name> with address addr, and peers.
+func memConfig(t testing.TB, seedFile, name string, addr string, peers []config.Peer) *config.Config {
+	t.Helper()
 	key, _ := config.GenerateKey()
-	cfg := &config.Config{
+	return &config.Config{
 		Interface: config.Interface{
 			Name: "mem-" + name, NodeName: name,
 			Addresses: []netip.Prefix{netip.MustParsePrefix(addr)},
 			MTU:       1420, SeedFile: seedFile,
-			KeyFile: writeSecret(t, dir, name+".key", key),
+			KeyFile: writeSecret(t, t.TempDir(), name+".key", key),
 		},
 		Peers: peers,
 	}
-	return startCfg(t, cfg)
 }
 
 // ipv4UDP builds an IPv4/UDP packet; checksums are irrelevant to the tunnel.
