@@ -1023,6 +1023,20 @@ func (n *testNS) crashed(t *testing.T, spec Spec) {
 	n.createTUN(t, "stt0")
 }
 
+// crashedNS makes a namespace with an underlay, notes its state before any
+// run (for Undo to be compared against), and leaves in it what a run of
+// fullSpec that died without undoing leaves: its journal in stateDir and its
+// changes in effect, with the link made anew.
+func crashedNS(t *testing.T) (n *testNS, before, stateDir string) {
+	t.Helper()
+	n = newNS(t)
+	n.underlay(t)
+	before = n.dump(t)
+	stateDir = filepath.Join(t.TempDir(), "state")
+	n.crashed(t, fullSpec(stateDir))
+	return n, before, stateDir
+}
+
 // killSwitchDeletions watches the namespace's routing table for the removal
 // of a kill switch route until stop is called, which returns how many it
 // saw.
@@ -1059,11 +1073,7 @@ func (n *testNS) killSwitchDeletions(t *testing.T) (stop func() int) {
 // rules or the sysctls away (so nothing leaks while it works), and a later
 // Undo restores the machine as it was before the first run.
 func TestApplyTakesOverAfterCrash(t *testing.T) {
-	n := newNS(t)
-	n.underlay(t)
-	before := n.dump(t)
-	stateDir := filepath.Join(t.TempDir(), "state")
-	n.crashed(t, fullSpec(stateDir))
+	n, before, stateDir := crashedNS(t)
 
 	stop := n.killSwitchDeletions(t)
 	m, err := n.apply(fullSpec(stateDir))
@@ -1105,11 +1115,7 @@ func TestApplyTakesOverAfterCrash(t *testing.T) {
 // TestApplyTakeOverReleasesWhatIsNotWanted: the new run has no kill switch,
 // forwarding or masquerade; what the dead run left of them goes.
 func TestApplyTakeOverReleasesWhatIsNotWanted(t *testing.T) {
-	n := newNS(t)
-	n.underlay(t)
-	before := n.dump(t)
-	stateDir := filepath.Join(t.TempDir(), "state")
-	n.crashed(t, fullSpec(stateDir))
+	n, before, stateDir := crashedNS(t)
 
 	spec := fullSpec(stateDir)
 	spec.KillSwitch, spec.Forwarding, spec.Masquerade = false, false, false
@@ -1134,11 +1140,7 @@ func TestApplyTakeOverReleasesWhatIsNotWanted(t *testing.T) {
 // TestApplyTakeOverFails: when the new Apply fails, it undoes only its own
 // changes; the kill switch stays, and so does the journal, for `down`.
 func TestApplyTakeOverFails(t *testing.T) {
-	n := newNS(t)
-	n.underlay(t)
-	before := n.dump(t)
-	stateDir := filepath.Join(t.TempDir(), "state")
-	n.crashed(t, fullSpec(stateDir))
+	n, before, stateDir := crashedNS(t)
 	n.ip(t, "-6", "route", "add", "fd78::/48", "via", "2001:db8:ffff::3")
 
 	if m, err := n.apply(fullSpec(stateDir)); err == nil {
@@ -1187,11 +1189,7 @@ func TestApplyRefusesJournalOfLiveLink(t *testing.T) {
 // tunnel ran without its rules, and all traffic left by the uplink while status said
 // up. Undo then restores the machine as it was.
 func TestApplyTakeOverRemakesWhatIsGone(t *testing.T) {
-	n := newNS(t)
-	n.underlay(t)
-	before := n.dump(t)
-	stateDir := filepath.Join(t.TempDir(), "state")
-	n.crashed(t, fullSpec(stateDir))
+	n, before, stateDir := crashedNS(t)
 	for _, fam := range []string{"-4", "-6"} {
 		n.ip(t, fam, "rule", "del", "priority", "32764")
 		n.ip(t, fam, "rule", "del", "priority", "32765")

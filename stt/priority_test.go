@@ -19,26 +19,14 @@ func TestConfiguredPeerAddressesHavePriority(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor := func(what string, cond func() bool) {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		for !cond() {
-			select {
-			case <-ctx.Done():
-				t.Fatalf("%s: not within 5 s", what)
-			case <-time.After(5 * time.Millisecond):
-			}
-		}
-	}
-	waitFor("the configured peer's address gains priority", func() bool { return n.isPeerAddr(first) })
+	waitCond(t, "the configured peer's address gains priority", func() bool { return n.isPeerAddr(first) })
 	if n.isPeerAddr(second) || n.isPeerAddr(netip.MustParseAddr("127.0.0.1")) {
 		t.Fatal("an address no peer has got priority")
 	}
 	if err := p.Update(PeerConfig{Name: "p", Endpoint: netip.AddrPortFrom(second, 9).String()}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor("the peer's new address gains priority and the old loses it", func() bool {
+	waitCond(t, "the peer's new address gains priority and the old loses it", func() bool {
 		return n.isPeerAddr(second) && !n.isPeerAddr(first)
 	})
 }

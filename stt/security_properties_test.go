@@ -130,6 +130,24 @@ func (o *offline) delivered() []string {
 
 func (o *offline) drops(r DropReason) uint64 { return o.n.Stats().Drops[r] }
 
+// queued is how many datagrams the peer holds for its next session.
+func (o *offline) queued() int {
+	o.p.mu.Lock()
+	defer o.p.mu.Unlock()
+	return len(o.p.queue)
+}
+
+// initiations is how many of the node's handshake initiations a COOKIE_REPLY
+// could still find.
+func (o *offline) initiations() int {
+	o.n.mu.RLock()
+	defer o.n.mu.RUnlock()
+	return len(o.n.inits)
+}
+
+// expiredAt is a creation time that puts a session past REJECT_AFTER_TIME.
+func expiredAt() time.Time { return time.Now().Add(-DefaultRejectAfterTime - time.Second) }
+
 // TestForgedFarAheadCounterDoesNotAdvanceReplayWindow: a frame that does not
 // authenticate, addressed to a live receiver index with a counter far ahead, moves
 // nothing: genuine frames with the counters that follow are still delivered. Were the
@@ -173,7 +191,7 @@ func equalStrings(a, b []string) bool {
 // REJECT_AFTER_TIME is dropped as expired even though it authenticates.
 func TestExpiredSessionOpensNothing(t *testing.T) {
 	o := newOffline(t, Limits{})
-	old := time.Now().Add(-DefaultRejectAfterTime - time.Second)
+	old := expiredAt()
 	s, peer := o.session(t, testLocalIndex, false, old, 0x10)
 	o.p.keys.current.Store(s)
 	o.receive(sealed(peer, 3, 0, "too late"))
@@ -189,7 +207,7 @@ func TestExpiredSessionOpensNothing(t *testing.T) {
 // REJECT_AFTER_TIME; the datagram waits for a new session instead.
 func TestExpiredSessionSealsNothing(t *testing.T) {
 	o := newOffline(t, Limits{})
-	old := time.Now().Add(-DefaultRejectAfterTime - time.Second)
+	old := expiredAt()
 	s, _ := o.session(t, testLocalIndex, true, old, 0x10)
 	o.p.keys.current.Store(s)
 	sendOne(t, o.p, 0, []byte("must wait"))
@@ -199,10 +217,7 @@ func TestExpiredSessionSealsNothing(t *testing.T) {
 	if got := len(o.bind.ofType(wire.TypeData)); got != 0 {
 		t.Fatalf("%d DATA frames sent", got)
 	}
-	o.p.mu.Lock()
-	queued := len(o.p.queue)
-	o.p.mu.Unlock()
-	if queued != 1 {
+	if queued := o.queued(); queued != 1 {
 		t.Fatalf("%d datagrams queued for the next session, want 1", queued)
 	}
 }
@@ -212,7 +227,7 @@ func TestExpiredSessionSealsNothing(t *testing.T) {
 // otherwise it seals on the new session.
 func TestExpiredStandbySealsNothing(t *testing.T) {
 	o := newOffline(t, Limits{})
-	old := time.Now().Add(-DefaultRejectAfterTime - time.Second)
+	old := expiredAt()
 	sb, _ := o.session(t, testLocalIndex, true, old, 0x10)
 	sb.confirmed.Store(true)
 	cur, _ := o.session(t, testLocalIndex+1, true, time.Now(), 0x20)
@@ -446,7 +461,7 @@ func TestInitiatorRefusesResponderWithAnotherName(t *testing.T) {
 // message or a ping finds no session, and a CLOSE is not sent.
 func TestExpiredSessionSealsNoControl(t *testing.T) {
 	o := newOffline(t, Limits{})
-	old := time.Now().Add(-DefaultRejectAfterTime - time.Second)
+	old := expiredAt()
 	s, _ := o.session(t, testLocalIndex, true, old, 0x10)
 	s.confirmed.Store(true)
 	o.p.keys.current.Store(s)

@@ -45,15 +45,23 @@ func TestRemovingOldSessionKeepsNewOneAtItsIndex(t *testing.T) {
 	}
 }
 
+// peerResponder is the handshake engine of the offline peer "peer", which answers
+// the HELLOs the node under test sends it.
+func peerResponder(t *testing.T) *handshake.Engine {
+	t.Helper()
+	resp, err := handshake.New(handshake.Config{Seed: fixedKey(1), Static: fixedKey(9), Name: "peer", LoadThreshold: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
 // TestStaleInitiationCannotInstallSession: a CHALLENGE for an initiation the peer has
 // replaced (a retransmission started a new one) installs nothing, and a COOKIE_REPLY
 // for it stores no cookie.
 func TestStaleInitiationCannotInstallSession(t *testing.T) {
 	o := newOffline(t, Limits{})
-	resp, err := handshake.New(handshake.Config{Seed: fixedKey(1), Static: fixedKey(9), Name: "peer", LoadThreshold: 1 << 30})
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := peerResponder(t)
 	o.p.mu.Lock()
 	o.p.startHandshakeLocked(time.Now())
 	stale := o.p.handshake.init
@@ -236,7 +244,7 @@ func TestStaleCookieNotUsed(t *testing.T) {
 // indices resolve to nothing.
 func TestTimersDropExpiredSessionsFromIndex(t *testing.T) {
 	o := newOffline(t, Limits{})
-	old := time.Now().Add(-DefaultRejectAfterTime - time.Second)
+	old := expiredAt()
 	prev, _ := o.session(t, testLocalIndex, false, old, 0x10)
 	cur, _ := o.session(t, testLocalIndex+1, false, old, 0x20)
 	o.p.mu.Lock()
@@ -447,10 +455,7 @@ func TestRetransmissionsHoldOneIndex(t *testing.T) {
 	if _, pending := o.n.index.counts(); pending != 1 {
 		t.Fatalf("%d reserved indices after 5 attempts, want 1", pending)
 	}
-	o.n.mu.RLock()
-	inits := len(o.n.inits)
-	o.n.mu.RUnlock()
-	if inits != 1 {
+	if inits := o.initiations(); inits != 1 {
 		t.Fatalf("%d initiations findable, want 1", inits)
 	}
 }
@@ -460,10 +465,7 @@ func TestRetransmissionsHoldOneIndex(t *testing.T) {
 // initiations does not grow with every handshake.
 func TestConfirmedSessionForgetsItsInitiation(t *testing.T) {
 	o := newOffline(t, Limits{})
-	resp, err := handshake.New(handshake.Config{Seed: fixedKey(1), Static: fixedKey(9), Name: "peer", LoadThreshold: 1 << 30})
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := peerResponder(t)
 	o.p.mu.Lock()
 	o.p.startHandshakeLocked(time.Now())
 	in := o.p.handshake.init
@@ -479,10 +481,7 @@ func TestConfirmedSessionForgetsItsInitiation(t *testing.T) {
 	}
 	s.confirmed.Store(true)
 	o.p.tick(time.Now())
-	o.n.mu.RLock()
-	inits := len(o.n.inits)
-	o.n.mu.RUnlock()
-	if inits != 0 {
+	if inits := o.initiations(); inits != 0 {
 		t.Fatalf("%d initiations still findable after the session was confirmed", inits)
 	}
 }

@@ -27,22 +27,13 @@ func loopPair(t testing.TB, log *lockedBuffer) (a, b *memNode) {
 	b = startMem(t, seedFile, "b", "10.9.0.2/24", []config.Peer{{
 		Name: "a", AllowedPrefixes: []netip.Prefix{netip.MustParsePrefix("10.9.0.1/32"), netip.MustParsePrefix("192.168.5.0/24")},
 	}})
-	key, _ := config.GenerateKey()
-	cfg := &config.Config{
-		Interface: config.Interface{
-			Name: "mem-a", NodeName: "a",
-			Addresses: []netip.Prefix{netip.MustParsePrefix("10.9.0.1/24")},
-			MTU:       1420, SeedFile: seedFile,
-			KeyFile: writeSecret(t, t.TempDir(), "a.key", key),
+	cfg := memConfig(t, seedFile, "a", "10.9.0.1/24", []config.Peer{{
+		Name:     "b",
+		Endpoint: endpointOf(b),
+		AllowedPrefixes: []netip.Prefix{
+			netip.MustParsePrefix("10.9.0.2/32"), netip.MustParsePrefix("127.0.0.0/8"),
 		},
-		Peers: []config.Peer{{
-			Name:     "b",
-			Endpoint: endpointOf(b),
-			AllowedPrefixes: []netip.Prefix{
-				netip.MustParsePrefix("10.9.0.2/32"), netip.MustParsePrefix("127.0.0.0/8"),
-			},
-		}},
-	}
+	}})
 	dev := tuntest.NewMem(cfg.Interface.Name, 1420, 16)
 	tu, err := Start(context.Background(), cfg, Options{Device: dev, Logger: slog.New(slog.NewTextHandler(log, nil))})
 	if err != nil {
@@ -156,20 +147,31 @@ func TestRoutingLoopWebSocketURL(t *testing.T) {
 	}
 }
 
-// TestReloadWarnsOfRoutingLoop: a reload that makes a peer's prefixes cover its
-// endpoint is applied, with a warning among its changes.
-func TestReloadWarnsOfRoutingLoop(t *testing.T) {
-	l := newReloadLab(t)
+// reloadBeta reloads node a with peer beta given betaPrefixes and the extra
+// lines, and delta as it was; it returns the changes the reload reports.
+func (l *reloadLab) reloadBeta(t *testing.T, betaPrefixes []string, extra ...string) []string {
+	t.Helper()
 	cfg := l.na.config(t, "",
-		peerSection("beta", endpointOf(l.b), []string{"10.9.0.2/32", "127.0.0.1/32"}),
+		peerSection("beta", endpointOf(l.b), betaPrefixes, extra...),
 		peerSection("delta", endpointOf(l.d), []string{"10.9.0.4/32"}))
 	changes, err := l.a.t.ReloadChanges(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.ContainsFunc(changes, func(c string) bool {
-		return strings.HasPrefix(c, `warning: peer "beta": its own allowed_prefixes 127.0.0.1/32 cover its endpoint`)
-	}) {
+	return changes
+}
+
+// hasChangeWithPrefix reports whether one of changes begins with prefix.
+func hasChangeWithPrefix(changes []string, prefix string) bool {
+	return slices.ContainsFunc(changes, func(c string) bool { return strings.HasPrefix(c, prefix) })
+}
+
+// TestReloadWarnsOfRoutingLoop: a reload that makes a peer's prefixes cover its
+// endpoint is applied, with a warning among its changes.
+func TestReloadWarnsOfRoutingLoop(t *testing.T) {
+	l := newReloadLab(t)
+	changes := l.reloadBeta(t, []string{"10.9.0.2/32", "127.0.0.1/32"})
+	if !hasChangeWithPrefix(changes, `warning: peer "beta": its own allowed_prefixes 127.0.0.1/32 cover its endpoint`) {
 		t.Errorf("reload changes %q lack the routing loop warning", changes)
 	}
 }
@@ -256,20 +258,11 @@ func TestUnresolvablePeerStopsNoOther(t *testing.T) {
 	c := startMem(t, seedFile, "c", "10.9.0.3/24", []config.Peer{{
 		Name: "a", AllowedPrefixes: []netip.Prefix{netip.MustParsePrefix("10.9.0.1/32")},
 	}})
-	key, _ := config.GenerateKey()
-	cfg := &config.Config{
-		Interface: config.Interface{
-			Name: "mem-a", NodeName: "a",
-			Addresses: []netip.Prefix{netip.MustParsePrefix("10.9.0.1/24")},
-			MTU:       1420, SeedFile: seedFile,
-			KeyFile: writeSecret(t, t.TempDir(), "a.key", key),
-		},
-		Peers: []config.Peer{
-			{Name: "b", Endpoint: "b.invalid:51900", AllowedPrefixes: []netip.Prefix{netip.MustParsePrefix("10.9.0.2/32")}},
-			{Name: "silent", Endpoint: "silent.invalid:51900", AllowedPrefixes: []netip.Prefix{netip.MustParsePrefix("10.9.0.4/32")}},
-			{Name: "c", Endpoint: endpointOf(c), AllowedPrefixes: []netip.Prefix{netip.MustParsePrefix("10.9.0.3/32")}},
-		},
-	}
+	cfg := memConfig(t, seedFile, "a", "10.9.0.1/24", []config.Peer{
+		{Name: "b", Endpoint: "b.invalid:51900", AllowedPrefixes: []netip.Prefix{netip.MustParsePrefix("10.9.0.2/32")}},
+		{Name: "silent", Endpoint: "silent.invalid:51900", AllowedPrefixes: []netip.Prefix{netip.MustParsePrefix("10.9.0.4/32")}},
+		{Name: "c", Endpoint: endpointOf(c), AllowedPrefixes: []netip.Prefix{netip.MustParsePrefix("10.9.0.3/32")}},
+	})
 	lookups := make(chan string, 64)
 	resolver := func(ctx context.Context, hostport string) (netip.AddrPort, error) {
 		lookups <- hostport
@@ -407,16 +400,8 @@ func TestRoutingLoopWebSocketHostName(t *testing.T) {
 		}
 		return netip.AddrPort{}, errors.New("no such host")
 	}
-	cfg := l.na.config(t, "",
-		peerSection("beta", endpointOf(l.b), []string{"10.9.0.2/32", "192.0.2.0/24"}, `ws_url = "ws://beta.test:8080/stt"`),
-		peerSection("delta", endpointOf(l.d), []string{"10.9.0.4/32"}))
-	changes, err := l.a.t.ReloadChanges(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !slices.ContainsFunc(changes, func(c string) bool {
-		return strings.HasPrefix(c, `warning: peer "beta": its own allowed_prefixes 192.0.2.0/24 cover its endpoint`)
-	}) {
+	changes := l.reloadBeta(t, []string{"10.9.0.2/32", "192.0.2.0/24"}, `ws_url = "ws://beta.test:8080/stt"`)
+	if !hasChangeWithPrefix(changes, `warning: peer "beta": its own allowed_prefixes 192.0.2.0/24 cover its endpoint`) {
 		t.Errorf("reload changes %q lack the routing loop warning for the ws_url host", changes)
 	}
 	p, _ := l.a.t.table.Load().Lookup(netip.MustParseAddr("10.9.0.2"))
@@ -449,12 +434,7 @@ func TestExitPeerCarriesTCPToItsWebSocketHost(t *testing.T) {
 		{[]string{"10.9.0.2/32", "0.0.0.0/0"}, false},
 		{[]string{"10.9.0.2/32", "0.0.0.0/0", "198.51.100.0/24"}, true},
 	} {
-		cfg := l.na.config(t, "",
-			peerSection("beta", endpointOf(l.b), tc.prefixes, `ws_url = "ws://198.51.100.9:8080/stt"`),
-			peerSection("delta", endpointOf(l.d), []string{"10.9.0.4/32"}))
-		if _, err := l.a.t.ReloadChanges(cfg); err != nil {
-			t.Fatal(err)
-		}
+		l.reloadBeta(t, tc.prefixes, `ws_url = "ws://198.51.100.9:8080/stt"`)
 		p, _ := l.a.t.table.Load().Lookup(netip.MustParseAddr("198.51.100.9"))
 		if got := l.a.t.loopsBack(pkt, p); got != tc.loop {
 			t.Errorf("prefixes %v: TCP to the ws_url host is a loop: %v, want %v", tc.prefixes, got, tc.loop)

@@ -33,18 +33,23 @@ type memNode struct {
 // startMem starts a tunnel on an in-memory device listening on loopback.
 func startMem(t testing.TB, seedFile, name string, addr string, peers []config.Peer) *memNode {
 	t.Helper()
-	dir := t.TempDir()
+	return startCfg(t, memConfig(t, seedFile, name, addr, peers))
+}
+
+// memConfig is the configuration startMem starts: node name with a fresh key,
+// interface mem-<name> with address addr, and peers.
+func memConfig(t testing.TB, seedFile, name string, addr string, peers []config.Peer) *config.Config {
+	t.Helper()
 	key, _ := config.GenerateKey()
-	cfg := &config.Config{
+	return &config.Config{
 		Interface: config.Interface{
 			Name: "mem-" + name, NodeName: name,
 			Addresses: []netip.Prefix{netip.MustParsePrefix(addr)},
 			MTU:       1420, SeedFile: seedFile,
-			KeyFile: writeSecret(t, dir, name+".key", key),
+			KeyFile: writeSecret(t, t.TempDir(), name+".key", key),
 		},
 		Peers: peers,
 	}
-	return startCfg(t, cfg)
 }
 
 // ipv4UDP builds an IPv4/UDP packet; checksums are irrelevant to the tunnel.
@@ -78,6 +83,20 @@ func memPair(t testing.TB) (a, b *memNode) {
 	return a, b
 }
 
+// expectOneSourceDenied sends hello from a to b (which sets up the session and
+// the path), then spoofed and good from b to a: good arrives, after spoofed was
+// handled, and a counts exactly one packet denied for its source.
+func expectOneSourceDenied(t *testing.T, a, b *memNode, hello, spoofed, good []byte) {
+	t.Helper()
+	a.dev.Inject(hello)
+	expectPacket(t, b.dev, hello)
+	b.dev.Inject(spoofed, good)
+	expectPacket(t, a.dev, good) // in order: the spoofed one was handled first
+	if got := a.t.Counters().SourceDenied; got != 1 {
+		t.Fatalf("source-denied counter %d, want 1", got)
+	}
+}
+
 func expectPacket(t *testing.T, dev *tuntest.Mem, want []byte) {
 	t.Helper()
 	select {
@@ -108,17 +127,11 @@ func TestSpoofedSourceNeverReachesTun(t *testing.T) {
 	a, b := memPair(t)
 	// Establish the session and learn the path.
 	hello := ipv4UDP("10.9.0.1", "10.9.0.2", 1, 2, []byte("hi"))
-	a.dev.Inject(hello)
-	expectPacket(t, b.dev, hello)
 	// b sends with a source that a allows only from... nobody (10.9.0.77), and one
 	// from a prefix that belongs to b itself; only the second may arrive.
 	spoofed := ipv4UDP("10.9.0.77", "10.9.0.1", 2, 1, []byte("spoofed"))
 	good := ipv4UDP("10.9.0.2", "10.9.0.1", 2, 1, []byte("genuine"))
-	b.dev.Inject(spoofed, good)
-	expectPacket(t, a.dev, good)
-	if got := a.t.Counters().SourceDenied; got != 1 {
-		t.Fatalf("source-denied counter %d, want 1", got)
-	}
+	expectOneSourceDenied(t, a, b, hello, spoofed, good)
 	if st := a.t.Status(); len(st.Peers) != 1 || st.Peers[0].Drops != 1 {
 		t.Fatalf("the drop is not shown against peer b: %+v", st.Peers)
 	}
