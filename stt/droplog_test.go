@@ -66,7 +66,7 @@ func TestDroppedHandshakeLogIsRateLimitedPerReason(t *testing.T) {
 		t.Fatalf("counted %d bad-mac1 drops, want all 1000", got)
 	}
 	// Once the interval has passed, the next drop is logged with the count left out.
-	n.dropLogs[DropBadMAC1].last.Add(-int64(2 * dropLogInterval))
+	n.dropLogs[DropBadMAC1].Expire()
 	n.dropHandshake(handshake.ErrBadMAC1, netip.MustParseAddrPort("192.0.2.7:1"))
 	lines = rl.lines("handshake dropped")
 	if len(lines) != 3 || lines[2]["reason"] != DropBadMAC1.String() || lines[2]["suppressed"] != "999" {
@@ -106,7 +106,7 @@ func TestPinMismatchWarningIsRateLimited(t *testing.T) {
 	if lines := rl.lines(msg); len(lines) != 1 {
 		t.Fatalf("1000 refused handshakes gave %d warnings, want 1", len(lines))
 	}
-	n.warnLogs[DropPinMismatch].last.Add(-int64(2 * dropLogInterval))
+	n.warnLogs[DropPinMismatch].Expire()
 	p.completeResponder(handshake.Result{
 		LocalIndex: n.index.reserve(), RemoteIndex: 5000,
 		SendKey: fixedKey(3), RecvKey: fixedKey(4), Cipher: wire.CipherChaCha20Poly1305,

@@ -10,6 +10,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/conn"
 
+	"github.com/stt-tun/stt-tun/internal/lograte"
 	"github.com/stt-tun/stt-tun/stt/handshake"
 	"github.com/stt-tun/stt-tun/stt/wire"
 )
@@ -133,23 +134,7 @@ func (n *Node) dropVersion(v byte, ep conn.Endpoint) {
 const dropLogInterval = time.Second
 
 // dropLog is the state of one reason's rate-limited log line.
-type dropLog struct {
-	last       atomic.Int64 // unix ns of the last line
-	suppressed atomic.Uint64
-}
-
-// allow reports whether a line may be written now (at most one per dropLogInterval),
-// and how many were left unwritten since the last; otherwise it counts this one as
-// left unwritten.
-func (l *dropLog) allow() (suppressed uint64, ok bool) {
-	now := time.Now().UnixNano()
-	last := l.last.Load()
-	if now-last < int64(dropLogInterval) || !l.last.CompareAndSwap(last, now) {
-		l.suppressed.Add(1)
-		return 0, false
-	}
-	return l.suppressed.Swap(0), true
-}
+type dropLog = lograte.Limiter
 
 // logDrop writes the debug line for a dropped handshake message of reason r, at most
 // once per dropLogInterval per reason, with the number of drops left unlogged since.
@@ -157,7 +142,7 @@ func (n *Node) logDrop(r DropReason, err error, name string) {
 	if !n.log.Enabled(context.Background(), slog.LevelDebug) {
 		return
 	}
-	s, ok := n.dropLogs[r].allow()
+	s, ok := n.dropLogs[r].Allow(dropLogInterval)
 	if !ok {
 		return
 	}
@@ -201,7 +186,7 @@ func (n *Node) dropHandshake(err error, src netip.AddrPort) {
 // a member can make a node refuse handshakes at its handshake budget, and each must not
 // be a line in the administrator's log. The drop itself is counted by the caller.
 func (n *Node) warnDrop(r DropReason, msg string, attrs ...any) {
-	s, ok := n.warnLogs[r].allow()
+	s, ok := n.warnLogs[r].Allow(dropLogInterval)
 	if !ok {
 		return
 	}

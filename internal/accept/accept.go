@@ -16,6 +16,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/stt-tun/stt-tun/internal/lograte"
 )
 
 // Kind names the daemon's listeners; each has its own error counter.
@@ -74,9 +76,7 @@ type Listener struct {
 	closeOnce sync.Once
 	done      chan struct{}
 
-	mu         sync.Mutex // guards the log limiter
-	lastLog    time.Time
-	suppressed uint64
+	logs lograte.Limiter
 }
 
 // Wrap returns ln retrying its failed accepts, counted under kind and logged to log
@@ -127,17 +127,10 @@ func (l *Listener) Accept() (net.Conn, error) {
 // logError logs err unless a line was logged less than LogInterval ago; the next line
 // says how many errors went unlogged.
 func (l *Listener) logError(err error, backoff time.Duration) {
-	now := time.Now()
-	l.mu.Lock()
-	if !l.lastLog.IsZero() && now.Sub(l.lastLog) < LogInterval {
-		l.suppressed++
-		l.mu.Unlock()
+	suppressed, ok := l.logs.Allow(LogInterval)
+	if !ok {
 		return
 	}
-	l.lastLog = now
-	suppressed := l.suppressed
-	l.suppressed = 0
-	l.mu.Unlock()
 	l.log.Warn("accept failed; retrying", "listener", l.kind.String(), "addr", l.Listener.Addr().String(),
 		"err", err, "retry_in", backoff, "unlogged_since_last", suppressed)
 }

@@ -265,7 +265,7 @@ func TestSecondListenRefused(t *testing.T) {
 	if _, err := Listen(dir, "stt0", nil); !errors.Is(err, ErrRunning) {
 		t.Fatalf("second Listen = %v, want ErrRunning", err)
 	}
-	if err := RemoveStale(dir, "stt0"); !errors.Is(err, ErrRunning) {
+	if err := removeStale(dir, "stt0"); !errors.Is(err, ErrRunning) {
 		t.Fatalf("RemoveStale of a live socket = %v, want ErrRunning", err)
 	}
 }
@@ -305,7 +305,7 @@ func TestStaleSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The lock is released: the interface can be served again, and RemoveStale agrees.
-	if err := RemoveStale(dir, "stt0"); err != nil {
+	if err := removeStale(dir, "stt0"); err != nil {
 		t.Fatalf("RemoveStale after close: %v", err)
 	}
 }
@@ -319,13 +319,13 @@ func TestRemoveStale(t *testing.T) {
 	}
 	ln.SetUnlinkOnClose(false)
 	ln.Close()
-	if err := RemoveStale(dir, "stt0"); err != nil {
+	if err := removeStale(dir, "stt0"); err != nil {
 		t.Fatalf("RemoveStale: %v", err)
 	}
 	if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("stale socket not removed: %v", err)
 	}
-	if err := RemoveStale(filepath.Join(dir, "missing"), "stt0"); err != nil {
+	if err := removeStale(filepath.Join(dir, "missing"), "stt0"); err != nil {
 		t.Errorf("RemoveStale in a missing directory: %v", err)
 	}
 }
@@ -521,4 +521,22 @@ func TestServeSurvivesEMFILE(t *testing.T) {
 	if _, err := Status(testContext(t), srv.Path()); err != nil {
 		t.Fatalf("Status after the accepts failed with EMFILE: %v", err)
 	}
+}
+
+// removeStale removes the control socket of interface name if no daemon holds it, as
+// after the daemon was killed, the way stt-tun down does it (TryLock, then
+// Lock.RemoveStale). It reports ErrRunning if a daemon does.
+func removeStale(dir, name string) error {
+	if err := checkName(dir, name); err != nil {
+		return err
+	}
+	if _, err := os.Lstat(SocketPath(dir, name)); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	l, err := TryLock(dir, name)
+	if err != nil {
+		return err
+	}
+	defer l.Release()
+	return l.RemoveStale()
 }

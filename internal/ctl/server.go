@@ -436,23 +436,6 @@ func readLine(r *bufio.Reader, max int) ([]byte, error) {
 	}
 }
 
-// RemoveStale removes the control socket of interface name if no daemon holds it, as after
-// the daemon was killed. It reports ErrRunning if a daemon does.
-func RemoveStale(dir, name string) error {
-	if err := checkName(dir, name); err != nil {
-		return err
-	}
-	if _, err := os.Lstat(SocketPath(dir, name)); errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	l, err := TryLock(dir, name)
-	if err != nil {
-		return err
-	}
-	defer l.Release()
-	return l.RemoveStale()
-}
-
 // Lock is an interface's lock, held by a process other than its daemon: while it is
 // held no daemon runs for the interface and none can start, so what the last one left
 // behind may be cleaned up.
