@@ -222,3 +222,7 @@ func checkHostName(h string) error {
 	}
 	return nil
 }
+
+// CheckName applies the rules for node and peer names to a name learned at run time
+// (from a handshake or a member record).
+func CheckName(s string) error { return checkName(s) }

@@ -222,6 +222,8 @@ func (t *Tunnel) reload(cfg *config.Config) ([]string, error) {
 		if !pl.added {
 			continue
 		}
+		// A [[peer]] always wins over a discovered member of the same name.
+		t.yieldMemberName(pl.cfg.Name)
 		sp, err := t.node.AddPeer(sttPeerConfig(pl.cfg, pl.p))
 		if err != nil {
 			return fail(fmt.Errorf("add peer %s: %w", pl.cfg.Name, err))
@@ -277,6 +279,11 @@ func (t *Tunnel) reload(cfg *config.Config) ([]string, error) {
 	for _, pl := range plans {
 		t.setWSURL(pl.p, pl.cfg.WSURL)
 	}
+	if t.mesh != nil {
+		t.mesh.mu.Lock()
+		t.addMembersToTable(table)
+		t.mesh.mu.Unlock()
+	}
 	t.mu.Lock()
 	t.table.Store(table)
 	for _, pl := range plans {
@@ -292,6 +299,9 @@ func (t *Tunnel) reload(cfg *config.Config) ([]string, error) {
 
 	for _, p := range removed {
 		t.node.RemovePeer(p.cfg.Name)
+	}
+	if t.mesh != nil {
+		t.remesh()
 	}
 	if stopMetrics != nil {
 		stopMetrics.close()

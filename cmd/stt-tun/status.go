@@ -243,6 +243,9 @@ func renderStatus(w io.Writer, all []status.Status, dir string, now time.Time) e
 			fmt.Fprintf(&b, "  handshakes: %s\n", handshakes(st.Counters))
 			fmt.Fprintf(&b, "  dropped: %s\n", drops(st.Counters))
 		}
+		if st.Mesh != nil {
+			renderMesh(&b, st.Mesh)
+		}
 		if len(st.Peers) == 0 {
 			b.WriteString("  peers: none\n")
 			continue
@@ -272,6 +275,16 @@ func renderStatus(w io.Writer, all []status.Status, dir string, now time.Time) e
 			if p.Refused != "" {
 				fmt.Fprintf(&b, "  refused by %s: %s\n", p.Name, refusal(p.Refused))
 			}
+			if p.Source != "" && p.Source != "config" || p.MeshAddress != "" {
+				fmt.Fprintf(&b, "  member %s: %s, learned from %s", p.Name, orDash(p.MeshAddress), orDash(p.Source))
+				if len(p.Candidates) > 0 {
+					fmt.Fprintf(&b, ", candidates %s", strings.Join(p.Candidates, " "))
+				}
+				b.WriteString("\n")
+			}
+			for _, r := range p.Refusals {
+				fmt.Fprintf(&b, "  member %s: refused %s\n", p.Name, r)
+			}
 		}
 	}
 	// Routing a dead daemon left behind, after the running interfaces.
@@ -285,6 +298,28 @@ func renderStatus(w io.Writer, all []status.Status, dir string, now time.Time) e
 		return fmt.Errorf("write status: %w", err)
 	}
 	return nil
+}
+
+// renderMesh writes the mesh lines of an interface: its key-derived address, members,
+// the addresses other members see it from, and the bootstrap addresses.
+func renderMesh(b *strings.Builder, m *status.Mesh) {
+	fmt.Fprintf(b, "  mesh: %s in %s, %d members known, %d connected\n", m.Address, m.Network, m.Members, m.Connected)
+	if len(m.Reflected) == 0 {
+		b.WriteString("  seen from: - (no member has reflected this node's address yet)\n")
+	}
+	for _, r := range m.Reflected {
+		fmt.Fprintf(b, "  seen from: %s %s by %s\n", r.Transport, r.Address, r.By)
+	}
+	for _, bs := range m.Bootstrap {
+		switch {
+		case bs.Self:
+			fmt.Fprintf(b, "  bootstrap %s: this node itself\n", bs.Target)
+		case bs.Reached != "":
+			fmt.Fprintf(b, "  bootstrap %s: reached %s\n", bs.Target, bs.Reached)
+		default:
+			fmt.Fprintf(b, "  bootstrap %s: not reached yet\n", bs.Target)
+		}
+	}
 }
 
 // state is the status' state; a daemon older than the field sends none, and is
