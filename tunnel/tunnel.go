@@ -139,7 +139,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 	}
 	t.node, err = stt.New(stt.Config{
 		Seed:       seed,
-		PrivateKey: key,
+		PrivateKey: key.X25519,
 		Name:       cfg.Interface.NodeName,
 		ListenPort: uint16(cfg.Interface.ListenPort),
 		FwMark:     fwmark,
