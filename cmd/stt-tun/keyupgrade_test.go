@@ -1,10 +1,12 @@
 package main
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stt-tun/stt-tun/config"
 )
@@ -154,5 +156,39 @@ func TestKeyUpgradeFollowsSymlink(t *testing.T) {
 	}
 	if _, err := os.Stat(real + ".legacy"); err != nil {
 		t.Errorf("no backup beside the target: %v", err)
+	}
+}
+
+// TestUpWithDiscoveryRefusesLegacyKey: `up` of a configuration with [discovery] and
+// a legacy key file fails in one line that names key-upgrade, and starts nothing;
+// after the upgrade, it comes up.
+func TestUpWithDiscoveryRefusesLegacyKey(t *testing.T) {
+	h := newHarness(t)
+	keyPath, _ := legacyKeyFile(t, h, "mesh.key")
+	cfg := h.writeConfig("mesh", "stt6", "alpha")
+	if err := os.WriteFile(cfg, append(readFile(t, cfg), "[discovery]\n"...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// In the foreground, so that if the check were missing no daemon would be left
+	// running; the background up runs the same check first.
+	for _, args := range [][]string{{"up", "--foreground", "mesh"}, {"up", "--foreground", "-c", cfg}} {
+		// Bounded, so that without the check the daemon it starts does not hang the test.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		r := h.runContext(ctx, "", args...)
+		cancel()
+		checkOneLineError(t, r, 1, "key file "+keyPath+" holds a legacy X25519 key, and [discovery] needs a key in the ed25519 format; convert it with: stt-tun key-upgrade "+keyPath)
+		select {
+		case <-h.started:
+			t.Fatalf("%v started a tunnel", args)
+		default:
+		}
+	}
+	if r := h.run("", "key-upgrade", keyPath); r.code != 0 {
+		t.Fatalf("key-upgrade: %+v", r)
+	}
+	f, done := h.foreground("-c", cfg)
+	f.Close()
+	if r := <-done; r.code != 0 {
+		t.Errorf("up after key-upgrade: %+v", r)
 	}
 }
