@@ -163,6 +163,13 @@ var discoveryBadCases = []badCase{
 	{"discovery as array table", doc(`[interface]`, `seed_file = "/s"`, `key_file = "/k"`, `[[discovery]]`), 4, []string{"[[discovery]] must be written [discovery]"}},
 	{"small mtu with mesh_ipv6", doc(`[interface]`, `addresses = ["10.0.0.1/24"]`, `mtu = 1000`, `seed_file = "/s"`, `key_file = "/k"`, `[discovery]`), 3,
 		[]string{"interface: mtu = 1000 is too small for [discovery] mesh_ipv6", "minimum is 1280", "mesh_ipv6 = false"}},
+	{"too many addresses for a record", doc(`[interface]`, `addresses = [`+func() string {
+		var s []string
+		for i := range 8 {
+			s = append(s, `"10.0.`+itoa(i)+`.1/24"`)
+		}
+		return strings.Join(s, ", ")
+	}()+`]`, `seed_file = "/s"`, `key_file = "/k"`, `[discovery]`), 2, []string{"interface: addresses has 8 entries; with [discovery] the limit is 7 (a member record carries 8 addresses, one of which mesh_ipv6 takes)"}},
 	{"public_url without discovery", edit(6, `[websocket]`, `listen = ":443"`, `public_url = "wss://a.example/stt"`, ``), 8, []string{"websocket: public_url has no use without [discovery]"}},
 	{"public_url without listen", discoveryDoc(`[websocket]`, `public_url = "wss://a.example/stt"`), 8, []string{"websocket: public_url has no use without listen"}},
 	{"public_url https", discoveryDoc(`[websocket]`, `listen = ":443"`, `public_url = "https://a.example/stt"`), 9, []string{`websocket: public_url "https://a.example/stt" is an https:// URL`}},
@@ -181,6 +188,8 @@ func TestDiscoveryAcceptsWhatIsValid(t *testing.T) {
 		discoveryDoc(`announce_prefixes = ["192.168.50.0/24"]`, `[[peer]]`, `name = "exit"`, `allowed_prefixes = ["0.0.0.0/0", "10.99.0.2/32"]`),
 		discoveryDoc(`endpoints = ["192.0.2.1:1", "192.0.2.2:1", "192.0.2.3:1", "[2001:db8::1]:1"]`),
 		doc(`[interface]`, `mtu = 1000`, `addresses = ["10.0.0.1/24"]`, `seed_file = "/s"`, `key_file = "/k"`, `[discovery]`, `mesh_ipv6 = false`),
+		doc(`[interface]`, `addresses = ["10.0.0.1/24", "10.0.1.1/24", "10.0.2.1/24", "10.0.3.1/24", "10.0.4.1/24", "10.0.5.1/24", "10.0.6.1/24", "10.0.7.1/24"]`,
+			`seed_file = "/s"`, `key_file = "/k"`, `[discovery]`, `mesh_ipv6 = false`),
 		doc(`[interface]`, `udp = false`, `seed_file = "/s"`, `key_file = "/k"`, `[discovery]`, `bootstrap = ["wss://hub/stt"]`),
 		discoveryDoc(`[websocket]`, `listen = "127.0.0.1:8080"`, `public_url = ""`),
 	} {

@@ -28,7 +28,19 @@ const (
 	// MaxDiscoveryEndpoints is the most configured endpoints: a member record carries
 	// at most 8 endpoints, and the interface's and observed addresses need room too.
 	MaxDiscoveryEndpoints = 4
+	// MaxRecordAddresses is the most interface addresses a member record carries,
+	// the key-derived one (mesh_ipv6) included.
+	MaxRecordAddresses = 8
 )
+
+// maxRecordAddresses is the most [interface] addresses a node with [discovery] may
+// have.
+func maxRecordAddresses(meshIPv6 bool) int {
+	if meshIPv6 {
+		return MaxRecordAddresses - 1
+	}
+	return MaxRecordAddresses
+}
 
 // Discovery is the [discovery] section. Its presence turns the mesh on: members find
 // each other through signed member records gossiped over their sessions.
@@ -146,6 +158,14 @@ func (v *validator) discovery(r *rawDiscovery, in *Interface) Discovery {
 	}
 	if r.MeshIPv6 != nil {
 		d.MeshIPv6 = *r.MeshIPv6
+	}
+	if limit := maxRecordAddresses(d.MeshIPv6); len(in.Addresses) > limit {
+		why := ""
+		if d.MeshIPv6 {
+			why = ", one of which mesh_ipv6 takes"
+		}
+		v.errAt("interface.addresses."+strconv.Itoa(limit), "interface: addresses has %d entries; with [discovery] the limit is %d (a member record carries %d addresses%s)",
+			len(in.Addresses), limit, MaxRecordAddresses, why)
 	}
 	if d.MeshIPv6 && in.MTU < MinMTU {
 		v.errAt("interface.mtu", "interface: mtu = %d is too small for [discovery] mesh_ipv6, which gives the link an IPv6 address: the minimum is %d; raise mtu or set mesh_ipv6 = false", in.MTU, MinMTU)
