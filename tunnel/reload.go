@@ -510,7 +510,7 @@ func (t *Tunnel) checkSecrets(cfg *config.Config) error {
 	if err != nil {
 		return fmt.Errorf("reload: %w", err)
 	}
-	if config.PublicKey(key) != t.node.PublicKey() {
+	if key.PublicKey() != t.node.PublicKey() {
 		return fmt.Errorf("%w: the private key in interface.key_file %s changed", ErrRestartNeeded, cfg.Interface.KeyFile)
 	}
 	return nil
