@@ -383,6 +383,14 @@ func restartNeeded(old, cfg *config.Config) error {
 		}
 		section := tomlName(f.Name)
 		a, b := ov.Field(i), nv.Field(i)
+		if f.Name == "Discovery" && old.Discovery.Enabled != cfg.Discovery.Enabled {
+			if cfg.Discovery.Enabled {
+				msgs = append(msgs, "[discovery] added")
+			} else {
+				msgs = append(msgs, "[discovery] removed")
+			}
+			continue
+		}
 		if f.Type.Kind() != reflect.Struct {
 			if f.IsExported() && !reflect.DeepEqual(a.Interface(), b.Interface()) {
 				msgs = append(msgs, section+" changed")
@@ -425,6 +433,7 @@ var tomlNames = map[string]string{
 	"DisableUDP": "udp",
 	"FwMark":     "fwmark",
 	"WebSocket":  "websocket",
+	"MeshIPv6":   "mesh_ipv6",
 }
 
 // tomlName is the configuration key of a Config field: "ListenPort" → "listen_port",
@@ -461,13 +470,26 @@ func showValue(key string, v any) string {
 			return fmt.Sprintf("0x%x", v)
 		}
 	case []netip.Prefix:
+		return quoteAll(v)
+	case []netip.AddrPort:
+		return quoteAll(v)
+	case []string:
 		q := make([]string, len(v))
-		for i, p := range v {
-			q[i] = strconv.Quote(p.String())
+		for i, s := range v {
+			q[i] = strconv.Quote(s)
 		}
 		return "[" + strings.Join(q, ", ") + "]"
 	}
 	return fmt.Sprint(v)
+}
+
+// quoteAll writes a list as the configuration file would: ["a", "b"].
+func quoteAll[T fmt.Stringer](v []T) string {
+	q := make([]string, len(v))
+	for i, x := range v {
+		q[i] = strconv.Quote(x.String())
+	}
+	return "[" + strings.Join(q, ", ") + "]"
 }
 
 func defaultPrefixes(pc *config.Peer) []netip.Prefix {
