@@ -28,6 +28,7 @@ type simNode struct {
 	links   map[[32]byte]bool
 	down    bool
 	sent    uint64 // bytes (3 + body) this node sent
+	byType  [6]uint64
 	changes []change
 }
 
@@ -54,6 +55,9 @@ func (s *sim) add(id Identity) *simNode {
 		Seed:     s.seed,
 		Send: func(to [32]byte, typ byte, body []byte) error {
 			nd.sent += uint64(3 + len(body))
+			if typ >= MsgSummary && typ <= MsgObserved {
+				nd.byType[typ-MsgSummary] += uint64(3 + len(body))
+			}
 			s.queue = append(s.queue, simMsg{from: id.Public, to: to, typ: typ, body: append([]byte(nil), body...)})
 			return nil
 		},

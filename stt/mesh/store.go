@@ -7,6 +7,7 @@ package mesh
 // outcome.
 
 import (
+	"encoding/binary"
 	"errors"
 	"slices"
 	"time"
@@ -59,13 +60,15 @@ type entry struct {
 // Store holds verified records by X25519 key. It is not safe for concurrent use; the
 // Engine serialises access.
 type Store struct {
-	netID  [16]byte
-	self   [32]byte
-	max    int
-	m      map[[32]byte]*entry
-	counts [numOutcomes]uint64
-	sorted []DigestEntry // (key, version) of every record, by key; nil when stale
-	sum    Summary
+	netID [16]byte
+	self  [32]byte
+	max   int
+	m     map[[32]byte]*entry
+	// bySigner finds the entry of a signing key without deriving its X25519 key.
+	bySigner map[[32]byte]*entry
+	counts   [numOutcomes]uint64
+	sorted   []DigestEntry // (key, version) of every record, by key; nil when stale
+	sum      Summary
 }
 
 // NewStore returns an empty store for the network netID of the node whose X25519 key is
@@ -74,7 +77,8 @@ func NewStore(netID [16]byte, self [32]byte, max int) *Store {
 	if max <= 0 {
 		max = DefaultMaxMembers
 	}
-	return &Store{netID: netID, self: self, max: max, m: make(map[[32]byte]*entry)}
+	return &Store{netID: netID, self: self, max: max, m: make(map[[32]byte]*entry),
+		bySigner: make(map[[32]byte]*entry)}
 }
 
 func outcomeOf(err error) Outcome {
@@ -96,6 +100,14 @@ func outcomeOf(err error) Outcome {
 // and the one it replaced (nil for a new key); on OwnKey it returns the verified record
 // (the caller decides: see Engine); otherwise rec may be nil. raw is copied when stored.
 func (s *Store) Put(raw []byte, now time.Time) (rec, old *Record, out Outcome) {
+	// Most offers are duplicates of a flood: refuse a version not newer than the one
+	// held for the same signing key before paying for the parse and the signature.
+	if len(raw) >= recordHeaderLen && len(raw) <= MaxRecordLen {
+		if e := s.bySigner[[32]byte(raw[24:56])]; e != nil && binary.LittleEndian.Uint64(raw[8:16]) <= e.rec.Version {
+			s.counts[Stale]++
+			return nil, nil, Stale
+		}
+	}
 	rec, err := ParseRecord(raw, s.netID, now)
 	if err != nil {
 		out = outcomeOf(err)
@@ -134,6 +146,7 @@ func (s *Store) Put(raw []byte, now time.Time) (rec, old *Record, out Outcome) {
 	e.tokens--
 	old = e.rec
 	e.rec, e.raw = rec, append([]byte(nil), raw...)
+	s.bySigner[[32]byte(rec.SigningKey)] = e
 	s.sorted = nil
 	return rec, old, Accepted
 }
@@ -141,7 +154,7 @@ func (s *Store) Put(raw []byte, now time.Time) (rec, old *Record, out Outcome) {
 // putOwn stores the node's own freshly signed record; it is never refused.
 func (s *Store) putOwn(rec *Record, raw []byte) {
 	s.m[rec.Key] = &entry{rec: rec, raw: raw}
-	s.sorted = nil
+	s.sorted = nil // (not in bySigner: offers of our own key go to the engine)
 }
 
 // Get returns the record held for key and its bytes, or nil.
@@ -161,6 +174,7 @@ func (s *Store) Expire(now time.Time, dst []*Record) []*Record {
 	for k, e := range s.m {
 		if k != s.self && !now.Before(e.rec.Expires) {
 			delete(s.m, k)
+			delete(s.bySigner, [32]byte(e.rec.SigningKey))
 			dst = append(dst, e.rec)
 			s.sorted = nil
 		}
