@@ -121,6 +121,8 @@ type Engine struct {
 	rng        *rand.Rand
 	stats      Stats
 	sendErrors atomic.Uint64
+	pending    []change // changes not yet reported
+	delivering bool     // a caller is reporting pending changes
 }
 
 // New returns an engine for cfg, with the defaults filled in.
@@ -159,11 +161,29 @@ func New(cfg Config) *Engine {
 	}
 }
 
-// flush reports changes and sends messages; called with no lock held.
+// flush reports changes and sends messages; called with no lock held. Changes are
+// reported in the order they happened even when several goroutines call the engine: they
+// go through one queue, drained by whichever caller finds no one else draining it (so an
+// OnChange that calls back into the engine does not deadlock).
 func (e *Engine) flush(b *batch) {
-	if e.cfg.OnChange != nil {
-		for _, c := range b.changes {
-			e.cfg.OnChange(c.old, c.cur)
+	if e.cfg.OnChange != nil && len(b.changes) > 0 {
+		e.mu.Lock()
+		e.pending = append(e.pending, b.changes...)
+		drain := !e.delivering
+		e.delivering = true
+		e.mu.Unlock()
+		for drain {
+			e.mu.Lock()
+			cs := e.pending
+			e.pending = nil
+			if len(cs) == 0 {
+				e.delivering = false
+				drain = false
+			}
+			e.mu.Unlock()
+			for _, c := range cs {
+				e.cfg.OnChange(c.old, c.cur)
+			}
 		}
 	}
 	for _, m := range b.out {

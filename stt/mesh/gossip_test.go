@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -366,5 +368,79 @@ func TestGossipDigestExchangePushesWhatThePeerLacks(t *testing.T) {
 	}
 	if a.eng.Member(b.id.Public) == nil {
 		t.Fatal("a did not fetch b's record")
+	}
+}
+
+// OnChange may call back into the engine (here SetSelf, which floods) without deadlock,
+// and every change is reported.
+func TestGossipOnChangeMayCallEngine(t *testing.T) {
+	s := newSim(t, 3, 0)
+	a, b := s.nodes[0], s.nodes[1]
+	s.link(a, b)
+	s.setSelves()
+	calls := 0
+	a.eng.cfg.OnChange = func(old, cur *Record) {
+		calls++
+		if cur != nil {
+			a.eng.SetSelf(Record{Name: "node0", WSURL: "wss://seen/" + cur.Name})
+		}
+	}
+	a.eng.SessionUp(b.id.Public)
+	b.eng.SessionUp(a.id.Public)
+	s.pump()
+	if calls != 1 || a.eng.Self().WSURL != "wss://seen/node1" {
+		t.Fatalf("%d calls, own record %+v", calls, a.eng.Self())
+	}
+}
+
+// The engine is called from the receive and timer goroutines at once; -race checks it.
+func TestEngineConcurrentUse(t *testing.T) {
+	netID := NetworkID(testSeed)
+	var raws [][]byte
+	var keys [][32]byte
+	for i := 1; i <= 8; i++ {
+		id := NewIdentity(edSeedN(i))
+		r := Record{Version: uint64(i), Expires: testNow.Add(time.Hour), Name: fmt.Sprint("m", i)}
+		raw, err := r.Marshal(id, netID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raws, keys = append(raws, raw), append(keys, id.Public)
+	}
+	var mu sync.Mutex
+	sent := 0
+	var changes atomic.Int64
+	e := New(Config{
+		Identity: NewIdentity(testEdSeed), Seed: testSeed,
+		Send:     func([32]byte, byte, []byte) error { mu.Lock(); sent++; mu.Unlock(); return nil },
+		OnChange: func(old, cur *Record) { changes.Add(1) },
+		Now:      func() time.Time { return testNow },
+	})
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 200 {
+				k := keys[(g+i)%len(keys)]
+				body, _ := AppendRecords(nil, raws[(g*3+i)%len(raws)])
+				e.Handle(k, netip.MustParseAddrPort("192.0.2.1:9"), false, MsgRecords, body)
+				e.Handle(k, netip.MustParseAddrPort("192.0.2.1:9"), false, MsgObserve, nil)
+				switch i % 4 {
+				case 0:
+					e.Tick(testNow, keys[:3])
+				case 1:
+					_ = e.Members()
+				case 2:
+					_ = e.SetSelf(Record{Name: fmt.Sprint("self", i%3)})
+				case 3:
+					_ = e.Stats()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if len(e.Members()) != len(keys) || changes.Load() != int64(len(keys)) {
+		t.Fatalf("%d members, %d changes; want %d each", len(e.Members()), changes.Load(), len(keys))
 	}
 }
