@@ -9,6 +9,7 @@ package mesh
 // node. It runs no goroutines: the node calls it and it calls Send.
 
 import (
+	"context"
 	"encoding/binary"
 	"log/slog"
 	"math/rand/v2"
@@ -375,8 +376,9 @@ func (e *Engine) Handle(from [32]byte, seen netip.AddrPort, viaWS bool, typ byte
 			e.sendRecords(&b, from, raws)
 		}
 	case MsgRecords:
+		var buf [8][]byte
 		var raws [][]byte
-		if raws, err = ParseRecords(body, nil); err == nil {
+		if raws, err = ParseRecords(body, buf[:0]); err == nil {
 			for _, raw := range raws {
 				e.offer(&b, from, now, raw)
 			}
@@ -436,7 +438,9 @@ func (e *Engine) offer(b *batch, from [32]byte, now time.Time, raw []byte) {
 	case OwnKey:
 		e.ownSeen(b, now, rec.Version)
 	default:
-		e.cfg.Logger.Debug("mesh: record refused", "outcome", out.String())
+		if e.cfg.Logger.Enabled(context.Background(), slog.LevelDebug) {
+			e.cfg.Logger.Debug("mesh: record refused", "outcome", out.String())
+		}
 	}
 }
 
