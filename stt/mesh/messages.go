@@ -224,7 +224,8 @@ type Observed struct {
 	Addr      netip.AddrPort
 }
 
-// AppendObserved appends the body of OBSERVED.
+// AppendObserved appends the body of OBSERVED. An IPv4-mapped IPv6 address (a
+// dual-stack socket's view of an IPv4 sender) goes on the wire as IPv4.
 func AppendObserved(b []byte, o Observed) ([]byte, error) {
 	a := o.Addr.Addr().Unmap()
 	if (o.Transport != TransportUDP && o.Transport != TransportWebSocket) || !a.IsValid() || o.Addr.Port() == 0 {
@@ -247,7 +248,7 @@ func ParseObserved(b []byte) (Observed, error) {
 	if t != TransportUDP && t != TransportWebSocket {
 		return Observed{}, badMsg("observed transport %d", t)
 	}
-	if port == 0 || a.IsUnspecified() || a.IsMulticast() {
+	if port == 0 || a.IsUnspecified() || a.IsMulticast() || a.Is4In6() {
 		return Observed{}, badMsg("observed address %v port %d", a, port)
 	}
 	return Observed{Transport: t, Addr: netip.AddrPortFrom(a, port)}, nil
