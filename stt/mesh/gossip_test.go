@@ -444,3 +444,38 @@ func TestEngineConcurrentUse(t *testing.T) {
 		t.Fatalf("%d members, %d changes; want %d each", len(e.Members()), changes.Load(), len(keys))
 	}
 }
+
+// The engine's bounds show in its counters: records beyond MaxMembers and versions
+// beyond the rate are refused and counted, and the held ones stay.
+func TestEngineCountsFullAndRate(t *testing.T) {
+	netID := NetworkID(testSeed)
+	e := New(Config{Identity: NewIdentity(testEdSeed), Seed: testSeed, MaxMembers: 3,
+		Now: func() time.Time { return testNow }})
+	if err := e.SetSelf(Record{Name: "self"}); err != nil {
+		t.Fatal(err)
+	}
+	from := netip.MustParseAddrPort("192.0.2.1:9")
+	offer := func(id Identity, v uint64) {
+		r := Record{Version: v, Expires: testNow.Add(time.Hour), Name: "m"}
+		raw, err := r.Marshal(id, netID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := AppendRecords(nil, raw)
+		e.Handle(id.Public, from, false, MsgRecords, body)
+	}
+	for i := 1; i <= 5; i++ {
+		offer(NewIdentity(edSeedN(i)), 1)
+	}
+	st := e.Stats()
+	if st.Members != 2 || st.Full != 3 || st.Accepted != 2 {
+		t.Fatalf("members %d full %d accepted %d; want 2, 3, 2 (own record counts toward MaxMembers 3)", st.Members, st.Full, st.Accepted)
+	}
+	m := NewIdentity(edSeedN(1))
+	for v := uint64(2); v <= 2+RateBurst; v++ {
+		offer(m, v)
+	}
+	if st := e.Stats(); st.RateLimited != 2 || e.Member(m.Public).Version != RateBurst {
+		t.Fatalf("rate limited %d, held version %d; want 2, %d", st.RateLimited, e.Member(m.Public).Version, RateBurst)
+	}
+}
