@@ -185,7 +185,7 @@ func (t *Tunnel) admit(name string, static [32]byte) (*stt.Peer, error) {
 	if mb := m.members[static]; mb != nil && mb.p != nil {
 		return mb.p.sp, nil
 	}
-	if len(m.members) >= mesh.MaxMembers {
+	if len(m.members) >= mesh.DefaultMaxMembers {
 		return nil, errors.New("member table full")
 	}
 	source := sourceHandshake
@@ -737,7 +737,9 @@ func (t *Tunnel) meshStatus(st *status.Status) {
 	ms := &status.Mesh{
 		Address:       m.addr.String(),
 		Network:       mesh.NetworkPrefix(m.seed).String(),
-		RecordVersion: m.eng.SelfVersion(),
+	}
+	if own := m.eng.Self(); own != nil {
+		ms.RecordVersion = own.Version
 	}
 	byName := make(map[string]*status.Peer, len(st.Peers))
 	for i := range st.Peers {
