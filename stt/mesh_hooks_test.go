@@ -546,3 +546,20 @@ func TestExtensionToldWhereMessageCameFrom(t *testing.T) {
 		})
 	}
 }
+
+// TestWildcardNamedLikeItsNodeIsNoTarget: a node whose name is the wildcard peer's own
+// is not a peer to complete on (the wildcard would be its own target): the handshake
+// is dropped, and the node goes on working.
+func TestWildcardNamedLikeItsNodeIsNoTarget(t *testing.T) {
+	seed := randKey(t)
+	b := startNode(t, nodeOpts{seed: seed, name: "b"})
+	a, _ := startAdmitting(t, nodeOpts{seed: seed, name: "a"})
+	w, _ := a.AddPeer(PeerConfig{Name: "b", AnyName: true, Endpoint: loopback(b.Node)})
+	waitFor(t, 5*time.Second, "an unknown_peer drop", func() bool { return a.Stats().Drops[DropUnknownPeer] > 0 })
+	if w.HasSession() || len(a.bind.ofType(wire.TypeAuthProof)) != 0 {
+		t.Fatal("the wildcard completed the handshake on itself")
+	}
+	if _, _, ok := w.Reached(); ok {
+		t.Fatal("the wildcard says it reached b")
+	}
+}
