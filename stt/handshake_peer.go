@@ -30,8 +30,8 @@ func (p *Peer) startHandshakeLocked(now time.Time) {
 	n := p.node
 	ep := p.target()
 	cands := p.handshake.candidates
-	if n.cfg.DisableUDP {
-		cands = nil
+	if n.cfg.DisableUDP || p.handshake.badCandidates == 1<<len(cands)-1 {
+		cands = nil // none, or none worth a HELLO
 	}
 	if p.removed {
 		return
@@ -79,8 +79,8 @@ func (p *Peer) startHandshakeLocked(now time.Time) {
 		if ep != nil {
 			cur = addrPortOf(ep)
 		}
-		for _, c := range cands {
-			if addrPortOf(c) != cur {
+		for i, c := range cands {
+			if p.handshake.badCandidates&(1<<i) == 0 && addrPortOf(c) != cur {
 				_ = n.send([][]byte{hello}, c)
 			}
 		}
@@ -122,6 +122,7 @@ func (p *Peer) consumeChallenge(ini *initiation, msg []byte, ep conn.Endpoint) {
 	if info.PeerName != p.cfg.Name {
 		n.drop(DropUnknownPeer)
 		n.log.Warn("peer answered with another name", "peer", p.cfg.Name, "name", info.PeerName)
+		p.badCandidateLocked(ep)
 		return
 	}
 	if p.pinMismatchLocked(info.PeerStatic) {
@@ -130,6 +131,26 @@ func (p *Peer) consumeChallenge(ini *initiation, msg []byte, ep conn.Endpoint) {
 		return
 	}
 	p.proveLocked(p, ini, ep, time.Now())
+}
+
+// badCandidateLocked marks the candidate address ep, which answered as a node of
+// another name, as not worth a HELLO, and starts the handshake over at once without it:
+// the answer spent this one. At most once per candidate. Called with p.mu held.
+func (p *Peer) badCandidateLocked(ep conn.Endpoint) {
+	if _, ws := ep.(*wsEndpoint); ws {
+		return
+	}
+	from := addrPortOf(ep)
+	for i, c := range p.handshake.candidates {
+		if addrPortOf(c) == from && p.handshake.badCandidates&(1<<i) == 0 {
+			p.handshake.badCandidates |= 1 << i
+			if p.handshake.init != nil {
+				p.handshake.init.nextRetry = time.Now()
+				p.node.kick()
+			}
+			return
+		}
+	}
 }
 
 // consumeWildcardChallenge continues a wildcard peer's handshake (PeerConfig.AnyName):
@@ -510,6 +531,7 @@ func (p *Peer) confirmedLocked(s *session, now time.Time) (fresh bool) {
 		}
 	}
 	p.handshake.last = now
+	p.handshake.badCandidates = 0 // an address that was another node's may be the peer's later
 	n.ctr.handshakesDone.Add(1)
 	p.refused.count = 0
 	if p.refused.code != 0 {

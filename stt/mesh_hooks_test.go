@@ -563,3 +563,56 @@ func TestWildcardNamedLikeItsNodeIsNoTarget(t *testing.T) {
 		t.Fatal("the wildcard says it reached b")
 	}
 }
+
+// TestWildcardPeerOverWebSocket: a bootstrap address may be a WebSocket URL: the
+// session made on the admitted peer uses the wildcard's connection.
+func TestWildcardPeerOverWebSocket(t *testing.T) {
+	seed := randKey(t)
+	b, _ := startAdmitting(t, nodeOpts{seed: seed, name: "b", ws: true, noUDP: true})
+	a, _ := startAdmitting(t, nodeOpts{seed: seed, name: "a", noUDP: true})
+	if _, err := a.AddPeer(PeerConfig{Name: "*boot", AnyName: true, WSURL: wsURL(b.Node)}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "a session with b", func() bool { p := a.Peer("b"); return p != nil && p.HasSession() })
+	pb := a.Peer("b")
+	sendOne(t, pb, 0, []byte("to b"))
+	b.h.waitCount(t, 1, 5*time.Second)
+	sendOne(t, b.Peer("a"), 0, []byte("to a"))
+	a.h.waitCount(t, 1, 5*time.Second)
+	if pb.Path() != PathWS {
+		t.Fatalf("path %s, want ws", pb.Path())
+	}
+}
+
+// TestCandidateOfAnotherNodeSkipped: a candidate address where another node of the
+// network answers (an address a member used to have) costs one handshake, then gets no
+// more HELLOs, until the candidates change; the right one then brings the session up.
+func TestCandidateOfAnotherNodeSkipped(t *testing.T) {
+	// A HELLO every 300 ms (a CHALLENGE arriving after the next HELLO answers nothing).
+	timers := Limits{HandshakeRetry: 300 * time.Millisecond, HandshakeRetryMax: 300 * time.Millisecond, Tick: 10 * time.Millisecond}
+	seed := randKey(t)
+	a := startNode(t, nodeOpts{seed: seed, name: "a", timers: timers})
+	b := startNode(t, nodeOpts{seed: seed, name: "b", timers: timers})
+	c := startNode(t, nodeOpts{seed: seed, name: "c", timers: timers})
+	_, _ = b.AddPeer(PeerConfig{Name: "a"})
+	pb, _ := a.AddPeer(PeerConfig{Name: "b", Candidates: []netip.AddrPort{loopbackAP(c.Node)}})
+	sendOne(t, pb, 0, []byte("hello"))
+	waitFor(t, 10*time.Second, "c's answer read and dropped", func() bool { return a.Stats().Drops[DropUnknownPeer] > 0 })
+	// Without the mark, HELLOs would go on to c every 300 ms; absence takes time to
+	// show. One sent before the mark may still be answered.
+	marked := len(c.bind.ofType(wire.TypeChallenge))
+	time.Sleep(1200 * time.Millisecond)
+	if n := len(c.bind.ofType(wire.TypeChallenge)) - marked; n > 1 {
+		t.Fatalf("c answered %d HELLOs after its wrong name was seen, want at most 1", n)
+	}
+	if err := pb.Update(PeerConfig{Name: "b", Candidates: []netip.AddrPort{loopbackAP(c.Node), loopbackAP(b.Node)}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "a session with b", func() bool {
+		sendOne(t, pb, 0, []byte("again"))
+		return pb.HasSession()
+	})
+	if got := pb.Endpoint(); got != loopbackAP(b.Node) {
+		t.Fatalf("endpoint %v, want %v", got, loopbackAP(b.Node))
+	}
+}

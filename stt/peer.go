@@ -87,8 +87,11 @@ type handshakeState struct {
 	static        [32]byte  // the peer's static key, pinned or learned
 	staticKnown   bool
 	// candidates are cfg.Candidates as endpoints: more addresses each HELLO goes to
-	// while the peer has no working endpoint.
-	candidates []conn.Endpoint
+	// while the peer has no working endpoint. badCandidates has bit i set when
+	// candidates[i] answered as a node of another name: it is skipped until the
+	// candidates change or a session is confirmed.
+	candidates    []conn.Endpoint
+	badCandidates uint8
 }
 
 // pingState is the STT echo of the peer. Guarded by Peer.mu.

@@ -76,8 +76,10 @@ func (p *Peer) Update(pc PeerConfig) error {
 	p.cfg.Endpoint = pc.Endpoint
 	p.cfg.PersistentKeepalive = pc.PersistentKeepalive
 	p.cfg.IdleTimeout = pc.IdleTimeout
+	if !slices.Equal(pc.Candidates, p.cfg.Candidates) {
+		p.handshake.candidates, p.handshake.badCandidates = cands, 0
+	}
 	p.cfg.Candidates = slices.Clone(pc.Candidates)
-	p.handshake.candidates = cands
 	if endpointChanged {
 		if name {
 			p.startLookupLocked()
