@@ -186,6 +186,8 @@ func (w *Peer) consumeWildcardChallenge(ini *initiation, msg []byte, ep conn.End
 		return
 	}
 	if w.pinMismatchLocked(info.PeerStatic) {
+		w.dropInitLocked() // a retry would meet the same key
+		w.handshake.want = false
 		w.mu.Unlock()
 		n.drop(DropPinMismatch)
 		n.warnDrop(DropPinMismatch, "bootstrap address answered with a key other than the pinned one; refusing", "peer", w.cfg.Name)
@@ -220,6 +222,8 @@ func (w *Peer) consumeWildcardChallenge(ini *initiation, msg []byte, ep conn.End
 		return
 	}
 	if t.pinMismatchLocked(info.PeerStatic) {
+		w.dropInitLocked() // a retry would meet the same key
+		w.handshake.want = false
 		n.drop(DropPinMismatch)
 		n.warnDrop(DropPinMismatch, "bootstrap address answered with a key other than the one pinned for that peer; refusing", "peer", t.cfg.Name)
 		return

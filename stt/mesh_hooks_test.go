@@ -191,6 +191,13 @@ func TestWildcardPinMismatchDropped(t *testing.T) {
 	if len(a.bind.ofType(wire.TypeAuthProof)) != 0 {
 		t.Fatal("a sent an AUTH_PROOF to a key it does not accept")
 	}
+	// A retry would meet the same key: the wildcard stops until Rekey.
+	w.mu.Lock()
+	stopped := w.handshake.init == nil && !w.handshake.want
+	w.mu.Unlock()
+	if !stopped {
+		t.Fatal("the wildcard keeps handshaking with a key it refuses")
+	}
 }
 
 // TestWildcardUnknownNameWithoutAdmitDropped: without Admit, a name no peer has ends
