@@ -623,3 +623,48 @@ func TestCandidateOfAnotherNodeSkipped(t *testing.T) {
 		t.Fatalf("endpoint %v, want %v", got, loopbackAP(b.Node))
 	}
 }
+
+// TestReliableMessagesOutliveClosedSession: reliable messages a session still held
+// unacknowledged when the peer closed it (an idle close, a shutdown) wait for the next
+// session, which the node brings up for them, and are delivered.
+func TestReliableMessagesOutliveClosedSession(t *testing.T) {
+	seed := randKey(t)
+	var mu sync.Mutex
+	var got []byte
+	a := startNode(t, nodeOpts{seed: seed, name: "a", config: func(c *Config) {
+		c.Extension = func(p *Peer, typ byte, body []byte, _ netip.AddrPort, _ bool) {
+			mu.Lock()
+			got = append(got, body[0])
+			mu.Unlock()
+		}
+	}})
+	b := startNode(t, nodeOpts{seed: seed, name: "b"})
+	_, _ = a.AddPeer(PeerConfig{Name: "b", Endpoint: loopback(b.Node)})
+	pa, _ := b.AddPeer(PeerConfig{Name: "a", Endpoint: loopback(a.Node)})
+	established(t, a, b)
+	first := sessionOf(t, pa)
+
+	// b's messages go nowhere; then a closes the session.
+	b.bind.blocked.Store(true)
+	for i := range 3 {
+		if err := pa.SendReliable(0x80, []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pb := a.Peer("b")
+	pb.mu.Lock()
+	pb.closeIdleLocked()
+	pb.mu.Unlock()
+	waitFor(t, 5*time.Second, "b to drop the closed session", func() bool { id, ok := pa.SessionID(); return !ok || id != first })
+	b.bind.blocked.Store(false)
+	waitFor(t, 10*time.Second, "the three messages at a", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got) >= 3
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if string(got) != "\x00\x01\x02" {
+		t.Fatalf("a got %x, want 00 01 02", got)
+	}
+}
