@@ -590,3 +590,16 @@ func (p *Peer) cookieLocked(now time.Time) []byte {
 	}
 	return nil
 }
+
+// Connect asks for a session with the peer without sending anything: a handshake
+// starts at once unless one runs, a session is up, or the peer refused us recently.
+// The mesh uses it to dial bootstrap addresses and to keep a few members connected.
+func (p *Peer) Connect() {
+	if s := p.keys.current.Load(); s != nil && !s.expired(time.Now(), &p.node.limits) {
+		return
+	}
+	p.mu.Lock()
+	p.handshake.want = true
+	p.mu.Unlock()
+	p.node.kick()
+}

@@ -124,3 +124,11 @@ func (p *Peer) SessionID() (uint32, bool) {
 	}
 	return s.localIndex, true
 }
+
+// Config returns the peer's configuration as it is now, for a caller that changes a
+// few fields and passes it to Update.
+func (p *Peer) Config() PeerConfig {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cfg
+}

@@ -188,13 +188,9 @@ func (t *Tunnel) admit(name string, static [32]byte) (*stt.Peer, error) {
 	if len(m.members) >= mesh.DefaultMaxMembers {
 		return nil, errors.New("member table full")
 	}
-	source := sourceHandshake
-	for _, b := range m.boots {
-		if _, k, ok := b.sp.Reached(); ok && k == static {
-			source = sourceBootstrap
-		}
-	}
-	mb := &member{key: static, name: name, source: source}
+	// A member a bootstrap address answered for is marked so by the mesh loop, once the
+	// wildcard peer has recorded whom it reached (after this call).
+	mb := &member{key: static, name: name, source: sourceHandshake}
 	if err := t.addMemberPeerLocked(mb, nil); err != nil {
 		return nil, err
 	}
@@ -422,6 +418,13 @@ func (t *Tunnel) syncMembers() {
 		changed = true
 		t.forgetMemberLocked(mb)
 		delete(m.members, k)
+	}
+	for _, b := range m.boots {
+		if _, k, ok := b.sp.Reached(); ok {
+			if mb := m.members[k]; mb != nil && (mb.source == sourceHandshake || mb.source == sourceGossip) {
+				mb.source = sourceBootstrap
+			}
+		}
 	}
 	if changed {
 		t.rebuildTableLocked()
