@@ -738,8 +738,8 @@ func (t *Tunnel) remesh() {
 func (t *Tunnel) meshStatus(st *status.Status) {
 	m := t.mesh
 	ms := &status.Mesh{
-		Address:       m.addr.String(),
-		Network:       mesh.NetworkPrefix(m.seed).String(),
+		Address: m.addr.String(),
+		Network: mesh.NetworkPrefix(m.seed).String(),
 	}
 	if own := m.eng.Self(); own != nil {
 		ms.RecordVersion = own.Version
