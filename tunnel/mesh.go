@@ -85,7 +85,12 @@ type member struct {
 	accepted []netip.Prefix // its claims that policy accepted, in the table
 	refused  []string       // why the others were refused, for status
 	routes   []netip.Prefix // OS routes added for it
+	admitted time.Time      // when a handshake admitted it (zero if learned otherwise)
 }
+
+// recordWait is how long a member admitted by its handshake may stay without a record
+// and without a session before it is forgotten: its record normally follows at once.
+const recordWait = 5 * time.Minute
 
 // bootTarget is one [discovery] bootstrap entry and the wildcard peer that dials it.
 type bootTarget struct {
@@ -190,7 +195,7 @@ func (t *Tunnel) admit(name string, static [32]byte) (*stt.Peer, error) {
 	}
 	// A member a bootstrap address answered for is marked so by the mesh loop, once the
 	// wildcard peer has recorded whom it reached (after this call).
-	mb := &member{key: static, name: name, source: sourceHandshake}
+	mb := &member{key: static, name: name, source: sourceHandshake, admitted: time.Now()}
 	if err := t.addMemberPeerLocked(mb, nil); err != nil {
 		return nil, err
 	}
@@ -343,6 +348,13 @@ func (t *Tunnel) refreshSelf() {
 			add(mesh.EndpointLocal, netip.AddrPortFrom(a, t.port))
 		}
 	}
+	// The same endpoints in another order are the same record: no new version.
+	slices.SortFunc(rec.Endpoints, func(a, b mesh.Endpoint) int {
+		if a.Kind != b.Kind {
+			return int(a.Kind) - int(b.Kind)
+		}
+		return a.Addr.Compare(b.Addr)
+	})
 	if err := m.eng.SetSelf(rec); err != nil {
 		t.log.Warn("mesh: own record", "err", err)
 	}
@@ -410,7 +422,16 @@ func (t *Tunnel) syncMembers() {
 		}
 		t.applyRecordLocked(mb, rec)
 	}
+	now := time.Now()
 	for k, mb := range m.members {
+		if mb.rec == nil && !mb.admitted.IsZero() && now.Sub(mb.admitted) > recordWait &&
+			mb.p != nil && !mb.p.sp.HasSession() && mb.source != sourceConfig {
+			// Admitted by a handshake, and never announced itself: forget it.
+			changed = true
+			t.forgetMemberLocked(mb)
+			delete(m.members, k)
+			continue
+		}
 		if seen[k] || mb.rec == nil {
 			continue
 		}
