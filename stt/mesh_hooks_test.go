@@ -34,6 +34,13 @@ func (a *admits) admit(name string, key [32]byte) (*Peer, error) {
 	if a.refuse.Load() {
 		return nil, errors.New("not admitted")
 	}
+	// Admit runs with no lock held: it may look at every peer (a mesh checks
+	// whether the key is already some peer's), which takes each one's lock.
+	for _, p := range a.node.Load().Peers() {
+		if pk, ok := p.PublicKey(); ok && pk == key {
+			return nil, fmt.Errorf("key already held by %s", p.Name())
+		}
+	}
 	k := key
 	return a.node.Load().AddPeer(PeerConfig{Name: name, PublicKey: &k})
 }
