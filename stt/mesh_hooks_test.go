@@ -34,6 +34,13 @@ func (a *admits) admit(name string, key [32]byte) (*Peer, error) {
 	if a.refuse.Load() {
 		return nil, errors.New("not admitted")
 	}
+	// Admit runs with no lock held: it may look at every peer (a mesh checks
+	// whether the key is already some peer's), which takes each one's lock.
+	for _, p := range a.node.Load().Peers() {
+		if pk, ok := p.PublicKey(); ok && pk == key {
+			return nil, fmt.Errorf("key already held by %s", p.Name())
+		}
+	}
 	k := key
 	return a.node.Load().AddPeer(PeerConfig{Name: name, PublicKey: &k})
 }
@@ -666,5 +673,24 @@ func TestReliableMessagesOutliveClosedSession(t *testing.T) {
 	defer mu.Unlock()
 	if string(got) != "\x00\x01\x02" {
 		t.Fatalf("a got %x, want 00 01 02", got)
+	}
+}
+
+// TestWildcardThroughCookieUnderLoad: a bootstrap address whose node is under load
+// answers the wildcard's HELLO with a cookie; the retry carries it, and the handshake
+// completes on the peer admitted under the node's name.
+func TestWildcardThroughCookieUnderLoad(t *testing.T) {
+	seed := randKey(t)
+	// A negative threshold keeps b permanently under load: every handshake message
+	// must carry a cookie for b's view of a's address.
+	b, _ := startAdmitting(t, nodeOpts{seed: seed, name: "b", loadThr: -1})
+	a, _ := startAdmitting(t, nodeOpts{seed: seed, name: "a"})
+	if _, err := a.AddPeer(PeerConfig{Name: "*boot", AnyName: true, Endpoint: loopback(b.Node)}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "a session with b", func() bool { p := a.Peer("b"); return p != nil && p.HasSession() })
+	roundTrip(t, a, b, "through the cookie")
+	if b.Stats().CookieRepliesSent == 0 {
+		t.Fatal("b under load made a session without the cookie round trip")
 	}
 }
