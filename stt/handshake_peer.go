@@ -592,7 +592,8 @@ func (p *Peer) cookieLocked(now time.Time) []byte {
 }
 
 // Connect asks for a session with the peer without sending anything: a handshake
-// starts at once unless one runs, a session is up, or the peer refused us recently.
+// starts at once unless one runs, a session is up, or the peer refused us recently; an
+// endpoint name is looked up again.
 // The mesh uses it to dial bootstrap addresses and to keep a few members connected.
 func (p *Peer) Connect() {
 	if s := p.keys.current.Load(); s != nil && !s.expired(time.Now(), &p.node.limits) {
@@ -600,6 +601,9 @@ func (p *Peer) Connect() {
 	}
 	p.mu.Lock()
 	p.handshake.want = true
+	// An endpoint given as a name is looked up again for each dial, so that a bootstrap
+	// address that moved is found at its new address.
+	p.reresolveLocked()
 	p.mu.Unlock()
 	p.node.kick()
 }
