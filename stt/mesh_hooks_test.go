@@ -5,6 +5,7 @@ package stt
 // Config.SessionUp and what Config.Extension is told of a message's source.
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -692,5 +693,33 @@ func TestWildcardThroughCookieUnderLoad(t *testing.T) {
 	roundTrip(t, a, b, "through the cookie")
 	if b.Stats().CookieRepliesSent == 0 {
 		t.Fatal("b under load made a session without the cookie round trip")
+	}
+}
+
+// TestConnectLooksBootstrapNameUpAgain: a wildcard whose endpoint is a host name looks
+// it up again when Connect dials it, so that a bootstrap that moved to another address
+// (here: another node on another port) is reached there.
+func TestConnectLooksBootstrapNameUpAgain(t *testing.T) {
+	seed := randKey(t)
+	b, _ := startAdmitting(t, nodeOpts{seed: seed, name: "b"})
+	c, _ := startAdmitting(t, nodeOpts{seed: seed, name: "c"})
+	var target atomic.Pointer[Node]
+	target.Store(b.Node)
+	a, _ := startAdmitting(t, nodeOpts{seed: seed, name: "a", config: func(cfg *Config) {
+		cfg.Resolver = func(ctx context.Context, hostport string) (netip.AddrPort, error) {
+			return loopbackAP(target.Load()), nil
+		}
+	}})
+	w, err := a.AddPeer(PeerConfig{Name: "*boot", AnyName: true, Endpoint: "boot.example:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "a session with b", func() bool { p := a.Peer("b"); return p != nil && p.HasSession() })
+	// The name now points at c; a dial finds it there.
+	target.Store(c.Node)
+	w.Connect()
+	waitFor(t, 5*time.Second, "a session with c", func() bool { p := a.Peer("c"); return p != nil && p.HasSession() })
+	if name, _, _ := w.Reached(); name != "c" {
+		t.Fatalf("the wildcard reached %q, want c", name)
 	}
 }
