@@ -198,35 +198,38 @@ func run(profile string, n, nNAT int, o options) string {
 		time.Sleep(real(o.stag))
 	}
 	lastJoin := mn.sim()
-	end := lastJoin + 30*time.Second + o.steady
-	// Convergence: every node lists all n members.
-	converged := time.Duration(-1)
-	for mn.sim() < end {
-		all := true
-		for _, ml := range mls {
-			if ml.NumMembers() != n {
-				all = false
-				break
+	// Convergence: every node lists all n members. Watched until the end of the run.
+	var convergedAt atomic.Int64
+	convergedAt.Store(-1)
+	watchDone := make(chan struct{})
+	var stop atomic.Bool
+	go func() {
+		defer close(watchDone)
+		for !stop.Load() {
+			all := true
+			for _, ml := range mls {
+				if ml.NumMembers() != n {
+					all = false
+					break
+				}
 			}
+			if all {
+				convergedAt.Store(int64(mn.sim() - lastJoin))
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
-		if all {
-			converged = mn.sim() - lastJoin
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	// Rates "at rest" are taken from 30 simulated seconds after the last join (or
-	// after convergence, if later) to the end.
+	}()
+	// Rates "at rest" are taken over -steady from 30 simulated seconds after the
+	// last join, or from convergence if that comes later (waiting at most 60 s more).
 	wStart := lastJoin + 30*time.Second
-	if converged >= 0 && lastJoin+converged > wStart {
-		wStart = lastJoin + converged
-	}
-	if end < wStart+o.steady {
-		end = wStart + o.steady
-	}
-	for mn.sim() < wStart {
+	for mn.sim() < wStart || (convergedAt.Load() < 0 && mn.sim() < wStart+60*time.Second) {
 		time.Sleep(real(time.Second) / 4)
 	}
+	if mn.sim() > wStart {
+		wStart = mn.sim()
+	}
+	end := wStart + o.steady
 	type snap struct{ pkts, bytes, dials, sbytes, sess int64 }
 	take := func() []snap {
 		s := make([]snap, n)
@@ -260,12 +263,23 @@ func run(profile string, n, nNAT int, o options) string {
 		time.Sleep(real(time.Second))
 	}
 	s1, t1 := take(), mn.sim()
+	stop.Store(true)
 	var wg sync.WaitGroup
 	for _, ml := range mls {
 		wg.Add(1)
 		go func(ml *memberlist.Memberlist) { defer wg.Done(); _ = ml.Shutdown() }(ml)
 	}
 	wg.Wait()
+	<-watchDone
+	converged := time.Duration(convergedAt.Load())
+	var chanDrop, natDrop, blocked int64
+	for _, t := range mn.nodes {
+		chanDrop += t.chanDropped.Load()
+		natDrop += t.natDropped.Load()
+		blocked += t.dialsBlocked.Load()
+	}
+	fmt.Fprintf(os.Stderr, "%s n=%d nat=%d: inbound queue drops %d, NAT-filtered packets %d, NAT-blocked dials %d, at-rest window %.0fs\n",
+		profile, n, nNAT, chanDrop, natDrop, blocked, (t1 - t0).Seconds())
 
 	secs := (t1 - t0).Seconds()
 	var pkts, byts, dials, hs float64
