@@ -607,3 +607,10 @@ func (p *Peer) Connect() {
 	p.mu.Unlock()
 	p.node.kick()
 }
+
+// Connecting reports whether a handshake of ours with the peer is in flight.
+func (p *Peer) Connecting() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.handshake.init != nil || p.handshake.proof != nil
+}

@@ -282,15 +282,18 @@ func (t *Tunnel) connectedMembers() [][32]byte {
 func (t *Tunnel) keepNeighbours(now time.Time) {
 	m := t.mesh
 	m.mu.Lock()
-	var up int
+	var up, dialing int
 	var idle []*peer
 	for _, mb := range m.members {
 		if mb.p == nil {
 			continue
 		}
-		if mb.p.sp.HasSession() {
+		switch {
+		case mb.p.sp.HasSession():
 			up++
-		} else if mb.rec != nil {
+		case mb.p.sp.Connecting():
+			dialing++
+		case mb.rec != nil:
 			idle = append(idle, mb.p)
 		}
 	}
@@ -300,9 +303,11 @@ func (t *Tunnel) keepNeighbours(now time.Time) {
 	}
 	boots := m.boots
 	m.mu.Unlock()
-	rand.Shuffle(len(idle), func(i, j int) { idle[i], idle[j] = idle[j], idle[i] })
-	for i := 0; i < len(idle) && up+i < meshNeighbours; i++ {
-		idle[i].sp.Connect()
+	// One new neighbour per tick at most, and none while the handshakes in flight could
+	// make up the number: members that do not answer (gone, or behind NAT) must not
+	// turn into a handshake to every member.
+	if len(idle) > 0 && up+dialing < meshNeighbours {
+		idle[rand.IntN(len(idle))].sp.Connect()
 	}
 	if dial {
 		for _, b := range boots {
