@@ -325,6 +325,12 @@ func (t *Tunnel) fail(err error) {
 func (t *Tunnel) Close() error {
 	var errs []error
 	t.closeOnce.Do(func() {
+		if t.mesh != nil {
+			// Tell the members this node is leaving, before the sessions close.
+			if err := t.mesh.eng.Leave(leaveLinger); err != nil {
+				t.log.Debug("mesh: leave", "err", err)
+			}
+		}
 		t.stopMesh()
 		t.lookupCancel()
 		t.stopMetrics()

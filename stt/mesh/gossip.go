@@ -229,16 +229,38 @@ func (e *Engine) SetSelf(r Record) error {
 	return err
 }
 
+// Leave signs our record once more, unchanged but expiring after linger, and pushes it
+// to the connected members: a node that shuts down tells the mesh so, and the others
+// forget it (its routes, its peer) when that record expires, instead of after a whole
+// lifetime. It does nothing before SetSelf.
+func (e *Engine) Leave(linger time.Duration) error {
+	now := e.cfg.Now()
+	var b batch
+	e.mu.Lock()
+	var err error
+	if e.own != nil {
+		err = e.signOwnFor(&b, *e.own, now, linger)
+	}
+	e.mu.Unlock()
+	e.flush(&b)
+	return err
+}
+
 // signOwn signs r as our record at now with a version above every one seen, stores it
 // and floods it. Called with mu held.
 func (e *Engine) signOwn(b *batch, r Record, now time.Time) error {
+	return e.signOwnFor(b, r, now, e.cfg.Lifetime)
+}
+
+// signOwnFor is signOwn with a record that expires after lifetime.
+func (e *Engine) signOwnFor(b *batch, r Record, now time.Time, lifetime time.Duration) error {
 	v := uint64(max(now.UnixNano(), 1))
 	if e.own != nil {
 		v = max(v, e.own.Version+1)
 	}
 	v = max(v, e.ownFloor+1)
 	r.Version = v
-	r.Expires = time.Unix(now.Add(e.cfg.Lifetime).Unix(), 0)
+	r.Expires = time.Unix(now.Add(lifetime).Unix(), 0)
 	r.Addresses = slices.Clone(r.Addresses)
 	r.Prefixes = slices.Clone(r.Prefixes)
 	r.Endpoints = slices.Clone(r.Endpoints)

@@ -479,3 +479,34 @@ func TestEngineCountsFullAndRate(t *testing.T) {
 		t.Fatalf("rate limited %d, held version %d; want 2, %d", st.RateLimited, e.Member(m.Public).Version, RateBurst)
 	}
 }
+
+// TestGossipLeaveForgottenSoon: a node that leaves floods its record with a short
+// expiry, and every other node forgets it once that passes, long before its lifetime.
+func TestGossipLeaveForgottenSoon(t *testing.T) {
+	const lifetime = 30 * time.Minute
+	s := newSim(t, 8, lifetime)
+	s.sparse(rand.New(rand.NewPCG(7, 7)))
+	s.setSelves()
+	s.sessionsUp()
+	s.pump()
+	gone := s.nodes[3]
+	if err := gone.eng.Leave(15 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	s.pump()
+	gone.down = true
+	for i := 0; i < 3; i++ { // 30 s of ticks: well inside the lifetime
+		s.tick()
+	}
+	for _, nd := range s.nodes {
+		if nd.down {
+			continue
+		}
+		if r := nd.eng.Member(gone.id.Public); r != nil {
+			t.Fatalf("node %d still holds the record of the node that left: expires %v", nd.i, r.Expires)
+		}
+	}
+	if s.missing() != 0 {
+		t.Fatal("live members lost records")
+	}
+}

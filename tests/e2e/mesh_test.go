@@ -210,13 +210,30 @@ func TestMeshMembersFindEachOther(t *testing.T) {
 	waitPing(t, m6.ns, addrs["m4"])
 	waitPing(t, m.nodes["m4"].ns, st6.Mesh.Address)
 
-	// The bootstrap node goes away: the others keep their sessions, and a new node
-	// joins through any other member.
+	// The bootstrap node goes away: the others keep their sessions, forget it soon (it
+	// said it was leaving), and a new node joins through any other member.
 	boot.down()
 	waitPing(t, m.nodes["m2"].ns, addrs["m5"])
+	gone, cancelGone := context.WithTimeout(context.Background(), meshTimeout)
+	defer cancelGone()
+	if err := nslab.WaitFor(gone, func() bool {
+		st, err := m.nodes["m3"].meshStatus()
+		if err != nil {
+			return false
+		}
+		for _, p := range st.Peers {
+			if p.Name == "m1" {
+				return false
+			}
+		}
+		return true
+	}); err != nil {
+		st, _ := m.nodes["m3"].meshStatus()
+		t.Fatalf("m3 still lists m1 %v after it left: %+v", meshTimeout, st.Peers)
+	}
 	m7, _ := m.add("m7", discovery(underlay(4)+fmt.Sprintf(":%d", port)))
 	m7.upDaemon()
-	st7 := waitMembers(t, m7, 4) // m2..m6; m1's record lingers until it expires
+	st7 := waitMembers(t, m7, 5) // m2..m6
 	waitPing(t, m7.ns, addrs["m3"])
 	waitPing(t, m.nodes["m3"].ns, st7.Mesh.Address)
 }
