@@ -512,6 +512,7 @@ func (t *Tunnel) applyRecordLocked(mb *member, rec *mesh.Record) {
 // clear of every other peer's prefixes.
 func (t *Tunnel) claimsLocked(mb *member) {
 	m := t.mesh
+	before := mb.refused
 	mb.accepted, mb.refused = nil, nil
 	if mb.source == sourceConfig || mb.rec == nil {
 		return
@@ -523,9 +524,13 @@ func (t *Tunnel) claimsLocked(mb *member) {
 	claims = append(claims, mb.rec.Prefixes...)
 	for _, c := range claims {
 		if why := t.refuseClaimLocked(mb, c); why != "" {
-			mb.refused = append(mb.refused, c.String()+": "+why)
-			m.claimsRefused.Add(1)
-			t.log.Warn("mesh: refused a member's claim", "member", mb.name, "prefix", c, "reason", why)
+			line := c.String() + ": " + why
+			mb.refused = append(mb.refused, line)
+			if !slices.Contains(before, line) {
+				// Counted and logged once per claim, not on every refresh of the record.
+				m.claimsRefused.Add(1)
+				t.log.Warn("mesh: refused a member's claim", "member", mb.name, "prefix", c, "reason", why)
+			}
 			continue
 		}
 		mb.accepted = append(mb.accepted, c)
