@@ -461,6 +461,17 @@ func (t *Tunnel) syncMembers() {
 	}
 }
 
+// refuseNameLocked records why a member's record was refused for its name: counted and
+// logged once, not again on every refresh of the record.
+func (t *Tunnel) refuseNameLocked(mb *member, why string) {
+	if len(mb.refused) == 1 && mb.refused[0] == why {
+		return
+	}
+	mb.refused = []string{why}
+	t.mesh.namesRefused.Add(1)
+	t.log.Warn("mesh: refused a member's record", "key", config.EncodeKey(mb.key), "reason", why)
+}
+
 // applyRecordLocked takes a new or changed record of a member: its peer (created, or
 // its candidates updated), and which of its claims policy accepts.
 func (t *Tunnel) applyRecordLocked(mb *member, rec *mesh.Record) {
@@ -469,8 +480,7 @@ func (t *Tunnel) applyRecordLocked(mb *member, rec *mesh.Record) {
 	if mb.name != rec.Name {
 		if mb.p != nil {
 			// The name a key uses in its handshakes and in its record must agree.
-			mb.refused = []string{fmt.Sprintf("record names %q, but the member's handshake said %q", rec.Name, mb.name)}
-			m.namesRefused.Add(1)
+			t.refuseNameLocked(mb, fmt.Sprintf("record names %q, but the member's handshake said %q", rec.Name, mb.name))
 			return
 		}
 		mb.name = rec.Name
@@ -478,17 +488,13 @@ func (t *Tunnel) applyRecordLocked(mb *member, rec *mesh.Record) {
 	if mb.p == nil {
 		if cp := t.configPeerNamed(rec.Name); cp != nil {
 			if cp.cfg.PublicKey != nil && *cp.cfg.PublicKey != rec.Key {
-				mb.refused = []string{fmt.Sprintf("name %q belongs to a [[peer]] with another public_key", rec.Name)}
-				m.namesRefused.Add(1)
-				t.log.Warn("mesh: refused a record: its name belongs to a configured peer with another key", "name", rec.Name)
+				t.refuseNameLocked(mb, fmt.Sprintf("name %q belongs to a [[peer]] with another public_key", rec.Name))
 				return
 			}
 			mb.p, mb.source = cp, sourceConfig
 			m.byKey.Store(mb.key, cp)
 		} else if other := t.node.Peer(rec.Name); other != nil {
-			mb.refused = []string{fmt.Sprintf("name %q is held by another key", rec.Name)}
-			m.namesRefused.Add(1)
-			t.log.Warn("mesh: refused a record: its name is held by another member", "name", rec.Name)
+			t.refuseNameLocked(mb, fmt.Sprintf("name %q is held by another key", rec.Name))
 			return
 		} else if err := t.addMemberPeerLocked(mb, rec); err != nil {
 			mb.refused = []string{err.Error()}
