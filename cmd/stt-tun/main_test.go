@@ -496,6 +496,7 @@ func TestStatusRenderGolden(t *testing.T) {
 	var b bytes.Buffer
 	// The status of one whose daemon is gone is listed after the running ones.
 	all := append([]status.Status{goneStatus("stt3")}, sampleStatus()...)
+	all = append(all, sampleMeshStatus())
 	if err := renderStatus(&b, all, DefaultStateDir, sampleNow()); err != nil {
 		t.Fatal(err)
 	}
