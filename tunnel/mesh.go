@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -90,6 +91,8 @@ type member struct {
 	refused  []string       // why the others were refused, for status
 	routes   []netip.Prefix // OS routes added for it
 	admitted time.Time      // when a handshake admitted it (zero if learned otherwise)
+	fresh    bool           // rec changed since resolveLocked last applied it
+	hsName   string         // the name its latest handshake with this node gave, if any
 }
 
 // recordWait is how long a member admitted by its handshake may stay without a record
@@ -191,15 +194,29 @@ func (t *Tunnel) admit(name string, static [32]byte) (*stt.Peer, error) {
 	// The mesh loop puts the member's address in the table at once (kick).
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if mb := m.members[static]; mb != nil && mb.p != nil {
-		return mb.p.sp, nil
+	if mb := m.members[static]; mb != nil {
+		if mb.p != nil && mb.p.cfg.Name == name {
+			return mb.p.sp, nil
+		}
+		// Known under another name, or its name is refused: the mesh loop decides
+		// again with the name this handshake gave.
+		if mb.hsName != name {
+			mb.hsName = name
+			m.kick()
+		}
+		return nil, fmt.Errorf("member not admitted under the name %q", name)
+	}
+	for _, o := range m.members {
+		if o.wantName() == name {
+			return nil, fmt.Errorf("name %q is claimed by another key", name)
+		}
 	}
 	if len(m.members) >= mesh.DefaultMaxMembers {
 		return nil, errors.New("member table full")
 	}
 	// A member a bootstrap address answered for is marked so by the mesh loop, once the
 	// wildcard peer has recorded whom it reached (after this call).
-	mb := &member{key: static, name: name, source: sourceHandshake, admitted: time.Now()}
+	mb := &member{key: static, name: name, hsName: name, source: sourceHandshake, admitted: time.Now()}
 	if err := t.addMemberPeerLocked(mb, nil); err != nil {
 		return nil, err
 	}
@@ -429,7 +446,7 @@ func (t *Tunnel) syncMembers() {
 			mb = &member{key: rec.Key, name: rec.Name, source: sourceGossip}
 			m.members[rec.Key] = mb
 		}
-		t.applyRecordLocked(mb, rec)
+		mb.rec, mb.fresh = rec, true
 	}
 	now := time.Now()
 	for k, mb := range m.members {
@@ -457,93 +474,225 @@ func (t *Tunnel) syncMembers() {
 		}
 	}
 	if changed {
+		t.resolveLocked()
 		t.rebuildTableLocked()
 	}
 }
 
+// resolveLocked decides, from all the members this node knows at once, which of them
+// get a peer under their name and which of their claims are accepted. The outcome
+// depends only on the set of records, never on the order they arrived in, so every
+// member decides the same; and where two members want the same name or overlapping
+// prefixes, neither gets it: a hostile member can deny a name or an address (visibly:
+// status, a counter, one log line), but never take it. Called with reloadMu and mesh.mu
+// held.
+func (t *Tunnel) resolveLocked() {
+	m := t.mesh
+	keys := make([][32]byte, 0, len(m.members))
+	for k := range m.members {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b [32]byte) int { return bytes.Compare(a[:], b[:]) })
+
+	// Names: who wants which.
+	wanted := make(map[string]int, len(keys))
+	for _, k := range keys {
+		wanted[m.members[k].wantName()]++
+	}
+	for _, k := range keys {
+		mb := m.members[k]
+		before := mb.refused
+		mb.refused = nil
+		if mb.p != nil && mb.source != sourceConfig && mb.p.cfg.Name != mb.wantName() {
+			// Renamed (a new record, or a handshake under the new name): its peer goes,
+			// and one under the new name is made below if nothing stands against it.
+			t.forgetMemberLocked(mb)
+			mb.p = nil
+		}
+		if why := t.nameConflictLocked(mb, wanted); why != "" {
+			if mb.p != nil && mb.source != sourceConfig {
+				t.forgetMemberLocked(mb)
+				mb.p = nil
+			}
+			if mb.source == sourceConfig {
+				m.byKey.Delete(mb.key)
+				mb.p, mb.source = nil, sourceGossip
+			}
+			mb.accepted = nil
+			t.refuseNameLocked(mb, before, why)
+			continue
+		}
+		mb.name = mb.wantName()
+		if mb.p == nil {
+			if cp := t.configPeerNamed(mb.name); cp != nil {
+				mb.p, mb.source = cp, sourceConfig
+				m.byKey.Store(mb.key, cp)
+			} else if err := t.addMemberPeerLocked(mb, mb.rec); err != nil {
+				t.refuseNameLocked(mb, before, err.Error())
+				continue
+			}
+		} else if mb.fresh && mb.source != sourceConfig {
+			cands, ws := candidatesOf(mb.rec)
+			pc := mb.p.sp.Config()
+			pc.Candidates, pc.WSURL = cands, ws
+			if err := mb.p.sp.Update(pc); err != nil {
+				t.log.Debug("mesh: update member", "name", mb.name, "err", err)
+			}
+		}
+		mb.fresh = false
+		mb.refused = before // claimsLocked compares against what was refused before
+	}
+	t.claimsLocked(keys)
+}
+
+// wantName is the name the member goes by: its record's, or before its record arrived
+// the one it gave in its handshake.
+func (mb *member) wantName() string {
+	if mb.rec != nil {
+		return mb.rec.Name
+	}
+	return mb.name
+}
+
+// nameConflictLocked says why a member may not have the name it wants, or "".
+func (t *Tunnel) nameConflictLocked(mb *member, wanted map[string]int) string {
+	name := mb.wantName()
+	switch {
+	case name == t.cfg.Interface.NodeName:
+		return fmt.Sprintf("name %q is this node's own", name)
+	case wanted[name] > 1:
+		return fmt.Sprintf("name %q is claimed by %d keys; none of them gets it", name, wanted[name])
+	case mb.hsName != "" && mb.hsName != name:
+		// The name a key gives in its handshakes and in its record must agree.
+		return fmt.Sprintf("record names %q, but the member's handshake said %q", name, mb.hsName)
+	}
+	if cp := t.configPeerNamed(name); cp != nil && cp.cfg.PublicKey != nil && *cp.cfg.PublicKey != mb.key {
+		return fmt.Sprintf("name %q belongs to a [[peer]] with another public_key", name)
+	}
+	if sp := t.node.Peer(name); sp != nil {
+		if tp, _ := sp.Tag().(*peer); tp == nil || (tp.member != mb && t.configPeerNamed(name) == nil) {
+			return fmt.Sprintf("name %q is held by another peer of this node", name)
+		}
+	}
+	return ""
+}
+
 // refuseNameLocked records why a member's record was refused for its name: counted and
 // logged once, not again on every refresh of the record.
-func (t *Tunnel) refuseNameLocked(mb *member, why string) {
-	if len(mb.refused) == 1 && mb.refused[0] == why {
+func (t *Tunnel) refuseNameLocked(mb *member, before []string, why string) {
+	mb.refused = []string{why}
+	if len(before) == 1 && before[0] == why {
 		return
 	}
-	mb.refused = []string{why}
 	t.mesh.namesRefused.Add(1)
 	t.log.Warn("mesh: refused a member's record", "key", config.EncodeKey(mb.key), "reason", why)
 }
 
-// applyRecordLocked takes a new or changed record of a member: its peer (created, or
-// its candidates updated), and which of its claims policy accepts.
-func (t *Tunnel) applyRecordLocked(mb *member, rec *mesh.Record) {
-	m := t.mesh
-	mb.rec = rec
-	if mb.name != rec.Name {
-		if mb.p != nil {
-			// The name a key uses in its handshakes and in its record must agree.
-			t.refuseNameLocked(mb, fmt.Sprintf("record names %q, but the member's handshake said %q", rec.Name, mb.name))
-			return
-		}
-		mb.name = rec.Name
-	}
-	if mb.p == nil {
-		if cp := t.configPeerNamed(rec.Name); cp != nil {
-			if cp.cfg.PublicKey != nil && *cp.cfg.PublicKey != rec.Key {
-				t.refuseNameLocked(mb, fmt.Sprintf("name %q belongs to a [[peer]] with another public_key", rec.Name))
-				return
-			}
-			mb.p, mb.source = cp, sourceConfig
-			m.byKey.Store(mb.key, cp)
-		} else if other := t.node.Peer(rec.Name); other != nil {
-			t.refuseNameLocked(mb, fmt.Sprintf("name %q is held by another key", rec.Name))
-			return
-		} else if err := t.addMemberPeerLocked(mb, rec); err != nil {
-			mb.refused = []string{err.Error()}
-			return
-		}
-	}
-	if mb.source != sourceConfig {
-		cands, ws := candidatesOf(rec)
-		pc := mb.p.sp.Config()
-		pc.Candidates, pc.WSURL = cands, ws
-		if err := mb.p.sp.Update(pc); err != nil {
-			t.log.Debug("mesh: update member", "name", mb.name, "err", err)
-		}
-	}
-	t.claimsLocked(mb)
+// claim is one address or prefix a member claims.
+type claim struct {
+	p  netip.Prefix
+	mb *member
 }
 
-// claimsLocked decides which of a member's claimed addresses and prefixes to accept: a
-// configured peer's own prefixes always win; otherwise a claim must lie inside
-// accept_prefixes, outside the mesh's own address space (where only keys decide), and
-// clear of every other peer's prefixes.
-func (t *Tunnel) claimsLocked(mb *member) {
+// claimsLocked decides which claimed addresses and prefixes to accept, over all members
+// at once: each claim must pass its own checks (refuseClaimLocked), and a claim that
+// overlaps another member's is refused for both. A [[peer]]'s own prefixes always win,
+// and a configured peer's record claims nothing. Called with mesh.mu held.
+func (t *Tunnel) claimsLocked(keys [][32]byte) {
 	m := t.mesh
-	before := mb.refused
-	mb.accepted, mb.refused = nil, nil
-	if mb.source == sourceConfig || mb.rec == nil {
-		return
+	var all []claim
+	why := make(map[*member]map[netip.Prefix]string)
+	refuse := func(mb *member, c netip.Prefix, reason string) {
+		if why[mb] == nil {
+			why[mb] = make(map[netip.Prefix]string)
+		}
+		if _, ok := why[mb][c]; !ok {
+			why[mb][c] = reason
+		}
 	}
-	var claims []netip.Prefix
-	for _, a := range mb.rec.Addresses {
-		claims = append(claims, netip.PrefixFrom(a.Addr(), a.Addr().BitLen()))
+	for _, k := range keys {
+		mb := m.members[k]
+		mb.accepted = nil
+		if mb.p == nil || mb.source == sourceConfig || mb.rec == nil {
+			continue
+		}
+		for _, c := range memberClaims(mb.rec) {
+			if reason := t.refuseClaimLocked(c); reason != "" {
+				refuse(mb, c, reason)
+				continue
+			}
+			all = append(all, claim{c, mb})
+		}
 	}
-	claims = append(claims, mb.rec.Prefixes...)
-	for _, c := range claims {
-		if why := t.refuseClaimLocked(mb, c); why != "" {
-			line := c.String() + ": " + why
+	// Overlaps between members: sorted by address then length, a prefix is followed by
+	// every prefix it contains; a stack holds the ones enclosing the current one.
+	slices.SortFunc(all, func(a, b claim) int {
+		if c := a.p.Addr().Compare(b.p.Addr()); c != 0 {
+			return c
+		}
+		return a.p.Bits() - b.p.Bits()
+	})
+	var stack []claim
+	for _, c := range all {
+		for len(stack) > 0 && !stack[len(stack)-1].p.Contains(c.p.Addr()) {
+			stack = stack[:len(stack)-1]
+		}
+		for _, s := range stack {
+			if s.mb != c.mb {
+				refuse(c.mb, c.p, fmt.Sprintf("overlaps %s claimed by member %q; neither gets it", s.p, s.mb.name))
+				refuse(s.mb, s.p, fmt.Sprintf("overlaps %s claimed by member %q; neither gets it", c.p, c.mb.name))
+			}
+		}
+		stack = append(stack, c)
+	}
+	for _, k := range keys {
+		mb := m.members[k]
+		if mb.p == nil || mb.source == sourceConfig || mb.rec == nil {
+			continue
+		}
+		before := mb.refused
+		mb.refused = nil
+		for _, c := range memberClaims(mb.rec) {
+			reason, bad := why[mb][c]
+			if !bad {
+				mb.accepted = append(mb.accepted, c)
+				continue
+			}
+			line := c.String() + ": " + reason
 			mb.refused = append(mb.refused, line)
 			if !slices.Contains(before, line) {
 				// Counted and logged once per claim, not on every refresh of the record.
 				m.claimsRefused.Add(1)
-				t.log.Warn("mesh: refused a member's claim", "member", mb.name, "prefix", c, "reason", why)
+				t.log.Warn("mesh: refused a member's claim", "member", mb.name, "prefix", c, "reason", reason)
 			}
-			continue
 		}
-		mb.accepted = append(mb.accepted, c)
 	}
 }
 
-func (t *Tunnel) refuseClaimLocked(mb *member, c netip.Prefix) string {
+// memberClaims are a record's interface addresses (as host prefixes) and the prefixes
+// it announces, each once.
+func memberClaims(rec *mesh.Record) []netip.Prefix {
+	var out []netip.Prefix
+	for _, a := range rec.Addresses {
+		out = append(out, netip.PrefixFrom(a.Addr(), a.Addr().BitLen()))
+	}
+	for _, p := range rec.Prefixes {
+		out = append(out, p.Masked())
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	return slices.Compact(out)
+}
+
+// refuseClaimLocked says why one claim is refused on its own, or "": it must lie inside
+// accept_prefixes, outside the mesh's key-derived address space (where only keys
+// decide), clear of every [[peer]]'s prefixes, and must not contain this node's own
+// addresses.
+func (t *Tunnel) refuseClaimLocked(c netip.Prefix) string {
 	m := t.mesh
 	if c.Overlaps(m.subnet) || c.Overlaps(mesh.NetworkPrefix(m.seed)) {
 		return "inside the mesh's key-derived address space"
@@ -566,18 +715,8 @@ func (t *Tunnel) refuseClaimLocked(mb *member, c netip.Prefix) string {
 		}
 	}
 	for _, a := range t.cfg.Interface.Addresses {
-		if a.Addr() == c.Addr() || (c.Bits() < c.Addr().BitLen() && c.Overlaps(a.Masked())) && c.Bits() <= a.Bits() {
-			return "covers this node's own address"
-		}
-	}
-	for _, o := range m.members {
-		if o == mb {
-			continue
-		}
-		for _, q := range o.accepted {
-			if q.Overlaps(c) {
-				return fmt.Sprintf("overlaps %s of member %q", q, o.name)
-			}
+		if c.Contains(a.Addr()) {
+			return "contains this node's own address " + a.Addr().String()
 		}
 	}
 	return ""
@@ -753,9 +892,9 @@ func (t *Tunnel) yieldMemberName(name string) {
 	}
 }
 
-// remesh applies every member's record again after a reload changed the configured
-// peers: a [[peer]] that went away releases its member, and claims are decided anew.
-// Called with reloadMu held.
+// remesh decides names and claims anew after a reload changed the configured peers:
+// a [[peer]] that went away releases its member, and a new one wins its name. Called
+// with reloadMu held.
 func (t *Tunnel) remesh() {
 	m := t.mesh
 	m.mu.Lock()
@@ -766,11 +905,7 @@ func (t *Tunnel) remesh() {
 			mb.p, mb.source = nil, sourceGossip
 		}
 	}
-	for _, mb := range m.members {
-		if mb.rec != nil {
-			t.applyRecordLocked(mb, mb.rec)
-		}
-	}
+	t.resolveLocked()
 	t.rebuildTableLocked()
 }
 
