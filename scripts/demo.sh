@@ -77,7 +77,8 @@ pids_of() {
 
 cleanup() {
   local status=$?
-  trap - EXIT INT TERM
+  trap - EXIT
+  trap '' INT TERM # a second Ctrl-C must not stop the cleanup half way
   set +e
   say "Cleaning up"
   if [ -n "$recv_pid" ] && kill -0 "$recv_pid" 2>/dev/null; then
