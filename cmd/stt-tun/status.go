@@ -366,8 +366,9 @@ func reflections(rs []status.Reflection) string {
 }
 
 // meshRefusals lists what the node refused of the records members sent, largest
-// first: the records dropped, by outcome (every mesh_record_ counter but accepted),
-// and the claims and names policy refused: "3 stale, 2 claims, 1 bad_signature".
+// first: the records dropped, by outcome (every mesh_record_ counter but accepted and
+// stale: a stale record is the normal echo of a flood, already held), and the claims
+// and names policy refused: "2 claims, 1 bad_signature".
 func meshRefusals(c map[string]uint64) string {
 	type count struct {
 		name string
@@ -378,7 +379,7 @@ func meshRefusals(c map[string]uint64) string {
 		if n == 0 {
 			continue
 		}
-		if name, ok := strings.CutPrefix(k, "mesh_record_"); ok && name != "accepted" {
+		if name, ok := strings.CutPrefix(k, "mesh_record_"); ok && name != "accepted" && name != "stale" {
 			cs = append(cs, count{name, n})
 		}
 	}
