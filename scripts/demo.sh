@@ -196,7 +196,7 @@ for n in "${nodes[@]}"; do
 done
 
 # knows N NODE: NODE's status says it knows N members.
-knows() { local st; st=$(stt "$2" status stt0) && grep -q "mesh: .* $1 members known" <<<"$st"; }
+knows() { local st; st=$(stt "$2" status stt0) && grep -q "^  members: $1 known" <<<"$st"; }
 for n in "${nodes[@]}"; do
   wait_for "$n to know the 3 other members" 30 knows 3 "$n"
 done
@@ -207,7 +207,7 @@ say "stt-tun status on beta: members learned from alpha (bootstrap) and from gos
 on beta stt-tun status stt0
 
 # mesh_addr NODE prints NODE's key-derived address, from its own status.
-mesh_addr() { local st; st=$(stt "$1" status stt0) && sed -n 's/^  mesh: \([^ ]*\) in .*/\1/p' <<<"$st"; }
+mesh_addr() { local st; st=$(stt "$1" status stt0) && sed -n 's/^  mesh address: \([^ ]*\) in .*/\1/p' <<<"$st"; }
 addr_gamma=$(mesh_addr gamma)
 addr_delta=$(mesh_addr delta)
 
