@@ -156,3 +156,51 @@ func BenchmarkMeshMemoryPerMember(b *testing.B) {
 		})
 	}
 }
+
+// TestMeshAntiEntropyEveryInterval: a member at rest sends its SUMMARY rounds once per
+// anti-entropy interval, not at every pass of the mesh loop (once a second). Two
+// members on loopback, one bootstrapping from the other; once they have a session and
+// the join's exchange is over, a window of three mesh ticks may hold at most one round
+// (one SUMMARY to the one connected member).
+func TestMeshAntiEntropyEveryInterval(t *testing.T) {
+	var seed [32]byte
+	if _, err := rand.Read(seed[:]); err != nil {
+		t.Fatal(err)
+	}
+	a := startMeshMem(t, seed)
+	dir := t.TempDir()
+	cfg := &config.Config{
+		Interface: config.Interface{
+			Name: "mem-b", NodeName: "b",
+			Addresses: []netip.Prefix{netip.MustParsePrefix("10.78.0.2/16")},
+			MTU:       1420, SeedFile: writeSecret(t, dir, "seed", seed),
+			KeyFile: dir + "/b.key",
+		},
+		Discovery: config.Discovery{
+			Enabled:   true,
+			Bootstrap: []string{endpointOf(a)},
+			MeshIPv6:  true,
+		},
+	}
+	b := startCfg(t, cfg)
+	waitUntil(t, "the two members know each other with a session", func() bool {
+		ka, sa := meshMembers(a.t)
+		kb, sb := meshMembers(b.t)
+		return ka == 1 && kb == 1 && sa == 1 && sb == 1
+	})
+	// The join's exchange (SUMMARY, OBSERVE, DIGEST, WANT, RECORDS and the answers) is
+	// over once neither side has sent anything for a tick and a half; a mesh that
+	// never goes quiet is caught below.
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+		n0 := b.t.mesh.eng.Stats().MsgsOut + a.t.mesh.eng.Stats().MsgsOut
+		time.Sleep(meshTick + meshTick/2)
+		if b.t.mesh.eng.Stats().MsgsOut+a.t.mesh.eng.Stats().MsgsOut == n0 {
+			break
+		}
+	}
+	out0 := b.t.mesh.eng.Stats().MsgsOut
+	time.Sleep(3 * meshTick)
+	if sent := b.t.mesh.eng.Stats().MsgsOut - out0; sent > 1 {
+		t.Fatalf("a member at rest sent %d gossip messages in 3 s to its one connected member; want at most 1 round per %v", sent, mesh.DefaultInterval)
+	}
+}

@@ -30,9 +30,11 @@ import (
 //	STT_MESH_LAB_RUNS   joins measured, each in a fresh lab (default 5)
 //	STT_MESH_LAB_IDLE   how long the last lab is watched at rest (default 2m)
 //	STT_MESH_LAB_JSON   file to write every sample to, as JSON
+//	STT_MESH_LAB_POLL   how often each daemon's status is asked for (default 50ms)
 
-// labPoll is how often the lab asks the daemons for their status.
-const labPoll = 50 * time.Millisecond
+// labPoll is how often the lab asks the daemons for their status
+// (STT_MESH_LAB_POLL changes it).
+var labPoll = 50 * time.Millisecond
 
 // labSettle is how long the rest measurement waits after the last join, so that
 // the join's own exchanges are over.
@@ -67,6 +69,9 @@ type labJoin struct {
 	NewKnowsAll   float64            `json:"new_knows_all_seconds"`
 	OthersKnowNew map[string]float64 `json:"others_know_new_seconds"`
 	AllKnowNew    float64            `json:"all_know_new_seconds"`
+	// The same two, from the moment `up` was started.
+	NewKnowsAllFromStart float64 `json:"new_knows_all_from_start_seconds"`
+	AllKnowNewFromStart  float64 `json:"all_know_new_from_start_seconds"`
 }
 
 type labRest struct {
@@ -103,6 +108,13 @@ func TestMeshLabFigures(t *testing.T) {
 		}
 		idle = d
 	}
+	if v := os.Getenv("STT_MESH_LAB_POLL"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < time.Millisecond || d > time.Second {
+			t.Fatalf("STT_MESH_LAB_POLL=%q: want a duration from 1ms to 1s", v)
+		}
+		labPoll = d
+	}
 	// Ctrl-C or SIGTERM (from the script's trap) ends the run through the normal
 	// cleanups: daemons down, namespaces deleted.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -116,8 +128,8 @@ func TestMeshLabFigures(t *testing.T) {
 		t.Run(fmt.Sprintf("run%d", r), func(t *testing.T) {
 			j := labJoinOnce(ctx, t, last, idle, &res)
 			res.Joins = append(res.Joins, j)
-			t.Logf("run %d: up %.3fs; new node knows all 5: %.3fs; all 5 know it: %.3fs %v",
-				r, j.Up, j.NewKnowsAll, j.AllKnowNew, j.OthersKnowNew)
+			t.Logf("run %d: up took %.3fs; from up returning: new node knows all 5 %.3fs, all 5 know it %.3fs %v; from up starting: %.3fs, %.3fs",
+				r, j.Up, j.NewKnowsAll, j.AllKnowNew, j.OthersKnowNew, j.NewKnowsAllFromStart, j.AllKnowNewFromStart)
 		})
 		if t.Failed() || ctx.Err() != nil {
 			t.FailNow()
@@ -154,14 +166,12 @@ func labJoinOnce(ctx context.Context, t *testing.T, rest bool, idle time.Duratio
 
 	m6, _ := m.add("m6", discovery(bootAddr))
 	registerDown(m6)
-	start := time.Now()
-	if r := m6.stt("up", "-c", m6.cfgPath); r.err != nil {
-		t.Fatalf("m6: stt-tun up: %v\n%s%s", r.err, r.stdout, r.stderr)
-	}
-	upReturned := time.Now()
-	j := labJoin{Up: upReturned.Sub(start).Seconds(), OthersKnowNew: map[string]float64{}}
+	// The pollers start before `up`, so that what happens while `up` runs is seen too
+	// (m6's own socket does not answer until its daemon listens).
 	var mu sync.Mutex
 	var wg sync.WaitGroup
+	knew := map[string]time.Time{}
+	start := time.Now()
 	for _, nd := range append(slices.Clone(all), m6) {
 		wg.Go(func() {
 			var want []string
@@ -171,20 +181,33 @@ func labJoinOnce(ctx context.Context, t *testing.T, rest bool, idle time.Duratio
 				want = []string{"m6"}
 			}
 			at := labWait(ctx, t, nd, 60*time.Second, func(st status.Status) bool { return knowsAll(st, want) })
-			d := at.Sub(upReturned).Seconds()
 			mu.Lock()
-			defer mu.Unlock()
-			if nd == m6 {
-				j.NewKnowsAll = d
-			} else {
-				j.OthersKnowNew[nd.name] = d
-				j.AllKnowNew = max(j.AllKnowNew, d)
-			}
+			knew[nd.name] = at
+			mu.Unlock()
 		})
+	}
+	r := m6.stt("up", "-c", m6.cfgPath)
+	upReturned := time.Now()
+	if r.err != nil {
+		t.Errorf("m6: stt-tun up: %v\n%s%s", r.err, r.stdout, r.stderr)
 	}
 	wg.Wait()
 	if t.Failed() {
 		t.FailNow()
+	}
+	// Times from `up` returning; what was already known when it returned counts 0.
+	since := func(at time.Time) float64 { return max(0, at.Sub(upReturned).Seconds()) }
+	j := labJoin{
+		Up:                   upReturned.Sub(start).Seconds(),
+		NewKnowsAll:          since(knew["m6"]),
+		NewKnowsAllFromStart: knew["m6"].Sub(start).Seconds(),
+		OthersKnowNew:        map[string]float64{},
+	}
+	for _, nd := range all {
+		d := since(knew[nd.name])
+		j.OthersKnowNew[nd.name] = d
+		j.AllKnowNew = max(j.AllKnowNew, d)
+		j.AllKnowNewFromStart = max(j.AllKnowNewFromStart, knew[nd.name].Sub(start).Seconds())
 	}
 	if rest {
 		labRestFor(ctx, t, append(all, m6), idle, res)
@@ -352,16 +375,20 @@ func labRestFor(ctx context.Context, t *testing.T, nodes []*node, idle time.Dura
 // labReport logs the figures: joins as median and max over the runs, rest as min,
 // median and max over the nodes.
 func labReport(t *testing.T, res *labResults) {
-	var newAll, allNew, up []float64
+	var newAll, allNew, up, newAll0, allNew0 []float64
 	for _, j := range res.Joins {
 		newAll = append(newAll, j.NewKnowsAll)
 		allNew = append(allNew, j.AllKnowNew)
+		newAll0 = append(newAll0, j.NewKnowsAllFromStart)
+		allNew0 = append(allNew0, j.AllKnowNewFromStart)
 		up = append(up, j.Up)
 	}
 	t.Logf("MESH LAB (%d runs, polled every %v; load at start %s)", len(res.Joins), labPoll, res.Machine.Load)
 	t.Logf("  `up` of the new node:                 median %s max %s s", med(up), mx(up))
 	t.Logf("  new node knows all 5 (from up):       median %s max %s s", med(newAll), mx(newAll))
 	t.Logf("  all 5 know the new node (from up):    median %s max %s s", med(allNew), mx(allNew))
+	t.Logf("  new node knows all 5 (from up start): median %s max %s s", med(newAll0), mx(newAll0))
+	t.Logf("  all 5 know it (from up start):        median %s max %s s", med(allNew0), mx(allNew0))
 	if len(res.Rest) == 0 {
 		return
 	}
