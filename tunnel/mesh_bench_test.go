@@ -111,13 +111,14 @@ func BenchmarkMeshMemoryPerMember(b *testing.B) {
 	for _, n := range []int{10, 100, 1000} {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
 			var perMember float64
-			var goroutines0, goroutines int
+			var goroutines0, goroutines, wire int
 			for range b.N {
 				var seed [32]byte
 				if _, err := rand.Read(seed[:]); err != nil {
 					b.Fatal(err)
 				}
 				bodies := memberRecords(b, seed, n, sinkAddr)
+				wire = len(bodies[n-1]) - 3 // RECORDS: count u8, length u16
 				nd := startMeshMem(b, seed)
 				from := [32]byte{1} // a member that is not one of them: records are relayed
 				// Let the mesh loop sign the node's own record and settle.
@@ -153,6 +154,7 @@ func BenchmarkMeshMemoryPerMember(b *testing.B) {
 			b.ReportMetric(perMember, "B/member")
 			b.ReportMetric(float64(goroutines0), "goroutines-before")
 			b.ReportMetric(float64(goroutines), "goroutines-after")
+			b.ReportMetric(float64(wire), "B/wire-record")
 		})
 	}
 }

@@ -261,7 +261,11 @@ func labWait(ctx context.Context, t *testing.T, nd *node, limit time.Duration, c
 			return asked
 		}
 		last, lastErr = st, err
-		if asked.After(deadline) || ctx.Err() != nil {
+		if ctx.Err() != nil {
+			t.Errorf("%s: interrupted", nd.name)
+			return asked
+		}
+		if asked.After(deadline) {
 			t.Errorf("%s: condition not reached within %v (%v): peers %+v", nd.name, limit, lastErr, last.Peers)
 			return asked
 		}
