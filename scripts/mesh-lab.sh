@@ -26,6 +26,8 @@ usage: sudo scripts/mesh-lab.sh [options]
   --idle DURATION  how long the last lab is watched at rest (default 2m; 10s..10m)
   --json FILE      also write every sample as JSON to FILE
   --poll DURATION  how often each daemon's status is asked for (default 50ms)
+  --idle-timeout DURATION
+                   [discovery] idle_timeout of every member (default: its default)
   -h, --help       this help
 EOF
 }
@@ -37,11 +39,13 @@ die() {
 RUNS=5
 IDLE=2m
 POLL=50ms
+IDLE_TIMEOUT=""
 JSON_OUT=""
 while (($#)); do
 	case "$1" in
 	-n) RUNS=${2:?-n needs a number}; shift 2 ;;
 	--idle) IDLE=${2:?--idle needs a duration}; shift 2 ;;
+	--idle-timeout) IDLE_TIMEOUT=${2:?--idle-timeout needs a duration}; shift 2 ;;
 	--poll) POLL=${2:?--poll needs a duration}; shift 2 ;;
 	--json) JSON_OUT=$(realpath -m -- "${2:?--json needs a file}"); shift 2 ;;
 	-h | --help) usage; exit 0 ;;
@@ -108,7 +112,7 @@ echo "mesh-lab: building the test binary" >&2
 (cd "$ROOT" && go test -c -tags e2e -o "$WORK/e2e.test" ./tests/e2e/) || die "go test -c failed"
 echo "mesh-lab: $RUNS runs, then $IDLE at rest (about $((RUNS * 20)) s + the rest)" >&2
 cd "$ROOT/tests/e2e"
-TMPDIR=$WORK STT_MESH_LAB=1 STT_MESH_LAB_RUNS=$RUNS STT_MESH_LAB_IDLE=$IDLE STT_MESH_LAB_POLL=$POLL STT_MESH_LAB_JSON=$JSON_OUT \
+TMPDIR=$WORK STT_MESH_LAB=1 STT_MESH_LAB_RUNS=$RUNS STT_MESH_LAB_IDLE=$IDLE STT_MESH_LAB_POLL=$POLL STT_MESH_LAB_IDLE_TIMEOUT=$IDLE_TIMEOUT STT_MESH_LAB_JSON=$JSON_OUT \
 	"$WORK/e2e.test" -test.run '^TestMeshLabFigures$' -test.v -test.count=1 -test.timeout 20m &
 TESTPID=$!
 rc=0

@@ -31,6 +31,7 @@ import (
 //	STT_MESH_LAB_IDLE   how long the last lab is watched at rest (default 2m)
 //	STT_MESH_LAB_JSON   file to write every sample to, as JSON
 //	STT_MESH_LAB_POLL   how often each daemon's status is asked for (default 50ms)
+//	STT_MESH_LAB_IDLE_TIMEOUT  [discovery] idle_timeout of every member (default: the default)
 
 // labPoll is how often the lab asks the daemons for their status
 // (STT_MESH_LAB_POLL changes it).
@@ -150,11 +151,16 @@ func TestMeshLabFigures(t *testing.T) {
 // measures the six at rest for idle.
 func labJoinOnce(ctx context.Context, t *testing.T, rest bool, idle time.Duration, res *labResults) labJoin {
 	m := newMeshLab(t)
-	boot, _ := m.add("m1", "\n[discovery]\naccept_prefixes = [\"10.77.0.0/24\"]\n")
+	// [discovery] is the last section of the file, so a key appended goes into it.
+	var extra string
+	if v := os.Getenv("STT_MESH_LAB_IDLE_TIMEOUT"); v != "" {
+		extra = fmt.Sprintf("idle_timeout = %q\n", v)
+	}
+	boot, _ := m.add("m1", "\n[discovery]\naccept_prefixes = [\"10.77.0.0/24\"]\n"+extra)
 	bootAddr := underlay(1) + fmt.Sprintf(":%d", port)
 	all := []*node{boot}
 	for i := 2; i <= 5; i++ {
-		nd, _ := m.add(fmt.Sprintf("m%d", i), discovery(bootAddr))
+		nd, _ := m.add(fmt.Sprintf("m%d", i), discovery(bootAddr)+extra)
 		all = append(all, nd)
 	}
 	for _, nd := range all {
@@ -164,7 +170,7 @@ func labJoinOnce(ctx context.Context, t *testing.T, rest bool, idle time.Duratio
 		labWait(ctx, t, nd, 60*time.Second, func(st status.Status) bool { return knowsAll(st, names(all, nd)) })
 	}
 
-	m6, _ := m.add("m6", discovery(bootAddr))
+	m6, _ := m.add("m6", discovery(bootAddr)+extra)
 	registerDown(m6)
 	// The pollers start before `up`, so that what happens while `up` runs is seen too
 	// (m6's own socket does not answer until its daemon listens).
