@@ -269,6 +269,10 @@ func (t *Tunnel) meshLoop() {
 	tick := time.NewTicker(meshTick)
 	defer tick.Stop()
 	t.refreshSelf()
+	// The engine's Tick sends a SUMMARY to up to three members each call, so it runs
+	// every mesh.DefaultInterval, not every loop pass: at each meshTick it sent ten
+	// times the designed anti-entropy traffic (docs/benchmarks.md, "Mesh").
+	var lastTick time.Time
 	for {
 		select {
 		case <-m.stop:
@@ -279,7 +283,10 @@ func (t *Tunnel) meshLoop() {
 		now := time.Now()
 		t.syncMembers()
 		t.refreshSelf()
-		m.eng.Tick(now, t.connectedMembers())
+		if now.Sub(lastTick) >= mesh.DefaultInterval {
+			lastTick = now
+			m.eng.Tick(now, t.connectedMembers())
+		}
 		t.keepNeighbours(now)
 	}
 }
