@@ -382,7 +382,7 @@ func (n *node) upDaemon() string {
 			n.t.Errorf("%s: daemon %d still running after down; killing it", n.name, pid)
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
-		ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		_ = nslab.WaitFor(ctx, func() bool { return len(daemonPIDs(n.stateDir)) == 0 })
 	})
