@@ -723,3 +723,34 @@ func TestConnectLooksBootstrapNameUpAgain(t *testing.T) {
 		t.Fatalf("the wildcard reached %q, want c", name)
 	}
 }
+
+// TestIdleSessionStopsRTTProbes: RTT probes go out while data flows and stop when it
+// does, at both ends. (They used to keep each other going: the answer to a probe counted
+// as something heard, which asked for the next probe, every interval, forever — most of
+// an idle mesh node's background traffic.)
+func TestIdleSessionStopsRTTProbes(t *testing.T) {
+	const probe = 50 * time.Millisecond
+	a, b := pair(t, Limits{Tick: 10 * time.Millisecond, RTTProbeInterval: probe})
+	roundTrip(t, a, b, "data")
+	pa, pb := a.Peer("b"), b.Peer("a")
+	seqs := func() (uint32, uint32) {
+		pa.mu.Lock()
+		sa := pa.ping.seq
+		pa.mu.Unlock()
+		pb.mu.Lock()
+		sb := pb.ping.seq
+		pb.mu.Unlock()
+		return sa, sb
+	}
+	// Data stopped; after twice the probe interval no probe is due any more. Absence
+	// takes time to show: ten probe intervals more.
+	time.Sleep(3 * probe)
+	a0, b0 := seqs()
+	time.Sleep(10 * probe)
+	if a1, b1 := seqs(); a1 != a0 || b1 != b0 {
+		t.Fatalf("an idle session still sends RTT probes: %d from a, %d from b in %v", a1-a0, b1-b0, 10*probe)
+	}
+	if !pa.HasSession() {
+		t.Fatal("the session went away")
+	}
+}
