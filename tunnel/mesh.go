@@ -74,6 +74,8 @@ type meshState struct {
 	boots   []*bootTarget
 	// lastBoot is when the bootstrap addresses were last dialled.
 	lastBoot time.Time
+	// neighbours are the members this node keeps sessions with for gossip.
+	neighbours map[[32]byte]bool
 
 	claimsRefused atomic.Uint64 // prefixes or addresses a member claimed and policy refused
 	namesRefused  atomic.Uint64 // records whose name another key holds
@@ -291,40 +293,63 @@ func (t *Tunnel) meshLoop() {
 	}
 }
 
-// connectedMembers lists the keys of the members with a session now.
+// connectedMembers lists the keys of the neighbours: the few members with a session
+// that this node keeps for gossip. Only they are given to the engine, so that gossip
+// keeps their sessions up and no other: a member's session that carried traffic once
+// closes when it has been idle for idle_timeout, however long the node runs.
 func (t *Tunnel) connectedMembers() [][32]byte {
 	m := t.mesh
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	var out [][32]byte
-	for k, mb := range m.members {
-		if mb.p != nil && mb.p.sp.HasSession() {
-			out = append(out, k)
-		}
+	out := make([][32]byte, 0, len(m.neighbours))
+	for k := range m.neighbours {
+		out = append(out, k)
 	}
 	return out
 }
 
-// keepNeighbours keeps sessions with a few members, and dials the bootstrap addresses
-// while there is none.
+// keepNeighbours keeps meshNeighbours members with a session as neighbours: it drops
+// those whose session is gone, takes members that already have a session first, dials
+// one more when that is not enough, and dials the bootstrap addresses while the node
+// has no session with any member.
 func (t *Tunnel) keepNeighbours(now time.Time) {
 	m := t.mesh
 	m.mu.Lock()
+	if m.neighbours == nil {
+		m.neighbours = make(map[[32]byte]bool)
+	}
+	for k := range m.neighbours {
+		if mb := m.members[k]; mb == nil || mb.p == nil || !mb.p.sp.HasSession() {
+			delete(m.neighbours, k)
+		}
+	}
 	var up, dialing int
+	var spare []*member // a session, not a neighbour
 	var idle []*peer
-	for _, mb := range m.members {
+	for k, mb := range m.members {
 		if mb.p == nil {
 			continue
 		}
 		switch {
 		case mb.p.sp.HasSession():
 			up++
+			if !m.neighbours[k] {
+				spare = append(spare, mb)
+			}
 		case mb.p.sp.Connecting():
 			dialing++
 		case mb.rec != nil:
 			idle = append(idle, mb.p)
 		}
 	}
+	rand.Shuffle(len(spare), func(i, j int) { spare[i], spare[j] = spare[j], spare[i] })
+	for _, mb := range spare {
+		if len(m.neighbours) >= meshNeighbours {
+			break
+		}
+		m.neighbours[mb.key] = true
+	}
+	need := len(m.neighbours) < meshNeighbours
 	dial := up == 0 && now.Sub(m.lastBoot) >= bootRetry
 	if dial {
 		m.lastBoot = now
@@ -334,7 +359,7 @@ func (t *Tunnel) keepNeighbours(now time.Time) {
 	// One new neighbour per tick at most, and none while the handshakes in flight could
 	// make up the number: members that do not answer (gone, or behind NAT) must not
 	// turn into a handshake to every member.
-	if len(idle) > 0 && up+dialing < meshNeighbours {
+	if need && len(idle) > 0 && dialing == 0 {
 		idle[rand.IntN(len(idle))].sp.Connect()
 	}
 	if dial {
