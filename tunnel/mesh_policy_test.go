@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"context"
 	"crypto/rand"
 	"net/netip"
 	"path/filepath"
@@ -219,5 +220,51 @@ func TestMeshClaimRules(t *testing.T) {
 	_ = subnet
 	if p, ok := a.t.table.Load().Lookup(other); ok && p.member == mb {
 		t.Fatal("the member got another member's key-derived address")
+	}
+}
+
+// TestMeshGossipOnlyToNeighbours: a node with sessions to more members than it keeps as
+// neighbours gives the engine only its neighbours (at most meshNeighbours), so that
+// anti-entropy keeps those sessions up and lets the others close when idle.
+func TestMeshGossipOnlyToNeighbours(t *testing.T) {
+	seed, _ := config.GenerateSeed()
+	seedFile := writeSecret(t, t.TempDir(), "seed", seed)
+	start := func(name string, boot []string) *memNode {
+		return startCfg(t, &config.Config{
+			Interface: config.Interface{
+				Name: "mem-" + name, NodeName: name,
+				MTU: 1420, SeedFile: seedFile,
+				KeyFile: filepath.Join(t.TempDir(), name+".key"),
+			},
+			Discovery: config.Discovery{Enabled: true, MeshIPv6: true, IdleTimeout: time.Minute, Bootstrap: boot},
+		})
+	}
+	a := start("a", nil)
+	boot := []string{endpointOf(a)}
+	b := start("b", boot)
+	others := []string{"a"}
+	for _, n := range []string{"c", "d", "e"} {
+		start(n, boot)
+		others = append(others, n)
+	}
+	waitUntil(t, "b to know 4 members", func() bool { return b.t.Status().Mesh.Members == 4 })
+	// Traffic to every member gives b a session with each.
+	for _, n := range others {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if _, err := b.t.Ping(ctx, n); err != nil {
+			cancel()
+			t.Fatalf("ping %s: %v", n, err)
+		}
+		cancel()
+	}
+	waitUntil(t, "b to keep its neighbours", func() bool {
+		b.t.keepNeighbours(time.Now())
+		return len(b.t.connectedMembers()) == meshNeighbours
+	})
+	if got := b.t.Status().Mesh.Connected; got != 4 {
+		t.Fatalf("b has sessions with %d members, want 4", got)
+	}
+	if got := len(b.t.connectedMembers()); got > meshNeighbours {
+		t.Fatalf("b gossips with %d members, want at most %d", got, meshNeighbours)
 	}
 }
