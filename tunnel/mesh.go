@@ -467,6 +467,13 @@ func (t *Tunnel) applyRecordLocked(mb *member, rec *mesh.Record) {
 		mb.name = rec.Name
 	}
 	if mb.p == nil {
+		if rec.Name == t.cfg.Interface.NodeName {
+			// Not a peer of ours under our own name (admit refuses it too).
+			mb.refused = []string{fmt.Sprintf("name %q is this node's", rec.Name)}
+			m.namesRefused.Add(1)
+			t.log.Warn("mesh: refused a record: it uses this node's name", "name", rec.Name)
+			return
+		}
 		if cp := t.configPeerNamed(rec.Name); cp != nil {
 			if cp.cfg.PublicKey != nil && *cp.cfg.PublicKey != rec.Key {
 				mb.refused = []string{fmt.Sprintf("name %q belongs to a [[peer]] with another public_key", rec.Name)}
@@ -765,9 +772,10 @@ func (t *Tunnel) meshStatus(st *status.Status) {
 	if own := m.eng.Self(); own != nil {
 		ms.RecordVersion = own.Version
 	}
-	byName := make(map[string]*status.Peer, len(st.Peers))
+	// Indexes, not pointers: appending the discovered members moves st.Peers.
+	byName := make(map[string]int, len(st.Peers))
 	for i := range st.Peers {
-		byName[st.Peers[i].Name] = &st.Peers[i]
+		byName[st.Peers[i].Name] = i
 	}
 	m.mu.Lock()
 	keys := make([][32]byte, 0, len(m.members))
@@ -780,11 +788,11 @@ func (t *Tunnel) meshStatus(st *status.Status) {
 		mb := m.members[k]
 		names[k] = mb.name
 		ms.Members++
-		var ps *status.Peer
+		i, found := -1, false
 		if mb.p != nil && mb.source == sourceConfig {
-			ps = byName[mb.name]
+			i, found = byName[mb.name]
 		}
-		if ps == nil {
+		if !found {
 			line := status.Peer{Name: mb.name, Path: stt.PathNone, Source: mb.source, PublicKey: config.EncodeKey(mb.key)}
 			if mb.p != nil {
 				line = peerStatus(mb.p)
@@ -793,10 +801,12 @@ func (t *Tunnel) meshStatus(st *status.Status) {
 					line.AllowedPrefixes = append(line.AllowedPrefixes, c.String())
 				}
 			}
+			// (Not in byName: only the [[peer]]s' own lines are looked up, and a
+			// refused member may carry a configured peer's name.)
 			st.Peers = append(st.Peers, line)
-			ps = &st.Peers[len(st.Peers)-1]
-			byName[mb.name] = ps
+			i = len(st.Peers) - 1
 		}
+		ps := &st.Peers[i]
 		if mb.p != nil && mb.p.sp.HasSession() {
 			ms.Connected++
 		}
