@@ -25,7 +25,7 @@ type meshNode struct {
 }
 
 // newMeshNode starts node "alice" (10.99.0.1/24, an Ed25519 key) with a [discovery]
-// section accepting 10.99.0.0/16 and the given [[peer]] sections.
+// section accepting 10.99.0.0/16 and fd00::/8 (which holds the mesh's own /48: only the mesh's rule keeps members out of it) and the given [[peer]] sections.
 func newMeshNode(t *testing.T, sections ...string) *meshNode {
 	t.Helper()
 	seed, err := config.GenerateSeed()
@@ -44,7 +44,7 @@ func newMeshNode(t *testing.T, sections ...string) *meshNode {
 	return &meshNode{memNode: startCfg(t, cfg), seed: seed, netID: mesh.NetworkID(seed), cn: cn}
 }
 
-const meshSection = "[discovery]\naccept_prefixes = [\"10.99.0.0/16\"]\n"
+const meshSection = "[discovery]\naccept_prefixes = [\"10.99.0.0/16\", \"fd00::/8\"]\n"
 
 // identity is a member's key pair, made up for a test.
 func newIdentity(t *testing.T) mesh.Identity {
