@@ -21,6 +21,7 @@ import (
 	"github.com/stt-tun/stt-tun/internal/nslab"
 	"github.com/stt-tun/stt-tun/stt"
 	"github.com/stt-tun/stt-tun/stt/mesh"
+	"github.com/stt-tun/stt-tun/stt/wire"
 )
 
 // attackTimeout bounds how long a victim may take to count what an attacker sent.
@@ -196,6 +197,25 @@ func (a *attacker) fetch(p *stt.Peer, key [32]byte) []byte {
 		a.t.Fatalf("attacker: the victim did not send the record it was asked for")
 	}
 	return raw
+}
+
+// sendFrom sends p one IPv6/UDP datagram from src to dst through the session.
+func (a *attacker) sendFrom(p *stt.Peer, src, dst netip.Addr) {
+	a.t.Helper()
+	pkt := make([]byte, wire.HeaderLen+48, wire.HeaderLen+48+wire.TagLen)
+	ip := pkt[wire.HeaderLen:]
+	ip[0] = 0x60
+	binenc.BigEndian.PutUint16(ip[4:], 8) // payload length
+	ip[6], ip[7] = 17, 64                 // UDP, hop limit
+	s16, d16 := src.As16(), dst.As16()
+	copy(ip[8:], s16[:])
+	copy(ip[24:], d16[:])
+	binenc.BigEndian.PutUint16(ip[40:], 4000)
+	binenc.BigEndian.PutUint16(ip[42:], 4000)
+	binenc.BigEndian.PutUint16(ip[44:], 8)
+	if err := p.Send([][]byte{pkt}, []uint16{0}); err != nil {
+		a.t.Fatalf("attacker: send a datagram: %v", err)
+	}
 }
 
 // peerView is what a victim's status says of one peer.
@@ -394,8 +414,11 @@ func TestMeshForgedStaleAndOversizedRecordsAreDropped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	hc := viewOf(t, honest).Counters
 	a.sendRecord(sp, raw)
 	waitCounted(t, victim, c, "mesh_names_refused", 1)
+	// The victim passes the (validly signed) record on; m2 refuses its own name.
+	waitCounted(t, honest, hc, "mesh_names_refused", 1)
 
 	// Nothing changed: the victim sees the honest member as before and the attacker
 	// by its newest valid record; the honest members still reach each other.
@@ -474,6 +497,14 @@ func TestMeshClaimsOnOthersAddressesAreRefused(t *testing.T) {
 	if o := v.peer("m2"); o == nil || o.MeshAddress != ownerAddr.String() {
 		t.Errorf("the victim's view of m2 is %+v, want mesh address %s", o, ownerAddr)
 	}
+
+	// Nor may it send from m2's address: the victim drops such packets.
+	vst, err := victim.meshStatus()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.sendFrom(sp, ownerAddr, netip.MustParseAddr(vst.Mesh.Address))
+	waitCounted(t, victim, v.Counters, "tunnel_source_denied", 1)
 
 	// The third member got the record by gossip and refuses the derived address too.
 	tv := waitCounted(t, third, thirdBefore, "mesh_claims_refused", 1)
