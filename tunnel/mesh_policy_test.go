@@ -283,3 +283,34 @@ func TestMeshReloadedPeerTakesNameFromMember(t *testing.T) {
 		}
 	}
 }
+
+// TestMeshRecordMustCarryHandshakeName: a member admitted by its handshake under one name
+// cannot rename itself in its record to another member's name: the record is refused
+// and counted, and the name stays with its holder.
+func TestMeshRecordMustCarryHandshakeName(t *testing.T) {
+	n := newMeshNode(t)
+	bob, eve := newIdentity(t), newIdentity(t)
+	n.offer(t, bob, mesh.Record{Name: "bob"})
+	n.member(t, bob, func(p status.Peer) bool { return p.MeshAddress != "" })
+	if _, err := n.t.admit("eve", eve.Public); err != nil {
+		t.Fatal(err)
+	}
+	refused0 := n.counter("mesh_names_refused")
+	n.offer(t, eve, mesh.Record{Name: "bob", Prefixes: []netip.Prefix{netip.MustParsePrefix("10.99.9.0/24")}})
+	p := n.member(t, eve, func(p status.Peer) bool { return len(p.Refusals) > 0 })
+	if p.Name != "eve" || !slices.ContainsFunc(p.Refusals, func(r string) bool { return strings.Contains(r, `record names "bob"`) }) {
+		t.Errorf("eve after renaming itself bob: %+v", p)
+	}
+	if got := n.counter("mesh_names_refused") - refused0; got != 1 {
+		t.Errorf("mesh_names_refused grew by %d, want 1", got)
+	}
+	for addr, want := range map[string]string{
+		mesh.MemberAddr(n.seed, bob.Public).String(): "bob",
+		mesh.MemberAddr(n.seed, eve.Public).String(): "eve",
+		"10.99.9.1": "",
+	} {
+		if got := n.route(netip.MustParseAddr(addr)); got != want {
+			t.Errorf("%s routes to %q, want %q", addr, got, want)
+		}
+	}
+}
