@@ -139,11 +139,17 @@ func (a *attacker) record(r mesh.Record) []byte {
 // recordAt signs r, as the attacker, with the given version.
 func (a *attacker) recordAt(r mesh.Record, version uint64) []byte {
 	a.t.Helper()
+	return a.recordExp(r, version, time.Now().Add(10*time.Minute))
+}
+
+// recordExp signs r, as the attacker, with the given version and expiry.
+func (a *attacker) recordExp(r mesh.Record, version uint64, expires time.Time) []byte {
+	a.t.Helper()
 	if r.Name == "" {
 		r.Name = a.name
 	}
 	r.Version = version
-	r.Expires = time.Now().Add(10 * time.Minute)
+	r.Expires = expires
 	raw, err := r.Marshal(a.id, a.netID)
 	if err != nil {
 		a.t.Fatal(err)
@@ -312,11 +318,12 @@ func sameView(t *testing.T, nd *node, want *peerView, ownerUnderlay string) {
 // TestMeshForgedStaleAndOversizedRecordsAreDropped: a member that holds the seed sends a
 // victim records with a bad signature (its own, and another member's record altered or
 // re-signed under that member's signing key), an older version of its own record after
-// a newer one, the replay of another member's record, an oversized record, garbage
-// gossip messages, and a record of a second key that takes an honest member's name.
-// The victim counts each by kind, its view of the honest member (key, address,
-// candidates, prefixes) and of the attacker (the newest valid record) does not change,
-// and the honest members still reach each other.
+// a newer one, the replay of another member's record, newer versions that expired or
+// expire too far ahead, an oversized record and body, garbage gossip messages, a
+// record of a second key that takes an honest member's name, and a burst of versions
+// beyond the rate bound. The victim counts each by kind, its view of the honest member
+// (key, address, candidates, prefixes) and of the attacker (the newest valid record)
+// does not change, and the honest members still reach each other.
 func TestMeshForgedStaleAndOversizedRecordsAreDropped(t *testing.T) {
 	m := newMeshLab(t)
 	victim, _ := m.add("m1", "\n[discovery]\naccept_prefixes = [\"10.77.0.0/24\"]\n")
@@ -380,6 +387,12 @@ func TestMeshForgedStaleAndOversizedRecordsAreDropped(t *testing.T) {
 	a.sendRecord(sp, real)
 	c = waitCounted(t, victim, c, "mesh_record_stale", 1).Counters
 
+	// Newer versions that expired already, or expire further ahead than a record may.
+	a.sendRecord(sp, a.recordExp(older, vNew+10, time.Now().Add(-time.Minute)))
+	c = waitCounted(t, victim, c, "mesh_record_expired", 1).Counters
+	a.sendRecord(sp, a.recordExp(older, vNew+11, time.Now().Add(mesh.MaxLifetime+time.Hour)))
+	c = waitCounted(t, victim, c, "mesh_record_future", 1).Counters
+
 	// Oversized: a RECORDS body whose record is longer than a record may be, and one
 	// whose body is longer than a RECORDS body may be.
 	big := make([]byte, 3+mesh.MaxRecordLen+76)
@@ -433,6 +446,13 @@ func TestMeshForgedStaleAndOversizedRecordsAreDropped(t *testing.T) {
 	if n := a.dataIn.Load(); n != 0 {
 		t.Fatalf("the attacker received %d data packets", n)
 	}
+
+	// A burst of new versions: past the per-member rate, the rest are refused.
+	c = viewOf(t, victim).Counters
+	for i := range 10 {
+		a.sendRecord(sp, a.recordAt(newer, vNew+100+uint64(i)))
+	}
+	waitCounted(t, victim, c, "mesh_record_rate_limited", 1)
 }
 
 // TestMeshClaimsOnOthersAddressesAreRefused: a member announces another member's
