@@ -314,3 +314,33 @@ func TestMeshRecordMustCarryHandshakeName(t *testing.T) {
 		}
 	}
 }
+
+// TestMeshRefusalCountedOncePerClaim: a member that re-signs its record with the same
+// refused claim, or under the same refused name, is not counted (nor logged) again;
+// a new refused claim is.
+func TestMeshRefusalCountedOncePerClaim(t *testing.T) {
+	n := newMeshNode(t)
+	bob, eve, squat := newIdentity(t), newIdentity(t), newIdentity(t)
+	n.offer(t, bob, mesh.Record{Name: "bob"})
+	n.member(t, bob, func(p status.Peer) bool { return p.MeshAddress != "" })
+	outside := mesh.Record{Name: "eve", Prefixes: []netip.Prefix{netip.MustParsePrefix("10.50.0.0/24")}}
+	n.offer(t, eve, outside)
+	n.member(t, eve, func(p status.Peer) bool { return len(p.Refusals) == 1 })
+	n.offer(t, squat, mesh.Record{Name: "bob"})
+	n.member(t, squat, func(p status.Peer) bool { return len(p.Refusals) == 1 })
+	claims0, names0 := n.counter("mesh_claims_refused"), n.counter("mesh_names_refused")
+	if claims0 != 1 || names0 != 1 {
+		t.Fatalf("after one refused claim and one refused name: claims %d, names %d", claims0, names0)
+	}
+	for range 2 { // within the rate bound's burst (4 versions)
+		time.Sleep(time.Millisecond) // a new version (unix ns)
+		n.offer(t, eve, outside)
+		n.offer(t, squat, mesh.Record{Name: "bob"})
+	}
+	outside.Prefixes = append(outside.Prefixes, netip.MustParsePrefix("10.51.0.0/24"))
+	n.offer(t, eve, outside)
+	n.member(t, eve, func(p status.Peer) bool { return len(p.Refusals) == 2 })
+	if c, nm := n.counter("mesh_claims_refused"), n.counter("mesh_names_refused"); c != 2 || nm != 1 {
+		t.Errorf("after re-signed records and one new refused claim: claims %d (want 2), names %d (want 1)", c, nm)
+	}
+}
