@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -324,40 +325,81 @@ func (t *Tunnel) refreshSelf() {
 		Prefixes:  slices.Clone(m.announce),
 		WSURL:     cfg.WebSocket.PublicURL,
 	}
+	var local []netip.AddrPort
+	if t.port != 0 {
+		for _, a := range t.localAddrs() {
+			local = append(local, netip.AddrPortFrom(a, t.port))
+		}
+	}
+	rec.Endpoints = ownEndpoints(m.extraEPs, local, m.eng.Observed())
+	if err := m.eng.SetSelf(rec); err != nil {
+		t.log.Warn("mesh: own record", "err", err)
+	}
+}
+
+// observedSlots is how many of a record's endpoints are kept for observed addresses
+// when the interface addresses would fill them all.
+const observedSlots = 2
+
+// ownEndpoints chooses the candidate endpoints of this node's record (at most
+// mesh.MaxEndpoints): the configured ones; the interface addresses, leaving
+// observedSlots; the addresses members observed over UDP, those more members reported
+// first; then the remaining interface addresses. Any member can report any address, and
+// one holding the seed can be many members: observations must not push the node's own
+// addresses out of its record, and one that several members agree on goes first. The
+// result is sorted, so that the same endpoints in another order make no new version.
+func ownEndpoints(configured, local []netip.AddrPort, observed []mesh.Observation) []mesh.Endpoint {
+	var eps []mesh.Endpoint
 	add := func(kind mesh.EndpointKind, ap netip.AddrPort) {
-		if len(rec.Endpoints) >= mesh.MaxEndpoints || !ap.IsValid() || ap.Port() == 0 {
+		if len(eps) >= mesh.MaxEndpoints || !ap.IsValid() || ap.Port() == 0 {
 			return
 		}
-		for _, e := range rec.Endpoints {
+		for _, e := range eps {
 			if e.Addr == ap {
 				return
 			}
 		}
-		rec.Endpoints = append(rec.Endpoints, mesh.Endpoint{Kind: kind, Addr: ap})
+		eps = append(eps, mesh.Endpoint{Kind: kind, Addr: ap})
 	}
-	for _, ap := range m.extraEPs {
+	for _, ap := range configured {
 		add(mesh.EndpointConfigured, ap)
 	}
-	for _, o := range m.eng.Observed() {
-		if !o.ViaWS {
-			add(mesh.EndpointObserved, o.Addr)
+	rest := local
+	for len(rest) > 0 && len(eps) < mesh.MaxEndpoints-observedSlots {
+		add(mesh.EndpointLocal, rest[0])
+		rest = rest[1:]
+	}
+	// Observations are one per member (mesh.MaxObservations at most): count the
+	// members behind each address.
+	type seen struct {
+		addr netip.AddrPort
+		n    int
+	}
+	var byAddr []seen
+	for _, o := range observed {
+		if o.ViaWS {
+			continue
+		}
+		if i := slices.IndexFunc(byAddr, func(s seen) bool { return s.addr == o.Addr }); i >= 0 {
+			byAddr[i].n++
+		} else {
+			byAddr = append(byAddr, seen{o.Addr, 1})
 		}
 	}
-	if t.port != 0 {
-		for _, a := range t.localAddrs() {
-			add(mesh.EndpointLocal, netip.AddrPortFrom(a, t.port))
-		}
+	slices.SortStableFunc(byAddr, func(a, b seen) int { return b.n - a.n })
+	for _, s := range byAddr {
+		add(mesh.EndpointObserved, s.addr)
 	}
-	// The same endpoints in another order are the same record: no new version.
-	slices.SortFunc(rec.Endpoints, func(a, b mesh.Endpoint) int {
+	for _, ap := range rest {
+		add(mesh.EndpointLocal, ap)
+	}
+	slices.SortFunc(eps, func(a, b mesh.Endpoint) int {
 		if a.Kind != b.Kind {
 			return int(a.Kind) - int(b.Kind)
 		}
 		return a.Addr.Compare(b.Addr)
 	})
-	if err := m.eng.SetSelf(rec); err != nil {
-		t.log.Warn("mesh: own record", "err", err)
-	}
+	return eps
 }
 
 // localAddrs are the host's global unicast addresses outside the tunnel, IPv4 first.
@@ -791,7 +833,14 @@ func (t *Tunnel) meshStatus(st *status.Status) {
 	for k := range m.members {
 		keys = append(keys, k)
 	}
-	sort.Slice(keys, func(i, j int) bool { return m.members[keys[i]].name < m.members[keys[j]].name })
+	sort.Slice(keys, func(i, j int) bool {
+		// By name, then key: a refused impostor may carry a member's name.
+		a, b := m.members[keys[i]], m.members[keys[j]]
+		if a.name != b.name {
+			return a.name < b.name
+		}
+		return bytes.Compare(keys[i][:], keys[j][:]) < 0
+	})
 	names := make(map[[32]byte]string, len(keys))
 	for _, k := range keys {
 		mb := m.members[k]

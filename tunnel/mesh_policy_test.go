@@ -344,3 +344,55 @@ func TestMeshRefusalCountedOncePerClaim(t *testing.T) {
 		t.Errorf("after re-signed records and one new refused claim: claims %d (want 2), names %d (want 1)", c, nm)
 	}
 }
+
+// TestMeshObservationsCannotCrowdOutOwnEndpoints: any member can report any address as
+// where it sees this node, and a holder of the seed can be many members. However many
+// such reports come, the node's record keeps its configured and interface endpoints,
+// and an address several members agree on goes before one a single member reported.
+func TestMeshObservationsCannotCrowdOutOwnEndpoints(t *testing.T) {
+	ap := func(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+	obs := func(by byte, addr string) mesh.Observation {
+		return mesh.Observation{By: [32]byte{by}, Addr: ap(addr)}
+	}
+	var fakes []mesh.Observation
+	for i := range mesh.MaxObservations {
+		fakes = append(fakes, obs(byte(i), fmt.Sprintf("203.0.113.9:%d", 1000+i)))
+	}
+	has := func(eps []mesh.Endpoint, kind mesh.EndpointKind, addr string) bool {
+		return slices.Contains(eps, mesh.Endpoint{Kind: kind, Addr: ap(addr)})
+	}
+
+	conf := []netip.AddrPort{ap("198.51.100.1:51900")}
+	local := []netip.AddrPort{ap("192.168.1.2:51900"), ap("10.1.1.2:51900")}
+	eps := ownEndpoints(conf, local, fakes)
+	if len(eps) != mesh.MaxEndpoints || !has(eps, mesh.EndpointConfigured, "198.51.100.1:51900") ||
+		!has(eps, mesh.EndpointLocal, "192.168.1.2:51900") || !has(eps, mesh.EndpointLocal, "10.1.1.2:51900") {
+		t.Errorf("with %d made-up observations the record's endpoints are %v; want the configured and both local ones among %d", len(fakes), eps, mesh.MaxEndpoints)
+	}
+
+	// Many interface addresses: two slots stay for observations, and the address
+	// two members agree on beats any single report.
+	var many []netip.AddrPort
+	for i := range 10 {
+		many = append(many, ap(fmt.Sprintf("10.2.0.%d:51900", i+1)))
+	}
+	agreed := append(slices.Clone(fakes[:5]), obs(100, "198.51.100.77:40000"), obs(101, "198.51.100.77:40000"))
+	eps = ownEndpoints(nil, many, agreed)
+	if len(eps) != mesh.MaxEndpoints || !has(eps, mesh.EndpointObserved, "198.51.100.77:40000") {
+		t.Errorf("endpoints %v: want %d, with the observation two members agree on", eps, mesh.MaxEndpoints)
+	}
+	nLocal := 0
+	for _, e := range eps {
+		if e.Kind == mesh.EndpointLocal {
+			nLocal++
+		}
+	}
+	if nLocal != mesh.MaxEndpoints-observedSlots {
+		t.Errorf("%d local endpoints among %v, want %d", nLocal, eps, mesh.MaxEndpoints-observedSlots)
+	}
+
+	// No observations: the interface addresses take every slot.
+	if eps := ownEndpoints(nil, many, nil); len(eps) != mesh.MaxEndpoints {
+		t.Errorf("without observations %d endpoints, want %d", len(eps), mesh.MaxEndpoints)
+	}
+}

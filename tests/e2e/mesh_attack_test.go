@@ -306,8 +306,15 @@ func keyOf(t *testing.T, nd *node) [32]byte {
 // may grow by what its owner learns of itself meanwhile).
 func sameView(t *testing.T, nd *node, want *peerView, ownerUnderlay string) {
 	t.Helper()
-	got := viewOf(t, nd).peer(want.Name)
-	if got == nil || got.PublicKey != want.PublicKey || got.MeshAddress != want.MeshAddress ||
+	var got *peerView
+	v := viewOf(t, nd)
+	for i := range v.Peers {
+		// By key: a refused impostor may show under the same name.
+		if v.Peers[i].PublicKey == want.PublicKey {
+			got = &v.Peers[i]
+		}
+	}
+	if got == nil || got.Name != want.Name || got.PublicKey != want.PublicKey || got.MeshAddress != want.MeshAddress ||
 		!slices.Equal(got.AllowedPrefixes, want.AllowedPrefixes) ||
 		len(got.Candidates) == 0 ||
 		slices.ContainsFunc(got.Candidates, func(c string) bool { return !strings.HasPrefix(c, ownerUnderlay+":") }) {
