@@ -71,6 +71,10 @@ type meshState struct {
 	// lastBoot is when the bootstrap addresses were last dialled.
 	lastBoot time.Time
 
+	// selfSigned is when refreshSelf last had the engine sign a new version of the
+	// node's record (mesh loop only).
+	selfSigned time.Time
+
 	claimsRefused atomic.Uint64 // prefixes or addresses a member claimed and policy refused
 	namesRefused  atomic.Uint64 // records whose name another key holds
 }
@@ -332,9 +336,27 @@ func (t *Tunnel) refreshSelf() {
 		}
 	}
 	rec.Endpoints = ownEndpoints(m.extraEPs, local, m.eng.Observed())
+	now := time.Now()
+	own := m.eng.Self()
+	if own != nil && onlyEndpointsDiffer(own, &rec) && now.Sub(m.selfSigned) < mesh.RateInterval {
+		// Members report what they like as observed addresses: a stream of new reports
+		// must not make this node re-sign and flood its record faster than members
+		// accept versions of it. The change goes out at a later tick.
+		return
+	}
 	if err := m.eng.SetSelf(rec); err != nil {
 		t.log.Warn("mesh: own record", "err", err)
 	}
+	if m.eng.Self() != own {
+		m.selfSigned = now
+	}
+}
+
+// onlyEndpointsDiffer says whether b is a with other candidate endpoints.
+func onlyEndpointsDiffer(a, b *mesh.Record) bool {
+	return a.Name == b.Name && a.WSURL == b.WSURL && a.Relay == b.Relay &&
+		slices.Equal(a.Addresses, b.Addresses) && slices.Equal(a.Prefixes, b.Prefixes) &&
+		!slices.Equal(a.Endpoints, b.Endpoints)
 }
 
 // observedSlots is how many of a record's endpoints are kept for observed addresses

@@ -396,3 +396,28 @@ func TestMeshObservationsCannotCrowdOutOwnEndpoints(t *testing.T) {
 		t.Errorf("without observations %d endpoints, want %d", len(eps), mesh.MaxEndpoints)
 	}
 }
+
+// TestMeshObservationChurnDoesNotFloodOwnRecord: a member reporting a new address for
+// this node every few hundred milliseconds does not make it re-sign (and flood) its
+// record at that pace: endpoint changes wait out mesh.RateInterval since the last
+// version, so that members never refuse this node's versions for their rate.
+func TestMeshObservationChurnDoesNotFloodOwnRecord(t *testing.T) {
+	n := newMeshNode(t)
+	waitUntil(t, "the node signs its record", func() bool { return n.t.mesh.eng.Self() != nil })
+	versions := map[uint64]bool{n.t.mesh.eng.Self().Version: true}
+	deadline := time.Now().Add(3500 * time.Millisecond)
+	for i := 0; time.Now().Before(deadline); i++ {
+		body, err := mesh.AppendObserved(nil, mesh.Observed{Transport: mesh.TransportUDP,
+			Addr: netip.AddrPortFrom(netip.MustParseAddr("203.0.113.9"), uint16(1000+i))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.t.mesh.eng.Handle([32]byte{1}, netip.MustParseAddrPort("192.0.2.1:1"), false, mesh.MsgObserved, body)
+		time.Sleep(200 * time.Millisecond) // the pace of the reports, not a synchronisation
+		versions[n.t.mesh.eng.Self().Version] = true
+	}
+	// Within 3.5 s of the first version at most one more may go out.
+	if len(versions) > 2 {
+		t.Errorf("the node signed %d versions of its record in 3.5 s of changing reports, want at most 2", len(versions))
+	}
+}
