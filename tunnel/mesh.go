@@ -77,6 +77,10 @@ type meshState struct {
 	// neighbours are the members this node keeps sessions with for gossip.
 	neighbours map[[32]byte]bool
 
+	// selfSigned is when refreshSelf last had the engine sign a new version of the
+	// node's record (mesh loop only).
+	selfSigned time.Time
+
 	claimsRefused atomic.Uint64 // prefixes or addresses a member claimed and policy refused
 	namesRefused  atomic.Uint64 // records whose name another key holds
 }
@@ -94,6 +98,7 @@ type member struct {
 	routes   []netip.Prefix // OS routes added for it
 	admitted time.Time      // when a handshake admitted it (zero if learned otherwise)
 	fresh    bool           // rec changed since resolveLocked last applied it
+	recBad   bool           // its record names another name than its handshake: no claims
 	hsName   string         // the name its latest handshake with this node gave, if any
 }
 
@@ -382,40 +387,99 @@ func (t *Tunnel) refreshSelf() {
 		Prefixes:  slices.Clone(m.announce),
 		WSURL:     cfg.WebSocket.PublicURL,
 	}
+	var local []netip.AddrPort
+	if t.port != 0 {
+		for _, a := range t.localAddrs() {
+			local = append(local, netip.AddrPortFrom(a, t.port))
+		}
+	}
+	rec.Endpoints = ownEndpoints(m.extraEPs, local, m.eng.Observed())
+	now := time.Now()
+	own := m.eng.Self()
+	if own != nil && onlyEndpointsDiffer(own, &rec) && now.Sub(m.selfSigned) < mesh.RateInterval {
+		// Members report what they like as observed addresses: a stream of new reports
+		// must not make this node re-sign and flood its record faster than members
+		// accept versions of it. The change goes out at a later tick.
+		return
+	}
+	if err := m.eng.SetSelf(rec); err != nil {
+		t.log.Warn("mesh: own record", "err", err)
+	}
+	if m.eng.Self() != own {
+		m.selfSigned = now
+	}
+}
+
+// onlyEndpointsDiffer says whether b is a with other candidate endpoints.
+func onlyEndpointsDiffer(a, b *mesh.Record) bool {
+	return a.Name == b.Name && a.WSURL == b.WSURL && a.Relay == b.Relay &&
+		slices.Equal(a.Addresses, b.Addresses) && slices.Equal(a.Prefixes, b.Prefixes) &&
+		!slices.Equal(a.Endpoints, b.Endpoints)
+}
+
+// observedSlots is how many of a record's endpoints are kept for observed addresses
+// when the interface addresses would fill them all.
+const observedSlots = 2
+
+// ownEndpoints chooses the candidate endpoints of this node's record (at most
+// mesh.MaxEndpoints): the configured ones; the interface addresses, leaving
+// observedSlots; the addresses members observed over UDP, those more members reported
+// first; then the remaining interface addresses. Any member can report any address, and
+// one holding the seed can be many members: observations must not push the node's own
+// addresses out of its record, and one that several members agree on goes first. The
+// result is sorted, so that the same endpoints in another order make no new version.
+func ownEndpoints(configured, local []netip.AddrPort, observed []mesh.Observation) []mesh.Endpoint {
+	var eps []mesh.Endpoint
 	add := func(kind mesh.EndpointKind, ap netip.AddrPort) {
-		if len(rec.Endpoints) >= mesh.MaxEndpoints || !ap.IsValid() || ap.Port() == 0 {
+		if len(eps) >= mesh.MaxEndpoints || !ap.IsValid() || ap.Port() == 0 {
 			return
 		}
-		for _, e := range rec.Endpoints {
+		for _, e := range eps {
 			if e.Addr == ap {
 				return
 			}
 		}
-		rec.Endpoints = append(rec.Endpoints, mesh.Endpoint{Kind: kind, Addr: ap})
+		eps = append(eps, mesh.Endpoint{Kind: kind, Addr: ap})
 	}
-	for _, ap := range m.extraEPs {
+	for _, ap := range configured {
 		add(mesh.EndpointConfigured, ap)
 	}
-	for _, o := range m.eng.Observed() {
-		if !o.ViaWS {
-			add(mesh.EndpointObserved, o.Addr)
+	rest := local
+	for len(rest) > 0 && len(eps) < mesh.MaxEndpoints-observedSlots {
+		add(mesh.EndpointLocal, rest[0])
+		rest = rest[1:]
+	}
+	// Observations are one per member (mesh.MaxObservations at most): count the
+	// members behind each address.
+	type seen struct {
+		addr netip.AddrPort
+		n    int
+	}
+	var byAddr []seen
+	for _, o := range observed {
+		if o.ViaWS {
+			continue
+		}
+		if i := slices.IndexFunc(byAddr, func(s seen) bool { return s.addr == o.Addr }); i >= 0 {
+			byAddr[i].n++
+		} else {
+			byAddr = append(byAddr, seen{o.Addr, 1})
 		}
 	}
-	if t.port != 0 {
-		for _, a := range t.localAddrs() {
-			add(mesh.EndpointLocal, netip.AddrPortFrom(a, t.port))
-		}
+	slices.SortStableFunc(byAddr, func(a, b seen) int { return b.n - a.n })
+	for _, s := range byAddr {
+		add(mesh.EndpointObserved, s.addr)
 	}
-	// The same endpoints in another order are the same record: no new version.
-	slices.SortFunc(rec.Endpoints, func(a, b mesh.Endpoint) int {
+	for _, ap := range rest {
+		add(mesh.EndpointLocal, ap)
+	}
+	slices.SortFunc(eps, func(a, b mesh.Endpoint) int {
 		if a.Kind != b.Kind {
 			return int(a.Kind) - int(b.Kind)
 		}
 		return a.Addr.Compare(b.Addr)
 	})
-	if err := m.eng.SetSelf(rec); err != nil {
-		t.log.Warn("mesh: own record", "err", err)
-	}
+	return eps
 }
 
 // localAddrs are the host's global unicast addresses outside the tunnel, IPv4 first.
@@ -529,7 +593,11 @@ func (t *Tunnel) resolveLocked() {
 	// Names: who wants which.
 	wanted := make(map[string]int, len(keys))
 	for _, k := range keys {
-		wanted[m.members[k].wantName()]++
+		name := m.members[k].wantName()
+		if cp := t.configPeerNamed(name); cp != nil && cp.cfg.PublicKey != nil && *cp.cfg.PublicKey != k {
+			continue // refused for the [[peer]]'s pin: it contests nothing
+		}
+		wanted[name]++
 	}
 	for _, k := range keys {
 		mb := m.members[k]
@@ -572,15 +640,26 @@ func (t *Tunnel) resolveLocked() {
 			}
 		}
 		mb.fresh = false
+		mb.recBad = mb.rec != nil && mb.hsName != "" && mb.rec.Name != mb.hsName
+		if mb.recBad {
+			// The name a key gives in its handshakes and in its record must agree: the
+			// member keeps its peer under its handshake's name, its record claims nothing.
+			mb.accepted = nil
+			t.refuseNameLocked(mb, before, fmt.Sprintf("record names %q, but the member's handshake said %q", mb.rec.Name, mb.hsName))
+			continue
+		}
 		mb.refused = before // claimsLocked compares against what was refused before
 	}
 	t.claimsLocked(keys)
 }
 
-// wantName is the name the member goes by: its record's, or before its record arrived
-// the one it gave in its handshake.
+// wantName is the name the member goes by: the one it gave in its latest handshake
+// with this node, else its record's.
 func (mb *member) wantName() string {
-	if mb.rec != nil {
+	switch {
+	case mb.hsName != "":
+		return mb.hsName
+	case mb.rec != nil:
 		return mb.rec.Name
 	}
 	return mb.name
@@ -589,17 +668,19 @@ func (mb *member) wantName() string {
 // nameConflictLocked says why a member may not have the name it wants, or "".
 func (t *Tunnel) nameConflictLocked(mb *member, wanted map[string]int) string {
 	name := mb.wantName()
+	// A [[peer]] that pins a key decides its name first: the pinned key has it, however
+	// many others want it.
+	if cp := t.configPeerNamed(name); cp != nil && cp.cfg.PublicKey != nil {
+		if *cp.cfg.PublicKey != mb.key {
+			return fmt.Sprintf("name %q belongs to a [[peer]] with another public_key", name)
+		}
+		return ""
+	}
 	switch {
 	case name == t.cfg.Interface.NodeName:
 		return fmt.Sprintf("name %q is this node's own", name)
 	case wanted[name] > 1:
 		return fmt.Sprintf("name %q is claimed by %d keys; none of them gets it", name, wanted[name])
-	case mb.hsName != "" && mb.hsName != name:
-		// The name a key gives in its handshakes and in its record must agree.
-		return fmt.Sprintf("record names %q, but the member's handshake said %q", name, mb.hsName)
-	}
-	if cp := t.configPeerNamed(name); cp != nil && cp.cfg.PublicKey != nil && *cp.cfg.PublicKey != mb.key {
-		return fmt.Sprintf("name %q belongs to a [[peer]] with another public_key", name)
 	}
 	if sp := t.node.Peer(name); sp != nil {
 		if tp, _ := sp.Tag().(*peer); tp == nil || (tp.member != mb && t.configPeerNamed(name) == nil) {
@@ -644,6 +725,9 @@ func (t *Tunnel) claimsLocked(keys [][32]byte) {
 	}
 	for _, k := range keys {
 		mb := m.members[k]
+		if mb.recBad {
+			continue
+		}
 		mb.accepted = nil
 		if mb.p == nil || mb.source == sourceConfig || mb.rec == nil {
 			continue
@@ -679,7 +763,7 @@ func (t *Tunnel) claimsLocked(keys [][32]byte) {
 	}
 	for _, k := range keys {
 		mb := m.members[k]
-		if mb.p == nil || mb.source == sourceConfig || mb.rec == nil {
+		if mb.p == nil || mb.source == sourceConfig || mb.rec == nil || mb.recBad {
 			continue
 		}
 		before := mb.refused
@@ -952,26 +1036,34 @@ func (t *Tunnel) meshStatus(st *status.Status) {
 	if own := m.eng.Self(); own != nil {
 		ms.RecordVersion = own.Version
 	}
-	byName := make(map[string]*status.Peer, len(st.Peers))
+	// Indexes, not pointers: appending the discovered members moves st.Peers.
+	byName := make(map[string]int, len(st.Peers))
 	for i := range st.Peers {
-		byName[st.Peers[i].Name] = &st.Peers[i]
+		byName[st.Peers[i].Name] = i
 	}
 	m.mu.Lock()
 	keys := make([][32]byte, 0, len(m.members))
 	for k := range m.members {
 		keys = append(keys, k)
 	}
-	sort.Slice(keys, func(i, j int) bool { return m.members[keys[i]].name < m.members[keys[j]].name })
+	sort.Slice(keys, func(i, j int) bool {
+		// By name, then key: a refused impostor may carry a member's name.
+		a, b := m.members[keys[i]], m.members[keys[j]]
+		if a.name != b.name {
+			return a.name < b.name
+		}
+		return bytes.Compare(keys[i][:], keys[j][:]) < 0
+	})
 	names := make(map[[32]byte]string, len(keys))
 	for _, k := range keys {
 		mb := m.members[k]
 		names[k] = mb.name
 		ms.Members++
-		var ps *status.Peer
+		i, found := -1, false
 		if mb.p != nil && mb.source == sourceConfig {
-			ps = byName[mb.name]
+			i, found = byName[mb.name]
 		}
-		if ps == nil {
+		if !found {
 			line := status.Peer{Name: mb.name, Path: stt.PathNone, Source: mb.source, PublicKey: config.EncodeKey(mb.key)}
 			if mb.p != nil {
 				line = peerStatus(mb.p)
@@ -980,10 +1072,12 @@ func (t *Tunnel) meshStatus(st *status.Status) {
 					line.AllowedPrefixes = append(line.AllowedPrefixes, c.String())
 				}
 			}
+			// (Not in byName: only the [[peer]]s' own lines are looked up, and a
+			// refused member may carry a configured peer's name.)
 			st.Peers = append(st.Peers, line)
-			ps = &st.Peers[len(st.Peers)-1]
-			byName[mb.name] = ps
+			i = len(st.Peers) - 1
 		}
+		ps := &st.Peers[i]
 		if mb.p != nil && mb.p.sp.HasSession() {
 			ms.Connected++
 		}
