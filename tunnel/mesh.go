@@ -599,6 +599,15 @@ func (t *Tunnel) resolveLocked() {
 		}
 		wanted[name]++
 	}
+	// A name already held by a member's peer at this node stays with it: a later key
+	// cannot displace a member this node knows (and cut it off) by announcing its name.
+	holder := make(map[string][32]byte)
+	for _, k := range keys {
+		mb := m.members[k]
+		if mb.p != nil && mb.source != sourceConfig && mb.p.cfg.Name == mb.wantName() {
+			holder[mb.wantName()] = k
+		}
+	}
 	for _, k := range keys {
 		mb := m.members[k]
 		before := mb.refused
@@ -609,7 +618,7 @@ func (t *Tunnel) resolveLocked() {
 			t.forgetMemberLocked(mb)
 			mb.p = nil
 		}
-		if why := t.nameConflictLocked(mb, wanted); why != "" {
+		if why := t.nameConflictLocked(mb, wanted, holder); why != "" {
 			if mb.p != nil && mb.source != sourceConfig {
 				t.forgetMemberLocked(mb)
 				mb.p = nil
@@ -666,7 +675,7 @@ func (mb *member) wantName() string {
 }
 
 // nameConflictLocked says why a member may not have the name it wants, or "".
-func (t *Tunnel) nameConflictLocked(mb *member, wanted map[string]int) string {
+func (t *Tunnel) nameConflictLocked(mb *member, wanted map[string]int, holder map[string][32]byte) string {
 	name := mb.wantName()
 	// A [[peer]] that pins a key decides its name first: the pinned key has it, however
 	// many others want it.
@@ -680,6 +689,12 @@ func (t *Tunnel) nameConflictLocked(mb *member, wanted map[string]int) string {
 	case name == t.cfg.Interface.NodeName:
 		return fmt.Sprintf("name %q is this node's own", name)
 	case wanted[name] > 1:
+		if h, held := holder[name]; held {
+			if h == mb.key {
+				return ""
+			}
+			return fmt.Sprintf("name %q is held by another key", name)
+		}
 		return fmt.Sprintf("name %q is claimed by %d keys; none of them gets it", name, wanted[name])
 	}
 	if sp := t.node.Peer(name); sp != nil {
@@ -729,9 +744,11 @@ func (t *Tunnel) claimsLocked(keys [][32]byte) {
 			continue
 		}
 		mb.accepted = nil
-		if mb.p == nil || mb.source == sourceConfig || mb.rec == nil {
+		if mb.source == sourceConfig || mb.rec == nil {
 			continue
 		}
+		// A member refused its name is no peer here, but its claims still contest
+		// others': a member that took its name elsewhere cannot take its addresses.
 		for _, c := range memberClaims(mb.rec) {
 			if reason := t.refuseClaimLocked(c); reason != "" {
 				refuse(mb, c, reason)

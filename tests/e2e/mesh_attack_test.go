@@ -512,7 +512,7 @@ func TestMeshClaimsOnOthersAddressesAreRefused(t *testing.T) {
 	for _, want := range []string{
 		ownerAddr.String() + "/128: inside the mesh's key-derived address space",
 		"10.88.0.0/25: overlaps 10.88.0.0/24 of [[peer]] \"m2\"",
-		overlay4(3) + "/32: overlaps " + overlay4(3) + "/32 of member \"m3\"",
+		overlay4(3) + "/32: overlaps " + overlay4(3) + "/32 claimed by member \"m3\"; neither gets it",
 	} {
 		if !slices.Contains(p.Refusals, want) {
 			t.Errorf("the victim's refusals for evil are %q, want one %q", p.Refusals, want)
