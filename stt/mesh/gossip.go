@@ -114,7 +114,8 @@ type Engine struct {
 	store      *Store
 	own        *Record // our record as last signed; nil before SetSelf
 	ownSigned  time.Time
-	ownFloor   uint64 // highest version of our key seen from elsewhere
+	ownFloor   uint64    // highest version of our key seen from elsewhere
+	lastRound  time.Time // when Tick last sent its SUMMARY round
 	connected  map[[32]byte]struct{}
 	connList   [][32]byte // scratch for picking
 	exchanges  map[[32]byte]*exchange
@@ -298,8 +299,8 @@ func (e *Engine) SessionUp(peer [32]byte) {
 
 // Tick advances the engine to now: it takes connected as the set of members with a
 // session, sweeps expired records, refreshes our record when a third of its lifetime
-// has passed, and sends a SUMMARY to up to Fanout random connected members. Call it
-// every Interval.
+// has passed, and, once per Interval, sends a SUMMARY to up to Fanout random connected
+// members. Call it at least every Interval; more often keeps the connected set fresh.
 func (e *Engine) Tick(now time.Time, connected [][32]byte) {
 	var b batch
 	e.mu.Lock()
@@ -330,7 +331,10 @@ func (e *Engine) Tick(now time.Time, connected [][32]byte) {
 	// Map order is not reproducible; sort, then pick at random.
 	slices.SortFunc(e.connList, func(a, b [32]byte) int { return compareKeys(&a, &b) })
 	n := min(Fanout, len(e.connList))
-	if n > 0 {
+	// Tick may come more often than Interval (the node also ticks on changes); the
+	// round itself comes once per Interval (or at once after the clock stepped back).
+	if n > 0 && (e.lastRound.IsZero() || now.Sub(e.lastRound) >= e.cfg.Interval || now.Before(e.lastRound)) {
+		e.lastRound = now
 		body := AppendSummary(nil, e.store.Summary())
 		for i := range n {
 			j := i + e.rng.IntN(len(e.connList)-i)
