@@ -467,6 +467,13 @@ func (t *Tunnel) applyRecordLocked(mb *member, rec *mesh.Record) {
 		mb.name = rec.Name
 	}
 	if mb.p == nil {
+		if rec.Name == t.cfg.Interface.NodeName {
+			// admit refuses this name in handshakes; a record may not take it either.
+			mb.refused = []string{fmt.Sprintf("name %q is this node's own", rec.Name)}
+			m.namesRefused.Add(1)
+			t.log.Warn("mesh: refused a record: it names this node", "name", rec.Name)
+			return
+		}
 		if cp := t.configPeerNamed(rec.Name); cp != nil {
 			if cp.cfg.PublicKey != nil && *cp.cfg.PublicKey != rec.Key {
 				mb.refused = []string{fmt.Sprintf("name %q belongs to a [[peer]] with another public_key", rec.Name)}

@@ -1,0 +1,123 @@
+package tunnel
+
+import (
+	"crypto/rand"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stt-tun/stt-tun/config"
+	"github.com/stt-tun/stt-tun/stt/mesh"
+)
+
+// meshNode is a tunnel with [discovery] on an in-memory device, and what a test needs
+// to forge members of its network.
+type meshNode struct {
+	*memNode
+	seed [32]byte
+	key  config.NodeKey
+	cfg  *config.Config
+}
+
+// meshConfig parses a configuration for node name with address addr, the [discovery]
+// lines given, and more sections.
+func meshConfig(t *testing.T, seedFile, keyFile, name, addr, discovery string, sections ...string) *config.Config {
+	t.Helper()
+	src := fmt.Sprintf("[interface]\nname = \"mem-%s\"\nnode_name = %q\naddresses = [%q]\nlisten_port = 0\nseed_file = %q\nkey_file = %q\n\n[discovery]\n%s\n%s",
+		name, name, addr, seedFile, keyFile, discovery, strings.Join(sections, "\n"))
+	cfg, err := config.Parse([]byte(src), filepath.Join(t.TempDir(), name+".toml"))
+	if err != nil {
+		t.Fatalf("test configuration:\n%s\n%v", src, err)
+	}
+	return cfg
+}
+
+func startMeshNode(t *testing.T, name, addr, discovery string, sections ...string) *meshNode {
+	t.Helper()
+	seed, _ := config.GenerateSeed()
+	seedFile := writeSecret(t, t.TempDir(), "seed", seed)
+	key, err := config.GenerateNodeKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(t.TempDir(), name+".key")
+	writeFileT(t, keyFile, key.Encode()+"\n")
+	cfg := meshConfig(t, seedFile, keyFile, name, addr, discovery, sections...)
+	return &meshNode{memNode: startCfg(t, cfg), seed: seed, key: key, cfg: cfg}
+}
+
+// forged is a member of a mesh node's network that the test plays: it holds the seed
+// and its own key, and signs what it likes.
+type forged struct {
+	id mesh.Identity
+}
+
+func newForged(t *testing.T) forged {
+	t.Helper()
+	var s [32]byte
+	if _, err := rand.Read(s[:]); err != nil {
+		t.Fatal(err)
+	}
+	return forged{id: mesh.NewIdentity(s)}
+}
+
+// offer signs r as f's record (fresh version, 10 minutes to live) and hands it to n's
+// engine as if f had sent it over its session.
+func (f forged) offer(t *testing.T, n *meshNode, r mesh.Record) {
+	t.Helper()
+	r.Version = uint64(time.Now().UnixNano())
+	r.Expires = time.Now().Add(10 * time.Minute)
+	raw, err := r.Marshal(f.id, mesh.NetworkID(n.seed))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := mesh.AppendRecords(nil, raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.t.mesh.eng.Handle(f.id.Public, netip.MustParseAddrPort("127.0.0.1:9"), false, mesh.MsgRecords, body)
+}
+
+// memberOf waits until n's mesh loop has taken f's record and returns a copy of what it
+// made of it.
+func (n *meshNode) memberOf(t *testing.T, f forged) member {
+	t.Helper()
+	var mb member
+	waitUntil(t, "the member's record is applied", func() bool {
+		m := n.t.mesh
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if x := m.members[f.id.Public]; x != nil && x.rec != nil {
+			mb = *x
+			return true
+		}
+		return false
+	})
+	return mb
+}
+
+func writeFileT(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A member's record that names this node itself gets no peer: a peer named like the
+// node would answer `ping NAME` and take the node's name in status.
+func TestMeshRecordCannotTakeThisNodesName(t *testing.T) {
+	n := startMeshNode(t, "alpha", "10.77.0.1/24", `accept_prefixes = ["10.77.0.0/24"]`)
+	f := newForged(t)
+	f.offer(t, n, mesh.Record{Name: "alpha", Addresses: []netip.Prefix{netip.MustParsePrefix("10.77.0.9/24")}})
+	mb := n.memberOf(t, f)
+	if mb.p != nil || n.t.Node().Peer("alpha") != nil {
+		t.Fatalf("a record named like this node got a peer (source %s)", mb.source)
+	}
+	if len(mb.refused) == 0 {
+		t.Fatal("the refusal is not shown")
+	}
+}
