@@ -553,8 +553,14 @@ func (t *Tunnel) refuseClaimLocked(mb *member, c netip.Prefix) string {
 		}
 	}
 	for _, a := range t.cfg.Interface.Addresses {
-		if a.Addr() == c.Addr() || (c.Bits() < c.Addr().BitLen() && c.Overlaps(a.Masked())) && c.Bits() <= a.Bits() {
+		// A claim narrower than the interface's prefix may still hold its address.
+		if c.Contains(a.Addr()) || (c.Bits() < c.Addr().BitLen() && c.Overlaps(a.Masked())) && c.Bits() <= a.Bits() {
 			return "covers this node's own address"
+		}
+	}
+	for _, q := range m.announce {
+		if q.Overlaps(c) {
+			return fmt.Sprintf("overlaps %s, which this node announces", q)
 		}
 	}
 	for _, o := range m.members {

@@ -121,3 +121,27 @@ func TestMeshRecordCannotTakeThisNodesName(t *testing.T) {
 		t.Fatal("the refusal is not shown")
 	}
 }
+
+// A member may not claim a prefix that holds this node's own address, even one
+// narrower than the interface's prefix, nor a prefix this node announces itself: the
+// table would send the node's own traffic to it, and accept packets from it with the
+// node's own address as source.
+func TestMeshClaimOfThisNodesAddressOrPrefixRefused(t *testing.T) {
+	n := startMeshNode(t, "alpha", "10.77.0.1/24", `accept_prefixes = ["10.0.0.0/8"]
+announce_prefixes = ["10.50.0.0/24"]`)
+	for _, claim := range []string{"10.50.0.0/16", "10.77.0.1/32", "10.77.0.0/25", "10.50.0.0/25"} {
+		f := newForged(t)
+		f.offer(t, n, mesh.Record{Name: "m" + strings.NewReplacer(".", "-", "/", "-").Replace(claim),
+			Prefixes: []netip.Prefix{netip.MustParsePrefix(claim)}})
+		mb := n.memberOf(t, f)
+		if len(mb.accepted) != 0 {
+			t.Errorf("claim %s accepted", claim)
+		}
+	}
+	// A claim clear of both is accepted: the refusals are about the overlap.
+	f := newForged(t)
+	f.offer(t, n, mesh.Record{Name: "fine", Prefixes: []netip.Prefix{netip.MustParsePrefix("10.60.0.0/24")}})
+	if mb := n.memberOf(t, f); len(mb.accepted) != 1 {
+		t.Fatalf("a claim clear of the node's own was refused: %v", mb.refused)
+	}
+}
