@@ -51,6 +51,10 @@ type meshState struct {
 	announce []netip.Prefix
 	extraEPs []netip.AddrPort
 	idle     time.Duration
+	// nodeName and ifName are the configuration's, which a reload cannot change, kept
+	// here for the receive goroutines and the mesh loop, which read no t.cfg unlocked.
+	nodeName string
+	ifName   string
 
 	wake    chan struct{} // cap 1: a record changed or a session came up
 	stop    chan struct{}
@@ -112,6 +116,8 @@ func (t *Tunnel) startMesh(seed [32]byte, key config.NodeKey) error {
 		announce: d.AnnouncePrefixes,
 		extraEPs: d.Endpoints,
 		idle:     d.IdleTimeout,
+		nodeName: t.cfg.Interface.NodeName,
+		ifName:   t.cfg.Interface.Name,
 		wake:     make(chan struct{}, 1),
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
@@ -177,7 +183,7 @@ func (t *Tunnel) admit(name string, static [32]byte) (*stt.Peer, error) {
 	if m == nil {
 		return nil, errors.New("not a configured peer")
 	}
-	if static == m.self || name == t.cfg.Interface.NodeName {
+	if static == m.self || name == m.nodeName {
 		return nil, errors.New("that is this node")
 	}
 	if err := config.CheckName(name); err != nil {
@@ -368,7 +374,7 @@ func (t *Tunnel) localAddrs() []netip.Addr {
 	}
 	var v4, v6 []netip.Addr
 	for _, ifc := range ifs {
-		if ifc.Name == t.cfg.Interface.Name || ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagLoopback != 0 {
+		if ifc.Name == t.mesh.ifName || ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagLoopback != 0 {
 			continue
 		}
 		addrs, err := ifc.Addrs()
@@ -467,7 +473,7 @@ func (t *Tunnel) applyRecordLocked(mb *member, rec *mesh.Record) {
 		mb.name = rec.Name
 	}
 	if mb.p == nil {
-		if rec.Name == t.cfg.Interface.NodeName {
+		if rec.Name == m.nodeName {
 			// admit refuses this name in handshakes; a record may not take it either.
 			mb.refused = []string{fmt.Sprintf("name %q is this node's own", rec.Name)}
 			m.namesRefused.Add(1)
@@ -783,6 +789,9 @@ func (t *Tunnel) meshStatus(st *status.Status) {
 		byName[st.Peers[i].Name] = &st.Peers[i]
 	}
 	m.mu.Lock()
+	// t.mu too (after mesh.mu, as the lock order says): a [[peer]]'s cfg, which a
+	// member's line reads, is the reload's to replace.
+	t.mu.RLock()
 	keys := make([][32]byte, 0, len(m.members))
 	for k := range m.members {
 		keys = append(keys, k)
@@ -824,6 +833,7 @@ func (t *Tunnel) meshStatus(st *status.Status) {
 		ps.Refusals = append(ps.Refusals, mb.refused...)
 	}
 	boots := m.boots
+	t.mu.RUnlock()
 	m.mu.Unlock()
 	for _, o := range m.eng.Observed() {
 		r := status.Reflection{By: names[o.By], Address: o.Addr.String(), Transport: "udp"}

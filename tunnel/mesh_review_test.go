@@ -145,3 +145,36 @@ announce_prefixes = ["10.50.0.0/24"]`)
 		t.Fatalf("a claim clear of the node's own was refused: %v", mb.refused)
 	}
 }
+
+// Admit runs on a receive goroutine, the mesh loop reads the interface's name for its
+// endpoints: neither may read the configuration a reload replaces without a lock
+// (go test -race); nor may status read a [[peer]]'s settings under the mesh's lock alone.
+func TestMeshAdmitAndEndpointsDuringReload(t *testing.T) {
+	cm := newForged(t)
+	n := startMeshNode(t, "alpha", "10.77.0.1/24", `accept_prefixes = ["10.77.0.0/24"]`,
+		fmt.Sprintf("[[peer]]\nname = \"cfgm\"\npublic_key = %q\nallowed_prefixes = [\"10.77.0.5/32\"]\n", config.EncodeKey(cm.id.Public)))
+	cm.offer(t, n, mesh.Record{Name: "cfgm"}) // a [[peer]] that is a member too: status reads its pin
+	if mb := n.memberOf(t, cm); mb.source != sourceConfig {
+		t.Fatalf("the [[peer]]'s record made a %s member", mb.source)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 20 {
+			if _, err := n.t.ReloadChanges(n.cfg); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	for i := 0; ; i++ {
+		select {
+		case <-done:
+			return
+		default:
+		}
+		_, _ = n.t.admit(fmt.Sprintf("m%d", i%50), newForged(t).id.Public)
+		_ = n.t.localAddrs()
+		_ = n.t.Status()
+	}
+}
