@@ -35,6 +35,12 @@ const meshTick = time.Second
 // flowing when any one of them leaves.
 const meshNeighbours = 3
 
+// dialWindow is how long a member dialed to keep a neighbour counts as a dial in
+// flight: no other member is dialed in its place before, so that records whose
+// endpoints never answer (a member may announce any address) do not make this node
+// send HELLOs to ever more of them.
+const dialWindow = 30 * time.Second
+
 // bootRetry is how often a node that has no session with any member dials its
 // bootstrap addresses again.
 const bootRetry = 5 * time.Second
@@ -73,6 +79,8 @@ type meshState struct {
 	boots   []*bootTarget
 	// lastBoot is when the bootstrap addresses were last dialled.
 	lastBoot time.Time
+	// dialed are the members keepNeighbours dialed within dialWindow, and when.
+	dialed map[[32]byte]time.Time
 
 	claimsRefused atomic.Uint64 // prefixes or addresses a member claimed and policy refused
 	namesRefused  atomic.Uint64 // records whose name another key holds
@@ -122,6 +130,7 @@ func (t *Tunnel) startMesh(seed [32]byte, key config.NodeKey) error {
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
 		members:  make(map[[32]byte]*member),
+		dialed:   make(map[[32]byte]time.Time),
 	}
 	m.eng = mesh.New(mesh.Config{
 		Identity: id,
@@ -289,16 +298,32 @@ func (t *Tunnel) keepNeighbours(now time.Time) {
 	m := t.mesh
 	m.mu.Lock()
 	var up int
-	var idle []*peer
+	var idle []*member
 	for _, mb := range m.members {
 		if mb.p == nil {
 			continue
 		}
 		if mb.p.sp.HasSession() {
 			up++
-		} else if mb.rec != nil {
-			idle = append(idle, mb.p)
+		} else if _, dialing := m.dialed[mb.key]; mb.rec != nil && !dialing {
+			idle = append(idle, mb)
 		}
+	}
+	// Dials in flight take a neighbour's place until they answer or dialWindow passes.
+	pending := 0
+	for k, at := range m.dialed {
+		mb := m.members[k]
+		if mb == nil || mb.p == nil || mb.p.sp.HasSession() || now.Sub(at) >= dialWindow || now.Before(at) {
+			delete(m.dialed, k)
+			continue
+		}
+		pending++
+	}
+	rand.Shuffle(len(idle), func(i, j int) { idle[i], idle[j] = idle[j], idle[i] })
+	var dials []*peer
+	for i := 0; i < len(idle) && up+pending+len(dials) < meshNeighbours; i++ {
+		m.dialed[idle[i].key] = now
+		dials = append(dials, idle[i].p)
 	}
 	dial := up == 0 && now.Sub(m.lastBoot) >= bootRetry
 	if dial {
@@ -306,9 +331,8 @@ func (t *Tunnel) keepNeighbours(now time.Time) {
 	}
 	boots := m.boots
 	m.mu.Unlock()
-	rand.Shuffle(len(idle), func(i, j int) { idle[i], idle[j] = idle[j], idle[i] })
-	for i := 0; i < len(idle) && up+i < meshNeighbours; i++ {
-		idle[i].sp.Connect()
+	for _, p := range dials {
+		p.sp.Connect()
 	}
 	if dial {
 		for _, b := range boots {

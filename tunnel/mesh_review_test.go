@@ -3,6 +3,7 @@ package tunnel
 import (
 	"crypto/rand"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -176,5 +177,53 @@ func TestMeshAdmitAndEndpointsDuringReload(t *testing.T) {
 		_, _ = n.t.admit(fmt.Sprintf("m%d", i%50), newForged(t).id.Public)
 		_ = n.t.localAddrs()
 		_ = n.t.Status()
+	}
+}
+
+// Records whose endpoints point at third parties that never answer (a member can
+// announce any address) must not make this node dial ever more of them: while it has
+// fewer than meshNeighbours sessions it dials members to keep gossip flowing, and each
+// dial sends HELLOs to every candidate for up to HandshakeGiveUp. At most
+// meshNeighbours dials may be in flight, not meshNeighbours more every second.
+func TestMeshNeighbourDialsToSilentAddressesBounded(t *testing.T) {
+	n := startMeshNode(t, "alpha", "10.77.0.1/24", `accept_prefixes = ["10.77.0.0/24"]`)
+	const k = 12
+	hit := make(chan int, 1024)
+	for i := range k {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		go func() {
+			buf := make([]byte, 2048)
+			for {
+				if _, _, err := c.ReadFromUDP(buf); err != nil {
+					return
+				}
+				hit <- i
+			}
+		}()
+		f := newForged(t)
+		f.offer(t, n, mesh.Record{Name: fmt.Sprintf("silent%d", i), Endpoints: []mesh.Endpoint{
+			{Kind: mesh.EndpointLocal, Addr: c.LocalAddr().(*net.UDPAddr).AddrPort()}}})
+	}
+	// Observe a few of the mesh loop's seconds: the bound must hold throughout.
+	victims := map[int]bool{}
+	deadline := time.After(5 * meshTick)
+	for {
+		select {
+		case i := <-hit:
+			victims[i] = true
+			continue
+		case <-deadline:
+		}
+		break
+	}
+	if len(victims) == 0 {
+		t.Fatal("no member was dialed at all")
+	}
+	if len(victims) > meshNeighbours {
+		t.Fatalf("HELLOs went to %d silent members' addresses within %v; at most %d dials may be in flight", len(victims), 5*meshTick, meshNeighbours)
 	}
 }
