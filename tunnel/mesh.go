@@ -453,11 +453,12 @@ func (t *Tunnel) syncMembers() {
 		t.applyRecordLocked(mb, rec)
 	}
 	now := time.Now()
+	forgot := false
 	for k, mb := range m.members {
 		if mb.rec == nil && !mb.admitted.IsZero() && now.Sub(mb.admitted) > recordWait &&
 			mb.p != nil && !mb.p.sp.HasSession() && mb.source != sourceConfig {
 			// Admitted by a handshake, and never announced itself: forget it.
-			changed = true
+			changed, forgot = true, true
 			t.forgetMemberLocked(mb)
 			delete(m.members, k)
 			continue
@@ -466,9 +467,18 @@ func (t *Tunnel) syncMembers() {
 			continue
 		}
 		// Its record expired: the member is gone.
-		changed = true
+		changed, forgot = true, true
 		t.forgetMemberLocked(mb)
 		delete(m.members, k)
+	}
+	if forgot {
+		// A name a forgotten member held may be free now for a record
+		// refused for it: a member that restarted with a new key under its old name.
+		for _, mb := range m.members {
+			if mb.p == nil && mb.rec != nil {
+				t.applyRecordLocked(mb, mb.rec)
+			}
+		}
 	}
 	for _, b := range m.boots {
 		if _, k, ok := b.sp.Reached(); ok {

@@ -70,8 +70,14 @@ func newForged(t *testing.T) forged {
 // engine as if f had sent it over its session.
 func (f forged) offer(t *testing.T, n *meshNode, r mesh.Record) {
 	t.Helper()
+	f.offerTTL(t, n, r, 10*time.Minute)
+}
+
+// offerTTL is offer with the record expiring after ttl.
+func (f forged) offerTTL(t *testing.T, n *meshNode, r mesh.Record, ttl time.Duration) {
+	t.Helper()
 	r.Version = uint64(time.Now().UnixNano())
-	r.Expires = time.Now().Add(10 * time.Minute)
+	r.Expires = time.Now().Add(ttl)
 	raw, err := r.Marshal(f.id, mesh.NetworkID(n.seed))
 	if err != nil {
 		t.Fatal(err)
@@ -225,5 +231,32 @@ func TestMeshNeighbourDialsToSilentAddressesBounded(t *testing.T) {
 	}
 	if len(victims) > meshNeighbours {
 		t.Fatalf("HELLOs went to %d silent members' addresses within %v; at most %d dials may be in flight", len(victims), 5*meshTick, meshNeighbours)
+	}
+}
+
+// A member that restarts with a new key under the same name is refused while the old
+// key's record lives; once that record expires the name is free, and the new key's
+// record, held all along, must take it then, not only after its owner re-signs it
+// (up to a third of a lifetime later).
+func TestMeshNameFreedByExpiryGoesToTheWaitingRecord(t *testing.T) {
+	n := startMeshNode(t, "alpha", "10.77.0.1/24", `accept_prefixes = ["10.77.0.0/24"]`)
+	old, cur := newForged(t), newForged(t)
+	old.offerTTL(t, n, mesh.Record{Name: "db"}, 2*time.Second)
+	if mb := n.memberOf(t, old); mb.p == nil {
+		t.Fatalf("the first key's record was refused: %v", mb.refused)
+	}
+	cur.offer(t, n, mesh.Record{Name: "db"})
+	if mb := n.memberOf(t, cur); mb.p != nil {
+		t.Fatal("a second key took a name another key holds")
+	}
+	waitUntil(t, "the new key holds the name once the old record expired", func() bool {
+		m := n.t.mesh
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		mb := m.members[cur.id.Public]
+		return mb != nil && mb.p != nil && m.members[old.id.Public] == nil
+	})
+	if k, ok := n.t.Node().Peer("db").PublicKey(); !ok || k != cur.id.Public {
+		t.Fatal("peer db is not pinned to the new key")
 	}
 }
