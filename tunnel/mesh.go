@@ -41,6 +41,9 @@ const meshNeighbours = 3
 // send HELLOs to ever more of them.
 const dialWindow = 30 * time.Second
 
+// maxObservedEndpoints bounds the reflected addresses a node puts in its own record.
+const maxObservedEndpoints = mesh.MaxEndpoints / 2
+
 // bootRetry is how often a node that has no session with any member dials its
 // bootstrap addresses again.
 const bootRetry = 5 * time.Second
@@ -368,9 +371,16 @@ func (t *Tunnel) refreshSelf() {
 	for _, ap := range m.extraEPs {
 		add(mesh.EndpointConfigured, ap)
 	}
-	for _, o := range m.eng.Observed() {
-		if !o.ViaWS {
+	// Reflected addresses are what members say, and a member with many keys can fill
+	// every slot: the latest few only, so that the node's own addresses keep a place.
+	obs := m.eng.Observed()
+	slices.SortFunc(obs, func(a, b mesh.Observation) int { return b.At.Compare(a.At) })
+	nobs := 0
+	for _, o := range obs {
+		if !o.ViaWS && nobs < maxObservedEndpoints {
+			before := len(rec.Endpoints)
 			add(mesh.EndpointObserved, o.Addr)
+			nobs += len(rec.Endpoints) - before
 		}
 	}
 	if t.port != 0 {

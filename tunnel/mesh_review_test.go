@@ -260,3 +260,44 @@ func TestMeshNameFreedByExpiryGoesToTheWaitingRecord(t *testing.T) {
 		t.Fatal("peer db is not pinned to the new key")
 	}
 }
+
+// A member can answer OBSERVE with any address, and with many keys fill every slot of
+// the reflected addresses: that must not push this node's own interface endpoints out
+// of its record, or the other members would only find the addresses the attacker chose.
+func TestMeshReflectedAddressesCannotCrowdOutOwnEndpoints(t *testing.T) {
+	n := startMeshNode(t, "alpha", "10.77.0.1/24", `accept_prefixes = ["10.77.0.0/24"]`)
+	local := n.t.localAddrs()
+	if len(local) == 0 {
+		t.Skip("this host has no global unicast address to announce")
+	}
+	want := netip.AddrPortFrom(local[0], n.t.port)
+	for i := range mesh.MaxObservations {
+		body, err := mesh.AppendObserved(nil, mesh.Observed{Transport: mesh.TransportUDP,
+			Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 51, 100, byte(1 + i)}), 5000)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.t.mesh.eng.Handle(newForged(t).id.Public, netip.MustParseAddrPort("127.0.0.1:9"), false, mesh.MsgObserved, body)
+	}
+	n.t.mesh.kick()
+	var eps []mesh.Endpoint
+	waitUntil(t, "the own record holds the reflected addresses", func() bool {
+		own := n.t.mesh.eng.Self()
+		if own == nil {
+			return false
+		}
+		eps = own.Endpoints
+		for _, e := range eps {
+			if e.Kind == mesh.EndpointObserved {
+				return true
+			}
+		}
+		return false
+	})
+	for _, e := range eps {
+		if e.Addr == want {
+			return
+		}
+	}
+	t.Fatalf("own endpoint %v is not in the record any more: %v", want, eps)
+}
