@@ -35,6 +35,9 @@ const (
 	MaxObservations = 8
 	// maxExchanges bounds the digest exchanges in progress (one per peer).
 	maxExchanges = 64
+	// summaryAnswerGap is the least time between two DIGESTs answering one member's
+	// SUMMARYs: a SUMMARY costs its sender 19 bytes, its answer 40 bytes per member held.
+	summaryAnswerGap = time.Second
 )
 
 // Config configures an Engine.
@@ -110,12 +113,15 @@ type Engine struct {
 	netID [16]byte
 	self  [32]byte
 
-	mu         sync.Mutex
-	store      *Store
-	own        *Record // our record as last signed; nil before SetSelf
-	ownSigned  time.Time
-	ownFloor   uint64    // highest version of our key seen from elsewhere
-	lastRound  time.Time // when Tick last sent its SUMMARY round
+	mu        sync.Mutex
+	store     *Store
+	own       *Record // our record as last signed; nil before SetSelf
+	ownSigned time.Time
+	ownFloor  uint64    // highest version of our key seen from elsewhere
+	lastRound time.Time // when Tick last sent its SUMMARY round
+	// answered is when a SUMMARY of each member was last answered with a DIGEST;
+	// Tick forgets entries older than summaryAnswerGap.
+	answered   map[[32]byte]time.Time
 	connected  map[[32]byte]struct{}
 	connList   [][32]byte // scratch for picking
 	exchanges  map[[32]byte]*exchange
@@ -157,6 +163,7 @@ func New(cfg Config) *Engine {
 		store:     NewStore(netID, pub, cfg.MaxMembers),
 		connected: make(map[[32]byte]struct{}),
 		exchanges: make(map[[32]byte]*exchange),
+		answered:  make(map[[32]byte]time.Time),
 		// Picking whom to ask needs no secrecy; seeding from the key keeps runs
 		// reproducible and nodes different.
 		rng: rand.New(rand.NewPCG(binary.LittleEndian.Uint64(pub[:8]), binary.LittleEndian.Uint64(pub[8:16]))),
@@ -314,6 +321,11 @@ func (e *Engine) Tick(now time.Time, connected [][32]byte) {
 	for _, r := range gone {
 		b.changes = append(b.changes, change{old: r})
 	}
+	for k, at := range e.answered {
+		if now.Sub(at) >= summaryAnswerGap || now.Before(at) {
+			delete(e.answered, k)
+		}
+	}
 	for k, x := range e.exchanges {
 		if now.Sub(x.started) > 3*e.cfg.Interval {
 			delete(e.exchanges, k)
@@ -360,7 +372,10 @@ func (e *Engine) Handle(from [32]byte, seen netip.AddrPort, viaWS bool, typ byte
 	case MsgSummary:
 		var s Summary
 		if s, err = ParseSummary(body); err == nil && s != e.store.Summary() {
-			e.sendDigest(&b, from)
+			if at, ok := e.answered[from]; !ok || now.Sub(at) >= summaryAnswerGap || now.Before(at) {
+				e.answered[from] = now
+				e.sendDigest(&b, from)
+			}
 		}
 	case MsgDigest:
 		var last bool

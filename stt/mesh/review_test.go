@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"net/netip"
 	"testing"
 	"time"
 )
@@ -36,5 +37,43 @@ func TestGossipTickMoreOftenThanIntervalSendsOneRoundPerInterval(t *testing.T) {
 	e.Tick(testNow.Add(DefaultInterval), conn)
 	if summaries != 2*Fanout {
 		t.Fatalf("%d SUMMARY messages after the next Interval; want %d", summaries, 2*Fanout)
+	}
+}
+
+// A SUMMARY costs its sender 19 bytes and its receiver a DIGEST of the whole store
+// (40 bytes a member) when the hashes differ, which a member can make them at will: a
+// node answers one SUMMARY per member per second, however many arrive.
+func TestGossipSummaryFloodAnsweredOncePerSecond(t *testing.T) {
+	now := testNow
+	var digests int
+	e := New(Config{
+		Identity: NewIdentity(edSeedN(1)), Seed: testSeed, Now: func() time.Time { return now },
+		Send: func(to [32]byte, typ byte, body []byte) error {
+			if typ == MsgDigest {
+				digests++
+			}
+			return nil
+		},
+	})
+	if err := e.SetSelf(Record{Name: "self"}); err != nil {
+		t.Fatal(err)
+	}
+	from := NewIdentity(edSeedN(2)).Public
+	bogus := AppendSummary(nil, Summary{Count: 7})
+	for range 100 {
+		e.Handle(from, netip.MustParseAddrPort("192.0.2.1:9"), false, MsgSummary, bogus)
+	}
+	if digests != 1 {
+		t.Fatalf("%d DIGESTs for 100 SUMMARYs within one second; want 1", digests)
+	}
+	now = now.Add(time.Second)
+	e.Handle(from, netip.MustParseAddrPort("192.0.2.1:9"), false, MsgSummary, bogus)
+	if digests != 2 {
+		t.Fatalf("a SUMMARY a second later got no DIGEST (%d)", digests)
+	}
+	// Another member is answered at once.
+	e.Handle(NewIdentity(edSeedN(3)).Public, netip.MustParseAddrPort("192.0.2.1:9"), false, MsgSummary, bogus)
+	if digests != 3 {
+		t.Fatalf("another member's SUMMARY got no DIGEST (%d)", digests)
 	}
 }
