@@ -40,6 +40,12 @@ func meshConfig(t *testing.T, seedFile, keyFile, name, addr, discovery string, s
 func startMeshNode(t *testing.T, name, addr, discovery string, sections ...string) *meshNode {
 	t.Helper()
 	seed, _ := config.GenerateSeed()
+	return startMeshNodeIn(t, seed, name, addr, discovery, sections...)
+}
+
+// startMeshNodeIn starts a mesh node of the network seed.
+func startMeshNodeIn(t *testing.T, seed [32]byte, name, addr, discovery string, sections ...string) *meshNode {
+	t.Helper()
 	seedFile := writeSecret(t, t.TempDir(), "seed", seed)
 	key, err := config.GenerateNodeKey()
 	if err != nil {
@@ -300,4 +306,42 @@ func TestMeshReflectedAddressesCannotCrowdOutOwnEndpoints(t *testing.T) {
 		}
 	}
 	t.Fatalf("own endpoint %v is not in the record any more: %v", want, eps)
+}
+
+// FINDING (not fixed): a discovered member's session is to close when idle, but every
+// reliable control message resets the idle timer, and gossip floods every accepted
+// record to every member with a session: with members re-signing every 10 minutes, a
+// mesh of more than two or three makes every session carry a record more often than
+// idle_timeout (5 min), so no session ever closes and the "lazy" peers stay connected
+// for good. Here records arriving every 500 ms keep an idle (no data) session open for
+// four idle timeouts.
+func TestMeshGossipDoesNotKeepIdleSessionsOpen(t *testing.T) {
+	t.Skip("FINDING: gossip floods reset the idle timer: member sessions never close in a live mesh")
+	seed, _ := config.GenerateSeed()
+	const idle = time.Second
+	a := startMeshNodeIn(t, seed, "a", "10.77.0.1/24", `accept_prefixes = ["10.77.0.0/24"]
+idle_timeout = "1s"`)
+	b := startMeshNodeIn(t, seed, "b", "10.77.0.2/24", fmt.Sprintf(`accept_prefixes = ["10.77.0.0/24"]
+idle_timeout = "1s"
+bootstrap = [%q]`, endpointOf(a.memNode)))
+	waitUntil(t, "a session between a and b", func() bool {
+		sp := a.t.Node().Peer("b")
+		return sp != nil && sp.HasSession() && b.t.Node().Peer("a") != nil
+	})
+	first := sessionID(t, a.memNode, "b")
+	// Other members' records keep coming (8 keys, so that the per-key bound lets them
+	// through), and a floods each to b.
+	var keys []forged
+	for range 8 {
+		keys = append(keys, newForged(t))
+	}
+	deadline := time.Now().Add(4 * idle)
+	for i := 0; time.Now().Before(deadline); i++ {
+		keys[i%len(keys)].offer(t, a, mesh.Record{Name: fmt.Sprintf("x%d", i%len(keys))})
+		time.Sleep(idle / 2) // the pace of the records is the test's input
+		if id, ok := a.t.Node().Peer("b").SessionID(); !ok || id != first {
+			return // the session closed when idle, gossip or not
+		}
+	}
+	t.Fatalf("the session a-b carried no data for %v (idle_timeout %v) and is still open: gossip keeps it", 4*idle, idle)
 }
