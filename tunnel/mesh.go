@@ -463,13 +463,22 @@ func (t *Tunnel) syncMembers() {
 		t.applyRecordLocked(mb, rec)
 	}
 	now := time.Now()
-	forgot := false
+	var freed map[string]bool // names of the members forgotten now
+	forget := func(mb *member) {
+		if mb.p != nil && mb.source != sourceConfig {
+			if freed == nil {
+				freed = make(map[string]bool)
+			}
+			freed[mb.name] = true
+		}
+		t.forgetMemberLocked(mb)
+	}
 	for k, mb := range m.members {
 		if mb.rec == nil && !mb.admitted.IsZero() && now.Sub(mb.admitted) > recordWait &&
 			mb.p != nil && !mb.p.sp.HasSession() && mb.source != sourceConfig {
 			// Admitted by a handshake, and never announced itself: forget it.
-			changed, forgot = true, true
-			t.forgetMemberLocked(mb)
+			changed = true
+			forget(mb)
 			delete(m.members, k)
 			continue
 		}
@@ -477,15 +486,15 @@ func (t *Tunnel) syncMembers() {
 			continue
 		}
 		// Its record expired: the member is gone.
-		changed, forgot = true, true
-		t.forgetMemberLocked(mb)
+		changed = true
+		forget(mb)
 		delete(m.members, k)
 	}
-	if forgot {
-		// A name a forgotten member held may be free now for a record
-		// refused for it: a member that restarted with a new key under its old name.
+	if len(freed) > 0 {
+		// A name a forgotten member held is free now for a record refused for it: a
+		// member that restarted with a new key under its old name.
 		for _, mb := range m.members {
-			if mb.p == nil && mb.rec != nil {
+			if mb.p == nil && mb.rec != nil && freed[mb.rec.Name] {
 				t.applyRecordLocked(mb, mb.rec)
 			}
 		}
