@@ -84,6 +84,9 @@ type meshState struct {
 	lastBoot time.Time
 	// dialed are the members keepNeighbours dialed within dialWindow, and when.
 	dialed map[[32]byte]time.Time
+	// underlay are the host's own addresses outside the tunnel (localAddrs), as the
+	// mesh loop last found them: no member may claim them.
+	underlay []netip.Addr
 
 	claimsRefused atomic.Uint64 // prefixes or addresses a member claimed and policy refused
 	namesRefused  atomic.Uint64 // records whose name another key holds
@@ -383,8 +386,12 @@ func (t *Tunnel) refreshSelf() {
 			nobs += len(rec.Endpoints) - before
 		}
 	}
+	local := t.localAddrs()
+	m.mu.Lock()
+	m.underlay = local
+	m.mu.Unlock()
 	if t.port != 0 {
-		for _, a := range t.localAddrs() {
+		for _, a := range local {
 			add(mesh.EndpointLocal, netip.AddrPortFrom(a, t.port))
 		}
 	}
@@ -615,6 +622,11 @@ func (t *Tunnel) refuseClaimLocked(mb *member, c netip.Prefix) string {
 		// A claim narrower than the interface's prefix may still hold its address.
 		if c.Contains(a.Addr()) || (c.Bits() < c.Addr().BitLen() && c.Overlaps(a.Masked())) && c.Bits() <= a.Bits() {
 			return "covers this node's own address"
+		}
+	}
+	for _, a := range m.underlay {
+		if c.Contains(a) {
+			return fmt.Sprintf("holds %s, an address of this host outside the tunnel", a)
 		}
 	}
 	for _, q := range m.announce {

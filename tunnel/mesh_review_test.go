@@ -345,3 +345,32 @@ bootstrap = [%q]`, endpointOf(a.memNode)))
 	}
 	t.Fatalf("the session a-b carried no data for %v (idle_timeout %v) and is still open: gossip keeps it", 4*idle, idle)
 }
+
+// A member may not claim a prefix that holds one of this node's own underlay
+// addresses: the OS route for the claim would be narrower than the node's own LAN
+// route and draw its traffic there (its UDP to members on that LAN too) into the
+// tunnel (accept_prefixes = ["10.0.0.0/8"] over a 10.x underlay is common).
+func TestMeshClaimOverUnderlayRefused(t *testing.T) {
+	n := startMeshNode(t, "alpha", "10.77.0.1/24", `accept_prefixes = ["0.0.0.0/1", "128.0.0.0/1"]`)
+	var claims []string
+	for _, a := range n.t.localAddrs() {
+		if a.Is4() {
+			claims = append(claims, netip.PrefixFrom(a, 25).Masked().String(), netip.PrefixFrom(a, 32).String())
+		}
+	}
+	if len(claims) == 0 {
+		t.Skip("this host has no IPv4 underlay address")
+	}
+	for i, c := range claims {
+		f := newForged(t)
+		f.offer(t, n, mesh.Record{Name: fmt.Sprintf("grab%d", i), Prefixes: []netip.Prefix{netip.MustParsePrefix(c)}})
+		if mb := n.memberOf(t, f); len(mb.accepted) != 0 {
+			t.Errorf("claim %s over this node's underlay address accepted", c)
+		}
+	}
+	f := newForged(t)
+	f.offer(t, n, mesh.Record{Name: "fine", Prefixes: []netip.Prefix{netip.MustParsePrefix("10.60.0.0/24")}})
+	if mb := n.memberOf(t, f); len(mb.accepted) != 1 {
+		t.Fatalf("a claim clear of the underlay was refused: %v", mb.refused)
+	}
+}
