@@ -44,13 +44,6 @@ const dialWindow = 30 * time.Second
 // maxObservedEndpoints bounds the reflected addresses a node puts in its own record.
 const maxObservedEndpoints = mesh.MaxEndpoints / 2
 
-// meshBacklog bounds the gossip messages a member's peer holds unacknowledged: a
-// member with many keys could otherwise make the node hold 256 messages of up to 1.2 kB
-// for each of thousands of sessions that acknowledge nothing.
-const meshBacklog = 32
-
-var errMeshBacklog = errors.New("member's reliable backlog is full")
-
 // bootRetry is how often a node that has no session with any member dials its
 // bootstrap addresses again.
 const bootRetry = 5 * time.Second
@@ -154,13 +147,7 @@ func (t *Tunnel) startMesh(seed [32]byte, key config.NodeKey) error {
 			if !ok {
 				return errors.New("not a member with a peer")
 			}
-			sp := v.(*peer).sp
-			if sp.ReliableBacklog() >= meshBacklog {
-				// The member acknowledges slowly, or not at all: anti-entropy brings it
-				// what it misses once it catches up.
-				return errMeshBacklog
-			}
-			return sp.SendReliable(typ, body)
+			return v.(*peer).sp.SendReliable(typ, body)
 		},
 		OnChange: func(old, cur *mesh.Record) { m.kick() },
 	})
