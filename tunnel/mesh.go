@@ -526,8 +526,7 @@ func (t *Tunnel) applyRecordLocked(mb *member, rec *mesh.Record) {
 	if mb.name != rec.Name {
 		if mb.p != nil {
 			// The name a key uses in its handshakes and in its record must agree.
-			mb.refused = []string{fmt.Sprintf("record names %q, but the member's handshake said %q", rec.Name, mb.name)}
-			m.namesRefused.Add(1)
+			t.refuseNameLocked(mb, fmt.Sprintf("record names %q, but the member's handshake said %q", rec.Name, mb.name))
 			return
 		}
 		mb.name = rec.Name
@@ -535,24 +534,18 @@ func (t *Tunnel) applyRecordLocked(mb *member, rec *mesh.Record) {
 	if mb.p == nil {
 		if rec.Name == m.nodeName {
 			// admit refuses this name in handshakes; a record may not take it either.
-			mb.refused = []string{fmt.Sprintf("name %q is this node's own", rec.Name)}
-			m.namesRefused.Add(1)
-			t.log.Warn("mesh: refused a record: it names this node", "name", rec.Name)
+			t.refuseNameLocked(mb, fmt.Sprintf("name %q is this node's own", rec.Name))
 			return
 		}
 		if cp := t.configPeerNamed(rec.Name); cp != nil {
 			if cp.cfg.PublicKey != nil && *cp.cfg.PublicKey != rec.Key {
-				mb.refused = []string{fmt.Sprintf("name %q belongs to a [[peer]] with another public_key", rec.Name)}
-				m.namesRefused.Add(1)
-				t.log.Warn("mesh: refused a record: its name belongs to a configured peer with another key", "name", rec.Name)
+				t.refuseNameLocked(mb, fmt.Sprintf("name %q belongs to a [[peer]] with another public_key", rec.Name))
 				return
 			}
 			mb.p, mb.source = cp, sourceConfig
 			m.byKey.Store(mb.key, cp)
 		} else if other := t.node.Peer(rec.Name); other != nil {
-			mb.refused = []string{fmt.Sprintf("name %q is held by another key", rec.Name)}
-			m.namesRefused.Add(1)
-			t.log.Warn("mesh: refused a record: its name is held by another member", "name", rec.Name)
+			t.refuseNameLocked(mb, fmt.Sprintf("name %q is held by another key", rec.Name))
 			return
 		} else if err := t.addMemberPeerLocked(mb, rec); err != nil {
 			mb.refused = []string{err.Error()}
@@ -570,12 +563,23 @@ func (t *Tunnel) applyRecordLocked(mb *member, rec *mesh.Record) {
 	t.claimsLocked(mb)
 }
 
+// refuseNameLocked refuses a member's record for its name, with why shown in status;
+// it is counted and logged once, not again for each version of the same record.
+func (t *Tunnel) refuseNameLocked(mb *member, why string) {
+	if !slices.Contains(mb.refused, why) {
+		t.mesh.namesRefused.Add(1)
+		t.log.Warn("mesh: refused a member's record for its name", "key", config.EncodeKey(mb.key), "reason", why)
+	}
+	mb.refused = []string{why}
+}
+
 // claimsLocked decides which of a member's claimed addresses and prefixes to accept: a
 // configured peer's own prefixes always win; otherwise a claim must lie inside
 // accept_prefixes, outside the mesh's own address space (where only keys decide), and
 // clear of every other peer's prefixes.
 func (t *Tunnel) claimsLocked(mb *member) {
 	m := t.mesh
+	prev := mb.refused
 	mb.accepted, mb.refused = nil, nil
 	if mb.source == sourceConfig || mb.rec == nil {
 		return
@@ -587,9 +591,12 @@ func (t *Tunnel) claimsLocked(mb *member) {
 	claims = append(claims, mb.rec.Prefixes...)
 	for _, c := range claims {
 		if why := t.refuseClaimLocked(mb, c); why != "" {
-			mb.refused = append(mb.refused, c.String()+": "+why)
-			m.claimsRefused.Add(1)
-			t.log.Warn("mesh: refused a member's claim", "member", mb.name, "prefix", c, "reason", why)
+			line := c.String() + ": " + why
+			mb.refused = append(mb.refused, line)
+			if !slices.Contains(prev, line) { // once, not with every version or reload
+				m.claimsRefused.Add(1)
+				t.log.Warn("mesh: refused a member's claim", "member", mb.name, "prefix", c, "reason", why)
+			}
 			continue
 		}
 		mb.accepted = append(mb.accepted, c)

@@ -433,3 +433,53 @@ func TestMeshFloodBacklogPerMemberBounded(t *testing.T) {
 type discard struct{}
 
 func (discard) Deliver(*stt.Inbound) {}
+
+// A refused claim is logged and counted once, not again with every new version of the
+// member's record (it re-signs every 10 minutes) nor on every reload: the issue asks
+// for "refused, logged once and shown in status".
+func TestMeshRefusedClaimCountedOnce(t *testing.T) {
+	n := startMeshNode(t, "alpha", "10.77.0.1/24", `accept_prefixes = ["10.77.0.0/24"]`)
+	f := newForged(t)
+	rec := mesh.Record{Name: "m", Prefixes: []netip.Prefix{netip.MustParsePrefix("10.88.0.0/24")}}
+	for v := range 3 {
+		f.offer(t, n, rec)
+		waitUntil(t, "the new version is applied", func() bool {
+			m := n.t.mesh
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			mb := m.members[f.id.Public]
+			return mb != nil && mb.rec != nil && n.t.mesh.eng.Stats().Accepted == uint64(v+1) && mb.rec.Version == n.t.mesh.eng.Member(f.id.Public).Version
+		})
+	}
+	if _, err := n.t.ReloadChanges(n.cfg); err != nil {
+		t.Fatal(err)
+	}
+	if got := n.t.mesh.claimsRefused.Load(); got != 1 {
+		t.Fatalf("one refused claim counted %d times", got)
+	}
+	if mb := n.memberOf(t, f); len(mb.refused) != 1 {
+		t.Fatalf("status shows %v", mb.refused)
+	}
+}
+
+// A record refused for its name is counted once, however many versions of it come.
+func TestMeshRefusedNameCountedOnce(t *testing.T) {
+	n := startMeshNode(t, "alpha", "10.77.0.1/24", `accept_prefixes = ["10.77.0.0/24"]`)
+	holder, squatter := newForged(t), newForged(t)
+	holder.offer(t, n, mesh.Record{Name: "db"})
+	n.memberOf(t, holder)
+	for v := range 3 {
+		squatter.offer(t, n, mesh.Record{Name: "db"})
+		waitUntil(t, "the new version is applied", func() bool {
+			m := n.t.mesh
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			mb := m.members[squatter.id.Public]
+			cur := n.t.mesh.eng.Member(squatter.id.Public)
+			return mb != nil && mb.rec != nil && cur != nil && mb.rec.Version == cur.Version && n.t.mesh.eng.Stats().Accepted == uint64(v+2)
+		})
+	}
+	if got := n.t.mesh.namesRefused.Load(); got != 1 {
+		t.Fatalf("one refused name counted %d times", got)
+	}
+}
