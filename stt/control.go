@@ -243,6 +243,13 @@ func (r *reliableState) take() []relMsg {
 }
 
 // pending reports whether messages wait to be sent or acknowledged.
+// backlog is how many messages the queue holds, sent but unacknowledged or not sent yet.
+func (r *reliableState) backlog() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.queue)
+}
+
 func (r *reliableState) pending() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -339,6 +346,21 @@ func (p *Peer) SendReliable(typ byte, body []byte) error {
 		p.mu.Unlock()
 	}
 	return nil
+}
+
+// ReliableBacklog is how many reliable control messages the peer holds for sending:
+// unacknowledged or waiting in its current session, or waiting for the next one. The
+// mesh keeps it small for each member, so that members which acknowledge nothing do not
+// make the node hold everything it floods.
+func (p *Peer) ReliableBacklog() int {
+	n := 0
+	if s := p.keys.current.Load(); s != nil {
+		n += s.rel.backlog()
+	}
+	p.mu.Lock()
+	n += len(p.relQueue)
+	p.mu.Unlock()
+	return n
 }
 
 // queueReliable keeps a reliable control message for the next session and asks for a

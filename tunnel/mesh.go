@@ -39,7 +39,6 @@ const meshNeighbours = 3
 // leaveLinger is how long the record a leaving node sends lasts: the members forget it
 // (its routes, its peer) then, rather than after a whole record lifetime.
 const leaveLinger = 15 * time.Second
-
 // bootRetry is how often a node that has no session with any member dials its
 // bootstrap addresses again.
 const bootRetry = 5 * time.Second
@@ -56,6 +55,10 @@ type meshState struct {
 	announce []netip.Prefix
 	extraEPs []netip.AddrPort
 	idle     time.Duration
+	// nodeName and ifName are the configuration's, which a reload cannot change, kept
+	// here for the receive goroutines and the mesh loop, which read no t.cfg unlocked.
+	nodeName string
+	ifName   string
 
 	wake    chan struct{} // cap 1: a record changed or a session came up
 	stop    chan struct{}
@@ -80,6 +83,9 @@ type meshState struct {
 	// selfSigned is when refreshSelf last had the engine sign a new version of the
 	// node's record (mesh loop only).
 	selfSigned time.Time
+	// underlay are the host's own addresses outside the tunnel (localAddrs), as the
+	// mesh loop last found them: no member may claim them.
+	underlay []netip.Addr
 
 	claimsRefused atomic.Uint64 // prefixes or addresses a member claimed and policy refused
 	namesRefused  atomic.Uint64 // records whose name another key holds
@@ -126,6 +132,8 @@ func (t *Tunnel) startMesh(seed [32]byte, key config.NodeKey) error {
 		announce: d.AnnouncePrefixes,
 		extraEPs: d.Endpoints,
 		idle:     d.IdleTimeout,
+		nodeName: t.cfg.Interface.NodeName,
+		ifName:   t.cfg.Interface.Name,
 		wake:     make(chan struct{}, 1),
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
@@ -191,7 +199,7 @@ func (t *Tunnel) admit(name string, static [32]byte) (*stt.Peer, error) {
 	if m == nil {
 		return nil, errors.New("not a configured peer")
 	}
-	if static == m.self || name == t.cfg.Interface.NodeName {
+	if static == m.self || name == m.nodeName {
 		return nil, errors.New("that is this node")
 	}
 	if err := config.CheckName(name); err != nil {
@@ -388,8 +396,12 @@ func (t *Tunnel) refreshSelf() {
 		WSURL:     cfg.WebSocket.PublicURL,
 	}
 	var local []netip.AddrPort
+	hostAddrs := t.localAddrs()
+	m.mu.Lock()
+	m.underlay = hostAddrs
+	m.mu.Unlock()
 	if t.port != 0 {
-		for _, a := range t.localAddrs() {
+		for _, a := range hostAddrs {
 			local = append(local, netip.AddrPortFrom(a, t.port))
 		}
 	}
@@ -490,7 +502,7 @@ func (t *Tunnel) localAddrs() []netip.Addr {
 	}
 	var v4, v6 []netip.Addr
 	for _, ifc := range ifs {
-		if ifc.Name == t.cfg.Interface.Name || ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagLoopback != 0 {
+		if ifc.Name == t.mesh.ifName || ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagLoopback != 0 {
 			continue
 		}
 		addrs, err := ifc.Addrs()
@@ -557,7 +569,8 @@ func (t *Tunnel) syncMembers() {
 		if seen[k] || mb.rec == nil {
 			continue
 		}
-		// Its record expired: the member is gone.
+		// Its record expired: the member is gone. (A name it held is free: resolveLocked
+		// gives it to a record refused for it, such as the member's own new key.)
 		changed = true
 		t.forgetMemberLocked(mb)
 		delete(m.members, k)
@@ -852,6 +865,17 @@ func (t *Tunnel) refuseClaimLocked(c netip.Prefix) string {
 			return "contains this node's own address " + a.Addr().String()
 		}
 	}
+	for _, a := range m.underlay {
+		if c.Contains(a) {
+			// Routed into the tunnel, it would take the node's own underlay traffic.
+			return fmt.Sprintf("holds %s, an address of this host outside the tunnel", a)
+		}
+	}
+	for _, q := range m.announce {
+		if q.Overlaps(c) {
+			return fmt.Sprintf("overlaps %s, which this node announces", q)
+		}
+	}
 	return ""
 }
 
@@ -1059,6 +1083,9 @@ func (t *Tunnel) meshStatus(st *status.Status) {
 		byName[st.Peers[i].Name] = i
 	}
 	m.mu.Lock()
+	// t.mu too (after mesh.mu, as the lock order says): a [[peer]]'s cfg, which a
+	// member's line reads, is the reload's to replace.
+	t.mu.RLock()
 	keys := make([][32]byte, 0, len(m.members))
 	for k := range m.members {
 		keys = append(keys, k)
@@ -1109,6 +1136,7 @@ func (t *Tunnel) meshStatus(st *status.Status) {
 		ps.Refusals = append(ps.Refusals, mb.refused...)
 	}
 	boots := m.boots
+	t.mu.RUnlock()
 	m.mu.Unlock()
 	for _, o := range m.eng.Observed() {
 		r := status.Reflection{By: names[o.By], Address: o.Addr.String(), Transport: "udp"}

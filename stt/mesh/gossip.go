@@ -35,6 +35,9 @@ const (
 	MaxObservations = 8
 	// maxExchanges bounds the digest exchanges in progress (one per peer).
 	maxExchanges = 64
+	// summaryAnswerGap is the least time between two DIGESTs answering one member's
+	// SUMMARYs: a SUMMARY costs its sender 19 bytes, its answer 40 bytes per member held.
+	summaryAnswerGap = time.Second
 )
 
 // Config configures an Engine.
@@ -110,11 +113,15 @@ type Engine struct {
 	netID [16]byte
 	self  [32]byte
 
-	mu         sync.Mutex
-	store      *Store
-	own        *Record // our record as last signed; nil before SetSelf
-	ownSigned  time.Time
-	ownFloor   uint64 // highest version of our key seen from elsewhere
+	mu        sync.Mutex
+	store     *Store
+	own       *Record // our record as last signed; nil before SetSelf
+	ownSigned time.Time
+	ownFloor  uint64    // highest version of our key seen from elsewhere
+	lastRound time.Time // when Tick last sent its SUMMARY round
+	// answered is when a SUMMARY of each member was last answered with a DIGEST;
+	// Tick forgets entries older than summaryAnswerGap.
+	answered   map[[32]byte]time.Time
 	connected  map[[32]byte]struct{}
 	connList   [][32]byte // scratch for picking
 	exchanges  map[[32]byte]*exchange
@@ -156,6 +163,7 @@ func New(cfg Config) *Engine {
 		store:     NewStore(netID, pub, cfg.MaxMembers),
 		connected: make(map[[32]byte]struct{}),
 		exchanges: make(map[[32]byte]*exchange),
+		answered:  make(map[[32]byte]time.Time),
 		// Picking whom to ask needs no secrecy; seeding from the key keeps runs
 		// reproducible and nodes different.
 		rng: rand.New(rand.NewPCG(binary.LittleEndian.Uint64(pub[:8]), binary.LittleEndian.Uint64(pub[8:16]))),
@@ -320,8 +328,8 @@ func (e *Engine) SessionUp(peer [32]byte) {
 
 // Tick advances the engine to now: it takes connected as the set of members with a
 // session, sweeps expired records, refreshes our record when a third of its lifetime
-// has passed, and sends a SUMMARY to up to Fanout random connected members. Call it
-// every Interval.
+// has passed, and, once per Interval, sends a SUMMARY to up to Fanout random connected
+// members. Call it at least every Interval; more often keeps the connected set fresh.
 func (e *Engine) Tick(now time.Time, connected [][32]byte) {
 	var b batch
 	e.mu.Lock()
@@ -334,6 +342,11 @@ func (e *Engine) Tick(now time.Time, connected [][32]byte) {
 	e.stats.Swept += uint64(len(gone))
 	for _, r := range gone {
 		b.changes = append(b.changes, change{old: r})
+	}
+	for k, at := range e.answered {
+		if now.Sub(at) >= summaryAnswerGap || now.Before(at) {
+			delete(e.answered, k)
+		}
 	}
 	for k, x := range e.exchanges {
 		if now.Sub(x.started) > 3*e.cfg.Interval {
@@ -352,7 +365,10 @@ func (e *Engine) Tick(now time.Time, connected [][32]byte) {
 	// Map order is not reproducible; sort, then pick at random.
 	slices.SortFunc(e.connList, func(a, b [32]byte) int { return compareKeys(&a, &b) })
 	n := min(Fanout, len(e.connList))
-	if n > 0 {
+	// Tick may come more often than Interval (the node also ticks on changes); the
+	// round itself comes once per Interval (or at once after the clock stepped back).
+	if n > 0 && (e.lastRound.IsZero() || now.Sub(e.lastRound) >= e.cfg.Interval || now.Before(e.lastRound)) {
+		e.lastRound = now
 		body := AppendSummary(nil, e.store.Summary())
 		for i := range n {
 			j := i + e.rng.IntN(len(e.connList)-i)
@@ -378,7 +394,10 @@ func (e *Engine) Handle(from [32]byte, seen netip.AddrPort, viaWS bool, typ byte
 	case MsgSummary:
 		var s Summary
 		if s, err = ParseSummary(body); err == nil && s != e.store.Summary() {
-			e.sendDigest(&b, from)
+			if at, ok := e.answered[from]; !ok || now.Sub(at) >= summaryAnswerGap || now.Before(at) {
+				e.answered[from] = now
+				e.sendDigest(&b, from)
+			}
 		}
 	case MsgDigest:
 		var last bool
