@@ -39,6 +39,7 @@ const meshNeighbours = 3
 // leaveLinger is how long the record a leaving node sends lasts: the members forget it
 // (its routes, its peer) then, rather than after a whole record lifetime.
 const leaveLinger = 15 * time.Second
+
 // bootRetry is how often a node that has no session with any member dials its
 // bootstrap addresses again.
 const bootRetry = 5 * time.Second
