@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -138,8 +139,8 @@ func waitMembers(t *testing.T, nd *node, want int) meshStatusJSON {
 // TestMeshMembersFindEachOther is the story of docs/operations.md: five nodes, four of
 // which name only the first as bootstrap and have no [[peer]] at all, find each other,
 // get key-derived addresses, and talk directly; a sixth joins the same way; the
-// bootstrap node goes away and nothing changes for the others, and a seventh joins
-// through another member.
+// bootstrap node is killed and nothing changes for the others, and a seventh joins
+// through another member; a member that goes down is forgotten at once.
 func TestMeshMembersFindEachOther(t *testing.T) {
 	m := newMeshLab(t)
 	boot, _ := m.add("m1", "\n[discovery]\naccept_prefixes = [\"10.77.0.0/24\"]\n")
@@ -210,10 +211,24 @@ func TestMeshMembersFindEachOther(t *testing.T) {
 	waitPing(t, m6.ns, addrs["m4"])
 	waitPing(t, m.nodes["m4"].ns, st6.Mesh.Address)
 
-	// The bootstrap node goes away: the others keep their sessions, forget it soon (it
-	// said it was leaving), and a new node joins through any other member.
-	boot.down()
+	// The bootstrap node is killed: the others keep their sessions, and a new node
+	// joins through any other member.
+	for _, pid := range daemonPIDs(boot.stateDir) {
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatalf("kill m1's daemon %d: %v", pid, err)
+		}
+	}
 	waitPing(t, m.nodes["m2"].ns, addrs["m5"])
+	waitPing(t, m.nodes["m5"].ns, addrs["m3"])
+	m7, _ := m.add("m7", discovery(underlay(4)+fmt.Sprintf(":%d", port)))
+	m7.upDaemon()
+	st7 := waitMembers(t, m7, 5) // m2..m6 (and m1's record, until it expires)
+	waitPing(t, m7.ns, addrs["m3"])
+	waitPing(t, m.nodes["m3"].ns, st7.Mesh.Address)
+
+	// A member that goes down says so: the others forget it (its peer, its routes)
+	// within seconds, not after its record's 30-minute lifetime.
+	m6.down()
 	gone, cancelGone := context.WithTimeout(context.Background(), meshTimeout)
 	defer cancelGone()
 	if err := nslab.WaitFor(gone, func() bool {
@@ -222,20 +237,15 @@ func TestMeshMembersFindEachOther(t *testing.T) {
 			return false
 		}
 		for _, p := range st.Peers {
-			if p.Name == "m1" {
+			if p.Name == "m6" {
 				return false
 			}
 		}
 		return true
 	}); err != nil {
 		st, _ := m.nodes["m3"].meshStatus()
-		t.Fatalf("m3 still lists m1 %v after it left: %+v", meshTimeout, st.Peers)
+		t.Fatalf("m3 still lists m6 %v after it went down: %+v", meshTimeout, st.Peers)
 	}
-	m7, _ := m.add("m7", discovery(underlay(4)+fmt.Sprintf(":%d", port)))
-	m7.upDaemon()
-	st7 := waitMembers(t, m7, 5) // m2..m6
-	waitPing(t, m7.ns, addrs["m3"])
-	waitPing(t, m.nodes["m3"].ns, st7.Mesh.Address)
 }
 
 // TestMeshNonMemberGetsNothing: a node with another seed that names a member as its
