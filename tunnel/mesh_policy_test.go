@@ -20,18 +20,7 @@ import (
 func policyNode(t *testing.T) (*memNode, [32]byte) {
 	t.Helper()
 	seed, _ := config.GenerateSeed()
-	cfg := &config.Config{
-		Interface: config.Interface{
-			Name: "mem-pol", NodeName: "pol",
-			Addresses: []netip.Prefix{netip.MustParsePrefix("10.50.0.1/24")},
-			MTU:       1420, SeedFile: writeSecret(t, t.TempDir(), "seed", seed),
-			KeyFile: filepath.Join(t.TempDir(), "pol.key"),
-		},
-		Discovery: config.Discovery{Enabled: true, MeshIPv6: true, IdleTimeout: time.Minute,
-			AcceptPrefixes: []netip.Prefix{netip.MustParsePrefix("10.50.0.0/16")}},
-		Peers: []config.Peer{{Name: "cfg", AllowedPrefixes: []netip.Prefix{netip.MustParsePrefix("10.50.9.0/24")}}},
-	}
-	return startCfg(t, cfg), seed
+	return policyNodeWithSeed(t, seed)
 }
 
 // fakeMember signs a record for a fresh identity: name, interface addresses and
@@ -145,12 +134,12 @@ func mapsEqual(a, b map[string]string) bool {
 	return true
 }
 
-// policyNodeWithSeed is policyNode in an existing network.
+// policyNodeWithSeed is policyNode in a given network.
 func policyNodeWithSeed(t *testing.T, seed [32]byte) (*memNode, [32]byte) {
 	t.Helper()
 	cfg := &config.Config{
 		Interface: config.Interface{
-			Name: "mem-pol2", NodeName: "pol",
+			Name: "mem-pol", NodeName: "pol",
 			Addresses: []netip.Prefix{netip.MustParsePrefix("10.50.0.1/24")},
 			MTU:       1420, SeedFile: writeSecret(t, t.TempDir(), "seed", seed),
 			KeyFile: filepath.Join(t.TempDir(), "pol.key"),

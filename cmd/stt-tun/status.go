@@ -365,15 +365,35 @@ func reflections(rs []status.Reflection) string {
 	return strings.Join(parts, "; ")
 }
 
+// count is one named counter of a status line.
+type count struct {
+	name string
+	n    uint64
+}
+
+// countList writes counters largest first, "12 bad_mac1, 3 replay", or "none".
+func countList(cs []count) string {
+	if len(cs) == 0 {
+		return "none"
+	}
+	slices.SortFunc(cs, func(a, b count) int {
+		if a.n != b.n {
+			return cmp.Compare(b.n, a.n)
+		}
+		return strings.Compare(a.name, b.name)
+	})
+	parts := make([]string, len(cs))
+	for i, c := range cs {
+		parts[i] = fmt.Sprintf("%d %s", c.n, c.name)
+	}
+	return strings.Join(parts, ", ")
+}
+
 // meshRefusals lists what the node refused of the records members sent, largest
 // first: the records dropped, by outcome (every mesh_record_ counter but accepted and
 // stale: a stale record is the normal echo of a flood, already held), and the claims
 // and names policy refused: "2 claims, 1 bad_signature".
 func meshRefusals(c map[string]uint64) string {
-	type count struct {
-		name string
-		n    uint64
-	}
 	var cs []count
 	for k, n := range c {
 		if n == 0 {
@@ -395,20 +415,7 @@ func meshRefusals(c map[string]uint64) string {
 			cs = append(cs, count{k.many, n})
 		}
 	}
-	if len(cs) == 0 {
-		return "none"
-	}
-	slices.SortFunc(cs, func(a, b count) int {
-		if a.n != b.n {
-			return cmp.Compare(b.n, a.n)
-		}
-		return strings.Compare(a.name, b.name)
-	})
-	parts := make([]string, len(cs))
-	for i, c := range cs {
-		parts[i] = fmt.Sprintf("%d %s", c.n, c.name)
-	}
-	return strings.Join(parts, ", ")
+	return countList(cs)
 }
 
 // renderMembers writes the mesh's table of an interface's peers, one row each: how
@@ -467,10 +474,6 @@ func handshakes(c map[string]uint64) string {
 // drops lists the non-zero drop counters, largest first: "12 bad_mac1, 3 replay". The
 // node's reasons are "drop_<reason>"; the tunnel layer's are "tunnel_<reason>".
 func drops(c map[string]uint64) string {
-	type count struct {
-		name string
-		n    uint64
-	}
 	var cs []count
 	for k, n := range c {
 		if n == 0 {
@@ -482,20 +485,7 @@ func drops(c map[string]uint64) string {
 			cs = append(cs, count{k, n})
 		}
 	}
-	if len(cs) == 0 {
-		return "none"
-	}
-	slices.SortFunc(cs, func(a, b count) int {
-		if a.n != b.n {
-			return cmp.Compare(b.n, a.n)
-		}
-		return strings.Compare(a.name, b.name)
-	})
-	parts := make([]string, len(cs))
-	for i, c := range cs {
-		parts[i] = fmt.Sprintf("%d %s", c.n, c.name)
-	}
-	return strings.Join(parts, ", ")
+	return countList(cs)
 }
 
 func orDash(s string) string {
