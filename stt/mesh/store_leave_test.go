@@ -57,3 +57,26 @@ func TestStoreTombstonesBounded(t *testing.T) {
 		t.Fatalf("%d tombstones outlived every record they stood for", len(s.gone))
 	}
 }
+
+// TestGossipNoRefreshAfterLeave: once a node has sent its leave record, a change of its
+// own record (the node's loop still running while it closes) or a refresh does not sign
+// a full-lifetime record over it, which would bring the node back for a whole lifetime.
+func TestGossipNoRefreshAfterLeave(t *testing.T) {
+	s := newSim(t, 1, 30*time.Minute)
+	e := s.nodes[0].eng
+	if err := e.SetSelf(Record{Name: "node0"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Leave(15 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.SetSelf(Record{Name: "node0", WSURL: "wss://node0.example/stt"}); err != nil {
+		t.Fatal(err)
+	}
+	s.now = s.now.Add(11 * time.Minute)
+	e.Tick(s.now, nil)
+	own, _ := e.store.Get(s.nodes[0].id.Public)
+	if limit := testNow.Add(15 * time.Second); own.Expires.After(limit) {
+		t.Fatalf("after leaving, own record expires %v, after the leave record's %v", own.Expires, limit)
+	}
+}
