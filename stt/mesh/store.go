@@ -58,6 +58,7 @@ type tombstone struct {
 type entry struct {
 	rec    *Record
 	raw    []byte
+	latest time.Time // the latest expiry of any version held for the key
 	tokens float64   // rate bucket
 	refill time.Time // when tokens was last brought up to date
 }
@@ -161,6 +162,9 @@ func (s *Store) Put(raw []byte, now time.Time) (rec, old *Record, out Outcome) {
 	e.tokens--
 	old = e.rec
 	e.rec, e.raw = rec, append([]byte(nil), raw...)
+	if rec.Expires.After(e.latest) {
+		e.latest = rec.Expires
+	}
 	s.bySigner[[32]byte(rec.SigningKey)] = e
 	delete(s.gone, [32]byte(rec.SigningKey))
 	s.sorted = nil
@@ -191,7 +195,11 @@ func (s *Store) Expire(now time.Time, dst []*Record) []*Record {
 		if k != s.self && !now.Before(e.rec.Expires) {
 			delete(s.m, k)
 			delete(s.bySigner, [32]byte(e.rec.SigningKey))
-			s.bury([32]byte(e.rec.SigningKey), e.rec.Version, now)
+			until := now.Add(DefaultLifetime)
+			if e.latest.After(until) {
+				until = e.latest
+			}
+			s.bury([32]byte(e.rec.SigningKey), e.rec.Version, until)
 			dst = append(dst, e.rec)
 			s.sorted = nil
 		}
@@ -204,11 +212,12 @@ func (s *Store) Expire(now time.Time, dst []*Record) []*Record {
 	return dst
 }
 
-// bury remembers that the record of signer at version expired at now: no version up to
-// it is taken again while one could still be valid (an honest owner signed an older
-// version before this one, with at most MaxLifetime to live, so none outlives
-// now+MaxLifetime+MaxClockSkew). At the bound, the tombstone that ends first makes room.
-func (s *Store) bury(signer [32]byte, version uint64, now time.Time) {
+// bury remembers that the record of signer at version expired: no version up to it is
+// taken again until then: the latest expiry of a version this node held (the record a
+// leave replaced), and at least a default lifetime (for a node that saw only the leave
+// record). No longer: a member whose clock went back is refused as long as that.
+// At the bound, the tombstone that ends first makes room.
+func (s *Store) bury(signer [32]byte, version uint64, until time.Time) {
 	if _, ok := s.gone[signer]; !ok && len(s.gone) >= s.max {
 		var first [32]byte
 		var until time.Time
@@ -219,7 +228,7 @@ func (s *Store) bury(signer [32]byte, version uint64, now time.Time) {
 		}
 		delete(s.gone, first)
 	}
-	s.gone[signer] = tombstone{version: version, until: now.Add(MaxLifetime + MaxClockSkew)}
+	s.gone[signer] = tombstone{version: version, until: until}
 }
 
 // Entries returns (key, version) of every record held, sorted by key. The slice is the

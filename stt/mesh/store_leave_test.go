@@ -52,7 +52,7 @@ func TestStoreTombstonesBounded(t *testing.T) {
 			t.Fatalf("%d tombstones held, bound 4", len(s.gone))
 		}
 	}
-	s.Expire(testNow.Add(MaxLifetime+MaxClockSkew+time.Hour), nil)
+	s.Expire(testNow.Add(DefaultLifetime+time.Hour), nil)
 	if len(s.gone) != 0 {
 		t.Fatalf("%d tombstones outlived every record they stood for", len(s.gone))
 	}
