@@ -566,8 +566,9 @@ func (t *Tunnel) syncMembers() {
 	now := time.Now()
 	for k, mb := range m.members {
 		if mb.rec == nil && !mb.admitted.IsZero() && now.Sub(mb.admitted) > recordWait &&
-			mb.p != nil && !mb.p.sp.HasSession() && mb.source != sourceConfig {
-			// Admitted by a handshake, and never announced itself: forget it.
+			(mb.p == nil || !mb.p.sp.HasSession()) && mb.source != sourceConfig {
+			// Admitted by a handshake, and never announced itself (or its peer went
+			// with a name it was refused): forget it.
 			changed = true
 			t.forgetMemberLocked(mb)
 			delete(m.members, k)

@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"testing"
+	"time"
 
 	"github.com/stt-tun/stt-tun/internal/status"
 	"github.com/stt-tun/stt-tun/stt/mesh"
@@ -33,4 +34,38 @@ func TestMeshRenamedMemberAdmittedUnderNewName(t *testing.T) {
 	if len(p.Refusals) != 0 {
 		t.Errorf("robert still refused: %v", p.Refusals)
 	}
+}
+
+// TestMeshRefusedHandshakeMemberForgotten: a member admitted by a handshake that never
+// sent a record and then lost its name (a handshake under a name another key holds) is
+// forgotten after recordWait like any admitted member without a record; it stayed in the
+// member table for good, so that keys made up by one seed holder filled the table and
+// every new member was refused ("member table full").
+func TestMeshRefusedHandshakeMemberForgotten(t *testing.T) {
+	n := newMeshNode(t)
+	bob, eve := newIdentity(t), newIdentity(t)
+	n.offer(t, bob, mesh.Record{Name: "bob"})
+	n.member(t, bob, func(p status.Peer) bool { return p.MeshAddress != "" })
+	if _, err := n.t.admit("eve", eve.Public); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.t.admit("bob", eve.Public); err == nil {
+		t.Fatal("eve admitted under bob's name")
+	}
+	m := n.t.mesh
+	waitUntil(t, "eve loses her peer", func() bool {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		mb := m.members[eve.Public]
+		return mb != nil && mb.p == nil
+	})
+	m.mu.Lock()
+	m.members[eve.Public].admitted = time.Now().Add(-recordWait - time.Minute)
+	m.mu.Unlock()
+	m.kick()
+	waitUntil(t, "eve, refused and silent, is forgotten", func() bool {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return m.members[eve.Public] == nil
+	})
 }
