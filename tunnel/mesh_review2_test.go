@@ -69,3 +69,16 @@ func TestMeshRefusedHandshakeMemberForgotten(t *testing.T) {
 		return m.members[eve.Public] == nil
 	})
 }
+
+// TestMeshAdmittedMemberRoutedAtOnce: a member admitted by its handshake is in the prefix
+// table (its key-derived address) as soon as the mesh loop wakes, before any record of
+// its arrives; it waited for some record in the mesh to change.
+func TestMeshAdmittedMemberRoutedAtOnce(t *testing.T) {
+	n := newMeshNode(t)
+	dave := newIdentity(t)
+	if _, err := n.t.admit("dave", dave.Public); err != nil {
+		t.Fatal(err)
+	}
+	addr := mesh.MemberAddr(n.seed, dave.Public)
+	waitUntil(t, "dave's mesh address routes to dave", func() bool { return n.route(addr) == "dave" })
+}
