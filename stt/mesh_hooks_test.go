@@ -754,3 +754,36 @@ func TestIdleSessionStopsRTTProbes(t *testing.T) {
 		t.Fatal("the session went away")
 	}
 }
+
+// TestOneWaySenderMeasuresRTT: a peer that only sends data (its peer answers with
+// keepalives, no data) still probes RTT while it sends, as it did before probes were
+// limited to sessions with data flowing: its RTT (status, the reliable channel's
+// retransmission timer) is measured, not left at zero or stale.
+func TestOneWaySenderMeasuresRTT(t *testing.T) {
+	const probe = 50 * time.Millisecond
+	a, b := pair(t, Limits{Tick: 10 * time.Millisecond, RTTProbeInterval: probe, KeepaliveTimeout: 20 * time.Millisecond})
+	roundTrip(t, a, b, "first")
+	pa := a.Peer("b")
+	seq := func() uint32 {
+		pa.mu.Lock()
+		defer pa.mu.Unlock()
+		return pa.ping.seq
+	}
+	// Data goes from a to b only, b answers with keepalives; the probes of the node's
+	// first moments (its monotonic clock starts near zero) are behind us.
+	deadline := time.Now().Add(5 * time.Second)
+	var s0 uint32
+	for start := time.Now(); ; time.Sleep(5 * time.Millisecond) { // the pace of the flow
+		if time.Now().After(deadline) {
+			t.Fatalf("a peer that sends data all along sent %d RTT probes", seq()-s0)
+		}
+		sendOne(t, pa, 0, []byte("one way"))
+		if time.Since(start) < 4*probe {
+			s0 = seq()
+			continue
+		}
+		if seq() >= s0+2 {
+			break
+		}
+	}
+}

@@ -99,6 +99,10 @@ type pingState struct {
 	last    time.Time
 	waiting map[uint32]chan time.Duration // Ping calls waiting for their PONG, by sequence
 	seq     uint32
+	// txAtProbe is the data packets sent when the last RTT probe went out: a probe is
+	// due while data flows either way, and a sender whose peer only acknowledges
+	// (keepalives, no data) probes too.
+	txAtProbe uint64
 }
 
 // lookupState is the background lookup of cfg.Endpoint when it is a name. Guarded by

@@ -224,11 +224,14 @@ func (p *Peer) expiredSendKeepaliveLocked(now time.Time, cur *session) {
 	// A persistent keepalive is an echo request: its answer shows the path still works,
 	// and its silence starts the same clock as unanswered data, so that an idle peer
 	// whose UDP dies moves to WebSocket (and, later, re-handshakes) as a busy one does.
-	// An RTT probe goes out while data flows, not on an idle session: there its answer
-	// would count as something heard and keep the probes going forever, every
-	// RTTProbeInterval both ways.
-	if persistent || (cur.confirmed.Load() && now.Sub(p.ping.last) >= t.RTTProbeInterval && nowMono-p.times.lastRecvData.Load() < int64(t.RTTProbeInterval)*2) {
+	// An RTT probe goes out while data flows (received lately, or sent since the last
+	// probe), not on an idle session: there its answer would count as something heard
+	// and keep the probes going forever, every RTTProbeInterval both ways.
+	tx := p.counters.txPackets.Load()
+	flowing := nowMono-p.times.lastRecvData.Load() < int64(t.RTTProbeInterval)*2 || tx != p.ping.txAtProbe
+	if persistent || (cur.confirmed.Load() && now.Sub(p.ping.last) >= t.RTTProbeInterval && flowing) {
 		payload = p.pingPayloadLocked(now, nil)
+		p.ping.txAtProbe = tx
 	}
 	payload = cur.rel.appendDue(payload, now, p.RTT())
 	if payload != nil || passive {

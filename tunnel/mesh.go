@@ -78,6 +78,9 @@ type meshState struct {
 	boots   []*bootTarget
 	// lastBoot is when the bootstrap addresses were last dialled.
 	lastBoot time.Time
+	// redecide: admit changed the members (one added, or a handshake under another
+	// name) without a record changing; the mesh loop decides names and claims again.
+	redecide bool
 	// neighbours are the members this node keeps sessions with for gossip.
 	neighbours map[[32]byte]bool
 
@@ -218,6 +221,7 @@ func (t *Tunnel) admit(name string, static [32]byte) (*stt.Peer, error) {
 		// again with the name this handshake gave.
 		if mb.hsName != name {
 			mb.hsName = name
+			m.redecide = true
 			m.kick()
 		}
 		return nil, fmt.Errorf("member not admitted under the name %q", name)
@@ -237,6 +241,7 @@ func (t *Tunnel) admit(name string, static [32]byte) (*stt.Peer, error) {
 		return nil, err
 	}
 	m.members[static] = mb
+	m.redecide = true
 	m.kick()
 	return mb.p.sp, nil
 }
@@ -542,7 +547,8 @@ func (t *Tunnel) syncMembers() {
 	defer t.reloadMu.Unlock()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	changed := false
+	changed := m.redecide
+	m.redecide = false
 	seen := make(map[[32]byte]bool, len(recs))
 	for _, rec := range recs {
 		seen[rec.Key] = true
@@ -560,8 +566,9 @@ func (t *Tunnel) syncMembers() {
 	now := time.Now()
 	for k, mb := range m.members {
 		if mb.rec == nil && !mb.admitted.IsZero() && now.Sub(mb.admitted) > recordWait &&
-			mb.p != nil && !mb.p.sp.HasSession() && mb.source != sourceConfig {
-			// Admitted by a handshake, and never announced itself: forget it.
+			(mb.p == nil || !mb.p.sp.HasSession()) && mb.source != sourceConfig {
+			// Admitted by a handshake, and never announced itself (or its peer went
+			// with a name it was refused): forget it.
 			changed = true
 			t.forgetMemberLocked(mb)
 			delete(m.members, k)

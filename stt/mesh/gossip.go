@@ -117,6 +117,9 @@ type Engine struct {
 	store     *Store
 	own       *Record // our record as last signed; nil before SetSelf
 	ownSigned time.Time
+	// left: Leave signed our last record; nothing signs over it with a full lifetime
+	// (the node's loop may still call SetSelf while it closes).
+	left      bool
 	ownFloor  uint64    // highest version of our key seen from elsewhere
 	lastRound time.Time // when Tick last sent its SUMMARY round
 	// answered is when a SUMMARY of each member was last answered with a DIGEST;
@@ -229,7 +232,7 @@ func (e *Engine) SetSelf(r Record) error {
 	var b batch
 	e.mu.Lock()
 	var err error
-	if e.own == nil || !sameContent(e.own, &r) {
+	if !e.left && (e.own == nil || !sameContent(e.own, &r)) {
 		err = e.signOwn(&b, r, now)
 	}
 	e.mu.Unlock()
@@ -248,6 +251,7 @@ func (e *Engine) Leave(linger time.Duration) error {
 	var err error
 	if e.own != nil {
 		err = e.signOwnFor(&b, *e.own, now, linger)
+		e.left = err == nil
 	}
 	e.mu.Unlock()
 	e.flush(&b)
@@ -353,7 +357,7 @@ func (e *Engine) Tick(now time.Time, connected [][32]byte) {
 			delete(e.exchanges, k)
 		}
 	}
-	if e.own != nil && now.Sub(e.ownSigned) >= e.cfg.Lifetime/3 {
+	if e.own != nil && !e.left && now.Sub(e.ownSigned) >= e.cfg.Lifetime/3 {
 		if err := e.signOwn(&b, *e.own, now); err != nil {
 			e.cfg.Logger.Warn("mesh: cannot refresh own record", "err", err)
 		}

@@ -50,9 +50,15 @@ const (
 // DefaultMaxMembers bounds the number of records a store holds.
 const DefaultMaxMembers = 4096
 
+type tombstone struct {
+	version uint64
+	until   time.Time
+}
+
 type entry struct {
 	rec    *Record
 	raw    []byte
+	latest time.Time // the latest expiry of any version held for the key
 	tokens float64   // rate bucket
 	refill time.Time // when tokens was last brought up to date
 }
@@ -66,9 +72,14 @@ type Store struct {
 	m     map[[32]byte]*entry
 	// bySigner finds the entry of a signing key without deriving its X25519 key.
 	bySigner map[[32]byte]*entry
-	counts   [numOutcomes]uint64
-	sorted   []DigestEntry // (key, version) of every record, by key; nil when stale
-	sum      Summary
+	// gone remembers, by signing key, the version of each record that expired here, so
+	// that an older version a member still holds (a leaving member's last record is a
+	// newer version that expires sooner than the one it replaces) is not taken again.
+	// Bounded by max; an entry lasts until no record of that version can be valid.
+	gone   map[[32]byte]tombstone
+	counts [numOutcomes]uint64
+	sorted []DigestEntry // (key, version) of every record, by key; nil when stale
+	sum    Summary
 }
 
 // NewStore returns an empty store for the network netID of the node whose X25519 key is
@@ -78,7 +89,7 @@ func NewStore(netID [16]byte, self [32]byte, max int) *Store {
 		max = DefaultMaxMembers
 	}
 	return &Store{netID: netID, self: self, max: max, m: make(map[[32]byte]*entry),
-		bySigner: make(map[[32]byte]*entry)}
+		bySigner: make(map[[32]byte]*entry), gone: make(map[[32]byte]tombstone)}
 }
 
 func outcomeOf(err error) Outcome {
@@ -103,7 +114,12 @@ func (s *Store) Put(raw []byte, now time.Time) (rec, old *Record, out Outcome) {
 	// Most offers are duplicates of a flood: refuse a version not newer than the one
 	// held for the same signing key before paying for the parse and the signature.
 	if len(raw) >= recordHeaderLen && len(raw) <= MaxRecordLen {
-		if e := s.bySigner[[32]byte(raw[24:56])]; e != nil && binary.LittleEndian.Uint64(raw[8:16]) <= e.rec.Version {
+		signer, v := [32]byte(raw[24:56]), binary.LittleEndian.Uint64(raw[8:16])
+		if e := s.bySigner[signer]; e != nil && v <= e.rec.Version {
+			s.counts[Stale]++
+			return nil, nil, Stale
+		}
+		if g, ok := s.gone[signer]; ok && v <= g.version && now.Before(g.until) {
 			s.counts[Stale]++
 			return nil, nil, Stale
 		}
@@ -146,7 +162,11 @@ func (s *Store) Put(raw []byte, now time.Time) (rec, old *Record, out Outcome) {
 	e.tokens--
 	old = e.rec
 	e.rec, e.raw = rec, append([]byte(nil), raw...)
+	if rec.Expires.After(e.latest) {
+		e.latest = rec.Expires
+	}
 	s.bySigner[[32]byte(rec.SigningKey)] = e
+	delete(s.gone, [32]byte(rec.SigningKey))
 	s.sorted = nil
 	return rec, old, Accepted
 }
@@ -175,11 +195,40 @@ func (s *Store) Expire(now time.Time, dst []*Record) []*Record {
 		if k != s.self && !now.Before(e.rec.Expires) {
 			delete(s.m, k)
 			delete(s.bySigner, [32]byte(e.rec.SigningKey))
+			until := now.Add(DefaultLifetime)
+			if e.latest.After(until) {
+				until = e.latest
+			}
+			s.bury([32]byte(e.rec.SigningKey), e.rec.Version, until)
 			dst = append(dst, e.rec)
 			s.sorted = nil
 		}
 	}
+	for k, g := range s.gone {
+		if !now.Before(g.until) {
+			delete(s.gone, k)
+		}
+	}
 	return dst
+}
+
+// bury remembers that the record of signer at version expired: no version up to it is
+// taken again until then: the latest expiry of a version this node held (the record a
+// leave replaced), and at least a default lifetime (for a node that saw only the leave
+// record). No longer: a member whose clock went back is refused as long as that.
+// At the bound, the tombstone that ends first makes room.
+func (s *Store) bury(signer [32]byte, version uint64, until time.Time) {
+	if _, ok := s.gone[signer]; !ok && len(s.gone) >= s.max {
+		var first [32]byte
+		var until time.Time
+		for k, g := range s.gone {
+			if until.IsZero() || g.until.Before(until) {
+				first, until = k, g.until
+			}
+		}
+		delete(s.gone, first)
+	}
+	s.gone[signer] = tombstone{version: version, until: until}
 }
 
 // Entries returns (key, version) of every record held, sorted by key. The slice is the
