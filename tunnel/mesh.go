@@ -40,6 +40,11 @@ const meshNeighbours = 3
 // (its routes, its peer) then, rather than after a whole record lifetime.
 const leaveLinger = 15 * time.Second
 
+// leaveWait bounds how long Close waits for the members with a session to acknowledge
+// the leave record: a WebSocket connection only queues what it sends, and the sessions
+// close right after.
+const leaveWait = time.Second
+
 // bootRetry is how often a node that has no session with any member dials its
 // bootstrap addresses again.
 const bootRetry = 5 * time.Second
@@ -633,6 +638,8 @@ func (t *Tunnel) resolveLocked() {
 		mb := m.members[k]
 		before := mb.refused
 		mb.refused = nil
+		// Decided first, so that it is never left over from an earlier pass.
+		mb.recBad = mb.rec != nil && mb.hsName != "" && mb.rec.Name != mb.hsName
 		if mb.p != nil && mb.source != sourceConfig && mb.p.cfg.Name != mb.wantName() {
 			// Renamed (a new record, or a handshake under the new name): its peer goes,
 			// and one under the new name is made below if nothing stands against it.
@@ -670,7 +677,6 @@ func (t *Tunnel) resolveLocked() {
 			}
 		}
 		mb.fresh = false
-		mb.recBad = mb.rec != nil && mb.hsName != "" && mb.rec.Name != mb.hsName
 		if mb.recBad {
 			// The name a key gives in its handshakes and in its record must agree: the
 			// member keeps its peer under its handshake's name, its record claims nothing.
@@ -1164,4 +1170,23 @@ func (t *Tunnel) meshStatus(st *status.Status) {
 		ms.Bootstrap = append(ms.Bootstrap, bs)
 	}
 	st.Mesh = ms
+}
+
+// awaitLeaveAcks waits, leaveWait at most, until every member with a session has
+// acknowledged what was sent to it reliably (the leave record among it), so that the
+// record is not lost when the sessions close.
+func (t *Tunnel) awaitLeaveAcks() {
+	var sps []*stt.Peer
+	t.mesh.byKey.Range(func(_, v any) bool {
+		if p := v.(*peer); p.sp.HasSession() {
+			sps = append(sps, p.sp)
+		}
+		return true
+	})
+	deadline := time.Now().Add(leaveWait)
+	for _, sp := range sps {
+		for sp.ReliableBacklog() > 0 && sp.HasSession() && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond) // polls the acknowledgements, bounded by leaveWait
+		}
+	}
 }

@@ -266,3 +266,39 @@ func TestMeshGossipOnlyToNeighbours(t *testing.T) {
 		t.Fatalf("b gossips with %d members, want at most %d", got, meshNeighbours)
 	}
 }
+
+// TestMeshLeaveReachesAWebSocketMember: a node that goes down over WebSocket gets its
+// leave record to the member before the connection closes (a WebSocket connection only
+// queues what it sends), so the member forgets it in seconds.
+func TestMeshLeaveReachesAWebSocketMember(t *testing.T) {
+	seed, _ := config.GenerateSeed()
+	seedFile := writeSecret(t, t.TempDir(), "seed", seed)
+	start := func(name string, mod func(*config.Config)) *memNode {
+		cfg := &config.Config{
+			Interface: config.Interface{Name: "mem-" + name, NodeName: name, MTU: 1420, SeedFile: seedFile,
+				KeyFile: filepath.Join(t.TempDir(), name+".key")},
+			WebSocket: config.WebSocket{Path: config.DefaultWSPath},
+			Discovery: config.Discovery{Enabled: true, MeshIPv6: true, IdleTimeout: time.Minute},
+			Advanced:  config.Advanced{FallbackAfter: config.DefaultFallbackAfter, ProbeInterval: config.DefaultProbeInterval},
+		}
+		mod(cfg)
+		return startCfg(t, cfg)
+	}
+	a := start("a", func(c *config.Config) {
+		c.Interface.DisableUDP = true
+		c.WebSocket.Listen = "127.0.0.1:0"
+	})
+	b := start("b", func(c *config.Config) {
+		c.Interface.DisableUDP = true
+		c.Discovery.Bootstrap = []string{"ws://" + a.t.Node().WSAddr() + config.DefaultWSPath}
+	})
+	bKey := b.t.Node().PublicKey()
+	waitUntil(t, "a to hold b's record", func() bool { return a.t.mesh.eng.Member(bKey) != nil })
+	if err := b.t.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "a to get b's leave record", func() bool {
+		r := a.t.mesh.eng.Member(bKey)
+		return r == nil || time.Until(r.Expires) <= leaveLinger+time.Second
+	})
+}

@@ -330,6 +330,7 @@ func (t *Tunnel) Close() error {
 			if err := t.mesh.eng.Leave(leaveLinger); err != nil {
 				t.log.Debug("mesh: leave", "err", err)
 			}
+			t.awaitLeaveAcks()
 		}
 		t.stopMesh()
 		t.lookupCancel()
