@@ -9,7 +9,7 @@ LDFLAGS := -X main.version=$(VERSION)
 # every daemon resident memory (docs/benchmarks.md).
 TAGS    := urfave_cli_no_docs$(if $(PPROF), pprof)
 
-.PHONY: all build test unit e2e vet fmt-check deps demo fuzz bench clean
+.PHONY: all build test unit e2e vet fmt-check deps demo fuzz bench bench-mesh clean
 
 all: build
 
@@ -49,6 +49,11 @@ fuzz:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./stt/... ./tunnel/...
+
+# bench-mesh measures the mesh in a six-node namespace lab (root, about 4 minutes):
+# join times and bytes at rest (docs/benchmarks.md, "Mesh").
+bench-mesh: build
+	scripts/mesh-lab.sh
 
 clean:
 	rm -rf bin

@@ -3,6 +3,7 @@ module github.com/stt-tun/stt-tun
 go 1.26.8
 
 require (
+	filippo.io/edwards25519 v1.2.0
 	github.com/coder/websocket v1.8.15
 	github.com/flynn/noise v1.1.0
 	github.com/gaissmai/bart v0.30.0

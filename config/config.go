@@ -100,6 +100,8 @@ type Config struct {
 	WebSocket WebSocket
 	// Forwarding is the [forwarding] section.
 	Forwarding Forwarding
+	// Discovery is the [discovery] section; Discovery.Enabled says whether it is there.
+	Discovery Discovery
 	// Peers are the [[peer]] sections, in file order.
 	Peers []Peer
 	// Metrics is the [metrics] section.
@@ -157,6 +159,10 @@ type WebSocket struct {
 	// MaxPending bounds the TCP connections accepted and not yet upgraded;
 	// MaxPendingPerSource bounds them per IPv4 address or IPv6 /64.
 	MaxPending, MaxPendingPerSource int
+	// PublicURL is the ws:// or wss:// URL this node announces in its member record
+	// for reaching its listener (through a reverse proxy, say), or empty. It needs
+	// Listen and [discovery].
+	PublicURL string
 }
 
 // Forwarding is the [forwarding] section: whether this node forwards packets for

@@ -537,9 +537,12 @@ var badCases = []badCase{
 	{"metrics as array table", edit(appendLine, `[[metrics]]`), 10, []string{"[[metrics]] must be written [metrics]"}},
 }
 
-func TestParseErrors(t *testing.T) {
+func TestParseErrors(t *testing.T) { checkBadCases(t, badCases) }
+
+// checkBadCases parses each case and checks the message at its line.
+func checkBadCases(t *testing.T, cases []badCase) {
 	const file = "/etc/stt-tun/alpha.toml"
-	for _, tc := range badCases {
+	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse([]byte(tc.src), file)
 			if err == nil {
@@ -628,7 +631,15 @@ func TestStringRoundTrip(t *testing.T) {
 		`[websocket]`, `listen = "127.0.0.1:8080"`,
 		`[[peer]]`, `name = "beta"`, `ws_url = "ws://192.0.2.2/stt"`, `allowed_prefixes = ["10.99.0.2/32"]`,
 		`[advanced]`, `probe_interval = "3s"`)
-	for _, src := range []string{fullExample, doc(baseLines...), wsOnly} {
+	mesh := doc(`[interface]`, `node_name = "alpha"`, `seed_file = "/s"`, `key_file = "/k"`,
+		`[websocket]`, `listen = "127.0.0.1:8080"`, `public_url = "wss://alpha.example.net/stt"`,
+		`[discovery]`, `bootstrap = ["hub.example.net:51900", "[2001:db8::1]:51900", "wss://hub.example.net/stt"]`,
+		`accept_prefixes = ["10.99.0.0/16", "fd99::/64"]`, `announce_prefixes = ["192.168.10.0/24"]`,
+		`endpoints = ["203.0.113.5:51900", "[2001:db8::5]:1"]`, `idle_timeout = "1h30m"`, `mesh_ipv6 = false`,
+		`[[peer]]`, `name = "beta"`, `public_key = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo="`,
+		`[[peer]]`, `name = "gamma"`, `allowed_prefixes = ["10.99.0.3/32"]`)
+	meshDefaults := doc(`[interface]`, `node_name = "alpha"`, `seed_file = "/s"`, `key_file = "/k"`, `[discovery]`)
+	for _, src := range []string{fullExample, doc(baseLines...), wsOnly, mesh, meshDefaults} {
 		cfg, err := Parse([]byte(src), "/etc/stt-tun/a.toml")
 		if err != nil {
 			t.Fatal(err)
@@ -639,6 +650,12 @@ func TestStringRoundTrip(t *testing.T) {
 		}
 		if !reflect.DeepEqual(cfg, again) {
 			t.Errorf("round trip differs:\n%#v\n%#v\n%s", cfg, again, cfg)
+		}
+		if src == mesh && (!again.Discovery.Enabled || len(again.Discovery.Endpoints) != 2 || again.WebSocket.PublicURL == "") {
+			t.Errorf("the mesh keys were lost:\n%s", cfg)
+		}
+		if src == meshDefaults && !strings.Contains(cfg.String(), "[discovery]\n") {
+			t.Errorf("an empty [discovery] was dropped:\n%s", cfg)
 		}
 	}
 }

@@ -53,7 +53,7 @@ type docTableRow struct {
 
 var (
 	sectionHeadingRE = regexp.MustCompile("^### `(\\[\\[?([a-z_]+)\\]\\]?)`$")
-	tableRowRE       = regexp.MustCompile("^\\| `([a-z_]+)` \\|[^|]*\\|([^|]*)\\|")
+	tableRowRE       = regexp.MustCompile("^\\| `([a-z0-9_]+)` \\|[^|]*\\|([^|]*)\\|")
 )
 
 func docTables(t *testing.T) []docTableRow {
@@ -223,13 +223,14 @@ func docWithKey(section, line string) string {
 		// The other [websocket] keys only make sense with a listener.
 		"websocket":  {`[websocket]`, `listen = "127.0.0.1:8443"`},
 		"forwarding": {`[forwarding]`},
+		"discovery":  {`[discovery]`},
 		"peer":       {`[[peer]]`, `name = "beta"`, `allowed_prefixes = ["10.99.0.2/32"]`},
 		"metrics":    {`[metrics]`},
 		"logging":    {`[logging]`},
 		"advanced":   {`[advanced]`},
 	}
 	var out []string
-	for _, sec := range []string{"interface", "websocket", "forwarding", "peer", "metrics", "logging", "advanced"} {
+	for _, sec := range []string{"interface", "websocket", "forwarding", "discovery", "peer", "metrics", "logging", "advanced"} {
 		out = append(out, parts[sec]...)
 		if sec == section && line != "" {
 			out = append(out, line)

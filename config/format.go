@@ -42,12 +42,33 @@ func (c *Config) String() string {
 			fmt.Fprintf(&b, "tls_cert = %s\n", quote(w.TLSCert))
 			fmt.Fprintf(&b, "tls_key = %s\n", quote(w.TLSKey))
 		}
+		if w.PublicURL != "" {
+			fmt.Fprintf(&b, "public_url = %s\n", quote(w.PublicURL))
+		}
 	}
 
 	if c.Forwarding != (Forwarding{}) {
 		b.WriteString("\n[forwarding]\n")
 		fmt.Fprintf(&b, "enabled = %t\n", c.Forwarding.Enabled)
 		fmt.Fprintf(&b, "masquerade = %t\n", c.Forwarding.Masquerade)
+	}
+
+	if d := &c.Discovery; d.Enabled {
+		b.WriteString("\n[discovery]\n")
+		bs := make([]string, len(d.Bootstrap))
+		for i, s := range d.Bootstrap {
+			bs[i] = quote(s)
+		}
+		fmt.Fprintf(&b, "bootstrap = [%s]\n", strings.Join(bs, ", "))
+		fmt.Fprintf(&b, "accept_prefixes = %s\n", prefixList(d.AcceptPrefixes))
+		fmt.Fprintf(&b, "announce_prefixes = %s\n", prefixList(d.AnnouncePrefixes))
+		eps := make([]string, len(d.Endpoints))
+		for i, e := range d.Endpoints {
+			eps[i] = quote(e.String())
+		}
+		fmt.Fprintf(&b, "endpoints = [%s]\n", strings.Join(eps, ", "))
+		fmt.Fprintf(&b, "idle_timeout = %s\n", quote(d.IdleTimeout.String()))
+		fmt.Fprintf(&b, "mesh_ipv6 = %t\n", d.MeshIPv6)
 	}
 
 	for i := range c.Peers {
@@ -57,7 +78,9 @@ func (c *Config) String() string {
 		if p.Endpoint != "" {
 			fmt.Fprintf(&b, "endpoint = %s\n", quote(p.Endpoint))
 		}
-		fmt.Fprintf(&b, "allowed_prefixes = %s\n", prefixList(p.AllowedPrefixes))
+		if len(p.AllowedPrefixes) > 0 {
+			fmt.Fprintf(&b, "allowed_prefixes = %s\n", prefixList(p.AllowedPrefixes))
+		}
 		if p.PublicKey != nil {
 			fmt.Fprintf(&b, "public_key = %s\n", quote(EncodeKey(*p.PublicKey)))
 		}

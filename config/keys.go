@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
@@ -110,29 +111,43 @@ func LoadSeed(path string) ([32]byte, error) {
 	return readSecret(path, "seed file")
 }
 
-// LoadOrCreateKey reads this node's private key from path, or, if the file does not
-// exist, generates a key and writes it there with mode 0600, creating the parent
-// directory with mode 0700 if needed. created reports whether a new key was made.
-// Two processes racing to create the key end up with the same one.
-func LoadOrCreateKey(path string) (priv [32]byte, created bool, err error) {
-	priv, err = readSecret(path, "key file")
+// LoadOrCreateKey reads this node's key from path, or, if the file does not exist,
+// generates a key in the Ed25519 format and writes it there with mode 0600, creating
+// the parent directory with mode 0700 if needed. created reports whether a new key was
+// made. Two processes racing to create the key end up with the same one.
+func LoadOrCreateKey(path string) (key NodeKey, created bool, err error) {
+	key, err = LoadKey(path)
 	if err == nil || !errors.Is(err, fs.ErrNotExist) {
-		return priv, false, err
+		return key, false, err
 	}
-	priv, err = GenerateKey()
+	key, err = GenerateNodeKey()
 	if err != nil {
-		return priv, false, err
+		return NodeKey{}, false, err
 	}
-	won, err := writeSecretExclusive(path, EncodeKey(priv)+"\n")
+	won, err := writeSecretExclusive(path, key.Encode()+"\n")
 	if err != nil {
-		return [32]byte{}, false, fmt.Errorf("create key file %s: %w", path, err)
+		return NodeKey{}, false, fmt.Errorf("create key file %s: %w", path, err)
 	}
 	if !won {
 		// Another process created the file first; use its key.
-		priv, err = readSecret(path, "key file")
-		return priv, false, err
+		key, err = LoadKey(path)
+		return key, false, err
 	}
-	return priv, true, nil
+	return key, true, nil
+}
+
+// LoadKey reads this node's key from path, in either format, without creating it.
+func LoadKey(path string) (NodeKey, error) {
+	text, err := readSecretText(path, "key file")
+	defer clear(text)
+	if err != nil {
+		return NodeKey{}, err
+	}
+	k, err := DecodeNodeKey(string(text))
+	if err != nil {
+		return NodeKey{}, fmt.Errorf("key file %s: %w", path, err)
+	}
+	return k, nil
 }
 
 // writeSecretExclusive writes content to path only if path does not exist,
@@ -196,39 +211,55 @@ func syncDir(dir string) {
 
 // readSecret reads one base64 key from a file that only its owner may access.
 func readSecret(path, kind string) ([32]byte, error) {
-	var k [32]byte
-	f, err := os.Open(path)
+	text, err := readSecretText(path, kind)
+	defer clear(text)
 	if err != nil {
-		return k, fmt.Errorf("%s: %w", kind, err)
+		return [32]byte{}, err
 	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return k, fmt.Errorf("%s: %w", kind, err)
-	}
-	if !fi.Mode().IsRegular() {
-		return k, fmt.Errorf("%s %s is not a regular file", kind, path)
-	}
-	if err := checkSecretMode(kind, path, fi.Mode()); err != nil {
-		return k, err
-	}
-	data, err := io.ReadAll(io.LimitReader(f, maxSecretFile+1))
-	defer clear(data)
-	if err != nil {
-		return k, fmt.Errorf("%s %s: %w", kind, path, err)
-	}
-	if len(data) > maxSecretFile {
-		return k, fmt.Errorf("%s %s is larger than %d bytes; it must hold one line of base64", kind, path, maxSecretFile)
-	}
-	text := strings.TrimSpace(string(data))
-	if strings.ContainsAny(text, "\r\n") {
-		return k, fmt.Errorf("%s %s has more than one line; it must hold one line of base64", kind, path)
-	}
-	k, err = DecodeKey(text)
+	k, err := DecodeKey(string(text))
 	if err != nil {
 		return k, fmt.Errorf("%s %s: %w", kind, path, err)
 	}
 	return k, nil
+}
+
+// readSecretText reads the one line of a secret file that only its owner may access,
+// without surrounding white space. The caller clears the returned bytes.
+func readSecretText(path, kind string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", kind, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", kind, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s %s is not a regular file", kind, path)
+	}
+	if err := checkSecretMode(kind, path, fi.Mode()); err != nil {
+		return nil, err
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxSecretFile+1))
+	if err != nil {
+		clear(data)
+		return nil, fmt.Errorf("%s %s: %w", kind, path, err)
+	}
+	if len(data) > maxSecretFile {
+		clear(data)
+		return nil, fmt.Errorf("%s %s is larger than %d bytes; it must hold one line of base64", kind, path, maxSecretFile)
+	}
+	text := bytes.TrimSpace(data)
+	if bytes.ContainsAny(text, "\r\n") {
+		clear(data)
+		return nil, fmt.Errorf("%s %s has more than one line; it must hold one line of base64", kind, path)
+	}
+	// text shares data's memory; moving it to the front lets the caller clear all
+	// of what was read through the slice it gets.
+	n := copy(data, text)
+	clear(data[n:])
+	return data[:n], nil
 }
 
 // checkSecretMode refuses a secret file that group or others may read or write,

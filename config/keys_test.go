@@ -207,9 +207,13 @@ func TestLoadOrCreateKey(t *testing.T) {
 			t.Errorf("created directory %s has mode %04o", d, fi.Mode().Perm())
 		}
 	}
+	// A new key is in the Ed25519 format, and the file holds exactly its seed.
 	data, _ := os.ReadFile(path)
-	if string(data) != EncodeKey(k1)+"\n" {
-		t.Errorf("file content %q", data)
+	if k1.Legacy || !strings.HasPrefix(string(data), "ed25519:") || string(data) != "ed25519:"+EncodeKey(k1.Ed25519Seed)+"\n" {
+		t.Errorf("file content %q, legacy %v", data, k1.Legacy)
+	}
+	if k1.X25519 != X25519FromEd25519Seed(k1.Ed25519Seed) {
+		t.Error("the X25519 key is not the one derived from the seed")
 	}
 	k2, created, err := LoadOrCreateKey(path)
 	if err != nil || created || k2 != k1 {
@@ -240,7 +244,7 @@ func TestLoadOrCreateKeyRace(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "race.key")
 	const n = 8
 	var wg sync.WaitGroup
-	keys := make([][32]byte, n)
+	keys := make([]NodeKey, n)
 	created := make([]bool, n)
 	errs := make([]error, n)
 	for i := range n {
@@ -274,7 +278,8 @@ func TestNoSecretsInOutput(t *testing.T) {
 	dir := t.TempDir()
 	seed, _ := GenerateSeed()
 	priv, _ := GenerateKey()
-	secrets := []string{EncodeKey(seed), EncodeKey(priv)}
+	nk, _ := GenerateNodeKey()
+	secrets := []string{EncodeKey(seed), EncodeKey(priv), EncodeKey(nk.Ed25519Seed), EncodeKey(nk.X25519)}
 	check := func(where, text string) {
 		t.Helper()
 		for _, s := range secrets {
@@ -300,6 +305,9 @@ func TestNoSecretsInOutput(t *testing.T) {
 			check("LoadSeed", err.Error())
 			_, _, err = LoadOrCreateKey(path)
 			check("LoadOrCreateKey", err.Error())
+			writeFile(t, path, "ed25519:"+bad, 0o600)
+			_, err = LoadKey(path)
+			check("LoadKey ed25519", err.Error())
 			writeFile(t, path, s, 0o644)
 			_, err = LoadSeed(path)
 			check("LoadSeed mode", err.Error())

@@ -21,6 +21,7 @@ type rawFile struct {
 	Interface  *rawInterface  `toml:"interface"`
 	WebSocket  *rawWebSocket  `toml:"websocket"`
 	Forwarding *rawForwarding `toml:"forwarding"`
+	Discovery  *rawDiscovery  `toml:"discovery"`
 	Peers      []rawPeer      `toml:"peer"`
 	Metrics    *rawMetrics    `toml:"metrics"`
 	Logging    *rawLogging    `toml:"logging"`
@@ -50,6 +51,17 @@ type rawWebSocket struct {
 
 	MaxPending          *int64 `toml:"max_pending"`
 	MaxPendingPerSource *int64 `toml:"max_pending_per_source"`
+
+	PublicURL *string `toml:"public_url" want:"a string URL such as \"wss://vpn.example.net/stt\""`
+}
+
+type rawDiscovery struct {
+	Bootstrap        []string `toml:"bootstrap" want:"an array of strings such as [\"192.0.2.1:51900\", \"wss://hub.example.net/stt\"]"`
+	AcceptPrefixes   []string `toml:"accept_prefixes" want:"an array of prefixes such as [\"10.99.0.0/16\"]"`
+	AnnouncePrefixes []string `toml:"announce_prefixes" want:"an array of prefixes such as [\"192.168.50.0/24\"]"`
+	Endpoints        []string `toml:"endpoints" want:"an array of strings IP:PORT such as [\"203.0.113.5:51900\"]"`
+	IdleTimeout      *string  `toml:"idle_timeout" want:"a duration string such as \"5m\""`
+	MeshIPv6         *bool    `toml:"mesh_ipv6"`
 }
 
 type rawForwarding struct {

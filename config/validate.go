@@ -90,12 +90,17 @@ func (v *validator) config(raw *rawFile) *Config {
 	cfg.Interface = v.iface(raw.Interface)
 	cfg.WebSocket = v.websocket(raw.WebSocket)
 	cfg.Forwarding = v.forwarding(raw.Forwarding)
-	cfg.Peers = v.peers(raw.Peers, cfg.Interface.NodeName)
+	cfg.Discovery = v.discovery(raw.Discovery, &cfg.Interface)
+	cfg.Peers = v.peers(raw.Peers, cfg.Interface.NodeName, cfg.Discovery.Enabled)
 	cfg.Metrics = v.metrics(raw.Metrics)
 	cfg.Logging = v.logging(raw.Logging)
 	cfg.Advanced = v.advanced(raw.Advanced)
 	v.exitPeer(cfg)
 	v.reachable(cfg, raw.Peers)
+	v.announcedOverlaps(cfg)
+	if cfg.WebSocket.PublicURL != "" && !cfg.Discovery.Enabled {
+		v.errAt("websocket.public_url", "websocket: public_url has no use without [discovery]: it is announced in this node's member record")
+	}
 	return cfg
 }
 
@@ -222,3 +227,7 @@ func checkHostName(h string) error {
 	}
 	return nil
 }
+
+// CheckName applies the rules for node and peer names to a name learned at run time
+// (from a handshake or a member record).
+func CheckName(s string) error { return checkName(s) }

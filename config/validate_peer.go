@@ -24,7 +24,9 @@ type owner struct {
 	path   string
 }
 
-func (v *validator) peers(raws []rawPeer, nodeName string) []Peer {
+// With discovery on, a peer may leave out allowed_prefixes: its prefixes can then
+// come from its member record.
+func (v *validator) peers(raws []rawPeer, nodeName string, discovery bool) []Peer {
 	peers := make([]Peer, 0, len(raws))
 	names := make(map[string]int)
 	var claimed []owner
@@ -62,7 +64,7 @@ func (v *validator) peers(raws []rawPeer, nodeName string) []Peer {
 			}
 		}
 
-		if len(r.AllowedPrefixes) == 0 {
+		if len(r.AllowedPrefixes) == 0 && !discovery {
 			where := base + ".allowed_prefixes"
 			if !v.pos.has(where) {
 				where = base

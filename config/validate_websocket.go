@@ -12,6 +12,10 @@ import (
 // maxWSPathLen bounds [websocket] path, as docs/configuration.md documents.
 const maxWSPathLen = 256
 
+// MaxPublicURLLen bounds [websocket] public_url: a member record carries at most 200
+// bytes of URL.
+const MaxPublicURLLen = 200
+
 func (v *validator) websocket(r *rawWebSocket) WebSocket {
 	w := WebSocket{Path: DefaultWSPath, MaxPending: DefaultWSMaxPending, MaxPendingPerSource: DefaultWSMaxPendingPerSource}
 	if r == nil {
@@ -63,6 +67,16 @@ func (v *validator) websocket(r *rawWebSocket) WebSocket {
 			v.errAt("websocket.max_pending", "websocket: max_pending = %d must be between 1 and %d", n, MaxWSPending)
 		} else {
 			w.MaxPending = int(n)
+		}
+	}
+	if r.PublicURL != nil && *r.PublicURL != "" {
+		needsListen("public_url")
+		if shown, err := checkWSURL(*r.PublicURL); err != nil {
+			v.errAt("websocket.public_url", "websocket: public_url %q %v", shown, err)
+		} else if n := len(*r.PublicURL); n > MaxPublicURLLen {
+			v.errAt("websocket.public_url", "websocket: public_url is %d bytes long; the limit is %d (it must fit the member record)", n, MaxPublicURLLen)
+		} else {
+			w.PublicURL = *r.PublicURL
 		}
 	}
 	w.MaxPendingPerSource = min(w.MaxPendingPerSource, w.MaxPending)

@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
-# stt-tun demo: two nodes in two network namespaces, joined by a virtual cable, talk
-# through an encrypted stt-tun tunnel. Nothing outside those namespaces and a temporary
-# directory is touched, and everything is removed at the end, also on failure or Ctrl-C.
+# stt-tun demo: a mesh of four nodes in four network namespaces behind a router
+# namespace. One of them, alpha, is the bootstrap member; beta, gamma and delta name only
+# alpha's address and have no [[peer]] at all. They find each other, get addresses
+# derived from their keys, and talk directly, not through alpha. Nothing outside those
+# namespaces and a temporary directory is touched, and everything is removed at the end,
+# also on failure or Ctrl-C.
 #
-# Run it with `make demo` (as root), which builds bin/stt-tun first. Takes a few seconds.
+# Run it with `make demo` (as root), which builds bin/stt-tun first. Takes about 15 s.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=${STT_TUN:-$repo/bin/stt-tun}
 size=$((20 * 1024 * 1024)) # bytes sent through the tunnel
+nodes=(alpha beta gamma delta)
 
 if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold="" plain=""; fi
 say()  { printf '\n%s==> %s%s\n' "$bold" "$*" "$plain"; }
 info() { printf '    %s\n' "$*"; }
 die()  { printf '\ndemo: %s\n' "$*" >&2; exit 1; }
-# run shows a command, then runs it.
-run()  { printf '    $ %s\n' "$*"; "$@" 2>&1 | sed 's/^/      /'; return "${PIPESTATUS[0]}"; }
 
 # wait_for DESC SECONDS CMD... polls CMD every 0.1s until it succeeds, or dies.
 wait_for() {
@@ -31,20 +33,36 @@ wait_for() {
 [ "$(id -u)" = 0 ] || die "needs root to create network namespaces (try: sudo make demo)"
 [ -x "$bin" ] || die "$bin not found; run 'make build' first"
 [ -c /dev/net/tun ] || die "/dev/net/tun is missing; load the tun module (modprobe tun)"
-for tool in ip ping; do
+for tool in ip ping sysctl; do
   command -v "$tool" >/dev/null || die "$tool not found; run 'make deps'"
 done
 command -v go >/dev/null || die "go not found (needed to build the small transfer helper)"
 
 # Unique names, so that two demos (or a demo and the tests) never collide.
 id="stt-demo-$$"
-ns_a="$id-alpha"
-ns_b="$id-beta"
+ns_router="$id-inet"
 tmp=$(mktemp -d "/tmp/$id.XXXXXX")
-state_a="$tmp/state-alpha"
-state_b="$tmp/state-beta"
 recv_pid=""
 created_ns=()
+
+ns_of()    { echo "$id-$1"; }
+state_of() { echo "$tmp/state-$1"; }
+underlay() { echo "198.18.$1.2"; } # node i's address on its link to the router
+# stt NODE ARGS... runs stt-tun in NODE's namespace with NODE's state directory.
+stt() { local n=$1; shift; ip netns exec "$(ns_of "$n")" "$bin" --state-dir "$(state_of "$n")" "$@"; }
+# on NODE CMD ARGS... shows "NODE# CMD ARGS" (temporary paths shortened to $DEMO), then
+# runs it in NODE's namespace; stt-tun gets NODE's state directory.
+on() {
+  local n=$1; shift
+  printf '    %s# %s\n' "$n" "$(echo "$*" | sed "s|$tmp|\$DEMO|g")"
+  if [ "$1" = stt-tun ]; then
+    shift
+    stt "$n" "$@" 2>&1 | sed 's/^/      /'
+  else
+    ip netns exec "$(ns_of "$n")" "$@" 2>&1 | sed 's/^/      /'
+  fi
+  return "${PIPESTATUS[0]}"
+}
 
 # pids_of prints the processes whose command line has "--state-dir DIR": the daemons
 # this demo started (DIR is its own temporary directory).
@@ -59,19 +77,24 @@ pids_of() {
 
 cleanup() {
   local status=$?
-  trap - EXIT INT TERM
+  trap - EXIT
+  trap '' INT TERM # a second Ctrl-C must not stop the cleanup half way
   set +e
   say "Cleaning up"
   if [ -n "$recv_pid" ] && kill -0 "$recv_pid" 2>/dev/null; then
     kill "$recv_pid" 2>/dev/null
     wait "$recv_pid" 2>/dev/null
   fi
-  local ns state pid
-  for pair in "$ns_a:$state_a" "$ns_b:$state_b"; do
-    ns=${pair%%:*}
-    state=${pair#*:}
+  local n state pid i
+  for n in "${nodes[@]}"; do
+    state=$(state_of "$n")
     if [ -n "$(pids_of "$state")" ]; then
-      ip netns exec "$ns" "$bin" --state-dir "$state" down stt0 >/dev/null 2>&1
+      stt "$n" down stt0 >/dev/null 2>&1
+      # down returns once the daemon let go of its lock; it exits a moment later.
+      for ((i = 0; i < 50; i++)); do
+        [ -z "$(pids_of "$state")" ] && break
+        sleep 0.1
+      done
     fi
     for pid in $(pids_of "$state"); do # only if down failed
       info "killing leftover daemon $pid"
@@ -100,99 +123,130 @@ say "Building a tiny TCP transfer helper (instead of iperf3 or netcat)"
 (cd "$repo" && go build -o "$tmp/xfer" ./scripts/xfer)
 info "built $tmp/xfer"
 
-say "Creating two network namespaces, alpha and beta, joined by a veth cable"
-for ns in "$ns_a" "$ns_b"; do
+say "Creating four namespaces, each on its own network behind a router namespace"
+ip netns add "$ns_router"
+created_ns+=("$ns_router")
+ip -n "$ns_router" link set lo up
+ip netns exec "$ns_router" sysctl -qw net.ipv4.ip_forward=1
+for i in "${!nodes[@]}"; do
+  n=${nodes[$i]}
+  k=$((i + 1))
+  ns=$(ns_of "$n")
   ip netns add "$ns"
   created_ns+=("$ns")
   ip -n "$ns" link set lo up
+  ip -n "$ns_router" link add "v$k" type veth peer name eth0 netns "$ns"
+  ip -n "$ns_router" addr add "198.18.$k.1/24" dev "v$k"
+  ip -n "$ns" addr add "$(underlay "$k")/24" dev eth0
+  ip -n "$ns_router" link set "v$k" up
+  ip -n "$ns" link set eth0 up
+  ip -n "$ns" route add default via "198.18.$k.1"
+  info "$(printf '%-5s' "$n") underlay address $(underlay "$k")   (namespace $ns)"
 done
-ip -n "$ns_a" link add veth0 type veth peer name veth0 netns "$ns_b"
-ip -n "$ns_a" addr add 10.231.0.1/24 dev veth0
-ip -n "$ns_b" addr add 10.231.0.2/24 dev veth0
-ip -n "$ns_a" link set veth0 up
-ip -n "$ns_b" link set veth0 up
-info "alpha: $ns_a, underlay address 10.231.0.1"
-info "beta:  $ns_b, underlay address 10.231.0.2"
-# The veth carrier comes up asynchronously: wait (at most 10s) until both ends are up.
-wait_for "the veth cable to come up" 10 \
-  sh -c "ip -n '$ns_a' link show veth0 | grep -q 'state UP' && ip -n '$ns_b' link show veth0 | grep -q 'state UP'"
-ip netns exec "$ns_a" ping -n -c 1 -W 2 10.231.0.2 >/dev/null || die "underlay does not work"
-info "underlay: alpha can reach beta at 10.231.0.2"
+for i in 2 3 4; do
+  wait_for "the underlay from ${nodes[$((i - 1))]} to alpha" 10 \
+    ip netns exec "$(ns_of "${nodes[$((i - 1))]}")" ping -n -c 1 -W 1 "$(underlay 1)"
+done
+info "underlay: every node reaches alpha (and each other) through the router"
 
-say "Making the network seed (shared by both) and a private key for each node"
+say "Making the network seed (shared by all) and a key for each node"
+# Each node's files go in a directory of its own, as /etc/stt-tun on a real machine.
 (umask 077
  "$bin" genseed >"$tmp/seed"
- "$bin" genkey >"$tmp/alpha.key"
- "$bin" genkey >"$tmp/beta.key")
-pub_a=$("$bin" pubkey <"$tmp/alpha.key")
-pub_b=$("$bin" pubkey <"$tmp/beta.key")
-info "seed:  $tmp/seed (mode 600; copy it to every node out of band)"
-info "alpha public key: $pub_a"
-info "beta  public key: $pub_b"
+ for n in "${nodes[@]}"; do
+   mkdir "$tmp/$n"
+   cp "$tmp/seed" "$tmp/$n/seed"
+   "$bin" genkey >"$tmp/$n/$n.key"
+ done)
+info "seed: copied to every node's directory, mode 600 (out of band, in real life)"
+info "a key file holds an Ed25519 seed, which signs the node's member record: $(cut -c1-16 "$tmp/beta/beta.key")..."
+for n in "${nodes[@]}"; do
+  info "$(printf '%-5s' "$n") public key $("$bin" pubkey <"$tmp/$n/$n.key")"
+done
 
-say "Writing the two configuration files"
-(umask 077
-cat >"$tmp/alpha.toml" <<EOF
+say "Writing the configurations: beta, gamma and delta name only alpha, and no [[peer]]"
+for i in "${!nodes[@]}"; do
+  n=${nodes[$i]}
+  boot="# no bootstrap: alpha waits for the others"
+  [ "$n" = alpha ] || boot="bootstrap = [\"$(underlay 1):51900\"]     # alpha; any member would do"
+  (umask 077
+   cat >"$tmp/$n/stt0.toml" <<EOF
 [interface]
-name = "stt0"
-node_name = "alpha"
-addresses = ["10.99.0.1/24", "fd99::1/64"]
-listen_port = 51900
+node_name = "$n"          # the default is the host name; the namespaces share one
+addresses = ["10.99.0.$((i + 1))/24"]
 seed_file = "seed"
-key_file = "alpha.key"
+key_file = "$n.key"
 
-[[peer]]
-name = "beta"
-endpoint = "10.231.0.2:51900"          # alpha dials beta
-allowed_prefixes = ["10.99.0.2/32", "fd99::2/128"]
-public_key = "$pub_b"
+[discovery]
+$boot
+accept_prefixes = ["10.99.0.0/24"]    # the IPv4 addresses members may claim
 EOF
-cat >"$tmp/beta.toml" <<EOF
-[interface]
-name = "stt0"
-node_name = "beta"
-addresses = ["10.99.0.2/24", "fd99::2/64"]
-listen_port = 51900
-seed_file = "seed"
-key_file = "beta.key"
+  )
+done
+info "alpha's stt0.toml:"
+sed 's/^/      /' "$tmp/alpha/stt0.toml"
+info "beta's stt0.toml (gamma's and delta's: the same with their own name and address):"
+sed 's/^/      /' "$tmp/beta/stt0.toml"
 
-[[peer]]
-name = "alpha"                           # no endpoint: beta waits for alpha
-allowed_prefixes = ["10.99.0.1/32", "fd99::1/128"]
-public_key = "$pub_a"
-EOF
-)
-sed 's/^/      /' "$tmp/alpha.toml"
+say "Bringing the four nodes up (stt-tun up starts a daemon and returns when it is up)"
+info "(\$DEMO is $tmp; every node's stt-tun also gets a --state-dir of its own there)"
+start=$(date +%s%N)
+for n in "${nodes[@]}"; do
+  on "$n" stt-tun up -c "$tmp/$n/stt0.toml"
+done
 
-say "Bringing the tunnel up on both nodes (stt-tun up starts a daemon and returns when it is up)"
-run ip netns exec "$ns_b" "$bin" --state-dir "$state_b" up -c "$tmp/beta.toml"
-run ip netns exec "$ns_a" "$bin" --state-dir "$state_a" up -c "$tmp/alpha.toml"
-run ip -n "$ns_a" -brief addr show dev stt0
+# knows N NODE: NODE's status says it knows N members.
+knows() { local st; st=$(stt "$2" status stt0) && grep -q "^  members: $1 known" <<<"$st"; }
+for n in "${nodes[@]}"; do
+  wait_for "$n to know the 3 other members" 30 knows 3 "$n"
+done
+ms=$((($(date +%s%N) - start) / 1000000))
+info "every node knows the 3 others $((ms / 1000)).$((ms % 1000 / 100)) s after the first one came up"
 
-say "Pinging beta's tunnel addresses from alpha (the first ping starts the handshake)"
-run ip netns exec "$ns_a" ping -n -c 3 -i 0.2 -W 3 10.99.0.2
-run ip netns exec "$ns_a" ping -n -c 3 -i 0.2 -W 3 fd99::2
+say "stt-tun status on beta: members learned from alpha (bootstrap) and from gossip"
+on beta stt-tun status stt0
 
-say "Sending $((size / 1024 / 1024)) MiB of random data over TCP through the tunnel, alpha -> beta"
-ip netns exec "$ns_b" "$tmp/xfer" -timeout 60s recv 10.99.0.2:5201 >"$tmp/recv.out" &
+# mesh_addr NODE prints NODE's key-derived address, from its own status.
+mesh_addr() { local st; st=$(stt "$1" status stt0) && sed -n 's/^  mesh address: \([^ ]*\) in .*/\1/p' <<<"$st"; }
+addr_gamma=$(mesh_addr gamma)
+addr_delta=$(mesh_addr delta)
+
+say "beta pings gamma and delta at their key-derived addresses (no address plan, no [[peer]])"
+on beta ping -n -c 3 -i 0.2 -W 3 "$addr_gamma"
+on beta ping -n -c 3 -i 0.2 -W 3 "$addr_delta"
+on gamma stt-tun ping -c 3 -i 0.2 delta
+
+say "Sending $((size / 1024 / 1024)) MiB over TCP from beta to gamma, through the tunnel"
+ip netns exec "$(ns_of gamma)" "$tmp/xfer" -timeout 60s recv 10.99.0.3:5201 >"$tmp/recv.out" &
 recv_pid=$!
-sent=$(ip netns exec "$ns_a" "$tmp/xfer" -timeout 60s send 10.99.0.2:5201 "$size")
+sent=$(ip netns exec "$(ns_of beta)" "$tmp/xfer" -timeout 60s send 10.99.0.3:5201 "$size")
 wait "$recv_pid" || die "receiver failed"
 recv_pid=""
 received=$(cat "$tmp/recv.out")
 info "sent:     $sent"
 info "received: $received"
 [ "$(echo "$sent" | awk '{print $1, $4}')" = "$(echo "$received" | awk '{print $1, $4}')" ] ||
-  die "what beta received differs from what alpha sent"
+  die "what gamma received differs from what beta sent"
 info "the SHA-256 digests match: the data arrived intact"
 
-say "stt-tun status on alpha"
-run ip netns exec "$ns_a" "$bin" --state-dir "$state_a" status
-say "stt-tun status on beta"
-run ip netns exec "$ns_b" "$bin" --state-dir "$state_b" status
+say "Directly, not through alpha: beta's path to gamma goes to gamma's own underlay address"
+st=$(stt beta status stt0)
+path=$(awk '$1 == "gamma" && $2 == "udp" {print $2, $3}' <<<"$st")
+info "beta -> gamma: ${path:-none}"
+case "$path" in
+  "udp $(underlay 3):"*) info "direct: gamma's address is $(underlay 3), alpha's $(underlay 1)" ;;
+  *) die "beta's path to gamma is not direct: '$path'" ;;
+esac
 
-say "Taking the tunnel down on both nodes"
-run ip netns exec "$ns_a" "$bin" --state-dir "$state_a" down stt0
-run ip netns exec "$ns_b" "$bin" --state-dir "$state_b" down stt0
-if ip -n "$ns_a" link show stt0 >/dev/null 2>&1; then die "stt0 still exists in alpha after down"; fi
-info "stt0 is gone from both namespaces"
+say "alpha, the bootstrap node, goes down: the others carry on"
+on alpha stt-tun down stt0
+on delta ping -n -c 3 -i 0.2 -W 3 "$addr_gamma"
+
+say "Taking the tunnel down on the other nodes"
+for n in beta gamma delta; do
+  on "$n" stt-tun down stt0
+done
+for n in "${nodes[@]}"; do
+  if ip -n "$(ns_of "$n")" link show stt0 >/dev/null 2>&1; then die "stt0 still exists in $n after down"; fi
+done
+info "stt0 is gone from every namespace"

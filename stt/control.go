@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -43,13 +44,14 @@ func (n *Node) handleControl(p *Peer, s *session, payload []byte, from conn.Endp
 			if !deliver {
 				continue
 			}
+			p.times.lastReliable.Store(p.mono(time.Now())) // the session is in use (IdleTimeout)
 			m = inner
 			if err := wire.CheckControlBody(m); err != nil || m.Type == wire.CtlReliable {
 				n.drop(DropControl)
 				continue
 			}
 		}
-		reply = n.handleControlMsg(p, s, m, reply)
+		reply = n.handleControlMsg(p, s, m, reply, from)
 	}
 	if it.Err() != nil {
 		n.drop(DropControl)
@@ -60,7 +62,7 @@ func (n *Node) handleControl(p *Peer, s *session, payload []byte, from conn.Endp
 }
 
 // handleControlMsg acts on one control message and appends any answer to reply.
-func (n *Node) handleControlMsg(p *Peer, s *session, m wire.ControlMsg, reply []byte) []byte {
+func (n *Node) handleControlMsg(p *Peer, s *session, m wire.ControlMsg, reply []byte, from conn.Endpoint) []byte {
 	switch m.Type {
 	case wire.CtlFinal:
 		// Confirmation is recorded for every authenticated frame; nothing more to do.
@@ -88,11 +90,13 @@ func (n *Node) handleControlMsg(p *Peer, s *session, m wire.ControlMsg, reply []
 			ch <- rtt
 		}
 	case wire.CtlClose:
-		// The peer is going away: stop sending on this session so the next datagram
-		// starts a handshake instead of vanishing.
+		// The peer is going away, or closes an idle session: stop sending on this
+		// session so the next datagram starts a handshake instead of vanishing. Reliable
+		// messages it did not acknowledge wait for that next session.
 		p.mu.Lock()
 		if p.keys.current.CompareAndSwap(s, nil) {
 			n.index.remove(s)
+			p.rescueReliableLocked(s)
 		}
 		p.mu.Unlock()
 	case wire.CtlError:
@@ -104,11 +108,11 @@ func (n *Node) handleControlMsg(p *Peer, s *session, m wire.ControlMsg, reply []
 	case wire.CtlStreamOpen, wire.CtlStreamClose:
 		// Data streams need no setup; the messages are announcements for extensions.
 		if n.cfg.Extension != nil {
-			n.cfg.Extension(p, m.Type, m.Body)
+			n.extension(p, m, from)
 		}
 	default:
 		if m.Type >= wire.CtlExtensionMin && n.cfg.Extension != nil {
-			n.cfg.Extension(p, m.Type, m.Body)
+			n.extension(p, m, from)
 		} else {
 			n.drop(DropControl)
 		}
@@ -116,11 +120,19 @@ func (n *Node) handleControlMsg(p *Peer, s *session, m wire.ControlMsg, reply []
 	return reply
 }
 
+// extension hands m to Config.Extension with where its frame came from.
+func (n *Node) extension(p *Peer, m wire.ControlMsg, from conn.Endpoint) {
+	var ap netip.AddrPort
+	if from != nil {
+		ap = addrPortOf(from)
+	}
+	_, viaWS := from.(*wsEndpoint)
+	n.cfg.Extension(p, m.Type, m.Body, ap, viaWS)
+}
+
 // reliableState is one session's side of the reliable control channel (RELIABLE and
 // ACK, docs/protocol.md 6.1): a queue of unacknowledged messages with retransmission,
-// and the next sequence it expects. Nothing in stt-tun sends on it yet (SendReliable and
-// Config.Extension have no production caller); it is kept because the mesh will carry
-// its member records on it.
+// and the next sequence it expects. The mesh carries its member records on it.
 type reliableState struct {
 	mu       sync.Mutex
 	nextSend uint32
@@ -218,10 +230,35 @@ func (r *reliableState) appendDue(b []byte, now time.Time, srtt time.Duration) [
 // inherit moves unacknowledged messages from the state of a replaced session,
 // renumbering them for the new one.
 func (r *reliableState) inherit(old *reliableState) {
-	old.mu.Lock()
-	q := old.queue
-	old.queue = nil
-	old.mu.Unlock()
+	r.adopt(old.take())
+}
+
+// take empties the queue and returns what it held.
+func (r *reliableState) take() []relMsg {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	q := r.queue
+	r.queue = nil
+	return q
+}
+
+// pending reports whether messages wait to be sent or acknowledged.
+// backlog is how many messages the queue holds, sent but unacknowledged or not sent yet.
+func (r *reliableState) backlog() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.queue)
+}
+
+func (r *reliableState) pending() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.queue) > 0
+}
+
+// adopt appends messages to send, numbering them from nextSend, as far as the queue
+// bound allows.
+func (r *reliableState) adopt(q []relMsg) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, m := range q {
@@ -281,19 +318,100 @@ func (p *Peer) Ping(ctx context.Context) (time.Duration, error) {
 }
 
 // SendReliable queues a control message (a STREAM_OPEN, STREAM_CLOSE or extension) for
-// reliable, in-order delivery on stream 0. No production code calls it yet: the mesh
-// will carry its member records this way.
+// reliable, in-order delivery on stream 0. Without a session it is kept (at most
+// reliableQueueMax messages, as a session's queue) and a handshake starts; the session
+// sends it. A wildcard peer carries nothing: ErrWildcardPeer.
 func (p *Peer) SendReliable(typ byte, body []byte) error {
-	s := p.keys.current.Load()
-	if s == nil || s.expired(time.Now(), &p.node.limits) {
-		return ErrNoSession
+	if p.cfg.AnyName {
+		return ErrWildcardPeer
 	}
-	payload, err := s.rel.enqueue(typ, body, time.Now())
+	now := time.Now()
+	p.times.lastReliable.Store(p.mono(now))
+	s := p.keys.current.Load()
+	if s == nil || s.expired(now, &p.node.limits) {
+		return p.queueReliable(typ, body, now)
+	}
+	payload, err := s.rel.enqueue(typ, body, now)
 	if err != nil {
 		return err
 	}
 	if payload != nil {
 		p.sendControl(s, payload)
 	}
+	if p.keys.current.Load() != s {
+		// The session was replaced or closed while the message went into it: make
+		// sure it is not left behind there.
+		p.mu.Lock()
+		p.rescueReliableLocked(s)
+		p.mu.Unlock()
+	}
 	return nil
+}
+
+// ReliableBacklog is how many reliable control messages the peer holds for sending:
+// unacknowledged or waiting in its current session, or waiting for the next one. The
+// mesh keeps it small for each member, so that members which acknowledge nothing do not
+// make the node hold everything it floods.
+func (p *Peer) ReliableBacklog() int {
+	n := 0
+	if s := p.keys.current.Load(); s != nil {
+		n += s.rel.backlog()
+	}
+	p.mu.Lock()
+	n += len(p.relQueue)
+	p.mu.Unlock()
+	return n
+}
+
+// queueReliable keeps a reliable control message for the next session and asks for a
+// handshake.
+func (p *Peer) queueReliable(typ byte, body []byte, now time.Time) error {
+	p.mu.Lock()
+	if s := p.keys.current.Load(); s != nil && !s.expired(now, &p.node.limits) {
+		// A session came up meanwhile; sessions are installed under p.mu, so it
+		// stays while the message goes into it.
+		payload, err := s.rel.enqueue(typ, body, now)
+		p.mu.Unlock()
+		if err == nil && payload != nil {
+			p.sendControl(s, payload)
+		}
+		return err
+	}
+	defer p.mu.Unlock()
+	if p.removed {
+		return ErrPeerRemoved
+	}
+	if len(p.relQueue) >= reliableQueueMax {
+		return ErrReliableQueueFull
+	}
+	p.relQueue = append(p.relQueue, relMsg{typ: typ, body: append([]byte(nil), body...)})
+	p.handshake.want = true
+	p.node.kick()
+	return nil
+}
+
+// rescueReliableLocked moves the reliable messages old holds unacknowledged, a session
+// that is no longer current, to the current one, or to the peer's queue for the next
+// session (and asks for one). Called with p.mu held.
+func (p *Peer) rescueReliableLocked(old *session) {
+	cur := p.keys.current.Load()
+	if cur == old {
+		return
+	}
+	q := old.rel.take()
+	if len(q) == 0 {
+		return
+	}
+	if cur != nil && !cur.expired(time.Now(), &p.node.limits) {
+		cur.rel.adopt(q)
+		return
+	}
+	for _, m := range q {
+		if len(p.relQueue) >= reliableQueueMax {
+			break
+		}
+		p.relQueue = append(p.relQueue, m)
+	}
+	p.handshake.want = true
+	p.node.kick()
 }

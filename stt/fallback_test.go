@@ -92,7 +92,8 @@ func TestFallbackLosesNothingUncounted(t *testing.T) {
 		t.Fatal("the node never held datagrams while it dialed the WebSocket")
 	}
 	fallback := func() int64 { return int64(a.Stats().Drops[DropFallback]) }
-	waitFor(t, 5*time.Second, "every datagram delivered or counted", func() bool {
+	// The deadline bounds a failure on a loaded machine; it measures nothing.
+	waitFor(t, 20*time.Second, "every datagram delivered or counted", func() bool {
 		return b.h.count.Load()-start+fallback() >= int64(sent)
 	})
 	delivered := b.h.count.Load() - start

@@ -18,7 +18,7 @@ import (
 
 // initiation is a handshake this node started, kept until it completes or is replaced.
 type initiation struct {
-	peer      *Peer
+	peer      *Peer                 // guarded by Node.mu: a wildcard's moves to the peer it reached
 	hs        *handshake.Initiation // its LocalIndex names it in n.inits and the index table
 	firstSent time.Time             // of the first attempt in this series
 	nextRetry time.Time
@@ -29,11 +29,20 @@ type initiation struct {
 func (p *Peer) startHandshakeLocked(now time.Time) {
 	n := p.node
 	ep := p.target()
-	if ep == nil || p.removed {
-		if ep == nil && p.chooser() {
+	cands := p.handshake.candidates
+	if n.cfg.DisableUDP || p.handshake.badCandidates == 1<<len(cands)-1 {
+		cands = nil // none, or none worth a HELLO
+	}
+	if p.removed {
+		return
+	}
+	if ep == nil {
+		if p.chooser() {
 			p.dialWSLocked()
 		}
-		return
+		if len(cands) == 0 {
+			return
+		}
 	}
 	first := now
 	attempt := 0
@@ -60,7 +69,22 @@ func (p *Peer) startHandshakeLocked(now time.Time) {
 	n.inits[idx] = ini
 	n.mu.Unlock()
 	n.ctr.handshakesStart.Add(1)
-	_ = n.send([][]byte{hello}, ep)
+	if ep != nil {
+		_ = n.send([][]byte{hello}, ep)
+	}
+	// Without an endpoint, or when the endpoint left the last HELLO unanswered, the
+	// candidates get it too; the one that answers becomes the endpoint (learnEndpoint).
+	if _, ws := ep.(*wsEndpoint); len(cands) > 0 && (ep == nil || attempt > 0 && !ws) {
+		var cur netip.AddrPort
+		if ep != nil {
+			cur = addrPortOf(ep)
+		}
+		for i, c := range cands {
+			if p.handshake.badCandidates&(1<<i) == 0 && addrPortOf(c) != cur {
+				_ = n.send([][]byte{hello}, c)
+			}
+		}
+	}
 }
 
 func (p *Peer) dropInitLocked() {
@@ -79,6 +103,10 @@ func (p *Peer) dropInitLocked() {
 // consumeChallenge continues our handshake: check the responder's identity, send
 // AUTH_PROOF and install the session.
 func (p *Peer) consumeChallenge(ini *initiation, msg []byte, ep conn.Endpoint) {
+	if p.cfg.AnyName {
+		p.consumeWildcardChallenge(ini, msg, ep)
+		return
+	}
 	n := p.node
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -94,6 +122,7 @@ func (p *Peer) consumeChallenge(ini *initiation, msg []byte, ep conn.Endpoint) {
 	if info.PeerName != p.cfg.Name {
 		n.drop(DropUnknownPeer)
 		n.log.Warn("peer answered with another name", "peer", p.cfg.Name, "name", info.PeerName)
+		p.badCandidateLocked(ep)
 		return
 	}
 	if p.pinMismatchLocked(info.PeerStatic) {
@@ -101,30 +130,152 @@ func (p *Peer) consumeChallenge(ini *initiation, msg []byte, ep conn.Endpoint) {
 		n.log.Warn("peer's key does not match the pinned key; refusing", "peer", p.cfg.Name)
 		return
 	}
-	now := time.Now()
-	proof, res, err := ini.hs.WriteAuthProof(p.cookieLocked(now), make([]byte, 0, wire.AuthProofLen))
+	p.proveLocked(p, ini, ep, time.Now())
+}
+
+// badCandidateLocked marks the candidate address ep, which answered as a node of
+// another name, as not worth a HELLO, and starts the handshake over at once without it:
+// the answer spent this one. At most once per candidate. Called with p.mu held.
+func (p *Peer) badCandidateLocked(ep conn.Endpoint) {
+	if _, ws := ep.(*wsEndpoint); ws {
+		return
+	}
+	from := addrPortOf(ep)
+	for i, c := range p.handshake.candidates {
+		if addrPortOf(c) == from && p.handshake.badCandidates&(1<<i) == 0 {
+			p.handshake.badCandidates |= 1 << i
+			if p.handshake.init != nil {
+				p.handshake.init.nextRetry = time.Now()
+				p.node.kick()
+			}
+			return
+		}
+	}
+}
+
+// consumeWildcardChallenge continues a wildcard peer's handshake (PeerConfig.AnyName):
+// the responder may have any name. One that is this node itself is not used; else the
+// handshake is completed on the peer of that name, admitted if there is none
+// (Config.Admit), with that peer's pin. Lock order: the wildcard's mu before the
+// target's; a wildcard is never a target.
+func (w *Peer) consumeWildcardChallenge(ini *initiation, msg []byte, ep conn.Endpoint) {
+	n := w.node
+	w.mu.Lock()
+	if w.handshake.init != ini {
+		w.mu.Unlock()
+		n.drop(DropHandshake)
+		return
+	}
+	info, err := ini.hs.ReadChallenge(msg)
 	if err != nil {
+		w.mu.Unlock()
 		n.dropHandshake(err, addrPortOf(ep))
 		return
+	}
+	own := n.PublicKey()
+	if info.PeerName == n.cfg.Name || subtle.ConstantTimeCompare(info.PeerStatic[:], own[:]) == 1 {
+		// The address is this node's own (or a node that holds our key): stop.
+		n.ctr.selfReached.Add(1)
+		if !w.wildcard.self {
+			n.log.Warn("a bootstrap address answers as this node itself; not using it", "peer", w.cfg.Name)
+		}
+		w.wildcard.self = true
+		w.dropInitLocked()
+		w.handshake.want = false
+		w.mu.Unlock()
+		return
+	}
+	if w.pinMismatchLocked(info.PeerStatic) {
+		w.dropInitLocked() // a retry would meet the same key
+		w.handshake.want = false
+		w.mu.Unlock()
+		n.drop(DropPinMismatch)
+		n.warnDrop(DropPinMismatch, "bootstrap address answered with a key other than the pinned one; refusing", "peer", w.cfg.Name)
+		return
+	}
+	w.mu.Unlock()
+
+	// Admit is called with no lock held.
+	t := n.Peer(info.PeerName)
+	if t == nil {
+		t = n.admit(info.PeerName, info.PeerStatic)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.handshake.init != ini {
+		// A retransmission replaced this handshake meanwhile; its answer will do.
+		n.drop(DropHandshake)
+		return
+	}
+	if t == nil || t.cfg.AnyName {
+		// Nobody to complete it on, and a retry would answer the same.
+		n.drop(DropUnknownPeer)
+		n.logDrop(DropUnknownPeer, nil, info.PeerName)
+		w.dropInitLocked()
+		w.handshake.want = false
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.removed {
+		n.drop(DropUnknownPeer)
+		return
+	}
+	if t.pinMismatchLocked(info.PeerStatic) {
+		w.dropInitLocked() // a retry would meet the same key
+		w.handshake.want = false
+		n.drop(DropPinMismatch)
+		n.warnDrop(DropPinMismatch, "bootstrap address answered with a key other than the one pinned for that peer; refusing", "peer", t.cfg.Name)
+		return
+	}
+	if t.proveLocked(w, ini, ep, time.Now()) {
+		w.handshake.want = false
+		w.wildcard = wildcardState{reached: true, name: info.PeerName, key: info.PeerStatic}
+		n.log.Debug("bootstrap address reached a node", "peer", w.cfg.Name, "name", info.PeerName)
+	}
+}
+
+// proveLocked completes on p the handshake ini that from started (p itself, or a
+// wildcard peer), whose CHALLENGE came from ep and passed the checks: it sends the
+// AUTH_PROOF and installs the session. The initiation moves to p, so that a cookie
+// answering the AUTH_PROOF finds it. It reports whether the AUTH_PROOF went out. Called
+// with p.mu and from.mu held.
+func (p *Peer) proveLocked(from *Peer, ini *initiation, ep conn.Endpoint, now time.Time) bool {
+	n := p.node
+	proof, res, err := ini.hs.WriteAuthProof(from.cookieLocked(now), make([]byte, 0, wire.AuthProofLen))
+	if err != nil {
+		n.dropHandshake(err, addrPortOf(ep))
+		return false
 	}
 	s, err := newSession(p, res.LocalIndex, res.RemoteIndex, true, res.Cipher, &res.SendKey, &res.RecvKey, now)
 	if err != nil {
 		n.drop(DropHandshake)
-		return
+		return false
 	}
 	// The index stays reserved until install turns it into the session. The
 	// initiation stays findable for a while: a responder under load may answer the
 	// AUTH_PROOF with a cookie, and then it is sent again with mac2.
-	p.handshake.init = nil
+	from.handshake.init = nil
+	if from != p {
+		// The peer's own handshake, if one runs, is overtaken.
+		p.dropInitLocked()
+		if from.handshake.cookie != nil && p.cookieLocked(now) == nil {
+			p.handshake.cookie, p.handshake.cookieAt = from.handshake.cookie, from.handshake.cookieAt
+		}
+		n.mu.Lock()
+		ini.peer = p
+		n.mu.Unlock()
+	}
 	p.forgetProofLocked()
 	p.handshake.proof = ini
 	ini.nextRetry = now.Add(handshake.HalfOpenTimeout)
 	if err := n.send([][]byte{proof}, ep); err != nil {
 		n.index.release(ini.hs.LocalIndex())
-		return
+		return false
 	}
 	p.learnEndpoint(ep, false, s, handshakeCtr)
 	p.installLocked(s, res.PeerStatic, now)
+	return true
 }
 
 // consumeCookie stores a cookie for our in-flight handshake; the next retransmission
@@ -200,34 +351,75 @@ func (n *Node) handleHandshake(msg []byte, ep conn.Endpoint, out []byte) {
 		if msg[0] == wire.TypeCookieReply {
 			off = wire.CookieReceiverOff
 		}
-		ini := n.initiation(binary.LittleEndian.Uint32(msg[off:]))
+		ini, p := n.initiation(binary.LittleEndian.Uint32(msg[off:]))
 		switch {
 		case ini == nil:
 			n.drop(DropHandshake)
 		case msg[0] == wire.TypeChallenge:
-			ini.peer.consumeChallenge(ini, msg, ep)
+			p.consumeChallenge(ini, msg, ep)
 		default:
-			ini.peer.consumeCookie(ini, msg)
+			p.consumeCookie(ini, msg)
 		}
 	}
 }
 
 // completeResponder installs the session a verified AUTH_PROOF produced, after the
-// checks that need the peer: known name, pinned key, fresh timestamp.
+// checks that need the peer: known name (or admitted: Config.Admit), pinned key, fresh
+// timestamp. A wildcard peer, and this node's own name or key, are no peer to make a
+// session with.
 func (n *Node) completeResponder(res handshake.Result, ep conn.Endpoint) {
 	p := n.Peer(res.PeerName)
-	if p == nil {
+	own := n.PublicKey()
+	if p == nil && res.PeerName != n.cfg.Name && subtle.ConstantTimeCompare(res.PeerStatic[:], own[:]) != 1 {
+		p = n.admit(res.PeerName, res.PeerStatic)
+	}
+	if p == nil || p.cfg.AnyName {
 		n.index.release(res.LocalIndex)
 		n.drop(DropUnknownPeer)
 		n.logDrop(DropUnknownPeer, nil, res.PeerName)
 		n.refuse(res, ep, wire.CodeNotPeer)
 		return
 	}
-	p.completeResponder(res, ep)
+	if up, fresh := p.completeResponder(res, ep); up {
+		n.sessionUp(p, fresh)
+	}
 }
 
-// completeResponder installs a responder session after the per-peer checks.
-func (p *Peer) completeResponder(res handshake.Result, ep conn.Endpoint) {
+// admit asks Config.Admit about an authenticated node named name with key static that
+// no peer has, one call at a time, and returns the peer to make the session on, or nil.
+// Called with no lock held.
+func (n *Node) admit(name string, static [32]byte) *Peer {
+	if n.cfg.Admit == nil {
+		return nil
+	}
+	n.admitMu.Lock()
+	defer n.admitMu.Unlock()
+	if p := n.Peer(name); p != nil {
+		return p // admitted by the call before
+	}
+	p, err := n.cfg.Admit(name, static)
+	if err != nil || p == nil {
+		n.log.Debug("node not admitted", "name", name, "err", err)
+		return nil
+	}
+	if p.node != n || p.cfg.Name != name {
+		n.log.Warn("Admit returned a peer of another name or node; refusing", "name", name, "peer", p.cfg.Name)
+		return nil
+	}
+	return p
+}
+
+// sessionUp calls Config.SessionUp. Called with no lock held.
+func (n *Node) sessionUp(p *Peer, fresh bool) {
+	if n.cfg.SessionUp != nil {
+		n.cfg.SessionUp(p, fresh)
+	}
+}
+
+// completeResponder installs a responder session after the per-peer checks, and
+// reports whether it did (the session is confirmed at once) and whether it is the
+// peer's first confirmed session (confirmedLocked).
+func (p *Peer) completeResponder(res handshake.Result, ep conn.Endpoint) (up, fresh bool) {
 	n := p.node
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -238,35 +430,39 @@ func (p *Peer) completeResponder(res handshake.Result, ep conn.Endpoint) {
 	if p.removed {
 		reject(DropUnknownPeer)
 		n.refuse(res, ep, wire.CodeNotPeer)
-		return
+		return false, false
 	}
 	if p.pinMismatchLocked(res.PeerStatic) {
 		reject(DropPinMismatch)
 		n.warnDrop(DropPinMismatch, "handshake with a key other than the pinned one; refusing", "peer", p.cfg.Name)
 		n.refuse(res, ep, wire.CodePinMismatch)
-		return
+		return false, false
 	}
 	// A new static key for the same name restarts the timestamp sequence only if the
 	// key is not pinned; replay protection is per key.
 	if p.handshake.staticKnown && p.handshake.static == res.PeerStatic && handshake.CompareTimestamp(res.Timestamp, p.handshake.lastTimestamp) <= 0 {
 		reject(DropStaleTimestamp)
-		return
+		return false, false
 	}
 	now := time.Now()
 	s, err := newSession(p, res.LocalIndex, res.RemoteIndex, false, res.Cipher, &res.SendKey, &res.RecvKey, now)
 	if err != nil {
 		reject(DropHandshake)
-		return
+		return false, false
 	}
 	p.handshake.lastTimestamp = res.Timestamp
 	p.learnEndpoint(ep, false, s, handshakeCtr)
-	p.installLocked(s, res.PeerStatic, now)
+	fresh = p.installLocked(s, res.PeerStatic, now)
 	p.sendControl(s, wire.AppendControl(nil, wire.CtlFinal, nil))
 	p.flushQueueLocked(s)
+	p.flushReliableLocked(s, now)
+	return true, fresh
 }
 
 // installLocked makes s the current session; the one it replaces stays for receiving.
-func (p *Peer) installLocked(s *session, static [32]byte, now time.Time) {
+// For a responder's session, confirmed already, it reports whether it is the peer's
+// first confirmed one (confirmedLocked). Called with p.mu held.
+func (p *Peer) installLocked(s *session, static [32]byte, now time.Time) (fresh bool) {
 	n := p.node
 	n.index.install(s)
 	old := p.keys.current.Swap(s)
@@ -276,6 +472,11 @@ func (p *Peer) installLocked(s *session, static [32]byte, now time.Time) {
 	p.keys.previous = old
 	if old != nil {
 		s.rel.inherit(&old.rel)
+	}
+	if len(p.relQueue) > 0 {
+		// What SendReliable was given while there was no session.
+		s.rel.adopt(p.relQueue)
+		p.relQueue = nil
 	}
 	if old != nil && s.initiator && old.confirmed.Load() {
 		p.keys.standby.Store(old)
@@ -288,12 +489,23 @@ func (p *Peer) installLocked(s *session, static [32]byte, now time.Time) {
 	if s.confirmed.Load() {
 		// A responder's session: the AUTH_PROOF confirmed it. Ours counts once the
 		// peer confirms it (confirmedSession).
-		p.confirmedLocked(now)
+		fresh = p.confirmedLocked(s, now)
 	}
 	if s.initiator {
 		p.flushQueueLocked(s)
+		p.flushReliableLocked(s, now)
 	}
 	n.log.Debug("session established", "peer", p.cfg.Name, "initiator", s.initiator, "cipher", s.cipherID.String())
+	return fresh
+}
+
+// flushReliableLocked sends the reliable control messages s holds that are due: those
+// SendReliable queued while there was no session, or a replaced session left
+// unacknowledged. Called with p.mu held.
+func (p *Peer) flushReliableLocked(s *session, now time.Time) {
+	if payload := s.rel.appendDue(nil, now, p.RTT()); payload != nil {
+		p.sendControl(s, payload)
+	}
 }
 
 // confirmedSession records that s, made by our handshake, was confirmed by the peer:
@@ -301,25 +513,36 @@ func (p *Peer) installLocked(s *session, static [32]byte, now time.Time) {
 func (p *Peer) confirmedSession(s *session, now time.Time) {
 	n := p.node
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	if p.keys.current.Load() != s && p.keys.previous != s {
+		p.mu.Unlock()
 		return // already replaced or dropped
 	}
-	p.confirmedLocked(now)
+	fresh := p.confirmedLocked(s, now)
+	p.mu.Unlock()
 	n.log.Debug("session confirmed", "peer", p.cfg.Name)
+	n.sessionUp(p, fresh)
 }
 
-// confirmedLocked counts a completed handshake: the peer has shown it holds the
-// session's keys. Called with p.mu held.
-func (p *Peer) confirmedLocked(now time.Time) {
+// confirmedLocked counts a completed handshake: the peer has shown it holds the keys of
+// s. It reports whether s is the peer's first confirmed session: no other confirmed one
+// that has not expired is held (not a rekey). Called with p.mu held.
+func (p *Peer) confirmedLocked(s *session, now time.Time) (fresh bool) {
 	n := p.node
+	fresh = true
+	for _, o := range [...]*session{p.keys.standby.Load(), p.keys.previous} {
+		if o != nil && o != s && o.confirmed.Load() && !o.expired(now, &n.limits) {
+			fresh = false
+		}
+	}
 	p.handshake.last = now
+	p.handshake.badCandidates = 0 // an address that was another node's may be the peer's later
 	n.ctr.handshakesDone.Add(1)
 	p.refused.count = 0
 	if p.refused.code != 0 {
 		p.refused.code = 0
 		n.log.Info("peer accepts our handshake again", "peer", p.cfg.Name)
 	}
+	return fresh
 }
 
 // dropSessionsLocked forgets every session and handshake with the peer and asks for a
@@ -340,11 +563,16 @@ func (p *Peer) dropSessionsLocked() {
 	p.handshake.lastTimestamp = [12]byte{}
 }
 
-// initiation is our handshake in flight that the index idx names, or nil.
-func (n *Node) initiation(idx uint32) *initiation {
+// initiation is our handshake in flight that the index idx names, and the peer it is
+// for now (a wildcard's moves to the peer it reached), or nil.
+func (n *Node) initiation(idx uint32) (*initiation, *Peer) {
 	n.mu.RLock()
 	defer n.mu.RUnlock()
-	return n.inits[idx]
+	ini := n.inits[idx]
+	if ini == nil {
+		return nil, nil
+	}
+	return ini, ini.peer
 }
 
 // pinMismatchLocked reports whether key is not the key the peer's configuration pins
@@ -361,4 +589,28 @@ func (p *Peer) cookieLocked(now time.Time) []byte {
 		return p.handshake.cookie
 	}
 	return nil
+}
+
+// Connect asks for a session with the peer without sending anything: a handshake
+// starts at once unless one runs, a session is up, or the peer refused us recently; an
+// endpoint name is looked up again.
+// The mesh uses it to dial bootstrap addresses and to keep a few members connected.
+func (p *Peer) Connect() {
+	if s := p.keys.current.Load(); s != nil && !s.expired(time.Now(), &p.node.limits) {
+		return
+	}
+	p.mu.Lock()
+	p.handshake.want = true
+	// An endpoint given as a name is looked up again for each dial, so that a bootstrap
+	// address that moved is found at its new address.
+	p.reresolveLocked()
+	p.mu.Unlock()
+	p.node.kick()
+}
+
+// Connecting reports whether a handshake of ours with the peer is in flight.
+func (p *Peer) Connecting() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.handshake.init != nil || p.handshake.proof != nil
 }

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,9 +42,18 @@ const BufferSize = recvBase + wire.MaxMessageLen
 const MaxQueued = 256
 
 // ExtensionFunc handles a control message of the extension range 0x80..0xFF, and the
-// STREAM_OPEN and STREAM_CLOSE announcements: the hook by which the mesh will receive the
-// member records it sends with SendReliable. Nothing sets it yet.
-type ExtensionFunc func(p *Peer, typ byte, body []byte)
+// STREAM_OPEN and STREAM_CLOSE announcements: the hook by which the mesh receives the
+// member records it sends with SendReliable. from is the address the frame carrying it
+// came from (on WebSocket, the TCP address at the other end of the connection: the peer
+// or a proxy before it), viaWS whether it came over WebSocket. It is called on a receive
+// goroutine and must not block.
+type ExtensionFunc func(p *Peer, typ byte, body []byte, from netip.AddrPort, viaWS bool)
+
+// AdmitFunc decides about a node that completed an authenticated handshake (it holds the
+// seed; static is its key) under a name this node has no peer for. It may add the peer
+// (AddPeer) and return it, or refuse with an error. It is called with no lock held, on a
+// receive goroutine, one call at a time, and must not block.
+type AdmitFunc func(name string, static [32]byte) (*Peer, error)
 
 // Config configures a Node.
 type Config struct {
@@ -55,8 +65,18 @@ type Config struct {
 	Logger     *slog.Logger
 	Handler    Handler
 	Extension  ExtensionFunc
-	Bind       conn.Bind // nil = UDP on all addresses (stt/udp)
-	Limits     Limits
+	// Admit, when set, is asked about an authenticated handshake from a name this node
+	// has no peer for: as responder (an AUTH_PROOF from that name), and as initiator of
+	// a wildcard peer (PeerConfig.AnyName) whose address answered with that name. nil:
+	// such handshakes are refused (CodeNotPeer) or dropped, as for any unknown name.
+	Admit AdmitFunc
+	// SessionUp, when set, is called each time a session with a peer is confirmed
+	// (the peer has shown it holds the keys), with fresh true when the peer had no
+	// confirmed session before (not a rekey of one that is up). It is called with no
+	// lock held, from a receive or the timer goroutine, and must not block.
+	SessionUp func(p *Peer, fresh bool)
+	Bind      conn.Bind // nil = UDP on all addresses (stt/udp)
+	Limits    Limits
 	// DisableAES keeps this node from offering AES-256-GCM even with hardware AES.
 	DisableAES bool
 	// HandshakeLoadThreshold overrides the responder's load threshold (messages/s).
@@ -88,6 +108,10 @@ type Node struct {
 	epoch  time.Time
 
 	noncePool sync.Pool
+
+	// admitMu makes the calls of cfg.Admit one at a time, so that two handshakes from a
+	// new name do not admit it twice. Taken with no other lock held, before Node.mu.
+	admitMu sync.Mutex
 
 	mu     sync.RWMutex
 	peers  map[string]*Peer
@@ -265,7 +289,34 @@ type PeerConfig struct {
 	WSProxy    string // "" = proxy from the environment, "none" = direct, else http://host:port
 	WSCAFile   string // CA bundle for wss://, "" = system roots
 	WSInsecure bool   // skip certificate checks (STT authenticates the peer anyway)
+	// AnyName makes a wildcard (bootstrap) peer: its handshakes go to its endpoint (and
+	// candidates) and accept a CHALLENGE from any node name; the handshake is completed
+	// on the peer of that name (Config.Admit adds it when there is none), which gets the
+	// session and the address. The wildcard itself never holds a session nor carries
+	// data; Reached tells whom it reached. It handshakes from AddPeer on until it reaches
+	// a node (or gives up after Limits.HandshakeGiveUp); Rekey makes it try again. An
+	// address that answers as this node itself (its name or its key) is not used
+	// (ReachedSelf). Its own name must be one no node uses.
+	AnyName bool
+	// IdleTimeout > 0 closes the peer's session when no data and no reliable control
+	// message has gone either way for that long (keepalives and PINGs do not count): the
+	// node sends CLOSE, drops its sessions and starts no handshake until Send or
+	// SendReliable needs one. PersistentKeepalive then no longer brings a session up by
+	// itself.
+	IdleTimeout time.Duration
+	// Candidates are more UDP addresses at which the peer may be reached (at most
+	// MaxCandidates). While the peer has no endpoint, or its handshake went unanswered
+	// for a retry, each HELLO goes to the endpoint and to every candidate; the address
+	// the peer answers from becomes its endpoint.
+	Candidates []netip.AddrPort
 }
+
+// MaxCandidates bounds PeerConfig.Candidates.
+const MaxCandidates = 8
+
+// ErrWildcardPeer reports an attempt to send on a wildcard peer (PeerConfig.AnyName),
+// which carries no traffic.
+var ErrWildcardPeer = errors.New("stt: a wildcard peer carries no traffic")
 
 // AddPeer registers a peer. An endpoint given as a host name is looked up in the
 // background (LookupDone tells when the first lookup ended): a name that does not
@@ -275,7 +326,14 @@ func (n *Node) AddPeer(pc PeerConfig) (*Peer, error) {
 	if pc.Name == "" || len(pc.Name) > wire.NameLen {
 		return nil, fmt.Errorf("stt: peer name %q must be 1..%d bytes", pc.Name, wire.NameLen)
 	}
+	cands, err := n.parseCandidates(pc.Candidates)
+	if err != nil {
+		return nil, fmt.Errorf("stt: peer %s: %w", pc.Name, err)
+	}
+	pc.Candidates = slices.Clone(pc.Candidates)
 	p := &Peer{node: n, cfg: pc}
+	p.handshake.candidates = cands
+	p.handshake.want = pc.AnyName // a wildcard looks for its node at once
 	p.path.wsConf.Store(pc.wsSettings())
 	if pc.PublicKey != nil {
 		p.handshake.static = *pc.PublicKey
@@ -308,7 +366,30 @@ func (n *Node) AddPeer(pc PeerConfig) (*Peer, error) {
 		p.startLookupLocked()
 		p.mu.Unlock()
 	}
+	if pc.AnyName {
+		n.kick()
+	}
 	return p, nil
+}
+
+// parseCandidates checks a peer's candidate addresses and makes them endpoints of the
+// bind.
+func (n *Node) parseCandidates(aps []netip.AddrPort) ([]conn.Endpoint, error) {
+	if len(aps) > MaxCandidates {
+		return nil, fmt.Errorf("%d candidate addresses, at most %d", len(aps), MaxCandidates)
+	}
+	var eps []conn.Endpoint
+	for _, ap := range aps {
+		if !ap.IsValid() || ap.Port() == 0 || ap.Addr().IsUnspecified() || ap.Addr().IsMulticast() {
+			return nil, fmt.Errorf("candidate address %v is not usable", ap)
+		}
+		ep, err := n.bind.ParseEndpoint(ap.String())
+		if err != nil {
+			return nil, fmt.Errorf("candidate address %v: %w", ap, err)
+		}
+		eps = append(eps, ep)
+	}
+	return eps, nil
 }
 
 // RemovePeer forgets a peer and its sessions.
@@ -351,6 +432,7 @@ func (n *Node) Stats() Stats {
 	st.HandshakesDone = n.ctr.handshakesDone.Load()
 	st.HandshakesStarted = n.ctr.handshakesStart.Load()
 	st.CookieRepliesSent = n.ctr.cookiesSent.Load()
+	st.SelfReached = n.ctr.selfReached.Load()
 	st.HandshakeDHOps = n.hs.DHCount()
 	st.Sessions, st.PendingHandshakes = n.index.counts()
 	return st

@@ -122,7 +122,8 @@ type nodeOpts struct {
 	noUDP   bool
 	noCap   bool // a plain bind, for benchmarks: the capture copies every datagram
 	logger  *slog.Logger
-	ws      bool // listen for WebSocket on loopback
+	ws      bool          // listen for WebSocket on loopback
+	config  func(*Config) // sets what the fields above do not (Admit, SessionUp, Extension)
 }
 
 func randKey(t testing.TB) [32]byte {
@@ -149,13 +150,17 @@ func startNode(t testing.TB, o nodeOpts) *testNode {
 	if o.noCap {
 		bind = b.Bind
 	}
-	n, err := New(Config{
+	cfg := Config{
 		Seed: o.seed, PrivateKey: key, Name: o.name, ListenPort: o.port,
 		Handler: handler, Bind: bind, Logger: o.logger, Limits: o.timers, DisableAES: o.noAES,
 		HandshakeLoadThreshold: o.loadThr,
 		DisableUDP:             o.noUDP,
 		WSListen:               map[bool]string{true: "127.0.0.1:0"}[o.ws],
-	})
+	}
+	if o.config != nil {
+		o.config(&cfg)
+	}
+	n, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -578,7 +583,7 @@ func TestReliableControlDeliveredInOrder(t *testing.T) {
 	h := newCollector()
 	bKey := randKey(t)
 	b, err := New(Config{Seed: seed, PrivateKey: bKey, Name: "b", Handler: h,
-		Extension: func(p *Peer, typ byte, body []byte) {
+		Extension: func(p *Peer, typ byte, body []byte, _ netip.AddrPort, _ bool) {
 			mu.Lock()
 			if typ == wire.CtlStreamOpen {
 				opens++
@@ -774,7 +779,7 @@ func TestReliableControlSurvivesRekey(t *testing.T) {
 	seed := randKey(t)
 	h := newCollector()
 	b, err := New(Config{Seed: seed, PrivateKey: randKey(t), Name: "b", Handler: h,
-		Extension: func(p *Peer, typ byte, body []byte) { got.Add(1) }})
+		Extension: func(p *Peer, typ byte, body []byte, _ netip.AddrPort, _ bool) { got.Add(1) }})
 	if err != nil {
 		t.Fatal(err)
 	}

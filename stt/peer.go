@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.zx2c4.com/wireguard/conn"
 )
 
 // Peer is a remote node the local node exchanges datagrams with.
@@ -24,15 +26,21 @@ type Peer struct {
 	times    peerTimes    // the clocks the timers read: atomics
 	counters peerCounters // traffic figures: atomics
 
-	// mu guards cfg (but Name and Tag, which never change) and every field below.
+	// mu guards cfg (but Name, Tag and AnyName, which never change) and every field
+	// below.
 	mu        sync.Mutex
 	cfg       PeerConfig
 	handshake handshakeState
 	queue     [][]byte // datagrams waiting for a session, or for a move of the path (path.holding)
-	ping      pingState
-	lookup    lookupState
-	refused   refusalState
-	removed   bool
+	// relQueue holds the reliable control messages SendReliable was given while the
+	// peer had no session (at most reliableQueueMax); the next session takes them.
+	relQueue []relMsg
+	ping     pingState
+	lookup   lookupState
+	refused  refusalState
+	idle     idleState
+	wildcard wildcardState
+	removed  bool
 }
 
 // peerKeys are the peer's sessions. current and standby are atomics, read by the
@@ -55,6 +63,7 @@ type peerTimes struct {
 	lastRecv        atomic.Int64
 	lastRecvData    atomic.Int64
 	firstUnanswered atomic.Int64 // first data or keepalive echo sent since we last heard from the peer
+	lastReliable    atomic.Int64 // a reliable control message sent or delivered (the idle timer)
 }
 
 // peerCounters are the peer's traffic figures. Atomics.
@@ -77,6 +86,12 @@ type handshakeState struct {
 	last          time.Time // when the latest session was confirmed (LastHandshake)
 	static        [32]byte  // the peer's static key, pinned or learned
 	staticKnown   bool
+	// candidates are cfg.Candidates as endpoints: more addresses each HELLO goes to
+	// while the peer has no working endpoint. badCandidates has bit i set when
+	// candidates[i] answered as a node of another name: it is skipped until the
+	// candidates change or a session is confirmed.
+	candidates    []conn.Endpoint
+	badCandidates uint8
 }
 
 // pingState is the STT echo of the peer. Guarded by Peer.mu.
@@ -84,6 +99,10 @@ type pingState struct {
 	last    time.Time
 	waiting map[uint32]chan time.Duration // Ping calls waiting for their PONG, by sequence
 	seq     uint32
+	// txAtProbe is the data packets sent when the last RTT probe went out: a probe is
+	// due while data flows either way, and a sender whose peer only acknowledges
+	// (keepalives, no data) probes too.
+	txAtProbe uint64
 }
 
 // lookupState is the background lookup of cfg.Endpoint when it is a name. Guarded by
@@ -108,6 +127,24 @@ type refusalState struct {
 	code         uint16
 	since, until time.Time
 	count        int
+}
+
+// idleState is the idle timer of a peer with an IdleTimeout (expiredIdleLocked).
+// Guarded by Peer.mu.
+type idleState struct {
+	// packets is the peer's data packets, sent and received, when the timer last
+	// looked; lastUse (mono, 0 = not started) is when it last saw them change.
+	packets uint64
+	lastUse int64
+}
+
+// wildcardState is what a wildcard peer (PeerConfig.AnyName) found at its address.
+// Guarded by Peer.mu.
+type wildcardState struct {
+	reached bool // a handshake reached a node, name and key below
+	name    string
+	key     [32]byte
+	self    bool // the latest CHALLENGE came from this node itself
 }
 
 // Name is the peer's configured name.
@@ -347,6 +384,27 @@ func (p *Peer) EndpointError() string {
 	return p.lookup.err
 }
 
+// Reached reports whom the wildcard peer's latest handshake reached: the node name and
+// static key its address answered with, on whose peer the session was made. ok is false
+// before any (and always for a peer that is not a wildcard).
+func (p *Peer) Reached() (name string, key [32]byte, ok bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.wildcard.name, p.wildcard.key, p.wildcard.reached
+}
+
+// ReachedSelf reports whether the wildcard peer's address last answered as this node
+// itself (its own name or static key): a bootstrap address that is this node's own. The
+// wildcard then stops trying until Rekey.
+func (p *Peer) ReachedSelf() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.wildcard.self
+}
+
+// IsWildcard reports whether the peer is a wildcard (PeerConfig.AnyName).
+func (p *Peer) IsWildcard() bool { return p.cfg.AnyName }
+
 // ErrNoSession reports an operation that needs a session the peer does not have yet.
 var ErrNoSession = errors.New("no session with peer")
 
@@ -368,4 +426,5 @@ func (p *Peer) shutdown() {
 	// timers and completes no handshake.
 	p.dropSessionsLocked()
 	p.queue = nil
+	p.relQueue = nil
 }

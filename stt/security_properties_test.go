@@ -458,15 +458,21 @@ func TestInitiatorRefusesResponderWithAnotherName(t *testing.T) {
 
 // TestExpiredSessionSealsNoControl: control messages are not sealed on a session past
 // REJECT_AFTER_TIME either, in the time before the timer takes it away: a reliable
-// message or a ping finds no session, and a CLOSE is not sent.
+// message waits for the next session, a ping finds no session, and a CLOSE is not sent.
 func TestExpiredSessionSealsNoControl(t *testing.T) {
 	o := newOffline(t, Limits{})
 	old := expiredAt()
 	s, _ := o.session(t, testLocalIndex, true, old, 0x10)
 	s.confirmed.Store(true)
 	o.p.keys.current.Store(s)
-	if err := o.p.SendReliable(0x80, []byte("later")); !errors.Is(err, ErrNoSession) {
-		t.Errorf("SendReliable on an expired session: %v, want ErrNoSession", err)
+	if err := o.p.SendReliable(0x80, []byte("later")); err != nil {
+		t.Errorf("SendReliable on an expired session: %v, want it kept for the next session", err)
+	}
+	o.p.mu.Lock()
+	kept, want := len(o.p.relQueue), o.p.handshake.want
+	o.p.mu.Unlock()
+	if kept != 1 || !want {
+		t.Errorf("SendReliable on an expired session: %d messages kept, handshake wanted %v; want 1, true", kept, want)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()

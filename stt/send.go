@@ -30,16 +30,14 @@ func (p *Peer) Send(pkts [][]byte, flows []uint16) error {
 		}
 	}
 	if s == nil || s.expired(now, &n.limits) {
-		p.enqueue(pkts)
-		return nil
+		return p.enqueue(pkts)
 	}
 	if p.path.holding.Load() && p.hold(pkts) {
 		return nil
 	}
 	first, ok := s.reserve(len(pkts), n.limits.RejectAfterMessages)
 	if !ok {
-		p.enqueue(pkts)
-		return nil
+		return p.enqueue(pkts)
 	}
 	bytes := p.sealBatch(s, pkts, flows, first)
 	if first+uint64(len(pkts)) >= n.limits.RekeyAfterMessages {
@@ -160,8 +158,13 @@ func (p *Peer) hold(pkts [][]byte) bool {
 	return true
 }
 
-// enqueue copies datagrams into the handshake queue, dropping the oldest when full.
-func (p *Peer) enqueue(pkts [][]byte) {
+// enqueue copies datagrams into the handshake queue, dropping the oldest when full. A
+// wildcard peer carries nothing: they are dropped (ErrWildcardPeer).
+func (p *Peer) enqueue(pkts [][]byte) error {
+	if p.cfg.AnyName {
+		p.drop(DropNoSession, uint64(len(pkts)))
+		return ErrWildcardPeer
+	}
 	p.mu.Lock()
 	if p.refusedLocked(time.Now()) {
 		// The peer refused us: nothing would carry these before the back-off ends.
@@ -169,12 +172,13 @@ func (p *Peer) enqueue(pkts [][]byte) {
 		p.drop(DropRefused, uint64(len(pkts)))
 		p.handshake.want = true
 		p.mu.Unlock()
-		return
+		return nil
 	}
 	p.queueLocked(pkts, DropNoSession)
 	p.handshake.want = true
 	p.mu.Unlock()
 	p.node.kick()
+	return nil
 }
 
 // queueLocked copies datagrams into the peer's queue, bounded by MaxQueued: when it is
@@ -251,6 +255,9 @@ func (p *Peer) sendControlVia(s *session, payload []byte, ep conn.Endpoint) {
 }
 
 // sendClose tells the peer that s is closed because this side shuts it down.
-func (p *Peer) sendClose(s *session) {
-	p.sendControl(s, wire.AppendControl(nil, wire.CtlClose, []byte{wire.CodeShutdown, 0}))
+func (p *Peer) sendClose(s *session) { p.sendCloseCode(s, wire.CodeShutdown) }
+
+// sendCloseCode tells the peer that s is closed, for the reason code (wire.Code*).
+func (p *Peer) sendCloseCode(s *session, code byte) {
+	p.sendControl(s, wire.AppendControl(nil, wire.CtlClose, []byte{code, 0}))
 }

@@ -3,6 +3,7 @@ package stt
 import (
 	"context"
 	"encoding/binary"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -141,7 +142,7 @@ func controlNode(t *testing.T) (*offline, *session, *[]byte) {
 	s, _ := o.session(t, testLocalIndex, false, time.Now(), 0x10)
 	o.p.keys.current.Store(s)
 	var ext []byte
-	o.n.cfg.Extension = func(p *Peer, typ byte, body []byte) { ext = append(ext, typ) }
+	o.n.cfg.Extension = func(p *Peer, typ byte, body []byte, _ netip.AddrPort, _ bool) { ext = append(ext, typ) }
 	return o, s, &ext
 }
 

@@ -76,6 +76,7 @@ type counters struct {
 	handshakesDone  atomic.Uint64
 	handshakesStart atomic.Uint64
 	cookiesSent     atomic.Uint64
+	selfReached     atomic.Uint64
 }
 
 // Stats is a snapshot of a node's counters.
@@ -83,6 +84,9 @@ type Stats struct {
 	HandshakesDone    uint64
 	HandshakesStarted uint64
 	CookieRepliesSent uint64
+	// SelfReached counts CHALLENGEs to a wildcard peer's handshake that came from this
+	// node itself (its own name or key): a bootstrap address that is this node's own.
+	SelfReached       uint64
 	HandshakeDHOps    uint64
 	Sessions          int
 	PendingHandshakes int

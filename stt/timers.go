@@ -4,7 +4,11 @@
 
 package stt
 
-import "time"
+import (
+	"time"
+
+	"github.com/stt-tun/stt-tun/stt/wire"
+)
 
 // timerLoop drives every peer's timers: handshake retransmission, rekeys,
 // keepalives, dead-peer detection and session expiry.
@@ -38,6 +42,9 @@ func (p *Peer) tick(now time.Time) {
 		return
 	}
 	cur := p.expiredSessionsLocked(now)
+	if p.expiredIdleLocked(now, cur) {
+		cur = nil
+	}
 	need := p.handshake.want
 	if p.expiredUnconfirmedLocked(now, cur) || p.expiredRekeyLocked(now, cur) {
 		need = true
@@ -46,8 +53,10 @@ func (p *Peer) tick(now time.Time) {
 	if p.expiredDeadPeerLocked(now) {
 		need = true
 	}
-	if p.cfg.PersistentKeepalive > 0 && cur == nil {
-		need = true // a persistent keepalive keeps a session up, not only the NAT mapping
+	if p.cfg.PersistentKeepalive > 0 && cur == nil && p.cfg.IdleTimeout <= 0 && !p.cfg.AnyName {
+		// A persistent keepalive keeps a session up, not only the NAT mapping; but not
+		// one that closes when idle, and a wildcard holds none.
+		need = true
 	}
 	if p.refusedLocked(now) {
 		// Refused: wait out the back-off (refusalBackoff) before asking again.
@@ -84,6 +93,50 @@ func (p *Peer) expiredSessionsLocked(now time.Time) *session {
 		p.keys.standby.Store(nil)
 	}
 	return cur
+}
+
+// expiredIdleLocked closes the session of a peer with an IdleTimeout when neither data
+// nor a reliable control message has gone either way for that long, and reports
+// whether it did. Data is seen in the traffic counters, so that the packet path does
+// nothing for this timer; keepalives, PINGs and other unreliable control messages are
+// not counted, and do not keep a session open. A session with reliable messages not yet
+// acknowledged, or datagrams waiting, is in use. Called with p.mu held.
+func (p *Peer) expiredIdleLocked(now time.Time, cur *session) bool {
+	if p.cfg.IdleTimeout <= 0 || cur == nil {
+		return false
+	}
+	t := p.mono(now)
+	if pk := p.counters.txPackets.Load() + p.counters.rxPackets.Load(); pk != p.idle.packets || p.idle.lastUse == 0 {
+		p.idle.packets, p.idle.lastUse = pk, t
+	}
+	if t-max(p.idle.lastUse, p.times.lastReliable.Load()) < int64(p.cfg.IdleTimeout) || len(p.queue) > 0 || cur.rel.pending() {
+		return false
+	}
+	p.closeIdleLocked()
+	return true
+}
+
+// closeIdleLocked ends the peer's sessions because they are idle: CLOSE tells the peer
+// to drop its side, and no handshake starts until Send or SendReliable asks for one.
+// Unlike dropSessionsLocked it keeps the handshake replay state: the key has not
+// changed. Called with p.mu held.
+func (p *Peer) closeIdleLocked() {
+	n := p.node
+	p.dropInitLocked()
+	p.forgetProofLocked()
+	cur, sb := p.keys.current.Swap(nil), p.keys.standby.Swap(nil)
+	for _, s := range [...]*session{cur, sb} {
+		if s != nil {
+			p.sendCloseCode(s, wire.CodeNone) // a normal close
+		}
+	}
+	n.index.remove(cur, sb, p.keys.previous)
+	p.keys.previous = nil
+	p.handshake.want = false
+	p.times.firstUnanswered.Store(0)
+	p.path.sentUnanswered.Store(0)
+	p.idle.lastUse = 0
+	n.log.Debug("idle session closed", "peer", p.cfg.Name, "idle_timeout", p.cfg.IdleTimeout)
 }
 
 // sentRecently reports whether this node sent the peer anything within
@@ -149,6 +202,7 @@ func (p *Peer) expiredRetransmitHandshakeLocked(now time.Time, need bool) {
 			p.dropInitLocked()
 			p.handshake.want = false
 			p.dropQueueLocked(DropNoSession)
+			p.relQueue = nil // idempotent messages, as reliable ones must be: sent again when wanted
 		} else {
 			p.startHandshakeLocked(now)
 		}
@@ -170,8 +224,14 @@ func (p *Peer) expiredSendKeepaliveLocked(now time.Time, cur *session) {
 	// A persistent keepalive is an echo request: its answer shows the path still works,
 	// and its silence starts the same clock as unanswered data, so that an idle peer
 	// whose UDP dies moves to WebSocket (and, later, re-handshakes) as a busy one does.
-	if persistent || (cur.confirmed.Load() && now.Sub(p.ping.last) >= t.RTTProbeInterval && nowMono-p.times.lastRecv.Load() < int64(t.RTTProbeInterval)*2) {
+	// An RTT probe goes out while data flows (received lately, or sent since the last
+	// probe), not on an idle session: there its answer would count as something heard
+	// and keep the probes going forever, every RTTProbeInterval both ways.
+	tx := p.counters.txPackets.Load()
+	flowing := nowMono-p.times.lastRecvData.Load() < int64(t.RTTProbeInterval)*2 || tx != p.ping.txAtProbe
+	if persistent || (cur.confirmed.Load() && now.Sub(p.ping.last) >= t.RTTProbeInterval && flowing) {
 		payload = p.pingPayloadLocked(now, nil)
+		p.ping.txAtProbe = tx
 	}
 	payload = cur.rel.appendDue(payload, now, p.RTT())
 	if payload != nil || passive {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 
 	"golang.zx2c4.com/wireguard/conn"
 )
@@ -13,8 +14,9 @@ import (
 var ErrPeerRemoved = errors.New("peer was removed")
 
 // Update changes a running peer's settings in place, for a configuration reload: its
-// endpoint, persistent keepalive, pinned key and WebSocket settings. Name and Tag cannot
-// change; Update refuses another name and ignores pc.Tag.
+// endpoint, candidates, persistent keepalive, idle timeout, pinned key and WebSocket
+// settings. Name, AnyName and Tag cannot change; Update refuses another name or AnyName
+// and ignores pc.Tag.
 //
 // The session survives every change but one: a pin that does not match the key the
 // current session was made with drops the session (and any handshake in flight), and a
@@ -30,7 +32,14 @@ func (p *Peer) Update(pc PeerConfig) error {
 	if pc.Name != p.cfg.Name {
 		return fmt.Errorf("stt: peer %s: Update cannot rename a peer to %q", p.cfg.Name, pc.Name)
 	}
+	if pc.AnyName != p.cfg.AnyName {
+		return fmt.Errorf("stt: peer %s: Update cannot make a wildcard peer of a named one, or the reverse", p.cfg.Name)
+	}
 	n := p.node
+	cands, err := n.parseCandidates(pc.Candidates)
+	if err != nil {
+		return fmt.Errorf("stt: peer %s: %w", pc.Name, err)
+	}
 	p.mu.Lock()
 	endpointChanged := pc.Endpoint != p.cfg.Endpoint
 	p.mu.Unlock()
@@ -66,6 +75,11 @@ func (p *Peer) Update(pc PeerConfig) error {
 	// the peer may be connected from where it is, as for a peer that never had one.
 	p.cfg.Endpoint = pc.Endpoint
 	p.cfg.PersistentKeepalive = pc.PersistentKeepalive
+	p.cfg.IdleTimeout = pc.IdleTimeout
+	if !slices.Equal(pc.Candidates, p.cfg.Candidates) {
+		p.handshake.candidates, p.handshake.badCandidates = cands, 0
+	}
+	p.cfg.Candidates = slices.Clone(pc.Candidates)
 	if endpointChanged {
 		if name {
 			p.startLookupLocked()
@@ -109,4 +123,12 @@ func (p *Peer) SessionID() (uint32, bool) {
 		return 0, false
 	}
 	return s.localIndex, true
+}
+
+// Config returns the peer's configuration as it is now, for a caller that changes a
+// few fields and passes it to Update.
+func (p *Peer) Config() PeerConfig {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cfg
 }

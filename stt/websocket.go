@@ -34,6 +34,9 @@ func (e *wsEndpoint) DstIP() netip.Addr { return e.addr.Addr() }
 
 func (e *wsEndpoint) SrcIP() netip.Addr { return netip.Addr{} }
 
+// AddrPort is the TCP address at the other end of the connection (addrPortOf).
+func (e *wsEndpoint) AddrPort() netip.AddrPort { return e.addr }
+
 func (e *wsEndpoint) String() string { return e.c.String() }
 
 // wsEndpoints remembers one endpoint per connection, so that a peer's endpoint is the

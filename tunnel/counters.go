@@ -23,5 +23,34 @@ func (t *Tunnel) counterMap() map[string]uint64 {
 	m["tunnel_malformed"] = c.Malformed
 	m["tunnel_routing_loop"] = c.RoutingLoop
 	m["tunnel_tun_errors"] = c.TunErrors
+	if t.mesh != nil {
+		t.meshCounters(m)
+	}
 	return m
+}
+
+// meshCounters adds the mesh's counters: records offered by members, by outcome
+// ("mesh_record_<outcome>"; all but accepted are drops), claims and names policy
+// refused, and the gossip traffic.
+func (t *Tunnel) meshCounters(m map[string]uint64) {
+	s := t.mesh.eng.Stats()
+	m["mesh_record_accepted"] = s.Accepted
+	m["mesh_record_stale"] = s.Stale
+	m["mesh_record_bad_signature"] = s.BadSignature
+	m["mesh_record_malformed"] = s.Malformed
+	m["mesh_record_too_large"] = s.TooLarge
+	m["mesh_record_expired"] = s.Expired
+	m["mesh_record_future"] = s.Future
+	m["mesh_record_rate_limited"] = s.RateLimited
+	m["mesh_record_table_full"] = s.Full
+	m["mesh_record_own_key"] = s.OwnKey
+	m["mesh_records_swept"] = s.Swept
+	m["mesh_bad_messages"] = s.BadMessages
+	m["mesh_unknown_messages"] = s.UnknownTypes
+	m["mesh_messages_in"] = s.MsgsIn
+	m["mesh_messages_out"] = s.MsgsOut
+	m["mesh_bytes_in"] = s.BytesIn
+	m["mesh_bytes_out"] = s.BytesOut
+	m["mesh_claims_refused"] = t.mesh.claimsRefused.Load()
+	m["mesh_names_refused"] = t.mesh.namesRefused.Load()
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -28,7 +29,7 @@ func gauge(name, help string) family   { return family{name, promtext.Gauge, hel
 // packet paths keep anyway, at scrape time: exporting them costs nothing per packet.
 var (
 	famInterfaceInfo = gauge("stt_interface_info", "The interface: its name, node name and public key (base64). Always 1.")
-	famPeerInfo      = gauge("stt_peer_info", "A configured peer with its current path (udp, ws or none) and underlay endpoint. Always 1.")
+	famPeerInfo      = gauge("stt_peer_info", "A peer (configured, or a discovered member) with its current path (udp, ws or none) and underlay endpoint. Always 1.")
 	famPeerSession   = gauge("stt_peer_session_up", "1 if the peer has a usable session, else 0.")
 	famPeerTxBytes   = counter("stt_peer_tx_bytes_total", "Payload bytes sent to the peer.")
 	famPeerRxBytes   = counter("stt_peer_rx_bytes_total", "Payload bytes received from the peer.")
@@ -67,17 +68,60 @@ var (
 	famWSPendingClosed = counter("stt_websocket_pending_connections_closed_total", "TCP connections of the WebSocket listener closed before an upgrade by its bounds, by reason: source_limit (max_pending_per_source from its source, closed at accept), evicted (the oldest, max_pending reached) or deadline (not upgraded within 10 s of its accept).")
 
 	famAcceptErrors = counter("stt_accept_errors_total", "Failed accepts on the daemon's listeners, retried with backoff, by listener: control, websocket or metrics.")
+
+	famMeshMembers   = gauge("stt_mesh_members", "Members of the mesh this node knows, not counting itself.")
+	famMeshConnected = gauge("stt_mesh_connected_members", "Members of the mesh with a session now.")
+	famMeshRecords   = counter("stt_mesh_records_total", "Member records members sent, by outcome: accepted, or why they were dropped.")
+	famMeshClaims    = counter("stt_mesh_claims_refused_total", "Addresses and prefixes members claimed that policy refused.")
+	famMeshNames     = counter("stt_mesh_names_refused_total", "Member records refused because their name belongs to another key.")
+	famMeshMsgs      = counter("stt_mesh_gossip_messages_total", "Gossip messages, by direction: in or out.")
+	famMeshBytes     = counter("stt_mesh_gossip_bytes_total", "Bytes of gossip messages (type, length and body), by direction: in or out.")
+	famPeerMesh      = gauge("stt_peer_mesh_info", "A peer that is a member of the mesh, with how the node learned of it (config, bootstrap, gossip, handshake). Always 1.")
 )
 
 type peerSample struct {
 	name     string
 	sp       *stt.Peer
 	tunDrops uint64 // the tunnel layer's drops of the peer's packets
+	source   string // how the mesh learned of it; "" without the mesh
+}
+
+// meshSample is the mesh's part of a scrape: its members that are not [[peer]]s, how
+// the node learned of each member, and how many it knows and has sessions with.
+type meshSample struct {
+	members   []peerSample // discovered members with a peer, by name
+	source    map[string]string
+	known, up int
+}
+
+// sampleMesh reads the mesh's members. It takes mesh.mu, so the caller must not hold
+// t.mu (the lock order is mesh.mu before t.mu).
+func (t *Tunnel) sampleMesh() meshSample {
+	m := t.mesh
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ms := meshSample{source: make(map[string]string, len(m.members))}
+	for _, mb := range m.members {
+		ms.known++
+		if mb.p == nil {
+			continue // its record was refused: no peer, no traffic
+		}
+		if mb.p.sp.HasSession() {
+			ms.up++
+		}
+		ms.source[mb.name] = mb.source
+		if mb.source != sourceConfig {
+			ms.members = append(ms.members, peerSample{name: mb.name, sp: mb.p.sp, tunDrops: mb.p.tunDrops(), source: mb.source})
+		}
+	}
+	slices.SortFunc(ms.members, func(a, b peerSample) int { return strings.Compare(a.name, b.name) })
+	return ms
 }
 
 // peerRow is a peer's figures as the metrics write them.
 type peerRow struct {
-	name string
+	name   string
+	source string // "" without the mesh
 	peerFigures
 	hsAge float64 // seconds since the last handshake, if there was one
 }
@@ -92,6 +136,19 @@ func (t *Tunnel) writeMetrics(w *promtext.Writer) {
 		peers[i] = peerSample{name: p.cfg.Name, sp: p.sp, tunDrops: p.tunDrops()}
 	}
 	t.mu.RUnlock()
+	// The discovered members are peers too, after the configured ones. mesh.mu is
+	// taken with t.mu released: the lock order is mesh.mu before t.mu.
+	var ms meshSample
+	if t.mesh != nil {
+		ms = t.sampleMesh()
+		for i := range peers {
+			peers[i].source = sourceConfig
+			if src, ok := ms.source[peers[i].name]; ok {
+				peers[i].source = src
+			}
+		}
+		peers = append(peers, ms.members...)
+	}
 
 	one := func(f family, v uint64, labels ...string) {
 		w.Family(f.name, f.typ, f.help)
@@ -103,7 +160,7 @@ func (t *Tunnel) writeMetrics(w *promtext.Writer) {
 	now := time.Now()
 	figs := make([]peerRow, len(peers))
 	for i, p := range peers {
-		f := peerRow{name: p.name, peerFigures: figuresOf(p.sp, p.tunDrops)}
+		f := peerRow{name: p.name, source: p.source, peerFigures: figuresOf(p.sp, p.tunDrops)}
 		if !f.lastHS.IsZero() {
 			f.hsAge = max(now.Sub(f.lastHS).Seconds(), 0)
 		}
@@ -146,6 +203,13 @@ func (t *Tunnel) writeMetrics(w *promtext.Writer) {
 	for _, f := range figs {
 		if f.refused != "" {
 			w.Uint(famPeerRefused.name, 1, "peer", f.name, "reason", f.refused)
+		}
+	}
+
+	if t.mesh != nil {
+		w.Family(famPeerMesh.name, famPeerMesh.typ, famPeerMesh.help)
+		for _, f := range figs {
+			w.Uint(famPeerMesh.name, 1, "peer", f.name, "source", f.source)
 		}
 	}
 
@@ -195,6 +259,41 @@ func (t *Tunnel) writeMetrics(w *promtext.Writer) {
 	for _, k := range accept.Kinds {
 		w.Uint(famAcceptErrors.name, accept.Errors(k), "listener", k.String())
 	}
+	if t.mesh != nil {
+		t.writeMeshMetrics(w, ms)
+	}
+}
+
+// writeMeshMetrics writes the mesh's families: members, records by outcome, refused
+// claims and names, gossip traffic.
+func (t *Tunnel) writeMeshMetrics(w *promtext.Writer, ms meshSample) {
+	one := func(f family, v uint64) {
+		w.Family(f.name, f.typ, f.help)
+		w.Uint(f.name, v)
+	}
+	one(famMeshMembers, uint64(ms.known))
+	one(famMeshConnected, uint64(ms.up))
+	s := t.mesh.eng.Stats()
+	w.Family(famMeshRecords.name, famMeshRecords.typ, famMeshRecords.help)
+	for _, o := range []struct {
+		outcome string
+		n       uint64
+	}{
+		{"accepted", s.Accepted}, {"stale", s.Stale}, {"bad_signature", s.BadSignature},
+		{"malformed", s.Malformed}, {"too_large", s.TooLarge}, {"expired", s.Expired},
+		{"future", s.Future}, {"rate_limited", s.RateLimited}, {"table_full", s.Full},
+		{"own_key", s.OwnKey},
+	} {
+		w.Uint(famMeshRecords.name, o.n, "outcome", o.outcome)
+	}
+	one(famMeshClaims, t.mesh.claimsRefused.Load())
+	one(famMeshNames, t.mesh.namesRefused.Load())
+	w.Family(famMeshMsgs.name, famMeshMsgs.typ, famMeshMsgs.help)
+	w.Uint(famMeshMsgs.name, s.MsgsIn, "direction", "in")
+	w.Uint(famMeshMsgs.name, s.MsgsOut, "direction", "out")
+	w.Family(famMeshBytes.name, famMeshBytes.typ, famMeshBytes.help)
+	w.Uint(famMeshBytes.name, s.BytesIn, "direction", "in")
+	w.Uint(famMeshBytes.name, s.BytesOut, "direction", "out")
 }
 
 // metricsServer serves one tunnel's metrics over HTTP.

@@ -112,16 +112,22 @@ func exposedMetrics(body string) []string {
 	return names
 }
 
-// TestMetricsMatchDocs scrapes the handler and checks that the metrics and the table
-// in docs/metrics.md name exactly the same metrics.
+// TestMetricsMatchDocs scrapes the handler of a node with a WebSocket listener and of
+// a mesh member and checks that the metrics and the table in docs/metrics.md name
+// exactly the same metrics.
 func TestMetricsMatchDocs(t *testing.T) {
 	a, _ := metricsPair(t)
-	rec := httptest.NewRecorder()
-	a.t.metricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", MetricsPath, nil))
-	if rec.Code != http.StatusOK {
-		t.Fatalf("GET %s: %d", MetricsPath, rec.Code)
+	var exposed []string
+	for _, n := range []*memNode{a, meshTrio(t)} {
+		rec := httptest.NewRecorder()
+		n.t.metricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", MetricsPath, nil))
+		if rec.Code != http.StatusOK {
+			t.Fatalf("GET %s: %d", MetricsPath, rec.Code)
+		}
+		exposed = append(exposed, exposedMetrics(rec.Body.String())...)
 	}
-	exposed := exposedMetrics(rec.Body.String())
+	slices.Sort(exposed)
+	exposed = slices.Compact(exposed)
 	documented := documentedMetrics(t)
 	if len(documented) < 20 {
 		t.Fatalf("found %d metrics in %s; did the table format change?", len(documented), metricsDoc)
@@ -143,8 +149,16 @@ func TestMetricsMatchDocs(t *testing.T) {
 // and runs promtool's checks on it.
 func TestMetricsLint(t *testing.T) {
 	a, _ := metricsPair(t)
+	for _, n := range []*memNode{a, meshTrio(t)} {
+		lintScrape(t, n)
+	}
+}
+
+// lintScrape parses n's exposition strictly and lints it.
+func lintScrape(t *testing.T, n *memNode) {
+	t.Helper()
 	rec := httptest.NewRecorder()
-	a.t.metricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", MetricsPath, nil))
+	n.t.metricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", MetricsPath, nil))
 	if ct := rec.Header().Get("Content-Type"); !strings.HasPrefix(ct, "text/plain; version=0.0.4") {
 		t.Errorf("Content-Type %q", ct)
 	}

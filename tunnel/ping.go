@@ -66,8 +66,26 @@ func (t *Tunnel) ifaceName() string {
 	return t.cfg.Interface.Name
 }
 
-// peerNamed returns the configured peer with that name, or nil.
+// peerNamed returns the configured peer or mesh member with that name, or nil.
 func (t *Tunnel) peerNamed(name string) *peer {
+	if p := t.configPeer(name); p != nil {
+		return p
+	}
+	if t.mesh != nil {
+		// mesh.mu is taken before t.mu elsewhere, so never while holding t.mu.
+		t.mesh.mu.Lock()
+		defer t.mesh.mu.Unlock()
+		for _, mb := range t.mesh.members {
+			if mb.name == name && mb.p != nil {
+				return mb.p
+			}
+		}
+	}
+	return nil
+}
+
+// configPeer returns the [[peer]] with that name, or nil.
+func (t *Tunnel) configPeer(name string) *peer {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	for _, p := range t.peers {

@@ -222,6 +222,8 @@ func (t *Tunnel) reload(cfg *config.Config) ([]string, error) {
 		if !pl.added {
 			continue
 		}
+		// A [[peer]] always wins over a discovered member of the same name.
+		t.yieldMemberName(pl.cfg.Name)
 		sp, err := t.node.AddPeer(sttPeerConfig(pl.cfg, pl.p))
 		if err != nil {
 			return fail(fmt.Errorf("add peer %s: %w", pl.cfg.Name, err))
@@ -277,6 +279,11 @@ func (t *Tunnel) reload(cfg *config.Config) ([]string, error) {
 	for _, pl := range plans {
 		t.setWSURL(pl.p, pl.cfg.WSURL)
 	}
+	if t.mesh != nil {
+		t.mesh.mu.Lock()
+		t.addMembersToTable(table)
+		t.mesh.mu.Unlock()
+	}
 	t.mu.Lock()
 	t.table.Store(table)
 	for _, pl := range plans {
@@ -292,6 +299,9 @@ func (t *Tunnel) reload(cfg *config.Config) ([]string, error) {
 
 	for _, p := range removed {
 		t.node.RemovePeer(p.cfg.Name)
+	}
+	if t.mesh != nil {
+		t.remesh()
 	}
 	if stopMetrics != nil {
 		stopMetrics.close()
@@ -373,6 +383,14 @@ func restartNeeded(old, cfg *config.Config) error {
 		}
 		section := tomlName(f.Name)
 		a, b := ov.Field(i), nv.Field(i)
+		if f.Name == "Discovery" && old.Discovery.Enabled != cfg.Discovery.Enabled {
+			if cfg.Discovery.Enabled {
+				msgs = append(msgs, "[discovery] added")
+			} else {
+				msgs = append(msgs, "[discovery] removed")
+			}
+			continue
+		}
 		if f.Type.Kind() != reflect.Struct {
 			if f.IsExported() && !reflect.DeepEqual(a.Interface(), b.Interface()) {
 				msgs = append(msgs, section+" changed")
@@ -415,6 +433,7 @@ var tomlNames = map[string]string{
 	"DisableUDP": "udp",
 	"FwMark":     "fwmark",
 	"WebSocket":  "websocket",
+	"MeshIPv6":   "mesh_ipv6",
 }
 
 // tomlName is the configuration key of a Config field: "ListenPort" → "listen_port",
@@ -451,13 +470,26 @@ func showValue(key string, v any) string {
 			return fmt.Sprintf("0x%x", v)
 		}
 	case []netip.Prefix:
+		return quoteAll(v)
+	case []netip.AddrPort:
+		return quoteAll(v)
+	case []string:
 		q := make([]string, len(v))
-		for i, p := range v {
-			q[i] = strconv.Quote(p.String())
+		for i, s := range v {
+			q[i] = strconv.Quote(s)
 		}
 		return "[" + strings.Join(q, ", ") + "]"
 	}
 	return fmt.Sprint(v)
+}
+
+// quoteAll writes a list as the configuration file would: ["a", "b"].
+func quoteAll[T fmt.Stringer](v []T) string {
+	q := make([]string, len(v))
+	for i, x := range v {
+		q[i] = strconv.Quote(x.String())
+	}
+	return "[" + strings.Join(q, ", ") + "]"
 }
 
 func defaultPrefixes(pc *config.Peer) []netip.Prefix {
@@ -500,7 +532,7 @@ func (t *Tunnel) checkSecrets(cfg *config.Config) error {
 	if err != nil {
 		return fmt.Errorf("reload: %w", err)
 	}
-	if config.PublicKey(key) != t.node.PublicKey() {
+	if key.PublicKey() != t.node.PublicKey() {
 		return fmt.Errorf("%w: the private key in interface.key_file %s changed", ErrRestartNeeded, cfg.Interface.KeyFile)
 	}
 	return nil

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,7 +45,13 @@ type peer struct {
 	// ws is the peer's ws_url and the addresses of its host (an IP address, or what
 	// its name resolved to), for the packet pump, which reads no cfg.
 	ws atomic.Pointer[wsTarget]
+	// member is the mesh's record of a discovered member (nil for a [[peer]] the
+	// mesh has not matched); guarded by meshState.mu.
+	member *member
 }
+
+// tableT is the prefix table: destination (outbound) and source (inbound) prefix → peer.
+type tableT = *bart.Table[*peer]
 
 // Tunnel is a running stt-tun interface.
 type Tunnel struct {
@@ -55,6 +62,8 @@ type Tunnel struct {
 	route *routing.Manager
 	table atomic.Pointer[bart.Table[*peer]]
 	peers []*peer
+	// mesh is the discovery side ([discovery]); nil without it.
+	mesh *meshState
 
 	// mu guards cfg, peers and each peer's cfg, which Reload replaces; the packet
 	// paths read only the table.
@@ -118,6 +127,14 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 	if created {
 		log.Info("created node key", "file", cfg.Interface.KeyFile)
 	}
+	if cfg.Discovery.Enabled {
+		if err := cfg.CheckKeyForDiscovery(key); err != nil {
+			return nil, err
+		}
+		if err := t.startMesh(seed, key); err != nil {
+			return nil, err
+		}
+	}
 
 	if opts.Device != nil {
 		t.dev = opts.Device
@@ -137,9 +154,9 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 	if cfg.Interface.ExitPeer != "" {
 		fwmark = cfg.Interface.FwMark
 	}
-	t.node, err = stt.New(stt.Config{
+	sc := stt.Config{
 		Seed:       seed,
-		PrivateKey: key,
+		PrivateKey: key.X25519,
 		Name:       cfg.Interface.NodeName,
 		ListenPort: uint16(cfg.Interface.ListenPort),
 		FwMark:     fwmark,
@@ -161,7 +178,13 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 		HandshakeReplayWindow: cfg.Advanced.ReplayWindow,
 		WSMaxPending:          cfg.WebSocket.MaxPending,
 		WSMaxPendingPerSource: cfg.WebSocket.MaxPendingPerSource,
-	})
+	}
+	if t.mesh != nil {
+		sc.Admit = t.admit
+		sc.Extension = t.meshExtension
+		sc.SessionUp = t.meshSessionUp
+	}
+	t.node, err = stt.New(sc)
 	if err != nil {
 		return nil, err
 	}
@@ -174,7 +197,6 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 		t.ownAddrs = append(t.ownAddrs, a.Addr().Unmap())
 	}
 
-	table := new(bart.Table[*peer])
 	for i := range cfg.Peers {
 		pc := cfg.Peers[i]
 		p := &peer{cfg: pc}
@@ -183,12 +205,14 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 		if err != nil {
 			return nil, err
 		}
-		for _, pfx := range pc.AllowedPrefixes {
-			table.Insert(pfx, p)
-		}
 		t.peers = append(t.peers, p)
 	}
-	t.table.Store(table)
+	t.table.Store(t.configTable(cfg, t.peers))
+	if t.mesh != nil {
+		if err := t.addBootstraps(); err != nil {
+			return nil, err
+		}
+	}
 	t.awaitLookups(ctx)
 	for _, w := range t.runningLoopWarnings(cfg, t.peers) {
 		log.Warn(w)
@@ -203,7 +227,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 		t.route, err = routing.Apply(routing.Spec{
 			Link:       cfg.Interface.Name,
 			MTU:        cfg.Interface.MTU,
-			Addresses:  cfg.Interface.Addresses,
+			Addresses:  t.interfaceAddresses(),
 			Routes:     routesOf(cfg),
 			FullTunnel: cfg.Interface.ExitPeer != "",
 			KillSwitch: cfg.Interface.ExitPeer != "" && cfg.Interface.KillSwitch,
@@ -220,8 +244,32 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 
 	t.pumpsDone.Add(1)
 	go t.readLoop()
+	if t.mesh != nil {
+		go t.meshLoop()
+	}
 	log.Info("tunnel up", "interface", cfg.Interface.Name, "port", t.node.Port(), "websocket", t.node.WSAddr(), "peers", len(t.peers))
 	return t, nil
+}
+
+// configTable builds the prefix table of the configured peers.
+func (t *Tunnel) configTable(cfg *config.Config, peers []*peer) tableT {
+	table := new(bart.Table[*peer])
+	for _, p := range peers {
+		for _, pfx := range p.cfg.AllowedPrefixes {
+			table.Insert(pfx, p)
+		}
+	}
+	return table
+}
+
+// interfaceAddresses are the addresses the interface gets: the configured ones and,
+// with the mesh, the key-derived one.
+func (t *Tunnel) interfaceAddresses() []netip.Prefix {
+	addrs := slices.Clone(t.cfg.Interface.Addresses)
+	if a := t.meshAddress(); a.IsValid() {
+		addrs = append(addrs, a)
+	}
+	return addrs
 }
 
 // lookupWait bounds how long Start waits for the first lookups of the peers' endpoint
@@ -277,6 +325,14 @@ func (t *Tunnel) fail(err error) {
 func (t *Tunnel) Close() error {
 	var errs []error
 	t.closeOnce.Do(func() {
+		if t.mesh != nil {
+			// Tell the members this node is leaving, before the sessions close.
+			if err := t.mesh.eng.Leave(leaveLinger); err != nil {
+				t.log.Debug("mesh: leave", "err", err)
+			}
+			t.awaitLeaveAcks()
+		}
+		t.stopMesh()
 		t.lookupCancel()
 		t.stopMetrics()
 		if err := t.node.Close(); err != nil {
@@ -316,6 +372,33 @@ func (t *Tunnel) Counters() Counters {
 
 // Status reports the tunnel's current state.
 func (t *Tunnel) Status() status.Status {
+	st := t.configStatus()
+	if t.mesh != nil {
+		t.meshStatus(&st)
+	}
+	return st
+}
+
+// peerStatus is one peer's status line.
+func peerStatus(p *peer) status.Peer {
+	f := figuresOf(p.sp, p.tunDrops())
+	ps := status.Peer{Name: p.cfg.Name, Path: f.path, Endpoint: f.endpoint, LastHandshake: f.lastHS, Refused: f.refused}
+	if k, ok := p.sp.PublicKey(); ok {
+		ps.PublicKey = config.EncodeKey(k)
+	}
+	ps.EndpointError = p.sp.EndpointError()
+	for _, pfx := range p.cfg.AllowedPrefixes {
+		ps.AllowedPrefixes = append(ps.AllowedPrefixes, pfx.String())
+	}
+	ps.RTT = float64(f.rtt.Microseconds()) / 1000
+	s := f.stats
+	ps.TxBytes, ps.RxBytes, ps.TxPackets, ps.RxPackets = s.TxBytes, s.RxBytes, s.TxPackets, s.RxPackets
+	ps.Drops = f.drops
+	return ps
+}
+
+// configStatus is the status of the interface and its configured peers.
+func (t *Tunnel) configStatus() status.Status {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	pub := t.node.PublicKey()
@@ -332,20 +415,14 @@ func (t *Tunnel) Status() status.Status {
 		st.Addresses = append(st.Addresses, a.String())
 	}
 	for _, p := range t.peers {
-		f := figuresOf(p.sp, p.tunDrops())
-		ps := status.Peer{Name: p.cfg.Name, Path: f.path, Endpoint: f.endpoint, LastHandshake: f.lastHS, Refused: f.refused}
-		if k, ok := p.sp.PublicKey(); ok {
-			ps.PublicKey = config.EncodeKey(k)
+		ps := peerStatus(p)
+		if t.mesh != nil {
+			ps.Source = sourceConfig
 		}
-		ps.EndpointError = p.sp.EndpointError()
-		for _, pfx := range p.cfg.AllowedPrefixes {
-			ps.AllowedPrefixes = append(ps.AllowedPrefixes, pfx.String())
-		}
-		ps.RTT = float64(f.rtt.Microseconds()) / 1000
-		s := f.stats
-		ps.TxBytes, ps.RxBytes, ps.TxPackets, ps.RxPackets = s.TxBytes, s.RxBytes, s.TxPackets, s.RxPackets
-		ps.Drops = f.drops
 		st.Peers = append(st.Peers, ps)
+	}
+	if a := t.meshAddress(); a.IsValid() {
+		st.Addresses = append(st.Addresses, a.String())
 	}
 	return st
 }

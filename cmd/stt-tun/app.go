@@ -59,6 +59,7 @@ Example, on each node:
 			genseedCommand(e),
 			genkeyCommand(e),
 			pubkeyCommand(e),
+			keyUpgradeCommand(e),
 			completionCommand(e),
 			{
 				Name:      "version",

@@ -18,17 +18,19 @@ const (
 	argInterfaces = "interfaces" // a running interface, or a configuration's NAME
 	argPeers      = "peers"      // a peer name from the configurations
 	argShells     = "shells"     // bash or zsh
+	argFiles      = "files"      // a file name
 )
 
 // commandArgs says what each command's NAME argument completes to; commands not listed
 // take no argument worth completing.
 var commandArgs = map[string]string{
-	"up":         argConfigs,
-	"down":       argInterfaces,
-	"status":     argInterfaces,
-	"reload":     argInterfaces,
-	"ping":       argPeers,
-	"completion": argShells,
+	"up":          argConfigs,
+	"down":        argInterfaces,
+	"status":      argInterfaces,
+	"reload":      argInterfaces,
+	"ping":        argPeers,
+	"completion":  argShells,
+	"key-upgrade": argFiles,
 }
 
 // flagValues says what a flag's value completes to: "files", "dirs", argInterfaces, or
@@ -270,6 +272,7 @@ _stt_tun() {
   case $args in
     commands) COMPREPLY=($(compgen -W %q -- "$cur")) ;;
     shells) COMPREPLY=($(compgen -W "bash zsh" -- "$cur")) ;;
+    files) compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$cur")) ;;
     ?*) COMPREPLY=($(compgen -W "$(__stt_tun_names "$args" "${words[@]}" | sort -u)" -- "$cur")) ;;
   esac
 }
@@ -360,6 +363,8 @@ _stt-tun() {
 		case "":
 		case argShells:
 			arg = "'1:shell:(bash zsh)'"
+		case argFiles:
+			arg = "'1:file:_files'"
 		default:
 			arg = fmt.Sprintf("'1:%s:->%s'", strings.TrimSuffix(kind, "s"), kind)
 		}

@@ -82,6 +82,7 @@ func TestBashCompletion(t *testing.T) {
 		{"stt-tun ping ", []string{"delta", "gamma"}},
 		{"stt-tun ping -I ", []string{"alpha", "beta", "stt7"}},
 		{"stt-tun ping -c ", nil},
+		{"stt-tun key-upgrade " + other + "/la", []string{other + "/lab.toml"}},
 	} {
 		if got := complete(tc.line); !slices.Equal(got, tc.want) {
 			t.Errorf("%q completes to %q, want %q", tc.line, got, tc.want)

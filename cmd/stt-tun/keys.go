@@ -39,10 +39,12 @@ Example:
 func genkeyCommand(e *env) *cli.Command {
 	return &cli.Command{
 		Name:      "genkey",
-		Usage:     "print a new random private key (base64)",
+		Usage:     "print a new random private key (ed25519:base64)",
 		UsageText: "stt-tun genkey",
 		Description: `A node creates its key on first start; genkey is for making one ahead of time,
-for example to pin its public key in the peers' configuration.
+for example to pin its public key in the peers' configuration. The key is an Ed25519
+seed, written "ed25519:" and 44 characters of base64; the handshake's X25519 key is
+derived from it (docs/configuration.md, "Seed and key files").
 
 Example:
    $ (umask 077; stt-tun genkey > /etc/stt-tun/alpha.key)
@@ -51,17 +53,17 @@ Example:
 			if c.Args().Present() {
 				return usageError("genkey takes no arguments")
 			}
-			key, err := config.GenerateKey()
+			key, err := config.GenerateNodeKey()
 			if err != nil {
-				return fmt.Errorf("generate key: %w", err)
+				return err
 			}
-			_, err = fmt.Fprintln(e.stdout, config.EncodeKey(key))
+			_, err = fmt.Fprintln(e.stdout, key.Encode())
 			return err
 		},
 	}
 }
 
-// maxKeyInput bounds what pubkey reads: a key is 44 characters of base64.
+// maxKeyInput bounds what pubkey reads: a key is at most 52 characters.
 const maxKeyInput = 4096
 
 func pubkeyCommand(e *env) *cli.Command {
@@ -69,7 +71,11 @@ func pubkeyCommand(e *env) *cli.Command {
 		Name:      "pubkey",
 		Usage:     "read a private key on stdin, print its public key",
 		UsageText: "stt-tun pubkey < PRIVATE-KEY-FILE",
-		Description: `Example:
+		Description: `Reads a key in either format (ed25519:BASE64, or a legacy bare base64 X25519
+key) and prints the node's X25519 public key, the one [[peer]] public_key pins and
+status shows.
+
+Example:
    $ stt-tun genkey | tee alpha.key | stt-tun pubkey
    hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=`,
 		Action: func(c *cli.Context) error {
@@ -87,11 +93,52 @@ func pubkeyCommand(e *env) *cli.Command {
 			if text == "" {
 				return errors.New("read private key: stdin is empty (try: stt-tun genkey | stt-tun pubkey)")
 			}
-			priv, err := config.DecodeKey(text)
+			key, err := config.DecodeNodeKey(text)
 			if err != nil {
 				return fmt.Errorf("read private key: %w", err)
 			}
-			_, err = fmt.Fprintln(e.stdout, config.EncodeKey(config.PublicKey(priv)))
+			_, err = fmt.Fprintln(e.stdout, config.EncodeKey(key.PublicKey()))
+			return err
+		},
+	}
+}
+
+func keyUpgradeCommand(e *env) *cli.Command {
+	return &cli.Command{
+		Name:      "key-upgrade",
+		Usage:     "replace a legacy X25519 key file with a new key in the ed25519 format",
+		UsageText: "stt-tun key-upgrade FILE",
+		Description: `A key file made before the ed25519 format holds a bare X25519 key. It works for
+[[peer]] setups, but [discovery] needs an Ed25519 key, which signs the node's member
+record. key-upgrade makes a new key, keeps the old file as FILE.legacy (mode 0600),
+and replaces FILE atomically. The new key is a new identity: its public key is not the
+old one, so every [[peer]] public_key that pins this node must change, and the node's
+IPv6 mesh address is derived from the new key. The running interface keeps the old
+key until it is restarted. To go back, move FILE.legacy over FILE.
+
+Example:
+   # stt-tun key-upgrade /etc/stt-tun/alpha.key
+   upgraded /etc/stt-tun/alpha.key; the old key is kept in /etc/stt-tun/alpha.key.legacy
+   old public key: hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=
+   new public key: KOD+v1du/WfPwISWjwaUDAAdJzc7qGI8S7IrRSZokWI=
+   ...`,
+		Action: func(c *cli.Context) error {
+			if c.Args().Len() != 1 {
+				return usageError("key-upgrade: give one key FILE (see 'stt-tun key-upgrade --help')")
+			}
+			path := c.Args().First()
+			old, cur, backup, err := config.UpgradeKeyFile(path)
+			if err != nil {
+				return fmt.Errorf("key-upgrade: %w", err)
+			}
+			oldPub, newPub := config.EncodeKey(old.PublicKey()), config.EncodeKey(cur.PublicKey())
+			_, err = fmt.Fprintf(e.stdout, `upgraded %s; the old key is kept in %s
+old public key: %s
+new public key: %s
+Every [[peer]] public_key = %q that pins this node on other nodes must change to %q.
+This node's IPv6 mesh address will be derived from the new key.
+A running interface keeps the old key until restarted (stt-tun down NAME; stt-tun up NAME).
+`, path, backup, oldPub, newPub, oldPub, newPub)
 			return err
 		},
 	}

@@ -256,9 +256,40 @@ func TestGenseedAndGenkey(t *testing.T) {
 		if a.code != 0 || b.code != 0 || a.stderr != "" {
 			t.Fatalf("%s: %+v", cmd, a)
 		}
+		if cmd == "genkey" {
+			// A new key is an Ed25519 seed: "ed25519:" and 44 characters of base64.
+			for _, r := range []*result{&a, &b} {
+				rest, ok := strings.CutPrefix(r.stdout, "ed25519:")
+				if !ok {
+					t.Fatalf("genkey printed %q, want ed25519:BASE64", r.stdout)
+				}
+				r.stdout = rest
+			}
+		}
 		if bytes.Equal(decode32(t, a.stdout), decode32(t, b.stdout)) {
 			t.Errorf("%s printed the same value twice", cmd)
 		}
+	}
+}
+
+// TestPubkeyReadsBothFormats: pubkey prints the X25519 public key derived from an
+// ed25519 key file, and the X25519 public key of a legacy one.
+func TestPubkeyReadsBothFormats(t *testing.T) {
+	h := newHarness(t)
+	k, _ := config.GenerateNodeKey()
+	r := h.run(k.Encode()+"\n", "pubkey")
+	if want := config.EncodeKey(config.PublicKey(config.X25519FromEd25519Seed(k.Ed25519Seed))) + "\n"; r.code != 0 || r.stdout != want {
+		t.Errorf("pubkey of an ed25519 key = %+v, want %q", r, want)
+	}
+	x, _ := config.GenerateKey()
+	r = h.run(config.EncodeKey(x), "pubkey")
+	if want := config.EncodeKey(config.PublicKey(x)) + "\n"; r.code != 0 || r.stdout != want {
+		t.Errorf("pubkey of a legacy key = %+v, want %q", r, want)
+	}
+	r = h.run("ed25519:"+config.EncodeKey(k.Ed25519Seed)[:40], "pubkey")
+	checkOneLineError(t, r, 1, "read private key: ed25519 key is 40 characters long")
+	if strings.Contains(r.stderr, config.EncodeKey(k.Ed25519Seed)[:20]) {
+		t.Errorf("error reveals the key: %q", r.stderr)
 	}
 }
 
@@ -465,6 +496,7 @@ func TestStatusRenderGolden(t *testing.T) {
 	var b bytes.Buffer
 	// The status of one whose daemon is gone is listed after the running ones.
 	all := append([]status.Status{goneStatus("stt3")}, sampleStatus()...)
+	all = append(all, sampleMeshStatus())
 	if err := renderStatus(&b, all, DefaultStateDir, sampleNow()); err != nil {
 		t.Fatal(err)
 	}

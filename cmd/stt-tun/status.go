@@ -200,6 +200,16 @@ func forJSON(st status.Status) status.Status {
 		peers[i] = p
 	}
 	st.Peers = peers
+	if st.Mesh != nil {
+		m := *st.Mesh
+		if m.Reflected == nil {
+			m.Reflected = []status.Reflection{}
+		}
+		if m.Bootstrap == nil {
+			m.Bootstrap = []status.Bootstrap{}
+		}
+		st.Mesh = &m
+	}
 	return st
 }
 
@@ -243,6 +253,9 @@ func renderStatus(w io.Writer, all []status.Status, dir string, now time.Time) e
 			fmt.Fprintf(&b, "  handshakes: %s\n", handshakes(st.Counters))
 			fmt.Fprintf(&b, "  dropped: %s\n", drops(st.Counters))
 		}
+		if st.Mesh != nil {
+			renderMesh(&b, st.Mesh, st.Counters)
+		}
 		if len(st.Peers) == 0 {
 			b.WriteString("  peers: none\n")
 			continue
@@ -265,12 +278,20 @@ func renderStatus(w io.Writer, all []status.Status, dir string, now time.Time) e
 		if err := tw.Flush(); err != nil {
 			return err
 		}
+		if st.Mesh != nil {
+			if err := renderMembers(&b, st.Peers); err != nil {
+				return err
+			}
+		}
 		for _, p := range st.Peers {
 			if p.EndpointError != "" {
 				fmt.Fprintf(&b, "  peer %s: endpoint does not resolve (%s); looked up again in the background\n", p.Name, p.EndpointError)
 			}
 			if p.Refused != "" {
 				fmt.Fprintf(&b, "  refused by %s: %s\n", p.Name, refusal(p.Refused))
+			}
+			for _, r := range p.Refusals {
+				fmt.Fprintf(&b, "  refused from %s: %s\n", p.Name, r)
 			}
 		}
 	}
@@ -285,6 +306,129 @@ func renderStatus(w io.Writer, all []status.Status, dir string, now time.Time) e
 		return fmt.Errorf("write status: %w", err)
 	}
 	return nil
+}
+
+// renderMesh writes the mesh lines of an interface: its key-derived address and
+// network, the members it knows, the addresses other members see it from, each
+// bootstrap address, the gossip traffic and what it refused of the records members
+// sent (from the counters c, when the daemon sent them).
+func renderMesh(b *strings.Builder, m *status.Mesh, c map[string]uint64) {
+	fmt.Fprintf(b, "  mesh address: %s in %s\n", orDash(m.Address), orDash(m.Network))
+	fmt.Fprintf(b, "  members: %d known, %d connected\n", m.Members, m.Connected)
+	fmt.Fprintf(b, "  seen from: %s\n", reflections(m.Reflected))
+	for _, bs := range m.Bootstrap {
+		switch {
+		case bs.Self:
+			fmt.Fprintf(b, "  bootstrap %s: this node itself\n", bs.Target)
+		case bs.Reached != "":
+			fmt.Fprintf(b, "  bootstrap %s: reached %s\n", bs.Target, bs.Reached)
+		default:
+			fmt.Fprintf(b, "  bootstrap %s: not reached yet\n", bs.Target)
+		}
+	}
+	if c != nil {
+		fmt.Fprintf(b, "  gossip: %d messages in (%s), %d out (%s)\n",
+			c["mesh_messages_in"], humanBytes(c["mesh_bytes_in"]), c["mesh_messages_out"], humanBytes(c["mesh_bytes_out"]))
+		fmt.Fprintf(b, "  mesh refused: %s\n", meshRefusals(c))
+	}
+}
+
+// reflections lists the addresses other members see this node from, each once with
+// the members that saw it: "203.0.113.5:51900 by beta, gamma; 198.51.100.9:443 (ws) by delta".
+func reflections(rs []status.Reflection) string {
+	if len(rs) == 0 {
+		return "- (no member has told this node yet)"
+	}
+	type seen struct {
+		where string
+		by    []string
+	}
+	var all []*seen
+	for _, r := range rs {
+		where := r.Address
+		if r.Transport != "" && r.Transport != "udp" {
+			where += " (" + r.Transport + ")"
+		}
+		i := slices.IndexFunc(all, func(s *seen) bool { return s.where == where })
+		if i < 0 {
+			all = append(all, &seen{where: where})
+			i = len(all) - 1
+		}
+		if !slices.Contains(all[i].by, r.By) {
+			all[i].by = append(all[i].by, r.By)
+		}
+	}
+	parts := make([]string, len(all))
+	for i, s := range all {
+		parts[i] = s.where + " by " + strings.Join(s.by, ", ")
+	}
+	return strings.Join(parts, "; ")
+}
+
+// count is one named counter of a status line.
+type count struct {
+	name string
+	n    uint64
+}
+
+// countList writes counters largest first, "12 bad_mac1, 3 replay", or "none".
+func countList(cs []count) string {
+	if len(cs) == 0 {
+		return "none"
+	}
+	slices.SortFunc(cs, func(a, b count) int {
+		if a.n != b.n {
+			return cmp.Compare(b.n, a.n)
+		}
+		return strings.Compare(a.name, b.name)
+	})
+	parts := make([]string, len(cs))
+	for i, c := range cs {
+		parts[i] = fmt.Sprintf("%d %s", c.n, c.name)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// meshRefusals lists what the node refused of the records members sent, largest
+// first: the records dropped, by outcome (every mesh_record_ counter but accepted and
+// stale: a stale record is the normal echo of a flood, already held), and the claims
+// and names policy refused: "2 claims, 1 bad_signature".
+func meshRefusals(c map[string]uint64) string {
+	var cs []count
+	for k, n := range c {
+		if n == 0 {
+			continue
+		}
+		if name, ok := strings.CutPrefix(k, "mesh_record_"); ok && name != "accepted" && name != "stale" {
+			cs = append(cs, count{name, n})
+		}
+	}
+	for _, k := range []struct{ key, one, many string }{
+		{"mesh_claims_refused", "claim", "claims"},
+		{"mesh_names_refused", "name", "names"},
+	} {
+		switch n := c[k.key]; n {
+		case 0:
+		case 1:
+			cs = append(cs, count{k.one, n})
+		default:
+			cs = append(cs, count{k.many, n})
+		}
+	}
+	return countList(cs)
+}
+
+// renderMembers writes the mesh's table of an interface's peers, one row each: how
+// the node learned of it, its key-derived address and the endpoints its record
+// announces. The peers' paths are in the table above it.
+func renderMembers(b *strings.Builder, peers []status.Peer) error {
+	b.WriteString("\n")
+	tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  MEMBER\tLEARNED\tMESH ADDRESS\tCANDIDATES")
+	for _, p := range peers {
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", p.Name, orDash(p.Source), orDash(p.MeshAddress), orDash(strings.Join(p.Candidates, ", ")))
+	}
+	return tw.Flush()
 }
 
 // state is the status' state; a daemon older than the field sends none, and is
@@ -330,10 +474,6 @@ func handshakes(c map[string]uint64) string {
 // drops lists the non-zero drop counters, largest first: "12 bad_mac1, 3 replay". The
 // node's reasons are "drop_<reason>"; the tunnel layer's are "tunnel_<reason>".
 func drops(c map[string]uint64) string {
-	type count struct {
-		name string
-		n    uint64
-	}
 	var cs []count
 	for k, n := range c {
 		if n == 0 {
@@ -345,20 +485,7 @@ func drops(c map[string]uint64) string {
 			cs = append(cs, count{k, n})
 		}
 	}
-	if len(cs) == 0 {
-		return "none"
-	}
-	slices.SortFunc(cs, func(a, b count) int {
-		if a.n != b.n {
-			return cmp.Compare(b.n, a.n)
-		}
-		return strings.Compare(a.name, b.name)
-	})
-	parts := make([]string, len(cs))
-	for i, c := range cs {
-		parts[i] = fmt.Sprintf("%d %s", c.n, c.name)
-	}
-	return strings.Join(parts, ", ")
+	return countList(cs)
 }
 
 func orDash(s string) string {

@@ -119,6 +119,10 @@ func populate(t *testing.T, v reflect.Value, counters map[string]uint64) {
 			f.Set(s)
 		case f.Kind() == reflect.Struct:
 			populate(t, f, counters)
+		case f.Kind() == reflect.Pointer && f.Type().Elem().Kind() == reflect.Struct:
+			e := reflect.New(f.Type().Elem())
+			populate(t, e.Elem(), counters)
+			f.Set(e)
 		default:
 			t.Fatalf("populate: field %s of type %s; teach populate and document it", sf.Name, f.Type())
 		}
@@ -126,21 +130,25 @@ func populate(t *testing.T, v reflect.Value, counters map[string]uint64) {
 }
 
 // realCounters are the counters of a real tunnel (on the in-memory device), so that
-// the document is held to the counter names the engine really reports.
+// the document is held to the counter names the engine really reports. The tunnel
+// has [discovery] on, so that the mesh's counters are among them.
 func realCounters(t *testing.T) map[string]uint64 {
 	t.Helper()
 	dir := t.TempDir()
 	seed, _ := config.GenerateSeed()
-	key, _ := config.GenerateKey()
-	for name, k := range map[string][32]byte{"seed": seed, "key": key} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(config.EncodeKey(k)+"\n"), 0o600); err != nil {
+	key, _ := config.GenerateNodeKey()
+	for name, line := range map[string]string{"seed": config.EncodeKey(seed), "key": key.Encode()} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(line+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	cfg := &config.Config{Interface: config.Interface{
-		Name: "mem-schema", NodeName: "schema", MTU: 1420,
-		SeedFile: filepath.Join(dir, "seed"), KeyFile: filepath.Join(dir, "key"),
-	}}
+	cfg := &config.Config{
+		Interface: config.Interface{
+			Name: "mem-schema", NodeName: "schema", MTU: 1420,
+			SeedFile: filepath.Join(dir, "seed"), KeyFile: filepath.Join(dir, "key"),
+		},
+		Discovery: config.Discovery{Enabled: true, MeshIPv6: true},
+	}
 	tu, err := tunnel.Start(context.Background(), cfg, tunnel.Options{Device: tuntest.NewMem("mem-schema", 1420, 4)})
 	if err != nil {
 		t.Fatal(err)

@@ -110,6 +110,9 @@ func up(c *cli.Context, e *env) error {
 	if err != nil {
 		return ready.fail(err)
 	}
+	if err := checkDiscoveryKey(cfg); err != nil {
+		return ready.fail(err)
+	}
 	name := cfg.Interface.Name
 	dir := stateDir(c)
 	level := cfg.Logging.Level
@@ -158,6 +161,21 @@ func up(c *cli.Context, e *env) error {
 		fmt.Fprintf(e.stderr, "warning: %s\n", w)
 	}
 	return startDaemon(c.Context, e, cfg, dir, logLevel, flagDuration(c, "timeout"))
+}
+
+// checkDiscoveryKey refuses, before anything starts, a configuration with [discovery]
+// whose key file holds a legacy key, naming the command that converts it. A missing
+// key file is fine: the daemon creates it in the ed25519 format. Other problems with
+// the file are the daemon's to report, as without [discovery].
+func checkDiscoveryKey(cfg *config.Config) error {
+	if !cfg.Discovery.Enabled {
+		return nil
+	}
+	key, err := config.LoadKey(cfg.Interface.KeyFile)
+	if err != nil {
+		return nil
+	}
+	return cfg.CheckKeyForDiscovery(key)
 }
 
 // loadConfig reads a configuration, explaining a missing file named by a bare NAME.

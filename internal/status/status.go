@@ -42,6 +42,41 @@ type Status struct {
 	// Counters are the node's cumulative counters since it started, by name; see
 	// docs/status-schema.md for what each one means.
 	Counters map[string]uint64 `json:"counters,omitempty"`
+	// Mesh is the discovery side, present when [discovery] is configured.
+	Mesh *Mesh `json:"mesh,omitempty"`
+}
+
+// Mesh is what a node knows of the mesh it belongs to.
+type Mesh struct {
+	// Address is this node's key-derived IPv6 address; Network the mesh's /48.
+	Address string `json:"address"`
+	Network string `json:"network"`
+	// Members counts the members this node knows (not itself), Connected those with a
+	// session now.
+	Members   int `json:"members"`
+	Connected int `json:"connected"`
+	// Reflected are the addresses other members see this node's traffic come from.
+	Reflected []Reflection `json:"reflected"`
+	// Bootstrap is one entry per [discovery] bootstrap address.
+	Bootstrap []Bootstrap `json:"bootstrap"`
+	// RecordVersion is the version of this node's own record.
+	RecordVersion uint64 `json:"record_version"`
+}
+
+// Reflection is one member's view of where this node's traffic comes from.
+type Reflection struct {
+	By        string `json:"by"`        // the member's name
+	Address   string `json:"address"`   // IP:port
+	Transport string `json:"transport"` // "udp" or "ws"
+}
+
+// Bootstrap is the state of one bootstrap address.
+type Bootstrap struct {
+	Target string `json:"target"`
+	// Reached is the name of the member that answered there last, "" if none has.
+	Reached string `json:"reached,omitempty"`
+	// Self is true when the address is this node's own.
+	Self bool `json:"self,omitempty"`
 }
 
 // Peer describes one configured peer.
@@ -65,6 +100,15 @@ type Peer struct {
 	// no [[peer]] for this node) or "pin_mismatch" (it pins another key for it); ""
 	// (absent in JSON) when it does not.
 	Refused string `json:"refused,omitempty"`
+	// Source is how the node learned of the peer: "config" ([[peer]]), "bootstrap",
+	// "gossip" (another member's record) or "handshake" (it made contact first).
+	Source string `json:"source,omitempty"`
+	// MeshAddress is the member's key-derived IPv6 address (mesh members only).
+	MeshAddress string `json:"mesh_address,omitempty"`
+	// Candidates are the endpoints the member's record announces.
+	Candidates []string `json:"candidates,omitempty"`
+	// Refusals say which of the member's claims (or its record) this node refused and why.
+	Refusals []string `json:"refusals,omitempty"`
 }
 
 // PingReply is the answer to one STT-level echo sent to a peer.

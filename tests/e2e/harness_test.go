@@ -373,6 +373,11 @@ func (n *node) upDaemon() string {
 			return
 		}
 		n.stt("down", linkName)
+		// down returns once the daemon released its lock; the process may take a
+		// moment more to exit.
+		exit, cancelExit := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = nslab.WaitFor(exit, func() bool { return len(daemonPIDs(n.stateDir)) == 0 })
+		cancelExit()
 		for _, pid := range daemonPIDs(n.stateDir) {
 			n.t.Errorf("%s: daemon %d still running after down; killing it", n.name, pid)
 			_ = syscall.Kill(pid, syscall.SIGKILL)

@@ -1,0 +1,676 @@
+package mesh
+
+// gossip.go is the gossip engine: the state machine that keeps a node's store in step
+// with the other members'. It pushes every newly accepted record to the connected
+// members at once (flooding), and every Interval asks up to three of them whether their
+// set differs (SUMMARY); a differing peer answers with its DIGEST, and the asking side
+// fetches what it lacks (WANT) and sends what the other lacks (RECORDS). It also answers
+// OBSERVE with the address a message came from and keeps what others observed of this
+// node. It runs no goroutines: the node calls it and it calls Send.
+
+import (
+	"context"
+	"encoding/binary"
+	"log/slog"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Defaults and bounds of the engine.
+const (
+	DefaultLifetime = 30 * time.Minute
+	DefaultInterval = 10 * time.Second
+	// MinLifetime is the shortest record lifetime the engine uses.
+	MinLifetime = time.Minute
+	// Fanout is how many connected members each anti-entropy round asks.
+	Fanout = 3
+	// MaxPerExchange bounds the records pushed and the keys wanted in one digest exchange;
+	// the rest follow in the next round.
+	MaxPerExchange = 32
+	// MaxObservations bounds the reflected addresses kept.
+	MaxObservations = 8
+	// maxExchanges bounds the digest exchanges in progress (one per peer).
+	maxExchanges = 64
+	// summaryAnswerGap is the least time between two DIGESTs answering one member's
+	// SUMMARYs: a SUMMARY costs its sender 19 bytes, its answer 40 bytes per member held.
+	summaryAnswerGap = time.Second
+)
+
+// Config configures an Engine.
+type Config struct {
+	Identity Identity
+	Seed     [32]byte // the network seed: NetworkID(Seed) binds every signature
+	// Send sends a reliable control message to a member; it must not block and must not
+	// call back into the engine (it is called with no engine lock held all the same).
+	Send func(to [32]byte, typ byte, body []byte) error
+	// OnChange reports that a member's record was added (old nil), replaced, or expired
+	// (cur nil). It is called with no engine lock held, from whichever call caused it.
+	OnChange func(old, cur *Record)
+	Logger   *slog.Logger
+	Lifetime time.Duration // record lifetime, default 30 min (at most MaxLifetime); refreshed at Lifetime/3
+	Interval time.Duration // anti-entropy interval, default 10 s
+	// MaxMembers bounds the records held, own included (default DefaultMaxMembers).
+	MaxMembers int
+	// Now is the clock of Handle and SetSelf (default time.Now); Tick is given its time.
+	Now func() time.Time
+}
+
+// Observation is an address another member saw this node's messages come from.
+type Observation struct {
+	By    [32]byte
+	Addr  netip.AddrPort
+	ViaWS bool
+	At    time.Time
+}
+
+// Stats are the engine's counters.
+type Stats struct {
+	Members int // records held, not counting our own
+
+	// Records offered by peers, by outcome (see Outcome).
+	Accepted, Stale, BadSignature, Malformed, TooLarge, Expired, Future, RateLimited, Full, OwnKey uint64
+	// Swept counts records removed on expiry.
+	Swept uint64
+	// SelfBumps counts re-signings of our own record above a version of it seen from
+	// an earlier run of this node.
+	SelfBumps uint64
+
+	// Messages and bytes (control type, length and body: 3 + body) in and out.
+	MsgsIn, MsgsOut, BytesIn, BytesOut uint64
+	// BadMessages counts gossip messages whose body did not parse; UnknownTypes messages
+	// of types this engine does not know; SendErrors failed Sends.
+	BadMessages, UnknownTypes, SendErrors uint64
+}
+
+type outMsg struct {
+	to   [32]byte
+	typ  byte
+	body []byte
+}
+
+type change struct{ old, cur *Record }
+
+// batch collects what a call decided to send and report, to do after unlocking.
+type batch struct {
+	out     []outMsg
+	changes []change
+}
+
+type exchange struct {
+	started   time.Time
+	mentioned map[[32]byte]struct{} // keys we hold that the peer's digest named
+	pushed    int
+	wanted    int
+}
+
+// Engine is the gossip state machine. Its methods are safe for concurrent use.
+type Engine struct {
+	cfg   Config
+	netID [16]byte
+	self  [32]byte
+
+	mu        sync.Mutex
+	store     *Store
+	own       *Record // our record as last signed; nil before SetSelf
+	ownSigned time.Time
+	// left: Leave signed our last record; nothing signs over it with a full lifetime
+	// (the node's loop may still call SetSelf while it closes).
+	left      bool
+	ownFloor  uint64    // highest version of our key seen from elsewhere
+	lastRound time.Time // when Tick last sent its SUMMARY round
+	// answered is when a SUMMARY of each member was last answered with a DIGEST;
+	// Tick forgets entries older than summaryAnswerGap.
+	answered   map[[32]byte]time.Time
+	connected  map[[32]byte]struct{}
+	connList   [][32]byte // scratch for picking
+	exchanges  map[[32]byte]*exchange
+	observed   []Observation
+	rng        *rand.Rand
+	stats      Stats
+	sendErrors atomic.Uint64
+	pending    []change // changes not yet reported
+	delivering bool     // a caller is reporting pending changes
+}
+
+// New returns an engine for cfg, with the defaults filled in.
+func New(cfg Config) *Engine {
+	if cfg.Lifetime <= 0 {
+		cfg.Lifetime = DefaultLifetime
+	}
+	cfg.Lifetime = min(max(cfg.Lifetime, MinLifetime), MaxLifetime)
+	if cfg.Interval <= 0 {
+		cfg.Interval = DefaultInterval
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Send == nil {
+		cfg.Send = func([32]byte, byte, []byte) error { return nil }
+	}
+	if cfg.MaxMembers <= 0 {
+		cfg.MaxMembers = DefaultMaxMembers
+	}
+	pub := cfg.Identity.Public
+	netID := NetworkID(cfg.Seed)
+	return &Engine{
+		cfg:       cfg,
+		netID:     netID,
+		self:      pub,
+		store:     NewStore(netID, pub, cfg.MaxMembers),
+		connected: make(map[[32]byte]struct{}),
+		exchanges: make(map[[32]byte]*exchange),
+		answered:  make(map[[32]byte]time.Time),
+		// Picking whom to ask needs no secrecy; seeding from the key keeps runs
+		// reproducible and nodes different.
+		rng: rand.New(rand.NewPCG(binary.LittleEndian.Uint64(pub[:8]), binary.LittleEndian.Uint64(pub[8:16]))),
+	}
+}
+
+// flush reports changes and sends messages; called with no lock held. Changes are
+// reported in the order they happened even when several goroutines call the engine: they
+// go through one queue, drained by whichever caller finds no one else draining it (so an
+// OnChange that calls back into the engine does not deadlock).
+func (e *Engine) flush(b *batch) {
+	if e.cfg.OnChange != nil && len(b.changes) > 0 {
+		e.mu.Lock()
+		e.pending = append(e.pending, b.changes...)
+		drain := !e.delivering
+		e.delivering = true
+		e.mu.Unlock()
+		for drain {
+			e.mu.Lock()
+			cs := e.pending
+			e.pending = nil
+			if len(cs) == 0 {
+				e.delivering = false
+				drain = false
+			}
+			e.mu.Unlock()
+			for _, c := range cs {
+				e.cfg.OnChange(c.old, c.cur)
+			}
+		}
+	}
+	for _, m := range b.out {
+		if err := e.cfg.Send(m.to, m.typ, m.body); err != nil {
+			e.sendErrors.Add(1)
+			e.cfg.Logger.Debug("mesh: send failed", "type", m.typ, "err", err)
+		}
+	}
+}
+
+// queue adds a message to b and counts it.
+func (e *Engine) queue(b *batch, to [32]byte, typ byte, body []byte) {
+	b.out = append(b.out, outMsg{to, typ, body})
+	e.stats.MsgsOut++
+	e.stats.BytesOut += uint64(3 + len(body))
+}
+
+// sameContent says whether a and b carry the same content (all but version, expiry and keys).
+func sameContent(a, b *Record) bool {
+	return a.Name == b.Name && a.WSURL == b.WSURL && a.Relay == b.Relay &&
+		slices.Equal(a.Addresses, b.Addresses) && slices.Equal(a.Prefixes, b.Prefixes) &&
+		slices.Equal(a.Endpoints, b.Endpoints)
+}
+
+// SetSelf sets the content of our own record. When it differs from the current one, the
+// record is signed anew with a higher version and pushed to the connected members.
+// Version, Expires, SigningKey and Key of r are ignored.
+func (e *Engine) SetSelf(r Record) error {
+	now := e.cfg.Now()
+	r.Version, r.Expires = 1, now.Add(e.cfg.Lifetime)
+	if err := r.check(); err != nil {
+		return err
+	}
+	var b batch
+	e.mu.Lock()
+	var err error
+	if !e.left && (e.own == nil || !sameContent(e.own, &r)) {
+		err = e.signOwn(&b, r, now)
+	}
+	e.mu.Unlock()
+	e.flush(&b)
+	return err
+}
+
+// Leave signs our record once more, unchanged but expiring after linger, and pushes it
+// to the connected members: a node that shuts down tells the mesh so, and the others
+// forget it (its routes, its peer) when that record expires, instead of after a whole
+// lifetime. It does nothing before SetSelf.
+func (e *Engine) Leave(linger time.Duration) error {
+	now := e.cfg.Now()
+	var b batch
+	e.mu.Lock()
+	var err error
+	if e.own != nil {
+		err = e.signOwnFor(&b, *e.own, now, linger)
+		e.left = err == nil
+	}
+	e.mu.Unlock()
+	e.flush(&b)
+	return err
+}
+
+// signOwn signs r as our record at now with a version above every one seen, stores it
+// and floods it. Called with mu held.
+func (e *Engine) signOwn(b *batch, r Record, now time.Time) error {
+	return e.signOwnFor(b, r, now, e.cfg.Lifetime)
+}
+
+// signOwnFor is signOwn with a record that expires after lifetime.
+func (e *Engine) signOwnFor(b *batch, r Record, now time.Time, lifetime time.Duration) error {
+	v := uint64(max(now.UnixNano(), 1))
+	if e.own != nil {
+		v = max(v, e.own.Version+1)
+	}
+	v = max(v, e.ownFloor+1)
+	r.Version = v
+	r.Expires = time.Unix(now.Add(lifetime).Unix(), 0)
+	r.Addresses = slices.Clone(r.Addresses)
+	r.Prefixes = slices.Clone(r.Prefixes)
+	r.Endpoints = slices.Clone(r.Endpoints)
+	raw, err := r.Marshal(e.cfg.Identity, e.netID)
+	if err != nil {
+		return err
+	}
+	rec := &r
+	e.own, e.ownSigned = rec, now
+	e.store.putOwn(rec, raw)
+	e.flood(b, raw)
+	return nil
+}
+
+// flood pushes raw to every connected member except the ones named by skip (the member
+// it came from, its owner).
+func (e *Engine) flood(b *batch, raw []byte, skip ...[32]byte) {
+	if len(e.connected) == 0 {
+		return
+	}
+	body, err := AppendRecords(nil, raw)
+	if err != nil {
+		return
+	}
+	for k := range e.connected {
+		if slices.Contains(skip, k) {
+			continue
+		}
+		e.queue(b, k, MsgRecords, body)
+	}
+}
+
+// connect adds peer to the connected set (bounded by MaxMembers).
+func (e *Engine) connect(peer [32]byte) {
+	if peer == e.self {
+		return
+	}
+	if _, ok := e.connected[peer]; !ok && len(e.connected) < e.cfg.MaxMembers {
+		e.connected[peer] = struct{}{}
+	}
+}
+
+// SessionUp reports that a session to a member came up: the engine sends it a SUMMARY
+// (to start an exchange at once) and an OBSERVE, and floods to it from now on.
+func (e *Engine) SessionUp(peer [32]byte) {
+	if peer == e.self {
+		return
+	}
+	var b batch
+	e.mu.Lock()
+	e.connect(peer)
+	e.queue(&b, peer, MsgSummary, AppendSummary(nil, e.store.Summary()))
+	e.queue(&b, peer, MsgObserve, nil)
+	e.mu.Unlock()
+	e.flush(&b)
+}
+
+// Tick advances the engine to now: it takes connected as the set of members with a
+// session, sweeps expired records, refreshes our record when a third of its lifetime
+// has passed, and, once per Interval, sends a SUMMARY to up to Fanout random connected
+// members. Call it at least every Interval; more often keeps the connected set fresh.
+func (e *Engine) Tick(now time.Time, connected [][32]byte) {
+	var b batch
+	e.mu.Lock()
+	clear(e.connected)
+	for _, k := range connected {
+		e.connect(k)
+	}
+	var gone []*Record
+	gone = e.store.Expire(now, gone)
+	e.stats.Swept += uint64(len(gone))
+	for _, r := range gone {
+		b.changes = append(b.changes, change{old: r})
+	}
+	for k, at := range e.answered {
+		if now.Sub(at) >= summaryAnswerGap || now.Before(at) {
+			delete(e.answered, k)
+		}
+	}
+	for k, x := range e.exchanges {
+		if now.Sub(x.started) > 3*e.cfg.Interval {
+			delete(e.exchanges, k)
+		}
+	}
+	if e.own != nil && !e.left && now.Sub(e.ownSigned) >= e.cfg.Lifetime/3 {
+		if err := e.signOwn(&b, *e.own, now); err != nil {
+			e.cfg.Logger.Warn("mesh: cannot refresh own record", "err", err)
+		}
+	}
+	e.connList = e.connList[:0]
+	for k := range e.connected {
+		e.connList = append(e.connList, k)
+	}
+	// Map order is not reproducible; sort, then pick at random.
+	slices.SortFunc(e.connList, func(a, b [32]byte) int { return compareKeys(&a, &b) })
+	n := min(Fanout, len(e.connList))
+	// Tick may come more often than Interval (the node also ticks on changes); the
+	// round itself comes once per Interval (or at once after the clock stepped back).
+	if n > 0 && (e.lastRound.IsZero() || now.Sub(e.lastRound) >= e.cfg.Interval || now.Before(e.lastRound)) {
+		e.lastRound = now
+		body := AppendSummary(nil, e.store.Summary())
+		for i := range n {
+			j := i + e.rng.IntN(len(e.connList)-i)
+			e.connList[i], e.connList[j] = e.connList[j], e.connList[i]
+			e.queue(&b, e.connList[i], MsgSummary, body)
+		}
+	}
+	e.mu.Unlock()
+	e.flush(&b)
+}
+
+// Handle processes a gossip control message of type typ from the member whose key is
+// from, received from the address seen (over WebSocket if viaWS). Anything malformed is
+// counted and dropped.
+func (e *Engine) Handle(from [32]byte, seen netip.AddrPort, viaWS bool, typ byte, body []byte) {
+	now := e.cfg.Now()
+	var b batch
+	e.mu.Lock()
+	e.stats.MsgsIn++
+	e.stats.BytesIn += uint64(3 + len(body))
+	var err error
+	switch typ {
+	case MsgSummary:
+		var s Summary
+		if s, err = ParseSummary(body); err == nil && s != e.store.Summary() {
+			if at, ok := e.answered[from]; !ok || now.Sub(at) >= summaryAnswerGap || now.Before(at) {
+				e.answered[from] = now
+				e.sendDigest(&b, from)
+			}
+		}
+	case MsgDigest:
+		var last bool
+		var entries []DigestEntry
+		if last, entries, err = ParseDigest(body, nil); err == nil {
+			e.onDigest(&b, from, now, last, entries)
+		}
+	case MsgWant:
+		var keys [][32]byte
+		if keys, err = ParseWant(body, nil); err == nil {
+			var raws [][]byte
+			for _, k := range keys {
+				if rec, raw := e.store.Get(k); rec != nil && now.Before(rec.Expires) {
+					raws = append(raws, raw)
+				}
+			}
+			e.sendRecords(&b, from, raws)
+		}
+	case MsgRecords:
+		var buf [8][]byte
+		var raws [][]byte
+		if raws, err = ParseRecords(body, buf[:0]); err == nil {
+			for _, raw := range raws {
+				e.offer(&b, from, now, raw)
+			}
+		}
+	case MsgObserve:
+		if err = ParseObserve(body); err == nil {
+			t := byte(TransportUDP)
+			if viaWS {
+				t = TransportWebSocket
+			}
+			var ob []byte
+			if ob, err = AppendObserved(nil, Observed{Transport: t, Addr: seen}); err == nil {
+				e.queue(&b, from, MsgObserved, ob)
+			}
+		}
+	case MsgObserved:
+		var o Observed
+		if o, err = ParseObserved(body); err == nil {
+			e.observe(Observation{By: from, Addr: o.Addr, ViaWS: o.Transport == TransportWebSocket, At: now})
+		}
+	default:
+		e.stats.UnknownTypes++
+	}
+	if err != nil {
+		e.stats.BadMessages++
+		e.cfg.Logger.Debug("mesh: bad gossip message", "type", typ, "err", err)
+	}
+	e.mu.Unlock()
+	e.flush(&b)
+}
+
+func (e *Engine) observe(o Observation) {
+	i := slices.IndexFunc(e.observed, func(x Observation) bool { return x.By == o.By })
+	switch {
+	case i >= 0:
+		e.observed[i] = o
+	case len(e.observed) < MaxObservations:
+		e.observed = append(e.observed, o)
+	default:
+		oldest := 0
+		for j := range e.observed {
+			if e.observed[j].At.Before(e.observed[oldest].At) {
+				oldest = j
+			}
+		}
+		e.observed[oldest] = o
+	}
+}
+
+// offer hands a received record to the store and acts on the outcome.
+func (e *Engine) offer(b *batch, from [32]byte, now time.Time, raw []byte) {
+	rec, old, out := e.store.Put(raw, now)
+	switch out {
+	case Accepted:
+		b.changes = append(b.changes, change{old, rec})
+		e.flood(b, raw, from, rec.Key)
+	case OwnKey:
+		e.ownSeen(b, now, rec.Version)
+	default:
+		if e.cfg.Logger.Enabled(context.Background(), slog.LevelDebug) {
+			e.cfg.Logger.Debug("mesh: record refused", "outcome", out.String())
+		}
+	}
+}
+
+// ownSeen handles a version of our own key seen elsewhere: a record an earlier run of
+// this node signed. Ours must be newer, or the others would keep that one.
+func (e *Engine) ownSeen(b *batch, now time.Time, v uint64) {
+	if e.own != nil && v <= e.own.Version {
+		return // ours, or older
+	}
+	e.ownFloor = max(e.ownFloor, v)
+	if e.own != nil {
+		e.stats.SelfBumps++
+		if err := e.signOwn(b, *e.own, now); err != nil {
+			e.cfg.Logger.Warn("mesh: cannot re-sign own record", "err", err)
+		}
+	}
+}
+
+// sendDigest sends the DIGEST of the store to peer, in chunks.
+func (e *Engine) sendDigest(b *batch, peer [32]byte) {
+	entries := e.store.Entries()
+	for {
+		n := min(len(entries), MaxDigestEntries)
+		body, _ := AppendDigest(make([]byte, 0, 3+n*digestEntryLen), n == len(entries), entries[:n])
+		e.queue(b, peer, MsgDigest, body)
+		entries = entries[n:]
+		if len(entries) == 0 {
+			return
+		}
+	}
+}
+
+// sendRecords sends raws to peer packed into as few RECORDS messages as fit.
+func (e *Engine) sendRecords(b *batch, peer [32]byte, raws [][]byte) {
+	for len(raws) > 0 {
+		n, size := 0, 1
+		for n < len(raws) && size+2+len(raws[n]) <= MaxRecordsBody {
+			size += 2 + len(raws[n])
+			n++
+		}
+		if n == 0 { // cannot happen: a record is at most MaxRecordLen
+			return
+		}
+		body, err := AppendRecords(make([]byte, 0, size), raws[:n]...)
+		if err == nil {
+			e.queue(b, peer, MsgRecords, body)
+		}
+		raws = raws[n:]
+	}
+}
+
+// onDigest compares a DIGEST chunk from peer with the store: it wants what it lacks or
+// holds older, pushes what it holds newer, and at the last chunk pushes what the digest
+// did not name. Both are bounded per exchange.
+func (e *Engine) onDigest(b *batch, peer [32]byte, now time.Time, last bool, entries []DigestEntry) {
+	x := e.exchanges[peer]
+	if x == nil {
+		if len(e.exchanges) >= maxExchanges {
+			for k := range e.exchanges { // evict any one
+				delete(e.exchanges, k)
+				break
+			}
+		}
+		x = &exchange{started: now, mentioned: make(map[[32]byte]struct{})}
+		e.exchanges[peer] = x
+	}
+	var want [][32]byte
+	var push [][]byte
+	for _, d := range entries {
+		if d.Key == e.self {
+			// A newer version of our own key is only a claim here: fetch it, and
+			// act on it (offer → ownSeen) only once its signature proves it ours.
+			x.mentioned[d.Key] = struct{}{}
+			switch {
+			case (e.own == nil || d.Version > e.own.Version) && x.wanted < MaxPerExchange && !slices.Contains(want, d.Key):
+				want = append(want, d.Key)
+				x.wanted++
+			case e.own != nil && d.Version < e.own.Version && x.pushed < MaxPerExchange:
+				_, raw := e.store.Get(e.self)
+				push = append(push, raw)
+				x.pushed++
+			}
+			continue
+		}
+		rec, raw := e.store.Get(d.Key)
+		if rec != nil {
+			if _, dup := x.mentioned[d.Key]; dup {
+				continue
+			}
+			x.mentioned[d.Key] = struct{}{}
+		}
+		switch {
+		case rec != nil && rec.Version > d.Version && x.pushed < MaxPerExchange:
+			push = append(push, raw)
+			x.pushed++
+		case (rec == nil || rec.Version < d.Version) && x.wanted < MaxPerExchange &&
+			!slices.Contains(want, d.Key):
+			want = append(want, d.Key)
+			x.wanted++
+		}
+	}
+	if last {
+		for _, d := range e.store.Entries() {
+			if x.pushed >= MaxPerExchange {
+				break
+			}
+			if _, ok := x.mentioned[d.Key]; ok {
+				continue
+			}
+			if rec, raw := e.store.Get(d.Key); rec != nil && now.Before(rec.Expires) {
+				push = append(push, raw)
+				x.pushed++
+			}
+		}
+		delete(e.exchanges, peer)
+	}
+	for len(want) > 0 {
+		n := min(len(want), MaxWantKeys)
+		body, _ := AppendWant(make([]byte, 0, 2+32*n), want[:n])
+		e.queue(b, peer, MsgWant, body)
+		want = want[n:]
+	}
+	e.sendRecords(b, peer, push)
+}
+
+// Members returns the verified, unexpired records of the other members, by key.
+func (e *Engine) Members() []*Record {
+	now := e.cfg.Now()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []*Record
+	for _, d := range e.store.Entries() {
+		if d.Key == e.self {
+			continue
+		}
+		if rec, _ := e.store.Get(d.Key); now.Before(rec.Expires) {
+			out = append(out, rec)
+		}
+	}
+	return out
+}
+
+// Member returns the verified, unexpired record of the member key, or nil (also for
+// our own key).
+func (e *Engine) Member(key [32]byte) *Record {
+	if key == e.self {
+		return nil
+	}
+	now := e.cfg.Now()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if rec, _ := e.store.Get(key); rec != nil && now.Before(rec.Expires) {
+		return rec
+	}
+	return nil
+}
+
+// Self returns our own record as last signed, or nil before SetSelf.
+func (e *Engine) Self() *Record {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.own
+}
+
+// Observed returns the addresses other members saw us at (at most MaxObservations,
+// the latest per member).
+func (e *Engine) Observed() []Observation {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.Clone(e.observed)
+}
+
+// Stats returns the engine's counters.
+func (e *Engine) Stats() Stats {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	s := e.stats
+	s.Members = e.store.Len()
+	if e.own != nil {
+		s.Members--
+	}
+	st := e.store
+	s.Accepted, s.Stale, s.BadSignature = st.counts[Accepted], st.counts[Stale], st.counts[BadSignature]
+	s.Malformed, s.TooLarge, s.Expired = st.counts[Malformed], st.counts[TooLarge], st.counts[Expired]
+	s.Future, s.RateLimited, s.Full, s.OwnKey = st.counts[Future], st.counts[RateLimited], st.counts[Full], st.counts[OwnKey]
+	s.SendErrors = e.sendErrors.Load()
+	return s
+}

@@ -1,0 +1,110 @@
+package mesh
+
+import (
+	"crypto/ecdh"
+	"crypto/ed25519"
+	"encoding/hex"
+	"errors"
+	"net/netip"
+	"testing"
+
+	"filippo.io/edwards25519"
+)
+
+// The X25519 public key of the identity is the public key of X25519Private: the key the
+// handshake uses and the key the record's signing key names agree.
+func TestX25519PublicKeyMatchesDerivedPrivateKey(t *testing.T) {
+	for n := range 20 {
+		seed := edSeedN(n)
+		priv := X25519Private(seed)
+		k, err := ecdh.X25519().NewPrivateKey(priv[:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := NewIdentity(seed)
+		if [32]byte(k.PublicKey().Bytes()) != id.Public {
+			t.Fatalf("seed %d: X25519 public of derived private %x, identity says %x", n, k.PublicKey().Bytes(), id.Public)
+		}
+		if !id.Signing.Public().(ed25519.PublicKey).Equal(ed25519.NewKeyFromSeed(seed[:]).Public()) {
+			t.Fatalf("seed %d: signing key is not the seed's", n)
+		}
+	}
+}
+
+func TestX25519PrivateIsClamped(t *testing.T) {
+	x := X25519Private(testEdSeed)
+	if x[0]&7 != 0 || x[31]&0x80 != 0 || x[31]&0x40 == 0 {
+		t.Fatalf("not clamped: %x", x)
+	}
+}
+
+func mustHex(t *testing.T, s string) []byte {
+	t.Helper()
+	b, err := hex.DecodeString(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// Keys that are not canonical encodings of prime-order points are refused: else two
+// signing keys (P and P+T for a torsion point T) would name one X25519 key.
+func TestX25519FromSigningKeyRejectsBadPoints(t *testing.T) {
+	id := NewIdentity(testEdSeed)
+	pub := id.Signing.Public().(ed25519.PublicKey)
+	p, err := new(edwards25519.Point).SetBytes(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A point of order 8.
+	t8, err := new(edwards25519.Point).SetBytes(mustHex(t, "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mixed := new(edwards25519.Point).Add(p, t8).Bytes()
+	cases := map[string][]byte{
+		"identity":             mustHex(t, "0100000000000000000000000000000000000000000000000000000000000000"),
+		"order 8":              t8.Bytes(),
+		"order 4 (y=0)":        mustHex(t, "0000000000000000000000000000000000000000000000000000000000000000"),
+		"order 2 (y=-1)":       mustHex(t, "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+		"non-canonical y=p+1":  mustHex(t, "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+		"non-canonical -0":     mustHex(t, "0100000000000000000000000000000000000000000000000000000000000080"),
+		"key plus torsion":     mixed,
+		"short":                pub[:31],
+		"not a point (y=2)":    mustHex(t, "0200000000000000000000000000000000000000000000000000000000000000"),
+		"all ones (y > p, ~0)": mustHex(t, "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+	}
+	for name, k := range cases {
+		if x, err := X25519FromSigningKey(k); !errors.Is(err, ErrBadSigningKey) {
+			t.Errorf("%s: accepted (X25519 %x), want ErrBadSigningKey", name, x)
+		}
+	}
+	if x, err := X25519FromSigningKey(pub); err != nil || x != id.Public {
+		t.Fatalf("own key: %x, %v", x, err)
+	}
+}
+
+func TestAddressDerivation(t *testing.T) {
+	a, b := NewIdentity(edSeedN(1)), NewIdentity(edSeedN(2))
+	pfx := NetworkPrefix(testSeed)
+	if pfx.Bits() != 48 || pfx.Addr().As16()[0] != 0xfd || pfx.Masked() != pfx {
+		t.Fatalf("network prefix %v", pfx)
+	}
+	mp := MemberPrefix(testSeed)
+	if mp.Bits() != 64 || !pfx.Contains(mp.Addr()) || mp.Addr().As16()[6] != 0 || mp.Addr().As16()[7] != 0 {
+		t.Fatalf("member prefix %v", mp)
+	}
+	aa, ba := MemberAddr(testSeed, a.Public), MemberAddr(testSeed, b.Public)
+	if !mp.Contains(aa) || !mp.Contains(ba) || aa == ba {
+		t.Fatalf("member addresses %v %v in %v", aa, ba, mp)
+	}
+	var other [32]byte
+	other[0] = 1
+	if NetworkPrefix(other) == pfx || NetworkID(other) == NetworkID(testSeed) {
+		t.Fatal("another seed gives the same prefix or id")
+	}
+	if MemberAddr(other, a.Public) == aa {
+		t.Fatal("another seed gives the same member address")
+	}
+	_ = netip.Addr{}
+}
