@@ -76,6 +76,7 @@ var (
 	famMeshNames     = counter("stt_mesh_names_refused_total", "Member records refused because their name belongs to another key.")
 	famMeshMsgs      = counter("stt_mesh_gossip_messages_total", "Gossip messages, by direction: in or out.")
 	famMeshBytes     = counter("stt_mesh_gossip_bytes_total", "Bytes of gossip messages (type, length and body), by direction: in or out.")
+	famMeshNAT       = counter("stt_mesh_nat_events_total", "NAT traversal events, by event: punch requests sent, punches coordinated and started, relay requests sent, granted and refused, relay paths installed, NAT messages ignored.")
 	famPeerMesh      = gauge("stt_peer_mesh_info", "A peer that is a member of the mesh, with how the node learned of it (config, bootstrap, gossip, handshake). Always 1.")
 )
 
@@ -294,6 +295,10 @@ func (t *Tunnel) writeMeshMetrics(w *promtext.Writer, ms meshSample) {
 	w.Family(famMeshBytes.name, famMeshBytes.typ, famMeshBytes.help)
 	w.Uint(famMeshBytes.name, s.BytesIn, "direction", "in")
 	w.Uint(famMeshBytes.name, s.BytesOut, "direction", "out")
+	w.Family(famMeshNAT.name, famMeshNAT.typ, famMeshNAT.help)
+	for _, e := range t.natEvents() {
+		w.Uint(famMeshNAT.name, e.n, "event", e.name)
+	}
 }
 
 // metricsServer serves one tunnel's metrics over HTTP.
