@@ -94,6 +94,12 @@ type Config struct {
 	// WSMaxPending and WSMaxPendingPerSource bound the listener's connections not yet
 	// upgraded, in total and per source (0: ws's defaults).
 	WSMaxPending, WSMaxPendingPerSource int
+	// RelayMaxPairs is the number of route pairs this node forwards at most
+	// (RelayOpen); 0: it is not a relay and forwards nothing.
+	RelayMaxPairs int
+	// RelayMaxPerMember is the number of route pairs one peer may be an end of
+	// (default DefaultRelayMaxPerMember when RelayMaxPairs > 0).
+	RelayMaxPerMember int
 }
 
 // Node is an STT endpoint: peers, sessions, timers and a transport.

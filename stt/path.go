@@ -55,9 +55,11 @@ const (
 	PathNone = "none"
 	PathUDP  = "udp"
 	PathWS   = "ws"
+	// PathRelay: the peer's frames go through a relay (Peer.SetRelay, RelayVia).
+	PathRelay = "relay"
 )
 
-// Path reports the transport the peer's traffic uses: "udp", "ws" or "none".
+// Path reports the transport the peer's traffic uses: "udp", "ws", "relay" or "none".
 func (p *Peer) Path() string {
 	switch p.target().(type) {
 	case nil:
