@@ -146,6 +146,8 @@ type Node struct {
 	wsStates sync.Pool // *wsRecvState
 	wsEPs    wsEndpoints
 
+	relays relays // relay.go: routes as a relay, relay paths as an end
+
 	// resolver, when set (by tests), looks up endpoints given as a host name instead
 	// of the system's resolver.
 	resolver func(ctx context.Context, hostport string) (netip.AddrPort, error)
@@ -406,6 +408,7 @@ func (n *Node) RemovePeer(name string) {
 	n.mu.Unlock()
 	if p != nil {
 		p.shutdown()
+		n.forgetRelays(p)
 	}
 }
 
@@ -441,6 +444,10 @@ func (n *Node) Stats() Stats {
 	st.SelfReached = n.ctr.selfReached.Load()
 	st.HandshakeDHOps = n.hs.DHCount()
 	st.Sessions, st.PendingHandshakes = n.index.counts()
+	st.RelayForwardedPackets = n.relays.forwarded.Load()
+	st.RelayForwardedBytes = n.relays.fwdBytes.Load()
+	st.RelayRoutes = int(n.relays.npairs.Load())
+	st.RelayRefused = n.relays.refused.Load()
 	return st
 }
 
