@@ -45,7 +45,8 @@ const MaxQueued = 256
 // STREAM_OPEN and STREAM_CLOSE announcements: the hook by which the mesh receives the
 // member records it sends with SendReliable. from is the address the frame carrying it
 // came from (on WebSocket, the TCP address at the other end of the connection: the peer
-// or a proxy before it), viaWS whether it came over WebSocket. It is called on a receive
+// or a proxy before it; the zero AddrPort when it came through a relay, which saw the
+// peer's address and this node did not), viaWS whether it came over WebSocket. It is called on a receive
 // goroutine and must not block.
 type ExtensionFunc func(p *Peer, typ byte, body []byte, from netip.AddrPort, viaWS bool)
 

@@ -16,6 +16,9 @@ func (t *Tunnel) counterMap() map[string]uint64 {
 	m["handshakes_completed"] = st.HandshakesDone
 	m["cookie_replies_sent"] = st.CookieRepliesSent
 	m["handshake_dh_ops"] = st.HandshakeDHOps
+	m["relay_forwarded_packets"] = st.RelayForwardedPackets
+	m["relay_forwarded_bytes"] = st.RelayForwardedBytes
+	m["relay_refused_at_bound"] = st.RelayRefused
 	c := t.Counters()
 	m["tunnel_no_route"] = c.NoRoute
 	m["ignored_link_scoped"] = c.LinkScoped

@@ -1139,7 +1139,7 @@ func (t *Tunnel) meshStatus(st *status.Status) {
 	ms.NAT, why = t.natStatus()
 	ms.Relay = m.nat.relay
 	if ms.Relay {
-		ms.Relaying = t.node.RelayPairs()
+		ms.Relaying = t.node.Stats().RelayRoutes
 	}
 	// Indexes, not pointers: appending the discovered members moves st.Peers.
 	byName := make(map[string]int, len(st.Peers))

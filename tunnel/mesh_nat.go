@@ -33,8 +33,6 @@ const (
 	coordinateEvery = 2 * time.Second
 	// punchEvery bounds an end: one punch per member started by PUNCH messages.
 	punchEvery = time.Second
-	// observeEvery is how often reflections are asked for again.
-	observeEvery = 60 * time.Second
 	// maxCoordinators is how many members one punch request goes to.
 	maxCoordinators = 3
 	// maxNATEntries bounds the coordinator's and the ends' rate-limit tables.
@@ -73,7 +71,6 @@ type natState struct {
 	// target) and of PUNCH (per member): when each was last acted on.
 	coordinated map[[2][32]byte]time.Time
 	punched     map[[32]byte]time.Time
-	lastObserve time.Time // when natTick last asked members for reflections
 
 	punchRequests  atomic.Uint64 // PUNCH_REQUESTs sent
 	punchesCoord   atomic.Uint64 // PUNCH pairs sent as coordinator
@@ -93,8 +90,8 @@ type travel struct {
 	// relayKey is the relay asked (relayAsked) or granted (granted).
 	relayKey   [32]byte
 	relayAsked time.Time
-	granted    bool // the relay this node asked granted the route
-	installed  bool // a relay route to the member is installed (asked for or not)
+	granted    bool                   // the relay this node asked granted the route
+	installed  bool                   // a relay route to the member is installed (asked for or not)
 	refused    map[[32]byte]time.Time // relays that refused, when
 	reason     string
 }
@@ -277,23 +274,6 @@ func (t *Tunnel) natTick(now time.Time) {
 		}
 		if len(idle) > 0 {
 			idle[rand.IntN(len(idle))].p.sp.Connect()
-		}
-	}
-	// Reflections age out (mesh.ClassifyNAT uses the last 2 minutes): ask the
-	// members this node keeps sessions with again now and then, which also shows a
-	// mapping that changed.
-	nt.mu.Lock()
-	observe := now.Sub(nt.lastObserve) >= observeEvery
-	if observe {
-		nt.lastObserve = now
-	}
-	nt.mu.Unlock()
-	if observe {
-		for i, co := range coords {
-			if i == maxCoordinators {
-				break
-			}
-			_ = co.p.sp.SendReliable(mesh.MsgObserve, nil)
 		}
 	}
 	t.pruneNAT(now)

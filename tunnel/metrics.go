@@ -46,6 +46,10 @@ var (
 	famDrops       = counter("stt_drops_total", "Packets the node dropped other than handshakes, by reason (auth and replay among them).")
 	famCookies     = counter("stt_cookie_replies_sent_total", "Cookie replies sent to handshakes while under load.")
 	famDHOps       = counter("stt_handshake_dh_operations_total", "X25519 operations done for handshakes.")
+	famRelayPkts   = counter("stt_relay_forwarded_packets_total", "RELAY messages this node forwarded between two members, as a relay.")
+	famRelayBytes  = counter("stt_relay_forwarded_bytes_total", "Bytes of the RELAY messages this node forwarded, whole messages.")
+	famRelayRoutes = gauge("stt_relay_routes", "Pairs of members this node forwards between now, as a relay.")
+	famRelayBound  = counter("stt_relay_refused_total", "Relay requests refused at a bound: the relay's pairs, or a member's share of them.")
 	famSessions    = gauge("stt_sessions", "Sessions the node can receive on now, current and previous keys.")
 	famPending     = gauge("stt_pending_handshakes", "Handshakes in progress.")
 
@@ -229,6 +233,10 @@ func (t *Tunnel) writeMetrics(w *promtext.Writer) {
 	one(famDHOps, st.HandshakeDHOps)
 	one(famSessions, uint64(st.Sessions))
 	one(famPending, uint64(st.PendingHandshakes))
+	one(famRelayPkts, st.RelayForwardedPackets)
+	one(famRelayBytes, st.RelayForwardedBytes)
+	one(famRelayRoutes, uint64(st.RelayRoutes))
+	one(famRelayBound, st.RelayRefused)
 
 	tc := t.Counters()
 	one(famNoRoute, tc.NoRoute)
