@@ -440,6 +440,12 @@ func (t *Tunnel) natMessage(sp *stt.Peer, from [32]byte, typ byte, body []byte, 
 		if direct(tp.sp, t.node.Limits().FallbackAfter) {
 			return // nothing to punch: the path is direct
 		}
+		if tp.sp.RelayVia() != nil && !tp.sp.HasSession() {
+			// The handshake through the relay is under way: a punch now would take
+			// its place (one handshake in flight per member). Punches resume once
+			// the relayed session is up, and move it to UDP if they get through.
+			return
+		}
 		nt.mu.Lock()
 		last, ok := nt.punched[pu.Peer]
 		if (ok && now.Sub(last) < punchEvery) || (!ok && len(nt.punched) >= maxNATEntries) {
