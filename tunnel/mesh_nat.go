@@ -177,7 +177,7 @@ func (t *Tunnel) natTick(now time.Time) {
 	for _, c := range all {
 		sp := c.p.sp
 		isDirect := direct(sp, fallback)
-		wanted := sp.Connecting() || (sp.HasSession() && !isDirect)
+		wanted := !isDirect && (sp.Connecting() || sp.HasSession())
 		nt.mu.Lock()
 		tr := nt.travels[c.key]
 		if !wanted {
@@ -440,7 +440,11 @@ func (t *Tunnel) natMessage(sp *stt.Peer, from [32]byte, typ byte, body []byte, 
 		if direct(tp.sp, t.node.Limits().FallbackAfter) {
 			return // nothing to punch: the path is direct
 		}
-		if tp.sp.RelayVia() != nil && !tp.sp.HasSession() {
+		nt.mu.Lock()
+		tr := nt.travels[pu.Peer]
+		relayed := tr != nil && tr.installed && tr.granted
+		nt.mu.Unlock()
+		if relayed && !tp.sp.HasSession() {
 			// The handshake through the relay is under way: a punch now would take
 			// its place (one handshake in flight per member). Punches resume once
 			// the relayed session is up, and move it to UDP if they get through.
