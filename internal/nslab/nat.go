@@ -106,8 +106,16 @@ func (l *Lab) NATRouter(inet *NS, name string, kind NATKind, n int) *NATSite {
 // natRules returns the nftables ruleset of a router of kind whose internet side is
 // wan and LAN side lan.
 func natRules(kind NATKind, wan, lan string) (string, error) {
+	// A NAT router also drops what comes in on its internet side unasked, in its input
+	// hook, as home routers do (OpenWrt's wan zone). Without that, the first packet of
+	// a simultaneous open, arriving before the host's own, is addressed to the router
+	// itself and leaves a conntrack entry whose reply tuple holds the host's mapped
+	// port, so that the host's packet to the same peer gets a new port: an easy NAT
+	// turns hard exactly when two hosts punch. A packet dropped before the end of the
+	// input hook leaves no entry (conntrack confirms an entry only then).
 	nat := func(stmt string) string {
-		return fmt.Sprintf("table ip natlab {\n\tchain post {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\t%s\n\t}\n}\n", stmt)
+		return fmt.Sprintf("table ip natlab {\n\tchain post {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\t%s\n\t}\n"+
+			"\tchain input_filter {\n\t\ttype filter hook input priority filter; policy accept;\n\t\tiifname %q ct state established,related accept\n\t\tiifname %q counter drop\n\t}\n}\n", stmt, wan, wan)
 	}
 	filter := func(rules ...string) string {
 		return fmt.Sprintf("table inet natlabfw {\n\tchain forward_filter {\n\t\ttype filter hook forward priority filter; policy drop;\n\t\t%s\n\t}\n}\n", strings.Join(rules, "\n\t\t"))
