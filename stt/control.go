@@ -242,18 +242,11 @@ func (r *reliableState) take() []relMsg {
 	return q
 }
 
-// pending reports whether messages wait to be sent or acknowledged.
 // backlog is how many messages the queue holds, sent but unacknowledged or not sent yet.
 func (r *reliableState) backlog() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return len(r.queue)
-}
-
-func (r *reliableState) pending() bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.queue) > 0
 }
 
 // adopt appends messages to send, numbering them from nextSend, as far as the queue

@@ -109,7 +109,7 @@ func (p *Peer) expiredIdleLocked(now time.Time, cur *session) bool {
 	if pk := p.counters.txPackets.Load() + p.counters.rxPackets.Load(); pk != p.idle.packets || p.idle.lastUse == 0 {
 		p.idle.packets, p.idle.lastUse = pk, t
 	}
-	if t-max(p.idle.lastUse, p.times.lastReliable.Load()) < int64(p.cfg.IdleTimeout) || len(p.queue) > 0 || cur.rel.pending() {
+	if t-max(p.idle.lastUse, p.times.lastReliable.Load()) < int64(p.cfg.IdleTimeout) || len(p.queue) > 0 || cur.rel.backlog() > 0 {
 		return false
 	}
 	p.closeIdleLocked()

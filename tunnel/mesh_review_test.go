@@ -358,7 +358,7 @@ func TestMeshFloodBacklogPerMemberBounded(t *testing.T) {
 	copy(edSeed[:], f.id.Signing.Seed())
 	stuck := make(chan struct{})
 	raw, err := stt.New(stt.Config{
-		Seed: n.seed, PrivateKey: mesh.X25519Private(edSeed), Name: "raw", Handler: discard{},
+		Seed: n.seed, PrivateKey: config.X25519FromEd25519Seed(edSeed), Name: "raw", Handler: discard{},
 		Extension: func(*stt.Peer, byte, []byte, netip.AddrPort, bool) { <-stuck },
 	})
 	if err != nil {

@@ -500,9 +500,15 @@ func TestStatusRenderGolden(t *testing.T) {
 	if err := renderStatus(&b, all, DefaultStateDir, sampleNow()); err != nil {
 		t.Fatal(err)
 	}
-	golden := filepath.Join("testdata", "status.golden")
+	checkGolden(t, "status.golden", "status rendering", b.Bytes())
+}
+
+// checkGolden holds got to testdata/name (go test -update rewrites it).
+func checkGolden(t *testing.T, name, what string, got []byte) {
+	t.Helper()
+	golden := filepath.Join("testdata", name)
 	if *update {
-		if err := os.WriteFile(golden, b.Bytes(), 0o644); err != nil {
+		if err := os.WriteFile(golden, got, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -510,8 +516,8 @@ func TestStatusRenderGolden(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := b.String(); got != string(want) {
-		t.Errorf("status rendering differs from %s (go test -update rewrites it):\n%s\nwant:\n%s", golden, got, want)
+	if string(got) != string(want) {
+		t.Errorf("%s differs from %s (go test -update rewrites it):\n%s\nwant:\n%s", what, golden, got, want)
 	}
 }
 

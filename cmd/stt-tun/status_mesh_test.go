@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -100,19 +98,7 @@ func TestStatusJSONGoldenMesh(t *testing.T) {
 	if err := writeJSON(&b, forJSON(sampleMeshStatus())); err != nil {
 		t.Fatal(err)
 	}
-	golden := filepath.Join("testdata", "status.json.golden")
-	if *update {
-		if err := os.WriteFile(golden, b.Bytes(), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := b.String(); got != string(want) {
-		t.Errorf("status --json differs from %s (go test -update rewrites it):\n%s\nwant:\n%s", golden, got, want)
-	}
+	checkGolden(t, "status.json.golden", "status --json", b.Bytes())
 	var back status.Status
 	if err := json.Unmarshal(b.Bytes(), &back); err != nil || back.Mesh == nil || back.Mesh.Bootstrap[2].Self != true {
 		t.Errorf("the JSON does not read back: %v %+v", err, back.Mesh)

@@ -6,7 +6,6 @@ package mesh
 
 import (
 	"crypto/ed25519"
-	"crypto/sha512"
 	"errors"
 
 	"filippo.io/edwards25519"
@@ -19,7 +18,10 @@ type Identity struct {
 	Public  [32]byte
 }
 
-// NewIdentity derives the identity of the Ed25519 seed edSeed.
+// NewIdentity derives the identity of the Ed25519 seed edSeed. Its Public is the public
+// key of the X25519 private key the node's handshakes use, which the key file derives
+// from the same seed (config.X25519FromEd25519Seed, as libsodium's
+// crypto_sign_ed25519_sk_to_curve25519).
 func NewIdentity(edSeed [32]byte) Identity {
 	priv := ed25519.NewKeyFromSeed(edSeed[:])
 	pub, err := X25519FromSigningKey(priv.Public().(ed25519.PublicKey))
@@ -29,19 +31,6 @@ func NewIdentity(edSeed [32]byte) Identity {
 		panic("mesh: derived Ed25519 public key rejected: " + err.Error())
 	}
 	return Identity{Signing: priv, Public: pub}
-}
-
-// X25519Private returns the X25519 private key that belongs to the Ed25519 seed edSeed,
-// as libsodium's crypto_sign_ed25519_sk_to_curve25519 computes it: the first half of
-// SHA-512(seed), clamped. Its public key is NewIdentity(edSeed).Public.
-func X25519Private(edSeed [32]byte) [32]byte {
-	h := sha512.Sum512(edSeed[:])
-	var x [32]byte
-	copy(x[:], h[:32])
-	x[0] &= 248
-	x[31] &= 127
-	x[31] |= 64
-	return x
 }
 
 // ErrBadSigningKey is returned for an Ed25519 public key that is not the canonical

@@ -154,15 +154,6 @@ func ParseWant(b []byte, dst [][32]byte) ([][32]byte, error) {
 	return dst, nil
 }
 
-// RecordsBodyLen is the size of a RECORDS body carrying records of the given lengths.
-func RecordsBodyLen(lens ...int) int {
-	n := 1
-	for _, l := range lens {
-		n += 2 + l
-	}
-	return n
-}
-
 // AppendRecords appends the body of RECORDS carrying the given marshalled records; the
 // body must stay within MaxRecordsBody.
 func AppendRecords(b []byte, recs ...[]byte) ([]byte, error) {

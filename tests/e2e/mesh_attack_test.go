@@ -75,7 +75,7 @@ func newAttacker(t *testing.T, m *meshLab, name string) *attacker {
 	}
 	var admit func(string, [32]byte) (*stt.Peer, error)
 	n, err := stt.New(stt.Config{
-		Seed: seed, PrivateKey: mesh.X25519Private(edSeed), Name: name, ListenPort: port,
+		Seed: seed, PrivateKey: config.X25519FromEd25519Seed(edSeed), Name: name, ListenPort: port,
 		Handler: attackHandler{a},
 		Admit:   func(name string, k [32]byte) (*stt.Peer, error) { return admit(name, k) },
 		Extension: func(p *stt.Peer, typ byte, body []byte, _ netip.AddrPort, _ bool) {
