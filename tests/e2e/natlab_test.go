@@ -261,22 +261,28 @@ type natStatusJSON struct {
 }
 
 func (n *node) natView() (natView, error) {
-	v := natView{NAT: "absent", Peers: map[string]natPeerView{}}
 	r := n.stt("status", "--json", linkName)
 	if r.err != nil {
-		return v, fmt.Errorf("%s: status: %v: %s", n.name, r.err, strings.TrimSpace(r.stderr))
+		return natView{NAT: "absent"}, fmt.Errorf("%s: status: %v: %s", n.name, r.err, strings.TrimSpace(r.stderr))
 	}
+	return parseNATView(n.name, []byte(r.stdout), natFeatures)
+}
+
+// parseNATView reads the `status --json` of the node named name; strict says the
+// fields of issue 14 must be there.
+func parseNATView(name string, js []byte, strict bool) (natView, error) {
+	v := natView{NAT: "absent", Peers: map[string]natPeerView{}}
 	var st natStatusJSON
-	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
-		return v, fmt.Errorf("%s: status --json: %v", n.name, err)
+	if err := json.Unmarshal(js, &st); err != nil {
+		return v, fmt.Errorf("%s: status --json: %v", name, err)
 	}
 	if st.Mesh == nil {
-		return v, fmt.Errorf("%s: status --json has no mesh section", n.name)
+		return v, fmt.Errorf("%s: status --json has no mesh section", name)
 	}
 	if st.Mesh.NAT != nil {
 		v.NAT, v.Present = *st.Mesh.NAT, true
-	} else if natFeatures {
-		return v, fmt.Errorf("%s: status --json has no mesh.nat (natFeatures is on)", n.name)
+	} else if strict {
+		return v, fmt.Errorf("%s: status --json has no mesh.nat (natFeatures is on)", name)
 	}
 	for _, p := range st.Peers {
 		pv := natPeerView{Path: p.Path, Endpoint: p.Endpoint}
@@ -286,12 +292,47 @@ func (n *node) natView() (natView, error) {
 		if p.PathReason != nil {
 			pv.Reason = *p.PathReason
 		}
-		if natFeatures && p.Path == "relay" && pv.RelayVia == "" {
-			return v, fmt.Errorf("%s: peer %s has path relay and no relay_via", n.name, p.Name)
+		if strict && p.Path == "relay" && pv.RelayVia == "" {
+			return v, fmt.Errorf("%s: peer %s has path relay and no relay_via", name, p.Name)
 		}
 		v.Peers[p.Name] = pv
 	}
 	return v, nil
+}
+
+// TestNATViewReadsTheStatusOfIssue14 checks the one place that reads the status fields
+// of issue 14 against the names NAT-SPEC gives them (mesh.nat; per peer path,
+// relay_via, path_reason): present, they are read; absent, they are an error only in
+// strict mode (natFeatures), so that today's status passes and tomorrow's must carry
+// them.
+func TestNATViewReadsTheStatusOfIssue14(t *testing.T) {
+	spec := `{"mesh":{"address":"fd00::1","nat":"hard"},"peers":[
+		{"name":"b","path":"relay","endpoint":"","relay_via":"r","path_reason":"punch failed"},
+		{"name":"r","path":"udp","endpoint":"198.18.2.2:51900"}]}`
+	v, err := parseNATView("a", []byte(spec), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.NAT != "hard" || !v.Present {
+		t.Errorf("nat %q present %v, want hard", v.NAT, v.Present)
+	}
+	if b := v.Peers["b"]; b.Path != "relay" || b.RelayVia != "r" || b.Reason != "punch failed" || b.short() != "relay via r (punch failed)" {
+		t.Errorf("peer b read as %+v (%s)", b, b.short())
+	}
+	if r := v.Peers["r"]; r.short() != "direct udp" || r.String() != "udp 198.18.2.2:51900" {
+		t.Errorf("peer r read as %+v", r)
+	}
+	today := `{"mesh":{"address":"fd00::1"},"peers":[{"name":"r","path":"udp","endpoint":"198.18.2.2:51900"}]}`
+	if v, err := parseNATView("a", []byte(today), false); err != nil || v.Present || v.NAT != "absent" {
+		t.Errorf("today's status, lenient: %+v, %v", v, err)
+	}
+	if _, err := parseNATView("a", []byte(today), true); err == nil {
+		t.Error("today's status passes the strict reading: mesh.nat is missing")
+	}
+	noVia := `{"mesh":{"nat":"easy"},"peers":[{"name":"b","path":"relay"}]}`
+	if _, err := parseNATView("a", []byte(noVia), true); err == nil {
+		t.Error("a relay path without relay_via passes the strict reading")
+	}
 }
 
 // pathTo is from's view of its path to the member named to ("no peer X" if none).
@@ -618,6 +659,13 @@ func TestNATLab(t *testing.T) {
 			}
 		}
 		for _, mb := range append([]*natMember{nl.relay}, joined...) {
+			// Not s2: its router gave s1 the port both asked for, and Linux keeps a
+			// port only where the whole flow stays unique, so s2's port toward a
+			// member s1 does not talk to may be kept and toward another not: an easy
+			// NAT looks hard to the second host behind it.
+			if mb == s2 {
+				continue
+			}
 			if err := checkNAT(mb); err != nil {
 				t.Error(err)
 			}
@@ -697,6 +745,9 @@ func TestNATLab(t *testing.T) {
 	}
 	if _, err := natTransfer(e1, e2, func() error { return killDaemon(nl.boot) }); err != nil {
 		t.Fatalf("with boot killed mid-transfer: %v", err)
+	}
+	if pids := daemonPIDs(nl.boot.nd.stateDir); len(pids) != 0 {
+		t.Fatalf("boot's daemon %v still runs after SIGKILL and a whole transfer", pids)
 	}
 	if err := checkDirect(e1, e2); err != nil {
 		t.Error(err)
