@@ -39,7 +39,8 @@ func (p natPeerView) short() string {
 type natCell struct {
 	a, b         *natMember
 	reached      bool
-	xfer         string // "ok, 123 MB/s", "FAILED: …", "not tried: …"
+	took         time.Duration // from a's first ping (after natOpen) to the first reply
+	xfer         string        // "ok, 123 MB/s", "FAILED: …", "not tried: …"
 	ab, ba       natPeerView
 	natA, natB   string
 	pathErr      error
@@ -85,7 +86,8 @@ func TestNATLabMatrix(t *testing.T) {
 		wg.Add(1)
 		go func(c *natCell) {
 			defer wg.Done()
-			c.reached = natReach(c.a, c.b) == nil
+			took, err := natReachTimed(c.a, c.b)
+			c.reached, c.took = err == nil, took
 		}(c)
 	}
 	wg.Wait()
@@ -121,8 +123,8 @@ func TestNATLabMatrix(t *testing.T) {
 		open = "one-sided: only A sends first"
 	}
 	fmt.Fprintf(&tb, "Traffic: %s. %d MiB from A to B per pair, SHA-256 compared. %s.\n\n", open, natXferSize>>20, time.Since(started).Round(time.Second))
-	tb.WriteString("| A | B | expected | A's path to B | B's path to A | 20 MiB A → B | NAT reported (A / B) | as expected |\n")
-	tb.WriteString("|---|---|---|---|---|---|---|---|\n")
+	tb.WriteString("| A | B | expected | A's path to B | B's path to A | first reply | 20 MiB A → B | NAT reported (A / B) | as expected |\n")
+	tb.WriteString("|---|---|---|---|---|---|---|---|---|\n")
 	for _, c := range cells {
 		want := c.wantPath
 		if want == "udp" {
@@ -138,8 +140,12 @@ func TestNATLabMatrix(t *testing.T) {
 		if len(xfer) > 60 {
 			xfer = xfer[:60] + "…"
 		}
-		fmt.Fprintf(&tb, "| %s (%s) | %s (%s) | %s | %s | %s | %s | %s / %s | %s |\n",
-			c.a.name, c.a.kind, c.b.name, c.b.kind, want, c.ab.short(), c.ba.short(), xfer, c.natA, c.natB, verdict)
+		took := "-"
+		if c.reached {
+			took = c.took.Round(10 * time.Millisecond).String()
+		}
+		fmt.Fprintf(&tb, "| %s (%s) | %s (%s) | %s | %s | %s | %s | %s | %s / %s | %s |\n",
+			c.a.name, c.a.kind, c.b.name, c.b.kind, want, c.ab.short(), c.ba.short(), took, xfer, c.natA, c.natB, verdict)
 	}
 	t.Logf("NAT matrix:\n%s", tb.String())
 	if f := os.Getenv("STT_NATLAB_TABLE"); f != "" {
