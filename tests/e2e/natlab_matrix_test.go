@@ -142,7 +142,7 @@ func TestNATLabMatrix(t *testing.T) {
 		}
 		took := "-"
 		if c.reached {
-			took = c.took.Round(10 * time.Millisecond).String()
+			took = c.took.Round(time.Millisecond).String()
 		}
 		fmt.Fprintf(&tb, "| %s (%s) | %s (%s) | %s | %s | %s | %s | %s | %s / %s | %s |\n",
 			c.a.name, c.a.kind, c.b.name, c.b.kind, want, c.ab.short(), c.ba.short(), took, xfer, c.natA, c.natB, verdict)
