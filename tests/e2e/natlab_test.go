@@ -471,6 +471,11 @@ func checkRelay(nl *natLab, a, b *natMember, leg string) error {
 	if p.Path != "relay" || p.RelayVia != nl.relay.name {
 		return fmt.Errorf("%s's path to %s is %s, want relay via %s", a.name, b.name, p, nl.relay.name)
 	}
+	// The issue: status says why a member is not direct (no punch yet, punch failed,
+	// UDP blocked).
+	if natFeatures && p.Reason == "" {
+		return fmt.Errorf("%s's path to %s is %s, with no path_reason", a.name, b.name, p)
+	}
 	if r := pathTo(a.nd, nl.relay.name); r.Path != leg {
 		return fmt.Errorf("%s's own path to the relay member is %s, want %s", a.name, r, leg)
 	}
