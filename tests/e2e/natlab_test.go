@@ -120,7 +120,6 @@ type natLab struct {
 	*meshLab
 	boot, relay *natMember
 	members     []*natMember
-	byName      map[string]*natMember
 	site        int // the last site number used
 }
 
@@ -142,7 +141,7 @@ func natPublicConf(m *meshLab, i int, relay bool) nodeConf {
 // newNATLab builds boot and relay and starts them.
 func newNATLab(t *testing.T) *natLab {
 	m := newMeshLab(t)
-	nl := &natLab{meshLab: m, byName: map[string]*natMember{}, site: 10}
+	nl := &natLab{meshLab: m, site: 10}
 	for _, x := range []struct {
 		name  string
 		relay bool
@@ -151,7 +150,6 @@ func newNATLab(t *testing.T) *natLab {
 		nd, i := m.add(x.name, "")
 		nd.writeConfig(natPublicConf(m, i, x.relay))
 		*x.p = &natMember{name: x.name, kind: nslab.NATPublic, nd: nd, pub: netip.MustParseAddr(underlay(i))}
-		nl.byName[x.name] = *x.p
 	}
 	nl.boot.nd.upDaemon()
 	nl.relay.nd.upDaemon()
@@ -189,12 +187,10 @@ func (nl *natLab) addAt(site *nslab.NATSite, host int, name string, boot int) *n
 	nl.nodes[name] = nd
 	mb := &natMember{name: name, kind: site.Kind, site: site, host: host, nd: nd}
 	nl.members = append(nl.members, mb)
-	nl.byName[name] = mb
 	return mb
 }
 
-// startAll starts every member not yet started and waits until each knows n members
-// with mesh addresses, recording its own.
+// start starts the members' daemons (`stt-tun up`, which returns once each is up).
 func (nl *natLab) start(mbs ...*natMember) {
 	for _, mb := range mbs {
 		mb.nd.upDaemon()
