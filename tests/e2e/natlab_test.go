@@ -71,7 +71,7 @@ import (
 //   - strict reading of the new status fields (natView), and the assertions on them;
 //   - one-sided traffic instead of the crude simultaneous open (natOpen): a transfer
 //     from one end alone must get through, the punch doing the rest.
-const natFeatures = false
+const natFeatures = true
 
 const (
 	// natXferSize is the transfer of every scenario: 20 MiB, SHA-256 compared.
