@@ -11,6 +11,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/conn"
 
+	"github.com/stt-tun/stt-tun/stt/udp"
 	"github.com/stt-tun/stt-tun/stt/wire"
 )
 
@@ -561,4 +562,128 @@ func TestRelayForwardAllocatesNothing(t *testing.T) {
 	if allocs != 0 && !raceEnabled {
 		t.Errorf("%.1f allocations per wrapped batch", allocs)
 	}
+}
+
+// Fixed ids of the fuzzed relay node's tables.
+const (
+	fuzzIDXY   = 0x11111111 // route x→y
+	fuzzIDYX   = 0x22222222 // route y→x
+	fuzzRecvID = 0x33333333 // its relay path to e, through x
+	fuzzSendID = 0x44444444
+)
+
+// fuzzRelayNode is a node that is not listening, that relays between peers x and y
+// (ids fuzzIDXY, fuzzIDYX) and reaches peer e through x (fuzzRecvID), every peer with
+// a live session; e's has the keys of fuzzNode's session. What it sends is recorded.
+func fuzzRelayNode(tb testing.TB, h Handler) (n *Node, bind *captureBind, fromX conn.Endpoint) {
+	bind = &captureBind{Bind: udp.New()}
+	n, err := New(Config{Seed: fixedKey(1), PrivateKey: fixedKey(2), Name: "fuzz", Handler: h, Bind: bind, RelayMaxPairs: 4})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	peer := func(name, ep string, local uint32, key byte) *Peer {
+		p, err := n.AddPeer(PeerConfig{Name: name, Endpoint: ep})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		k := fixedKey(key)
+		s, err := newSession(p, local, local+1, false, wire.CipherChaCha20Poly1305, &k, &k, time.Now())
+		if err != nil {
+			tb.Fatal(err)
+		}
+		n.index.install(s)
+		p.keys.current.Store(s)
+		return p
+	}
+	x := peer("x", "127.0.0.1:9001", 100, 0x10)
+	y := peer("y", "127.0.0.1:9002", 200, 0x20)
+	e, _ := n.AddPeer(PeerConfig{Name: "e"})
+	k := fixedKey(0x40)
+	s, err := newSession(e, 0x11223344, 0x55667788, false, wire.CipherChaCha20Poly1305, &k, &k, time.Now())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	n.index.install(s)
+	e.keys.current.Store(s)
+	pr := &relayPair{a: x, b: y, ab: &relayRoute{id: fuzzIDXY, from: x, to: y}, ba: &relayRoute{id: fuzzIDYX, from: y, to: x}}
+	n.relays.pairs = []*relayPair{pr}
+	n.relays.routes.Store(&map[uint32]*relayRoute{fuzzIDXY: pr.ab, fuzzIDYX: pr.ba})
+	if err := e.SetRelay(x, fuzzSendID, fuzzRecvID, false); err != nil {
+		tb.Fatal(err)
+	}
+	return n, bind, *x.path.udp.Load()
+}
+
+// FuzzRelayReceive feeds arbitrary messages from a relay end's address to a node that
+// relays and is itself an end of a relay path: nothing may panic; the node forwards
+// only a well-formed RELAY message of the route that end may use, exactly as it came,
+// and delivers only the plaintext of a DATA frame sealed with the session of the peer
+// its relay path reaches.
+func FuzzRelayReceive(f *testing.F) {
+	k := fixedKey(0x40)
+	seal := func(stream uint16, counter uint64, payload []byte) []byte {
+		s, _ := newSession(nil, 1, 0x11223344, true, wire.CipherChaCha20Poly1305, &k, &k, time.Now())
+		fr := make([]byte, wire.HeaderLen+len(payload), wire.HeaderLen+len(payload)+wire.TagLen)
+		copy(fr[wire.HeaderLen:], payload)
+		return s.seal(fr, stream, counter, new([12]byte))
+	}
+	relay := func(id uint32, inner []byte) []byte {
+		m := make([]byte, wire.RelayHeaderLen, wire.RelayHeaderLen+len(inner))
+		wire.PutRelayHeader(m, id)
+		return append(m, inner...)
+	}
+	data := seal(3, 7, []byte("datagram"))
+	f.Add(relay(fuzzIDXY, data))
+	f.Add(relay(fuzzIDYX, data))
+	f.Add(relay(fuzzRecvID, data))
+	f.Add(relay(fuzzRecvID, seal(0, 8, wire.AppendControl(nil, wire.CtlPing, make([]byte, 12)))))
+	f.Add(relay(fuzzRecvID, relay(fuzzIDXY, data)))
+	f.Add(relay(fuzzIDXY, append([]byte{wire.TypeHello, wire.Version}, make([]byte, wire.HelloLen-2)...)))
+	f.Add(relay(fuzzRecvID, append([]byte{wire.TypeCookieReply}, make([]byte, wire.CookieReplyLen-1)...)))
+	f.Add(relay(7, data))
+	f.Add([]byte{wire.TypeRelay, 1, 0, 0})
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		if len(msg) > wire.MaxMessageLen {
+			return
+		}
+		h := &recordHandler{}
+		n, bind, from := fuzzRelayNode(t, h)
+		buf := make([]byte, BufferSize)
+		copy(buf[recvBase:], msg)
+		in := &Inbound{Bufs: make([][]byte, 1), Sizes: make([]int, 1), Peers: make([]*Peer, 1)}
+		n.receiveBatch([][]byte{buf}, [][]byte{buf[recvBase:]}, []int{len(msg)}, []conn.Endpoint{from}, in, new([12]byte), make([]byte, 0, 256), new(relayFwd))
+		id, inner, perr := wire.ParseRelay(msg)
+		isRelay := len(msg) > 0 && msg[0] == wire.TypeRelay
+		var fwd [][]byte // the end's own replies through x carry its send id; the rest are forwards
+		for _, m := range bind.ofType(wire.TypeRelay) {
+			if rid, _, err := wire.ParseRelay(m); err != nil || rid != fuzzSendID {
+				fwd = append(fwd, m)
+			}
+		}
+		if len(fwd) > 0 {
+			if !isRelay || perr != nil || id != fuzzIDXY || len(fwd) != 1 || !bytes.Equal(fwd[0], msg) {
+				t.Fatalf("forwarded %d messages for % x", len(fwd), msg)
+			}
+			if st := n.Stats(); st.RelayForwardedPackets+st.Drops[DropSendError] != 1 {
+				t.Fatal("a forward not counted")
+			}
+		}
+		if len(h.got) == 0 {
+			return
+		}
+		if !isRelay {
+			inner = msg // e's frames may come directly too: the session decides
+		} else if perr != nil || id != fuzzRecvID {
+			t.Fatalf("delivered %d datagrams from a RELAY message not of the path: % x", len(h.got), msg)
+		}
+		hdr, err := wire.ParseHeader(inner)
+		if err != nil || hdr.Stream == wire.ControlStream {
+			t.Fatalf("delivered from an inner message that is no data frame: % x", inner)
+		}
+		v, _ := newSession(nil, 0x11223344, 0x55667788, false, wire.CipherChaCha20Poly1305, &k, &k, time.Now())
+		plain, err := v.open(bytes.Clone(inner), hdr.Counter, new([12]byte))
+		if err != nil || len(h.got) != 1 || !bytes.Equal(h.got[0], plain) {
+			t.Fatalf("delivered %q, want exactly the plaintext %q (%v)", h.got, plain, err)
+		}
+	})
 }
