@@ -735,3 +735,80 @@ func benchSend(b *testing.B, p *Peer, counter *countHandler) {
 	b.StopTimer()
 	b.ReportMetric(float64(counter.n.Load())/float64(sent)*100, "%delivered")
 }
+
+// TestRelayFollowerAndChooserRules: the follower of a relay path moves onto it and
+// back only on frames sent after the frame of the last move; the chooser never follows
+// its peer onto the relay, and returns to UDP on any frame over UDP.
+func TestRelayFollowerAndChooserRules(t *testing.T) {
+	o := newOffline(t, Limits{})
+	via, err := o.n.AddPeer(PeerConfig{Name: "relay", Endpoint: "127.0.0.1:10"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, _ := o.session(t, testLocalIndex, false, time.Now(), 0x10)
+	s, _ := o.session(t, testLocalIndex+1, false, time.Now(), 0x20) // a later session: larger gen
+	if err := o.p.SetRelay(via, 5, 6, false); err != nil {
+		t.Fatal(err)
+	}
+	re := o.p.path.relay.Load()
+	steps := []struct {
+		name    string
+		relay   bool
+		s       *session
+		ctr     uint64
+		onRelay bool // where the traffic is after the frame
+	}{
+		{"frame 10 through the relay", true, s, 10, true},
+		{"late frame 5 over UDP", false, s, 5, true},
+		{"late frame of the older session over UDP", false, old, 100, true},
+		{"frame 20 over UDP", false, s, 20, false},
+		{"late frame 15 through the relay", true, s, 15, false},
+		{"frame 21 through the relay", true, s, 21, true},
+		{"the handshake of a later session over UDP", false, nil, handshakeCtr, false},
+	}
+	for _, st := range steps {
+		ss := st.s
+		if ss == nil {
+			ss, _ = o.session(t, testLocalIndex+2, false, time.Now(), 0x30)
+		}
+		var ep conn.Endpoint = re
+		if !st.relay {
+			ep = o.ep
+		}
+		o.p.learnEndpoint(ep, false, ss, st.ctr)
+		if got := o.p.path.on.Load() == onRelay; got != st.onRelay {
+			t.Fatalf("follower, %s: on the relay %v, want %v", st.name, got, st.onRelay)
+		}
+		if got := o.p.Path() == PathRelay; got != st.onRelay {
+			t.Fatalf("follower, %s: Path %s", st.name, o.p.Path())
+		}
+	}
+	// A probe through the relay moves nothing; nor does a frame of a relay path that
+	// is not the peer's current one.
+	o.p.learnEndpoint(re, true, s, 1000)
+	if o.p.Path() != PathUDP {
+		t.Fatal("a probe through the relay moved the follower")
+	}
+	if err := o.p.SetRelay(via, 7, 8, false); err != nil {
+		t.Fatal(err)
+	}
+	o.p.learnEndpoint(re, false, s, 1001)
+	if o.p.Path() != PathUDP {
+		t.Fatal("a frame through a replaced relay path moved the follower")
+	}
+
+	// The chooser.
+	if err := o.p.SetRelay(via, 7, 8, true); err != nil {
+		t.Fatal(err)
+	}
+	re = o.p.path.relay.Load()
+	o.p.learnEndpoint(re, false, s, 2000)
+	if o.p.Path() != PathUDP {
+		t.Fatal("the chooser followed its peer onto the relay")
+	}
+	o.p.path.on.Store(onRelay)            // as its fallback does
+	o.p.learnEndpoint(o.ep, false, s, 10) // an old frame over UDP
+	if o.p.Path() != PathUDP {
+		t.Fatal("the chooser stayed on the relay after a frame over UDP")
+	}
+}
