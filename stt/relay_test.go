@@ -616,6 +616,36 @@ func fuzzRelayNode(tb testing.TB, h Handler) (n *Node, bind *captureBind, fromX 
 	return n, bind, *x.path.udp.Load()
 }
 
+// sealedForX seals a DATA frame for the fuzzed relay node's session with x.
+func sealedForX(stream uint16, counter uint64, payload []byte) []byte {
+	k := fixedKey(0x10)
+	s, _ := newSession(nil, 101, 100, true, wire.CipherChaCha20Poly1305, &k, &k, time.Now())
+	fr := make([]byte, wire.HeaderLen+len(payload), wire.HeaderLen+len(payload)+wire.TagLen)
+	copy(fr[wire.HeaderLen:], payload)
+	return s.seal(fr, stream, counter, new([12]byte))
+}
+
+// TestRelayPathCarriesOnlyItsPeersFrames: a frame of another peer's session (here the
+// relay's own) that comes through a relay path is dropped, though it would open: it
+// must not move that peer's path onto the relay path of another.
+func TestRelayPathCarriesOnlyItsPeersFrames(t *testing.T) {
+	h := &recordHandler{}
+	n, _, from := fuzzRelayNode(t, h)
+	m := make([]byte, wire.RelayHeaderLen)
+	wire.PutRelayHeader(m, fuzzRecvID)
+	m = append(m, sealedForX(3, 1, []byte("x's datagram through e's path"))...)
+	buf := make([]byte, BufferSize)
+	copy(buf[recvBase:], m)
+	in := &Inbound{Bufs: make([][]byte, 1), Sizes: make([]int, 1), Peers: make([]*Peer, 1)}
+	n.receiveBatch([][]byte{buf}, [][]byte{buf[recvBase:]}, []int{len(m)}, []conn.Endpoint{from}, in, new([12]byte), make([]byte, 0, 256), new(relayFwd))
+	if len(h.got) != 0 || n.Stats().Drops[DropRelayWrongSource] != 1 {
+		t.Fatalf("delivered %q; %d relay_wrong_source", h.got, n.Stats().Drops[DropRelayWrongSource])
+	}
+	if x := n.Peer("x"); x.Path() != PathUDP {
+		t.Fatalf("x's path %s", x.Path())
+	}
+}
+
 // FuzzRelayReceive feeds arbitrary messages from a relay end's address to a node that
 // relays and is itself an end of a relay path: nothing may panic; the node forwards
 // only a well-formed RELAY message of the route that end may use, exactly as it came,
@@ -643,6 +673,7 @@ func FuzzRelayReceive(f *testing.F) {
 	f.Add(relay(fuzzIDXY, append([]byte{wire.TypeHello, wire.Version}, make([]byte, wire.HelloLen-2)...)))
 	f.Add(relay(fuzzRecvID, append([]byte{wire.TypeCookieReply}, make([]byte, wire.CookieReplyLen-1)...)))
 	f.Add(relay(7, data))
+	f.Add(relay(fuzzRecvID, sealedForX(3, 1, []byte("x's datagram through e's path"))))
 	f.Add([]byte{wire.TypeRelay, 1, 0, 0})
 	f.Fuzz(func(t *testing.T, msg []byte) {
 		if len(msg) > wire.MaxMessageLen {
@@ -766,10 +797,12 @@ func TestRelayFollowerAndChooserRules(t *testing.T) {
 		{"frame 21 through the relay", true, s, 21, true},
 		{"the handshake of a later session over UDP", false, nil, handshakeCtr, false},
 	}
+	var latest *session
 	for _, st := range steps {
 		ss := st.s
 		if ss == nil {
 			ss, _ = o.session(t, testLocalIndex+2, false, time.Now(), 0x30)
+			latest = ss
 		}
 		var ep conn.Endpoint = re
 		if !st.relay {
@@ -784,30 +817,46 @@ func TestRelayFollowerAndChooserRules(t *testing.T) {
 		}
 	}
 	// A probe through the relay moves nothing; nor does a frame of a relay path that
-	// is not the peer's current one.
-	o.p.learnEndpoint(re, true, s, 1000)
+	// is not the peer's current one. (Both would move it: they are the latest frames.)
+	o.p.learnEndpoint(re, true, latest, 1000)
 	if o.p.Path() != PathUDP {
 		t.Fatal("a probe through the relay moved the follower")
 	}
 	if err := o.p.SetRelay(via, 7, 8, false); err != nil {
 		t.Fatal(err)
 	}
-	o.p.learnEndpoint(re, false, s, 1001)
+	o.p.learnEndpoint(re, false, latest, 1001)
 	if o.p.Path() != PathUDP {
 		t.Fatal("a frame through a replaced relay path moved the follower")
 	}
+	// Through the current path it does; ClearRelay takes the traffic back to UDP, and a
+	// new relay path carries nothing until a frame moves it there.
+	o.p.learnEndpoint(o.p.path.relay.Load(), false, latest, 1002)
+	if o.p.Path() != PathRelay {
+		t.Fatal("the latest frame through the relay did not move the follower")
+	}
+	o.p.ClearRelay()
+	if o.p.Path() != PathUDP || o.p.RelayVia() != nil {
+		t.Fatalf("path %s after ClearRelay", o.p.Path())
+	}
+	if err := o.p.SetRelay(via, 7, 8, false); err != nil {
+		t.Fatal(err)
+	}
+	if o.p.Path() != PathUDP {
+		t.Fatal("a new relay path carries the traffic before any frame moved it")
+	}
 
-	// The chooser.
+	// The chooser, with frames later than any so far.
 	if err := o.p.SetRelay(via, 7, 8, true); err != nil {
 		t.Fatal(err)
 	}
 	re = o.p.path.relay.Load()
-	o.p.learnEndpoint(re, false, s, 2000)
+	o.p.learnEndpoint(re, false, latest, 2000)
 	if o.p.Path() != PathUDP {
 		t.Fatal("the chooser followed its peer onto the relay")
 	}
-	o.p.path.on.Store(onRelay)            // as its fallback does
-	o.p.learnEndpoint(o.ep, false, s, 10) // an old frame over UDP
+	o.p.path.on.Store(onRelay)                 // as its fallback does
+	o.p.learnEndpoint(o.ep, false, latest, 10) // an old frame over UDP
 	if o.p.Path() != PathUDP {
 		t.Fatal("the chooser stayed on the relay after a frame over UDP")
 	}
