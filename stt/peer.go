@@ -153,7 +153,8 @@ func (p *Peer) Name() string { return p.cfg.Name }
 // Tag is the opaque value given in PeerConfig.
 func (p *Peer) Tag() any { return p.cfg.Tag }
 
-// Endpoint is the peer's current underlay address, or the zero value.
+// Endpoint is the peer's current underlay address (through a relay: the relay's), or
+// the zero value.
 func (p *Peer) Endpoint() netip.AddrPort {
 	if ep := p.target(); ep != nil {
 		return addrPortOf(ep)

@@ -511,7 +511,8 @@ var errFrameTooLong = errors.New("frame too long for a RELAY message")
 // WebSocket; its retransmissions go the same way, for at most punchGiveUp. Both ends
 // punching at once open their NATs to each other; a handshake that completes over UDP
 // moves p's traffic to UDP at both ends. Unusable addresses (invalid, port 0,
-// unspecified, multicast) are ignored; at most 2×MaxCandidates addresses are used.
+// unspecified, multicast) are ignored; at most 2×MaxCandidates addresses are used. On a
+// node without UDP (Config.DisableUDP) it does nothing.
 func (p *Peer) Punch(addrs []netip.AddrPort) {
 	n := p.node
 	if n.cfg.DisableUDP || p.cfg.AnyName {

@@ -39,6 +39,8 @@ type labOpts struct {
 	noCap bool
 	// handlerB replaces b's collector (benchmarks).
 	handlerB Handler
+	// wsURLB is the WebSocket URL a has for b ("" = none).
+	wsURLB string
 }
 
 func newRelayLab(t testing.TB, o labOpts) *relayLab {
@@ -76,7 +78,7 @@ func newRelayLab(t testing.TB, o labOpts) *relayLab {
 		t.Fatal(err)
 	}
 	l.br, _ = l.b.AddPeer(PeerConfig{Name: "r", Endpoint: loopback(l.r.Node)})
-	pcA, pcB := PeerConfig{Name: "b"}, PeerConfig{Name: "a"}
+	pcA, pcB := PeerConfig{Name: "b", WSURL: o.wsURLB}, PeerConfig{Name: "a"}
 	if o.direct {
 		pcA.Endpoint, pcB.Endpoint = loopback(l.b.Node), loopback(l.a.Node)
 		l.a.bind.cutTo(l.b.Port(), true)
@@ -860,4 +862,15 @@ func TestRelayFollowerAndChooserRules(t *testing.T) {
 	if o.p.Path() != PathUDP {
 		t.Fatal("the chooser stayed on the relay after a frame over UDP")
 	}
+}
+
+// TestWebSocketChooserFallsBackToRelayWhenDialFails: a holds b's WebSocket URL and a
+// relay path to b; UDP to b is cut and the WebSocket does not connect: a ends on the
+// relay, and data flows.
+func TestWebSocketChooserFallsBackToRelayWhenDialFails(t *testing.T) {
+	timers := Limits{Tick: 20 * time.Millisecond, FallbackAfter: 300 * time.Millisecond, ProbeInterval: time.Hour}
+	l := newRelayLab(t, labOpts{timers: timers, direct: true, wsURLB: "ws://127.0.0.1:1/stt"})
+	l.open(t)
+	keepSending(t, l.a, l.b, l.ab, func() bool { return l.ab.Path() == PathRelay && l.ba.Path() == PathRelay })
+	l.exchange(t, "relayed")
 }

@@ -253,8 +253,9 @@ func (p *Peer) expiredSendKeepaliveLocked(now time.Time, cur *session) {
 // peer it may reach over WebSocket, keep a connection where WebSocket is the only way
 // and move to it when UDP does not answer; for a peer it asked a relay for, move to the
 // relay when there is no direct path or UDP does not answer; and probe UDP while on
-// either. The WebSocket comes first: a peer with a URL goes to the relay only when it
-// has neither UDP nor a WebSocket connection. Called with p.mu held.
+// either. The WebSocket comes first: a peer with a URL goes to the relay only when its
+// WebSocket dial has failed, and leaves it when a WebSocket connects (without UDP).
+// Called with p.mu held.
 func (p *Peer) tickPathLocked(now time.Time, cur *session) {
 	ws, relay := p.chooser(), p.relayChooser()
 	on := p.path.on.Load()
@@ -265,13 +266,24 @@ func (p *Peer) tickPathLocked(now time.Time, cur *session) {
 			p.expiredProbeUDPLocked(now, cur)
 		}
 		if ws && on == onRelay && !p.udpUsable() {
+			// On the relay for want of a WebSocket: keep dialing, and leave the relay
+			// once one carries.
 			p.keepWebSocketLocked(cur)
+			if p.path.ws.Load() != nil && p.path.on.CompareAndSwap(onRelay, onUDP) {
+				p.node.log.Info("peer path changed", "peer", p.cfg.Name, "path", PathWS)
+				if cur != nil && cur.confirmed.Load() {
+					p.sendControl(cur, nil)
+				}
+			}
 		}
 	case ws && !p.udpUsable():
 		p.keepWebSocketLocked(cur)
-		if relay && p.path.ws.Load() == nil {
+		if relay && p.path.ws.Load() == nil && p.path.dial.fails > 0 {
 			p.expiredFallbackToRelayLocked(now, cur)
 		}
+	case ws && relay && p.path.ws.Load() == nil && p.path.dial.fails > 0:
+		// The WebSocket did not connect: the relay is the way left.
+		p.expiredFallbackToRelayLocked(now, cur)
 	case ws:
 		p.expiredFallbackToWebSocketLocked(now, cur)
 	default:
