@@ -874,3 +874,27 @@ func TestWebSocketChooserFallsBackToRelayWhenDialFails(t *testing.T) {
 	keepSending(t, l.a, l.b, l.ab, func() bool { return l.ab.Path() == PathRelay && l.ba.Path() == PathRelay })
 	l.exchange(t, "relayed")
 }
+
+// TestPunchDoesNotHoldUpTheRelay: a punch that cannot get through is in flight when the
+// relay path comes; the session comes up through the relay at once, not when the punch
+// gives up.
+func TestPunchDoesNotHoldUpTheRelay(t *testing.T) {
+	l := newRelayLab(t, labOpts{timers: Limits{Tick: 20 * time.Millisecond, FallbackAfter: 300 * time.Millisecond}, direct: true})
+	l.ab.Punch([]netip.AddrPort{netip.MustParseAddrPort(loopback(l.b.Node))})
+	sendOne(t, l.ab, 1, []byte("waits for a session"))
+	l.open(t)
+	// Well inside punchGiveUp; only the bound of a failure, it measures nothing.
+	deadline := time.Now().Add(punchGiveUp / 2)
+	for l.b.h.count.Load() < 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("nothing through the relay while a punch was in flight; path %s", l.ab.Path())
+		}
+		select {
+		case <-l.b.h.notify:
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	if l.ab.Path() != PathRelay {
+		t.Fatalf("path %s", l.ab.Path())
+	}
+}

@@ -196,9 +196,11 @@ func (p *Peer) expiredDeadPeerLocked(now time.Time) bool {
 // flight it starts one if need says so. Called with p.mu held.
 func (p *Peer) expiredRetransmitHandshakeLocked(now time.Time, need bool) {
 	n := p.node
-	if ini := p.handshake.init; ini != nil && ini.punch != nil && !now.Before(ini.nextRetry) && now.Sub(ini.firstSent) >= punchGiveUp {
+	if ini := p.handshake.init; ini != nil && ini.punch != nil && !now.Before(ini.nextRetry) &&
+		(now.Sub(ini.firstSent) >= punchGiveUp || p.path.relay.Load() != nil && !p.HasSession()) {
 		// A punch that got no answer: the peer stays where it is; a handshake that is
-		// needed goes the usual way.
+		// needed goes the usual way. Without a session, a peer with a relay path waits
+		// for no more than the punch's first retry: the relay carries it meanwhile.
 		n.log.Debug("punch got no answer", "peer", p.cfg.Name)
 		p.dropInitLocked()
 	}
@@ -321,6 +323,11 @@ func (p *Peer) expiredFallbackToRelayLocked(now time.Time, cur *session) {
 	if cur != nil && cur.confirmed.Load() {
 		p.sendControl(cur, nil)
 		p.releaseHeldLocked(cur)
+	} else if ini := p.handshake.init; ini != nil && ini.punch != nil {
+		// A punch in flight and no session: the session comes up through the relay
+		// now; a later punch can still take it direct.
+		p.dropInitLocked()
+		p.startHandshakeLocked(now)
 	} else if p.udpUsable() && (p.handshake.init != nil || p.handshake.want || cur != nil) {
 		// The handshake went over UDP: again, through the relay. (Without a UDP
 		// address it went through the relay already.)
