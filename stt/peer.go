@@ -64,6 +64,9 @@ type peerTimes struct {
 	lastRecvData    atomic.Int64
 	firstUnanswered atomic.Int64 // first data or keepalive echo sent since we last heard from the peer
 	lastReliable    atomic.Int64 // a reliable control message sent or delivered (the idle timer)
+	// lastRelayed: frames of another peer went to or through this one, a relay or a
+	// relay's end (relay.go): the session with it is in use (the idle timer, rekeys).
+	lastRelayed atomic.Int64
 }
 
 // peerCounters are the peer's traffic figures. Atomics.

@@ -346,6 +346,14 @@ func (p *Peer) RelayVia() *Peer {
 	return nil
 }
 
+// relayUse records that relayed traffic went to or through p at now: the session with
+// it is in use, though no frame of it carried that traffic. One store per batch.
+func (p *Peer) relayUse(now time.Time) {
+	if t := p.mono(now); p.times.lastRelayed.Load() != t {
+		p.times.lastRelayed.Store(t)
+	}
+}
+
 // relayChooser reports whether this node asked for p's relay path (SetRelay choose).
 func (p *Peer) relayChooser() bool {
 	e := p.path.relay.Load()
@@ -420,6 +428,8 @@ func (n *Node) forward(rt *relayRoute, msg []byte, fw *relayFwd, now time.Time) 
 	if t := n.mono(now); rt.used.Load() != t {
 		rt.used.Store(t)
 	}
+	rt.from.relayUse(now)
+	to.relayUse(now)
 	if fw.ep != nil && fw.ep != ep {
 		fw.flush(n)
 	}
@@ -470,6 +480,7 @@ func (n *Node) sendRelay(frames [][]byte, e *relayEndpoint) error {
 	if _, relayed := ep.(*relayEndpoint); ep == nil || relayed {
 		return errNoEndpoint
 	}
+	e.via.relayUse(time.Now())
 	w := relayWraps.Get().(*relayWrap)
 	if len(w.bufs) < len(frames) {
 		w.bufs = append(w.bufs, make([][]byte, len(frames)-len(w.bufs))...)

@@ -41,6 +41,8 @@ type labOpts struct {
 	handlerB Handler
 	// wsURLB is the WebSocket URL a has for b ("" = none).
 	wsURLB string
+	// idle is the IdleTimeout of every peer a and b have with r, and r with them.
+	idle time.Duration
 }
 
 func newRelayLab(t testing.TB, o labOpts) *relayLab {
@@ -66,18 +68,18 @@ func newRelayLab(t testing.TB, o labOpts) *relayLab {
 	l.r = startNode(t, nodeOpts{seed: seed, name: "r", timers: rt, ws: o.wsA, config: func(c *Config) { c.RelayMaxPairs = 4 }, noCap: o.noCap, logger: logger("r")})
 	l.a = startNode(t, nodeOpts{seed: seed, name: "a", timers: o.timers, noUDP: o.wsA, noCap: o.noCap, logger: logger("a")})
 	l.b = startNode(t, nodeOpts{seed: seed, name: "b", timers: o.timers, noCap: o.noCap, logger: logger("b"), handler: o.handlerB})
-	l.ra, _ = l.r.AddPeer(PeerConfig{Name: "a"})
-	l.rb, _ = l.r.AddPeer(PeerConfig{Name: "b"})
+	l.ra, _ = l.r.AddPeer(PeerConfig{Name: "a", IdleTimeout: o.idle})
+	l.rb, _ = l.r.AddPeer(PeerConfig{Name: "b", IdleTimeout: o.idle})
 	var err error
 	if o.wsA {
-		l.ar, err = l.a.AddPeer(PeerConfig{Name: "r", WSURL: wsURL(l.r.Node)})
+		l.ar, err = l.a.AddPeer(PeerConfig{Name: "r", WSURL: wsURL(l.r.Node), IdleTimeout: o.idle})
 	} else {
-		l.ar, err = l.a.AddPeer(PeerConfig{Name: "r", Endpoint: loopback(l.r.Node)})
+		l.ar, err = l.a.AddPeer(PeerConfig{Name: "r", Endpoint: loopback(l.r.Node), IdleTimeout: o.idle})
 	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	l.br, _ = l.b.AddPeer(PeerConfig{Name: "r", Endpoint: loopback(l.r.Node)})
+	l.br, _ = l.b.AddPeer(PeerConfig{Name: "r", Endpoint: loopback(l.r.Node), IdleTimeout: o.idle})
 	pcA, pcB := PeerConfig{Name: "b", WSURL: o.wsURLB}, PeerConfig{Name: "a"}
 	if o.direct {
 		pcA.Endpoint, pcB.Endpoint = loopback(l.b.Node), loopback(l.a.Node)
@@ -897,4 +899,24 @@ func TestPunchDoesNotHoldUpTheRelay(t *testing.T) {
 	if l.ab.Path() != PathRelay {
 		t.Fatalf("path %s", l.ab.Path())
 	}
+}
+
+// TestRelayedTrafficKeepsTheRelaySessionsInUse: the sessions of the ends with the relay
+// carry no frame of their own while traffic is relayed, yet they are in use: peers with
+// an IdleTimeout keep them open as long as relayed traffic flows.
+func TestRelayedTrafficKeepsTheRelaySessionsInUse(t *testing.T) {
+	idle := 400 * time.Millisecond
+	l := newRelayLab(t, labOpts{timers: Limits{Tick: 20 * time.Millisecond}, idle: idle})
+	l.open(t)
+	end := time.Now().Add(4 * idle)
+	for time.Now().Before(end) {
+		l.exchange(t, "relayed")
+		for _, p := range []*Peer{l.ar, l.br, l.ra, l.rb} {
+			if !p.HasSession() {
+				t.Fatalf("the session %s has with %s closed while relayed traffic flowed", p.node.cfg.Name, p.Name())
+			}
+		}
+	}
+	// Without the relayed traffic they close.
+	waitFor(t, 10*time.Second, "idle sessions with the relay closed", func() bool { return !l.ar.HasSession() && !l.br.HasSession() })
 }

@@ -110,7 +110,7 @@ func (p *Peer) expiredIdleLocked(now time.Time, cur *session) bool {
 	if pk := p.counters.txPackets.Load() + p.counters.rxPackets.Load(); pk != p.idle.packets || p.idle.lastUse == 0 {
 		p.idle.packets, p.idle.lastUse = pk, t
 	}
-	if t-max(p.idle.lastUse, p.times.lastReliable.Load()) < int64(p.cfg.IdleTimeout) || len(p.queue) > 0 || cur.rel.backlog() > 0 {
+	if t-max(p.idle.lastUse, p.times.lastReliable.Load(), p.times.lastRelayed.Load()) < int64(p.cfg.IdleTimeout) || len(p.queue) > 0 || cur.rel.backlog() > 0 {
 		return false
 	}
 	p.closeIdleLocked()
@@ -140,10 +140,10 @@ func (p *Peer) closeIdleLocked() {
 	n.log.Debug("idle session closed", "peer", p.cfg.Name, "idle_timeout", p.cfg.IdleTimeout)
 }
 
-// sentRecently reports whether this node sent the peer anything within
-// RekeyAfterTime: an idle peer is not rekeyed.
+// sentRecently reports whether this node sent the peer anything, or relayed traffic
+// through or for it, within RekeyAfterTime: an idle peer is not rekeyed.
 func (p *Peer) sentRecently(now time.Time) bool {
-	return p.mono(now)-p.times.lastSent.Load() < int64(p.node.limits.RekeyAfterTime)
+	return p.mono(now)-max(p.times.lastSent.Load(), p.times.lastRelayed.Load()) < int64(p.node.limits.RekeyAfterTime)
 }
 
 // expiredUnconfirmedLocked reports whether our session was never confirmed (the
