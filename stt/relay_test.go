@@ -11,6 +11,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/conn"
 
+	"github.com/stt-tun/stt-tun/stt/handshake"
 	"github.com/stt-tun/stt-tun/stt/udp"
 	"github.com/stt-tun/stt-tun/stt/wire"
 )
@@ -23,6 +24,7 @@ type relayLab struct {
 	ar, br     *Peer // a's peer r, b's peer r
 	ra, rb     *Peer // r's peers a and b
 	idAB, idBA uint32
+	seed       [32]byte
 }
 
 type labOpts struct {
@@ -52,7 +54,7 @@ func newRelayLab(t testing.TB, o labOpts) *relayLab {
 	if o.relayTimers != nil {
 		rt = *o.relayTimers
 	}
-	l := &relayLab{}
+	l := &relayLab{seed: seed}
 	// The nodes' debug logs, shown when the test fails.
 	logs := map[string]*lockedBuffer{"a": {}, "r": {}, "b": {}}
 	t.Cleanup(func() {
@@ -919,4 +921,63 @@ func TestRelayedTrafficKeepsTheRelaySessionsInUse(t *testing.T) {
 	}
 	// Without the relayed traffic they close.
 	waitFor(t, 10*time.Second, "idle sessions with the relay closed", func() bool { return !l.ar.HasSession() && !l.br.HasSession() })
+}
+
+// TestHandshakeThroughAnotherPeersRelayPathRefused: a relay (here, messages sent from
+// its address) wraps a handshake of node c in the route of b's relay path to a. b
+// answers it as any HELLO, through that path, but does not complete it: a session with c
+// made through a's path would put c's traffic on it.
+func TestHandshakeThroughAnotherPeersRelayPathRefused(t *testing.T) {
+	l := newRelayLab(t, labOpts{timers: Limits{Tick: 20 * time.Millisecond}})
+	l.open(t)
+	l.exchange(t, "up")
+	pc, _ := l.b.AddPeer(PeerConfig{Name: "c"})
+	c, err := handshake.New(handshake.Config{Seed: l.seed, Static: randKey(t), Name: "c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	toB, _ := l.r.bind.ParseEndpoint(loopback(l.b.Node))
+	fromR := func(inner []byte) {
+		m := make([]byte, wire.RelayHeaderLen, wire.RelayHeaderLen+len(inner))
+		wire.PutRelayHeader(m, l.idAB)
+		if err := l.r.bind.Bind.Send([][]byte{append(m, inner...)}, toB); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ini, hello, err := c.Initiate(99, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	challenges := func() (cs [][]byte) {
+		for _, m := range l.b.bind.ofType(wire.TypeRelay) {
+			if m[wire.RelayHeaderLen] == wire.TypeChallenge {
+				cs = append(cs, m[wire.RelayHeaderLen:])
+			}
+		}
+		return cs
+	}
+	had := len(challenges()) // b's answer to a's handshake
+	fromR(hello)
+	var challenge []byte
+	waitFor(t, 5*time.Second, "b's CHALLENGE through the relay", func() bool {
+		if cs := challenges(); len(cs) > had {
+			challenge = cs[len(cs)-1]
+			return true
+		}
+		return false
+	})
+	if _, err := ini.ReadChallenge(challenge); err != nil {
+		t.Fatal(err)
+	}
+	auth, _, err := ini.WriteAuthProof(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := l.b.Stats().Drops[DropRelayWrongSource]
+	fromR(auth)
+	waitFor(t, 5*time.Second, "the AUTH_PROOF refused", func() bool { return l.b.Stats().Drops[DropRelayWrongSource] > before })
+	if pc.HasSession() || pc.Path() != PathNone {
+		t.Fatalf("b made a session with c through a's relay path (path %s)", pc.Path())
+	}
+	l.exchange(t, "a unaffected")
 }
