@@ -372,6 +372,14 @@ func (p *Peer) RelayVia() *Peer {
 	return nil
 }
 
+// relayUse records that relayed traffic went to or through p at now: the session with
+// it is in use, though no frame of it carried that traffic. One store per batch.
+func (p *Peer) relayUse(now time.Time) {
+	if t := p.mono(now); p.times.lastRelayed.Load() != t {
+		p.times.lastRelayed.Store(t)
+	}
+}
+
 // relayChooser reports whether this node asked for p's relay path (SetRelay choose).
 func (p *Peer) relayChooser() bool {
 	e := p.path.relay.Load()
@@ -446,6 +454,8 @@ func (n *Node) forward(rt *relayRoute, msg []byte, fw *relayFwd, now time.Time) 
 	if t := n.mono(now); rt.used.Load() != t {
 		rt.used.Store(t)
 	}
+	rt.from.relayUse(now)
+	to.relayUse(now)
 	if fw.ep != nil && fw.ep != ep {
 		fw.flush(n)
 	}
@@ -496,6 +506,7 @@ func (n *Node) sendRelay(frames [][]byte, e *relayEndpoint) error {
 	if _, relayed := ep.(*relayEndpoint); ep == nil || relayed {
 		return errNoEndpoint
 	}
+	e.via.relayUse(time.Now())
 	w := relayWraps.Get().(*relayWrap)
 	if len(w.bufs) < len(frames) {
 		w.bufs = append(w.bufs, make([][]byte, len(frames)-len(w.bufs))...)
@@ -537,7 +548,8 @@ var errFrameTooLong = errors.New("frame too long for a RELAY message")
 // WebSocket; its retransmissions go the same way, for at most punchGiveUp. Both ends
 // punching at once open their NATs to each other; a handshake that completes over UDP
 // moves p's traffic to UDP at both ends. Unusable addresses (invalid, port 0,
-// unspecified, multicast) are ignored; at most 2×MaxCandidates addresses are used.
+// unspecified, multicast) are ignored; at most 2×MaxCandidates addresses are used. On a
+// node without UDP (Config.DisableUDP) it does nothing.
 func (p *Peer) Punch(addrs []netip.AddrPort) {
 	n := p.node
 	if n.cfg.DisableUDP || p.cfg.AnyName {
