@@ -309,7 +309,9 @@ func (p *Peer) expiredFallbackToRelayLocked(now time.Time, cur *session) {
 	if cur != nil && cur.confirmed.Load() {
 		p.sendControl(cur, nil)
 		p.releaseHeldLocked(cur)
-	} else if p.handshake.init != nil || p.handshake.want || cur != nil {
+	} else if p.udpUsable() && (p.handshake.init != nil || p.handshake.want || cur != nil) {
+		// The handshake went over UDP: again, through the relay. (Without a UDP
+		// address it went through the relay already.)
 		p.startHandshakeLocked(now)
 	}
 }
