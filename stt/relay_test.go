@@ -467,8 +467,10 @@ func TestFallbackFromUDPToRelay(t *testing.T) {
 	l := newRelayLab(t, labOpts{timers: timers, direct: true})
 	l.a.bind.cutTo(l.b.Port(), false)
 	l.b.bind.cutTo(l.a.Port(), false)
-	l.open(t)
 	l.exchange(t, "direct")
+	// The relay comes once the direct session is up: a chooser without a confirmed
+	// session moves onto a granted relay at once (relayWithoutSession).
+	l.open(t)
 	if l.ab.Path() != PathUDP || l.ba.Path() != PathUDP {
 		t.Fatalf("paths %s/%s with UDP working, want udp", l.ab.Path(), l.ba.Path())
 	}
@@ -846,7 +848,10 @@ func TestRelayFollowerAndChooserRules(t *testing.T) {
 		t.Fatal("a new relay path carries the traffic before any frame moved it")
 	}
 
-	// The chooser, with frames later than any so far.
+	// The chooser, with frames later than any so far, on a confirmed session (without
+	// one it would move onto the relay at once: relayWithoutSession).
+	latest.confirmed.Store(true)
+	o.p.keys.current.Store(latest)
 	if err := o.p.SetRelay(via, 7, 8, true); err != nil {
 		t.Fatal(err)
 	}
