@@ -128,6 +128,12 @@ func direct(sp *stt.Peer, fallback time.Duration) bool {
 	return false
 }
 
+// relayAnswers reports whether sp's traffic goes through a relay on a session that
+// answers.
+func relayAnswers(sp *stt.Peer, fallback time.Duration) bool {
+	return sp.RelayVia() != nil && sp.HasSession() && sp.Unanswered() < fallback
+}
+
 // natTick is the mesh loop's NAT work: the NAT type, keepalives, and for every member
 // wanted without a direct path, punch requests on their schedule and a relay.
 func (t *Tunnel) natTick(now time.Time) {
@@ -533,6 +539,17 @@ func (t *Tunnel) natMessage(sp *stt.Peer, from [32]byte, typ byte, body []byte, 
 		nt.mu.Lock()
 		tr := nt.travels[g.Peer]
 		choose := tr != nil && tr.relayKey == from && !tr.relayAsked.IsZero()
+		if tr != nil && tr.installed && tr.relayKey != from &&
+			(tr.granted || relayAnswers(tp.sp, t.node.Limits().FallbackAfter)) {
+			// A relay path to the member is in place: the one this node asked for,
+			// or one that works. Another member's grant must not replace it (SetRelay
+			// would move the traffic onto it at once); a chooser that needs another
+			// relay asks it, and a follower's path that stopped answering may be
+			// replaced.
+			nt.mu.Unlock()
+			bad("a relay path through another member is in place")
+			return
+		}
 		if tr == nil {
 			if len(nt.travels) >= maxNATEntries {
 				nt.mu.Unlock()

@@ -3,6 +3,7 @@ package tunnel
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/stt-tun/stt-tun/config"
 	"github.com/stt-tun/stt-tun/stt/mesh"
@@ -129,4 +130,64 @@ func TestNATRelayOnlyByARelay(t *testing.T) {
 		t.Errorf("alpha's path to relay goes via %s", via.Name())
 	}
 	_ = aKey
+}
+
+// TestNATGrantFromAnUnaskedRelayDoesNotReplaceTheChosenOne: a member whose record
+// offers relaying, but which this node did not ask, cannot take over the relay path
+// this node chose for a member: its RELAY_GRANT is ignored and counted. (Taken, it
+// would replace the path at once, and a node on the relay would send its frames for
+// the member to that member: a session redirected to a relay nobody asked.)
+func TestNATGrantFromAnUnaskedRelayDoesNotReplaceTheChosenOne(t *testing.T) {
+	relay, a, b := natTrio(t)
+	boot := fmt.Sprintf("bootstrap = [%q]", endpointOf(relay.memNode))
+	mallory := startMeshNodeIn(t, relay.seed, "mallory", "10.77.0.9/24", "relay = true\n"+boot)
+	bKey, relayKey, mKey := b.t.Node().PublicKey(), relayKeyOf(relay), mallory.t.Node().PublicKey()
+	waitUntil(t, "alpha knows beta, relay and mallory, both relays by their records", func() bool {
+		r, m := a.t.mesh.eng.Member(relayKey), a.t.mesh.eng.Member(mKey)
+		return a.t.mesh.memberPeer(bKey) != nil && a.t.mesh.memberPeer(relayKey) != nil &&
+			a.t.mesh.memberPeer(mKey) != nil && r != nil && r.Relay && m != nil && m.Relay
+	})
+	spR, spM := a.t.mesh.memberPeer(relayKey).sp, a.t.mesh.memberPeer(mKey).sp
+	// A session with beta, so that alpha's mesh loop keeps its traversal state.
+	spB := a.t.mesh.memberPeer(bKey).sp
+	spB.Connect()
+	waitUntil(t, "alpha has a session with beta", spB.HasSession)
+
+	// alpha asked relay for a route to beta (as natTick does), and relay granted it.
+	nt := a.t.mesh.nat
+	nt.mu.Lock()
+	tr := nt.travels[bKey]
+	if tr == nil {
+		tr = &travel{since: time.Now(), nextPunch: time.Now().Add(time.Hour)}
+		nt.travels[bKey] = tr
+	}
+	tr.relayKey, tr.relayAsked, tr.installed = relayKey, time.Now(), false
+	nt.mu.Unlock()
+	grant := func(id uint32) []byte {
+		g, err := mesh.AppendRelayGrant(nil, mesh.RelayGrant{Peer: bKey, SendID: id, RecvID: id + 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g
+	}
+	a.t.natMessage(spR, relayKey, mesh.TypeRelayGrant, grant(5), spR.UDPEndpoint(), false)
+	if n := natCounter(a, "relay_paths_installed"); n != 1 {
+		t.Fatalf("the asked relay's grant: %d paths installed, want 1", n)
+	}
+
+	// mallory, never asked, grants a route to beta too.
+	ignored := natCounter(a, "nat_messages_ignored")
+	a.t.natMessage(spM, mKey, mesh.TypeRelayGrant, grant(7), spM.UDPEndpoint(), false)
+	if n := natCounter(a, "relay_paths_installed"); n != 1 {
+		t.Errorf("an unasked relay's grant was installed over the chosen one (%d paths installed)", n)
+	}
+	if natCounter(a, "nat_messages_ignored") != ignored+1 {
+		t.Error("the unasked grant was not counted as ignored")
+	}
+	nt.mu.Lock()
+	via := nt.travels[bKey].relayKey
+	nt.mu.Unlock()
+	if via != relayKey {
+		t.Error("alpha's relay for beta is now mallory")
+	}
 }
