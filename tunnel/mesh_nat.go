@@ -128,6 +128,16 @@ func direct(sp *stt.Peer, fallback time.Duration) bool {
 	return false
 }
 
+// carriesData reports whether this node has, or had, datagrams for sp or from it: only
+// such a member is worth a relay's route pair (a slot of the relay's and of both ends'
+// shares). A member dialled only to gossip with, a neighbour, is punched to but not
+// relayed: gossip has other neighbours, and one behind a hard NAT would otherwise hold
+// a route at a relay for every member that picks it.
+func carriesData(sp *stt.Peer) bool {
+	st := sp.Stats()
+	return st.TxPackets+st.RxPackets+st.Drops > 0 || sp.Waiting()
+}
+
 // relayAnswers reports whether sp's traffic goes through a relay on a session that
 // answers.
 func relayAnswers(sp *stt.Peer, fallback time.Duration) bool {
@@ -220,7 +230,7 @@ func (t *Tunnel) natTick(now time.Time) {
 			// went away): ask again, another relay if need be.
 			tr.installed = false
 		}
-		if needRelay && !tr.installed && now.Sub(tr.relayAsked) >= relayRetry && !c.relay {
+		if needRelay && !tr.installed && now.Sub(tr.relayAsked) >= relayRetry && !c.relay && carriesData(sp) {
 			for i := range relays {
 				r := &relays[i]
 				if r.key == c.key || now.Sub(tr.refused[r.key]) < relayRefusedFor {

@@ -2,10 +2,12 @@ package tunnel
 
 import (
 	"fmt"
+	"net"
 	"testing"
 	"time"
 
 	"github.com/stt-tun/stt-tun/config"
+	"github.com/stt-tun/stt-tun/stt"
 	"github.com/stt-tun/stt-tun/stt/mesh"
 )
 
@@ -189,5 +191,51 @@ func TestNATGrantFromAnUnaskedRelayDoesNotReplaceTheChosenOne(t *testing.T) {
 	nt.mu.Unlock()
 	if via != relayKey {
 		t.Error("alpha's relay for beta is now mallory")
+	}
+}
+
+// TestNATNoRelayForAMemberWithoutData: a member this node dials only to gossip with
+// it (a neighbour) and cannot reach directly gets punch requests but no relay request:
+// a route pair costs a slot of the relay's and of both members' shares, and gossip
+// has other neighbours. Once datagrams wait for it, it gets one.
+func TestNATNoRelayForAMemberWithoutData(t *testing.T) {
+	relay, a, _ := natTrio(t)
+	relayKey := relayKeyOf(relay)
+	waitUntil(t, "alpha has relay's record, a relay's", func() bool {
+		r := a.t.mesh.eng.Member(relayKey)
+		return r != nil && r.Relay
+	})
+	// A member whose only address answers nothing: alpha's dials to it stay in flight.
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	silent := newForged(t)
+	silent.offer(t, a, mesh.Record{Name: "silent", Endpoints: []mesh.Endpoint{
+		{Kind: mesh.EndpointLocal, Addr: c.LocalAddr().(*net.UDPAddr).AddrPort()}}})
+	var sp *stt.Peer
+	waitUntil(t, "alpha dials silent as a gossip neighbour", func() bool {
+		if p := a.t.mesh.memberPeer(silent.id.Public); p != nil {
+			sp = p.sp
+		}
+		return sp != nil && sp.Connecting()
+	})
+
+	// Well past relayAfter, no relay request for it.
+	before := natCounter(a, "relay_requests_sent")
+	a.t.natTick(time.Now().Add(10 * time.Second))
+	a.t.natTick(time.Now().Add(20 * time.Second))
+	if n := natCounter(a, "relay_requests_sent") - before; n != 0 {
+		t.Errorf("%d relay requests for a member alpha has no data for", n)
+	}
+
+	// Data for it: now it is worth a route.
+	if err := sp.Send([][]byte{make([]byte, 40, 80)}, []uint16{1}); err != nil {
+		t.Fatal(err)
+	}
+	a.t.natTick(time.Now().Add(40 * time.Second))
+	if n := natCounter(a, "relay_requests_sent") - before; n == 0 {
+		t.Error("no relay request for a member with datagrams waiting")
 	}
 }

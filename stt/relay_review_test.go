@@ -1,0 +1,64 @@
+package stt
+
+import (
+	"testing"
+	"time"
+
+	"golang.zx2c4.com/wireguard/conn"
+
+	"github.com/stt-tun/stt-tun/stt/wire"
+)
+
+// TestRelayEndReceiveAllocatesNothing: at an end, a batch of RELAY messages carrying
+// the peer's data frames is unwrapped, opened and delivered without an allocation.
+func TestRelayEndReceiveAllocatesNothing(t *testing.T) {
+	counter := &countHandler{}
+	l := newRelayLab(t, labOpts{timers: Limits{Tick: 20 * time.Millisecond}, noCap: true, handlerB: counter})
+	l.open(t)
+	sendOne(t, l.ab, 1, []byte("up"))
+	waitFor(t, 10*time.Second, "the first datagram", func() bool { return counter.n.Load() >= 1 })
+	waitFor(t, 10*time.Second, "b on the relay", func() bool { return l.ba.Path() == PathRelay })
+	s := l.ba.keys.current.Load()
+	if s == nil {
+		t.Fatal("b has no session")
+	}
+	// a's side of the session seals what b opens: a's current session.
+	sa := l.ab.keys.current.Load()
+	const batch, runs = 16, 51
+	payload := string(datagram(make([]byte, 1200)))
+	msgs := make([][]byte, batch*runs)
+	for i := range msgs {
+		f := sealed(sa, 1, uint64(1000+i), payload)
+		m := make([]byte, wire.RelayHeaderLen+len(f))
+		wire.PutRelayHeader(m, l.idAB)
+		copy(m[wire.RelayHeaderLen:], f)
+		msgs[i] = m
+	}
+	bufs, rx, eps := make([][]byte, batch), make([][]byte, batch), make([]conn.Endpoint, batch)
+	sizes := make([]int, batch)
+	for i := range bufs {
+		bufs[i] = make([]byte, BufferSize)
+		rx[i] = bufs[i][recvBase:]
+	}
+	from := *l.br.path.udp.Load()
+	in := &Inbound{Bufs: make([][]byte, batch), Sizes: make([]int, batch), Peers: make([]*Peer, batch), Scratch: make([][]byte, 0, batch)}
+	fw := &relayFwd{frames: make([][]byte, 0, batch)}
+	nonce, hsOut := new([12]byte), make([]byte, 0, 256)
+	got := counter.n.Load()
+	run := 0
+	allocs := testing.AllocsPerRun(runs-1, func() {
+		for i := range bufs {
+			m := msgs[run*batch+i]
+			sizes[i] = copy(rx[i], m)
+			eps[i] = from
+		}
+		run++
+		l.b.receiveBatch(bufs, rx, sizes, eps, in, nonce, hsOut, fw)
+	})
+	if d := counter.n.Load() - got; d < int64((runs-1)*batch) {
+		t.Fatalf("delivered %d of %d; drops %v", d, runs*batch, l.b.Stats().Drops)
+	}
+	if allocs != 0 && !raceEnabled {
+		t.Errorf("%.1f allocations per relayed batch received", allocs)
+	}
+}
