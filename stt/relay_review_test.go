@@ -62,3 +62,31 @@ func TestRelayEndReceiveAllocatesNothing(t *testing.T) {
 		t.Errorf("%.1f allocations per relayed batch received", allocs)
 	}
 }
+
+// TestFollowerRelayPathCarriesNothingUntilFollowed: a relay path this node did not ask
+// for (a follower's) carries none of its traffic before an authenticated frame of the
+// peer's came through it, not even as the only way to a peer without a direct address:
+// else a member that sends an unsolicited RELAY_GRANT takes the handshakes with that
+// peer to itself, where the candidates would have had them.
+func TestFollowerRelayPathCarriesNothingUntilFollowed(t *testing.T) {
+	l := newRelayLab(t, labOpts{timers: Limits{Tick: 20 * time.Millisecond}})
+	// r opened no route; a takes a follower path through it anyway.
+	if err := l.ab.SetRelay(l.ar, 5, 6, false); err != nil {
+		t.Fatal(err)
+	}
+	if p := l.ab.Path(); p == PathRelay || l.ab.RelayVia() != nil {
+		t.Fatalf("a follower path nothing came through is a's path to b (%s)", p)
+	}
+	relayed := len(l.a.bind.ofType(wire.TypeRelay))
+	sendOne(t, l.ab, 1, []byte("for b"))
+	if n := len(l.a.bind.ofType(wire.TypeRelay)) - relayed; n != 0 {
+		t.Fatalf("a sent %d RELAY messages through a path it did not ask for and nothing came through", n)
+	}
+	// The chooser's own path is the way when there is no other.
+	if err := l.ab.SetRelay(l.ar, 5, 6, true); err != nil {
+		t.Fatal(err)
+	}
+	if l.ab.RelayVia() != l.ar {
+		t.Fatal("the chooser's relay path is not the way to a peer without a direct path")
+	}
+}

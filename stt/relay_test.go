@@ -100,10 +100,12 @@ func (l *relayLab) open(t testing.TB) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := l.ab.SetRelay(l.ar, l.idAB, l.idBA, true); err != nil {
+	// The follower first: the chooser, without a session, sends its handshake through
+	// the relay at once (relayWithoutSession), which b must know the id of.
+	if err := l.ba.SetRelay(l.br, l.idBA, l.idAB, false); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.ba.SetRelay(l.br, l.idBA, l.idAB, false); err != nil {
+	if err := l.ab.SetRelay(l.ar, l.idAB, l.idBA, true); err != nil {
 		t.Fatal(err)
 	}
 }
