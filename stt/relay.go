@@ -313,6 +313,11 @@ func (p *Peer) SetRelay(via *Peer, sendID, recvID uint32, choose bool) error {
 	}
 	old := p.path.relay.Swap(e)
 	r.replaceEnd(old, e)
+	if !choose && old != nil && old.via != via {
+		// A follower on another relay: the new one carries the traffic once a frame
+		// of the peer's came through it (follow), not at once.
+		p.path.on.CompareAndSwap(onRelay, onUDP)
+	}
 	r.mu.Unlock()
 	n.log.Info("relay path set", "peer", p.cfg.Name, "via", via.cfg.Name, "chooser", choose)
 	if choose {

@@ -90,3 +90,26 @@ func TestFollowerRelayPathCarriesNothingUntilFollowed(t *testing.T) {
 		t.Fatal("the chooser's relay path is not the way to a peer without a direct path")
 	}
 }
+
+// TestFollowerMovesOnlyOnFramesThroughANewRelay: a follower on a relay whose path is
+// replaced by another relay's (a new grant) leaves the traffic off the new relay until
+// a frame of the peer's comes through it; the relay it was on no longer carries it
+// either.
+func TestFollowerMovesOnlyOnFramesThroughANewRelay(t *testing.T) {
+	l := newRelayLab(t, labOpts{timers: Limits{Tick: 20 * time.Millisecond}})
+	l.open(t)
+	l.exchange(t, "relayed")
+	if l.ba.RelayVia() != l.br {
+		t.Fatal("b is not on the relay")
+	}
+	m, err := l.b.AddPeer(PeerConfig{Name: "m", Endpoint: "127.0.0.1:9"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.ba.SetRelay(m, 7, 8, false); err != nil {
+		t.Fatal(err)
+	}
+	if via := l.ba.RelayVia(); via == m {
+		t.Fatal("b's traffic to a went to a new relay before anything came through it")
+	}
+}
