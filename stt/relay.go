@@ -541,7 +541,8 @@ var errFrameTooLong = errors.New("frame too long for a RELAY message")
 // p's candidate addresses (and its current UDP address), never through a relay or over
 // WebSocket; its retransmissions go the same way, for at most punchGiveUp. Both ends
 // punching at once open their NATs to each other; a handshake that completes over UDP
-// moves p's traffic to UDP at both ends. Unusable addresses (invalid, port 0,
+// moves p's traffic to UDP at both ends. A punch does not replace a handshake that
+// renews p's live session (it is skipped). Unusable addresses (invalid, port 0,
 // unspecified, multicast) are ignored; at most 2×MaxCandidates addresses are used.
 func (p *Peer) Punch(addrs []netip.AddrPort) {
 	n := p.node
@@ -575,6 +576,12 @@ func (p *Peer) Punch(addrs []netip.AddrPort) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.removed {
+		return
+	}
+	if ini := p.handshake.init; ini != nil && ini.punch == nil && p.keys.current.Load() != nil {
+		// A handshake renewing the live session is in flight: the punch waits for the
+		// next one. Replaced by punches (which any member can trigger), the renewal
+		// would never complete, and the session would die at RejectAfter.
 		return
 	}
 	if ep := p.path.udp.Load(); ep != nil {

@@ -1,6 +1,7 @@
 package stt
 
 import (
+	"net/netip"
 	"testing"
 	"time"
 
@@ -111,5 +112,33 @@ func TestFollowerMovesOnlyOnFramesThroughANewRelay(t *testing.T) {
 	}
 	if via := l.ba.RelayVia(); via == m {
 		t.Fatal("b's traffic to a went to a new relay before anything came through it")
+	}
+}
+
+// TestPunchDoesNotReplaceARekeyInFlight: a punch (which any member may trigger with a
+// PUNCH, once a second) does not take the place of a handshake that renews a live
+// session: else PUNCHes repeated faster than a rekey completes keep the session from
+// ever being renewed, and it dies at RejectAfter.
+func TestPunchDoesNotReplaceARekeyInFlight(t *testing.T) {
+	l := newRelayLab(t, labOpts{timers: Limits{Tick: 20 * time.Millisecond}})
+	l.open(t)
+	l.exchange(t, "relayed")
+	// The renewal cannot get through: it stays in flight.
+	l.a.bind.cutTo(l.r.Port(), true)
+	l.ab.Rekey()
+	inFlight := func() *initiation {
+		l.ab.mu.Lock()
+		defer l.ab.mu.Unlock()
+		return l.ab.handshake.init
+	}
+	waitFor(t, 10*time.Second, "a's rekey in flight", func() bool { return inFlight() != nil })
+	rekey := inFlight()
+	if rekey.punch != nil {
+		t.Fatal("the rekey is a punch")
+	}
+	l.ab.Punch([]netip.AddrPort{netip.MustParseAddrPort(loopback(l.b.Node))})
+	// (A retransmission makes a new initiation of the same series: compare the kind.)
+	if got := inFlight(); got == nil || got.punch != nil {
+		t.Fatal("a punch replaced the rekey in flight")
 	}
 }
