@@ -223,6 +223,8 @@ func TestRelayDropsWhatItMustNotForward(t *testing.T) {
 	if good == nil {
 		t.Fatal("a sent no relayed DATA")
 	}
+	// It may be a keepalive r has yet to forward: the cases count what r sends.
+	waitFor(t, 5*time.Second, "r forwarded a's frame", func() bool { return sentCount(l.r.bind, good) > 0 })
 	rEP, _ := l.a.bind.ParseEndpoint(loopback(l.r.Node))
 	fromA := func(m []byte) {
 		if err := l.a.bind.Bind.Send([][]byte{m}, rEP); err != nil {
