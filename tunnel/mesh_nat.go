@@ -33,6 +33,8 @@ const (
 	coordinateEvery = 2 * time.Second
 	// punchEvery bounds an end: one punch per member started by PUNCH messages.
 	punchEvery = time.Second
+	// pingWant is how long a ping makes a member wanted.
+	pingWant = 10 * time.Second
 	// maxCoordinators is how many members one punch request goes to.
 	maxCoordinators = 3
 	// maxNATEntries bounds the coordinator's and the ends' rate-limit tables.
@@ -128,16 +130,6 @@ func direct(sp *stt.Peer, fallback time.Duration) bool {
 	return false
 }
 
-// carriesData reports whether this node has, or had, datagrams for sp or from it: only
-// such a member is worth a relay's route pair (a slot of the relay's and of both ends'
-// shares). A member dialled only to gossip with, a neighbour, is punched to but not
-// relayed: gossip has other neighbours, and one behind a hard NAT would otherwise hold
-// a route at a relay for every member that picks it.
-func carriesData(sp *stt.Peer) bool {
-	st := sp.Stats()
-	return st.TxPackets+st.RxPackets+st.Drops > 0 || sp.Waiting()
-}
-
 // relayAnswers reports whether sp's traffic goes through a relay on a session that
 // answers.
 func relayAnswers(sp *stt.Peer, fallback time.Duration) bool {
@@ -193,7 +185,10 @@ func (t *Tunnel) natTick(now time.Time) {
 	for _, c := range all {
 		sp := c.p.sp
 		isDirect := direct(sp, fallback)
-		wanted := !isDirect && (sp.Connecting() || sp.HasSession())
+		// Traffic (or a ping) wants the member: a dial that only looks for a gossip
+		// neighbour is no reason to punch or to take a relay's route.
+		byTraffic := sp.Waiting() || now.Sub(time.Unix(0, c.p.pinged.Load())) < pingWant
+		wanted := !isDirect && (sp.HasSession() || (sp.Connecting() && byTraffic))
 		nt.mu.Lock()
 		tr := nt.travels[c.key]
 		if !wanted {
@@ -230,7 +225,7 @@ func (t *Tunnel) natTick(now time.Time) {
 			// went away): ask again, another relay if need be.
 			tr.installed = false
 		}
-		if needRelay && !tr.installed && now.Sub(tr.relayAsked) >= relayRetry && !c.relay && carriesData(sp) {
+		if needRelay && !tr.installed && now.Sub(tr.relayAsked) >= relayRetry && !c.relay {
 			for i := range relays {
 				r := &relays[i]
 				if r.key == c.key || now.Sub(tr.refused[r.key]) < relayRefusedFor {
@@ -353,10 +348,17 @@ func (t *Tunnel) classifyNAT(now time.Time) {
 		return
 	}
 	t.log.Info("mesh: NAT type", "nat", string(typ), "was", string(old))
-	m.byKey.Range(func(_, v any) bool {
-		t.setNATKeepalive(v.(*peer))
-		return true
-	})
+	var discovered []*peer
+	m.mu.Lock()
+	for _, mb := range m.members {
+		if mb.p != nil && mb.source != sourceConfig {
+			discovered = append(discovered, mb.p)
+		}
+	}
+	m.mu.Unlock()
+	for _, p := range discovered {
+		t.setNATKeepalive(p)
+	}
 }
 
 // natKeepalive is the persistent keepalive a member session gets: nat_keepalive while
@@ -371,12 +373,9 @@ func (t *Tunnel) natKeepalive() time.Duration {
 	return nt.keepalive
 }
 
-// setNATKeepalive gives a discovered member's peer the keepalive natKeepalive says. A
-// [[peer]] keeps its own persistent_keepalive.
+// setNATKeepalive gives a discovered member's peer the keepalive natKeepalive says (the
+// caller leaves out [[peer]]s, which keep their own persistent_keepalive).
 func (t *Tunnel) setNATKeepalive(p *peer) {
-	if p.member == nil || p.member.source == sourceConfig {
-		return
-	}
 	pc := p.sp.Config()
 	ka := t.natKeepalive()
 	if pc.PersistentKeepalive == ka {
