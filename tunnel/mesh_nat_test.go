@@ -234,7 +234,9 @@ func TestNATNoRelayForAMemberWithoutData(t *testing.T) {
 	if err := sp.Send([][]byte{make([]byte, 40, 80)}, []uint16{1}); err != nil {
 		t.Fatal(err)
 	}
+	// Wanted from now: the relay request comes relayAfter later.
 	a.t.natTick(time.Now().Add(40 * time.Second))
+	a.t.natTick(time.Now().Add(40*time.Second + relayAfter))
 	if n := natCounter(a, "relay_requests_sent") - before; n == 0 {
 		t.Error("no relay request for a member with datagrams waiting")
 	}
