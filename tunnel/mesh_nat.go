@@ -29,6 +29,10 @@ const (
 	relayRetry = 5 * time.Second
 	// relayRefusedFor is how long a relay that refused is not asked again.
 	relayRefusedFor = 30 * time.Second
+	// relayHandshakeWait is how long a relay route may go without a session before it
+	// is given up (a handshake through a relay takes well under a second; its
+	// retransmissions come at 1, 2, 4 s).
+	relayHandshakeWait = 10 * time.Second
 	// coordinateEvery bounds a coordinator: one PUNCH pair per (requester, target).
 	coordinateEvery = 2 * time.Second
 	// punchEvery bounds an end: one punch per member started by PUNCH messages.
@@ -92,10 +96,19 @@ type travel struct {
 	// relayKey is the relay asked (relayAsked) or granted (granted).
 	relayKey   [32]byte
 	relayAsked time.Time
-	granted    bool                   // the relay this node asked granted the route
-	installed  bool                   // a relay route to the member is installed (asked for or not)
-	refused    map[[32]byte]time.Time // relays that refused, when
-	reason     string
+	granted    bool // the relay this node asked granted the route
+	installed  bool // a relay route to the member is installed (asked for or not)
+	// via is the relay's peer the route was installed through, and installedAt when:
+	// a route whose relay left, or that carried no session for relayHandshakeWait, is
+	// given up.
+	via         *stt.Peer
+	installedAt time.Time
+	// failed is the relay whose route was given up last, at failedAt: asked again only
+	// when no other relay can be.
+	failed   [32]byte
+	failedAt time.Time
+	refused  map[[32]byte]time.Time // relays that refused, when
+	reason   string
 }
 
 func newNATState(d bool, keepalive time.Duration) *natState {
@@ -220,15 +233,29 @@ func (t *Tunnel) natTick(now time.Time) {
 		}
 		var askRelay *cand
 		needRelay := now.Sub(tr.since) >= relayAfter || typ == mesh.NATUDPBlocked
-		if tr.installed && sp.RelayVia() != nil && sp.Unanswered() >= relayRetry {
-			// The relay path does not answer either (the relay forgot the route, or
-			// went away): ask again, another relay if need be.
-			tr.installed = false
+		if tr.installed {
+			// The relay path does not answer (the relay forgot the route, or went
+			// away), never carried a session, or its relay is no longer the member it
+			// was: ask again, another relay if there is one.
+			rp := m.memberPeer(tr.relayKey)
+			gone := tr.via == nil || rp == nil || rp.sp != tr.via
+			silent := sp.RelayVia() != nil && sp.Unanswered() >= relayRetry
+			never := !sp.HasSession() && now.Sub(tr.installedAt) >= relayHandshakeWait
+			if gone || silent || never {
+				tr.installed = false
+				tr.failed, tr.failedAt = tr.relayKey, now
+			}
 		}
 		if needRelay && !tr.installed && now.Sub(tr.relayAsked) >= relayRetry && !c.relay {
 			for i := range relays {
 				r := &relays[i]
 				if r.key == c.key || now.Sub(tr.refused[r.key]) < relayRefusedFor {
+					continue
+				}
+				if r.key == tr.failed && now.Sub(tr.failedAt) < relayRefusedFor {
+					if askRelay == nil {
+						askRelay = r // the last resort
+					}
 					continue
 				}
 				askRelay = r
@@ -569,7 +596,7 @@ func (t *Tunnel) natMessage(sp *stt.Peer, from [32]byte, typ byte, body []byte, 
 			tr = &travel{since: now, nextPunch: now.Add(punchLater)}
 			nt.travels[g.Peer] = tr
 		}
-		tr.relayKey, tr.installed = from, true
+		tr.relayKey, tr.installed, tr.via, tr.installedAt = from, true, sp, now
 		tr.granted = tr.granted || choose
 		nt.mu.Unlock()
 		if err := tp.sp.SetRelay(sp, g.SendID, g.RecvID, choose); err != nil {

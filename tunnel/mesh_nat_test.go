@@ -241,3 +241,122 @@ func TestNATNoRelayForAMemberWithoutData(t *testing.T) {
 		t.Error("no relay request for a member with datagrams waiting")
 	}
 }
+
+// silentMember offers n a member whose only address answers nothing, queues a datagram
+// for it (so that traffic wants it), and returns its key and peer.
+func silentMember(t *testing.T, n *rvNode) ([32]byte, *stt.Peer) {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	silent := newForged(t)
+	silent.offer(t, n, mesh.Record{Name: "silent", Endpoints: []mesh.Endpoint{
+		{Kind: mesh.EndpointLocal, Addr: c.LocalAddr().(*net.UDPAddr).AddrPort()}}})
+	var sp *stt.Peer
+	waitUntil(t, "the silent member's peer", func() bool {
+		if p := n.t.mesh.memberPeer(silent.id.Public); p != nil {
+			sp = p.sp
+		}
+		return sp != nil
+	})
+	if err := sp.Send([][]byte{make([]byte, 40, 80)}, []uint16{1}); err != nil {
+		t.Fatal(err)
+	}
+	return silent.id.Public, sp
+}
+
+// grantAsChooser makes n's traversal state say it asked relay for a route to target,
+// and hands n relay's grant of it.
+func grantAsChooser(t *testing.T, n *rvNode, relayKey, target [32]byte, sendID uint32) {
+	t.Helper()
+	nt := n.t.mesh.nat
+	nt.mu.Lock()
+	tr := nt.travels[target]
+	if tr == nil {
+		tr = &travel{since: time.Now(), nextPunch: time.Now().Add(time.Hour)}
+		nt.travels[target] = tr
+	}
+	tr.relayKey, tr.relayAsked, tr.installed = relayKey, time.Now(), false
+	nt.mu.Unlock()
+	g, err := mesh.AppendRelayGrant(nil, mesh.RelayGrant{Peer: target, SendID: sendID, RecvID: sendID + 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := natCounter(n, "relay_paths_installed")
+	spR := n.t.mesh.memberPeer(relayKey).sp
+	n.t.natMessage(spR, relayKey, mesh.TypeRelayGrant, g, spR.UDPEndpoint(), false)
+	if natCounter(n, "relay_paths_installed") != before+1 {
+		t.Fatal("the grant was not installed")
+	}
+}
+
+// TestNATRelayThatNeverCarriesTheHandshakeIsAskedAgain: a granted relay path on which
+// no session ever comes up (the relay forgot the route, or lost the other end) is given
+// up and a relay asked again: without a session nothing counts as unanswered, and
+// punches wait while a relayed handshake is in flight, so the member stayed unreachable
+// for as long as traffic wanted it.
+func TestNATRelayThatNeverCarriesTheHandshakeIsAskedAgain(t *testing.T) {
+	relay, a, _ := natTrio(t)
+	relayKey := relayKeyOf(relay)
+	waitUntil(t, "alpha has relay's record, a relay's", func() bool {
+		r := a.t.mesh.eng.Member(relayKey)
+		return r != nil && r.Relay
+	})
+	key, sp := silentMember(t, a)
+	// relay "grants" a route it never opened: the handshake through it goes nowhere.
+	grantAsChooser(t, a, relayKey, key, 5)
+	if sp.RelayVia() == nil {
+		t.Fatal("the chooser without a session is not on the relay")
+	}
+	before := natCounter(a, "relay_requests_sent")
+	for _, d := range []time.Duration{20, 40, 60} {
+		a.t.natTick(time.Now().Add(d * time.Second))
+	}
+	if sp.HasSession() {
+		t.Fatal("a session with the silent member")
+	}
+	if natCounter(a, "relay_requests_sent") == before {
+		t.Error("a relay path that never carried a session was kept for a minute; no relay asked again")
+	}
+}
+
+// TestNATRelayThatLeftIsReplaced: when the relay member of a member's route is
+// forgotten (it left, its record expired), the route goes with it, and the next relay
+// is asked at the next tick, not never.
+func TestNATRelayThatLeftIsReplaced(t *testing.T) {
+	relay, a, _ := natTrio(t)
+	boot := fmt.Sprintf("bootstrap = [%q]", endpointOf(relay.memNode))
+	other := startMeshNodeIn(t, relay.seed, "other", "10.77.0.8/24", "relay = true\n"+boot)
+	relayKey, otherKey := relayKeyOf(relay), relayKeyOf(other)
+	waitUntil(t, "alpha has both relays' records", func() bool {
+		r, o := a.t.mesh.eng.Member(relayKey), a.t.mesh.eng.Member(otherKey)
+		return r != nil && r.Relay && o != nil && o.Relay && a.t.mesh.memberPeer(otherKey) != nil
+	})
+	spO := a.t.mesh.memberPeer(otherKey).sp
+	spO.Connect()
+	waitUntil(t, "alpha has a session with the other relay", spO.HasSession)
+	key, sp := silentMember(t, a)
+	grantAsChooser(t, a, relayKey, key, 5)
+
+	// relay leaves alpha's view: its peer goes, and the route through it.
+	m := a.t.mesh
+	m.mu.Lock()
+	mb := m.members[relayKey]
+	a.t.forgetMemberLocked(mb)
+	mb.p = nil
+	m.mu.Unlock()
+	if sp.RelayVia() != nil {
+		t.Fatal("a route through a removed peer")
+	}
+	nt := m.nat
+	before := natCounter(a, "relay_requests_sent")
+	a.t.natTick(time.Now().Add(relayRetry))
+	nt.mu.Lock()
+	asked := nt.travels[key].relayKey
+	nt.mu.Unlock()
+	if natCounter(a, "relay_requests_sent") == before || asked != otherKey {
+		t.Error("the relay that left was not replaced by the other relay")
+	}
+}
