@@ -77,6 +77,9 @@ type natState struct {
 	// target) and of PUNCH (per member): when each was last acted on.
 	coordinated map[[2][32]byte]time.Time
 	punched     map[[32]byte]time.Time
+	// relayAnswered is the rate limit of RELAY_REQUEST, per requester and target: a
+	// grant goes to the target too, so requests must not make grants at their rate.
+	relayAnswered map[[2][32]byte]time.Time
 
 	punchRequests  atomic.Uint64 // PUNCH_REQUESTs sent
 	punchesCoord   atomic.Uint64 // PUNCH pairs sent as coordinator
@@ -113,12 +116,13 @@ type travel struct {
 
 func newNATState(d bool, keepalive time.Duration) *natState {
 	return &natState{
-		relay:       d,
-		keepalive:   keepalive,
-		typ:         mesh.NATUnknown,
-		travels:     make(map[[32]byte]*travel),
-		coordinated: make(map[[2][32]byte]time.Time),
-		punched:     make(map[[32]byte]time.Time),
+		relay:         d,
+		keepalive:     keepalive,
+		typ:           mesh.NATUnknown,
+		travels:       make(map[[32]byte]*travel),
+		coordinated:   make(map[[2][32]byte]time.Time),
+		relayAnswered: make(map[[2][32]byte]time.Time),
+		punched:       make(map[[32]byte]time.Time),
 	}
 }
 
@@ -349,6 +353,11 @@ func (t *Tunnel) pruneNAT(now time.Time) {
 			delete(nt.punched, k)
 		}
 	}
+	for k, at := range nt.relayAnswered {
+		if now.Sub(at) >= coordinateEvery {
+			delete(nt.relayAnswered, k)
+		}
+	}
 }
 
 // classifyNAT works out this node's NAT type from the members' reflections and, when
@@ -519,6 +528,16 @@ func (t *Tunnel) natMessage(sp *stt.Peer, from [32]byte, typ byte, body []byte, 
 			bad("malformed", "err", err)
 			return
 		}
+		pair := [2][32]byte{from, target}
+		nt.mu.Lock()
+		last, seenPair := nt.relayAnswered[pair]
+		if (seenPair && now.Sub(last) < coordinateEvery) || (!seenPair && len(nt.relayAnswered) >= maxNATEntries) {
+			nt.mu.Unlock()
+			bad("over rate")
+			return
+		}
+		nt.relayAnswered[pair] = now
+		nt.mu.Unlock()
 		reason := uint8(0)
 		tp := m.memberPeer(target)
 		var idAB, idBA uint32

@@ -360,3 +360,26 @@ func TestNATRelayThatLeftIsReplaced(t *testing.T) {
 		t.Error("the relay that left was not replaced by the other relay")
 	}
 }
+
+// TestNATRelayAnswersOncePerPairPerInterval: a member repeating its relay request gets
+// one grant per coordinateEvery: each grant goes to the target too, a third party, so
+// an unbounded answer let any member make a relay send a member RELAY_GRANTs (each a
+// path installed and logged there) at the rate it sends requests.
+func TestNATRelayAnswersOncePerPairPerInterval(t *testing.T) {
+	relay, a, b := natTrio(t)
+	aKey, bKey := a.t.Node().PublicKey(), b.t.Node().PublicKey()
+	spA := relay.t.mesh.memberPeer(aKey).sp
+	waitUntil(t, "relay has alpha's and beta's records", func() bool {
+		return relay.t.mesh.eng.Member(aKey) != nil && relay.t.mesh.eng.Member(bKey) != nil
+	})
+	before := natCounter(relay, "relay_granted")
+	for range 5 {
+		relay.t.natMessage(spA, aKey, mesh.TypeRelayRequest, mesh.AppendKey(nil, bKey), spA.UDPEndpoint(), false)
+	}
+	if n := natCounter(relay, "relay_granted") - before; n != 1 {
+		t.Errorf("%d grants for 5 requests at once, want 1", n)
+	}
+	if relay.t.Node().Stats().RelayRoutes != 1 {
+		t.Errorf("%d route pairs, want 1", relay.t.Node().Stats().RelayRoutes)
+	}
+}
