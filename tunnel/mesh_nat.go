@@ -169,13 +169,20 @@ func (t *Tunnel) natTick(now time.Time) {
 		relay bool // its record offers relaying
 	}
 	var all []cand
+	var discovered []*peer
 	m.mu.Lock()
 	for k, mb := range m.members {
 		if mb.p != nil {
 			all = append(all, cand{k, mb.p, mb.rec != nil && mb.rec.Relay})
+			if mb.source != sourceConfig {
+				discovered = append(discovered, mb.p)
+			}
 		}
 	}
 	m.mu.Unlock()
+	for _, p := range discovered {
+		t.setNATKeepalive(p)
+	}
 
 	fallback := t.node.Limits().FallbackAfter
 	var coords, relays []cand // members with a session: who can coordinate, who can relay
@@ -411,9 +418,17 @@ func (t *Tunnel) natKeepalive() time.Duration {
 
 // setNATKeepalive gives a discovered member's peer the keepalive natKeepalive says (the
 // caller leaves out [[peer]]s, which keep their own persistent_keepalive).
+//
+// Only a peer with a session gets it: the keepalive holds the mapping of a session, it
+// must not open one (stt brings a session up for a persistent keepalive on a peer that
+// never closes when idle, idle_timeout = "0s", and every member would be dialled). The
+// mesh loop gives it and takes it back as sessions come and go.
 func (t *Tunnel) setNATKeepalive(p *peer) {
-	pc := p.sp.Config()
 	ka := t.natKeepalive()
+	if !p.sp.HasSession() {
+		ka = 0
+	}
+	pc := p.sp.Config()
 	if pc.PersistentKeepalive == ka {
 		return
 	}

@@ -383,3 +383,51 @@ func TestNATRelayAnswersOncePerPairPerInterval(t *testing.T) {
 		t.Errorf("%d route pairs, want 1", relay.t.Node().Stats().RelayRoutes)
 	}
 }
+
+// TestNATKeepaliveOpensNoSessions: with idle_timeout = "0s" (sessions kept open) a node
+// behind NAT (or that does not know its NAT yet) still dials only its neighbours: the
+// NAT keepalive holds the mappings of the sessions it has, it does not open one with
+// every member it knows (a persistent keepalive on a peer that never closes when idle
+// brings a session up).
+func TestNATKeepaliveOpensNoSessions(t *testing.T) {
+	n := startMeshNode(t, "alpha", "10.77.0.1/24", "accept_prefixes = [\"10.77.0.0/24\"]\nidle_timeout = \"0s\"")
+	if n.t.natKeepalive() == 0 {
+		t.Fatal("no NAT keepalive on a node that does not know its NAT")
+	}
+	const k = 8
+	hit := make(chan int, 1024)
+	for i := range k {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		go func() {
+			buf := make([]byte, 2048)
+			for {
+				if _, _, err := c.ReadFromUDP(buf); err != nil {
+					return
+				}
+				hit <- i
+			}
+		}()
+		f := newForged(t)
+		f.offer(t, n, mesh.Record{Name: fmt.Sprintf("silent%d", i), Endpoints: []mesh.Endpoint{
+			{Kind: mesh.EndpointLocal, Addr: c.LocalAddr().(*net.UDPAddr).AddrPort()}}})
+	}
+	// A few of the mesh loop's seconds: the bound must hold throughout.
+	victims := map[int]bool{}
+	deadline := time.After(3 * meshTick)
+	for {
+		select {
+		case i := <-hit:
+			victims[i] = true
+			continue
+		case <-deadline:
+		}
+		break
+	}
+	if len(victims) > meshNeighbours {
+		t.Fatalf("HELLOs went to %d of %d members within %v; only neighbours (%d) are dialled", len(victims), k, 3*meshTick, meshNeighbours)
+	}
+}
