@@ -96,8 +96,10 @@ type travel struct {
 	since     time.Time // wanted since
 	attempt   int       // punch requests sent
 	nextPunch time.Time
-	// relayKey is the relay asked (relayAsked) or granted (granted).
+	// relayKey is the relay asked (relayAsked) or granted (granted); asked is the
+	// relay this node asked last, which a grant of another relay does not replace.
 	relayKey   [32]byte
+	asked      [32]byte
 	relayAsked time.Time
 	granted    bool // the relay this node asked granted the route
 	installed  bool // a relay route to the member is installed (asked for or not)
@@ -273,7 +275,7 @@ func (t *Tunnel) natTick(now time.Time) {
 				break
 			}
 			if askRelay != nil {
-				tr.relayKey, tr.relayAsked, tr.granted = askRelay.key, now, false
+				tr.relayKey, tr.asked, tr.relayAsked, tr.granted = askRelay.key, askRelay.key, now, false
 			}
 		}
 		switch {
@@ -608,8 +610,8 @@ func (t *Tunnel) natMessage(sp *stt.Peer, from [32]byte, typ byte, body []byte, 
 		}
 		nt.mu.Lock()
 		tr := nt.travels[g.Peer]
-		choose := tr != nil && tr.relayKey == from && !tr.relayAsked.IsZero()
-		if tr != nil && tr.installed && tr.relayKey != from &&
+		choose := tr != nil && tr.asked == from && !tr.relayAsked.IsZero()
+		if tr != nil && tr.installed && tr.relayKey != from && !choose &&
 			(tr.granted || relayAnswers(tp.sp, t.node.Limits().FallbackAfter)) {
 			// A relay path to the member is in place: the one this node asked for,
 			// or one that works. Another member's grant must not replace it (SetRelay
@@ -647,7 +649,7 @@ func (t *Tunnel) natMessage(sp *stt.Peer, from [32]byte, typ byte, body []byte, 
 			return
 		}
 		nt.mu.Lock()
-		if tr := nt.travels[rf.Target]; tr != nil && tr.relayKey == from {
+		if tr := nt.travels[rf.Target]; tr != nil && tr.asked == from {
 			if tr.refused == nil {
 				tr.refused = make(map[[32]byte]time.Time)
 			}

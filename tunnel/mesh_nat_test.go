@@ -163,7 +163,7 @@ func TestNATGrantFromAnUnaskedRelayDoesNotReplaceTheChosenOne(t *testing.T) {
 		tr = &travel{since: time.Now(), nextPunch: time.Now().Add(time.Hour)}
 		nt.travels[bKey] = tr
 	}
-	tr.relayKey, tr.relayAsked, tr.installed = relayKey, time.Now(), false
+	tr.relayKey, tr.asked, tr.relayAsked, tr.installed = relayKey, relayKey, time.Now(), false
 	nt.mu.Unlock()
 	grant := func(id uint32) []byte {
 		g, err := mesh.AppendRelayGrant(nil, mesh.RelayGrant{Peer: bKey, SendID: id, RecvID: id + 1})
@@ -278,7 +278,7 @@ func grantAsChooser(t *testing.T, n *rvNode, relayKey, target [32]byte, sendID u
 		tr = &travel{since: time.Now(), nextPunch: time.Now().Add(time.Hour)}
 		nt.travels[target] = tr
 	}
-	tr.relayKey, tr.relayAsked, tr.installed = relayKey, time.Now(), false
+	tr.relayKey, tr.asked, tr.relayAsked, tr.installed = relayKey, relayKey, time.Now(), false
 	nt.mu.Unlock()
 	g, err := mesh.AppendRelayGrant(nil, mesh.RelayGrant{Peer: target, SendID: sendID, RecvID: sendID + 1})
 	if err != nil {
@@ -429,5 +429,49 @@ func TestNATKeepaliveOpensNoSessions(t *testing.T) {
 	}
 	if len(victims) > meshNeighbours {
 		t.Fatalf("HELLOs went to %d of %d members within %v; only neighbours (%d) are dialled", len(victims), k, 3*meshTick, meshNeighbours)
+	}
+}
+
+// TestNATAskedRelayGrantsAsChooserAfterAnotherRelaysGrant: both ends asked, each a
+// different relay, and the other end's relay's grant (a follower's) arrives first: the
+// grant of the relay this node asked still makes it the chooser. (It made it a
+// follower: the first grant took the place of the relay asked, and two followers
+// never move onto a relay.)
+func TestNATAskedRelayGrantsAsChooserAfterAnotherRelaysGrant(t *testing.T) {
+	relay, a, b := natTrio(t)
+	boot := fmt.Sprintf("bootstrap = [%q]", endpointOf(relay.memNode))
+	other := startMeshNodeIn(t, relay.seed, "other", "10.77.0.8/24", "relay = true\n"+boot)
+	bKey, relayKey, otherKey := b.t.Node().PublicKey(), relayKeyOf(relay), relayKeyOf(other)
+	waitUntil(t, "alpha has beta's and both relays' records", func() bool {
+		r, o := a.t.mesh.eng.Member(relayKey), a.t.mesh.eng.Member(otherKey)
+		return r != nil && r.Relay && o != nil && o.Relay && a.t.mesh.memberPeer(otherKey) != nil && a.t.mesh.memberPeer(bKey) != nil
+	})
+	spB := a.t.mesh.memberPeer(bKey).sp
+	spB.Connect()
+	waitUntil(t, "alpha has a session with beta", spB.HasSession)
+	nt := a.t.mesh.nat
+	nt.mu.Lock()
+	tr := nt.travels[bKey]
+	if tr == nil {
+		tr = &travel{since: time.Now(), nextPunch: time.Now().Add(time.Hour)}
+		nt.travels[bKey] = tr
+	}
+	tr.relayKey, tr.asked, tr.relayAsked, tr.installed = relayKey, relayKey, time.Now(), false // alpha asked relay
+	nt.mu.Unlock()
+	grant := func(from [32]byte, id uint32) {
+		g, err := mesh.AppendRelayGrant(nil, mesh.RelayGrant{Peer: bKey, SendID: id, RecvID: id + 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sp := a.t.mesh.memberPeer(from).sp
+		a.t.natMessage(sp, from, mesh.TypeRelayGrant, g, sp.UDPEndpoint(), false)
+	}
+	grant(otherKey, 7) // beta asked other: alpha follows there
+	grant(relayKey, 5) // alpha's own relay answers
+	nt.mu.Lock()
+	granted, via := tr.granted, tr.relayKey
+	nt.mu.Unlock()
+	if !granted || via != relayKey {
+		t.Errorf("after its own relay's grant alpha is chooser %v on %v, want the chooser on relay", granted, via == relayKey)
 	}
 }
