@@ -9,6 +9,10 @@
 package tunnel
 
 import (
+	"bytes"
+	"cmp"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"math/rand/v2"
 	"net/netip"
@@ -149,6 +153,19 @@ func direct(sp *stt.Peer, fallback time.Duration) bool {
 	return false
 }
 
+// relayRank is relay r's place for the pair of members x and y, the same at both
+// ends: lower is asked first.
+func relayRank(x, y, r [32]byte) uint64 {
+	if bytes.Compare(x[:], y[:]) > 0 {
+		x, y = y, x
+	}
+	h := sha256.New()
+	h.Write(x[:])
+	h.Write(y[:])
+	h.Write(r[:])
+	return binary.BigEndian.Uint64(h.Sum(nil))
+}
+
 // relayAnswers reports whether sp's traffic goes through a relay on a session that
 // answers.
 func relayAnswers(sp *stt.Peer, fallback time.Duration) bool {
@@ -260,8 +277,15 @@ func (t *Tunnel) natTick(now time.Time) {
 			}
 		}
 		if needRelay && !tr.installed && now.Sub(tr.relayAsked) >= relayRetry && !c.relay {
-			for i := range relays {
-				r := &relays[i]
+			// Both ends rank the relays alike for their pair: asking at once, they ask
+			// the same one (each its own relay leaves each a path the other does not
+			// use), and after a failure move on to the same next one.
+			ranked := slices.Clone(relays)
+			slices.SortFunc(ranked, func(x, y cand) int {
+				return cmp.Compare(relayRank(m.self, c.key, x.key), relayRank(m.self, c.key, y.key))
+			})
+			for i := range ranked {
+				r := &ranked[i]
 				if r.key == c.key || now.Sub(tr.refused[r.key]) < relayRefusedFor {
 					continue
 				}

@@ -475,3 +475,70 @@ func TestNATAskedRelayGrantsAsChooserAfterAnotherRelaysGrant(t *testing.T) {
 		t.Errorf("after its own relay's grant alpha is chooser %v on %v, want the chooser on relay", granted, via == relayKey)
 	}
 }
+
+// TestNATBothEndsAskTheSameRelay: the relay a node asks for a member is the one the
+// member, asking for this node at the same time, asks too — the first of a ranking of
+// the relays that depends on the pair only — not the first its map happens to give.
+func TestNATBothEndsAskTheSameRelay(t *testing.T) {
+	relay, a, _ := natTrio(t)
+	boot := fmt.Sprintf("bootstrap = [%q]", endpointOf(relay.memNode))
+	other := startMeshNodeIn(t, relay.seed, "other", "10.77.0.8/24", "relay = true\n"+boot)
+	relayKey, otherKey := relayKeyOf(relay), relayKeyOf(other)
+	waitUntil(t, "alpha has both relays' records", func() bool {
+		r, o := a.t.mesh.eng.Member(relayKey), a.t.mesh.eng.Member(otherKey)
+		return r != nil && r.Relay && o != nil && o.Relay && a.t.mesh.memberPeer(otherKey) != nil
+	})
+	spO := a.t.mesh.memberPeer(otherKey).sp
+	spO.Connect()
+	waitUntil(t, "alpha has a session with the other relay", spO.HasSession)
+	waitUntil(t, "alpha's mesh loop took both relays' records", func() bool {
+		m := a.t.mesh
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return isRelay(m.members[relayKey]) && isRelay(m.members[otherKey])
+	})
+	// Members with datagrams waiting that alpha cannot reach directly.
+	var keys [][32]byte
+	for i := range 6 {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		f := newForged(t)
+		f.offer(t, a, mesh.Record{Name: fmt.Sprintf("far%d", i), Endpoints: []mesh.Endpoint{
+			{Kind: mesh.EndpointLocal, Addr: c.LocalAddr().(*net.UDPAddr).AddrPort()}}})
+		keys = append(keys, f.id.Public)
+	}
+	for _, k := range keys {
+		waitUntil(t, "the member's peer", func() bool { return a.t.mesh.memberPeer(k) != nil })
+		sp := a.t.mesh.memberPeer(k).sp
+		if err := sp.Send([][]byte{make([]byte, 40, 80)}, []uint16{1}); err != nil {
+			t.Fatal(err)
+		}
+		waitUntil(t, "the handshake for the datagram", sp.Connecting)
+	}
+	self := a.t.Node().PublicKey()
+	a.t.natTick(time.Now().Add(time.Minute))
+	a.t.natTick(time.Now().Add(time.Minute + relayAfter))
+	nt := a.t.mesh.nat
+	nt.mu.Lock()
+	defer nt.mu.Unlock()
+	for i, k := range keys {
+		want := relayKey
+		if relayRank(self, k, otherKey) < relayRank(self, k, relayKey) {
+			want = otherKey
+		}
+		if rank := relayRank(k, self, want); rank != relayRank(self, k, want) {
+			t.Fatal("the ranking is not the same at both ends")
+		}
+		tr := nt.travels[k]
+		if tr == nil || tr.relayAsked.IsZero() {
+			sp := a.t.mesh.memberPeer(k).sp
+			t.Fatalf("far%d: no relay asked (travel %v, connecting %v, waiting %v, session %v)", i, tr != nil, sp.Connecting(), sp.Waiting(), sp.HasSession())
+		}
+		if tr.asked != want {
+			t.Errorf("far%d: asked the relay its peer would not ask first", i)
+		}
+	}
+}
