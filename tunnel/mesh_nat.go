@@ -376,6 +376,13 @@ func (t *Tunnel) pruneNAT(now time.Time) {
 	nt := t.mesh.nat
 	nt.mu.Lock()
 	defer nt.mu.Unlock()
+	// And the traversal state of members that are no longer (their peer went with
+	// them, and with it any relay path to them).
+	for k := range nt.travels {
+		if t.mesh.memberPeer(k) == nil {
+			delete(nt.travels, k)
+		}
+	}
 	for k, at := range nt.coordinated {
 		if now.Sub(at) >= coordinateEvery {
 			delete(nt.coordinated, k)

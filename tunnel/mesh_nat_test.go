@@ -542,3 +542,22 @@ func TestNATBothEndsAskTheSameRelay(t *testing.T) {
 		}
 	}
 }
+
+// TestNATTraversalStateOfAForgottenMemberGoes: the traversal state of a member that is
+// no longer one (it left, its record expired) goes at the next tick: it was only ever
+// dropped for a member still listed, so members that came and went piled up.
+func TestNATTraversalStateOfAForgottenMemberGoes(t *testing.T) {
+	_, a, _ := natTrio(t)
+	gone := newIdentity(t).Public
+	nt := a.t.mesh.nat
+	nt.mu.Lock()
+	nt.travels[gone] = &travel{since: time.Now(), installed: true}
+	nt.mu.Unlock()
+	a.t.natTick(time.Now())
+	nt.mu.Lock()
+	_, kept := nt.travels[gone]
+	nt.mu.Unlock()
+	if kept {
+		t.Error("the traversal state of a key that is no member was kept")
+	}
+}
