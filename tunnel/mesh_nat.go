@@ -235,7 +235,11 @@ func (t *Tunnel) natTick(now time.Time) {
 		nt.mu.Lock()
 		tr := nt.travels[c.key]
 		if !wanted {
-			if tr != nil && !sp.HasSession() {
+			// A follower's fresh route stays while the other end's handshake through
+			// the relay is on its way (telling the relay to close it would leave that
+			// handshake no route).
+			arriving := tr != nil && tr.installed && !tr.granted && now.Sub(tr.installedAt) < relayHandshakeWait
+			if tr != nil && !sp.HasSession() && !arriving {
 				delete(nt.travels, c.key)
 				nt.mu.Unlock()
 				t.leaveRelay(c.p, tr)

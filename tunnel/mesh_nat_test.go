@@ -561,3 +561,52 @@ func TestNATTraversalStateOfAForgottenMemberGoes(t *testing.T) {
 		t.Error("the traversal state of a key that is no member was kept")
 	}
 }
+
+// TestNATFollowerKeepsAFreshRouteUntilTheHandshakeComes: a member granted a route by
+// the relay another member asked (a follower), with no session with that member yet and
+// no traffic for it, keeps the route while the asker's handshake through the relay is
+// on its way: it dropped it at its next tick and told the relay to close it, so the
+// asker's handshake found no route whenever that tick came first. A route that has
+// carried no session for relayHandshakeWait goes.
+func TestNATFollowerKeepsAFreshRouteUntilTheHandshakeComes(t *testing.T) {
+	relay, a, _ := natTrio(t)
+	relayKey := relayKeyOf(relay)
+	waitUntil(t, "alpha has relay's record, a relay's", func() bool {
+		r := a.t.mesh.eng.Member(relayKey)
+		return r != nil && r.Relay
+	})
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	asker := newForged(t)
+	asker.offer(t, a, mesh.Record{Name: "asker", Endpoints: []mesh.Endpoint{
+		{Kind: mesh.EndpointLocal, Addr: c.LocalAddr().(*net.UDPAddr).AddrPort()}}})
+	key := asker.id.Public
+	waitUntil(t, "the asker's peer", func() bool { return a.t.mesh.memberPeer(key) != nil })
+	g, err := mesh.AppendRelayGrant(nil, mesh.RelayGrant{Peer: key, SendID: 9, RecvID: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	spR := a.t.mesh.memberPeer(relayKey).sp
+	a.t.natMessage(spR, relayKey, mesh.TypeRelayGrant, g, spR.UDPEndpoint(), false)
+	has := func() bool {
+		nt := a.t.mesh.nat
+		nt.mu.Lock()
+		defer nt.mu.Unlock()
+		tr := nt.travels[key]
+		return tr != nil && tr.installed
+	}
+	if !has() {
+		t.Fatal("the follower's grant was not installed")
+	}
+	a.t.natTick(time.Now())
+	if !has() {
+		t.Fatal("the follower dropped the route the asker's handshake is coming by")
+	}
+	a.t.natTick(time.Now().Add(relayHandshakeWait + time.Second))
+	if has() {
+		t.Error("a route that carried no session for relayHandshakeWait was kept")
+	}
+}
