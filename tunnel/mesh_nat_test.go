@@ -28,6 +28,16 @@ func natTrio(t *testing.T) (relay, a, b *rvNode) {
 			return p != nil && p.sp.HasSession()
 		})
 	}
+	// alpha and beta learn each other through relay's gossip: by a push, or by the
+	// next exchange, mesh.DefaultInterval later (the 10 s of waitUntil are not enough).
+	aKey, bKey := a.t.Node().PublicKey(), b.t.Node().PublicKey()
+	deadline := time.Now().Add(3 * mesh.DefaultInterval)
+	for a.t.mesh.memberPeer(bKey) == nil || b.t.mesh.memberPeer(aKey) == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("alpha and beta did not learn each other through relay")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	return relay, a, b
 }
 
