@@ -620,3 +620,42 @@ func TestNATFollowerKeepsAFreshRouteUntilTheHandshakeComes(t *testing.T) {
 		t.Error("a route that carried no session for relayHandshakeWait was kept")
 	}
 }
+
+// TestNATRelayThatFailedIsAskedLast: when the route of the relay asked first gives
+// nothing (no session through it), the next request goes to another relay, though the
+// first still has a session with this node and still ranks first.
+func TestNATRelayThatFailedIsAskedLast(t *testing.T) {
+	relay, a, _ := natTrio(t)
+	boot := fmt.Sprintf("bootstrap = [%q]", endpointOf(relay.memNode))
+	other := startMeshNodeIn(t, relay.seed, "other", "10.77.0.8/24", "relay = true\n"+boot)
+	relayKey, otherKey := relayKeyOf(relay), relayKeyOf(other)
+	waitUntil(t, "alpha has both relays' records", func() bool {
+		r, o := a.t.mesh.eng.Member(relayKey), a.t.mesh.eng.Member(otherKey)
+		return r != nil && r.Relay && o != nil && o.Relay && a.t.mesh.memberPeer(otherKey) != nil
+	})
+	spO := a.t.mesh.memberPeer(otherKey).sp
+	spO.Connect()
+	waitUntil(t, "alpha has a session with the other relay", spO.HasSession)
+	waitUntil(t, "alpha's mesh loop took both relays' records", func() bool {
+		m := a.t.mesh
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return isRelay(m.members[relayKey]) && isRelay(m.members[otherKey])
+	})
+	key, sp := silentMember(t, a)
+	waitUntil(t, "the handshake for the datagram", sp.Connecting)
+	self := a.t.Node().PublicKey()
+	first, second := relayKey, otherKey
+	if relayRank(self, key, otherKey) < relayRank(self, key, relayKey) {
+		first, second = otherKey, relayKey
+	}
+	grantAsChooser(t, a, first, key, 5) // a route that carries nothing
+	nt := a.t.mesh.nat
+	a.t.natTick(time.Now().Add(relayHandshakeWait + time.Second))
+	nt.mu.Lock()
+	asked := nt.travels[key].asked
+	nt.mu.Unlock()
+	if asked != second {
+		t.Errorf("after the first relay's route carried nothing, asked the same relay again (%v), want the other", asked == first)
+	}
+}
