@@ -27,7 +27,8 @@ const (
 	relayAfter = 3 * time.Second
 	// relayRetry is how long after a relay request (granted or not) the next may go.
 	relayRetry = 5 * time.Second
-	// relayRefusedFor is how long a relay that refused is not asked again.
+	// relayRefusedFor is how long a relay that refused is not asked again, unless it
+	// refused because it has no session with the target yet (relayBarred).
 	relayRefusedFor = 30 * time.Second
 	// coordinateEvery bounds a coordinator: one PUNCH pair per (requester, target).
 	coordinateEvery = 2 * time.Second
@@ -35,6 +36,12 @@ const (
 	punchEvery = time.Second
 	// pingWant is how long a ping makes a member wanted.
 	pingWant = 10 * time.Second
+	// wantGrace is how long a member stays wanted after it last was. The datagrams
+	// that made it wanted leave the queue when the handshake completes, and the
+	// session counts only once the member confirms it: a tick in between saw a member
+	// nobody wanted, dropped its relay route, and the relayed session never got its
+	// confirmation (the NAT lab's matrix, a few pairs in a run).
+	wantGrace = 5 * time.Second
 	// maxCoordinators is how many members one punch request goes to.
 	maxCoordinators = 3
 	// maxNATEntries bounds the coordinator's and the ends' rate-limit tables.
@@ -87,6 +94,7 @@ type natState struct {
 // travel is the traversal state of one member this node wants to reach.
 type travel struct {
 	since     time.Time // wanted since
+	lastWant  time.Time // last tick that found it wanted
 	attempt   int       // punch requests sent
 	nextPunch time.Time
 	// relayKey is the relay asked (relayAsked) or granted (granted).
@@ -94,7 +102,7 @@ type travel struct {
 	relayAsked time.Time
 	granted    bool                   // the relay this node asked granted the route
 	installed  bool                   // a relay route to the member is installed (asked for or not)
-	refused    map[[32]byte]time.Time // relays that refused, when
+	refused    map[[32]byte]time.Time // relays that refused: not asked again until then
 	reason     string
 }
 
@@ -185,6 +193,7 @@ func (t *Tunnel) natTick(now time.Time) {
 		wanted := !isDirect && (sp.HasSession() || (sp.Connecting() && byTraffic))
 		nt.mu.Lock()
 		tr := nt.travels[c.key]
+		wanted = tr.stillWanted(wanted, isDirect, now)
 		if !wanted {
 			if tr != nil && !sp.HasSession() {
 				delete(nt.travels, c.key)
@@ -202,6 +211,7 @@ func (t *Tunnel) natTick(now time.Time) {
 			tr = &travel{since: now, nextPunch: now}
 			nt.travels[c.key] = tr
 		}
+		tr.lastWant = now
 		punch := !now.Before(tr.nextPunch)
 		if punch {
 			tr.attempt++
@@ -222,7 +232,7 @@ func (t *Tunnel) natTick(now time.Time) {
 		if needRelay && !tr.installed && now.Sub(tr.relayAsked) >= relayRetry && !c.relay {
 			for i := range relays {
 				r := &relays[i]
-				if r.key == c.key || now.Sub(tr.refused[r.key]) < relayRefusedFor {
+				if r.key == c.key || now.Before(tr.refused[r.key]) {
 					continue
 				}
 				askRelay = r
@@ -554,6 +564,7 @@ func (t *Tunnel) natMessage(sp *stt.Peer, from [32]byte, typ byte, body []byte, 
 		}
 		tr.relayKey, tr.installed = from, true
 		tr.granted = tr.granted || choose
+		tr.lastWant = now // the follower too: its session comes through the route
 		nt.mu.Unlock()
 		if err := tp.sp.SetRelay(sp, g.SendID, g.RecvID, choose); err != nil {
 			bad("cannot install", "err", err)
@@ -573,7 +584,7 @@ func (t *Tunnel) natMessage(sp *stt.Peer, from [32]byte, typ byte, body []byte, 
 			if tr.refused == nil {
 				tr.refused = make(map[[32]byte]time.Time)
 			}
-			tr.refused[from] = now
+			tr.refused[from] = now.Add(relayBarred(rf.Reason))
 			tr.relayAsked = time.Time{} // ask the next relay at the next tick
 		}
 		nt.mu.Unlock()
@@ -599,6 +610,25 @@ func (t *Tunnel) natMessage(sp *stt.Peer, from [32]byte, typ byte, body []byte, 
 			}
 		}
 	}
+}
+
+// stillWanted is whether a member whose state says wanted (or not) is wanted: also
+// for wantGrace after a tick last found it wanted, unless it is direct now. tr may be
+// nil (the member is in no traversal).
+func (tr *travel) stillWanted(wanted, isDirect bool, now time.Time) bool {
+	return wanted || !isDirect && tr != nil && now.Sub(tr.lastWant) < wantGrace
+}
+
+// relayBarred is how long a relay that refused for reason is not asked again. "No
+// session with the target" passes as soon as the target, which dials a relay itself
+// when it is behind NAT, reaches it: barring it for relayRefusedFor left a member
+// whose only relay refused that way without a path for 30 s (the NAT lab's matrix,
+// two UDP-blocked members started together).
+func relayBarred(reason uint8) time.Duration {
+	if reason == mesh.RefuseNoSession {
+		return relayRetry
+	}
+	return relayRefusedFor
 }
 
 // natEvent is one of the NAT traversal counters.
