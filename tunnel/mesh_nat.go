@@ -278,9 +278,12 @@ func (t *Tunnel) natTick(now time.Time) {
 			}
 		}
 	}
-	// A node behind NAT with no relay among its sessions dials one, so that relaying
-	// and coordination have somewhere to go.
-	if typ != mesh.NATPublic && len(relays) == 0 {
+	// A node with no relay among its sessions dials one, so that relaying and
+	// coordination have somewhere to go. Also when its NAT type is public: members
+	// see it at its own address, but a stateful firewall may still drop what it did
+	// not ask for, and then a relay can reach it only on a session it opened (a
+	// relay member itself, if public, need not).
+	if len(relays) == 0 && (typ != mesh.NATPublic || !nt.relay) {
 		var idle []cand
 		for _, c := range all {
 			if c.relay && !c.p.sp.HasSession() && !c.p.sp.Connecting() {
