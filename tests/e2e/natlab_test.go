@@ -209,7 +209,7 @@ type natPeerView struct {
 	Endpoint string
 }
 
-// String is "udp 198.18.12.2:51900", "relay via relay (no punch yet)", "none".
+// String is "udp 198.18.12.2:51900", "relay via relay (punch failed, relayed)", "none".
 func (p natPeerView) String() string {
 	s := p.Path
 	switch {
@@ -417,8 +417,8 @@ func checkRelay(nl *natLab, a, b *natMember, leg string) error {
 	if p.Path != "relay" || p.RelayVia != nl.relay.name {
 		return fmt.Errorf("%s's path to %s is %s, want relay via %s", a.name, b.name, p, nl.relay.name)
 	}
-	// The issue: status says why a member is not direct (no punch yet, punch failed,
-	// UDP blocked).
+	// The issue: status says why a member is not direct ("punch failed, relayed" on a
+	// relay path).
 	if p.Reason == "" {
 		return fmt.Errorf("%s's path to %s is %s, with no path_reason", a.name, b.name, p)
 	}
