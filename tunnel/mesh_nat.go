@@ -31,7 +31,8 @@ const (
 	relayAfter = 3 * time.Second
 	// relayRetry is how long after a relay request (granted or not) the next may go.
 	relayRetry = 5 * time.Second
-	// relayRefusedFor is how long a relay that refused is not asked again.
+	// relayRefusedFor is how long a relay that refused is not asked again, unless it
+	// refused because it has no session with the target yet (relayBarred).
 	relayRefusedFor = 30 * time.Second
 	// relayHandshakeWait is how long a relay route may go without a session before it
 	// is given up (a handshake through a relay takes well under a second; its
@@ -43,6 +44,12 @@ const (
 	punchEvery = time.Second
 	// pingWant is how long a ping makes a member wanted.
 	pingWant = 10 * time.Second
+	// wantGrace is how long a member stays wanted after it last was. The datagrams
+	// that made it wanted leave the queue when the handshake completes, and the
+	// session counts only once the member confirms it: a tick in between saw a member
+	// nobody wanted, dropped its relay route, and the relayed session never got its
+	// confirmation (the NAT lab's matrix, a few pairs in a run).
+	wantGrace = 5 * time.Second
 	// maxCoordinators is how many members one punch request goes to.
 	maxCoordinators = 3
 	// maxNATEntries bounds the coordinator's and the ends' rate-limit tables.
@@ -98,6 +105,7 @@ type natState struct {
 // travel is the traversal state of one member this node wants to reach.
 type travel struct {
 	since     time.Time // wanted since
+	lastWant  time.Time // last tick that found it wanted
 	attempt   int       // punch requests sent
 	nextPunch time.Time
 	// relayKey is the relay asked (relayAsked) or granted (granted); asked is the
@@ -116,7 +124,7 @@ type travel struct {
 	// when no other relay can be.
 	failed   [32]byte
 	failedAt time.Time
-	refused  map[[32]byte]time.Time // relays that refused, when
+	refused  map[[32]byte]time.Time // relays that refused: not asked again until then
 	reason   string
 }
 
@@ -234,6 +242,7 @@ func (t *Tunnel) natTick(now time.Time) {
 		wanted := !isDirect && (sp.HasSession() || (sp.Connecting() && byTraffic))
 		nt.mu.Lock()
 		tr := nt.travels[c.key]
+		wanted = tr.stillWanted(wanted, isDirect, now)
 		if !wanted {
 			// A follower's fresh route stays while the other end's handshake through
 			// the relay is on its way (telling the relay to close it would leave that
@@ -255,6 +264,7 @@ func (t *Tunnel) natTick(now time.Time) {
 			tr = &travel{since: now, nextPunch: now}
 			nt.travels[c.key] = tr
 		}
+		tr.lastWant = now
 		punch := !now.Before(tr.nextPunch)
 		if punch {
 			tr.attempt++
@@ -290,7 +300,7 @@ func (t *Tunnel) natTick(now time.Time) {
 			})
 			for i := range ranked {
 				r := &ranked[i]
-				if r.key == c.key || now.Sub(tr.refused[r.key]) < relayRefusedFor {
+				if r.key == c.key || now.Before(tr.refused[r.key]) {
 					continue
 				}
 				if r.key == tr.failed && now.Sub(tr.failedAt) < relayRefusedFor {
@@ -342,9 +352,12 @@ func (t *Tunnel) natTick(now time.Time) {
 			}
 		}
 	}
-	// A node behind NAT with no relay among its sessions dials one, so that relaying
-	// and coordination have somewhere to go.
-	if typ != mesh.NATPublic && len(relays) == 0 {
+	// A node with no relay among its sessions dials one, so that relaying and
+	// coordination have somewhere to go. Also when its NAT type is public: members
+	// see it at its own address, but a stateful firewall may still drop what it did
+	// not ask for, and then a relay can reach it only on a session it opened (a
+	// relay member itself, if public, need not).
+	if len(relays) == 0 && (typ != mesh.NATPublic || !nt.relay) {
 		var idle []cand
 		for _, c := range all {
 			if c.relay && !c.p.sp.HasSession() && !c.p.sp.Connecting() {
@@ -669,6 +682,7 @@ func (t *Tunnel) natMessage(sp *stt.Peer, from [32]byte, typ byte, body []byte, 
 		}
 		tr.relayKey, tr.installed, tr.via, tr.installedAt = from, true, sp, now
 		tr.granted = tr.granted || choose
+		tr.lastWant = now // the follower too: its session comes through the route
 		nt.mu.Unlock()
 		if err := tp.sp.SetRelay(sp, g.SendID, g.RecvID, choose); err != nil {
 			bad("cannot install", "err", err)
@@ -688,7 +702,7 @@ func (t *Tunnel) natMessage(sp *stt.Peer, from [32]byte, typ byte, body []byte, 
 			if tr.refused == nil {
 				tr.refused = make(map[[32]byte]time.Time)
 			}
-			tr.refused[from] = now
+			tr.refused[from] = now.Add(relayBarred(rf.Reason))
 			tr.relayAsked = time.Time{} // ask the next relay at the next tick
 		}
 		nt.mu.Unlock()
@@ -714,6 +728,25 @@ func (t *Tunnel) natMessage(sp *stt.Peer, from [32]byte, typ byte, body []byte, 
 			}
 		}
 	}
+}
+
+// stillWanted is whether a member whose state says wanted (or not) is wanted: also
+// for wantGrace after a tick last found it wanted, unless it is direct now. tr may be
+// nil (the member is in no traversal).
+func (tr *travel) stillWanted(wanted, isDirect bool, now time.Time) bool {
+	return wanted || !isDirect && tr != nil && now.Sub(tr.lastWant) < wantGrace
+}
+
+// relayBarred is how long a relay that refused for reason is not asked again. "No
+// session with the target" passes as soon as the target, which dials a relay itself
+// when it is behind NAT, reaches it: barring it for relayRefusedFor left a member
+// whose only relay refused that way without a path for 30 s (the NAT lab's matrix,
+// two UDP-blocked members started together).
+func relayBarred(reason uint8) time.Duration {
+	if reason == mesh.RefuseNoSession {
+		return relayRetry
+	}
+	return relayRefusedFor
 }
 
 // natEvent is one of the NAT traversal counters.

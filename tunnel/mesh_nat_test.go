@@ -659,3 +659,66 @@ func TestNATRelayThatFailedIsAskedLast(t *testing.T) {
 		t.Errorf("after the first relay's route carried nothing, asked the same relay again (%v), want the other", asked == first)
 	}
 }
+
+// TestNATRelayRefusedForNoSessionIsAskedAgainSoon: a relay that refuses because it has
+// no session with the target yet is asked again after relayRetry, not barred for
+// relayRefusedFor as for the other reasons: the target, behind NAT, dials a relay
+// itself and is there a moment later. (Barred for 30 s, a member whose only relay had
+// refused that way had no path for 30 s.)
+func TestNATRelayRefusedForNoSessionIsAskedAgainSoon(t *testing.T) {
+	relay, a, b := natTrio(t)
+	bKey, relayKey := b.t.Node().PublicKey(), relay.t.Node().PublicKey()
+	waitUntil(t, "alpha knows relay", func() bool { return a.t.mesh.memberPeer(relayKey) != nil })
+	spR := a.t.mesh.memberPeer(relayKey).sp
+	nt := a.t.mesh.nat
+	for _, x := range []struct {
+		reason uint8
+		want   time.Duration
+	}{{mesh.RefuseNoSession, relayRetry}, {mesh.RefuseFull, relayRefusedFor}, {mesh.RefuseShareFull, relayRefusedFor}} {
+		tr := &travel{since: time.Now(), relayKey: relayKey, relayAsked: time.Now()}
+		nt.mu.Lock()
+		nt.travels[bKey] = tr
+		nt.mu.Unlock()
+		body, err := mesh.AppendRelayRefused(nil, mesh.RelayRefused{Target: bKey, Reason: x.reason})
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := time.Now()
+		a.t.natMessage(spR, relayKey, mesh.TypeRelayRefused, body, spR.UDPEndpoint(), false)
+		nt.mu.Lock()
+		until, asked := tr.refused[relayKey], tr.relayAsked
+		nt.mu.Unlock()
+		if got := until.Sub(before); got < x.want || got > x.want+time.Second {
+			t.Errorf("refused for reason %d: relay not asked again for %v, want %v", x.reason, got, x.want)
+		}
+		if !asked.IsZero() {
+			t.Errorf("refused for reason %d: the next relay is not asked at the next tick", x.reason)
+		}
+	}
+}
+
+// TestNATMemberStaysWantedThroughTheHandshake: a member found wanted stays wanted for
+// wantGrace, though nothing in its state says so for a moment: the queued datagrams that
+// made it wanted are sent when the handshake completes, and the session counts only
+// once the member confirms it. A tick in that moment dropped the relay route and the
+// relayed session never came up.
+func TestNATMemberStaysWantedThroughTheHandshake(t *testing.T) {
+	now := time.Now()
+	var none *travel
+	for _, x := range []struct {
+		name             string
+		tr               *travel
+		wanted, isDirect bool
+		want             bool
+	}{
+		{"wanted now", none, true, false, true},
+		{"not in traversal", none, false, false, false},
+		{"wanted a second ago", &travel{lastWant: now.Add(-time.Second)}, false, false, true},
+		{"wanted long ago", &travel{lastWant: now.Add(-wantGrace)}, false, false, false},
+		{"direct now", &travel{lastWant: now.Add(-time.Second)}, false, true, false},
+	} {
+		if got := x.tr.stillWanted(x.wanted, x.isDirect, now); got != x.want {
+			t.Errorf("%s: wanted %v, want %v", x.name, got, x.want)
+		}
+	}
+}
