@@ -330,3 +330,31 @@ func (l *lockedBuffer) String() string {
 	defer l.mu.Unlock()
 	return string(l.b)
 }
+
+// TestWebSocketFirstThenUDPCandidates: a peer known by candidate addresses and a
+// WebSocket URL, whose session came up over WebSocket before any UDP address answered
+// (the first dial races the two), moves to UDP once a candidate answers a probe: with
+// no UDP address to probe it stayed on WebSocket for good.
+func TestWebSocketFirstThenUDPCandidates(t *testing.T) {
+	timers := Limits{FallbackAfter: 300 * time.Millisecond, ProbeInterval: 300 * time.Millisecond, Tick: 20 * time.Millisecond}
+	seed := randKey(t)
+	b := startNode(t, nodeOpts{seed: seed, name: "b", ws: true, timers: timers})
+	a := startNode(t, nodeOpts{seed: seed, name: "a", timers: timers})
+	_, _ = b.AddPeer(PeerConfig{Name: "a"})
+	a.bind.blocked.Store(true)
+	b.bind.blocked.Store(true)
+	cand := netip.MustParseAddrPort(loopback(b.Node))
+	pa, err := a.AddPeer(PeerConfig{Name: "b", Candidates: []netip.AddrPort{cand}, WSURL: wsURL(b.Node)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pb := b.Peer("a")
+	keepSending(t, a, b, pa, func() bool { return pa.Path() == PathWS && pb.Path() == PathWS })
+	if pa.UDPEndpoint().IsValid() {
+		t.Fatalf("a learnt a UDP address %s with UDP blocked", pa.UDPEndpoint())
+	}
+	a.bind.blocked.Store(false)
+	b.bind.blocked.Store(false)
+	waitFor(t, 10*time.Second, "both sides on UDP", func() bool { return pa.Path() == PathUDP && pb.Path() == PathUDP })
+	keepSending(t, a, b, pa, func() bool { return pa.Path() == PathUDP && pb.Path() == PathUDP })
+}

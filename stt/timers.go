@@ -264,7 +264,7 @@ func (p *Peer) tickPathLocked(now time.Time, cur *session) {
 	switch {
 	case !ws && !relay:
 	case on != onUDP:
-		if p.udpUsable() {
+		if p.udpUsable() || p.probeCandidates() {
 			p.expiredProbeUDPLocked(now, cur)
 		}
 		if ws && on == onRelay && !p.udpUsable() {
@@ -280,6 +280,11 @@ func (p *Peer) tickPathLocked(now time.Time, cur *session) {
 		}
 	case ws && !p.udpUsable():
 		p.keepWebSocketLocked(cur)
+		if p.probeCandidates() {
+			// WebSocket as the only way, for want of a UDP address that answered:
+			// probe the candidates (expiredProbeUDPLocked), one may answer now.
+			p.expiredProbeUDPLocked(now, cur)
+		}
 		if relay && p.path.ws.Load() == nil && p.path.dial.fails > 0 {
 			p.expiredFallbackToRelayLocked(now, cur)
 		}
@@ -385,6 +390,13 @@ func (p *Peer) expiredFallbackToWebSocketLocked(now time.Time, cur *session) {
 	}
 }
 
+// probeCandidates reports whether the peer has no UDP address but candidate addresses
+// a probe may try (the session came up over WebSocket or a relay before any answered).
+// Called with p.mu held.
+func (p *Peer) probeCandidates() bool {
+	return !p.node.cfg.DisableUDP && p.path.udp.Load() == nil && len(p.handshake.candidates) > 0
+}
+
 // expiredProbeUDPLocked sends a PING over UDP every ProbeInterval while the peer's
 // traffic is on WebSocket or a relay; a PONG over UDP moves it back. Called with p.mu held.
 func (p *Peer) expiredProbeUDPLocked(now time.Time, cur *session) {
@@ -392,6 +404,15 @@ func (p *Peer) expiredProbeUDPLocked(now time.Time, cur *session) {
 		p.path.lastProbe = now
 		if ep := p.path.udp.Load(); ep != nil {
 			p.sendControlVia(cur, p.pingPayloadLocked(now, nil), *ep)
+		} else if p.probeCandidates() {
+			// The session came up over WebSocket before any UDP address answered
+			// (a first dial races the two): probe the candidates, so that the one
+			// that answers becomes the UDP address and the traffic moves to it.
+			for i, c := range p.handshake.candidates {
+				if p.handshake.badCandidates&(1<<i) == 0 {
+					p.sendControlVia(cur, p.pingPayloadLocked(now, nil), c)
+				}
+			}
 		}
 	}
 }

@@ -239,7 +239,7 @@ func (t *Tunnel) natTick(now time.Time) {
 		// Traffic (or a ping) wants the member: a dial that only looks for a gossip
 		// neighbour is no reason to punch or to take a relay's route.
 		byTraffic := sp.Waiting() || now.Sub(time.Unix(0, c.p.pinged.Load())) < pingWant
-		wanted := !isDirect && (sp.HasSession() || (sp.Connecting() && byTraffic))
+		wanted := !isDirect && (sp.HasSession() || byTraffic)
 		nt.mu.Lock()
 		tr := nt.travels[c.key]
 		wanted = tr.stillWanted(wanted, isDirect, now)

@@ -364,7 +364,10 @@ func TestNATRelayThatLeftIsReplaced(t *testing.T) {
 	before := natCounter(a, "relay_requests_sent")
 	a.t.natTick(time.Now().Add(relayRetry))
 	nt.mu.Lock()
-	asked := nt.travels[key].relayKey
+	var asked [32]byte
+	if tr := nt.travels[key]; tr != nil {
+		asked = tr.relayKey
+	}
 	nt.mu.Unlock()
 	if natCounter(a, "relay_requests_sent") == before || asked != otherKey {
 		t.Error("the relay that left was not replaced by the other relay")
@@ -675,7 +678,7 @@ func TestNATRelayRefusedForNoSessionIsAskedAgainSoon(t *testing.T) {
 		reason uint8
 		want   time.Duration
 	}{{mesh.RefuseNoSession, relayRetry}, {mesh.RefuseFull, relayRefusedFor}, {mesh.RefuseShareFull, relayRefusedFor}} {
-		tr := &travel{since: time.Now(), relayKey: relayKey, relayAsked: time.Now()}
+		tr := &travel{since: time.Now(), relayKey: relayKey, asked: relayKey, relayAsked: time.Now()}
 		nt.mu.Lock()
 		nt.travels[bKey] = tr
 		nt.mu.Unlock()
