@@ -41,6 +41,8 @@ func TestParseDiscovery(t *testing.T) {
 		`endpoints = ["203.0.113.5:51900", "[2001:db8::5]:4000"]`,
 		`idle_timeout = "90s"`,
 		`mesh_ipv6 = false`,
+		`relay = true`,
+		`nat_keepalive = "20s"`,
 		`[[peer]]`,
 		`name = "beta"`,
 		`public_key = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo="`,
@@ -57,6 +59,8 @@ func TestParseDiscovery(t *testing.T) {
 		Endpoints:        []netip.AddrPort{netip.MustParseAddrPort("203.0.113.5:51900"), netip.MustParseAddrPort("[2001:db8::5]:4000")},
 		IdleTimeout:      90 * time.Second,
 		MeshIPv6:         false,
+		Relay:            true,
+		NATKeepalive:     20 * time.Second,
 	}
 	if !reflect.DeepEqual(cfg.Discovery, want) {
 		t.Errorf("discovery:\n%+v\nwant\n%+v", cfg.Discovery, want)
@@ -75,7 +79,7 @@ func TestDiscoveryDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Discovery{Enabled: true, IdleTimeout: 5 * time.Minute, MeshIPv6: true}
+	want := Discovery{Enabled: true, IdleTimeout: 5 * time.Minute, MeshIPv6: true, NATKeepalive: 25 * time.Second}
 	if !reflect.DeepEqual(cfg.Discovery, want) {
 		t.Errorf("empty [discovery]: %+v, want %+v", cfg.Discovery, want)
 	}
@@ -158,6 +162,9 @@ var discoveryBadCases = []badCase{
 	{"idle_timeout no unit", discoveryDoc(`idle_timeout = "300"`), 7, []string{`idle_timeout = "300" has no unit`}},
 	{"idle_timeout integer", discoveryDoc(`idle_timeout = 300`), 7, []string{`discovery: idle_timeout must be a duration string such as "5m"`}},
 	{"mesh_ipv6 not a bool", discoveryDoc(`mesh_ipv6 = "yes"`), 7, []string{"discovery: mesh_ipv6 must be true or false"}},
+	{"relay not a bool", discoveryDoc(`relay = 1`), 7, []string{"discovery: relay must be true or false"}},
+	{"nat_keepalive too short", discoveryDoc(`nat_keepalive = "100ms"`), 7, []string{`discovery: nat_keepalive = "100ms" is out of range: 0s (none) or 1s to 1h`}},
+	{"nat_keepalive no unit", discoveryDoc(`nat_keepalive = "25"`), 7, []string{`nat_keepalive = "25" has no unit`}},
 	{"unknown key in discovery", discoveryDoc(`bootstraps = []`), 7, []string{`unknown key "bootstraps" in [discovery]`, "did you mean bootstrap"}},
 	{"discovery key in interface", doc(`[interface]`, `seed_file = "/s"`, `key_file = "/k"`, `bootstrap = ["a:1"]`), 4, []string{`unknown key "bootstrap" in [interface]`, "belongs in [discovery]"}},
 	{"discovery as array table", doc(`[interface]`, `seed_file = "/s"`, `key_file = "/k"`, `[[discovery]]`), 4, []string{"[[discovery]] must be written [discovery]"}},

@@ -69,6 +69,8 @@ func (c *Config) String() string {
 		fmt.Fprintf(&b, "endpoints = [%s]\n", strings.Join(eps, ", "))
 		fmt.Fprintf(&b, "idle_timeout = %s\n", quote(d.IdleTimeout.String()))
 		fmt.Fprintf(&b, "mesh_ipv6 = %t\n", d.MeshIPv6)
+		fmt.Fprintf(&b, "relay = %t\n", d.Relay)
+		fmt.Fprintf(&b, "nat_keepalive = %s\n", quote(d.NATKeepalive.String()))
 	}
 
 	for i := range c.Peers {

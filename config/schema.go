@@ -62,6 +62,8 @@ type rawDiscovery struct {
 	Endpoints        []string `toml:"endpoints" want:"an array of strings IP:PORT such as [\"203.0.113.5:51900\"]"`
 	IdleTimeout      *string  `toml:"idle_timeout" want:"a duration string such as \"5m\""`
 	MeshIPv6         *bool    `toml:"mesh_ipv6"`
+	Relay            *bool    `toml:"relay"`
+	NATKeepalive     *string  `toml:"nat_keepalive" want:"a duration string such as \"25s\""`
 }
 
 type rawForwarding struct {

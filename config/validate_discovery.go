@@ -18,6 +18,9 @@ const (
 	// DefaultIdleTimeout is how long a discovered member's session may be idle
 	// before it is closed.
 	DefaultIdleTimeout = 5 * time.Minute
+	// DefaultNATKeepalive holds a NAT mapping open: under the 30 s that many UDP NAT
+	// timeouts are.
+	DefaultNATKeepalive = 25 * time.Second
 	// MaxBootstrap is the most bootstrap entries.
 	MaxBootstrap = 16
 	// MaxAcceptPrefixes is the most accept_prefixes.
@@ -64,6 +67,12 @@ type Discovery struct {
 	// MeshIPv6 assigns the key-derived IPv6 address to the link and routes the
 	// members' ones.
 	MeshIPv6 bool
+	// Relay makes this node forward STT messages between members that cannot reach
+	// each other (announced in its record).
+	Relay bool
+	// NATKeepalive is the keepalive on member sessions while this node is behind NAT,
+	// so that its router keeps the mapping; 0 sends none.
+	NATKeepalive time.Duration
 }
 
 // ErrLegacyKey is matched (errors.Is) by the error of CheckKeyForDiscovery.
@@ -92,7 +101,7 @@ func (v *validator) discovery(r *rawDiscovery, in *Interface) Discovery {
 	if r == nil {
 		return Discovery{}
 	}
-	d := Discovery{Enabled: true, IdleTimeout: DefaultIdleTimeout, MeshIPv6: true}
+	d := Discovery{Enabled: true, IdleTimeout: DefaultIdleTimeout, MeshIPv6: true, NATKeepalive: DefaultNATKeepalive}
 	udpLine := v.pos.line("interface.udp")
 
 	seen := make(map[string]int)
@@ -158,6 +167,20 @@ func (v *validator) discovery(r *rawDiscovery, in *Interface) Discovery {
 	}
 	if r.MeshIPv6 != nil {
 		d.MeshIPv6 = *r.MeshIPv6
+	}
+	if r.Relay != nil {
+		d.Relay = *r.Relay
+	}
+	if r.NATKeepalive != nil {
+		t, err := parseDuration(*r.NATKeepalive)
+		switch {
+		case err != nil:
+			v.errAt("discovery.nat_keepalive", "discovery: nat_keepalive = %q %v", *r.NATKeepalive, err)
+		case t != 0 && (t < time.Second || t > time.Hour):
+			v.errAt("discovery.nat_keepalive", "discovery: nat_keepalive = %q is out of range: 0s (none) or 1s to 1h; NAT routers commonly forget a UDP mapping after 30 s", *r.NATKeepalive)
+		default:
+			d.NATKeepalive = t
+		}
 	}
 	if limit := maxRecordAddresses(d.MeshIPv6); len(in.Addresses) > limit {
 		why := ""

@@ -123,7 +123,7 @@ func (n *Node) handleControlMsg(p *Peer, s *session, m wire.ControlMsg, reply []
 // extension hands m to Config.Extension with where its frame came from.
 func (n *Node) extension(p *Peer, m wire.ControlMsg, from conn.Endpoint) {
 	var ap netip.AddrPort
-	if from != nil {
+	if _, relayed := from.(*relayEndpoint); from != nil && !relayed {
 		ap = addrPortOf(from)
 	}
 	_, viaWS := from.(*wsEndpoint)

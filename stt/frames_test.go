@@ -193,7 +193,7 @@ func FuzzReceive(f *testing.F) {
 		copy(buf[recvBase:], msg)
 		in := &Inbound{Bufs: make([][]byte, 1), Sizes: make([]int, 1), Peers: make([]*Peer, 1)}
 		ep, _ := n.bind.ParseEndpoint("127.0.0.1:9")
-		n.receiveBatch([][]byte{buf}, [][]byte{buf[recvBase:]}, []int{len(msg)}, []conn.Endpoint{ep}, in, new([12]byte), nil)
+		n.receiveBatch([][]byte{buf}, [][]byte{buf[recvBase:]}, []int{len(msg)}, []conn.Endpoint{ep}, in, new([12]byte), nil, new(relayFwd))
 		if len(h.got) == 0 {
 			return
 		}

@@ -23,20 +23,34 @@ type initiation struct {
 	firstSent time.Time             // of the first attempt in this series
 	nextRetry time.Time
 	attempt   int
+	// punch, when set, is the UDP addresses a punch (Peer.Punch) sends this
+	// handshake's HELLOs to, instead of the peer's path.
+	punch []conn.Endpoint
 }
 
 // startHandshakeLocked sends a fresh HELLO. Called with p.mu held.
-func (p *Peer) startHandshakeLocked(now time.Time) {
+func (p *Peer) startHandshakeLocked(now time.Time) { p.startHandshakeToLocked(now, nil) }
+
+// startHandshakeToLocked sends a fresh HELLO: to punch, UDP addresses only, when it is
+// given or the handshake it retransmits was a punch; else on the peer's path (and to its
+// candidates while that does not answer). Called with p.mu held.
+func (p *Peer) startHandshakeToLocked(now time.Time, punch []conn.Endpoint) {
 	n := p.node
+	if punch == nil && p.handshake.init != nil {
+		punch = p.handshake.init.punch
+	}
 	ep := p.target()
 	cands := p.handshake.candidates
 	if n.cfg.DisableUDP || p.handshake.badCandidates == 1<<len(cands)-1 {
 		cands = nil // none, or none worth a HELLO
 	}
+	if punch != nil {
+		ep, cands = nil, punch
+	}
 	if p.removed {
 		return
 	}
-	if ep == nil {
+	if ep == nil && punch == nil {
 		if p.chooser() {
 			p.dialWSLocked()
 		}
@@ -63,7 +77,7 @@ func (p *Peer) startHandshakeLocked(now time.Time) {
 		delay = n.limits.HandshakeRetryMax
 	}
 	jitter := time.Duration(rand.Int64N(int64(delay)/5*2+1)) - delay/5
-	ini := &initiation{peer: p, hs: hs, firstSent: first, nextRetry: now.Add(delay + jitter), attempt: attempt}
+	ini := &initiation{peer: p, hs: hs, firstSent: first, nextRetry: now.Add(delay + jitter), attempt: attempt, punch: punch}
 	p.handshake.init = ini
 	n.mu.Lock()
 	n.inits[idx] = ini
@@ -74,7 +88,14 @@ func (p *Peer) startHandshakeLocked(now time.Time) {
 	}
 	// Without an endpoint, or when the endpoint left the last HELLO unanswered, the
 	// candidates get it too; the one that answers becomes the endpoint (learnEndpoint).
-	if _, ws := ep.(*wsEndpoint); len(cands) > 0 && (ep == nil || attempt > 0 && !ws) {
+	// A punch goes to its addresses, every one of them every time.
+	if punch != nil {
+		for _, c := range punch {
+			_ = n.send([][]byte{hello}, c)
+		}
+		return
+	}
+	if len(cands) > 0 && (ep == nil || attempt > 0 && isUDP(ep)) {
 		var cur netip.AddrPort
 		if ep != nil {
 			cur = addrPortOf(ep)
@@ -112,6 +133,11 @@ func (p *Peer) consumeChallenge(ini *initiation, msg []byte, ep conn.Endpoint) {
 	defer p.mu.Unlock()
 	if p.handshake.init != ini {
 		n.drop(DropHandshake)
+		return
+	}
+	if e, ok := ep.(*relayEndpoint); ok && e.peer != p {
+		// An answer to our handshake with p through another peer's relay path.
+		n.drop(DropRelayWrongSource)
 		return
 	}
 	info, err := ini.hs.ReadChallenge(msg)
@@ -430,6 +456,11 @@ func (p *Peer) completeResponder(res handshake.Result, ep conn.Endpoint) (up, fr
 	if p.removed {
 		reject(DropUnknownPeer)
 		n.refuse(res, ep, wire.CodeNotPeer)
+		return false, false
+	}
+	if e, ok := ep.(*relayEndpoint); ok && e.peer != p {
+		// p's handshake through another peer's relay path: the relay misroutes it.
+		reject(DropRelayWrongSource)
 		return false, false
 	}
 	if p.pinMismatchLocked(res.PeerStatic) {

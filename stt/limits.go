@@ -18,6 +18,7 @@ type Limits struct {
 	Tick                time.Duration // resolution of the timer loop
 	FallbackAfter       time.Duration // UDP silent this long: move to WebSocket
 	ProbeInterval       time.Duration // on WebSocket: probe UDP this often
+	RelayIdle           time.Duration // a relay's route pair without a forwarded message this long goes
 }
 
 // Default protocol limits.
@@ -58,6 +59,7 @@ func (t Limits) withDefaults() Limits {
 	set(&t.Tick, DefaultTick)
 	set(&t.FallbackAfter, DefaultFallbackAfter)
 	set(&t.ProbeInterval, DefaultProbeInterval)
+	set(&t.RelayIdle, DefaultRelayIdle)
 	if t.RekeyAfterMessages == 0 {
 		t.RekeyAfterMessages = DefaultRekeyAfterMessages
 	}

@@ -45,7 +45,8 @@ const MaxQueued = 256
 // STREAM_OPEN and STREAM_CLOSE announcements: the hook by which the mesh receives the
 // member records it sends with SendReliable. from is the address the frame carrying it
 // came from (on WebSocket, the TCP address at the other end of the connection: the peer
-// or a proxy before it), viaWS whether it came over WebSocket. It is called on a receive
+// or a proxy before it; the zero AddrPort when it came through a relay, which saw the
+// peer's address and this node did not), viaWS whether it came over WebSocket. It is called on a receive
 // goroutine and must not block.
 type ExtensionFunc func(p *Peer, typ byte, body []byte, from netip.AddrPort, viaWS bool)
 
@@ -94,6 +95,12 @@ type Config struct {
 	// WSMaxPending and WSMaxPendingPerSource bound the listener's connections not yet
 	// upgraded, in total and per source (0: ws's defaults).
 	WSMaxPending, WSMaxPendingPerSource int
+	// RelayMaxPairs is the number of route pairs this node forwards at most
+	// (RelayOpen); 0: it is not a relay and forwards nothing.
+	RelayMaxPairs int
+	// RelayMaxPerMember is the number of route pairs one peer may be an end of
+	// (default DefaultRelayMaxPerMember when RelayMaxPairs > 0).
+	RelayMaxPerMember int
 }
 
 // Node is an STT endpoint: peers, sessions, timers and a transport.
@@ -139,6 +146,8 @@ type Node struct {
 	wsServer *ws.Server
 	wsStates sync.Pool // *wsRecvState
 	wsEPs    wsEndpoints
+
+	relays relays // relay.go: routes as a relay, relay paths as an end
 
 	// resolver, when set (by tests), looks up endpoints given as a host name instead
 	// of the system's resolver.
@@ -400,6 +409,7 @@ func (n *Node) RemovePeer(name string) {
 	n.mu.Unlock()
 	if p != nil {
 		p.shutdown()
+		n.forgetRelays(p)
 	}
 }
 
@@ -435,6 +445,10 @@ func (n *Node) Stats() Stats {
 	st.SelfReached = n.ctr.selfReached.Load()
 	st.HandshakeDHOps = n.hs.DHCount()
 	st.Sessions, st.PendingHandshakes = n.index.counts()
+	st.RelayForwardedPackets = n.relays.forwarded.Load()
+	st.RelayForwardedBytes = n.relays.fwdBytes.Load()
+	st.RelayRoutes = int(n.relays.npairs.Load())
+	st.RelayRefused = n.relays.refused.Load()
 	return st
 }
 

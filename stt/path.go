@@ -1,5 +1,5 @@
-// The path: which transport carries a peer's traffic, UDP or WebSocket (later, a
-// relay). Its state is the path type; here are the moves made on the peer's frames
+// The path: which transport carries a peer's traffic, UDP, WebSocket or a relay
+// (relay.go). Its state is the path type; here are the moves made on the peer's frames
 // (follow) and the fallback holds. The per-packet reads sit on the packet path itself:
 // the choice for a batch (target) in send.go, roaming (learnEndpoint) in receive.go;
 // the path timers (fallback to WebSocket, UDP probes) are in timers.go.
@@ -23,7 +23,10 @@ type path struct {
 	udp   atomic.Pointer[conn.Endpoint]  // latest UDP address: configured, or where authenticated frames came from
 	udpAP atomic.Pointer[netip.AddrPort] // udp's address, stored with it
 	ws    atomic.Pointer[wsEndpoint]     // WebSocket connection to the peer, if any
-	onWS  atomic.Bool                    // the peer's traffic currently goes over WebSocket
+	relay atomic.Pointer[relayEndpoint]  // relay path to the peer, if any (SetRelay)
+	// on is the transport the peer's traffic goes over while it has it: onUDP, onWS or
+	// onRelay. A move is a store; target reads it for every batch.
+	on atomic.Uint32
 	// wsConf is the peer's WebSocket settings, replaced whole by Update when they
 	// change: a node that holds the peer's URL chooses the path (chooser).
 	wsConf atomic.Pointer[wsSettings]
@@ -55,40 +58,68 @@ const (
 	PathNone = "none"
 	PathUDP  = "udp"
 	PathWS   = "ws"
+	// PathRelay: the peer's frames go through a relay (Peer.SetRelay, RelayVia).
+	PathRelay = "relay"
 )
 
-// Path reports the transport the peer's traffic uses: "udp", "ws" or "none".
+// Path reports the transport the peer's traffic uses: "udp", "ws", "relay" or "none".
 func (p *Peer) Path() string {
 	switch p.target().(type) {
 	case nil:
 		return PathNone
 	case *wsEndpoint:
 		return PathWS
+	case *relayEndpoint:
+		return PathRelay
 	default:
 		return PathUDP
 	}
+}
+
+// Values of path.on.
+const (
+	onUDP   uint32 = iota // UDP (or, without a UDP address, whatever path there is)
+	onWS                  // the WebSocket connection
+	onRelay               // the relay path
+)
+
+// pathName names a value of path.on for logs.
+func pathName(on uint32) string {
+	switch on {
+	case onWS:
+		return PathWS
+	case onRelay:
+		return PathRelay
+	}
+	return PathUDP
 }
 
 // pathMove is the frame that last moved the peer's traffic: its session's number and
 // its counter plus one (0 for a handshake message).
 type pathMove struct{ gen, next uint64 }
 
-// follow moves the peer's traffic to WebSocket (ws) or back to UDP on a frame that came
-// over the other transport, and reports whether it did.
+// follow moves the peer's traffic to the transport a frame came over, via (onUDP, onWS
+// or onRelay), which is not the one it is on, and reports whether it moved it back to
+// UDP.
 //
-// The node that holds the peer's WebSocket URL decides its path itself (tickPathLocked):
-// it moves to WebSocket only when UDP does not answer, and back on any frame over UDP;
-// it never follows the peer to WebSocket, since the peer is there only by following it,
-// and frames the peer sent before it saw a return to UDP keep coming over WebSocket for a
-// while (a queue, a TCP stream, perhaps a proxy: no time bound).
+// An alternative to UDP (WebSocket, a relay) is chosen by one of the two nodes: for
+// WebSocket the one that holds the peer's URL, for a relay the one that asked for it
+// (SetRelay's choose). The chooser decides the move to its alternative itself
+// (tickPathLocked): it moves only when UDP does not answer, and back on any frame over
+// UDP; it never follows the peer onto its alternative, since the peer is there only by
+// following it, and frames the peer sent before it saw a return to UDP keep coming that
+// way for a while (a queue, a TCP stream, a relay: no time bound).
 //
-// The other node follows, but only frames the peer sent after the frame of the last move:
-// a later counter in the same session, or a later session. The peer seals each frame
-// before it reads its path, so a frame sealed after its move goes the new way; one of
-// an older counter is late, and moves nothing however late it comes.
-func (p *Peer) follow(ws bool, s *session, ctr uint64) bool {
-	if p.chooser() && p.udpUsable() {
-		if ws || !p.path.onWS.CompareAndSwap(true, false) {
+// Otherwise the node follows, but only frames the peer sent after the frame of the
+// last move: a later counter in the same session, or a later session. The peer seals
+// each frame before it reads its path, so a frame sealed after its move goes the new
+// way; one of an older counter is late, and moves nothing however late it comes.
+func (p *Peer) follow(via uint32, s *session, ctr uint64) bool {
+	if via != onUDP && p.chooses(via) {
+		return false
+	}
+	if cur := p.path.on.Load(); via == onUDP && p.chooses(cur) {
+		if !p.path.on.CompareAndSwap(cur, onUDP) {
 			return false
 		}
 		p.node.log.Info("peer path changed", "peer", p.cfg.Name, "path", PathUDP)
@@ -100,17 +131,26 @@ func (p *Peer) follow(ws bool, s *session, ctr uint64) bool {
 	}
 	p.path.moveMu.Lock()
 	defer p.path.moveMu.Unlock()
-	if m := p.path.moved.Load(); p.path.onWS.Load() == ws || m != nil && (s.gen < m.gen || s.gen == m.gen && next <= m.next) {
+	if m := p.path.moved.Load(); p.path.on.Load() == via || m != nil && (s.gen < m.gen || s.gen == m.gen && next <= m.next) {
 		return false
 	}
 	p.path.moved.Store(&pathMove{gen: s.gen, next: next})
-	p.path.onWS.Store(ws)
-	path := PathUDP
-	if ws {
-		path = PathWS
+	p.path.on.Store(via)
+	p.node.log.Info("peer path changed", "peer", p.cfg.Name, "path", pathName(via))
+	return via == onUDP
+}
+
+// chooses reports whether this node chooses the move of the peer's traffic to the
+// alternative on (onWS: it holds the peer's URL and UDP is possible; onRelay: it asked
+// for the relay). Never for onUDP.
+func (p *Peer) chooses(on uint32) bool {
+	switch on {
+	case onWS:
+		return p.chooser() && p.udpUsable()
+	case onRelay:
+		return p.relayChooser()
 	}
-	p.node.log.Info("peer path changed", "peer", p.cfg.Name, "path", path)
-	return !ws
+	return false
 }
 
 // udpUsable says whether UDP to the peer is possible at all.

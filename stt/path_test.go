@@ -122,7 +122,7 @@ func TestLateWebSocketFramesDoNotUndoReturnToUDP(t *testing.T) {
 	// any frame over UDP would: the move is made again until b has followed.
 	b.bind.blocked.Store(true)
 	keepSending(t, a, b, pa, func() bool {
-		pa.path.onWS.Store(true)
+		pa.path.on.Store(onWS)
 		return pb.Path() == PathWS
 	})
 	b.bind.blocked.Store(false)

@@ -57,6 +57,7 @@ func (n *Node) receiveLoop(fn conn.ReceiveFunc) {
 	}
 	nonce := new([12]byte)
 	hsOut := make([]byte, 0, 256)
+	fw := &relayFwd{frames: make([][]byte, 0, batch)}
 	var errs int
 	for {
 		k, err := fn(rx, sizes, eps)
@@ -77,7 +78,7 @@ func (n *Node) receiveLoop(fn conn.ReceiveFunc) {
 			continue
 		}
 		errs = 0
-		n.receiveBatch(bufs, rx, sizes[:k], eps, in, nonce, hsOut)
+		n.receiveBatch(bufs, rx, sizes[:k], eps, in, nonce, hsOut, fw)
 	}
 }
 
@@ -94,6 +95,7 @@ func (n *Node) wsReceive(c *ws.Conn, bufs [][]byte, sizes []int) {
 			Peers:   make([]*Peer, len(bufs)),
 			Scratch: make([][]byte, 0, len(bufs)),
 		}
+		st.fw = &relayFwd{frames: make([][]byte, 0, len(bufs))}
 	}
 	we := n.wsEndpointFor(c)
 	rx := st.rx[:len(bufs)]
@@ -102,7 +104,7 @@ func (n *Node) wsReceive(c *ws.Conn, bufs [][]byte, sizes []int) {
 		rx[i] = bufs[i][recvBase:]
 		eps[i] = we
 	}
-	n.receiveBatch(bufs, rx, sizes, eps, st.in, st.nonce, st.hsOut[:0])
+	n.receiveBatch(bufs, rx, sizes, eps, st.in, st.nonce, st.hsOut[:0], st.fw)
 }
 
 // wsRecvState is the per-call scratch of the WebSocket receive path.
@@ -112,11 +114,15 @@ type wsRecvState struct {
 	in    *Inbound
 	nonce *[12]byte
 	hsOut []byte
+	fw    *relayFwd
 }
 
 // receiveBatch authenticates a batch of frames, handles handshakes and control
-// messages inline, and delivers data datagrams to the Handler in one call.
-func (n *Node) receiveBatch(bufs, rx [][]byte, sizes []int, eps []conn.Endpoint, in *Inbound, nonce *[12]byte, hsOut []byte) {
+// messages inline, forwards RELAY messages it relays (in one send per run of messages to
+// the same endpoint, fw) and delivers data datagrams to the Handler in one call. The
+// inner message of a RELAY message for a relay path of this node is handled as if it had
+// come from that path's endpoint.
+func (n *Node) receiveBatch(bufs, rx [][]byte, sizes []int, eps []conn.Endpoint, in *Inbound, nonce *[12]byte, hsOut []byte, fw *relayFwd) {
 	now := time.Now()
 	in.N = 0
 	var run recvRun
@@ -129,24 +135,41 @@ func (n *Node) receiveBatch(bufs, rx [][]byte, sizes []int, eps []conn.Endpoint,
 	}
 	for i, size := range sizes {
 		msg := rx[i][:size]
+		buf, ep := bufs[i], eps[i]
 		typ, err := wire.CheckLength(msg)
 		if err != nil {
 			if errors.Is(err, wire.ErrVersion) {
-				n.dropVersion(msg[1], eps[i])
+				n.dropVersion(msg[1], ep)
 			} else {
 				n.drop(DropMalformed)
 			}
 			continue
 		}
+		var via *relayEndpoint
+		if typ == wire.TypeRelay {
+			inner, e, ok := n.relayIn(msg, ep, fw, now)
+			if !ok {
+				continue // forwarded, or dropped
+			}
+			// The inner message starts RelayHeaderLen further into the buffer: so
+			// does the buffer handed on, so that its payload is at Headroom.
+			msg, buf, ep, via, typ = inner, buf[wire.RelayHeaderLen:], e, e, inner[0]
+		}
 		if typ != wire.TypeData {
 			unlock()
-			n.handleHandshake(msg, eps[i], hsOut[:0])
+			n.handleHandshake(msg, ep, hsOut[:0])
 			continue
 		}
 		h, _ := wire.ParseHeader(msg)
 		s := n.index.lookup(h.Receiver)
 		if s == nil {
 			n.drop(DropUnknownIndex)
+			continue
+		}
+		if via != nil && s.peer != via.peer {
+			// A frame of another peer's session through this peer's relay path: the
+			// relay misroutes it. It would open, but must move nothing.
+			n.drop(DropRelayWrongSource)
 			continue
 		}
 		if s.expired(now, &n.limits) {
@@ -179,20 +202,21 @@ func (n *Node) receiveBatch(bufs, rx [][]byte, sizes []int, eps []conn.Endpoint,
 			}
 		}
 		probe := h.Stream == wire.ControlStream && len(pt) > 0 && pt[0] == wire.CtlPing
-		run.add(s, h.Counter, eps[i], now, size, h.Stream != wire.ControlStream, probe)
+		run.add(s, h.Counter, ep, now, len(msg), h.Stream != wire.ControlStream, probe)
 		if h.Stream == wire.ControlStream {
 			unlock()
 			run.flush(now) // control handling reads the peer's state
-			n.handleControl(p, s, pt, eps[i])
+			n.handleControl(p, s, pt, ep)
 			continue
 		}
-		in.Bufs[in.N] = bufs[i]
+		in.Bufs[in.N] = buf
 		in.Sizes[in.N] = len(pt)
 		in.Peers[in.N] = p
 		in.N++
 	}
 	unlock()
 	run.flush(now)
+	fw.flush(n)
 	if in.N > 0 {
 		in.Scratch = in.Scratch[:0]
 		n.cfg.Handler.Deliver(in)
@@ -244,13 +268,20 @@ func (r *recvRun) add(s *session, ctr uint64, ep conn.Endpoint, now time.Time, s
 // It reports whether the peer's traffic just moved back to UDP, so that the caller can
 // tell the peer with a frame over UDP.
 func (p *Peer) learnEndpoint(ep conn.Endpoint, probe bool, s *session, ctr uint64) (movedToUDP bool) {
-	if we, ok := ep.(*wsEndpoint); ok {
-		if p.path.ws.Load() != we {
-			p.path.ws.Store(we)
+	switch e := ep.(type) {
+	case *wsEndpoint:
+		if p.path.ws.Load() != e {
+			p.path.ws.Store(e)
 		}
-		we.c.MarkAuthenticated()
-		if !probe && !p.path.onWS.Load() {
-			p.follow(true, s, ctr)
+		e.c.MarkAuthenticated()
+		if !probe && p.path.on.Load() != onWS {
+			p.follow(onWS, s, ctr)
+		}
+		return false
+	case *relayEndpoint:
+		// Only the peer's current relay path moves it; the frame itself counts.
+		if !probe && e.peer == p && p.path.relay.Load() == e && p.path.on.Load() != onRelay {
+			p.follow(onRelay, s, ctr)
 		}
 		return false
 	}
@@ -261,8 +292,8 @@ func (p *Peer) learnEndpoint(ep conn.Endpoint, probe bool, s *session, ctr uint6
 		e := ep
 		p.storeUDP(e)
 	}
-	if !probe && p.path.onWS.Load() {
-		return p.follow(false, s, ctr)
+	if !probe && p.path.on.Load() != onUDP {
+		return p.follow(onUDP, s, ctr)
 	}
 	return false
 }

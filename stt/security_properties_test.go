@@ -117,7 +117,7 @@ func (o *offline) receive(frames ...[]byte) {
 	}
 	k := len(frames)
 	in := &Inbound{Bufs: make([][]byte, k), Sizes: make([]int, k), Peers: make([]*Peer, k), Scratch: make([][]byte, 0, k)}
-	o.n.receiveBatch(bufs, rx, sizes, eps, in, new([12]byte), make([]byte, 0, 256))
+	o.n.receiveBatch(bufs, rx, sizes, eps, in, new([12]byte), make([]byte, 0, 256), new(relayFwd))
 }
 
 func (o *offline) delivered() []string {

@@ -90,10 +90,10 @@ func (p *Peer) transmit(frames [][]byte, now time.Time, payloadBytes uint64, dat
 		if p.times.firstUnanswered.Load() == 0 {
 			p.times.firstUnanswered.CompareAndSwap(0, t)
 		}
-		if _, ws := ep.(*wsEndpoint); !ws && p.chooser() {
+		if isUDP(ep) && (p.chooser() || p.relayChooser()) {
 			// Only a node that may move the path away from UDP needs the count.
 			p.path.sentUnanswered.Add(uint64(len(frames)))
-			if p.path.onWS.Load() {
+			if p.path.on.Load() != onUDP {
 				// The move came between choosing UDP and counting: it may have
 				// taken the count before this batch was in it.
 				p.countFallbackLost()
@@ -103,22 +103,40 @@ func (p *Peer) transmit(frames [][]byte, now time.Time, payloadBytes uint64, dat
 	return nil
 }
 
-// target is where frames for the peer go now: the WebSocket while the peer's
-// traffic is on it, else UDP, else a WebSocket as the only way.
+// target is where frames for the peer go now: the WebSocket or the relay while the
+// peer's traffic is on it, else UDP, else a WebSocket or a relay as the only way.
 func (p *Peer) target() conn.Endpoint {
-	we := p.path.ws.Load()
-	if we != nil && p.path.onWS.Load() {
-		return we
+	switch p.path.on.Load() {
+	case onWS:
+		if we := p.path.ws.Load(); we != nil {
+			return we
+		}
+	case onRelay:
+		if re := p.path.relay.Load(); re != nil {
+			return re
+		}
 	}
 	if !p.node.cfg.DisableUDP {
 		if ep := p.path.udp.Load(); ep != nil {
 			return *ep
 		}
 	}
-	if we != nil {
+	if we := p.path.ws.Load(); we != nil {
 		return we
 	}
+	if re := p.path.relay.Load(); re != nil {
+		return re
+	}
 	return nil
+}
+
+// isUDP reports whether ep is a UDP address (not a WebSocket connection nor a relay).
+func isUDP(ep conn.Endpoint) bool {
+	switch ep.(type) {
+	case *wsEndpoint, *relayEndpoint:
+		return false
+	}
+	return true
 }
 
 // chooser reports whether this node holds the peer's WebSocket URL: then it may dial
@@ -128,10 +146,14 @@ func (p *Peer) chooser() bool {
 	return c != nil && c.URL != ""
 }
 
-// send hands frames to ep's transport: its WebSocket connection, or the UDP bind.
+// send hands frames to ep's transport: its WebSocket connection, a relay (wrapped in
+// RELAY messages), or the UDP bind.
 func (n *Node) send(frames [][]byte, ep conn.Endpoint) error {
-	if we, ok := ep.(*wsEndpoint); ok {
-		return we.c.Send(frames)
+	switch e := ep.(type) {
+	case *wsEndpoint:
+		return e.c.Send(frames)
+	case *relayEndpoint:
+		return n.sendRelay(frames, e)
 	}
 	if n.cfg.DisableUDP {
 		return errNoEndpoint

@@ -351,17 +351,17 @@ func TestProbeOverUDPDoesNotMovePeerOffWebSocket(t *testing.T) {
 	o := newOffline(t, Limits{})
 	s, peer := o.session(t, testLocalIndex, false, time.Now(), 0x10)
 	o.p.keys.current.Store(s)
-	o.p.path.onWS.Store(true)
+	o.p.path.on.Store(onWS)
 	ping := wire.AppendControl(nil, wire.CtlPing, make([]byte, wire.PingBodyLen))
 	o.receive(sealed(peer, 0, 0, string(ping)))
-	if !o.p.path.onWS.Load() {
+	if o.p.path.on.Load() != onWS {
 		t.Fatal("a probe over UDP moved the peer's traffic off WebSocket")
 	}
 	if len(o.bind.ofType(wire.TypeData)) == 0 {
 		t.Fatal("the probe was not answered")
 	}
 	o.receive(sealed(peer, 1, 1, "data over UDP"))
-	if o.p.path.onWS.Load() {
+	if o.p.path.on.Load() == onWS {
 		t.Fatal("data over UDP did not move the traffic back (the test's premise)")
 	}
 }
@@ -546,9 +546,13 @@ func TestFollowerMovesOnlyOnLaterFrames(t *testing.T) {
 		{"frame 21 over WebSocket", true, s, 21, true, false},
 	}
 	for _, st := range steps {
-		moved := o.p.follow(st.ws, st.s, st.ctr)
-		if o.p.path.onWS.Load() != st.onWS || moved != st.moved {
-			t.Fatalf("%s: on WebSocket %v, moved to UDP %v; want %v and %v", st.name, o.p.path.onWS.Load(), moved, st.onWS, st.moved)
+		via := onUDP
+		if st.ws {
+			via = onWS
+		}
+		moved := o.p.follow(via, st.s, st.ctr)
+		if (o.p.path.on.Load() == onWS) != st.onWS || moved != st.moved {
+			t.Fatalf("%s: on WebSocket %v, moved to UDP %v; want %v and %v", st.name, o.p.path.on.Load() == onWS, moved, st.onWS, st.moved)
 		}
 	}
 }

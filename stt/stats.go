@@ -21,24 +21,28 @@ type DropReason int
 
 // Drop reasons.
 const (
-	DropMalformed       DropReason = iota // wrong length or unknown type
-	DropUnknownIndex                      // DATA for no live session
-	DropAuth                              // DATA that failed to open
-	DropReplay                            // DATA whose counter was seen or is too old
-	DropExpired                           // DATA under an expired session
-	DropBadMAC1                           // handshake without the seed's mac1
-	DropHandshake                         // handshake message that failed otherwise
-	DropHandshakeReplay                   // HELLO seen before
-	DropVersion                           // handshake of another protocol version
-	DropRateLimited                       // handshake refused under load
-	DropUnknownPeer                       // handshake from a name not configured
-	DropPinMismatch                       // handshake whose static key is not the pinned one
-	DropStaleTimestamp                    // AUTH_PROOF whose HELLO timestamp is not newer than the last
-	DropControl                           // malformed control message
-	DropNoSession                         // outbound datagram no session could carry: pushed out of a full queue, queued when the handshake gave up, or in a queue longer than a new session may seal
-	DropSendError                         // the transport refused a send
-	DropRefused                           // outbound datagram for a peer that refused our handshake, during the back-off
-	DropFallback                          // outbound datagram lost to a move from UDP to WebSocket: sent over UDP after its last answer, or held for a move that failed
+	DropMalformed        DropReason = iota // wrong length or unknown type
+	DropUnknownIndex                       // DATA for no live session
+	DropAuth                               // DATA that failed to open
+	DropReplay                             // DATA whose counter was seen or is too old
+	DropExpired                            // DATA under an expired session
+	DropBadMAC1                            // handshake without the seed's mac1
+	DropHandshake                          // handshake message that failed otherwise
+	DropHandshakeReplay                    // HELLO seen before
+	DropVersion                            // handshake of another protocol version
+	DropRateLimited                        // handshake refused under load
+	DropUnknownPeer                        // handshake from a name not configured
+	DropPinMismatch                        // handshake whose static key is not the pinned one
+	DropStaleTimestamp                     // AUTH_PROOF whose HELLO timestamp is not newer than the last
+	DropControl                            // malformed control message
+	DropNoSession                          // outbound datagram no session could carry: pushed out of a full queue, queued when the handshake gave up, or in a queue longer than a new session may seal
+	DropSendError                          // the transport refused a send
+	DropRefused                            // outbound datagram for a peer that refused our handshake, during the back-off
+	DropFallback                           // outbound datagram lost to a move from UDP to WebSocket: sent over UDP after its last answer, or held for a move that failed
+	DropRelayUnknownID                     // RELAY whose id names no route of this relay nor a relay path of this end
+	DropRelayWrongSource                   // RELAY that did not come from the endpoint of the peer its id belongs to (a relay's from-end, an end's relay), or whose inner message belongs to another peer
+	DropRelayMalformed                     // RELAY with non-zero reserved bytes, or an inner message of a wrong type (a nested RELAY) or length
+	DropRelayNoRoute                       // RELAY the relay could not forward: its to-end has no live session or no path, or a frame too long to wrap
 	numDropReasons
 )
 
@@ -46,6 +50,7 @@ var dropNames = [numDropReasons]string{
 	"malformed", "unknown_index", "auth", "replay", "expired", "bad_mac1", "handshake",
 	"handshake_replay", "version", "rate_limited", "unknown_peer", "pin_mismatch",
 	"stale_timestamp", "control", "no_session", "send_error", "refused", "fallback",
+	"relay_unknown_id", "relay_wrong_source", "relay_malformed", "relay_no_route",
 }
 
 // String names the reason as metrics and status show it.
@@ -92,6 +97,15 @@ type Stats struct {
 	PendingHandshakes int
 	DropsTotal        uint64
 	Drops             [numDropReasons]uint64 // indexed by DropReason
+	// RelayForwardedPackets and RelayForwardedBytes count the RELAY messages this node
+	// forwarded as a relay, and their bytes (whole messages).
+	RelayForwardedPackets uint64
+	RelayForwardedBytes   uint64
+	// RelayRoutes is the number of route pairs open at this relay now.
+	RelayRoutes int
+	// RelayRefused counts RelayOpen calls refused at a bound (ErrRelayFull,
+	// ErrRelayShareFull).
+	RelayRefused uint64
 }
 
 // PeerStats is a snapshot of one peer's traffic counters.

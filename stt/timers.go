@@ -27,6 +27,7 @@ func (n *Node) timerLoop() {
 		n.hs.Sweep()
 		peers := n.Peers()
 		n.refreshPeerAddrs(peers)
+		n.expireRelays(now)
 		for _, p := range peers {
 			p.tick(now)
 		}
@@ -195,6 +196,12 @@ func (p *Peer) expiredDeadPeerLocked(now time.Time) bool {
 // flight it starts one if need says so. Called with p.mu held.
 func (p *Peer) expiredRetransmitHandshakeLocked(now time.Time, need bool) {
 	n := p.node
+	if ini := p.handshake.init; ini != nil && ini.punch != nil && !now.Before(ini.nextRetry) && now.Sub(ini.firstSent) >= punchGiveUp {
+		// A punch that got no answer: the peer stays where it is; a handshake that is
+		// needed goes the usual way.
+		n.log.Debug("punch got no answer", "peer", p.cfg.Name)
+		p.dropInitLocked()
+	}
 	switch {
 	case p.handshake.init != nil && !now.Before(p.handshake.init.nextRetry):
 		if now.Sub(p.handshake.init.firstSent) >= n.limits.HandshakeGiveUp {
@@ -242,18 +249,68 @@ func (p *Peer) expiredSendKeepaliveLocked(now time.Time, cur *session) {
 	}
 }
 
-// tickPathLocked runs the path timers of a peer this node may reach over WebSocket:
-// keep a connection where WebSocket is the only way, move to it when UDP does not
-// answer, and probe UDP while on it. Called with p.mu held.
+// tickPathLocked runs the path timers of a peer whose path this node chooses: for a
+// peer it may reach over WebSocket, keep a connection where WebSocket is the only way
+// and move to it when UDP does not answer; for a peer it asked a relay for, move to the
+// relay when there is no direct path or UDP does not answer; and probe UDP while on
+// either. The WebSocket comes first: a peer with a URL goes to the relay only when it
+// has neither UDP nor a WebSocket connection. Called with p.mu held.
 func (p *Peer) tickPathLocked(now time.Time, cur *session) {
+	ws, relay := p.chooser(), p.relayChooser()
+	on := p.path.on.Load()
 	switch {
-	case !p.chooser():
-	case !p.udpUsable():
+	case !ws && !relay:
+	case on != onUDP:
+		if p.udpUsable() {
+			p.expiredProbeUDPLocked(now, cur)
+		}
+		if ws && on == onRelay && !p.udpUsable() {
+			p.keepWebSocketLocked(cur)
+		}
+	case ws && !p.udpUsable():
 		p.keepWebSocketLocked(cur)
-	case !p.path.onWS.Load():
+		if relay && p.path.ws.Load() == nil {
+			p.expiredFallbackToRelayLocked(now, cur)
+		}
+	case ws:
 		p.expiredFallbackToWebSocketLocked(now, cur)
 	default:
-		p.expiredProbeUDPLocked(now, cur)
+		p.expiredFallbackToRelayLocked(now, cur)
+	}
+}
+
+// expiredFallbackToRelayLocked moves the peer's traffic to the relay this node asked
+// for when the peer has no direct path, or UDP has not answered a handshake or data for
+// FallbackAfter. With a confirmed session it tells the peer at once (a keepalive through
+// the relay, which the follower follows); without one it starts a handshake through the
+// relay. Called with p.mu held.
+func (p *Peer) expiredFallbackToRelayLocked(now time.Time, cur *session) {
+	n := p.node
+	t := &n.limits
+	stuck := !p.udpUsable() && p.path.ws.Load() == nil
+	if p.handshake.init != nil && p.handshake.init.punch == nil && now.Sub(p.handshake.init.firstSent) >= t.FallbackAfter {
+		stuck = true
+	}
+	if fu := p.times.firstUnanswered.Load(); cur != nil && fu != 0 && p.mono(now)-fu >= int64(t.FallbackAfter) {
+		stuck = true
+	}
+	if !stuck {
+		p.releaseHeldLocked(cur)
+		return
+	}
+	if p.udpUsable() {
+		n.log.Info("UDP does not answer; moving to the relay", "peer", p.cfg.Name, "via", p.path.relay.Load().via.cfg.Name)
+	} else {
+		n.log.Info("no direct path; moving to the relay", "peer", p.cfg.Name, "via", p.path.relay.Load().via.cfg.Name)
+	}
+	p.path.on.Store(onRelay)
+	p.times.firstUnanswered.Store(0)
+	p.countFallbackLost()
+	if cur != nil && cur.confirmed.Load() {
+		p.sendControl(cur, nil)
+		p.releaseHeldLocked(cur)
+	} else if p.handshake.init != nil || p.handshake.want || cur != nil {
+		p.startHandshakeLocked(now)
 	}
 }
 
@@ -293,7 +350,7 @@ func (p *Peer) expiredFallbackToWebSocketLocked(now time.Time, cur *session) {
 		return
 	}
 	n.log.Info("UDP does not answer; moving to WebSocket", "peer", p.cfg.Name)
-	p.path.onWS.Store(true)
+	p.path.on.Store(onWS)
 	p.times.firstUnanswered.Store(0)
 	// What went over UDP since it last answered is presumed lost: count it.
 	p.countFallbackLost()
@@ -308,7 +365,7 @@ func (p *Peer) expiredFallbackToWebSocketLocked(now time.Time, cur *session) {
 }
 
 // expiredProbeUDPLocked sends a PING over UDP every ProbeInterval while the peer's
-// traffic is on WebSocket; a PONG over UDP moves it back. Called with p.mu held.
+// traffic is on WebSocket or a relay; a PONG over UDP moves it back. Called with p.mu held.
 func (p *Peer) expiredProbeUDPLocked(now time.Time, cur *session) {
 	if cur != nil && now.Sub(p.path.lastProbe) >= p.node.limits.ProbeInterval {
 		p.path.lastProbe = now

@@ -70,7 +70,7 @@ func (n *Node) wsEndpointFor(c *ws.Conn) *wsEndpoint {
 		_ = c.Close()
 		for _, p := range n.Peers() {
 			if p.path.ws.CompareAndSwap(e, nil) {
-				p.path.onWS.Store(false)
+				p.path.on.CompareAndSwap(onWS, onUDP)
 				n.log.Info("websocket closed", "peer", p.cfg.Name)
 			}
 		}

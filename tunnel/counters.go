@@ -16,6 +16,9 @@ func (t *Tunnel) counterMap() map[string]uint64 {
 	m["handshakes_completed"] = st.HandshakesDone
 	m["cookie_replies_sent"] = st.CookieRepliesSent
 	m["handshake_dh_ops"] = st.HandshakeDHOps
+	m["relay_forwarded_packets"] = st.RelayForwardedPackets
+	m["relay_forwarded_bytes"] = st.RelayForwardedBytes
+	m["relay_refused_at_bound"] = st.RelayRefused
 	c := t.Counters()
 	m["tunnel_no_route"] = c.NoRoute
 	m["ignored_link_scoped"] = c.LinkScoped
@@ -53,4 +56,7 @@ func (t *Tunnel) meshCounters(m map[string]uint64) {
 	m["mesh_bytes_out"] = s.BytesOut
 	m["mesh_claims_refused"] = t.mesh.claimsRefused.Load()
 	m["mesh_names_refused"] = t.mesh.namesRefused.Load()
+	for _, e := range t.natEvents() {
+		m["mesh_"+e.name] = e.n
+	}
 }

@@ -96,6 +96,8 @@ type meshState struct {
 	// mesh loop last found them: no member may claim them.
 	underlay []netip.Addr
 
+	nat *natState // NAT type, punching, relaying (mesh_nat.go)
+
 	claimsRefused atomic.Uint64 // prefixes or addresses a member claimed and policy refused
 	namesRefused  atomic.Uint64 // records whose name another key holds
 }
@@ -147,6 +149,7 @@ func (t *Tunnel) startMesh(seed [32]byte, key config.NodeKey) error {
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
 		members:  make(map[[32]byte]*member),
+		nat:      newNATState(d.Relay, d.NATKeepalive),
 	}
 	m.eng = mesh.New(mesh.Config{
 		Identity: id,
@@ -256,7 +259,7 @@ func (t *Tunnel) admit(name string, static [32]byte) (*stt.Peer, error) {
 func (t *Tunnel) addMemberPeerLocked(mb *member, rec *mesh.Record) error {
 	key := mb.key
 	p := &peer{cfg: config.Peer{Name: mb.name, PublicKey: &key}, member: mb}
-	pc := stt.PeerConfig{Name: mb.name, PublicKey: &key, Tag: p, IdleTimeout: t.mesh.idle}
+	pc := stt.PeerConfig{Name: mb.name, PublicKey: &key, Tag: p, IdleTimeout: t.mesh.idle, PersistentKeepalive: t.natKeepalive()}
 	if rec != nil {
 		pc.Candidates, pc.WSURL = candidatesOf(rec)
 	}
@@ -314,6 +317,7 @@ func (t *Tunnel) meshLoop() {
 			m.eng.Tick(now, t.connectedMembers())
 		}
 		t.keepNeighbours(now)
+		t.natTick(now)
 	}
 }
 
@@ -367,11 +371,28 @@ func (t *Tunnel) keepNeighbours(now time.Time) {
 		}
 	}
 	rand.Shuffle(len(spare), func(i, j int) { spare[i], spare[j] = spare[j], spare[i] })
+	// Relays first: a node behind NAT needs a session with one to be relayed, and
+	// with a member the others also reach to have its punches coordinated.
+	slices.SortStableFunc(spare, func(a, b *member) int { return boolOrder(isRelay(b), isRelay(a)) })
 	for _, mb := range spare {
 		if len(m.neighbours) >= meshNeighbours {
 			break
 		}
 		m.neighbours[mb.key] = true
+	}
+	hasRelay := false
+	for k := range m.neighbours {
+		hasRelay = hasRelay || isRelay(m.members[k])
+	}
+	if !hasRelay && len(spare) > 0 && isRelay(spare[0]) && !m.neighbours[spare[0].key] {
+		// The neighbours are full of members that do not relay, and one that does has
+		// a session (natTick dialled it): it takes the place of one of them.
+		for k := range m.neighbours {
+			delete(m.neighbours, k)
+			break
+		}
+		m.neighbours[spare[0].key] = true
+		hasRelay = true
 	}
 	need := len(m.neighbours) < meshNeighbours
 	dial := up == 0 && now.Sub(m.lastBoot) >= bootRetry
@@ -384,13 +405,31 @@ func (t *Tunnel) keepNeighbours(now time.Time) {
 	// make up the number: members that do not answer (gone, or behind NAT) must not
 	// turn into a handshake to every member.
 	if need && len(idle) > 0 && dialing == 0 {
-		idle[rand.IntN(len(idle))].sp.Connect()
+		pick := idle[rand.IntN(len(idle))]
+		if i := slices.IndexFunc(idle, func(p *peer) bool { return isRelay(p.member) }); i >= 0 && !hasRelay {
+			pick = idle[i]
+		}
+		pick.sp.Connect()
 	}
 	if dial {
 		for _, b := range boots {
 			b.sp.Connect()
 		}
 	}
+}
+
+// isRelay says whether a member's record offers relaying.
+func isRelay(mb *member) bool { return mb != nil && mb.rec != nil && mb.rec.Relay }
+
+// boolOrder orders false before true.
+func boolOrder(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
 }
 
 // refreshSelf gives the engine this node's record as it is now: addresses, prefixes,
@@ -405,6 +444,7 @@ func (t *Tunnel) refreshSelf() {
 		Addresses: slices.Clone(cfg.Interface.Addresses),
 		Prefixes:  slices.Clone(m.announce),
 		WSURL:     cfg.WebSocket.PublicURL,
+		Relay:     m.nat.relay,
 	}
 	var local []netip.AddrPort
 	hostAddrs := t.localAddrs()
@@ -1026,6 +1066,10 @@ func (t *Tunnel) meshExtension(sp *stt.Peer, typ byte, body []byte, from netip.A
 	if !ok {
 		return
 	}
+	if mesh.IsNATMessage(typ) {
+		t.natMessage(sp, key, typ, body, from, viaWS)
+		return
+	}
 	t.mesh.eng.Handle(key, from, viaWS, typ, body)
 }
 
@@ -1091,6 +1135,12 @@ func (t *Tunnel) meshStatus(st *status.Status) {
 	if own := m.eng.Self(); own != nil {
 		ms.RecordVersion = own.Version
 	}
+	var why map[[32]byte]string
+	ms.NAT, why = t.natStatus()
+	ms.Relay = m.nat.relay
+	if ms.Relay {
+		ms.Relaying = t.node.Stats().RelayRoutes
+	}
 	// Indexes, not pointers: appending the discovered members moves st.Peers.
 	byName := make(map[string]int, len(st.Peers))
 	for i := range st.Peers {
@@ -1148,6 +1198,7 @@ func (t *Tunnel) meshStatus(st *status.Status) {
 			}
 		}
 		ps.Refusals = append(ps.Refusals, mb.refused...)
+		ps.PathReason = why[k]
 	}
 	boots := m.boots
 	t.mu.RUnlock()

@@ -46,6 +46,10 @@ var (
 	famDrops       = counter("stt_drops_total", "Packets the node dropped other than handshakes, by reason (auth and replay among them).")
 	famCookies     = counter("stt_cookie_replies_sent_total", "Cookie replies sent to handshakes while under load.")
 	famDHOps       = counter("stt_handshake_dh_operations_total", "X25519 operations done for handshakes.")
+	famRelayPkts   = counter("stt_relay_forwarded_packets_total", "RELAY messages this node forwarded between two members, as a relay.")
+	famRelayBytes  = counter("stt_relay_forwarded_bytes_total", "Bytes of the RELAY messages this node forwarded, whole messages.")
+	famRelayRoutes = gauge("stt_relay_routes", "Pairs of members this node forwards between now, as a relay.")
+	famRelayBound  = counter("stt_relay_refused_total", "Relay requests refused at a bound: the relay's pairs, or a member's share of them.")
 	famSessions    = gauge("stt_sessions", "Sessions the node can receive on now, current and previous keys.")
 	famPending     = gauge("stt_pending_handshakes", "Handshakes in progress.")
 
@@ -76,6 +80,7 @@ var (
 	famMeshNames     = counter("stt_mesh_names_refused_total", "Member records refused because their name belongs to another key.")
 	famMeshMsgs      = counter("stt_mesh_gossip_messages_total", "Gossip messages, by direction: in or out.")
 	famMeshBytes     = counter("stt_mesh_gossip_bytes_total", "Bytes of gossip messages (type, length and body), by direction: in or out.")
+	famMeshNAT       = counter("stt_mesh_nat_events_total", "NAT traversal events, by event: punch requests sent, punches coordinated and started, relay requests sent, granted and refused, relay paths installed, NAT messages ignored.")
 	famPeerMesh      = gauge("stt_peer_mesh_info", "A peer that is a member of the mesh, with how the node learned of it (config, bootstrap, gossip, handshake). Always 1.")
 )
 
@@ -228,6 +233,10 @@ func (t *Tunnel) writeMetrics(w *promtext.Writer) {
 	one(famDHOps, st.HandshakeDHOps)
 	one(famSessions, uint64(st.Sessions))
 	one(famPending, uint64(st.PendingHandshakes))
+	one(famRelayPkts, st.RelayForwardedPackets)
+	one(famRelayBytes, st.RelayForwardedBytes)
+	one(famRelayRoutes, uint64(st.RelayRoutes))
+	one(famRelayBound, st.RelayRefused)
 
 	tc := t.Counters()
 	one(famNoRoute, tc.NoRoute)
@@ -294,6 +303,10 @@ func (t *Tunnel) writeMeshMetrics(w *promtext.Writer, ms meshSample) {
 	w.Family(famMeshBytes.name, famMeshBytes.typ, famMeshBytes.help)
 	w.Uint(famMeshBytes.name, s.BytesIn, "direction", "in")
 	w.Uint(famMeshBytes.name, s.BytesOut, "direction", "out")
+	w.Family(famMeshNAT.name, famMeshNAT.typ, famMeshNAT.help)
+	for _, e := range t.natEvents() {
+		w.Uint(famMeshNAT.name, e.n, "event", e.name)
+	}
 }
 
 // metricsServer serves one tunnel's metrics over HTTP.

@@ -26,10 +26,13 @@ func (t *Tunnel) Ping(ctx context.Context, name string) (status.PingReply, error
 	for {
 		path := sp.Path()
 		ep := sp.Endpoint()
+		via := sp.RelayVia()
 		rtt, err := sp.Ping(ctx)
 		if err == nil {
 			r := status.PingReply{RTT: rtt, Path: path}
-			if ep.IsValid() {
+			if path == stt.PathRelay && via != nil {
+				r.Via = via.Name()
+			} else if ep.IsValid() {
 				r.Endpoint = ep.String()
 			}
 			return r, nil

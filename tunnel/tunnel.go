@@ -179,6 +179,9 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 		WSMaxPending:          cfg.WebSocket.MaxPending,
 		WSMaxPendingPerSource: cfg.WebSocket.MaxPendingPerSource,
 	}
+	if t.mesh != nil && t.mesh.nat.relay {
+		sc.RelayMaxPairs, sc.RelayMaxPerMember = relayPairs, relayPerMember
+	}
 	if t.mesh != nil {
 		sc.Admit = t.admit
 		sc.Extension = t.meshExtension
@@ -387,6 +390,11 @@ func peerStatus(p *peer) status.Peer {
 		ps.PublicKey = config.EncodeKey(k)
 	}
 	ps.EndpointError = p.sp.EndpointError()
+	if ps.Path == stt.PathRelay {
+		if via := p.sp.RelayVia(); via != nil {
+			ps.RelayVia = via.Name()
+		}
+	}
 	for _, pfx := range p.cfg.AllowedPrefixes {
 		ps.AllowedPrefixes = append(ps.AllowedPrefixes, pfx.String())
 	}

@@ -34,7 +34,7 @@ func pingCommand(e *env) *cli.Command {
 		UsageText: "stt-tun ping [-c COUNT] [-i INTERVAL] [-W TIMEOUT] [-I NAME] PEER",
 		Description: `ping sends STT echoes to PEER through the session with it, the way tunnelled
 packets go, and prints each round-trip time and the path that answered: udp or ws
-(WebSocket) and the underlay address. No packet goes through the TUN device or
+(WebSocket) and the underlay address, or relay and the member that relayed it. No packet goes through the TUN device or
 either node's IP stack, so ping tells a tunnel problem from a firewall or routing
 one inside the tunnel. Without a session, the first echo waits for the handshake.
 
@@ -194,7 +194,10 @@ func runPings(ctx context.Context, w io.Writer, sock, link string, s pingSetting
 		if r.Replied {
 			rtts = append(rtts, r.RTT)
 			via := r.Path
-			if r.Endpoint != "" {
+			switch {
+			case r.Via != "":
+				via += " " + r.Via
+			case r.Endpoint != "":
 				via += " " + r.Endpoint
 			}
 			fmt.Fprintf(w, "reply from %s via %s: seq=%d time=%.3f ms\n", s.peer, via, seq, r.RTT)

@@ -293,6 +293,9 @@ func renderStatus(w io.Writer, all []status.Status, dir string, now time.Time) e
 			for _, r := range p.Refusals {
 				fmt.Fprintf(&b, "  refused from %s: %s\n", p.Name, r)
 			}
+			if p.PathReason != "" {
+				fmt.Fprintf(&b, "  path to %s: %s\n", p.Name, p.PathReason)
+			}
 		}
 	}
 	// Routing a dead daemon left behind, after the running interfaces.
@@ -316,6 +319,10 @@ func renderMesh(b *strings.Builder, m *status.Mesh, c map[string]uint64) {
 	fmt.Fprintf(b, "  mesh address: %s in %s\n", orDash(m.Address), orDash(m.Network))
 	fmt.Fprintf(b, "  members: %d known, %d connected\n", m.Members, m.Connected)
 	fmt.Fprintf(b, "  seen from: %s\n", reflections(m.Reflected))
+	fmt.Fprintf(b, "  nat: %s\n", natLine(m.NAT))
+	if m.Relay {
+		fmt.Fprintf(b, "  relay: on, forwarding between %d pairs of members\n", m.Relaying)
+	}
 	for _, bs := range m.Bootstrap {
 		switch {
 		case bs.Self:
@@ -497,11 +504,31 @@ func orDash(s string) string {
 
 // peerPath is the transport and the underlay address, as "udp 192.0.2.7:51820".
 func peerPath(p status.Peer) string {
+	if p.Path == "relay" {
+		return "relay via " + orDash(p.RelayVia)
+	}
 	path := orDash(p.Path)
 	if p.Endpoint != "" {
 		path += " " + p.Endpoint
 	}
 	return path
+}
+
+// natLine explains the NAT type in a few words.
+func natLine(nat string) string {
+	switch nat {
+	case "public":
+		return "public (members see this node at its own address)"
+	case "easy":
+		return "easy (one mapping for every destination: punching works)"
+	case "hard":
+		return "hard (a mapping per destination: members behind NAT are reached through a relay)"
+	case "udp-blocked":
+		return "udp-blocked (members are reached over WebSocket, through a relay)"
+	case "":
+		return "-"
+	}
+	return nat + " (fewer than two members have reported where they see this node from)"
 }
 
 // ago is how long before now t was, to the two largest units: "12s ago", "3m 4s ago".

@@ -29,6 +29,7 @@ func sampleMeshStatus() status.Status {
 			"mesh_record_accepted": 9, "mesh_record_stale": 14, "mesh_record_bad_signature": 2,
 			"mesh_records_swept": 1, "mesh_claims_refused": 1, "mesh_names_refused": 1,
 			"mesh_messages_in": 120, "mesh_bytes_in": 15400, "mesh_messages_out": 118, "mesh_bytes_out": 14100,
+			"mesh_punch_requests_sent": 4, "mesh_punches_started": 2, "mesh_relay_requests_sent": 1, "mesh_relay_paths_installed": 1,
 		},
 		Peers: []status.Peer{
 			{
@@ -65,6 +66,22 @@ func sampleMeshStatus() status.Status {
 				MeshAddress: "fd3a:91c2:5e07::9b51:c0de:4471:08f3",
 			},
 			{
+				Name: "lambda", Source: "gossip", Path: "relay", RelayVia: "eta",
+				PublicKey:     "c2Yr0Wd1S3n6O9d4M7u5A8z2X1f3L0k6I4h9G7t5B3p=",
+				LastHandshake: now.Add(-20 * time.Second), RTT: 31.2,
+				TxBytes: 20480, RxBytes: 10240, TxPackets: 20, RxPackets: 10,
+				MeshAddress: "fd3a:91c2:5e07::5e2a:71b0:d3c4:9f18",
+				Candidates:  []string{"198.18.7.2:43122", "10.7.0.2:51900"},
+				PathReason:  "punch failed, relayed",
+			},
+			{
+				Name: "mu", Source: "gossip", Path: "none",
+				PublicKey:   "d3Zs1Xe2T4o7P0e5N8v6B9a3Y2g4M1l7J5i0H8u6C4q=",
+				MeshAddress: "fd3a:91c2:5e07::0a4e:2c61:77d0:3b95",
+				Candidates:  []string{"198.18.9.2:40977"},
+				PathReason:  "punching",
+			},
+			{
 				Name: "kappa", Source: "gossip", Path: "none",
 				PublicKey: "b1Xq9Vd0R2m5N8c3L6t4Z7y1W0e2K9j5H3g8F6s4A2o=",
 				Refusals:  []string{`name "kappa" is held by another key`},
@@ -73,8 +90,9 @@ func sampleMeshStatus() status.Status {
 		Mesh: &status.Mesh{
 			Address:   "fd3a:91c2:5e07::8c1d:2f4e:9a01:77c3",
 			Network:   "fd3a:91c2:5e07::/48",
-			Members:   5,
-			Connected: 3,
+			Members:   7,
+			Connected: 4,
+			NAT:       "easy",
 			Reflected: []status.Reflection{
 				{By: "beta", Address: "203.0.113.5:51900", Transport: "udp"},
 				{By: "eta", Address: "203.0.113.5:51900", Transport: "udp"},
@@ -167,7 +185,7 @@ func TestStatusTextMeshTwentyMembers(t *testing.T) {
 	if !strings.Contains(out, "  refused from node07: 10.0.0.0/8: not inside accept_prefixes\n") {
 		t.Errorf("the refused claim is not shown:\n%s", out)
 	}
-	if !strings.Contains(out, "  members: 20 known, 3 connected\n") {
+	if !strings.Contains(out, "  members: 20 known, 4 connected\n") {
 		t.Errorf("no members line:\n%s", out)
 	}
 }

@@ -80,10 +80,12 @@ type PingResult struct {
 	Replied bool   `json:"replied"`
 	// RTT is the round-trip time in milliseconds, when the peer replied.
 	RTT float64 `json:"rtt_ms,omitempty"`
-	// Path is the transport the echo went and came back on: "udp" or "ws".
+	// Path is the transport the echo went and came back on: "udp", "ws" or "relay".
 	Path string `json:"path,omitempty"`
 	// Endpoint is the underlay address the echo was sent to.
 	Endpoint string `json:"endpoint,omitempty"`
+	// Via names the member that relayed the echo (path "relay").
+	Via string `json:"via,omitempty"`
 	// Reason says why there was no reply: a timeout, or no session yet.
 	Reason string `json:"reason,omitempty"`
 }

@@ -344,6 +344,7 @@ func (s *Server) ping(t Tunnel, req Request) Response {
 		RTT:      float64(reply.RTT.Nanoseconds()) / 1e6,
 		Path:     reply.Path,
 		Endpoint: reply.Endpoint,
+		Via:      reply.Via,
 	}}
 }
 

@@ -61,6 +61,14 @@ type Mesh struct {
 	Bootstrap []Bootstrap `json:"bootstrap"`
 	// RecordVersion is the version of this node's own record.
 	RecordVersion uint64 `json:"record_version"`
+	// NAT is what the reflections say of this node's NAT: "public", "easy" (one
+	// mapping for every destination), "hard" (a mapping per destination),
+	// "udp-blocked" or "unknown".
+	NAT string `json:"nat"`
+	// Relay says this node relays for other members (`relay = true`); Relaying counts
+	// the pairs of members it forwards between now.
+	Relay    bool `json:"relay"`
+	Relaying int  `json:"relaying"`
 }
 
 // Reflection is one member's view of where this node's traffic comes from.
@@ -87,7 +95,7 @@ type Peer struct {
 	// EndpointError says why the configured endpoint name has no address yet; it is
 	// looked up again in the background.
 	EndpointError   string    `json:"endpoint_error,omitempty"`
-	Path            string    `json:"path"` // "udp", "ws" or "none"
+	Path            string    `json:"path"` // "udp", "ws", "relay" or "none"
 	AllowedPrefixes []string  `json:"allowed_prefixes"`
 	LastHandshake   time.Time `json:"last_handshake,omitzero"`
 	RTT             float64   `json:"rtt_ms,omitempty"`
@@ -109,14 +117,22 @@ type Peer struct {
 	Candidates []string `json:"candidates,omitempty"`
 	// Refusals say which of the member's claims (or its record) this node refused and why.
 	Refusals []string `json:"refusals,omitempty"`
+	// RelayVia names the member that relays the traffic when Path is "relay".
+	RelayVia string `json:"relay_via,omitempty"`
+	// PathReason says why a member this node wants to reach has no direct path (yet):
+	// "punching", "punch failed", "punch failed, relayed", "udp blocked", "no relay
+	// reachable"; absent when the path is direct or the member is not wanted.
+	PathReason string `json:"path_reason,omitempty"`
 }
 
 // PingReply is the answer to one STT-level echo sent to a peer.
 type PingReply struct {
 	RTT time.Duration
-	// Path is the transport the echo went and came back on, "udp" or "ws": a peer
-	// answers an echo the way it came.
+	// Path is the transport the echo went and came back on, "udp", "ws" or "relay": a
+	// peer answers an echo the way it came.
 	Path string
+	// Via names the member that relayed the echo when Path is "relay".
+	Via string
 	// Endpoint is the underlay address the echo was sent to (for "ws", the TCP address
 	// at the other end of the WebSocket).
 	Endpoint string

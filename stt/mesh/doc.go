@@ -9,4 +9,8 @@
 // tells it when sessions come up and time passes (SessionUp, Tick), and gives it a Send
 // function for the messages it wants to send. Identities and addresses are derived from
 // keys and the network seed here too, so every part of stt-tun derives them the same way.
+//
+// It also encodes the NAT traversal messages (PUNCH_REQUEST, PUNCH, RELAY_*; natmsg.go),
+// which the node handles itself, and tells the node's NAT type from what members
+// observed of it (ClassifyNAT).
 package mesh

@@ -126,6 +126,71 @@ func FuzzParseObserved(f *testing.F) {
 	})
 }
 
+func FuzzParseKey(f *testing.F) {
+	f.Add(goldenBytes(f, goldenKeyBody))
+	f.Add([]byte{})
+	f.Add(make([]byte, 33))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		k, err := ParseKey(b)
+		if err == nil && !bytes.Equal(AppendKey(nil, k), b) {
+			t.Fatal("key body does not round-trip")
+		}
+	})
+}
+
+func FuzzParsePunch(f *testing.F) {
+	f.Add(goldenBytes(f, goldenPunch))
+	f.Add(goldenBytes(f, goldenKeyBody+"00"))
+	f.Add(goldenBytes(f, goldenKeyBody+"0104000000000100"))
+	f.Add(goldenBytes(f, goldenKeyBody+"09"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p, err := ParsePunch(b)
+		if err != nil {
+			return
+		}
+		if len(p.Addrs) > MaxPunchAddrs || len(b) > MaxPunchBody {
+			t.Fatalf("%d addresses in %d bytes", len(p.Addrs), len(b))
+		}
+		again, err := AppendPunch(nil, p)
+		if err != nil || !bytes.Equal(again, b) {
+			t.Fatalf("punch does not round-trip: %v", err)
+		}
+	})
+}
+
+func FuzzParseRelayGrant(f *testing.F) {
+	f.Add(goldenBytes(f, goldenRelayGrant))
+	f.Add(goldenBytes(f, goldenKeyBody+"0500000005000000"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		g, err := ParseRelayGrant(b)
+		if err != nil {
+			return
+		}
+		if g.SendID == 0 || g.RecvID == 0 || g.SendID == g.RecvID {
+			t.Fatalf("grant with ids %d, %d", g.SendID, g.RecvID)
+		}
+		again, err := AppendRelayGrant(nil, g)
+		if err != nil || !bytes.Equal(again, b) {
+			t.Fatalf("relay grant does not round-trip: %v", err)
+		}
+	})
+}
+
+func FuzzParseRelayRefused(f *testing.F) {
+	f.Add(goldenBytes(f, goldenRelayRefused))
+	f.Add(goldenBytes(f, goldenKeyBody+"06"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := ParseRelayRefused(b)
+		if err != nil {
+			return
+		}
+		again, err := AppendRelayRefused(nil, r)
+		if err != nil || !bytes.Equal(again, b) {
+			t.Fatalf("relay refusal does not round-trip: %v", err)
+		}
+	})
+}
+
 // maxOutPerHandle bounds what one message may make the engine send: a WANT of
 // MaxWantKeys keys answered with records of at most MaxRecordLen bytes each, plus
 // the framing; a DIGEST answered with MaxPerExchange records and wants.
@@ -140,6 +205,7 @@ func FuzzEngineHandle(f *testing.F) {
 	}{
 		{MsgSummary, goldenSummary}, {MsgDigest, goldenDigest}, {MsgWant, goldenWant},
 		{MsgRecords, goldenRecords}, {MsgObserve, ""}, {MsgObserved, goldenObserved}, {0x86, "00"}, {0xff, ""},
+		{TypePunch, goldenPunch}, {TypeRelayGrant, goldenRelayGrant},
 	}
 	for _, s := range seeds {
 		f.Add(s.typ, goldenBytes(f, s.body))

@@ -18,6 +18,11 @@ const (
 	goldenWant       = "0100f14b5173130a1b80687f273d49e8f4740a793a949b83b105837f2a61e8fee14f"
 	goldenRecords    = "01d30053545452010000000000faed5172861808c05569000000002543b92ff1095511476adc8369db6ddc933665a11978dda1404ee1066ca9559d05616c70686101040a630001180204c0a80a00180620010db800100000000000000000000030020104c0000201bcca030620010db8000000000000000000000001bcca177773733a2f2f616c7068612e6578616d706c652f7374740d67ed82feced63487aec41a735fb36b86c14ac466a6065ac97b7cddb68b3017b3d88b2ac4b52501e6dcb33261d0b080bd1eb210ebf53a7676ce9aac10be9708"
 	goldenObserved   = "0104c6336407409c"
+	// NAT traversal messages, about the member of goldenX25519Pub.
+	goldenKeyBody      = goldenX25519Pub // PUNCH_REQUEST, RELAY_REQUEST, RELAY_CLOSE
+	goldenPunch        = goldenX25519Pub + "02" + "04c6336407409c" + "0620010db8000000000000000000000007bcca"
+	goldenRelayGrant   = goldenX25519Pub + "44332211" + "88776655"
+	goldenRelayRefused = goldenX25519Pub + "04"
 )
 
 func checkHex(t *testing.T, what string, got []byte, want string) {
@@ -64,6 +69,24 @@ func TestGoldenVectors(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkHex(t, "OBSERVED", o, goldenObserved)
+
+	checkHex(t, "PUNCH_REQUEST", AppendKey(nil, id.Public), goldenKeyBody)
+	p, err := AppendPunch(nil, Punch{Peer: id.Public, Addrs: []netip.AddrPort{
+		netip.MustParseAddrPort("198.51.100.7:40000"), netip.MustParseAddrPort("[2001:db8::7]:51900")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkHex(t, "PUNCH", p, goldenPunch)
+	g, err := AppendRelayGrant(nil, RelayGrant{Peer: id.Public, SendID: 0x11223344, RecvID: 0x55667788})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkHex(t, "RELAY_GRANT", g, goldenRelayGrant)
+	rr, err := AppendRelayRefused(nil, RelayRefused{Target: id.Public, Reason: RefuseShareFull})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkHex(t, "RELAY_REFUSED", rr, goldenRelayRefused)
 
 	// And the record parses back to what was marshalled.
 	r, err := ParseRecord(rec, netID, testNow)

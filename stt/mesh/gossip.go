@@ -31,8 +31,13 @@ const (
 	// MaxPerExchange bounds the records pushed and the keys wanted in one digest exchange;
 	// the rest follow in the next round.
 	MaxPerExchange = 32
-	// MaxObservations bounds the reflected addresses kept.
-	MaxObservations = 8
+	// MaxObservations bounds the reflected addresses kept: one per member and transport,
+	// so that 8 members each seen over UDP and WebSocket fit.
+	MaxObservations = 16
+	// ObserveInterval is how often the engine asks each connected member again where it
+	// sees this node (OBSERVE), so that observations stay younger than MaxObservationAge
+	// and a changed NAT mapping shows.
+	ObserveInterval = time.Minute
 	// maxExchanges bounds the digest exchanges in progress (one per peer).
 	maxExchanges = 64
 	// summaryAnswerGap is the least time between two DIGESTs answering one member's
@@ -61,10 +66,14 @@ type Config struct {
 
 // Observation is an address another member saw this node's messages come from.
 type Observation struct {
-	By    [32]byte
-	Addr  netip.AddrPort
-	ViaWS bool
-	At    time.Time
+	By    [32]byte       // the member that observed
+	Addr  netip.AddrPort // where it saw this node
+	ViaWS bool           // it saw this node's OBSERVE come over WebSocket
+	At    time.Time      // when its OBSERVED arrived
+	// From is where its OBSERVED came from: the observer's address as this node sees
+	// it (invalid when the message came through a relay). ClassifyNAT counts observers
+	// by its IP.
+	From netip.AddrPort
 }
 
 // Stats are the engine's counters.
@@ -124,16 +133,18 @@ type Engine struct {
 	lastRound time.Time // when Tick last sent its SUMMARY round
 	// answered is when a SUMMARY of each member was last answered with a DIGEST;
 	// Tick forgets entries older than summaryAnswerGap.
-	answered   map[[32]byte]time.Time
-	connected  map[[32]byte]struct{}
-	connList   [][32]byte // scratch for picking
-	exchanges  map[[32]byte]*exchange
-	observed   []Observation
-	rng        *rand.Rand
-	stats      Stats
-	sendErrors atomic.Uint64
-	pending    []change // changes not yet reported
-	delivering bool     // a caller is reporting pending changes
+	answered  map[[32]byte]time.Time
+	connected map[[32]byte]struct{}
+	connList  [][32]byte // scratch for picking
+	exchanges map[[32]byte]*exchange
+	observed  []Observation
+	// observeSent is when OBSERVE was last sent to each connected member.
+	observeSent map[[32]byte]time.Time
+	rng         *rand.Rand
+	stats       Stats
+	sendErrors  atomic.Uint64
+	pending     []change // changes not yet reported
+	delivering  bool     // a caller is reporting pending changes
 }
 
 // New returns an engine for cfg, with the defaults filled in.
@@ -160,13 +171,14 @@ func New(cfg Config) *Engine {
 	pub := cfg.Identity.Public
 	netID := NetworkID(cfg.Seed)
 	return &Engine{
-		cfg:       cfg,
-		netID:     netID,
-		self:      pub,
-		store:     NewStore(netID, pub, cfg.MaxMembers),
-		connected: make(map[[32]byte]struct{}),
-		exchanges: make(map[[32]byte]*exchange),
-		answered:  make(map[[32]byte]time.Time),
+		cfg:         cfg,
+		netID:       netID,
+		self:        pub,
+		store:       NewStore(netID, pub, cfg.MaxMembers),
+		connected:   make(map[[32]byte]struct{}),
+		exchanges:   make(map[[32]byte]*exchange),
+		answered:    make(map[[32]byte]time.Time),
+		observeSent: make(map[[32]byte]time.Time),
 		// Picking whom to ask needs no secrecy; seeding from the key keeps runs
 		// reproducible and nodes different.
 		rng: rand.New(rand.NewPCG(binary.LittleEndian.Uint64(pub[:8]), binary.LittleEndian.Uint64(pub[8:16]))),
@@ -326,14 +338,16 @@ func (e *Engine) SessionUp(peer [32]byte) {
 	e.connect(peer)
 	e.queue(&b, peer, MsgSummary, AppendSummary(nil, e.store.Summary()))
 	e.queue(&b, peer, MsgObserve, nil)
+	e.observeSent[peer] = e.cfg.Now()
 	e.mu.Unlock()
 	e.flush(&b)
 }
 
 // Tick advances the engine to now: it takes connected as the set of members with a
 // session, sweeps expired records, refreshes our record when a third of its lifetime
-// has passed, and, once per Interval, sends a SUMMARY to up to Fanout random connected
-// members. Call it at least every Interval; more often keeps the connected set fresh.
+// has passed, once per Interval sends a SUMMARY to up to Fanout random connected
+// members, and sends OBSERVE to each connected member last asked ObserveInterval ago
+// or more. Call it at least every Interval; more often keeps the connected set fresh.
 func (e *Engine) Tick(now time.Time, connected [][32]byte) {
 	var b batch
 	e.mu.Lock()
@@ -355,6 +369,17 @@ func (e *Engine) Tick(now time.Time, connected [][32]byte) {
 	for k, x := range e.exchanges {
 		if now.Sub(x.started) > 3*e.cfg.Interval {
 			delete(e.exchanges, k)
+		}
+	}
+	for k := range e.observeSent {
+		if _, ok := e.connected[k]; !ok {
+			delete(e.observeSent, k)
+		}
+	}
+	for k := range e.connected {
+		if at, ok := e.observeSent[k]; !ok || now.Sub(at) >= ObserveInterval || now.Before(at) {
+			e.observeSent[k] = now
+			e.queue(&b, k, MsgObserve, nil)
 		}
 	}
 	if e.own != nil && !e.left && now.Sub(e.ownSigned) >= e.cfg.Lifetime/3 {
@@ -385,8 +410,13 @@ func (e *Engine) Tick(now time.Time, connected [][32]byte) {
 }
 
 // Handle processes a gossip control message of type typ from the member whose key is
-// from, received from the address seen (over WebSocket if viaWS). Anything malformed is
-// counted and dropped.
+// from, received directly from the address seen (over WebSocket if viaWS); seen is the
+// zero AddrPort for a message that came through a relay, which the engine then neither
+// answers OBSERVE for nor counts as a NAT observer. Anything malformed is counted and
+// dropped.
+//
+// The NAT traversal messages (IsNATMessage) are the caller's: it routes them before
+// calling Handle. Given one, Handle drops it without counting it unknown.
 func (e *Engine) Handle(from [32]byte, seen netip.AddrPort, viaWS bool, typ byte, body []byte) {
 	now := e.cfg.Now()
 	var b batch
@@ -429,7 +459,7 @@ func (e *Engine) Handle(from [32]byte, seen netip.AddrPort, viaWS bool, typ byte
 			}
 		}
 	case MsgObserve:
-		if err = ParseObserve(body); err == nil {
+		if err = ParseObserve(body); err == nil && seen.IsValid() {
 			t := byte(TransportUDP)
 			if viaWS {
 				t = TransportWebSocket
@@ -442,9 +472,12 @@ func (e *Engine) Handle(from [32]byte, seen netip.AddrPort, viaWS bool, typ byte
 	case MsgObserved:
 		var o Observed
 		if o, err = ParseObserved(body); err == nil {
-			e.observe(Observation{By: from, Addr: o.Addr, ViaWS: o.Transport == TransportWebSocket, At: now})
+			e.observe(Observation{By: from, Addr: o.Addr, ViaWS: o.Transport == TransportWebSocket, At: now, From: seen})
 		}
 	default:
+		if IsNATMessage(typ) {
+			break // misrouted: the caller handles these
+		}
 		e.stats.UnknownTypes++
 	}
 	if err != nil {
@@ -455,21 +488,32 @@ func (e *Engine) Handle(from [32]byte, seen netip.AddrPort, viaWS bool, typ byte
 	e.flush(&b)
 }
 
+// observe keeps o: one observation per (member, transport), at most MaxObservations.
+// When they are all taken, o replaces the oldest observation of the observer IP that
+// holds the most of them, so that many keys at one IP (one holder of the seed) push
+// out their own observations, not those of other observers.
 func (e *Engine) observe(o Observation) {
-	i := slices.IndexFunc(e.observed, func(x Observation) bool { return x.By == o.By })
+	i := slices.IndexFunc(e.observed, func(x Observation) bool { return x.By == o.By && x.ViaWS == o.ViaWS })
 	switch {
 	case i >= 0:
 		e.observed[i] = o
 	case len(e.observed) < MaxObservations:
 		e.observed = append(e.observed, o)
 	default:
-		oldest := 0
+		ip := func(j int) netip.Addr { return e.observed[j].From.Addr().Unmap() }
+		victim, most := 0, 0
 		for j := range e.observed {
-			if e.observed[j].At.Before(e.observed[oldest].At) {
-				oldest = j
+			n := 0
+			for k := range e.observed {
+				if ip(k) == ip(j) {
+					n++
+				}
+			}
+			if n > most || n == most && e.observed[j].At.Before(e.observed[victim].At) {
+				victim, most = j, n
 			}
 		}
-		e.observed[oldest] = o
+		e.observed[victim] = o
 	}
 }
 
@@ -651,7 +695,7 @@ func (e *Engine) Self() *Record {
 }
 
 // Observed returns the addresses other members saw us at (at most MaxObservations,
-// the latest per member).
+// the latest per member and transport).
 func (e *Engine) Observed() []Observation {
 	e.mu.Lock()
 	defer e.mu.Unlock()

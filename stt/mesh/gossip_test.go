@@ -166,12 +166,15 @@ func TestGossipObserveAnsweredWithSeenAddress(t *testing.T) {
 	if len(obs) != 1 || obs[0].By != b.id.Public || obs[0].Addr != seen || !obs[0].ViaWS || !obs[0].At.Equal(s.now) {
 		t.Fatalf("observed %+v", obs)
 	}
-	// SessionUp sends OBSERVE, answered over UDP with the address the sim sees a at.
+	// SessionUp sends OBSERVE, answered over UDP with the address the sim sees a at;
+	// kept beside the WebSocket one (one observation per member and transport), with
+	// the address b's answer came from.
 	a.eng.SessionUp(b.id.Public)
 	s.pump()
 	obs = a.eng.Observed()
-	if len(obs) != 1 || obs[0].Addr != a.addr() || obs[0].ViaWS {
-		t.Fatalf("after SessionUp, observed %+v; want one entry from b with %v", obs, a.addr())
+	if len(obs) != 2 || obs[1].By != b.id.Public || obs[1].Addr != a.addr() || obs[1].ViaWS || obs[1].From != b.addr() ||
+		obs[0].Addr != seen || !obs[0].ViaWS {
+		t.Fatalf("after SessionUp, observed %+v; want b's WebSocket entry and a UDP entry with %v from %v", obs, a.addr(), b.addr())
 	}
 	// Bounded: many observers keep at most MaxObservations.
 	for i := range 20 {
@@ -240,7 +243,8 @@ func TestGossipMaliciousMemberChangesNothing(t *testing.T) {
 	var other [32]byte
 	other[0] = 0xee
 	send(MsgRecords, records(mustMarshal(t, Record{Version: 1, Expires: s.now.Add(time.Hour), Name: "evil"}, evil, NetworkID(other))))
-	// 4. Garbage of every type, and unknown types.
+	// 4. Garbage of every type, and unknown types. The NAT messages (0x86–0x8B) are
+	// the node's to route, not the engine's: it drops them uncounted.
 	rng := rand.New(rand.NewPCG(1, 2))
 	for typ := 0x80; typ <= 0x90; typ++ {
 		for range 5 {
@@ -272,8 +276,8 @@ func TestGossipMaliciousMemberChangesNothing(t *testing.T) {
 	if st.BadSignature < 3 {
 		t.Errorf("bad signatures counted %d, want ≥ 3", st.BadSignature)
 	}
-	if st.BadMessages+st.UnknownTypes+st.Malformed < 5*17 {
-		t.Errorf("garbage counted %d bad + %d unknown + %d malformed records, want ≥ %d", st.BadMessages, st.UnknownTypes, st.Malformed, 5*17)
+	if st.BadMessages+st.UnknownTypes+st.Malformed < 5*11 {
+		t.Errorf("garbage counted %d bad + %d unknown + %d malformed records, want ≥ %d", st.BadMessages, st.UnknownTypes, st.Malformed, 5*11)
 	}
 	if st.Accepted != uint64(len(s.nodes)-1) {
 		t.Errorf("accepted %d, want only the %d honest records", st.Accepted, len(s.nodes)-1)

@@ -18,6 +18,7 @@ const (
 	TypeAuthProof   = 0x03
 	TypeCookieReply = 0x04
 	TypeData        = 0x05
+	TypeRelay       = 0x06
 )
 
 // Fixed message lengths.
@@ -110,6 +111,49 @@ const (
 	ControlHeaderLen = 3
 )
 
+// RELAY message layout (docs/protocol.md section 9.1): type, three reserved zero bytes,
+// the relay id, then one complete STT message of types 0x01..0x05.
+const (
+	RelayHeaderLen = 8
+	RelayIDOff     = 4
+	MinRelayLen    = RelayHeaderLen + MinDataLen // the shortest inner message is a DATA frame
+	MaxRelayInner  = MaxMessageLen - RelayHeaderLen
+)
+
+// ErrReserved reports reserved bytes that are not zero.
+var ErrReserved = errors.New("reserved bytes not zero")
+
+// ErrNested reports a RELAY message inside a RELAY message.
+var ErrNested = errors.New("nested relay message")
+
+// PutRelayHeader writes a RELAY header with id into b[:RelayHeaderLen].
+func PutRelayHeader(b []byte, id uint32) {
+	_ = b[RelayHeaderLen-1]
+	b[0], b[1], b[2], b[3] = TypeRelay, 0, 0, 0
+	binary.LittleEndian.PutUint32(b[RelayIDOff:], id)
+}
+
+// ParseRelay reads a RELAY message that passed CheckLength: its relay id and its inner
+// message, after checking that the reserved bytes are zero and that the inner message is
+// one of types 0x01..0x05 with the length its type requires (a RELAY inside a RELAY is
+// malformed). It allocates nothing and authenticates nothing.
+func ParseRelay(b []byte) (id uint32, inner []byte, err error) {
+	if len(b) < MinRelayLen {
+		return 0, nil, ErrShort
+	}
+	if b[1]|b[2]|b[3] != 0 {
+		return 0, nil, ErrReserved
+	}
+	inner = b[RelayHeaderLen:]
+	if inner[0] == TypeRelay {
+		return 0, nil, ErrNested
+	}
+	if _, err := CheckLength(inner); err != nil {
+		return 0, nil, err
+	}
+	return binary.LittleEndian.Uint32(b[RelayIDOff:]), inner, nil
+}
+
 // Header is the clear part of a DATA frame, authenticated as associated data.
 type Header struct {
 	Stream   uint16
@@ -159,7 +203,8 @@ func ParseHeader(b []byte) (Header, error) {
 }
 
 // CheckLength validates the length of a message against its type byte and returns the
-// type. Fixed-length types must match exactly; DATA must lie within its bounds.
+// type. Fixed-length types must match exactly; DATA and RELAY must lie within their
+// bounds (RELAY's inner message is checked by ParseRelay).
 func CheckLength(b []byte) (byte, error) {
 	if len(b) == 0 {
 		return 0, ErrShort
@@ -177,6 +222,14 @@ func CheckLength(b []byte) (byte, error) {
 		want = CookieReplyLen
 	case TypeData:
 		if len(b) < MinDataLen {
+			return t, ErrShort
+		}
+		if len(b) > MaxMessageLen {
+			return t, ErrLength
+		}
+		return t, nil
+	case TypeRelay:
+		if len(b) < MinRelayLen {
 			return t, ErrShort
 		}
 		if len(b) > MaxMessageLen {

@@ -40,7 +40,7 @@ func TestCheckLengthRefusesEveryWrongLength(t *testing.T) {
 			t.Errorf("DATA of %d bytes accepted", l)
 		}
 	}
-	for _, typ := range []byte{0, 6, 0x7f, 0x80, 0xff} {
+	for _, typ := range []byte{0, 7, 0x7f, 0x80, 0xff} {
 		b := make([]byte, 64)
 		b[0] = typ
 		if _, err := CheckLength(b); !errors.Is(err, ErrType) {
@@ -50,6 +50,95 @@ func TestCheckLengthRefusesEveryWrongLength(t *testing.T) {
 	if _, err := CheckLength(nil); err == nil {
 		t.Error("empty message accepted")
 	}
+	for _, l := range []int{1, RelayHeaderLen, MinRelayLen - 1, MaxMessageLen + 1} {
+		b := make([]byte, l)
+		b[0] = TypeRelay
+		if _, err := CheckLength(b); err == nil {
+			t.Errorf("RELAY of %d bytes accepted", l)
+		}
+	}
+	for _, l := range []int{MinRelayLen, MaxMessageLen} {
+		b := make([]byte, l)
+		b[0] = TypeRelay
+		if _, err := CheckLength(b); err != nil {
+			t.Errorf("RELAY of %d bytes refused: %v", l, err)
+		}
+	}
+}
+
+// relayOf wraps inner in a RELAY header with id.
+func relayOf(id uint32, inner []byte) []byte {
+	b := make([]byte, RelayHeaderLen, RelayHeaderLen+len(inner))
+	PutRelayHeader(b, id)
+	return append(b, inner...)
+}
+
+func TestRelayLayoutAndInnerChecks(t *testing.T) {
+	data := make([]byte, MinDataLen+5)
+	PutHeader(data, Header{Stream: 2, Receiver: 7, Counter: 9})
+	m := relayOf(0xa1b2c3d4, data)
+	if !bytes.Equal(m[:RelayHeaderLen], []byte{0x06, 0, 0, 0, 0xd4, 0xc3, 0xb2, 0xa1}) {
+		t.Fatalf("header % x", m[:RelayHeaderLen])
+	}
+	if typ, err := CheckLength(m); err != nil || typ != TypeRelay {
+		t.Fatalf("CheckLength: %d %v", typ, err)
+	}
+	id, inner, err := ParseRelay(m)
+	if err != nil || id != 0xa1b2c3d4 || !bytes.Equal(inner, data) {
+		t.Fatalf("ParseRelay: %x %x %v", id, inner, err)
+	}
+	hello := make([]byte, HelloLen)
+	hello[0], hello[1] = TypeHello, Version
+	if _, inner, err := ParseRelay(relayOf(1, hello)); err != nil || len(inner) != HelloLen {
+		t.Fatalf("relayed HELLO: %v", err)
+	}
+	for name, c := range map[string]struct {
+		m    []byte
+		want error
+	}{
+		"reserved byte 1":  {func() []byte { b := relayOf(1, data); b[1] = 1; return b }(), ErrReserved},
+		"reserved byte 3":  {func() []byte { b := relayOf(1, data); b[3] = 0x80; return b }(), ErrReserved},
+		"nested relay":     {relayOf(1, relayOf(2, data)), ErrNested},
+		"inner type 0":     {relayOf(1, make([]byte, 40)), ErrType},
+		"inner type 0x80":  {relayOf(1, append([]byte{0x80}, make([]byte, 40)...)), ErrType},
+		"short inner DATA": {relayOf(1, data[:MinDataLen-1]), ErrShort},
+		"HELLO too long":   {relayOf(1, append(bytes.Clone(hello), 0)), ErrLength},
+		"HELLO of another version": {func() []byte {
+			h := bytes.Clone(hello)
+			h[1] = Version + 1
+			return relayOf(1, h)
+		}(), ErrVersion},
+	} {
+		if _, _, err := ParseRelay(c.m); !errors.Is(err, c.want) {
+			t.Errorf("%s: %v, want %v", name, err, c.want)
+		}
+	}
+}
+
+// FuzzParseRelay: ParseRelay never panics, and what it accepts is a well-formed RELAY
+// whose inner message passes CheckLength and is no RELAY.
+func FuzzParseRelay(f *testing.F) {
+	data := make([]byte, MinDataLen)
+	PutHeader(data, Header{Receiver: 1})
+	f.Add(relayOf(5, data))
+	f.Add(relayOf(5, relayOf(6, data)))
+	f.Add([]byte{TypeRelay, 1, 0, 0, 1, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if _, err := CheckLength(b); err != nil || b[0] != TypeRelay {
+			return
+		}
+		id, inner, err := ParseRelay(b)
+		if err != nil {
+			return
+		}
+		if b[1]|b[2]|b[3] != 0 || inner[0] == TypeRelay || len(inner) != len(b)-RelayHeaderLen {
+			t.Fatalf("accepted % x", b[:RelayHeaderLen])
+		}
+		if typ, err := CheckLength(inner); err != nil || typ < TypeHello || typ > TypeData {
+			t.Fatalf("accepted inner type %d: %v", typ, err)
+		}
+		_ = id
+	})
 }
 
 func TestHeaderRoundTripAndLayout(t *testing.T) {

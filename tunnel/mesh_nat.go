@@ -1,0 +1,619 @@
+// Through NATs: this node's NAT type from members' reflections, hole punching
+// coordinated by a member both ends reach, and relaying through a member with
+// `relay = true` when punching cannot work (docs/protocol.md §10.7).
+//
+// The mesh loop (natTick) decides; the receive goroutines (natMessage) answer members'
+// requests. Both use nat.mu only, never mesh.mu, so that a receive goroutine waits on
+// nothing the mesh loop holds while it changes routes.
+
+package tunnel
+
+import (
+	"errors"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/stt-tun/stt-tun/stt"
+	"github.com/stt-tun/stt-tun/stt/mesh"
+)
+
+const (
+	// relayAfter is how long a wanted member may stay without a direct path before
+	// this node asks a relay (the punches of the first seconds have had their chance).
+	relayAfter = 3 * time.Second
+	// relayRetry is how long after a relay request (granted or not) the next may go.
+	relayRetry = 5 * time.Second
+	// relayRefusedFor is how long a relay that refused is not asked again.
+	relayRefusedFor = 30 * time.Second
+	// coordinateEvery bounds a coordinator: one PUNCH pair per (requester, target).
+	coordinateEvery = 2 * time.Second
+	// punchEvery bounds an end: one punch per member started by PUNCH messages.
+	punchEvery = time.Second
+	// maxCoordinators is how many members one punch request goes to.
+	maxCoordinators = 3
+	// maxNATEntries bounds the coordinator's and the ends' rate-limit tables.
+	maxNATEntries = 4096
+	// relayPairs is the relay's bound when `relay = true`; relayPerMember its bound per
+	// member.
+	relayPairs     = 64
+	relayPerMember = 8
+)
+
+// punchSchedule is when the punch requests for a wanted member go, after it became
+// wanted: then every punchLater while it is still wanted and not direct.
+var punchSchedule = []time.Duration{0, 2 * time.Second, 4 * time.Second, 8 * time.Second, 16 * time.Second}
+
+const punchLater = 30 * time.Second
+
+// Why a member's path is what it is, for status.
+const (
+	reasonNoPunch    = "no punch yet"
+	reasonPunching   = "punching"
+	reasonPunchFail  = "punch failed"
+	reasonUDPBlocked = "udp blocked"
+	reasonNoRelay    = "no relay reachable"
+	reasonRelayed    = "punch failed, relayed"
+)
+
+// natState is the NAT traversal side of the mesh.
+type natState struct {
+	relay     bool          // this node relays (`relay = true`)
+	keepalive time.Duration // [discovery] nat_keepalive
+
+	mu      sync.Mutex
+	typ     mesh.NATType
+	travels map[[32]byte]*travel // members wanted without a direct path, or relayed
+	// coordinated and punched are the rate limits of PUNCH_REQUEST (per requester and
+	// target) and of PUNCH (per member): when each was last acted on.
+	coordinated map[[2][32]byte]time.Time
+	punched     map[[32]byte]time.Time
+
+	punchRequests  atomic.Uint64 // PUNCH_REQUESTs sent
+	punchesCoord   atomic.Uint64 // PUNCH pairs sent as coordinator
+	punchesStarted atomic.Uint64 // punches started on a member's PUNCH
+	relayRequests  atomic.Uint64 // RELAY_REQUESTs sent
+	relayGranted   atomic.Uint64 // RELAY_GRANTs this node (as relay) sent
+	relayRefusals  atomic.Uint64 // RELAY_REQUESTs this node refused
+	relayUsed      atomic.Uint64 // relay routes this node installed as an end
+	natDropped     atomic.Uint64 // NAT messages ignored: malformed, unknown member, over rate
+}
+
+// travel is the traversal state of one member this node wants to reach.
+type travel struct {
+	since     time.Time // wanted since
+	attempt   int       // punch requests sent
+	nextPunch time.Time
+	// relayKey is the relay asked (relayAsked) or granted (granted).
+	relayKey   [32]byte
+	relayAsked time.Time
+	granted    bool                   // the relay this node asked granted the route
+	installed  bool                   // a relay route to the member is installed (asked for or not)
+	refused    map[[32]byte]time.Time // relays that refused, when
+	reason     string
+}
+
+func newNATState(d bool, keepalive time.Duration) *natState {
+	return &natState{
+		relay:       d,
+		keepalive:   keepalive,
+		typ:         mesh.NATUnknown,
+		travels:     make(map[[32]byte]*travel),
+		coordinated: make(map[[2][32]byte]time.Time),
+		punched:     make(map[[32]byte]time.Time),
+	}
+}
+
+// memberPeer is the tunnel peer of the member with key, if it has one.
+func (m *meshState) memberPeer(key [32]byte) *peer {
+	v, ok := m.byKey.Load(key)
+	if !ok {
+		return nil
+	}
+	return v.(*peer)
+}
+
+// direct reports whether sp has a session whose path is direct and answering.
+func direct(sp *stt.Peer, fallback time.Duration) bool {
+	if !sp.HasSession() || sp.RelayVia() != nil {
+		return false
+	}
+	switch sp.Path() {
+	case stt.PathUDP, stt.PathWS:
+		return sp.Unanswered() < fallback
+	}
+	return false
+}
+
+// natTick is the mesh loop's NAT work: the NAT type, keepalives, and for every member
+// wanted without a direct path, punch requests on their schedule and a relay.
+func (t *Tunnel) natTick(now time.Time) {
+	m := t.mesh
+	nt := m.nat
+	t.classifyNAT(now)
+	nt.mu.Lock()
+	typ := nt.typ
+	nt.mu.Unlock()
+
+	type cand struct {
+		key   [32]byte
+		p     *peer
+		relay bool // its record offers relaying
+	}
+	var all []cand
+	m.mu.Lock()
+	for k, mb := range m.members {
+		if mb.p != nil {
+			all = append(all, cand{k, mb.p, mb.rec != nil && mb.rec.Relay})
+		}
+	}
+	m.mu.Unlock()
+
+	fallback := t.node.Limits().FallbackAfter
+	var coords, relays []cand // members with a session: who can coordinate, who can relay
+	for _, c := range all {
+		if c.p.sp.HasSession() {
+			coords = append(coords, c)
+			if c.relay {
+				relays = append(relays, c)
+			}
+		}
+	}
+	// Relays first among the coordinators: a node behind NAT keeps its session with
+	// one, and so does the member it wants.
+	slices.SortStableFunc(coords, func(a, b cand) int {
+		switch {
+		case a.relay && !b.relay:
+			return -1
+		case b.relay && !a.relay:
+			return 1
+		}
+		return 0
+	})
+
+	for _, c := range all {
+		sp := c.p.sp
+		isDirect := direct(sp, fallback)
+		wanted := sp.Connecting() || (sp.HasSession() && !isDirect)
+		nt.mu.Lock()
+		tr := nt.travels[c.key]
+		if !wanted {
+			if tr != nil && !sp.HasSession() {
+				delete(nt.travels, c.key)
+				nt.mu.Unlock()
+				t.leaveRelay(c.p, tr)
+				continue
+			}
+			if tr != nil && isDirect {
+				tr.reason = ""
+			}
+			nt.mu.Unlock()
+			continue
+		}
+		if tr == nil {
+			tr = &travel{since: now, nextPunch: now}
+			nt.travels[c.key] = tr
+		}
+		punch := !now.Before(tr.nextPunch)
+		if punch {
+			tr.attempt++
+			i := min(tr.attempt, len(punchSchedule))
+			if i < len(punchSchedule) {
+				tr.nextPunch = tr.since.Add(punchSchedule[i])
+			} else {
+				tr.nextPunch = now.Add(punchLater)
+			}
+		}
+		var askRelay *cand
+		needRelay := now.Sub(tr.since) >= relayAfter || typ == mesh.NATUDPBlocked
+		if tr.installed && sp.RelayVia() != nil && sp.Unanswered() >= relayRetry {
+			// The relay path does not answer either (the relay forgot the route, or
+			// went away): ask again, another relay if need be.
+			tr.installed = false
+		}
+		if needRelay && !tr.installed && now.Sub(tr.relayAsked) >= relayRetry && !c.relay {
+			for i := range relays {
+				r := &relays[i]
+				if r.key == c.key || now.Sub(tr.refused[r.key]) < relayRefusedFor {
+					continue
+				}
+				askRelay = r
+				break
+			}
+			if askRelay != nil {
+				tr.relayKey, tr.relayAsked, tr.granted = askRelay.key, now, false
+			}
+		}
+		switch {
+		case sp.RelayVia() != nil:
+			tr.reason = reasonRelayed
+		case typ == mesh.NATUDPBlocked:
+			tr.reason = reasonUDPBlocked
+		case needRelay && len(relays) == 0:
+			tr.reason = reasonNoRelay
+		case tr.attempt <= 1:
+			tr.reason = reasonPunching
+		default:
+			tr.reason = reasonPunchFail
+		}
+		nt.mu.Unlock()
+
+		if punch && typ != mesh.NATUDPBlocked {
+			body := mesh.AppendKey(nil, c.key)
+			sent := 0
+			for _, co := range coords {
+				if co.key == c.key {
+					continue
+				}
+				if co.p.sp.SendReliable(mesh.TypePunchRequest, body) == nil {
+					nt.punchRequests.Add(1)
+					sent++
+				}
+				if sent == maxCoordinators {
+					break
+				}
+			}
+		}
+		if askRelay != nil {
+			if askRelay.p.sp.SendReliable(mesh.TypeRelayRequest, mesh.AppendKey(nil, c.key)) == nil {
+				nt.relayRequests.Add(1)
+			}
+		}
+	}
+	// A node behind NAT with no relay among its sessions dials one, so that relaying
+	// and coordination have somewhere to go.
+	if typ != mesh.NATPublic && len(relays) == 0 {
+		var idle []cand
+		for _, c := range all {
+			if c.relay && !c.p.sp.HasSession() && !c.p.sp.Connecting() {
+				idle = append(idle, c)
+			}
+		}
+		if len(idle) > 0 {
+			idle[rand.IntN(len(idle))].p.sp.Connect()
+		}
+	}
+	t.pruneNAT(now)
+}
+
+// leaveRelay drops a member's relay route when the member is no longer wanted, and
+// tells the relay.
+func (t *Tunnel) leaveRelay(p *peer, tr *travel) {
+	via := p.sp.RelayVia()
+	p.sp.ClearRelay()
+	if via == nil && !tr.installed && !tr.granted {
+		return
+	}
+	key, ok := p.sp.PublicKey()
+	if !ok {
+		return
+	}
+	if r := t.mesh.memberPeer(tr.relayKey); r != nil {
+		_ = r.sp.SendReliable(mesh.TypeRelayClose, mesh.AppendKey(nil, key))
+	}
+}
+
+// pruneNAT forgets rate-limit entries that no longer limit anything.
+func (t *Tunnel) pruneNAT(now time.Time) {
+	nt := t.mesh.nat
+	nt.mu.Lock()
+	defer nt.mu.Unlock()
+	for k, at := range nt.coordinated {
+		if now.Sub(at) >= coordinateEvery {
+			delete(nt.coordinated, k)
+		}
+	}
+	for k, at := range nt.punched {
+		if now.Sub(at) >= punchEvery {
+			delete(nt.punched, k)
+		}
+	}
+}
+
+// classifyNAT works out this node's NAT type from the members' reflections and, when
+// it changes, sets the keepalive on the member sessions.
+func (t *Tunnel) classifyNAT(now time.Time) {
+	m := t.mesh
+	m.mu.Lock()
+	hostAddrs := m.underlay
+	m.mu.Unlock()
+	var own []netip.AddrPort
+	if t.port != 0 {
+		for _, a := range hostAddrs {
+			own = append(own, netip.AddrPortFrom(a, t.port))
+		}
+	}
+	own = append(own, m.extraEPs...)
+	typ := mesh.ClassifyNAT(m.eng.Observed(), own, now)
+	nt := m.nat
+	nt.mu.Lock()
+	old := nt.typ
+	nt.typ = typ
+	nt.mu.Unlock()
+	if typ == old {
+		return
+	}
+	t.log.Info("mesh: NAT type", "nat", string(typ), "was", string(old))
+	m.byKey.Range(func(_, v any) bool {
+		t.setNATKeepalive(v.(*peer))
+		return true
+	})
+}
+
+// natKeepalive is the persistent keepalive a member session gets: nat_keepalive while
+// this node is behind NAT (or does not know yet), none when it is public.
+func (t *Tunnel) natKeepalive() time.Duration {
+	nt := t.mesh.nat
+	nt.mu.Lock()
+	defer nt.mu.Unlock()
+	if nt.typ == mesh.NATPublic {
+		return 0
+	}
+	return nt.keepalive
+}
+
+// setNATKeepalive gives a discovered member's peer the keepalive natKeepalive says. A
+// [[peer]] keeps its own persistent_keepalive.
+func (t *Tunnel) setNATKeepalive(p *peer) {
+	if p.member == nil || p.member.source == sourceConfig {
+		return
+	}
+	pc := p.sp.Config()
+	ka := t.natKeepalive()
+	if pc.PersistentKeepalive == ka {
+		return
+	}
+	pc.PersistentKeepalive = ka
+	if err := p.sp.Update(pc); err != nil && !errors.Is(err, stt.ErrPeerRemoved) {
+		t.log.Debug("mesh: keepalive", "peer", p.cfg.Name, "err", err)
+	}
+}
+
+// natMessage handles the NAT control messages a member sent (receive goroutine).
+func (t *Tunnel) natMessage(sp *stt.Peer, from [32]byte, typ byte, body []byte, seen netip.AddrPort, viaWS bool) {
+	m := t.mesh
+	nt := m.nat
+	bad := func(why string, args ...any) {
+		nt.natDropped.Add(1)
+		t.log.Debug("mesh: NAT message ignored", append([]any{"type", typ, "from", sp.Name(), "why", why}, args...)...)
+	}
+	if m.memberPeer(from) == nil {
+		bad("not a member")
+		return
+	}
+	now := time.Now()
+	switch typ {
+	case mesh.TypePunchRequest:
+		target, err := mesh.ParseKey(body)
+		if err != nil {
+			bad("malformed", "err", err)
+			return
+		}
+		tp := m.memberPeer(target)
+		if tp == nil || target == from || !tp.sp.HasSession() {
+			bad("target has no session here")
+			return
+		}
+		pair := [2][32]byte{from, target}
+		nt.mu.Lock()
+		last, seenPair := nt.coordinated[pair]
+		if (seenPair && now.Sub(last) < coordinateEvery) || (!seenPair && len(nt.coordinated) >= maxNATEntries) {
+			nt.mu.Unlock()
+			bad("over rate")
+			return
+		}
+		nt.coordinated[pair] = now
+		nt.mu.Unlock()
+		// Each side learns where this node sees the other over UDP (nothing when the
+		// other reaches this node over WebSocket: that address takes no datagram).
+		var fromAddrs, targetAddrs []netip.AddrPort
+		if !viaWS && seen.IsValid() {
+			fromAddrs = append(fromAddrs, seen)
+		}
+		if ap := tp.sp.UDPEndpoint(); ap.IsValid() && tp.sp.Path() == stt.PathUDP {
+			targetAddrs = append(targetAddrs, ap)
+		}
+		toTarget, err1 := mesh.AppendPunch(nil, mesh.Punch{Peer: from, Addrs: fromAddrs})
+		toFrom, err2 := mesh.AppendPunch(nil, mesh.Punch{Peer: target, Addrs: targetAddrs})
+		if err1 != nil || err2 != nil {
+			bad("cannot encode", "err", errors.Join(err1, err2))
+			return
+		}
+		_ = tp.sp.SendReliable(mesh.TypePunch, toTarget)
+		_ = sp.SendReliable(mesh.TypePunch, toFrom)
+		nt.punchesCoord.Add(1)
+
+	case mesh.TypePunch:
+		pu, err := mesh.ParsePunch(body)
+		if err != nil {
+			bad("malformed", "err", err)
+			return
+		}
+		tp := m.memberPeer(pu.Peer)
+		if tp == nil || pu.Peer == m.self {
+			bad("unknown member")
+			return
+		}
+		if direct(tp.sp, t.node.Limits().FallbackAfter) {
+			return // nothing to punch: the path is direct
+		}
+		nt.mu.Lock()
+		last, ok := nt.punched[pu.Peer]
+		if (ok && now.Sub(last) < punchEvery) || (!ok && len(nt.punched) >= maxNATEntries) {
+			nt.mu.Unlock()
+			bad("over rate")
+			return
+		}
+		nt.punched[pu.Peer] = now
+		nt.mu.Unlock()
+		addrs := pu.Addrs
+		if rec := m.eng.Member(pu.Peer); rec != nil {
+			cands, _ := candidatesOf(rec)
+			for _, c := range cands {
+				if !slices.Contains(addrs, c) {
+					addrs = append(addrs, c)
+				}
+			}
+		}
+		tp.sp.Punch(addrs)
+		nt.punchesStarted.Add(1)
+
+	case mesh.TypeRelayRequest:
+		target, err := mesh.ParseKey(body)
+		if err != nil {
+			bad("malformed", "err", err)
+			return
+		}
+		reason := uint8(0)
+		tp := m.memberPeer(target)
+		var idAB, idBA uint32
+		switch {
+		case !nt.relay:
+			reason = mesh.RefuseNotRelay
+		case tp == nil || target == from || target == m.self:
+			reason = mesh.RefuseNotAllowed
+		default:
+			idAB, idBA, err = t.node.RelayOpen(sp, tp.sp)
+			switch {
+			case err == nil:
+			case errors.Is(err, stt.ErrRelayNoSession):
+				reason = mesh.RefuseNoSession
+			case errors.Is(err, stt.ErrRelayShareFull):
+				reason = mesh.RefuseShareFull
+			case errors.Is(err, stt.ErrRelayFull):
+				reason = mesh.RefuseFull
+			default:
+				reason = mesh.RefuseNotRelay
+			}
+		}
+		if reason != 0 {
+			nt.relayRefusals.Add(1)
+			b, _ := mesh.AppendRelayRefused(nil, mesh.RelayRefused{Target: target, Reason: reason})
+			_ = sp.SendReliable(mesh.TypeRelayRefused, b)
+			t.log.Debug("mesh: relay refused", "from", sp.Name(), "reason", reason)
+			return
+		}
+		toFrom, _ := mesh.AppendRelayGrant(nil, mesh.RelayGrant{Peer: target, SendID: idAB, RecvID: idBA})
+		toTarget, _ := mesh.AppendRelayGrant(nil, mesh.RelayGrant{Peer: from, SendID: idBA, RecvID: idAB})
+		_ = tp.sp.SendReliable(mesh.TypeRelayGrant, toTarget)
+		_ = sp.SendReliable(mesh.TypeRelayGrant, toFrom)
+		nt.relayGranted.Add(1)
+		t.log.Info("mesh: relaying", "between", sp.Name(), "and", tp.sp.Name())
+
+	case mesh.TypeRelayGrant:
+		g, err := mesh.ParseRelayGrant(body)
+		if err != nil {
+			bad("malformed", "err", err)
+			return
+		}
+		tp := m.memberPeer(g.Peer)
+		if tp == nil || g.Peer == from || g.Peer == m.self {
+			bad("unknown member")
+			return
+		}
+		// Only a member that announces relaying may carry our traffic, and as the
+		// chooser only the relay this node asked.
+		if rec := m.eng.Member(from); rec == nil || !rec.Relay {
+			bad("granted by a member that does not relay")
+			return
+		}
+		nt.mu.Lock()
+		tr := nt.travels[g.Peer]
+		choose := tr != nil && tr.relayKey == from && !tr.relayAsked.IsZero()
+		if tr == nil {
+			if len(nt.travels) >= maxNATEntries {
+				nt.mu.Unlock()
+				bad("too many members in traversal")
+				return
+			}
+			// The other end asked: this node follows it onto the relay.
+			tr = &travel{since: now, nextPunch: now.Add(punchLater)}
+			nt.travels[g.Peer] = tr
+		}
+		tr.relayKey, tr.installed = from, true
+		tr.granted = tr.granted || choose
+		nt.mu.Unlock()
+		if err := tp.sp.SetRelay(sp, g.SendID, g.RecvID, choose); err != nil {
+			bad("cannot install", "err", err)
+			return
+		}
+		nt.relayUsed.Add(1)
+		t.log.Info("mesh: relay path", "peer", tp.sp.Name(), "via", sp.Name(), "chooser", choose)
+
+	case mesh.TypeRelayRefused:
+		rf, err := mesh.ParseRelayRefused(body)
+		if err != nil {
+			bad("malformed", "err", err)
+			return
+		}
+		nt.mu.Lock()
+		if tr := nt.travels[rf.Target]; tr != nil && tr.relayKey == from {
+			if tr.refused == nil {
+				tr.refused = make(map[[32]byte]time.Time)
+			}
+			tr.refused[from] = now
+			tr.relayAsked = time.Time{} // ask the next relay at the next tick
+		}
+		nt.mu.Unlock()
+		t.log.Debug("mesh: relay refused us", "relay", sp.Name(), "reason", rf.Reason)
+
+	case mesh.TypeRelayClose:
+		peerKey, err := mesh.ParseKey(body)
+		if err != nil {
+			bad("malformed", "err", err)
+			return
+		}
+		if tp := m.memberPeer(peerKey); tp != nil {
+			if nt.relay {
+				t.node.RelayClose(sp, tp.sp)
+			}
+			nt.mu.Lock()
+			if tr := nt.travels[peerKey]; tr != nil && tr.relayKey == from && tr.installed {
+				tr.installed = false
+				nt.mu.Unlock()
+				tp.sp.ClearRelay()
+			} else {
+				nt.mu.Unlock()
+			}
+		}
+	}
+}
+
+// natEvent is one of the NAT traversal counters.
+type natEvent struct {
+	name string
+	n    uint64
+}
+
+// natEvents lists the NAT traversal counters, named as in status ("mesh_" + name)
+// and as the event label of stt_mesh_nat_events_total.
+func (t *Tunnel) natEvents() []natEvent {
+	nt := t.mesh.nat
+	return []natEvent{
+		{"punch_requests_sent", nt.punchRequests.Load()},
+		{"punches_coordinated", nt.punchesCoord.Load()},
+		{"punches_started", nt.punchesStarted.Load()},
+		{"relay_requests_sent", nt.relayRequests.Load()},
+		{"relay_granted", nt.relayGranted.Load()},
+		{"relay_refused", nt.relayRefusals.Load()},
+		{"relay_paths_installed", nt.relayUsed.Load()},
+		{"nat_messages_ignored", nt.natDropped.Load()},
+	}
+}
+
+// natStatus is this node's NAT type, and why a member's path is what it is.
+func (t *Tunnel) natStatus() (string, map[[32]byte]string) {
+	nt := t.mesh.nat
+	nt.mu.Lock()
+	defer nt.mu.Unlock()
+	why := make(map[[32]byte]string, len(nt.travels))
+	for k, tr := range nt.travels {
+		if tr.reason != "" {
+			why[k] = tr.reason
+		}
+	}
+	return string(nt.typ), why
+}
