@@ -412,6 +412,11 @@ p = ps[0] if ps else {}
 print(" ".join(x for x in (p.get("path", ""), p.get("relay_via", "")) if x))' "$@" 2>/dev/null || true
 }
 
+# relay_forwarded: R's counter of the bytes it forwarded (relay_forwarded_bytes).
+relay_forwarded() {
+	status_json "$NS_R" r | python3 -c 'import json,sys; print(json.load(sys.stdin)["counters"]["relay_forwarded_bytes"])' 2>/dev/null
+}
+
 # block_direct: nftables rules in A and in B that drop UDP between them (to and from
 # each of the other's underlay addresses), so that the relay path's A reaches B only
 # through R. unblock_direct removes them and logs how many packets they dropped: the
@@ -564,7 +569,11 @@ measure_tcp() {
 		pids=("$DAEMON_A" "$DAEMON_B")
 		t0=$(python3 "$HELPER" cpu "${pids[@]}") || t0=""
 	fi
-	if [ -n "$DAEMON_R" ]; then r0=$(python3 "$HELPER" cpu "$DAEMON_R") || r0=""; fi
+	local f0="" f1=""
+	if [ -n "$DAEMON_R" ]; then
+		r0=$(python3 "$HELPER" cpu "$DAEMON_R") || r0=""
+		f0=$(relay_forwarded) || f0=""
+	fi
 	if [ -n "$PERF_DIR" ] && [ "$PERF_WANTED" = "$path-$streams" ]; then
 		start_perf
 	fi
@@ -574,6 +583,7 @@ measure_tcp() {
 		t1=$(python3 "$HELPER" cpu "${pids[@]}") || t1=""
 	fi
 	if [ -n "$r0" ]; then r1=$(python3 "$HELPER" cpu "$DAEMON_R") || r1=""; fi
+	if [ -n "$f0" ]; then f1=$(relay_forwarded) || f1=""; fi
 	if [ -n "$PERF" ]; then finish_perf; fi
 	stop "$SERVER" 2
 	SERVER=""
@@ -589,6 +599,12 @@ measure_tcp() {
 	if [ -n "$r0" ] && [ -n "$r1" ] && ((bytes > 0)); then
 		sample "$rep" "$path" "relay_cpu${streams}_s_per_gb" \
 			"$(awk -v d=$((r1 - r0)) -v hz="$CLK_TCK" -v b="$bytes" 'BEGIN { printf "%.4f", d / hz / (b / 1e9) }')"
+	fi
+	# What R forwarded (both directions, whole RELAY messages) per byte iperf3 received:
+	# above 1 when the data went through R, about 0 when it found another way.
+	if [ -n "$f0" ] && [ -n "$f1" ] && ((bytes > 0)); then
+		sample "$rep" "$path" "relay_fwd${streams}_per_byte" "$(awk -v d=$((f1 - f0)) -v b="$bytes" 'BEGIN { printf "%.4f", d / b }')"
+		((f1 - f0 >= bytes)) || note "run $rep, relay, $streams stream(s): R forwarded $((f1 - f0)) bytes while iperf3 received $bytes"
 	fi
 }
 

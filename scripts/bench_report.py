@@ -30,6 +30,8 @@ METRICS = [
     ("cpu4_s_per_gb", "daemon CPU, 4 streams", "CPU-s/GB", None, "{:.2f}"),
     ("relay_cpu1_s_per_gb", "relay CPU, 1 stream", "CPU-s/GB", None, "{:.2f}"),
     ("relay_cpu4_s_per_gb", "relay CPU, 4 streams", "CPU-s/GB", None, "{:.2f}"),
+    ("relay_fwd1_per_byte", "relay forwarded, 1 stream", "B/B", None, "{:.3f}"),
+    ("relay_fwd4_per_byte", "relay forwarded, 4 streams", "B/B", None, "{:.3f}"),
     ("idle_rss_a_mib", "idle RSS, daemon A", "MiB", None, "{:.1f}"),
     ("idle_rss_b_mib", "idle RSS, daemon B", "MiB", None, "{:.1f}"),
     ("idle_rss_r_mib", "idle RSS, relay", "MiB", None, "{:.1f}"),
@@ -204,7 +206,8 @@ def cmd_report(samples_path, meta_path, json_path):
     print("'vs underlay' pairs each run with the underlay of the same run, 'relay vs UDP' with")
     print("direct UDP of the same run: throughput as a percentage, RTT as milliseconds added.")
     print("GB = 10^9 bytes received by iperf3; daemon CPU = utime+stime of both ends' stt-tun")
-    print("daemons over each TCP run, relay CPU = that of the relay's daemon.")
+    print("daemons over each TCP run, relay CPU = that of the relay's daemon; relay forwarded =")
+    print("bytes the relay forwarded (both ways, whole RELAY messages) per byte received.")
     if ws_vs_udp:
         print("WebSocket single stream vs UDP single stream: %s" % fmt_summary(scale(ws_vs_udp, 100), "{:.1f}", "%"))
     for streams in (1, 4):
