@@ -315,8 +315,34 @@ func (p *Peer) SetRelay(via *Peer, sendID, recvID uint32, choose bool) error {
 	r.replaceEnd(old, e)
 	r.mu.Unlock()
 	n.log.Info("relay path set", "peer", p.cfg.Name, "via", via.cfg.Name, "chooser", choose)
+	if choose {
+		p.relayWithoutSession()
+	}
 	n.kick() // a chooser without a direct path moves at once
 	return nil
+}
+
+// relayWithoutSession moves a chooser that has no confirmed session with p onto the
+// relay at once, with a handshake through it. The node asked for the relay because the
+// direct attempts failed; a punch in flight (whose retransmissions go only direct, and
+// which each new punch restarts) must not hold the relayed handshake back until it
+// gives up.
+func (p *Peer) relayWithoutSession() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.removed {
+		return
+	}
+	if cur := p.keys.current.Load(); cur != nil && cur.confirmed.Load() {
+		return // the fallback timer decides, on an unanswered direct path
+	}
+	if ini := p.handshake.init; ini != nil && ini.punch != nil {
+		p.dropInitLocked()
+	}
+	p.handshake.want = true
+	p.path.on.Store(onRelay)
+	p.node.log.Info("no direct session; moving to the relay", "peer", p.cfg.Name, "via", p.path.relay.Load().via.cfg.Name)
+	p.startHandshakeLocked(time.Now())
 }
 
 // ClearRelay removes p's relay path; p's traffic goes direct again (UDP or WebSocket).

@@ -16,3 +16,12 @@ func (p *Peer) Unanswered() time.Duration {
 
 // Limits returns the node's limits, with the defaults filled in.
 func (n *Node) Limits() Limits { return n.limits }
+
+// Waiting reports whether datagrams wait in the peer's queue for a session (or for a
+// move of its path): traffic wants the peer, as opposed to a dial that only keeps a
+// session up.
+func (p *Peer) Waiting() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.queue) > 0
+}

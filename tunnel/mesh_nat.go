@@ -33,6 +33,8 @@ const (
 	coordinateEvery = 2 * time.Second
 	// punchEvery bounds an end: one punch per member started by PUNCH messages.
 	punchEvery = time.Second
+	// pingWant is how long a ping makes a member wanted.
+	pingWant = 10 * time.Second
 	// maxCoordinators is how many members one punch request goes to.
 	maxCoordinators = 3
 	// maxNATEntries bounds the coordinator's and the ends' rate-limit tables.
@@ -177,7 +179,10 @@ func (t *Tunnel) natTick(now time.Time) {
 	for _, c := range all {
 		sp := c.p.sp
 		isDirect := direct(sp, fallback)
-		wanted := sp.Connecting() || (sp.HasSession() && !isDirect)
+		// Traffic (or a ping) wants the member: a dial that only looks for a gossip
+		// neighbour is no reason to punch or to take a relay's route.
+		byTraffic := sp.Waiting() || now.Sub(time.Unix(0, c.p.pinged.Load())) < pingWant
+		wanted := !isDirect && (sp.HasSession() || (sp.Connecting() && byTraffic))
 		nt.mu.Lock()
 		tr := nt.travels[c.key]
 		if !wanted {
@@ -337,10 +342,17 @@ func (t *Tunnel) classifyNAT(now time.Time) {
 		return
 	}
 	t.log.Info("mesh: NAT type", "nat", string(typ), "was", string(old))
-	m.byKey.Range(func(_, v any) bool {
-		t.setNATKeepalive(v.(*peer))
-		return true
-	})
+	var discovered []*peer
+	m.mu.Lock()
+	for _, mb := range m.members {
+		if mb.p != nil && mb.source != sourceConfig {
+			discovered = append(discovered, mb.p)
+		}
+	}
+	m.mu.Unlock()
+	for _, p := range discovered {
+		t.setNATKeepalive(p)
+	}
 }
 
 // natKeepalive is the persistent keepalive a member session gets: nat_keepalive while
@@ -355,12 +367,9 @@ func (t *Tunnel) natKeepalive() time.Duration {
 	return nt.keepalive
 }
 
-// setNATKeepalive gives a discovered member's peer the keepalive natKeepalive says. A
-// [[peer]] keeps its own persistent_keepalive.
+// setNATKeepalive gives a discovered member's peer the keepalive natKeepalive says (the
+// caller leaves out [[peer]]s, which keep their own persistent_keepalive).
 func (t *Tunnel) setNATKeepalive(p *peer) {
-	if p.member == nil || p.member.source == sourceConfig {
-		return
-	}
 	pc := p.sp.Config()
 	ka := t.natKeepalive()
 	if pc.PersistentKeepalive == ka {
@@ -439,6 +448,16 @@ func (t *Tunnel) natMessage(sp *stt.Peer, from [32]byte, typ byte, body []byte, 
 		}
 		if direct(tp.sp, t.node.Limits().FallbackAfter) {
 			return // nothing to punch: the path is direct
+		}
+		nt.mu.Lock()
+		tr := nt.travels[pu.Peer]
+		relayed := tr != nil && tr.installed && tr.granted
+		nt.mu.Unlock()
+		if relayed && !tp.sp.HasSession() {
+			// The handshake through the relay is under way: a punch now would take
+			// its place (one handshake in flight per member). Punches resume once
+			// the relayed session is up, and move it to UDP if they get through.
+			return
 		}
 		nt.mu.Lock()
 		last, ok := nt.punched[pu.Peer]

@@ -23,6 +23,7 @@ func (t *Tunnel) Ping(ctx context.Context, name string) (status.PingReply, error
 		return status.PingReply{}, fmt.Errorf("%w named %q on %s", status.ErrUnknownPeer, name, t.ifaceName())
 	}
 	sp := p.sp
+	p.pinged.Store(time.Now().UnixNano())
 	for {
 		path := sp.Path()
 		ep := sp.Endpoint()

@@ -48,6 +48,9 @@ type peer struct {
 	// member is the mesh's record of a discovered member (nil for a [[peer]] the
 	// mesh has not matched); guarded by meshState.mu.
 	member *member
+	// pinged is when `stt-tun ping` last asked for the peer (unix ns): it wants a
+	// session as traffic does, and the mesh reaches a member behind NAT for it.
+	pinged atomic.Int64
 }
 
 // tableT is the prefix table: destination (outbound) and source (inbound) prefix → peer.

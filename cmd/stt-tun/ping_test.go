@@ -37,6 +37,8 @@ func (f *pingFake) Ping(ctx context.Context, peer string) (status.PingReply, err
 	switch {
 	case !known:
 		return status.PingReply{}, fmt.Errorf("%w named %q on %s", status.ErrUnknownPeer, peer, f.st.Interface)
+	case peer == "far":
+		return status.PingReply{RTT: 2 * time.Millisecond, Path: "relay", Via: "hub"}, nil
 	case peer != "dead" && (peer != "flaky" || n%2 == 0):
 		return status.PingReply{RTT: time.Duration(300+100*n) * time.Microsecond, Path: "udp", Endpoint: "192.0.2.2:51900"}, nil
 	}
@@ -74,6 +76,13 @@ reply from beta via udp 192.0.2.2:51900: seq=3 time=0.500 ms
 `
 	if r.code != 0 || r.stdout != want || r.stderr != "" {
 		t.Errorf("ping beta: exit %d\nstdout:\n%s\nwant:\n%s\nstderr: %s", r.code, r.stdout, want, r.stderr)
+	}
+
+	// A member reached through a relay: the relay's name, not an address.
+	servePingFake(t, h.dir, "stt1", "far")
+	r = h.run("", "ping", "-c", "1", "-I", "stt1", "far")
+	if want := "reply from far via relay hub: seq=1 time=2.000 ms\n"; !strings.Contains(r.stdout, want) {
+		t.Errorf("ping through a relay:\n%s\nwant a line %q", r.stdout, want)
 	}
 
 	// Flags after PEER, and some answers lost.
