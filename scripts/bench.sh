@@ -412,6 +412,13 @@ p = ps[0] if ps else {}
 print(" ".join(x for x in (p.get("path", ""), p.get("relay_via", "")) if x))' "$@" 2>/dev/null || true
 }
 
+# knows NS SIDE NAME: the daemon lists member NAME with its mesh address.
+knows() {
+	status_json "$1" "$2" | python3 -c '
+import json, sys
+sys.exit(0 if any(p.get("name") == sys.argv[1] and p.get("mesh_address") for p in json.load(sys.stdin).get("peers") or []) else 1)' "$3" 2>/dev/null
+}
+
 # relay_forwarded: R's counter of the bytes it forwarded (relay_forwarded_bytes).
 relay_forwarded() {
 	status_json "$NS_R" r | python3 -c 'import json,sys; print(json.load(sys.stdin)["counters"]["relay_forwarded_bytes"])' 2>/dev/null
@@ -487,6 +494,19 @@ start_daemons() {
 	idle_a=$(mib "$DAEMON_A" VmRSS) || idle_a=""
 	idle_b=$(mib "$DAEMON_B" VmRSS) || idle_b=""
 	if [ -n "$DAEMON_R" ]; then idle_r=$(mib "$DAEMON_R" VmRSS) || idle_r=""; fi
+	if [ "$mode" = relay ]; then
+		# The first packet waits until each end knows the other's member record: a
+		# relay's grant or a punch for a member an end does not know yet is ignored.
+		for ((i = 0; i < 150; i++)); do
+			knows "$NS_A" a bench-b && knows "$NS_B" b bench-a && break
+			sleep 0.2
+		done
+		if ! knows "$NS_A" a bench-b || ! knows "$NS_B" b bench-a; then
+			note "run $rep, relay: A and B did not learn each other's member record from R within 30 s"
+			stop_daemons
+			return 1
+		fi
+	fi
 	if ! wait_ping "$INNER_B" 30; then
 		note "run $rep, $mode: the daemons are up but no ping got through the tunnel within 30 tries (--logs DIR keeps their logs)"
 		stop_daemons
