@@ -353,6 +353,22 @@ func natPathOnce(ctx context.Context, t *testing.T, c natPathCase, poll, deadlin
 	res.PingOK = a.ns.Ping(pa.MeshAddress) == nil
 	if res.Sender < 0 || res.Receiver < 0 {
 		t.Logf("%s: not on path %q within %v: %s", c, c.want, deadline, res.Final)
+		// What each side did about it, for whoever reads why.
+		for _, nd := range []*node{a, b, p1} {
+			st, err := ctlStatus(ctx, nd)
+			if err != nil {
+				continue
+			}
+			var moved []string
+			for k, v := range st.Counters {
+				if v != 0 && (strings.Contains(k, "relay") || strings.Contains(k, "punch") || strings.Contains(k, "nat_")) {
+					moved = append(moved, fmt.Sprintf("%s=%d", k, v))
+				}
+			}
+			slices.Sort(moved)
+			t.Logf("  %s counters: %s", nd.name, strings.Join(moved, " "))
+		}
+		res.Note = strings.TrimSpace(res.Note + " not reached; see the counters in the log")
 	}
 	return res
 }
