@@ -195,7 +195,6 @@ run_child() {
 
 in_a() { ip netns exec "$NS_A" "$@"; }
 in_b() { ip netns exec "$NS_B" "$@"; }
-in_r() { ip netns exec "$NS_R" "$@"; }
 
 # ---- samples and metadata ----------------------------------------------------
 
