@@ -2,17 +2,21 @@
 # stt-tun demo: a mesh of four nodes in four network namespaces behind a router
 # namespace. One of them, alpha, is the bootstrap member; beta, gamma and delta name only
 # alpha's address and have no [[peer]] at all. They find each other, get addresses
-# derived from their keys, and talk directly, not through alpha. Nothing outside those
-# namespaces and a temporary directory is touched, and everything is removed at the end,
-# also on failure or Ctrl-C.
+# derived from their keys, and talk directly, not through alpha. Then epsilon, on a
+# private LAN behind a NAT router (an nftables masquerade, as a home router does), joins
+# with only the seed, its key and alpha's address, and reaches gamma. Nothing outside
+# those namespaces and a temporary directory is touched (the NAT router's nftables rules
+# live in its own namespace), and everything is removed at the end, also on failure or
+# Ctrl-C.
 #
-# Run it with `make demo` (as root), which builds bin/stt-tun first. Takes about 15 s.
+# Run it with `make demo` (as root), which builds bin/stt-tun first. Takes about 20 s.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=${STT_TUN:-$repo/bin/stt-tun}
 size=$((20 * 1024 * 1024)) # bytes sent through the tunnel
 nodes=(alpha beta gamma delta)
+nat_node=epsilon # behind the NAT router
 
 if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold="" plain=""; fi
 say()  { printf '\n%s==> %s%s\n' "$bold" "$*" "$plain"; }
@@ -33,7 +37,7 @@ wait_for() {
 [ "$(id -u)" = 0 ] || die "needs root to create network namespaces (try: sudo make demo)"
 [ -x "$bin" ] || die "$bin not found; run 'make build' first"
 [ -c /dev/net/tun ] || die "/dev/net/tun is missing; load the tun module (modprobe tun)"
-for tool in ip ping sysctl; do
+for tool in ip ping sysctl nft; do
   command -v "$tool" >/dev/null || die "$tool not found; run 'make deps'"
 done
 command -v go >/dev/null || die "go not found (needed to build the small transfer helper)"
@@ -86,7 +90,7 @@ cleanup() {
     wait "$recv_pid" 2>/dev/null
   fi
   local n state pid i
-  for n in "${nodes[@]}"; do
+  for n in "${nodes[@]}" "$nat_node"; do
     state=$(state_of "$n")
     if [ -n "$(pids_of "$state")" ]; then
       stt "$n" down stt0 >/dev/null 2>&1
@@ -238,15 +242,102 @@ case "$path" in
   *) die "beta's path to gamma is not direct: '$path'" ;;
 esac
 
+say "epsilon joins from behind a NAT router, with only the seed, its key and alpha's address"
+# The router: a namespace between epsilon's private LAN (10.5.0.0/24) and the demo's
+# "internet", with the masquerade of a home router: it maps epsilon's port to the same
+# one on its own address 198.18.5.2, lets in only replies to what epsilon sent, and
+# drops whatever else arrives from outside.
+gw="$id-epsilon-gw"
+ns_eps=$(ns_of "$nat_node")
+ip netns add "$gw"
+created_ns+=("$gw")
+ip netns add "$ns_eps"
+created_ns+=("$ns_eps")
+ip -n "$gw" link set lo up
+ip -n "$ns_eps" link set lo up
+ip -n "$ns_router" link add v5 type veth peer name wan netns "$gw"
+ip -n "$ns_router" addr add 198.18.5.1/24 dev v5
+ip -n "$gw" addr add 198.18.5.2/24 dev wan
+ip -n "$gw" link add lan type veth peer name eth0 netns "$ns_eps"
+ip -n "$gw" addr add 10.5.0.1/24 dev lan
+ip -n "$ns_eps" addr add 10.5.0.2/24 dev eth0
+ip -n "$ns_router" link set v5 up
+ip -n "$gw" link set wan up
+ip -n "$gw" link set lan up
+ip -n "$ns_eps" link set eth0 up
+ip -n "$gw" route add default via 198.18.5.1
+ip -n "$ns_eps" route add default via 10.5.0.1
+ip netns exec "$gw" sysctl -qw net.ipv4.ip_forward=1
+cat >"$tmp/nat.nft" <<'NFT'
+table ip nat {
+  chain postrouting {
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname "wan" masquerade
+  }
+  chain input {
+    type filter hook input priority filter; policy accept;
+    iifname "wan" ct state established,related accept
+    iifname "wan" drop
+  }
+}
+NFT
+ip netns exec "$gw" nft -f "$tmp/nat.nft"
+info "the router's nftables rules (in its own namespace, which takes them along when it goes):"
+sed 's/^/      /' "$tmp/nat.nft"
+wait_for "the underlay from epsilon to alpha" 10 ip netns exec "$ns_eps" ping -n -c 1 -W 1 "$(underlay 1)"
+info "epsilon is 10.5.0.2 on its LAN; the others see it as 198.18.5.2, the router's address"
+(umask 077
+ mkdir "$tmp/$nat_node"
+ cp "$tmp/seed" "$tmp/$nat_node/seed"
+ "$bin" genkey >"$tmp/$nat_node/$nat_node.key"
+ cat >"$tmp/$nat_node/stt0.toml" <<TOML
+[interface]
+node_name = "$nat_node"
+seed_file = "seed"
+key_file = "$nat_node.key"
+
+[discovery]
+bootstrap = ["$(underlay 1):51900"]   # alpha: the one address epsilon knows
+TOML
+)
+info "epsilon's stt0.toml (no address line: it is reached at its key-derived one):"
+sed 's/^/      /' "$tmp/$nat_node/stt0.toml"
+on "$nat_node" stt-tun up -c "$tmp/$nat_node/stt0.toml"
+wait_for "epsilon to know the 4 other members" 30 knows 4 "$nat_node"
+# seen_from NODE: a member has told NODE where it sees NODE's packets come from.
+seen_from() { local st; st=$(stt "$1" status stt0) && grep -q '^  seen from: 198' <<<"$st"; }
+wait_for "a member to tell epsilon where it sees it from" 15 seen_from "$nat_node"
+on "$nat_node" ping -n -c 3 -i 0.2 -W 3 "$addr_gamma"
+on "$nat_node" stt-tun ping -c 2 -i 0.2 gamma
+
+say "epsilon's status: seen from its router's address, and its path to gamma"
+on "$nat_node" stt-tun status stt0
+info "(the 'refused from' lines: epsilon has no accept_prefixes, so it routes no member's"
+info " IPv4 address; it reaches every member at its key-derived address)"
+st=$(stt "$nat_node" status stt0)
+grep -q '^  seen from: 198.18.5.2:' <<<"$st" || die "epsilon is not seen from its router's address 198.18.5.2"
+path=$(awk '$1 == "gamma" {print $2, $3; exit}' <<<"$st") # the PEER line, not the MEMBER one
+info "epsilon -> gamma: $path"
+case "$path" in
+  "udp $(underlay 3):"*) info "direct UDP from behind the NAT to gamma's own address, not through alpha" ;;
+  *) die "epsilon's path to gamma is not direct udp: '$path'" ;;
+esac
+path=$(stt gamma status stt0 | awk '$1 == "epsilon" {print $2, $3; exit}')
+info "gamma -> epsilon: $path   (the router's address and the port it mapped, not 10.5.0.2)"
+case "$path" in
+  "udp 198.18.5.2:"*) ;;
+  *) die "gamma's path to epsilon is not the router's address: '$path'" ;;
+esac
+
 say "alpha, the bootstrap node, goes down: the others carry on"
 on alpha stt-tun down stt0
 on delta ping -n -c 3 -i 0.2 -W 3 "$addr_gamma"
 
 say "Taking the tunnel down on the other nodes"
-for n in beta gamma delta; do
+for n in beta gamma delta "$nat_node"; do
   on "$n" stt-tun down stt0
 done
-for n in "${nodes[@]}"; do
+for n in "${nodes[@]}" "$nat_node"; do
   if ip -n "$(ns_of "$n")" link show stt0 >/dev/null 2>&1; then die "stt0 still exists in $n after down"; fi
 done
 info "stt0 is gone from every namespace"

@@ -25,7 +25,10 @@ type frameVector struct {
 	Stream   uint16 `json:"stream"`
 	Counter  uint64 `json:"counter"`
 	Payload  string `json:"payload"`
-	Frame    string `json:"frame"`
+	// RelayID, when set, makes the vector a RELAY message (section 9.1) with that id
+	// around the DATA frame.
+	RelayID uint32 `json:"relay_id,omitempty"`
+	Frame   string `json:"frame"`
 }
 
 func fixedKey(base byte) [32]byte {
@@ -51,6 +54,9 @@ func goldenFrameInputs() []frameVector {
 			frameVector{Name: "ipv4 datagram on stream 3", Cipher: c.String(), Key: hex.EncodeToString(k[:]), Receiver: 0xdeadbeef, Stream: 3, Counter: 0x0102030405, Payload: ipv4},
 		)
 	}
+	k := fixedKey(0x40)
+	out = append(out, frameVector{Name: "relayed ipv4 datagram on stream 3", Cipher: wire.CipherChaCha20Poly1305.String(), Key: hex.EncodeToString(k[:]),
+		Receiver: 0xdeadbeef, Stream: 3, Counter: 0x0102030405, Payload: ipv4, RelayID: 0xa1b2c3d4})
 	return out
 }
 
@@ -76,7 +82,13 @@ func sealVector(t *testing.T, v frameVector) []byte {
 	}
 	frame := make([]byte, wire.HeaderLen+len(payload), wire.HeaderLen+len(payload)+wire.TagLen)
 	copy(frame[wire.HeaderLen:], payload)
-	return s.seal(frame, v.Stream, v.Counter, new([12]byte))
+	frame = s.seal(frame, v.Stream, v.Counter, new([12]byte))
+	if v.RelayID != 0 {
+		m := make([]byte, wire.RelayHeaderLen, wire.RelayHeaderLen+len(frame))
+		wire.PutRelayHeader(m, v.RelayID)
+		frame = append(m, frame...)
+	}
+	return frame
 }
 
 func TestGoldenFrames(t *testing.T) {
@@ -103,7 +115,7 @@ func TestGoldenFrames(t *testing.T) {
 		t.Fatalf("%d vectors on file, %d built", len(want), len(vs))
 	}
 	for i, w := range want {
-		if in := vs[i]; in.Name != w.Name || in.Key != w.Key || in.Payload != w.Payload || in.Counter != w.Counter || in.Stream != w.Stream || in.Receiver != w.Receiver || in.Cipher != w.Cipher {
+		if in := vs[i]; in.Name != w.Name || in.Key != w.Key || in.Payload != w.Payload || in.Counter != w.Counter || in.Stream != w.Stream || in.Receiver != w.Receiver || in.Cipher != w.Cipher || in.RelayID != w.RelayID {
 			t.Errorf("vector %d inputs on file differ from the spec's: %+v", i, w)
 		}
 		if got := hex.EncodeToString(sealVector(t, w)); got != w.Frame {
@@ -111,6 +123,17 @@ func TestGoldenFrames(t *testing.T) {
 		}
 		// The layout is the spec's: header fields at their offsets, then ciphertext.
 		f, _ := hex.DecodeString(w.Frame)
+		if w.RelayID != 0 {
+			// A RELAY message: its header, then the DATA frame.
+			if typ, err := wire.CheckLength(f); err != nil || typ != wire.TypeRelay {
+				t.Fatalf("%s: type %d, %v", w.Name, typ, err)
+			}
+			id, inner, err := wire.ParseRelay(f)
+			if err != nil || id != w.RelayID {
+				t.Fatalf("%s: relay id %#x, %v", w.Name, id, err)
+			}
+			f = inner
+		}
 		h, err := wire.ParseHeader(f)
 		if err != nil || h.Receiver != w.Receiver || h.Stream != w.Stream || h.Counter != w.Counter {
 			t.Errorf("%s: header %+v, %v", w.Name, h, err)

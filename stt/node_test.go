@@ -26,6 +26,7 @@ import (
 type collector struct {
 	mu     sync.Mutex
 	got    [][]byte // in the order delivered
+	from   []*Peer  // the peer each came from
 	count  atomic.Int64
 	notify chan struct{}
 }
@@ -39,6 +40,7 @@ func (c *collector) Deliver(in *Inbound) {
 	for i := 0; i < in.N; i++ {
 		b := append([]byte(nil), in.Bufs[i][Headroom:Headroom+in.Sizes[i]]...)
 		c.got = append(c.got, b)
+		c.from = append(c.from, in.Peers[i])
 	}
 	c.mu.Unlock()
 	c.count.Add(int64(in.N))
@@ -71,10 +73,30 @@ type captureBind struct {
 	blocked  atomic.Bool  // drop every UDP datagram silently, like a firewall
 	refuse   atomic.Bool  // fail every send, like a firewall answering EPERM
 	dropOnce atomic.Int32 // drop the next single message of this type
+	// cut holds the ports on 127.0.0.1 whose UDP datagrams are dropped silently, like a
+	// firewall between two nodes that lets each reach the others.
+	cutMu sync.Mutex
+	cut   map[uint16]bool
+}
+
+// cutTo drops (on) or lets through (off) every UDP datagram this bind sends to port.
+func (b *captureBind) cutTo(port uint16, on bool) {
+	b.cutMu.Lock()
+	defer b.cutMu.Unlock()
+	if b.cut == nil {
+		b.cut = make(map[uint16]bool)
+	}
+	b.cut[port] = on
+}
+
+func (b *captureBind) isCut(ep conn.Endpoint) bool {
+	b.cutMu.Lock()
+	defer b.cutMu.Unlock()
+	return b.cut[addrPortOf(ep).Port()]
 }
 
 func (b *captureBind) Send(bufs [][]byte, ep conn.Endpoint) error {
-	if b.blocked.Load() {
+	if b.blocked.Load() || b.isCut(ep) {
 		return nil
 	}
 	if b.refuse.Load() {

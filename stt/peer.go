@@ -64,6 +64,9 @@ type peerTimes struct {
 	lastRecvData    atomic.Int64
 	firstUnanswered atomic.Int64 // first data or keepalive echo sent since we last heard from the peer
 	lastReliable    atomic.Int64 // a reliable control message sent or delivered (the idle timer)
+	// lastRelayed: frames of another peer went to or through this one, a relay or a
+	// relay's end (relay.go): the session with it is in use (the idle timer, rekeys).
+	lastRelayed atomic.Int64
 }
 
 // peerCounters are the peer's traffic figures. Atomics.
@@ -153,7 +156,8 @@ func (p *Peer) Name() string { return p.cfg.Name }
 // Tag is the opaque value given in PeerConfig.
 func (p *Peer) Tag() any { return p.cfg.Tag }
 
-// Endpoint is the peer's current underlay address, or the zero value.
+// Endpoint is the peer's current underlay address (through a relay: the relay's), or
+// the zero value.
 func (p *Peer) Endpoint() netip.AddrPort {
 	if ep := p.target(); ep != nil {
 		return addrPortOf(ep)

@@ -315,34 +315,8 @@ func (p *Peer) SetRelay(via *Peer, sendID, recvID uint32, choose bool) error {
 	r.replaceEnd(old, e)
 	r.mu.Unlock()
 	n.log.Info("relay path set", "peer", p.cfg.Name, "via", via.cfg.Name, "chooser", choose)
-	if choose {
-		p.relayWithoutSession()
-	}
 	n.kick() // a chooser without a direct path moves at once
 	return nil
-}
-
-// relayWithoutSession moves a chooser that has no confirmed session with p onto the
-// relay at once, with a handshake through it. The node asked for the relay because the
-// direct attempts failed; a punch in flight (whose retransmissions go only direct, and
-// which each new punch restarts) must not hold the relayed handshake back until it
-// gives up.
-func (p *Peer) relayWithoutSession() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.removed {
-		return
-	}
-	if cur := p.keys.current.Load(); cur != nil && cur.confirmed.Load() {
-		return // the fallback timer decides, on an unanswered direct path
-	}
-	if ini := p.handshake.init; ini != nil && ini.punch != nil {
-		p.dropInitLocked()
-	}
-	p.handshake.want = true
-	p.path.on.Store(onRelay)
-	p.node.log.Info("no direct session; moving to the relay", "peer", p.cfg.Name, "via", p.path.relay.Load().via.cfg.Name)
-	p.startHandshakeLocked(time.Now())
 }
 
 // ClearRelay removes p's relay path; p's traffic goes direct again (UDP or WebSocket).
@@ -370,6 +344,14 @@ func (p *Peer) RelayVia() *Peer {
 		return e.via
 	}
 	return nil
+}
+
+// relayUse records that relayed traffic went to or through p at now: the session with
+// it is in use, though no frame of it carried that traffic. One store per batch.
+func (p *Peer) relayUse(now time.Time) {
+	if t := p.mono(now); p.times.lastRelayed.Load() != t {
+		p.times.lastRelayed.Store(t)
+	}
 }
 
 // relayChooser reports whether this node asked for p's relay path (SetRelay choose).
@@ -446,6 +428,8 @@ func (n *Node) forward(rt *relayRoute, msg []byte, fw *relayFwd, now time.Time) 
 	if t := n.mono(now); rt.used.Load() != t {
 		rt.used.Store(t)
 	}
+	rt.from.relayUse(now)
+	to.relayUse(now)
 	if fw.ep != nil && fw.ep != ep {
 		fw.flush(n)
 	}
@@ -496,6 +480,7 @@ func (n *Node) sendRelay(frames [][]byte, e *relayEndpoint) error {
 	if _, relayed := ep.(*relayEndpoint); ep == nil || relayed {
 		return errNoEndpoint
 	}
+	e.via.relayUse(time.Now())
 	w := relayWraps.Get().(*relayWrap)
 	if len(w.bufs) < len(frames) {
 		w.bufs = append(w.bufs, make([][]byte, len(frames)-len(w.bufs))...)
@@ -537,7 +522,8 @@ var errFrameTooLong = errors.New("frame too long for a RELAY message")
 // WebSocket; its retransmissions go the same way, for at most punchGiveUp. Both ends
 // punching at once open their NATs to each other; a handshake that completes over UDP
 // moves p's traffic to UDP at both ends. Unusable addresses (invalid, port 0,
-// unspecified, multicast) are ignored; at most 2×MaxCandidates addresses are used.
+// unspecified, multicast) are ignored; at most 2×MaxCandidates addresses are used. On a
+// node without UDP (Config.DisableUDP) it does nothing.
 func (p *Peer) Punch(addrs []netip.AddrPort) {
 	n := p.node
 	if n.cfg.DisableUDP || p.cfg.AnyName {

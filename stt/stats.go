@@ -38,7 +38,7 @@ const (
 	DropNoSession                          // outbound datagram no session could carry: pushed out of a full queue, queued when the handshake gave up, or in a queue longer than a new session may seal
 	DropSendError                          // the transport refused a send
 	DropRefused                            // outbound datagram for a peer that refused our handshake, during the back-off
-	DropFallback                           // outbound datagram lost to a move from UDP to WebSocket: sent over UDP after its last answer, or held for a move that failed
+	DropFallback                           // outbound datagram lost to a move from UDP to WebSocket or a relay: sent over UDP after its last answer, or held for a move that failed
 	DropRelayUnknownID                     // RELAY whose id names no route of this relay nor a relay path of this end
 	DropRelayWrongSource                   // RELAY that did not come from the endpoint of the peer its id belongs to (a relay's from-end, an end's relay), or whose inner message belongs to another peer
 	DropRelayMalformed                     // RELAY with non-zero reserved bytes, or an inner message of a wrong type (a nested RELAY) or length

@@ -110,7 +110,7 @@ func (p *Peer) expiredIdleLocked(now time.Time, cur *session) bool {
 	if pk := p.counters.txPackets.Load() + p.counters.rxPackets.Load(); pk != p.idle.packets || p.idle.lastUse == 0 {
 		p.idle.packets, p.idle.lastUse = pk, t
 	}
-	if t-max(p.idle.lastUse, p.times.lastReliable.Load()) < int64(p.cfg.IdleTimeout) || len(p.queue) > 0 || cur.rel.backlog() > 0 {
+	if t-max(p.idle.lastUse, p.times.lastReliable.Load(), p.times.lastRelayed.Load()) < int64(p.cfg.IdleTimeout) || len(p.queue) > 0 || cur.rel.backlog() > 0 {
 		return false
 	}
 	p.closeIdleLocked()
@@ -140,10 +140,10 @@ func (p *Peer) closeIdleLocked() {
 	n.log.Debug("idle session closed", "peer", p.cfg.Name, "idle_timeout", p.cfg.IdleTimeout)
 }
 
-// sentRecently reports whether this node sent the peer anything within
-// RekeyAfterTime: an idle peer is not rekeyed.
+// sentRecently reports whether this node sent the peer anything, or relayed traffic
+// through or for it, within RekeyAfterTime: an idle peer is not rekeyed.
 func (p *Peer) sentRecently(now time.Time) bool {
-	return p.mono(now)-p.times.lastSent.Load() < int64(p.node.limits.RekeyAfterTime)
+	return p.mono(now)-max(p.times.lastSent.Load(), p.times.lastRelayed.Load()) < int64(p.node.limits.RekeyAfterTime)
 }
 
 // expiredUnconfirmedLocked reports whether our session was never confirmed (the
@@ -196,9 +196,11 @@ func (p *Peer) expiredDeadPeerLocked(now time.Time) bool {
 // flight it starts one if need says so. Called with p.mu held.
 func (p *Peer) expiredRetransmitHandshakeLocked(now time.Time, need bool) {
 	n := p.node
-	if ini := p.handshake.init; ini != nil && ini.punch != nil && !now.Before(ini.nextRetry) && now.Sub(ini.firstSent) >= punchGiveUp {
+	if ini := p.handshake.init; ini != nil && ini.punch != nil && !now.Before(ini.nextRetry) &&
+		(now.Sub(ini.firstSent) >= punchGiveUp || p.path.relay.Load() != nil && !p.HasSession()) {
 		// A punch that got no answer: the peer stays where it is; a handshake that is
-		// needed goes the usual way.
+		// needed goes the usual way. Without a session, a peer with a relay path waits
+		// for no more than the punch's first retry: the relay carries it meanwhile.
 		n.log.Debug("punch got no answer", "peer", p.cfg.Name)
 		p.dropInitLocked()
 	}
@@ -253,8 +255,9 @@ func (p *Peer) expiredSendKeepaliveLocked(now time.Time, cur *session) {
 // peer it may reach over WebSocket, keep a connection where WebSocket is the only way
 // and move to it when UDP does not answer; for a peer it asked a relay for, move to the
 // relay when there is no direct path or UDP does not answer; and probe UDP while on
-// either. The WebSocket comes first: a peer with a URL goes to the relay only when it
-// has neither UDP nor a WebSocket connection. Called with p.mu held.
+// either. The WebSocket comes first: a peer with a URL goes to the relay only when its
+// WebSocket dial has failed, and leaves it when a WebSocket connects (without UDP).
+// Called with p.mu held.
 func (p *Peer) tickPathLocked(now time.Time, cur *session) {
 	ws, relay := p.chooser(), p.relayChooser()
 	on := p.path.on.Load()
@@ -265,13 +268,24 @@ func (p *Peer) tickPathLocked(now time.Time, cur *session) {
 			p.expiredProbeUDPLocked(now, cur)
 		}
 		if ws && on == onRelay && !p.udpUsable() {
+			// On the relay for want of a WebSocket: keep dialing, and leave the relay
+			// once one carries.
 			p.keepWebSocketLocked(cur)
+			if p.path.ws.Load() != nil && p.path.on.CompareAndSwap(onRelay, onUDP) {
+				p.node.log.Info("peer path changed", "peer", p.cfg.Name, "path", PathWS)
+				if cur != nil && cur.confirmed.Load() {
+					p.sendControl(cur, nil)
+				}
+			}
 		}
 	case ws && !p.udpUsable():
 		p.keepWebSocketLocked(cur)
-		if relay && p.path.ws.Load() == nil {
+		if relay && p.path.ws.Load() == nil && p.path.dial.fails > 0 {
 			p.expiredFallbackToRelayLocked(now, cur)
 		}
+	case ws && relay && p.path.ws.Load() == nil && p.path.dial.fails > 0:
+		// The WebSocket did not connect: the relay is the way left.
+		p.expiredFallbackToRelayLocked(now, cur)
 	case ws:
 		p.expiredFallbackToWebSocketLocked(now, cur)
 	default:
@@ -309,7 +323,14 @@ func (p *Peer) expiredFallbackToRelayLocked(now time.Time, cur *session) {
 	if cur != nil && cur.confirmed.Load() {
 		p.sendControl(cur, nil)
 		p.releaseHeldLocked(cur)
-	} else if p.handshake.init != nil || p.handshake.want || cur != nil {
+	} else if ini := p.handshake.init; ini != nil && ini.punch != nil {
+		// A punch in flight and no session: the session comes up through the relay
+		// now; a later punch can still take it direct.
+		p.dropInitLocked()
+		p.startHandshakeLocked(now)
+	} else if p.udpUsable() && (p.handshake.init != nil || p.handshake.want || cur != nil) {
+		// The handshake went over UDP: again, through the relay. (Without a UDP
+		// address it went through the relay already.)
 		p.startHandshakeLocked(now)
 	}
 }

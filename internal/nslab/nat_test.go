@@ -140,8 +140,8 @@ func TestNATRouterKindsBehaveAsNamed(t *testing.T) {
 		site := l.NATRouter(inet, string(kind), kind, 10+i)
 		p := probe(t, site, srv)
 		t.Logf("%s: seen %v, unsolicited %v", kind, p.seen, p.unsolicited)
-		if p.unsolicited {
-			t.Errorf("%s: a datagram from a port the host never sent to got through", kind)
+		if p.unsolicited != (kind == NATPublic) {
+			t.Errorf("%s: a datagram from a port the host never sent to got through: %v, want %v", kind, p.unsolicited, kind == NATPublic)
 		}
 		if err := site.Host.Ping("198.18.1.2"); err != nil {
 			t.Errorf("%s: host cannot ping the internet: %v", kind, err)
@@ -161,18 +161,116 @@ func TestNATRouterKindsBehaveAsNamed(t *testing.T) {
 			if p.seen[0] == p.seen[1] {
 				t.Errorf("%s: both servers saw %s, want a mapping per destination", kind, p.seen[0])
 			}
-		case NATFirewall:
+		case NATFirewall, NATPublic:
 			want := netip.AddrPortFrom(site.HostAddr, 5555)
 			if p.seen[0] != want || p.seen[1] != want {
-				t.Errorf("firewall: seen as %v, want %s untranslated", p.seen, want)
+				t.Errorf("%s: seen as %v, want %s untranslated", kind, p.seen, want)
 			}
-			if err := srv.Ping(site.HostAddr.String()); err == nil {
-				t.Errorf("firewall: the internet pings the host behind it")
+			if err := srv.Ping(site.HostAddr.String()); (err == nil) != (kind == NATPublic) {
+				t.Errorf("%s: the internet pings the host behind it: %v, want %v", kind, err == nil, kind == NATPublic)
 			}
 		case NATUDPBlocked:
 			if p.seen[0].IsValid() || p.seen[1].IsValid() {
 				t.Errorf("udp-blocked: UDP got through: seen as %v", p.seen)
 			}
 		}
+	}
+}
+
+// TestNATHostsShareTheRouter: two hosts behind one easy router reach each other at
+// their own addresses, untranslated, and the internet sees both at the router's
+// address (the second with another port, the first holding the one both asked for).
+func TestNATHostsShareTheRouter(t *testing.T) {
+	l := New(t)
+	inet := l.NS("inet")
+	inet.MustRun(t, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+	srv := l.NS("srv")
+	l.Link(inet, []string{"198.18.1.1/24"}, srv, []string{"198.18.1.2/24"})
+	srv.MustRun(t, "ip", "route", "add", "default", "via", "198.18.1.1")
+	site := l.NATRouter(inet, "lan", NATEasy, 10)
+	second := l.NATHost(site, "lan2")
+	if len(site.Hosts) != 2 || site.Hosts[1] != second || site.HostAddrs[0] == site.HostAddrs[1] {
+		t.Fatalf("site hosts %v at %v", site.Hosts, site.HostAddrs)
+	}
+	// A UDP echo on the first host shows the second's source address as it arrives.
+	var echo *net.UDPConn
+	if err := site.Host.Do(func() (err error) {
+		echo, err = net.ListenUDP("udp4", &net.UDPAddr{Port: 6000})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer echo.Close()
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			_, from, err := echo.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			_, _ = echo.WriteToUDPAddrPort([]byte(from.String()), from)
+		}
+	}()
+	var c *net.UDPConn
+	if err := second.Do(func() (err error) {
+		c, err = net.ListenUDP("udp4", &net.UDPAddr{Port: 6001})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.WriteToUDPAddrPort([]byte("?"), netip.AddrPortFrom(site.HostAddrs[0], 6000)); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(probeWait))
+	buf := make([]byte, 64)
+	n, _, err := c.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		t.Fatalf("the second host got no answer from the first: %v", err)
+	}
+	if got, want := string(buf[:n]), netip.AddrPortFrom(site.HostAddrs[1], 6001).String(); got != want {
+		t.Errorf("the first host saw the second as %s, want %s (untranslated)", got, want)
+	}
+	for i, h := range site.Hosts {
+		out, err := h.Run("ping", "-n", "-c", "1", "-W", "2", "198.18.1.2")
+		if err != nil {
+			t.Errorf("host %d cannot reach the internet: %v %s", i, err, out)
+		}
+	}
+}
+
+// TestFlushConntrackRemapsAHardNAT: after a flush, the next datagram of a flow through
+// a hard router leaves from another port, and one from the far end that arrives before
+// it is dropped: the router forgot the mapping.
+func TestFlushConntrackRemapsAHardNAT(t *testing.T) {
+	l := New(t)
+	inet := l.NS("inet")
+	inet.MustRun(t, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+	srv := l.NS("srv")
+	l.Link(inet, []string{"198.18.1.1/24"}, srv, []string{"198.18.1.2/24"})
+	srv.MustRun(t, "ip", "route", "add", "default", "via", "198.18.1.1")
+	site := l.NATRouter(inet, "hard", NATHardRandom, 10)
+	before := probe(t, site, srv)
+	if !before.seen[0].IsValid() {
+		t.Fatal("no answer before the flush")
+	}
+	n, err := site.FlushConntrack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n == 0 {
+		t.Error("the router's table was empty before the flush")
+	}
+	if ms, err := site.UDPMappings(); err != nil || len(ms) != 0 {
+		t.Errorf("after the flush the router still holds %v (%v)", ms, err)
+	}
+	after := probe(t, site, srv)
+	t.Logf("seen before %v, after %v; %d entries flushed", before.seen, after.seen, n)
+	// Without the flush the router would still hold the entry of the probe's flow to
+	// the first server (same addresses and ports, well within UDP's 30 s) and map it
+	// as before; after it, the mapping is a fresh random port, the same one again a 1
+	// in 10 000 chance.
+	if after.seen[0] == before.seen[0] {
+		t.Errorf("the router mapped the flow to %s again after the flush", after.seen[0])
 	}
 }

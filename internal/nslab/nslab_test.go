@@ -43,6 +43,15 @@ func TestLabLinkPingTransferCleanup(t *testing.T) {
 				t.Errorf("transfer to %s: %v", host, res)
 			}
 		}
+		// TransferMid runs its hook once, between the halves, and sends them both.
+		calls := 0
+		res, err := TransferMid(ctx, a, b, "10.200.1.2", 1<<20+1, func() error { calls++; return nil })
+		if err != nil || !res.OK() || res.SentBytes != 1<<20+1 || calls != 1 {
+			t.Errorf("transfer with a hook: %v, %v, hook ran %d times", res, err, calls)
+		}
+		if _, err := TransferMid(ctx, a, b, "10.200.1.2", 1<<20, func() error { return errors.New("boom") }); err == nil || !strings.Contains(err.Error(), "boom") {
+			t.Errorf("a failing hook: %v, want its error", err)
+		}
 
 		proc = b.Start("sleep", "600")
 		if _, err := exec.Command("ip", "netns", "pids", b.Name()).Output(); err != nil {

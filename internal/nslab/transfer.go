@@ -33,6 +33,14 @@ func (r TransferResult) String() string {
 // byte counts and SHA-256 digests of what was sent and what was received. ctx
 // bounds the whole transfer.
 func Transfer(ctx context.Context, src, dst *NS, host string, size int64) (TransferResult, error) {
+	return TransferMid(ctx, src, dst, host, size, nil)
+}
+
+// TransferMid is Transfer that calls mid, when not nil, once the sender has written
+// half of the bytes, and writes the other half once mid has returned: a fault injected
+// by mid hits a transfer in flight. An error from mid ends the transfer and is
+// returned.
+func TransferMid(ctx context.Context, src, dst *NS, host string, size int64, mid func() error) (TransferResult, error) {
 	var res TransferResult
 	ln, err := dst.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
@@ -66,7 +74,7 @@ func Transfer(ctx context.Context, src, dst *NS, host string, size int64) (Trans
 	stopLn := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stopLn()
 
-	sendErr := send(ctx, src, ln.Addr().String(), size, &res)
+	sendErr := send(ctx, src, ln.Addr().String(), size, mid, &res)
 	if sendErr != nil {
 		ln.Close() // the receiver may still be waiting for a connection
 	}
@@ -79,8 +87,8 @@ func Transfer(ctx context.Context, src, dst *NS, host string, size int64) (Trans
 }
 
 // send dials addr from src and writes size random bytes, recording their
-// count and digest in res.
-func send(ctx context.Context, src *NS, addr string, size int64, res *TransferResult) error {
+// count and digest in res; mid, if not nil, runs between the two halves.
+func send(ctx context.Context, src *NS, addr string, size int64, mid func() error, res *TransferResult) error {
 	c, err := src.Dial(ctx, "tcp", addr)
 	if err != nil {
 		return fmt.Errorf("dial from %s: %w", src.name, err)
@@ -91,8 +99,22 @@ func send(ctx context.Context, src *NS, addr string, size int64, res *TransferRe
 	h := sha256.New()
 	var seed [32]byte
 	crand.Read(seed[:])
-	data := io.LimitReader(rand.NewChaCha8(seed), size)
-	res.SentBytes, err = io.Copy(io.MultiWriter(c, h), data)
+	data := rand.NewChaCha8(seed)
+	w := io.MultiWriter(c, h)
+	first := size
+	if mid != nil {
+		first = size / 2
+	}
+	res.SentBytes, err = io.Copy(w, io.LimitReader(data, first))
+	if err == nil && mid != nil {
+		if err = mid(); err != nil {
+			err = fmt.Errorf("mid-transfer: %w", err)
+		} else {
+			var n int64
+			n, err = io.Copy(w, io.LimitReader(data, size-first))
+			res.SentBytes += n
+		}
+	}
 	h.Sum(res.SentSHA256[:0])
 	if err != nil {
 		return fmt.Errorf("send: %w", err)

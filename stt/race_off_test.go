@@ -1,0 +1,5 @@
+//go:build !race
+
+package stt
+
+const raceEnabled = false
