@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
 # stt-tun demo: a mesh of four nodes in four network namespaces behind a router
-# namespace. One of them, alpha, is the bootstrap member; beta, gamma and delta name only
-# alpha's address and have no [[peer]] at all. They find each other, get addresses
-# derived from their keys, and talk directly, not through alpha. Then epsilon, on a
-# private LAN behind a NAT router (an nftables masquerade, as a home router does), joins
-# with only the seed, its key and alpha's address, and reaches gamma. Nothing outside
-# those namespaces and a temporary directory is touched (the NAT router's nftables rules
-# live in its own namespace), and everything is removed at the end, also on failure or
-# Ctrl-C.
+# namespace. One of them, alpha, is the bootstrap member and a relay; beta, gamma and
+# delta name only alpha's address and have no [[peer]] at all. They find each other, get
+# addresses derived from their keys, and talk directly, not through alpha. Then epsilon,
+# on a private LAN behind a NAT router (an nftables masquerade, as a home router does),
+# joins with only the seed, its key and alpha's address, learns its NAT is "easy" and
+# reaches gamma directly; zeta, behind a NAT that maps every destination to a new port
+# (`masquerade random`, "hard"), joins the same way and reaches epsilon through the
+# relay, alpha. Nothing outside those namespaces and a temporary directory is touched
+# (the NAT routers' nftables rules live in their own namespaces), and everything is
+# removed at the end, also on failure or Ctrl-C.
 #
-# Run it with `make demo` (as root), which builds bin/stt-tun first. Takes about 20 s.
+# Run it with `make demo` (as root), which builds bin/stt-tun first. Takes about 15 s.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=${STT_TUN:-$repo/bin/stt-tun}
 size=$((20 * 1024 * 1024)) # bytes sent through the tunnel
 nodes=(alpha beta gamma delta)
-nat_node=epsilon # behind the NAT router
+nat_node=epsilon  # behind an easy NAT router
+hard_node=zeta    # behind a hard NAT router
 
 if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold="" plain=""; fi
 say()  { printf '\n%s==> %s%s\n' "$bold" "$*" "$plain"; }
@@ -90,7 +93,7 @@ cleanup() {
     wait "$recv_pid" 2>/dev/null
   fi
   local n state pid i
-  for n in "${nodes[@]}" "$nat_node"; do
+  for n in "${nodes[@]}" "$nat_node" "$hard_node"; do
     state=$(state_of "$n")
     if [ -n "$(pids_of "$state")" ]; then
       stt "$n" down stt0 >/dev/null 2>&1
@@ -171,7 +174,7 @@ done
 say "Writing the configurations: beta, gamma and delta name only alpha, and no [[peer]]"
 for i in "${!nodes[@]}"; do
   n=${nodes[$i]}
-  boot="# no bootstrap: alpha waits for the others"
+  boot="relay = true                       # no bootstrap: alpha waits for the others; it relays"
   [ "$n" = alpha ] || boot="bootstrap = [\"$(underlay 1):51900\"]     # alpha; any member would do"
   (umask 077
    cat >"$tmp/$n/stt0.toml" <<EOF
@@ -243,31 +246,55 @@ case "$path" in
 esac
 
 say "epsilon joins from behind a NAT router, with only the seed, its key and alpha's address"
-# The router: a namespace between epsilon's private LAN (10.5.0.0/24) and the demo's
-# "internet", with the masquerade of a home router: it maps epsilon's port to the same
-# one on its own address 198.18.5.2, lets in only replies to what epsilon sent, and
-# drops whatever else arrives from outside.
-gw="$id-epsilon-gw"
-ns_eps=$(ns_of "$nat_node")
-ip netns add "$gw"
-created_ns+=("$gw")
-ip netns add "$ns_eps"
-created_ns+=("$ns_eps")
-ip -n "$gw" link set lo up
-ip -n "$ns_eps" link set lo up
-ip -n "$ns_router" link add v5 type veth peer name wan netns "$gw"
-ip -n "$ns_router" addr add 198.18.5.1/24 dev v5
-ip -n "$gw" addr add 198.18.5.2/24 dev wan
-ip -n "$gw" link add lan type veth peer name eth0 netns "$ns_eps"
-ip -n "$gw" addr add 10.5.0.1/24 dev lan
-ip -n "$ns_eps" addr add 10.5.0.2/24 dev eth0
-ip -n "$ns_router" link set v5 up
-ip -n "$gw" link set wan up
-ip -n "$gw" link set lan up
-ip -n "$ns_eps" link set eth0 up
-ip -n "$gw" route add default via 198.18.5.1
-ip -n "$ns_eps" route add default via 10.5.0.1
-ip netns exec "$gw" sysctl -qw net.ipv4.ip_forward=1
+# nat_site NODE K RULES: NODE on a private LAN 10.K.0.0/24 behind a router namespace
+# with the nftables RULES, whose address on the demo's "internet" is 198.18.K.2.
+nat_site() {
+  local n=$1 k=$2 rules=$3 gw="$id-$1-gw" ns
+  ns=$(ns_of "$n")
+  ip netns add "$gw"
+  created_ns+=("$gw")
+  ip netns add "$ns"
+  created_ns+=("$ns")
+  ip -n "$gw" link set lo up
+  ip -n "$ns" link set lo up
+  ip -n "$ns_router" link add "v$k" type veth peer name wan netns "$gw"
+  ip -n "$ns_router" addr add "198.18.$k.1/24" dev "v$k"
+  ip -n "$gw" addr add "198.18.$k.2/24" dev wan
+  ip -n "$gw" link add lan type veth peer name eth0 netns "$ns"
+  ip -n "$gw" addr add "10.$k.0.1/24" dev lan
+  ip -n "$ns" addr add "10.$k.0.2/24" dev eth0
+  ip -n "$ns_router" link set "v$k" up
+  ip -n "$gw" link set wan up
+  ip -n "$gw" link set lan up
+  ip -n "$ns" link set eth0 up
+  ip -n "$gw" route add default via "198.18.$k.1"
+  ip -n "$ns" route add default via "10.$k.0.1"
+  ip netns exec "$gw" sysctl -qw net.ipv4.ip_forward=1
+  ip netns exec "$gw" nft -f "$rules"
+  wait_for "the underlay from $n to alpha" 10 ip netns exec "$ns" ping -n -c 1 -W 1 "$(underlay 1)"
+}
+# nat_conf NODE writes NODE's key and configuration: the seed, its key, alpha's address.
+nat_conf() {
+  local n=$1
+  (umask 077
+   mkdir "$tmp/$n"
+   cp "$tmp/seed" "$tmp/$n/seed"
+   "$bin" genkey >"$tmp/$n/$n.key"
+   cat >"$tmp/$n/stt0.toml" <<TOML
+[interface]
+node_name = "$n"
+seed_file = "seed"
+key_file = "$n.key"
+
+[discovery]
+bootstrap = ["$(underlay 1):51900"]   # alpha: the one address $n knows
+TOML
+  )
+}
+
+# epsilon's router: the masquerade of a home router. It maps epsilon's port to the same
+# one on its own address 198.18.5.2 for every destination, lets in only replies to what
+# epsilon sent, and drops whatever else arrives from outside.
 cat >"$tmp/nat.nft" <<'NFT'
 table ip nat {
   chain postrouting {
@@ -281,25 +308,11 @@ table ip nat {
   }
 }
 NFT
-ip netns exec "$gw" nft -f "$tmp/nat.nft"
+nat_site "$nat_node" 5 "$tmp/nat.nft"
 info "the router's nftables rules (in its own namespace, which takes them along when it goes):"
 sed 's/^/      /' "$tmp/nat.nft"
-wait_for "the underlay from epsilon to alpha" 10 ip netns exec "$ns_eps" ping -n -c 1 -W 1 "$(underlay 1)"
 info "epsilon is 10.5.0.2 on its LAN; the others see it as 198.18.5.2, the router's address"
-(umask 077
- mkdir "$tmp/$nat_node"
- cp "$tmp/seed" "$tmp/$nat_node/seed"
- "$bin" genkey >"$tmp/$nat_node/$nat_node.key"
- cat >"$tmp/$nat_node/stt0.toml" <<TOML
-[interface]
-node_name = "$nat_node"
-seed_file = "seed"
-key_file = "$nat_node.key"
-
-[discovery]
-bootstrap = ["$(underlay 1):51900"]   # alpha: the one address epsilon knows
-TOML
-)
+nat_conf "$nat_node"
 info "epsilon's stt0.toml (no address line: it is reached at its key-derived one):"
 sed 's/^/      /' "$tmp/$nat_node/stt0.toml"
 on "$nat_node" stt-tun up -c "$tmp/$nat_node/stt0.toml"
@@ -307,15 +320,20 @@ wait_for "epsilon to know the 4 other members" 30 knows 4 "$nat_node"
 # seen_from NODE: a member has told NODE where it sees NODE's packets come from.
 seen_from() { local st; st=$(stt "$1" status stt0) && grep -q '^  seen from: 198' <<<"$st"; }
 wait_for "a member to tell epsilon where it sees it from" 15 seen_from "$nat_node"
+# nat_is NODE TYPE: NODE's status says its NAT is TYPE (two members at different
+# addresses have told it where they see it from).
+nat_is() { local st; st=$(stt "$1" status stt0) && grep -q "^  nat: $2 " <<<"$st"; }
 on "$nat_node" ping -n -c 3 -i 0.2 -W 3 "$addr_gamma"
 on "$nat_node" stt-tun ping -c 2 -i 0.2 gamma
 
-say "epsilon's status: seen from its router's address, and its path to gamma"
+say "epsilon's status: seen from its router's address, its NAT, and its path to gamma"
+wait_for "epsilon to learn its NAT type" 15 nat_is "$nat_node" easy
 on "$nat_node" stt-tun status stt0
 info "(the 'refused from' lines: epsilon has no accept_prefixes, so it routes no member's"
 info " IPv4 address; it reaches every member at its key-derived address)"
 st=$(stt "$nat_node" status stt0)
 grep -q '^  seen from: 198.18.5.2:' <<<"$st" || die "epsilon is not seen from its router's address 198.18.5.2"
+info "epsilon's $(grep '^  nat: ' <<<"$st" | sed 's/^ *//')"
 path=$(awk '$1 == "gamma" {print $2, $3; exit}' <<<"$st") # the PEER line, not the MEMBER one
 info "epsilon -> gamma: $path"
 case "$path" in
@@ -329,15 +347,51 @@ case "$path" in
   *) die "gamma's path to epsilon is not the router's address: '$path'" ;;
 esac
 
+say "zeta joins from behind a hard NAT: a new port for every destination"
+# zeta's router maps each of zeta's flows to a random port of 40000-49999, one per
+# destination ("symmetric"), and filters like epsilon's: the port epsilon would have to
+# send to is not the one the router opened toward epsilon, so no punch gets through
+# between them, and they go through alpha, the relay.
+sed 's|oifname "wan" masquerade|oifname "wan" meta l4proto udp masquerade to :40000-49999 random\n    oifname "wan" masquerade|' \
+  "$tmp/nat.nft" >"$tmp/hard.nft"
+nat_site "$hard_node" 6 "$tmp/hard.nft"
+info "its router's postrouting chain:"
+sed -n '/chain postrouting/,/}/p' "$tmp/hard.nft" | sed 's/^/      /'
+nat_conf "$hard_node"
+on "$hard_node" stt-tun up -c "$tmp/$hard_node/stt0.toml"
+wait_for "zeta to know the 5 other members" 30 knows 5 "$hard_node"
+addr_eps=$(mesh_addr "$nat_node")
+# zeta's first pings wait while it punches; 3 s on, it asks alpha for a relay.
+info "zeta pings epsilon (every 0.5 s until one is answered)"
+start=$(date +%s%N)
+ip netns exec "$(ns_of "$hard_node")" ping -n -q -c 1 -i 0.5 -w 20 "$addr_eps" >/dev/null ||
+  die "zeta's pings to epsilon got no answer in 20 s"
+ms=$((($(date +%s%N) - start) / 1000000))
+info "first reply after $((ms / 1000)).$((ms % 1000 / 100)) s: punches first, then the relay"
+# path_of NODE PEER prints NODE's path to PEER from its status ("relay via alpha").
+path_of() { stt "$1" status stt0 | awk -v p="$2" '$1 == p {print ($2 == "relay" ? $2 " " $3 " " $4 : $2 " " $3); exit}'; }
+relayed() { [ "$(path_of "$1" "$2")" = "relay via alpha" ]; }
+wait_for "zeta's path to epsilon to go through alpha" 20 relayed "$hard_node" "$nat_node"
+wait_for "epsilon's path to zeta to go through alpha" 20 relayed "$nat_node" "$hard_node"
+wait_for "zeta to learn its NAT type" 15 nat_is "$hard_node" hard
+on "$hard_node" ping -n -c 3 -i 0.2 -W 3 "$addr_eps"
+on "$hard_node" stt-tun ping -c 2 -i 0.2 "$nat_node"
+st=$(stt "$hard_node" status stt0)
+info "zeta's $(grep '^  nat: ' <<<"$st" | sed 's/^ *//')"
+info "zeta -> epsilon: $(path_of "$hard_node" "$nat_node")   ($(grep "^  path to $nat_node: " <<<"$st" | sed 's/^ *//'))"
+info "epsilon -> zeta: $(path_of "$nat_node" "$hard_node")"
+info "alpha: $(stt alpha status stt0 | grep '^  relay: ' | sed 's/^ *//')"
+info "the session stays end to end: alpha forwards ciphertext it cannot read"
+
 say "alpha, the bootstrap node, goes down: the others carry on"
 on alpha stt-tun down stt0
 on delta ping -n -c 3 -i 0.2 -W 3 "$addr_gamma"
 
 say "Taking the tunnel down on the other nodes"
-for n in beta gamma delta "$nat_node"; do
+for n in beta gamma delta "$nat_node" "$hard_node"; do
   on "$n" stt-tun down stt0
 done
-for n in "${nodes[@]}" "$nat_node"; do
+for n in "${nodes[@]}" "$nat_node" "$hard_node"; do
   if ip -n "$(ns_of "$n")" link show stt0 >/dev/null 2>&1; then die "stt0 still exists in $n after down"; fi
 done
 info "stt0 is gone from every namespace"

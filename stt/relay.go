@@ -313,6 +313,11 @@ func (p *Peer) SetRelay(via *Peer, sendID, recvID uint32, choose bool) error {
 	}
 	old := p.path.relay.Swap(e)
 	r.replaceEnd(old, e)
+	if !choose && old != nil && old.via != via {
+		// A follower on another relay: the new one carries the traffic once a frame
+		// of the peer's came through it (follow), not at once.
+		p.path.on.CompareAndSwap(onRelay, onUDP)
+	}
 	r.mu.Unlock()
 	n.log.Info("relay path set", "peer", p.cfg.Name, "via", via.cfg.Name, "chooser", choose)
 	n.kick() // a chooser without a direct path moves at once
@@ -521,7 +526,8 @@ var errFrameTooLong = errors.New("frame too long for a RELAY message")
 // p's candidate addresses (and its current UDP address), never through a relay or over
 // WebSocket; its retransmissions go the same way, for at most punchGiveUp. Both ends
 // punching at once open their NATs to each other; a handshake that completes over UDP
-// moves p's traffic to UDP at both ends. Unusable addresses (invalid, port 0,
+// moves p's traffic to UDP at both ends. A punch does not replace a handshake that
+// renews p's live session (it is skipped). Unusable addresses (invalid, port 0,
 // unspecified, multicast) are ignored; at most 2×MaxCandidates addresses are used. On a
 // node without UDP (Config.DisableUDP) it does nothing.
 func (p *Peer) Punch(addrs []netip.AddrPort) {
@@ -556,6 +562,12 @@ func (p *Peer) Punch(addrs []netip.AddrPort) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.removed {
+		return
+	}
+	if ini := p.handshake.init; ini != nil && ini.punch == nil && p.keys.current.Load() != nil {
+		// A handshake renewing the live session is in flight: the punch waits for the
+		// next one. Replaced by punches (which any member can trigger), the renewal
+		// would never complete, and the session would die at RejectAfter.
 		return
 	}
 	if ep := p.path.udp.Load(); ep != nil {

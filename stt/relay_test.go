@@ -106,10 +106,12 @@ func (l *relayLab) open(t testing.TB) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := l.ab.SetRelay(l.ar, l.idAB, l.idBA, true); err != nil {
+	// The follower first: the chooser, without a session, sends its handshake through
+	// the relay at once (relayWithoutSession), which b must know the id of.
+	if err := l.ba.SetRelay(l.br, l.idBA, l.idAB, false); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.ba.SetRelay(l.br, l.idBA, l.idAB, false); err != nil {
+	if err := l.ab.SetRelay(l.ar, l.idAB, l.idBA, true); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -227,6 +229,8 @@ func TestRelayDropsWhatItMustNotForward(t *testing.T) {
 	if good == nil {
 		t.Fatal("a sent no relayed DATA")
 	}
+	// It may be a keepalive r has yet to forward: the cases count what r sends.
+	waitFor(t, 5*time.Second, "r forwarded a's frame", func() bool { return sentCount(l.r.bind, good) > 0 })
 	rEP, _ := l.a.bind.ParseEndpoint(loopback(l.r.Node))
 	fromA := func(m []byte) {
 		if err := l.a.bind.Bind.Send([][]byte{m}, rEP); err != nil {
@@ -473,8 +477,10 @@ func TestFallbackFromUDPToRelay(t *testing.T) {
 	l := newRelayLab(t, labOpts{timers: timers, direct: true})
 	l.a.bind.cutTo(l.b.Port(), false)
 	l.b.bind.cutTo(l.a.Port(), false)
-	l.open(t)
 	l.exchange(t, "direct")
+	// The relay comes once the direct session is up: a chooser without a confirmed
+	// session moves onto a granted relay at once (relayWithoutSession).
+	l.open(t)
 	if l.ab.Path() != PathUDP || l.ba.Path() != PathUDP {
 		t.Fatalf("paths %s/%s with UDP working, want udp", l.ab.Path(), l.ba.Path())
 	}
@@ -852,7 +858,10 @@ func TestRelayFollowerAndChooserRules(t *testing.T) {
 		t.Fatal("a new relay path carries the traffic before any frame moved it")
 	}
 
-	// The chooser, with frames later than any so far.
+	// The chooser, with frames later than any so far, on a confirmed session (without
+	// one it would move onto the relay at once: relayWithoutSession).
+	latest.confirmed.Store(true)
+	o.p.keys.current.Store(latest)
 	if err := o.p.SetRelay(via, 7, 8, true); err != nil {
 		t.Fatal(err)
 	}

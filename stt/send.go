@@ -104,7 +104,8 @@ func (p *Peer) transmit(frames [][]byte, now time.Time, payloadBytes uint64, dat
 }
 
 // target is where frames for the peer go now: the WebSocket or the relay while the
-// peer's traffic is on it, else UDP, else a WebSocket or a relay as the only way.
+// peer's traffic is on it, else UDP, else a WebSocket or a relay this node asked for
+// (a chooser's) as the only way.
 func (p *Peer) target() conn.Endpoint {
 	switch p.path.on.Load() {
 	case onWS:
@@ -124,7 +125,9 @@ func (p *Peer) target() conn.Endpoint {
 	if we := p.path.ws.Load(); we != nil {
 		return we
 	}
-	if re := p.path.relay.Load(); re != nil {
+	if re := p.path.relay.Load(); re != nil && re.choose {
+		// Only a relay this node asked for: a follower's path carries the traffic
+		// once a frame of the peer's came through it (follow), never before.
 		return re
 	}
 	return nil

@@ -259,7 +259,7 @@ func (t *Tunnel) admit(name string, static [32]byte) (*stt.Peer, error) {
 func (t *Tunnel) addMemberPeerLocked(mb *member, rec *mesh.Record) error {
 	key := mb.key
 	p := &peer{cfg: config.Peer{Name: mb.name, PublicKey: &key}, member: mb}
-	pc := stt.PeerConfig{Name: mb.name, PublicKey: &key, Tag: p, IdleTimeout: t.mesh.idle, PersistentKeepalive: t.natKeepalive()}
+	pc := stt.PeerConfig{Name: mb.name, PublicKey: &key, Tag: p, IdleTimeout: t.mesh.idle} // the NAT keepalive comes with a session (setNATKeepalive)
 	if rec != nil {
 		pc.Candidates, pc.WSURL = candidatesOf(rec)
 	}

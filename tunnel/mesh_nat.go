@@ -9,6 +9,10 @@
 package tunnel
 
 import (
+	"bytes"
+	"cmp"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"math/rand/v2"
 	"net/netip"
@@ -27,14 +31,25 @@ const (
 	relayAfter = 3 * time.Second
 	// relayRetry is how long after a relay request (granted or not) the next may go.
 	relayRetry = 5 * time.Second
-	// relayRefusedFor is how long a relay that refused is not asked again.
+	// relayRefusedFor is how long a relay that refused is not asked again, unless it
+	// refused because it has no session with the target yet (relayBarred).
 	relayRefusedFor = 30 * time.Second
+	// relayHandshakeWait is how long a relay route may go without a session before it
+	// is given up (a handshake through a relay takes well under a second; its
+	// retransmissions come at 1, 2, 4 s).
+	relayHandshakeWait = 10 * time.Second
 	// coordinateEvery bounds a coordinator: one PUNCH pair per (requester, target).
 	coordinateEvery = 2 * time.Second
 	// punchEvery bounds an end: one punch per member started by PUNCH messages.
 	punchEvery = time.Second
 	// pingWant is how long a ping makes a member wanted.
 	pingWant = 10 * time.Second
+	// wantGrace is how long a member stays wanted after it last was. The datagrams
+	// that made it wanted leave the queue when the handshake completes, and the
+	// session counts only once the member confirms it: a tick in between saw a member
+	// nobody wanted, dropped its relay route, and the relayed session never got its
+	// confirmation (the NAT lab's matrix, a few pairs in a run).
+	wantGrace = 5 * time.Second
 	// maxCoordinators is how many members one punch request goes to.
 	maxCoordinators = 3
 	// maxNATEntries bounds the coordinator's and the ends' rate-limit tables.
@@ -73,6 +88,9 @@ type natState struct {
 	// target) and of PUNCH (per member): when each was last acted on.
 	coordinated map[[2][32]byte]time.Time
 	punched     map[[32]byte]time.Time
+	// relayAnswered is the rate limit of RELAY_REQUEST, per requester and target: a
+	// grant goes to the target too, so requests must not make grants at their rate.
+	relayAnswered map[[2][32]byte]time.Time
 
 	punchRequests  atomic.Uint64 // PUNCH_REQUESTs sent
 	punchesCoord   atomic.Uint64 // PUNCH pairs sent as coordinator
@@ -87,25 +105,38 @@ type natState struct {
 // travel is the traversal state of one member this node wants to reach.
 type travel struct {
 	since     time.Time // wanted since
+	lastWant  time.Time // last tick that found it wanted
 	attempt   int       // punch requests sent
 	nextPunch time.Time
-	// relayKey is the relay asked (relayAsked) or granted (granted).
+	// relayKey is the relay asked (relayAsked) or granted (granted); asked is the
+	// relay this node asked last, which a grant of another relay does not replace.
 	relayKey   [32]byte
+	asked      [32]byte
 	relayAsked time.Time
-	granted    bool                   // the relay this node asked granted the route
-	installed  bool                   // a relay route to the member is installed (asked for or not)
-	refused    map[[32]byte]time.Time // relays that refused, when
-	reason     string
+	granted    bool // the relay this node asked granted the route
+	installed  bool // a relay route to the member is installed (asked for or not)
+	// via is the relay's peer the route was installed through, and installedAt when:
+	// a route whose relay left, or that carried no session for relayHandshakeWait, is
+	// given up.
+	via         *stt.Peer
+	installedAt time.Time
+	// failed is the relay whose route was given up last, at failedAt: asked again only
+	// when no other relay can be.
+	failed   [32]byte
+	failedAt time.Time
+	refused  map[[32]byte]time.Time // relays that refused: not asked again until then
+	reason   string
 }
 
 func newNATState(d bool, keepalive time.Duration) *natState {
 	return &natState{
-		relay:       d,
-		keepalive:   keepalive,
-		typ:         mesh.NATUnknown,
-		travels:     make(map[[32]byte]*travel),
-		coordinated: make(map[[2][32]byte]time.Time),
-		punched:     make(map[[32]byte]time.Time),
+		relay:         d,
+		keepalive:     keepalive,
+		typ:           mesh.NATUnknown,
+		travels:       make(map[[32]byte]*travel),
+		coordinated:   make(map[[2][32]byte]time.Time),
+		relayAnswered: make(map[[2][32]byte]time.Time),
+		punched:       make(map[[32]byte]time.Time),
 	}
 }
 
@@ -130,6 +161,25 @@ func direct(sp *stt.Peer, fallback time.Duration) bool {
 	return false
 }
 
+// relayRank is relay r's place for the pair of members x and y, the same at both
+// ends: lower is asked first.
+func relayRank(x, y, r [32]byte) uint64 {
+	if bytes.Compare(x[:], y[:]) > 0 {
+		x, y = y, x
+	}
+	h := sha256.New()
+	h.Write(x[:])
+	h.Write(y[:])
+	h.Write(r[:])
+	return binary.BigEndian.Uint64(h.Sum(nil))
+}
+
+// relayAnswers reports whether sp's traffic goes through a relay on a session that
+// answers.
+func relayAnswers(sp *stt.Peer, fallback time.Duration) bool {
+	return sp.RelayVia() != nil && sp.HasSession() && sp.Unanswered() < fallback
+}
+
 // natTick is the mesh loop's NAT work: the NAT type, keepalives, and for every member
 // wanted without a direct path, punch requests on their schedule and a relay.
 func (t *Tunnel) natTick(now time.Time) {
@@ -146,13 +196,20 @@ func (t *Tunnel) natTick(now time.Time) {
 		relay bool // its record offers relaying
 	}
 	var all []cand
+	var discovered []*peer
 	m.mu.Lock()
 	for k, mb := range m.members {
 		if mb.p != nil {
 			all = append(all, cand{k, mb.p, mb.rec != nil && mb.rec.Relay})
+			if mb.source != sourceConfig {
+				discovered = append(discovered, mb.p)
+			}
 		}
 	}
 	m.mu.Unlock()
+	for _, p := range discovered {
+		t.setNATKeepalive(p)
+	}
 
 	fallback := t.node.Limits().FallbackAfter
 	var coords, relays []cand // members with a session: who can coordinate, who can relay
@@ -185,8 +242,13 @@ func (t *Tunnel) natTick(now time.Time) {
 		wanted := !isDirect && (sp.HasSession() || (sp.Connecting() && byTraffic))
 		nt.mu.Lock()
 		tr := nt.travels[c.key]
+		wanted = tr.stillWanted(wanted, isDirect, now)
 		if !wanted {
-			if tr != nil && !sp.HasSession() {
+			// A follower's fresh route stays while the other end's handshake through
+			// the relay is on its way (telling the relay to close it would leave that
+			// handshake no route).
+			arriving := tr != nil && tr.installed && !tr.granted && now.Sub(tr.installedAt) < relayHandshakeWait
+			if tr != nil && !sp.HasSession() && !arriving {
 				delete(nt.travels, c.key)
 				nt.mu.Unlock()
 				t.leaveRelay(c.p, tr)
@@ -202,6 +264,7 @@ func (t *Tunnel) natTick(now time.Time) {
 			tr = &travel{since: now, nextPunch: now}
 			nt.travels[c.key] = tr
 		}
+		tr.lastWant = now
 		punch := !now.Before(tr.nextPunch)
 		if punch {
 			tr.attempt++
@@ -214,22 +277,43 @@ func (t *Tunnel) natTick(now time.Time) {
 		}
 		var askRelay *cand
 		needRelay := now.Sub(tr.since) >= relayAfter || typ == mesh.NATUDPBlocked
-		if tr.installed && sp.RelayVia() != nil && sp.Unanswered() >= relayRetry {
-			// The relay path does not answer either (the relay forgot the route, or
-			// went away): ask again, another relay if need be.
-			tr.installed = false
+		if tr.installed {
+			// The relay path does not answer (the relay forgot the route, or went
+			// away), never carried a session, or its relay is no longer the member it
+			// was: ask again, another relay if there is one.
+			rp := m.memberPeer(tr.relayKey)
+			gone := tr.via == nil || rp == nil || rp.sp != tr.via
+			silent := sp.RelayVia() != nil && sp.Unanswered() >= relayRetry
+			never := !sp.HasSession() && now.Sub(tr.installedAt) >= relayHandshakeWait
+			if gone || silent || never {
+				tr.installed = false
+				tr.failed, tr.failedAt = tr.relayKey, now
+			}
 		}
 		if needRelay && !tr.installed && now.Sub(tr.relayAsked) >= relayRetry && !c.relay {
-			for i := range relays {
-				r := &relays[i]
-				if r.key == c.key || now.Sub(tr.refused[r.key]) < relayRefusedFor {
+			// Both ends rank the relays alike for their pair: asking at once, they ask
+			// the same one (each its own relay leaves each a path the other does not
+			// use), and after a failure move on to the same next one.
+			ranked := slices.Clone(relays)
+			slices.SortFunc(ranked, func(x, y cand) int {
+				return cmp.Compare(relayRank(m.self, c.key, x.key), relayRank(m.self, c.key, y.key))
+			})
+			for i := range ranked {
+				r := &ranked[i]
+				if r.key == c.key || now.Before(tr.refused[r.key]) {
+					continue
+				}
+				if r.key == tr.failed && now.Sub(tr.failedAt) < relayRefusedFor {
+					if askRelay == nil {
+						askRelay = r // the last resort
+					}
 					continue
 				}
 				askRelay = r
 				break
 			}
 			if askRelay != nil {
-				tr.relayKey, tr.relayAsked, tr.granted = askRelay.key, now, false
+				tr.relayKey, tr.asked, tr.relayAsked, tr.granted = askRelay.key, askRelay.key, now, false
 			}
 		}
 		switch {
@@ -268,9 +352,12 @@ func (t *Tunnel) natTick(now time.Time) {
 			}
 		}
 	}
-	// A node behind NAT with no relay among its sessions dials one, so that relaying
-	// and coordination have somewhere to go.
-	if typ != mesh.NATPublic && len(relays) == 0 {
+	// A node with no relay among its sessions dials one, so that relaying and
+	// coordination have somewhere to go. Also when its NAT type is public: members
+	// see it at its own address, but a stateful firewall may still drop what it did
+	// not ask for, and then a relay can reach it only on a session it opened (a
+	// relay member itself, if public, need not).
+	if len(relays) == 0 && (typ != mesh.NATPublic || !nt.relay) {
 		var idle []cand
 		for _, c := range all {
 			if c.relay && !c.p.sp.HasSession() && !c.p.sp.Connecting() {
@@ -306,6 +393,13 @@ func (t *Tunnel) pruneNAT(now time.Time) {
 	nt := t.mesh.nat
 	nt.mu.Lock()
 	defer nt.mu.Unlock()
+	// And the traversal state of members that are no longer (their peer went with
+	// them, and with it any relay path to them).
+	for k := range nt.travels {
+		if t.mesh.memberPeer(k) == nil {
+			delete(nt.travels, k)
+		}
+	}
 	for k, at := range nt.coordinated {
 		if now.Sub(at) >= coordinateEvery {
 			delete(nt.coordinated, k)
@@ -314,6 +408,11 @@ func (t *Tunnel) pruneNAT(now time.Time) {
 	for k, at := range nt.punched {
 		if now.Sub(at) >= punchEvery {
 			delete(nt.punched, k)
+		}
+	}
+	for k, at := range nt.relayAnswered {
+		if now.Sub(at) >= coordinateEvery {
+			delete(nt.relayAnswered, k)
 		}
 	}
 }
@@ -369,9 +468,17 @@ func (t *Tunnel) natKeepalive() time.Duration {
 
 // setNATKeepalive gives a discovered member's peer the keepalive natKeepalive says (the
 // caller leaves out [[peer]]s, which keep their own persistent_keepalive).
+//
+// Only a peer with a session gets it: the keepalive holds the mapping of a session, it
+// must not open one (stt brings a session up for a persistent keepalive on a peer that
+// never closes when idle, idle_timeout = "0s", and every member would be dialled). The
+// mesh loop gives it and takes it back as sessions come and go.
 func (t *Tunnel) setNATKeepalive(p *peer) {
-	pc := p.sp.Config()
 	ka := t.natKeepalive()
+	if !p.sp.HasSession() {
+		ka = 0
+	}
+	pc := p.sp.Config()
 	if pc.PersistentKeepalive == ka {
 		return
 	}
@@ -486,6 +593,16 @@ func (t *Tunnel) natMessage(sp *stt.Peer, from [32]byte, typ byte, body []byte, 
 			bad("malformed", "err", err)
 			return
 		}
+		pair := [2][32]byte{from, target}
+		nt.mu.Lock()
+		last, seenPair := nt.relayAnswered[pair]
+		if (seenPair && now.Sub(last) < coordinateEvery) || (!seenPair && len(nt.relayAnswered) >= maxNATEntries) {
+			nt.mu.Unlock()
+			bad("over rate")
+			return
+		}
+		nt.relayAnswered[pair] = now
+		nt.mu.Unlock()
 		reason := uint8(0)
 		tp := m.memberPeer(target)
 		var idAB, idBA uint32
@@ -541,7 +658,18 @@ func (t *Tunnel) natMessage(sp *stt.Peer, from [32]byte, typ byte, body []byte, 
 		}
 		nt.mu.Lock()
 		tr := nt.travels[g.Peer]
-		choose := tr != nil && tr.relayKey == from && !tr.relayAsked.IsZero()
+		choose := tr != nil && tr.asked == from && !tr.relayAsked.IsZero()
+		if tr != nil && tr.installed && tr.relayKey != from && !choose &&
+			(tr.granted || relayAnswers(tp.sp, t.node.Limits().FallbackAfter)) {
+			// A relay path to the member is in place: the one this node asked for,
+			// or one that works. Another member's grant must not replace it (SetRelay
+			// would move the traffic onto it at once); a chooser that needs another
+			// relay asks it, and a follower's path that stopped answering may be
+			// replaced.
+			nt.mu.Unlock()
+			bad("a relay path through another member is in place")
+			return
+		}
 		if tr == nil {
 			if len(nt.travels) >= maxNATEntries {
 				nt.mu.Unlock()
@@ -552,8 +680,9 @@ func (t *Tunnel) natMessage(sp *stt.Peer, from [32]byte, typ byte, body []byte, 
 			tr = &travel{since: now, nextPunch: now.Add(punchLater)}
 			nt.travels[g.Peer] = tr
 		}
-		tr.relayKey, tr.installed = from, true
+		tr.relayKey, tr.installed, tr.via, tr.installedAt = from, true, sp, now
 		tr.granted = tr.granted || choose
+		tr.lastWant = now // the follower too: its session comes through the route
 		nt.mu.Unlock()
 		if err := tp.sp.SetRelay(sp, g.SendID, g.RecvID, choose); err != nil {
 			bad("cannot install", "err", err)
@@ -569,11 +698,11 @@ func (t *Tunnel) natMessage(sp *stt.Peer, from [32]byte, typ byte, body []byte, 
 			return
 		}
 		nt.mu.Lock()
-		if tr := nt.travels[rf.Target]; tr != nil && tr.relayKey == from {
+		if tr := nt.travels[rf.Target]; tr != nil && tr.asked == from {
 			if tr.refused == nil {
 				tr.refused = make(map[[32]byte]time.Time)
 			}
-			tr.refused[from] = now
+			tr.refused[from] = now.Add(relayBarred(rf.Reason))
 			tr.relayAsked = time.Time{} // ask the next relay at the next tick
 		}
 		nt.mu.Unlock()
@@ -599,6 +728,25 @@ func (t *Tunnel) natMessage(sp *stt.Peer, from [32]byte, typ byte, body []byte, 
 			}
 		}
 	}
+}
+
+// stillWanted is whether a member whose state says wanted (or not) is wanted: also
+// for wantGrace after a tick last found it wanted, unless it is direct now. tr may be
+// nil (the member is in no traversal).
+func (tr *travel) stillWanted(wanted, isDirect bool, now time.Time) bool {
+	return wanted || !isDirect && tr != nil && now.Sub(tr.lastWant) < wantGrace
+}
+
+// relayBarred is how long a relay that refused for reason is not asked again. "No
+// session with the target" passes as soon as the target, which dials a relay itself
+// when it is behind NAT, reaches it: barring it for relayRefusedFor left a member
+// whose only relay refused that way without a path for 30 s (the NAT lab's matrix,
+// two UDP-blocked members started together).
+func relayBarred(reason uint8) time.Duration {
+	if reason == mesh.RefuseNoSession {
+		return relayRetry
+	}
+	return relayRefusedFor
 }
 
 // natEvent is one of the NAT traversal counters.

@@ -39,7 +39,7 @@ func (p natPeerView) short() string {
 type natCell struct {
 	a, b         *natMember
 	reached      bool
-	took         time.Duration // from a's first ping (after natOpen) to the first reply
+	took         time.Duration // from a's first ping to the first reply
 	xfer         string        // "ok, 123 MB/s", "FAILED: …", "not tried: …"
 	ab, ba       natPeerView
 	natA, natB   string
@@ -53,9 +53,8 @@ type natCell struct {
 // pair of kinds (the first member of one, the second of the other) lets the first reach
 // the second, sends 20 MiB from it with SHA-256 compared, and reads the path each end
 // reports for the other and the NAT type each reports for itself. It prints the table
-// (and writes it to $STT_NATLAB_TABLE when set). Once natFeatures is true it asserts
-// every cell: the transfer intact, the path natExpected says at both ends, the NAT
-// type natExpectedNAT says. Before, it asserts only that every member joins.
+// (and writes it to $STT_NATLAB_TABLE when set), then asserts every cell: the transfer
+// intact, the path natExpected says at both ends, the NAT type natExpectedNAT says.
 func TestNATLabMatrix(t *testing.T) {
 	if os.Getenv("STT_NATLAB_MATRIX") != "1" {
 		t.Skip("set STT_NATLAB_MATRIX=1 to run the NAT matrix (fourteen daemons, a few minutes; scripts/nat-matrix.sh)")
@@ -118,11 +117,7 @@ func TestNATLabMatrix(t *testing.T) {
 	}
 
 	var tb strings.Builder
-	open := "crude simultaneous open (both ends ping at once): natFeatures is false"
-	if natFeatures {
-		open = "one-sided: only A sends first"
-	}
-	fmt.Fprintf(&tb, "Traffic: %s. %d MiB from A to B per pair, SHA-256 compared. %s.\n\n", open, natXferSize>>20, time.Since(started).Round(time.Second))
+	fmt.Fprintf(&tb, "Traffic: one-sided, only A sends first. %d MiB from A to B per pair, SHA-256 compared. %s.\n\n", natXferSize>>20, time.Since(started).Round(time.Second))
 	tb.WriteString("| A | B | expected | A's path to B | B's path to A | first reply | 20 MiB A → B | NAT reported (A / B) | as expected |\n")
 	tb.WriteString("|---|---|---|---|---|---|---|---|---|\n")
 	for _, c := range cells {
@@ -152,9 +147,6 @@ func TestNATLabMatrix(t *testing.T) {
 		if err := os.WriteFile(f, []byte(tb.String()), 0o644); err != nil {
 			t.Error(err)
 		}
-	}
-	if !natFeatures {
-		return
 	}
 	for _, c := range cells {
 		if c.transferFail {

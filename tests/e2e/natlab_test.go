@@ -38,13 +38,16 @@
 //
 // "relay (ws)": through the relay member, the UDP-blocked end's leg over WebSocket.
 //
-// TestNATLab (in `make test`) runs the scenarios of the issue on one lab. Those that
-// need hole punching and relays skip until natFeatures is true; the others run today,
-// where a "crude simultaneous open" (both ends ping each other at once, see natOpen)
-// stands in for the punch. TestNATLabMatrix (STT_NATLAB_MATRIX=1, scripts/nat-matrix.sh)
-// builds two members of every kind and, for every pair of kinds, runs a 20 MiB transfer
-// and reads the path each end reports: it logs the table, and asserts it once
-// natFeatures is true.
+// Traffic is one-sided: only A sends first, and it must get through, the coordinated
+// punch or the relay doing the rest. Every check reads `status --json`: mesh.nat, and
+// per peer path, endpoint, relay_via and path_reason (natView).
+//
+// TestNATLab (in `make test`) runs the scenarios of the issue on one lab: each moves
+// 20 MiB with SHA-256 compared and asserts the path both ends report (direct UDP to
+// where the other is seen, or relay via the relay member with a reason, its leg to the
+// relay over WebSocket for a UDP-blocked end) and the NAT type each member reports.
+// TestNATLabMatrix (STT_NATLAB_MATRIX=1, scripts/nat-matrix.sh) builds two members of
+// every kind and asserts the same for every pair of kinds, and prints the table.
 package e2e
 
 import (
@@ -53,25 +56,12 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stt-tun/stt-tun/internal/nslab"
 )
-
-// natFeatures is THE switch of the NAT lab: true once hole punching, relays and the
-// status fields of issue 14 (mesh.nat; per peer path "relay", relay_via, path_reason)
-// are on the branch. It turns on, in one place:
-//   - the scenarios that need punching or a relay (easy × hard, hard × hard,
-//     UDP-blocked × anyone, a relayed transfer through a conntrack flush, a new node
-//     reaching a NATed member after boot is gone) and the matrix's assertions;
-//   - `relay = true` in the relay member's [discovery] (today's parser refuses the key);
-//   - strict reading of the new status fields (natView), and the assertions on them;
-//   - one-sided traffic instead of the crude simultaneous open (natOpen): a transfer
-//     from one end alone must get through, the punch doing the rest.
-const natFeatures = true
 
 const (
 	// natXferSize is the transfer of every scenario: 20 MiB, SHA-256 compared.
@@ -81,8 +71,6 @@ const (
 	// natReachTimeout bounds how long a member may take to reach another it wants:
 	// punch retries at 2, 4, 8 s, a relay after 3 s (NAT-SPEC), plus a handshake.
 	natReachTimeout = 20 * time.Second
-	// natPingTimeout bounds one attempt of the crude simultaneous open.
-	natPingTimeout = 8 * time.Second
 	// natWS is the WebSocket port of boot and relay.
 	natWS = 8080
 )
@@ -124,16 +112,13 @@ type natLab struct {
 }
 
 // natPublicConf is the configuration of a public member at underlay i with a
-// WebSocket listener it announces; relay names boot as its bootstrap, and adds
-// `relay = true` once natFeatures.
+// WebSocket listener it announces; relay names boot as its bootstrap and sets
+// `relay = true`.
 func natPublicConf(m *meshLab, i int, relay bool) nodeConf {
 	ws := fmt.Sprintf("%s:%d", underlay(i), natWS)
 	extra := fmt.Sprintf("\n[websocket]\nlisten = %q\npublic_url = \"ws://%s/stt\"\n\n[discovery]\n", ws, ws)
 	if relay {
-		extra += fmt.Sprintf("bootstrap = [\"%s:%d\"]\n", underlay(1), port)
-		if natFeatures {
-			extra += "relay = true\n"
-		}
+		extra += fmt.Sprintf("bootstrap = [\"%s:%d\"]\nrelay = true\n", underlay(1), port)
 	}
 	return nodeConf{seedFile: m.seed, extra: extra}
 }
@@ -210,13 +195,11 @@ func (nl *natLab) waitKnown(want int, mbs ...*natMember) {
 //
 // natView is what one member's `status --json` says about its NAT and its paths. The
 // fields of issue 14 (mesh.nat, peers[].relay_via, peers[].path_reason) are read here
-// and nowhere else: while natFeatures is false their absence is tolerated (Present
-// false, NAT "absent"); once it is true a missing field is an error.
+// and nowhere else; a missing mesh.nat, or a relay path without relay_via, is an error.
 
 type natView struct {
-	NAT     string // mesh.nat: public, easy, hard, udp-blocked, unknown
-	Present bool   // the status carried the fields of issue 14
-	Peers   map[string]natPeerView
+	NAT   string // mesh.nat: public, easy, hard, udp-blocked, unknown
+	Peers map[string]natPeerView
 }
 
 type natPeerView struct {
@@ -226,7 +209,7 @@ type natPeerView struct {
 	Endpoint string
 }
 
-// String is "udp 198.18.12.2:51900", "relay via relay (no punch yet)", "none".
+// String is "udp 198.18.12.2:51900", "relay via relay (punch failed, relayed)", "none".
 func (p natPeerView) String() string {
 	s := p.Path
 	switch {
@@ -259,15 +242,14 @@ type natStatusJSON struct {
 func (n *node) natView() (natView, error) {
 	r := n.stt("status", "--json", linkName)
 	if r.err != nil {
-		return natView{NAT: "absent"}, fmt.Errorf("%s: status: %v: %s", n.name, r.err, strings.TrimSpace(r.stderr))
+		return natView{}, fmt.Errorf("%s: status: %v: %s", n.name, r.err, strings.TrimSpace(r.stderr))
 	}
-	return parseNATView(n.name, []byte(r.stdout), natFeatures)
+	return parseNATView(n.name, []byte(r.stdout))
 }
 
-// parseNATView reads the `status --json` of the node named name; strict says the
-// fields of issue 14 must be there.
-func parseNATView(name string, js []byte, strict bool) (natView, error) {
-	v := natView{NAT: "absent", Peers: map[string]natPeerView{}}
+// parseNATView reads the `status --json` of the node named name.
+func parseNATView(name string, js []byte) (natView, error) {
+	v := natView{Peers: map[string]natPeerView{}}
 	var st natStatusJSON
 	if err := json.Unmarshal(js, &st); err != nil {
 		return v, fmt.Errorf("%s: status --json: %v", name, err)
@@ -275,11 +257,10 @@ func parseNATView(name string, js []byte, strict bool) (natView, error) {
 	if st.Mesh == nil {
 		return v, fmt.Errorf("%s: status --json has no mesh section", name)
 	}
-	if st.Mesh.NAT != nil {
-		v.NAT, v.Present = *st.Mesh.NAT, true
-	} else if strict {
-		return v, fmt.Errorf("%s: status --json has no mesh.nat (natFeatures is on)", name)
+	if st.Mesh.NAT == nil {
+		return v, fmt.Errorf("%s: status --json has no mesh.nat", name)
 	}
+	v.NAT = *st.Mesh.NAT
 	for _, p := range st.Peers {
 		pv := natPeerView{Path: p.Path, Endpoint: p.Endpoint}
 		if p.RelayVia != nil {
@@ -288,7 +269,7 @@ func parseNATView(name string, js []byte, strict bool) (natView, error) {
 		if p.PathReason != nil {
 			pv.Reason = *p.PathReason
 		}
-		if strict && p.Path == "relay" && pv.RelayVia == "" {
+		if p.Path == "relay" && pv.RelayVia == "" {
 			return v, fmt.Errorf("%s: peer %s has path relay and no relay_via", name, p.Name)
 		}
 		v.Peers[p.Name] = pv
@@ -298,19 +279,18 @@ func parseNATView(name string, js []byte, strict bool) (natView, error) {
 
 // TestNATViewReadsTheStatusOfIssue14 checks the one place that reads the status fields
 // of issue 14 against the names NAT-SPEC gives them (mesh.nat; per peer path,
-// relay_via, path_reason): present, they are read; absent, they are an error only in
-// strict mode (natFeatures), so that today's status passes and tomorrow's must carry
-// them.
+// relay_via, path_reason): present, they are read; a status without mesh.nat, or with
+// a relay path that names no relay, is an error.
 func TestNATViewReadsTheStatusOfIssue14(t *testing.T) {
 	spec := `{"mesh":{"address":"fd00::1","nat":"hard"},"peers":[
 		{"name":"b","path":"relay","endpoint":"","relay_via":"r","path_reason":"punch failed"},
 		{"name":"r","path":"udp","endpoint":"198.18.2.2:51900"}]}`
-	v, err := parseNATView("a", []byte(spec), true)
+	v, err := parseNATView("a", []byte(spec))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v.NAT != "hard" || !v.Present {
-		t.Errorf("nat %q present %v, want hard", v.NAT, v.Present)
+	if v.NAT != "hard" {
+		t.Errorf("nat %q, want hard", v.NAT)
 	}
 	if b := v.Peers["b"]; b.Path != "relay" || b.RelayVia != "r" || b.Reason != "punch failed" || b.short() != "relay via r (punch failed)" {
 		t.Errorf("peer b read as %+v (%s)", b, b.short())
@@ -318,16 +298,13 @@ func TestNATViewReadsTheStatusOfIssue14(t *testing.T) {
 	if r := v.Peers["r"]; r.short() != "direct udp" || r.String() != "udp 198.18.2.2:51900" {
 		t.Errorf("peer r read as %+v", r)
 	}
-	today := `{"mesh":{"address":"fd00::1"},"peers":[{"name":"r","path":"udp","endpoint":"198.18.2.2:51900"}]}`
-	if v, err := parseNATView("a", []byte(today), false); err != nil || v.Present || v.NAT != "absent" {
-		t.Errorf("today's status, lenient: %+v, %v", v, err)
-	}
-	if _, err := parseNATView("a", []byte(today), true); err == nil {
-		t.Error("today's status passes the strict reading: mesh.nat is missing")
+	noNAT := `{"mesh":{"address":"fd00::1"},"peers":[{"name":"r","path":"udp","endpoint":"198.18.2.2:51900"}]}`
+	if _, err := parseNATView("a", []byte(noNAT)); err == nil {
+		t.Error("a status without mesh.nat is read without error")
 	}
 	noVia := `{"mesh":{"nat":"easy"},"peers":[{"name":"b","path":"relay"}]}`
-	if _, err := parseNATView("a", []byte(noVia), true); err == nil {
-		t.Error("a relay path without relay_via passes the strict reading")
+	if _, err := parseNATView("a", []byte(noVia)); err == nil {
+		t.Error("a relay path without relay_via is read without error")
 	}
 }
 
@@ -380,43 +357,16 @@ func natExpected(a, b nslab.NATKind) (path, leg string) {
 
 // ---- Doing things between two members -----------------------------------------------
 
-// natOpen prepares a's first traffic to b. Without natFeatures it is the crude
-// simultaneous open that stands in for a punch today: both ends ping each other at
-// once, so that each NAT holds a mapping toward the other when the other's packets
-// arrive; it returns whether both pings were answered. With natFeatures it does
-// nothing and returns true: a alone must get through.
-func natOpen(a, b *natMember) bool {
-	if natFeatures {
-		return true
-	}
-	var wg sync.WaitGroup
-	var ab, ba bool
-	wg.Add(2)
-	go func() { defer wg.Done(); ab = tryPing(a.nd.ns, b.mesh, natPingTimeout) }()
-	go func() { defer wg.Done(); ba = tryPing(b.nd.ns, a.mesh, natPingTimeout) }()
-	wg.Wait()
-	return ab && ba
-}
-
-// tryPing pings addr from ns until a reply comes or timeout passes.
-func tryPing(ns *nslab.NS, addr string, timeout time.Duration) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	return nslab.WaitFor(ctx, func() bool { return ns.Ping(addr) == nil }) == nil
-}
-
-// natReach opens a's way to b (natOpen) and waits until a's pings to b's mesh address
-// are answered.
+// natReach waits until a's pings to b's mesh address are answered: a alone sends.
 func natReach(a, b *natMember) error {
 	_, err := natReachTimed(a, b)
 	return err
 }
 
 // natReachTimed is natReach that also returns how long a's pings took to get the
-// first reply after natOpen (the crude open's own pings not counted): a figure for
-// logs and the matrix, never asserted. a pings every 0.2 s until one is answered.
+// first reply: a figure for logs and the matrix, never asserted. a pings every 0.2 s
+// until one is answered.
 func natReachTimed(a, b *natMember) (time.Duration, error) {
-	natOpen(a, b)
 	start := time.Now()
 	out, err := a.nd.ns.Run("ping", "-n", "-c", "1", "-i", "0.2", "-W", "1",
 		"-w", fmt.Sprint(int(natReachTimeout/time.Second)), b.mesh)
@@ -467,9 +417,9 @@ func checkRelay(nl *natLab, a, b *natMember, leg string) error {
 	if p.Path != "relay" || p.RelayVia != nl.relay.name {
 		return fmt.Errorf("%s's path to %s is %s, want relay via %s", a.name, b.name, p, nl.relay.name)
 	}
-	// The issue: status says why a member is not direct (no punch yet, punch failed,
-	// UDP blocked).
-	if natFeatures && p.Reason == "" {
+	// The issue: status says why a member is not direct ("punch failed, relayed" on a
+	// relay path).
+	if p.Reason == "" {
 		return fmt.Errorf("%s's path to %s is %s, with no path_reason", a.name, b.name, p)
 	}
 	if r := pathTo(a.nd, nl.relay.name); r.Path != leg {
@@ -499,11 +449,8 @@ func checkNATPath(nl *natLab, a, b *natMember) error {
 	return nil
 }
 
-// checkNAT checks the NAT type mb reports, once natFeatures.
+// checkNAT checks the NAT type mb reports.
 func checkNAT(mb *natMember) error {
-	if !natFeatures {
-		return nil
-	}
 	v, err := mb.nd.natView()
 	if err != nil {
 		return err
@@ -618,17 +565,9 @@ func killDaemon(mb *natMember) error {
 	return nil
 }
 
-// needsFeatures skips t until natFeatures is on.
-func needsFeatures(t *testing.T) {
-	t.Helper()
-	if !natFeatures {
-		t.Skip("needs hole punching and relays (issue 14): natFeatures is false")
-	}
-}
-
 // TestNATLab runs the scenarios of issue 14 on one lab: boot and relay (public), e1 and
-// e2 behind easy NATs, h1 behind a hard one, s1 and s2 behind one easy NAT, and with
-// natFeatures h2 (hard, fully random) and u (UDP blocked); n joins at the end. Each
+// e2 behind easy NATs, h1 (hard, random) and h2 (hard, fully random), s1 and s2 behind
+// one easy NAT, u behind a router that drops UDP; n joins at the end, once boot is gone. Each
 // scenario moves 20 MiB between two members on their mesh addresses with SHA-256
 // compared at both ends, and checks the path both ends report.
 func TestNATLab(t *testing.T) {
@@ -638,11 +577,8 @@ func TestNATLab(t *testing.T) {
 	h1 := nl.add("h1", nslab.NATHardRandom, 1)
 	s1 := nl.add("s1", nslab.NATEasy, 1)
 	s2 := nl.addBehind(s1, "s2")
-	var h2, u *natMember
-	if natFeatures {
-		h2 = nl.add("h2", nslab.NATHardFullyRandom, 1)
-		u = nl.add("u", nslab.NATUDPBlocked, 1)
-	}
+	h2 := nl.add("h2", nslab.NATHardFullyRandom, 1)
+	u := nl.add("u", nslab.NATUDPBlocked, 1)
 	// The node that joins once boot is gone, through relay; built now, started then.
 	n := nl.add("n", nslab.NATEasy, 2)
 	joined := nl.members[:len(nl.members)-1]
@@ -728,23 +664,18 @@ func TestNATLab(t *testing.T) {
 		}
 	})
 	t.Run("easy × hard: relay", func(t *testing.T) {
-		needsFeatures(t)
 		scenario(t, e1, h1, nil)
 	})
 	t.Run("hard × hard: relay", func(t *testing.T) {
-		needsFeatures(t)
 		scenario(t, h1, h2, nil)
 	})
 	t.Run("udp-blocked × easy: relay over WebSocket", func(t *testing.T) {
-		needsFeatures(t)
 		scenario(t, u, e1, nil)
 	})
 	t.Run("easy × udp-blocked: relay over WebSocket", func(t *testing.T) {
-		needsFeatures(t)
 		scenario(t, e2, u, nil)
 	})
 	t.Run("hard × hard: NAT state flushed mid-transfer on the relay path", func(t *testing.T) {
-		needsFeatures(t)
 		scenario(t, h2, h1, flushRouters(h1, h2))
 	})
 	if t.Failed() {
