@@ -9,7 +9,7 @@ LDFLAGS := -X main.version=$(VERSION)
 # every daemon resident memory (docs/benchmarks.md).
 TAGS    := urfave_cli_no_docs$(if $(PPROF), pprof)
 
-.PHONY: all build test unit e2e vet fmt-check deps demo fuzz bench bench-mesh clean
+.PHONY: all build test unit e2e vet fmt-check deps demo fuzz bench bench-mesh bench-nat clean
 
 all: build
 
@@ -54,6 +54,16 @@ bench:
 # join times and bytes at rest (docs/benchmarks.md, "Mesh").
 bench-mesh: build
 	scripts/mesh-lab.sh
+
+# bench-nat measures paths between members behind NAT routers in a namespace lab (root,
+# about 5 minutes): the time from a member's first packet to another until status shows
+# a direct path made by hole punching (easy × easy), or a path through a relay member
+# (easy × hard, both ways) (docs/benchmarks.md, "Through NAT"). The figures are the
+# "NAT PATHS" lines at the end; STT_NAT_BENCH_JSON=FILE also writes every run.
+BENCH_NAT_RUNS ?= 5
+bench-nat: build deps
+	STT_NAT_BENCH=1 STT_NAT_BENCH_RUNS=$(BENCH_NAT_RUNS) $(GO) test -count=1 -tags e2e -timeout 40m \
+		-run '^TestNATPathFigures$$' -v ./tests/e2e/
 
 clean:
 	rm -rf bin

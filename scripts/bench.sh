@@ -1,24 +1,31 @@
 #!/usr/bin/env bash
-# bench.sh — stt-tun data-plane benchmark in two network namespaces.
+# bench.sh — stt-tun data-plane benchmark in three network namespaces.
 #
-# One invocation creates two namespaces with unique names joined by a veth pair
-# (underlay 10.240.0.0/24), then, -n times, interleaved: measures the underlay,
-# stt-tun over UDP, and stt-tun over WebSocket (a WebSocket-only pair: udp = false,
-# [websocket] listener, ws_url; "n/a" when this stt-tun's configuration does not take
-# those keys). Each stt-tun measurement starts a fresh pair
-# of daemons (`up --foreground`, so this script owns their PIDs) and stops them after.
+# One invocation creates namespaces A and B with unique names joined by a veth pair
+# (underlay 10.240.0.0/24), and a third, R, joined to A (10.240.1.0/24) and to B
+# (10.240.2.0/24) by veth pairs of its own; R does not forward. Then, -n times,
+# interleaved, it measures the underlay, stt-tun over UDP, stt-tun over WebSocket (a
+# WebSocket-only pair: udp = false, [websocket] listener, ws_url; "n/a" when this
+# stt-tun's configuration does not take those keys), and stt-tun through a relay: three
+# mesh members, R with [discovery] relay = true, A and B with R as their only bootstrap,
+# and nftables rules in A and B that drop UDP between them, so that A reaches B only
+# through R ("n/a" when this stt-tun does not take relay = true). Each stt-tun
+# measurement starts fresh daemons (`up --foreground`, so this script owns their PIDs)
+# and stops them after.
 #
 # Per path and run: ping RTT p50/p99 (200 pings, 10 ms apart), iperf3 TCP with 1 and
 # with 4 streams; per stt-tun run also the CPU time (utime+stime) of both daemons over
 # each TCP run divided by the bytes iperf3 received, each daemon's RSS once up (idle)
-# and its VmHWM after the runs (peak). The table shows median [min–max] and each
-# stt-tun figure against the underlay of the same run. See docs/benchmarks.md.
+# and its VmHWM after the runs (peak); for the relay path also R's CPU time over each
+# TCP run divided by the same bytes (what forwarding a GB costs the relay). The table
+# shows median [min–max], each stt-tun figure against the underlay of the same run,
+# and the relay against direct UDP of the same run. See docs/benchmarks.md.
 #
 # Needs root. Installs iperf3 with apt-get when missing; builds bin/stt-tun with
 # `make build` when missing (or with --build). Every step has a time
 # limit. On any exit it stops the processes it started (by PID), deletes its
-# namespaces (which removes its links and TUN devices) and its temporary files. All
-# traffic stays inside its two namespaces.
+# namespaces (which removes its links, nftables rules and TUN devices) and its temporary
+# files. All traffic stays inside its three namespaces.
 #
 # Usage: sudo scripts/bench.sh [-n RUNS] [-t SECONDS] [--json FILE] [--perf DIR] [--build]
 set -euo pipefail
@@ -118,10 +125,12 @@ CLK_TCK=$(getconf CLK_TCK)
 ID="sttb$$$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')"
 NS_A="$ID-a" # client side: ping and iperf3 client, the dialling daemon
 NS_B="$ID-b" # server side: iperf3 server, the listening daemon
+NS_R="$ID-r" # the relay member of the relay path; it never forwards IP
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/stt-bench.XXXXXX")
 NAMESPACES=() # namespaces that exist because of us
 DAEMON_A=""   # PIDs of processes we started and have not reaped yet
 DAEMON_B=""
+DAEMON_R=""
 SERVER=""
 CHILD=""
 PERF=""
@@ -156,6 +165,7 @@ cleanup() {
 	stop "$SERVER" 2
 	stop "$DAEMON_A" 10 # the daemons undo their routes on SIGTERM
 	stop "$DAEMON_B" 10
+	stop "$DAEMON_R" 10
 	for ns in "${NAMESPACES[@]}"; do
 		ip netns delete "$ns" 2>/dev/null || log "could not delete namespace $ns"
 	done
@@ -204,8 +214,16 @@ loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 
 UNDER_A=10.240.0.1
 UNDER_B=10.240.0.2
+# The relay lab: A–R on 10.240.1.0/24, B–R on 10.240.2.0/24. R does not forward IP, so
+# A and B still reach each other only over their own link, where the relay path's
+# nftables rules drop UDP between them.
+UNDER_A_R=10.240.1.1
+UNDER_R_A=10.240.1.2
+UNDER_B_R=10.240.2.1
+UNDER_R_B=10.240.2.2
 INNER_A=10.241.0.1
 INNER_B=10.241.0.2
+INNER_R=10.241.0.3
 LINK=sttb0
 PORT=51900
 WS_PORT=51901
@@ -214,14 +232,27 @@ ip netns add "$NS_A"
 NAMESPACES+=("$NS_A")
 ip netns add "$NS_B"
 NAMESPACES+=("$NS_B")
+ip netns add "$NS_R"
+NAMESPACES+=("$NS_R")
 ip -n "$NS_A" link set lo up
 ip -n "$NS_B" link set lo up
+ip -n "$NS_R" link set lo up
 # Created inside the namespaces: the host's namespace never sees these links.
 ip -n "$NS_A" link add veth0 type veth peer name veth1 netns "$NS_B"
 ip -n "$NS_A" addr add "$UNDER_A/24" dev veth0
 ip -n "$NS_B" addr add "$UNDER_B/24" dev veth1
 ip -n "$NS_A" link set veth0 up
 ip -n "$NS_B" link set veth1 up
+ip -n "$NS_A" link add veth2 type veth peer name veth3 netns "$NS_R"
+ip -n "$NS_A" addr add "$UNDER_A_R/24" dev veth2
+ip -n "$NS_R" addr add "$UNDER_R_A/24" dev veth3
+ip -n "$NS_B" link add veth4 type veth peer name veth5 netns "$NS_R"
+ip -n "$NS_B" addr add "$UNDER_B_R/24" dev veth4
+ip -n "$NS_R" addr add "$UNDER_R_B/24" dev veth5
+ip -n "$NS_A" link set veth2 up
+ip -n "$NS_R" link set veth3 up
+ip -n "$NS_B" link set veth4 up
+ip -n "$NS_R" link set veth5 up
 
 # wait_ping DST TRIES: until DST answers a ping from namespace A.
 wait_ping() {
@@ -233,6 +264,7 @@ wait_ping() {
 	return 1
 }
 wait_ping "$UNDER_B" 50 || die "underlay $UNDER_A -> $UNDER_B does not answer"
+wait_ping "$UNDER_R_A" 50 || die "underlay $UNDER_A_R -> $UNDER_R_A does not answer"
 
 # Keys and seed, once per invocation; peers pin each other's public key.
 (
@@ -240,6 +272,7 @@ wait_ping "$UNDER_B" 50 || die "underlay $UNDER_A -> $UNDER_B does not answer"
 	"$BIN" genseed >"$WORK/seed"
 	"$BIN" genkey >"$WORK/a.key"
 	"$BIN" genkey >"$WORK/b.key"
+	"$BIN" genkey >"$WORK/r.key"
 )
 PUB_A=$("$BIN" pubkey <"$WORK/a.key")
 PUB_B=$("$BIN" pubkey <"$WORK/b.key")
@@ -284,29 +317,66 @@ write_configs() {
 }
 write_configs "$WORK/udp" "$WORK/seed" udp
 
-# ws_supported: whether this binary accepts the WebSocket configs. `up` parses the
-# whole file before anything else and reports every problem as FILE:LINE; with a seed
-# file that does not exist, a file it accepts fails on the seed instead, before any
-# device or socket is made. Runs in namespace A all the same.
-WS_REASON=""
-ws_supported() {
-	local nowhere="$WORK/no-such-seed" side out
-	write_configs "$WORK/ws-check" "$nowhere" ws
-	for side in a b; do
-		out=$(in_a timeout 10 "$BIN" --state-dir "$WORK/ws-check/state" up --foreground \
-			-c "$WORK/ws-check/$side.toml" 2>&1) || true
-		if [[ $out == *"$WORK/ws-check/$side.toml:"* ]] || [[ $out != *"$nowhere"* ]]; then
-			WS_REASON=$({ grep -m1 '^stt-tun:' <<<"$out" || grep -m1 . <<<"$out"; } | sed "s|$WORK/ws-check/||")
+# write_relay_configs DIR SEED: DIR/a.toml, DIR/b.toml and DIR/r.toml for the relay
+# path: three mesh members and no [[peer]]. R relays ([discovery] relay = true) and has
+# no bootstrap; A and B name only R as bootstrap, each at R's address on its own link,
+# and learn each other (addresses and candidate endpoints) from R's gossip.
+write_relay_configs() {
+	local dir=$1 seed=$2 side inner boot
+	mkdir -p "$dir"
+	for side in a b r; do
+		case $side in
+		a) inner=$INNER_A boot="$UNDER_R_A:$PORT" ;;
+		b) inner=$INNER_B boot="$UNDER_R_B:$PORT" ;;
+		*) inner=$INNER_R boot="" ;;
+		esac
+		{
+			printf '[interface]\nname = "%s"\nnode_name = "bench-%s"\naddresses = ["%s/24"]\nlisten_port = %d\n' \
+				"$LINK" "$side" "$inner" "$PORT"
+			printf 'seed_file = "%s"\nkey_file = "%s"\n\n' "$seed" "$WORK/$side.key"
+			printf '[discovery]\naccept_prefixes = ["10.241.0.0/24"]\n'
+			if [ -n "$boot" ]; then
+				printf 'bootstrap = ["%s"]\n' "$boot"
+			else
+				printf 'relay = true\n'
+			fi
+		} >"$dir/$side.toml"
+	done
+}
+
+# accepts DIR SIDE...: whether this binary accepts DIR/SIDE.toml for each SIDE, files
+# written with the seed file $WORK/no-such-seed. `up` parses the whole file before
+# anything else and reports every problem as FILE:LINE; with a seed file that does not
+# exist, a file it accepts fails on the seed instead, before any device or socket is
+# made. Runs in namespace A all the same. On refusal, REASON says why.
+REASON=""
+accepts() {
+	local dir=$1 side out
+	shift
+	for side in "$@"; do
+		out=$(in_a timeout 10 "$BIN" --state-dir "$dir/state" up --foreground -c "$dir/$side.toml" 2>&1) || true
+		if [[ $out == *"$dir/$side.toml:"* ]] || [[ $out != *"$WORK/no-such-seed"* ]]; then
+			REASON=$({ grep -m1 '^stt-tun:' <<<"$out" || grep -m1 . <<<"$out"; } | sed "s|$dir/||")
 			return 1
 		fi
 	done
 }
 MODES=(udp)
-if ws_supported; then
+write_configs "$WORK/ws-check" "$WORK/no-such-seed" ws
+if accepts "$WORK/ws-check" a b; then
 	write_configs "$WORK/ws" "$WORK/seed" ws
 	MODES+=(ws)
 else
-	note "stt-tun over WebSocket: n/a, this stt-tun does not take the WebSocket config ($WS_REASON)"
+	note "stt-tun over WebSocket: n/a, this stt-tun does not take the WebSocket config ($REASON)"
+fi
+write_relay_configs "$WORK/relay-check" "$WORK/no-such-seed"
+if ! command -v nft >/dev/null 2>&1; then
+	note "stt-tun through a relay: n/a, nft(8) not found to block UDP between A and B (scripts/deps.sh installs nftables)"
+elif accepts "$WORK/relay-check" r a b; then
+	write_relay_configs "$WORK/relay" "$WORK/seed"
+	MODES+=(relay)
+else
+	note "stt-tun through a relay: n/a, this stt-tun does not take the relay config ($REASON)"
 fi
 
 # ---- daemons ----------------------------------------------------------------------
@@ -330,17 +400,84 @@ wait_ready() {
 	return 1
 }
 
-# peer_path: the transport the dialling daemon uses to its peer now ("udp", "ws", ...).
+# peer_path [NAME]: the transport the dialling daemon uses now to its peer NAME (default:
+# its first peer): "udp", "ws", or "relay" followed by the member it relays through.
 peer_path() {
-	status_json "$NS_A" a | python3 -c 'import json,sys; p=json.load(sys.stdin)["peers"]; print(p[0].get("path","") if p else "")' 2>/dev/null || true
+	status_json "$NS_A" a | python3 -c '
+import json, sys
+want = sys.argv[1] if len(sys.argv) > 1 else ""
+ps = [p for p in json.load(sys.stdin).get("peers") or [] if not want or p.get("name") == want]
+p = ps[0] if ps else {}
+print(" ".join(x for x in (p.get("path", ""), p.get("relay_via", "")) if x))' "$@" 2>/dev/null || true
 }
 
-# start_daemons MODE: starts both daemons, waits until the tunnel carries a ping, and
-# records idle RSS. Returns 1 (daemons stopped, logs kept) when it does not come up.
+# knows NS SIDE NAME: the daemon lists member NAME with its mesh address.
+knows() {
+	status_json "$1" "$2" | python3 -c '
+import json, sys
+sys.exit(0 if any(p.get("name") == sys.argv[1] and p.get("mesh_address") for p in json.load(sys.stdin).get("peers") or []) else 1)' "$3" 2>/dev/null
+}
+
+# relay_forwarded: R's counter of the bytes it forwarded (relay_forwarded_bytes).
+relay_forwarded() {
+	status_json "$NS_R" r | python3 -c 'import json,sys; print(json.load(sys.stdin)["counters"]["relay_forwarded_bytes"])' 2>/dev/null
+}
+
+# block_direct: nftables rules in A and in B that drop UDP between them (to and from
+# each of the other's underlay addresses), so that the relay path's A reaches B only
+# through R. unblock_direct removes them and logs how many packets they dropped: the
+# ends' attempts at a direct path.
+block_direct() {
+	local ns other
+	for ns in "$NS_A" "$NS_B"; do
+		other="$UNDER_B, $UNDER_B_R"
+		[ "$ns" = "$NS_B" ] && other="$UNDER_A, $UNDER_A_R"
+		ip netns exec "$ns" nft -f - <<EOF || return 1
+table inet sttbench_relay {
+	chain out {
+		type filter hook output priority filter; policy accept;
+		meta l4proto udp ip daddr { $other } counter drop
+	}
+	chain in {
+		type filter hook input priority filter; policy accept;
+		meta l4proto udp ip saddr { $other } counter drop
+	}
+}
+EOF
+	done
+}
+unblock_direct() {
+	local ns rules dropped
+	for ns in "$NS_A" "$NS_B"; do
+		rules=$(ip netns exec "$ns" nft list table inet sttbench_relay 2>/dev/null) || continue
+		dropped=$(awk '/counter packets/ { for (i = 1; i < NF; i++) if ($i == "packets") n += $(i + 1) } END { print n + 0 }' <<<"$rules")
+		ip netns exec "$ns" nft delete table inet sttbench_relay 2>/dev/null || true
+		log "relay path: the rules in ${ns##*-} dropped $dropped direct UDP packet(s)"
+	done
+}
+
+# start_daemons MODE: starts the daemons (with the relay R first, behind the rules that
+# block UDP between A and B), waits until the tunnel carries a ping and, over WebSocket
+# or the relay, until A's status shows that path; records idle RSS. Returns 1 (daemons
+# stopped, logs kept) when it does not come up.
 start_daemons() {
 	local mode=$1 rep=$2 i
-	rm -rf "$WORK/state-a" "$WORK/state-b"
-	printf '=== run %s, %s\n' "$rep" "$mode" | tee -a "$WORK/daemon-a.log" >>"$WORK/daemon-b.log"
+	rm -rf "$WORK/state-a" "$WORK/state-b" "$WORK/state-r"
+	printf '=== run %s, %s\n' "$rep" "$mode" | tee -a "$WORK/daemon-a.log" "$WORK/daemon-r.log" >>"$WORK/daemon-b.log"
+	if [ "$mode" = relay ]; then
+		if ! block_direct; then
+			note "run $rep, relay: could not load the nftables rules that block UDP between A and B"
+			unblock_direct
+			return 1
+		fi
+		ip netns exec "$NS_R" "$BIN" --state-dir "$WORK/state-r" up --foreground -c "$WORK/$mode/r.toml" >>"$WORK/daemon-r.log" 2>&1 &
+		DAEMON_R=$!
+		if ! wait_ready "$NS_R" r "$DAEMON_R"; then
+			note "run $rep, relay: the relay's daemon did not come up; log tail: $(tail -n 3 "$WORK/daemon-r.log" | tr '\n' ' ')"
+			stop_daemons
+			return 1
+		fi
+	fi
 	# Not through in_b: `ip netns exec` execs, so $! is the daemon itself.
 	ip netns exec "$NS_B" "$BIN" --state-dir "$WORK/state-b" up --foreground -c "$WORK/$mode/b.toml" >>"$WORK/daemon-b.log" 2>&1 &
 	DAEMON_B=$!
@@ -352,9 +489,23 @@ start_daemons() {
 		return 1
 	fi
 	# Idle: up, before any traffic through the tunnel; kept if the tunnel works.
-	local idle_a idle_b
+	local idle_a idle_b idle_r=""
 	idle_a=$(mib "$DAEMON_A" VmRSS) || idle_a=""
 	idle_b=$(mib "$DAEMON_B" VmRSS) || idle_b=""
+	if [ -n "$DAEMON_R" ]; then idle_r=$(mib "$DAEMON_R" VmRSS) || idle_r=""; fi
+	if [ "$mode" = relay ]; then
+		# The first packet waits until each end knows the other's member record: a
+		# relay's grant or a punch for a member an end does not know yet is ignored.
+		for ((i = 0; i < 150; i++)); do
+			knows "$NS_A" a bench-b && knows "$NS_B" b bench-a && break
+			sleep 0.2
+		done
+		if ! knows "$NS_A" a bench-b || ! knows "$NS_B" b bench-a; then
+			note "run $rep, relay: A and B did not learn each other's member record from R within 30 s"
+			stop_daemons
+			return 1
+		fi
+	fi
 	if ! wait_ping "$INNER_B" 30; then
 		note "run $rep, $mode: the daemons are up but no ping got through the tunnel within 30 tries (--logs DIR keeps their logs)"
 		stop_daemons
@@ -371,8 +522,20 @@ start_daemons() {
 			return 1
 		fi
 	fi
+	if [ "$mode" = relay ]; then
+		for ((i = 0; i < 100; i++)); do
+			[ "$(peer_path bench-b)" = "relay bench-r" ] && break
+			sleep 0.2
+		done
+		if [ "$(peer_path bench-b)" != "relay bench-r" ]; then
+			note "run $rep, relay: A's path to bench-b is '$(peer_path bench-b)', not 'relay bench-r'"
+			stop_daemons
+			return 1
+		fi
+	fi
 	if [ -n "$idle_a" ]; then sample "$rep" "$mode" idle_rss_a_mib "$idle_a"; fi
 	if [ -n "$idle_b" ]; then sample "$rep" "$mode" idle_rss_b_mib "$idle_b"; fi
+	if [ -n "$idle_r" ]; then sample "$rep" "$mode" idle_rss_r_mib "$idle_r"; fi
 }
 
 stop_daemons() {
@@ -380,6 +543,11 @@ stop_daemons() {
 	DAEMON_A=""
 	stop "$DAEMON_B" 10
 	DAEMON_B=""
+	if [ -n "$DAEMON_R" ]; then
+		stop "$DAEMON_R" 10
+		DAEMON_R=""
+		unblock_direct
+	fi
 }
 
 # mib PID FIELD: FIELD of /proc/PID/status in MiB.
@@ -415,10 +583,15 @@ measure_tcp() {
 		alive "$SERVER" || break
 		sleep 0.05
 	done
-	local pids=() t0="" t1=""
+	local pids=() t0="" t1="" r0="" r1=""
 	if [ -n "$DAEMON_A" ]; then
 		pids=("$DAEMON_A" "$DAEMON_B")
 		t0=$(python3 "$HELPER" cpu "${pids[@]}") || t0=""
+	fi
+	local f0="" f1=""
+	if [ -n "$DAEMON_R" ]; then
+		r0=$(python3 "$HELPER" cpu "$DAEMON_R") || r0=""
+		f0=$(relay_forwarded) || f0=""
 	fi
 	if [ -n "$PERF_DIR" ] && [ "$PERF_WANTED" = "$path-$streams" ]; then
 		start_perf
@@ -428,6 +601,8 @@ measure_tcp() {
 	if ((${#pids[@]})); then
 		t1=$(python3 "$HELPER" cpu "${pids[@]}") || t1=""
 	fi
+	if [ -n "$r0" ]; then r1=$(python3 "$HELPER" cpu "$DAEMON_R") || r1=""; fi
+	if [ -n "$f0" ]; then f1=$(relay_forwarded) || f1=""; fi
 	if [ -n "$PERF" ]; then finish_perf; fi
 	stop "$SERVER" 2
 	SERVER=""
@@ -439,6 +614,16 @@ measure_tcp() {
 	if [ -n "$t0" ] && [ -n "$t1" ] && ((bytes > 0)); then
 		sample "$rep" "$path" "cpu${streams}_s_per_gb" \
 			"$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v b="$bytes" 'BEGIN { printf "%.4f", d / hz / (b / 1e9) }')"
+	fi
+	if [ -n "$r0" ] && [ -n "$r1" ] && ((bytes > 0)); then
+		sample "$rep" "$path" "relay_cpu${streams}_s_per_gb" \
+			"$(awk -v d=$((r1 - r0)) -v hz="$CLK_TCK" -v b="$bytes" 'BEGIN { printf "%.4f", d / hz / (b / 1e9) }')"
+	fi
+	# What R forwarded (both directions, whole RELAY messages) per byte iperf3 received:
+	# above 1 when the data went through R, about 0 when it found another way.
+	if [ -n "$f0" ] && [ -n "$f1" ] && ((bytes > 0)); then
+		sample "$rep" "$path" "relay_fwd${streams}_per_byte" "$(awk -v d=$((f1 - f0)) -v b="$bytes" 'BEGIN { printf "%.4f", d / b }')"
+		((f1 - f0 >= bytes)) || note "run $rep, relay, $streams stream(s): R forwarded $((f1 - f0)) bytes while iperf3 received $bytes"
 	fi
 }
 
@@ -495,10 +680,17 @@ run_path() { # REP PATH
 	measure_tcp "$rep" "$path" "$dst" 1
 	measure_tcp "$rep" "$path" "$dst" 4
 	if [ "$path" != underlay ]; then
-		local side pid rss
-		for side in a b; do
-			pid=$DAEMON_A
-			[ "$side" = b ] && pid=$DAEMON_B
+		local side pid rss now
+		if [ "$path" = relay ] && now=$(peer_path bench-b) && [ "$now" != "relay bench-r" ]; then
+			note "run $rep, relay: after the measurements A's path to bench-b is '$now', not 'relay bench-r'"
+		fi
+		for side in a b r; do
+			case $side in
+			a) pid=$DAEMON_A ;;
+			b) pid=$DAEMON_B ;;
+			*) pid=$DAEMON_R ;;
+			esac
+			[ -n "$pid" ] || continue
 			if rss=$(mib "$pid" VmHWM); then
 				sample "$rep" "$path" "peak_rss_${side}_mib" "$rss"
 			else
@@ -511,7 +703,7 @@ run_path() { # REP PATH
 
 PATHS=(underlay "${MODES[@]}")
 per_run=$((${#PATHS[@]} * (2 * SECONDS_PER_RUN + 8) + 10))
-log "$RUNS run(s) of ${PATHS[*]}: about $((RUNS * per_run / 60 + 1)) min; namespaces $NS_A $NS_B"
+log "$RUNS run(s) of ${PATHS[*]}: about $((RUNS * per_run / 60 + 1)) min; namespaces $NS_A $NS_B $NS_R"
 meta date "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 meta kernel "$(uname -r)"
 meta nproc "$(nproc)"

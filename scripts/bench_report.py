@@ -28,13 +28,21 @@ METRICS = [
     ("rtt_p99_ms", "ping RTT p99", "ms", "delta", "{:.3f}"),
     ("cpu1_s_per_gb", "daemon CPU, 1 stream", "CPU-s/GB", None, "{:.2f}"),
     ("cpu4_s_per_gb", "daemon CPU, 4 streams", "CPU-s/GB", None, "{:.2f}"),
+    ("relay_cpu1_s_per_gb", "relay CPU, 1 stream", "CPU-s/GB", None, "{:.2f}"),
+    ("relay_cpu4_s_per_gb", "relay CPU, 4 streams", "CPU-s/GB", None, "{:.2f}"),
+    ("relay_fwd1_per_byte", "relay forwarded, 1 stream", "B/B", None, "{:.3f}"),
+    ("relay_fwd4_per_byte", "relay forwarded, 4 streams", "B/B", None, "{:.3f}"),
     ("idle_rss_a_mib", "idle RSS, daemon A", "MiB", None, "{:.1f}"),
     ("idle_rss_b_mib", "idle RSS, daemon B", "MiB", None, "{:.1f}"),
+    ("idle_rss_r_mib", "idle RSS, relay", "MiB", None, "{:.1f}"),
     ("peak_rss_a_mib", "peak RSS, daemon A", "MiB", None, "{:.1f}"),
     ("peak_rss_b_mib", "peak RSS, daemon B", "MiB", None, "{:.1f}"),
+    ("peak_rss_r_mib", "peak RSS, relay", "MiB", None, "{:.1f}"),
 ]
 
-PATHS = [("underlay", "underlay"), ("udp", "stt-tun UDP"), ("ws", "stt-tun WebSocket")]
+# The relay path's daemon CPU rows are its two ends (A and B); its relay rows are R's
+# daemon, per GB that iperf3 received through it.
+PATHS = [("underlay", "underlay"), ("udp", "stt-tun UDP"), ("ws", "stt-tun WebSocket"), ("relay", "stt-tun relay")]
 
 
 def cmd_iperf(path):
@@ -147,31 +155,27 @@ def cmd_report(samples_path, meta_path, json_path):
             reps = per.get(metric, {})
             m = {"unit": unit, "samples": [reps[r] for r in sorted(reps)], "summary": summary(list(reps.values()))}
             if key != "underlay" and cmp and reps:
-                base = under.get(metric, {})
-                paired = [r for r in sorted(reps) if r in base]
-                if cmp == "ratio":
-                    vals = [reps[r] / base[r] for r in paired if base[r] > 0]
-                    m["ratio_to_underlay"] = summary(vals)
-                else:
-                    vals = [reps[r] - base[r] for r in paired]
-                    m["added_to_underlay"] = summary(vals)
+                m.update(compare(reps, under.get(metric, {}), cmp, "underlay"))
+            # The relay against direct UDP of the same run (issue 14: at least half).
+            if key == "relay" and cmp and reps:
+                m.update(compare(reps, samples.get("udp", {}).get(metric, {}), cmp, "udp"))
             entry["metrics"][metric] = m
         out["paths"][key] = entry
 
     # The table: one row per metric, a column per path, then the comparisons.
-    head = ["metric", "unit"] + [label for _, label in PATHS] + ["UDP vs underlay", "WS vs underlay"]
+    head = ["metric", "unit"] + [label for _, label in PATHS] + ["UDP vs underlay", "WS vs underlay", "relay vs UDP"]
     rows = []
     for metric, label, unit, cmp, fmt in METRICS:
         row = [label, unit]
         for key, _ in PATHS:
             row.append(fmt_summary(out["paths"][key]["metrics"][metric]["summary"], fmt))
-        for key in ("udp", "ws"):
+        for key, base in (("udp", "underlay"), ("ws", "underlay"), ("relay", "udp")):
             m = out["paths"][key]["metrics"][metric]
             if cmp == "ratio":
-                s = m.get("ratio_to_underlay")
+                s = m.get("ratio_to_" + base)
                 row.append(fmt_summary(scale(s, 100), "{:.1f}", "%") if s else "n/a")
             elif cmp == "delta":
-                s = m.get("added_to_underlay")
+                s = m.get("added_to_" + base)
                 row.append(fmt_summary(s, "{:+.3f}") if s else "n/a")
             else:
                 row.append("—")
@@ -184,6 +188,10 @@ def cmd_report(samples_path, meta_path, json_path):
     if paired:
         ws_vs_udp = summary([w[r] / u[r] for r in paired])
     out["ws_vs_udp_tcp1_ratio"] = ws_vs_udp
+    # The relay against direct UDP, 1 and 4 streams (issue 14's target: at least 0.5).
+    for streams in (1, 4):
+        m = out["paths"]["relay"]["metrics"]["tcp%d_gbps" % streams]
+        out["relay_vs_udp_tcp%d_ratio" % streams] = m.get("ratio_to_udp")
 
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
     lines = []
@@ -195,11 +203,18 @@ def cmd_report(samples_path, meta_path, json_path):
     print()
     print("median [min–max] of %s runs, %s s per iperf3 run, %s pings at %s ms;"
           % (meta.get("reps", "?"), meta.get("seconds", "?"), meta.get("pings", "?"), meta.get("ping_interval_ms", "?")))
-    print("'vs underlay' pairs each run with the underlay of the same run: throughput as a")
-    print("percentage, RTT as milliseconds added. GB = 10^9 bytes received by iperf3;")
-    print("CPU = utime+stime of both stt-tun daemons over each TCP run.")
+    print("'vs underlay' pairs each run with the underlay of the same run, 'relay vs UDP' with")
+    print("direct UDP of the same run: throughput as a percentage, RTT as milliseconds added.")
+    print("GB = 10^9 bytes received by iperf3; daemon CPU = utime+stime of both ends' stt-tun")
+    print("daemons over each TCP run, relay CPU = that of the relay's daemon; relay forwarded =")
+    print("bytes the relay forwarded (both ways, whole RELAY messages) per byte received.")
     if ws_vs_udp:
         print("WebSocket single stream vs UDP single stream: %s" % fmt_summary(scale(ws_vs_udp, 100), "{:.1f}", "%"))
+    for streams in (1, 4):
+        r = out["relay_vs_udp_tcp%d_ratio" % streams]
+        if r:
+            print("relay vs direct UDP, %d stream%s: %s (target: at least 50%%)"
+                  % (streams, "" if streams == 1 else "s", fmt_summary(scale(r, 100), "{:.1f}", "%")))
     for note in meta.get("note", []):
         print("note: " + note)
 
@@ -207,6 +222,15 @@ def cmd_report(samples_path, meta_path, json_path):
         with open(json_path, "w") as f:
             json.dump(out, f, indent=2, ensure_ascii=False)
             f.write("\n")
+
+
+def compare(reps, base, cmp, name):
+    """reps against base, paired by run: {"ratio_to_NAME": summary} for cmp "ratio",
+    {"added_to_NAME": summary} for "delta"; the summary is None when no run has both."""
+    paired = [r for r in sorted(reps) if r in base]
+    if cmp == "ratio":
+        return {"ratio_to_" + name: summary([reps[r] / base[r] for r in paired if base[r] > 0])}
+    return {"added_to_" + name: summary([reps[r] - base[r] for r in paired])}
 
 
 def scale(s, k):
