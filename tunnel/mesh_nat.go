@@ -91,6 +91,9 @@ type natState struct {
 	// relayAnswered is the rate limit of RELAY_REQUEST, per requester and target: a
 	// grant goes to the target too, so requests must not make grants at their rate.
 	relayAnswered map[[2][32]byte]time.Time
+	// held are PUNCH and RELAY_GRANT messages about members whose records had not
+	// come yet (holdNAT), by member.
+	held map[heldKey]heldNAT
 
 	punchRequests  atomic.Uint64 // PUNCH_REQUESTs sent
 	punchesCoord   atomic.Uint64 // PUNCH pairs sent as coordinator
@@ -137,6 +140,7 @@ func newNATState(d bool, keepalive time.Duration) *natState {
 		coordinated:   make(map[[2][32]byte]time.Time),
 		relayAnswered: make(map[[2][32]byte]time.Time),
 		punched:       make(map[[32]byte]time.Time),
+		held:          make(map[heldKey]heldNAT),
 	}
 }
 
@@ -186,6 +190,7 @@ func (t *Tunnel) natTick(now time.Time) {
 	m := t.mesh
 	nt := m.nat
 	t.classifyNAT(now)
+	t.releaseHeldNAT(now)
 	nt.mu.Lock()
 	typ := nt.typ
 	nt.mu.Unlock()
@@ -549,9 +554,12 @@ func (t *Tunnel) natMessage(sp *stt.Peer, from [32]byte, typ byte, body []byte, 
 			return
 		}
 		tp := m.memberPeer(pu.Peer)
-		if tp == nil || pu.Peer == m.self {
+		if pu.Peer == m.self || (tp == nil && !t.holdNAT(pu.Peer, typ, body, sp, from, now)) {
 			bad("unknown member")
 			return
+		}
+		if tp == nil {
+			return // held until the member's record arrives (holdNAT)
 		}
 		if direct(tp.sp, t.node.Limits().FallbackAfter) {
 			return // nothing to punch: the path is direct
@@ -646,9 +654,12 @@ func (t *Tunnel) natMessage(sp *stt.Peer, from [32]byte, typ byte, body []byte, 
 			return
 		}
 		tp := m.memberPeer(g.Peer)
-		if tp == nil || g.Peer == from || g.Peer == m.self {
+		if g.Peer == from || g.Peer == m.self || (tp == nil && !t.holdNAT(g.Peer, typ, body, sp, from, now)) {
 			bad("unknown member")
 			return
+		}
+		if tp == nil {
+			return // held until the member's record arrives (holdNAT)
 		}
 		// Only a member that announces relaying may carry our traffic, and as the
 		// chooser only the relay this node asked.
@@ -747,6 +758,76 @@ func relayBarred(reason uint8) time.Duration {
 		return relayRetry
 	}
 	return relayRefusedFor
+}
+
+// heldNAT is a PUNCH or RELAY_GRANT about a member whose record had not reached this
+// node yet: a member learns a new member's record from its neighbours, within an
+// anti-entropy round (10 s), and the coordinator or relay that names it may be quicker.
+type heldNAT struct {
+	typ  byte
+	body []byte
+	sp   *stt.Peer // who sent it
+	from [32]byte
+	at   time.Time
+}
+
+// heldKey names a held message: the member it is about, and its type.
+type heldKey struct {
+	key [32]byte
+	typ byte
+}
+
+const (
+	// maxHeldNAT bounds the held messages; heldNATWait is how long one is kept.
+	maxHeldNAT  = 64
+	heldNATWait = 10 * time.Second
+)
+
+// holdNAT keeps a PUNCH or RELAY_GRANT about key, a member this node has no peer for
+// yet, and asks the sender for key's record (WANT): the sender knows the member, or it
+// would not have sent it. natTick acts on the message once the member's peer is there.
+// It reports false when there is no room (the message is then dropped). Receive
+// goroutine.
+func (t *Tunnel) holdNAT(key [32]byte, typ byte, body []byte, sp *stt.Peer, from [32]byte, now time.Time) bool {
+	nt := t.mesh.nat
+	nt.mu.Lock()
+	hk := heldKey{key, typ}
+	_, again := nt.held[hk]
+	if !again && len(nt.held) >= maxHeldNAT {
+		nt.mu.Unlock()
+		return false
+	}
+	nt.held[hk] = heldNAT{typ: typ, body: slices.Clone(body), sp: sp, from: from, at: now}
+	nt.mu.Unlock()
+	if !again {
+		if want, err := mesh.AppendWant(nil, [][32]byte{key}); err == nil {
+			_ = sp.SendReliable(mesh.MsgWant, want)
+		}
+	}
+	return true
+}
+
+// releaseHeldNAT acts on the held messages whose member now has a peer, and forgets
+// those held for heldNATWait. Mesh loop, after syncMembers made the peers of the
+// records that came.
+func (t *Tunnel) releaseHeldNAT(now time.Time) {
+	m := t.mesh
+	nt := m.nat
+	var ready []heldNAT
+	nt.mu.Lock()
+	for k, h := range nt.held {
+		switch {
+		case now.Sub(h.at) >= heldNATWait:
+			delete(nt.held, k)
+		case m.memberPeer(k.key) != nil:
+			ready = append(ready, h)
+			delete(nt.held, k)
+		}
+	}
+	nt.mu.Unlock()
+	for _, h := range ready {
+		t.natMessage(h.sp, h.from, h.typ, h.body, netip.AddrPort{}, false)
+	}
 }
 
 // natEvent is one of the NAT traversal counters.

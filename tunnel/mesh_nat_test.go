@@ -3,6 +3,7 @@ package tunnel
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -724,4 +725,35 @@ func TestNATMemberStaysWantedThroughTheHandshake(t *testing.T) {
 			t.Errorf("%s: wanted %v, want %v", x.name, got, x.want)
 		}
 	}
+}
+
+// TestNATPunchAboutAMemberNotKnownYetIsHeld: a PUNCH about a member whose record has not
+// reached this node yet (a new member: records spread by anti-entropy rounds, 10 s) is
+// kept, the sender is asked for the record, and the punch starts when the record comes.
+// Dropped, the punch waited for the next request, and a relay's grant was lost.
+func TestNATPunchAboutAMemberNotKnownYetIsHeld(t *testing.T) {
+	relay, a, _ := natTrio(t)
+	relayKey := relayKeyOf(relay)
+	waitUntil(t, "alpha knows relay", func() bool { return a.t.mesh.memberPeer(relayKey) != nil })
+	spR := a.t.mesh.memberPeer(relayKey).sp
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	ap := c.LocalAddr().(*net.UDPAddr).AddrPort()
+	newcomer := newForged(t)
+	body, err := mesh.AppendPunch(nil, mesh.Punch{Peer: newcomer.id.Public, Addrs: []netip.AddrPort{ap}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ignored, started := natCounter(a, "nat_messages_ignored"), natCounter(a, "punches_started")
+	a.t.natMessage(spR, relayKey, mesh.TypePunch, body, spR.UDPEndpoint(), false)
+	if natCounter(a, "nat_messages_ignored") != ignored {
+		t.Fatal("a PUNCH about a member not known yet was dropped")
+	}
+	newcomer.offer(t, a, mesh.Record{Name: "newcomer", Endpoints: []mesh.Endpoint{{Kind: mesh.EndpointLocal, Addr: ap}}})
+	waitUntil(t, "alpha punches toward the newcomer once its record came", func() bool {
+		return natCounter(a, "punches_started") > started
+	})
 }
