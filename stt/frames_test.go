@@ -284,31 +284,7 @@ func BenchmarkNodeToNode(b *testing.B) {
 		time.Sleep(time.Millisecond)
 	}
 	counter.n.Store(0)
-	const batch = 64
-	bufs := make([][]byte, batch)
-	for i := range bufs {
-		bufs[i] = make([]byte, wire.HeaderLen+1420, wire.HeaderLen+1420+wire.TagLen)
-	}
-	pkts := make([][]byte, batch)
-	flows := make([]uint16, batch)
-	b.SetBytes(1420)
-	b.ReportAllocs()
-	b.ResetTimer()
-	sent := 0
-	for sent < b.N {
-		for int64(sent)-counter.n.Load() > 2048 {
-			time.Sleep(50 * time.Microsecond) // a benchmark pacing itself; not a test
-		}
-		for i := range pkts {
-			pkts[i] = bufs[i][:wire.HeaderLen+1420]
-		}
-		if err := p.Send(pkts, flows); err != nil {
-			b.Fatal(err)
-		}
-		sent += batch
-	}
-	b.StopTimer()
-	b.ReportMetric(float64(counter.n.Load())/float64(sent)*100, "%delivered")
+	benchSend(b, p, counter)
 }
 
 type countHandler struct{ n atomic.Int64 }

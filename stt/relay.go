@@ -11,7 +11,6 @@
 package stt
 
 import (
-	"encoding/binary"
 	"errors"
 	"math/rand/v2"
 	"net/netip"
@@ -352,10 +351,18 @@ func (p *Peer) RelayVia() *Peer {
 }
 
 // relayUse records that relayed traffic went to or through p at now: the session with
-// it is in use, though no frame of it carried that traffic. One store per batch.
-func (p *Peer) relayUse(now time.Time) {
-	if t := p.mono(now); p.times.lastRelayed.Load() != t {
-		p.times.lastRelayed.Store(t)
+// it is in use, though no frame of it carried that traffic.
+func (p *Peer) relayUse(now time.Time) { touch(&p.times.lastRelayed, p.mono(now)) }
+
+// useGrain is the precision of the last-use times the relay path writes (relayUse, a
+// route's used): they are read against timeouts of seconds to minutes, and a store per
+// forwarded packet would make the receive goroutines fight over their cache lines.
+const useGrain = int64(10 * time.Millisecond)
+
+// touch stores t in a last-use time unless it holds one less than useGrain older.
+func touch(a *atomic.Int64, t int64) {
+	if t-a.Load() >= useGrain {
+		a.Store(t)
 	}
 }
 
@@ -430,9 +437,7 @@ func (n *Node) forward(rt *relayRoute, msg []byte, fw *relayFwd, now time.Time) 
 		n.drop(DropRelayNoRoute)
 		return
 	}
-	if t := n.mono(now); rt.used.Load() != t {
-		rt.used.Store(t)
-	}
+	touch(&rt.used, n.mono(now))
 	rt.from.relayUse(now)
 	to.relayUse(now)
 	if fw.ep != nil && fw.ep != ep {
@@ -504,8 +509,7 @@ func (n *Node) sendRelay(frames [][]byte, e *relayEndpoint) error {
 			w.bufs[i] = b
 		}
 		b = b[:need]
-		b[0], b[1], b[2], b[3] = wire.TypeRelay, 0, 0, 0
-		binary.LittleEndian.PutUint32(b[wire.RelayIDOff:], e.sendID)
+		wire.PutRelayHeader(b, e.sendID)
 		copy(b[wire.RelayHeaderLen:], f)
 		out = append(out, b)
 	}

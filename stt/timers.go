@@ -306,11 +306,8 @@ func (p *Peer) tickPathLocked(now time.Time, cur *session) {
 func (p *Peer) expiredFallbackToRelayLocked(now time.Time, cur *session) {
 	n := p.node
 	t := &n.limits
-	stuck := !p.udpUsable() && p.path.ws.Load() == nil
+	stuck := !p.udpUsable() && p.path.ws.Load() == nil || p.udpSilentLocked(now, cur)
 	if p.handshake.init != nil && p.handshake.init.punch == nil && now.Sub(p.handshake.init.firstSent) >= t.FallbackAfter {
-		stuck = true
-	}
-	if fu := p.times.firstUnanswered.Load(); cur != nil && fu != 0 && p.mono(now)-fu >= int64(t.FallbackAfter) {
 		stuck = true
 	}
 	if !stuck {
@@ -322,18 +319,14 @@ func (p *Peer) expiredFallbackToRelayLocked(now time.Time, cur *session) {
 	} else {
 		n.log.Info("no direct path; moving to the relay", "peer", p.cfg.Name, "via", p.path.relay.Load().via.cfg.Name)
 	}
-	p.path.on.Store(onRelay)
-	p.times.firstUnanswered.Store(0)
-	p.countFallbackLost()
-	if cur != nil && cur.confirmed.Load() {
-		p.sendControl(cur, nil)
-		p.releaseHeldLocked(cur)
-	} else if ini := p.handshake.init; ini != nil && ini.punch != nil {
+	switch ini := p.handshake.init; {
+	case p.moveLocked(onRelay, cur):
+	case ini != nil && ini.punch != nil:
 		// A punch in flight and no session: the session comes up through the relay
 		// now; a later punch can still take it direct.
 		p.dropInitLocked()
 		p.startHandshakeLocked(now)
-	} else if p.udpUsable() && (p.handshake.init != nil || p.handshake.want || cur != nil) {
+	case p.udpUsable() && (ini != nil || p.handshake.want || cur != nil):
 		// The handshake went over UDP: again, through the relay. (Without a UDP
 		// address it went through the relay already.)
 		p.startHandshakeLocked(now)
@@ -358,10 +351,8 @@ func (p *Peer) keepWebSocketLocked(cur *session) {
 func (p *Peer) expiredFallbackToWebSocketLocked(now time.Time, cur *session) {
 	n := p.node
 	t := &n.limits
-	stuck := p.handshake.init != nil && now.Sub(p.handshake.init.firstSent) >= t.FallbackAfter
-	if fu := p.times.firstUnanswered.Load(); cur != nil && fu != 0 && p.mono(now)-fu >= int64(t.FallbackAfter) {
-		stuck = true
-	}
+	stuck := p.handshake.init != nil && now.Sub(p.handshake.init.firstSent) >= t.FallbackAfter ||
+		p.udpSilentLocked(now, cur)
 	if !stuck {
 		// UDP answered after all: what waited for a move goes the way it was going.
 		p.releaseHeldLocked(cur)
@@ -376,18 +367,33 @@ func (p *Peer) expiredFallbackToWebSocketLocked(now time.Time, cur *session) {
 		return
 	}
 	n.log.Info("UDP does not answer; moving to WebSocket", "peer", p.cfg.Name)
-	p.path.on.Store(onWS)
-	p.times.firstUnanswered.Store(0)
-	// What went over UDP since it last answered is presumed lost: count it.
-	p.countFallbackLost()
-	if cur != nil && cur.confirmed.Load() {
-		// Tell the peer at once, so that its traffic follows; what waited for the
-		// move follows the keepalive on the same stream.
-		p.sendControl(cur, nil)
-		p.releaseHeldLocked(cur)
-	} else {
+	if !p.moveLocked(onWS, cur) {
 		p.startHandshakeLocked(now)
 	}
+}
+
+// udpSilentLocked reports whether the data or keepalives sent to the peer over its
+// session have gone unanswered for FallbackAfter. Called with p.mu held.
+func (p *Peer) udpSilentLocked(now time.Time, cur *session) bool {
+	fu := p.times.firstUnanswered.Load()
+	return cur != nil && fu != 0 && p.mono(now)-fu >= int64(p.node.limits.FallbackAfter)
+}
+
+// moveLocked moves the peer's traffic onto path to (WebSocket or the relay) after UDP
+// failed: what went over UDP since it last answered is presumed lost and counted. With a
+// confirmed session it tells the peer at once, so that its traffic follows, and what
+// waited for the move follows that keepalive on the same stream; it reports whether it
+// did (else the caller starts a handshake the new way). Called with p.mu held.
+func (p *Peer) moveLocked(to uint32, cur *session) bool {
+	p.path.on.Store(to)
+	p.times.firstUnanswered.Store(0)
+	p.countFallbackLost()
+	if cur != nil && cur.confirmed.Load() {
+		p.sendControl(cur, nil)
+		p.releaseHeldLocked(cur)
+		return true
+	}
+	return false
 }
 
 // probeCandidates reports whether the peer has no UDP address but candidate addresses

@@ -86,11 +86,11 @@ type natState struct {
 	travels map[[32]byte]*travel // members wanted without a direct path, or relayed
 	// coordinated and punched are the rate limits of PUNCH_REQUEST (per requester and
 	// target) and of PUNCH (per member): when each was last acted on.
-	coordinated map[[2][32]byte]time.Time
-	punched     map[[32]byte]time.Time
+	coordinated rateTable[[2][32]byte]
+	punched     rateTable[[32]byte]
 	// relayAnswered is the rate limit of RELAY_REQUEST, per requester and target: a
 	// grant goes to the target too, so requests must not make grants at their rate.
-	relayAnswered map[[2][32]byte]time.Time
+	relayAnswered rateTable[[2][32]byte]
 	// held are PUNCH and RELAY_GRANT messages about members whose records had not
 	// come yet (holdNAT), by member.
 	held map[heldKey]heldNAT
@@ -137,10 +137,34 @@ func newNATState(d bool, keepalive time.Duration) *natState {
 		keepalive:     keepalive,
 		typ:           mesh.NATUnknown,
 		travels:       make(map[[32]byte]*travel),
-		coordinated:   make(map[[2][32]byte]time.Time),
-		relayAnswered: make(map[[2][32]byte]time.Time),
-		punched:       make(map[[32]byte]time.Time),
+		coordinated:   make(rateTable[[2][32]byte]),
+		relayAnswered: make(rateTable[[2][32]byte]),
+		punched:       make(rateTable[[32]byte]),
 		held:          make(map[heldKey]heldNAT),
+	}
+}
+
+// rateTable is a rate limit by key: when each key was last let through, at most
+// maxNATEntries keys. Guarded by natState.mu.
+type rateTable[K comparable] map[K]time.Time
+
+// allow reports whether k may act at now, once per every, and records it if so; a new
+// key is refused while the table is full.
+func (r rateTable[K]) allow(k K, every time.Duration, now time.Time) bool {
+	last, seen := r[k]
+	if seen && now.Sub(last) < every || !seen && len(r) >= maxNATEntries {
+		return false
+	}
+	r[k] = now
+	return true
+}
+
+// prune forgets the keys that no longer limit anything.
+func (r rateTable[K]) prune(every time.Duration, now time.Time) {
+	for k, at := range r {
+		if now.Sub(at) >= every {
+			delete(r, k)
+		}
 	}
 }
 
@@ -405,21 +429,9 @@ func (t *Tunnel) pruneNAT(now time.Time) {
 			delete(nt.travels, k)
 		}
 	}
-	for k, at := range nt.coordinated {
-		if now.Sub(at) >= coordinateEvery {
-			delete(nt.coordinated, k)
-		}
-	}
-	for k, at := range nt.punched {
-		if now.Sub(at) >= punchEvery {
-			delete(nt.punched, k)
-		}
-	}
-	for k, at := range nt.relayAnswered {
-		if now.Sub(at) >= coordinateEvery {
-			delete(nt.relayAnswered, k)
-		}
-	}
+	nt.coordinated.prune(coordinateEvery, now)
+	nt.punched.prune(punchEvery, now)
+	nt.relayAnswered.prune(coordinateEvery, now)
 }
 
 // classifyNAT works out this node's NAT type from the members' reflections and, when
@@ -518,16 +530,13 @@ func (t *Tunnel) natMessage(sp *stt.Peer, from [32]byte, typ byte, body []byte, 
 			bad("target has no session here")
 			return
 		}
-		pair := [2][32]byte{from, target}
 		nt.mu.Lock()
-		last, seenPair := nt.coordinated[pair]
-		if (seenPair && now.Sub(last) < coordinateEvery) || (!seenPair && len(nt.coordinated) >= maxNATEntries) {
-			nt.mu.Unlock()
+		ok := nt.coordinated.allow([2][32]byte{from, target}, coordinateEvery, now)
+		nt.mu.Unlock()
+		if !ok {
 			bad("over rate")
 			return
 		}
-		nt.coordinated[pair] = now
-		nt.mu.Unlock()
 		// Each side learns where this node sees the other over UDP (nothing when the
 		// other reaches this node over WebSocket: that address takes no datagram).
 		var fromAddrs, targetAddrs []netip.AddrPort
@@ -575,13 +584,11 @@ func (t *Tunnel) natMessage(sp *stt.Peer, from [32]byte, typ byte, body []byte, 
 			return
 		}
 		nt.mu.Lock()
-		last, ok := nt.punched[pu.Peer]
-		if (ok && now.Sub(last) < punchEvery) || (!ok && len(nt.punched) >= maxNATEntries) {
+		if !nt.punched.allow(pu.Peer, punchEvery, now) {
 			nt.mu.Unlock()
 			bad("over rate")
 			return
 		}
-		nt.punched[pu.Peer] = now
 		nt.mu.Unlock()
 		addrs := pu.Addrs
 		if rec := m.eng.Member(pu.Peer); rec != nil {
@@ -601,16 +608,13 @@ func (t *Tunnel) natMessage(sp *stt.Peer, from [32]byte, typ byte, body []byte, 
 			bad("malformed", "err", err)
 			return
 		}
-		pair := [2][32]byte{from, target}
 		nt.mu.Lock()
-		last, seenPair := nt.relayAnswered[pair]
-		if (seenPair && now.Sub(last) < coordinateEvery) || (!seenPair && len(nt.relayAnswered) >= maxNATEntries) {
-			nt.mu.Unlock()
+		ok := nt.relayAnswered.allow([2][32]byte{from, target}, coordinateEvery, now)
+		nt.mu.Unlock()
+		if !ok {
 			bad("over rate")
 			return
 		}
-		nt.relayAnswered[pair] = now
-		nt.mu.Unlock()
 		reason := uint8(0)
 		tp := m.memberPeer(target)
 		var idAB, idBA uint32

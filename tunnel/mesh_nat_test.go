@@ -212,22 +212,12 @@ func TestNATGrantFromAnUnaskedRelayDoesNotReplaceTheChosenOne(t *testing.T) {
 func TestNATNoRelayForAMemberWithoutData(t *testing.T) {
 	relay, a, _ := natTrio(t)
 	relayKey := relayKeyOf(relay)
-	waitUntil(t, "alpha has relay's record, a relay's", func() bool {
-		r := a.t.mesh.eng.Member(relayKey)
-		return r != nil && r.Relay
-	})
+	waitRelayRecord(t, a, relayKey)
 	// A member whose only address answers nothing: alpha's dials to it stay in flight.
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	silent := newForged(t)
-	silent.offer(t, a, mesh.Record{Name: "silent", Endpoints: []mesh.Endpoint{
-		{Kind: mesh.EndpointLocal, Addr: c.LocalAddr().(*net.UDPAddr).AddrPort()}}})
+	silent := offerDeaf(t, a, "silent")
 	var sp *stt.Peer
 	waitUntil(t, "alpha dials silent as a gossip neighbour", func() bool {
-		if p := a.t.mesh.memberPeer(silent.id.Public); p != nil {
+		if p := a.t.mesh.memberPeer(silent); p != nil {
 			sp = p.sp
 		}
 		return sp != nil && sp.Connecting()
@@ -257,17 +247,10 @@ func TestNATNoRelayForAMemberWithoutData(t *testing.T) {
 // for it (so that traffic wants it), and returns its key and peer.
 func silentMember(t *testing.T, n *rvNode) ([32]byte, *stt.Peer) {
 	t.Helper()
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	silent := newForged(t)
-	silent.offer(t, n, mesh.Record{Name: "silent", Endpoints: []mesh.Endpoint{
-		{Kind: mesh.EndpointLocal, Addr: c.LocalAddr().(*net.UDPAddr).AddrPort()}}})
+	silent := offerDeaf(t, n, "silent")
 	var sp *stt.Peer
 	waitUntil(t, "the silent member's peer", func() bool {
-		if p := n.t.mesh.memberPeer(silent.id.Public); p != nil {
+		if p := n.t.mesh.memberPeer(silent); p != nil {
 			sp = p.sp
 		}
 		return sp != nil
@@ -275,7 +258,36 @@ func silentMember(t *testing.T, n *rvNode) ([32]byte, *stt.Peer) {
 	if err := sp.Send([][]byte{make([]byte, 40, 80)}, []uint16{1}); err != nil {
 		t.Fatal(err)
 	}
-	return silent.id.Public, sp
+	return silent, sp
+}
+
+// deafAddr is a UDP address on loopback that receives and never answers.
+func deafAddr(t *testing.T) netip.AddrPort {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c.LocalAddr().(*net.UDPAddr).AddrPort()
+}
+
+// offerDeaf gives n the record of a new member named name whose only candidate is a
+// deafAddr, and returns its key.
+func offerDeaf(t *testing.T, n *rvNode, name string) [32]byte {
+	t.Helper()
+	f := newForged(t)
+	f.offer(t, n, mesh.Record{Name: name, Endpoints: []mesh.Endpoint{{Kind: mesh.EndpointLocal, Addr: deafAddr(t)}}})
+	return f.id.Public
+}
+
+// waitRelayRecord waits until n holds the record of the member with key, offering relaying.
+func waitRelayRecord(t *testing.T, n *rvNode, key [32]byte) {
+	t.Helper()
+	waitUntil(t, "the relay's record, offering relaying", func() bool {
+		r := n.t.mesh.eng.Member(key)
+		return r != nil && r.Relay
+	})
 }
 
 // grantAsChooser makes n's traversal state say it asked relay for a route to target,
@@ -311,10 +323,7 @@ func grantAsChooser(t *testing.T, n *rvNode, relayKey, target [32]byte, sendID u
 func TestNATRelayThatNeverCarriesTheHandshakeIsAskedAgain(t *testing.T) {
 	relay, a, _ := natTrio(t)
 	relayKey := relayKeyOf(relay)
-	waitUntil(t, "alpha has relay's record, a relay's", func() bool {
-		r := a.t.mesh.eng.Member(relayKey)
-		return r != nil && r.Relay
-	})
+	waitRelayRecord(t, a, relayKey)
 	key, sp := silentMember(t, a)
 	// relay "grants" a route it never opened: the handshake through it goes nowhere.
 	grantAsChooser(t, a, relayKey, key, 5)
@@ -409,38 +418,7 @@ func TestNATKeepaliveOpensNoSessions(t *testing.T) {
 		t.Fatal("no NAT keepalive on a node that does not know its NAT")
 	}
 	const k = 8
-	hit := make(chan int, 1024)
-	for i := range k {
-		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = c.Close() })
-		go func() {
-			buf := make([]byte, 2048)
-			for {
-				if _, _, err := c.ReadFromUDP(buf); err != nil {
-					return
-				}
-				hit <- i
-			}
-		}()
-		f := newForged(t)
-		f.offer(t, n, mesh.Record{Name: fmt.Sprintf("silent%d", i), Endpoints: []mesh.Endpoint{
-			{Kind: mesh.EndpointLocal, Addr: c.LocalAddr().(*net.UDPAddr).AddrPort()}}})
-	}
-	// A few of the mesh loop's seconds: the bound must hold throughout.
-	victims := map[int]bool{}
-	deadline := time.After(3 * meshTick)
-	for {
-		select {
-		case i := <-hit:
-			victims[i] = true
-			continue
-		case <-deadline:
-		}
-		break
-	}
+	victims := silentMembersDialled(t, n, k, 3*meshTick)
 	if len(victims) > meshNeighbours {
 		t.Fatalf("HELLOs went to %d of %d members within %v; only neighbours (%d) are dialled", len(victims), k, 3*meshTick, meshNeighbours)
 	}
@@ -514,15 +492,7 @@ func TestNATBothEndsAskTheSameRelay(t *testing.T) {
 	// Members with datagrams waiting that alpha cannot reach directly.
 	var keys [][32]byte
 	for i := range 6 {
-		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = c.Close() })
-		f := newForged(t)
-		f.offer(t, a, mesh.Record{Name: fmt.Sprintf("far%d", i), Endpoints: []mesh.Endpoint{
-			{Kind: mesh.EndpointLocal, Addr: c.LocalAddr().(*net.UDPAddr).AddrPort()}}})
-		keys = append(keys, f.id.Public)
+		keys = append(keys, offerDeaf(t, a, fmt.Sprintf("far%d", i)))
 	}
 	for _, k := range keys {
 		waitUntil(t, "the member's peer", func() bool { return a.t.mesh.memberPeer(k) != nil })
@@ -585,19 +555,8 @@ func TestNATTraversalStateOfAForgottenMemberGoes(t *testing.T) {
 func TestNATFollowerKeepsAFreshRouteUntilTheHandshakeComes(t *testing.T) {
 	relay, a, _ := natTrio(t)
 	relayKey := relayKeyOf(relay)
-	waitUntil(t, "alpha has relay's record, a relay's", func() bool {
-		r := a.t.mesh.eng.Member(relayKey)
-		return r != nil && r.Relay
-	})
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	asker := newForged(t)
-	asker.offer(t, a, mesh.Record{Name: "asker", Endpoints: []mesh.Endpoint{
-		{Kind: mesh.EndpointLocal, Addr: c.LocalAddr().(*net.UDPAddr).AddrPort()}}})
-	key := asker.id.Public
+	waitRelayRecord(t, a, relayKey)
+	key := offerDeaf(t, a, "asker")
 	waitUntil(t, "the asker's peer", func() bool { return a.t.mesh.memberPeer(key) != nil })
 	g, err := mesh.AppendRelayGrant(nil, mesh.RelayGrant{Peer: key, SendID: 9, RecvID: 10})
 	if err != nil {
@@ -736,12 +695,7 @@ func TestNATPunchAboutAMemberNotKnownYetIsHeld(t *testing.T) {
 	relayKey := relayKeyOf(relay)
 	waitUntil(t, "alpha knows relay", func() bool { return a.t.mesh.memberPeer(relayKey) != nil })
 	spR := a.t.mesh.memberPeer(relayKey).sp
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	ap := c.LocalAddr().(*net.UDPAddr).AddrPort()
+	ap := deafAddr(t)
 	newcomer := newForged(t)
 	body, err := mesh.AppendPunch(nil, mesh.Punch{Peer: newcomer.id.Public, Addrs: []netip.AddrPort{ap}})
 	if err != nil {
