@@ -161,6 +161,24 @@ func (s *StatementStore) RotationStatement() (*Statement, []byte) {
 	return s.rot.st, s.rot.raw
 }
 
+// Revocations returns every REVOKE held, sorted by revoked key, then admin key: what
+// status shows. The statements are shared and must not be modified.
+func (s *StatementStore) Revocations() []*Statement {
+	var out []*Statement
+	for _, e := range s.m {
+		if e.st.Kind == StatementRevoke {
+			out = append(out, e.st)
+		}
+	}
+	slices.SortFunc(out, func(a, b *Statement) int {
+		if c := compareKeys(&a.Revoke.Target, &b.Revoke.Target); c != 0 {
+			return c
+		}
+		return bytes.Compare(a.Admin, b.Admin)
+	})
+	return out
+}
+
 // Len is the number of statements held.
 func (s *StatementStore) Len() int { return len(s.m) }
 

@@ -68,6 +68,20 @@ func TestStatementStoreRefusesReplayAndOlderRevocations(t *testing.T) {
 			t.Errorf("Revoked(%d) = %v", k, !want)
 		}
 	}
+	var listed []string
+	for _, r := range s.Revocations() {
+		listed = append(listed, fmt.Sprintf("%d by %x at %d", r.Revoke.Target[0], r.Admin[:2], r.Issued))
+	}
+	// Sorted by target, then admin key; each target's newest only.
+	want := []string{fmt.Sprintf("1 by %x at %d", pub(f.a)[:2], at(3*time.Second)),
+		fmt.Sprintf("1 by %x at %d", pub(f.b)[:2], at(time.Second)),
+		fmt.Sprintf("2 by %x at %d", pub(f.a)[:2], at(time.Second))}
+	if bytes.Compare(pub(f.a), pub(f.b)) > 0 {
+		want[0], want[1] = want[1], want[0]
+	}
+	if !slices.Equal(listed, want) {
+		t.Errorf("revocations %q, want %q", listed, want)
+	}
 	if s.Count(ReasonStale) != 3 || s.Count(ReasonAccepted) != 4 {
 		t.Errorf("counted %d stale, %d accepted", s.Count(ReasonStale), s.Count(ReasonAccepted))
 	}
