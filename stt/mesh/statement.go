@@ -274,7 +274,8 @@ func decodeStatement(b []byte, admins []ed25519.PublicKey) (*Statement, []byte, 
 	if admin == nil {
 		return nil, nil, ErrStatementUnknownAdmin
 	}
-	s := &Statement{Kind: kind, Issued: binary.LittleEndian.Uint64(body[1:9])}
+	var rev *Revocation
+	var rot *Rotation
 	p := body[statementHeaderLen:]
 	// Lengths and counts are checked against the bytes before anything is allocated.
 	switch kind {
@@ -283,7 +284,7 @@ func decodeStatement(b []byte, admins []ed25519.PublicKey) (*Statement, []byte, 
 		if len(p) < revokePayloadMinLen || len(p) != revokePayloadMinLen+int(p[32]) {
 			return nil, nil, badStatement("revoke payload of %d bytes", len(p))
 		}
-		s.Revoke = &Revocation{Target: [32]byte(p[:32]), Name: string(p[33:])}
+		rev = &Revocation{Target: [32]byte(p[:32]), Name: string(p[33:])}
 	case StatementRotate:
 		// next seed id [16], switch at u64, overlap u32, n u8, n × key [32]
 		if len(p) < rotatePayloadMinLen {
@@ -296,16 +297,16 @@ func decodeStatement(b []byte, admins []ed25519.PublicKey) (*Statement, []byte, 
 		if len(p) != rotatePayloadMinLen+32*n {
 			return nil, nil, badStatement("rotate payload of %d bytes for %d excluded keys", len(p), n)
 		}
-		r := &Rotation{NextSeedID: [16]byte(p[:16]), SwitchAt: binary.LittleEndian.Uint64(p[16:24]),
+		rot = &Rotation{NextSeedID: [16]byte(p[:16]), SwitchAt: binary.LittleEndian.Uint64(p[16:24]),
 			Overlap: binary.LittleEndian.Uint32(p[24:28])}
 		if n > 0 {
-			r.Excluded = make([][32]byte, n)
+			rot.Excluded = make([][32]byte, n)
 			for i := range n {
-				r.Excluded[i] = [32]byte(p[29+32*i:])
+				rot.Excluded[i] = [32]byte(p[29+32*i:])
 			}
 		}
-		s.Rotate = r
 	}
+	s := &Statement{Kind: kind, Issued: binary.LittleEndian.Uint64(body[1:9]), Revoke: rev, Rotate: rot}
 	if err := s.check(); err != nil {
 		return nil, nil, err
 	}
