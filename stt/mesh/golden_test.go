@@ -117,7 +117,7 @@ func TestGoldenStatements(t *testing.T) {
 	netID := NetworkID(testSeed)
 	admin := testAdmin()
 	member := NewIdentity(testEdSeed).Public
-	checkHex(t, "admin public key", pub(admin), goldenAdminPub)
+	checkHex(t, "admin public key", adminPub(admin), goldenAdminPub)
 	id := SeedID(testNextSeed)
 	checkHex(t, "next seed id", id[:], goldenNextSeedID)
 	rev := mustSign(t, testRevoke(uint64(testNow.UnixNano()), member), admin, netID)
@@ -125,7 +125,7 @@ func TestGoldenStatements(t *testing.T) {
 	rot := mustSign(t, testRotate(uint64(testNow.UnixNano())), admin, netID)
 	checkHex(t, "ROTATE", rot, goldenRotate)
 
-	s := NewStatementStore(netID, []ed25519.PublicKey{pub(admin)}, 0)
+	s := NewStatementStore(netID, []ed25519.PublicKey{adminPub(admin)}, 0)
 	for _, b := range [][]byte{rev, rot} {
 		if ok, reason := s.Offer(b, testNow); !ok {
 			t.Fatalf("golden statement refused: %s", reason)

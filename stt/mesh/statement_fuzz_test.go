@@ -24,7 +24,7 @@ func FuzzParseStatement(f *testing.F) {
 	f.Add(many)
 	netID := NetworkID(testSeed)
 	admin := testAdmin()
-	admins := []ed25519.PublicKey{pub(adminN(1)), pub(admin)}
+	admins := []ed25519.PublicKey{adminPub(adminN(1)), adminPub(admin)}
 	known := map[string]bool{}
 	for _, r := range StatementReasons {
 		known[r] = true
@@ -47,7 +47,7 @@ func FuzzParseStatement(f *testing.F) {
 		}
 		// Only the admin could have signed it: it is what signing its content gives.
 		again := *st
-		if bytes.Equal(st.Admin, pub(admin)) {
+		if bytes.Equal(st.Admin, adminPub(admin)) {
 			if m, err := again.Marshal(admin, netID); err != nil || !bytes.Equal(m, b) {
 				t.Fatalf("parsed statement does not re-sign to its bytes: %v", err)
 			}
@@ -65,7 +65,7 @@ func FuzzStatementStore(f *testing.F) {
 	f.Add([]byte{0x45, 0x85, 3, 0x40, 0x40, 12, 13, 12})
 	netID := NetworkID(testSeed)
 	a, b, outsider := testAdmin(), adminN(1), adminN(2)
-	admins := []ed25519.PublicKey{pub(a), pub(b)}
+	admins := []ed25519.PublicKey{adminPub(a), adminPub(b)}
 	sign := func(s Statement, k ed25519.PrivateKey) []byte {
 		raw, err := s.Marshal(k, netID)
 		if err != nil {
@@ -83,20 +83,20 @@ func FuzzStatementStore(f *testing.F) {
 		genuine bool // signed by an admin
 	}
 	pool := []item{
-		{sign(testRevoke(at(time.Second), [32]byte{1}), a), true},
-		{sign(testRevoke(at(2*time.Second), [32]byte{1}), a), true},
-		{sign(testRevoke(at(time.Second), [32]byte{2}), a), true},
-		{sign(testRevoke(at(time.Second), [32]byte{1}), b), true},
-		{sign(rotateTo(at(time.Second), 1), a), true},
-		{sign(rotateTo(at(2*time.Second), 2), a), true},
-		{sign(rotateTo(at(2*time.Second), 3), a), true}, // same Issued as the one before
-		{sign(rotateTo(at(time.Second), 4), b), true},
-		{sign(rotateTo(at(3*time.Second), 5), b), true},
-		{sign(testRevoke(at(20*time.Minute), [32]byte{3}), a), true}, // future until now moves on
-		{sign(testRevoke(at(time.Second), [32]byte{4}), outsider), false},
-		{sign(rotateTo(at(time.Second), 6), outsider), false},
-		{sign(testRevoke(at(time.Second), [32]byte{5}), b), true},
-		{sign(testRevoke(at(time.Second), [32]byte{6}), b), true},
+		{sign(testRevoke(issuedAt(time.Second), [32]byte{1}), a), true},
+		{sign(testRevoke(issuedAt(2*time.Second), [32]byte{1}), a), true},
+		{sign(testRevoke(issuedAt(time.Second), [32]byte{2}), a), true},
+		{sign(testRevoke(issuedAt(time.Second), [32]byte{1}), b), true},
+		{sign(rotateTo(issuedAt(time.Second), 1), a), true},
+		{sign(rotateTo(issuedAt(2*time.Second), 2), a), true},
+		{sign(rotateTo(issuedAt(2*time.Second), 3), a), true}, // same Issued as the one before
+		{sign(rotateTo(issuedAt(time.Second), 4), b), true},
+		{sign(rotateTo(issuedAt(3*time.Second), 5), b), true},
+		{sign(testRevoke(issuedAt(20*time.Minute), [32]byte{3}), a), true}, // future until now moves on
+		{sign(testRevoke(issuedAt(time.Second), [32]byte{4}), outsider), false},
+		{sign(rotateTo(issuedAt(time.Second), 6), outsider), false},
+		{sign(testRevoke(issuedAt(time.Second), [32]byte{5}), b), true},
+		{sign(testRevoke(issuedAt(time.Second), [32]byte{6}), b), true},
 	}
 	const max = 6
 	f.Fuzz(func(t *testing.T, ops []byte) {

@@ -19,7 +19,7 @@ type stmtFixture struct {
 
 func newStmtFixture(t *testing.T) *stmtFixture {
 	a, b := testAdmin(), adminN(1)
-	return &stmtFixture{t: t, netID: NetworkID(testSeed), a: a, b: b, admins: []ed25519.PublicKey{pub(a), pub(b)}}
+	return &stmtFixture{t: t, netID: NetworkID(testSeed), a: a, b: b, admins: []ed25519.PublicKey{adminPub(a), adminPub(b)}}
 }
 
 func (f *stmtFixture) store(max int) *StatementStore {
@@ -27,7 +27,7 @@ func (f *stmtFixture) store(max int) *StatementStore {
 }
 
 // at is the issued time of a statement made d after testNow.
-func at(d time.Duration) uint64 { return uint64(testNow.Add(d).UnixNano()) }
+func issuedAt(d time.Duration) uint64 { return uint64(testNow.Add(d).UnixNano()) }
 
 func (f *stmtFixture) revoke(admin ed25519.PrivateKey, issued uint64, target byte) []byte {
 	return mustSign(f.t, testRevoke(issued, [32]byte{target}), admin, f.netID)
@@ -39,7 +39,7 @@ func (f *stmtFixture) rotate(admin ed25519.PrivateKey, issued uint64, next byte)
 	return mustSign(f.t, s, admin, f.netID)
 }
 
-func offer(t *testing.T, s *StatementStore, raw []byte, now time.Time, want string) {
+func offerStatement(t *testing.T, s *StatementStore, raw []byte, now time.Time, want string) {
 	t.Helper()
 	ok, reason := s.Offer(raw, now)
 	if reason != want || ok != (want == ReasonAccepted) {
@@ -52,14 +52,14 @@ func offer(t *testing.T, s *StatementStore, raw []byte, now time.Time, want stri
 func TestStatementStoreRefusesReplayAndOlderRevocations(t *testing.T) {
 	f := newStmtFixture(t)
 	s := f.store(0)
-	newer, older := f.revoke(f.a, at(2*time.Second), 1), f.revoke(f.a, at(time.Second), 1)
-	offer(t, s, newer, testNow, ReasonAccepted)
-	offer(t, s, newer, testNow, ReasonStale)                             // replay
-	offer(t, s, bytes.Clone(newer), testNow.Add(time.Hour), ReasonStale) // replay, later
-	offer(t, s, older, testNow, ReasonStale)                             // reordered
-	offer(t, s, f.revoke(f.a, at(time.Second), 2), testNow, ReasonAccepted)
-	offer(t, s, f.revoke(f.b, at(time.Second), 1), testNow, ReasonAccepted) // another admin, older: its own
-	offer(t, s, f.revoke(f.a, at(3*time.Second), 1), testNow, ReasonAccepted)
+	newer, older := f.revoke(f.a, issuedAt(2*time.Second), 1), f.revoke(f.a, issuedAt(time.Second), 1)
+	offerStatement(t, s, newer, testNow, ReasonAccepted)
+	offerStatement(t, s, newer, testNow, ReasonStale)                             // replay
+	offerStatement(t, s, bytes.Clone(newer), testNow.Add(time.Hour), ReasonStale) // replay, later
+	offerStatement(t, s, older, testNow, ReasonStale)                             // reordered
+	offerStatement(t, s, f.revoke(f.a, issuedAt(time.Second), 2), testNow, ReasonAccepted)
+	offerStatement(t, s, f.revoke(f.b, issuedAt(time.Second), 1), testNow, ReasonAccepted) // another admin, older: its own
+	offerStatement(t, s, f.revoke(f.a, issuedAt(3*time.Second), 1), testNow, ReasonAccepted)
 	if s.Len() != 3 {
 		t.Errorf("%d statements held, want 3", s.Len())
 	}
@@ -73,10 +73,10 @@ func TestStatementStoreRefusesReplayAndOlderRevocations(t *testing.T) {
 		listed = append(listed, fmt.Sprintf("%d by %x at %d", r.Revoke.Target[0], r.Admin[:2], r.Issued))
 	}
 	// Sorted by target, then admin key; each target's newest only.
-	want := []string{fmt.Sprintf("1 by %x at %d", pub(f.a)[:2], at(3*time.Second)),
-		fmt.Sprintf("1 by %x at %d", pub(f.b)[:2], at(time.Second)),
-		fmt.Sprintf("2 by %x at %d", pub(f.a)[:2], at(time.Second))}
-	if bytes.Compare(pub(f.a), pub(f.b)) > 0 {
+	want := []string{fmt.Sprintf("1 by %x at %d", adminPub(f.a)[:2], issuedAt(3*time.Second)),
+		fmt.Sprintf("1 by %x at %d", adminPub(f.b)[:2], issuedAt(time.Second)),
+		fmt.Sprintf("2 by %x at %d", adminPub(f.a)[:2], issuedAt(time.Second))}
+	if bytes.Compare(adminPub(f.a), adminPub(f.b)) > 0 {
 		want[0], want[1] = want[1], want[0]
 	}
 	if !slices.Equal(listed, want) {
@@ -94,18 +94,18 @@ func TestStatementStoreKeepsTheNewestRotation(t *testing.T) {
 	if s.Rotation() != nil {
 		t.Fatal("rotation in an empty store")
 	}
-	offer(t, s, f.rotate(f.a, at(time.Second), 1), testNow, ReasonAccepted)
-	offer(t, s, f.rotate(f.b, at(3*time.Second), 3), testNow, ReasonAccepted)
-	offer(t, s, f.rotate(f.a, at(2*time.Second), 2), testNow, ReasonAccepted) // newer than a's, older than b's
+	offerStatement(t, s, f.rotate(f.a, issuedAt(time.Second), 1), testNow, ReasonAccepted)
+	offerStatement(t, s, f.rotate(f.b, issuedAt(3*time.Second), 3), testNow, ReasonAccepted)
+	offerStatement(t, s, f.rotate(f.a, issuedAt(2*time.Second), 2), testNow, ReasonAccepted) // newer than a's, older than b's
 	if r := s.Rotation(); r == nil || r.NextSeedID[0] != 3 {
 		t.Fatalf("rotation %+v, want b's (3)", r)
 	}
-	offer(t, s, f.rotate(f.a, at(time.Second), 1), testNow, ReasonStale)
-	offer(t, s, f.rotate(f.a, at(4*time.Second), 4), testNow, ReasonAccepted)
+	offerStatement(t, s, f.rotate(f.a, issuedAt(time.Second), 1), testNow, ReasonStale)
+	offerStatement(t, s, f.rotate(f.a, issuedAt(4*time.Second), 4), testNow, ReasonAccepted)
 	if r := s.Rotation(); r == nil || r.NextSeedID[0] != 4 {
 		t.Fatalf("rotation %+v, want a's newest (4)", r)
 	}
-	if st, raw := s.RotationStatement(); st == nil || !bytes.Equal(st.Admin, pub(f.a)) || len(raw) == 0 {
+	if st, raw := s.RotationStatement(); st == nil || !bytes.Equal(st.Admin, adminPub(f.a)) || len(raw) == 0 {
 		t.Errorf("rotation statement %+v", st)
 	}
 	if s.Len() != 2 {
@@ -117,7 +117,7 @@ func TestStatementStoreKeepsTheNewestRotation(t *testing.T) {
 // same one, whatever order they come in, so that summaries converge.
 func TestStatementStoreTieBreakIsOrderIndependent(t *testing.T) {
 	f := newStmtFixture(t)
-	x, y := f.rotate(f.a, at(0), 1), f.rotate(f.a, at(0), 2)
+	x, y := f.rotate(f.a, issuedAt(0), 1), f.rotate(f.a, issuedAt(0), 2)
 	s1, s2 := f.store(0), f.store(0)
 	s1.Offer(x, testNow)
 	s1.Offer(y, testNow)
@@ -134,16 +134,16 @@ func TestStatementStoreTieBreakIsOrderIndependent(t *testing.T) {
 func TestStatementStoreCountsRefusals(t *testing.T) {
 	f := newStmtFixture(t)
 	s := NewStatementStore(f.netID, f.admins[1:], 0) // a is not an admin here
-	good := f.revoke(f.b, at(0), 1)
-	offer(t, s, f.revoke(f.a, at(0), 1), testNow, ReasonUnknownAdmin)
-	offer(t, s, flip(good, len(good)-1), testNow, ReasonBadSignature)
-	offer(t, s, good[:40], testNow, ReasonMalformed)
-	offer(t, s, make([]byte, MaxStatementLen+1), testNow, ReasonTooLarge)
+	good := f.revoke(f.b, issuedAt(0), 1)
+	offerStatement(t, s, f.revoke(f.a, issuedAt(0), 1), testNow, ReasonUnknownAdmin)
+	offerStatement(t, s, flipByte(good, len(good)-1), testNow, ReasonBadSignature)
+	offerStatement(t, s, good[:40], testNow, ReasonMalformed)
+	offerStatement(t, s, make([]byte, MaxStatementLen+1), testNow, ReasonTooLarge)
 	bad := bytes.Clone(good)
 	bad[0] = 7
-	offer(t, s, bad, testNow, ReasonUnknownKind)
+	offerStatement(t, s, bad, testNow, ReasonUnknownKind)
 	other := NewStatementStore([16]byte{1}, f.admins, 0)
-	offer(t, other, good, testNow, ReasonBadSignature) // another network
+	offerStatement(t, other, good, testNow, ReasonBadSignature) // another network
 	if s.Len() != 0 || s.Revoked([32]byte{1}) {
 		t.Fatal("a refused statement was kept")
 	}
@@ -152,7 +152,7 @@ func TestStatementStoreCountsRefusals(t *testing.T) {
 			t.Errorf("%s counted %d times", r, s.Count(r))
 		}
 	}
-	offer(t, s, good, testNow, ReasonAccepted)
+	offerStatement(t, s, good, testNow, ReasonAccepted)
 }
 
 // A statement issued beyond the clock skew is refused, and taken when offered again once
@@ -160,12 +160,12 @@ func TestStatementStoreCountsRefusals(t *testing.T) {
 func TestStatementStoreRefusesFutureUntilItIsDue(t *testing.T) {
 	f := newStmtFixture(t)
 	s := f.store(0)
-	ahead := f.revoke(f.a, at(MaxClockSkew+time.Second), 1)
-	offer(t, s, ahead, testNow, ReasonFuture)
-	offer(t, s, f.revoke(f.a, at(MaxClockSkew), 2), testNow, ReasonAccepted) // within the skew
-	offer(t, s, ahead, testNow.Add(time.Second), ReasonAccepted)
+	ahead := f.revoke(f.a, issuedAt(MaxClockSkew+time.Second), 1)
+	offerStatement(t, s, ahead, testNow, ReasonFuture)
+	offerStatement(t, s, f.revoke(f.a, issuedAt(MaxClockSkew), 2), testNow, ReasonAccepted) // within the skew
+	offerStatement(t, s, ahead, testNow.Add(time.Second), ReasonAccepted)
 	huge := mustSign(t, testRevoke(1<<63, [32]byte{3}), f.a, f.netID) // beyond int64 nanoseconds
-	offer(t, s, huge, testNow.Add(100*365*24*time.Hour), ReasonFuture)
+	offerStatement(t, s, huge, testNow.Add(100*365*24*time.Hour), ReasonFuture)
 }
 
 // The store holds at most its bound and then refuses new statements (it never evicts:
@@ -174,11 +174,11 @@ func TestStatementStoreBound(t *testing.T) {
 	f := newStmtFixture(t)
 	s := f.store(3)
 	for i := byte(1); i <= 3; i++ {
-		offer(t, s, f.revoke(f.a, at(0), i), testNow, ReasonAccepted)
+		offerStatement(t, s, f.revoke(f.a, issuedAt(0), i), testNow, ReasonAccepted)
 	}
-	offer(t, s, f.revoke(f.a, at(0), 4), testNow, ReasonFull)
-	offer(t, s, f.rotate(f.a, at(0), 1), testNow, ReasonFull)
-	offer(t, s, f.revoke(f.a, at(time.Second), 2), testNow, ReasonAccepted) // replaces one held
+	offerStatement(t, s, f.revoke(f.a, issuedAt(0), 4), testNow, ReasonFull)
+	offerStatement(t, s, f.rotate(f.a, issuedAt(0), 1), testNow, ReasonFull)
+	offerStatement(t, s, f.revoke(f.a, issuedAt(time.Second), 2), testNow, ReasonAccepted) // replaces one held
 	if s.Len() != 3 || s.Revoked([32]byte{4}) || !s.Revoked([32]byte{1}) {
 		t.Errorf("len %d", s.Len())
 	}
@@ -191,8 +191,8 @@ func TestStatementStoreBound(t *testing.T) {
 // store: what the node persists and gossips.
 func TestStatementStoreAllAndSummary(t *testing.T) {
 	f := newStmtFixture(t)
-	raws := [][]byte{f.revoke(f.a, at(0), 1), f.revoke(f.b, at(0), 1), f.rotate(f.a, at(0), 1),
-		f.revoke(f.a, at(time.Second), 2), f.rotate(f.b, at(time.Second), 2)}
+	raws := [][]byte{f.revoke(f.a, issuedAt(0), 1), f.revoke(f.b, issuedAt(0), 1), f.rotate(f.a, issuedAt(0), 1),
+		f.revoke(f.a, issuedAt(time.Second), 2), f.rotate(f.b, issuedAt(time.Second), 2)}
 	s1, s2 := f.store(0), f.store(0)
 	if c, h := s1.Summary(); c != 0 || h != SummaryOfStatements(nil).Hash {
 		t.Errorf("empty summary %d %x", c, h)
@@ -212,18 +212,18 @@ func TestStatementStoreAllAndSummary(t *testing.T) {
 	}
 	s3 := f.store(0)
 	for _, r := range all {
-		offer(t, s3, r, testNow, ReasonAccepted)
+		offerStatement(t, s3, r, testNow, ReasonAccepted)
 	}
 	if c3, h3 := s3.Summary(); c3 != c1 || h3 != h1 || !s3.Revoked([32]byte{2}) || s3.Rotation().NextSeedID[0] != 2 {
 		t.Error("a store restored from All differs")
 	}
 	// A change changes the summary.
-	s3.Offer(f.revoke(f.b, at(time.Second), 1), testNow)
+	s3.Offer(f.revoke(f.b, issuedAt(time.Second), 1), testNow)
 	if c3, h3 := s3.Summary(); c3 != c1 || h3 == h1 {
 		t.Error("replacing a statement left the summary unchanged")
 	}
 	// The store copies what it keeps.
-	r := f.revoke(f.a, at(time.Minute), 9)
+	r := f.revoke(f.a, issuedAt(time.Minute), 9)
 	s1.Offer(r, testNow)
 	r[0] = 0xff
 	for _, b := range s1.All() {
@@ -238,7 +238,7 @@ func TestStatementStoreAllAndSummary(t *testing.T) {
 func TestStatementStoreDuplicateIsCheap(t *testing.T) {
 	f := newStmtFixture(t)
 	s := f.store(0)
-	raw := f.revoke(f.a, at(0), 1)
+	raw := f.revoke(f.a, issuedAt(0), 1)
 	s.Offer(raw, testNow)
 	if n := testing.AllocsPerRun(100, func() { s.Offer(raw, testNow) }); n != 0 {
 		t.Errorf("%v allocations per duplicate", n)
@@ -251,7 +251,7 @@ func TestStatementStoreDuplicateIsCheap(t *testing.T) {
 		i--
 	}
 	lower[i]--
-	offer(t, s, lower, testNow, ReasonStale)
+	offerStatement(t, s, lower, testNow, ReasonStale)
 }
 
 func TestStatementReasonsAreDistinct(t *testing.T) {

@@ -37,7 +37,7 @@ func adminN(n int) ed25519.PrivateKey {
 	return ed25519.NewKeyFromSeed(s[:])
 }
 
-func pub(k ed25519.PrivateKey) ed25519.PublicKey { return k.Public().(ed25519.PublicKey) }
+func adminPub(k ed25519.PrivateKey) ed25519.PublicKey { return k.Public().(ed25519.PublicKey) }
 
 func testRevoke(issued uint64, target [32]byte) Statement {
 	return Statement{Kind: StatementRevoke, Issued: issued, Revoke: &Revocation{Target: target, Name: "alpha"}}
@@ -61,7 +61,7 @@ func mustSign(t testing.TB, s Statement, admin ed25519.PrivateKey, netID [16]byt
 func TestStatementRoundTrip(t *testing.T) {
 	netID := NetworkID(testSeed)
 	admin := testAdmin()
-	admins := []ed25519.PublicKey{pub(adminN(1)), pub(admin)}
+	admins := []ed25519.PublicKey{adminPub(adminN(1)), adminPub(admin)}
 	rot := testRotate(7)
 	rot.Rotate.Excluded = [][32]byte{{9}, {1}, {5}} // Marshal sorts them
 	for _, in := range []Statement{testRevoke(uint64(testNow.UnixNano()), NewIdentity(testEdSeed).Public),
@@ -70,7 +70,7 @@ func TestStatementRoundTrip(t *testing.T) {
 		{Kind: StatementRotate, Issued: 1, Rotate: &Rotation{NextSeedID: [16]byte{1}, SwitchAt: 1}}, // none excluded
 	} {
 		b := mustSign(t, in, admin, netID)
-		in.Admin = pub(admin)
+		in.Admin = adminPub(admin)
 		got, err := ParseStatement(b, netID, admins)
 		if err != nil {
 			t.Fatalf("%v: ParseStatement: %v", in.Kind, err)
@@ -78,7 +78,7 @@ func TestStatementRoundTrip(t *testing.T) {
 		if !reflect.DeepEqual(*got, in) {
 			t.Errorf("parsed %+v, want %+v", got, in)
 		}
-		if !bytes.Equal(got.Admin, pub(admin)) {
+		if !bytes.Equal(got.Admin, adminPub(admin)) {
 			t.Errorf("admin %x", got.Admin)
 		}
 	}
@@ -100,7 +100,7 @@ func resignStatement(b []byte, admin ed25519.PrivateKey, netID [16]byte) []byte 
 func TestParseStatementRefusals(t *testing.T) {
 	netID := NetworkID(testSeed)
 	admin := testAdmin()
-	admins := []ed25519.PublicKey{pub(admin)}
+	admins := []ed25519.PublicKey{adminPub(admin)}
 	rev := mustSign(t, testRevoke(uint64(testNow.UnixNano()), NewIdentity(testEdSeed).Public), admin, netID)
 	rot := mustSign(t, testRotate(uint64(testNow.UnixNano())), admin, netID)
 	body := func(b []byte) []byte { return bytes.Clone(b[:len(b)-ed25519.SignatureSize]) }
@@ -130,19 +130,19 @@ func TestParseStatementRefusals(t *testing.T) {
 		{name: "kind 0", reason: ReasonUnknownKind, b: edit(rev, func(p []byte) []byte { p[0] = 0; return p })},
 		{name: "kind 3", reason: ReasonUnknownKind, b: edit(rev, func(p []byte) []byte { p[0] = 3; return p })},
 		{name: "kind 3, not an admin", reason: ReasonUnknownKind, b: edit(rev, func(p []byte) []byte { p[0] = 3; return p }),
-			admins: []ed25519.PublicKey{pub(adminN(1))}},
+			admins: []ed25519.PublicKey{adminPub(adminN(1))}},
 		{name: "REVOKE with a ROTATE payload", reason: ReasonMalformed, b: edit(rot, func(p []byte) []byte { p[0] = 1; return p })},
-		{name: "not an admin", reason: ReasonUnknownAdmin, b: rev, admins: []ed25519.PublicKey{pub(adminN(1))}},
+		{name: "not an admin", reason: ReasonUnknownAdmin, b: rev, admins: []ed25519.PublicKey{adminPub(adminN(1))}},
 		{name: "no admins", reason: ReasonUnknownAdmin, b: rev, admins: []ed25519.PublicKey{}},
 		{name: "another admin's key in the header", reason: ReasonUnknownAdmin,
-			b: edit(rev, func(p []byte) []byte { copy(p[9:], pub(adminN(1))); return p })},
+			b: edit(rev, func(p []byte) []byte { copy(p[9:], adminPub(adminN(1))); return p })},
 		// The admin key is checked before the signature: a forged statement naming a
 		// non-admin costs no verification.
 		{name: "not an admin, bad signature", reason: ReasonUnknownAdmin,
-			b: append(body(rev), make([]byte, 64)...), admins: []ed25519.PublicKey{pub(adminN(1))}},
-		{name: "signature bit flipped", reason: ReasonBadSignature, b: append(body(rev), flip(sig(rev), 3)...)},
-		{name: "body bit flipped", reason: ReasonBadSignature, b: append(flip(body(rev), 50), sig(rev)...)},
-		{name: "issued changed", reason: ReasonBadSignature, b: append(flip(body(rot), 1), sig(rot)...)},
+			b: append(body(rev), make([]byte, 64)...), admins: []ed25519.PublicKey{adminPub(adminN(1))}},
+		{name: "signature bit flipped", reason: ReasonBadSignature, b: append(body(rev), flipByte(sig(rev), 3)...)},
+		{name: "body bit flipped", reason: ReasonBadSignature, b: append(flipByte(body(rev), 50), sig(rev)...)},
+		{name: "issued changed", reason: ReasonBadSignature, b: append(flipByte(body(rot), 1), sig(rot)...)},
 		{name: "another network", reason: ReasonBadSignature, b: rev, netID: &[16]byte{1}},
 		{name: "signed by another key", reason: ReasonBadSignature, b: resignStatement(rev, adminN(1), netID)},
 		{name: "issued 0", reason: ReasonMalformed, b: edit(rev, func(p []byte) []byte { clear(p[1:9]); return p })},
@@ -196,7 +196,7 @@ func TestParseStatementRefusals(t *testing.T) {
 	}
 }
 
-func flip(b []byte, i int) []byte {
+func flipByte(b []byte, i int) []byte {
 	b = bytes.Clone(b)
 	b[i] ^= 0x10
 	return b
@@ -268,7 +268,7 @@ func TestSeedIDDependsOnTheSeed(t *testing.T) {
 // refusal before the signature allocates no more than its error.
 func TestParseStatementAllocations(t *testing.T) {
 	netID := NetworkID(testSeed)
-	admins := []ed25519.PublicKey{pub(testAdmin())}
+	admins := []ed25519.PublicKey{adminPub(testAdmin())}
 	s := testRotate(1)
 	s.Rotate.Excluded = make([][32]byte, MaxExcluded)
 	for i := range s.Rotate.Excluded {
