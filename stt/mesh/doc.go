@@ -13,4 +13,7 @@
 // It also encodes the NAT traversal messages (PUNCH_REQUEST, PUNCH, RELAY_*; natmsg.go),
 // which the node handles itself, and tells the node's NAT type from what members
 // observed of it (ClassifyNAT).
+//
+// Signed statements (statement.go, StatementStore) are the network-wide commands of an
+// admin key: revoke a member, rotate the seed.
 package mesh

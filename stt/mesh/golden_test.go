@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"crypto/ed25519"
 	"encoding/hex"
 	"net/netip"
 	"testing"
@@ -97,5 +98,42 @@ func TestGoldenVectors(t *testing.T) {
 	if r.Name != want.Name || r.Version != want.Version || !r.Expires.Equal(want.Expires) || r.Key != id.Public ||
 		r.WSURL != want.WSURL || !sameContent(r, &want) {
 		t.Errorf("parsed record %+v, want %+v", r, want)
+	}
+}
+
+// The vectors of docs/protocol.md, "Signed statements": admin Ed25519 seed 0x60..0x7f,
+// issued at testNow, by the member of goldenX25519Pub; next seed 0x20..0x3f. Checked
+// against an independent implementation of the spec (Python, cryptography's Ed25519)
+// when they were made.
+const (
+	goldenAdminPub         = "174553b456dddfc6908ecab1c101fe6ab21e2baa0617795b7d43a63482993fd5"
+	goldenNextSeedID       = "3bf012b7fec085f664dee713eea61247"
+	goldenRevoke           = "010000faed51728618174553b456dddfc6908ecab1c101fe6ab21e2baa0617795b7d43a63482993fd5f14b5173130a1b80687f273d49e8f4740a793a949b83b105837f2a61e8fee14f05616c7068619490faafba48eb75c5e95fac48a4db4db40f2456a92d9400db94fc553545bacf194fb7ec26047588a319308a2051fbada1f3df71107057478ab63e7c9a263303"
+	goldenRotate           = "020000faed51728618174553b456dddfc6908ecab1c101fe6ab21e2baa0617795b7d43a63482993fd53bf012b7fec085f664dee713eea6124710c75569000000005802000001f14b5173130a1b80687f273d49e8f4740a793a949b83b105837f2a61e8fee14f3fa9e0cc26985931052050bf9c94ba008d6cb51dd044ba2357725650b894213e88b5733783c36cdc0a148070096d984d80e171a1771373df6b7110ca77574301"
+	goldenStatementSummary = "02000000cd7aba35b93bb4397f74a73a2fa7169c"
+)
+
+func TestGoldenStatements(t *testing.T) {
+	netID := NetworkID(testSeed)
+	admin := testAdmin()
+	member := NewIdentity(testEdSeed).Public
+	checkHex(t, "admin public key", adminPub(admin), goldenAdminPub)
+	id := SeedID(testNextSeed)
+	checkHex(t, "next seed id", id[:], goldenNextSeedID)
+	rev := mustSign(t, testRevoke(uint64(testNow.UnixNano()), member), admin, netID)
+	checkHex(t, "REVOKE", rev, goldenRevoke)
+	rot := mustSign(t, testRotate(uint64(testNow.UnixNano())), admin, netID)
+	checkHex(t, "ROTATE", rot, goldenRotate)
+
+	s := NewStatementStore(netID, []ed25519.PublicKey{adminPub(admin)}, 0)
+	for _, b := range [][]byte{rev, rot} {
+		if ok, reason := s.Offer(b, testNow); !ok {
+			t.Fatalf("golden statement refused: %s", reason)
+		}
+	}
+	c, h := s.Summary()
+	checkHex(t, "statements summary", AppendSummary(nil, Summary{Count: c, Hash: h}), goldenStatementSummary)
+	if !s.Revoked(member) || s.Rotation() == nil || s.Rotation().NextSeedID != id {
+		t.Error("the golden statements do not revoke and rotate")
 	}
 }
