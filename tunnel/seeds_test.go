@@ -242,6 +242,9 @@ func TestStageSeedRewritesTheFileAndIsIdempotent(t *testing.T) {
 	if fi, _ := os.Stat(l.na.seedFile); fi.Mode().Perm() != 0o600 {
 		t.Fatalf("mode %v", fi.Mode())
 	}
+	if n, f, u, ok := l.a.t.StagedSeed(); !ok || n != next || !f.Equal(from) || !u.Equal(until) {
+		t.Fatalf("StagedSeed = %x %v %v %v", n, f, u, ok)
+	}
 	want := [][16]byte{handshake.SeedID(next), handshake.SeedID(cur)}
 	if ids := l.a.t.Node().SeedStats().IDs; !slices.Equal(ids, want) {
 		t.Fatalf("alpha holds %x, want next then current", ids)
