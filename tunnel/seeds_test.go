@@ -186,7 +186,7 @@ func TestReloadBareNewSeedMovesWithGrace(t *testing.T) {
 		t.Fatalf("changes %q", changes)
 	}
 	st := l.a.t.Status().Seed
-	if st.ID != shortSeed(cur) || st.NextID != shortSeed(next) || !st.Transient || st.Until.Sub(time.Now()) < 9*time.Minute {
+	if st.ID != shortSeed(cur) || st.NextID != shortSeed(next) || !st.Transient || time.Until(st.Until) < 9*time.Minute {
 		t.Fatalf("seed status %+v", st)
 	}
 	sf, err := config.LoadSeedFile(l.na.seedFile)
