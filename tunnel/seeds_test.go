@@ -357,3 +357,29 @@ func TestMeshKeepsAddressesAndRecordsAcrossASeedChange(t *testing.T) {
 	}
 	waitUntil(t, "gamma to join", func() bool { _, seed := peerOf(g.memNode, "beta"); return seed == shortSeed(s2) })
 }
+
+// A reload planned before StageSeed changed the seeds (the in-band rotation runs on the
+// mesh's goroutines, outside the reload lock) plans again rather than putting the old
+// file back.
+func TestReloadPlannedBeforeStageSeedKeepsTheStagedSeed(t *testing.T) {
+	cur, next := [32]byte{13}, [32]byte{14}
+	l := newSeedLab(t, cur)
+	plan, err := l.a.t.planSeedReload(l.na.seedFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	from := time.Now().Add(time.Hour)
+	if err := l.a.t.StageSeed(next, from, from.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if warn := l.a.t.applySeedReload(plan); len(warn) != 0 {
+		t.Fatalf("warnings %q", warn)
+	}
+	if n, _, _, ok := l.a.t.StagedSeed(); !ok || n != next {
+		t.Fatal("the reload undid the staged seed")
+	}
+	want := [][16]byte{handshake.SeedID(cur), handshake.SeedID(next)}
+	if ids := l.a.t.Node().SeedStats().IDs; !slices.Equal(ids, want) {
+		t.Fatalf("alpha holds %x, want current then next", ids)
+	}
+}
