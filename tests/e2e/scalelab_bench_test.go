@@ -63,6 +63,9 @@ type lab50Results struct {
 	ConvergeFromFirstSeconds float64            `json:"converge_after_first_up_start_seconds"`
 	ConvergePerNode          map[string]float64 `json:"converge_per_node_seconds"`
 	SweepSeconds             float64            `json:"status_sweep_seconds"` // the poll's resolution
+	// Lacked: for each node that did not list every other at the first poll, the
+	// nodes it lacked at its last poll before it did.
+	Lacked map[string][]string `json:"lacked_before_converging"`
 	// Rest: per node, as the mesh lab reports it (underlay, gossip, counters).
 	RestSeconds float64   `json:"rest_seconds"`
 	Rest        []labRest `json:"rest"`
@@ -147,7 +150,8 @@ func TestMeshScaleLabFigures(t *testing.T) {
 		t.Fatal(err)
 	}
 	interrupted()
-	knew, err := sl.waitConverged(ctx, lab50Poll, lab50ConvergeLimit)
+	knew, lacked, err := sl.waitConverged(ctx, lab50Poll, lab50ConvergeLimit)
+	res.Lacked = lacked
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -272,7 +276,13 @@ func lab50Report(t *testing.T, sl *scaleLab, res *lab50Results) {
 	t.Logf("LAB50 lab built %.1f s; members' `up` from first start to last return %.2f s", res.BuildSeconds, res.StartSeconds)
 	t.Logf("LAB50 converged (every node lists every other with a mesh address) %.2f s after the last `up` returned, %.2f s after the first started; per node min / median / max %s s (one status sweep %.3f s)",
 		res.ConvergeSeconds, res.ConvergeFromFirstSeconds, stats(conv, "%.2f"), res.SweepSeconds)
-	var ub, up, gb, gm, cpu, sess []float64
+	for _, mb := range sl.all {
+		if m, ok := res.Lacked[mb.name]; ok && res.ConvergePerNode[mb.name] > 1 {
+			t.Logf("LAB50   %s (%s) listed every other %.2f s after the last `up`; the poll before, it lacked %d: %s",
+				mb.name, mb.kind, res.ConvergePerNode[mb.name], len(m), strings.Join(m, " "))
+		}
+	}
+	var ub, up, gb, gm, cpu, sess, hs []float64
 	rest := map[string]labRest{}
 	for _, r := range res.Rest {
 		rest[r.Node] = r
@@ -281,6 +291,7 @@ func lab50Report(t *testing.T, sl *scaleLab, res *lab50Results) {
 		gb = append(gb, r.MeshBytesOutPerSec)
 		gm = append(gm, r.MeshMsgsOutPerSec)
 		sess = append(sess, float64(r.Sessions))
+		hs = append(hs, float64(r.Counters["handshakes_started"]))
 		cpu = append(cpu, 100*res.CPUAtRest[r.Node])
 	}
 	t.Logf("LAB50 at rest over %.0f s, per node min / median / max:", res.RestSeconds)
@@ -290,6 +301,7 @@ func lab50Report(t *testing.T, sl *scaleLab, res *lab50Results) {
 	t.Logf("LAB50   gossip msgs    %s msg/s", stats(gm, "%.3f"))
 	t.Logf("LAB50   sessions       %s", stats(sess, "%.0f"))
 	t.Logf("LAB50   CPU            %s %% of one CPU", stats(cpu, "%.2f"))
+	t.Logf("LAB50   handshakes started over the rest period %s", stats(hs, "%.0f"))
 	t.Logf("LAB50   underlay B/s by kind: %s", byKind(func(n string) (float64, bool) { r, ok := rest[n]; return r.UnderlayTxBytesPerSec, ok }))
 	for _, phase := range []string{"converged", "rested", "pinged"} {
 		var xs []float64

@@ -192,9 +192,10 @@ func missingFrom(st status.Status, want []string) []string {
 // waitConverged polls every node's status (over its control socket: the document
 // `status --json` prints) every poll until each lists every other node with a mesh
 // address, or until limit. It returns when each node was first seen to (the time its
-// status was asked for), and an error naming the nodes still missing some and which.
-func (sl *scaleLab) waitConverged(ctx context.Context, poll, limit time.Duration) (map[string]time.Time, error) {
-	knew := map[string]time.Time{}
+// status was asked for), what each node that was not at the first poll lacked at its
+// last poll before, and an error naming the nodes still missing some and which.
+func (sl *scaleLab) waitConverged(ctx context.Context, poll, limit time.Duration) (knew map[string]time.Time, lacked map[string][]string, err error) {
+	knew, lacked = map[string]time.Time{}, map[string][]string{}
 	missing := map[string][]string{}
 	deadline := time.Now().Add(limit)
 	tick := time.NewTicker(poll)
@@ -217,8 +218,11 @@ func (sl *scaleLab) waitConverged(ctx context.Context, poll, limit time.Duration
 			knew[mb.name] = asked
 			delete(missing, mb.name)
 		}
+		for name, m := range missing {
+			lacked[name] = m
+		}
 		if len(knew) == len(sl.all) {
-			return knew, nil
+			return knew, lacked, nil
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			var b strings.Builder
@@ -227,7 +231,7 @@ func (sl *scaleLab) waitConverged(ctx context.Context, poll, limit time.Duration
 					fmt.Fprintf(&b, "\n  %s (%s) lacks %d: %s", mb.name, mb.kind, len(m), strings.Join(m, " "))
 				}
 			}
-			return knew, fmt.Errorf("%d of %d nodes do not list every other with a mesh address within %v:%s",
+			return knew, lacked, fmt.Errorf("%d of %d nodes do not list every other with a mesh address within %v:%s",
 				len(sl.all)-len(knew), len(sl.all), limit, b.String())
 		}
 		select {
@@ -350,7 +354,7 @@ func TestMeshScaleTenNodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	started := time.Now()
-	if _, err := sl.waitConverged(context.Background(), 100*time.Millisecond, meshTimeout); err != nil {
+	if _, _, err := sl.waitConverged(context.Background(), 100*time.Millisecond, meshTimeout); err != nil {
 		t.Fatal(err)
 	}
 	converged := time.Now()
