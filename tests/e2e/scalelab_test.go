@@ -99,6 +99,8 @@ func newScaleLab(t *testing.T, n int) *scaleLab {
 	for i := 1; i <= 2; i++ {
 		boots = append(boots, fmt.Sprintf("%s:%d", underlay(i), port))
 	}
+	// The introducers are members of the mesh lab (meshLab.add), so they also carry its
+	// 10.77.0.i/24 on their links; no member accepts it, and nothing here uses it.
 	for i := 1; i <= 2; i++ {
 		other := boots[2-i] // each introducer names the other
 		nd, _ := sl.add(fmt.Sprintf("i%d", i), fmt.Sprintf("\n[discovery]\nbootstrap = [%q]\nrelay = true\n", other))
@@ -126,8 +128,8 @@ func newScaleLab(t *testing.T, n int) *scaleLab {
 	return sl
 }
 
-// startAll starts every daemon that is not running yet, introducers first, the members
-// by workers at once, and returns when each `up` has returned: the time the first
+// startAll starts every daemon, the introducers first and one at a time, then the
+// members workers at once, and returns when each `up` has returned: the time the first
 // member's `up` started and the time the last one's returned. A failed `up` is an
 // error; a daemon up starts is taken down (then killed by PID) at cleanup either way.
 func (sl *scaleLab) startAll(workers int) (first, last time.Time, err error) {
