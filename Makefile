@@ -9,7 +9,7 @@ LDFLAGS := -X main.version=$(VERSION)
 # every daemon resident memory (docs/benchmarks.md).
 TAGS    := urfave_cli_no_docs$(if $(PPROF), pprof)
 
-.PHONY: all build test unit e2e vet fmt-check deps demo fuzz bench bench-mesh bench-nat clean
+.PHONY: all build test unit e2e vet fmt-check deps demo fuzz bench bench-mesh bench-nat lab-scale clean
 
 all: build
 
@@ -64,6 +64,15 @@ BENCH_NAT_RUNS ?= 5
 bench-nat: build deps
 	STT_NAT_BENCH=1 STT_NAT_BENCH_RUNS=$(BENCH_NAT_RUNS) $(GO) test -count=1 -tags e2e -timeout 40m \
 		-run '^TestNATPathFigures$$' -v ./tests/e2e/
+
+# lab-scale runs the fifty-node lab (root, about 9 minutes): 50 daemons in namespaces,
+# two introducers and 48 members behind four NAT routers; the time from the last start
+# until every node knows every other, bytes/s per node and CPU at rest, memory per
+# daemon, and a ping matrix over 100 random pairs (docs/benchmarks.md, "Scale: fifty-node
+# lab"). LAB50_FLAGS passes options to scripts/lab50.sh, e.g. LAB50_FLAGS='--rest 1m'.
+LAB50_FLAGS ?=
+lab-scale: build deps
+	scripts/lab50.sh $(LAB50_FLAGS)
 
 clean:
 	rm -rf bin
