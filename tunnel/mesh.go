@@ -45,6 +45,19 @@ const leaveLinger = 15 * time.Second
 // close right after.
 const leaveWait = time.Second
 
+// neighbourRetry is the wait after a neighbour dial that made no session; it doubles with
+// each further failure up to neighbourRetryMax, and a dial that succeeds resets it. A node
+// whose only reachable members are fewer than meshNeighbours (behind a NAT, most of the
+// others behind NATs too) otherwise dials one member after another for good.
+// A neighbour dial with no session after neighbourDialWait is abandoned, unless traffic
+// came to need it meanwhile: a handshake answers within round trips, and a HELLO is
+// retried after 5 s.
+const (
+	neighbourDialWait = 12 * time.Second
+	neighbourRetry    = 5 * time.Second
+	neighbourRetryMax = 5 * time.Minute
+)
+
 // bootRetry is how often a node that has no session with any member dials its
 // bootstrap addresses again.
 const bootRetry = 5 * time.Second
@@ -88,6 +101,16 @@ type meshState struct {
 	redecide bool
 	// neighbours are the members this node keeps sessions with for gossip.
 	neighbours map[[32]byte]bool
+	// lastDial is the member the latest neighbour dial went to (nil: none pending),
+	// dialFails how many in a row made no session, nextDial when the next may start.
+	lastDial  *member
+	dialAt    time.Time
+	dialFails int
+	nextDial  time.Time
+	dials     int // neighbour dials started, for tests
+	// dialState reports whether a member's dial is in flight and whether it has a
+	// session: the stt peer's state; tests replace it to play dials that fail.
+	dialState func(mb *member, abandon bool) (connecting, up bool)
 
 	// selfSigned is when refreshSelf last had the engine sign a new version of the
 	// node's record (mesh loop only).
@@ -135,21 +158,22 @@ func (t *Tunnel) startMesh(network mesh.Network, key config.NodeKey) error {
 	d := t.cfg.Discovery
 	id := mesh.NewIdentity(key.Ed25519Seed)
 	m := &meshState{
-		network:  network,
-		self:     id.Public,
-		subnet:   network.MemberPrefix(),
-		addr:     network.MemberAddr(id.Public),
-		accept:   d.AcceptPrefixes,
-		announce: d.AnnouncePrefixes,
-		extraEPs: d.Endpoints,
-		idle:     d.IdleTimeout,
-		nodeName: t.cfg.Interface.NodeName,
-		ifName:   t.cfg.Interface.Name,
-		wake:     make(chan struct{}, 1),
-		stop:     make(chan struct{}),
-		done:     make(chan struct{}),
-		members:  make(map[[32]byte]*member),
-		nat:      newNATState(d.Relay, d.NATKeepalive),
+		network:   network,
+		self:      id.Public,
+		subnet:    network.MemberPrefix(),
+		addr:      network.MemberAddr(id.Public),
+		accept:    d.AcceptPrefixes,
+		announce:  d.AnnouncePrefixes,
+		extraEPs:  d.Endpoints,
+		idle:      d.IdleTimeout,
+		nodeName:  t.cfg.Interface.NodeName,
+		ifName:    t.cfg.Interface.Name,
+		wake:      make(chan struct{}, 1),
+		stop:      make(chan struct{}),
+		done:      make(chan struct{}),
+		members:   make(map[[32]byte]*member),
+		nat:       newNATState(d.Relay, d.NATKeepalive),
+		dialState: peerDialState,
 	}
 	m.eng = mesh.New(mesh.Config{
 		Identity: id,
@@ -364,7 +388,7 @@ func (t *Tunnel) keepNeighbours(now time.Time) {
 			if !m.neighbours[k] {
 				spare = append(spare, mb)
 			}
-		case mb.p.sp.Connecting():
+		case m.connecting(mb):
 			dialing++
 		case mb.rec != nil:
 			idle = append(idle, mb.p)
@@ -400,15 +424,31 @@ func (t *Tunnel) keepNeighbours(now time.Time) {
 		m.lastBoot = now
 	}
 	boots := m.boots
-	m.mu.Unlock()
-	// One new neighbour per tick at most, and none while the handshakes in flight could
-	// make up the number: members that do not answer (gone, or behind NAT) must not
-	// turn into a handshake to every member.
-	if need && len(idle) > 0 && dialing == 0 {
-		pick := idle[rand.IntN(len(idle))]
+	if d := m.lastDial; d != nil {
+		if connecting, up := m.dialState(d, now.Sub(m.dialAt) >= neighbourDialWait); up {
+			m.lastDial, m.dialFails = nil, 0
+		} else if !connecting {
+			// The last neighbour dial is over and made no session.
+			m.lastDial = nil
+			m.dialFails++
+			m.nextDial = now.Add(neighbourBackoff(m.dialFails))
+		}
+	}
+	// One new neighbour per tick at most, none while the handshakes in flight could
+	// make up the number (members that do not answer, gone or behind NAT, must not turn
+	// into a handshake to every member), and after failures only once the backoff
+	// has passed.
+	var pick *peer
+	if need && len(idle) > 0 && dialing == 0 && m.lastDial == nil && !now.Before(m.nextDial) {
+		pick = idle[rand.IntN(len(idle))]
 		if i := slices.IndexFunc(idle, func(p *peer) bool { return isRelay(p.member) }); i >= 0 && !hasRelay {
 			pick = idle[i]
 		}
+		m.lastDial, m.dialAt = pick.member, now
+		m.dials++
+	}
+	m.mu.Unlock()
+	if pick != nil {
 		pick.sp.Connect()
 	}
 	if dial {
@@ -416,6 +456,36 @@ func (t *Tunnel) keepNeighbours(now time.Time) {
 			b.sp.Connect()
 		}
 	}
+}
+
+// connecting says whether a handshake of ours with mb is in flight. Called with m.mu held.
+func (m *meshState) connecting(mb *member) bool {
+	c, _ := m.dialState(mb, false)
+	return c
+}
+
+// peerDialState is meshState.dialState outside tests: the stt peer's state, after
+// abandoning its handshake when abandon is set and nothing else needs it.
+func peerDialState(mb *member, abandon bool) (connecting, up bool) {
+	if mb.p == nil {
+		return false, false
+	}
+	if abandon {
+		mb.p.sp.Abandon()
+	}
+	return mb.p.sp.Connecting(), mb.p.sp.HasSession()
+}
+
+// neighbourBackoff is the wait before the next neighbour dial after fails failed ones in a
+// row: neighbourRetry doubled per further failure, at most neighbourRetryMax, less up to a
+// quarter at random so that members that failed together do not retry together.
+func neighbourBackoff(fails int) time.Duration {
+	d := neighbourRetry
+	for i := 1; i < fails && d < neighbourRetryMax; i++ {
+		d *= 2
+	}
+	d = min(d, neighbourRetryMax)
+	return d - time.Duration(rand.Int64N(int64(d/4)+1))
 }
 
 // isRelay says whether a member's record offers relaying.

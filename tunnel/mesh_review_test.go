@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -450,5 +451,69 @@ func TestMeshRefusedNameCountedOnce(t *testing.T) {
 	}
 	if got := n.t.mesh.namesRefused.Load(); got != 1 {
 		t.Fatalf("one refused name counted %d times", got)
+	}
+}
+
+// TestMeshNeighbourDialsBackOffWhenNobodyAnswers: a node short of neighbours whose
+// candidates never answer (members behind NATs no punch has opened) dials them with a
+// growing wait, a handful of times in ten minutes, not one after another for good; a
+// dial that makes a session resets the wait.
+func TestMeshNeighbourDialsBackOffWhenNobodyAnswers(t *testing.T) {
+	n := startMeshNode(t, "alpha", "10.77.0.1/24", `accept_prefixes = ["10.77.0.0/24"]`)
+	for i := range 3 {
+		offerDeaf(t, n, fmt.Sprintf("deaf%d", i))
+	}
+	m := n.t.mesh
+	waitUntil(t, "three member peers", func() bool {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		k := 0
+		for _, mb := range m.members {
+			if mb.p != nil && mb.rec != nil {
+				k++
+			}
+		}
+		return k == 3
+	})
+	// The test plays the dials' outcome: none is in flight at the next look (it was
+	// given up, as one nobody answers is after neighbourDialWait), and none makes a
+	// session until up says so.
+	var up atomic.Bool
+	m.mu.Lock()
+	m.dialState = func(*member, bool) (bool, bool) { return false, up.Load() }
+	m.mu.Unlock()
+	dials := func() int { m.mu.Lock(); defer m.mu.Unlock(); return m.dials }
+	now := time.Now()
+	start := dials()
+	for range 600 {
+		n.t.keepNeighbours(now)
+		now = now.Add(time.Second)
+	}
+	got := dials() - start
+	if got == 0 {
+		t.Fatal("no neighbour dial at all")
+	}
+	// 5, 10, 20, 40, 80, 160, 300, 300 s apart (less jitter): 8 dials at most, and one
+	// more the mesh loop may start meanwhile in real time.
+	if got > 9 {
+		t.Fatalf("%d neighbour dials in 10 minutes of nobody answering, want a backoff (at most 9)", got)
+	}
+	// A dial that makes a session resets the count: the next failure waits 5 s again.
+	m.mu.Lock()
+	fails := m.dialFails
+	for _, mb := range m.members {
+		m.lastDial = mb
+		break
+	}
+	m.mu.Unlock()
+	if fails < 5 {
+		t.Fatalf("%d failed dials counted, want the ones above", fails)
+	}
+	up.Store(true)
+	n.t.keepNeighbours(now)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.dialFails != 0 {
+		t.Fatalf("a dial that made a session left %d failures counted", m.dialFails)
 	}
 }
