@@ -53,7 +53,7 @@ const bootRetry = 5 * time.Second
 // and the policy that turns their records into routes.
 type meshState struct {
 	eng      *mesh.Engine
-	seed     [32]byte
+	network  mesh.Network // the network's identity: it does not change with the seed
 	self     [32]byte     // our X25519 public key
 	subnet   netip.Prefix // the members' /64
 	addr     netip.Addr   // our own derived address
@@ -131,14 +131,14 @@ type bootTarget struct {
 
 // startMesh creates the gossip engine and the bootstrap peers; the loop starts with
 // startMeshLoop once the tunnel is up.
-func (t *Tunnel) startMesh(seed [32]byte, key config.NodeKey) error {
+func (t *Tunnel) startMesh(network mesh.Network, key config.NodeKey) error {
 	d := t.cfg.Discovery
 	id := mesh.NewIdentity(key.Ed25519Seed)
 	m := &meshState{
-		seed:     seed,
+		network:  network,
 		self:     id.Public,
-		subnet:   mesh.MemberPrefix(seed),
-		addr:     mesh.MemberAddr(seed, id.Public),
+		subnet:   network.MemberPrefix(),
+		addr:     network.MemberAddr(id.Public),
 		accept:   d.AcceptPrefixes,
 		announce: d.AnnouncePrefixes,
 		extraEPs: d.Endpoints,
@@ -153,7 +153,7 @@ func (t *Tunnel) startMesh(seed [32]byte, key config.NodeKey) error {
 	}
 	m.eng = mesh.New(mesh.Config{
 		Identity: id,
-		Seed:     seed,
+		Network:  network,
 		Logger:   t.log,
 		Send: func(to [32]byte, typ byte, body []byte) error {
 			v, ok := m.byKey.Load(to)
@@ -894,7 +894,7 @@ func memberClaims(rec *mesh.Record) []netip.Prefix {
 // addresses.
 func (t *Tunnel) refuseClaimLocked(c netip.Prefix) string {
 	m := t.mesh
-	if c.Overlaps(m.subnet) || c.Overlaps(mesh.NetworkPrefix(m.seed)) {
+	if c.Overlaps(m.subnet) || c.Overlaps(m.network.Prefix) {
 		return "inside the mesh's key-derived address space"
 	}
 	ok := false
@@ -988,7 +988,7 @@ func (t *Tunnel) addMembersToTable(table tableT) {
 			continue
 		}
 		if k := mb.p.cfg.PublicKey; k != nil && *k == mb.key && t.cfg.Discovery.MeshIPv6 {
-			a := mesh.MemberAddr(m.seed, mb.key)
+			a := m.network.MemberAddr(mb.key)
 			table.Insert(netip.PrefixFrom(a, 128), mb.p)
 		}
 		for _, c := range mb.accepted {
@@ -1130,7 +1130,7 @@ func (t *Tunnel) meshStatus(st *status.Status) {
 	m := t.mesh
 	ms := &status.Mesh{
 		Address: m.addr.String(),
-		Network: mesh.NetworkPrefix(m.seed).String(),
+		Network: m.network.Prefix.String(),
 	}
 	if own := m.eng.Self(); own != nil {
 		ms.RecordVersion = own.Version
@@ -1190,7 +1190,7 @@ func (t *Tunnel) meshStatus(st *status.Status) {
 			ms.Connected++
 		}
 		if mb.p != nil && mb.p.cfg.PublicKey != nil && *mb.p.cfg.PublicKey == mb.key {
-			ps.MeshAddress = mesh.MemberAddr(m.seed, mb.key).String()
+			ps.MeshAddress = m.network.MemberAddr(mb.key).String()
 		}
 		if mb.rec != nil {
 			for _, e := range mb.rec.Endpoints {

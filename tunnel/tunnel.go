@@ -20,6 +20,7 @@ import (
 	"github.com/stt-tun/stt-tun/internal/status"
 	"github.com/stt-tun/stt-tun/routing"
 	"github.com/stt-tun/stt-tun/stt"
+	"github.com/stt-tun/stt-tun/stt/mesh"
 	"github.com/stt-tun/stt-tun/tun"
 )
 
@@ -134,7 +135,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 		if err := cfg.CheckKeyForDiscovery(key); err != nil {
 			return nil, err
 		}
-		if err := t.startMesh(seed, key); err != nil {
+		if err := t.startMesh(mesh.NetworkOf(seed), key); err != nil {
 			return nil, err
 		}
 	}

@@ -16,7 +16,7 @@ func TestHandleCommonMessagesDoNotAllocate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := New(Config{Identity: NewIdentity(testEdSeed), Seed: testSeed, Now: func() time.Time { return testNow }})
+	e := New(Config{Identity: NewIdentity(testEdSeed), Network: NetworkOf(testSeed), Now: func() time.Time { return testNow }})
 	if err := e.SetSelf(Record{Name: "self"}); err != nil {
 		t.Fatal(err)
 	}

@@ -229,7 +229,7 @@ func FuzzEngineHandle(f *testing.F) {
 		var out int
 		var changes int
 		e := New(Config{
-			Identity: self, Seed: testSeed,
+			Identity: self, Network: NetworkOf(testSeed),
 			Send:     func(to [32]byte, typ byte, body []byte) error { out += 3 + len(body); return nil },
 			OnChange: func(old, cur *Record) { changes++ },
 			Now:      func() time.Time { return testNow },

@@ -48,7 +48,7 @@ const (
 // Config configures an Engine.
 type Config struct {
 	Identity Identity
-	Seed     [32]byte // the network seed: NetworkID(Seed) binds every signature
+	Network  Network // the network's identity: its ID binds every signature
 	// Send sends a reliable control message to a member; it must not block and must not
 	// call back into the engine (it is called with no engine lock held all the same).
 	Send func(to [32]byte, typ byte, body []byte) error
@@ -169,7 +169,7 @@ func New(cfg Config) *Engine {
 		cfg.MaxMembers = DefaultMaxMembers
 	}
 	pub := cfg.Identity.Public
-	netID := NetworkID(cfg.Seed)
+	netID := cfg.Network.ID
 	return &Engine{
 		cfg:         cfg,
 		netID:       netID,

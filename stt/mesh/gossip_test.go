@@ -415,7 +415,7 @@ func TestEngineConcurrentUse(t *testing.T) {
 	sent := 0
 	var changes atomic.Int64
 	e := New(Config{
-		Identity: NewIdentity(testEdSeed), Seed: testSeed,
+		Identity: NewIdentity(testEdSeed), Network: NetworkOf(testSeed),
 		Send:     func([32]byte, byte, []byte) error { mu.Lock(); sent++; mu.Unlock(); return nil },
 		OnChange: func(old, cur *Record) { changes.Add(1) },
 		Now:      func() time.Time { return testNow },
@@ -453,7 +453,7 @@ func TestEngineConcurrentUse(t *testing.T) {
 // beyond the rate are refused and counted, and the held ones stay.
 func TestEngineCountsFullAndRate(t *testing.T) {
 	netID := NetworkID(testSeed)
-	e := New(Config{Identity: NewIdentity(testEdSeed), Seed: testSeed, MaxMembers: 3,
+	e := New(Config{Identity: NewIdentity(testEdSeed), Network: NetworkOf(testSeed), MaxMembers: 3,
 		Now: func() time.Time { return testNow }})
 	if err := e.SetSelf(Record{Name: "self"}); err != nil {
 		t.Fatal(err)

@@ -104,3 +104,28 @@ func TestAddressDerivation(t *testing.T) {
 	}
 	_ = netip.Addr{}
 }
+
+// A network's identity is the seed derivation (existing networks keep their addresses)
+// and survives its raw form (the seed file's network line), so addresses follow the
+// identity, not whichever seed is current.
+func TestNetworkIdentityKeepsSeedDerivedAddresses(t *testing.T) {
+	n := NetworkOf(testSeed)
+	if n.ID != NetworkID(testSeed) || n.Prefix.String() != goldenPrefix {
+		t.Fatalf("NetworkOf = %x %v, want the seed's id and %s", n.ID, n.Prefix, goldenPrefix)
+	}
+	id := NewIdentity(testEdSeed)
+	if got := n.MemberAddr(id.Public).String(); got != goldenMemberAddr {
+		t.Fatalf("member address %s, want %s", got, goldenMemberAddr)
+	}
+	if n.MemberPrefix() != MemberPrefix(testSeed) {
+		t.Fatalf("member prefix %v, want %v", n.MemberPrefix(), MemberPrefix(testSeed))
+	}
+	if back := NetworkFromRaw(n.Raw()); back != n {
+		t.Fatalf("raw round trip %v, want %v", back, n)
+	}
+	var other [32]byte
+	other[0] = 9
+	if MemberAddrIn(n.Prefix, id.Public) == MemberAddr(other, id.Public) {
+		t.Fatal("the address follows the seed, not the identity")
+	}
+}

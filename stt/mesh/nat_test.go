@@ -187,7 +187,7 @@ func TestNATParsersAllocateOnlyTheAddressList(t *testing.T) {
 // counts it as unknown or malformed.
 func TestEngineLeavesNATMessagesToTheCaller(t *testing.T) {
 	var sent int
-	e := New(Config{Identity: NewIdentity(testEdSeed), Seed: testSeed, Now: func() time.Time { return testNow },
+	e := New(Config{Identity: NewIdentity(testEdSeed), Network: NetworkOf(testSeed), Now: func() time.Time { return testNow },
 		Send: func([32]byte, byte, []byte) error { sent++; return nil }})
 	for typ := TypePunchRequest; typ <= TypeRelayClose; typ++ {
 		e.Handle([32]byte{1}, netip.MustParseAddrPort("192.0.2.1:1"), false, typ, []byte{1, 2, 3})
@@ -209,7 +209,7 @@ type observeRig struct {
 
 func newObserveRig() *observeRig {
 	r := &observeRig{now: testNow}
-	r.e = New(Config{Identity: NewIdentity(testEdSeed), Seed: testSeed, Now: func() time.Time { return r.now },
+	r.e = New(Config{Identity: NewIdentity(testEdSeed), Network: NetworkOf(testSeed), Now: func() time.Time { return r.now },
 		Send: func(to [32]byte, typ byte, body []byte) error {
 			r.sent = append(r.sent, outMsg{to, typ, append([]byte(nil), body...)})
 			return nil

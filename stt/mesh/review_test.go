@@ -14,7 +14,7 @@ import (
 func TestGossipTickMoreOftenThanIntervalSendsOneRoundPerInterval(t *testing.T) {
 	var summaries int
 	e := New(Config{
-		Identity: NewIdentity(edSeedN(1)), Seed: testSeed, Now: func() time.Time { return testNow },
+		Identity: NewIdentity(edSeedN(1)), Network: NetworkOf(testSeed), Now: func() time.Time { return testNow },
 		Send: func(to [32]byte, typ byte, body []byte) error {
 			if typ == MsgSummary {
 				summaries++
@@ -47,7 +47,7 @@ func TestGossipSummaryFloodAnsweredOncePerSecond(t *testing.T) {
 	now := testNow
 	var digests int
 	e := New(Config{
-		Identity: NewIdentity(edSeedN(1)), Seed: testSeed, Now: func() time.Time { return now },
+		Identity: NewIdentity(edSeedN(1)), Network: NetworkOf(testSeed), Now: func() time.Time { return now },
 		Send: func(to [32]byte, typ byte, body []byte) error {
 			if typ == MsgDigest {
 				digests++
@@ -90,7 +90,7 @@ func TestGossipFloodRateBoundedNodeWide(t *testing.T) {
 	now := testNow
 	var pushed int
 	e := New(Config{
-		Identity: NewIdentity(edSeedN(1)), Seed: testSeed, Now: func() time.Time { return now },
+		Identity: NewIdentity(edSeedN(1)), Network: NetworkOf(testSeed), Now: func() time.Time { return now },
 		Send: func(to [32]byte, typ byte, body []byte) error {
 			if typ == MsgRecords {
 				pushed++

@@ -52,7 +52,7 @@ func (s *sim) add(id Identity) *simNode {
 	nd := &simNode{i: len(s.nodes), id: id, links: make(map[[32]byte]bool)}
 	nd.eng = New(Config{
 		Identity: id,
-		Seed:     s.seed,
+		Network:  NetworkOf(s.seed),
 		Send: func(to [32]byte, typ byte, body []byte) error {
 			nd.sent += uint64(3 + len(body))
 			if typ >= MsgSummary && typ <= MsgObserved {
