@@ -59,4 +59,5 @@ func (t *Tunnel) meshCounters(m map[string]uint64) {
 	for _, e := range t.natEvents() {
 		m["mesh_"+e.name] = e.n
 	}
+	t.rotateCounters(m)
 }

@@ -96,7 +96,8 @@ type meshState struct {
 	// mesh loop last found them: no member may claim them.
 	underlay []netip.Addr
 
-	nat *natState // NAT type, punching, relaying (mesh_nat.go)
+	nat *natState    // NAT type, punching, relaying (mesh_nat.go)
+	rot *rotateState // the seed rotation held (mesh_rotate.go)
 
 	claimsRefused atomic.Uint64 // prefixes or addresses a member claimed and policy refused
 	namesRefused  atomic.Uint64 // records whose name another key holds
@@ -150,6 +151,7 @@ func (t *Tunnel) startMesh(network mesh.Network, key config.NodeKey) error {
 		done:     make(chan struct{}),
 		members:  make(map[[32]byte]*member),
 		nat:      newNATState(d.Relay, d.NATKeepalive),
+		rot:      newRotateState(key.X25519),
 	}
 	m.eng = mesh.New(mesh.Config{
 		Identity: id,
@@ -295,6 +297,9 @@ func (t *Tunnel) meshLoop() {
 	m := t.mesh
 	defer close(m.done)
 	m.started.Store(true)
+	rotDone := make(chan struct{})
+	go func() { t.rotateLoop(); close(rotDone) }()
+	defer func() { <-rotDone }() // the rotation worker ends with the loop (m.stop)
 	tick := time.NewTicker(meshTick)
 	defer tick.Stop()
 	t.refreshSelf()
@@ -1070,6 +1075,10 @@ func (t *Tunnel) meshExtension(sp *stt.Peer, typ byte, body []byte, from netip.A
 		t.natMessage(sp, key, typ, body, from, viaWS)
 		return
 	}
+	if typ == mesh.MsgSeedOffer {
+		t.seedOfferMessage(key, body)
+		return
+	}
 	t.mesh.eng.Handle(key, from, viaWS, typ, body)
 }
 
@@ -1087,6 +1096,7 @@ func (t *Tunnel) meshSessionUp(sp *stt.Peer, fresh bool) {
 		}
 	}
 	t.mesh.eng.SessionUp(key)
+	t.rotateSessionUp(key)
 	t.mesh.kick()
 }
 

@@ -80,6 +80,7 @@ var (
 	famMeshNames     = counter("stt_mesh_names_refused_total", "Member records refused because their name belongs to another key.")
 	famMeshMsgs      = counter("stt_mesh_gossip_messages_total", "Gossip messages, by direction: in or out.")
 	famMeshBytes     = counter("stt_mesh_gossip_bytes_total", "Bytes of gossip messages (type, length and body), by direction: in or out.")
+	famMeshOffers    = counter("stt_mesh_seed_offers_total", "SEED_OFFER messages (the next seed of a rotation), by result: sent, or received and accepted, duplicate, or why they were dropped.")
 	famMeshNAT       = counter("stt_mesh_nat_events_total", "NAT traversal events, by event: punch requests sent, punches coordinated and started, relay requests sent, granted and refused, relay paths installed, NAT messages ignored.")
 	famPeerMesh      = gauge("stt_peer_mesh_info", "A peer that is a member of the mesh, with how the node learned of it (config, bootstrap, gossip, handshake). Always 1.")
 )
@@ -307,6 +308,7 @@ func (t *Tunnel) writeMeshMetrics(w *promtext.Writer, ms meshSample) {
 	for _, e := range t.natEvents() {
 		w.Uint(famMeshNAT.name, e.n, "event", e.name)
 	}
+	t.writeRotateMetrics(w)
 }
 
 // metricsServer serves one tunnel's metrics over HTTP.
