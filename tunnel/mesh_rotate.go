@@ -46,6 +46,8 @@ type rotateEvent struct {
 type rotateState struct {
 	priv [32]byte // this node's X25519 private key: offers are sealed to it
 	jobs chan rotateEvent
+	// stage replaces StageSeed in tests that look at the offers alone; nil in use.
+	stage atomic.Pointer[func(next [32]byte, from, until time.Time) error]
 
 	mu    sync.Mutex
 	raw   []byte          // the ROTATE statement; nil when none is held
@@ -54,6 +56,7 @@ type rotateState struct {
 	from  time.Time
 	until time.Time
 	sent  map[[32]byte]time.Time // when an offer last went to each member
+	has   map[[32]byte]bool      // members that offered this rotation to this node: they hold it
 
 	recv    [len(mesh.SeedOfferReasons)]atomic.Uint64 // offers received, by reason
 	sentN   atomic.Uint64                             // offers sent
@@ -61,7 +64,8 @@ type rotateState struct {
 }
 
 func newRotateState(priv [32]byte) *rotateState {
-	return &rotateState{priv: priv, jobs: make(chan rotateEvent, rotateQueue), sent: make(map[[32]byte]time.Time)}
+	return &rotateState{priv: priv, jobs: make(chan rotateEvent, rotateQueue), sent: make(map[[32]byte]time.Time),
+		has: make(map[[32]byte]bool)}
 }
 
 func (r *rotateState) count(reason string) {
@@ -155,7 +159,7 @@ func (t *Tunnel) sendSeedOffer(key [32]byte, now time.Time) bool {
 		return false
 	}
 	r.mu.Lock()
-	if last, ok := r.sent[key]; ok && now.Sub(last) < offerEvery {
+	if last, ok := r.sent[key]; r.has[key] || (ok && now.Sub(last) < offerEvery) {
 		r.mu.Unlock()
 		return false
 	}
@@ -197,6 +201,9 @@ func (t *Tunnel) receiveSeedOffer(from [32]byte, body []byte) {
 	}
 	r.mu.Lock()
 	dup := r.raw != nil && bytes.Equal(r.raw, o.Statement)
+	if dup {
+		r.has[from] = true
+	}
 	r.mu.Unlock()
 	if dup {
 		// Every member holding the seed offers it at each fresh session: the ones after
@@ -225,7 +232,21 @@ func (t *Tunnel) receiveSeedOffer(from [32]byte, body []byte) {
 		t.log.Warn("mesh: could not stage the next seed of a rotation", "from", config.EncodeKey(from), "err", err)
 		return
 	}
+	r.mu.Lock()
+	r.has[from] = true
+	r.mu.Unlock()
 	r.count(mesh.OfferAccepted)
+	// On to the members this node has a session with now: a member the rotating node
+	// cannot reach directly (behind NAT, relayed) learns it from its neighbours without
+	// waiting for a session of its own to come up fresh. Duplicates cost the receiver a
+	// comparison.
+	now := time.Now()
+	t.mesh.byKey.Range(func(k, v any) bool {
+		if key := k.([32]byte); key != from && v.(*peer).sp.HasSession() {
+			t.sendSeedOffer(key, now)
+		}
+		return true
+	})
 }
 
 // rotationTimes are the switch time and the end of the overlap of a rotation.
@@ -238,14 +259,19 @@ func rotationTimes(st *mesh.Statement) (from, until time.Time) {
 // for offering it on.
 func (t *Tunnel) stageRotation(raw []byte, st *mesh.Statement, next [32]byte) error {
 	from, until := rotationTimes(st)
-	if err := t.StageSeed(next, from, until); err != nil {
+	r := t.mesh.rot
+	stage := t.StageSeed
+	if f := r.stage.Load(); f != nil {
+		stage = *f
+	}
+	if err := stage(next, from, until); err != nil {
 		return err
 	}
-	r := t.mesh.rot
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.raw != nil && !bytes.Equal(r.raw, raw) {
 		clear(r.sent) // a new rotation: everyone may be offered it
+		clear(r.has)
 	}
 	r.raw, r.st, r.next, r.from, r.until = bytes.Clone(raw), st, next, from, until
 	t.log.Info("mesh: next seed staged", "seed_id", shortSeedID(st.Rotate.NextSeedID),
