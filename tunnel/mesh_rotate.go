@@ -133,8 +133,12 @@ func (t *Tunnel) rotateSessionUp(key [32]byte) {
 }
 
 // offerable says whether key may be given the next seed of st: a member the statement
-// does not exclude and no admin revoked, and not this node.
-func (t *Tunnel) offerable(st *mesh.Statement, key [32]byte) bool {
+// does not exclude and no admin revoked, not this node, and one this node knew before
+// the admin signed the statement (or a [[peer]] it is configured with). A key that
+// appears only after that is not given the seed: it might be a revoked member back
+// under a fresh key, holding the current seed, which is all it takes to join until the
+// rotation completes. Such a member gets the new seed file by hand.
+func (t *Tunnel) offerable(st *mesh.Statement, key [32]byte, p *peer) bool {
 	if key == t.mesh.self || t.statementRevoked(key) {
 		return false
 	}
@@ -143,7 +147,18 @@ func (t *Tunnel) offerable(st *mesh.Statement, key [32]byte) bool {
 			return false
 		}
 	}
-	return true
+	m := t.mesh
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	mb := m.members[key]
+	if mb == nil {
+		// A [[peer]] (its cfg is the reload's to replace: t.mu, after mesh.mu).
+		t.mu.RLock()
+		defer t.mu.RUnlock()
+		return p.member == nil && p.cfg.PublicKey != nil && *p.cfg.PublicKey == key
+	}
+	issued := time.Unix(0, int64(st.Issued))
+	return mb.source == sourceConfig || (!mb.since.IsZero() && mb.since.Before(issued))
 }
 
 // sendSeedOffer seals the next seed to the member key and sends it reliably, unless the
@@ -151,11 +166,11 @@ func (t *Tunnel) offerable(st *mesh.Statement, key [32]byte) bool {
 func (t *Tunnel) sendSeedOffer(key [32]byte, now time.Time) bool {
 	r := t.mesh.rot
 	raw, st, next, ok := r.held(now)
-	if !ok || !t.offerable(st, key) {
+	if !ok {
 		return false
 	}
 	v, ok := t.mesh.byKey.Load(key)
-	if !ok {
+	if !ok || !t.offerable(st, key, v.(*peer)) {
 		return false
 	}
 	r.mu.Lock()
