@@ -105,12 +105,6 @@ func isHex(s string) bool {
 	return true
 }
 
-// LoadSeed reads the network seed from path. The file must hold one line of base64
-// and must not be readable or writable by group or others.
-func LoadSeed(path string) ([32]byte, error) {
-	return readSecret(path, "seed file")
-}
-
 // LoadOrCreateKey reads this node's key from path, or, if the file does not exist,
 // generates a key in the Ed25519 format and writes it there with mode 0600, creating
 // the parent directory with mode 0700 if needed. created reports whether a new key was
@@ -209,46 +203,12 @@ func syncDir(dir string) {
 	}
 }
 
-// readSecret reads one base64 key from a file that only its owner may access.
-func readSecret(path, kind string) ([32]byte, error) {
-	text, err := readSecretText(path, kind)
-	defer clear(text)
-	if err != nil {
-		return [32]byte{}, err
-	}
-	k, err := DecodeKey(string(text))
-	if err != nil {
-		return k, fmt.Errorf("%s %s: %w", kind, path, err)
-	}
-	return k, nil
-}
-
 // readSecretText reads the one line of a secret file that only its owner may access,
 // without surrounding white space. The caller clears the returned bytes.
 func readSecretText(path, kind string) ([]byte, error) {
-	f, err := os.Open(path)
+	data, err := readSecretFile(path, kind)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", kind, err)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", kind, err)
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s %s is not a regular file", kind, path)
-	}
-	if err := checkSecretMode(kind, path, fi.Mode()); err != nil {
 		return nil, err
-	}
-	data, err := io.ReadAll(io.LimitReader(f, maxSecretFile+1))
-	if err != nil {
-		clear(data)
-		return nil, fmt.Errorf("%s %s: %w", kind, path, err)
-	}
-	if len(data) > maxSecretFile {
-		clear(data)
-		return nil, fmt.Errorf("%s %s is larger than %d bytes; it must hold one line of base64", kind, path, maxSecretFile)
 	}
 	text := bytes.TrimSpace(data)
 	if bytes.ContainsAny(text, "\r\n") {

@@ -162,7 +162,7 @@ func TestSecretFileContents(t *testing.T) {
 	seed, _ := GenerateSeed()
 	cases := []struct{ content, want string }{
 		{"", "key is empty"},
-		{EncodeKey(seed) + "\n" + EncodeKey(seed) + "\n", "more than one line"},
+		{EncodeKey(seed) + "\n" + EncodeKey(seed) + "\n", ":2: not a seed file line"},
 		{strings.Repeat("A", 5000), "larger than"},
 		{EncodeKey(seed)[:40], "40 characters long"},
 	}

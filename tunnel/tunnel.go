@@ -20,7 +20,6 @@ import (
 	"github.com/stt-tun/stt-tun/internal/status"
 	"github.com/stt-tun/stt-tun/routing"
 	"github.com/stt-tun/stt-tun/stt"
-	"github.com/stt-tun/stt-tun/stt/mesh"
 	"github.com/stt-tun/stt-tun/tun"
 )
 
@@ -119,10 +118,11 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 		}
 	}()
 
-	seed, err := config.LoadSeed(cfg.Interface.SeedFile)
+	sf, err := config.LoadSeedFile(cfg.Interface.SeedFile)
 	if err != nil {
 		return nil, err
 	}
+	seed := sf.Seed
 	t.seedSum = sha256.Sum256(seed[:])
 	key, created, err := config.LoadOrCreateKey(cfg.Interface.KeyFile)
 	if err != nil {
@@ -135,7 +135,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 		if err := cfg.CheckKeyForDiscovery(key); err != nil {
 			return nil, err
 		}
-		if err := t.startMesh(mesh.NetworkOf(seed), key); err != nil {
+		if err := t.startMesh(sf.Network, key); err != nil {
 			return nil, err
 		}
 	}

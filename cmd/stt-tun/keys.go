@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -15,13 +16,25 @@ import (
 func genseedCommand(e *env) *cli.Command {
 	return &cli.Command{
 		Name:      "genseed",
-		Usage:     "print a new random network seed (base64)",
-		UsageText: "stt-tun genseed",
+		Usage:     "print a new random network seed (base64), or a planned rotation to a new one",
+		UsageText: "stt-tun genseed\n   stt-tun genseed --next-of SEED-FILE [--from +10m|RFC3339] [--overlap 1h]",
 		Description: `Every node of one network holds the same seed; holding it makes a node a member.
 Keep it secret and copy it to the nodes out of band.
 
+With --next-of, prints a seed file that plans a rotation: the current seed and network
+of SEED-FILE and a fresh next seed, used to initiate from --from on; the current seed
+is still accepted for --overlap after that, then refused. Copy the printed file over
+the seed file of every node before --from and run "stt-tun reload" on each: sessions
+move to the next seed without interruption (docs/configuration.md, "Replacing the seed").
+
 Example:
-   $ (umask 077; stt-tun genseed > /etc/stt-tun/seed)`,
+   $ (umask 077; stt-tun genseed > /etc/stt-tun/seed)
+   $ (umask 077; stt-tun genseed --next-of /etc/stt-tun/seed --from +30m > seed.next)`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "next-of", Usage: "plan a rotation away from the seed in `SEED-FILE`"},
+			&cli.StringFlag{Name: "from", Value: "+10m", Usage: "when nodes start using the next seed: `+DURATION` from now or an RFC 3339 time"},
+			durationFlag("overlap", nil, "how long after --from the current seed is still accepted", time.Hour),
+		},
 		Action: func(c *cli.Context) error {
 			if c.Args().Present() {
 				return usageError("genseed takes no arguments")
@@ -30,10 +43,61 @@ Example:
 			if err != nil {
 				return fmt.Errorf("generate seed: %w", err)
 			}
-			_, err = fmt.Fprintln(e.stdout, config.EncodeKey(seed))
+			if !c.IsSet("next-of") {
+				for _, f := range []string{"from", "overlap"} {
+					if c.IsSet(f) {
+						return usageError("--%s plans a rotation: it needs --next-of SEED-FILE", f)
+					}
+				}
+				_, err = fmt.Fprintln(e.stdout, config.EncodeKey(seed))
+				return err
+			}
+			now := time.Now()
+			from, err := parseFrom(c.String("from"), now)
+			if err != nil {
+				return usageError("--from: %v", err)
+			}
+			overlap := flagDuration(c, "overlap")
+			if overlap <= 0 {
+				return usageError("--overlap must be positive")
+			}
+			cur, err := config.LoadSeedFile(c.String("next-of"))
+			if err != nil {
+				return fmt.Errorf("--next-of: %w", err)
+			}
+			if cur.Next != nil {
+				if now.Before(cur.Until) {
+					return usageError("--next-of %s already plans a rotation (from %s until %s); plan the next one after it",
+						c.String("next-of"), cur.From.Format(time.RFC3339), cur.Until.Format(time.RFC3339))
+				}
+				cur.Seed = *cur.Next // that rotation is over: its next seed is the current one
+			}
+			plan := config.SeedFile{Seed: cur.Seed, Network: cur.Network, Next: &seed, From: from, Until: from.Add(overlap)}
+			out := plan.Encode()
+			defer clear(out)
+			_, err = e.stdout.Write(out)
 			return err
 		},
 	}
+}
+
+// parseFrom reads --from: "+DURATION" (or a bare duration) from now, or an RFC 3339
+// time; it must not be in the past.
+func parseFrom(s string, now time.Time) (time.Time, error) {
+	if d, err := time.ParseDuration(strings.TrimPrefix(s, "+")); err == nil {
+		if d < 0 {
+			return time.Time{}, errors.New("a negative duration is in the past")
+		}
+		return now.Add(d).Truncate(time.Second), nil
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%q is neither +DURATION (+10m) nor an RFC 3339 time (2026-01-02T15:04:05Z)", s)
+	}
+	if t.Before(now) {
+		return time.Time{}, fmt.Errorf("%s is in the past", s)
+	}
+	return t, nil
 }
 
 func genkeyCommand(e *env) *cli.Command {
