@@ -57,6 +57,7 @@ Example, on each node:
 			reloadCommand(e),
 			pingCommand(e),
 			genseedCommand(e),
+			seedCommand(e),
 			genkeyCommand(e),
 			pubkeyCommand(e),
 			keyUpgradeCommand(e),

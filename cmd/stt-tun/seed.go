@@ -1,0 +1,255 @@
+package main
+
+// seed.go is `stt-tun seed rotate`: the in-band rotation of the network seed
+// (docs/operations.md, "Someone left: revoke and rotate"). The admin key signs a ROTATE
+// statement here and never leaves this process; the daemon is given the statement and
+// the next seed over its control socket, and hands the seed on to the members, sealed to
+// each one.
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/stt-tun/stt-tun/config"
+	"github.com/stt-tun/stt-tun/internal/ctl"
+	"github.com/stt-tun/stt-tun/internal/status"
+	"github.com/stt-tun/stt-tun/stt/mesh"
+)
+
+// Defaults of seed rotate.
+const (
+	defaultRotateFrom    = "+2m"
+	defaultRotateOverlap = 10 * time.Minute
+	maxRotateOverlap     = 30 * 24 * time.Hour
+)
+
+func seedCommand(e *env) *cli.Command {
+	return &cli.Command{
+		Name:      "seed",
+		Usage:     "change the network seed in band",
+		UsageText: "stt-tun seed rotate (NAME | -c FILE) --admin-key FILE [--exclude NAME|KEY]... [--from WHEN] [--overlap DURATION]",
+		Description: `seed rotate moves every member of the network to a new seed, without stopping
+traffic, and leaves out the excluded and revoked ones (stt-tun seed rotate --help).
+Without [membership] admins, rotate by hand: stt-tun genseed --next-of.
+
+Example:
+   stt-tun seed rotate alpha --admin-key /root/admin.key --exclude mallory`,
+		Subcommands: []*cli.Command{
+			seedRotateCommand(e),
+		},
+	}
+}
+
+func seedRotateCommand(e *env) *cli.Command {
+	return &cli.Command{
+		Name:      "rotate",
+		Usage:     "move the network to a new seed, leaving out the excluded and revoked members",
+		UsageText: "stt-tun seed rotate (NAME | -c FILE) --admin-key FILE [--exclude NAME|KEY]... [--from WHEN] [--overlap DURATION]",
+		Description: `seed rotate makes a new seed and gives it to every member of the network except
+the ones excluded and the ones revoked, without stopping traffic. It signs a
+rotation statement with the admin key (which never leaves this command), and hands
+the statement and the new seed to the local daemon, which passes the seed on to each
+member sealed to that member's key; a member that is away gets it from the first
+member it meets while the rotation lasts.
+
+From --from on, members start their sessions with the new seed and move the ones
+they have to it (a rekey, no packet lost); until --from plus --overlap they still
+accept the current one, then only the new one. An excluded or revoked member, even
+under a fresh key, cannot join after that.
+
+The daemon's configuration must list admins ([membership] admins), and the admin key
+must be one of them. A member that was away for the whole rotation needs the new
+seed file by hand: copy the seed file of any member.
+
+Examples:
+   stt-tun revoke mallory --admin-key /root/admin.key alpha
+   stt-tun seed rotate alpha --admin-key /root/admin.key --exclude mallory
+   stt-tun seed rotate alpha --admin-key /root/admin.key --from 2026-12-06T22:00:00Z --overlap 1h`,
+		Flags: []cli.Flag{
+			configFlag(),
+			&cli.StringFlag{Name: "admin-key", Usage: "the admin's key `FILE` (from `stt-tun admin genkey`, or a node key file)", TakesFile: true},
+			&cli.StringSliceFlag{Name: "exclude", Usage: "leave out the member `NAME|KEY` (repeat for more); revoked members are always left out"},
+			&cli.StringFlag{Name: "from", Usage: "when members switch to the new seed: `WHEN` is +DURATION from now or an RFC 3339 time", Value: defaultRotateFrom},
+			durationFlag("overlap", nil, "how long after --from the current seed is still accepted", defaultRotateOverlap),
+			timeoutFlag(30 * time.Second),
+		},
+		Action: func(c *cli.Context) error { return seedRotate(c, e) },
+	}
+}
+
+// rotatePlan is what seed rotate signs: checked flags, the excluded keys resolved.
+type rotatePlan struct {
+	from     time.Time
+	overlap  time.Duration
+	excluded [][32]byte
+	names    []string // the excluded ones, for the summary line
+}
+
+func seedRotate(c *cli.Context, e *env) error {
+	path, _, err := configPath(c, "seed rotate")
+	if err != nil {
+		return err
+	}
+	keyFile := c.String("admin-key")
+	if keyFile == "" {
+		return usageError("seed rotate: missing --admin-key FILE")
+	}
+	now := time.Now()
+	from, err := parseWhen(c.String("from"), now)
+	if err != nil {
+		return usageError("seed rotate: --from %q: %v", c.String("from"), err)
+	}
+	overlap := flagDuration(c, "overlap")
+	if overlap < time.Second || overlap > maxRotateOverlap || overlap%time.Second != 0 {
+		return usageError("seed rotate: --overlap %v: want whole seconds, from 1s to %v", overlap, maxRotateOverlap)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		return err
+	}
+	if !cfg.Discovery.Enabled {
+		return fmt.Errorf("seed rotate: %s has no [discovery]: the seed is passed on in band over the mesh only; rotate by hand (stt-tun genseed --next-of)", path)
+	}
+	admins := configAdmins(cfg)
+	if len(admins) == 0 {
+		return fmt.Errorf("seed rotate: %s configures no [membership] admins: nothing can be commanded in band; rotate by hand (stt-tun genseed --next-of)", path)
+	}
+	admin, err := loadAdminKey(keyFile)
+	if err != nil {
+		return err
+	}
+	pub := admin.Public().(ed25519.PublicKey)
+	if !slices.ContainsFunc(admins, func(a ed25519.PublicKey) bool { return bytes.Equal(a, pub) }) {
+		return fmt.Errorf("seed rotate: the key of --admin-key %s is not one of the [membership] admins of %s", keyFile, path)
+	}
+	sf, err := config.LoadSeedFile(cfg.Interface.SeedFile)
+	if err != nil {
+		return err
+	}
+	link := cfg.Interface.Name
+	sock := ctl.SocketPath(stateDir(c), link)
+	ctx, cancel := context.WithTimeout(c.Context, flagDuration(c, "timeout"))
+	defer cancel()
+	st, err := ctl.Status(ctx, sock)
+	switch {
+	case errors.Is(err, ctl.ErrNotRunning):
+		return fmt.Errorf("%s is not up", link)
+	case err != nil:
+		return fmt.Errorf("seed rotate %s: %w", link, err)
+	}
+	plan := rotatePlan{from: from, overlap: overlap}
+	if err := plan.exclude(st, c.StringSlice("exclude")); err != nil {
+		return err
+	}
+	next, err := config.GenerateSeed()
+	if err != nil {
+		return fmt.Errorf("generate seed: %w", err)
+	}
+	defer clear(next[:])
+	stmt := mesh.Statement{Kind: mesh.StatementRotate, Issued: uint64(time.Now().UnixNano()), Rotate: &mesh.Rotation{
+		NextSeedID: mesh.SeedID(next), SwitchAt: uint64(from.Unix()), Overlap: uint32(overlap / time.Second),
+		Excluded: plan.excluded}}
+	raw, err := stmt.Marshal(admin, sf.Network.ID)
+	if err != nil {
+		return fmt.Errorf("seed rotate: %w", err)
+	}
+	offered, err := ctl.Rotate(ctx, sock, raw, next)
+	var de *ctl.DaemonError
+	switch {
+	case errors.Is(err, ctl.ErrNotRunning):
+		return fmt.Errorf("%s is not up", link)
+	case errors.As(err, &de):
+		return fmt.Errorf("seed rotate %s refused: %s", link, de.Msg)
+	case err != nil:
+		return fmt.Errorf("seed rotate %s: %w", link, err)
+	}
+	id := mesh.SeedID(next)
+	until := from.Add(overlap)
+	fmt.Fprintf(e.stdout, "%s: next seed %x staged: members start with it at %s; the current seed is accepted until %s\n",
+		link, id[:4], from.UTC().Format(time.RFC3339), until.UTC().Format(time.RFC3339))
+	excl := "none"
+	if len(plan.names) > 0 {
+		excl = strings.Join(plan.names, ", ")
+	}
+	fmt.Fprintf(e.stdout, "%s: offered to %d members now, to the others as they come up; excluded: %s\n", link, offered, excl)
+	return nil
+}
+
+// exclude resolves the --exclude values against the daemon's members (a name, or a
+// base64 key) and adds every key an admin revoked.
+func (p *rotatePlan) exclude(st status.Status, args []string) error {
+	add := func(k [32]byte, name string) {
+		if !slices.Contains(p.excluded, k) {
+			p.excluded = append(p.excluded, k)
+			p.names = append(p.names, name)
+		}
+	}
+	revoked := statusRevoked(st)
+	for _, a := range args {
+		if k, err := config.DecodeKey(a); err == nil {
+			add(k, a)
+			continue
+		}
+		k, ok := memberKey(st, revoked, a)
+		if !ok {
+			return usageError("seed rotate: --exclude %q: no member of that name is known to %s (give its public key)", a, st.Interface)
+		}
+		add(k, a)
+	}
+	for _, r := range revoked {
+		name := r.name
+		if name == "" {
+			name = config.EncodeKey(r.key)
+		}
+		add(r.key, name+" (revoked)")
+	}
+	if len(p.excluded) > mesh.MaxExcluded {
+		return usageError("seed rotate: %d members to exclude, at most %d fit in one rotation", len(p.excluded), mesh.MaxExcluded)
+	}
+	return nil
+}
+
+// revokedMember is one revocation the daemon holds.
+type revokedMember struct {
+	key  [32]byte
+	name string
+}
+
+// memberKey finds the key of the member named name: among the daemon's peers, then
+// among the revoked members (which are no peers any more).
+func memberKey(st status.Status, revoked []revokedMember, name string) ([32]byte, bool) {
+	for _, p := range st.Peers {
+		if p.Name == name && p.PublicKey != "" {
+			if k, err := config.DecodeKey(p.PublicKey); err == nil {
+				return k, true
+			}
+		}
+	}
+	for _, r := range revoked {
+		if r.name == name {
+			return r.key, true
+		}
+	}
+	return [32]byte{}, false
+}
+
+// loadAdminKey reads an admin key file: an Ed25519 seed in a key file's format
+// ("ed25519:" and base64), mode 0600.
+func loadAdminKey(path string) (ed25519.PrivateKey, error) {
+	k, err := config.LoadKey(path)
+	if err != nil {
+		return nil, fmt.Errorf("--admin-key: %w", err)
+	}
+	if k.Legacy {
+		return nil, fmt.Errorf("--admin-key %s: a bare X25519 key cannot sign; make an admin key with stt-tun admin genkey", path)
+	}
+	return ed25519.NewKeyFromSeed(k.Ed25519Seed[:]), nil
+}
