@@ -137,6 +137,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 		if err := t.startMesh(seed, key); err != nil {
 			return nil, err
 		}
+		t.loadStatements(statementsPath(opts, cfg.Interface.Name))
 	}
 
 	if opts.Device != nil {
@@ -194,6 +195,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 	if err != nil {
 		return nil, err
 	}
+	t.applyRevocations() // before the first packet
 	if err := t.node.Start(); err != nil {
 		return nil, err
 	}
@@ -339,6 +341,7 @@ func (t *Tunnel) Close() error {
 			t.awaitLeaveAcks()
 		}
 		t.stopMesh()
+		t.saveStatements()
 		t.lookupCancel()
 		t.stopMetrics()
 		if err := t.node.Close(); err != nil {

@@ -17,6 +17,8 @@
 //	                                       "path":"udp","endpoint":"192.0.2.7:51900"}}
 //	                    or {"ok":true,"ping":{"peer":"beta","replied":false,"reason":"..."}}
 //	                    or {"ok":false,"error":"..."}          (no such peer)
+//	{"op":"statement","statement":"<base64>"}   (see statement.go)
+//	                 →  {"ok":true,"statement":{"accepted":false,"reason":"stale"}}
 //	anything else    →  {"ok":false,"error":"unknown op \"x\""}
 //
 // A request line is at most MaxRequestSize bytes; a connection that sends nothing for
@@ -72,6 +74,8 @@ type Request struct {
 	// TimeoutMS bounds a ping request's wait for the answer, in milliseconds; 0 means
 	// DefaultPingTimeout.
 	TimeoutMS int64 `json:"timeout_ms,omitempty"`
+	// Statement is the base64 of the signed statement of a statement request.
+	Statement string `json:"statement,omitempty"`
 }
 
 // PingResult is the outcome of one ping request.
@@ -103,6 +107,8 @@ type Response struct {
 	Changes []string `json:"changes,omitempty"`
 	// Ping is the answer to a ping request.
 	Ping *PingResult `json:"ping,omitempty"`
+	// Statement is the answer to a statement request (statement.go).
+	Statement *StatementResult `json:"statement,omitempty"`
 }
 
 var (
