@@ -99,6 +99,14 @@ type meshState struct {
 	nat *natState    // NAT type, punching, relaying (mesh_nat.go)
 	rot *rotateState // the seed rotation held (mesh_rotate.go)
 
+	// netID is the network id statements are signed for; stmtPath the statements
+	// file ("" for none); stmtDirty says the statements changed since it was written;
+	// redecideRevoked makes the mesh loop forget revoked members (mesh_statements.go).
+	netID           [16]byte
+	stmtPath        string
+	stmtDirty       atomic.Bool
+	redecideRevoked atomic.Bool
+
 	claimsRefused atomic.Uint64 // prefixes or addresses a member claimed and policy refused
 	namesRefused  atomic.Uint64 // records whose name another key holds
 }
@@ -153,6 +161,7 @@ func (t *Tunnel) startMesh(network mesh.Network, key config.NodeKey) error {
 		members:  make(map[[32]byte]*member),
 		nat:      newNATState(d.Relay, d.NATKeepalive),
 		rot:      newRotateState(key.X25519),
+		netID:    network.ID,
 	}
 	m.eng = mesh.New(mesh.Config{
 		Identity: id,
@@ -165,7 +174,9 @@ func (t *Tunnel) startMesh(network mesh.Network, key config.NodeKey) error {
 			}
 			return v.(*peer).sp.SendReliable(typ, body)
 		},
-		OnChange: func(old, cur *mesh.Record) { m.kick() },
+		OnChange:    func(old, cur *mesh.Record) { m.kick() },
+		Admins:      t.cfg.Membership.Admins,
+		OnStatement: t.statementAccepted,
 	})
 	t.mesh = m
 	return nil
@@ -216,6 +227,9 @@ func (t *Tunnel) admit(name string, static [32]byte) (*stt.Peer, error) {
 	}
 	if static == m.self || name == m.nodeName {
 		return nil, errors.New("that is this node")
+	}
+	if t.node.Revoked(static) {
+		return nil, errors.New("its key is revoked")
 	}
 	if err := config.CheckName(name); err != nil {
 		return nil, err
@@ -317,6 +331,7 @@ func (t *Tunnel) meshLoop() {
 		}
 		now := time.Now()
 		t.syncMembers()
+		t.saveStatements()
 		t.refreshSelf()
 		if now.Sub(lastTick) >= mesh.DefaultInterval {
 			lastTick = now
@@ -600,6 +615,9 @@ func (t *Tunnel) syncMembers() {
 	defer m.mu.Unlock()
 	changed := m.redecide
 	m.redecide = false
+	if m.redecideRevoked.Swap(false) && t.forgetRevokedLocked() {
+		changed = true
+	}
 	seen := make(map[[32]byte]bool, len(recs))
 	for _, rec := range recs {
 		seen[rec.Key] = true
@@ -1214,6 +1232,7 @@ func (t *Tunnel) meshStatus(st *status.Status) {
 	boots := m.boots
 	t.mu.RUnlock()
 	m.mu.Unlock()
+	t.statementsStatus(ms, names)
 	for _, o := range m.eng.Observed() {
 		r := status.Reflection{By: names[o.By], Address: o.Addr.String(), Transport: "udp"}
 		if r.By == "" {

@@ -169,6 +169,9 @@ func (t *Tunnel) sendSeedOffer(key [32]byte, now time.Time) bool {
 	if !ok {
 		return false
 	}
+	if _, newest := t.heldRotation(); !bytes.Equal(newest, raw) {
+		return false // a newer rotation was signed since: its seed is the one to hand on
+	}
 	v, ok := t.mesh.byKey.Load(key)
 	if !ok || !t.offerable(st, key, v.(*peer)) {
 		return false
@@ -296,11 +299,8 @@ func (t *Tunnel) stageRotation(raw []byte, st *mesh.Statement, next [32]byte) er
 
 func shortSeedID(id [16]byte) string { return fmt.Sprintf("%x", id[:4]) }
 
-// Errors of Rotate.
-var (
-	ErrNoAdmins = errors.New("no [membership] admins are configured on this node: nothing can be commanded in band; rotate by hand (docs/operations.md)")
-	ErrNoMesh   = errors.New("rotation in band needs [discovery] (the mesh)")
-)
+// ErrNoAdmins is Rotate's error on a node without [membership] admins.
+var ErrNoAdmins = errors.New("this interface has no [membership] admins: nothing can be commanded in band; rotate by hand (stt-tun genseed --next-of)")
 
 // Rotate is the control socket's rotate: statement is a ROTATE signed by an admin (by
 // `stt-tun seed rotate`) and next the seed it names. The statement goes to the statement

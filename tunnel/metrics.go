@@ -292,7 +292,7 @@ func (t *Tunnel) writeMeshMetrics(w *promtext.Writer, ms meshSample) {
 		{"accepted", s.Accepted}, {"stale", s.Stale}, {"bad_signature", s.BadSignature},
 		{"malformed", s.Malformed}, {"too_large", s.TooLarge}, {"expired", s.Expired},
 		{"future", s.Future}, {"rate_limited", s.RateLimited}, {"table_full", s.Full},
-		{"own_key", s.OwnKey},
+		{"own_key", s.OwnKey}, {"revoked", t.mesh.eng.StatementStats().RevokedRecords},
 	} {
 		w.Uint(famMeshRecords.name, o.n, "outcome", o.outcome)
 	}
@@ -308,6 +308,7 @@ func (t *Tunnel) writeMeshMetrics(w *promtext.Writer, ms meshSample) {
 	for _, e := range t.natEvents() {
 		w.Uint(famMeshNAT.name, e.n, "event", e.name)
 	}
+	t.writeStatementMetrics(w)
 	t.writeRotateMetrics(w)
 }
 

@@ -138,6 +138,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 		if err := t.startMesh(sf.Network, key); err != nil {
 			return nil, err
 		}
+		t.loadStatements(statementsPath(opts, cfg.Interface.Name))
 	}
 
 	if opts.Device != nil {
@@ -195,6 +196,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 	if err != nil {
 		return nil, err
 	}
+	t.applyRevocations() // before the first packet
 	if err := t.node.Start(); err != nil {
 		return nil, err
 	}
@@ -340,6 +342,7 @@ func (t *Tunnel) Close() error {
 			t.awaitLeaveAcks()
 		}
 		t.stopMesh()
+		t.saveStatements()
 		t.lookupCancel()
 		t.stopMetrics()
 		if err := t.node.Close(); err != nil {

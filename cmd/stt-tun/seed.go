@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -118,7 +119,7 @@ func seedRotate(c *cli.Context, e *env) error {
 	if !cfg.Discovery.Enabled {
 		return fmt.Errorf("seed rotate: %s has no [discovery]: the seed is passed on in band over the mesh only; rotate by hand (stt-tun genseed --next-of)", path)
 	}
-	admins := configAdmins(cfg)
+	admins := cfg.Membership.Admins
 	if len(admins) == 0 {
 		return fmt.Errorf("seed rotate: %s configures no [membership] admins: nothing can be commanded in band; rotate by hand (stt-tun genseed --next-of)", path)
 	}
@@ -130,10 +131,6 @@ func seedRotate(c *cli.Context, e *env) error {
 	if !slices.ContainsFunc(admins, func(a ed25519.PublicKey) bool { return bytes.Equal(a, pub) }) {
 		return fmt.Errorf("seed rotate: the key of --admin-key %s is not one of the [membership] admins of %s", keyFile, path)
 	}
-	sf, err := config.LoadSeedFile(cfg.Interface.SeedFile)
-	if err != nil {
-		return err
-	}
 	link := cfg.Interface.Name
 	sock := ctl.SocketPath(stateDir(c), link)
 	ctx, cancel := context.WithTimeout(c.Context, flagDuration(c, "timeout"))
@@ -143,6 +140,10 @@ func seedRotate(c *cli.Context, e *env) error {
 	case errors.Is(err, ctl.ErrNotRunning):
 		return fmt.Errorf("%s is not up", link)
 	case err != nil:
+		return fmt.Errorf("seed rotate %s: %w", link, err)
+	}
+	netID, err := statusNetworkID(st)
+	if err != nil {
 		return fmt.Errorf("seed rotate %s: %w", link, err)
 	}
 	plan := rotatePlan{from: from, overlap: overlap}
@@ -157,7 +158,7 @@ func seedRotate(c *cli.Context, e *env) error {
 	stmt := mesh.Statement{Kind: mesh.StatementRotate, Issued: uint64(time.Now().UnixNano()), Rotate: &mesh.Rotation{
 		NextSeedID: mesh.SeedID(next), SwitchAt: uint64(from.Unix()), Overlap: uint32(overlap / time.Second),
 		Excluded: plan.excluded}}
-	raw, err := stmt.Marshal(admin, sf.Network.ID)
+	raw, err := stmt.Marshal(admin, netID)
 	if err != nil {
 		return fmt.Errorf("seed rotate: %w", err)
 	}
@@ -217,6 +218,33 @@ func (p *rotatePlan) exclude(st status.Status, args []string) error {
 	return nil
 }
 
+// statusNetworkID is the network id the daemon's statements are signed for.
+func statusNetworkID(st status.Status) ([16]byte, error) {
+	var id [16]byte
+	if st.Mesh == nil {
+		return id, errors.New("the daemon runs without [discovery]")
+	}
+	b, err := hex.DecodeString(st.Mesh.NetworkID)
+	if err != nil || len(b) != len(id) {
+		return id, fmt.Errorf("the daemon's status has no network id (%q)", st.Mesh.NetworkID)
+	}
+	return [16]byte(b), nil
+}
+
+// statusRevoked lists the revocations the daemon holds.
+func statusRevoked(st status.Status) []revokedMember {
+	if st.Mesh == nil {
+		return nil
+	}
+	var out []revokedMember
+	for _, r := range st.Mesh.Revoked {
+		if k, err := config.DecodeKey(r.Key); err == nil {
+			out = append(out, revokedMember{key: k, name: r.Name})
+		}
+	}
+	return out
+}
+
 // revokedMember is one revocation the daemon holds.
 type revokedMember struct {
 	key  [32]byte
@@ -252,4 +280,24 @@ func loadAdminKey(path string) (ed25519.PrivateKey, error) {
 		return nil, fmt.Errorf("--admin-key %s: a bare X25519 key cannot sign; make an admin key with stt-tun admin genkey", path)
 	}
 	return ed25519.NewKeyFromSeed(k.Ed25519Seed[:]), nil
+}
+
+// tunnelRotator is the part of *tunnel.Tunnel the `rotate` control op uses.
+type tunnelRotator interface {
+	Rotate(statement []byte, next [32]byte) (int, error)
+}
+
+// Rotate hands a signed ROTATE and its next seed to the running tunnel (ctl op `rotate`).
+func (d *daemon) Rotate(statement []byte, next [32]byte) (int, error) {
+	d.mu.Lock()
+	t := d.tunnel
+	d.mu.Unlock()
+	if t == nil {
+		return 0, errors.New("the interface is still starting")
+	}
+	r, ok := t.(tunnelRotator)
+	if !ok {
+		return 0, errors.New("this tunnel cannot rotate the seed")
+	}
+	return r.Rotate(statement, next)
 }

@@ -208,6 +208,12 @@ func forJSON(st status.Status) status.Status {
 		if m.Bootstrap == nil {
 			m.Bootstrap = []status.Bootstrap{}
 		}
+		if m.Admins == nil {
+			m.Admins = []string{}
+		}
+		if m.Revoked == nil {
+			m.Revoked = []status.Revoked{}
+		}
 		st.Mesh = &m
 	}
 	return st
@@ -333,6 +339,7 @@ func renderMesh(b *strings.Builder, m *status.Mesh, c map[string]uint64) {
 			fmt.Fprintf(b, "  bootstrap %s: not reached yet\n", bs.Target)
 		}
 	}
+	renderRevoked(b, m, c)
 	if c != nil {
 		fmt.Fprintf(b, "  gossip: %d messages in (%s), %d out (%s)\n",
 			c["mesh_messages_in"], humanBytes(c["mesh_bytes_in"]), c["mesh_messages_out"], humanBytes(c["mesh_bytes_out"]))
