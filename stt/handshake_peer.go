@@ -66,7 +66,9 @@ func (p *Peer) startHandshakeToLocked(now time.Time, punch []conn.Endpoint) {
 	}
 	cookie := p.cookieLocked(now)
 	idx := n.index.reserve()
-	hs, hello, err := n.hs.Initiate(idx, cookie, make([]byte, 0, wire.HelloLen))
+	// Retries take turns over the seeds held (seeds.go): a peer still on the other
+	// seed of a rotation answers one of them.
+	hs, hello, err := n.hs.InitiateSeed(attempt, idx, cookie, make([]byte, 0, wire.HelloLen))
 	if err != nil {
 		n.index.release(idx)
 		n.log.Warn("cannot start handshake", "peer", p.cfg.Name, "err", err)
@@ -297,6 +299,7 @@ func (p *Peer) proveLocked(from *Peer, ini *initiation, ep conn.Endpoint, now ti
 		n.drop(DropHandshake)
 		return false
 	}
+	s.seed = res.SeedID
 	// The index stays reserved until install turns it into the session. The
 	// initiation stays findable for a while: a responder under load may answer the
 	// AUTH_PROOF with a cookie, and then it is sent again with mac2.
@@ -513,6 +516,7 @@ func (p *Peer) completeResponder(res handshake.Result, ep conn.Endpoint) (up, fr
 		reject(DropHandshake)
 		return false, false
 	}
+	s.seed = res.SeedID
 	p.handshake.lastTimestamp = res.Timestamp
 	p.learnEndpoint(ep, false, s, handshakeCtr)
 	fresh = p.installLocked(s, res.PeerStatic, now)

@@ -19,6 +19,9 @@ type Limits struct {
 	FallbackAfter       time.Duration // UDP silent this long: move to WebSocket
 	ProbeInterval       time.Duration // on WebSocket: probe UDP this often
 	RelayIdle           time.Duration // a relay's route pair without a forwarded message this long goes
+	// SeedRekeySpread: after SetSeeds puts another seed first, each session under a
+	// seed not first rekeys at a random moment within this long (seeds.go).
+	SeedRekeySpread time.Duration
 }
 
 // Default protocol limits.
@@ -36,6 +39,7 @@ const (
 	DefaultTick                = 100 * time.Millisecond
 	DefaultFallbackAfter       = 3 * time.Second
 	DefaultProbeInterval       = 10 * time.Second
+	DefaultSeedRekeySpread     = 30 * time.Second
 )
 
 func (t Limits) withDefaults() Limits {
@@ -44,6 +48,7 @@ func (t Limits) withDefaults() Limits {
 			*d = v
 		}
 	}
+	set(&t.SeedRekeySpread, DefaultSeedRekeySpread)
 	set(&t.RekeyAfterTime, DefaultRekeyAfterTime)
 	set(&t.RejectAfterTime, DefaultRejectAfterTime)
 	if t.RejectAfterTime < t.RekeyAfterTime+t.RekeyAfterTime/4 {

@@ -114,6 +114,12 @@ type Node struct {
 	ctr    counters
 	epoch  time.Time
 
+	// The seeds held, as the timers see them, and what moving between them did
+	// (seeds.go); seedMu serialises SetSeeds.
+	seeds   atomic.Pointer[seedSet]
+	seedCtr seedCounters
+	seedMu  sync.Mutex
+
 	noncePool sync.Pool
 
 	// admitMu makes the calls of cfg.Admit one at a time, so that two handshakes from a
@@ -197,6 +203,7 @@ func New(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("stt: handshake: %w", err)
 	}
 	n.hs = hs
+	n.seeds.Store(&seedSet{ids: hs.SeedIDs(), at: time.Now()})
 	n.bind = cfg.Bind
 	if n.bind == nil {
 		n.bind = udp.New()

@@ -40,6 +40,7 @@ type Peer struct {
 	refused  refusalState
 	idle     idleState
 	wildcard wildcardState
+	seed     seedRekeyState // seeds.go
 	removed  bool
 }
 

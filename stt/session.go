@@ -30,6 +30,9 @@ type session struct {
 	created     time.Time
 	gen         uint64 // numbers the peer's sessions: a later one has a larger gen
 
+	// seed is the id of the seed its handshake was made under (seeds.go).
+	seed [16]byte
+
 	sendCounter atomic.Uint64 // next counter to use
 	confirmed   atomic.Bool   // an authenticated frame arrived under this session
 
@@ -57,6 +60,10 @@ func newSession(p *Peer, local, remote uint32, initiator bool, id wire.CipherID,
 	s := &session{peer: p, localIndex: local, remoteIndex: remote, initiator: initiator, cipherID: id, created: now}
 	if p != nil {
 		s.gen = p.keys.made.Add(1)
+		// The caller sets the seed of the handshake; without one, the first held.
+		if ss := p.node.seeds.Load(); ss != nil {
+			s.seed = ss.ids[0]
+		}
 	}
 	var err error
 	if s.send, err = newAEAD(id, sendKey[:]); err != nil {

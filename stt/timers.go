@@ -46,7 +46,8 @@ func (p *Peer) tick(now time.Time) {
 	if p.expiredIdleLocked(now, cur) {
 		cur = nil
 	}
-	need := p.handshake.want
+	cur, seedRekey := p.expiredSeedLocked(now, cur)
+	need := p.handshake.want || seedRekey
 	if p.expiredUnconfirmedLocked(now, cur) || p.expiredRekeyLocked(now, cur) {
 		need = true
 	}

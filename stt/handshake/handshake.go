@@ -13,12 +13,14 @@ import (
 	"bytes"
 	"crypto/cipher"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -145,6 +147,47 @@ func DeriveSeedKeys(seed [32]byte) SeedKeys {
 	return k
 }
 
+// seedIDLabel is the label of a seed's id; the same id as the mesh's SeedID.
+const seedIDLabel = "stt-tun seed id v1"
+
+// SeedID names a seed without revealing it: SHA-256("stt-tun seed id v1" || seed)[0:16],
+// as statements and status name seeds.
+func SeedID(seed [32]byte) [16]byte {
+	h := sha256.New()
+	h.Write([]byte(seedIDLabel))
+	h.Write(seed[:])
+	var out [32]byte
+	h.Sum(out[:0])
+	return [16]byte(out[:16])
+}
+
+// MaxSeeds is how many seeds an Engine holds at once: during a rotation two, the
+// current and the next; a little room beyond.
+const MaxSeeds = 4
+
+// seedKeys is one seed an Engine holds: its id and what is derived from it.
+type seedKeys struct {
+	id     [16]byte
+	keys   SeedKeys
+	cookie cipher.AEAD // XChaCha20-Poly1305 under COOKIE_KEY; stateless
+}
+
+func newSeedKeys(seed [32]byte) (*seedKeys, error) {
+	sk := &seedKeys{id: SeedID(seed), keys: DeriveSeedKeys(seed)}
+	aead, err := chacha20poly1305.NewX(sk.keys.Cookie[:])
+	if err != nil {
+		return nil, err
+	}
+	sk.cookie = aead
+	return sk, nil
+}
+
+// checkMAC1 verifies mac1 under this seed in constant time.
+func (sk *seedKeys) checkMAC1(msg []byte, off int) bool {
+	want := mac(sk.keys.MAC1[:], msg[:off])
+	return subtle.ConstantTimeCompare(want[:], msg[off:off+wire.MACLen]) == 1
+}
+
 // PublicKey returns the X25519 public key of priv, so that a node can show and pin its
 // identity without starting an Engine.
 func PublicKey(priv [32]byte) [32]byte {
@@ -198,7 +241,9 @@ type Config struct {
 // Engine runs both sides of the handshake for one node. It is safe for concurrent use;
 // public-key work runs outside its locks.
 type Engine struct {
-	keys      SeedKeys
+	// seeds are the seeds this node holds, the first the one it initiates with
+	// (SetSeeds); replaced whole, read without a lock.
+	seeds     atomic.Pointer[[]*seedKeys]
 	static    noise.DHKey
 	pub       [32]byte
 	name      [wire.NameLen]byte
@@ -212,7 +257,6 @@ type Engine struct {
 	alloc     func() uint32
 	release   func(uint32)
 	priority  func(netip.Addr) bool
-	cookieKey cipher.AEAD // XChaCha20-Poly1305 under COOKIE_KEY; stateless
 
 	dhCount atomic.Uint64
 
@@ -242,7 +286,6 @@ func New(cfg Config) (*Engine, error) {
 		return nil, fmt.Errorf("%w: static key is zero", ErrConfig)
 	}
 	e := &Engine{
-		keys:      DeriveSeedKeys(cfg.Seed),
 		pub:       PublicKey(cfg.Static),
 		nameStr:   cfg.Name,
 		caps:      cfg.Caps & wire.CapHardwareAES,
@@ -271,11 +314,9 @@ func New(cfg Config) (*Engine, error) {
 	}
 	e.static = noise.DHKey{Private: append([]byte(nil), cfg.Static[:]...), Public: append([]byte(nil), e.pub[:]...)}
 	e.suite = noise.NewCipherSuite(countingDH{&e.dhCount}, noise.CipherChaChaPoly, noise.HashBLAKE2s)
-	aead, err := chacha20poly1305.NewX(e.keys.Cookie[:])
-	if err != nil {
+	if err := e.SetSeeds([][32]byte{cfg.Seed}); err != nil {
 		return nil, err
 	}
-	e.cookieKey = aead
 	e.half.init()
 	e.replay.init()
 	e.replay.window = e.window
@@ -298,6 +339,67 @@ func New(cfg Config) (*Engine, error) {
 
 // PublicKey returns this node's static public key (its identity).
 func (e *Engine) PublicKey() [32]byte { return e.pub }
+
+// SetSeeds replaces the seeds the Engine holds: handshakes it starts use seeds[0] (and
+// the others on retries, InitiateSeed); it answers a handshake under any of them. A
+// handshake in flight under a seed no longer held fails at its next message. At least
+// one seed, at most MaxSeeds, no repeats.
+func (e *Engine) SetSeeds(seeds [][32]byte) error {
+	if len(seeds) == 0 || len(seeds) > MaxSeeds {
+		return fmt.Errorf("%w: %d seeds, want 1 to %d", ErrConfig, len(seeds), MaxSeeds)
+	}
+	list := make([]*seedKeys, 0, len(seeds))
+	for i, s := range seeds {
+		if slices.Contains(seeds[:i], s) {
+			return fmt.Errorf("%w: a seed given twice", ErrConfig)
+		}
+		sk, err := newSeedKeys(s)
+		if err != nil {
+			return err
+		}
+		list = append(list, sk)
+	}
+	e.seeds.Store(&list)
+	return nil
+}
+
+// SeedIDs are the ids of the seeds held, in SetSeeds order.
+func (e *Engine) SeedIDs() [][16]byte {
+	list := *e.seeds.Load()
+	ids := make([][16]byte, len(list))
+	for i, sk := range list {
+		ids[i] = sk.id
+	}
+	return ids
+}
+
+// seedFor is the seed the n-th attempt of an initiation uses: they take turns, the
+// first seed first.
+func (e *Engine) seedFor(n int) *seedKeys {
+	list := *e.seeds.Load()
+	return list[max(n, 0)%len(list)]
+}
+
+// held reports whether the seed named id is still one the Engine holds.
+func (e *Engine) held(id [16]byte) bool {
+	for _, sk := range *e.seeds.Load() {
+		if sk.id == id {
+			return true
+		}
+	}
+	return false
+}
+
+// matchMAC1 is the seed under which msg's mac1 (at off) verifies, or nil: the first
+// cryptographic work done on any handshake message, one keyed BLAKE2s per seed held.
+func (e *Engine) matchMAC1(msg []byte, off int) *seedKeys {
+	for _, sk := range *e.seeds.Load() {
+		if sk.checkMAC1(msg, off) {
+			return sk
+		}
+	}
+	return nil
+}
 
 // DHCount returns the number of X25519 operations (key generation and DH) done so far,
 // so that tests and metrics can show that unauthenticated input costs no public-key work.
@@ -331,14 +433,14 @@ func (e *Engine) releaseAll(idx []uint32) {
 }
 
 // noiseState starts a Noise handshake with this node's static key and the seed's PSK.
-func (e *Engine) noiseState(initiator bool) (*noise.HandshakeState, error) {
+func (e *Engine) noiseState(initiator bool, sk *seedKeys) (*noise.HandshakeState, error) {
 	return noise.NewHandshakeState(noise.Config{
 		CipherSuite:           e.suite,
 		Random:                e.rand,
 		Pattern:               noise.HandshakeXX,
 		Initiator:             initiator,
 		Prologue:              prologue,
-		PresharedKey:          e.keys.PSK[:],
+		PresharedKey:          sk.keys.PSK[:],
 		PresharedKeyPlacement: 3,
 		StaticKeypair:         e.static,
 	})
@@ -389,6 +491,8 @@ type Result struct {
 	// Timestamp is the initiator's TAI64N from HELLO; the responder's caller refuses the
 	// session unless it is greater than the last one accepted from PeerStatic.
 	Timestamp [12]byte
+	// SeedID names the seed the handshake was made under (SeedID).
+	SeedID [16]byte
 }
 
 // ChallengeInfo is what the initiator learns from CHALLENGE, before it commits to the
@@ -436,17 +540,10 @@ func checkHeader(msg []byte, typ byte, length int) error {
 	return nil
 }
 
-// checkMAC1 verifies mac1 in constant time; it is the first cryptographic work done on
-// any handshake message.
-func (e *Engine) checkMAC1(msg []byte, off int) bool {
-	want := mac(e.keys.MAC1[:], msg[:off])
-	return subtle.ConstantTimeCompare(want[:], msg[off:off+wire.MACLen]) == 1
-}
-
-// finishMACs appends mac1 and mac2 (zero without a cookie) computed over out[base:], the
-// message built so far.
-func (e *Engine) finishMACs(out []byte, base int, cookie []byte) []byte {
-	m1 := mac(e.keys.MAC1[:], out[base:])
+// finishMACs appends mac1 under the seed sk and mac2 (zero without a cookie) computed
+// over out[base:], the message built so far.
+func finishMACs(sk *seedKeys, out []byte, base int, cookie []byte) []byte {
+	m1 := mac(sk.keys.MAC1[:], out[base:])
 	out = append(out, m1[:]...)
 	var m2 [wire.MACLen]byte
 	if len(cookie) == wire.MACLen {

@@ -192,7 +192,7 @@ func TestCipherNegotiation(t *testing.T) {
 // payload (caps, cipher, name), to test the initiator's checks on an authentic message.
 func forgeChallenge(t *testing.T, resp *Engine, hello []byte, caps uint32, cipher wire.CipherID, name string) []byte {
 	t.Helper()
-	hs, err := resp.noiseState(false)
+	hs, err := resp.noiseState(false, resp.seedFor(0))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,7 +208,7 @@ func forgeChallenge(t *testing.T, resp *Engine, hello []byte, caps uint32, ciphe
 	if err != nil {
 		t.Fatal(err)
 	}
-	return resp.finishMACs(out, 0, nil)
+	return finishMACs(resp.seedFor(0), out, 0, nil)
 }
 
 func TestInitiatorRejectsCipherChoiceItDidNotOffer(t *testing.T) {

@@ -155,7 +155,7 @@ func fixMAC1(e *Engine, msg []byte) {
 	if n == 0 || len(msg) != n {
 		return
 	}
-	m := mac(e.keys.MAC1[:], msg[:off])
+	m := mac((*e.seeds.Load())[0].keys.MAC1[:], msg[:off])
 	copy(msg[off:], m[:])
 }
 

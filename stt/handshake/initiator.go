@@ -24,6 +24,7 @@ const (
 // methods are safe for concurrent use but must be called in protocol order.
 type Initiation struct {
 	e     *Engine
+	seed  *seedKeys // the seed this attempt is made under
 	mu    sync.Mutex
 	hs    *noise.HandshakeState
 	state initState
@@ -42,17 +43,25 @@ type Initiation struct {
 // responder address's cookie if the caller holds one younger than CookieSecretLifetime
 // (16 bytes), else nil.
 func (e *Engine) Initiate(localIndex uint32, cookie []byte, out []byte) (*Initiation, []byte, error) {
+	return e.InitiateSeed(0, localIndex, cookie, out)
+}
+
+// InitiateSeed is Initiate under the attempt-th seed held, modulo their number: the
+// first attempt of a series uses the first seed, and a retry after no answer the next
+// one, so that a node that moved to a next seed still reaches one that has not.
+func (e *Engine) InitiateSeed(attempt int, localIndex uint32, cookie []byte, out []byte) (*Initiation, []byte, error) {
 	if localIndex == 0 {
 		return nil, nil, fmt.Errorf("%w: zero index", ErrBadArgument)
 	}
 	if len(cookie) != 0 && len(cookie) != wire.MACLen {
 		return nil, nil, fmt.Errorf("%w: cookie must be %d bytes", ErrBadArgument, wire.MACLen)
 	}
-	hs, err := e.noiseState(true)
+	sk := e.seedFor(attempt)
+	hs, err := e.noiseState(true, sk)
 	if err != nil {
 		return nil, nil, err
 	}
-	i := &Initiation{e: e, hs: hs, local: localIndex, ts: e.timestamp()}
+	i := &Initiation{e: e, seed: sk, hs: hs, local: localIndex, ts: e.timestamp()}
 	var pl [helloPlainLen]byte
 	copy(pl[:], i.ts[:])
 	binary.LittleEndian.PutUint32(pl[timestampLen:], e.caps)
@@ -66,10 +75,13 @@ func (e *Engine) Initiate(localIndex uint32, cookie []byte, out []byte) (*Initia
 	if len(out)-base != wire.HelloMAC1Off {
 		return nil, nil, fmt.Errorf("handshake: internal: HELLO is %d bytes before mac1", len(out)-base)
 	}
-	out = e.finishMACs(out, base, cookie)
+	out = finishMACs(sk, out, base, cookie)
 	copy(i.lastMAC1[:], out[base+wire.HelloMAC1Off:])
 	return i, out, nil
 }
+
+// SeedID names the seed this Initiation is made under.
+func (i *Initiation) SeedID() [16]byte { return i.seed.id }
 
 // LocalIndex is the index this Initiation was started with; COOKIE_REPLY and CHALLENGE
 // name it as their receiver index, which is how the caller finds the Initiation.
@@ -86,7 +98,7 @@ func (i *Initiation) ReadChallenge(msg []byte) (ChallengeInfo, error) {
 	if err := checkHeader(msg, wire.TypeChallenge, wire.ChallengeLen); err != nil {
 		return ChallengeInfo{}, err
 	}
-	if !e.checkMAC1(msg, wire.ChallengeMAC1Off) {
+	if !i.seed.checkMAC1(msg, wire.ChallengeMAC1Off) {
 		return ChallengeInfo{}, ErrBadMAC1
 	}
 	var zero [wire.MACLen]byte
@@ -158,7 +170,7 @@ func (i *Initiation) WriteAuthProof(cookie []byte, out []byte) ([]byte, Result, 
 		return nil, Result{}, noiseErr(err)
 	}
 	copy(i.auth[:], out[base:])
-	out = i.e.finishMACs(out, base, cookie)
+	out = finishMACs(i.seed, out, base, cookie)
 	copy(i.lastMAC1[:], out[base+wire.AuthMAC1Off:])
 	i.state = stAuthSent
 	res := Result{
@@ -171,6 +183,7 @@ func (i *Initiation) WriteAuthProof(cookie []byte, out []byte) ([]byte, Result, 
 		PeerName:    i.info.PeerName,
 		Initiator:   true,
 		Timestamp:   i.ts,
+		SeedID:      i.seed.id,
 	}
 	return out, res, nil
 }
@@ -189,7 +202,7 @@ func (i *Initiation) ResendAuthProof(cookie []byte, out []byte) ([]byte, error) 
 	}
 	base := len(out)
 	out = append(out, i.auth[:]...)
-	out = i.e.finishMACs(out, base, cookie)
+	out = finishMACs(i.seed, out, base, cookie)
 	copy(i.lastMAC1[:], out[base+wire.AuthMAC1Off:])
 	return out, nil
 }
@@ -214,7 +227,7 @@ func (i *Initiation) ReadCookieReply(msg []byte) ([]byte, error) {
 	if st == stFailed {
 		return nil, ErrState
 	}
-	cookie, err := i.e.cookieKey.Open(make([]byte, 0, wire.MACLen),
+	cookie, err := i.seed.cookie.Open(make([]byte, 0, wire.MACLen),
 		msg[wire.CookieNonceOff:wire.CookieSealedOff], msg[wire.CookieSealedOff:], ad[:])
 	if err != nil || len(cookie) != wire.MACLen {
 		return nil, ErrDecrypt

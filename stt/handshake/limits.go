@@ -17,8 +17,9 @@ import (
 // halfOpen is a responder handshake that sent CHALLENGE and waits for AUTH_PROOF.
 type halfOpen struct {
 	hs     *noise.HandshakeState
-	local  uint32 // our index (from AllocIndex)
-	remote uint32 // the initiator's index from HELLO
+	seed   [16]byte // the id of the seed its HELLO's mac1 verified under
+	local  uint32   // our index (from AllocIndex)
+	remote uint32   // the initiator's index from HELLO
 	born   time.Time
 	ts     [timestampLen]byte
 	cipher wire.CipherID

@@ -28,7 +28,8 @@ func (e *Engine) HandleHello(msg []byte, src netip.AddrPort, out []byte) ([]byte
 	if err := checkHeader(msg, wire.TypeHello, wire.HelloLen); err != nil {
 		return nil, err
 	}
-	if !e.checkMAC1(msg, wire.HelloMAC1Off) {
+	sk := e.matchMAC1(msg, wire.HelloMAC1Off)
+	if sk == nil {
 		return nil, ErrBadMAC1
 	}
 	if msg[2] != 0 || msg[3] != 0 {
@@ -53,7 +54,7 @@ func (e *Engine) HandleHello(msg []byte, src netip.AddrPort, out []byte) ([]byte
 
 	// The HELLO's payload is readable with symmetric work alone (section 4.1): its
 	// timestamp tells a HELLO that may be new from one older than the replay cache.
-	hs, err := e.noiseState(false)
+	hs, err := e.noiseState(false, sk)
 	if err != nil {
 		return nil, err
 	}
@@ -64,7 +65,7 @@ func (e *Engine) HandleHello(msg []byte, src netip.AddrPort, out []byte) ([]byte
 	if len(payload) != helloPlainLen {
 		return nil, ErrMalformed
 	}
-	h := &halfOpen{hs: hs, remote: sender, born: now, src: sourceKey(src.Addr())}
+	h := &halfOpen{hs: hs, seed: sk.id, remote: sender, born: now, src: sourceKey(src.Addr())}
 	copy(h.ts[:], payload[:timestampLen])
 	fresh := e.fresh(h.ts, now)
 
@@ -79,7 +80,7 @@ func (e *Engine) HandleHello(msg []byte, src netip.AddrPort, out []byte) ([]byte
 		if !b.take(h.src, now) || (all != nil && !all.take(now)) {
 			return fail(ErrRateLimited)
 		}
-		reply, err := e.cookieReplyLocked(out, sender, &mac1, src, now)
+		reply, err := e.cookieReplyLocked(sk, out, sender, &mac1, src, now)
 		if err != nil {
 			return fail(err)
 		}
@@ -173,7 +174,7 @@ func (e *Engine) HandleHello(msg []byte, src netip.AddrPort, out []byte) ([]byte
 		return nil, err
 	}
 	binary.LittleEndian.PutUint32(out[base+wire.ChallengeSenderOff:], h.local)
-	return e.finishMACs(out, base, nil), nil
+	return finishMACs(sk, out, base, nil), nil
 }
 
 // fresh reports whether a HELLO timestamp lies within half the replay window of now, so
@@ -195,7 +196,8 @@ func (e *Engine) HandleAuthProof(msg []byte, src netip.AddrPort, out []byte) (Re
 	if err := checkHeader(msg, wire.TypeAuthProof, wire.AuthProofLen); err != nil {
 		return Result{}, nil, err
 	}
-	if !e.checkMAC1(msg, wire.AuthMAC1Off) {
+	sk := e.matchMAC1(msg, wire.AuthMAC1Off)
+	if sk == nil {
 		return Result{}, nil, ErrBadMAC1
 	}
 	if msg[2] != 0 || msg[3] != 0 {
@@ -220,6 +222,9 @@ func (e *Engine) HandleAuthProof(msg []byte, src netip.AddrPort, out []byte) (Re
 	switch {
 	case h == nil || h.remote != sender:
 		err = ErrUnknownIndex
+	case h.seed != sk.id:
+		// Under another seed than its HELLO: not this handshake's AUTH_PROOF.
+		err = ErrBadMAC1
 	case now.Sub(h.born) >= HalfOpenTimeout:
 		e.half.remove(h)
 		rel = append(rel, h.local)
@@ -234,7 +239,7 @@ func (e *Engine) HandleAuthProof(msg []byte, src netip.AddrPort, out []byte) (Re
 				err = ErrRateLimited
 			} else {
 				var reply []byte
-				reply, err = e.cookieReplyLocked(out, sender, &mac1, src, now)
+				reply, err = e.cookieReplyLocked(sk, out, sender, &mac1, src, now)
 				if err == nil {
 					e.mu.Unlock()
 					e.releaseAll(rel)
@@ -277,6 +282,7 @@ func (e *Engine) HandleAuthProof(msg []byte, src netip.AddrPort, out []byte) (Re
 		Cipher:      h.cipher,
 		PeerName:    name,
 		Timestamp:   h.ts,
+		SeedID:      h.seed,
 	}
 	copy(res.PeerStatic[:], h.hs.PeerStatic())
 	return res, nil, nil
@@ -308,7 +314,7 @@ func (e *Engine) checkMAC2Locked(msg []byte, off int, src netip.AddrPort, now ti
 
 // cookieReplyLocked builds the COOKIE_REPLY for a message with the given sender index and
 // mac1. Called with e.mu held.
-func (e *Engine) cookieReplyLocked(out []byte, receiver uint32, mac1 *[wire.MACLen]byte, src netip.AddrPort, now time.Time) ([]byte, error) {
+func (e *Engine) cookieReplyLocked(sk *seedKeys, out []byte, receiver uint32, mac1 *[wire.MACLen]byte, src netip.AddrPort, now time.Time) ([]byte, error) {
 	secret, err := e.secrets.current(now, e.rand)
 	if err != nil {
 		return nil, fmt.Errorf("handshake: cookie secret: %w", err)
@@ -318,7 +324,7 @@ func (e *Engine) cookieReplyLocked(out []byte, receiver uint32, mac1 *[wire.MACL
 		return nil, fmt.Errorf("handshake: cookie nonce: %w", err)
 	}
 	c := cookieFor(secret, src)
-	return sealCookieReply(out, e.cookieKey, receiver, &nonce, &c, mac1), nil
+	return sealCookieReply(out, sk.cookie, receiver, &nonce, &c, mac1), nil
 }
 
 // sealCookieReply lays out a COOKIE_REPLY (section 4.4), appending it to out.

@@ -1,7 +1,6 @@
 package mesh
 
 import (
-	"crypto/ecdh"
 	"crypto/ed25519"
 	"encoding/hex"
 	"errors"
@@ -9,30 +8,7 @@ import (
 	"testing"
 
 	"filippo.io/edwards25519"
-
-	"github.com/stt-tun/stt-tun/config"
 )
-
-// The X25519 public key of the identity is the public key of the private key the key
-// file derives for the handshake (config): the key the handshake uses and the key the
-// record's signing key names agree.
-func TestX25519PublicKeyMatchesDerivedPrivateKey(t *testing.T) {
-	for n := range 20 {
-		seed := edSeedN(n)
-		priv := config.X25519FromEd25519Seed(seed)
-		k, err := ecdh.X25519().NewPrivateKey(priv[:])
-		if err != nil {
-			t.Fatal(err)
-		}
-		id := NewIdentity(seed)
-		if [32]byte(k.PublicKey().Bytes()) != id.Public {
-			t.Fatalf("seed %d: X25519 public of derived private %x, identity says %x", n, k.PublicKey().Bytes(), id.Public)
-		}
-		if !id.Signing.Public().(ed25519.PublicKey).Equal(ed25519.NewKeyFromSeed(seed[:]).Public()) {
-			t.Fatalf("seed %d: signing key is not the seed's", n)
-		}
-	}
-}
 
 func mustHex(t *testing.T, s string) []byte {
 	t.Helper()

@@ -1,0 +1,155 @@
+package stt
+
+import (
+	"encoding/binary"
+	"testing"
+	"time"
+
+	"github.com/stt-tun/stt-tun/stt/handshake"
+)
+
+// seedPair starts two nodes on seed that know each other (a initiates), recording
+// SessionUp calls.
+func seedPair(t *testing.T, seed [32]byte, lim Limits) (a, b *testNode, la, lb *upLog) {
+	t.Helper()
+	la, lb = &upLog{}, &upLog{}
+	a = startNode(t, nodeOpts{seed: seed, name: "a", timers: lim, config: func(c *Config) { c.SessionUp = la.up }})
+	b = startNode(t, nodeOpts{seed: seed, name: "b", timers: lim, config: func(c *Config) { c.SessionUp = lb.up }})
+	if _, err := b.AddPeer(PeerConfig{Name: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.AddPeer(PeerConfig{Name: "b", Endpoint: loopback(b.Node)}); err != nil {
+		t.Fatal(err)
+	}
+	return a, b, la, lb
+}
+
+func sessionSeed(p *Peer) [16]byte {
+	id, _ := p.SessionSeed()
+	return id
+}
+
+// stream sends numbered datagrams from a to b every few milliseconds until stop is
+// closed, and returns how many it sent on done.
+func stream(t *testing.T, a *testNode, stop <-chan struct{}) <-chan int {
+	done := make(chan int, 1)
+	go func() {
+		n := 0
+		tk := time.NewTicker(3 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			select {
+			case <-stop:
+				done <- n
+				return
+			case <-tk.C:
+			}
+			var b [8]byte
+			binary.BigEndian.PutUint64(b[:], uint64(n))
+			if err := a.Peer("b").Send([][]byte{datagram(b[:])}, []uint16{0}); err != nil {
+				t.Error(err)
+			}
+			n++
+		}
+	}()
+	return done
+}
+
+// The rotation from the side of the sessions: b learns the next seed first (accepts
+// both, still initiates with the current one), then a moves to it. a's session, under
+// the seed that is no longer its first, rekeys to the next seed within the spread; it
+// is a rekey (SessionUp not fresh at either end), and no datagram sent meanwhile is
+// lost.
+func TestSessionMovesToTheNextSeedByRekeyWithoutLoss(t *testing.T) {
+	cur, next := randKey(t), randKey(t)
+	a, b, la, lb := seedPair(t, cur, Limits{SeedRekeySpread: 300 * time.Millisecond})
+	established(t, a, b)
+	if got := sessionSeed(a.Peer("b")); got != handshake.SeedID(cur) {
+		t.Fatalf("session under %x, want the current seed", got)
+	}
+	stop := make(chan struct{})
+	sent := stream(t, a, stop)
+
+	if err := b.SetSeeds([][32]byte{cur, next}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.SetSeeds([][32]byte{next, cur}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "both ends on the next seed", func() bool {
+		return sessionSeed(a.Peer("b")) == handshake.SeedID(next) && sessionSeed(b.Peer("a")) == handshake.SeedID(next) &&
+			a.Peer("b").HasSession()
+	})
+	// Keep sending a little on the new session, then count.
+	base := b.h.count.Load()
+	waitFor(t, 5*time.Second, "traffic on the new session", func() bool { return b.h.count.Load() > base+20 })
+	close(stop)
+	n := <-sent
+	b.h.waitCount(t, int64(n)+1, 5*time.Second) // +1: the "hello" of established
+	if got := b.h.count.Load(); got != int64(n)+1 {
+		t.Fatalf("b received %d datagrams, a sent %d", got-1, n)
+	}
+	for _, l := range []*upLog{la, lb} {
+		evs := l.get()
+		if len(evs) < 2 || !evs[0].fresh {
+			t.Fatalf("SessionUp calls %v, want a fresh one then rekeys", evs)
+		}
+		for _, e := range evs[1:] {
+			if e.fresh {
+				t.Fatalf("SessionUp calls %v: the move to the next seed tore the session down", evs)
+			}
+		}
+	}
+	if st := a.SeedStats(); st.Rekeys != 1 || st.Closed != 0 || st.IDs[0] != handshake.SeedID(next) {
+		t.Fatalf("a's seed stats %+v, want one rekey", st)
+	}
+}
+
+// A node that moved to the next seed reaches one that has not (its retry uses the
+// other seed); the session it gets is under the old seed, and its one seed rekey does
+// not turn into a rekey every spread.
+func TestMovedNodeReachesOneThatHasNot(t *testing.T) {
+	cur, next := randKey(t), randKey(t)
+	lim := Limits{SeedRekeySpread: 50 * time.Millisecond, HandshakeRetry: 100 * time.Millisecond}
+	a, b, _, _ := seedPair(t, cur, lim)
+	if err := a.SetSeeds([][32]byte{next, cur}); err != nil {
+		t.Fatal(err)
+	}
+	badBefore := b.Stats().Drops[DropBadMAC1]
+	established(t, a, b)
+	if got := sessionSeed(a.Peer("b")); got != handshake.SeedID(cur) {
+		t.Fatalf("session under %x, want the seed b holds", got)
+	}
+	if b.Stats().Drops[DropBadMAC1] == badBefore {
+		t.Fatal("a's first HELLO was not under the next seed")
+	}
+	waitFor(t, 5*time.Second, "a's seed rekey", func() bool { return a.SeedStats().Rekeys == 1 })
+	waitFor(t, 5*time.Second, "the seed rekey to end", func() bool { return !a.Peer("b").Connecting() })
+	time.Sleep(300 * time.Millisecond) // several spreads: no further seed rekey may start
+	if r := a.SeedStats().Rekeys; r != 1 {
+		t.Fatalf("%d seed rekeys with a peer that answers only under the old seed, want 1", r)
+	}
+	roundTrip(t, a, b, "still")
+}
+
+// Once a seed is no longer held, sessions under it close at once, and a node that
+// holds only that seed cannot make a new one: its HELLOs fail mac1.
+func TestDroppedSeedClosesSessionsAndLocksOutItsHolder(t *testing.T) {
+	cur, next := randKey(t), randKey(t)
+	a, b, _, _ := seedPair(t, cur, Limits{HandshakeRetry: 100 * time.Millisecond})
+	established(t, a, b)
+	if err := b.SetSeeds([][32]byte{next}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "b to close the session under the old seed", func() bool { return !b.Peer("a").HasSession() })
+	if st := b.SeedStats(); st.Closed != 1 {
+		t.Fatalf("b's seed stats %+v, want one session closed", st)
+	}
+	bad := b.Stats().Drops[DropBadMAC1]
+	a.Peer("b").Rekey()
+	sendOne(t, a.Peer("b"), 0, []byte("let me in"))
+	waitFor(t, 5*time.Second, "a's HELLOs refused for bad mac1", func() bool { return b.Stats().Drops[DropBadMAC1] >= bad+2 })
+	if b.Peer("a").HasSession() || a.Peer("b").HasSession() {
+		t.Fatal("a session with the holder of the dropped seed")
+	}
+}
