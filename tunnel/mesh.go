@@ -126,7 +126,6 @@ type member struct {
 	fresh    bool           // rec changed since resolveLocked last applied it
 	recBad   bool           // its record names another name than its handshake: no claims
 	hsName   string         // the name its latest handshake with this node gave, if any
-	since    time.Time      // when this node first learned of it (a rotation's seed goes only to members known before it)
 }
 
 // recordWait is how long a member admitted by its handshake may stay without a record
@@ -261,7 +260,8 @@ func (t *Tunnel) admit(name string, static [32]byte) (*stt.Peer, error) {
 	}
 	// A member a bootstrap address answered for is marked so by the mesh loop, once the
 	// wildcard peer has recorded whom it reached (after this call).
-	mb := &member{key: static, name: name, hsName: name, source: sourceHandshake, admitted: time.Now(), since: time.Now()}
+	mb := &member{key: static, name: name, hsName: name, source: sourceHandshake, admitted: time.Now()}
+	m.rot.noteSeen(static, mb.admitted)
 	if err := t.addMemberPeerLocked(mb, nil); err != nil {
 		return nil, err
 	}
@@ -627,7 +627,8 @@ func (t *Tunnel) syncMembers() {
 		}
 		changed = true
 		if mb == nil {
-			mb = &member{key: rec.Key, name: rec.Name, source: sourceGossip, since: time.Now()}
+			mb = &member{key: rec.Key, name: rec.Name, source: sourceGossip}
+			m.rot.noteSeen(rec.Key, time.Now())
 			m.members[rec.Key] = mb
 		}
 		mb.rec, mb.fresh = rec, true

@@ -57,6 +57,10 @@ type rotateState struct {
 	until time.Time
 	sent  map[[32]byte]time.Time // when an offer last went to each member
 	has   map[[32]byte]bool      // members that offered this rotation to this node: they hold it
+	// seen is when this node first learned of each member key, kept when the member is
+	// forgotten (it left, its record expired): a rotation's seed goes only to keys seen
+	// before the admin signed it. At most maxSeen keys.
+	seen map[[32]byte]time.Time
 
 	recv    [len(mesh.SeedOfferReasons)]atomic.Uint64 // offers received, by reason
 	sentN   atomic.Uint64                             // offers sent
@@ -65,7 +69,7 @@ type rotateState struct {
 
 func newRotateState(priv [32]byte) *rotateState {
 	return &rotateState{priv: priv, jobs: make(chan rotateEvent, rotateQueue), sent: make(map[[32]byte]time.Time),
-		has: make(map[[32]byte]bool)}
+		has: make(map[[32]byte]bool), seen: make(map[[32]byte]time.Time)}
 }
 
 func (r *rotateState) count(reason string) {
@@ -147,18 +151,35 @@ func (t *Tunnel) offerable(st *mesh.Statement, key [32]byte, p *peer) bool {
 			return false
 		}
 	}
-	m := t.mesh
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	mb := m.members[key]
-	if mb == nil {
-		// A [[peer]] (its cfg is the reload's to replace: t.mu, after mesh.mu).
-		t.mu.RLock()
-		defer t.mu.RUnlock()
-		return p.member == nil && p.cfg.PublicKey != nil && *p.cfg.PublicKey == key
+	r := t.mesh.rot
+	r.mu.Lock()
+	seen, ok := r.seen[key]
+	r.mu.Unlock()
+	if ok && seen.Before(time.Unix(0, int64(st.Issued))) {
+		return true
 	}
-	issued := time.Unix(0, int64(st.Issued))
-	return mb.source == sourceConfig || (!mb.since.IsZero() && mb.since.Before(issued))
+	// A [[peer]] pinned to the key: the operator named it (t.mu guards t.peers and
+	// their cfg, which a reload replaces).
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	for _, cp := range t.peers {
+		if cp == p && cp.cfg.PublicKey != nil && *cp.cfg.PublicKey == key {
+			return true
+		}
+	}
+	return false
+}
+
+// maxSeen bounds the keys a node remembers having seen: twice the member table.
+const maxSeen = 2 * mesh.DefaultMaxMembers
+
+// noteSeen records that key was first seen at when, unless it was seen before.
+func (r *rotateState) noteSeen(key [32]byte, when time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.seen[key]; !ok && len(r.seen) < maxSeen {
+		r.seen[key] = when
+	}
 }
 
 // sendSeedOffer seals the next seed to the member key and sends it reliably, unless the

@@ -1,10 +1,16 @@
 package tunnel
 
 import (
+	"bytes"
 	"crypto/ed25519"
+	"encoding/base64"
+	"fmt"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/stt-tun/stt-tun/config"
 	"github.com/stt-tun/stt-tun/stt/mesh"
 )
 
@@ -67,5 +73,125 @@ func TestRotationSeedOfferedOnlyToMembersKnownBeforeItWasSigned(t *testing.T) {
 	}
 	if n.t.offerable(st, n.t.mesh.self, n.t.mesh.memberPeer(before.id.Public)) {
 		t.Error("the node would offer the seed to itself")
+	}
+}
+
+// staged records what StageSeed was asked on a node: the test looks at the offers
+// alone, not at the seed file.
+type staged struct {
+	mu    sync.Mutex
+	calls []stagedSeed
+}
+
+type stagedSeed struct {
+	next        [32]byte
+	from, until time.Time
+}
+
+func (s *staged) hook(n *rvNode) *staged {
+	f := func(next [32]byte, from, until time.Time) error {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.calls = append(s.calls, stagedSeed{next, from, until})
+		return nil
+	}
+	n.t.mesh.rot.stage.Store(&f)
+	return s
+}
+
+func (s *staged) get() []stagedSeed {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.calls)
+}
+
+func offerCount(n *rvNode, reason string) uint64 {
+	c := map[string]uint64{}
+	n.t.rotateCounters(c)
+	return c["mesh_seed_offer_"+reason]
+}
+
+// rotTrio starts alpha and, through it, beta, gamma and the member to exclude, all
+// obeying admin, and waits until alpha has a session with each.
+func rotTrio(t *testing.T, admin ed25519.PrivateKey) (alpha, beta, gamma, excl *rvNode) {
+	t.Helper()
+	seed, _ := config.GenerateSeed()
+	adm := fmt.Sprintf("[membership]\nadmins = [%q]\n", base64.StdEncoding.EncodeToString(admin.Public().(ed25519.PublicKey)))
+	alpha = startMeshNodeIn(t, seed, "alpha", "10.77.0.1/24", "", adm)
+	boot := fmt.Sprintf("bootstrap = [%q]", endpointOf(alpha.memNode))
+	beta = startMeshNodeIn(t, seed, "beta", "10.77.0.2/24", boot, adm)
+	gamma = startMeshNodeIn(t, seed, "gamma", "10.77.0.3/24", boot, adm)
+	excl = startMeshNodeIn(t, seed, "mallory", "10.77.0.4/24", boot, adm)
+	for _, n := range []*rvNode{beta, gamma, excl} {
+		key := n.t.Node().PublicKey()
+		waitUntil(t, "alpha has a session with "+n.cfg.Interface.NodeName, func() bool {
+			p := alpha.t.mesh.memberPeer(key)
+			return p != nil && p.sp.HasSession()
+		})
+	}
+	return alpha, beta, gamma, excl
+}
+
+func signRotate(t *testing.T, admin ed25519.PrivateKey, n *rvNode, next [32]byte, switchAt time.Time, overlap uint32, excluded ...[32]byte) []byte {
+	t.Helper()
+	st := mesh.Statement{Kind: mesh.StatementRotate, Issued: uint64(time.Now().UnixNano()), Rotate: &mesh.Rotation{
+		NextSeedID: mesh.SeedID(next), SwitchAt: uint64(switchAt.Unix()), Overlap: overlap, Excluded: excluded}}
+	raw, err := st.Marshal(admin, mesh.NetworkOf(n.seed).ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
+}
+
+// `seed rotate` on alpha: every member but the excluded one stages the next seed, with
+// the statement's switch time and overlap, from an offer sealed to it; the excluded one
+// is offered nothing and stages nothing.
+func TestSeedOfferStagesTheNextSeedOnEveryMemberButTheExcluded(t *testing.T) {
+	_, admin, _ := ed25519.GenerateKey(nil)
+	alpha, beta, gamma, excl := rotTrio(t, admin)
+	hooks := map[*rvNode]*staged{}
+	for _, n := range []*rvNode{alpha, beta, gamma, excl} {
+		hooks[n] = new(staged).hook(n)
+	}
+	next, _ := config.GenerateSeed()
+	switchAt := time.Now().Add(time.Minute).Truncate(time.Second)
+	raw := signRotate(t, admin, alpha, next, switchAt, 90, excl.t.Node().PublicKey())
+	offered, err := alpha.t.Rotate(raw, next)
+	if err != nil {
+		t.Fatalf("Rotate: %v", err)
+	}
+	if offered != 2 {
+		t.Errorf("alpha offered the seed to %d members at once, want 2 (beta, gamma)", offered)
+	}
+	want := stagedSeed{next, switchAt, switchAt.Add(90 * time.Second)}
+	for _, n := range []*rvNode{alpha, beta, gamma} {
+		waitUntil(t, n.cfg.Interface.NodeName+" stages the next seed", func() bool { return len(hooks[n].get()) > 0 })
+		if got := hooks[n].get()[0]; got.next != want.next || !got.from.Equal(want.from) || !got.until.Equal(want.until) {
+			t.Errorf("%s staged %x from %v until %v, want %x from %v until %v", n.cfg.Interface.NodeName,
+				got.next[:4], got.from, got.until, want.next[:4], want.from, want.until)
+		}
+	}
+	for _, n := range []*rvNode{beta, gamma} {
+		if offerCount(n, "accepted") != 1 {
+			t.Errorf("%s: %d offers accepted, want 1", n.cfg.Interface.NodeName, offerCount(n, "accepted"))
+		}
+	}
+	// The statement itself reaches the excluded member by gossip (statements are not
+	// secret); the seed does not.
+	waitUntil(t, "the excluded member holds the statement", func() bool {
+		_, r := excl.t.mesh.eng.RotationStatement()
+		return bytes.Equal(r, raw)
+	})
+	for _, r := range mesh.SeedOfferReasons {
+		if n := offerCount(excl, r); n != 0 {
+			t.Errorf("the excluded member counted %d offers %s", n, r)
+		}
+	}
+	if calls := hooks[excl].get(); len(calls) != 0 {
+		t.Errorf("the excluded member staged %d seeds", len(calls))
+	}
+	// The status shows the rotation held.
+	if rs := beta.t.rotationStatus(); rs == nil || rs.Excluded != 1 {
+		t.Errorf("beta's rotation status %+v", rs)
 	}
 }
