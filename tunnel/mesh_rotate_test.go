@@ -3,7 +3,9 @@ package tunnel
 import (
 	"bytes"
 	"crypto/ed25519"
+	"crypto/rand"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -193,5 +195,98 @@ func TestSeedOfferStagesTheNextSeedOnEveryMemberButTheExcluded(t *testing.T) {
 	// The status shows the rotation held.
 	if rs := beta.t.rotationStatus(); rs == nil || rs.Excluded != 1 {
 		t.Errorf("beta's rotation status %+v", rs)
+	}
+}
+
+// sealTo builds a SEED_OFFER body of raw and next sealed to n.
+func sealTo(t *testing.T, raw []byte, next [32]byte, n *rvNode) []byte {
+	t.Helper()
+	o, err := mesh.SealSeed(rand.Reader, raw, next, n.t.Node().PublicKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := mesh.AppendSeedOffer(nil, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// A node drops and counts every offer that does not hold: not a SEED_OFFER, a
+// statement of a key that is no admin, a rotation older than the one it holds, a seal
+// for another member; a node without admins drops every one. Only the genuine offer of
+// the newest rotation stages a seed; its copies count as duplicates.
+func TestSeedOfferRefusalsCounted(t *testing.T) {
+	_, admin, _ := ed25519.GenerateKey(nil)
+	_, outsider, _ := ed25519.GenerateKey(nil)
+	alpha, beta, _, _ := rotTrio(t, admin)
+	hook := new(staged).hook(beta)
+	from := alpha.t.Node().PublicKey()
+	next, _ := config.GenerateSeed()
+	older, _ := config.GenerateSeed()
+	switchAt := time.Now().Add(time.Minute)
+	oldRaw := signRotate(t, admin, beta, older, switchAt, 60)
+	raw := signRotate(t, admin, beta, next, switchAt, 60)
+	forged := signRotate(t, outsider, beta, next, switchAt, 60)
+
+	beta.t.receiveSeedOffer(from, []byte{1, 2, 3})
+	beta.t.receiveSeedOffer(from, sealTo(t, forged, next, beta))
+	beta.t.receiveSeedOffer(from, sealTo(t, raw, next, alpha)) // sealed to alpha, not beta
+	beta.t.receiveSeedOffer(from, sealTo(t, raw, older, beta)) // not the seed raw names
+	if got := hook.get(); len(got) != 0 {
+		t.Fatalf("beta staged %d seeds from offers that do not hold", len(got))
+	}
+	beta.t.receiveSeedOffer(from, sealTo(t, raw, next, beta))
+	beta.t.receiveSeedOffer(from, sealTo(t, raw, next, beta))
+	beta.t.receiveSeedOffer(from, sealTo(t, oldRaw, older, beta)) // older than the one held
+	for reason, want := range map[string]uint64{
+		mesh.OfferMalformed: 1, mesh.OfferStatement: 1, mesh.OfferBadSeal: 1, mesh.OfferWrongSeed: 1,
+		mesh.OfferAccepted: 1, mesh.OfferDuplicated: 1, mesh.OfferStale: 1,
+	} {
+		if got := offerCount(beta, reason); got != want {
+			t.Errorf("beta counted %d offers %s, want %d", got, reason, want)
+		}
+	}
+	if got := hook.get(); len(got) != 1 || got[0].next != next {
+		t.Errorf("beta staged %v, want the next seed once", got)
+	}
+
+	// A node without admins obeys nothing.
+	seed, _ := config.GenerateSeed()
+	lone := startMeshNodeIn(t, seed, "lone", "10.78.0.1/24", "")
+	lone.t.receiveSeedOffer(from, sealTo(t, signRotate(t, admin, lone, next, switchAt, 60), next, lone))
+	if got := offerCount(lone, mesh.OfferNoAdmins); got != 1 {
+		t.Errorf("a node without admins counted %d offers no_admins, want 1", got)
+	}
+	if _, err := lone.t.Rotate(raw, next); !errors.Is(err, ErrNoAdmins) {
+		t.Errorf("Rotate without admins: %v, want ErrNoAdmins", err)
+	}
+}
+
+// Rotate refuses a statement its store does not take, a seed other than the one named,
+// and a rotation that excludes the node itself; it stages nothing then.
+func TestRotateRefusesWhatItCannotHandOn(t *testing.T) {
+	_, admin, _ := ed25519.GenerateKey(nil)
+	_, outsider, _ := ed25519.GenerateKey(nil)
+	alpha, _, _, _ := rotTrio(t, admin)
+	hook := new(staged).hook(alpha)
+	next, _ := config.GenerateSeed()
+	other, _ := config.GenerateSeed()
+	switchAt := time.Now().Add(time.Minute)
+	for name, c := range map[string]struct {
+		raw  []byte
+		seed [32]byte
+	}{
+		"signed by a key that is no admin": {signRotate(t, outsider, alpha, next, switchAt, 60), next},
+		"another seed than the one named":  {signRotate(t, admin, alpha, next, switchAt, 60), other},
+		"excluding the node itself":        {signRotate(t, admin, alpha, next, switchAt, 60, alpha.t.Node().PublicKey()), next},
+		"already over":                     {signRotate(t, admin, alpha, next, time.Now().Add(-time.Hour), 60), next},
+	} {
+		if _, err := alpha.t.Rotate(c.raw, c.seed); err == nil {
+			t.Errorf("%s: Rotate took it", name)
+		}
+	}
+	if got := hook.get(); len(got) != 0 {
+		t.Errorf("alpha staged %d seeds from refused rotations", len(got))
 	}
 }
