@@ -19,6 +19,9 @@ func (t *Tunnel) counterMap() map[string]uint64 {
 	m["relay_forwarded_packets"] = st.RelayForwardedPackets
 	m["relay_forwarded_bytes"] = st.RelayForwardedBytes
 	m["relay_refused_at_bound"] = st.RelayRefused
+	ss := t.node.SeedStats()
+	m["seed_rekeys"] = ss.Rekeys
+	m["seed_sessions_closed"] = ss.Closed
 	c := t.Counters()
 	m["tunnel_no_route"] = c.NoRoute
 	m["ignored_link_scoped"] = c.LinkScoped

@@ -318,7 +318,6 @@ func (t *Tunnel) stageRotation(raw []byte, st *mesh.Statement, next [32]byte) er
 	return nil
 }
 
-func shortSeedID(id [16]byte) string { return fmt.Sprintf("%x", id[:4]) }
 
 // ErrNoAdmins is Rotate's error on a node without [membership] admins.
 var ErrNoAdmins = errors.New("this interface has no [membership] admins: nothing can be commanded in band; rotate by hand (stt-tun genseed --next-of)")

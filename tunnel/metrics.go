@@ -249,6 +249,7 @@ func (t *Tunnel) writeMetrics(w *promtext.Writer) {
 	w.Family(famReloads.name, famReloads.typ, famReloads.help)
 	w.Uint(famReloads.name, t.reloadsApplied.Load(), "result", "applied")
 	w.Uint(famReloads.name, t.reloadsRefused.Load(), "result", "refused")
+	t.writeSeedMetrics(w, peers)
 
 	if ws, ok := t.node.WSStats(); ok {
 		one(famWSAccepted, ws.Accepted)

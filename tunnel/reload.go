@@ -2,7 +2,6 @@ package tunnel
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -84,10 +83,11 @@ func (t *Tunnel) ReloadFile(path string) ([]string, error) {
 // swapped in one step, only the routes that differ are added or deleted, and the
 // sessions of the peers whose settings did not change are untouched. A changed peer
 // keeps its session too, unless its new public_key is not the key the session was made
-// with. The metrics listener may move.
+// with. The metrics listener may move. The seed file is read again and applied
+// (seeds.go): a planned rotation, or a new seed, without a restart.
 //
-// Everything else is fixed while the tunnel runs, the seed and the private key among
-// them: a configuration that changes it is refused with an error that wraps
+// Everything else is fixed while the tunnel runs, the private key and the network the
+// seed file names among them: a configuration that changes it is refused with an error that wraps
 // ErrRestartNeeded and names the keys ("restart needed: interface.mtu changed from 1420
 // to 1380"). Whenever ReloadChanges returns an error, the tunnel runs on as it was.
 //
@@ -140,7 +140,8 @@ func (t *Tunnel) reload(cfg *config.Config) ([]string, error) {
 	if err := restartNeeded(old, cfg); err != nil {
 		return nil, err
 	}
-	if err := t.checkSecrets(cfg); err != nil {
+	seeds, err := t.checkSecrets(cfg)
+	if err != nil {
 		return nil, err
 	}
 
@@ -150,7 +151,7 @@ func (t *Tunnel) reload(cfg *config.Config) ([]string, error) {
 	for _, p := range running {
 		byName[p.cfg.Name] = p
 	}
-	var changes []string
+	changes := slices.Clone(seeds.changes)
 	plans := make([]*peerPlan, 0, len(cfg.Peers))
 	kept := make(map[string]bool, len(cfg.Peers))
 	for _, pc := range cfg.Peers {
@@ -301,6 +302,7 @@ func (t *Tunnel) reload(cfg *config.Config) ([]string, error) {
 	for _, p := range removed {
 		t.node.RemovePeer(p.cfg.Name)
 	}
+	changes = append(changes, t.applySeedReload(seeds)...)
 	if t.mesh != nil {
 		t.remesh()
 	}
@@ -515,28 +517,26 @@ func joinPrefixes(ps []netip.Prefix) string {
 	return strings.Join(s, ", ")
 }
 
-// checkSecrets refuses a seed or private key other than the ones the node runs with:
-// a new file name is caught by restartNeeded, new contents in the same file here.
-func (t *Tunnel) checkSecrets(cfg *config.Config) error {
-	seed, err := config.LoadSeed(cfg.Interface.SeedFile)
+// checkSecrets plans what the reload does with the seed file (seeds.go) and refuses a
+// private key other than the one the node runs with: a new file name is caught by
+// restartNeeded, new contents in the same file here.
+func (t *Tunnel) checkSecrets(cfg *config.Config) (*seedReload, error) {
+	seeds, err := t.planSeedReload(cfg.Interface.SeedFile)
 	if err != nil {
-		return fmt.Errorf("reload: %w", err)
-	}
-	if sha256.Sum256(seed[:]) != t.seedSum {
-		return fmt.Errorf("%w: the seed in interface.seed_file %s changed", ErrRestartNeeded, cfg.Interface.SeedFile)
+		return nil, err
 	}
 	// LoadOrCreateKey would make a missing key file; a reload creates nothing.
 	if _, err := os.Stat(cfg.Interface.KeyFile); err != nil {
-		return fmt.Errorf("reload: key file: %w", err)
+		return nil, fmt.Errorf("reload: key file: %w", err)
 	}
 	key, _, err := config.LoadOrCreateKey(cfg.Interface.KeyFile)
 	if err != nil {
-		return fmt.Errorf("reload: %w", err)
+		return nil, fmt.Errorf("reload: %w", err)
 	}
 	if key.PublicKey() != t.node.PublicKey() {
-		return fmt.Errorf("%w: the private key in interface.key_file %s changed", ErrRestartNeeded, cfg.Interface.KeyFile)
+		return nil, fmt.Errorf("%w: the private key in interface.key_file %s changed", ErrRestartNeeded, cfg.Interface.KeyFile)
 	}
-	return nil
+	return seeds, nil
 }
 
 // hasAnySession reports whether the peer has a session a new pin would close, confirmed

@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/stt-tun/stt-tun/config"
 	"github.com/stt-tun/stt-tun/stt"
+	"github.com/stt-tun/stt-tun/stt/mesh"
 	"github.com/stt-tun/stt-tun/tun/tuntest"
 )
 
@@ -266,8 +268,9 @@ func TestReloadPeersAndPrefixes(t *testing.T) {
 	}
 }
 
-// TestReloadRefused: settings that need a restart, an invalid configuration, and a new
-// seed or key in the same files are refused, naming the key, and nothing changes.
+// TestReloadRefused: settings that need a restart, an invalid configuration, a seed
+// file of another network and a new key in the same file are refused, naming the key,
+// and nothing changes.
 func TestReloadRefused(t *testing.T) {
 	l := newReloadLab(t)
 	toB := ipv4UDP("10.9.0.1", "10.9.0.2", 1000, 2000, []byte("to beta"))
@@ -355,9 +358,13 @@ func TestReloadRefused(t *testing.T) {
 			}
 		})
 	}
-	// The seed file rewritten in place, same name: caught by its contents.
-	writeSecret(t, filepath.Dir(l.na.seedFile), "seed", otherSeed)
-	if err := l.a.t.Reload(l.alphaConfig(t, "")); err == nil || !strings.Contains(err.Error(), "restart needed: the seed in interface.seed_file") {
+	// The seed file rewritten in place naming another network: caught by its contents.
+	// (A new seed of the same network is applied: seeds_test.go.)
+	raw := mesh.NetworkOf(otherSeed).Raw()
+	if err := os.WriteFile(l.na.seedFile, []byte(config.EncodeKey(otherSeed)+"\nnetwork "+base64.StdEncoding.EncodeToString(raw[:])+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.a.t.Reload(l.alphaConfig(t, "")); err == nil || !strings.Contains(err.Error(), "restart needed: the seed file "+l.na.seedFile+" names another network") {
 		t.Errorf("seed rewritten: %v", err)
 	}
 	if l.a.t.reloadsRefused.Load() != uint64(len(cases)+1) || l.a.t.reloadsApplied.Load() != 0 {

@@ -1,22 +1,317 @@
 package tunnel
 
 // seeds.go applies the seed file to the node: which seeds it accepts and which one it
-// initiates with at each moment of a rotation (docs/configuration.md, "Seed and key
-// files").
+// initiates with at each moment of a rotation (docs/configuration.md, "Replacing the
+// seed"). The file and the clock decide (config.SeedFile.SeedsAt); one timer per node
+// applies the next boundary of a planned rotation.
 
 import (
+	"encoding/hex"
 	"errors"
+	"fmt"
+	"slices"
+	"sync"
 	"time"
+
+	"github.com/stt-tun/stt-tun/config"
+	"github.com/stt-tun/stt-tun/internal/promtext"
+	"github.com/stt-tun/stt-tun/internal/status"
+	"github.com/stt-tun/stt-tun/stt"
+	"github.com/stt-tun/stt-tun/stt/handshake"
+	"github.com/stt-tun/stt-tun/stt/mesh"
 )
 
-// errSeedNotYet: StageSeed is being built (issue 15); until then it refuses.
-var errSeedNotYet = errors.New("staging a next seed is not implemented yet")
+// bareGrace is how long the old seed is still accepted after a reload finds the seed
+// file replaced by a bare new seed (no next line): long enough to copy the file to
+// every node and reload each.
+const bareGrace = 10 * time.Minute
+
+// seedState is the seed file as the node applies it.
+type seedState struct {
+	mu sync.Mutex
+	// network is the network's identity, fixed while the node runs.
+	network mesh.Network
+	// file is what is applied; transient says its next seed is not in the seed file
+	// but came from a bare replacement (bareGrace), in memory only.
+	file      config.SeedFile
+	transient bool
+	held      [][32]byte  // the seeds the node was last given
+	timer     *time.Timer // the next boundary of a rotation, nil without one
+	stopped   bool
+}
+
+// applySeeds makes the node hold what sf says for now, and arms the timer for the
+// next boundary.
+func (t *Tunnel) applySeeds(sf config.SeedFile, transient bool) error {
+	t.seed.mu.Lock()
+	defer t.seed.mu.Unlock()
+	return t.applySeedsLocked(sf, transient)
+}
+
+func (t *Tunnel) applySeedsLocked(sf config.SeedFile, transient bool) error {
+	s := &t.seed
+	if s.stopped {
+		return errors.New("the tunnel is stopping")
+	}
+	now := time.Now()
+	held := sf.SeedsAt(now)
+	if !slices.Equal(held, s.held) {
+		// Only a change: each SetSeeds starts another spread of seed rekeys.
+		if err := t.node.SetSeeds(held); err != nil {
+			return err
+		}
+		if s.held != nil {
+			t.log.Info("seeds changed", "initiating", shortSeed(held[0]), "accepting", len(held))
+		}
+		s.held = held
+	}
+	s.file, s.transient = sf, transient
+	if s.timer != nil {
+		s.timer.Stop()
+		s.timer = nil
+	}
+	if at, ok := sf.NextBoundary(now); ok {
+		s.timer = time.AfterFunc(at.Sub(now), t.seedBoundary)
+	}
+	return nil
+}
+
+// seedBoundary runs at a boundary of the rotation: from (initiate with the next seed)
+// or until (the old one is no longer accepted).
+func (t *Tunnel) seedBoundary() {
+	t.seed.mu.Lock()
+	defer t.seed.mu.Unlock()
+	if t.seed.stopped {
+		return
+	}
+	if err := t.applySeedsLocked(t.seed.file, t.seed.transient); err != nil {
+		t.log.Error("seed rotation: cannot apply the seeds", "err", err)
+	}
+}
+
+// stopSeeds disarms the boundary timer for good.
+func (t *Tunnel) stopSeeds() {
+	t.seed.mu.Lock()
+	defer t.seed.mu.Unlock()
+	t.seed.stopped = true
+	if t.seed.timer != nil {
+		t.seed.timer.Stop()
+		t.seed.timer = nil
+	}
+}
 
 // StageSeed makes next the network's next seed, used to initiate from from on and the
 // only one accepted from until on: it rewrites interface.seed_file (the current seed,
 // the network line and next, atomically, mode 0600) and applies it. Staging the same
-// next seed again changes nothing; a different next seed while one is staged is refused
-// unless from and until are both later than the staged ones (a newer rotation).
+// next seed again changes nothing. A different next seed while one is staged is
+// refused unless from and until are both later than the staged ones (a newer
+// rotation); if the staged one is in use already (from has passed), it becomes the
+// current seed of the new rotation.
 func (t *Tunnel) StageSeed(next [32]byte, from, until time.Time) error {
-	return errSeedNotYet
+	if !until.After(from) {
+		return errors.New("stage seed: until is not after from")
+	}
+	t.mu.RLock()
+	path := t.cfg.Interface.SeedFile
+	t.mu.RUnlock()
+	t.seed.mu.Lock()
+	defer t.seed.mu.Unlock()
+	now := time.Now()
+	base := t.seed.file
+	if base.Next != nil && !now.Before(base.Until) {
+		base = config.SeedFile{Seed: *base.Next} // that rotation is over
+	}
+	if base.Next != nil && !t.seed.transient {
+		switch {
+		case *base.Next == next:
+			return nil
+		case !from.After(base.From) || !until.After(base.Until):
+			return fmt.Errorf("stage seed: another next seed (%s) is staged from %s until %s",
+				shortSeed(*base.Next), base.From.UTC().Format(time.RFC3339), base.Until.UTC().Format(time.RFC3339))
+		case !now.Before(base.From):
+			base = config.SeedFile{Seed: *base.Next}
+		}
+	}
+	if t.seed.transient {
+		// A bare replacement's grace gives way to a planned rotation from the seed in use.
+		base = config.SeedFile{Seed: base.SeedsAt(now)[0]}
+	}
+	if next == base.Seed {
+		return errors.New("stage seed: the next seed is the current seed")
+	}
+	sf := config.SeedFile{Seed: base.Seed, Network: t.seed.network, NetworkExplicit: true, Next: &next, From: from, Until: until}
+	if err := config.WriteSeedFile(path, sf); err != nil {
+		return fmt.Errorf("stage seed: %w", err)
+	}
+	t.log.Info("next seed staged", "next", shortSeed(next), "from", from, "until", until)
+	return t.applySeedsLocked(sf, false)
+}
+
+// seedReload is what a reload does with the seed file: apply file (transient as in
+// seedState), rewrite the seed file on disk as write says (nil: leave it), and report
+// changes.
+type seedReload struct {
+	file      config.SeedFile
+	transient bool
+	write     *config.SeedFile
+	path      string
+	changes   []string
+}
+
+// planSeedReload reads the seed file at path for a reload. A file naming another
+// network is refused (restart needed). A planned rotation is taken as it is; a bare
+// seed other than the one in use starts a rotation to it at once, the old seed
+// accepted for bareGrace more (in memory only). A file without a network line whose
+// seed would derive another network gets the line written in, so that a restart keeps
+// the network's addresses.
+func (t *Tunnel) planSeedReload(path string) (*seedReload, error) {
+	sf, err := config.LoadSeedFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reload: %w", err)
+	}
+	t.seed.mu.Lock()
+	applied, transient, network := t.seed.file, t.seed.transient, t.seed.network
+	t.seed.mu.Unlock()
+	if sf.NetworkExplicit && sf.Network != network {
+		return nil, fmt.Errorf("%w: the seed file %s names another network (%s; running in %s)",
+			ErrRestartNeeded, path, sf.Network.Prefix, network.Prefix)
+	}
+	r := &seedReload{path: path}
+	if !sf.NetworkExplicit && sf.Network != network {
+		w := sf
+		w.Network, w.NetworkExplicit = network, true
+		r.write = &w
+		r.changes = append(r.changes, "seed file: network line added, so that a restart keeps the network's identity and addresses")
+	}
+	sf.Network, sf.NetworkExplicit = network, true
+	now := time.Now()
+	inUse := applied.SeedsAt(now)[0]
+	switch {
+	case sf.Next != nil:
+		r.file = sf
+	case transient && applied.Next != nil && sf.Seed == *applied.Next:
+		r.file, r.transient = applied, true // the same replacement again
+	case sf.Seed == inUse:
+		r.file = sf
+	default:
+		next := sf.Seed
+		r.file = config.SeedFile{Seed: inUse, Network: network, NetworkExplicit: true, Next: &next, From: now, Until: now.Add(bareGrace)}
+		r.transient = true
+	}
+	if !sameSeeds(r.file, applied) || r.transient != transient {
+		r.changes = append(r.changes, "seed file: "+describeSeeds(r.file, r.transient, now))
+	}
+	return r, nil
+}
+
+// apply carries out a planned seed reload; it cannot fail the reload: a seed file that
+// cannot be rewritten is a warning.
+func (t *Tunnel) applySeedReload(r *seedReload) []string {
+	var warn []string
+	if r.write != nil {
+		if err := config.WriteSeedFile(r.path, *r.write); err != nil {
+			warn = append(warn, "warning: "+err.Error()+"; add the network line by hand before the next restart")
+		}
+	}
+	if err := t.applySeeds(r.file, r.transient); err != nil {
+		warn = append(warn, "warning: seeds not applied: "+err.Error())
+	}
+	return warn
+}
+
+func sameSeeds(a, b config.SeedFile) bool {
+	if a.Seed != b.Seed || (a.Next == nil) != (b.Next == nil) {
+		return false
+	}
+	return a.Next == nil || *a.Next == *b.Next && a.From.Equal(b.From) && a.Until.Equal(b.Until)
+}
+
+// describeSeeds says what sf means from now on, for the reload's report.
+func describeSeeds(sf config.SeedFile, transient bool, now time.Time) string {
+	clock := func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05 UTC") }
+	switch {
+	case sf.Next == nil || !now.Before(sf.Until):
+		id := sf.Seed
+		if sf.Next != nil {
+			id = *sf.Next
+		}
+		return "seed " + shortSeed(id) + ", no rotation"
+	case transient:
+		return fmt.Sprintf("new seed %s in use now; the old seed %s is still accepted until %s (not after a restart)",
+			shortSeed(*sf.Next), shortSeed(sf.Seed), clock(sf.Until))
+	default:
+		return fmt.Sprintf("next seed %s from %s; seed %s accepted until %s",
+			shortSeed(*sf.Next), clock(sf.From), shortSeed(sf.Seed), clock(sf.Until))
+	}
+}
+
+// shortSeed names a seed in logs and status: the first 8 hex digits of its SeedID.
+func shortSeed(seed [32]byte) string { return shortSeedID(handshake.SeedID(seed)) }
+
+func shortSeedID(id [16]byte) string { return hex.EncodeToString(id[:4]) }
+
+// sessionSeed is the short id of the seed of the peer's current session, "" without a
+// usable one.
+func sessionSeed(sp *stt.Peer) string {
+	if id, ok := sp.SessionSeed(); ok && sp.HasSession() {
+		return shortSeedID(id)
+	}
+	return ""
+}
+
+// seedStatus is the status's seed object: the seed in use and the rotation, if one is
+// in progress.
+func (t *Tunnel) seedStatus() *status.Seed {
+	t.seed.mu.Lock()
+	sf, transient := t.seed.file, t.seed.transient
+	t.seed.mu.Unlock()
+	if sf.Next != nil && !time.Now().Before(sf.Until) {
+		return &status.Seed{ID: shortSeed(*sf.Next)}
+	}
+	st := &status.Seed{ID: shortSeed(sf.Seed)}
+	if sf.Next != nil {
+		st.NextID, st.From, st.Until, st.Transient = shortSeed(*sf.Next), sf.From.UTC(), sf.Until.UTC(), transient
+	}
+	return st
+}
+
+var (
+	famSeedSessions = gauge("stt_seed_sessions", "Peers whose current session was made under the current seed, or under the next one during a rotation, by seed: current or next.")
+	famSeedRekeys   = counter("stt_seed_rekeys_total", "Sessions rekeyed to move them to the seed new handshakes use, during a seed rotation.")
+	famSeedClosed   = counter("stt_seed_sessions_closed_total", "Sessions closed because the seed they were made under is no longer accepted (a rotation ended).")
+)
+
+// writeSeedMetrics writes the seed families: the peers' sessions by seed and what the
+// rotations did.
+func (t *Tunnel) writeSeedMetrics(w *promtext.Writer, peers []peerSample) {
+	t.seed.mu.Lock()
+	sf := t.seed.file
+	t.seed.mu.Unlock()
+	if sf.Next != nil && !time.Now().Before(sf.Until) {
+		sf = config.SeedFile{Seed: *sf.Next} // the rotation is over
+	}
+	cur := handshake.SeedID(sf.Seed)
+	var next [16]byte
+	if sf.Next != nil {
+		next = handshake.SeedID(*sf.Next)
+	}
+	var onCur, onNext uint64
+	for _, p := range peers {
+		id, ok := p.sp.SessionSeed()
+		switch {
+		case !ok || !p.sp.HasSession():
+		case id == cur:
+			onCur++
+		case sf.Next != nil && id == next:
+			onNext++
+		}
+	}
+	w.Family(famSeedSessions.name, famSeedSessions.typ, famSeedSessions.help)
+	w.Uint(famSeedSessions.name, onCur, "seed", "current")
+	w.Uint(famSeedSessions.name, onNext, "seed", "next")
+	ss := t.node.SeedStats()
+	w.Family(famSeedRekeys.name, famSeedRekeys.typ, famSeedRekeys.help)
+	w.Uint(famSeedRekeys.name, ss.Rekeys)
+	w.Family(famSeedClosed.name, famSeedClosed.typ, famSeedClosed.help)
+	w.Uint(famSeedClosed.name, ss.Closed)
 }

@@ -4,7 +4,6 @@ package tunnel
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -32,6 +31,8 @@ type Options struct {
 	Device tun.Device
 	// Resolver replaces the system's resolver for peers' endpoint names: for tests.
 	Resolver func(ctx context.Context, hostport string) (netip.AddrPort, error)
+	// SeedRekeySpread replaces stt's (30 s) during a seed rotation: for tests.
+	SeedRekeySpread time.Duration
 }
 
 // peer is the tunnel's view of one configured peer: its allowed prefixes and its node
@@ -72,7 +73,7 @@ type Tunnel struct {
 	// paths read only the table.
 	mu       sync.RWMutex
 	reloadMu sync.Mutex // one Reload at a time
-	seedSum  [32]byte   // of the seed the node runs with, for Reload to compare
+	seed     seedState  // seeds.go: the seed file as applied
 	metrics  *metricsServer
 
 	reloadsApplied atomic.Uint64
@@ -122,8 +123,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 	if err != nil {
 		return nil, err
 	}
-	seed := sf.Seed
-	t.seedSum = sha256.Sum256(seed[:])
+	t.seed.network = sf.Network
 	key, created, err := config.LoadOrCreateKey(cfg.Interface.KeyFile)
 	if err != nil {
 		return nil, err
@@ -160,7 +160,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 		fwmark = cfg.Interface.FwMark
 	}
 	sc := stt.Config{
-		Seed:       seed,
+		Seed:       sf.Seed,
 		PrivateKey: key.X25519,
 		Name:       cfg.Interface.NodeName,
 		ListenPort: uint16(cfg.Interface.ListenPort),
@@ -172,6 +172,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 			RekeyAfterMessages: cfg.Advanced.RekeyAfterMessages,
 			FallbackAfter:      cfg.Advanced.FallbackAfter,
 			ProbeInterval:      cfg.Advanced.ProbeInterval,
+			SeedRekeySpread:    opts.SeedRekeySpread,
 		},
 		DisableUDP: cfg.Interface.DisableUDP,
 		WSListen:   cfg.WebSocket.Listen,
@@ -197,6 +198,10 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 		return nil, err
 	}
 	t.applyRevocations() // before the first packet
+	if err := t.applySeeds(sf, false); err != nil {
+		return nil, err
+	}
+	undo = append(undo, t.stopSeeds)
 	if err := t.node.Start(); err != nil {
 		return nil, err
 	}
@@ -343,6 +348,7 @@ func (t *Tunnel) Close() error {
 		}
 		t.stopMesh()
 		t.saveStatements()
+		t.stopSeeds()
 		t.lookupCancel()
 		t.stopMetrics()
 		if err := t.node.Close(); err != nil {
@@ -383,6 +389,7 @@ func (t *Tunnel) Counters() Counters {
 // Status reports the tunnel's current state.
 func (t *Tunnel) Status() status.Status {
 	st := t.configStatus()
+	st.Seed = t.seedStatus()
 	if t.mesh != nil {
 		t.meshStatus(&st)
 	}
@@ -397,6 +404,7 @@ func peerStatus(p *peer) status.Peer {
 		ps.PublicKey = config.EncodeKey(k)
 	}
 	ps.EndpointError = p.sp.EndpointError()
+	ps.Seed = sessionSeed(p.sp)
 	if ps.Path == stt.PathRelay {
 		if via := p.sp.RelayVia(); via != nil {
 			ps.RelayVia = via.Name()

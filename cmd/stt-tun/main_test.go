@@ -449,6 +449,7 @@ func sampleStatus() []status.Status {
 			ListenPort: 51900,
 			MTU:        1420,
 			Addresses:  []string{"10.99.0.1/24", "fd99::1/64"},
+			Seed:       &status.Seed{ID: "3f2a91c0"},
 			Counters: map[string]uint64{
 				"handshakes_started": 9, "handshakes_completed": 7, "drop_replay": 3,
 				"drop_bad_mac1": 12, "drop_auth": 0, "tunnel_no_route": 3, "drop_refused": 2,

@@ -24,14 +24,15 @@ func reloadCommand(e *env) *cli.Command {
 		Description: `reload makes the interface's daemon read its configuration file again (the file
 it was started with) and apply what changed, without dropping traffic: peers added
 or removed, a peer's allowed_prefixes, route, endpoint, persistent_keepalive,
-public_key and ws_* keys, and [metrics]. Peers whose section did not change keep
-their sessions and routes. It prints one line per change.
+public_key and ws_* keys, [metrics], and the seed file (a planned rotation from
+"genseed --next-of", or a new seed: sessions move to it by a rekey). Peers whose
+section did not change keep their sessions and routes. It prints one line per change.
 
 An invalid file is refused with its FILE:LINE errors, and a change that only a
 restart can make (an [interface] key such as mtu, [websocket], [forwarding],
-[advanced], [logging], the seed or the key) is refused naming the key; either way
-the interface runs on unchanged and reload exits 1. Sending SIGHUP to the daemon
-does the same as reload, with the result in the daemon's log.
+[advanced], [logging], the key, a seed file of another network) is refused naming
+the key; either way the interface runs on unchanged and reload exits 1. Sending
+SIGHUP to the daemon does the same as reload, with the result in the daemon's log.
 
 NAME is the interface name, as for down.
 

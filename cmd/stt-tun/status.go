@@ -259,6 +259,9 @@ func renderStatus(w io.Writer, all []status.Status, dir string, now time.Time) e
 			fmt.Fprintf(&b, "  handshakes: %s\n", handshakes(st.Counters))
 			fmt.Fprintf(&b, "  dropped: %s\n", drops(st.Counters))
 		}
+		if st.Seed != nil {
+			renderSeed(&b, st.Seed, st.Peers)
+		}
 		if st.Mesh != nil {
 			renderMesh(&b, st.Mesh, st.Counters)
 		}
@@ -599,4 +602,30 @@ func humanBytes(n uint64) string {
 		}
 	}
 	return fmt.Sprintf("%.2f EiB", v/1024)
+}
+
+// renderSeed writes the seed line: the seed in use by its short id and, during a
+// rotation, the next one, when it takes over, until when the current one is accepted,
+// and how many peers' sessions are under each.
+func renderSeed(b *strings.Builder, sd *status.Seed, peers []status.Peer) {
+	if sd.NextID == "" {
+		fmt.Fprintf(b, "  seed: %s\n", sd.ID)
+		return
+	}
+	clock := func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05 UTC") }
+	grace := ""
+	if sd.Transient {
+		grace = ", not after a restart"
+	}
+	fmt.Fprintf(b, "  seed: %s (next %s from %s, %s accepted until %s%s)\n", sd.ID, sd.NextID, clock(sd.From), sd.ID, clock(sd.Until), grace)
+	var cur, next int
+	for _, p := range peers {
+		switch p.Seed {
+		case sd.ID:
+			cur++
+		case sd.NextID:
+			next++
+		}
+	}
+	fmt.Fprintf(b, "  sessions by seed: %d on %s, %d on %s (next)\n", cur, sd.ID, next, sd.NextID)
 }

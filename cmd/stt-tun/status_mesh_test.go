@@ -41,6 +41,7 @@ func sampleMeshStatus() status.Status {
 				TxBytes: 2048, RxBytes: 4096, TxPackets: 2, RxPackets: 4,
 				MeshAddress: "fd3a:91c2:5e07::41a0:9e3b:c2d8:1f05",
 				Candidates:  []string{"192.0.2.2:51900"},
+				Seed:        "8b01d2e4",
 			},
 			{
 				Name: "eta", Source: "bootstrap", Endpoint: "198.51.100.7:51900", Path: "udp",
@@ -50,6 +51,7 @@ func sampleMeshStatus() status.Status {
 				TxBytes: 300, RxBytes: 280, TxPackets: 3, RxPackets: 3,
 				MeshAddress: "fd3a:91c2:5e07::7d02:11aa:5b3c:e090",
 				Candidates:  []string{"198.51.100.7:51900", "10.0.0.7:51900"},
+				Seed:        "8b01d2e4",
 			},
 			{
 				Name: "theta", Source: "gossip", Path: "none",
@@ -65,6 +67,7 @@ func sampleMeshStatus() status.Status {
 				LastHandshake: now.Add(-1 * time.Second),
 				TxBytes:       0, RxBytes: 0,
 				MeshAddress: "fd3a:91c2:5e07::9b51:c0de:4471:08f3",
+				Seed:        "3f2a91c0",
 			},
 			{
 				Name: "lambda", Source: "gossip", Path: "relay", RelayVia: "eta",
@@ -88,6 +91,9 @@ func sampleMeshStatus() status.Status {
 				Refusals:  []string{`name "kappa" is held by another key`},
 			},
 		},
+		// Mid-rotation: the next seed in use since 11:58, the current one accepted until
+		// 12:08; one member still on it.
+		Seed: &status.Seed{ID: "3f2a91c0", NextID: "8b01d2e4", From: now.Add(-2 * time.Minute), Until: now.Add(8 * time.Minute)},
 		Mesh: &status.Mesh{
 			Address:   "fd3a:91c2:5e07::8c1d:2f4e:9a01:77c3",
 			Network:   "fd3a:91c2:5e07::/48",

@@ -44,6 +44,24 @@ type Status struct {
 	Counters map[string]uint64 `json:"counters,omitempty"`
 	// Mesh is the discovery side, present when [discovery] is configured.
 	Mesh *Mesh `json:"mesh,omitempty"`
+	// Seed names the network seed the node uses, and the next one during a rotation.
+	Seed *Seed `json:"seed,omitempty"`
+}
+
+// Seed names the seeds a node holds by their short ids (the first 8 hex digits of
+// their SeedID), never the seeds themselves.
+type Seed struct {
+	// ID is the current seed: the one new handshakes use, except from From on during a
+	// rotation, when the next one is.
+	ID string `json:"id"`
+	// NextID, From and Until describe a rotation in progress: the next seed is used
+	// from From on; ID is accepted until Until. Absent without one.
+	NextID string    `json:"next_id,omitempty"`
+	From   time.Time `json:"from,omitzero"`
+	Until  time.Time `json:"until,omitzero"`
+	// Transient is true when the next seed came from a reload of a seed file replaced by
+	// a bare new seed: the old one's grace is not in the file, and ends with a restart.
+	Transient bool `json:"transient,omitempty"`
 }
 
 // Mesh is what a node knows of the mesh it belongs to.
@@ -136,6 +154,9 @@ type Peer struct {
 	Refusals []string `json:"refusals,omitempty"`
 	// RelayVia names the member that relays the traffic when Path is "relay".
 	RelayVia string `json:"relay_via,omitempty"`
+	// Seed is the short id of the seed the current session was made under (Seed.ID or
+	// Seed.NextID during a rotation); absent without a session.
+	Seed string `json:"seed,omitempty"`
 	// PathReason says why a member this node wants to reach has no direct path (yet):
 	// "punching", "punch failed", "punch failed, relayed", "udp blocked", "no relay
 	// reachable"; absent when the path is direct or the member is not wanted.
