@@ -209,7 +209,14 @@ func (t *Tunnel) OfferStatement(raw []byte) (accepted bool, reason string, err e
 	if len(t.mesh.eng.Admins()) == 0 {
 		return false, "", errors.New("this interface has no [membership] admins: it obeys no statement")
 	}
-	accepted, reason = t.mesh.eng.OfferStatement(raw)
+	var up [][32]byte
+	t.mesh.byKey.Range(func(k, v any) bool {
+		if v.(*peer).sp.HasSession() {
+			up = append(up, k.([32]byte))
+		}
+		return true
+	})
+	accepted, reason = t.mesh.eng.OfferStatement(raw, up...)
 	return accepted, reason, nil
 }
 

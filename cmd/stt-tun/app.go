@@ -61,6 +61,8 @@ Example, on each node:
 			genkeyCommand(e),
 			pubkeyCommand(e),
 			keyUpgradeCommand(e),
+			adminCommand(e),
+			revokeCommand(e),
 			completionCommand(e),
 			{
 				Name:      "version",

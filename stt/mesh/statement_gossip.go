@@ -58,12 +58,25 @@ func (e *Engine) revokedKey(key [32]byte) bool {
 }
 
 // OfferStatement offers a statement from this node (an admin's command handed over the
-// control socket): on acceptance it is pushed to every connected member and reported to
-// OnStatement. It returns whether it was accepted and why not (StatementReasons).
-func (e *Engine) OfferStatement(raw []byte) (accepted bool, reason string) {
+// control socket): on acceptance it is pushed to every connected member, and to the
+// members also given (those the node has a session with: an admin's command goes to
+// all of them at once), and reported to OnStatement. It returns whether it was
+// accepted and why not (StatementReasons).
+func (e *Engine) OfferStatement(raw []byte, also ...[32]byte) (accepted bool, reason string) {
 	var b batch
 	e.mu.Lock()
 	accepted, reason = e.offerStatement(&b, [32]byte{}, e.cfg.Now(), raw)
+	if accepted {
+		s := e.stmt.store.lastAccepted(raw)
+		body, err := AppendStatementList(nil, 0, raw)
+		for _, k := range also {
+			if _, done := e.connected[k]; done || err != nil || k == e.self ||
+				(s.Kind == StatementRevoke && k == s.Revoke.Target) {
+				continue
+			}
+			e.queue(&b, k, MsgStatements, body)
+		}
+	}
 	e.mu.Unlock()
 	e.flush(&b)
 	return accepted, reason
