@@ -156,7 +156,7 @@ func TestStatementGossipDropsForgedReplayedAndOlder(t *testing.T) {
 // Removing an admin key drops its statements and lifts its revocations; loading saved
 // statements restores them without counting them as offers.
 func TestStatementSetAdminsAndLoad(t *testing.T) {
-	e := New(Config{Identity: NewIdentity(testEdSeed), Seed: testSeed, Now: func() time.Time { return testNow },
+	e := New(Config{Identity: NewIdentity(testEdSeed), Network: NetworkOf(testSeed), Now: func() time.Time { return testNow },
 		Admins: []ed25519.PublicKey{adminPub(testAdmin()), adminPub(adminN(2))}})
 	netID := NetworkID(testSeed)
 	a := mustSign(t, testRevoke(issuedAt(0), [32]byte{1}), testAdmin(), netID)
@@ -182,7 +182,7 @@ func TestStatementSetAdminsAndLoad(t *testing.T) {
 // that many and does not flag the answer complete, and every list fits its limit.
 func TestStatementAnswerIsBounded(t *testing.T) {
 	var out [][]byte
-	e := New(Config{Identity: NewIdentity(testEdSeed), Seed: testSeed, Now: func() time.Time { return testNow },
+	e := New(Config{Identity: NewIdentity(testEdSeed), Network: NetworkOf(testSeed), Now: func() time.Time { return testNow },
 		Admins: []ed25519.PublicKey{adminPub(testAdmin())},
 		Send:   func(_ [32]byte, typ byte, body []byte) error { out = append(out, body); return nil }})
 	netID := NetworkID(testSeed)

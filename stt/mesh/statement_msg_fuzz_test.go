@@ -42,7 +42,7 @@ func FuzzParseStatementsMessage(f *testing.F) {
 			}
 		}
 		sent := 0
-		e := New(Config{Identity: NewIdentity(edSeedN(4)), Seed: testSeed, Now: func() time.Time { return testNow },
+		e := New(Config{Identity: NewIdentity(edSeedN(4)), Network: NetworkOf(testSeed), Now: func() time.Time { return testNow },
 			Admins: []ed25519.PublicKey{adminPub(testAdmin())},
 			Send:   func([32]byte, byte, []byte) error { sent++; return nil }})
 		e.LoadStatements([][]byte{rev, rot})

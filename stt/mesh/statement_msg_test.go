@@ -42,7 +42,7 @@ func TestGoldenStatementsMessages(t *testing.T) {
 
 	// The engine answers a differing summary with exactly that answer.
 	var out [][]byte
-	e := New(Config{Identity: NewIdentity(edSeedN(3)), Seed: testSeed, Now: func() time.Time { return testNow },
+	e := New(Config{Identity: NewIdentity(edSeedN(3)), Network: NetworkOf(testSeed), Now: func() time.Time { return testNow },
 		Admins: []ed25519.PublicKey{adminPub(testAdmin())},
 		Send:   func(_ [32]byte, typ byte, body []byte) error { out = append(out, bytes.Clone(body)); return nil }})
 	e.LoadStatements([][]byte{rot, rev})
