@@ -12,6 +12,7 @@ package tunnel
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"sync"
@@ -318,7 +319,6 @@ func (t *Tunnel) stageRotation(raw []byte, st *mesh.Statement, next [32]byte) er
 	return nil
 }
 
-
 // ErrNoAdmins is Rotate's error on a node without [membership] admins.
 var ErrNoAdmins = errors.New("this interface has no [membership] admins: nothing can be commanded in band; rotate by hand (stt-tun genseed --next-of)")
 
@@ -372,8 +372,7 @@ func (t *Tunnel) Rotate(statement []byte, next [32]byte) (int, error) {
 	return n, nil
 }
 
-// rotationStatus is the rotation this node holds, for status (next to the seed's own
-// line), or nil.
+// rotationStatus is the rotation this node holds, or nil.
 func (t *Tunnel) rotationStatus() *status.Rotation {
 	if t.mesh == nil {
 		return nil
@@ -384,16 +383,27 @@ func (t *Tunnel) rotationStatus() *status.Rotation {
 	if r.st == nil {
 		return nil
 	}
-	rs := &status.Rotation{
-		NextID:   shortSeedID(r.st.Rotate.NextSeedID),
-		Admin:    config.EncodeKey([32]byte(r.st.Admin)),
+	return &status.Rotation{
+		Admin:    base64.StdEncoding.EncodeToString(r.st.Admin),
 		Issued:   time.Unix(0, int64(r.st.Issued)).UTC(),
-		From:     r.from.UTC(),
-		Until:    r.until.UTC(),
 		Excluded: len(r.st.Rotate.Excluded),
 		Offered:  len(r.sent),
 	}
-	return rs
+}
+
+// addRotationStatus adds the rotation held to the seed object when its next seed is the
+// one staged (the seed's own fields say when it switches).
+func (t *Tunnel) addRotationStatus(sd *status.Seed) {
+	if sd == nil || sd.NextID == "" || t.mesh == nil {
+		return
+	}
+	r := t.mesh.rot
+	r.mu.Lock()
+	same := r.st != nil && shortSeedID(r.st.Rotate.NextSeedID) == sd.NextID
+	r.mu.Unlock()
+	if same {
+		sd.Rotation = t.rotationStatus()
+	}
 }
 
 // rotateCounters adds the offers received, by reason ("mesh_seed_offer_<reason>"), the

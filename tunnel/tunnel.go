@@ -390,6 +390,7 @@ func (t *Tunnel) Counters() Counters {
 func (t *Tunnel) Status() status.Status {
 	st := t.configStatus()
 	st.Seed = t.seedStatus()
+	t.addRotationStatus(st.Seed)
 	if t.mesh != nil {
 		t.meshStatus(&st)
 	}

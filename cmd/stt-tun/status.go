@@ -628,4 +628,8 @@ func renderSeed(b *strings.Builder, sd *status.Seed, peers []status.Peer) {
 		}
 	}
 	fmt.Fprintf(b, "  sessions by seed: %d on %s, %d on %s (next)\n", cur, sd.ID, next, sd.NextID)
+	if r := sd.Rotation; r != nil {
+		fmt.Fprintf(b, "  rotation: signed by %s at %s, %d excluded, offered to %s\n", shortKey(r.Admin),
+			r.Issued.UTC().Format(time.RFC3339), r.Excluded, plural(r.Offered, "member", "members"))
+	}
 }

@@ -93,7 +93,8 @@ func sampleMeshStatus() status.Status {
 		},
 		// Mid-rotation: the next seed in use since 11:58, the current one accepted until
 		// 12:08; one member still on it.
-		Seed: &status.Seed{ID: "3f2a91c0", NextID: "8b01d2e4", From: now.Add(-2 * time.Minute), Until: now.Add(8 * time.Minute)},
+		Seed: &status.Seed{ID: "3f2a91c0", NextID: "8b01d2e4", From: now.Add(-2 * time.Minute), Until: now.Add(8 * time.Minute),
+			Rotation: &status.Rotation{Admin: "F0VTtFbd3d/GkI7KscEB/mqyHiuqBhd5W31DpjSCmT/V", Issued: now.Add(-4 * time.Minute), Excluded: 1, Offered: 5}},
 		Mesh: &status.Mesh{
 			Address:   "fd3a:91c2:5e07::8c1d:2f4e:9a01:77c3",
 			Network:   "fd3a:91c2:5e07::/48",

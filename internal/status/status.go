@@ -62,6 +62,9 @@ type Seed struct {
 	// Transient is true when the next seed came from a reload of a seed file replaced by
 	// a bare new seed: the old one's grace is not in the file, and ends with a restart.
 	Transient bool `json:"transient,omitempty"`
+	// Rotation is set when the next seed came from an admin's rotation statement (seed
+	// rotate) rather than from the seed file.
+	Rotation *Rotation `json:"rotation,omitempty"`
 }
 
 // Mesh is what a node knows of the mesh it belongs to.
