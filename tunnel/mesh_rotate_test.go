@@ -290,3 +290,45 @@ func TestRotateRefusesWhatItCannotHandOn(t *testing.T) {
 		t.Errorf("alpha staged %d seeds from refused rotations", len(got))
 	}
 }
+
+// A member that was down while the seed was rotated learns the next seed from any
+// member it meets while the rotation lasts: here delta, down during `seed rotate` on
+// alpha, comes back (same key) after alpha itself went down, through gamma alone, and
+// stages the seed from gamma's offer — written to its seed file and shown in status.
+func TestSeedOfferReachesAMemberThatWasAwayFromAnyMember(t *testing.T) {
+	_, admin, _ := ed25519.GenerateKey(nil)
+	seed, _ := config.GenerateSeed()
+	adm := fmt.Sprintf("[membership]\nadmins = [%q]\n", base64.StdEncoding.EncodeToString(admin.Public().(ed25519.PublicKey)))
+	alpha := startMeshNodeIn(t, seed, "alpha", "10.77.0.1/24", "", adm)
+	boot := fmt.Sprintf("bootstrap = [%q]", endpointOf(alpha.memNode))
+	gamma := startMeshNodeIn(t, seed, "gamma", "10.77.0.3/24", boot, adm)
+	delta := startMeshNodeIn(t, seed, "delta", "10.77.0.4/24", fmt.Sprintf("bootstrap = [%q]", endpointOf(gamma.memNode)), adm)
+	deltaKey := delta.t.Node().PublicKey()
+	waitUntil(t, "alpha and gamma know delta", func() bool {
+		return alpha.t.mesh.memberPeer(deltaKey) != nil && gamma.t.mesh.memberPeer(deltaKey) != nil
+	})
+	_ = delta.t.Close()
+
+	next, _ := config.GenerateSeed()
+	switchAt := time.Now().Add(time.Minute).Truncate(time.Second)
+	raw := signRotate(t, admin, alpha, next, switchAt, 120)
+	if _, err := alpha.t.Rotate(raw, next); err != nil {
+		t.Fatalf("Rotate: %v", err)
+	}
+	id := shortSeedID(mesh.SeedID(next))
+	waitUntil(t, "gamma stages the next seed", func() bool { return gamma.t.Status().Seed.NextID == id })
+	_ = alpha.t.Close()
+
+	back := &rvNode{memNode: startCfg(t, delta.cfg), seed: seed, key: delta.key, cfg: delta.cfg}
+	waitUntil(t, "delta, back, stages the next seed from gamma", func() bool {
+		sd := back.t.Status().Seed
+		return sd != nil && sd.NextID == id && sd.Rotation != nil
+	})
+	sf, err := config.LoadSeedFile(delta.cfg.Interface.SeedFile)
+	if err != nil || sf.Next == nil || *sf.Next != next || !sf.From.Equal(switchAt) || !sf.Until.Equal(switchAt.Add(2*time.Minute)) {
+		t.Fatalf("delta's seed file after the offer: %+v, %v", sf, err)
+	}
+	if offerCount(back, mesh.OfferAccepted) != 1 {
+		t.Errorf("delta accepted %d offers, want 1", offerCount(back, mesh.OfferAccepted))
+	}
+}
