@@ -7,9 +7,9 @@ package main
 // each one.
 
 import (
-	"bytes"
 	"context"
 	"crypto/ed25519"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -36,13 +36,13 @@ func seedCommand(e *env) *cli.Command {
 	return &cli.Command{
 		Name:      "seed",
 		Usage:     "change the network seed in band",
-		UsageText: "stt-tun seed rotate (NAME | -c FILE) --admin-key FILE [--exclude NAME|KEY]... [--from WHEN] [--overlap DURATION]",
+		UsageText: "stt-tun seed rotate --admin-key FILE [-I NAME] [--exclude MEMBER]... [--from WHEN] [--overlap DURATION]",
 		Description: `seed rotate moves every member of the network to a new seed, without stopping
 traffic, and leaves out the excluded and revoked ones (stt-tun seed rotate --help).
 Without [membership] admins, rotate by hand: stt-tun genseed --next-of.
 
 Example:
-   stt-tun seed rotate alpha --admin-key /root/admin.key --exclude mallory`,
+   stt-tun seed rotate --admin-key /root/admin.key --exclude mallory`,
 		Subcommands: []*cli.Command{
 			seedRotateCommand(e),
 		},
@@ -53,31 +53,34 @@ func seedRotateCommand(e *env) *cli.Command {
 	return &cli.Command{
 		Name:      "rotate",
 		Usage:     "move the network to a new seed, leaving out the excluded and revoked members",
-		UsageText: "stt-tun seed rotate (NAME | -c FILE) --admin-key FILE [--exclude NAME|KEY]... [--from WHEN] [--overlap DURATION]",
+		UsageText: "stt-tun seed rotate --admin-key FILE [-I NAME] [--exclude MEMBER]... [--from WHEN] [--overlap DURATION]",
 		Description: `seed rotate makes a new seed and gives it to every member of the network except
 the ones excluded and the ones revoked, without stopping traffic. It signs a
-rotation statement with the admin key (which never leaves this command), and hands
-the statement and the new seed to the local daemon, which passes the seed on to each
-member sealed to that member's key; a member that is away gets it from the first
-member it meets while the rotation lasts.
+rotation statement with the admin key, on this machine (the key never goes to the
+daemon), and hands the statement and the new seed to the local daemon, which passes
+the seed on to each member sealed to that member's key; a member that is away gets it
+from the first member it meets while the rotation lasts.
 
 From --from on, members start their sessions with the new seed and move the ones
 they have to it (a rekey, no packet lost); until --from plus --overlap they still
 accept the current one, then only the new one. An excluded or revoked member, even
-under a fresh key, cannot join after that.
+under a fresh key, cannot join after that. MEMBER is a name as status shows it (a
+revoked member's too) or a base64 public key.
 
-The daemon's configuration must list admins ([membership] admins), and the admin key
-must be one of them. A member that was away for the whole rotation needs the new
-seed file by hand: copy the seed file of any member.
+Nothing is sent, and seed rotate fails with one line, when the daemon has no
+[membership] admins, when the admin key is not one of them, or when an excluded
+MEMBER is unknown. -I NAME picks the interface; it may be left out when one is up.
+A member that was away for the whole rotation needs the new seed file by hand: copy
+the seed file of any member.
 
 Examples:
-   stt-tun revoke mallory --admin-key /root/admin.key alpha
-   stt-tun seed rotate alpha --admin-key /root/admin.key --exclude mallory
-   stt-tun seed rotate alpha --admin-key /root/admin.key --from 2026-12-06T22:00:00Z --overlap 1h`,
+   stt-tun revoke --admin-key /root/admin.key mallory
+   stt-tun seed rotate --admin-key /root/admin.key --exclude mallory
+   stt-tun seed rotate --admin-key /root/admin.key --from 2026-12-06T22:00:00Z --overlap 1h`,
 		Flags: []cli.Flag{
-			configFlag(),
-			&cli.StringFlag{Name: "admin-key", Usage: "the admin's key `FILE` (from `stt-tun admin genkey`, or a node key file)", TakesFile: true},
-			&cli.StringSliceFlag{Name: "exclude", Usage: "leave out the member `NAME|KEY` (repeat for more); revoked members are always left out"},
+			&cli.StringFlag{Name: "admin-key", Usage: "the admin key `FILE` (ed25519:base64, mode 0600)", TakesFile: true},
+			&cli.StringFlag{Name: "interface", Aliases: []string{"I"}, Usage: "the interface `NAME` whose daemon hands the seed on"},
+			&cli.StringSliceFlag{Name: "exclude", Usage: "leave out `MEMBER` (repeat for more); revoked members are always left out"},
 			&cli.StringFlag{Name: "from", Usage: "when members switch to the new seed: `WHEN` is +DURATION from now or an RFC 3339 time", Value: defaultRotateFrom},
 			durationFlag("overlap", nil, "how long after --from the current seed is still accepted", defaultRotateOverlap),
 			timeoutFlag(30 * time.Second),
@@ -95,13 +98,12 @@ type rotatePlan struct {
 }
 
 func seedRotate(c *cli.Context, e *env) error {
-	path, _, err := configPath(c, "seed rotate")
-	if err != nil {
-		return err
+	if c.Args().Present() {
+		return usageError("seed rotate: unexpected arguments %q (the interface is -I NAME, members to leave out --exclude MEMBER)", c.Args().Slice())
 	}
 	keyFile := c.String("admin-key")
 	if keyFile == "" {
-		return usageError("seed rotate: missing --admin-key FILE")
+		return usageError("seed rotate: missing --admin-key FILE (the admin key that signs the rotation)")
 	}
 	now := time.Now()
 	from, err := parseWhen(c.String("from"), now)
@@ -112,39 +114,29 @@ func seedRotate(c *cli.Context, e *env) error {
 	if overlap < time.Second || overlap > maxRotateOverlap || overlap%time.Second != 0 {
 		return usageError("seed rotate: --overlap %v: want whole seconds, from 1s to %v", overlap, maxRotateOverlap)
 	}
-	cfg, err := config.Load(path)
+	admin, err := adminKeyOf(config.LoadKey(keyFile))
 	if err != nil {
-		return err
+		return fmt.Errorf("seed rotate: admin key: %w", err)
 	}
-	if !cfg.Discovery.Enabled {
-		return fmt.Errorf("seed rotate: %s has no [discovery]: the seed is passed on in band over the mesh only; rotate by hand (stt-tun genseed --next-of)", path)
-	}
-	admins := cfg.Membership.Admins
-	if len(admins) == 0 {
-		return fmt.Errorf("seed rotate: %s configures no [membership] admins: nothing can be commanded in band; rotate by hand (stt-tun genseed --next-of)", path)
-	}
-	admin, err := loadAdminKey(keyFile)
-	if err != nil {
-		return err
-	}
-	pub := admin.Public().(ed25519.PublicKey)
-	if !slices.ContainsFunc(admins, func(a ed25519.PublicKey) bool { return bytes.Equal(a, pub) }) {
-		return fmt.Errorf("seed rotate: the key of --admin-key %s is not one of the [membership] admins of %s", keyFile, path)
-	}
-	link := cfg.Interface.Name
-	sock := ctl.SocketPath(stateDir(c), link)
+	defer clear(admin)
 	ctx, cancel := context.WithTimeout(c.Context, flagDuration(c, "timeout"))
 	defer cancel()
+	dir := stateDir(c)
+	link, err := meshInterface(ctx, dir, c.String("config-dir"), c.String("interface"), "seed rotate")
+	if err != nil {
+		return err
+	}
+	sock := ctl.SocketPath(dir, link)
 	st, err := ctl.Status(ctx, sock)
 	switch {
 	case errors.Is(err, ctl.ErrNotRunning):
-		return fmt.Errorf("%s is not up", link)
+		return fmt.Errorf("seed rotate: %s is not up", link)
 	case err != nil:
-		return fmt.Errorf("seed rotate %s: %w", link, err)
+		return fmt.Errorf("seed rotate: %w", err)
 	}
-	netID, err := statusNetworkID(st)
+	netID, err := rotationNetwork(st, admin.Public().(ed25519.PublicKey), keyFile)
 	if err != nil {
-		return fmt.Errorf("seed rotate %s: %w", link, err)
+		return err
 	}
 	plan := rotatePlan{from: from, overlap: overlap}
 	if err := plan.exclude(st, c.StringSlice("exclude")); err != nil {
@@ -160,17 +152,17 @@ func seedRotate(c *cli.Context, e *env) error {
 		Excluded: plan.excluded}}
 	raw, err := stmt.Marshal(admin, netID)
 	if err != nil {
-		return fmt.Errorf("seed rotate: %w", err)
+		return fmt.Errorf("seed rotate: sign: %w", err)
 	}
 	offered, err := ctl.Rotate(ctx, sock, raw, next)
 	var de *ctl.DaemonError
 	switch {
 	case errors.Is(err, ctl.ErrNotRunning):
-		return fmt.Errorf("%s is not up", link)
+		return fmt.Errorf("seed rotate: %s is not up", link)
 	case errors.As(err, &de):
-		return fmt.Errorf("seed rotate %s refused: %s", link, de.Msg)
+		return fmt.Errorf("seed rotate: %s refused it: %s", link, de.Msg)
 	case err != nil:
-		return fmt.Errorf("seed rotate %s: %w", link, err)
+		return fmt.Errorf("seed rotate: %w", err)
 	}
 	id := mesh.SeedID(next)
 	until := from.Add(overlap)
@@ -180,8 +172,32 @@ func seedRotate(c *cli.Context, e *env) error {
 	if len(plan.names) > 0 {
 		excl = strings.Join(plan.names, ", ")
 	}
-	fmt.Fprintf(e.stdout, "%s: offered to %d members now, to the others as they come up; excluded: %s\n", link, offered, excl)
+	fmt.Fprintf(e.stdout, "%s: offered to %s now, to the others as they come up; excluded: %s\n", link,
+		plural(offered, "member", "members"), excl)
 	return nil
+}
+
+// rotationNetwork checks what the daemon's status says against the admin key: it
+// returns the network id to sign the rotation for, or the one-line reason to send
+// nothing.
+func rotationNetwork(st status.Status, admin ed25519.PublicKey, keyFile string) ([16]byte, error) {
+	var netID [16]byte
+	m := st.Mesh
+	if m == nil {
+		return netID, fmt.Errorf("seed rotate: %s has no [discovery]: the seed is handed on between the members of a mesh; rotate by hand (stt-tun genseed --next-of)", st.Interface)
+	}
+	if len(m.Admins) == 0 {
+		return netID, fmt.Errorf("seed rotate: %s has no [membership] admins, so no member obeys a rotation; rotate by hand (stt-tun genseed --next-of, docs/operations.md \"Someone left\")", st.Interface)
+	}
+	adminB64 := base64.StdEncoding.EncodeToString(admin)
+	if !slices.Contains(m.Admins, adminB64) {
+		return netID, fmt.Errorf("seed rotate: the key in %s (public key %s) is not one of the admins of %s", keyFile, adminB64, st.Interface)
+	}
+	id, err := hex.DecodeString(m.NetworkID)
+	if err != nil || len(id) != len(netID) {
+		return netID, fmt.Errorf("seed rotate: %s reports no network id (%q)", st.Interface, m.NetworkID)
+	}
+	return [16]byte(id), nil
 }
 
 // exclude resolves the --exclude values against the daemon's members (a name, or a
@@ -216,19 +232,6 @@ func (p *rotatePlan) exclude(st status.Status, args []string) error {
 		return usageError("seed rotate: %d members to exclude, at most %d fit in one rotation", len(p.excluded), mesh.MaxExcluded)
 	}
 	return nil
-}
-
-// statusNetworkID is the network id the daemon's statements are signed for.
-func statusNetworkID(st status.Status) ([16]byte, error) {
-	var id [16]byte
-	if st.Mesh == nil {
-		return id, errors.New("the daemon runs without [discovery]")
-	}
-	b, err := hex.DecodeString(st.Mesh.NetworkID)
-	if err != nil || len(b) != len(id) {
-		return id, fmt.Errorf("the daemon's status has no network id (%q)", st.Mesh.NetworkID)
-	}
-	return [16]byte(b), nil
 }
 
 // statusRevoked lists the revocations the daemon holds.
@@ -267,19 +270,6 @@ func memberKey(st status.Status, revoked []revokedMember, name string) ([32]byte
 		}
 	}
 	return [32]byte{}, false
-}
-
-// loadAdminKey reads an admin key file: an Ed25519 seed in a key file's format
-// ("ed25519:" and base64), mode 0600.
-func loadAdminKey(path string) (ed25519.PrivateKey, error) {
-	k, err := config.LoadKey(path)
-	if err != nil {
-		return nil, fmt.Errorf("--admin-key: %w", err)
-	}
-	if k.Legacy {
-		return nil, fmt.Errorf("--admin-key %s: a bare X25519 key cannot sign; make an admin key with stt-tun admin genkey", path)
-	}
-	return ed25519.NewKeyFromSeed(k.Ed25519Seed[:]), nil
 }
 
 // tunnelRotator is the part of *tunnel.Tunnel the `rotate` control op uses.
