@@ -30,6 +30,10 @@ const (
 	defaultRotateFrom    = "+2m"
 	defaultRotateOverlap = 10 * time.Minute
 	maxRotateOverlap     = 30 * 24 * time.Hour
+	// minRotateOverlap covers the 30 s over which members move their sessions to the
+	// next seed (stt's SeedRekeySpread), and some clock difference: a session not moved
+	// by the end of the overlap is closed.
+	minRotateOverlap = 45 * time.Second
 )
 
 func seedCommand(e *env) *cli.Command {
@@ -111,8 +115,9 @@ func seedRotate(c *cli.Context, e *env) error {
 		return usageError("seed rotate: --from %q: %v", c.String("from"), err)
 	}
 	overlap := flagDuration(c, "overlap")
-	if overlap < time.Second || overlap > maxRotateOverlap || overlap%time.Second != 0 {
-		return usageError("seed rotate: --overlap %v: want whole seconds, from 1s to %v", overlap, maxRotateOverlap)
+	if overlap < minRotateOverlap || overlap > maxRotateOverlap || overlap%time.Second != 0 {
+		return usageError("seed rotate: --overlap %v: want whole seconds, from %v (members take up to 30s to move their sessions) to %v",
+			overlap, minRotateOverlap, maxRotateOverlap)
 	}
 	admin, err := adminKeyOf(config.LoadKey(keyFile))
 	if err != nil {

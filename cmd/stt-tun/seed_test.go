@@ -109,7 +109,8 @@ func TestSeedRotateFlagsRefusedByName(t *testing.T) {
 		{[]string{"seed", "rotate"}, "--admin-key"},
 		{[]string{"seed", "rotate", "--admin-key", key, "--from", "yesterday"}, "--from"},
 		{[]string{"seed", "rotate", "--admin-key", key, "--overlap", "0"}, "--overlap"},
-		{[]string{"seed", "rotate", "--admin-key", key, "--overlap", "1.5"}, "--overlap"},
+		{[]string{"seed", "rotate", "--admin-key", key, "--overlap", "60.5"}, "--overlap"},
+		{[]string{"seed", "rotate", "--admin-key", key, "--overlap", "30s"}, "--overlap"},
 		{[]string{"seed", "rotate", "--admin-key", key, "stt0"}, "-I NAME"},
 	} {
 		r := h.run("", c.args...)

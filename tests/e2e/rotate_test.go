@@ -140,7 +140,7 @@ func TestSeedRotationExcludesTheRevokedWithoutTeardown(t *testing.T) {
 	m5Key := m5.publicKey()
 
 	// Revoke m5: within a minute no member has a session with it.
-	m1.mustStt("revoke", "m5", "--admin-key", m.adminKey, linkName)
+	m1.mustStt("revoke", "--admin-key", m.adminKey, "-I", linkName, "m5")
 	waitAll(t, "no member has a session with the revoked m5", 60*time.Second, remaining, func(_ *node, st rotationJSON) bool {
 		return !hasSessionWith(st, m5Key)
 	})
@@ -166,7 +166,7 @@ func TestSeedRotationExcludesTheRevokedWithoutTeardown(t *testing.T) {
 		res, err := pacedTransfer(ctx, m2.ns, m3.ns, overlay4(3), 20<<20, 25*time.Second)
 		done <- transferResult{res, err}
 	}()
-	out := m1.mustStt("seed", "rotate", linkName, "--admin-key", m.adminKey, "--exclude", "m5", "--from", "+3s", "--overlap", "12s")
+	out := m1.mustStt("seed", "rotate", "--admin-key", m.adminKey, "-I", linkName, "--exclude", "m5", "--from", "+3s", "--overlap", "45s")
 	if !strings.Contains(out, "excluded: m5") {
 		t.Errorf("seed rotate does not say it excluded m5:\n%s", out)
 	}
