@@ -28,7 +28,11 @@ type rotationJSON struct {
 		Name      string `json:"name"`
 		PublicKey string `json:"public_key"`
 		Path      string `json:"path"`
+		Seed      string `json:"seed"`
 	} `json:"peers"`
+	Mesh *struct {
+		Connected int `json:"connected"`
+	} `json:"mesh"`
 	Counters map[string]uint64 `json:"counters"`
 }
 
@@ -200,6 +204,86 @@ func TestSeedRotationExcludesTheRevokedWithoutTeardown(t *testing.T) {
 				waitPing(t, nd.ns, overlay4(indexOf(nodes, other)+1))
 			}
 		}
+	}
+	// No session among them was torn down for the rotation: the sessions moved to the
+	// next seed by rekeys, none was closed for its seed, and m2's session with m3 (the
+	// transfer's) is under the next seed.
+	var rekeys uint64
+	for _, nd := range remaining {
+		st, err := nd.rotationStatus()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := st.Counters["seed_sessions_closed"]; n != 0 {
+			t.Errorf("%s closed %d sessions for their seed: a teardown, not a move", nd.name, n)
+		}
+		rekeys += st.Counters["seed_rekeys"]
+		if nd == m2 {
+			for _, p := range st.Peers {
+				if p.Name == "m3" && p.Seed != nextID {
+					t.Errorf("m2's session with m3 is under seed %q, want the next %q", p.Seed, nextID)
+				}
+			}
+		}
+	}
+	if rekeys == 0 {
+		t.Error("no session was rekeyed to the next seed: the rotation moved nothing")
+	}
+
+	// The revoked node comes back with a fresh key and the old seed: it cannot join. Its
+	// handshakes die at mac1 on the members (drop_bad_mac1), and no one has a session
+	// with it.
+	m5.down()
+	writeSecret(t, m5.keyPath, cli(t, "", "genkey")+"\n")
+	freshKey := m5.publicKey()
+	bad := map[string]uint64{}
+	for _, nd := range remaining {
+		st, _ := nd.rotationStatus()
+		bad[nd.name] = st.Counters["drop_bad_mac1"]
+	}
+	m5.upDaemon()
+	waitAll(t, "m1 drops the fresh key's handshakes at mac1", 30*time.Second, []*node{m1}, func(nd *node, st rotationJSON) bool {
+		return st.Counters["drop_bad_mac1"] > bad[nd.name]
+	})
+	for _, nd := range remaining {
+		st, err := nd.rotationStatus()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hasSessionWith(st, freshKey) {
+			t.Errorf("%s has a session with the revoked node under its fresh key", nd.name)
+		}
+	}
+	if st, err := m5.rotationStatus(); err != nil || st.Mesh == nil || st.Mesh.Connected != 0 {
+		t.Errorf("the revoked node, back with a fresh key, is connected: %+v %v", st.Mesh, err)
+	}
+}
+
+// TestSeedRotateRefusedWithoutAdmins: on a network whose members list no admins,
+// `seed rotate` and `revoke` are refused with one line each, and nothing changes.
+func TestSeedRotateRefusedWithoutAdmins(t *testing.T) {
+	m := newRotLab(t, false)
+	m1 := m.add("m1")
+	m2 := m.add("m2", underlay(1)+fmt.Sprintf(":%d", port))
+	m1.upDaemon()
+	m2.upDaemon()
+	waitMembers(t, m1, 1)
+	for _, args := range [][]string{
+		{"seed", "rotate", "--admin-key", m.adminKey, "-I", linkName},
+		{"revoke", "--admin-key", m.adminKey, "-I", linkName, "m2"},
+	} {
+		r := m1.stt(args...)
+		if r.err == nil {
+			t.Fatalf("stt-tun %s succeeded without admins:\n%s", strings.Join(args, " "), r.stdout)
+		}
+		line := strings.TrimSpace(r.stderr)
+		if strings.Count(line, "\n") != 0 || !strings.Contains(line, "no [membership] admins") {
+			t.Errorf("stt-tun %s: stderr %q, want one line saying there are no admins", args[0], r.stderr)
+		}
+	}
+	st, err := m1.rotationStatus()
+	if err != nil || st.Seed == nil || st.Seed.NextID != "" {
+		t.Errorf("m1 staged a next seed without admins: %+v %v", st.Seed, err)
 	}
 }
 
