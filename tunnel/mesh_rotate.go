@@ -104,6 +104,7 @@ func (r *rotateState) enqueue(ev rotateEvent) {
 // goroutines (each costs X25519 and a signature check, staging writes the seed file).
 func (t *Tunnel) rotateLoop() {
 	m := t.mesh
+	t.restoreRotation(time.Now())
 	for {
 		select {
 		case <-m.stop:
@@ -115,6 +116,29 @@ func (t *Tunnel) rotateLoop() {
 				t.sendSeedOffer(ev.key, time.Now())
 			}
 		}
+	}
+}
+
+// restoreRotation takes up, after a restart, the rotation the node held: the newest
+// ROTATE of the statements file, when the seed file stages the seed it names and its
+// overlap has not ended. The node then offers it on as before the restart.
+func (t *Tunnel) restoreRotation(now time.Time) {
+	st, raw := t.heldRotation()
+	if st == nil {
+		return
+	}
+	t.seed.mu.Lock()
+	sf := t.seed.file
+	t.seed.mu.Unlock()
+	from, until := rotationTimes(st)
+	if sf.Next == nil || mesh.SeedID(*sf.Next) != st.Rotate.NextSeedID || !now.Before(until) {
+		return
+	}
+	r := t.mesh.rot
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.raw == nil {
+		r.raw, r.st, r.next, r.from, r.until = bytes.Clone(raw), st, *sf.Next, from, until
 	}
 }
 

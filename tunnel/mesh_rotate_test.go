@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"bytes"
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/stt-tun/stt-tun/config"
 	"github.com/stt-tun/stt-tun/stt/mesh"
+	"github.com/stt-tun/stt-tun/tun/tuntest"
 )
 
 // rotateStatement signs a ROTATE for n's network with a fresh admin key, issued at
@@ -331,4 +333,50 @@ func TestSeedOfferReachesAMemberThatWasAwayFromAnyMember(t *testing.T) {
 	if offerCount(back, mesh.OfferAccepted) != 1 {
 		t.Errorf("delta accepted %d offers, want 1", offerCount(back, mesh.OfferAccepted))
 	}
+}
+
+// startWithState starts a tunnel of cfg on an in-memory device with a state directory
+// (where the statements file is kept).
+func startWithState(t *testing.T, cfg *config.Config, stateDir string) *memNode {
+	t.Helper()
+	dev := tuntest.NewMem(cfg.Interface.Name, 1420, 16)
+	tu, err := Start(context.Background(), cfg, Options{Device: dev, StateDir: stateDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tu.Close() })
+	return &memNode{t: tu, dev: dev}
+}
+
+// A member restarted during a rotation takes it up again (the statement from its
+// statements file, the seed from its seed file) and goes on offering it, rather than
+// waiting to be offered it again.
+func TestRotationHeldAcrossARestart(t *testing.T) {
+	_, admin, _ := ed25519.GenerateKey(nil)
+	seed, _ := config.GenerateSeed()
+	adm := fmt.Sprintf("[membership]\nadmins = [%q]\n", base64.StdEncoding.EncodeToString(admin.Public().(ed25519.PublicKey)))
+	alpha := startMeshNodeIn(t, seed, "alpha", "10.77.0.1/24", "", adm)
+	boot := fmt.Sprintf("bootstrap = [%q]", endpointOf(alpha.memNode))
+	gamma := startMeshNodeIn(t, seed, "gamma", "10.77.0.3/24", boot, adm)
+	_ = gamma.t.Close()
+	state := t.TempDir()
+	g1 := startWithState(t, gamma.cfg, state)
+	waitUntil(t, "alpha has a session with gamma", func() bool {
+		p := alpha.t.mesh.memberPeer(g1.t.Node().PublicKey())
+		return p != nil && p.sp.HasSession()
+	})
+	next, _ := config.GenerateSeed()
+	raw := signRotate(t, admin, alpha, next, time.Now().Add(time.Minute), 120)
+	if _, err := alpha.t.Rotate(raw, next); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "gamma stages the next seed", func() bool { return g1.t.rotationStatus() != nil })
+	_ = g1.t.Close()
+	g2 := startWithState(t, gamma.cfg, state)
+	waitUntil(t, "gamma, restarted, holds the rotation again", func() bool {
+		r := g2.t.mesh.rot
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return bytes.Equal(r.raw, raw) && r.next == next
+	})
 }
