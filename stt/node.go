@@ -58,6 +58,8 @@ type AdmitFunc func(name string, static [32]byte) (*Peer, error)
 
 // Config configures a Node.
 type Config struct {
+	// Seed is the network seed the node starts with; SetSeeds replaces it by the
+	// seeds of a rotation (seeds.go).
 	Seed       [32]byte
 	PrivateKey [32]byte
 	Name       string // this node's name, sent to peers in the handshake

@@ -1,9 +1,12 @@
 // Seeds: a node holds one network seed, or two during a rotation (docs/protocol.md
 // section 3). Handshakes it starts use the first; it answers under any. Each session
-// remembers its seed: one made under a seed that is no longer first moves to the first
-// by a rekey, at a random moment within Limits.SeedRekeySpread of the change (so that a
-// network does not rekey all at once); one under a seed no longer held is closed. The
-// packet path never looks at seeds.
+// remembers its seed: one that was up when the list changed, under a seed no longer
+// first, moves to the first by a rekey, at a random moment within
+// Limits.SeedRekeySpread of the change (so that a network does not rekey all at once);
+// one under a seed no longer held is closed. A session made after the change under a
+// seed not first is left alone: the peer chose that seed (it has not moved yet, or has
+// moved ahead of this node), and pulling it to ours would only be undone. The packet
+// path never looks at seeds.
 
 package stt
 
@@ -79,8 +82,8 @@ func (p *Peer) SessionSeed() ([16]byte, bool) {
 
 // expiredSeedLocked applies the seeds held to the peer's sessions: those under a seed
 // no longer held go (the current one with a CLOSE, and a new handshake is wanted), and
-// a current session under a seed that is not the first asks for a rekey once its moment
-// has come. It returns the current session left and whether a handshake is wanted.
+// a current session that predates the seeds held, under a seed that is not the first,
+// asks for a rekey once its moment has come. It returns the current session left and whether a handshake is wanted.
 // Called with p.mu held.
 func (p *Peer) expiredSeedLocked(now time.Time, cur *session) (*session, bool) {
 	n := p.node
@@ -102,7 +105,7 @@ func (p *Peer) expiredSeedLocked(now time.Time, cur *session) (*session, bool) {
 		p.dropSessionsLocked()
 		return nil, p.handshake.want
 	}
-	if cur.seed == ss.ids[0] {
+	if cur.seed == ss.ids[0] || !cur.created.Before(ss.at) {
 		return cur, false
 	}
 	if p.seed.gen != ss.gen {

@@ -36,6 +36,7 @@ type seedState struct {
 	file      config.SeedFile
 	transient bool
 	held      [][32]byte  // the seeds the node was last given
+	gen       uint64      // counts applications: a reload planned on an older one plans again
 	timer     *time.Timer // the next boundary of a rotation, nil without one
 	stopped   bool
 }
@@ -66,6 +67,7 @@ func (t *Tunnel) applySeedsLocked(sf config.SeedFile, transient bool) error {
 		s.held = held
 	}
 	s.file, s.transient = sf, transient
+	s.gen++
 	if s.timer != nil {
 		s.timer.Stop()
 		s.timer = nil
@@ -84,9 +86,11 @@ func (t *Tunnel) seedBoundary() {
 	if t.seed.stopped {
 		return
 	}
+	gen := t.seed.gen
 	if err := t.applySeedsLocked(t.seed.file, t.seed.transient); err != nil {
 		t.log.Error("seed rotation: cannot apply the seeds", "err", err)
 	}
+	t.seed.gen = gen // the same file: a reload planned on it need not plan again
 }
 
 // stopSeeds disarms the boundary timer for good.
@@ -147,6 +151,19 @@ func (t *Tunnel) StageSeed(next [32]byte, from, until time.Time) error {
 	return t.applySeedsLocked(sf, false)
 }
 
+// StagedSeed is the next seed of a planned rotation still in progress (until not
+// passed), and its times; ok is false without one, or when the next seed came from a
+// bare replacement of the seed file rather than a plan.
+func (t *Tunnel) StagedSeed() (next [32]byte, from, until time.Time, ok bool) {
+	t.seed.mu.Lock()
+	sf, transient := t.seed.file, t.seed.transient
+	t.seed.mu.Unlock()
+	if sf.Next == nil || transient || !time.Now().Before(sf.Until) {
+		return next, from, until, false
+	}
+	return *sf.Next, sf.From, sf.Until, true
+}
+
 // seedReload is what a reload does with the seed file: apply file (transient as in
 // seedState), rewrite the seed file on disk as write says (nil: leave it), and report
 // changes.
@@ -156,6 +173,7 @@ type seedReload struct {
 	write     *config.SeedFile
 	path      string
 	changes   []string
+	gen       uint64 // seedState.gen it was planned on
 }
 
 // planSeedReload reads the seed file at path for a reload. A file naming another
@@ -170,13 +188,13 @@ func (t *Tunnel) planSeedReload(path string) (*seedReload, error) {
 		return nil, fmt.Errorf("reload: %w", err)
 	}
 	t.seed.mu.Lock()
-	applied, transient, network := t.seed.file, t.seed.transient, t.seed.network
+	applied, transient, network, gen := t.seed.file, t.seed.transient, t.seed.network, t.seed.gen
 	t.seed.mu.Unlock()
 	if sf.NetworkExplicit && sf.Network != network {
 		return nil, fmt.Errorf("%w: the seed file %s names another network (%s; running in %s)",
 			ErrRestartNeeded, path, sf.Network.Prefix, network.Prefix)
 	}
-	r := &seedReload{path: path}
+	r := &seedReload{path: path, gen: gen}
 	if !sf.NetworkExplicit && sf.Network != network {
 		w := sf
 		w.Network, w.NetworkExplicit = network, true
@@ -204,19 +222,34 @@ func (t *Tunnel) planSeedReload(path string) (*seedReload, error) {
 	return r, nil
 }
 
-// apply carries out a planned seed reload; it cannot fail the reload: a seed file that
-// cannot be rewritten is a warning.
+// applySeedReload carries out a planned seed reload; it cannot fail the reload: a seed
+// file that cannot be rewritten is a warning. If the seeds changed since the plan (a
+// next seed staged meanwhile, StageSeed), it plans again on what is there now.
 func (t *Tunnel) applySeedReload(r *seedReload) []string {
 	var warn []string
-	if r.write != nil {
-		if err := config.WriteSeedFile(r.path, *r.write); err != nil {
-			warn = append(warn, "warning: "+err.Error()+"; add the network line by hand before the next restart")
+	for range 3 {
+		t.seed.mu.Lock()
+		if t.seed.gen != r.gen {
+			t.seed.mu.Unlock()
+			nr, err := t.planSeedReload(r.path)
+			if err != nil {
+				return append(warn, "warning: seed file not applied: "+err.Error())
+			}
+			r = nr
+			continue
 		}
+		if r.write != nil {
+			if err := config.WriteSeedFile(r.path, *r.write); err != nil {
+				warn = append(warn, "warning: "+err.Error()+"; add the network line by hand before the next restart")
+			}
+		}
+		if err := t.applySeedsLocked(r.file, r.transient); err != nil {
+			warn = append(warn, "warning: seeds not applied: "+err.Error())
+		}
+		t.seed.mu.Unlock()
+		return warn
 	}
-	if err := t.applySeeds(r.file, r.transient); err != nil {
-		warn = append(warn, "warning: seeds not applied: "+err.Error())
-	}
-	return warn
+	return append(warn, "warning: seed file not applied: it keeps changing; reload again")
 }
 
 func sameSeeds(a, b config.SeedFile) bool {

@@ -3,6 +3,7 @@ package tunnel
 import (
 	"context"
 	"encoding/base64"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -186,7 +187,7 @@ func TestReloadBareNewSeedMovesWithGrace(t *testing.T) {
 		t.Fatalf("changes %q", changes)
 	}
 	st := l.a.t.Status().Seed
-	if st.ID != shortSeed(cur) || st.NextID != shortSeed(next) || !st.Transient || st.Until.Sub(time.Now()) < 9*time.Minute {
+	if st.ID != shortSeed(cur) || st.NextID != shortSeed(next) || !st.Transient || time.Until(st.Until) < 9*time.Minute {
 		t.Fatalf("seed status %+v", st)
 	}
 	sf, err := config.LoadSeedFile(l.na.seedFile)
@@ -242,6 +243,9 @@ func TestStageSeedRewritesTheFileAndIsIdempotent(t *testing.T) {
 	if fi, _ := os.Stat(l.na.seedFile); fi.Mode().Perm() != 0o600 {
 		t.Fatalf("mode %v", fi.Mode())
 	}
+	if n, f, u, ok := l.a.t.StagedSeed(); !ok || n != next || !f.Equal(from) || !u.Equal(until) {
+		t.Fatalf("StagedSeed = %x %v %v %v", n, f, u, ok)
+	}
 	want := [][16]byte{handshake.SeedID(next), handshake.SeedID(cur)}
 	if ids := l.a.t.Node().SeedStats().IDs; !slices.Equal(ids, want) {
 		t.Fatalf("alpha holds %x, want next then current", ids)
@@ -274,5 +278,108 @@ func TestStageSeedRewritesTheFileAndIsIdempotent(t *testing.T) {
 	c := startSeedNode(t, nc.config(t, ""))
 	if ids := c.t.Node().SeedStats().IDs; !slices.Equal(ids, want) {
 		t.Fatalf("restarted node holds %x, want next then current", ids)
+	}
+}
+
+// The network's identity outlives the seed: two mesh members move to a new seed (bare
+// replacement, reload) and keep their mesh addresses, the network prefix and each
+// other's records (signed over the network id, which did not change); a member started
+// afterwards on the rewritten file (new seed, network line) is in the same network and
+// joins.
+func TestMeshKeepsAddressesAndRecordsAcrossASeedChange(t *testing.T) {
+	s1, s2 := [32]byte{11}, [32]byte{12}
+	type meshNode struct {
+		*memNode
+		dir string
+		cfg func() *config.Config
+	}
+	start := func(name, addr, seedFile, disc string) *meshNode {
+		dir := t.TempDir()
+		key, err := config.GenerateNodeKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		keyFile := filepath.Join(dir, name+".key")
+		writeFileT(t, keyFile, key.Encode()+"\n")
+		cfg := func() *config.Config { return meshConfig(t, seedFile, keyFile, name, addr, disc) }
+		return &meshNode{memNode: startSeedNode(t, cfg()), dir: dir, cfg: cfg}
+	}
+	fb := writeSecret(t, t.TempDir(), "seed", s1)
+	fa := writeSecret(t, t.TempDir(), "seed", s1)
+	b := start("beta", "10.78.0.2/24", fb, "")
+	boot := fmt.Sprintf("bootstrap = [%q]", endpointOf(b.memNode))
+	a := start("alpha", "10.78.0.1/24", fa, boot)
+	peerOf := func(n *memNode, name string) (addr, seed string) {
+		for _, p := range n.t.Status().Peers {
+			if p.Name == name {
+				return p.MeshAddress, p.Seed
+			}
+		}
+		return "", ""
+	}
+	waitUntil(t, "alpha to have beta's record and a session", func() bool {
+		addr, seed := peerOf(a.memNode, "beta")
+		return addr != "" && seed != ""
+	})
+	prefix := mesh.NetworkOf(s1).Prefix.String()
+	stA := a.t.Status()
+	addrA, addrB := stA.Mesh.Address, func() string { s, _ := peerOf(a.memNode, "beta"); return s }()
+	if stA.Mesh.Network != prefix {
+		t.Fatalf("network %s, want %s", stA.Mesh.Network, prefix)
+	}
+	badSig := a.t.counterMap()["mesh_record_bad_signature"] + b.t.counterMap()["mesh_record_bad_signature"]
+
+	writeSecret(t, filepath.Dir(fa), "seed", s2)
+	writeSecret(t, filepath.Dir(fb), "seed", s2)
+	for _, n := range []*meshNode{a, b} {
+		if _, err := n.t.ReloadChanges(n.cfg()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitUntil(t, "the session on the new seed", func() bool {
+		_, sa := peerOf(a.memNode, "beta")
+		_, sb := peerOf(b.memNode, "alpha")
+		return sa == shortSeed(s2) && sb == shortSeed(s2)
+	})
+	stA = a.t.Status()
+	if got, _ := peerOf(a.memNode, "beta"); stA.Mesh.Network != prefix || stA.Mesh.Address != addrA || got != addrB {
+		t.Fatalf("after the seed change: network %s, address %s, beta at %s; want %s, %s, %s",
+			stA.Mesh.Network, stA.Mesh.Address, got, prefix, addrA, addrB)
+	}
+	if n := a.t.counterMap()["mesh_record_bad_signature"] + b.t.counterMap()["mesh_record_bad_signature"]; n != badSig {
+		t.Fatalf("%d records refused for their signature after the seed change", n-badSig)
+	}
+
+	// A node started on the rewritten file (the new seed and the network line).
+	g := start("gamma", "10.78.0.3/24", fa, boot)
+	if st := g.t.Status(); st.Mesh.Network != prefix || st.Seed.ID != shortSeed(s2) {
+		t.Fatalf("gamma on the rewritten file: network %s, seed %+v", st.Mesh.Network, st.Seed)
+	}
+	waitUntil(t, "gamma to join", func() bool { _, seed := peerOf(g.memNode, "beta"); return seed == shortSeed(s2) })
+}
+
+// A reload planned before StageSeed changed the seeds (the in-band rotation runs on the
+// mesh's goroutines, outside the reload lock) plans again rather than putting the old
+// file back.
+func TestReloadPlannedBeforeStageSeedKeepsTheStagedSeed(t *testing.T) {
+	cur, next := [32]byte{13}, [32]byte{14}
+	l := newSeedLab(t, cur)
+	plan, err := l.a.t.planSeedReload(l.na.seedFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	from := time.Now().Add(time.Hour)
+	if err := l.a.t.StageSeed(next, from, from.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if warn := l.a.t.applySeedReload(plan); len(warn) != 0 {
+		t.Fatalf("warnings %q", warn)
+	}
+	if n, _, _, ok := l.a.t.StagedSeed(); !ok || n != next {
+		t.Fatal("the reload undid the staged seed")
+	}
+	want := [][16]byte{handshake.SeedID(cur), handshake.SeedID(next)}
+	if ids := l.a.t.Node().SeedStats().IDs; !slices.Equal(ids, want) {
+		t.Fatalf("alpha holds %x, want current then next", ids)
 	}
 }

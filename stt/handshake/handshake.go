@@ -380,16 +380,6 @@ func (e *Engine) seedFor(n int) *seedKeys {
 	return list[max(n, 0)%len(list)]
 }
 
-// held reports whether the seed named id is still one the Engine holds.
-func (e *Engine) held(id [16]byte) bool {
-	for _, sk := range *e.seeds.Load() {
-		if sk.id == id {
-			return true
-		}
-	}
-	return false
-}
-
 // matchMAC1 is the seed under which msg's mac1 (at off) verifies, or nil: the first
 // cryptographic work done on any handshake message, one keyed BLAKE2s per seed held.
 func (e *Engine) matchMAC1(msg []byte, off int) *seedKeys {

@@ -175,3 +175,30 @@ func TestSeedIDIsTheMeshSeedID(t *testing.T) {
 		t.Fatal("handshake.SeedID differs from mesh.SeedID")
 	}
 }
+
+// BenchmarkBadMAC1Hello is the cost of a HELLO from a non-member (a flood's), with one
+// seed held and with two (during a rotation every seed's mac1 is tried).
+func BenchmarkBadMAC1Hello(b *testing.B) {
+	for _, n := range []int{1, 2} {
+		b.Run(map[int]string{1: "one-seed", 2: "two-seeds"}[n], func(b *testing.B) {
+			o := defaultOpts()
+			ini, resp := newPair(b, o)
+			seeds := [][32]byte{seedA, seedB}[:n]
+			if err := resp.SetSeeds(seeds); err != nil {
+				b.Fatal(err)
+			}
+			if err := ini.SetSeeds([][32]byte{key(0x77)}); err != nil {
+				b.Fatal(err)
+			}
+			_, hello, _ := ini.Initiate(1, nil, nil)
+			out := make([]byte, 0, 256)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				if _, err := resp.HandleHello(hello, srcAlice, out); !errors.Is(err, ErrBadMAC1) {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
