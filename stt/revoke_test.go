@@ -68,3 +68,32 @@ func TestRevocationClosesExistingSession(t *testing.T) {
 		t.Fatalf("revoked peer came back: session %v, %d datagrams delivered after", b.Peer("a").HasSession(), b.h.count.Load()-before)
 	}
 }
+
+// A relay that revokes one end of a route pair drops the pair at once: nothing more
+// goes through it, and its route count falls to zero. An end that revokes its relay
+// leaves the relay path.
+func TestRevocationClosesRelayRoutes(t *testing.T) {
+	l := newRelayLab(t, labOpts{})
+	l.open(t)
+	l.exchange(t, "before")
+	if l.r.Stats().RelayRoutes == 0 {
+		t.Fatal("no relay route before the revocation")
+	}
+	aKey, _ := l.ra.PublicKey()
+	l.r.SetRevoked([][32]byte{aKey})
+	if n := l.r.Stats().RelayRoutes; n != 0 {
+		t.Fatalf("%d relay routes after revoking an end", n)
+	}
+	if l.ra.HasSession() {
+		t.Fatal("the relay kept its session with the revoked end")
+	}
+
+	m := newRelayLab(t, labOpts{})
+	m.open(t)
+	m.exchange(t, "before")
+	rKey, _ := m.ar.PublicKey()
+	m.a.SetRevoked([][32]byte{rKey})
+	if m.ab.RelayVia() != nil {
+		t.Fatal("a still relays through the member it revoked")
+	}
+}

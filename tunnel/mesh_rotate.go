@@ -127,18 +127,16 @@ func (t *Tunnel) restoreRotation(now time.Time) {
 	if st == nil {
 		return
 	}
-	t.seed.mu.Lock()
-	sf := t.seed.file
-	t.seed.mu.Unlock()
+	next, _, _, ok := t.StagedSeed()
 	from, until := rotationTimes(st)
-	if sf.Next == nil || mesh.SeedID(*sf.Next) != st.Rotate.NextSeedID || !now.Before(until) {
+	if !ok || mesh.SeedID(next) != st.Rotate.NextSeedID || !now.Before(until) {
 		return
 	}
 	r := t.mesh.rot
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.raw == nil {
-		r.raw, r.st, r.next, r.from, r.until = bytes.Clone(raw), st, *sf.Next, from, until
+		r.raw, r.st, r.next, r.from, r.until = bytes.Clone(raw), st, next, from, until
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -30,6 +31,10 @@ import (
 // StatementsSuffix is the file name suffix of the statements file in the state
 // directory: <state dir>/<link>.statements.
 const StatementsSuffix = ".statements"
+
+// maxStatementsFile bounds what is read of the statements file: every statement a
+// store holds, in base64, with room to spare.
+const maxStatementsFile = 2 * mesh.DefaultMaxStatements * (mesh.MaxStatementLen*4/3 + 4)
 
 // statementsHeader opens the statements file.
 const statementsHeader = "# stt-tun signed statements, one base64 statement per line; written by the daemon\n"
@@ -59,9 +64,16 @@ func (t *Tunnel) loadStatements(path string) {
 	if path == "" {
 		return
 	}
-	data, err := os.ReadFile(path)
+	// Like every file of the state directory, opened only if it is a regular file with
+	// one name (no symbolic or hard link), and read up to a bound.
+	f, err := statedir.OpenFile(path, os.O_RDONLY, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return
+	}
+	var data []byte
+	if err == nil {
+		data, err = io.ReadAll(io.LimitReader(f, maxStatementsFile))
+		f.Close()
 	}
 	if err != nil {
 		t.log.Warn("mesh: cannot read the statements file; starting without it", "file", path, "err", err)

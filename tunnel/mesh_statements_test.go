@@ -197,3 +197,46 @@ func TestReloadAdminsLiftsRevocations(t *testing.T) {
 		t.Fatal("the revocation of a removed admin still holds")
 	}
 }
+
+// A statements file with lines that do not decode or that the store refuses keeps
+// what parses (one log line) and is written again without the rest.
+func TestStatementsFileKeepsWhatParses(t *testing.T) {
+	seed, _ := config.GenerateSeed()
+	seedFile := writeSecret(t, t.TempDir(), "seed", seed)
+	admin, adminB64 := adminKeyT(t)
+	other, _ := adminKeyT(t)
+	good := signRevoke(t, admin, seed, [32]byte{3, 3}, time.Now())
+	n := startStmtNode(t, seedFile, "a", "10.77.3.1/24", "", fmt.Sprintf("[membership]\nadmins = [%q]", adminB64))
+	if err := n.t.Close(); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(n.dir, n.cfg.Interface.Name+StatementsSuffix)
+	content := statementsHeader + "not base64 at all\n" + base64.StdEncoding.EncodeToString(good) + "\n" +
+		base64.StdEncoding.EncodeToString(signRevoke(t, other, seed, [32]byte{4}, time.Now())) + "\n"
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n.start()
+	if !n.t.Node().Revoked([32]byte{3, 3}) || n.t.Node().Revoked([32]byte{4}) {
+		t.Fatal("the good statement was not loaded, or the other admin's was")
+	}
+	waitUntil(t, "the file to be written again without the bad lines", func() bool {
+		b, err := os.ReadFile(path)
+		return err == nil && string(b) == statementsHeader+base64.StdEncoding.EncodeToString(good)+"\n"
+	})
+	// A symbolic link in its place is not followed.
+	if err := n.t.Close(); err != nil {
+		t.Fatal(err)
+	}
+	target := filepath.Join(t.TempDir(), "elsewhere")
+	if err := os.Rename(path, target); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(target, path); err != nil {
+		t.Fatal(err)
+	}
+	n.start()
+	if n.t.Node().Revoked([32]byte{3, 3}) {
+		t.Fatal("statements read through a symbolic link")
+	}
+}

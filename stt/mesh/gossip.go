@@ -351,7 +351,7 @@ func (e *Engine) SessionUp(peer [32]byte) {
 	e.connect(peer)
 	e.queue(&b, peer, MsgSummary, AppendSummary(nil, e.store.Summary()))
 	e.queue(&b, peer, MsgObserve, nil)
-	e.sendStatementSummary(&b, peer)
+	e.sendStatementSummary(&b, peer, e.cfg.Now())
 	e.observeSent[peer] = e.cfg.Now()
 	e.mu.Unlock()
 	e.flush(&b)
@@ -418,7 +418,7 @@ func (e *Engine) Tick(now time.Time, connected [][32]byte) {
 			j := i + e.rng.IntN(len(e.connList)-i)
 			e.connList[i], e.connList[j] = e.connList[j], e.connList[i]
 			e.queue(&b, e.connList[i], MsgSummary, body)
-			e.sendStatementSummary(&b, e.connList[i])
+			e.sendStatementSummary(&b, e.connList[i], now)
 		}
 	}
 	e.mu.Unlock()

@@ -28,6 +28,9 @@ type statementState struct {
 	store *StatementStore
 	// answered is when a statements SUMMARY of each member was last answered.
 	answered map[[32]byte]time.Time
+	// asked is when this node last sent each member its statements SUMMARY: only an
+	// answer to one (within 3 intervals) makes it send back what the answer lacked.
+	asked map[[32]byte]time.Time
 	// exch holds, per member answering our SUMMARY, the ids of the statements its
 	// answer listed so far.
 	exch map[[32]byte]*statementExchange
@@ -47,6 +50,7 @@ func (e *Engine) statements() *statementState {
 	if e.stmt.store == nil {
 		e.stmt.store = NewStatementStore(e.netID, e.cfg.Admins, 0)
 		e.stmt.answered = make(map[[32]byte]time.Time)
+		e.stmt.asked = make(map[[32]byte]time.Time)
 		e.stmt.exch = make(map[[32]byte]*statementExchange)
 	}
 	return &e.stmt
@@ -202,10 +206,11 @@ func (e *Engine) refuseRevokedRecord(rec *Record) {
 // sendStatementSummary sends this node's statements SUMMARY to peer, when it holds any
 // (a member that holds some sends its own, and the answer brings them here). Called
 // with mu held.
-func (e *Engine) sendStatementSummary(b *batch, peer [32]byte) {
+func (e *Engine) sendStatementSummary(b *batch, peer [32]byte, now time.Time) {
 	if e.stmt.store == nil || e.stmt.store.Len() == 0 || e.revokedKey(peer) {
 		return
 	}
+	e.stmt.asked[peer] = now
 	c, h := e.stmt.store.Summary()
 	e.queue(b, peer, MsgStatements, AppendStatementsSummary(nil, Summary{Count: c, Hash: h}))
 }
@@ -221,6 +226,11 @@ func (e *Engine) tickStatements(now time.Time) {
 	for k, x := range st.exch {
 		if now.Sub(x.started) > 3*e.cfg.Interval || now.Before(x.started) {
 			delete(st.exch, k)
+		}
+	}
+	for k, at := range st.asked {
+		if now.Sub(at) > 3*e.cfg.Interval || now.Before(at) {
+			delete(st.asked, k)
 		}
 	}
 }
@@ -247,7 +257,7 @@ func (e *Engine) handleStatements(b *batch, from [32]byte, now time.Time, body [
 		e.answerStatements(b, from)
 	case StatementsList:
 		var x *statementExchange
-		if list.Flags&ListAnswer != 0 {
+		if _, asked := st.asked[from]; asked && list.Flags&ListAnswer != 0 {
 			x = st.exch[from]
 			if x == nil {
 				if len(st.exch) >= maxExchanges {
@@ -268,6 +278,7 @@ func (e *Engine) handleStatements(b *batch, from [32]byte, now time.Time, body [
 		}
 		if x != nil && list.Flags&ListLast != 0 {
 			delete(st.exch, from)
+			delete(st.asked, from) // one push back per SUMMARY sent
 			if list.Flags&ListComplete != 0 {
 				e.pushMissing(b, from, x.ids)
 			}

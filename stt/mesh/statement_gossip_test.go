@@ -209,3 +209,27 @@ func TestStatementAnswerIsBounded(t *testing.T) {
 		t.Fatalf("answer of %d statements, last flags %#x", n, last)
 	}
 }
+
+// An answer this node did not ask for (no SUMMARY sent to that member) makes it send
+// nothing back: three bytes from a member must not buy 64 statements.
+func TestStatementUnaskedAnswerGetsNoPushBack(t *testing.T) {
+	var sent int
+	e := New(Config{Identity: NewIdentity(testEdSeed), Seed: testSeed, Now: func() time.Time { return testNow },
+		Admins: []ed25519.PublicKey{adminPub(testAdmin())},
+		Send:   func([32]byte, byte, []byte) error { sent++; return nil }})
+	e.LoadStatements([][]byte{goldenBytes(nil, goldenRevoke), goldenBytes(nil, goldenRotate)})
+	empty := goldenBytes(nil, goldenStatementsEmpty)
+	peer := [32]byte{5}
+	e.Handle(peer, netip.AddrPort{}, false, MsgStatements, empty)
+	if sent != 0 {
+		t.Fatalf("an unasked empty answer made the engine send %d messages", sent)
+	}
+	// Asked (its session came up: SUMMARY), the answer gets what it lacked, once.
+	e.SessionUp(peer)
+	sent = 0
+	e.Handle(peer, netip.AddrPort{}, false, MsgStatements, empty)
+	e.Handle(peer, netip.AddrPort{}, false, MsgStatements, empty)
+	if sent != 1 {
+		t.Fatalf("answers to one SUMMARY got %d messages back, want 1", sent)
+	}
+}
