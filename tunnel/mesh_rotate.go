@@ -286,7 +286,8 @@ func (t *Tunnel) receiveSeedOffer(from [32]byte, body []byte) {
 	next, err := o.Open(st, r.priv, t.mesh.self)
 	if err != nil {
 		r.count(mesh.SeedOfferReason(err))
-		t.log.Warn("mesh: refused a seed offer", "from", config.EncodeKey(from), "err", err)
+		// Counted; logged at debug only, so that a member cannot fill the log with them.
+		t.log.Debug("mesh: refused a seed offer", "from", config.EncodeKey(from), "err", err)
 		return
 	}
 	if err := t.stageRotation(raw, st, next); err != nil {
