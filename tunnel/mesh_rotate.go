@@ -1,13 +1,15 @@
 package tunnel
 
-// mesh_rotate.go is the in-band seed rotation (docs/protocol.md 10.8, docs/operations.md
+// mesh_rotate.go is the in-band seed rotation (docs/protocol.md 10.9, docs/operations.md
 // "Someone left: revoke and rotate"): an admin's ROTATE statement names the next seed,
 // and SEED_OFFER hands that seed, sealed, to each member the statement does not exclude.
-// The node where `stt-tun seed rotate` ran offers it to every member it knows; every node
-// holding it offers it again to a member whose session comes up fresh while the
-// transition lasts, so that a member that was away learns it from whoever it meets first.
-// A valid offer stages the seed (StageSeed): the seed file then says when the network
-// moves to it and until when the current one is still accepted.
+// The node where `stt-tun seed rotate` ran offers it to every member it knows; a node
+// that accepts an offer passes it on over the sessions it has, and every node holding it
+// offers it to a member whose session comes up fresh while the transition lasts, so that
+// a member that was away learns it from whoever it meets first. Only keys a node had
+// seen before the admin signed are offered it. A valid offer stages the seed
+// (StageSeed): the seed file then says when the network moves to it and until when the
+// current one is still accepted.
 
 import (
 	"bytes"
