@@ -245,3 +245,30 @@ func FuzzSeedOffer(f *testing.F) {
 		}
 	})
 }
+
+// What sealing and opening one offer cost (an X25519 each way, HKDF, ChaCha20-Poly1305,
+// SHA-256 of the statement); opening excludes the statement's signature, which the store
+// checks.
+func BenchmarkSeedOffer(b *testing.B) {
+	priv, pub := offerMember(0xa0)
+	rot := hexBytes(b, goldenRotate)
+	st, err := ParseStatement(rot, NetworkID(testSeed), []ed25519.PublicKey{adminPub(testAdmin())})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("seal", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := SealSeed(rand.Reader, rot, testNextSeed, pub); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	o, _ := SealSeed(rand.Reader, rot, testNextSeed, pub)
+	b.Run("open", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := o.Open(st, priv, pub); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

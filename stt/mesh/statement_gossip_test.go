@@ -214,7 +214,7 @@ func TestStatementAnswerIsBounded(t *testing.T) {
 // nothing back: three bytes from a member must not buy 64 statements.
 func TestStatementUnaskedAnswerGetsNoPushBack(t *testing.T) {
 	var sent int
-	e := New(Config{Identity: NewIdentity(testEdSeed), Seed: testSeed, Now: func() time.Time { return testNow },
+	e := New(Config{Identity: NewIdentity(testEdSeed), Network: NetworkOf(testSeed), Now: func() time.Time { return testNow },
 		Admins: []ed25519.PublicKey{adminPub(testAdmin())},
 		Send:   func([32]byte, byte, []byte) error { sent++; return nil }})
 	e.LoadStatements([][]byte{goldenBytes(nil, goldenRevoke), goldenBytes(nil, goldenRotate)})
