@@ -175,6 +175,7 @@ func TestSeedRotationExcludesTheRevokedWithoutTeardown(t *testing.T) {
 		t.Errorf("seed rotate does not say it excluded m5:\n%s", out)
 	}
 	// Every remaining member stages the next seed (the node that rotated, at once).
+	rotated := time.Now()
 	var nextID string
 	waitAll(t, "every remaining member stages the next seed", 15*time.Second, remaining, func(nd *node, st rotationJSON) bool {
 		if st.Seed == nil || st.Seed.NextID == "" {
@@ -185,6 +186,7 @@ func TestSeedRotationExcludesTheRevokedWithoutTeardown(t *testing.T) {
 		}
 		return nextID == "" || st.Seed.NextID == nextID
 	})
+	t.Logf("every remaining member staged the next seed within %v of seed rotate returning", time.Since(rotated).Round(time.Millisecond))
 	// m5 is not given it.
 	if st, err := m5.rotationStatus(); err == nil && st.Seed != nil && st.Seed.NextID != "" {
 		t.Errorf("the excluded m5 staged a next seed: %+v", st.Seed)
