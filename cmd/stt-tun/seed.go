@@ -86,7 +86,7 @@ Examples:
 			&cli.StringFlag{Name: "interface", Aliases: []string{"I"}, Usage: "the interface `NAME` whose daemon hands the seed on"},
 			&cli.StringSliceFlag{Name: "exclude", Usage: "leave out `MEMBER` (repeat for more); revoked members are always left out"},
 			&cli.StringFlag{Name: "from", Usage: "when members switch to the new seed: `WHEN` is +DURATION from now or an RFC 3339 time", Value: defaultRotateFrom},
-			durationFlag("overlap", nil, "how long after --from the current seed is still accepted", defaultRotateOverlap),
+			durationFlag("overlap", nil, "how long after --from the current seed is still accepted (at least 45s)", defaultRotateOverlap),
 			timeoutFlag(30 * time.Second),
 		},
 		Action: func(c *cli.Context) error { return seedRotate(c, e) },
