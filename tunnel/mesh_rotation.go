@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"crypto/ed25519"
+	"slices"
 	"time"
 
 	"github.com/stt-tun/stt-tun/stt/mesh"
@@ -36,4 +37,8 @@ func (t *Tunnel) rotationAccepted(st *mesh.Statement) {
 	t.log.Info("mesh: seed rotation statement taken", "next_seed_id", shortSeedID(st.Rotate.NextSeedID),
 		"from", from.UTC().Format(time.RFC3339), "until", until.UTC().Format(time.RFC3339),
 		"excluded", len(st.Rotate.Excluded), "supersedes_the_held_one", superseded)
+	if slices.Contains(st.Rotate.Excluded, t.mesh.self) {
+		t.log.Warn("mesh: an admin's seed rotation excludes this node: it will not be given the next seed, and loses the network when the current seed stops being accepted",
+			"until", until.UTC().Format(time.RFC3339))
+	}
 }
