@@ -620,6 +620,9 @@ func (t *Tunnel) syncMembers() {
 	}
 	seen := make(map[[32]byte]bool, len(recs))
 	for _, rec := range recs {
+		if t.node.Revoked(rec.Key) {
+			continue // revoked since recs was read: forgotten, not made again
+		}
 		seen[rec.Key] = true
 		mb := m.members[rec.Key]
 		if mb != nil && mb.rec != nil && mb.rec.Version == rec.Version {
