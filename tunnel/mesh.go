@@ -106,6 +106,9 @@ type meshState struct {
 	stmtPath        string
 	stmtDirty       atomic.Bool
 	redecideRevoked atomic.Bool
+	// revokeMu makes reading the revoked keys and handing them to the node one step,
+	// so that two revocations taken at once cannot leave the node the older set.
+	revokeMu sync.Mutex
 
 	claimsRefused atomic.Uint64 // prefixes or addresses a member claimed and policy refused
 	namesRefused  atomic.Uint64 // records whose name another key holds

@@ -172,6 +172,8 @@ func (t *Tunnel) applyRevocations() {
 	if t.mesh == nil || t.node == nil {
 		return
 	}
+	t.mesh.revokeMu.Lock()
+	defer t.mesh.revokeMu.Unlock()
 	t.node.SetRevoked(t.mesh.eng.RevokedKeys())
 }
 
