@@ -17,6 +17,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -360,6 +361,25 @@ func (t *Tunnel) Rotate(statement []byte, next [32]byte) (int, error) {
 	if len(t.statementAdmins()) == 0 {
 		return 0, ErrNoAdmins
 	}
+	// Everything is checked before the statement goes to the store: taken there, it
+	// spreads to every member as the newest rotation, and one that cannot be carried
+	// out would make the members refuse the offers of the rotation before it.
+	parsed, err := mesh.ParseStatement(statement, t.mesh.netID, t.statementAdmins())
+	if err != nil {
+		return 0, fmt.Errorf("statement refused: %s", mesh.StatementReason(err))
+	}
+	if parsed.Kind != mesh.StatementRotate {
+		return 0, errors.New("statement refused: not a rotation")
+	}
+	if mesh.SeedID(next) != parsed.Rotate.NextSeedID {
+		return 0, errors.New("the seed is not the one the statement names")
+	}
+	if slices.Contains(parsed.Rotate.Excluded, t.mesh.self) {
+		return 0, errors.New("the statement excludes this node itself")
+	}
+	if _, until := rotationTimes(parsed); !time.Now().Before(until) {
+		return 0, errors.New("the rotation's overlap is already over")
+	}
 	reason := t.offerStatement(statement)
 	st, raw := t.heldRotation()
 	if raw == nil || !bytes.Equal(raw, statement) {
@@ -367,17 +387,6 @@ func (t *Tunnel) Rotate(statement []byte, next [32]byte) (int, error) {
 			return 0, errors.New("statement refused: a newer rotation is held")
 		}
 		return 0, fmt.Errorf("statement refused: %s", reason)
-	}
-	if mesh.SeedID(next) != st.Rotate.NextSeedID {
-		return 0, errors.New("the seed is not the one the statement names")
-	}
-	for _, k := range st.Rotate.Excluded {
-		if k == t.mesh.self {
-			return 0, errors.New("the statement excludes this node itself")
-		}
-	}
-	if _, until := rotationTimes(st); !time.Now().Before(until) {
-		return 0, errors.New("the rotation's overlap is already over")
 	}
 	if err := t.stageRotation(raw, st, next); err != nil {
 		return 0, fmt.Errorf("stage the next seed: %w", err)

@@ -287,6 +287,11 @@ func TestRotateRefusesWhatItCannotHandOn(t *testing.T) {
 		if _, err := alpha.t.Rotate(c.raw, c.seed); err == nil {
 			t.Errorf("%s: Rotate took it", name)
 		}
+		// Nor does the statement go to the store (and from there to every member, as
+		// the newest rotation, which would make them refuse an earlier one's offers).
+		if _, held := alpha.t.mesh.eng.RotationStatement(); bytes.Equal(held, c.raw) {
+			t.Errorf("%s: the refused statement is held and spread", name)
+		}
 	}
 	if got := hook.get(); len(got) != 0 {
 		t.Errorf("alpha staged %d seeds from refused rotations", len(got))

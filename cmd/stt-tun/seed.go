@@ -226,6 +226,11 @@ func (p *rotatePlan) exclude(st status.Status, args []string) error {
 		}
 		add(k, a)
 	}
+	for _, k := range p.excluded {
+		if config.EncodeKey(k) == st.PublicKey {
+			return usageError("seed rotate: --exclude names %s itself; rotate from another member", st.Interface)
+		}
+	}
 	for _, r := range revoked {
 		name := r.name
 		if name == "" {

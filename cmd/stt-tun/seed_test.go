@@ -92,6 +92,10 @@ func TestSeedRotateExcludeResolvesNamesAndAddsTheRevoked(t *testing.T) {
 	if err := (&rotatePlan{}).exclude(st, []string{"nobody"}); err == nil || !strings.Contains(err.Error(), "--exclude") {
 		t.Errorf("an unknown name: %v", err)
 	}
+	st.PublicKey = key(3)
+	if err := (&rotatePlan{}).exclude(st, []string{"gamma"}); err == nil || !strings.Contains(err.Error(), "itself") {
+		t.Errorf("excluding the daemon's own node: %v", err)
+	}
 }
 
 // Flags are checked before anything else, each refusal naming its flag.
