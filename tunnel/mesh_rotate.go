@@ -377,8 +377,15 @@ func (t *Tunnel) Rotate(statement []byte, next [32]byte) (int, error) {
 	if slices.Contains(parsed.Rotate.Excluded, t.mesh.self) {
 		return 0, errors.New("the statement excludes this node itself")
 	}
-	if _, until := rotationTimes(parsed); !time.Now().Before(until) {
+	from, until := rotationTimes(parsed)
+	if !time.Now().Before(until) {
 		return 0, errors.New("the rotation's overlap is already over")
+	}
+	if staged, sFrom, sUntil, ok := t.StagedSeed(); ok && staged != next && (!from.After(sFrom) || !until.After(sUntil)) {
+		// Members that staged that one would refuse this one's seed (StageSeed), and the
+		// others take it: the network would split.
+		return 0, fmt.Errorf("a rotation to %s is in progress (from %s until %s): a new one must start and end after it",
+			shortSeed(staged), sFrom.UTC().Format(time.RFC3339), sUntil.UTC().Format(time.RFC3339))
 	}
 	reason := t.offerStatement(statement)
 	st, raw := t.heldRotation()

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -295,6 +296,31 @@ func TestRotateRefusesWhatItCannotHandOn(t *testing.T) {
 	}
 	if got := hook.get(); len(got) != 0 {
 		t.Errorf("alpha staged %d seeds from refused rotations", len(got))
+	}
+}
+
+// While a rotation is in progress, a new one that would not start and end after it is
+// refused before it spreads: members that staged the first would refuse its seed while
+// the others took it, splitting the network. One that starts and end later is taken.
+func TestRotateRefusesToOverlapARotationInProgress(t *testing.T) {
+	_, admin, _ := ed25519.GenerateKey(nil)
+	alpha, _, _, _ := rotTrio(t, admin)
+	first, _ := config.GenerateSeed()
+	second, _ := config.GenerateSeed()
+	switchAt := time.Now().Add(time.Minute)
+	if _, err := alpha.t.Rotate(signRotate(t, admin, alpha, first, switchAt, 120), first); err != nil {
+		t.Fatal(err)
+	}
+	early := signRotate(t, admin, alpha, second, switchAt.Add(-10*time.Second), 300)
+	if _, err := alpha.t.Rotate(early, second); err == nil || !strings.Contains(err.Error(), "in progress") {
+		t.Errorf("a rotation starting before the one in progress: %v", err)
+	}
+	if _, held := alpha.t.mesh.eng.RotationStatement(); bytes.Equal(held, early) {
+		t.Error("the refused rotation is held and spread")
+	}
+	later := signRotate(t, admin, alpha, second, switchAt.Add(time.Minute), 120)
+	if _, err := alpha.t.Rotate(later, second); err != nil {
+		t.Errorf("a rotation after the one in progress: %v", err)
 	}
 }
 
