@@ -102,6 +102,8 @@ type Config struct {
 	Forwarding Forwarding
 	// Discovery is the [discovery] section; Discovery.Enabled says whether it is there.
 	Discovery Discovery
+	// Membership is the [membership] section: the admin keys this node obeys.
+	Membership Membership
 	// Peers are the [[peer]] sections, in file order.
 	Peers []Peer
 	// Metrics is the [metrics] section.

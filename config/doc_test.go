@@ -224,13 +224,14 @@ func docWithKey(section, line string) string {
 		"websocket":  {`[websocket]`, `listen = "127.0.0.1:8443"`},
 		"forwarding": {`[forwarding]`},
 		"discovery":  {`[discovery]`},
+		"membership": {`[membership]`},
 		"peer":       {`[[peer]]`, `name = "beta"`, `allowed_prefixes = ["10.99.0.2/32"]`},
 		"metrics":    {`[metrics]`},
 		"logging":    {`[logging]`},
 		"advanced":   {`[advanced]`},
 	}
 	var out []string
-	for _, sec := range []string{"interface", "websocket", "forwarding", "discovery", "peer", "metrics", "logging", "advanced"} {
+	for _, sec := range []string{"interface", "websocket", "forwarding", "discovery", "membership", "peer", "metrics", "logging", "advanced"} {
 		out = append(out, parts[sec]...)
 		if sec == section && line != "" {
 			out = append(out, line)

@@ -73,6 +73,15 @@ func (c *Config) String() string {
 		fmt.Fprintf(&b, "nat_keepalive = %s\n", quote(d.NATKeepalive.String()))
 	}
 
+	if len(c.Membership.Admins) > 0 {
+		b.WriteString("\n[membership]\n")
+		as := make([]string, len(c.Membership.Admins))
+		for i, a := range c.Membership.Admins {
+			as[i] = quote(EncodeKey([32]byte(a)))
+		}
+		fmt.Fprintf(&b, "admins = [%s]\n", strings.Join(as, ", "))
+	}
+
 	for i := range c.Peers {
 		p := &c.Peers[i]
 		b.WriteString("\n[[peer]]\n")

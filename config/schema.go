@@ -22,6 +22,7 @@ type rawFile struct {
 	WebSocket  *rawWebSocket  `toml:"websocket"`
 	Forwarding *rawForwarding `toml:"forwarding"`
 	Discovery  *rawDiscovery  `toml:"discovery"`
+	Membership *rawMembership `toml:"membership"`
 	Peers      []rawPeer      `toml:"peer"`
 	Metrics    *rawMetrics    `toml:"metrics"`
 	Logging    *rawLogging    `toml:"logging"`
@@ -64,6 +65,10 @@ type rawDiscovery struct {
 	MeshIPv6         *bool    `toml:"mesh_ipv6"`
 	Relay            *bool    `toml:"relay"`
 	NATKeepalive     *string  `toml:"nat_keepalive" want:"a duration string such as \"25s\""`
+}
+
+type rawMembership struct {
+	Admins []string `toml:"admins" want:"an array of base64 Ed25519 public keys such as [\"F0VTtFbd38aQjsqxwQH+arIeK6oGF3lbfUOmNIKZP9U=\"]"`
 }
 
 type rawForwarding struct {

@@ -91,6 +91,7 @@ func (v *validator) config(raw *rawFile) *Config {
 	cfg.WebSocket = v.websocket(raw.WebSocket)
 	cfg.Forwarding = v.forwarding(raw.Forwarding)
 	cfg.Discovery = v.discovery(raw.Discovery, &cfg.Interface)
+	cfg.Membership = v.membership(raw.Membership, cfg.Discovery)
 	cfg.Peers = v.peers(raw.Peers, cfg.Interface.NodeName, cfg.Discovery.Enabled)
 	cfg.Metrics = v.metrics(raw.Metrics)
 	cfg.Logging = v.logging(raw.Logging)

@@ -158,6 +158,12 @@ func (p *Peer) consumeChallenge(ini *initiation, msg []byte, ep conn.Endpoint) {
 		n.log.Warn("peer's key does not match the pinned key; refusing", "peer", p.cfg.Name)
 		return
 	}
+	if n.isRevoked(info.PeerStatic) {
+		p.dropInitLocked() // a retry would meet the same key
+		p.handshake.want = false
+		n.refuseRevoked(p.cfg.Name)
+		return
+	}
 	p.proveLocked(p, ini, ep, time.Now())
 }
 
@@ -221,6 +227,13 @@ func (w *Peer) consumeWildcardChallenge(ini *initiation, msg []byte, ep conn.End
 		n.warnDrop(DropPinMismatch, "bootstrap address answered with a key other than the pinned one; refusing", "peer", w.cfg.Name)
 		return
 	}
+	if n.isRevoked(info.PeerStatic) {
+		w.dropInitLocked() // a retry would meet the same key, until the bootstrap retry
+		w.handshake.want = false
+		w.mu.Unlock()
+		n.refuseRevoked(info.PeerName)
+		return
+	}
 	w.mu.Unlock()
 
 	// Admit is called with no lock held.
@@ -254,6 +267,12 @@ func (w *Peer) consumeWildcardChallenge(ini *initiation, msg []byte, ep conn.End
 		w.handshake.want = false
 		n.drop(DropPinMismatch)
 		n.warnDrop(DropPinMismatch, "bootstrap address answered with a key other than the one pinned for that peer; refusing", "peer", t.cfg.Name)
+		return
+	}
+	if n.isRevoked(info.PeerStatic) { // revoked while Admit ran
+		w.dropInitLocked()
+		w.handshake.want = false
+		n.refuseRevoked(t.cfg.Name)
 		return
 	}
 	if t.proveLocked(w, ini, ep, time.Now()) {
@@ -397,6 +416,14 @@ func (n *Node) handleHandshake(msg []byte, ep conn.Endpoint, out []byte) {
 // timestamp. A wildcard peer, and this node's own name or key, are no peer to make a
 // session with.
 func (n *Node) completeResponder(res handshake.Result, ep conn.Endpoint) {
+	if n.isRevoked(res.PeerStatic) {
+		// Before Admit: a revoked key is admitted nowhere. (Checked again under the
+		// peer's lock, against a revocation that comes meanwhile.)
+		n.index.release(res.LocalIndex)
+		n.refuseRevoked(res.PeerName)
+		n.refuse(res, ep, wire.CodeNotPeer)
+		return
+	}
 	p := n.Peer(res.PeerName)
 	own := n.PublicKey()
 	if p == nil && res.PeerName != n.cfg.Name && subtle.ConstantTimeCompare(res.PeerStatic[:], own[:]) != 1 {
@@ -470,6 +497,11 @@ func (p *Peer) completeResponder(res handshake.Result, ep conn.Endpoint) (up, fr
 		reject(DropPinMismatch)
 		n.warnDrop(DropPinMismatch, "handshake with a key other than the pinned one; refusing", "peer", p.cfg.Name)
 		n.refuse(res, ep, wire.CodePinMismatch)
+		return false, false
+	}
+	if n.isRevoked(res.PeerStatic) {
+		reject(DropRevoked)
+		n.refuse(res, ep, wire.CodeNotPeer)
 		return false, false
 	}
 	// A new static key for the same name restarts the timestamp sequence only if the

@@ -146,6 +146,9 @@ type Node struct {
 	// peerAddrs is the set of the peers' current UDP addresses, which the handshake
 	// engine favours under load (handshake.Config.Priority); the timer loop keeps it.
 	peerAddrs atomic.Pointer[map[netip.Addr]struct{}]
+
+	// revoked is the set of static keys refused at every handshake (SetRevoked).
+	revoked atomic.Pointer[map[[32]byte]struct{}]
 	// addrGen counts changes of the peers' UDP addresses and removals of peers;
 	// addrBuilt is its value when peerAddrs was last built (timer loop only).
 	addrGen   atomic.Uint64

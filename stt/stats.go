@@ -34,6 +34,7 @@ const (
 	DropUnknownPeer                        // handshake from a name not configured
 	DropPinMismatch                        // handshake whose static key is not the pinned one
 	DropStaleTimestamp                     // AUTH_PROOF whose HELLO timestamp is not newer than the last
+	DropRevoked                            // handshake completed with a static key an admin revoked (SetRevoked)
 	DropControl                            // malformed control message
 	DropNoSession                          // outbound datagram no session could carry: pushed out of a full queue, queued when the handshake gave up, or in a queue longer than a new session may seal
 	DropSendError                          // the transport refused a send
@@ -49,7 +50,7 @@ const (
 var dropNames = [numDropReasons]string{
 	"malformed", "unknown_index", "auth", "replay", "expired", "bad_mac1", "handshake",
 	"handshake_replay", "version", "rate_limited", "unknown_peer", "pin_mismatch",
-	"stale_timestamp", "control", "no_session", "send_error", "refused", "fallback",
+	"stale_timestamp", "revoked", "control", "no_session", "send_error", "refused", "fallback",
 	"relay_unknown_id", "relay_wrong_source", "relay_malformed", "relay_no_route",
 }
 
@@ -64,7 +65,7 @@ func (r DropReason) String() string {
 // IsHandshake reports whether r is a refused or failed handshake message rather than a
 // dropped packet or control message.
 func (r DropReason) IsHandshake() bool {
-	return r >= DropBadMAC1 && r <= DropStaleTimestamp
+	return r >= DropBadMAC1 && r <= DropRevoked
 }
 
 // DropReasons lists every reason, for callers that export the counters.

@@ -59,7 +59,9 @@ func (t *Tunnel) meshCounters(m map[string]uint64) {
 	m["mesh_bytes_out"] = s.BytesOut
 	m["mesh_claims_refused"] = t.mesh.claimsRefused.Load()
 	m["mesh_names_refused"] = t.mesh.namesRefused.Load()
+	t.statementCounters(m)
 	for _, e := range t.natEvents() {
 		m["mesh_"+e.name] = e.n
 	}
+	t.rotateCounters(m)
 }

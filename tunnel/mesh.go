@@ -119,7 +119,19 @@ type meshState struct {
 	// mesh loop last found them: no member may claim them.
 	underlay []netip.Addr
 
-	nat *natState // NAT type, punching, relaying (mesh_nat.go)
+	nat *natState    // NAT type, punching, relaying (mesh_nat.go)
+	rot *rotateState // the seed rotation held (mesh_rotate.go)
+
+	// netID is the network id statements are signed for; stmtPath the statements
+	// file ("" for none); stmtDirty says the statements changed since it was written;
+	// redecideRevoked makes the mesh loop forget revoked members (mesh_statements.go).
+	netID           [16]byte
+	stmtPath        string
+	stmtDirty       atomic.Bool
+	redecideRevoked atomic.Bool
+	// revokeMu makes reading the revoked keys and handing them to the node one step,
+	// so that two revocations taken at once cannot leave the node the older set.
+	revokeMu sync.Mutex
 
 	claimsRefused atomic.Uint64 // prefixes or addresses a member claimed and policy refused
 	namesRefused  atomic.Uint64 // records whose name another key holds
@@ -173,6 +185,8 @@ func (t *Tunnel) startMesh(network mesh.Network, key config.NodeKey) error {
 		done:      make(chan struct{}),
 		members:   make(map[[32]byte]*member),
 		nat:       newNATState(d.Relay, d.NATKeepalive),
+		rot:       newRotateState(key.X25519),
+		netID:     network.ID,
 		dialState: peerDialState,
 	}
 	m.eng = mesh.New(mesh.Config{
@@ -186,7 +200,9 @@ func (t *Tunnel) startMesh(network mesh.Network, key config.NodeKey) error {
 			}
 			return v.(*peer).sp.SendReliable(typ, body)
 		},
-		OnChange: func(old, cur *mesh.Record) { m.kick() },
+		OnChange:    func(old, cur *mesh.Record) { m.kick() },
+		Admins:      t.cfg.Membership.Admins,
+		OnStatement: t.statementAccepted,
 	})
 	t.mesh = m
 	return nil
@@ -238,6 +254,9 @@ func (t *Tunnel) admit(name string, static [32]byte) (*stt.Peer, error) {
 	if static == m.self || name == m.nodeName {
 		return nil, errors.New("that is this node")
 	}
+	if t.node.Revoked(static) {
+		return nil, errors.New("its key is revoked")
+	}
 	if err := config.CheckName(name); err != nil {
 		return nil, err
 	}
@@ -269,6 +288,7 @@ func (t *Tunnel) admit(name string, static [32]byte) (*stt.Peer, error) {
 	// A member a bootstrap address answered for is marked so by the mesh loop, once the
 	// wildcard peer has recorded whom it reached (after this call).
 	mb := &member{key: static, name: name, hsName: name, source: sourceHandshake, admitted: time.Now()}
+	m.rot.noteSeen(static, mb.admitted)
 	if err := t.addMemberPeerLocked(mb, nil); err != nil {
 		return nil, err
 	}
@@ -319,6 +339,9 @@ func (t *Tunnel) meshLoop() {
 	m := t.mesh
 	defer close(m.done)
 	m.started.Store(true)
+	rotDone := make(chan struct{})
+	go func() { t.rotateLoop(); close(rotDone) }()
+	defer func() { <-rotDone }() // the rotation worker ends with the loop (m.stop)
 	tick := time.NewTicker(meshTick)
 	defer tick.Stop()
 	t.refreshSelf()
@@ -335,6 +358,7 @@ func (t *Tunnel) meshLoop() {
 		}
 		now := time.Now()
 		t.syncMembers()
+		t.saveStatements()
 		t.refreshSelf()
 		if now.Sub(lastTick) >= mesh.DefaultInterval {
 			lastTick = now
@@ -664,8 +688,14 @@ func (t *Tunnel) syncMembers() {
 	defer m.mu.Unlock()
 	changed := m.redecide
 	m.redecide = false
+	if m.redecideRevoked.Swap(false) && t.forgetRevokedLocked() {
+		changed = true
+	}
 	seen := make(map[[32]byte]bool, len(recs))
 	for _, rec := range recs {
+		if t.node.Revoked(rec.Key) {
+			continue // revoked since recs was read: forgotten, not made again
+		}
 		seen[rec.Key] = true
 		mb := m.members[rec.Key]
 		if mb != nil && mb.rec != nil && mb.rec.Version == rec.Version {
@@ -674,6 +704,7 @@ func (t *Tunnel) syncMembers() {
 		changed = true
 		if mb == nil {
 			mb = &member{key: rec.Key, name: rec.Name, source: sourceGossip}
+			m.rot.noteSeen(rec.Key, time.Now())
 			m.members[rec.Key] = mb
 		}
 		mb.rec, mb.fresh = rec, true
@@ -1140,6 +1171,10 @@ func (t *Tunnel) meshExtension(sp *stt.Peer, typ byte, body []byte, from netip.A
 		t.natMessage(sp, key, typ, body, from, viaWS)
 		return
 	}
+	if typ == mesh.MsgSeedOffer {
+		t.seedOfferMessage(key, body)
+		return
+	}
 	t.mesh.eng.Handle(key, from, viaWS, typ, body)
 }
 
@@ -1157,6 +1192,7 @@ func (t *Tunnel) meshSessionUp(sp *stt.Peer, fresh bool) {
 		}
 	}
 	t.mesh.eng.SessionUp(key)
+	t.rotateSessionUp(key)
 	t.mesh.kick()
 }
 
@@ -1273,6 +1309,7 @@ func (t *Tunnel) meshStatus(st *status.Status) {
 	boots := m.boots
 	t.mu.RUnlock()
 	m.mu.Unlock()
+	t.statementsStatus(ms, names)
 	for _, o := range m.eng.Observed() {
 		r := status.Reflection{By: names[o.By], Address: o.Addr.String(), Transport: "udp"}
 		if r.By == "" {

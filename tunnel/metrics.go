@@ -80,6 +80,7 @@ var (
 	famMeshNames     = counter("stt_mesh_names_refused_total", "Member records refused because their name belongs to another key.")
 	famMeshMsgs      = counter("stt_mesh_gossip_messages_total", "Gossip messages, by direction: in or out.")
 	famMeshBytes     = counter("stt_mesh_gossip_bytes_total", "Bytes of gossip messages (type, length and body), by direction: in or out.")
+	famMeshOffers    = counter("stt_mesh_seed_offers_total", "SEED_OFFER messages (the next seed of a rotation), by result: sent, or received and accepted, duplicate, or why they were dropped.")
 	famMeshNAT       = counter("stt_mesh_nat_events_total", "NAT traversal events, by event: punch requests sent, punches coordinated and started, relay requests sent, granted and refused, relay paths installed, NAT messages ignored.")
 	famPeerMesh      = gauge("stt_peer_mesh_info", "A peer that is a member of the mesh, with how the node learned of it (config, bootstrap, gossip, handshake). Always 1.")
 )
@@ -292,7 +293,7 @@ func (t *Tunnel) writeMeshMetrics(w *promtext.Writer, ms meshSample) {
 		{"accepted", s.Accepted}, {"stale", s.Stale}, {"bad_signature", s.BadSignature},
 		{"malformed", s.Malformed}, {"too_large", s.TooLarge}, {"expired", s.Expired},
 		{"future", s.Future}, {"rate_limited", s.RateLimited}, {"table_full", s.Full},
-		{"own_key", s.OwnKey},
+		{"own_key", s.OwnKey}, {"revoked", t.mesh.eng.StatementStats().RevokedRecords},
 	} {
 		w.Uint(famMeshRecords.name, o.n, "outcome", o.outcome)
 	}
@@ -308,6 +309,8 @@ func (t *Tunnel) writeMeshMetrics(w *promtext.Writer, ms meshSample) {
 	for _, e := range t.natEvents() {
 		w.Uint(famMeshNAT.name, e.n, "event", e.name)
 	}
+	t.writeStatementMetrics(w)
+	t.writeRotateMetrics(w)
 }
 
 // metricsServer serves one tunnel's metrics over HTTP.

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/stt-tun/stt-tun/config"
+	"github.com/stt-tun/stt-tun/stt/mesh"
 )
 
 // meshTrio is three mesh members on loopback: a, which b and c name as their
@@ -163,8 +164,15 @@ func TestMetricsMeshFamilies(t *testing.T) {
 	for _, m := range fams["stt_mesh_records_total"] {
 		outcomes[m.labels["outcome"]] = m.v
 	}
-	if len(outcomes) != 10 || outcomes["accepted"] < 2 {
-		t.Errorf("stt_mesh_records_total by outcome: %v; want all 10 outcomes and ≥ 2 accepted", outcomes)
+	if len(outcomes) != 11 || outcomes["accepted"] < 2 {
+		t.Errorf("stt_mesh_records_total by outcome: %v; want all 11 outcomes and ≥ 2 accepted", outcomes)
+	}
+	results := map[string]float64{}
+	for _, m := range fams["stt_mesh_statements_total"] {
+		results[m.labels["result"]] = m.v
+	}
+	if len(results) != len(mesh.StatementReasons) {
+		t.Errorf("stt_mesh_statements_total by result: %v; want one series per result", results)
 	}
 	for _, fam := range []string{"stt_mesh_gossip_bytes_total", "stt_mesh_gossip_messages_total"} {
 		dir := map[string]float64{}

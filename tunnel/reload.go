@@ -285,6 +285,7 @@ func (t *Tunnel) reload(cfg *config.Config) ([]string, error) {
 		t.addMembersToTable(table)
 		t.mesh.mu.Unlock()
 	}
+	changes = append(changes, t.reloadAdmins(old, cfg)...)
 	t.mu.Lock()
 	t.table.Store(table)
 	for _, pl := range plans {
@@ -380,7 +381,7 @@ func restartNeeded(old, cfg *config.Config) error {
 	for i := range ct.NumField() {
 		f := ct.Field(i)
 		switch f.Name {
-		case "Path", "Peers", "Metrics":
+		case "Path", "Peers", "Metrics", "Membership":
 			continue
 		}
 		section := tomlName(f.Name)

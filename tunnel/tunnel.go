@@ -138,6 +138,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 		if err := t.startMesh(sf.Network, key); err != nil {
 			return nil, err
 		}
+		t.loadStatements(statementsPath(opts, cfg.Interface.Name))
 	}
 
 	if opts.Device != nil {
@@ -196,6 +197,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 	if err != nil {
 		return nil, err
 	}
+	t.applyRevocations() // before the first packet
 	if err := t.applySeeds(sf, false); err != nil {
 		return nil, err
 	}
@@ -345,6 +347,7 @@ func (t *Tunnel) Close() error {
 			t.awaitLeaveAcks()
 		}
 		t.stopMesh()
+		t.saveStatements()
 		t.stopSeeds()
 		t.lookupCancel()
 		t.stopMetrics()
@@ -387,6 +390,7 @@ func (t *Tunnel) Counters() Counters {
 func (t *Tunnel) Status() status.Status {
 	st := t.configStatus()
 	st.Seed = t.seedStatus()
+	t.addRotationStatus(st.Seed)
 	if t.mesh != nil {
 		t.meshStatus(&st)
 	}

@@ -57,9 +57,12 @@ Example, on each node:
 			reloadCommand(e),
 			pingCommand(e),
 			genseedCommand(e),
+			seedCommand(e),
 			genkeyCommand(e),
 			pubkeyCommand(e),
 			keyUpgradeCommand(e),
+			adminCommand(e),
+			revokeCommand(e),
 			completionCommand(e),
 			{
 				Name:      "version",

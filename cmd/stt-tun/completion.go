@@ -31,6 +31,7 @@ var commandArgs = map[string]string{
 	"ping":        argPeers,
 	"completion":  argShells,
 	"key-upgrade": argFiles,
+	"revoke":      argPeers,
 }
 
 // flagValues says what a flag's value completes to: "files", "dirs", argInterfaces, or
@@ -41,6 +42,7 @@ var flagValues = map[string]string{
 	"config-dir":   "dirs",
 	"log-level":    "debug info warn error",
 	"interface":    argInterfaces, // ping -I NAME
+	"admin-key":    "files",
 }
 
 func completionCommand(e *env) *cli.Command {

@@ -212,6 +212,14 @@ func flagsFirst(app *cli.App, args []string) []string {
 	if cmd == nil {
 		return args
 	}
+	// A command with subcommands (seed rotate): the subcommand's flags.
+	for i+1 < len(args) && cmd.Subcommands != nil {
+		sub := cmd.Command(args[i+1])
+		if sub == nil {
+			break
+		}
+		cmd, i = sub, i+1
+	}
 	head := append([]string(nil), args[:i+1]...)
 	var flags, rest []string
 	tail := splitGlued(cmd.Flags, args[i+1:])

@@ -208,6 +208,12 @@ func forJSON(st status.Status) status.Status {
 		if m.Bootstrap == nil {
 			m.Bootstrap = []status.Bootstrap{}
 		}
+		if m.Admins == nil {
+			m.Admins = []string{}
+		}
+		if m.Revoked == nil {
+			m.Revoked = []status.Revoked{}
+		}
 		st.Mesh = &m
 	}
 	return st
@@ -336,6 +342,7 @@ func renderMesh(b *strings.Builder, m *status.Mesh, c map[string]uint64) {
 			fmt.Fprintf(b, "  bootstrap %s: not reached yet\n", bs.Target)
 		}
 	}
+	renderRevoked(b, m, c)
 	if c != nil {
 		fmt.Fprintf(b, "  gossip: %d messages in (%s), %d out (%s)\n",
 			c["mesh_messages_in"], humanBytes(c["mesh_bytes_in"]), c["mesh_messages_out"], humanBytes(c["mesh_bytes_out"]))
@@ -621,4 +628,8 @@ func renderSeed(b *strings.Builder, sd *status.Seed, peers []status.Peer) {
 		}
 	}
 	fmt.Fprintf(b, "  sessions by seed: %d on %s, %d on %s (next)\n", cur, sd.ID, next, sd.NextID)
+	if r := sd.Rotation; r != nil {
+		fmt.Fprintf(b, "  rotation: signed by %s at %s, %d excluded, offered to %s\n", shortKey(r.Admin),
+			r.Issued.UTC().Format(time.RFC3339), r.Excluded, plural(r.Offered, "member", "members"))
+	}
 }

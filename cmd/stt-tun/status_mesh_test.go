@@ -30,6 +30,7 @@ func sampleMeshStatus() status.Status {
 			"mesh_records_swept": 1, "mesh_claims_refused": 1, "mesh_names_refused": 1,
 			"mesh_messages_in": 120, "mesh_bytes_in": 15400, "mesh_messages_out": 118, "mesh_bytes_out": 14100,
 			"mesh_punch_requests_sent": 4, "mesh_punches_started": 2, "mesh_relay_requests_sent": 1, "mesh_relay_paths_installed": 1,
+			"drop_revoked": 3, "mesh_statement_accepted": 1, "mesh_statement_unknown_admin": 2, "mesh_record_revoked": 1,
 		},
 		Peers: []status.Peer{
 			{
@@ -92,7 +93,8 @@ func sampleMeshStatus() status.Status {
 		},
 		// Mid-rotation: the next seed in use since 11:58, the current one accepted until
 		// 12:08; one member still on it.
-		Seed: &status.Seed{ID: "3f2a91c0", NextID: "8b01d2e4", From: now.Add(-2 * time.Minute), Until: now.Add(8 * time.Minute)},
+		Seed: &status.Seed{ID: "3f2a91c0", NextID: "8b01d2e4", From: now.Add(-2 * time.Minute), Until: now.Add(8 * time.Minute),
+			Rotation: &status.Rotation{Admin: "F0VTtFbd3d/GkI7KscEB/mqyHiuqBhd5W31DpjSCmT/V", Issued: now.Add(-4 * time.Minute), Excluded: 1, Offered: 5}},
 		Mesh: &status.Mesh{
 			Address:   "fd3a:91c2:5e07::8c1d:2f4e:9a01:77c3",
 			Network:   "fd3a:91c2:5e07::/48",
@@ -110,6 +112,11 @@ func sampleMeshStatus() status.Status {
 				{Target: "wss://mesh.example.net/stt", Self: true},
 			},
 			RecordVersion: uint64(now.Add(-7 * time.Minute).UnixNano()),
+			NetworkID:     "06bf2be6b984bb6b212c9f4594c5a35b",
+			Admins:        []string{"F0VTtFbd38aQjsqxwQH+arIeK6oGF3lbfUOmNIKZP9U="},
+			Revoked: []status.Revoked{{Key: "e5Rk2Yp8Wq1Lm4Nc7Vb0Xz3Ta6Sd9Fg2Hj5Kl8Qw1Er=", Name: "omicron",
+				By: "F0VTtFbd38aQjsqxwQH+arIeK6oGF3lbfUOmNIKZP9U=", Issued: now.Add(-2 * time.Hour).UTC().Format(time.RFC3339)}},
+			Statements: 1,
 		},
 	}
 }
@@ -222,7 +229,7 @@ func TestStatusTextMeshRefusedLine(t *testing.T) {
 	if err := renderStatus(&b, []status.Status{st}, DefaultStateDir, sampleNow()); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(b.String(), "  mesh refused: 2 bad_signature, 1 claim, 1 name\n") {
+	if !strings.Contains(b.String(), "  mesh refused: 2 bad_signature, 1 claim, 1 name, 1 revoked\n") {
 		t.Errorf("mesh refused line:\n%s", b.String())
 	}
 }

@@ -17,6 +17,10 @@
 //	                                       "path":"udp","endpoint":"192.0.2.7:51900"}}
 //	                    or {"ok":true,"ping":{"peer":"beta","replied":false,"reason":"..."}}
 //	                    or {"ok":false,"error":"..."}          (no such peer)
+//	{"op":"statement","statement":"<base64>"}   (see statement.go)
+//	                 →  {"ok":true,"statement":{"accepted":false,"reason":"stale"}}
+//	{"op":"rotate","statement":"<base64>","seed":"<base64>"}   (see rotate.go)
+//	                 →  {"ok":true,"rotate":{"offered":3}}
 //	anything else    →  {"ok":false,"error":"unknown op \"x\""}
 //
 // A request line is at most MaxRequestSize bytes; a connection that sends nothing for
@@ -72,6 +76,10 @@ type Request struct {
 	// TimeoutMS bounds a ping request's wait for the answer, in milliseconds; 0 means
 	// DefaultPingTimeout.
 	TimeoutMS int64 `json:"timeout_ms,omitempty"`
+	// Statement is the base64 of the signed statement of a statement request.
+	Statement string `json:"statement,omitempty"`
+	// Seed is the base64 of the next seed of a rotate request (rotate.go).
+	Seed string `json:"seed,omitempty"`
 }
 
 // PingResult is the outcome of one ping request.
@@ -103,6 +111,10 @@ type Response struct {
 	Changes []string `json:"changes,omitempty"`
 	// Ping is the answer to a ping request.
 	Ping *PingResult `json:"ping,omitempty"`
+	// Statement is the answer to a statement request (statement.go).
+	Statement *StatementResult `json:"statement,omitempty"`
+	// Rotate is the answer to a rotate request (rotate.go).
+	Rotate *RotateResult `json:"rotate,omitempty"`
 }
 
 var (

@@ -257,6 +257,14 @@ func (s *Server) handle(conn net.Conn, t Tunnel) {
 			if !s.reply(conn, s.ping(t, req)) {
 				return
 			}
+		case OpStatement:
+			if !s.reply(conn, s.statement(t, req)) {
+				return
+			}
+		case OpRotate:
+			if !s.reply(conn, s.rotate(t, req)) {
+				return
+			}
 		default:
 			if !s.reply(conn, Response{Error: fmt.Sprintf("unknown op %q", req.Op)}) {
 				return

@@ -62,6 +62,9 @@ type Seed struct {
 	// Transient is true when the next seed came from a reload of a seed file replaced by
 	// a bare new seed: the old one's grace is not in the file, and ends with a restart.
 	Transient bool `json:"transient,omitempty"`
+	// Rotation is set when the next seed came from an admin's rotation statement (seed
+	// rotate) rather than from the seed file.
+	Rotation *Rotation `json:"rotation,omitempty"`
 }
 
 // Mesh is what a node knows of the mesh it belongs to.
@@ -87,6 +90,23 @@ type Mesh struct {
 	// the pairs of members it forwards between now.
 	Relay    bool `json:"relay"`
 	Relaying int  `json:"relaying"`
+	// NetworkID is the network id (hex) that admin statements are signed for; Admins
+	// are the admin keys this node obeys ([membership] admins, base64).
+	NetworkID string   `json:"network_id"`
+	Admins    []string `json:"admins"`
+	// Revoked lists the members an admin revoked; Statements counts the statements held
+	// (the counters mesh_statement_* count those offered, by outcome).
+	Revoked    []Revoked `json:"revoked"`
+	Statements int       `json:"statements"`
+}
+
+// Revoked is one revocation held: the key revoked, the name the admin gave it (or the
+// one this node knew it by), the admin key that signed it and when.
+type Revoked struct {
+	Key    string `json:"key"`
+	Name   string `json:"name,omitempty"`
+	By     string `json:"by"`
+	Issued string `json:"issued"` // RFC 3339, UTC
 }
 
 // Reflection is one member's view of where this node's traffic comes from.

@@ -10,6 +10,7 @@ package mesh
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/binary"
 	"log/slog"
 	"math/rand/v2"
@@ -55,9 +56,14 @@ type Config struct {
 	// OnChange reports that a member's record was added (old nil), replaced, or expired
 	// (cur nil). It is called with no engine lock held, from whichever call caused it.
 	OnChange func(old, cur *Record)
-	Logger   *slog.Logger
-	Lifetime time.Duration // record lifetime, default 30 min (at most MaxLifetime); refreshed at Lifetime/3
-	Interval time.Duration // anti-entropy interval, default 10 s
+	// Admins are the admin keys whose statements the engine takes (statement_gossip.go);
+	// OnStatement reports each statement taken from a member or OfferStatement, with
+	// no engine lock held. Both may be nil.
+	Admins      []ed25519.PublicKey
+	OnStatement func(*Statement)
+	Logger      *slog.Logger
+	Lifetime    time.Duration // record lifetime, default 30 min (at most MaxLifetime); refreshed at Lifetime/3
+	Interval    time.Duration // anti-entropy interval, default 10 s
 	// MaxMembers bounds the records held, own included (default DefaultMaxMembers).
 	MaxMembers int
 	// Now is the clock of Handle and SetSelf (default time.Now); Tick is given its time.
@@ -105,8 +111,9 @@ type change struct{ old, cur *Record }
 
 // batch collects what a call decided to send and report, to do after unlocking.
 type batch struct {
-	out     []outMsg
-	changes []change
+	out        []outMsg
+	changes    []change
+	statements []*Statement // accepted, for OnStatement
 }
 
 type exchange struct {
@@ -145,6 +152,7 @@ type Engine struct {
 	sendErrors  atomic.Uint64
 	pending     []change // changes not yet reported
 	delivering  bool     // a caller is reporting pending changes
+	stmt        statementState
 }
 
 // New returns an engine for cfg, with the defaults filled in.
@@ -208,6 +216,11 @@ func (e *Engine) flush(b *batch) {
 			for _, c := range cs {
 				e.cfg.OnChange(c.old, c.cur)
 			}
+		}
+	}
+	if e.cfg.OnStatement != nil {
+		for _, s := range b.statements {
+			e.cfg.OnStatement(s)
 		}
 	}
 	for _, m := range b.out {
@@ -338,6 +351,7 @@ func (e *Engine) SessionUp(peer [32]byte) {
 	e.connect(peer)
 	e.queue(&b, peer, MsgSummary, AppendSummary(nil, e.store.Summary()))
 	e.queue(&b, peer, MsgObserve, nil)
+	e.sendStatementSummary(&b, peer, e.cfg.Now())
 	e.observeSent[peer] = e.cfg.Now()
 	e.mu.Unlock()
 	e.flush(&b)
@@ -371,6 +385,7 @@ func (e *Engine) Tick(now time.Time, connected [][32]byte) {
 			delete(e.exchanges, k)
 		}
 	}
+	e.tickStatements(now)
 	for k := range e.observeSent {
 		if _, ok := e.connected[k]; !ok {
 			delete(e.observeSent, k)
@@ -403,6 +418,7 @@ func (e *Engine) Tick(now time.Time, connected [][32]byte) {
 			j := i + e.rng.IntN(len(e.connList)-i)
 			e.connList[i], e.connList[j] = e.connList[j], e.connList[i]
 			e.queue(&b, e.connList[i], MsgSummary, body)
+			e.sendStatementSummary(&b, e.connList[i], now)
 		}
 	}
 	e.mu.Unlock()
@@ -458,6 +474,8 @@ func (e *Engine) Handle(from [32]byte, seen netip.AddrPort, viaWS bool, typ byte
 				e.offer(&b, from, now, raw)
 			}
 		}
+	case MsgStatements:
+		err = e.handleStatements(&b, from, now, body)
 	case MsgObserve:
 		if err = ParseObserve(body); err == nil && seen.IsValid() {
 			t := byte(TransportUDP)
@@ -520,6 +538,10 @@ func (e *Engine) observe(o Observation) {
 // offer hands a received record to the store and acts on the outcome.
 func (e *Engine) offer(b *batch, from [32]byte, now time.Time, raw []byte) {
 	rec, old, out := e.store.Put(raw, now)
+	if out == Accepted && e.revokedKey(rec.Key) {
+		e.refuseRevokedRecord(rec)
+		return
+	}
 	switch out {
 	case Accepted:
 		b.changes = append(b.changes, change{old, rec})
@@ -599,6 +621,9 @@ func (e *Engine) onDigest(b *batch, peer [32]byte, now time.Time, last bool, ent
 	var want [][32]byte
 	var push [][]byte
 	for _, d := range entries {
+		if e.revokedKey(d.Key) {
+			continue // its record is refused here
+		}
 		if d.Key == e.self {
 			// A newer version of our own key is only a claim here: fetch it, and
 			// act on it (offer → ownSeen) only once its signature proves it ours.

@@ -195,9 +195,9 @@ func TestEngineLeavesNATMessagesToTheCaller(t *testing.T) {
 	if st := e.Stats(); st.UnknownTypes != 0 || st.BadMessages != 0 || sent != 0 {
 		t.Fatalf("NAT messages: %d unknown, %d bad, %d sent", st.UnknownTypes, st.BadMessages, sent)
 	}
-	e.Handle([32]byte{1}, netip.MustParseAddrPort("192.0.2.1:1"), false, 0x8C, nil)
+	e.Handle([32]byte{1}, netip.MustParseAddrPort("192.0.2.1:1"), false, 0xF0, nil)
 	if st := e.Stats(); st.UnknownTypes != 1 {
-		t.Fatalf("0x8C counted %d unknown, want 1", st.UnknownTypes)
+		t.Fatalf("0xF0 counted %d unknown, want 1", st.UnknownTypes)
 	}
 }
 

@@ -1,0 +1,470 @@
+package tunnel
+
+// mesh_rotate.go is the in-band seed rotation (docs/protocol.md 10.9, docs/operations.md
+// "Someone left: revoke and rotate"): an admin's ROTATE statement names the next seed,
+// and SEED_OFFER hands that seed, sealed, to each member the statement does not exclude.
+// The node where `stt-tun seed rotate` ran offers it to every member it knows; a node
+// that accepts an offer passes it on over the sessions it has, and every node holding it
+// offers it to a member whose session comes up fresh while the transition lasts, so that
+// a member that was away learns it from whoever it meets first. Only keys a node had
+// seen before the admin signed are offered it. A valid offer stages the seed
+// (StageSeed): the seed file then says when the network moves to it and until when the
+// current one is still accepted.
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/stt-tun/stt-tun/config"
+	"github.com/stt-tun/stt-tun/internal/promtext"
+	"github.com/stt-tun/stt-tun/internal/status"
+	"github.com/stt-tun/stt-tun/stt/mesh"
+)
+
+// offerEvery bounds the offers a node sends one member: at most one a minute, however
+// often its session comes up. Offers are reliable, so one is enough; another is sent
+// only when a new session shows that the member may have been away.
+const offerEvery = time.Minute
+
+// rotateQueue bounds the offers received and the offers to send that wait for the
+// rotation worker; past it they are dropped and counted (a member sends each offer
+// reliably, and the next fresh session brings another).
+const rotateQueue = 64
+
+// rotateEvent is one job of the rotation worker: an offer received from a member, or
+// an offer to send to one.
+type rotateEvent struct {
+	key  [32]byte
+	body []byte // the SEED_OFFER body received; nil: send an offer to key
+}
+
+// rotateState is the rotation this node holds: the ROTATE statement and its next seed,
+// once a valid offer (or `seed rotate`) staged it.
+type rotateState struct {
+	priv [32]byte // this node's X25519 private key: offers are sealed to it
+	jobs chan rotateEvent
+	// stage replaces StageSeed in tests that look at the offers alone; nil in use.
+	stage atomic.Pointer[func(next [32]byte, from, until time.Time) error]
+
+	mu    sync.Mutex
+	raw   []byte          // the ROTATE statement; nil when none is held
+	st    *mesh.Statement // raw, parsed
+	next  [32]byte
+	from  time.Time
+	until time.Time
+	sent  map[[32]byte]time.Time // when an offer last went to each member
+	has   map[[32]byte]bool      // members that offered this rotation to this node: they hold it
+	// seen is when this node first learned of each member key, kept when the member is
+	// forgotten (it left, its record expired): a rotation's seed goes only to keys seen
+	// before the admin signed it. At most maxSeen keys.
+	seen map[[32]byte]time.Time
+
+	recv    [len(mesh.SeedOfferReasons)]atomic.Uint64 // offers received, by reason
+	sentN   atomic.Uint64                             // offers sent
+	dropped atomic.Uint64                             // jobs the worker's queue had no room for
+}
+
+func newRotateState(priv [32]byte) *rotateState {
+	return &rotateState{priv: priv, jobs: make(chan rotateEvent, rotateQueue), sent: make(map[[32]byte]time.Time),
+		has: make(map[[32]byte]bool), seen: make(map[[32]byte]time.Time)}
+}
+
+func (r *rotateState) count(reason string) {
+	for i, s := range mesh.SeedOfferReasons {
+		if s == reason {
+			r.recv[i].Add(1)
+			return
+		}
+	}
+}
+
+// held returns the rotation held while its transition lasts (now < until).
+func (r *rotateState) held(now time.Time) (raw []byte, st *mesh.Statement, next [32]byte, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.raw == nil || !now.Before(r.until) {
+		return nil, nil, next, false
+	}
+	return r.raw, r.st, r.next, true
+}
+
+func (r *rotateState) enqueue(ev rotateEvent) {
+	select {
+	case r.jobs <- ev:
+	default:
+		r.dropped.Add(1)
+	}
+}
+
+// rotateLoop is the rotation worker: offers are opened and sealed here, off the receive
+// goroutines (each costs X25519 and a signature check, staging writes the seed file).
+func (t *Tunnel) rotateLoop() {
+	m := t.mesh
+	t.restoreRotation(time.Now())
+	for {
+		select {
+		case <-m.stop:
+			return
+		case ev := <-m.rot.jobs:
+			if ev.body != nil {
+				t.receiveSeedOffer(ev.key, ev.body)
+			} else {
+				t.sendSeedOffer(ev.key, time.Now())
+			}
+		}
+	}
+}
+
+// restoreRotation takes up, after a restart, the rotation the node held: the newest
+// ROTATE of the statements file, when the seed file stages the seed it names and its
+// overlap has not ended. The node then offers it on as before the restart.
+func (t *Tunnel) restoreRotation(now time.Time) {
+	st, raw := t.heldRotation()
+	if st == nil {
+		return
+	}
+	next, _, _, ok := t.StagedSeed()
+	from, until := rotationTimes(st)
+	if !ok || mesh.SeedID(next) != st.Rotate.NextSeedID || !now.Before(until) {
+		return
+	}
+	r := t.mesh.rot
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.raw == nil {
+		r.raw, r.st, r.next, r.from, r.until = bytes.Clone(raw), st, next, from, until
+	}
+}
+
+// seedOfferMessage is the extension hook's share: the body is copied (the receive
+// buffer is reused) and left to the worker.
+func (t *Tunnel) seedOfferMessage(key [32]byte, body []byte) {
+	if len(body) > mesh.MaxSeedOfferBody {
+		t.mesh.rot.count(mesh.OfferMalformed)
+		return
+	}
+	t.mesh.rot.enqueue(rotateEvent{key: key, body: bytes.Clone(body)})
+}
+
+// rotateSessionUp: a member's session came up fresh; while a transition lasts it is
+// offered the next seed (the worker checks whether it may have it, and how recently it
+// was sent one).
+func (t *Tunnel) rotateSessionUp(key [32]byte) {
+	if _, _, _, ok := t.mesh.rot.held(time.Now()); ok {
+		t.mesh.rot.enqueue(rotateEvent{key: key})
+	}
+}
+
+// offerable says whether key may be given the next seed of st: a member the statement
+// does not exclude and no admin revoked, not this node, and one this node knew before
+// the admin signed the statement (or a [[peer]] it is configured with). A key that
+// appears only after that is not given the seed: it might be a revoked member back
+// under a fresh key, holding the current seed, which is all it takes to join until the
+// rotation completes. Such a member gets the new seed file by hand.
+func (t *Tunnel) offerable(st *mesh.Statement, key [32]byte, p *peer) bool {
+	if key == t.mesh.self || t.statementRevoked(key) {
+		return false
+	}
+	for _, k := range st.Rotate.Excluded {
+		if k == key {
+			return false
+		}
+	}
+	r := t.mesh.rot
+	r.mu.Lock()
+	seen, ok := r.seen[key]
+	r.mu.Unlock()
+	if ok && seen.Before(time.Unix(0, int64(st.Issued))) {
+		return true
+	}
+	// A [[peer]] pinned to the key: the operator named it (t.mu guards t.peers and
+	// their cfg, which a reload replaces).
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	for _, cp := range t.peers {
+		if cp == p && cp.cfg.PublicKey != nil && *cp.cfg.PublicKey == key {
+			return true
+		}
+	}
+	return false
+}
+
+// maxSeen bounds the keys a node remembers having seen: twice the member table.
+const maxSeen = 2 * mesh.DefaultMaxMembers
+
+// noteSeen records that key was first seen at when, unless it was seen before.
+func (r *rotateState) noteSeen(key [32]byte, when time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.seen[key]; !ok && len(r.seen) < maxSeen {
+		r.seen[key] = when
+	}
+}
+
+// sendSeedOffer seals the next seed to the member key and sends it reliably, unless the
+// transition is over, key may not have it, or it was sent one less than offerEvery ago.
+func (t *Tunnel) sendSeedOffer(key [32]byte, now time.Time) bool {
+	r := t.mesh.rot
+	raw, st, next, ok := r.held(now)
+	if !ok {
+		return false
+	}
+	if _, newest := t.heldRotation(); !bytes.Equal(newest, raw) {
+		return false // a newer rotation was signed since: its seed is the one to hand on
+	}
+	v, ok := t.mesh.byKey.Load(key)
+	if !ok || !t.offerable(st, key, v.(*peer)) {
+		return false
+	}
+	r.mu.Lock()
+	if last, ok := r.sent[key]; r.has[key] || (ok && now.Sub(last) < offerEvery) {
+		r.mu.Unlock()
+		return false
+	}
+	r.sent[key] = now
+	r.mu.Unlock()
+	o, err := mesh.SealSeed(rand.Reader, raw, next, key)
+	if err != nil {
+		t.log.Warn("mesh: seal the next seed", "member", config.EncodeKey(key), "err", err)
+		return false
+	}
+	body, err := mesh.AppendSeedOffer(nil, o)
+	if err != nil {
+		return false
+	}
+	if err := v.(*peer).sp.SendReliable(mesh.MsgSeedOffer, body); err != nil {
+		t.log.Debug("mesh: send seed offer", "member", config.EncodeKey(key), "err", err)
+		r.mu.Lock()
+		delete(r.sent, key) // the next fresh session tries again
+		r.mu.Unlock()
+		return false
+	}
+	r.sentN.Add(1)
+	return true
+}
+
+// receiveSeedOffer checks an offer from the member from and stages its seed: every
+// check of mesh.OpenSeedOffer, with the statement going through the statement store
+// (which verifies, keeps and spreads it) and having to be the newest rotation it holds.
+func (t *Tunnel) receiveSeedOffer(from [32]byte, body []byte) {
+	r := t.mesh.rot
+	if len(t.statementAdmins()) == 0 {
+		r.count(mesh.OfferNoAdmins)
+		return
+	}
+	o, err := mesh.ParseSeedOffer(body)
+	if err != nil {
+		r.count(mesh.OfferMalformed)
+		return
+	}
+	r.mu.Lock()
+	dup := r.raw != nil && bytes.Equal(r.raw, o.Statement)
+	if dup {
+		r.has[from] = true
+	}
+	r.mu.Unlock()
+	if dup {
+		// Every member holding the seed offers it at each fresh session: the ones after
+		// the first cost nothing.
+		r.count(mesh.OfferDuplicated)
+		return
+	}
+	reason := t.offerStatement(o.Statement)
+	st, raw := t.heldRotation()
+	if raw == nil || !bytes.Equal(raw, o.Statement) {
+		if reason == mesh.ReasonAccepted || reason == mesh.ReasonStale {
+			r.count(mesh.OfferStale) // genuine, but a newer rotation is held
+		} else {
+			r.count(mesh.OfferStatement)
+		}
+		return
+	}
+	next, err := o.Open(st, r.priv, t.mesh.self)
+	if err != nil {
+		r.count(mesh.SeedOfferReason(err))
+		// Counted; logged at debug only, so that a member cannot fill the log with them.
+		t.log.Debug("mesh: refused a seed offer", "from", config.EncodeKey(from), "err", err)
+		return
+	}
+	if err := t.stageRotation(raw, st, next); err != nil {
+		r.count(mesh.OfferRefused)
+		t.log.Warn("mesh: could not stage the next seed of a rotation", "from", config.EncodeKey(from), "err", err)
+		return
+	}
+	r.mu.Lock()
+	r.has[from] = true
+	r.mu.Unlock()
+	r.count(mesh.OfferAccepted)
+	// On to the members this node has a session with now: a member the rotating node
+	// cannot reach directly (behind NAT, relayed) learns it from its neighbours without
+	// waiting for a session of its own to come up fresh. Duplicates cost the receiver a
+	// comparison.
+	now := time.Now()
+	t.mesh.byKey.Range(func(k, v any) bool {
+		if key := k.([32]byte); key != from && v.(*peer).sp.HasSession() {
+			t.sendSeedOffer(key, now)
+		}
+		return true
+	})
+}
+
+// rotationTimes are the switch time and the end of the overlap of a rotation.
+func rotationTimes(st *mesh.Statement) (from, until time.Time) {
+	from = time.Unix(int64(st.Rotate.SwitchAt), 0)
+	return from, from.Add(time.Duration(st.Rotate.Overlap) * time.Second)
+}
+
+// stageRotation stages the next seed of the ROTATE st (bytes raw) and holds the rotation
+// for offering it on.
+func (t *Tunnel) stageRotation(raw []byte, st *mesh.Statement, next [32]byte) error {
+	from, until := rotationTimes(st)
+	r := t.mesh.rot
+	stage := t.StageSeed
+	if f := r.stage.Load(); f != nil {
+		stage = *f
+	}
+	if err := stage(next, from, until); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.raw != nil && !bytes.Equal(r.raw, raw) {
+		clear(r.sent) // a new rotation: everyone may be offered it
+		clear(r.has)
+	}
+	r.raw, r.st, r.next, r.from, r.until = bytes.Clone(raw), st, next, from, until
+	t.log.Info("mesh: next seed staged", "seed_id", shortSeedID(st.Rotate.NextSeedID),
+		"from", from.UTC().Format(time.RFC3339), "until", until.UTC().Format(time.RFC3339))
+	return nil
+}
+
+// ErrNoAdmins is Rotate's error on a node without [membership] admins.
+var ErrNoAdmins = errors.New("this interface has no [membership] admins: nothing can be commanded in band; rotate by hand (stt-tun genseed --next-of)")
+
+// Rotate is the control socket's rotate: statement is a ROTATE signed by an admin (by
+// `stt-tun seed rotate`) and next the seed it names. The statement goes to the statement
+// store (and from there to every member), the seed is staged here, and it is offered to
+// every member this node knows that the statement does not exclude and no admin
+// revoked; members whose sessions come up later are offered it then. It returns how many
+// members the offer went to now.
+func (t *Tunnel) Rotate(statement []byte, next [32]byte) (int, error) {
+	if t.mesh == nil {
+		return 0, ErrNoMesh
+	}
+	if len(t.statementAdmins()) == 0 {
+		return 0, ErrNoAdmins
+	}
+	// Everything is checked before the statement goes to the store: taken there, it
+	// spreads to every member as the newest rotation, and one that cannot be carried
+	// out would make the members refuse the offers of the rotation before it.
+	parsed, err := mesh.ParseStatement(statement, t.mesh.netID, t.statementAdmins())
+	if err != nil {
+		return 0, fmt.Errorf("statement refused: %s", mesh.StatementReason(err))
+	}
+	if parsed.Kind != mesh.StatementRotate {
+		return 0, errors.New("statement refused: not a rotation")
+	}
+	if mesh.SeedID(next) != parsed.Rotate.NextSeedID {
+		return 0, errors.New("the seed is not the one the statement names")
+	}
+	if slices.Contains(parsed.Rotate.Excluded, t.mesh.self) {
+		return 0, errors.New("the statement excludes this node itself")
+	}
+	from, until := rotationTimes(parsed)
+	if !time.Now().Before(until) {
+		return 0, errors.New("the rotation's overlap is already over")
+	}
+	if staged, sFrom, sUntil, ok := t.StagedSeed(); ok && staged != next && (!from.After(sFrom) || !until.After(sUntil)) {
+		// Members that staged that one would refuse this one's seed (StageSeed), and the
+		// others take it: the network would split.
+		return 0, fmt.Errorf("a rotation to %s is in progress (from %s until %s): a new one must start and end after it",
+			shortSeed(staged), sFrom.UTC().Format(time.RFC3339), sUntil.UTC().Format(time.RFC3339))
+	}
+	reason := t.offerStatement(statement)
+	st, raw := t.heldRotation()
+	if raw == nil || !bytes.Equal(raw, statement) {
+		if reason == mesh.ReasonAccepted || reason == mesh.ReasonStale {
+			return 0, errors.New("statement refused: a newer rotation is held")
+		}
+		return 0, fmt.Errorf("statement refused: %s", reason)
+	}
+	if err := t.stageRotation(raw, st, next); err != nil {
+		return 0, fmt.Errorf("stage the next seed: %w", err)
+	}
+	now := time.Now()
+	var keys [][32]byte
+	t.mesh.byKey.Range(func(k, _ any) bool {
+		keys = append(keys, k.([32]byte))
+		return true
+	})
+	n := 0
+	for _, k := range keys {
+		if t.sendSeedOffer(k, now) {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// rotationStatus is the rotation this node holds, or nil.
+func (t *Tunnel) rotationStatus() *status.Rotation {
+	if t.mesh == nil {
+		return nil
+	}
+	r := t.mesh.rot
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.st == nil {
+		return nil
+	}
+	return &status.Rotation{
+		Admin:    base64.StdEncoding.EncodeToString(r.st.Admin),
+		Issued:   time.Unix(0, int64(r.st.Issued)).UTC(),
+		Excluded: len(r.st.Rotate.Excluded),
+		Offered:  len(r.sent),
+	}
+}
+
+// addRotationStatus adds the rotation held to the seed object when its next seed is the
+// one staged (the seed's own fields say when it switches).
+func (t *Tunnel) addRotationStatus(sd *status.Seed) {
+	if sd == nil || sd.NextID == "" || t.mesh == nil {
+		return
+	}
+	r := t.mesh.rot
+	r.mu.Lock()
+	same := r.st != nil && shortSeedID(r.st.Rotate.NextSeedID) == sd.NextID
+	r.mu.Unlock()
+	if same {
+		sd.Rotation = t.rotationStatus()
+	}
+}
+
+// rotateCounters adds the offers received, by reason ("mesh_seed_offer_<reason>"), the
+// offers sent and the ones dropped for a full queue.
+func (t *Tunnel) rotateCounters(m map[string]uint64) {
+	r := t.mesh.rot
+	for i, s := range mesh.SeedOfferReasons {
+		m["mesh_seed_offer_"+s] = r.recv[i].Load()
+	}
+	m["mesh_seed_offers_sent"] = r.sentN.Load()
+	m["mesh_seed_offer_queue_full"] = r.dropped.Load()
+}
+
+// writeRotateMetrics writes stt_mesh_seed_offers_total.
+func (t *Tunnel) writeRotateMetrics(w *promtext.Writer) {
+	r := t.mesh.rot
+	w.Family(famMeshOffers.name, famMeshOffers.typ, famMeshOffers.help)
+	w.Uint(famMeshOffers.name, r.sentN.Load(), "result", "sent")
+	for i, reason := range mesh.SeedOfferReasons {
+		w.Uint(famMeshOffers.name, r.recv[i].Load(), "result", reason)
+	}
+	w.Uint(famMeshOffers.name, r.dropped.Load(), "result", "queue_full")
+}

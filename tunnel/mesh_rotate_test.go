@@ -1,0 +1,413 @@
+package tunnel
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stt-tun/stt-tun/config"
+	"github.com/stt-tun/stt-tun/stt/mesh"
+	"github.com/stt-tun/stt-tun/tun/tuntest"
+)
+
+// rotateStatement signs a ROTATE for n's network with a fresh admin key, issued at
+// issued, excluding the keys given.
+func rotateStatement(t *testing.T, n *rvNode, issued time.Time, next [32]byte, excluded ...[32]byte) (*mesh.Statement, []byte, ed25519.PrivateKey) {
+	t.Helper()
+	_, admin, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := mesh.Statement{Kind: mesh.StatementRotate, Issued: uint64(issued.UnixNano()), Rotate: &mesh.Rotation{
+		NextSeedID: mesh.SeedID(next), SwitchAt: uint64(time.Now().Add(time.Minute).Unix()), Overlap: 60, Excluded: excluded}}
+	raw, err := st.Marshal(admin, mesh.NetworkOf(n.seed).ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parsed, err := mesh.ParseStatement(raw, mesh.NetworkOf(n.seed).ID, []ed25519.PublicKey{admin.Public().(ed25519.PublicKey)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return parsed, raw, admin
+}
+
+// A rotation's seed goes to the members a node knew before the admin signed it, and
+// to none that appeared after: a revoked member back under a fresh key before the
+// switch must not be handed the next seed. Excluded keys and the node itself get
+// nothing either.
+func TestRotationSeedOfferedOnlyToMembersKnownBeforeItWasSigned(t *testing.T) {
+	n := startMeshNode(t, "alpha", "10.77.0.1/24", "")
+	before, excluded := newForged(t), newForged(t)
+	before.offer(t, n, mesh.Record{Name: "before"})
+	excluded.offer(t, n, mesh.Record{Name: "excluded"})
+	n.memberOf(t, before)
+	n.memberOf(t, excluded)
+	issued := time.Now()
+	after := newForged(t)
+	after.offer(t, n, mesh.Record{Name: "after"})
+	n.memberOf(t, after)
+
+	var next [32]byte
+	next[0] = 1
+	st, _, _ := rotateStatement(t, n, issued, next, excluded.id.Public)
+	for _, c := range []struct {
+		name string
+		key  [32]byte
+		want bool
+	}{
+		{"a member known before", before.id.Public, true},
+		{"an excluded member", excluded.id.Public, false},
+		{"a member that appeared after", after.id.Public, false},
+	} {
+		p := n.t.mesh.memberPeer(c.key)
+		if p == nil {
+			t.Fatalf("%s has no peer", c.name)
+		}
+		if got := n.t.offerable(st, c.key, p); got != c.want {
+			t.Errorf("%s: offerable %v, want %v", c.name, got, c.want)
+		}
+	}
+	if n.t.offerable(st, n.t.mesh.self, n.t.mesh.memberPeer(before.id.Public)) {
+		t.Error("the node would offer the seed to itself")
+	}
+}
+
+// staged records what StageSeed was asked on a node: the test looks at the offers
+// alone, not at the seed file.
+type staged struct {
+	mu    sync.Mutex
+	calls []stagedSeed
+}
+
+type stagedSeed struct {
+	next        [32]byte
+	from, until time.Time
+}
+
+func (s *staged) hook(n *rvNode) *staged {
+	f := func(next [32]byte, from, until time.Time) error {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.calls = append(s.calls, stagedSeed{next, from, until})
+		return nil
+	}
+	n.t.mesh.rot.stage.Store(&f)
+	return s
+}
+
+func (s *staged) get() []stagedSeed {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.calls)
+}
+
+func offerCount(n *rvNode, reason string) uint64 {
+	c := map[string]uint64{}
+	n.t.rotateCounters(c)
+	return c["mesh_seed_offer_"+reason]
+}
+
+// rotTrio starts alpha and, through it, beta, gamma and the member to exclude, all
+// obeying admin, and waits until alpha has a session with each.
+func rotTrio(t *testing.T, admin ed25519.PrivateKey) (alpha, beta, gamma, excl *rvNode) {
+	t.Helper()
+	seed, _ := config.GenerateSeed()
+	adm := fmt.Sprintf("[membership]\nadmins = [%q]\n", base64.StdEncoding.EncodeToString(admin.Public().(ed25519.PublicKey)))
+	alpha = startMeshNodeIn(t, seed, "alpha", "10.77.0.1/24", "", adm)
+	boot := fmt.Sprintf("bootstrap = [%q]", endpointOf(alpha.memNode))
+	beta = startMeshNodeIn(t, seed, "beta", "10.77.0.2/24", boot, adm)
+	gamma = startMeshNodeIn(t, seed, "gamma", "10.77.0.3/24", boot, adm)
+	excl = startMeshNodeIn(t, seed, "mallory", "10.77.0.4/24", boot, adm)
+	for _, n := range []*rvNode{beta, gamma, excl} {
+		key := n.t.Node().PublicKey()
+		waitUntil(t, "alpha has a session with "+n.cfg.Interface.NodeName, func() bool {
+			p := alpha.t.mesh.memberPeer(key)
+			return p != nil && p.sp.HasSession()
+		})
+	}
+	return alpha, beta, gamma, excl
+}
+
+func signRotate(t *testing.T, admin ed25519.PrivateKey, n *rvNode, next [32]byte, switchAt time.Time, overlap uint32, excluded ...[32]byte) []byte {
+	t.Helper()
+	st := mesh.Statement{Kind: mesh.StatementRotate, Issued: uint64(time.Now().UnixNano()), Rotate: &mesh.Rotation{
+		NextSeedID: mesh.SeedID(next), SwitchAt: uint64(switchAt.Unix()), Overlap: overlap, Excluded: excluded}}
+	raw, err := st.Marshal(admin, mesh.NetworkOf(n.seed).ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
+}
+
+// `seed rotate` on alpha: every member but the excluded one stages the next seed, with
+// the statement's switch time and overlap, from an offer sealed to it; the excluded one
+// is offered nothing and stages nothing.
+func TestSeedOfferStagesTheNextSeedOnEveryMemberButTheExcluded(t *testing.T) {
+	_, admin, _ := ed25519.GenerateKey(nil)
+	alpha, beta, gamma, excl := rotTrio(t, admin)
+	hooks := map[*rvNode]*staged{}
+	for _, n := range []*rvNode{alpha, beta, gamma, excl} {
+		hooks[n] = new(staged).hook(n)
+	}
+	next, _ := config.GenerateSeed()
+	switchAt := time.Now().Add(time.Minute).Truncate(time.Second)
+	raw := signRotate(t, admin, alpha, next, switchAt, 90, excl.t.Node().PublicKey())
+	offered, err := alpha.t.Rotate(raw, next)
+	if err != nil {
+		t.Fatalf("Rotate: %v", err)
+	}
+	if offered != 2 {
+		t.Errorf("alpha offered the seed to %d members at once, want 2 (beta, gamma)", offered)
+	}
+	want := stagedSeed{next, switchAt, switchAt.Add(90 * time.Second)}
+	for _, n := range []*rvNode{alpha, beta, gamma} {
+		waitUntil(t, n.cfg.Interface.NodeName+" stages the next seed", func() bool { return len(hooks[n].get()) > 0 })
+		if got := hooks[n].get()[0]; got.next != want.next || !got.from.Equal(want.from) || !got.until.Equal(want.until) {
+			t.Errorf("%s staged %x from %v until %v, want %x from %v until %v", n.cfg.Interface.NodeName,
+				got.next[:4], got.from, got.until, want.next[:4], want.from, want.until)
+		}
+	}
+	for _, n := range []*rvNode{beta, gamma} {
+		if offerCount(n, "accepted") != 1 {
+			t.Errorf("%s: %d offers accepted, want 1", n.cfg.Interface.NodeName, offerCount(n, "accepted"))
+		}
+	}
+	// The statement itself reaches the excluded member by gossip (statements are not
+	// secret); the seed does not.
+	waitUntil(t, "the excluded member holds the statement", func() bool {
+		_, r := excl.t.mesh.eng.RotationStatement()
+		return bytes.Equal(r, raw)
+	})
+	for _, r := range mesh.SeedOfferReasons {
+		if n := offerCount(excl, r); n != 0 {
+			t.Errorf("the excluded member counted %d offers %s", n, r)
+		}
+	}
+	if calls := hooks[excl].get(); len(calls) != 0 {
+		t.Errorf("the excluded member staged %d seeds", len(calls))
+	}
+	// The status shows the rotation held.
+	if rs := beta.t.rotationStatus(); rs == nil || rs.Excluded != 1 {
+		t.Errorf("beta's rotation status %+v", rs)
+	}
+}
+
+// sealTo builds a SEED_OFFER body of raw and next sealed to n.
+func sealTo(t *testing.T, raw []byte, next [32]byte, n *rvNode) []byte {
+	t.Helper()
+	o, err := mesh.SealSeed(rand.Reader, raw, next, n.t.Node().PublicKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := mesh.AppendSeedOffer(nil, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// A node drops and counts every offer that does not hold: not a SEED_OFFER, a
+// statement of a key that is no admin, a rotation older than the one it holds, a seal
+// for another member; a node without admins drops every one. Only the genuine offer of
+// the newest rotation stages a seed; its copies count as duplicates.
+func TestSeedOfferRefusalsCounted(t *testing.T) {
+	_, admin, _ := ed25519.GenerateKey(nil)
+	_, outsider, _ := ed25519.GenerateKey(nil)
+	alpha, beta, _, _ := rotTrio(t, admin)
+	hook := new(staged).hook(beta)
+	from := alpha.t.Node().PublicKey()
+	next, _ := config.GenerateSeed()
+	older, _ := config.GenerateSeed()
+	switchAt := time.Now().Add(time.Minute)
+	oldRaw := signRotate(t, admin, beta, older, switchAt, 60)
+	raw := signRotate(t, admin, beta, next, switchAt, 60)
+	forged := signRotate(t, outsider, beta, next, switchAt, 60)
+
+	beta.t.receiveSeedOffer(from, []byte{1, 2, 3})
+	beta.t.receiveSeedOffer(from, sealTo(t, forged, next, beta))
+	beta.t.receiveSeedOffer(from, sealTo(t, raw, next, alpha)) // sealed to alpha, not beta
+	beta.t.receiveSeedOffer(from, sealTo(t, raw, older, beta)) // not the seed raw names
+	if got := hook.get(); len(got) != 0 {
+		t.Fatalf("beta staged %d seeds from offers that do not hold", len(got))
+	}
+	beta.t.receiveSeedOffer(from, sealTo(t, raw, next, beta))
+	beta.t.receiveSeedOffer(from, sealTo(t, raw, next, beta))
+	beta.t.receiveSeedOffer(from, sealTo(t, oldRaw, older, beta)) // older than the one held
+	for reason, want := range map[string]uint64{
+		mesh.OfferMalformed: 1, mesh.OfferStatement: 1, mesh.OfferBadSeal: 1, mesh.OfferWrongSeed: 1,
+		mesh.OfferAccepted: 1, mesh.OfferDuplicated: 1, mesh.OfferStale: 1,
+	} {
+		if got := offerCount(beta, reason); got != want {
+			t.Errorf("beta counted %d offers %s, want %d", got, reason, want)
+		}
+	}
+	if got := hook.get(); len(got) != 1 || got[0].next != next {
+		t.Errorf("beta staged %v, want the next seed once", got)
+	}
+
+	// A node without admins obeys nothing.
+	seed, _ := config.GenerateSeed()
+	lone := startMeshNodeIn(t, seed, "lone", "10.78.0.1/24", "")
+	lone.t.receiveSeedOffer(from, sealTo(t, signRotate(t, admin, lone, next, switchAt, 60), next, lone))
+	if got := offerCount(lone, mesh.OfferNoAdmins); got != 1 {
+		t.Errorf("a node without admins counted %d offers no_admins, want 1", got)
+	}
+	if _, err := lone.t.Rotate(raw, next); !errors.Is(err, ErrNoAdmins) {
+		t.Errorf("Rotate without admins: %v, want ErrNoAdmins", err)
+	}
+}
+
+// Rotate refuses a statement its store does not take, a seed other than the one named,
+// and a rotation that excludes the node itself; it stages nothing then.
+func TestRotateRefusesWhatItCannotHandOn(t *testing.T) {
+	_, admin, _ := ed25519.GenerateKey(nil)
+	_, outsider, _ := ed25519.GenerateKey(nil)
+	alpha, _, _, _ := rotTrio(t, admin)
+	hook := new(staged).hook(alpha)
+	next, _ := config.GenerateSeed()
+	other, _ := config.GenerateSeed()
+	switchAt := time.Now().Add(time.Minute)
+	for name, c := range map[string]struct {
+		raw  []byte
+		seed [32]byte
+	}{
+		"signed by a key that is no admin": {signRotate(t, outsider, alpha, next, switchAt, 60), next},
+		"another seed than the one named":  {signRotate(t, admin, alpha, next, switchAt, 60), other},
+		"excluding the node itself":        {signRotate(t, admin, alpha, next, switchAt, 60, alpha.t.Node().PublicKey()), next},
+		"already over":                     {signRotate(t, admin, alpha, next, time.Now().Add(-time.Hour), 60), next},
+	} {
+		if _, err := alpha.t.Rotate(c.raw, c.seed); err == nil {
+			t.Errorf("%s: Rotate took it", name)
+		}
+		// Nor does the statement go to the store (and from there to every member, as
+		// the newest rotation, which would make them refuse an earlier one's offers).
+		if _, held := alpha.t.mesh.eng.RotationStatement(); bytes.Equal(held, c.raw) {
+			t.Errorf("%s: the refused statement is held and spread", name)
+		}
+	}
+	if got := hook.get(); len(got) != 0 {
+		t.Errorf("alpha staged %d seeds from refused rotations", len(got))
+	}
+}
+
+// While a rotation is in progress, a new one that would not start and end after it is
+// refused before it spreads: members that staged the first would refuse its seed while
+// the others took it, splitting the network. One that starts and end later is taken.
+func TestRotateRefusesToOverlapARotationInProgress(t *testing.T) {
+	_, admin, _ := ed25519.GenerateKey(nil)
+	alpha, _, _, _ := rotTrio(t, admin)
+	first, _ := config.GenerateSeed()
+	second, _ := config.GenerateSeed()
+	switchAt := time.Now().Add(time.Minute)
+	if _, err := alpha.t.Rotate(signRotate(t, admin, alpha, first, switchAt, 120), first); err != nil {
+		t.Fatal(err)
+	}
+	early := signRotate(t, admin, alpha, second, switchAt.Add(-10*time.Second), 300)
+	if _, err := alpha.t.Rotate(early, second); err == nil || !strings.Contains(err.Error(), "in progress") {
+		t.Errorf("a rotation starting before the one in progress: %v", err)
+	}
+	if _, held := alpha.t.mesh.eng.RotationStatement(); bytes.Equal(held, early) {
+		t.Error("the refused rotation is held and spread")
+	}
+	later := signRotate(t, admin, alpha, second, switchAt.Add(time.Minute), 120)
+	if _, err := alpha.t.Rotate(later, second); err != nil {
+		t.Errorf("a rotation after the one in progress: %v", err)
+	}
+}
+
+// A member that was down while the seed was rotated learns the next seed from any
+// member it meets while the rotation lasts: here delta, down during `seed rotate` on
+// alpha, comes back (same key) after alpha itself went down, through gamma alone, and
+// stages the seed from gamma's offer — written to its seed file and shown in status.
+func TestSeedOfferReachesAMemberThatWasAwayFromAnyMember(t *testing.T) {
+	_, admin, _ := ed25519.GenerateKey(nil)
+	seed, _ := config.GenerateSeed()
+	adm := fmt.Sprintf("[membership]\nadmins = [%q]\n", base64.StdEncoding.EncodeToString(admin.Public().(ed25519.PublicKey)))
+	alpha := startMeshNodeIn(t, seed, "alpha", "10.77.0.1/24", "", adm)
+	boot := fmt.Sprintf("bootstrap = [%q]", endpointOf(alpha.memNode))
+	gamma := startMeshNodeIn(t, seed, "gamma", "10.77.0.3/24", boot, adm)
+	delta := startMeshNodeIn(t, seed, "delta", "10.77.0.4/24", fmt.Sprintf("bootstrap = [%q]", endpointOf(gamma.memNode)), adm)
+	deltaKey := delta.t.Node().PublicKey()
+	waitUntil(t, "alpha and gamma know delta", func() bool {
+		return alpha.t.mesh.memberPeer(deltaKey) != nil && gamma.t.mesh.memberPeer(deltaKey) != nil
+	})
+	_ = delta.t.Close()
+
+	next, _ := config.GenerateSeed()
+	switchAt := time.Now().Add(time.Minute).Truncate(time.Second)
+	raw := signRotate(t, admin, alpha, next, switchAt, 120)
+	if _, err := alpha.t.Rotate(raw, next); err != nil {
+		t.Fatalf("Rotate: %v", err)
+	}
+	id := shortSeedID(mesh.SeedID(next))
+	waitUntil(t, "gamma stages the next seed", func() bool { return gamma.t.Status().Seed.NextID == id })
+	_ = alpha.t.Close()
+
+	back := &rvNode{memNode: startCfg(t, delta.cfg), seed: seed, key: delta.key, cfg: delta.cfg}
+	waitUntil(t, "delta, back, stages the next seed from gamma", func() bool {
+		sd := back.t.Status().Seed
+		return sd != nil && sd.NextID == id && sd.Rotation != nil
+	})
+	sf, err := config.LoadSeedFile(delta.cfg.Interface.SeedFile)
+	if err != nil || sf.Next == nil || *sf.Next != next || !sf.From.Equal(switchAt) || !sf.Until.Equal(switchAt.Add(2*time.Minute)) {
+		t.Fatalf("delta's seed file after the offer: %+v, %v", sf, err)
+	}
+	if offerCount(back, mesh.OfferAccepted) != 1 {
+		t.Errorf("delta accepted %d offers, want 1", offerCount(back, mesh.OfferAccepted))
+	}
+}
+
+// startWithState starts a tunnel of cfg on an in-memory device with a state directory
+// (where the statements file is kept).
+func startWithState(t *testing.T, cfg *config.Config, stateDir string) *memNode {
+	t.Helper()
+	dev := tuntest.NewMem(cfg.Interface.Name, 1420, 16)
+	tu, err := Start(context.Background(), cfg, Options{Device: dev, StateDir: stateDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tu.Close() })
+	return &memNode{t: tu, dev: dev}
+}
+
+// A member restarted during a rotation takes it up again (the statement from its
+// statements file, the seed from its seed file) and goes on offering it, rather than
+// waiting to be offered it again.
+func TestRotationHeldAcrossARestart(t *testing.T) {
+	_, admin, _ := ed25519.GenerateKey(nil)
+	seed, _ := config.GenerateSeed()
+	adm := fmt.Sprintf("[membership]\nadmins = [%q]\n", base64.StdEncoding.EncodeToString(admin.Public().(ed25519.PublicKey)))
+	alpha := startMeshNodeIn(t, seed, "alpha", "10.77.0.1/24", "", adm)
+	boot := fmt.Sprintf("bootstrap = [%q]", endpointOf(alpha.memNode))
+	gamma := startMeshNodeIn(t, seed, "gamma", "10.77.0.3/24", boot, adm)
+	_ = gamma.t.Close()
+	state := t.TempDir()
+	g1 := startWithState(t, gamma.cfg, state)
+	waitUntil(t, "alpha has a session with gamma", func() bool {
+		p := alpha.t.mesh.memberPeer(g1.t.Node().PublicKey())
+		return p != nil && p.sp.HasSession()
+	})
+	next, _ := config.GenerateSeed()
+	raw := signRotate(t, admin, alpha, next, time.Now().Add(time.Minute), 120)
+	if _, err := alpha.t.Rotate(raw, next); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "gamma stages the next seed", func() bool { return g1.t.rotationStatus() != nil })
+	_ = g1.t.Close()
+	g2 := startWithState(t, gamma.cfg, state)
+	waitUntil(t, "gamma, restarted, holds the rotation again", func() bool {
+		r := g2.t.mesh.rot
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return bytes.Equal(r.raw, raw) && r.next == next
+	})
+}
