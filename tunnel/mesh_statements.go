@@ -24,7 +24,6 @@ import (
 	"github.com/stt-tun/stt-tun/internal/promtext"
 	"github.com/stt-tun/stt-tun/internal/statedir"
 	"github.com/stt-tun/stt-tun/internal/status"
-	"github.com/stt-tun/stt-tun/routing"
 	"github.com/stt-tun/stt-tun/stt/mesh"
 )
 
@@ -42,17 +41,12 @@ const statementsHeader = "# stt-tun signed statements, one base64 statement per 
 // ErrNoMesh is the error of the statement operations of a tunnel without [discovery].
 var ErrNoMesh = errors.New("this interface has no [discovery]: statements travel between the members of a mesh")
 
-// statementsPath is where the statements of the interface are kept: <state dir>/<link>
-// .statements, or "" for none (a tunnel on a test device with no state directory).
-func statementsPath(opts Options, link string) string {
-	dir := opts.StateDir
-	if dir == "" {
-		if opts.Device != nil {
-			return ""
-		}
-		dir = routing.DefaultStateDir
-	}
-	return filepath.Join(dir, link+StatementsSuffix)
+// statementsPath is where the statements of the interface are kept: beside the seed
+// file, <seed file's directory>/<link>.statements. Not in the state directory: that is
+// /run/stt-tun, emptied at boot, and a revocation must outlive a reboot. The daemon
+// writes in that directory already (a rotation replaces the seed file there).
+func statementsPath(seedFile, link string) string {
+	return filepath.Join(filepath.Dir(seedFile), link+StatementsSuffix)
 }
 
 // loadStatements restores the statements saved by an earlier run into the engine. A

@@ -122,7 +122,7 @@ func TestRevocationSpreadsClosesAndSurvivesRestart(t *testing.T) {
 		return a.t.Node().Stats().Drops[stt.DropRevoked] > 0
 	})
 	// a saved it (0600) and refuses c from its first packet after a restart.
-	path := filepath.Join(a.dir, a.cfg.Interface.Name+StatementsSuffix)
+	path := statementsPath(a.cfg.Interface.SeedFile, a.cfg.Interface.Name)
 	waitUntil(t, "a to save the statements", func() bool {
 		fi, err := os.Stat(path)
 		return err == nil && fi.Mode().Perm() == 0o600 && fi.Size() > int64(len(statementsHeader))
@@ -210,7 +210,7 @@ func TestStatementsFileKeepsWhatParses(t *testing.T) {
 	if err := n.t.Close(); err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(n.dir, n.cfg.Interface.Name+StatementsSuffix)
+	path := statementsPath(n.cfg.Interface.SeedFile, n.cfg.Interface.Name)
 	content := statementsHeader + "not base64 at all\n" + base64.StdEncoding.EncodeToString(good) + "\n" +
 		base64.StdEncoding.EncodeToString(signRevoke(t, other, seed, [32]byte{4}, time.Now())) + "\n"
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {

@@ -138,7 +138,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 		if err := t.startMesh(sf.Network, key); err != nil {
 			return nil, err
 		}
-		t.loadStatements(statementsPath(opts, cfg.Interface.Name))
+		t.loadStatements(statementsPath(cfg.Interface.SeedFile, cfg.Interface.Name))
 	}
 
 	if opts.Device != nil {
