@@ -62,7 +62,8 @@ const (
 	pmtuRoundMax   = time.Second
 	pmtuRoundSlack = 50 * time.Millisecond
 	// pmtuRetry is the wait after a round with no acknowledgement at all (the path
-	// is silent: nothing is learnt from it).
+	// is silent, or the peer runs a release that skips PROBEs: nothing is learnt from
+	// it), doubling with each such round in a row up to Limits.PMTUReprobe.
 	pmtuRetry = time.Second
 	// pmtuConfirmInterval is how often the confirmed size is probed again while
 	// large packets are sent to the peer (black-hole detection), and pmtuMisses how
@@ -93,6 +94,7 @@ type pmtuState struct {
 	searchUp bool    // a search runs; otherwise the estimate is kept and confirmed
 	lowering bool    // the search follows a black hole: publish only at its end
 	misses   int     // confirmation probes lost in a row
+	silent   int     // rounds in a row with no acknowledgement at all
 	round    pmtuRound
 	ring     [pmtuRing]pmtuProbe
 	nextID   uint32
@@ -188,8 +190,8 @@ func (p *Peer) pmtuStats(s *PeerStats) {
 // tickPMTU runs the peer's discovery: called by the timer loop after tick, every Tick.
 // The change callback runs with no lock held.
 func (p *Peer) tickPMTU(now time.Time) {
-	if p.node.limits.PMTUDisable && p.pmtu.state.Load() == pmtuNone {
-		return
+	if p.pmtu.state.Load() == pmtuNone && (p.node.limits.PMTUDisable || p.keys.current.Load() == nil && p.keys.standby.Load() == nil) {
+		return // nothing to probe, nothing to reset: no lock taken
 	}
 	p.mu.Lock()
 	old, cur, changed := p.pmtuStepLocked(now)
@@ -282,7 +284,7 @@ func (p *Peer) pmtuBulkLocked() bool {
 // Called with p.mu held.
 func (p *Peer) pmtuResetLocked() {
 	st := &p.pmtu
-	st.on, st.searchUp, st.lowering, st.misses, st.lo, st.hi = false, false, false, 0, 0, 0
+	st.on, st.searchUp, st.lowering, st.misses, st.silent, st.lo, st.hi = false, false, false, 0, 0, 0, 0
 	st.round = pmtuRound{seq: st.round.seq + 1}
 	for i := range st.ring {
 		st.ring[i].valid = false
@@ -432,9 +434,11 @@ func (p *Peer) pmtuEndRoundLocked(t int64) {
 	r := &st.round
 	r.open = false
 	if r.acks == 0 {
-		st.next = t + int64(pmtuRetry)
+		st.next = t + min(int64(pmtuRetry)<<min(st.silent, 20), int64(p.node.limits.PMTUReprobe))
+		st.silent++
 		return
 	}
+	st.silent = 0
 	smallestLost, confirmLost := 0, false
 	for i := range st.ring {
 		pr := &st.ring[i]

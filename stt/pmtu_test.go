@@ -2,6 +2,7 @@ package stt
 
 import (
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -376,5 +377,39 @@ func TestPathMTUThroughRelayCountsTheRelayHeader(t *testing.T) {
 	}
 	if s := l.ar.Stats(); s.PathMTU != 0 || s.PathMTUState != PMTUNone || s.PMTU.ProbesSent != 0 {
 		t.Errorf("WebSocket path probed: %+v", s)
+	}
+}
+
+// TestPathMTUSilentRoundsBackOff: a round with no acknowledgement at all (a dead path,
+// or a peer of a release that skips PROBEs) teaches nothing, and the next waits twice
+// as long as the last, up to the re-probe interval: such a peer is not sent a round of
+// probes every second forever.
+func TestPathMTUSilentRoundsBackOff(t *testing.T) {
+	n := &Node{limits: Limits{PMTUReprobe: 20 * time.Second}.withDefaults()}
+	p := &Peer{node: n}
+	st := &p.pmtu
+	st.lo, st.hi = 1300, 1472
+	var waits []time.Duration
+	for i := 0; i < 7; i++ {
+		t0 := int64(i) * int64(time.Hour)
+		st.round = pmtuRound{open: true, probes: 9, seq: st.round.seq + 1}
+		p.pmtuEndRoundLocked(t0)
+		waits = append(waits, time.Duration(st.next-t0))
+	}
+	var want []time.Duration
+	for _, s := range []time.Duration{1, 2, 4, 8, 16, 20, 20} {
+		want = append(want, s*time.Second)
+	}
+	if !slices.Equal(waits, want) {
+		t.Fatalf("waits after silent rounds %v, want %v", waits, want)
+	}
+	if st.lo != 1300 || st.hi != 1472 || st.ctr[pmtuLost].Load() != 0 {
+		t.Fatalf("a silent round changed the search: lo %d hi %d lost %d", st.lo, st.hi, st.ctr[pmtuLost].Load())
+	}
+	// One acknowledged round ends the back-off.
+	st.round = pmtuRound{open: true, probes: 2, acks: 2, seq: st.round.seq + 1}
+	p.pmtuEndRoundLocked(0)
+	if st.silent != 0 {
+		t.Fatalf("silent rounds %d after an answered one", st.silent)
 	}
 }
