@@ -11,6 +11,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/conn"
 
+	"github.com/stt-tun/stt-tun/stt/udp"
 	"github.com/stt-tun/stt-tun/stt/wire"
 )
 
@@ -411,5 +412,55 @@ func TestPathMTUSilentRoundsBackOff(t *testing.T) {
 	p.pmtuEndRoundLocked(0)
 	if st.silent != 0 {
 		t.Fatalf("silent rounds %d after an answered one", st.silent)
+	}
+}
+
+// tooBigBind refuses, like a socket that never fragments, every datagram longer than
+// limit with udp.MessageTooBigError, and sends the others.
+type tooBigBind struct {
+	conn.Bind
+	limit int
+}
+
+func (b *tooBigBind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	keep := make([][]byte, 0, len(bufs))
+	for _, m := range bufs {
+		if len(m) <= b.limit {
+			keep = append(keep, m)
+		}
+	}
+	if err := b.Bind.Send(keep, ep); err != nil {
+		return err
+	}
+	if n := len(bufs) - len(keep); n > 0 {
+		return &udp.MessageTooBigError{Dropped: n}
+	}
+	return nil
+}
+
+// TestTooBigFrameLosesOnlyItself: a frame the local interface refuses as too big
+// (no local fragmentation) is counted alone as a send error; the rest of its batch is
+// delivered.
+func TestTooBigFrameLosesOnlyItself(t *testing.T) {
+	seed := randKey(t)
+	a := startNode(t, nodeOpts{seed: seed, name: "a", config: func(c *Config) { c.Bind = &tooBigBind{Bind: c.Bind, limit: 1500} }})
+	b := startNode(t, nodeOpts{seed: seed, name: "b"})
+	if _, err := b.AddPeer(PeerConfig{Name: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.AddPeer(PeerConfig{Name: "b", Endpoint: loopback(b.Node)}); err != nil {
+		t.Fatal(err)
+	}
+	established(t, a, b)
+	p := a.Peer("b")
+	before := a.Stats().Drops[DropSendError]
+	got := b.h.count.Load()
+	pkts := [][]byte{datagram([]byte("small one")), datagram(make([]byte, 2000)), datagram([]byte("small two"))}
+	if err := p.Send(pkts, []uint16{1, 1, 1}); err != nil {
+		t.Fatal(err)
+	}
+	b.h.waitCount(t, got+2, 5*time.Second)
+	if d := a.Stats().Drops[DropSendError] - before; d != 1 {
+		t.Errorf("%d send errors counted, want the one too-big frame", d)
 	}
 }
