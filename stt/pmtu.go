@@ -165,9 +165,11 @@ type pmtuRound struct {
 // pmtuProbe is one probe sent. Guarded by Peer.mu.
 type pmtuProbe struct {
 	valid, acked bool
-	id           uint32
-	frame        int
-	round        uint32
+	// stale: sent on a path since given up (reset); its answer is expected and ignored.
+	stale bool
+	id    uint32
+	frame int
+	round uint32
 }
 
 // PathMTU is the largest inner packet (the payload of one DATA frame) known to reach
@@ -287,7 +289,7 @@ func (p *Peer) pmtuResetLocked() {
 	st.on, st.searchUp, st.lowering, st.misses, st.silent, st.lo, st.hi = false, false, false, 0, 0, 0, 0
 	st.round = pmtuRound{seq: st.round.seq + 1}
 	for i := range st.ring {
-		st.ring[i].valid = false
+		st.ring[i].stale = true
 	}
 	st.mtu.Store(0)
 	st.dgram.Store(0)
@@ -528,6 +530,13 @@ func (p *Peer) probeAcked(body []byte, now time.Time) {
 	st := &p.pmtu
 	p.mu.Lock()
 	pr := &st.ring[id%pmtuRing]
+	if pr.valid && pr.id == id && pr.stale && !pr.acked && pr.frame == int(l) {
+		// Sent on the path before a reset: a late answer, not a bad one, that says
+		// nothing of the path now.
+		pr.acked = true
+		p.mu.Unlock()
+		return
+	}
 	if !pr.valid || pr.id != id || pr.acked || pr.frame != int(l) {
 		p.mu.Unlock()
 		p.pmtuCount(pmtuBad)

@@ -1,6 +1,7 @@
 package stt
 
 import (
+	"log/slog"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -462,5 +463,30 @@ func TestTooBigFrameLosesOnlyItself(t *testing.T) {
 	b.h.waitCount(t, got+2, 5*time.Second)
 	if d := a.Stats().Drops[DropSendError] - before; d != 1 {
 		t.Errorf("%d send errors counted, want the one too-big frame", d)
+	}
+}
+
+// TestPathMTUAckFromAGivenUpPathIgnored: an acknowledgement of a probe sent before the
+// path changed (a reset) confirms nothing on the new path, and is no bad ack either: a
+// correct peer sends it.
+func TestPathMTUAckFromAGivenUpPathIgnored(t *testing.T) {
+	n := &Node{limits: Limits{}.withDefaults(), log: slog.New(slog.DiscardHandler)}
+	p := &Peer{node: n}
+	st := &p.pmtu
+	st.on, st.nextID = true, 100
+	st.round = pmtuRound{open: true, seq: 1}
+	st.ring[100%pmtuRing] = pmtuProbe{valid: true, id: 100, frame: 1400, round: 1}
+	p.pmtuResetLocked()
+	p.probeAcked(wire.AppendProbeAck(nil, 100, 1400)[wire.ControlHeaderLen:], time.Now())
+	if st.lo != 0 || p.PathMTU() != 0 {
+		t.Errorf("an old path's answer set lo %d, PathMTU %d", st.lo, p.PathMTU())
+	}
+	if c := st.ctr.load(); c.BadAcks != 0 || c.ProbesAcked != 0 {
+		t.Errorf("counters %+v, want nothing counted", c)
+	}
+	// A second copy of it is a duplicate: bad.
+	p.probeAcked(wire.AppendProbeAck(nil, 100, 1400)[wire.ControlHeaderLen:], time.Now())
+	if c := st.ctr.load(); c.BadAcks != 1 {
+		t.Errorf("duplicate of an old path's answer: %d bad acks, want 1", c.BadAcks)
 	}
 }
