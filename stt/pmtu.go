@@ -70,7 +70,7 @@ const (
 	// many such probes in a row may be lost, while a small probe sent with each is
 	// answered, before the estimate is lowered.
 	pmtuConfirmInterval = time.Second
-	pmtuMisses          = 2
+	pmtuMisses          = 3
 )
 
 // pmtuState is the peer's path MTU discovery. The published values and the counters
@@ -95,11 +95,14 @@ type pmtuState struct {
 	lowering bool    // the search follows a black hole: publish only at its end
 	misses   int     // confirmation probes lost in a row
 	silent   int     // rounds in a row with no acknowledgement at all
-	round    pmtuRound
-	ring     [pmtuRing]pmtuProbe
-	nextID   uint32
-	next     int64 // mono: no round starts before this
-	reprobe  int64 // mono: the next upward search
+	// suspect is the smallest size the last search round lost, probed again in the
+	// next: a size is too large once lost in two rounds, not on one loss by chance.
+	suspect int
+	round   pmtuRound
+	ring    [pmtuRing]pmtuProbe
+	nextID  uint32
+	next    int64 // mono: no round starts before this
+	reprobe int64 // mono: the next upward search
 	// txPackets and txBytes are the peer's data figures at the last confirmation.
 	txPackets, txBytes uint64
 }
@@ -286,7 +289,7 @@ func (p *Peer) pmtuBulkLocked() bool {
 // Called with p.mu held.
 func (p *Peer) pmtuResetLocked() {
 	st := &p.pmtu
-	st.on, st.searchUp, st.lowering, st.misses, st.silent, st.lo, st.hi = false, false, false, 0, 0, 0, 0
+	st.on, st.searchUp, st.lowering, st.misses, st.silent, st.lo, st.hi, st.suspect = false, false, false, 0, 0, 0, 0, 0
 	st.round = pmtuRound{seq: st.round.seq + 1}
 	for i := range st.ring {
 		st.ring[i].stale = true
@@ -348,16 +351,26 @@ func (p *Peer) pmtuSearchRoundLocked(s *session, now time.Time, t int64) {
 	}
 	p.pmtuOpenRoundLocked(t, false)
 	p.pmtuProbeLocked(s, now, wire.MinProbeFrame)
+	if st.suspect <= st.lo || st.suspect > st.hi {
+		st.suspect = 0
+	}
+	if st.suspect > 0 {
+		p.pmtuProbeLocked(s, now, st.suspect) // lost once: once more
+	}
 	base := st.lo
 	if st.lo == 0 {
-		p.pmtuProbeLocked(s, now, st.floor)
+		if st.suspect != st.floor {
+			p.pmtuProbeLocked(s, now, st.floor)
+		}
 		base = st.floor
 	}
 	last := base
 	for i := 1; i <= pmtuSizesPerRound; i++ {
 		f := base + ((st.hi-base)*i+pmtuSizesPerRound-1)/pmtuSizesPerRound
 		if f > last {
-			p.pmtuProbeLocked(s, now, f)
+			if f != st.suspect {
+				p.pmtuProbeLocked(s, now, f)
+			}
 			last = f
 		}
 	}
@@ -441,7 +454,7 @@ func (p *Peer) pmtuEndRoundLocked(t int64) {
 		return
 	}
 	st.silent = 0
-	smallestLost, confirmLost := 0, false
+	smallestLost, confirmLost, suspectLost := 0, false, false
 	for i := range st.ring {
 		pr := &st.ring[i]
 		if !pr.valid || pr.round != r.seq || pr.acked {
@@ -453,6 +466,9 @@ func (p *Peer) pmtuEndRoundLocked(t int64) {
 		}
 		if pr.frame >= st.lo {
 			confirmLost = true
+		}
+		if pr.frame == st.suspect {
+			suspectLost = true
 		}
 		if pr.frame > st.lo && (smallestLost == 0 || pr.frame < smallestLost) {
 			smallestLost = pr.frame
@@ -472,15 +488,16 @@ func (p *Peer) pmtuEndRoundLocked(t int64) {
 		p.pmtuCount(pmtuHoles)
 		p.node.log.Info("path MTU black hole: large frames to the peer are lost while small ones pass; searching a lower size",
 			"peer", p.cfg.Name, "was", st.lo-wire.Overhead)
-		st.misses = 0
+		st.misses, st.suspect = 0, 0
 		st.hi, st.lo = st.lo-1, 0
 		st.searchUp, st.lowering = true, true
 		st.state.Store(pmtuLowering)
 		return
 	}
-	if smallestLost > 0 {
-		st.hi = min(st.hi, smallestLost-1)
+	if suspectLost && st.suspect > st.lo {
+		st.hi = min(st.hi, st.suspect-1) // lost twice: too large
 	}
+	st.suspect = smallestLost
 	if st.lo == 0 && st.hi < st.floor {
 		// Not even the floor came through, while the small probe did.
 		st.lo, st.hi = st.floor, st.floor
@@ -498,7 +515,7 @@ func (p *Peer) pmtuEndRoundLocked(t int64) {
 // an eighth either way. Called with p.mu held.
 func (p *Peer) pmtuSearchDoneLocked(t int64) {
 	st := &p.pmtu
-	st.searchUp, st.lowering = false, false
+	st.searchUp, st.lowering, st.suspect = false, false, 0
 	if st.state.Load() != pmtuMinimum {
 		p.pmtuPublishLocked(st.lo, pmtuConfirmed)
 	}

@@ -490,3 +490,45 @@ func TestPathMTUAckFromAGivenUpPathIgnored(t *testing.T) {
 		t.Errorf("duplicate of an old path's answer: %d bad acks, want 1", c.BadAcks)
 	}
 }
+
+// loseOnceBind loses the first datagram of exactly size bytes, once: a loss by chance.
+type loseOnceBind struct {
+	conn.Bind
+	size int
+	done atomic.Bool
+}
+
+func (b *loseOnceBind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	for i, m := range bufs {
+		if len(m) == b.size && b.done.CompareAndSwap(false, true) {
+			keep := append(append([][]byte{}, bufs[:i]...), bufs[i+1:]...)
+			return b.Bind.Send(keep, ep)
+		}
+	}
+	return b.Bind.Send(bufs, ep)
+}
+
+// TestPathMTUOneLostProbeIsNotTooBig: a probe lost once by chance (the largest size
+// of the first round, here) does not make its size too large: it is probed again, and
+// the estimate is the whole link's.
+func TestPathMTUOneLostProbeIsNotTooBig(t *testing.T) {
+	seed := randKey(t)
+	full := linkMTU - 20 - 8 // the largest frame on the link
+	cfg := func(c *Config) {
+		c.Bind = &loseOnceBind{Bind: c.Bind, size: full}
+		c.routeMTU = func(netip.Addr) int { return linkMTU }
+	}
+	a := startNode(t, nodeOpts{seed: seed, name: "a", config: cfg})
+	b := startNode(t, nodeOpts{seed: seed, name: "b"})
+	if _, err := b.AddPeer(PeerConfig{Name: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.AddPeer(PeerConfig{Name: "b", Endpoint: loopback(b.Node)}); err != nil {
+		t.Fatal(err)
+	}
+	established(t, a, b)
+	waitPMTU(t, a.Peer("b"), full-wire.Overhead, 10*time.Second)
+	if s := a.Peer("b").Stats(); s.PMTU.ProbesLost == 0 {
+		t.Errorf("no probe lost: the test lost nothing (%+v)", s.PMTU)
+	}
+}
