@@ -532,3 +532,32 @@ func TestPathMTUOneLostProbeIsNotTooBig(t *testing.T) {
 		t.Errorf("no probe lost: the test lost nothing (%+v)", s.PMTU)
 	}
 }
+
+// TestPathMTUMessagesMoveNoPath: a PROBE or a PROBE_ACK, however late its counter,
+// moves no path (an answer goes back the way its probe came, which may be the path the
+// traffic just left); any other frame would.
+func TestPathMTUMessagesMoveNoPath(t *testing.T) {
+	o := newOffline(t, Limits{})
+	via, err := o.n.AddPeer(PeerConfig{Name: "relay", Endpoint: "127.0.0.1:10"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, theirs := o.session(t, testLocalIndex, false, time.Now(), 0x10)
+	if err := o.p.SetRelay(via, 5, 6, false); err != nil {
+		t.Fatal(err)
+	}
+	o.p.learnEndpoint(o.p.path.relay.Load(), false, s, 10) // the follower moves onto the relay
+	if o.p.Path() != PathRelay {
+		t.Fatalf("path %s, want relay", o.p.Path())
+	}
+	probe, _ := wire.AppendProbe(nil, 1, 100)
+	o.receive(sealed(theirs, wire.ControlStream, 20, string(probe)))
+	o.receive(sealed(theirs, wire.ControlStream, 21, string(wire.AppendProbeAck(nil, 7, 100))))
+	if o.p.Path() != PathRelay {
+		t.Fatalf("a PROBE or PROBE_ACK over UDP moved the follower to %s", o.p.Path())
+	}
+	o.receive(sealed(theirs, wire.ControlStream, 22, "")) // a keepalive does
+	if o.p.Path() != PathUDP {
+		t.Fatalf("a later keepalive over UDP left the follower on %s", o.p.Path())
+	}
+}
