@@ -22,6 +22,16 @@ type Limits struct {
 	// SeedRekeySpread: after SetSeeds puts another seed first, each session under a
 	// seed not first rekeys at a random moment within this long (seeds.go).
 	SeedRekeySpread time.Duration
+	// PMTUDisable turns path MTU discovery off: no probes, PathMTU 0 ([advanced]
+	// pmtu_discovery = false).
+	PMTUDisable bool
+	// PMTUReprobe is how often a path whose MTU was found is probed upward again
+	// (jittered; default DefaultPMTUReprobe; [advanced] pmtu_reprobe_interval).
+	PMTUReprobe time.Duration
+	// PMTUMax is the largest inner packet worth probing for: the TUN device's MTU (a
+	// larger path MTU helps no packet). 0: up to the link's MTU, at most a 9000-byte
+	// IP packet.
+	PMTUMax int
 }
 
 // Default protocol limits.
@@ -40,6 +50,7 @@ const (
 	DefaultFallbackAfter       = 3 * time.Second
 	DefaultProbeInterval       = 10 * time.Second
 	DefaultSeedRekeySpread     = 30 * time.Second
+	DefaultPMTUReprobe         = 10 * time.Minute
 )
 
 func (t Limits) withDefaults() Limits {
@@ -65,6 +76,7 @@ func (t Limits) withDefaults() Limits {
 	set(&t.FallbackAfter, DefaultFallbackAfter)
 	set(&t.ProbeInterval, DefaultProbeInterval)
 	set(&t.RelayIdle, DefaultRelayIdle)
+	set(&t.PMTUReprobe, DefaultPMTUReprobe)
 	if t.RekeyAfterMessages == 0 {
 		t.RekeyAfterMessages = DefaultRekeyAfterMessages
 	}

@@ -103,6 +103,14 @@ type Config struct {
 	// RelayMaxPerMember is the number of route pairs one peer may be an end of
 	// (default DefaultRelayMaxPerMember when RelayMaxPairs > 0).
 	RelayMaxPerMember int
+	// PathMTUChanged, when set, is called when a peer's path MTU estimate
+	// (Peer.PathMTU) changes, with the old and new values (0 = none known), not per
+	// probe. It is called from a stt goroutine (the timer loop or a receive goroutine)
+	// and must not block.
+	PathMTUChanged func(p *Peer, old, new int)
+	// routeMTU, when set (by tests), gives the MTU of the local link toward an
+	// address instead of the routing table.
+	routeMTU func(netip.Addr) int
 }
 
 // Node is an STT endpoint: peers, sessions, timers and a transport.
@@ -209,6 +217,11 @@ func New(cfg Config) (*Node, error) {
 	n.bind = cfg.Bind
 	if n.bind == nil {
 		n.bind = udp.New()
+		if !n.limits.PMTUDisable {
+			// Don't Fragment on every datagram, never fragmented locally: what
+			// probes find is what data gets (pmtu.go).
+			n.bind = udp.NewPMTUProbe()
+		}
 	}
 	return n, nil
 }
@@ -461,6 +474,7 @@ func (n *Node) Stats() Stats {
 	st.RelayForwardedBytes = n.relays.fwdBytes.Load()
 	st.RelayRoutes = int(n.relays.npairs.Load())
 	st.RelayRefused = n.relays.refused.Load()
+	st.PMTU = n.ctr.pmtu.load()
 	return st
 }
 

@@ -25,6 +25,7 @@ type Peer struct {
 	path     path         // where frames go (path.go): atomics, moves under path.moveMu
 	times    peerTimes    // the clocks the timers read: atomics
 	counters peerCounters // traffic figures: atomics
+	pmtu     pmtuState    // path MTU discovery (pmtu.go)
 
 	// mu guards cfg (but Name, Tag and AnyName, which never change) and every field
 	// below.
@@ -224,11 +225,13 @@ func (p *Peer) Cipher() string {
 
 // Stats returns the peer's traffic counters.
 func (p *Peer) Stats() PeerStats {
-	return PeerStats{
+	s := PeerStats{
 		TxBytes: p.counters.txBytes.Load(), RxBytes: p.counters.rxBytes.Load(),
 		TxPackets: p.counters.txPackets.Load(), RxPackets: p.counters.rxPackets.Load(),
 		Drops: p.counters.drops.Load(),
 	}
+	p.pmtuStats(&s)
+	return s
 }
 
 // resolveTimeout bounds one background lookup of a peer's endpoint name.

@@ -83,6 +83,7 @@ type counters struct {
 	handshakesStart atomic.Uint64
 	cookiesSent     atomic.Uint64
 	selfReached     atomic.Uint64
+	pmtu            pmtuCounters // path MTU discovery, every peer's (pmtu.go)
 }
 
 // Stats is a snapshot of a node's counters.
@@ -107,6 +108,9 @@ type Stats struct {
 	// RelayRefused counts RelayOpen calls refused at a bound (ErrRelayFull,
 	// ErrRelayShareFull).
 	RelayRefused uint64
+	// PMTU is the path MTU discovery's counters over every peer since the node started
+	// (PeerStats has each peer's).
+	PMTU PMTUCounters
 }
 
 // PeerStats is a snapshot of one peer's traffic counters.
@@ -114,6 +118,15 @@ type PeerStats struct {
 	TxBytes, RxBytes     uint64
 	TxPackets, RxPackets uint64
 	Drops                uint64 // datagrams for this peer dropped (queue full, send errors, policy)
+	// PathMTU is Peer.PathMTU: the largest inner packet known to reach the peer on its
+	// current path, 0 = none known or needed. PathMTUDatagram is the UDP payload that
+	// carries it (frame overhead and, on a relay path, the RELAY header included), and
+	// PathMTUState the state of the discovery (PMTUProbing, ...; "" = not probing).
+	PathMTU         int
+	PathMTUDatagram int
+	PathMTUState    string
+	// PMTU is the discovery's counters for this peer.
+	PMTU PMTUCounters
 }
 
 func (n *Node) drop(r DropReason) { n.ctr.drops[r].Add(1) }

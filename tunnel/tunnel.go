@@ -173,6 +173,9 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 			FallbackAfter:      cfg.Advanced.FallbackAfter,
 			ProbeInterval:      cfg.Advanced.ProbeInterval,
 			SeedRekeySpread:    opts.SeedRekeySpread,
+			PMTUDisable:        !cfg.Advanced.PMTUDiscovery,
+			PMTUReprobe:        cfg.Advanced.PMTUReprobe,
+			PMTUMax:            cfg.Interface.MTU, // a larger path MTU helps no packet
 		},
 		DisableUDP: cfg.Interface.DisableUDP,
 		WSListen:   cfg.WebSocket.Listen,
@@ -418,6 +421,7 @@ func peerStatus(p *peer) status.Peer {
 	s := f.stats
 	ps.TxBytes, ps.RxBytes, ps.TxPackets, ps.RxPackets = s.TxBytes, s.RxBytes, s.TxPackets, s.RxPackets
 	ps.Drops = f.drops
+	ps.PathMTU, ps.PathMTUDatagram, ps.PathMTUState = s.PathMTU, s.PathMTUDatagram, s.PathMTUState
 	return ps
 }
 

@@ -160,6 +160,13 @@ type Peer struct {
 	// Seed is the short id of the seed the current session was made under (Seed.ID or
 	// Seed.NextID during a rotation); absent without a session.
 	Seed string `json:"seed,omitempty"`
+	// PathMTU is the largest inner packet known to reach the peer over its path (path
+	// MTU discovery); 0 (absent) when none is known or needed (WebSocket, no session,
+	// discovery off). PathMTUDatagram is the UDP payload that carries it, PathMTUState
+	// the discovery's state: "probing", "confirmed", "lowering" or "minimum".
+	PathMTU         int    `json:"path_mtu,omitempty"`
+	PathMTUDatagram int    `json:"path_mtu_datagram,omitempty"`
+	PathMTUState    string `json:"path_mtu_state,omitempty"`
 	// PathReason says why a member this node wants to reach has no direct path (yet):
 	// "punching", "punch failed", "punch failed, relayed", "udp blocked", "no relay
 	// reachable"; absent when the path is direct or the member is not wanted.
