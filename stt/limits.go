@@ -19,6 +19,12 @@ type Limits struct {
 	FallbackAfter       time.Duration // UDP silent this long: move to WebSocket
 	ProbeInterval       time.Duration // on WebSocket: probe UDP this often
 	RelayIdle           time.Duration // a relay's route pair without a forwarded message this long goes
+	// PMTUDisable turns path MTU discovery off: no probes, PathMTU 0 ([advanced]
+	// pmtu_discovery = false).
+	PMTUDisable bool
+	// PMTUReprobe is how often a path whose MTU was found is probed upward again
+	// (jittered; default DefaultPMTUReprobe; [advanced] pmtu_reprobe_interval).
+	PMTUReprobe time.Duration
 }
 
 // Default protocol limits.
@@ -36,6 +42,7 @@ const (
 	DefaultTick                = 100 * time.Millisecond
 	DefaultFallbackAfter       = 3 * time.Second
 	DefaultProbeInterval       = 10 * time.Second
+	DefaultPMTUReprobe         = 10 * time.Minute
 )
 
 func (t Limits) withDefaults() Limits {
@@ -60,6 +67,7 @@ func (t Limits) withDefaults() Limits {
 	set(&t.FallbackAfter, DefaultFallbackAfter)
 	set(&t.ProbeInterval, DefaultProbeInterval)
 	set(&t.RelayIdle, DefaultRelayIdle)
+	set(&t.PMTUReprobe, DefaultPMTUReprobe)
 	if t.RekeyAfterMessages == 0 {
 		t.RekeyAfterMessages = DefaultRekeyAfterMessages
 	}

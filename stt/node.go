@@ -101,6 +101,11 @@ type Config struct {
 	// RelayMaxPerMember is the number of route pairs one peer may be an end of
 	// (default DefaultRelayMaxPerMember when RelayMaxPairs > 0).
 	RelayMaxPerMember int
+	// PathMTUChanged, when set, is called when a peer's path MTU estimate
+	// (Peer.PathMTU) changes, with the old and new values (0 = none known), not per
+	// probe. It is called from a stt goroutine (the timer loop or a receive goroutine)
+	// and must not block.
+	PathMTUChanged func(p *Peer, old, new int)
 }
 
 // Node is an STT endpoint: peers, sessions, timers and a transport.

@@ -25,6 +25,7 @@ type Peer struct {
 	path     path         // where frames go (path.go): atomics, moves under path.moveMu
 	times    peerTimes    // the clocks the timers read: atomics
 	counters peerCounters // traffic figures: atomics
+	pmtu     pmtuState    // path MTU discovery (pmtu.go)
 
 	// mu guards cfg (but Name, Tag and AnyName, which never change) and every field
 	// below.
@@ -226,7 +227,8 @@ func (p *Peer) Stats() PeerStats {
 	return PeerStats{
 		TxBytes: p.counters.txBytes.Load(), RxBytes: p.counters.rxBytes.Load(),
 		TxPackets: p.counters.txPackets.Load(), RxPackets: p.counters.rxPackets.Load(),
-		Drops: p.counters.drops.Load(),
+		Drops:   p.counters.drops.Load(),
+		PathMTU: p.PathMTU(),
 	}
 }
 

@@ -113,6 +113,13 @@ type PeerStats struct {
 	TxBytes, RxBytes     uint64
 	TxPackets, RxPackets uint64
 	Drops                uint64 // datagrams for this peer dropped (queue full, send errors, policy)
+	// PathMTU is Peer.PathMTU: the largest inner packet known to reach the peer on its
+	// current path, 0 = none known or needed. PathMTUDatagram is the UDP payload that
+	// carries it (frame overhead and, on a relay path, the RELAY header included), and
+	// PathMTUState the state of the discovery (PMTUProbing, ...; "" = not probing).
+	PathMTU         int
+	PathMTUDatagram int
+	PathMTUState    string
 }
 
 func (n *Node) drop(r DropReason) { n.ctr.drops[r].Add(1) }
