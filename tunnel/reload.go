@@ -193,6 +193,9 @@ func (t *Tunnel) reload(cfg *config.Config) ([]string, error) {
 			changes = append(changes, "route "+r.String()+" deleted")
 		}
 	}
+	if cfg.Interface.MSSClamp != old.Interface.MSSClamp {
+		changes = append(changes, fmt.Sprintf("interface.mss_clamp changed from %t to %t", old.Interface.MSSClamp, cfg.Interface.MSSClamp))
+	}
 	mc := &metricsChange{t: t, from: oldMetrics, to: cfg.Metrics.Listen}
 	metricsMoves := cfg.Metrics.Listen != old.Metrics.Listen
 	if metricsMoves {
@@ -291,6 +294,7 @@ func (t *Tunnel) reload(cfg *config.Config) ([]string, error) {
 	}
 	t.peers = peers
 	t.cfg = cfg
+	t.mssClamp.Store(cfg.Interface.MSSClamp)
 	var stopMetrics *metricsServer
 	if metricsMoves {
 		stopMetrics = mc.commit()
@@ -399,7 +403,7 @@ func restartNeeded(old, cfg *config.Config) error {
 		}
 		for j := range f.Type.NumField() {
 			sf := f.Type.Field(j)
-			if !sf.IsExported() {
+			if !sf.IsExported() || reloadable[f.Name+"."+sf.Name] {
 				continue
 			}
 			x, y := a.Field(j).Interface(), b.Field(j).Interface()
@@ -427,6 +431,10 @@ func restartNeeded(old, cfg *config.Config) error {
 	return nil
 }
 
+// reloadable are the fields outside the peers and [metrics] that a reload changes
+// (section field "." key field).
+var reloadable = map[string]bool{"Interface.MSSClamp": true}
+
 // tomlNames are the configuration keys whose names are not their Go field's in
 // snake case.
 var tomlNames = map[string]string{
@@ -434,6 +442,7 @@ var tomlNames = map[string]string{
 	"FwMark":     "fwmark",
 	"WebSocket":  "websocket",
 	"MeshIPv6":   "mesh_ipv6",
+	"MSSClamp":   "mss_clamp",
 }
 
 // tomlName is the configuration key of a Config field: "ListenPort" → "listen_port",

@@ -86,6 +86,12 @@ type Tunnel struct {
 	port       uint16        // the UDP listen port, 0 = none; set before the pumps start
 	ownAddrs   []netip.Addr  // the interface's addresses; fixed while it runs
 	tunErrors  atomic.Uint64
+	// pmtu counts what the pumps did about the peers' path MTUs (pmtu.go); own6 is
+	// the interface's first IPv6 address, the source of a Packet Too Big about a
+	// multicast packet; mssClamp is [interface] mss_clamp, which a reload sets.
+	pmtu       pmtuCounters
+	own6       netip.Addr
+	mssClamp   atomic.Bool
 	pumpsDone  sync.WaitGroup
 	done       chan struct{}
 	closeOnce  sync.Once
@@ -178,6 +184,8 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 		WSKeyFile:  cfg.WebSocket.TLSKey,
 		Resolver:   opts.Resolver,
 
+		PathMTUChanged: t.pathMTUChanged,
+
 		HandshakeReplayWindow: cfg.Advanced.ReplayWindow,
 		WSMaxPending:          cfg.WebSocket.MaxPending,
 		WSMaxPendingPerSource: cfg.WebSocket.MaxPendingPerSource,
@@ -202,6 +210,12 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 	for _, a := range cfg.Interface.Addresses {
 		t.ownAddrs = append(t.ownAddrs, a.Addr().Unmap())
 	}
+	for _, a := range t.ownAddrs {
+		if a.Is6() && !t.own6.IsValid() {
+			t.own6 = a
+		}
+	}
+	t.mssClamp.Store(cfg.Interface.MSSClamp)
 
 	for i := range cfg.Peers {
 		pc := cfg.Peers[i]
@@ -366,6 +380,15 @@ type Counters struct {
 	Malformed    uint64 // packets that are neither IPv4 nor IPv6
 	RoutingLoop  uint64 // outbound packets that were the node's own underlay traffic
 	TunErrors    uint64
+
+	// What the pump did about the peers' path MTUs (pmtu.go).
+	TooBig                uint64 // outbound packets larger than their peer's path, dropped
+	TooBigICMPSent        uint64 // ICMP errors written to the interface for them
+	TooBigICMPRateLimited uint64 // ... not written, over the rate bound
+	TooBigICMPNotAllowed  uint64 // ... not written, as the RFCs forbid an error about the packet
+	Fragmented            uint64 // IPv4 packets without DF sent in fragments
+	Fragments             uint64 // the fragments sent for them
+	MSSClamped            uint64 // TCP SYNs whose MSS was lowered, both ways
 }
 
 // Counters returns the tunnel's counters.
@@ -373,6 +396,9 @@ func (t *Tunnel) Counters() Counters {
 	return Counters{
 		NoRoute: t.noRoute.Load(), LinkScoped: t.linkScoped.Load(), SourceDenied: t.srcDenied.Load(),
 		Malformed: t.malformed.Load(), RoutingLoop: t.loops.Load(), TunErrors: t.tunErrors.Load(),
+		TooBig: t.pmtu.tooBig.Load(), TooBigICMPSent: t.pmtu.icmpSent.Load(),
+		TooBigICMPRateLimited: t.pmtu.icmpLimited.Load(), TooBigICMPNotAllowed: t.pmtu.icmpRefused.Load(),
+		Fragmented: t.pmtu.fragmented.Load(), Fragments: t.pmtu.fragments.Load(), MSSClamped: t.pmtu.clamped.Load(),
 	}
 }
 
