@@ -1,0 +1,239 @@
+//go:build e2e
+
+package e2e
+
+// The path MTU lab (issue 17): alpha and beta on either side of a router whose link to
+// beta has MTU 1280, so that a default tunnel's full-size frames (1420 inside, 1480 on
+// the wire) never reach the other side. With the router dropping all ICMP that is a
+// black hole: the kernel on either node never learns of it, and TCP through the tunnel
+// stalls after the handshake. With path MTU discovery, the ICMP the tunnel writes into
+// its own interface and MSS clamping, 20 MB go through both ways, IPv4 and IPv6
+// inside.
+//
+//	alpha 10.232.1.2 ── 10.232.1.1 router 10.232.2.1 ══ 10.232.2.2 beta
+//	                                      (MTU 1280; nft: no ICMP through or from it)
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stt-tun/stt-tun/internal/nslab"
+)
+
+const (
+	// pmtuNarrow is the router's link MTU toward beta; pmtuInner the largest inner
+	// packet that fits it: 1280 − IPv4 20 − UDP 8 − STT 32.
+	pmtuNarrow = 1280
+	pmtuInner  = pmtuNarrow - 20 - 8 - 32
+	// pmtuSize is the size of each transfer through the narrow path.
+	pmtuSize = 20 << 20
+	// pmtuStall bounds a transfer that is expected to stall.
+	pmtuStall = 5 * time.Second
+)
+
+// pmtuLab is the lab above: the nodes, not yet configured, and the router.
+type pmtuLab struct {
+	t        *testing.T
+	a, b     *node
+	router   *nslab.NS
+	narrow   string // the router's device on the 1280 link
+	seed     string
+	nftFile  string
+	icmpDrop bool
+}
+
+func newPMTULab(t *testing.T, dropICMP bool) *pmtuLab {
+	t.Helper()
+	lab := newLab(t)
+	nsA, nsR, nsB := lab.NS("a"), lab.NS("r"), lab.NS("b")
+	lab.Link(nsA, []string{"10.232.1.2/24"}, nsR, []string{"10.232.1.1/24"})
+	narrow, _ := lab.Link(nsR, []string{"10.232.2.1/24"}, nsB, []string{"10.232.2.2/24"})
+	nsA.MustRun(t, "ip", "route", "add", "10.232.2.0/24", "via", "10.232.1.1")
+	nsB.MustRun(t, "ip", "route", "add", "10.232.1.0/24", "via", "10.232.2.1")
+	nsR.MustRun(t, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+	// Only the router's end is narrow: beta's end still says 1500, so neither node's
+	// kernel knows of the limit. A veth drops what is larger than its receiving end's
+	// MTU, so the path is narrow both ways.
+	nsR.MustRun(t, "ip", "link", "set", "dev", narrow, "mtu", fmt.Sprint(pmtuNarrow))
+	l := &pmtuLab{t: t, a: newNode(t, nsA, "alpha"), b: newNode(t, nsB, "beta"), router: nsR, narrow: narrow, seed: seedFile(t), icmpDrop: dropICMP}
+	if dropICMP {
+		// No ICMP through the router, and none from it: the Fragmentation Needed it
+		// would send for a datagram too large for the narrow link is locally made.
+		l.nftFile = filepath.Join(t.TempDir(), "noicmp.nft")
+		rules := "table ip mtulab {\n" +
+			"\tchain forward { type filter hook forward priority 0; policy accept; ip protocol icmp counter drop; }\n" +
+			"\tchain output { type filter hook output priority 0; policy accept; ip protocol icmp counter drop; }\n}\n"
+		if err := os.WriteFile(l.nftFile, []byte(rules), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		nsR.MustRun(t, "nft", "-f", l.nftFile)
+	}
+	return l
+}
+
+// up configures and starts both nodes; advanced is the body of an [advanced] section
+// (may be empty) and clamp the value of mss_clamp ("" = the default).
+func (l *pmtuLab) up(advanced, clamp string) {
+	l.t.Helper()
+	extra := ""
+	if advanced != "" {
+		extra = "\n[advanced]\n" + advanced + "\n"
+	}
+	l.a.writeConfig(nodeConf{addresses: tunA, seedFile: l.seed, mssClamp: clamp, extra: extra, peers: []peerConf{
+		{name: "beta", endpoint: "10.232.2.2:51900", allowed: allowB},
+	}})
+	l.b.writeConfig(nodeConf{addresses: tunB, seedFile: l.seed, mssClamp: clamp, extra: extra, peers: []peerConf{
+		{name: "alpha", endpoint: "10.232.1.2:51900", allowed: allowA},
+	}})
+	l.b.upDaemon()
+	l.a.upDaemon()
+	waitPing(l.t, l.a.ns, "10.99.0.2")
+	waitPing(l.t, l.a.ns, "fd99::2")
+}
+
+// down stops both nodes.
+func (l *pmtuLab) down() {
+	l.t.Helper()
+	l.a.down()
+	l.b.down()
+}
+
+// pmtuTransfer sends size bytes over TCP from src to host in dst within limit and
+// returns how long it took, or an error saying how far it got.
+func pmtuTransfer(src, dst *nslab.NS, host string, size int64, limit time.Duration, mid func() error) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	start := time.Now()
+	res, err := nslab.TransferMid(ctx, src, dst, host, size, mid)
+	d := time.Since(start)
+	if err != nil {
+		return d, fmt.Errorf("%v after %v: %v", err, d.Round(time.Millisecond), res)
+	}
+	if !res.OK() {
+		return d, fmt.Errorf("corrupted: %v", res)
+	}
+	return d, nil
+}
+
+// pmtuPeer is the path MTU part of a peer's `status --json` entry.
+type pmtuPeer struct {
+	Name         string `json:"name"`
+	PathMTU      int    `json:"path_mtu"`
+	PathMTUState string `json:"path_mtu_state"`
+}
+
+// pathMTU reads n's status for its one peer's path MTU.
+func (n *node) pathMTU() (pmtuPeer, error) {
+	r := n.stt("status", "--json", linkName)
+	if r.err != nil {
+		return pmtuPeer{}, fmt.Errorf("status: %v: %s", r.err, r.stderr)
+	}
+	var st struct {
+		Peers []pmtuPeer `json:"peers"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil || len(st.Peers) != 1 {
+		return pmtuPeer{}, fmt.Errorf("status --json: %v, %d peers", err, len(st.Peers))
+	}
+	return st.Peers[0], nil
+}
+
+// transfersBothWays runs the four 20 MB transfers, IPv4 and IPv6 inside, each way, and
+// fails the test on any that does not complete intact within its bound.
+func (l *pmtuLab) transfersBothWays(what string) {
+	l.t.Helper()
+	for _, tr := range []struct {
+		from, to *node
+		host     string
+	}{
+		{l.a, l.b, "10.99.0.2"}, {l.b, l.a, "10.99.0.1"},
+		{l.a, l.b, "fd99::2"}, {l.b, l.a, "fd99::1"},
+	} {
+		d, err := pmtuTransfer(tr.from.ns, tr.to.ns, tr.host, pmtuSize, 40*time.Second, nil)
+		if err != nil {
+			l.t.Fatalf("%s: %s -> %s (%s): %v\n%s's log:\n%s", what, tr.from.name, tr.to.name, tr.host, err, tr.from.name, tr.from.daemonLog())
+		}
+		l.t.Logf("%s: %s -> %s (%s): %d MB in %v (%.0f Mbit/s), sha256 ok", what, tr.from.name, tr.to.name, tr.host,
+			pmtuSize>>20, d.Round(time.Millisecond), float64(pmtuSize)*8/d.Seconds()/1e6)
+	}
+}
+
+// checkPathMTU asserts that both nodes' status shows the narrow path's inner MTU (the
+// search may stop a little below it) and that each logged the change.
+func (l *pmtuLab) checkPathMTU() {
+	l.t.Helper()
+	for _, n := range []*node{l.a, l.b} {
+		p, err := n.pathMTU()
+		if err != nil {
+			l.t.Fatalf("%s: %v", n.name, err)
+		}
+		if p.PathMTU > pmtuInner || p.PathMTU < pmtuInner-32 {
+			l.t.Errorf("%s: status shows path_mtu %d (%s) for %s, want %d or a little less", n.name, p.PathMTU, p.PathMTUState, p.Name, pmtuInner)
+		}
+		l.t.Logf("%s: status: peer %s path_mtu %d (%s)", n.name, p.Name, p.PathMTU, p.PathMTUState)
+		if !strings.Contains(n.daemonLog(), "path MTU") {
+			l.t.Errorf("%s: no log line about the path MTU:\n%s", n.name, n.daemonLog())
+		}
+	}
+}
+
+// TestPathMTUBlackHole: the narrow path with all ICMP dropped. Without discovery and
+// clamping a transfer stalls (the lab is a black hole); with them, the four transfers
+// complete intact, status shows the path MTU, and when the narrow link is widened
+// during a transfer the estimate rises at the next probe.
+func TestPathMTUBlackHole(t *testing.T) {
+	t.Parallel()
+	l := newPMTULab(t, true)
+
+	// Before: the tunnel sends what its MTU allows and the path loses it.
+	l.up("pmtu_discovery = false", "false")
+	d, err := pmtuTransfer(l.a.ns, l.b.ns, "10.99.0.2", pmtuSize, pmtuStall, nil)
+	if err == nil {
+		t.Fatalf("without discovery and clamping a transfer through the black hole completed in %v: the lab does not narrow the path", d)
+	}
+	t.Logf("before (pmtu_discovery = false, mss_clamp = false): alpha -> beta stalled: %v", err)
+	l.down()
+
+	// After: the defaults, and a short re-probe interval for the widening below.
+	l.up(`pmtu_reprobe_interval = "2s"`, "")
+	l.transfersBothWays("black hole")
+	l.checkPathMTU()
+	if c := l.a.mustStatus().Counters; c["mss_clamped"] == 0 {
+		t.Errorf("alpha clamped no SYN: %v", c)
+	}
+
+	// Widen the narrow link under a running transfer: the estimate rises.
+	widen := func() error {
+		l.router.MustRun(t, "ip", "link", "set", "dev", l.narrow, "mtu", "1500")
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		var last pmtuPeer
+		if err := nslab.WaitFor(ctx, func() bool {
+			last, _ = l.a.pathMTU()
+			return last.PathMTU > pmtuInner
+		}); err != nil {
+			return fmt.Errorf("path MTU did not rise after the link was widened: %+v", last)
+		}
+		t.Logf("widened: alpha's path MTU to beta rose to %d (%s)", last.PathMTU, last.PathMTUState)
+		return nil
+	}
+	if d, err := pmtuTransfer(l.a.ns, l.b.ns, "10.99.0.2", pmtuSize, 40*time.Second, widen); err != nil {
+		t.Fatalf("transfer while widening: %v", err)
+	} else {
+		t.Logf("transfer while widening: %v", d.Round(time.Millisecond))
+	}
+}
+
+// TestPathMTUWithICMP: the same narrow path, the router's ICMP let through.
+func TestPathMTUWithICMP(t *testing.T) {
+	t.Parallel()
+	l := newPMTULab(t, false)
+	l.up("", "")
+	l.transfersBothWays("ICMP allowed")
+	l.checkPathMTU()
+}
