@@ -37,6 +37,11 @@ func (n *Node) handleControl(p *Peer, s *session, payload []byte, from conn.Endp
 			n.drop(DropControl)
 			continue
 		}
+		if m.Type == wire.CtlProbe {
+			// Answered here, where the frame's length is known; never inside RELIABLE.
+			reply = answerProbe(reply, m.Body, len(payload))
+			continue
+		}
 		if m.Type == wire.CtlReliable {
 			seq, inner := wire.ParseReliable(m.Body)
 			deliver, ack := s.rel.receive(seq)
@@ -105,6 +110,8 @@ func (n *Node) handleControlMsg(p *Peer, s *session, m wire.ControlMsg, reply []
 		s.rel.ack(binary.LittleEndian.Uint32(m.Body), time.Now())
 	case wire.CtlRekey:
 		p.Rekey()
+	case wire.CtlProbeAck:
+		p.probeAcked(m.Body, time.Now())
 	case wire.CtlStreamOpen, wire.CtlStreamClose:
 		// Data streams need no setup; the messages are announcements for extensions.
 		if n.cfg.Extension != nil {

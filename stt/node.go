@@ -106,6 +106,9 @@ type Config struct {
 	// probe. It is called from a stt goroutine (the timer loop or a receive goroutine)
 	// and must not block.
 	PathMTUChanged func(p *Peer, old, new int)
+	// routeMTU, when set (by tests), gives the MTU of the local link toward an
+	// address instead of the routing table.
+	routeMTU func(netip.Addr) int
 }
 
 // Node is an STT endpoint: peers, sessions, timers and a transport.
@@ -202,6 +205,11 @@ func New(cfg Config) (*Node, error) {
 	n.bind = cfg.Bind
 	if n.bind == nil {
 		n.bind = udp.New()
+		if !n.limits.PMTUDisable {
+			// Don't Fragment on every datagram, never fragmented locally: what
+			// probes find is what data gets (pmtu.go).
+			n.bind = udp.NewPMTUProbe()
+		}
 	}
 	return n, nil
 }

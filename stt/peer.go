@@ -224,12 +224,13 @@ func (p *Peer) Cipher() string {
 
 // Stats returns the peer's traffic counters.
 func (p *Peer) Stats() PeerStats {
-	return PeerStats{
+	s := PeerStats{
 		TxBytes: p.counters.txBytes.Load(), RxBytes: p.counters.rxBytes.Load(),
 		TxPackets: p.counters.txPackets.Load(), RxPackets: p.counters.rxPackets.Load(),
-		Drops:   p.counters.drops.Load(),
-		PathMTU: p.PathMTU(),
+		Drops: p.counters.drops.Load(),
 	}
+	p.pmtuStats(&s)
+	return s
 }
 
 // resolveTimeout bounds one background lookup of a peer's endpoint name.

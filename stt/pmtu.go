@@ -1,22 +1,132 @@
-// Path MTU discovery (docs/protocol.md, "Path MTU"): the largest inner packet that
-// reaches a peer on its current path, found with padded PROBE control messages sent
-// with Don't Fragment.
+// Path MTU discovery (docs/protocol.md 6.3): the largest inner packet that reaches a
+// peer on its current path, found with padded PROBE control messages sent with Don't
+// Fragment and answered by PROBE_ACK. The node's timer loop drives it (tickPMTU); the
+// packet path reads one atomic (PathMTU).
+//
+// Sizes are handled as DATA frame lengths (the STT message, without the RELAY header):
+// what a probe pads to and what the peer's PROBE_ACK reports. A frame of length F
+// carries an inner packet of F-32 bytes and goes out as an IP packet of
+// F + relay header (8 through a relay) + UDP 8 + IP 20 or 40.
 
 package stt
 
-import "sync/atomic"
+import (
+	"errors"
+	"math/rand/v2"
+	"net/netip"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/stt-tun/stt-tun/stt/udp"
+	"github.com/stt-tun/stt-tun/stt/wire"
+)
 
 // Path MTU states, as PeerStats.PathMTUState and status show them.
 const (
 	PMTUNone      = ""          // no probing: no session, a WebSocket path, or discovery off
-	PMTUProbing   = "probing"   // the search runs; PathMTU is the largest size confirmed so far
-	PMTUConfirmed = "confirmed" // the search ended; PathMTU is confirmed by an acknowledged probe
-	PMTULowered   = "lowered"   // large frames went unanswered while small ones passed: lowered, searching again
+	PMTUProbing   = "probing"   // a search runs (first, or upward again); PathMTU is the largest size confirmed so far
+	PMTUConfirmed = "confirmed" // PathMTU was confirmed by an acknowledged probe; the search ended
+	PMTULowering  = "lowering"  // probes of the confirmed size went unanswered while small ones passed (a black hole): searching below it
+	PMTUMinimum   = "minimum"   // not even a 1280-byte IP packet came through while small ones did: PathMTU assumes 1280 anyway
 )
 
-// pmtuState is the peer's path MTU discovery. mtu is read by the packet path.
+var pmtuStateNames = [...]string{PMTUNone, PMTUProbing, PMTUConfirmed, PMTULowering, PMTUMinimum}
+
+// Values of pmtuState.state (indexes of pmtuStateNames).
+const (
+	pmtuNone uint32 = iota
+	pmtuProbing
+	pmtuConfirmed
+	pmtuLowering
+	pmtuMinimum
+)
+
+// Discovery constants (docs/protocol.md 7, the timers table).
+const (
+	// pmtuFloorIP is the IP packet size every path is assumed to carry (IPv6's
+	// minimum MTU): the search starts there and never publishes less.
+	pmtuFloorIP = 1280
+	// pmtuSizesPerRound is how many sizes one search round probes at once, spread over
+	// the range still unknown.
+	pmtuSizesPerRound = 8
+	// pmtuRing is how many probes are remembered for their acknowledgement: this
+	// round's and the one before.
+	pmtuRing = 32
+	// pmtuRoundMax bounds how long a round waits for its acknowledgements; a round
+	// ends earlier once the first acknowledgement has shown the round trip
+	// (twice its delay plus pmtuRoundSlack).
+	pmtuRoundMax   = time.Second
+	pmtuRoundSlack = 50 * time.Millisecond
+	// pmtuRetry is the wait after a round with no acknowledgement at all (the path
+	// is silent: nothing is learnt from it).
+	pmtuRetry = time.Second
+	// pmtuConfirmInterval is how often the confirmed size is probed again while
+	// large packets are sent to the peer (black-hole detection), and pmtuMisses how
+	// many such probes in a row may be lost, while a small probe sent with each is
+	// answered, before the estimate is lowered.
+	pmtuConfirmInterval = time.Second
+	pmtuMisses          = 2
+)
+
+// pmtuState is the peer's path MTU discovery. The published values and the counters
+// are atomics, read without a lock (PathMTU by the packet path, Stats); the rest is
+// guarded by Peer.mu.
 type pmtuState struct {
-	mtu atomic.Int32 // largest confirmed inner packet on the current path; 0 = none known
+	mtu   atomic.Int32 // largest confirmed inner packet on the current path; 0 = none known
+	dgram atomic.Int32 // the UDP payload of that packet's frame
+	state atomic.Uint32
+	// Counters: probes sent, acknowledged, lost (a round ended without their
+	// acknowledgement while others were answered), acknowledgements refused (naming no
+	// outstanding probe, already answered, or another frame length), black holes found.
+	sent, acked, lost, bad, holes atomic.Uint64
+
+	// Guarded by Peer.mu.
+	on       bool    // probing the path key names
+	key      pmtuKey // the path the figures are for
+	extra    int     // bytes in front of each frame on this path: the RELAY header
+	ipHdr    int     // 20 (IPv4) or 40 (IPv6)
+	floor    int     // frame length of a pmtuFloorIP packet
+	ceil     int     // frame length of a packet of the link's MTU
+	lo       int     // largest frame length acknowledged on this path, 0 = none
+	hi       int     // largest frame length not found too big
+	searchUp bool    // a search runs; otherwise the estimate is kept and confirmed
+	lowering bool    // the search follows a black hole: publish only at its end
+	misses   int     // confirmation probes lost in a row
+	round    pmtuRound
+	ring     [pmtuRing]pmtuProbe
+	nextID   uint32
+	next     int64 // mono: no round starts before this
+	reprobe  int64 // mono: the next upward search
+	// txPackets and txBytes are the peer's data figures at the last confirmation.
+	txPackets, txBytes uint64
+}
+
+// pmtuKey names a path: its kind, address and relay id. A change of any resets the
+// discovery.
+type pmtuKey struct {
+	relay bool
+	ap    netip.AddrPort
+	id    uint32
+}
+
+// pmtuRound is the round of probes in flight. Guarded by Peer.mu.
+type pmtuRound struct {
+	open     bool
+	confirm  bool // a confirmation round (the current size and a small probe)
+	seq      uint32
+	start    int64 // mono
+	deadline int64 // mono
+	probes   int   // sent in it
+	acks     int   // acknowledged
+}
+
+// pmtuProbe is one probe sent. Guarded by Peer.mu.
+type pmtuProbe struct {
+	valid, acked bool
+	id           uint32
+	frame        int
+	round        uint32
 }
 
 // PathMTU is the largest inner packet (the payload of one DATA frame) known to reach
@@ -24,3 +134,397 @@ type pmtuState struct {
 // path, no session yet, discovery off). One atomic load: the packet pump calls it per
 // packet.
 func (p *Peer) PathMTU() int { return int(p.pmtu.mtu.Load()) }
+
+// pmtuStats fills the path MTU fields of s.
+func (p *Peer) pmtuStats(s *PeerStats) {
+	st := &p.pmtu
+	s.PathMTU = int(st.mtu.Load())
+	s.PathMTUDatagram = int(st.dgram.Load())
+	if i := st.state.Load(); int(i) < len(pmtuStateNames) {
+		s.PathMTUState = pmtuStateNames[i]
+	}
+	s.PMTUProbesSent, s.PMTUProbesAcked = st.sent.Load(), st.acked.Load()
+	s.PMTUProbesLost, s.PMTUBadAcks, s.PMTUBlackHoles = st.lost.Load(), st.bad.Load(), st.holes.Load()
+}
+
+// tickPMTU runs the peer's discovery: called by the timer loop after tick, every Tick.
+// The change callback runs with no lock held.
+func (p *Peer) tickPMTU(now time.Time) {
+	if p.node.limits.PMTUDisable && p.pmtu.state.Load() == pmtuNone {
+		return
+	}
+	p.mu.Lock()
+	old, cur, changed := p.pmtuStepLocked(now)
+	p.mu.Unlock()
+	p.pmtuNotify(old, cur, changed)
+}
+
+func (p *Peer) pmtuNotify(old, cur int, changed bool) {
+	if !changed {
+		return
+	}
+	p.node.log.Debug("path MTU changed", "peer", p.cfg.Name, "old", old, "new", cur, "state", pmtuStateNames[p.pmtu.state.Load()])
+	if f := p.node.cfg.PathMTUChanged; f != nil {
+		f(p, old, cur)
+	}
+}
+
+// pmtuStepLocked advances the discovery and reports a change of the published
+// estimate. Called with p.mu held.
+func (p *Peer) pmtuStepLocked(now time.Time) (old, cur int, changed bool) {
+	st := &p.pmtu
+	n := p.node
+	old = int(st.mtu.Load())
+	s := p.keys.current.Load()
+	if s == nil || !s.confirmed.Load() {
+		s = p.keys.standby.Load() // a rekey in flight: the confirmed session it replaces
+	}
+	ep := p.target()
+	var key pmtuKey
+	usable := !n.limits.PMTUDisable && !p.removed && s != nil && s.confirmed.Load() && !s.expired(now, &n.limits) && ep != nil
+	if usable {
+		switch e := ep.(type) {
+		case *wsEndpoint:
+			usable = false // TCP carries any frame: no probing
+		case *relayEndpoint:
+			key = pmtuKey{relay: true, ap: e.addr, id: e.sendID}
+		default:
+			key = pmtuKey{ap: addrPortOf(ep)}
+		}
+	}
+	if !usable {
+		if st.on || st.state.Load() != pmtuNone {
+			p.pmtuResetLocked()
+		}
+		return old, 0, old != 0
+	}
+	t := p.mono(now)
+	if !st.on || st.key != key {
+		p.pmtuResetLocked()
+		p.pmtuStartLocked(key, t)
+	}
+	if st.round.open {
+		if t < st.round.deadline && st.round.acks < st.round.probes {
+			return old, old, false
+		}
+		p.pmtuEndRoundLocked(t)
+	}
+	if t >= st.next {
+		switch {
+		case st.searchUp:
+			p.pmtuSearchRoundLocked(s, now, t)
+		case t >= st.reprobe:
+			// Upward again, up to the link's MTU as it is now.
+			st.ceil = max(p.pmtuCeil(key), st.lo)
+			st.hi = st.ceil
+			st.searchUp = true
+			st.state.Store(pmtuProbing)
+			p.pmtuSearchRoundLocked(s, now, t)
+		case st.lo > 0 && (st.misses > 0 || t-st.round.start >= int64(pmtuConfirmInterval) && p.pmtuBulkLocked()):
+			p.pmtuConfirmRoundLocked(s, now, t)
+		}
+	}
+	cur = int(st.mtu.Load())
+	return old, cur, cur != old
+}
+
+// pmtuBulkLocked reports whether large packets went to the peer since the last
+// confirmation: data packets whose average is at least half the estimate (a bulk
+// sender; a side that only acknowledges sends small ones, which a black hole lets
+// through). Called with p.mu held.
+func (p *Peer) pmtuBulkLocked() bool {
+	st := &p.pmtu
+	pk, by := p.counters.txPackets.Load(), p.counters.txBytes.Load()
+	dp, db := pk-st.txPackets, by-st.txBytes
+	st.txPackets, st.txBytes = pk, by
+	return dp > 0 && db >= dp*uint64(st.mtu.Load())/2
+}
+
+// pmtuResetLocked forgets the path's figures: no estimate, no probe outstanding.
+// Called with p.mu held.
+func (p *Peer) pmtuResetLocked() {
+	st := &p.pmtu
+	st.on, st.searchUp, st.lowering, st.misses, st.lo, st.hi = false, false, false, 0, 0, 0
+	st.round = pmtuRound{seq: st.round.seq + 1}
+	for i := range st.ring {
+		st.ring[i].valid = false
+	}
+	st.mtu.Store(0)
+	st.dgram.Store(0)
+	st.state.Store(pmtuNone)
+}
+
+// pmtuStartLocked begins the search on the path key names. Called with p.mu held.
+func (p *Peer) pmtuStartLocked(key pmtuKey, t int64) {
+	st := &p.pmtu
+	st.on, st.key = true, key
+	st.extra = 0
+	if key.relay {
+		st.extra = wire.RelayHeaderLen
+	}
+	st.ipHdr = 20
+	if key.ap.Addr().Unmap().Is6() {
+		st.ipHdr = 40
+	}
+	st.floor = pmtuFloorIP - st.ipHdr - 8 - st.extra
+	st.ceil = p.pmtuCeil(key)
+	st.hi = st.ceil
+	st.searchUp = true
+	st.next = t
+	if st.nextID == 0 {
+		st.nextID = rand.Uint32() | 1
+	}
+	st.txPackets, st.txBytes = p.counters.txPackets.Load(), p.counters.txBytes.Load()
+	st.state.Store(pmtuProbing)
+}
+
+// pmtuCeil is the longest frame worth probing on the path: the MTU of the local link
+// toward its address (the relay's, on a relay path), within what a UDP datagram and an
+// STT message can hold, and never below the floor.
+func (p *Peer) pmtuCeil(key pmtuKey) int {
+	st := &p.pmtu
+	mtu := p.node.routeMTU(key.ap.Addr())
+	if mtu <= 0 {
+		mtu = 1500
+	}
+	mtu = min(mtu, 65535)
+	f := min(mtu-st.ipHdr-8-st.extra, wire.MaxMessageLen, 65507-st.extra)
+	return max(f, st.floor)
+}
+
+// pmtuSearchRoundLocked probes up to pmtuSizesPerRound sizes spread over the range
+// not yet known (above the largest acknowledged, up to the smallest lost), the floor
+// while nothing is acknowledged, and a small probe that tells a silent path from a
+// narrow one. Called with p.mu held.
+func (p *Peer) pmtuSearchRoundLocked(s *session, now time.Time, t int64) {
+	st := &p.pmtu
+	if st.hi <= st.lo {
+		p.pmtuSearchDoneLocked(t)
+		return
+	}
+	p.pmtuOpenRoundLocked(t, false)
+	p.pmtuProbeLocked(s, now, wire.MinProbeFrame)
+	base := st.lo
+	if st.lo == 0 {
+		p.pmtuProbeLocked(s, now, st.floor)
+		base = st.floor
+	}
+	last := base
+	for i := 1; i <= pmtuSizesPerRound; i++ {
+		f := base + ((st.hi-base)*i+pmtuSizesPerRound-1)/pmtuSizesPerRound
+		if f > last {
+			p.pmtuProbeLocked(s, now, f)
+			last = f
+		}
+	}
+}
+
+// pmtuConfirmRoundLocked probes the confirmed size again, with a small probe beside
+// it: the small one answered and the large one not is a black hole. Called with p.mu
+// held.
+func (p *Peer) pmtuConfirmRoundLocked(s *session, now time.Time, t int64) {
+	st := &p.pmtu
+	p.pmtuOpenRoundLocked(t, true)
+	p.pmtuProbeLocked(s, now, wire.MinProbeFrame)
+	p.pmtuProbeLocked(s, now, st.lo)
+}
+
+func (p *Peer) pmtuOpenRoundLocked(t int64, confirm bool) {
+	st := &p.pmtu
+	wait := pmtuRoundMax
+	if rtt := time.Duration(p.counters.rtt.Load()); rtt > 0 {
+		wait = min(wait, 2*rtt+pmtuRoundSlack)
+	}
+	st.round = pmtuRound{open: true, confirm: confirm, seq: st.round.seq + 1, start: t, deadline: t + int64(wait)}
+}
+
+// pmtuProbeLocked sends one probe padded to a frame of frameLen bytes in the open
+// round. Called with p.mu held.
+func (p *Peer) pmtuProbeLocked(s *session, now time.Time, frameLen int) {
+	st := &p.pmtu
+	id := st.nextID
+	st.nextID++
+	slot := &st.ring[id%pmtuRing]
+	*slot = pmtuProbe{valid: true, id: id, frame: frameLen, round: st.round.seq}
+	st.round.probes++
+	st.sent.Add(1)
+	if err := p.sendProbe(s, id, frameLen, now); errors.Is(err, syscall.EMSGSIZE) {
+		// The local stack refused it as larger than the interface allows: too big,
+		// as far as the search is concerned. (Other errors leave it to be lost.)
+		slot.valid = false
+		st.round.probes--
+		st.lost.Add(1)
+		if frameLen > st.lo {
+			st.hi = min(st.hi, frameLen-1)
+		}
+	}
+}
+
+// sendProbe seals a PROBE padded to frameLen on s and sends it on the current path.
+func (p *Peer) sendProbe(s *session, id uint32, frameLen int, now time.Time) error {
+	frame, err := wire.AppendProbe(make([]byte, wire.HeaderLen, frameLen), id, frameLen)
+	if err != nil {
+		return err
+	}
+	ctr, ok := s.reserve(1, p.node.limits.RejectAfterMessages)
+	if !ok {
+		return ErrNoSession
+	}
+	nonce := p.node.getNonce()
+	frame = s.seal(frame, wire.ControlStream, ctr, nonce)
+	p.node.putNonce(nonce)
+	ep := p.target()
+	if ep == nil {
+		return errNoEndpoint
+	}
+	if err := p.node.send([][]byte{frame}, ep); err != nil {
+		return err
+	}
+	p.times.lastSent.Store(p.mono(now))
+	return nil
+}
+
+// pmtuEndRoundLocked judges the round that ended: the sizes above the largest
+// acknowledged that went unanswered are lost, if anything at all was answered (else
+// the path was silent, and nothing is learnt). Called with p.mu held.
+func (p *Peer) pmtuEndRoundLocked(t int64) {
+	st := &p.pmtu
+	r := &st.round
+	r.open = false
+	if r.acks == 0 {
+		st.next = t + int64(pmtuRetry)
+		return
+	}
+	smallestLost, confirmLost := 0, false
+	for i := range st.ring {
+		pr := &st.ring[i]
+		if !pr.valid || pr.round != r.seq || pr.acked {
+			continue
+		}
+		st.lost.Add(1)
+		if pr.frame == wire.MinProbeFrame {
+			continue
+		}
+		if pr.frame >= st.lo {
+			confirmLost = true
+		}
+		if pr.frame > st.lo && (smallestLost == 0 || pr.frame < smallestLost) {
+			smallestLost = pr.frame
+		}
+	}
+	if r.confirm {
+		if !confirmLost {
+			st.misses = 0
+			return
+		}
+		st.misses++
+		if st.misses < pmtuMisses {
+			return // another confirmation at once
+		}
+		// Large frames are lost while small ones pass: search below the size that
+		// worked, publishing only the result.
+		st.holes.Add(1)
+		p.node.log.Info("path MTU black hole: large frames to the peer are lost while small ones pass; searching a lower size",
+			"peer", p.cfg.Name, "was", st.lo-wire.Overhead)
+		st.misses = 0
+		st.hi, st.lo = st.lo-1, 0
+		st.searchUp, st.lowering = true, true
+		st.state.Store(pmtuLowering)
+		return
+	}
+	if smallestLost > 0 {
+		st.hi = min(st.hi, smallestLost-1)
+	}
+	if st.lo == 0 && st.hi < st.floor {
+		// Not even the floor came through, while the small probe did.
+		st.lo, st.hi = st.floor, st.floor
+		p.pmtuPublishLocked(st.floor, pmtuMinimum)
+		p.pmtuSearchDoneLocked(t)
+		return
+	}
+	if st.hi <= st.lo {
+		p.pmtuSearchDoneLocked(t)
+	}
+}
+
+// pmtuSearchDoneLocked ends a search: the largest size acknowledged is the estimate
+// until the next upward search, which comes after Limits.PMTUReprobe, jittered by up to
+// an eighth either way. Called with p.mu held.
+func (p *Peer) pmtuSearchDoneLocked(t int64) {
+	st := &p.pmtu
+	st.searchUp, st.lowering = false, false
+	if st.state.Load() != pmtuMinimum {
+		p.pmtuPublishLocked(st.lo, pmtuConfirmed)
+	}
+	iv := int64(p.node.limits.PMTUReprobe)
+	st.reprobe = t + iv - iv/8 + rand.Int64N(iv/4+1)
+	st.round.start = t
+	st.txPackets, st.txBytes = p.counters.txPackets.Load(), p.counters.txBytes.Load()
+}
+
+// pmtuPublishLocked makes frameLen the estimate. Called with p.mu held.
+func (p *Peer) pmtuPublishLocked(frameLen int, state uint32) {
+	st := &p.pmtu
+	st.mtu.Store(int32(frameLen - wire.Overhead))
+	st.dgram.Store(int32(frameLen + st.extra))
+	st.state.Store(state)
+}
+
+// answerProbe appends the PROBE_ACK for a PROBE that arrived in a stream-0 payload of
+// payloadLen bytes: its id and the length of the frame that carried it.
+func answerProbe(reply, body []byte, payloadLen int) []byte {
+	return wire.AppendProbeAck(reply, wire.ParseProbe(body), uint16(min(payloadLen+wire.Overhead, wire.MaxMessageLen)))
+}
+
+// probeAcked takes a PROBE_ACK: one naming a probe outstanding on this path, with the
+// frame length that probe had, confirms that size; any other changes nothing and is
+// counted (PMTUBadAcks).
+func (p *Peer) probeAcked(body []byte, now time.Time) {
+	id, l := wire.ParseProbeAck(body)
+	st := &p.pmtu
+	p.mu.Lock()
+	pr := &st.ring[id%pmtuRing]
+	if !pr.valid || pr.id != id || pr.acked || pr.frame != int(l) {
+		p.mu.Unlock()
+		st.bad.Add(1)
+		return
+	}
+	old := int(st.mtu.Load())
+	pr.acked = true
+	st.acked.Add(1)
+	t := p.mono(now)
+	if r := &st.round; r.open && pr.round == r.seq {
+		if r.acks == 0 {
+			// The first answer shows the round trip: the rest come soon or not at all.
+			r.deadline = min(r.deadline, t+2*(t-r.start)+int64(pmtuRoundSlack))
+		}
+		r.acks++
+	}
+	if pr.frame > st.lo && pr.frame != wire.MinProbeFrame {
+		st.lo = pr.frame
+		st.hi = max(st.hi, st.lo)
+		if st.searchUp && !st.lowering && st.lo-wire.Overhead > old {
+			p.pmtuPublishLocked(st.lo, pmtuProbing)
+		}
+	}
+	cur := int(st.mtu.Load())
+	done := st.round.open && st.round.acks == st.round.probes
+	p.mu.Unlock()
+	p.pmtuNotify(old, cur, cur != old)
+	if done {
+		p.node.kick() // every probe answered: the next round need not wait for the tick
+	}
+}
+
+// routeMTU is the MTU of the local link toward addr, 0 if unknown.
+func (n *Node) routeMTU(addr netip.Addr) int {
+	if n.cfg.routeMTU != nil {
+		return n.cfg.routeMTU(addr)
+	}
+	mtu, err := udp.RouteMTU(addr, n.cfg.FwMark)
+	if err != nil {
+		n.log.Debug("no link MTU toward a peer's address; assuming 1500", "err", err)
+		return 0
+	}
+	return mtu
+}

@@ -120,6 +120,12 @@ type PeerStats struct {
 	PathMTU         int
 	PathMTUDatagram int
 	PathMTUState    string
+	// The discovery's probes: sent, acknowledged, lost (unanswered while others of
+	// their round were answered); acknowledgements refused (naming no outstanding
+	// probe, a probe already answered, or another length: changed nothing); black
+	// holes found (the confirmed size lost while small probes passed).
+	PMTUProbesSent, PMTUProbesAcked, PMTUProbesLost uint64
+	PMTUBadAcks, PMTUBlackHoles                     uint64
 }
 
 func (n *Node) drop(r DropReason) { n.ctr.drops[r].Add(1) }

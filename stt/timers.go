@@ -30,6 +30,7 @@ func (n *Node) timerLoop() {
 		n.expireRelays(now)
 		for _, p := range peers {
 			p.tick(now)
+			p.tickPMTU(now)
 		}
 	}
 }

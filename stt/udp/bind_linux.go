@@ -40,6 +40,11 @@ type options struct {
 	noV6     bool // IPv4 only
 	cacheMax int  // 0 = cacheMax
 	groSlots int  // 0 = groSlots
+
+	// pmtuProbe sets IP_MTU_DISCOVER / IPV6_MTU_DISCOVER to PMTUDISC_PROBE: Don't
+	// Fragment on every datagram, no local fragmentation, and sends up to the
+	// interface's MTU whatever path MTU the kernel learnt from ICMP (NewPMTUProbe).
+	pmtuProbe bool
 }
 
 // Bind is the Linux UDP transport; see the package documentation.
@@ -56,6 +61,13 @@ var _ conn.Bind = (*Bind)(nil)
 
 // New returns a closed Bind; Open opens it.
 func New() conn.Bind { return newBind(options{}) }
+
+// NewPMTUProbe returns a closed Bind whose sockets send every datagram with Don't
+// Fragment and never fragment one locally, up to the interface's MTU whatever the
+// kernel learnt from ICMP (IP_PMTUDISC_PROBE): for a node that finds the path MTU by
+// probing itself (stt's path MTU discovery). A datagram larger than the interface's MTU
+// fails with EMSGSIZE.
+func NewPMTUProbe() conn.Bind { return newBind(options{pmtuProbe: true}) }
 
 func newBind(o options) *Bind {
 	if o.cacheMax <= 0 {
@@ -222,6 +234,15 @@ func (b *Bind) presetSocket(fd int, is6 bool) error {
 		}
 	} else if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_PKTINFO, 1); err != nil {
 		return fmt.Errorf("IP_PKTINFO: %w", err)
+	}
+	if b.opts.pmtuProbe {
+		if is6 {
+			if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_MTU_DISCOVER, unix.IPV6_PMTUDISC_PROBE); err != nil {
+				return fmt.Errorf("IPV6_MTU_DISCOVER: %w", err)
+			}
+		} else if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_PROBE); err != nil {
+			return fmt.Errorf("IP_MTU_DISCOVER: %w", err)
+		}
 	}
 	if !b.opts.noFilter {
 		if err := attachFilter(fd, minPayload); err != nil {

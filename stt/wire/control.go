@@ -134,6 +134,10 @@ func CheckControlBody(m ControlMsg) error {
 		ok = n == StreamBodyLen
 	case CtlAck:
 		ok = n == AckBodyLen
+	case CtlProbe:
+		ok = n >= ProbeIDLen
+	case CtlProbeAck:
+		ok = n == ProbeAckBodyLen
 	case CtlReliable:
 		ok = n >= ReliableHdrLen+ControlHeaderLen &&
 			int(binary.LittleEndian.Uint16(m.Body[ReliableHdrLen+1:]))+ReliableHdrLen+ControlHeaderLen == n

@@ -1,0 +1,288 @@
+package stt
+
+import (
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.zx2c4.com/wireguard/conn"
+
+	"github.com/stt-tun/stt-tun/stt/wire"
+)
+
+// narrowBind drops every datagram longer than limit bytes (the UDP payload), silently:
+// a path whose MTU is below what the link says and which sends no ICMP.
+type narrowBind struct {
+	conn.Bind
+	limit   *atomic.Int64 // 0 = none
+	dropped atomic.Uint64
+}
+
+func (b *narrowBind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	l := int(b.limit.Load())
+	if l == 0 {
+		return b.Bind.Send(bufs, ep)
+	}
+	keep := make([][]byte, 0, len(bufs))
+	for _, m := range bufs {
+		if len(m) > l {
+			b.dropped.Add(1)
+			continue
+		}
+		keep = append(keep, m)
+	}
+	if len(keep) == 0 {
+		return nil
+	}
+	return b.Bind.Send(keep, ep)
+}
+
+// mtuChanges records PathMTUChanged calls.
+type mtuChanges struct {
+	mu  sync.Mutex
+	got [][2]int
+}
+
+func (c *mtuChanges) add(_ *Peer, old, new int) {
+	c.mu.Lock()
+	c.got = append(c.got, [2]int{old, new})
+	c.mu.Unlock()
+}
+
+func (c *mtuChanges) last() (int, int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.got) == 0 {
+		return -1, -1
+	}
+	l := c.got[len(c.got)-1]
+	return l[0], l[1]
+}
+
+// linkMTU is the link MTU the test nodes see toward every address: Ethernet's.
+const linkMTU = 1500
+
+// narrowPair starts two nodes whose path carries datagrams up to *limit bytes, over
+// links of linkMTU; a initiates. changes records a's PathMTUChanged calls.
+func narrowPair(t *testing.T, timers Limits, limit *atomic.Int64) (a, b *testNode, changes *mtuChanges) {
+	seed := randKey(t)
+	changes = &mtuChanges{}
+	cfg := func(rec *mtuChanges) func(*Config) {
+		return func(c *Config) {
+			c.Bind = &narrowBind{Bind: c.Bind, limit: limit}
+			c.routeMTU = func(netip.Addr) int { return linkMTU }
+			if rec != nil {
+				c.PathMTUChanged = rec.add
+			}
+		}
+	}
+	a = startNode(t, nodeOpts{seed: seed, name: "a", timers: timers, config: cfg(changes)})
+	b = startNode(t, nodeOpts{seed: seed, name: "b", timers: timers, config: cfg(nil)})
+	if _, err := b.AddPeer(PeerConfig{Name: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.AddPeer(PeerConfig{Name: "b", Endpoint: loopback(b.Node)}); err != nil {
+		t.Fatal(err)
+	}
+	return a, b, changes
+}
+
+// waitPMTU waits until the peer's estimate is want (an inner packet size) and its
+// state confirmed, and returns how long that took.
+func waitPMTU(t *testing.T, p *Peer, want int, d time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	waitFor(t, d, "path MTU "+strconv.Itoa(want), func() bool {
+		s := p.Stats()
+		return s.PathMTU == want && s.PathMTUState == PMTUConfirmed
+	})
+	return time.Since(start)
+}
+
+// TestPathMTUConvergesToWhatThePathCarries: over a path that silently drops datagrams
+// above N bytes, the estimate settles at exactly N (an inner packet of N-32), on both
+// sides, its datagram size says N, and the callback saw the final value.
+func TestPathMTUConvergesToWhatThePathCarries(t *testing.T) {
+	var limit atomic.Int64
+	limit.Store(1400)
+	a, b, changes := narrowPair(t, Limits{}, &limit)
+	established(t, a, b)
+	took := waitPMTU(t, a.Peer("b"), 1400-wire.Overhead, 10*time.Second)
+	t.Logf("session up to confirmed path MTU: %v", took.Round(time.Millisecond))
+	waitPMTU(t, b.Peer("a"), 1400-wire.Overhead, 10*time.Second)
+	s := a.Peer("b").Stats()
+	if s.PathMTUDatagram != 1400 {
+		t.Errorf("datagram size %d, want 1400", s.PathMTUDatagram)
+	}
+	if s.PMTUProbesAcked == 0 || s.PMTUProbesLost == 0 || s.PMTUBadAcks != 0 {
+		t.Errorf("probe counters %+v", s)
+	}
+	if old, cur := changes.last(); cur != 1400-wire.Overhead {
+		t.Errorf("last PathMTUChanged(%d, %d), want the new value %d", old, cur, 1400-wire.Overhead)
+	}
+}
+
+// TestPathMTUWholeLinkWhenNothingIsNarrower: a path as wide as the link confirms the
+// link's MTU (1500 - IPv4 20 - UDP 8 - STT 32 = 1440).
+func TestPathMTUWholeLinkWhenNothingIsNarrower(t *testing.T) {
+	var limit atomic.Int64
+	a, b, _ := narrowPair(t, Limits{}, &limit)
+	established(t, a, b)
+	waitPMTU(t, a.Peer("b"), linkMTU-20-8-wire.Overhead, 10*time.Second)
+}
+
+// bulk sends inner packets of size bytes to p until stop is closed.
+func bulk(t *testing.T, p *Peer, size int, stop <-chan struct{}, done *sync.WaitGroup) {
+	defer done.Done()
+	buf := make([]byte, wire.HeaderLen+size, wire.HeaderLen+size+wire.TagLen)
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		if err := p.Send([][]byte{buf[:wire.HeaderLen+size]}, []uint16{1}); err != nil {
+			t.Error(err)
+			return
+		}
+		time.Sleep(2 * time.Millisecond) // pacing traffic for the test, not synchronisation
+	}
+}
+
+// TestPathMTUBlackHoleLowersQuickly: once the path narrows below the confirmed size
+// with no ICMP (large frames lost, small ones passing), the estimate follows it down
+// within seconds while data flows, and the black hole is counted.
+func TestPathMTUBlackHoleLowersQuickly(t *testing.T) {
+	var limit atomic.Int64
+	limit.Store(1400)
+	a, b, changes := narrowPair(t, Limits{}, &limit)
+	established(t, a, b)
+	p := a.Peer("b")
+	waitPMTU(t, p, 1400-wire.Overhead, 10*time.Second)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go bulk(t, p, 1300, stop, &wg)
+	defer func() { close(stop); wg.Wait() }()
+	limit.Store(1300)
+	took := waitPMTU(t, p, 1300-wire.Overhead, 10*time.Second)
+	t.Logf("black hole to lowered estimate: %v", took.Round(time.Millisecond))
+	if s := p.Stats(); s.PMTUBlackHoles != 1 {
+		t.Errorf("%d black holes counted, want 1", s.PMTUBlackHoles)
+	}
+	if old, cur := changes.last(); old != 1400-wire.Overhead || cur != 1300-wire.Overhead {
+		t.Errorf("last PathMTUChanged(%d, %d), want straight from %d to %d", old, cur, 1400-wire.Overhead, 1300-wire.Overhead)
+	}
+}
+
+// TestPathMTURisesAtTheNextReprobe: when the path widens, the estimate stays until
+// the next upward search (Limits.PMTUReprobe), then rises to the new width.
+func TestPathMTURisesAtTheNextReprobe(t *testing.T) {
+	var limit atomic.Int64
+	limit.Store(1300)
+	a, b, _ := narrowPair(t, Limits{PMTUReprobe: 2 * time.Second}, &limit)
+	established(t, a, b)
+	p := a.Peer("b")
+	waitPMTU(t, p, 1300-wire.Overhead, 10*time.Second)
+	limit.Store(1450)
+	took := waitPMTU(t, p, 1450-wire.Overhead, 10*time.Second)
+	t.Logf("path widened to raised estimate: %v (re-probe every 2 s ± 1/8)", took.Round(time.Millisecond))
+}
+
+// TestPathMTUBadAcksChangeNothing: PROBE_ACKs that name no outstanding probe, a probe
+// already answered, or a probe with another frame length (larger: a probe that was
+// lost claimed as arrived bigger, or smaller) leave the estimate as it is, and each is
+// counted.
+func TestPathMTUBadAcksChangeNothing(t *testing.T) {
+	var limit atomic.Int64
+	limit.Store(1400)
+	a, b, _ := narrowPair(t, Limits{}, &limit)
+	established(t, a, b)
+	pa := a.Peer("b")
+	want := 1400 - wire.Overhead
+	waitPMTU(t, pa, want, 10*time.Second)
+
+	// A lost probe (too big) and an answered one, from a's memory of its probes.
+	pa.mu.Lock()
+	var lost, answered pmtuProbe
+	for _, pr := range pa.pmtu.ring {
+		switch {
+		case pr.valid && !pr.acked && pr.frame > 1400 && lost.id == 0:
+			lost = pr
+		case pr.valid && pr.acked && answered.id == 0:
+			answered = pr
+		}
+	}
+	pa.mu.Unlock()
+	if lost.id == 0 || answered.id == 0 {
+		t.Fatalf("no lost or answered probe remembered: %+v %+v", lost, answered)
+	}
+	pb := b.Peer("a")
+	s := pb.keys.current.Load()
+	before := pa.Stats()
+	acks := [][]byte{
+		wire.AppendProbeAck(nil, lost.id^0x5a5a5a5a, uint16(lost.frame)),     // unsolicited
+		wire.AppendProbeAck(nil, lost.id, uint16(lost.frame+100)),            // oversized
+		wire.AppendProbeAck(nil, lost.id, uint16(1400)),                      // mismatched
+		wire.AppendProbeAck(nil, answered.id, uint16(answered.frame)),        // duplicate
+		wire.AppendProbeAck(nil, lost.id+pmtuRing, uint16(lost.frame)),       // same slot, other id
+		wire.AppendProbeAck(nil, answered.id, uint16(answered.frame+0x1000)), // duplicate, oversized
+	}
+	for _, m := range acks {
+		pb.sendControl(s, m)
+	}
+	waitFor(t, 5*time.Second, "bad acks counted", func() bool {
+		return pa.Stats().PMTUBadAcks-before.PMTUBadAcks >= uint64(len(acks))
+	})
+	after := pa.Stats()
+	if got := after.PMTUBadAcks - before.PMTUBadAcks; got != uint64(len(acks)) {
+		t.Errorf("%d bad acks counted, want %d", got, len(acks))
+	}
+	if after.PathMTU != want || after.PathMTUState != PMTUConfirmed || after.PMTUProbesAcked != before.PMTUProbesAcked {
+		t.Errorf("after bad acks: %+v, want the estimate %d kept", after, want)
+	}
+	pa.mu.Lock()
+	lo := pa.pmtu.lo
+	pa.mu.Unlock()
+	if lo != 1400 {
+		t.Errorf("largest acknowledged frame %d after bad acks, want 1400", lo)
+	}
+	if a.Stats().Drops[DropControl] != 0 {
+		t.Errorf("bad acks counted as malformed control messages too")
+	}
+}
+
+// TestPathMTUDisabledSendsNoProbes: with discovery off there are no probes and no
+// estimate.
+func TestPathMTUDisabledSendsNoProbes(t *testing.T) {
+	var limit atomic.Int64
+	limit.Store(1400)
+	a, b, _ := narrowPair(t, Limits{PMTUDisable: true}, &limit)
+	established(t, a, b)
+	sendOne(t, b.Peer("a"), 0, []byte("back"))
+	a.h.waitCount(t, 1, 5*time.Second)
+	// The timer loop has ticked with the session up (the answer needed one).
+	deadline := time.Now().Add(300 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		if s := a.Peer("b").Stats(); s.PMTUProbesSent != 0 || s.PathMTU != 0 || s.PathMTUState != PMTUNone {
+			t.Fatalf("discovery off: %+v", s)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestPathMTUAllocationFree: reading the estimate allocates nothing (the pump reads it
+// per packet).
+func TestPathMTUAllocationFree(t *testing.T) {
+	var limit atomic.Int64
+	a, b, _ := narrowPair(t, Limits{}, &limit)
+	established(t, a, b)
+	p := a.Peer("b")
+	sink := 0
+	if n := testing.AllocsPerRun(1000, func() { sink += p.PathMTU() }); n != 0 {
+		t.Fatalf("%v allocations per PathMTU", n)
+	}
+}
