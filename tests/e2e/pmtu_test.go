@@ -182,6 +182,43 @@ func (l *pmtuLab) checkPathMTU() {
 	}
 }
 
+// checkTooBig asserts what a sender sees of packets larger than the path, with pings
+// from alpha before anything else went through (so that its kernel has learnt nothing
+// yet): an IPv4 ping without DF goes through in fragments, and its reply comes back the
+// same way; an IPv4 ping with DF is answered with Fragmentation Needed naming the path's
+// MTU, from the address it was sent to, and the kernel keeps to it; an IPv6 one with
+// Packet Too Big naming 1280 (no smaller value is allowed).
+func (l *pmtuLab) checkTooBig() {
+	l.t.Helper()
+	for _, n := range []*node{l.a, l.b} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := nslab.WaitFor(ctx, func() bool { return strings.Contains(n.daemonLog(), `msg="path MTU"`) })
+		cancel()
+		if err != nil {
+			l.t.Fatalf("%s found no path MTU:\n%s", n.name, n.daemonLog())
+		}
+	}
+	r := runIn(l.a.ns, "ping", "-c", "2", "-i", "0.2", "-W", "2", "-M", "dont", "-s", "3000", "10.99.0.2")
+	if r.err != nil || !strings.Contains(r.stdout, "2 received") {
+		l.t.Errorf("IPv4 ping without DF larger than the path did not get through in fragments:\n%s%s", r.stdout, r.stderr)
+	}
+	r = runIn(l.a.ns, "ping", "-c", "2", "-i", "0.2", "-W", "1", "-M", "do", "-s", "1300", "10.99.0.2")
+	if want := fmt.Sprintf("From 10.99.0.2 icmp_seq=1 Frag needed and DF set (mtu = %d)", pmtuInner); !strings.Contains(r.stdout, want) ||
+		!strings.Contains(r.stderr+r.stdout, fmt.Sprintf("message too long, mtu=%d", pmtuInner)) {
+		l.t.Errorf("IPv4 ping with DF larger than the path: want %q, then the kernel keeping to it, in\n%s%s", want, r.stdout, r.stderr)
+	}
+	r = runIn(l.a.ns, "ping", "-6", "-c", "2", "-i", "0.2", "-W", "1", "-M", "do", "-s", "1300", "fd99::2")
+	if !strings.Contains(r.stdout, "Packet too big: mtu=1280") {
+		l.t.Errorf("IPv6 ping larger than the path: want a Packet Too Big for 1280 in\n%s%s", r.stdout, r.stderr)
+	}
+	ca, cb := l.a.mustStatus().Counters, l.b.mustStatus().Counters
+	if ca["too_big_icmp_sent"] < 2 || ca["tunnel_too_big"] < 2 || ca["fragmented"] < 2 || cb["fragmented"] < 2 {
+		l.t.Errorf("counters: alpha %v, beta fragmented %d", ca, cb["fragmented"])
+	}
+	l.t.Logf("alpha: too_big %d, icmp sent %d, fragmented %d (%d fragments), mss clamped %d; beta fragmented %d",
+		ca["tunnel_too_big"], ca["too_big_icmp_sent"], ca["fragmented"], ca["fragments_sent"], ca["mss_clamped"], cb["fragmented"])
+}
+
 // TestPathMTUBlackHole: the narrow path with all ICMP dropped. Without discovery and
 // clamping a transfer stalls (the lab is a black hole); with them, the four transfers
 // complete intact, status shows the path MTU, and when the narrow link is widened
@@ -201,11 +238,13 @@ func TestPathMTUBlackHole(t *testing.T) {
 
 	// After: the defaults, and a short re-probe interval for the widening below.
 	l.up(`pmtu_reprobe_interval = "2s"`, "")
+	l.checkTooBig()
 	l.transfersBothWays("black hole")
 	l.checkPathMTU()
 	if c := l.a.mustStatus().Counters; c["mss_clamped"] == 0 {
 		t.Errorf("alpha clamped no SYN: %v", c)
 	}
+	t.Logf("alpha: stt-tun status:\n%s", l.a.mustStt("status", linkName))
 
 	// Widen the narrow link under a running transfer: the estimate rises.
 	widen := func() error {
