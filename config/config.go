@@ -72,6 +72,10 @@ const (
 	// moves to WebSocket.
 	DefaultFallbackAfter = 3 * time.Second
 
+	// DefaultPMTUReprobe is how often a peer's path, its MTU found, is probed for a
+	// larger one ([advanced] pmtu_reprobe_interval).
+	DefaultPMTUReprobe = 10 * time.Minute
+
 	// DefaultProbeInterval is how often UDP is probed while a peer's traffic is on
 	// WebSocket; an answer moves it back.
 	DefaultProbeInterval = 10 * time.Second
@@ -242,6 +246,10 @@ type Advanced struct {
 	ProbeInterval time.Duration
 	// ReplayWindow is how long the responder remembers HELLOs (docs/protocol.md 4.5).
 	ReplayWindow time.Duration
+	// PMTUDiscovery turns path MTU discovery on (default) or off (docs/protocol.md 6.3).
+	PMTUDiscovery bool
+	// PMTUReprobe is how often a path whose MTU was found is probed upward again.
+	PMTUReprobe time.Duration
 }
 
 // Peer returns the peer with the given name, or nil.

@@ -145,7 +145,7 @@ func TestParseFullExample(t *testing.T) {
 		},
 		Metrics:  Metrics{Listen: "127.0.0.1:9586"},
 		Logging:  Logging{Level: slog.LevelDebug, Format: LogJSON},
-		Advanced: Advanced{RekeyAfter: 90 * time.Second, RekeyAfterMessages: 1000, FallbackAfter: 2 * time.Second, ProbeInterval: time.Minute, ReplayWindow: DefaultReplayWindow},
+		Advanced: Advanced{RekeyAfter: 90 * time.Second, RekeyAfterMessages: 1000, FallbackAfter: 2 * time.Second, ProbeInterval: time.Minute, ReplayWindow: DefaultReplayWindow, PMTUDiscovery: true, PMTUReprobe: DefaultPMTUReprobe},
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("got\n%#v\nwant\n%#v", cfg, want)
@@ -326,6 +326,17 @@ func TestParseValidVariants(t *testing.T) {
 			func(t *testing.T, c *Config) {
 				if c.Advanced.FallbackAfter != time.Second || c.Advanced.ProbeInterval != time.Hour {
 					t.Errorf("got %+v", c.Advanced)
+				}
+			}},
+		{"path MTU discovery off, re-probe at the limits", head + doc(`[advanced]`, `pmtu_discovery = false`, `pmtu_reprobe_interval = "1s"`),
+			func(t *testing.T, c *Config) {
+				if c.Advanced.PMTUDiscovery || c.Advanced.PMTUReprobe != time.Second {
+					t.Errorf("got %+v", c.Advanced)
+				}
+				// Written back, it reads the same.
+				c2, err := Parse([]byte(c.String()), "t.toml")
+				if err != nil || c2.Advanced != c.Advanced {
+					t.Errorf("formatted and parsed again: %+v, %v", c2.Advanced, err)
 				}
 			}},
 	}
@@ -524,6 +535,8 @@ var badCases = []badCase{
 	{"ws key in interface", insert(3, `ws_url = "wss://v.example/stt"`), 3, []string{`unknown key "ws_url" in [interface]`, "belongs in [[peer]]"}},
 	{"fallback_after too short", edit(appendLine, `[advanced]`, `fallback_after = "100ms"`), 11, []string{`advanced: fallback_after = "100ms" must be between 1s and 5m0s`}},
 	{"fallback_after no unit", edit(appendLine, `[advanced]`, `fallback_after = "3"`), 11, []string{`fallback_after = "3" has no unit`}},
+	{"pmtu_reprobe_interval too short", edit(appendLine, `[advanced]`, `pmtu_reprobe_interval = "500ms"`), 11, []string{`advanced: pmtu_reprobe_interval = "500ms" must be between 1s and 24h0m0s`}},
+	{"pmtu_discovery not a boolean", edit(appendLine, `[advanced]`, `pmtu_discovery = "yes"`), 11, []string{`pmtu_discovery must be true or false`}},
 	{"probe_interval too long", edit(appendLine, `[advanced]`, `probe_interval = "2h"`), 11, []string{`advanced: probe_interval = "2h" must be between 1s and 1h0m0s`}},
 	{"probe_interval as integer", edit(appendLine, `[advanced]`, `probe_interval = 10`), 11, []string{`probe_interval must be a duration string such as "10s"`}},
 	{"logging level unknown", edit(appendLine, `[logging]`, `level = "verbose"`), 11, []string{`logging: level = "verbose" must be "debug", "info", "warn" or "error"`}},

@@ -127,6 +127,8 @@ func (c *Config) String() string {
 		fmt.Fprintf(&b, "fallback_after = %s\n", quote(c.Advanced.FallbackAfter.String()))
 		fmt.Fprintf(&b, "probe_interval = %s\n", quote(c.Advanced.ProbeInterval.String()))
 		fmt.Fprintf(&b, "handshake_replay_window = %s\n", quote(c.Advanced.ReplayWindow.String()))
+		fmt.Fprintf(&b, "pmtu_discovery = %t\n", c.Advanced.PMTUDiscovery)
+		fmt.Fprintf(&b, "pmtu_reprobe_interval = %s\n", quote(c.Advanced.PMTUReprobe.String()))
 	}
 	return b.String()
 }
@@ -136,7 +138,7 @@ func defaultAdvanced() Advanced {
 	return Advanced{
 		RekeyAfter: DefaultRekeyAfter, RekeyAfterMessages: DefaultRekeyAfterMessages,
 		FallbackAfter: DefaultFallbackAfter, ProbeInterval: DefaultProbeInterval,
-		ReplayWindow: DefaultReplayWindow,
+		ReplayWindow: DefaultReplayWindow, PMTUDiscovery: true, PMTUReprobe: DefaultPMTUReprobe,
 	}
 }
 

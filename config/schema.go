@@ -100,6 +100,8 @@ type rawAdvanced struct {
 	FallbackAfter      *string `toml:"fallback_after" want:"a duration string such as \"3s\""`
 	ProbeInterval      *string `toml:"probe_interval" want:"a duration string such as \"10s\""`
 	ReplayWindow       *string `toml:"handshake_replay_window" want:"a duration string such as \"180s\""`
+	PMTUDiscovery      *bool   `toml:"pmtu_discovery" want:"true or false"`
+	PMTUReprobe        *string `toml:"pmtu_reprobe_interval" want:"a duration string such as \"10m\""`
 }
 
 // schemaKey is one key the file format accepts.

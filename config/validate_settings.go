@@ -18,6 +18,8 @@ const (
 	maxProbe        = time.Hour
 	minReplayWindow = 2 * time.Second
 	maxReplayWindow = time.Hour
+	minPMTUReprobe  = time.Second
+	maxPMTUReprobe  = 24 * time.Hour
 )
 
 func (v *validator) forwarding(r *rawForwarding) Forwarding {
@@ -100,6 +102,10 @@ func (v *validator) advanced(r *rawAdvanced) Advanced {
 	durationIn(r.FallbackAfter, "fallback_after", minFallback, maxFallback, &a.FallbackAfter)
 	durationIn(r.ProbeInterval, "probe_interval", minProbe, maxProbe, &a.ProbeInterval)
 	durationIn(r.ReplayWindow, "handshake_replay_window", minReplayWindow, maxReplayWindow, &a.ReplayWindow)
+	durationIn(r.PMTUReprobe, "pmtu_reprobe_interval", minPMTUReprobe, maxPMTUReprobe, &a.PMTUReprobe)
+	if r.PMTUDiscovery != nil {
+		a.PMTUDiscovery = *r.PMTUDiscovery
+	}
 	if r.RekeyAfter != nil {
 		d, err := parseDuration(*r.RekeyAfter)
 		switch {

@@ -57,6 +57,17 @@ func goldenFrameInputs() []frameVector {
 	k := fixedKey(0x40)
 	out = append(out, frameVector{Name: "relayed ipv4 datagram on stream 3", Cipher: wire.CipherChaCha20Poly1305.String(), Key: hex.EncodeToString(k[:]),
 		Receiver: 0xdeadbeef, Stream: 3, Counter: 0x0102030405, Payload: ipv4, RelayID: 0xa1b2c3d4})
+	// A path MTU probe padded to a 64-byte frame, and its answer (docs/protocol.md 6.3).
+	probe, err := wire.AppendProbe(nil, 0x01020304, 64)
+	if err != nil {
+		panic(err)
+	}
+	out = append(out,
+		frameVector{Name: "probe padded to a 64-byte frame", Cipher: wire.CipherChaCha20Poly1305.String(), Key: hex.EncodeToString(k[:]),
+			Receiver: 0x11223344, Stream: 0, Counter: 5, Payload: hex.EncodeToString(probe)},
+		frameVector{Name: "probe_ack of that probe", Cipher: wire.CipherChaCha20Poly1305.String(), Key: hex.EncodeToString(k[:]),
+			Receiver: 0x55667788, Stream: 0, Counter: 9, Payload: hex.EncodeToString(wire.AppendProbeAck(nil, 0x01020304, 64))},
+	)
 	return out
 }
 

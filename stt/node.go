@@ -462,6 +462,7 @@ func (n *Node) Stats() Stats {
 	st.RelayForwardedBytes = n.relays.fwdBytes.Load()
 	st.RelayRoutes = int(n.relays.npairs.Load())
 	st.RelayRefused = n.relays.refused.Load()
+	st.PMTU = n.ctr.pmtu.load()
 	return st
 }
 

@@ -76,10 +76,7 @@ type pmtuState struct {
 	mtu   atomic.Int32 // largest confirmed inner packet on the current path; 0 = none known
 	dgram atomic.Int32 // the UDP payload of that packet's frame
 	state atomic.Uint32
-	// Counters: probes sent, acknowledged, lost (a round ended without their
-	// acknowledgement while others were answered), acknowledgements refused (naming no
-	// outstanding probe, already answered, or another frame length), black holes found.
-	sent, acked, lost, bad, holes atomic.Uint64
+	ctr   pmtuCounters
 
 	// Guarded by Peer.mu.
 	on       bool    // probing the path key names
@@ -100,6 +97,45 @@ type pmtuState struct {
 	reprobe  int64 // mono: the next upward search
 	// txPackets and txBytes are the peer's data figures at the last confirmation.
 	txPackets, txBytes uint64
+}
+
+// PMTUCounters are the path MTU discovery's counters, of a peer (PeerStats.PMTU) or
+// of every peer (Stats.PMTU).
+type PMTUCounters struct {
+	// ProbesSent, ProbesAcked: probes sent, and acknowledged by the peer. ProbesLost:
+	// probes a round ended without an acknowledgement of, while others of that round
+	// were acknowledged (too large for the path, or lost by chance).
+	ProbesSent, ProbesAcked, ProbesLost uint64
+	// BadAcks counts PROBE_ACKs refused: naming no outstanding probe, a probe already
+	// acknowledged, or another frame length than the probe's. They change nothing.
+	BadAcks uint64
+	// BlackHoles counts the times the confirmed size went unanswered while small
+	// probes were answered, and the estimate was lowered.
+	BlackHoles uint64
+}
+
+// Indexes of pmtuCounters.
+const (
+	pmtuSent = iota
+	pmtuAcked
+	pmtuLost
+	pmtuBad
+	pmtuHoles
+	numPMTUCounters
+)
+
+// pmtuCounters are PMTUCounters as atomics, indexed by pmtuSent...
+type pmtuCounters [numPMTUCounters]atomic.Uint64
+
+func (c *pmtuCounters) load() PMTUCounters {
+	return PMTUCounters{ProbesSent: c[pmtuSent].Load(), ProbesAcked: c[pmtuAcked].Load(),
+		ProbesLost: c[pmtuLost].Load(), BadAcks: c[pmtuBad].Load(), BlackHoles: c[pmtuHoles].Load()}
+}
+
+// pmtuCount counts one event i in the peer's counters and the node's.
+func (p *Peer) pmtuCount(i int) {
+	p.pmtu.ctr[i].Add(1)
+	p.node.ctr.pmtu[i].Add(1)
 }
 
 // pmtuKey names a path: its kind, address and relay id. A change of any resets the
@@ -143,8 +179,7 @@ func (p *Peer) pmtuStats(s *PeerStats) {
 	if i := st.state.Load(); int(i) < len(pmtuStateNames) {
 		s.PathMTUState = pmtuStateNames[i]
 	}
-	s.PMTUProbesSent, s.PMTUProbesAcked = st.sent.Load(), st.acked.Load()
-	s.PMTUProbesLost, s.PMTUBadAcks, s.PMTUBlackHoles = st.lost.Load(), st.bad.Load(), st.holes.Load()
+	s.PMTU = st.ctr.load()
 }
 
 // tickPMTU runs the peer's discovery: called by the timer loop after tick, every Tick.
@@ -347,13 +382,13 @@ func (p *Peer) pmtuProbeLocked(s *session, now time.Time, frameLen int) {
 	slot := &st.ring[id%pmtuRing]
 	*slot = pmtuProbe{valid: true, id: id, frame: frameLen, round: st.round.seq}
 	st.round.probes++
-	st.sent.Add(1)
+	p.pmtuCount(pmtuSent)
 	if err := p.sendProbe(s, id, frameLen, now); errors.Is(err, syscall.EMSGSIZE) {
 		// The local stack refused it as larger than the interface allows: too big,
 		// as far as the search is concerned. (Other errors leave it to be lost.)
 		slot.valid = false
 		st.round.probes--
-		st.lost.Add(1)
+		p.pmtuCount(pmtuLost)
 		if frameLen > st.lo {
 			st.hi = min(st.hi, frameLen-1)
 		}
@@ -401,7 +436,7 @@ func (p *Peer) pmtuEndRoundLocked(t int64) {
 		if !pr.valid || pr.round != r.seq || pr.acked {
 			continue
 		}
-		st.lost.Add(1)
+		p.pmtuCount(pmtuLost)
 		if pr.frame == wire.MinProbeFrame {
 			continue
 		}
@@ -423,7 +458,7 @@ func (p *Peer) pmtuEndRoundLocked(t int64) {
 		}
 		// Large frames are lost while small ones pass: search below the size that
 		// worked, publishing only the result.
-		st.holes.Add(1)
+		p.pmtuCount(pmtuHoles)
 		p.node.log.Info("path MTU black hole: large frames to the peer are lost while small ones pass; searching a lower size",
 			"peer", p.cfg.Name, "was", st.lo-wire.Overhead)
 		st.misses = 0
@@ -486,12 +521,12 @@ func (p *Peer) probeAcked(body []byte, now time.Time) {
 	pr := &st.ring[id%pmtuRing]
 	if !pr.valid || pr.id != id || pr.acked || pr.frame != int(l) {
 		p.mu.Unlock()
-		st.bad.Add(1)
+		p.pmtuCount(pmtuBad)
 		return
 	}
 	old := int(st.mtu.Load())
 	pr.acked = true
-	st.acked.Add(1)
+	p.pmtuCount(pmtuAcked)
 	t := p.mono(now)
 	if r := &st.round; r.open && pr.round == r.seq {
 		if r.acks == 0 {

@@ -117,7 +117,7 @@ func TestPathMTUConvergesToWhatThePathCarries(t *testing.T) {
 	if s.PathMTUDatagram != 1400 {
 		t.Errorf("datagram size %d, want 1400", s.PathMTUDatagram)
 	}
-	if s.PMTUProbesAcked == 0 || s.PMTUProbesLost == 0 || s.PMTUBadAcks != 0 {
+	if s.PMTU.ProbesAcked == 0 || s.PMTU.ProbesLost == 0 || s.PMTU.BadAcks != 0 {
 		t.Errorf("probe counters %+v", s)
 	}
 	if old, cur := changes.last(); cur != 1400-wire.Overhead {
@@ -170,8 +170,8 @@ func TestPathMTUBlackHoleLowersQuickly(t *testing.T) {
 	limit.Store(1300)
 	took := waitPMTU(t, p, 1300-wire.Overhead, 10*time.Second)
 	t.Logf("black hole to lowered estimate: %v", took.Round(time.Millisecond))
-	if s := p.Stats(); s.PMTUBlackHoles != 1 {
-		t.Errorf("%d black holes counted, want 1", s.PMTUBlackHoles)
+	if s := p.Stats(); s.PMTU.BlackHoles != 1 {
+		t.Errorf("%d black holes counted, want 1", s.PMTU.BlackHoles)
 	}
 	if old, cur := changes.last(); old != 1400-wire.Overhead || cur != 1300-wire.Overhead {
 		t.Errorf("last PathMTUChanged(%d, %d), want straight from %d to %d", old, cur, 1400-wire.Overhead, 1300-wire.Overhead)
@@ -235,13 +235,13 @@ func TestPathMTUBadAcksChangeNothing(t *testing.T) {
 		pb.sendControl(s, m)
 	}
 	waitFor(t, 5*time.Second, "bad acks counted", func() bool {
-		return pa.Stats().PMTUBadAcks-before.PMTUBadAcks >= uint64(len(acks))
+		return pa.Stats().PMTU.BadAcks-before.PMTU.BadAcks >= uint64(len(acks))
 	})
 	after := pa.Stats()
-	if got := after.PMTUBadAcks - before.PMTUBadAcks; got != uint64(len(acks)) {
+	if got := after.PMTU.BadAcks - before.PMTU.BadAcks; got != uint64(len(acks)) {
 		t.Errorf("%d bad acks counted, want %d", got, len(acks))
 	}
-	if after.PathMTU != want || after.PathMTUState != PMTUConfirmed || after.PMTUProbesAcked != before.PMTUProbesAcked {
+	if after.PathMTU != want || after.PathMTUState != PMTUConfirmed || after.PMTU.ProbesAcked != before.PMTU.ProbesAcked {
 		t.Errorf("after bad acks: %+v, want the estimate %d kept", after, want)
 	}
 	pa.mu.Lock()
@@ -267,7 +267,7 @@ func TestPathMTUDisabledSendsNoProbes(t *testing.T) {
 	// The timer loop has ticked with the session up (the answer needed one).
 	deadline := time.Now().Add(300 * time.Millisecond)
 	for time.Now().Before(deadline) {
-		if s := a.Peer("b").Stats(); s.PMTUProbesSent != 0 || s.PathMTU != 0 || s.PathMTUState != PMTUNone {
+		if s := a.Peer("b").Stats(); s.PMTU.ProbesSent != 0 || s.PathMTU != 0 || s.PathMTUState != PMTUNone {
 			t.Fatalf("discovery off: %+v", s)
 		}
 		time.Sleep(20 * time.Millisecond)

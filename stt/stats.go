@@ -82,6 +82,7 @@ type counters struct {
 	handshakesStart atomic.Uint64
 	cookiesSent     atomic.Uint64
 	selfReached     atomic.Uint64
+	pmtu            pmtuCounters // path MTU discovery, every peer's (pmtu.go)
 }
 
 // Stats is a snapshot of a node's counters.
@@ -106,6 +107,9 @@ type Stats struct {
 	// RelayRefused counts RelayOpen calls refused at a bound (ErrRelayFull,
 	// ErrRelayShareFull).
 	RelayRefused uint64
+	// PMTU is the path MTU discovery's counters over every peer since the node started
+	// (PeerStats has each peer's).
+	PMTU PMTUCounters
 }
 
 // PeerStats is a snapshot of one peer's traffic counters.
@@ -120,12 +124,8 @@ type PeerStats struct {
 	PathMTU         int
 	PathMTUDatagram int
 	PathMTUState    string
-	// The discovery's probes: sent, acknowledged, lost (unanswered while others of
-	// their round were answered); acknowledgements refused (naming no outstanding
-	// probe, a probe already answered, or another length: changed nothing); black
-	// holes found (the confirmed size lost while small probes passed).
-	PMTUProbesSent, PMTUProbesAcked, PMTUProbesLost uint64
-	PMTUBadAcks, PMTUBlackHoles                     uint64
+	// PMTU is the discovery's counters for this peer.
+	PMTU PMTUCounters
 }
 
 func (n *Node) drop(r DropReason) { n.ctr.drops[r].Add(1) }

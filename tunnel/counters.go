@@ -20,6 +20,11 @@ func (t *Tunnel) counterMap() map[string]uint64 {
 	m["relay_forwarded_packets"] = st.RelayForwardedPackets
 	m["relay_forwarded_bytes"] = st.RelayForwardedBytes
 	m["relay_refused_at_bound"] = st.RelayRefused
+	m["pmtu_probes_sent"] = st.PMTU.ProbesSent
+	m["pmtu_probes_acked"] = st.PMTU.ProbesAcked
+	m["pmtu_probes_lost"] = st.PMTU.ProbesLost
+	m["pmtu_bad_acks"] = st.PMTU.BadAcks
+	m["pmtu_black_holes"] = st.PMTU.BlackHoles
 	c := t.Counters()
 	m["tunnel_no_route"] = c.NoRoute
 	m["ignored_link_scoped"] = c.LinkScoped

@@ -38,6 +38,7 @@ var (
 	famPeerDrops     = counter("stt_peer_drops_total", "Packets to or from the peer that were dropped: handshake queue full, send errors, source not allowed, routing loop.")
 	famPeerRTT       = gauge("stt_peer_rtt_seconds", "Smoothed round-trip time to the peer, measured with STT echoes; absent until measured.")
 	famPeerHSAge     = gauge("stt_peer_handshake_age_seconds", "Seconds since the peer's latest handshake completed; absent before the first.")
+	famPeerPathMTU   = gauge("stt_peer_path_mtu_bytes", "Largest inner packet known to reach the peer over its path (path MTU discovery); absent when none is known or needed.")
 	famPeerRefused   = gauge("stt_peer_refused", "1 while the peer refuses this node's handshakes, with the reason (unknown_peer, pin_mismatch); absent otherwise.")
 
 	famHSStarted   = counter("stt_handshakes_started_total", "Handshakes this node started (HELLOs sent, retransmissions included).")
@@ -50,6 +51,9 @@ var (
 	famRelayBytes  = counter("stt_relay_forwarded_bytes_total", "Bytes of the RELAY messages this node forwarded, whole messages.")
 	famRelayRoutes = gauge("stt_relay_routes", "Pairs of members this node forwards between now, as a relay.")
 	famRelayBound  = counter("stt_relay_refused_total", "Relay requests refused at a bound: the relay's pairs, or a member's share of them.")
+	famPMTUProbes  = counter("stt_pmtu_probes_total", "Path MTU probes, to every peer, by result: sent, acked, or lost (unanswered while others sent with them were).")
+	famPMTUBadAcks = counter("stt_pmtu_bad_acks_total", "Path MTU probe acknowledgements refused (no such probe outstanding, already acknowledged, another size); they change nothing.")
+	famPMTUHoles   = counter("stt_pmtu_black_holes_total", "Times a peer's confirmed path MTU stopped getting through while small packets did, and was lowered.")
 	famSessions    = gauge("stt_sessions", "Sessions the node can receive on now, current and previous keys.")
 	famPending     = gauge("stt_pending_handshakes", "Handshakes in progress.")
 
@@ -209,6 +213,12 @@ func (t *Tunnel) writeMetrics(w *promtext.Writer) {
 			w.Float(famPeerHSAge.name, f.hsAge, "peer", f.name)
 		}
 	}
+	w.Family(famPeerPathMTU.name, famPeerPathMTU.typ, famPeerPathMTU.help)
+	for _, f := range figs {
+		if f.stats.PathMTU > 0 {
+			w.Uint(famPeerPathMTU.name, uint64(f.stats.PathMTU), "peer", f.name)
+		}
+	}
 	w.Family(famPeerRefused.name, famPeerRefused.typ, famPeerRefused.help)
 	for _, f := range figs {
 		if f.refused != "" {
@@ -242,6 +252,12 @@ func (t *Tunnel) writeMetrics(w *promtext.Writer) {
 	one(famRelayBytes, st.RelayForwardedBytes)
 	one(famRelayRoutes, uint64(st.RelayRoutes))
 	one(famRelayBound, st.RelayRefused)
+	w.Family(famPMTUProbes.name, famPMTUProbes.typ, famPMTUProbes.help)
+	w.Uint(famPMTUProbes.name, st.PMTU.ProbesSent, "result", "sent")
+	w.Uint(famPMTUProbes.name, st.PMTU.ProbesAcked, "result", "acked")
+	w.Uint(famPMTUProbes.name, st.PMTU.ProbesLost, "result", "lost")
+	one(famPMTUBadAcks, st.PMTU.BadAcks)
+	one(famPMTUHoles, st.PMTU.BlackHoles)
 
 	tc := t.Counters()
 	one(famNoRoute, tc.NoRoute)

@@ -176,6 +176,8 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 			RekeyAfterMessages: cfg.Advanced.RekeyAfterMessages,
 			FallbackAfter:      cfg.Advanced.FallbackAfter,
 			ProbeInterval:      cfg.Advanced.ProbeInterval,
+			PMTUDisable:        !cfg.Advanced.PMTUDiscovery,
+			PMTUReprobe:        cfg.Advanced.PMTUReprobe,
 		},
 		DisableUDP: cfg.Interface.DisableUDP,
 		WSListen:   cfg.WebSocket.Listen,
@@ -431,6 +433,7 @@ func peerStatus(p *peer) status.Peer {
 	s := f.stats
 	ps.TxBytes, ps.RxBytes, ps.TxPackets, ps.RxPackets = s.TxBytes, s.RxBytes, s.TxPackets, s.RxPackets
 	ps.Drops = f.drops
+	ps.PathMTU, ps.PathMTUDatagram, ps.PathMTUState = s.PathMTU, s.PathMTUDatagram, s.PathMTUState
 	return ps
 }
 

@@ -459,6 +459,7 @@ func sampleStatus() []status.Status {
 					AllowedPrefixes: []string{"10.99.0.2/32", "192.168.50.0/24"},
 					LastHandshake:   now.Add(-12 * time.Second), RTT: 1.234,
 					TxBytes: 1536, RxBytes: 3 << 20, TxPackets: 1, RxPackets: 2400, Drops: 0,
+					PathMTU: 1440, PathMTUDatagram: 1472, PathMTUState: "confirmed",
 				},
 				{
 					Name: "gamma", Endpoint: "wss://relay.example.net/stt", Path: "ws",

@@ -262,13 +262,14 @@ func renderStatus(w io.Writer, all []status.Status, dir string, now time.Time) e
 		}
 		b.WriteString("\n")
 		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "  PEER\tPATH\tHANDSHAKE\tRTT\tTX\tRX\tDROPS\tALLOWED")
+		fmt.Fprintln(tw, "  PEER\tPATH\tHANDSHAKE\tRTT\tPATH MTU\tTX\tRX\tDROPS\tALLOWED")
 		for _, p := range st.Peers {
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n",
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n",
 				p.Name,
 				peerPath(p),
 				ago(p.LastHandshake, now),
 				rtt(p.RTT),
+				pathMTU(p),
 				traffic(p.TxBytes, p.TxPackets),
 				traffic(p.RxBytes, p.RxPackets),
 				p.Drops,
@@ -556,6 +557,18 @@ func ago(t, now time.Time) string {
 	default:
 		return fmt.Sprintf("%dd %dh ago", s/day, s%day/hour)
 	}
+}
+
+// pathMTU shows a peer's path MTU: the inner packet size, with the discovery's state
+// unless it is confirmed; "-" when none is known or needed.
+func pathMTU(p status.Peer) string {
+	switch {
+	case p.PathMTU == 0:
+		return "-"
+	case p.PathMTUState == "" || p.PathMTUState == "confirmed":
+		return strconv.Itoa(p.PathMTU)
+	}
+	return fmt.Sprintf("%d (%s)", p.PathMTU, p.PathMTUState)
 }
 
 func rtt(ms float64) string {

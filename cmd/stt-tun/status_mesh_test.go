@@ -70,6 +70,7 @@ func sampleMeshStatus() status.Status {
 				PublicKey:     "c2Yr0Wd1S3n6O9d4M7u5A8z2X1f3L0k6I4h9G7t5B3p=",
 				LastHandshake: now.Add(-20 * time.Second), RTT: 31.2,
 				TxBytes: 20480, RxBytes: 10240, TxPackets: 20, RxPackets: 10,
+				PathMTU: 1368, PathMTUDatagram: 1408, PathMTUState: "probing",
 				MeshAddress: "fd3a:91c2:5e07::5e2a:71b0:d3c4:9f18",
 				Candidates:  []string{"198.18.7.2:43122", "10.7.0.2:51900"},
 				PathReason:  "punch failed, relayed",

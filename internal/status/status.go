@@ -119,6 +119,13 @@ type Peer struct {
 	Refusals []string `json:"refusals,omitempty"`
 	// RelayVia names the member that relays the traffic when Path is "relay".
 	RelayVia string `json:"relay_via,omitempty"`
+	// PathMTU is the largest inner packet known to reach the peer over its path (path
+	// MTU discovery); 0 (absent) when none is known or needed (WebSocket, no session,
+	// discovery off). PathMTUDatagram is the UDP payload that carries it, PathMTUState
+	// the discovery's state: "probing", "confirmed", "lowering" or "minimum".
+	PathMTU         int    `json:"path_mtu,omitempty"`
+	PathMTUDatagram int    `json:"path_mtu_datagram,omitempty"`
+	PathMTUState    string `json:"path_mtu_state,omitempty"`
 	// PathReason says why a member this node wants to reach has no direct path (yet):
 	// "punching", "punch failed", "punch failed, relayed", "udp blocked", "no relay
 	// reachable"; absent when the path is direct or the member is not wanted.

@@ -14,11 +14,14 @@ import (
 // or not) may have lowered: probes find the path's.
 func RouteMTU(dst netip.Addr, mark uint32) (int, error) {
 	dst = dst.Unmap()
-	fam := unix.AF_INET
-	var sa unix.Sockaddr = &unix.SockaddrInet4{Port: 9, Addr: dst.As4()}
-	if dst.Is6() {
-		fam = unix.AF_INET6
-		sa = &unix.SockaddrInet6{Port: 9, Addr: dst.As16()}
+	if !dst.IsValid() {
+		return 0, unix.EDESTADDRREQ
+	}
+	fam := unix.AF_INET6
+	var sa unix.Sockaddr = &unix.SockaddrInet6{Port: 9, Addr: dst.As16()}
+	if dst.Is4() {
+		fam = unix.AF_INET
+		sa = &unix.SockaddrInet4{Port: 9, Addr: dst.As4()}
 	}
 	fd, err := unix.Socket(fam, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
