@@ -252,3 +252,31 @@ func TestMSSClampIsOnByDefaultAndReloads(t *testing.T) {
 		t.Errorf("changes %q, clamp %v", changes, a.t.mssClamp.Load())
 	}
 }
+
+// TestPathMTUWorkAllocatesNothing: fragmenting, clamping and refusing to answer an ICMP
+// error take no allocation once the fragment arena exists.
+func TestPathMTUWorkAllocatesNothing(t *testing.T) {
+	a, _ := memPair(t)
+	var o outState
+	pkts, flows := make([][]byte, 0, 64), make([]uint16, 0, 64)
+	flush := func() { pkts, flows = pkts[:0], flows[:0]; o.used = 0 }
+	frag := bigIPv4("10.9.0.1", "10.9.0.2", protoUDP, 0, 3000)
+	icmpErr := bigIPv4("10.9.0.1", "10.9.0.2", 1, 0x4000, 1400)
+	icmpErr[20] = 3
+	syn := bigIPv4("10.9.0.1", "10.9.0.2", protoTCP, 0x4000, 44)
+	clear(syn[20:])
+	syn[32], syn[33] = 6<<4, 0x02
+	allocs := testing.AllocsPerRun(100, func() {
+		flush()
+		a.t.tooLarge(&o, frag, 1200, 7, &pkts, &flows, flush)
+		a.t.tooLarge(&o, icmpErr, 1200, 7, &pkts, &flows, flush)
+		copy(syn[40:], []byte{2, 4, 0x05, 0xb4})
+		a.t.clampMSS(syn, 1200)
+	})
+	if allocs != 0 {
+		t.Errorf("%v allocations per packet", allocs)
+	}
+	if a.t.Counters().MSSClamped == 0 || a.t.Counters().Fragmented == 0 {
+		t.Error("the work was not done")
+	}
+}

@@ -84,7 +84,7 @@ func (t *Tunnel) ReloadFile(path string) ([]string, error) {
 // swapped in one step, only the routes that differ are added or deleted, and the
 // sessions of the peers whose settings did not change are untouched. A changed peer
 // keeps its session too, unless its new public_key is not the key the session was made
-// with. The metrics listener may move.
+// with. The metrics listener may move, and [interface] mss_clamp change.
 //
 // Everything else is fixed while the tunnel runs, the seed and the private key among
 // them: a configuration that changes it is refused with an error that wraps

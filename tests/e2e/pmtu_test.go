@@ -231,6 +231,11 @@ func (l *pmtuLab) checkTooBig() {
 		!strings.Contains(r.stderr+r.stdout, fmt.Sprintf("message too long, mtu=%d", l.inner)) {
 		l.t.Errorf("IPv4 ping with DF larger than the path: want %q, then the kernel keeping to it, in\n%s%s", want, r.stdout, r.stderr)
 	}
+	route := mustIn(l.t, l.a.ns, "ip", "route", "get", "10.99.0.2")
+	if !strings.Contains(route, fmt.Sprintf(" mtu %d", l.inner)) {
+		l.t.Errorf("alpha's kernel did not keep the path MTU for 10.99.0.2:\n%s", route)
+	}
+	l.t.Logf("alpha: ip route get 10.99.0.2:\n%s", route)
 	r = runIn(l.a.ns, "ping", "-6", "-c", "2", "-i", "0.2", "-W", "1", "-M", "do", "-s", "1300", "fd99::2")
 	if !strings.Contains(r.stdout, "Packet too big: mtu=1280") {
 		l.t.Errorf("IPv6 ping larger than the path: want a Packet Too Big for 1280 in\n%s%s", r.stdout, r.stderr)
