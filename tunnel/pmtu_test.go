@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"net/netip"
 	"testing"
@@ -9,7 +10,10 @@ import (
 
 	"github.com/stt-tun/stt-tun/config"
 	"github.com/stt-tun/stt-tun/internal/ipmtu"
+	"golang.zx2c4.com/wireguard/conn"
+
 	"github.com/stt-tun/stt-tun/stt"
+	"github.com/stt-tun/stt-tun/stt/udp"
 	"github.com/stt-tun/stt-tun/stt/wire"
 	"github.com/stt-tun/stt-tun/tun/tuntest"
 )
@@ -278,5 +282,138 @@ func TestPathMTUWorkAllocatesNothing(t *testing.T) {
 	}
 	if a.t.Counters().MSSClamped == 0 || a.t.Counters().Fragmented == 0 {
 		t.Error("the work was not done")
+	}
+}
+
+// narrowBind drops, silently, every datagram longer than limit bytes: a path narrower
+// than the links say that sends no ICMP.
+type narrowBind struct {
+	conn.Bind
+	limit int
+}
+
+func (b *narrowBind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	keep := bufs[:0:0]
+	for _, m := range bufs {
+		if len(m) <= b.limit {
+			keep = append(keep, m)
+		}
+	}
+	if len(keep) == 0 {
+		return nil
+	}
+	return b.Bind.Send(keep, ep)
+}
+
+// synWithMSS is a TCP SYN (or SYN-ACK with flags 0x12) from src to dst with an MSS
+// option, checksums right.
+func synWithMSS(src, dst string, flags byte, mss uint16) []byte {
+	p := bigIPv4(src, dst, protoTCP, 0x4000, 44)
+	tcp := p[20:]
+	clear(tcp)
+	binary.BigEndian.PutUint16(tcp[0:], 40000)
+	binary.BigEndian.PutUint16(tcp[2:], 5201)
+	tcp[12], tcp[13] = 6<<4, flags
+	tcp[20], tcp[21] = 2, 4
+	binary.BigEndian.PutUint16(tcp[22:], mss)
+	sum := uint32(0)
+	for i := 12; i < 20; i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(p[i:]))
+	}
+	sum += protoTCP + uint32(len(tcp))
+	for i := 0; i < len(tcp); i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(tcp[i:]))
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	binary.BigEndian.PutUint16(tcp[16:], ^uint16(sum))
+	return p
+}
+
+// tcpChecksumOK verifies an IPv4 TCP packet's checksum.
+func tcpChecksumOK(p []byte) bool {
+	tcp := p[20:]
+	sum := uint32(protoTCP) + uint32(len(tcp))
+	for i := 12; i < 20; i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(p[i:]))
+	}
+	for i := 0; i+1 < len(tcp); i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(tcp[i:]))
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	return uint16(sum) == 0xffff
+}
+
+// TestPumpOnANarrowPath: two tunnels whose UDP loses datagrams over 1300 bytes without
+// a word. Once the node has found the path (1300 − 32 = 1268 inside), the pump answers a
+// larger IPv4 packet with DF by Fragmentation Needed for 1268, sends one without DF in
+// fragments that arrive, and clamps the MSS of a SYN going out and of a SYN-ACK coming
+// in (from a peer that does not clamp) to 1268 − 40.
+func TestPumpOnANarrowPath(t *testing.T) {
+	seed, _ := config.GenerateSeed()
+	seedFile := writeSecret(t, t.TempDir(), "seed", seed)
+	start := func(name, addr string, clamp bool, peers []config.Peer) *memNode {
+		cfg := memConfig(t, seedFile, name, addr, peers)
+		cfg.Interface.MSSClamp, cfg.Advanced.PMTUDiscovery = clamp, true
+		dev := tuntest.NewMem(cfg.Interface.Name, 1420, 16)
+		tu, err := Start(context.Background(), cfg, Options{Device: dev, Bind: &narrowBind{Bind: udp.NewPMTUProbe(), limit: 1300}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = tu.Close() })
+		return &memNode{t: tu, dev: dev}
+	}
+	// b does not clamp, so that what a receives shows a's own clamping of SYN-ACKs.
+	b := start("b", "10.9.0.2/24", false, []config.Peer{{Name: "a", AllowedPrefixes: []netip.Prefix{netip.MustParsePrefix("10.9.0.1/32")}}})
+	a := start("a", "10.9.0.1/24", true, []config.Peer{{Name: "b", Endpoint: endpointOf(b),
+		AllowedPrefixes: []netip.Prefix{netip.MustParsePrefix("10.9.0.2/32")}}})
+	hello := ipv4UDP("10.9.0.1", "10.9.0.2", 1000, 2000, []byte("hello"))
+	a.dev.Inject(hello)
+	expectPacket(t, b.dev, hello)
+	back := ipv4UDP("10.9.0.2", "10.9.0.1", 2000, 1000, []byte("back"))
+	b.dev.Inject(back)
+	expectPacket(t, a.dev, back)
+	const inner = 1300 - wire.Overhead
+	defer func() {
+		if t.Failed() {
+			t.Logf("peer stats: a %+v, b %+v", a.t.peers[0].sp.Stats(), b.t.peers[0].sp.Stats())
+		}
+	}()
+	waitUntil(t, "both ends find the path MTU", func() bool {
+		return a.t.peers[0].sp.PathMTU() == inner && b.t.peers[0].sp.PathMTU() == inner
+	})
+
+	a.dev.Inject(bigIPv4("10.9.0.1", "10.9.0.2", protoTCP, 0x4000, 1400))
+	got := nextWritten(a.dev, 5*time.Second)
+	if got == nil || got[20] != 3 || got[21] != 4 || binary.BigEndian.Uint16(got[26:28]) != inner {
+		t.Fatalf("no Fragmentation Needed for %d: % x", inner, got)
+	}
+
+	dgram := bigIPv4("10.9.0.1", "10.9.0.2", protoUDP, 0, 3000)
+	a.dev.Inject(dgram)
+	var payload []byte
+	for len(payload) < 3000-20 {
+		f := nextWritten(b.dev, 5*time.Second)
+		if f == nil || len(f) > inner {
+			t.Fatalf("fragment missing or too large after %d bytes: %d", len(payload), len(f))
+		}
+		payload = append(payload, f[20:]...)
+	}
+	if !bytes.Equal(payload, dgram[20:]) {
+		t.Error("the fragments do not add up to the datagram")
+	}
+
+	a.dev.Inject(synWithMSS("10.9.0.1", "10.9.0.2", 0x02, 1460))
+	syn := nextWritten(b.dev, 5*time.Second)
+	if syn == nil || binary.BigEndian.Uint16(syn[42:44]) != inner-40 || !tcpChecksumOK(syn) {
+		t.Fatalf("SYN out: % x, want MSS %d and a right checksum", syn, inner-40)
+	}
+	b.dev.Inject(synWithMSS("10.9.0.2", "10.9.0.1", 0x12, 1460))
+	synack := nextWritten(a.dev, 5*time.Second)
+	if synack == nil || binary.BigEndian.Uint16(synack[42:44]) != inner-40 || !tcpChecksumOK(synack) {
+		t.Fatalf("SYN-ACK in: % x, want MSS %d and a right checksum", synack, inner-40)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/gaissmai/bart"
+	"golang.zx2c4.com/wireguard/conn"
 
 	"github.com/stt-tun/stt-tun/config"
 	"github.com/stt-tun/stt-tun/internal/status"
@@ -32,6 +33,9 @@ type Options struct {
 	Device tun.Device
 	// Resolver replaces the system's resolver for peers' endpoint names: for tests.
 	Resolver func(ctx context.Context, hostport string) (netip.AddrPort, error)
+	// Bind replaces the node's UDP transport: for tests (a path that loses large
+	// datagrams, say).
+	Bind conn.Bind
 }
 
 // peer is the tunnel's view of one configured peer: its allowed prefixes and its node
@@ -185,6 +189,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 		WSCertFile: cfg.WebSocket.TLSCert,
 		WSKeyFile:  cfg.WebSocket.TLSKey,
 		Resolver:   opts.Resolver,
+		Bind:       opts.Bind,
 
 		PathMTUChanged: t.pathMTUChanged,
 
