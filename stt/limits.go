@@ -25,6 +25,10 @@ type Limits struct {
 	// PMTUReprobe is how often a path whose MTU was found is probed upward again
 	// (jittered; default DefaultPMTUReprobe; [advanced] pmtu_reprobe_interval).
 	PMTUReprobe time.Duration
+	// PMTUMax is the largest inner packet worth probing for: the TUN device's MTU (a
+	// larger path MTU helps no packet). 0: up to the link's MTU, at most a 9000-byte
+	// IP packet.
+	PMTUMax int
 }
 
 // Default protocol limits.

@@ -47,6 +47,9 @@ const (
 	// pmtuFloorIP is the IP packet size every path is assumed to carry (IPv6's
 	// minimum MTU): the search starts there and never publishes less.
 	pmtuFloorIP = 1280
+	// pmtuMaxIP is the largest IP packet probed without Limits.PMTUMax: jumbo frames'
+	// (loopback's 64 KiB would only make probes that no TUN packet needs).
+	pmtuMaxIP = 9000
 	// pmtuSizesPerRound is how many sizes one search round probes at once, spread over
 	// the range still unknown.
 	pmtuSizesPerRound = 8
@@ -314,16 +317,18 @@ func (p *Peer) pmtuStartLocked(key pmtuKey, t int64) {
 }
 
 // pmtuCeil is the longest frame worth probing on the path: the MTU of the local link
-// toward its address (the relay's, on a relay path), within what a UDP datagram and an
-// STT message can hold, and never below the floor.
+// toward its address (the relay's, on a relay path), at most pmtuMaxIP, and the frame
+// of an inner packet of Limits.PMTUMax when set; never below the floor.
 func (p *Peer) pmtuCeil(key pmtuKey) int {
 	st := &p.pmtu
 	mtu := p.node.routeMTU(key.ap.Addr())
 	if mtu <= 0 {
 		mtu = 1500
 	}
-	mtu = min(mtu, 65535)
-	f := min(mtu-st.ipHdr-8-st.extra, wire.MaxMessageLen, 65507-st.extra)
+	f := min(mtu, pmtuMaxIP) - st.ipHdr - 8 - st.extra
+	if m := p.node.limits.PMTUMax; m > 0 {
+		f = min(f, m+wire.Overhead)
+	}
 	return max(f, st.floor)
 }
 

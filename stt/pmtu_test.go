@@ -17,12 +17,18 @@ import (
 // a path whose MTU is below what the link says and which sends no ICMP.
 type narrowBind struct {
 	conn.Bind
-	limit   *atomic.Int64 // 0 = none
+	limit *atomic.Int64 // 0 = none
+	// alt, when set, is the limit toward altAddr instead: another path.
+	alt     *atomic.Int64
+	altAddr netip.Addr
 	dropped atomic.Uint64
 }
 
 func (b *narrowBind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	l := int(b.limit.Load())
+	if b.alt != nil && addrPortOf(ep).Addr() == b.altAddr {
+		l = int(b.alt.Load())
+	}
 	if l == 0 {
 		return b.Bind.Send(bufs, ep)
 	}
@@ -132,6 +138,18 @@ func TestPathMTUWholeLinkWhenNothingIsNarrower(t *testing.T) {
 	a, b, _ := narrowPair(t, Limits{}, &limit)
 	established(t, a, b)
 	waitPMTU(t, a.Peer("b"), linkMTU-20-8-wire.Overhead, 10*time.Second)
+}
+
+// TestPathMTUStopsAtPMTUMax: on a path wider than the TUN device's MTU the search
+// stops there (Limits.PMTUMax): a larger path MTU helps no packet.
+func TestPathMTUStopsAtPMTUMax(t *testing.T) {
+	var limit atomic.Int64
+	a, b, _ := narrowPair(t, Limits{PMTUMax: 1380}, &limit)
+	established(t, a, b)
+	waitPMTU(t, a.Peer("b"), 1380, 10*time.Second)
+	if s := a.Peer("b").Stats(); s.PMTU.ProbesLost != 0 {
+		t.Errorf("%d probes lost: probed above PMTUMax", s.PMTU.ProbesLost)
+	}
 }
 
 // bulk sends inner packets of size bytes to p until stop is closed.
@@ -250,6 +268,9 @@ func TestPathMTUBadAcksChangeNothing(t *testing.T) {
 	if lo != 1400 {
 		t.Errorf("largest acknowledged frame %d after bad acks, want 1400", lo)
 	}
+	if got := a.Stats().PMTU.BadAcks; got != uint64(len(acks)) {
+		t.Errorf("node counts %d bad acks, want %d", got, len(acks))
+	}
 	if a.Stats().Drops[DropControl] != 0 {
 		t.Errorf("bad acks counted as malformed control messages too")
 	}
@@ -284,5 +305,76 @@ func TestPathMTUAllocationFree(t *testing.T) {
 	sink := 0
 	if n := testing.AllocsPerRun(1000, func() { sink += p.PathMTU() }); n != 0 {
 		t.Fatalf("%v allocations per PathMTU", n)
+	}
+}
+
+// TestPathMTUResetsOnPathChange: when the peer's traffic moves to another endpoint,
+// the estimate of the old path is forgotten and the new path's found, even when it is
+// narrower and no data flows (nothing would show the old one lost).
+func TestPathMTUResetsOnPathChange(t *testing.T) {
+	var limit, alt atomic.Int64
+	limit.Store(1400)
+	alt.Store(1300)
+	other := netip.MustParseAddr("127.0.0.2")
+	seed := randKey(t)
+	var changes mtuChanges
+	cfg := func(c *Config) {
+		c.Bind = &narrowBind{Bind: c.Bind, limit: &limit, alt: &alt, altAddr: other}
+		c.routeMTU = func(netip.Addr) int { return linkMTU }
+	}
+	a := startNode(t, nodeOpts{seed: seed, name: "a", config: func(c *Config) { cfg(c); c.PathMTUChanged = changes.add }})
+	b := startNode(t, nodeOpts{seed: seed, name: "b", config: cfg})
+	if _, err := b.AddPeer(PeerConfig{Name: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.AddPeer(PeerConfig{Name: "b", Endpoint: loopback(b.Node)}); err != nil {
+		t.Fatal(err)
+	}
+	established(t, a, b)
+	p := a.Peer("b")
+	waitPMTU(t, p, 1400-wire.Overhead, 10*time.Second)
+	// b listens on every address: 127.0.0.2 reaches it too, over a narrower path.
+	if err := p.setEndpoint(netip.AddrPortFrom(other, b.Port())); err != nil {
+		t.Fatal(err)
+	}
+	waitPMTU(t, p, 1300-wire.Overhead, 10*time.Second)
+	changes.mu.Lock()
+	defer changes.mu.Unlock()
+	var sawReset bool
+	for _, c := range changes.got {
+		if c == [2]int{1400 - wire.Overhead, 0} {
+			sawReset = true
+		}
+	}
+	if !sawReset {
+		t.Errorf("changes %v: the old path's estimate was not dropped to 0 first", changes.got)
+	}
+}
+
+// TestPathMTUThroughRelayCountsTheRelayHeader: on a relay path the probes go end to
+// end through the relay; the datagram carries the RELAY header, so a path of N bytes
+// gives an inner packet of N-8-32. A WebSocket path (a to r here) is not probed: its
+// path MTU is 0.
+func TestPathMTUThroughRelayCountsTheRelayHeader(t *testing.T) {
+	var limit atomic.Int64
+	limit.Store(1400)
+	l := newRelayLab(t, labOpts{wsA: true, config: func(c *Config) {
+		c.Bind = &narrowBind{Bind: c.Bind, limit: &limit}
+		c.routeMTU = func(netip.Addr) int { return linkMTU }
+	}})
+	l.open(t)
+	l.exchange(t, "relayed")
+	l.checkRelayedEndToEnd(t)
+	want := 1400 - wire.RelayHeaderLen - wire.Overhead
+	waitPMTU(t, l.ab, want, 10*time.Second)
+	waitPMTU(t, l.ba, want, 10*time.Second)
+	if s := l.ab.Stats(); s.PathMTUDatagram != 1400 {
+		t.Errorf("datagram %d, want 1400 (RELAY header included)", s.PathMTUDatagram)
+	}
+	if l.ar.Path() != PathWS {
+		t.Fatalf("a reaches r over %s, want ws", l.ar.Path())
+	}
+	if s := l.ar.Stats(); s.PathMTU != 0 || s.PathMTUState != PMTUNone || s.PMTU.ProbesSent != 0 {
+		t.Errorf("WebSocket path probed: %+v", s)
 	}
 }

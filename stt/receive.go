@@ -201,7 +201,9 @@ func (n *Node) receiveBatch(bufs, rx [][]byte, sizes []int, eps []conn.Endpoint,
 				continue
 			}
 		}
-		probe := h.Stream == wire.ControlStream && len(pt) > 0 && pt[0] == wire.CtlPing
+		// Path MTU probes and their answers (the answer goes the way the probe came)
+		// move no path either.
+		probe := h.Stream == wire.ControlStream && len(pt) > 0 && (pt[0] == wire.CtlPing || pt[0] == wire.CtlProbe || pt[0] == wire.CtlProbeAck)
 		run.add(s, h.Counter, ep, now, len(msg), h.Stream != wire.ControlStream, probe)
 		if h.Stream == wire.ControlStream {
 			unlock()
@@ -237,8 +239,8 @@ type recvRun struct {
 }
 
 // add records one authenticated frame of s, switching runs when the peer changes.
-// The path and roaming are updated per frame: a probe (a lone PING) moves no path, it is
-// answered the way it came.
+// The path and roaming are updated per frame: a probe (a lone PING, or a path MTU
+// PROBE or PROBE_ACK) moves no path, it is answered the way it came.
 func (r *recvRun) add(s *session, ctr uint64, ep conn.Endpoint, now time.Time, size int, data, probe bool) {
 	p := s.peer
 	if p != r.p {

@@ -182,6 +182,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 			ProbeInterval:      cfg.Advanced.ProbeInterval,
 			PMTUDisable:        !cfg.Advanced.PMTUDiscovery,
 			PMTUReprobe:        cfg.Advanced.PMTUReprobe,
+			PMTUMax:            cfg.Interface.MTU, // a larger path MTU helps no packet
 		},
 		DisableUDP: cfg.Interface.DisableUDP,
 		WSListen:   cfg.WebSocket.Listen,
