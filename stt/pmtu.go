@@ -62,14 +62,15 @@ const (
 	pmtuRoundMax   = time.Second
 	pmtuRoundSlack = 50 * time.Millisecond
 	// pmtuRetry is the wait after a round with no acknowledgement at all (the path
-	// is silent: nothing is learnt from it).
+	// is silent, or the peer runs a release that skips PROBEs: nothing is learnt from
+	// it), doubling with each such round in a row up to Limits.PMTUReprobe.
 	pmtuRetry = time.Second
 	// pmtuConfirmInterval is how often the confirmed size is probed again while
 	// large packets are sent to the peer (black-hole detection), and pmtuMisses how
 	// many such probes in a row may be lost, while a small probe sent with each is
 	// answered, before the estimate is lowered.
 	pmtuConfirmInterval = time.Second
-	pmtuMisses          = 2
+	pmtuMisses          = 3
 )
 
 // pmtuState is the peer's path MTU discovery. The published values and the counters
@@ -93,11 +94,15 @@ type pmtuState struct {
 	searchUp bool    // a search runs; otherwise the estimate is kept and confirmed
 	lowering bool    // the search follows a black hole: publish only at its end
 	misses   int     // confirmation probes lost in a row
-	round    pmtuRound
-	ring     [pmtuRing]pmtuProbe
-	nextID   uint32
-	next     int64 // mono: no round starts before this
-	reprobe  int64 // mono: the next upward search
+	silent   int     // rounds in a row with no acknowledgement at all
+	// suspect is the smallest size the last search round lost, probed again in the
+	// next: a size is too large once lost in two rounds, not on one loss by chance.
+	suspect int
+	round   pmtuRound
+	ring    [pmtuRing]pmtuProbe
+	nextID  uint32
+	next    int64 // mono: no round starts before this
+	reprobe int64 // mono: the next upward search
 	// txPackets and txBytes are the peer's data figures at the last confirmation.
 	txPackets, txBytes uint64
 }
@@ -163,9 +168,11 @@ type pmtuRound struct {
 // pmtuProbe is one probe sent. Guarded by Peer.mu.
 type pmtuProbe struct {
 	valid, acked bool
-	id           uint32
-	frame        int
-	round        uint32
+	// stale: sent on a path since given up (reset); its answer is expected and ignored.
+	stale bool
+	id    uint32
+	frame int
+	round uint32
 }
 
 // PathMTU is the largest inner packet (the payload of one DATA frame) known to reach
@@ -188,8 +195,8 @@ func (p *Peer) pmtuStats(s *PeerStats) {
 // tickPMTU runs the peer's discovery: called by the timer loop after tick, every Tick.
 // The change callback runs with no lock held.
 func (p *Peer) tickPMTU(now time.Time) {
-	if p.node.limits.PMTUDisable && p.pmtu.state.Load() == pmtuNone {
-		return
+	if p.pmtu.state.Load() == pmtuNone && (p.node.limits.PMTUDisable || p.keys.current.Load() == nil && p.keys.standby.Load() == nil) {
+		return // nothing to probe, nothing to reset: no lock taken
 	}
 	p.mu.Lock()
 	old, cur, changed := p.pmtuStepLocked(now)
@@ -282,10 +289,10 @@ func (p *Peer) pmtuBulkLocked() bool {
 // Called with p.mu held.
 func (p *Peer) pmtuResetLocked() {
 	st := &p.pmtu
-	st.on, st.searchUp, st.lowering, st.misses, st.lo, st.hi = false, false, false, 0, 0, 0
+	st.on, st.searchUp, st.lowering, st.misses, st.silent, st.lo, st.hi, st.suspect = false, false, false, 0, 0, 0, 0, 0
 	st.round = pmtuRound{seq: st.round.seq + 1}
 	for i := range st.ring {
-		st.ring[i].valid = false
+		st.ring[i].stale = true
 	}
 	st.mtu.Store(0)
 	st.dgram.Store(0)
@@ -344,16 +351,26 @@ func (p *Peer) pmtuSearchRoundLocked(s *session, now time.Time, t int64) {
 	}
 	p.pmtuOpenRoundLocked(t, false)
 	p.pmtuProbeLocked(s, now, wire.MinProbeFrame)
+	if st.suspect <= st.lo || st.suspect > st.hi {
+		st.suspect = 0
+	}
+	if st.suspect > 0 {
+		p.pmtuProbeLocked(s, now, st.suspect) // lost once: once more
+	}
 	base := st.lo
 	if st.lo == 0 {
-		p.pmtuProbeLocked(s, now, st.floor)
+		if st.suspect != st.floor {
+			p.pmtuProbeLocked(s, now, st.floor)
+		}
 		base = st.floor
 	}
 	last := base
 	for i := 1; i <= pmtuSizesPerRound; i++ {
 		f := base + ((st.hi-base)*i+pmtuSizesPerRound-1)/pmtuSizesPerRound
 		if f > last {
-			p.pmtuProbeLocked(s, now, f)
+			if f != st.suspect {
+				p.pmtuProbeLocked(s, now, f)
+			}
 			last = f
 		}
 	}
@@ -432,10 +449,12 @@ func (p *Peer) pmtuEndRoundLocked(t int64) {
 	r := &st.round
 	r.open = false
 	if r.acks == 0 {
-		st.next = t + int64(pmtuRetry)
+		st.next = t + min(int64(pmtuRetry)<<min(st.silent, 20), int64(p.node.limits.PMTUReprobe))
+		st.silent++
 		return
 	}
-	smallestLost, confirmLost := 0, false
+	st.silent = 0
+	smallestLost, confirmLost, suspectLost := 0, false, false
 	for i := range st.ring {
 		pr := &st.ring[i]
 		if !pr.valid || pr.round != r.seq || pr.acked {
@@ -447,6 +466,9 @@ func (p *Peer) pmtuEndRoundLocked(t int64) {
 		}
 		if pr.frame >= st.lo {
 			confirmLost = true
+		}
+		if pr.frame == st.suspect {
+			suspectLost = true
 		}
 		if pr.frame > st.lo && (smallestLost == 0 || pr.frame < smallestLost) {
 			smallestLost = pr.frame
@@ -466,15 +488,16 @@ func (p *Peer) pmtuEndRoundLocked(t int64) {
 		p.pmtuCount(pmtuHoles)
 		p.node.log.Info("path MTU black hole: large frames to the peer are lost while small ones pass; searching a lower size",
 			"peer", p.cfg.Name, "was", st.lo-wire.Overhead)
-		st.misses = 0
+		st.misses, st.suspect = 0, 0
 		st.hi, st.lo = st.lo-1, 0
 		st.searchUp, st.lowering = true, true
 		st.state.Store(pmtuLowering)
 		return
 	}
-	if smallestLost > 0 {
-		st.hi = min(st.hi, smallestLost-1)
+	if suspectLost && st.suspect > st.lo {
+		st.hi = min(st.hi, st.suspect-1) // lost twice: too large
 	}
+	st.suspect = smallestLost
 	if st.lo == 0 && st.hi < st.floor {
 		// Not even the floor came through, while the small probe did.
 		st.lo, st.hi = st.floor, st.floor
@@ -492,7 +515,7 @@ func (p *Peer) pmtuEndRoundLocked(t int64) {
 // an eighth either way. Called with p.mu held.
 func (p *Peer) pmtuSearchDoneLocked(t int64) {
 	st := &p.pmtu
-	st.searchUp, st.lowering = false, false
+	st.searchUp, st.lowering, st.suspect = false, false, 0
 	if st.state.Load() != pmtuMinimum {
 		p.pmtuPublishLocked(st.lo, pmtuConfirmed)
 	}
@@ -524,6 +547,13 @@ func (p *Peer) probeAcked(body []byte, now time.Time) {
 	st := &p.pmtu
 	p.mu.Lock()
 	pr := &st.ring[id%pmtuRing]
+	if pr.valid && pr.id == id && pr.stale && !pr.acked && pr.frame == int(l) {
+		// Sent on the path before a reset: a late answer, not a bad one, that says
+		// nothing of the path now.
+		pr.acked = true
+		p.mu.Unlock()
+		return
+	}
 	if !pr.valid || pr.id != id || pr.acked || pr.frame != int(l) {
 		p.mu.Unlock()
 		p.pmtuCount(pmtuBad)

@@ -1,7 +1,9 @@
 package stt
 
 import (
+	"log/slog"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -10,6 +12,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/conn"
 
+	"github.com/stt-tun/stt-tun/stt/udp"
 	"github.com/stt-tun/stt-tun/stt/wire"
 )
 
@@ -376,5 +379,156 @@ func TestPathMTUThroughRelayCountsTheRelayHeader(t *testing.T) {
 	}
 	if s := l.ar.Stats(); s.PathMTU != 0 || s.PathMTUState != PMTUNone || s.PMTU.ProbesSent != 0 {
 		t.Errorf("WebSocket path probed: %+v", s)
+	}
+}
+
+// TestPathMTUSilentRoundsBackOff: a round with no acknowledgement at all (a dead path,
+// or a peer of a release that skips PROBEs) teaches nothing, and the next waits twice
+// as long as the last, up to the re-probe interval: such a peer is not sent a round of
+// probes every second forever.
+func TestPathMTUSilentRoundsBackOff(t *testing.T) {
+	n := &Node{limits: Limits{PMTUReprobe: 20 * time.Second}.withDefaults()}
+	p := &Peer{node: n}
+	st := &p.pmtu
+	st.lo, st.hi = 1300, 1472
+	var waits []time.Duration
+	for i := 0; i < 7; i++ {
+		t0 := int64(i) * int64(time.Hour)
+		st.round = pmtuRound{open: true, probes: 9, seq: st.round.seq + 1}
+		p.pmtuEndRoundLocked(t0)
+		waits = append(waits, time.Duration(st.next-t0))
+	}
+	var want []time.Duration
+	for _, s := range []time.Duration{1, 2, 4, 8, 16, 20, 20} {
+		want = append(want, s*time.Second)
+	}
+	if !slices.Equal(waits, want) {
+		t.Fatalf("waits after silent rounds %v, want %v", waits, want)
+	}
+	if st.lo != 1300 || st.hi != 1472 || st.ctr[pmtuLost].Load() != 0 {
+		t.Fatalf("a silent round changed the search: lo %d hi %d lost %d", st.lo, st.hi, st.ctr[pmtuLost].Load())
+	}
+	// One acknowledged round ends the back-off.
+	st.round = pmtuRound{open: true, probes: 2, acks: 2, seq: st.round.seq + 1}
+	p.pmtuEndRoundLocked(0)
+	if st.silent != 0 {
+		t.Fatalf("silent rounds %d after an answered one", st.silent)
+	}
+}
+
+// tooBigBind refuses, like a socket that never fragments, every datagram longer than
+// limit with udp.MessageTooBigError, and sends the others.
+type tooBigBind struct {
+	conn.Bind
+	limit int
+}
+
+func (b *tooBigBind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	keep := make([][]byte, 0, len(bufs))
+	for _, m := range bufs {
+		if len(m) <= b.limit {
+			keep = append(keep, m)
+		}
+	}
+	if err := b.Bind.Send(keep, ep); err != nil {
+		return err
+	}
+	if n := len(bufs) - len(keep); n > 0 {
+		return &udp.MessageTooBigError{Dropped: n}
+	}
+	return nil
+}
+
+// TestTooBigFrameLosesOnlyItself: a frame the local interface refuses as too big
+// (no local fragmentation) is counted alone as a send error; the rest of its batch is
+// delivered.
+func TestTooBigFrameLosesOnlyItself(t *testing.T) {
+	seed := randKey(t)
+	a := startNode(t, nodeOpts{seed: seed, name: "a", config: func(c *Config) { c.Bind = &tooBigBind{Bind: c.Bind, limit: 1500} }})
+	b := startNode(t, nodeOpts{seed: seed, name: "b"})
+	if _, err := b.AddPeer(PeerConfig{Name: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.AddPeer(PeerConfig{Name: "b", Endpoint: loopback(b.Node)}); err != nil {
+		t.Fatal(err)
+	}
+	established(t, a, b)
+	p := a.Peer("b")
+	before := a.Stats().Drops[DropSendError]
+	got := b.h.count.Load()
+	pkts := [][]byte{datagram([]byte("small one")), datagram(make([]byte, 2000)), datagram([]byte("small two"))}
+	if err := p.Send(pkts, []uint16{1, 1, 1}); err != nil {
+		t.Fatal(err)
+	}
+	b.h.waitCount(t, got+2, 5*time.Second)
+	if d := a.Stats().Drops[DropSendError] - before; d != 1 {
+		t.Errorf("%d send errors counted, want the one too-big frame", d)
+	}
+}
+
+// TestPathMTUAckFromAGivenUpPathIgnored: an acknowledgement of a probe sent before the
+// path changed (a reset) confirms nothing on the new path, and is no bad ack either: a
+// correct peer sends it.
+func TestPathMTUAckFromAGivenUpPathIgnored(t *testing.T) {
+	n := &Node{limits: Limits{}.withDefaults(), log: slog.New(slog.DiscardHandler)}
+	p := &Peer{node: n}
+	st := &p.pmtu
+	st.on, st.nextID = true, 100
+	st.round = pmtuRound{open: true, seq: 1}
+	st.ring[100%pmtuRing] = pmtuProbe{valid: true, id: 100, frame: 1400, round: 1}
+	p.pmtuResetLocked()
+	p.probeAcked(wire.AppendProbeAck(nil, 100, 1400)[wire.ControlHeaderLen:], time.Now())
+	if st.lo != 0 || p.PathMTU() != 0 {
+		t.Errorf("an old path's answer set lo %d, PathMTU %d", st.lo, p.PathMTU())
+	}
+	if c := st.ctr.load(); c.BadAcks != 0 || c.ProbesAcked != 0 {
+		t.Errorf("counters %+v, want nothing counted", c)
+	}
+	// A second copy of it is a duplicate: bad.
+	p.probeAcked(wire.AppendProbeAck(nil, 100, 1400)[wire.ControlHeaderLen:], time.Now())
+	if c := st.ctr.load(); c.BadAcks != 1 {
+		t.Errorf("duplicate of an old path's answer: %d bad acks, want 1", c.BadAcks)
+	}
+}
+
+// loseOnceBind loses the first datagram of exactly size bytes, once: a loss by chance.
+type loseOnceBind struct {
+	conn.Bind
+	size int
+	done atomic.Bool
+}
+
+func (b *loseOnceBind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	for i, m := range bufs {
+		if len(m) == b.size && b.done.CompareAndSwap(false, true) {
+			keep := append(append([][]byte{}, bufs[:i]...), bufs[i+1:]...)
+			return b.Bind.Send(keep, ep)
+		}
+	}
+	return b.Bind.Send(bufs, ep)
+}
+
+// TestPathMTUOneLostProbeIsNotTooBig: a probe lost once by chance (the largest size
+// of the first round, here) does not make its size too large: it is probed again, and
+// the estimate is the whole link's.
+func TestPathMTUOneLostProbeIsNotTooBig(t *testing.T) {
+	seed := randKey(t)
+	full := linkMTU - 20 - 8 // the largest frame on the link
+	cfg := func(c *Config) {
+		c.Bind = &loseOnceBind{Bind: c.Bind, size: full}
+		c.routeMTU = func(netip.Addr) int { return linkMTU }
+	}
+	a := startNode(t, nodeOpts{seed: seed, name: "a", config: cfg})
+	b := startNode(t, nodeOpts{seed: seed, name: "b"})
+	if _, err := b.AddPeer(PeerConfig{Name: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.AddPeer(PeerConfig{Name: "b", Endpoint: loopback(b.Node)}); err != nil {
+		t.Fatal(err)
+	}
+	established(t, a, b)
+	waitPMTU(t, a.Peer("b"), full-wire.Overhead, 10*time.Second)
+	if s := a.Peer("b").Stats(); s.PMTU.ProbesLost == 0 {
+		t.Errorf("no probe lost: the test lost nothing (%+v)", s.PMTU)
 	}
 }

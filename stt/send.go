@@ -12,6 +12,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/conn"
 
+	"github.com/stt-tun/stt-tun/stt/udp"
 	"github.com/stt-tun/stt-tun/stt/wire"
 )
 
@@ -71,7 +72,11 @@ func (p *Peer) transmit(frames [][]byte, now time.Time, payloadBytes uint64, dat
 		p.drop(DropSendError, uint64(len(frames)))
 		return errNoEndpoint
 	}
-	if err := p.node.send(frames, ep); err != nil {
+	if err := p.node.send(frames, ep); err != nil && tooBig(err) > 0 {
+		// Frames larger than the local interface allows (no local fragmentation:
+		// pmtu.go) were lost alone; the batch's others went out, counted below.
+		p.drop(DropSendError, uint64(tooBig(err)))
+	} else if err != nil {
 		p.drop(DropSendError, uint64(len(frames)))
 		if data {
 			// A path that refuses sends (a local firewall answers EPERM) is as dead
@@ -101,6 +106,16 @@ func (p *Peer) transmit(frames [][]byte, now time.Time, payloadBytes uint64, dat
 		}
 	}
 	return nil
+}
+
+// tooBig is how many frames a send error says were larger than the local interface
+// allows, the others sent (udp.MessageTooBigError); 0 for any other error.
+func tooBig(err error) int {
+	var tb *udp.MessageTooBigError
+	if errors.As(err, &tb) {
+		return tb.Dropped
+	}
+	return 0
 }
 
 // target is where frames for the peer go now: the WebSocket or the relay while the

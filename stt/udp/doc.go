@@ -16,6 +16,9 @@
 //     (GSO) where the kernel can, and falls back to plain datagrams where it cannot: for
 //     the one call when a destination's path MTU is too small for a segment (EMSGSIZE,
 //     or EINVAL before Linux 6.14), for good after EIO or 16 EINVALs in a row;
+//   - with NewPMTUProbe, sends every datagram with Don't Fragment and never fragments
+//     one locally; a datagram larger than the interface's MTU is lost alone
+//     (MessageTooBigError), the rest of the Send goes out;
 //   - replies from the local address a peer's datagram was sent to (IP_PKTINFO /
 //     IPV6_PKTINFO), for hosts with several addresses;
 //   - interns the endpoints it hands out in a bounded cache, so that neither receiving

@@ -1,8 +1,11 @@
 package udp
 
 import (
+	"bytes"
+	"errors"
 	"net"
 	"net/netip"
+	"strconv"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -62,5 +65,29 @@ func TestPMTUProbeSocketsSetDontFragment(t *testing.T) {
 			}
 		}
 		_ = b.Close()
+	}
+}
+
+// TestTooBigDatagramLosesOnlyItself: a datagram larger than a UDP datagram may be
+// (EMSGSIZE, as one larger than the interface's MTU is with PMTUDISC_PROBE) is not
+// sent, the Send says how many were not, and the datagrams around it still go, in
+// order, with GSO and without.
+func TestTooBigDatagramLosesOnlyItself(t *testing.T) {
+	for _, noGSO := range []bool{false, true} {
+		a, _, _ := open(t, options{pmtuProbe: true, noGSO: noGSO, noV6: true})
+		_, fnsB, portB := open(t, options{noV6: true})
+		c := collect(t, fnsB[0], 65535)
+		ep := endpoint(t, a, net.JoinHostPort("127.0.0.1", strconv.Itoa(int(portB))))
+		bufs := [][]byte{payload(0, 1000), payload(1, 1000), payload(2, 65508), payload(3, 1000), payload(4, 65508), payload(5, 500)}
+		err := a.Send(bufs, ep)
+		var tb *MessageTooBigError
+		if !errors.As(err, &tb) || tb.Dropped != 2 || !errors.Is(err, unix.EMSGSIZE) {
+			t.Fatalf("noGSO %v: Send: %v, want 2 datagrams too big", noGSO, err)
+		}
+		for _, i := range []int{0, 1, 3, 5} {
+			if g := c.next(t); !bytes.Equal(g.data, bufs[i]) {
+				t.Fatalf("noGSO %v: got %d bytes, want datagram %d", noGSO, len(g.data), i)
+			}
+		}
 	}
 }

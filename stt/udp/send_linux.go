@@ -120,6 +120,7 @@ func (t *sender) send(bufs [][]byte, e *Endpoint) error {
 	// The first message of the current attempt is a retry without the source
 	// (srcProbe) of one that failed.
 	srcProbe := false
+	tooBig := 0
 	t.build(bufs, gso, src, e.SrcIfidx())
 	for t.sent < t.m {
 		if err := t.s.rc.Write(t.write); err != nil {
@@ -151,6 +152,17 @@ func (t *sender) send(bufs [][]byte, e *Endpoint) error {
 			if errno == unix.EINVAL && t.s.gsoEINVAL.Add(1) >= gsoEINVALLimit {
 				t.s.gso.Store(false)
 			}
+		case !coalesced && errno == unix.EMSGSIZE:
+			// One datagram larger than the interface's MTU (or than UDP allows): with
+			// PMTUDISC_PROBE the kernel never fragments it. It alone is lost; the
+			// rest of the call goes out.
+			tooBig++
+			if t.sent+1 >= t.m {
+				return &MessageTooBigError{Dropped: tooBig}
+			}
+			bufs = bufs[t.first[t.sent+1]:]
+			t.build(bufs, gso, src, e.SrcIfidx())
+			continue
 		case src.IsValid() && (errno == unix.EINVAL || errno == unix.ENETUNREACH || errno == unix.EADDRNOTAVAIL):
 			src, srcProbe = netip.Addr{}, true
 			gso = t.s.gso.Load()
@@ -159,6 +171,9 @@ func (t *sender) send(bufs [][]byte, e *Endpoint) error {
 		}
 		bufs = bufs[t.first[t.sent]:]
 		t.build(bufs, gso, src, e.SrcIfidx())
+	}
+	if tooBig > 0 {
+		return &MessageTooBigError{Dropped: tooBig}
 	}
 	return nil
 }
