@@ -150,6 +150,10 @@ type Interface struct {
 	// uplink, until `stt-tun down`. The default is true; it has no effect without
 	// ExitPeer.
 	KillSwitch bool
+	// MSSClamp lowers the MSS option of TCP SYNs through the tunnel, both ways, to
+	// what the peer's path carries (Peer.PathMTU). The default is true; a reload
+	// changes it.
+	MSSClamp bool
 }
 
 // WebSocket is the [websocket] section: the listener peers reach this node on when

@@ -29,6 +29,7 @@ exit_peer = "beta"
 fwmark = 0x1234
 table = 100
 kill_switch = false
+mss_clamp = false
 
 [websocket]
 listen = "[::]:8443"
@@ -108,6 +109,7 @@ func TestParseFullExample(t *testing.T) {
 			FwMark:     0x1234,
 			Table:      100,
 			KillSwitch: false,
+			MSSClamp:   false,
 		},
 		WebSocket: WebSocket{
 			Listen:  "[::]:8443",

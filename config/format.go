@@ -31,6 +31,7 @@ func (c *Config) String() string {
 	}
 	fmt.Fprintf(&b, "fwmark = 0x%x\n", in.FwMark)
 	fmt.Fprintf(&b, "table = %d\n", in.Table)
+	fmt.Fprintf(&b, "mss_clamp = %t\n", in.MSSClamp)
 
 	if w := &c.WebSocket; w.Listen != "" {
 		b.WriteString("\n[websocket]\n")

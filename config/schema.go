@@ -42,6 +42,7 @@ type rawInterface struct {
 	FwMark     *int64   `toml:"fwmark"`
 	Table      *int64   `toml:"table"`
 	KillSwitch *bool    `toml:"kill_switch"`
+	MSSClamp   *bool    `toml:"mss_clamp"`
 }
 
 type rawWebSocket struct {

@@ -27,6 +27,7 @@ func (v *validator) iface(r *rawInterface) Interface {
 		FwMark:     DefaultFwMark,
 		Table:      DefaultTable,
 		KillSwitch: true,
+		MSSClamp:   true,
 	}
 	if r.Name != nil {
 		in.Name = *r.Name
@@ -128,6 +129,9 @@ func (v *validator) iface(r *rawInterface) Interface {
 		// Accepted without exit_peer, like fwmark and table, so that switching
 		// the full tunnel on and off stays a one-line change.
 		in.KillSwitch = *r.KillSwitch
+	}
+	if r.MSSClamp != nil {
+		in.MSSClamp = *r.MSSClamp
 	}
 	return in
 }

@@ -4,8 +4,9 @@ import "github.com/stt-tun/stt-tun/stt"
 
 // counterMap names the node's and the tunnel's counters for Status: every drop reason
 // as "drop_<reason>" (zero ones too, so that scripts find every key), the handshake
-// counters, the tunnel layer's own drops, and the link-scoped packets it ignores
-// (not prefixed tunnel_, so status does not list them among the drops).
+// counters, the tunnel layer's own drops, the link-scoped packets it ignores and what
+// it did about path MTUs other than dropping (not prefixed tunnel_, so status does not
+// list them among the drops).
 func (t *Tunnel) counterMap() map[string]uint64 {
 	st := t.node.Stats()
 	m := make(map[string]uint64, len(st.Drops)+8)
@@ -34,6 +35,13 @@ func (t *Tunnel) counterMap() map[string]uint64 {
 	m["tunnel_malformed"] = c.Malformed
 	m["tunnel_routing_loop"] = c.RoutingLoop
 	m["tunnel_tun_errors"] = c.TunErrors
+	m["tunnel_too_big"] = c.TooBig
+	m["too_big_icmp_sent"] = c.TooBigICMPSent
+	m["too_big_icmp_rate_limited"] = c.TooBigICMPRateLimited
+	m["too_big_icmp_not_allowed"] = c.TooBigICMPNotAllowed
+	m["fragmented"] = c.Fragmented
+	m["fragments_sent"] = c.Fragments
+	m["mss_clamped"] = c.MSSClamped
 	if t.mesh != nil {
 		t.meshCounters(m)
 	}

@@ -31,6 +31,16 @@ func (t *Tunnel) readLoop() {
 	pkts := make([][]byte, 0, batch)
 	flows := make([]uint16, 0, batch)
 	var fails int
+	var cur *peer
+	var o outState
+	// flush sends the batch gathered for cur; the fragments' arena is free again.
+	flush := func() {
+		if len(pkts) > 0 {
+			_ = cur.sp.Send(pkts, flows)
+			pkts, flows = pkts[:0], flows[:0]
+		}
+		o.used = 0
+	}
 	for {
 		n, err := t.dev.Read(bufs, sizes, stt.Headroom)
 		if err != nil && !errors.Is(err, tun.ErrTooManySegments) {
@@ -48,7 +58,8 @@ func (t *Tunnel) readLoop() {
 		}
 		fails = 0
 		table := t.table.Load()
-		var cur *peer
+		clamp := t.mssClamp.Load()
+		cur = nil
 		for i := 0; i < n; i++ {
 			pkt := bufs[i][stt.Headroom : stt.Headroom+sizes[i]]
 			dst, ok := dstAddr(pkt)
@@ -65,22 +76,27 @@ func (t *Tunnel) readLoop() {
 				}
 				continue
 			}
-			if p != cur && len(pkts) > 0 {
-				_ = cur.sp.Send(pkts, flows)
-				pkts, flows = pkts[:0], flows[:0]
+			if p != cur {
+				flush()
 			}
 			if t.loopsBack(pkt, p) {
 				t.routingLoop(p, pkt)
 				continue
 			}
 			cur = p
+			flow := flowHash(pkt)
+			if m := p.sp.PathMTU(); m > 0 {
+				if len(pkt) > m && !t.tooLarge(&o, pkt, m, flow, &pkts, &flows, flush) {
+					continue
+				}
+				if clamp {
+					t.clampMSS(pkt, m)
+				}
+			}
 			pkts = append(pkts, bufs[i][stt.Headroom-wire.HeaderLen:stt.Headroom+sizes[i]])
-			flows = append(flows, flowHash(pkt))
+			flows = append(flows, flow)
 		}
-		if len(pkts) > 0 {
-			_ = cur.sp.Send(pkts, flows)
-			pkts, flows = pkts[:0], flows[:0]
-		}
+		flush()
 	}
 }
 
@@ -99,6 +115,7 @@ func (t *Tunnel) closing() bool {
 // packet longer than IP allows.
 func (t *Tunnel) Deliver(in *stt.Inbound) {
 	table := t.table.Load()
+	clamp := t.mssClamp.Load()
 	out := in.Scratch[:0]
 	for i := 0; i < in.N; i++ {
 		end := stt.Headroom + in.Sizes[i]
@@ -115,6 +132,13 @@ func (t *Tunnel) Deliver(in *stt.Inbound) {
 				from.srcDenied.Add(1)
 			}
 			continue
+		}
+		if clamp {
+			// The SYN-ACK (or SYN) of a connection the peer's end opened or answers:
+			// this side's segments must fit the peer's path too.
+			if m := in.Peers[i].PathMTU(); m > 0 {
+				t.clampMSS(pkt, m)
+			}
 		}
 		out = append(out, in.Bufs[i][:end:min(cap(in.Bufs[i]), tun.MaxWriteCap(stt.Headroom))])
 	}

@@ -83,8 +83,8 @@ func (t *Tunnel) ReloadFile(path string) ([]string, error) {
 // swapped in one step, only the routes that differ are added or deleted, and the
 // sessions of the peers whose settings did not change are untouched. A changed peer
 // keeps its session too, unless its new public_key is not the key the session was made
-// with. The metrics listener may move. The seed file is read again and applied
-// (seeds.go): a planned rotation, or a new seed, without a restart.
+// with. The metrics listener may move, and [interface] mss_clamp change. The seed file is
+// read again and applied (seeds.go): a planned rotation, or a new seed, without a restart.
 //
 // Everything else is fixed while the tunnel runs, the private key and the network the
 // seed file names among them: a configuration that changes it is refused with an error that wraps
@@ -194,6 +194,9 @@ func (t *Tunnel) reload(cfg *config.Config) ([]string, error) {
 			changes = append(changes, "route "+r.String()+" deleted")
 		}
 	}
+	if cfg.Interface.MSSClamp != old.Interface.MSSClamp {
+		changes = append(changes, fmt.Sprintf("interface.mss_clamp changed from %t to %t", old.Interface.MSSClamp, cfg.Interface.MSSClamp))
+	}
 	mc := &metricsChange{t: t, from: oldMetrics, to: cfg.Metrics.Listen}
 	metricsMoves := cfg.Metrics.Listen != old.Metrics.Listen
 	if metricsMoves {
@@ -293,6 +296,7 @@ func (t *Tunnel) reload(cfg *config.Config) ([]string, error) {
 	}
 	t.peers = peers
 	t.cfg = cfg
+	t.mssClamp.Store(cfg.Interface.MSSClamp)
 	var stopMetrics *metricsServer
 	if metricsMoves {
 		stopMetrics = mc.commit()
@@ -402,7 +406,7 @@ func restartNeeded(old, cfg *config.Config) error {
 		}
 		for j := range f.Type.NumField() {
 			sf := f.Type.Field(j)
-			if !sf.IsExported() {
+			if !sf.IsExported() || reloadable[f.Name+"."+sf.Name] {
 				continue
 			}
 			x, y := a.Field(j).Interface(), b.Field(j).Interface()
@@ -430,6 +434,10 @@ func restartNeeded(old, cfg *config.Config) error {
 	return nil
 }
 
+// reloadable are the fields outside the peers and [metrics] that a reload changes
+// (section field "." key field).
+var reloadable = map[string]bool{"Interface.MSSClamp": true}
+
 // tomlNames are the configuration keys whose names are not their Go field's in
 // snake case.
 var tomlNames = map[string]string{
@@ -437,6 +445,7 @@ var tomlNames = map[string]string{
 	"FwMark":     "fwmark",
 	"WebSocket":  "websocket",
 	"MeshIPv6":   "mesh_ipv6",
+	"MSSClamp":   "mss_clamp",
 }
 
 // tomlName is the configuration key of a Config field: "ListenPort" → "listen_port",

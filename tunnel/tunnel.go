@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/gaissmai/bart"
+	"golang.zx2c4.com/wireguard/conn"
 
 	"github.com/stt-tun/stt-tun/config"
 	"github.com/stt-tun/stt-tun/internal/status"
@@ -33,6 +34,9 @@ type Options struct {
 	Resolver func(ctx context.Context, hostport string) (netip.AddrPort, error)
 	// SeedRekeySpread replaces stt's (30 s) during a seed rotation: for tests.
 	SeedRekeySpread time.Duration
+	// Bind replaces the node's UDP transport: for tests (a path that loses large
+	// datagrams, say).
+	Bind conn.Bind
 }
 
 // peer is the tunnel's view of one configured peer: its allowed prefixes and its node
@@ -87,6 +91,12 @@ type Tunnel struct {
 	port       uint16        // the UDP listen port, 0 = none; set before the pumps start
 	ownAddrs   []netip.Addr  // the interface's addresses; fixed while it runs
 	tunErrors  atomic.Uint64
+	// pmtu counts what the pumps did about the peers' path MTUs (pmtu.go); own6 is
+	// the interface's first IPv6 address, the source of a Packet Too Big about a
+	// multicast packet; mssClamp is [interface] mss_clamp, which a reload sets.
+	pmtu       pmtuCounters
+	own6       netip.Addr
+	mssClamp   atomic.Bool
 	pumpsDone  sync.WaitGroup
 	done       chan struct{}
 	closeOnce  sync.Once
@@ -183,6 +193,9 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 		WSCertFile: cfg.WebSocket.TLSCert,
 		WSKeyFile:  cfg.WebSocket.TLSKey,
 		Resolver:   opts.Resolver,
+		Bind:       opts.Bind,
+
+		PathMTUChanged: t.pathMTUChanged,
 
 		HandshakeReplayWindow: cfg.Advanced.ReplayWindow,
 		WSMaxPending:          cfg.WebSocket.MaxPending,
@@ -213,6 +226,12 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Tunnel, er
 	for _, a := range cfg.Interface.Addresses {
 		t.ownAddrs = append(t.ownAddrs, a.Addr().Unmap())
 	}
+	for _, a := range t.ownAddrs {
+		if a.Is6() && !t.own6.IsValid() {
+			t.own6 = a
+		}
+	}
+	t.mssClamp.Store(cfg.Interface.MSSClamp)
 
 	for i := range cfg.Peers {
 		pc := cfg.Peers[i]
@@ -379,6 +398,15 @@ type Counters struct {
 	Malformed    uint64 // packets that are neither IPv4 nor IPv6
 	RoutingLoop  uint64 // outbound packets that were the node's own underlay traffic
 	TunErrors    uint64
+
+	// What the pump did about the peers' path MTUs (pmtu.go).
+	TooBig                uint64 // outbound packets larger than their peer's path, dropped
+	TooBigICMPSent        uint64 // ICMP errors written to the interface for them
+	TooBigICMPRateLimited uint64 // ... not written, over the rate bound
+	TooBigICMPNotAllowed  uint64 // ... not written, as the RFCs forbid an error about the packet
+	Fragmented            uint64 // IPv4 packets without DF sent in fragments
+	Fragments             uint64 // the fragments sent for them
+	MSSClamped            uint64 // TCP SYNs whose MSS was lowered, both ways
 }
 
 // Counters returns the tunnel's counters.
@@ -386,6 +414,9 @@ func (t *Tunnel) Counters() Counters {
 	return Counters{
 		NoRoute: t.noRoute.Load(), LinkScoped: t.linkScoped.Load(), SourceDenied: t.srcDenied.Load(),
 		Malformed: t.malformed.Load(), RoutingLoop: t.loops.Load(), TunErrors: t.tunErrors.Load(),
+		TooBig: t.pmtu.tooBig.Load(), TooBigICMPSent: t.pmtu.icmpSent.Load(),
+		TooBigICMPRateLimited: t.pmtu.icmpLimited.Load(), TooBigICMPNotAllowed: t.pmtu.icmpRefused.Load(),
+		Fragmented: t.pmtu.fragmented.Load(), Fragments: t.pmtu.fragments.Load(), MSSClamped: t.pmtu.clamped.Load(),
 	}
 }
 

@@ -184,6 +184,7 @@ type nodeConf struct {
 	keyFile    string
 	exitPeer   string
 	killSwitch string // kill_switch = ..., when set
+	mssClamp   string // mss_clamp = ..., when set
 	forwarding bool
 	masquerade bool
 	noUDP      bool   // udp = false
@@ -222,6 +223,9 @@ func (c nodeConf) render() string {
 	}
 	if c.killSwitch != "" {
 		fmt.Fprintf(&b, "kill_switch = %s\n", c.killSwitch)
+	}
+	if c.mssClamp != "" {
+		fmt.Fprintf(&b, "mss_clamp = %s\n", c.mssClamp)
 	}
 	if c.ws.listen != "" {
 		fmt.Fprintf(&b, "\n[websocket]\nlisten = %q\n", c.ws.listen)
