@@ -9,7 +9,7 @@ LDFLAGS := -X main.version=$(VERSION)
 # every daemon resident memory (docs/benchmarks.md).
 TAGS    := urfave_cli_no_docs$(if $(PPROF), pprof)
 
-.PHONY: all build test unit e2e vet fmt-check deps demo fuzz bench bench-mesh bench-nat clean
+.PHONY: all build test unit e2e vet fmt-check deps demo fuzz bench bench-mesh bench-nat bench-scale clean
 
 all: build
 
@@ -64,6 +64,16 @@ BENCH_NAT_RUNS ?= 5
 bench-nat: build deps
 	STT_NAT_BENCH=1 STT_NAT_BENCH_RUNS=$(BENCH_NAT_RUNS) $(GO) test -count=1 -tags e2e -timeout 40m \
 		-run '^TestNATPathFigures$$' -v ./tests/e2e/
+
+# bench-scale measures one engine (stt node + tunnel on an in-memory TUN) with 10, 100
+# and 1000 peers on loopback: memory per peer with a record only and with an idle
+# session, goroutines, CPU and wake-ups at rest, handshakes a responder completes on one
+# core, status JSON time and size (docs/benchmarks.md, "Scale"; no root, about 5
+# minutes). SCALE_ARGS passes flags, e.g. SCALE_ARGS='-n 10,100 -rest 3s'.
+SCALE_ARGS ?=
+bench-scale:
+	$(GO) build -o bin/stt-scale ./internal/cmd/stt-scale
+	bin/stt-scale $(SCALE_ARGS)
 
 clean:
 	rm -rf bin
