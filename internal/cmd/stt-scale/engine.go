@@ -36,11 +36,11 @@ const (
 
 // phase is what the engine measured in one state.
 type phase struct {
-	HeapBytes     uint64  `json:"heap_bytes"` // HeapAlloc after two collections
-	RSSBytes      uint64  `json:"rss_bytes"`  // VmRSS
+	HeapBytes uint64 `json:"heap_bytes"` // HeapAlloc after two collections
+	RSSBytes  uint64 `json:"rss_bytes"`  // VmRSS
 	// RSSReturned is VmRSS once the runtime has returned its free pages to the
 	// system (debug.FreeOSMemory): RSSBytes less the garbage of the phase before.
-	RSSReturned uint64 `json:"rss_returned_bytes"`
+	RSSReturned   uint64  `json:"rss_returned_bytes"`
 	Goroutines    int     `json:"goroutines"`
 	Sessions      int     `json:"sessions"`
 	CPUPercent    float64 `json:"cpu_percent"`     // of one core, over the window
@@ -56,10 +56,10 @@ type result struct {
 	Record       phase   `json:"record"`
 	Session      phase   `json:"session"`
 	Active       phase   `json:"active"`
-	HSSeconds    float64 `json:"handshake_seconds"`     // first packet sent to last session up
-	HSPerSec     float64 `json:"handshakes_per_sec"`    // N / HSSeconds
+	HSSeconds    float64 `json:"handshake_seconds"`      // first packet sent to last session up
+	HSPerSec     float64 `json:"handshakes_per_sec"`     // N / HSSeconds
 	HSPerCPUSec  float64 `json:"handshakes_per_cpu_sec"` // N / the engine's CPU time meanwhile
-	StatusMillis float64 `json:"status_ms"`             // Status() and its JSON, median of 5
+	StatusMillis float64 `json:"status_ms"`              // Status() and its JSON, median of 5
 	StatusBytes  int     `json:"status_bytes"`
 	ActivePPS    float64 `json:"active_pps"` // packets per second through the TUN, both ways
 }
