@@ -72,6 +72,9 @@ func peerAddr(i int) netip.Addr {
 // heapProfile is the -memprofile flag of the engine.
 var heapProfile string
 
+// oneSource is the -one-source flag, passed on to the peers process.
+var oneSource bool
+
 var engineAddr = netip.MustParseAddr("10.80.0.1")
 
 func engineMain(args []string) int {
@@ -80,9 +83,13 @@ func engineMain(args []string) int {
 	rest := fs.Duration("rest", rest0, "window at rest")
 	activeN := fs.Int("active", 100, "peers active at once")
 	procs := fs.Int("procs", 1, "GOMAXPROCS")
+	fs.BoolVar(&oneSource, "one-source", false, "the peers all send from 127.0.0.1")
 	fs.StringVar(&heapProfile, "memprofile", "", "write heap profiles to FILE.record, FILE.session, FILE.active")
 	_ = fs.Parse(args)
 	runtime.GOMAXPROCS(*procs)
+	if heapProfile != "" {
+		runtime.MemProfileRate = 64 // every allocation of note, for the profiles
+	}
 	r, err := runEngine(*n, *rest, min(*activeN, *n), *procs)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "stt-scale engine:", err)
@@ -141,7 +148,7 @@ func runEngine(n int, rest time.Duration, activeN, procs int) (*result, error) {
 			return nil, err
 		}
 		peers = exec.Command(self, "peers", "-n", strconv.Itoa(n), "-engine",
-			fmt.Sprintf("127.0.0.1:%d", t.Node().Port()), "-seed", seedFile)
+			fmt.Sprintf("127.0.0.1:%d", t.Node().Port()), "-seed", seedFile, fmt.Sprintf("-one-source=%v", oneSource))
 		peers.Stderr = os.Stderr
 		if toPeers, err = peers.StdinPipe(); err != nil {
 			return nil, err
@@ -171,6 +178,12 @@ func runEngine(n int, rest time.Duration, activeN, procs int) (*result, error) {
 	}
 
 	// Every peer sends one packet: n handshakes with the engine as responder.
+	if heapProfile != "" {
+		if f, err := os.Create(heapProfile + ".handshakes.cpu"); err == nil {
+			_ = pprof.StartCPUProfile(f)
+			defer f.Close()
+		}
+	}
 	c0, _ := cpuAndSwitches()
 	t0 := time.Now()
 	fmt.Fprintln(toPeers, "hs")
@@ -184,6 +197,9 @@ func runEngine(n int, rest time.Duration, activeN, procs int) (*result, error) {
 	c1, _ := cpuAndSwitches()
 	r.HSPerSec = float64(n) / r.HSSeconds
 	r.HSPerCPUSec = float64(n) / (c1 - c0).Seconds()
+	if heapProfile != "" {
+		pprof.StopCPUProfile()
+	}
 	time.Sleep(settle)
 	r.Session = measure(t, "session", rest)
 	r.StatusMillis, r.StatusBytes = statusFigures(t)

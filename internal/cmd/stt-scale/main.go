@@ -51,6 +51,7 @@ func runMain(args []string) int {
 	active := fs.Int("active", 100, "peers active at once in the active phase")
 	procs := fs.Int("procs", 1, "GOMAXPROCS of the engine (one core by default)")
 	jsonOut := fs.String("json", "", "also write every result to this file")
+	oneSource := fs.Bool("one-source", false, "the peers all send from 127.0.0.1 (the engine's per-source handshake limit then applies to them all)")
 	memprofile := fs.String("memprofile", "", "write the engines' heap profiles to FILE.N.PHASE")
 	_ = fs.Parse(args)
 	ns := []int{0}
@@ -72,6 +73,9 @@ func runMain(args []string) int {
 		fmt.Fprintf(os.Stderr, "stt-scale: engine with %d peers...\n", n)
 		cmd := exec.Command(self, "engine", "-n", strconv.Itoa(n), "-rest", rest.String(),
 			"-active", strconv.Itoa(*active), "-procs", strconv.Itoa(*procs))
+		if *oneSource {
+			cmd.Args = append(cmd.Args, "-one-source")
+		}
 		if *memprofile != "" {
 			cmd.Args = append(cmd.Args, "-memprofile", fmt.Sprintf("%s.%d", *memprofile, n))
 		}

@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -28,6 +29,7 @@ func peersMain(args []string) int {
 	n := fs.Int("n", 10, "nodes")
 	engine := fs.String("engine", "", "the engine's UDP address")
 	seedFile := fs.String("seed", "", "the network seed file")
+	oneSource := fs.Bool("one-source", false, "every node on 127.0.0.1 rather than an address of its own")
 	_ = fs.Parse(args)
 	raw, err := os.ReadFile(*seedFile)
 	if err != nil {
@@ -47,6 +49,7 @@ func peersMain(args []string) int {
 			// A slower timer loop keeps a thousand nodes in one process cheap; the
 			// handshake retry (1 s) is still honoured within a tick.
 			Limits: stt.Limits{Tick: 250 * time.Millisecond},
+			Bind:   bindFor(i, *oneSource),
 		})
 		if err == nil {
 			err = nd.Start()
@@ -105,6 +108,15 @@ func peersMain(args []string) int {
 		}
 	}
 	return 0
+}
+
+// bindFor is node i's bind: on 127.0.0.1 with oneSource, else on an address of its
+// own in 127.1.0.0/16.
+func bindFor(i int, oneSource bool) *loopBind {
+	if oneSource {
+		return &loopBind{addr: netip.MustParseAddr("127.0.0.1")}
+	}
+	return &loopBind{addr: netip.AddrFrom4([4]byte{127, 1, byte(i / 250), byte(1 + i%250)})}
 }
 
 // send sends the engine one IPv4 packet of size bytes from peer i.
