@@ -163,7 +163,10 @@ func (p *Peer) expiredRekeyLocked(now time.Time, cur *session) bool {
 	if cur == nil || !p.sentRecently(now) {
 		return false
 	}
-	return now.Sub(cur.created) >= cur.rekeyAfter(t) || cur.sendCounter.Load() >= t.RekeyAfterMessages
+	// The jittered age is worked out only past the earliest it can be (the hash costs).
+	age := now.Sub(cur.created)
+	return age >= t.RekeyAfterTime-t.RekeyAfterTime/jitterDiv && age >= cur.rekeyAfter(t) ||
+		cur.sendCounter.Load() >= t.RekeyAfterMessages
 }
 
 // expiredLookupLocked looks up again an endpoint name that has given no address yet,
