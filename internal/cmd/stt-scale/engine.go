@@ -284,6 +284,13 @@ func measure(t *tunnel.Tunnel, name string, rest time.Duration) phase {
 	debug.FreeOSMemory()
 	ph.RSSReturned = rss()
 	ph.Sessions = sessions(t)
+	if heapProfile != "" {
+		if f, err := os.Create(fmt.Sprintf("%s.%s.cpu", heapProfile, name)); err == nil {
+			_ = pprof.StartCPUProfile(f)
+			defer f.Close()
+			defer pprof.StopCPUProfile()
+		}
+	}
 	c0, s0 := cpuAndSwitches()
 	t0 := time.Now()
 	time.Sleep(rest)
