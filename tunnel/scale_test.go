@@ -3,6 +3,7 @@ package tunnel
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"runtime"
 	"testing"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/stt-tun/stt-tun/config"
 	"github.com/stt-tun/stt-tun/stt"
+	"github.com/stt-tun/stt-tun/stt/mesh"
 	"github.com/stt-tun/stt-tun/stt/wire"
 	"github.com/stt-tun/stt-tun/tun/tuntest"
 )
@@ -120,4 +122,41 @@ func sessions(t *Tunnel) int {
 		}
 	}
 	return k
+}
+
+// TestManyKnownMembersGetNoHandshakeTrafficDoesNotNeed: a mesh node that learns 300
+// members at once (a restart: they come back by gossip) makes each a lazy peer and
+// dials only for its few gossip neighbours, one at a time: over three passes of the
+// mesh loop, no more handshakes are in flight than it keeps neighbours. The members'
+// addresses are a loopback socket that never answers, so a dial stays in flight.
+// (The absence of a storm is watched over a window: no event marks it.)
+func TestManyKnownMembersGetNoHandshakeTrafficDoesNotNeed(t *testing.T) {
+	sink, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	seed, _ := config.GenerateSeed()
+	const n = 300
+	bodies := memberRecords(t, seed, n, sink.LocalAddr().(*net.UDPAddr).AddrPort())
+	nd := startMeshMem(t, seed)
+	from := [32]byte{1} // a member that is not one of them: records are relayed
+	for _, body := range bodies {
+		nd.t.mesh.eng.Handle(from, netip.AddrPort{}, false, mesh.MsgRecords, body)
+	}
+	waitUntil(t, "the node knows every member", func() bool {
+		k, _ := meshMembers(nd.t)
+		return k == n
+	})
+	most := 0
+	for end := time.Now().Add(3 * meshTick); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		most = max(most, nd.t.Node().Stats().PendingHandshakes)
+	}
+	if most > meshNeighbours {
+		t.Fatalf("%d handshakes in flight at once with %d members known and none answering; want at most %d (the neighbours)", most, n, meshNeighbours)
+	}
+	if _, s := meshMembers(nd.t); s != 0 {
+		t.Fatalf("%d members have a session; none answers", s)
+	}
+	t.Logf("at most %d handshakes in flight", most)
 }
