@@ -100,7 +100,7 @@ func (v peerView) filterPeers(st status.Status) status.Status {
 	if !v.filtered() {
 		return st
 	}
-	var ps []status.Peer
+	ps := []status.Peer{} // an array even when nothing matches, as forJSON promises
 	for _, p := range st.Peers {
 		if v.matches(p.Name) {
 			ps = append(ps, p)

@@ -122,6 +122,11 @@ func TestStatusPeerFilterOnTheCommandLine(t *testing.T) {
 		t.Errorf("peer_counts with a filter: %+v, want every peer counted", c)
 	}
 
+	r = h.run("", "status", "--json", "--peer", "nobody")
+	if r.code != 0 || strings.Contains(r.stdout, "null") || !strings.Contains(r.stdout, `"peers": []`) {
+		t.Errorf("status --json --peer nobody: want \"peers\": [] and no null: %+v", r)
+	}
+
 	r = h.run("", "status", "peer0199")
 	if r.code != 0 || len(peerRows(r.stdout)) != 1 || !strings.Contains(r.stdout, "  peer0199 ") {
 		t.Errorf("status peer0199 (a peer's name): %+v", r)
