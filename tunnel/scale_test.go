@@ -68,7 +68,8 @@ func TestGoroutinesDoNotGrowWithIdlePeers(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = hubT.Close() })
 	hub := &memNode{t: hubT, dev: hubDev}
-	if gHub := runtime.NumGoroutine() - g0; gHub != gOne {
+	// A goroutine of Start's may still be ending: wait for the count to come down.
+	if gHub := settledGoroutines(g0+gOne) - g0; gHub > gOne {
 		t.Fatalf("a tunnel with 200 peers has %d goroutines, with one %d: peers known by record have goroutines", gHub, gOne)
 	}
 
