@@ -9,7 +9,7 @@ LDFLAGS := -X main.version=$(VERSION)
 # every daemon resident memory (docs/benchmarks.md).
 TAGS    := urfave_cli_no_docs$(if $(PPROF), pprof)
 
-.PHONY: all build test unit e2e vet fmt-check deps demo fuzz bench bench-mesh bench-nat lab-scale clean
+.PHONY: all build test unit e2e vet fmt-check deps demo fuzz bench bench-mesh bench-nat lab-scale bench-scale clean
 
 all: build
 
@@ -68,11 +68,21 @@ bench-nat: build deps
 # lab-scale runs the fifty-node lab (root, about 9 minutes): 50 daemons in namespaces,
 # two introducers and 48 members behind four NAT routers; the time from the last start
 # until every node knows every other, bytes/s per node and CPU at rest, memory per
-# daemon, and a ping matrix over 100 random pairs (docs/benchmarks.md, "Scale: fifty-node
-# lab"). LAB50_FLAGS passes options to scripts/lab50.sh, e.g. LAB50_FLAGS='--rest 1m'.
+# daemon, and a ping matrix over 100 random pairs (docs/benchmarks.md,
+# "Scale", "Fifty-node lab"). LAB50_FLAGS passes options to scripts/lab50.sh, e.g. LAB50_FLAGS='--rest 1m'.
 LAB50_FLAGS ?=
 lab-scale: build deps
 	scripts/lab50.sh $(LAB50_FLAGS)
+
+# bench-scale measures one engine (stt node + tunnel on an in-memory TUN) with 10, 100
+# and 1000 peers on loopback: memory per peer with a record only and with an idle
+# session, goroutines, CPU and wake-ups at rest, handshakes a responder completes on one
+# core, status JSON time and size (docs/benchmarks.md, "Scale"; no root, about 5
+# minutes). SCALE_ARGS passes flags, e.g. SCALE_ARGS='-n 10,100 -rest 3s'.
+SCALE_ARGS ?=
+bench-scale:
+	$(GO) build -o bin/stt-scale ./internal/cmd/stt-scale
+	bin/stt-scale $(SCALE_ARGS)
 
 clean:
 	rm -rf bin

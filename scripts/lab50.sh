@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# lab50.sh — the fifty-node lab of docs/benchmarks.md ("Scale: fifty-node lab").
+# lab50.sh — the fifty-node lab of docs/benchmarks.md ("Scale", "Fifty-node lab").
 #
 # Runs TestMeshScaleLabFigures (tests/e2e/scalelab_bench_test.go) against bin/stt-tun: an
 # "internet" namespace, two public introducers (relay = true) on it, and 48 members

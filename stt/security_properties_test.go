@@ -246,15 +246,16 @@ func TestExpiredStandbySealsNothing(t *testing.T) {
 }
 
 // TestInitiatorRekeysAfterRekeyAfterTime: the initiator of a session that has sent
-// recently starts a new handshake once the session is REKEY_AFTER_TIME old, before
-// the responder's later deadline, and the responder waits for its own.
+// recently starts a new handshake once the session is REKEY_AFTER_TIME old (less its
+// jitter, at most an eighth), before the responder's later deadline, and the responder
+// waits for its own.
 func TestInitiatorRekeysAfterRekeyAfterTime(t *testing.T) {
 	for _, tc := range []struct {
 		initiator bool
 		age       time.Duration
 		want      bool
 	}{
-		{true, DefaultRekeyAfterTime - time.Second, false},
+		{true, DefaultRekeyAfterTime - DefaultRekeyAfterTime/jitterDiv - time.Second, false},
 		{true, DefaultRekeyAfterTime + time.Millisecond, true},
 		{false, DefaultRekeyAfterTime + time.Millisecond, false},
 		{false, DefaultRekeyAfterTime + DefaultRekeyAfterTime/8 + time.Millisecond, true},

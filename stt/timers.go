@@ -157,15 +157,17 @@ func (p *Peer) expiredUnconfirmedLocked(now time.Time, cur *session) bool {
 }
 
 // expiredRekeyLocked reports whether the current session is due for new keys: old
-// enough (the responder waits a little longer, so that the two rarely race) or near its
-// message limit, while there is traffic. Called with p.mu held.
+// enough (session.rekeyAfter: jittered, and the responder waits a little longer, so that
+// the two rarely race) or near its message limit, while there is traffic. Called with
+// p.mu held.
 func (p *Peer) expiredRekeyLocked(now time.Time, cur *session) bool {
 	t := &p.node.limits
 	if cur == nil || !p.sentRecently(now) {
 		return false
 	}
+	// The jittered age is worked out only past the earliest it can be (the hash costs).
 	age := now.Sub(cur.created)
-	return (cur.initiator && age >= t.RekeyAfterTime) || (!cur.initiator && age >= t.responderRekeyAfter()) ||
+	return age >= t.RekeyAfterTime-t.RekeyAfterTime/jitterDiv && age >= cur.rekeyAfter(t) ||
 		cur.sendCounter.Load() >= t.RekeyAfterMessages
 }
 
@@ -229,8 +231,12 @@ func (p *Peer) expiredSendKeepaliveLocked(now time.Time, cur *session) {
 	t := &p.node.limits
 	nowMono := p.mono(now)
 	lastSent := p.times.lastSent.Load()
-	passive := p.times.lastRecvData.Load() > lastSent && nowMono-lastSent >= int64(t.KeepaliveTimeout)
-	persistent := p.cfg.PersistentKeepalive > 0 && nowMono-lastSent >= int64(p.cfg.PersistentKeepalive)
+	// The jittered intervals are worked out only once the plain ones' lower bound is
+	// reached: a hash a peer and a tick is cost enough at a thousand peers.
+	passive := p.times.lastRecvData.Load() > lastSent && nowMono-lastSent >= int64(jittered(t.KeepaliveTimeout, 1)) &&
+		nowMono-lastSent >= int64(p.passiveKeepalive())
+	persistent := p.cfg.PersistentKeepalive > 0 && nowMono-lastSent >= int64(jittered(p.cfg.PersistentKeepalive, 1)) &&
+		nowMono-lastSent >= int64(p.keepaliveInterval())
 	var payload []byte
 	// A persistent keepalive is an echo request: its answer shows the path still works,
 	// and its silence starts the same clock as unanswered data, so that an idle peer

@@ -28,19 +28,29 @@ func statusCommand(e *env) *cli.Command {
 	return &cli.Command{
 		Name:      "status",
 		Usage:     "show running interfaces and their peers",
-		UsageText: "stt-tun status [--json] [NAME]",
+		UsageText: "stt-tun status [--json] [--all] [--peer PATTERN]... [NAME]",
 		Description: `Without NAME, shows every interface that has a daemon, and every one whose daemon
 is gone (killed) but left its routing behind ("stt0: daemon gone, run 'stt-tun down
 stt0'"); with NAME, only that one, and the exit status is 1 if its daemon is gone.
+A NAME that is no interface's but a peer's (or a pattern such as 'web*' matching
+peers' names) shows those peers on every running interface, as --peer does.
 --json prints tunnel status objects: an array without NAME, one object with NAME;
 "state" is "up", "starting" or "daemon_gone".
+
+Each interface's peers are counted by state and path ("peers: 1000 total, 12 up (10
+udp, 2 ws), 988 never connected") and listed with those that have a session first; past
+those, 32 more are listed and the rest counted: --all lists every peer, --peer
+PATTERN only those whose names match (in JSON too; peer_counts always counts all).
 
 Examples:
    stt-tun status
    stt-tun status alpha
+   stt-tun status --peer 'web*'
    stt-tun status --json | jq '.[].peers[] | {name, rx_bytes}'`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
+			&cli.BoolFlag{Name: "all", Usage: "list every peer, not only those with a session and a few more"},
+			&cli.StringSliceFlag{Name: "peer", Usage: "list only the peers whose names match `PATTERN` (a shell pattern; repeatable)"},
 			timeoutFlag(5 * time.Second),
 		},
 		Action: func(c *cli.Context) error { return showStatus(c, e) },
@@ -57,6 +67,7 @@ func showStatus(c *cli.Context, e *env) error {
 		return dirErr
 	}
 
+	view := peerView{all: c.Bool("all"), patterns: c.StringSlice("peer")}
 	if c.Args().Present() {
 		link, err := linkName(c, "status")
 		if err != nil {
@@ -72,6 +83,14 @@ func showStatus(c *cli.Context, e *env) error {
 			case gerr != nil:
 				return fmt.Errorf("status %s: %w", link, gerr)
 			case !gone:
+				// Not an interface: perhaps peers' names.
+				if name := c.Args().First(); name == link && len(view.patterns) == 0 {
+					byPeer := peerView{all: view.all, patterns: []string{name}}
+					all, failed, err := allStatus(ctx, dir)
+					if err == nil && len(failed) == 0 && byPeer.anyPeerMatches(all) {
+						return printStatus(c, e, dir, all, nil, byPeer)
+					}
+				}
 				return fmt.Errorf("%s is not up", link)
 			}
 			if c.Bool("json") {
@@ -85,27 +104,35 @@ func showStatus(c *cli.Context, e *env) error {
 			return fmt.Errorf("status %s: %w", link, err)
 		}
 		if c.Bool("json") {
-			return writeJSON(e.stdout, forJSON(st))
+			return writeJSON(e.stdout, view.filterPeers(forJSON(st)))
 		}
-		return renderStatus(e.stdout, []status.Status{st}, dir, time.Now())
+		return renderStatusView(e.stdout, []status.Status{st}, dir, time.Now(), view)
 	}
+	if dirErr != nil {
+		return printStatus(c, e, dir, []status.Status{}, nil, view)
+	}
+	all, failed, err := allStatus(ctx, dir)
+	if err != nil {
+		return err
+	}
+	return printStatus(c, e, dir, all, failed, view)
+}
 
-	var names []string
-	if dirErr == nil {
-		socks, err := ctl.List(dir)
-		if err != nil {
-			return err
-		}
-		journals, err := routing.Journals(dir)
-		if err != nil {
-			return err
-		}
-		names = append(socks, journals...)
-		slices.Sort(names)
-		names = slices.Compact(names)
+// allStatus asks every interface with a daemon for its status, and makes one up for
+// every one whose daemon is gone; failed lists those that could not tell.
+func allStatus(ctx context.Context, dir string) (all []status.Status, failed []string, err error) {
+	socks, err := ctl.List(dir)
+	if err != nil {
+		return nil, nil, err
 	}
-	all := []status.Status{}
-	var failed []string
+	journals, err := routing.Journals(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	names := append(socks, journals...)
+	slices.Sort(names)
+	names = slices.Compact(names)
+	all = []status.Status{}
 	for _, name := range names {
 		st, err := ctl.Status(ctx, ctl.SocketPath(dir, name))
 		if errors.Is(err, ctl.ErrNotRunning) {
@@ -125,15 +152,21 @@ func showStatus(c *cli.Context, e *env) error {
 		}
 		all = append(all, st)
 	}
+	return all, failed, nil
+}
+
+// printStatus prints all as `status` does, through the view, then fails with the
+// interfaces in failed.
+func printStatus(c *cli.Context, e *env, dir string, all []status.Status, failed []string, view peerView) error {
 	var err error
 	if c.Bool("json") {
 		out := make([]status.Status, len(all))
 		for i, st := range all {
-			out[i] = forJSON(st)
+			out[i] = view.filterPeers(forJSON(st))
 		}
 		err = writeJSON(e.stdout, out)
 	} else {
-		err = renderStatus(e.stdout, all, dir, time.Now())
+		err = renderStatusView(e.stdout, all, dir, time.Now(), view)
 	}
 	if err != nil {
 		return err
@@ -189,6 +222,10 @@ func goneLine(link, dir string) string {
 func forJSON(st status.Status) status.Status {
 	st.SchemaVersion = status.SchemaVersion
 	st.State = state(st)
+	if st.State == status.StateUp {
+		c := status.CountPeers(st.Peers)
+		st.PeerCounts = &c
+	}
 	if st.Addresses == nil {
 		st.Addresses = []string{}
 	}
@@ -229,8 +266,15 @@ func writeJSON(w io.Writer, v any) error {
 }
 
 // renderStatus writes a human-readable view of each interface and its peers, relative
-// to now.
+// to now, through the default view.
 func renderStatus(w io.Writer, all []status.Status, dir string, now time.Time) error {
+	return renderStatusView(w, all, dir, now, peerView{})
+}
+
+// renderStatusView writes a human-readable view of each interface and its peers,
+// relative to now: the peers the view selects (peerView.selectPeers), and a count of
+// those it leaves out.
+func renderStatusView(w io.Writer, all []status.Status, dir string, now time.Time, view peerView) error {
 	var b strings.Builder
 	var gone []string
 	n := 0
@@ -269,10 +313,16 @@ func renderStatus(w io.Writer, all []status.Status, dir string, now time.Time) e
 			b.WriteString("  peers: none\n")
 			continue
 		}
+		fmt.Fprintf(&b, "  peers: %s\n", peerSummary(status.CountPeers(st.Peers)))
+		peers, hidden := view.selectPeers(st.Peers)
+		if len(peers) == 0 {
+			fmt.Fprintf(&b, "  no peer matches %s\n", strings.Join(view.patterns, ", "))
+			continue
+		}
 		b.WriteString("\n")
 		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "  PEER\tPATH\tHANDSHAKE\tRTT\tPATH MTU\tTX\tRX\tDROPS\tALLOWED")
-		for _, p := range st.Peers {
+		for _, p := range peers {
 			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n",
 				p.Name,
 				peerPath(p),
@@ -288,12 +338,15 @@ func renderStatus(w io.Writer, all []status.Status, dir string, now time.Time) e
 		if err := tw.Flush(); err != nil {
 			return err
 		}
+		if hidden > 0 {
+			fmt.Fprintf(&b, "  ... and %d more without a session (--all lists every peer, --peer PATTERN some)\n", hidden)
+		}
 		if st.Mesh != nil {
-			if err := renderMembers(&b, st.Peers); err != nil {
+			if err := renderMembers(&b, peers); err != nil {
 				return err
 			}
 		}
-		for _, p := range st.Peers {
+		for _, p := range peers {
 			if p.EndpointError != "" {
 				fmt.Fprintf(&b, "  peer %s: endpoint does not resolve (%s); looked up again in the background\n", p.Name, p.EndpointError)
 			}

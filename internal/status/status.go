@@ -38,7 +38,10 @@ type Status struct {
 	ListenPort int      `json:"listen_port"`
 	MTU        int      `json:"mtu"`
 	Addresses  []string `json:"addresses"`
-	Peers      []Peer   `json:"peers"`
+	// PeerCounts summarises Peers by path and state (counts.go); the CLI fills it in
+	// what `status --json` prints, the daemon leaves it nil.
+	PeerCounts *PeerCounts `json:"peer_counts,omitempty"`
+	Peers      []Peer      `json:"peers"`
 	// Counters are the node's cumulative counters since it started, by name; see
 	// docs/status-schema.md for what each one means.
 	Counters map[string]uint64 `json:"counters,omitempty"`

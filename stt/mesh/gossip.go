@@ -29,8 +29,8 @@ const (
 	MinLifetime = time.Minute
 	// Fanout is how many connected members each anti-entropy round asks.
 	Fanout = 3
-	// MaxPerExchange bounds the records pushed and the keys wanted in one digest exchange;
-	// the rest follow in the next round.
+	// MaxPerExchange bounds the records pushed in one digest exchange (the keys wanted:
+	// MaxWantPerExchange); the rest follow in the next round.
 	MaxPerExchange = 32
 	// MaxObservations bounds the reflected addresses kept: one per member and transport,
 	// so that 8 members each seen over UDP and WebSocket fit.
@@ -144,7 +144,9 @@ type Engine struct {
 	connected map[[32]byte]struct{}
 	connList  [][32]byte // scratch for picking
 	exchanges map[[32]byte]*exchange
-	observed  []Observation
+	// wanting is when each key was last wanted of a member (catchup.go).
+	wanting  map[[32]byte]time.Time
+	observed []Observation
 	// observeSent is when OBSERVE was last sent to each connected member.
 	observeSent map[[32]byte]time.Time
 	rng         *rand.Rand
@@ -185,6 +187,7 @@ func New(cfg Config) *Engine {
 		store:       NewStore(netID, pub, cfg.MaxMembers),
 		connected:   make(map[[32]byte]struct{}),
 		exchanges:   make(map[[32]byte]*exchange),
+		wanting:     make(map[[32]byte]time.Time),
 		answered:    make(map[[32]byte]time.Time),
 		observeSent: make(map[[32]byte]time.Time),
 		// Picking whom to ask needs no secrecy; seeding from the key keeps runs
@@ -386,6 +389,7 @@ func (e *Engine) Tick(now time.Time, connected [][32]byte) {
 		}
 	}
 	e.tickStatements(now)
+	e.sweepWanting(now)
 	for k := range e.observeSent {
 		if _, ok := e.connected[k]; !ok {
 			delete(e.observeSent, k)
@@ -544,6 +548,7 @@ func (e *Engine) offer(b *batch, from [32]byte, now time.Time, raw []byte) {
 	}
 	switch out {
 	case Accepted:
+		delete(e.wanting, rec.Key)
 		b.changes = append(b.changes, change{old, rec})
 		e.flood(b, raw, from, rec.Key)
 	case OwnKey:
@@ -629,7 +634,7 @@ func (e *Engine) onDigest(b *batch, peer [32]byte, now time.Time, last bool, ent
 			// act on it (offer → ownSeen) only once its signature proves it ours.
 			x.mentioned[d.Key] = struct{}{}
 			switch {
-			case (e.own == nil || d.Version > e.own.Version) && x.wanted < MaxPerExchange && !slices.Contains(want, d.Key):
+			case (e.own == nil || d.Version > e.own.Version) && x.wanted < MaxWantPerExchange && !slices.Contains(want, d.Key):
 				want = append(want, d.Key)
 				x.wanted++
 			case e.own != nil && d.Version < e.own.Version && x.pushed < MaxPerExchange:
@@ -650,8 +655,8 @@ func (e *Engine) onDigest(b *batch, peer [32]byte, now time.Time, last bool, ent
 		case rec != nil && rec.Version > d.Version && x.pushed < MaxPerExchange:
 			push = append(push, raw)
 			x.pushed++
-		case (rec == nil || rec.Version < d.Version) && x.wanted < MaxPerExchange &&
-			!slices.Contains(want, d.Key):
+		case (rec == nil || rec.Version < d.Version) && x.wanted < MaxWantPerExchange &&
+			!slices.Contains(want, d.Key) && e.wantNow(d.Key, now):
 			want = append(want, d.Key)
 			x.wanted++
 		}
