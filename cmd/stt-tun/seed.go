@@ -220,6 +220,9 @@ func (p *rotatePlan) exclude(st status.Status, args []string) error {
 			add(k, a)
 			continue
 		}
+		if a == st.NodeName {
+			return usageError("seed rotate: --exclude %q is %s itself; rotate from another member", a, st.Interface)
+		}
 		k, ok := memberKey(st, revoked, a)
 		if !ok {
 			return usageError("seed rotate: --exclude %q: no member of that name is known to %s (give its public key)", a, st.Interface)
