@@ -239,6 +239,9 @@ func (p *rotatePlan) exclude(st status.Status, args []string) error {
 		if name == "" {
 			name = config.EncodeKey(r.key)
 		}
+		if r.name != "" && slices.ContainsFunc(revoked, func(o revokedMember) bool { return o.name == r.name && o.key != r.key }) {
+			name += " " + shortKey(config.EncodeKey(r.key)) // a name revoked under two keys
+		}
 		add(r.key, name+" (revoked)")
 	}
 	if len(p.excluded) > mesh.MaxExcluded {

@@ -103,3 +103,45 @@ func TestSeedRotateExcludeResolvesNamesAndAddsTheRevoked(t *testing.T) {
 		t.Errorf("excluding the daemon's own node by name: %v", err)
 	}
 }
+
+// Two revoked keys under one name (a member revoked, back under a fresh key, revoked
+// again) are told apart in the list of the excluded that seed rotate prints.
+func TestSeedRotateExcludedNamesTellRevokedKeysApart(t *testing.T) {
+	key := func(b byte) string { return base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{b}, 32)) }
+	st := status.Status{Interface: "stt0",
+		Mesh: &status.Mesh{Revoked: []status.Revoked{{Key: key(9), Name: "epsilon"}, {Key: key(8), Name: "epsilon"}, {Key: key(7), Name: "kappa"}}}}
+	var p rotatePlan
+	if err := p.exclude(st, nil); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"epsilon " + key(9)[:8] + "… (revoked)", "epsilon " + key(8)[:8] + "… (revoked)", "kappa (revoked)"}
+	if !slices.Equal(p.names, want) {
+		t.Errorf("names %q, want %q", p.names, want)
+	}
+}
+
+// Flags are checked before anything else, each refusal naming its flag.
+func TestSeedRotateFlagsRefusedByName(t *testing.T) {
+	h := newHarness(t)
+	k, err := config.GenerateNodeKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := h.write("admin.key", k.Encode()+"\n")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"seed", "rotate"}, "--admin-key"},
+		{[]string{"seed", "rotate", "--admin-key", key, "--from", "yesterday"}, "--from"},
+		{[]string{"seed", "rotate", "--admin-key", key, "--overlap", "0"}, "--overlap"},
+		{[]string{"seed", "rotate", "--admin-key", key, "--overlap", "60.5"}, "--overlap"},
+		{[]string{"seed", "rotate", "--admin-key", key, "--overlap", "30s"}, "--overlap"},
+		{[]string{"seed", "rotate", "--admin-key", key, "stt0"}, "-I NAME"},
+	} {
+		r := h.run("", c.args...)
+		checkOneLineError(t, r, 2, c.want)
+	}
+	// No daemon: one line, nothing else.
+	checkOneLineError(t, h.run("", "seed", "rotate", "--admin-key", key), 1, "no interface is up")
+}
