@@ -155,7 +155,7 @@ func revoke(c *cli.Context, e *env) error {
 	}
 	priv, err := adminKeyOf(config.LoadKey(keyFile))
 	if err != nil {
-		return fmt.Errorf("revoke: admin key: %w", err)
+		return fmt.Errorf("revoke: --admin-key: %w", err)
 	}
 	defer clear(priv)
 	ctx, cancel := context.WithTimeout(c.Context, flagDuration(c, "timeout"))

@@ -102,4 +102,8 @@ func TestRevokeCommandLine(t *testing.T) {
 	legacy, _ := config.GenerateKey()
 	f := h.write("legacy.key", config.EncodeKey(legacy)+"\n")
 	checkOneLineError(t, h.run("", "revoke", "--admin-key", f, "theta"), 1, "a legacy X25519 key has no Ed25519 key")
+	// A key file that cannot be read is named by its flag, for revoke and seed rotate.
+	missing := h.dir + "/no-such.key"
+	checkOneLineError(t, h.run("", "revoke", "--admin-key", missing, "theta"), 1, "revoke: --admin-key: ")
+	checkOneLineError(t, h.run("", "seed", "rotate", "--admin-key", missing), 1, "seed rotate: --admin-key: ")
 }

@@ -121,7 +121,7 @@ func seedRotate(c *cli.Context, e *env) error {
 	}
 	admin, err := adminKeyOf(config.LoadKey(keyFile))
 	if err != nil {
-		return fmt.Errorf("seed rotate: admin key: %w", err)
+		return fmt.Errorf("seed rotate: --admin-key: %w", err)
 	}
 	defer clear(admin)
 	ctx, cancel := context.WithTimeout(c.Context, flagDuration(c, "timeout"))
