@@ -32,9 +32,10 @@ func adminCommand(e *env) *cli.Command {
 		Usage:     "make admin keys, which sign revocations and seed rotations",
 		UsageText: "stt-tun admin genkey | stt-tun admin pubkey < ADMIN-KEY-FILE",
 		Description: `An admin key is an Ed25519 key whose public half the members list in
-[membership] admins; they obey the statements it signs (stt-tun revoke). Keep the
-private key with the administrator, not on the members: revoke needs it only while it
-runs (on a member, which signs there; the daemon never reads the key).
+[membership] admins; they obey the statements it signs (stt-tun revoke, stt-tun
+seed rotate). Keep the private key with the administrator, not on the members: revoke
+and seed rotate need it only while they run (on a member, which signs there; the
+daemon never reads the key).
 
 A node's own key file in the ed25519: form is a valid admin key too: its Ed25519
 public key (admin pubkey) is not the X25519 key that pubkey prints and peers pin.
