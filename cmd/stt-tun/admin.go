@@ -193,12 +193,17 @@ func revoke(c *cli.Context, e *env) error {
 	case !r.Accepted:
 		return fmt.Errorf("revoke: %s refused the revocation: %s", link, r.Reason)
 	}
-	name := s.Revoke.Name
-	if name == "" {
-		name = "member"
-	}
-	fmt.Fprintf(e.stdout, "revoked %s (%s) on %s: spreading to the members\n", name, config.EncodeKey(s.Revoke.Target), link)
+	fmt.Fprintln(e.stdout, revokedLine(s.Revoke.Name, config.EncodeKey(s.Revoke.Target), link))
 	return nil
+}
+
+// revokedLine is what revoke prints once the daemon took the revocation of key, the
+// member's name when the daemon knew it.
+func revokedLine(name, key, link string) string {
+	if name == "" {
+		return fmt.Sprintf("revoked %s (no member %s knows has that key) on %s: spreading to the members", key, link, link)
+	}
+	return fmt.Sprintf("revoked %s (%s) on %s: spreading to the members", name, key, link)
 }
 
 // revocationFor checks what the daemon's status says against the admin key and finds
