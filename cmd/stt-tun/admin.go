@@ -117,8 +117,10 @@ revoked), and keeps the revocation across restarts. The admin key never goes to 
 daemon. MEMBER is a member's name as status shows it, or its base64 public key.
 
 Nothing is sent, and revoke fails with one line, when the daemon has no
-[membership] admins, when the admin key is not one of them, or when MEMBER is
-unknown. -I NAME picks the interface; it may be left out when one is up.
+[membership] admins, when the admin key is not one of them, or when MEMBER is a
+name no member it knows goes by (or goes by under two keys). A public key is taken
+even when no member has it, so that a member that is away can be revoked. -I NAME
+picks the interface; it may be left out when one is up.
 
 A revoked member still holds the seed: rotate the seed (docs/operations.md,
 "Someone left: revoke and rotate") to lock it out for good.

@@ -73,7 +73,8 @@ revoked member's too) or a base64 public key.
 
 Nothing is sent, and seed rotate fails with one line, when the daemon has no
 [membership] admins, when the admin key is not one of them, or when an excluded
-MEMBER is unknown. -I NAME picks the interface; it may be left out when one is up.
+MEMBER is a name no member it knows goes by (a public key is taken as it is). -I NAME
+picks the interface; it may be left out when one is up.
 A member that was away for the whole rotation needs the new seed file by hand: copy
 the seed file of any member.
 
