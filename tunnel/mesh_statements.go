@@ -248,11 +248,32 @@ func (t *Tunnel) reloadAdmins(old, cfg *config.Config) []string {
 	t.applyRevocations()
 	t.mesh.redecideRevoked.Store(true)
 	t.mesh.kick()
-	line := fmt.Sprintf("membership.admins: %d admin keys", len(cfg.Membership.Admins))
-	if dropped > 0 {
+	return []string{adminsChange(len(cfg.Membership.Admins), dropped)}
+}
+
+// adminsChange is reload's line for a new admin list of n keys that dropped the given
+// number of statements: "membership.admins: 1 admin key (2 statements of keys no
+// longer listed dropped)".
+func adminsChange(n, dropped int) string {
+	var line string
+	switch n {
+	case 0:
+		line = "membership.admins: none"
+	case 1:
+		line = "membership.admins: 1 admin key"
+	default:
+		line = fmt.Sprintf("membership.admins: %d admin keys", n)
+	}
+	switch {
+	case dropped == 1:
+		line += " (1 statement of a key no longer listed dropped)"
+	case dropped > 1:
 		line += fmt.Sprintf(" (%d statements of keys no longer listed dropped)", dropped)
 	}
-	return []string{line}
+	if n == 0 {
+		line += "; no revocation or rotation is obeyed"
+	}
+	return line
 }
 
 func adminsEqual(a, b []ed25519.PublicKey) bool {

@@ -190,8 +190,8 @@ func TestReloadAdminsLiftsRevocations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(changes) != 1 || !strings.Contains(changes[0], "membership.admins") {
-		t.Fatalf("changes %q", changes)
+	if want := "membership.admins: none (1 statement of a key no longer listed dropped); no revocation or rotation is obeyed"; len(changes) != 1 || changes[0] != want {
+		t.Fatalf("changes %q, want %q", changes, want)
 	}
 	if a.t.Node().Revoked(target) || len(a.t.Status().Mesh.Revoked) != 0 {
 		t.Fatal("the revocation of a removed admin still holds")
@@ -238,5 +238,24 @@ func TestStatementsFileKeepsWhatParses(t *testing.T) {
 	n.start()
 	if n.t.Node().Revoked([32]byte{3, 3}) {
 		t.Fatal("statements read through a symbolic link")
+	}
+}
+
+// reload's line for a new admin list counts keys and dropped statements in words an
+// administrator reads as written ("1 admin key", not "1 admin keys").
+func TestReloadAdminsLineGrammar(t *testing.T) {
+	for _, c := range []struct {
+		n, dropped int
+		want       string
+	}{
+		{1, 0, "membership.admins: 1 admin key"},
+		{2, 0, "membership.admins: 2 admin keys"},
+		{1, 1, "membership.admins: 1 admin key (1 statement of a key no longer listed dropped)"},
+		{2, 3, "membership.admins: 2 admin keys (3 statements of keys no longer listed dropped)"},
+		{0, 0, "membership.admins: none; no revocation or rotation is obeyed"},
+	} {
+		if got := adminsChange(c.n, c.dropped); got != c.want {
+			t.Errorf("adminsChange(%d, %d) = %q, want %q", c.n, c.dropped, got, c.want)
+		}
 	}
 }

@@ -32,9 +32,10 @@ func adminCommand(e *env) *cli.Command {
 		Usage:     "make admin keys, which sign revocations and seed rotations",
 		UsageText: "stt-tun admin genkey | stt-tun admin pubkey < ADMIN-KEY-FILE",
 		Description: `An admin key is an Ed25519 key whose public half the members list in
-[membership] admins; they obey the statements it signs (stt-tun revoke). Keep the
-private key with the administrator, not on the members: revoke needs it only while it
-runs (on a member, which signs there; the daemon never reads the key).
+[membership] admins; they obey the statements it signs (stt-tun revoke, stt-tun
+seed rotate). Keep the private key with the administrator, not on the members: revoke
+and seed rotate need it only while they run (on a member, which signs there; the
+daemon never reads the key).
 
 A node's own key file in the ed25519: form is a valid admin key too: its Ed25519
 public key (admin pubkey) is not the X25519 key that pubkey prints and peers pin.
@@ -116,8 +117,10 @@ revoked), and keeps the revocation across restarts. The admin key never goes to 
 daemon. MEMBER is a member's name as status shows it, or its base64 public key.
 
 Nothing is sent, and revoke fails with one line, when the daemon has no
-[membership] admins, when the admin key is not one of them, or when MEMBER is
-unknown. -I NAME picks the interface; it may be left out when one is up.
+[membership] admins, when the admin key is not one of them, or when MEMBER is a
+name no member it knows goes by (or goes by under two keys). A public key is taken
+even when no member has it, so that a member that is away can be revoked. -I NAME
+picks the interface; it may be left out when one is up.
 
 A revoked member still holds the seed: rotate the seed (docs/operations.md,
 "Someone left: revoke and rotate") to lock it out for good.
@@ -155,7 +158,7 @@ func revoke(c *cli.Context, e *env) error {
 	}
 	priv, err := adminKeyOf(config.LoadKey(keyFile))
 	if err != nil {
-		return fmt.Errorf("revoke: admin key: %w", err)
+		return fmt.Errorf("revoke: --admin-key: %w", err)
 	}
 	defer clear(priv)
 	ctx, cancel := context.WithTimeout(c.Context, flagDuration(c, "timeout"))
@@ -192,12 +195,17 @@ func revoke(c *cli.Context, e *env) error {
 	case !r.Accepted:
 		return fmt.Errorf("revoke: %s refused the revocation: %s", link, r.Reason)
 	}
-	name := s.Revoke.Name
-	if name == "" {
-		name = "member"
-	}
-	fmt.Fprintf(e.stdout, "revoked %s (%s) on %s: spreading to the members\n", name, config.EncodeKey(s.Revoke.Target), link)
+	fmt.Fprintln(e.stdout, revokedLine(s.Revoke.Name, config.EncodeKey(s.Revoke.Target), link))
 	return nil
+}
+
+// revokedLine is what revoke prints once the daemon took the revocation of key, the
+// member's name when the daemon knew it.
+func revokedLine(name, key, link string) string {
+	if name == "" {
+		return fmt.Sprintf("revoked %s (no member %s knows has that key) on %s: spreading to the members", key, link, link)
+	}
+	return fmt.Sprintf("revoked %s (%s) on %s: spreading to the members", name, key, link)
 }
 
 // revocationFor checks what the daemon's status says against the admin key and finds

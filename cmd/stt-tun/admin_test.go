@@ -102,4 +102,20 @@ func TestRevokeCommandLine(t *testing.T) {
 	legacy, _ := config.GenerateKey()
 	f := h.write("legacy.key", config.EncodeKey(legacy)+"\n")
 	checkOneLineError(t, h.run("", "revoke", "--admin-key", f, "theta"), 1, "a legacy X25519 key has no Ed25519 key")
+	// A key file that cannot be read is named by its flag, for revoke and seed rotate.
+	missing := h.dir + "/no-such.key"
+	checkOneLineError(t, h.run("", "revoke", "--admin-key", missing, "theta"), 1, "revoke: --admin-key: ")
+	checkOneLineError(t, h.run("", "seed", "rotate", "--admin-key", missing), 1, "seed rotate: --admin-key: ")
+}
+
+// revoke's answer names the member, or says the key is not one the daemon knows — not
+// "revoked member (KEY)", which reads as a member called "member".
+func TestRevokedLineNamesTheMemberOrSaysItIsUnknown(t *testing.T) {
+	const key = "V1Ww9QelxWoMZk17d94btTVp99vNMdMnmm1dmPEiG3s="
+	if got, want := revokedLine("epsilon", key, "stt0"), "revoked epsilon ("+key+") on stt0: spreading to the members"; got != want {
+		t.Errorf("known member: %q, want %q", got, want)
+	}
+	if got, want := revokedLine("", key, "stt0"), "revoked "+key+" (no member stt0 knows has that key) on stt0: spreading to the members"; got != want {
+		t.Errorf("unknown key: %q, want %q", got, want)
+	}
 }

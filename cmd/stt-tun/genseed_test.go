@@ -68,7 +68,11 @@ func TestGenseedNextOfRefusesBadPlansWithOneLine(t *testing.T) {
 	checkOneLineError(t, h.run("", "genseed", "--from", "+5m"), 2, "--from plans a rotation: it needs --next-of SEED-FILE")
 	checkOneLineError(t, h.run("", "genseed", "--next-of", path, "--from", "2001-01-01T00:00:00Z"), 2, "--from: 2001-01-01T00:00:00Z is in the past")
 	checkOneLineError(t, h.run("", "genseed", "--next-of", path, "--from", "soon"), 2, `--from: "soon" is neither`)
-	checkOneLineError(t, h.run("", "genseed", "--next-of", path, "--overlap", "0s"), 2, "--overlap must be positive")
+	checkOneLineError(t, h.run("", "genseed", "--next-of", path, "--overlap", "0s"), 2, "--overlap 0s: want whole seconds, from 45s")
+	// Shorter than the 30 s members take to move their sessions, or not whole seconds:
+	// refused, as seed rotate refuses it, rather than planned to tear sessions down.
+	checkOneLineError(t, h.run("", "genseed", "--next-of", path, "--overlap", "10s"), 2, "--overlap 10s: want whole seconds, from 45s")
+	checkOneLineError(t, h.run("", "genseed", "--next-of", path, "--overlap", "90.5"), 2, "--overlap 1m30.5s: want whole seconds")
 	checkOneLineError(t, h.run("", "genseed", "--next-of", filepath.Join(h.dir, "nope")), 1, "--next-of: seed file: open")
 	r := h.run("", "genseed", "--next-of", path)
 	h.write("seed", r.stdout)

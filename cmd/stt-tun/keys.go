@@ -33,7 +33,7 @@ Example:
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "next-of", Usage: "plan a rotation away from the seed in `SEED-FILE`"},
 			&cli.StringFlag{Name: "from", Value: "+10m", Usage: "when nodes start using the next seed: `+DURATION` from now or an RFC 3339 time"},
-			durationFlag("overlap", nil, "how long after --from the current seed is still accepted", time.Hour),
+			durationFlag("overlap", nil, "how long after --from the current seed is still accepted (at least 45s)", time.Hour),
 		},
 		Action: func(c *cli.Context) error {
 			if c.Args().Present() {
@@ -58,8 +58,11 @@ Example:
 				return usageError("--from: %v", err)
 			}
 			overlap := flagDuration(c, "overlap")
-			if overlap <= 0 {
-				return usageError("--overlap must be positive")
+			if overlap < minRotateOverlap || overlap > maxRotateOverlap || overlap%time.Second != 0 {
+				// As for seed rotate: a shorter overlap ends before every session has
+				// moved, and the ones left on the old seed are torn down at until.
+				return usageError("--overlap %v: want whole seconds, from %v (members take up to 30s to move their sessions) to %v",
+					overlap, minRotateOverlap, maxRotateOverlap)
 			}
 			cur, err := config.LoadSeedFile(c.String("next-of"))
 			if err != nil {

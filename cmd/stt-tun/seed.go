@@ -73,7 +73,8 @@ revoked member's too) or a base64 public key.
 
 Nothing is sent, and seed rotate fails with one line, when the daemon has no
 [membership] admins, when the admin key is not one of them, or when an excluded
-MEMBER is unknown. -I NAME picks the interface; it may be left out when one is up.
+MEMBER is a name no member it knows goes by (a public key is taken as it is). -I NAME
+picks the interface; it may be left out when one is up.
 A member that was away for the whole rotation needs the new seed file by hand: copy
 the seed file of any member.
 
@@ -121,7 +122,7 @@ func seedRotate(c *cli.Context, e *env) error {
 	}
 	admin, err := adminKeyOf(config.LoadKey(keyFile))
 	if err != nil {
-		return fmt.Errorf("seed rotate: admin key: %w", err)
+		return fmt.Errorf("seed rotate: --admin-key: %w", err)
 	}
 	defer clear(admin)
 	ctx, cancel := context.WithTimeout(c.Context, flagDuration(c, "timeout"))
@@ -220,6 +221,9 @@ func (p *rotatePlan) exclude(st status.Status, args []string) error {
 			add(k, a)
 			continue
 		}
+		if a == st.NodeName {
+			return usageError("seed rotate: --exclude %q is %s itself; rotate from another member", a, st.Interface)
+		}
 		k, ok := memberKey(st, revoked, a)
 		if !ok {
 			return usageError("seed rotate: --exclude %q: no member of that name is known to %s (give its public key)", a, st.Interface)
@@ -235,6 +239,9 @@ func (p *rotatePlan) exclude(st status.Status, args []string) error {
 		name := r.name
 		if name == "" {
 			name = config.EncodeKey(r.key)
+		}
+		if r.name != "" && slices.ContainsFunc(revoked, func(o revokedMember) bool { return o.name == r.name && o.key != r.key }) {
+			name += " " + shortKey(config.EncodeKey(r.key)) // a name revoked under two keys
 		}
 		add(r.key, name+" (revoked)")
 	}

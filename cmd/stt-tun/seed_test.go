@@ -96,6 +96,28 @@ func TestSeedRotateExcludeResolvesNamesAndAddsTheRevoked(t *testing.T) {
 	if err := (&rotatePlan{}).exclude(st, []string{"gamma"}); err == nil || !strings.Contains(err.Error(), "itself") {
 		t.Errorf("excluding the daemon's own node: %v", err)
 	}
+	// The daemon's own name is not among its peers: it is still recognised, not
+	// reported as an unknown member.
+	st.NodeName = "alpha"
+	if err := (&rotatePlan{}).exclude(st, []string{"alpha"}); err == nil || !strings.Contains(err.Error(), `--exclude "alpha" is stt0 itself`) {
+		t.Errorf("excluding the daemon's own node by name: %v", err)
+	}
+}
+
+// Two revoked keys under one name (a member revoked, back under a fresh key, revoked
+// again) are told apart in the list of the excluded that seed rotate prints.
+func TestSeedRotateExcludedNamesTellRevokedKeysApart(t *testing.T) {
+	key := func(b byte) string { return base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{b}, 32)) }
+	st := status.Status{Interface: "stt0",
+		Mesh: &status.Mesh{Revoked: []status.Revoked{{Key: key(9), Name: "epsilon"}, {Key: key(8), Name: "epsilon"}, {Key: key(7), Name: "kappa"}}}}
+	var p rotatePlan
+	if err := p.exclude(st, nil); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"epsilon " + key(9)[:8] + "… (revoked)", "epsilon " + key(8)[:8] + "… (revoked)", "kappa (revoked)"}
+	if !slices.Equal(p.names, want) {
+		t.Errorf("names %q, want %q", p.names, want)
+	}
 }
 
 // Flags are checked before anything else, each refusal naming its flag.

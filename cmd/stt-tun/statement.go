@@ -29,14 +29,16 @@ func (d *daemon) OfferStatement(raw []byte) (bool, string, error) {
 }
 
 // renderRevoked writes the admin keys the node obeys, the statements it holds and
-// refused (from the counters c, when the daemon sent them), and the members revoked:
+// refused (from the counters c, when the daemon sent them; not the stale ones: a copy
+// of a statement already held is the normal echo of its spreading, as for records),
+// and the members revoked:
 //
 //	admins: 1 key, 1 statement held, refused: 2 unknown_admin
 //	revoked: kappa b1Xq9Vd0…= by F0VTtFbd… at 2026-05-01T10:00:00Z
 func renderRevoked(b *strings.Builder, m *status.Mesh, c map[string]uint64) {
 	var refused []count
 	for k, n := range c {
-		if r, ok := strings.CutPrefix(k, "mesh_statement_"); ok && r != "accepted" && n > 0 {
+		if r, ok := strings.CutPrefix(k, "mesh_statement_"); ok && r != "accepted" && r != "stale" && n > 0 {
 			refused = append(refused, count{r, n})
 		}
 	}

@@ -31,6 +31,7 @@ func sampleMeshStatus() status.Status {
 			"mesh_messages_in": 120, "mesh_bytes_in": 15400, "mesh_messages_out": 118, "mesh_bytes_out": 14100,
 			"mesh_punch_requests_sent": 4, "mesh_punches_started": 2, "mesh_relay_requests_sent": 1, "mesh_relay_paths_installed": 1,
 			"drop_revoked": 3, "mesh_statement_accepted": 1, "mesh_statement_unknown_admin": 2, "mesh_record_revoked": 1,
+			"mesh_statement_stale": 6, // the echoes of a revocation's spreading: no refusal
 		},
 		Peers: []status.Peer{
 			{

@@ -11,6 +11,7 @@ import (
 	"crypto/ed25519"
 	"crypto/sha256"
 	"math/rand/v2"
+	"slices"
 	"time"
 )
 
@@ -181,6 +182,9 @@ func (e *Engine) obeyLocked(b *batch, s *Statement) {
 	}
 	delete(e.connected, k)
 	delete(e.exchanges, k)
+	// What it reported seeing of this node goes too: kept, it would still feed the
+	// endpoints this node announces, its NAT classification and "seen from".
+	e.observed = slices.DeleteFunc(e.observed, func(o Observation) bool { return o.By == k })
 }
 
 // remove forgets the record of key, if held, and returns it.

@@ -233,3 +233,35 @@ func TestStatementUnaskedAnswerGetsNoPushBack(t *testing.T) {
 		t.Fatalf("answers to one SUMMARY got %d messages back, want 1", sent)
 	}
 }
+
+// A revoked member's observations of this node are forgotten with its record: they
+// would otherwise go on feeding this node's announced endpoints, its NAT
+// classification and the "seen from" of its status.
+func TestRevocationForgetsWhatTheRevokedMemberObserved(t *testing.T) {
+	s := newSim(t, 3, 0)
+	a, b, c := s.nodes[0], s.nodes[1], s.nodes[2]
+	s.link(a, b)
+	s.link(a, c)
+	s.setSelves()
+	s.withAdmins(adminPub(testAdmin()))
+	s.sessionsUp()
+	s.pump()
+	by := func() map[[32]byte]bool {
+		m := map[[32]byte]bool{}
+		for _, o := range a.eng.Observed() {
+			m[o.By] = true
+		}
+		return m
+	}
+	if got := by(); !got[b.id.Public] || !got[c.id.Public] {
+		t.Fatalf("before the revocation, a has observations by %d members, want b and c", len(got))
+	}
+	raw := mustSign(t, testRevoke(uint64(s.now.UnixNano()), b.id.Public), testAdmin(), NetworkID(s.seed))
+	if ok, reason := a.eng.OfferStatement(raw); !ok {
+		t.Fatalf("offer: %s", reason)
+	}
+	s.pump()
+	if got := by(); got[b.id.Public] || !got[c.id.Public] {
+		t.Fatalf("after revoking b, a keeps observations by b: %v, by c: %v; want only c's", got[b.id.Public], got[c.id.Public])
+	}
+}
