@@ -421,7 +421,7 @@ func (n *Node) completeResponder(res handshake.Result, ep conn.Endpoint) {
 		// peer's lock, against a revocation that comes meanwhile.)
 		n.index.release(res.LocalIndex)
 		n.refuseRevoked(res.PeerName)
-		n.refuse(res, ep, wire.CodeNotPeer)
+		n.refuse(res, ep, wire.CodeRevoked)
 		return
 	}
 	p := n.Peer(res.PeerName)
@@ -501,7 +501,7 @@ func (p *Peer) completeResponder(res handshake.Result, ep conn.Endpoint) (up, fr
 	}
 	if n.isRevoked(res.PeerStatic) {
 		reject(DropRevoked)
-		n.refuse(res, ep, wire.CodeNotPeer)
+		n.refuse(res, ep, wire.CodeRevoked)
 		return false, false
 	}
 	// A new static key for the same name restarts the timestamp sequence only if the

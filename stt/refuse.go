@@ -34,24 +34,29 @@ func refusalReason(code uint16) string {
 		return "not a configured peer"
 	case wire.CodePinMismatch:
 		return "our key is not the public_key it pins for us"
+	case wire.CodeRevoked:
+		return "our key was revoked by an admin of the network"
 	}
 	return ""
 }
 
 // refusalName is the machine-readable name of a refusal code, as status JSON and the
-// drop counters of the responder name the cause: "unknown_peer", "pin_mismatch".
+// drop counters of the responder name the cause: "unknown_peer", "pin_mismatch",
+// "revoked".
 func refusalName(code uint16) string {
 	switch code {
 	case wire.CodeNotPeer:
 		return DropUnknownPeer.String()
 	case wire.CodePinMismatch:
 		return DropPinMismatch.String()
+	case wire.CodeRevoked:
+		return DropRevoked.String()
 	}
 	return ""
 }
 
-// Refusal is why the peer refused our latest handshake: Name is "unknown_peer" or
-// "pin_mismatch", Reason the words `status` shows. The zero value: not refused.
+// Refusal is why the peer refused our latest handshake: Name is "unknown_peer",
+// "pin_mismatch" or "revoked", Reason the words `status` shows. The zero value: not refused.
 type Refusal struct {
 	Name, Reason string
 	Since        time.Time // when the first refusal of this kind arrived

@@ -27,6 +27,11 @@ func TestRevokedKeyRefusedAsResponder(t *testing.T) {
 	if pa.HasSession() {
 		t.Fatal("the revoked initiator has a session")
 	}
+	// The initiator is told why, in the refusal only the responder could make.
+	waitFor(t, 5*time.Second, "the refusal at the revoked initiator", func() bool {
+		r, ok := pa.Refusal()
+		return ok && r.Name == "revoked"
+	})
 }
 
 // An initiator refuses to complete its own handshake with a revoked responder: it

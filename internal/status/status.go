@@ -146,8 +146,8 @@ type Peer struct {
 	RxPackets       uint64    `json:"rx_packets"`
 	Drops           uint64    `json:"drops"`
 	// Refused is why the peer refuses this node's handshakes: "unknown_peer" (it has
-	// no [[peer]] for this node) or "pin_mismatch" (it pins another key for it); ""
-	// (absent in JSON) when it does not.
+	// no [[peer]] for this node), "pin_mismatch" (it pins another key for it) or
+	// "revoked" (an admin revoked this node's key); "" (absent in JSON) when it does not.
 	Refused string `json:"refused,omitempty"`
 	// Source is how the node learned of the peer: "config" ([[peer]]), "bootstrap",
 	// "gossip" (another member's record) or "handshake" (it made contact first).

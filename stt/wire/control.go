@@ -44,10 +44,13 @@ const (
 	// that verified an AUTH_PROOF tells the initiator why it will not make the session.
 	CodeNotPeer     = 6 // the initiator's name is not a configured peer of the responder
 	CodePinMismatch = 7 // the initiator's static key is not the one pinned for its name
+	CodeRevoked     = 8 // the initiator's static key was revoked by an admin of the network
 )
 
 // IsRefusalCode reports whether code is one a responder refuses a handshake with.
-func IsRefusalCode(code uint16) bool { return code == CodeNotPeer || code == CodePinMismatch }
+func IsRefusalCode(code uint16) bool {
+	return code == CodeNotPeer || code == CodePinMismatch || code == CodeRevoked
+}
 
 // AppendRefusal appends the stream-0 payload of a refusal: one CLOSE with code.
 func AppendRefusal(b []byte, code uint16) []byte {
