@@ -286,6 +286,13 @@ func (t *Tunnel) receiveSeedOffer(from [32]byte, body []byte) {
 		}
 		return
 	}
+	if _, until := rotationTimes(st); !time.Now().Before(until) {
+		// Over: honest members stop offering a rotation at its end, so this is a replay
+		// (or came late). Staged, it would make its seed the only one held from now on,
+		// and a member whose seed has moved on since would leave the network for it.
+		r.count(mesh.OfferStale)
+		return
+	}
 	next, err := o.Open(st, r.priv, t.mesh.self)
 	if err != nil {
 		r.count(mesh.SeedOfferReason(err))

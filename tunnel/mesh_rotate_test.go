@@ -411,3 +411,33 @@ func TestRotationHeldAcrossARestart(t *testing.T) {
 		return bytes.Equal(r.raw, raw) && r.next == next
 	})
 }
+
+// A member holding the seed keeps the offers it was given; replaying one whose overlap
+// is over to a member that does not hold that rotation yet (one that joined since, its
+// statements store empty) must not make it stage that seed: staged, the file would say
+// "the next seed alone from now on", and the member would leave the network for an
+// old seed, even across restarts. Honest members offer a rotation only while it lasts.
+func TestSeedOfferOfARotationAlreadyOverIsRefused(t *testing.T) {
+	_, admin, _ := ed25519.GenerateKey(nil)
+	alpha, beta, _, _ := rotTrio(t, admin)
+	old, _ := config.GenerateSeed()
+	over := signRotate(t, admin, beta, old, time.Now().Add(-time.Hour), 600)
+	beta.t.receiveSeedOffer(alpha.t.Node().PublicKey(), sealTo(t, over, old, beta))
+	if got := offerCount(beta, mesh.OfferStale); got != 1 {
+		t.Errorf("beta counted %d offers stale, want 1", got)
+	}
+	if got := offerCount(beta, mesh.OfferAccepted); got != 0 {
+		t.Errorf("beta accepted %d offers of a rotation already over", got)
+	}
+	want := []string{shortSeed(beta.seed)}
+	var got []string
+	for _, id := range beta.t.Node().SeedStats().IDs {
+		got = append(got, shortSeedID(id))
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("beta holds the seeds %v after the replayed offer, want %v", got, want)
+	}
+	if sf, err := config.LoadSeedFile(beta.cfg.Interface.SeedFile); err != nil || sf.Next != nil {
+		t.Errorf("beta's seed file after the replayed offer: next %v, err %v", sf.Next != nil, err)
+	}
+}
