@@ -389,8 +389,9 @@ func (t *Tunnel) Rotate(statement []byte, next [32]byte) (int, error) {
 		return 0, errors.New("the rotation's overlap is already over")
 	}
 	if staged, sFrom, sUntil, ok := t.StagedSeed(); ok && staged != next && (!from.After(sFrom) || !until.After(sUntil)) {
-		// Members that staged that one would refuse this one's seed (StageSeed), and the
-		// others take it: the network would split.
+		// One rotation at a time from here: one that would switch or end before the one
+		// in progress is most likely a mistake. (Should two be signed anyway, two admins
+		// at once, every member ends on the newer one's seed: StageSeed.)
 		return 0, fmt.Errorf("a rotation to %s is in progress (from %s until %s): a new one must start and end after it",
 			shortSeed(staged), sFrom.UTC().Format(time.RFC3339), sUntil.UTC().Format(time.RFC3339))
 	}

@@ -441,3 +441,38 @@ func TestSeedOfferOfARotationAlreadyOverIsRefused(t *testing.T) {
 		t.Errorf("beta's seed file after the replayed offer: next %v, err %v", sf.Next != nil, err)
 	}
 }
+
+// Two admins rotate at once (or one member replays the older rotation's offer first):
+// the newer statement is the rotation every member holds and offers, whatever order it
+// arrived in, so a member that staged the older one's seed must take the newer one's
+// seed in its place, even when it does not switch later — else the members that staged
+// the older seed first keep it while the others move to the newer one, and the network
+// splits when the overlap ends.
+func TestSeedOfferOfANewerRotationReplacesTheStagedOneWhateverItsTimes(t *testing.T) {
+	_, adminA, _ := ed25519.GenerateKey(nil)
+	_, adminB, _ := ed25519.GenerateKey(nil)
+	seed, _ := config.GenerateSeed()
+	adm := fmt.Sprintf("[membership]\nadmins = [%q, %q]\n",
+		base64.StdEncoding.EncodeToString(adminA.Public().(ed25519.PublicKey)),
+		base64.StdEncoding.EncodeToString(adminB.Public().(ed25519.PublicKey)))
+	alpha := startMeshNodeIn(t, seed, "alpha", "10.77.0.1/24", "", adm)
+	beta := startMeshNodeIn(t, seed, "beta", "10.77.0.2/24", "", adm)
+	from := alpha.t.Node().PublicKey()
+	switchAt := time.Now().Add(time.Minute).Truncate(time.Second)
+	seedA, _ := config.GenerateSeed()
+	seedB, _ := config.GenerateSeed()
+	rawA := signRotate(t, adminA, beta, seedA, switchAt, 120)
+	rawB := signRotate(t, adminB, beta, seedB, switchAt, 120) // signed after rawA: newer
+	beta.t.receiveSeedOffer(from, sealTo(t, rawA, seedA, beta))
+	if next, _, _, ok := beta.t.StagedSeed(); !ok || next != seedA {
+		t.Fatalf("beta did not stage the first rotation's seed")
+	}
+	beta.t.receiveSeedOffer(from, sealTo(t, rawB, seedB, beta))
+	if _, held := beta.t.heldRotation(); !bytes.Equal(held, rawB) {
+		t.Fatal("beta does not hold the newer rotation as the newest")
+	}
+	if next, _, _, ok := beta.t.StagedSeed(); !ok || next != seedB {
+		t.Errorf("beta kept the older rotation's seed staged (refused %d), while members that got the newer one first stage its seed",
+			offerCount(beta, mesh.OfferRefused))
+	}
+}

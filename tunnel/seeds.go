@@ -107,10 +107,12 @@ func (t *Tunnel) stopSeeds() {
 // StageSeed makes next the network's next seed, used to initiate from from on and the
 // only one accepted from until on: it rewrites interface.seed_file (the current seed,
 // the network line and next, atomically, mode 0600) and applies it. Staging the same
-// next seed again changes nothing. A different next seed while one is staged is
-// refused unless from and until are both later than the staged ones (a newer
-// rotation); if the staged one is in use already (from has passed), it becomes the
-// current seed of the new rotation.
+// next seed again changes nothing. A different next seed replaces the staged one,
+// whatever its times: the caller stages only the seed of the newest ROTATE it holds,
+// which every member ends up holding, in whatever order the statements came (refusing
+// it would leave the members that staged an older one first on their own seed when
+// the overlap ends). If the staged one is in use already (from has passed), it
+// becomes the current seed of the new rotation.
 func (t *Tunnel) StageSeed(next [32]byte, from, until time.Time) error {
 	if !until.After(from) {
 		return errors.New("stage seed: until is not after from")
@@ -129,9 +131,6 @@ func (t *Tunnel) StageSeed(next [32]byte, from, until time.Time) error {
 		switch {
 		case *base.Next == next:
 			return nil
-		case !from.After(base.From) || !until.After(base.Until):
-			return fmt.Errorf("stage seed: another next seed (%s) is staged from %s until %s",
-				shortSeed(*base.Next), base.From.UTC().Format(time.RFC3339), base.Until.UTC().Format(time.RFC3339))
 		case !now.Before(base.From):
 			base = config.SeedFile{Seed: *base.Next}
 		}
