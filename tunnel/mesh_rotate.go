@@ -65,6 +65,12 @@ type rotateState struct {
 	// forgotten (it left, its record expired): a rotation's seed goes only to keys seen
 	// before the admin signed it. At most maxSeen keys.
 	seen map[[32]byte]time.Time
+	// takenID and takenAt: the next seed id of the last ROTATE this node's store took,
+	// and when, on this node's clock. A key seen after that is not offered that
+	// rotation's seed even when seen before its issued time: the admin's clock may be
+	// ahead of this one.
+	takenID [16]byte
+	takenAt time.Time
 
 	recv    [len(mesh.SeedOfferReasons)]atomic.Uint64 // offers received, by reason
 	sentN   atomic.Uint64                             // offers sent
@@ -164,7 +170,8 @@ func (t *Tunnel) rotateSessionUp(key [32]byte) {
 
 // offerable says whether key may be given the next seed of st: a member the statement
 // does not exclude and no admin revoked, not this node, and one this node knew before
-// the admin signed the statement (or a [[peer]] it is configured with). A key that
+// the admin signed the statement and before this node took it (its clock may be behind
+// the admin's), or a [[peer]] it is configured with. A key that
 // appears only after that is not given the seed: it might be a revoked member back
 // under a fresh key, holding the current seed, which is all it takes to join until the
 // rotation completes. Such a member gets the new seed file by hand.
@@ -180,8 +187,10 @@ func (t *Tunnel) offerable(st *mesh.Statement, key [32]byte, p *peer) bool {
 	r := t.mesh.rot
 	r.mu.Lock()
 	seen, ok := r.seen[key]
+	before := ok && seen.Before(time.Unix(0, int64(st.Issued))) &&
+		(r.takenID != st.Rotate.NextSeedID || seen.Before(r.takenAt))
 	r.mu.Unlock()
-	if ok && seen.Before(time.Unix(0, int64(st.Issued))) {
+	if before {
 		return true
 	}
 	// A [[peer]] pinned to the key: the operator named it (t.mu guards t.peers and

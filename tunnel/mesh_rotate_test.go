@@ -476,3 +476,34 @@ func TestSeedOfferOfANewerRotationReplacesTheStagedOneWhateverItsTimes(t *testin
 			offerCount(beta, mesh.OfferRefused))
 	}
 }
+
+// A key that appears after this node took a rotation is not given its seed, even when
+// this node's clock is behind the admin's (within the skew statements allow): a
+// revoked member back under a fresh key right after `seed rotate` must not be handed
+// the next seed by whichever member has a slow clock.
+func TestRotationSeedNotOfferedToAKeySeenAfterTheRotationWasTakenOnASlowClock(t *testing.T) {
+	_, admin, _ := ed25519.GenerateKey(nil)
+	alpha, beta, _, _ := rotTrio(t, admin)
+	next, _ := config.GenerateSeed()
+	// The admin's clock is 3 minutes ahead of alpha's.
+	st := mesh.Statement{Kind: mesh.StatementRotate, Issued: uint64(time.Now().Add(3 * time.Minute).UnixNano()),
+		Rotate: &mesh.Rotation{NextSeedID: mesh.SeedID(next), SwitchAt: uint64(time.Now().Add(5 * time.Minute).Unix()), Overlap: 600}}
+	raw, err := st.Marshal(admin, mesh.NetworkOf(alpha.seed).ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reason := alpha.t.offerStatement(raw); reason != mesh.ReasonAccepted {
+		t.Fatalf("alpha refused the rotation: %s", reason)
+	}
+	parsed, _ := alpha.t.heldRotation()
+	after := newForged(t)
+	after.offer(t, alpha, mesh.Record{Name: "after"})
+	alpha.memberOf(t, after)
+	if alpha.t.offerable(parsed, after.id.Public, alpha.t.mesh.memberPeer(after.id.Public)) {
+		t.Error("a key first seen after alpha took the rotation would be given its seed")
+	}
+	betaKey := beta.t.Node().PublicKey()
+	if !alpha.t.offerable(parsed, betaKey, alpha.t.mesh.memberPeer(betaKey)) {
+		t.Error("beta, known before, would not be given the seed")
+	}
+}
