@@ -39,7 +39,18 @@ type seedState struct {
 	gen       uint64      // counts applications: a reload planned on an older one plans again
 	timer     *time.Timer // the next boundary of a rotation, nil without one
 	stopped   bool
+	// clock is the wall clock the file is read against (time.Now; tests step it), and
+	// recheck how long the timer waits at most (seedRecheck; tests shorten it).
+	clock   func() time.Time
+	recheck time.Duration
 }
+
+// seedRecheck bounds the wait for the next boundary: the boundary is a wall-clock
+// time, but a timer runs on the monotonic clock, which does not follow a step of the
+// wall clock. A node that booted with its clock far behind (no real-time clock, before
+// NTP) would otherwise keep accepting the seed a rotation retired for as long as its
+// clock was wrong, years, after NTP set it right.
+const seedRecheck = time.Minute
 
 // applySeeds makes the node hold what sf says for now, and arms the timer for the
 // next boundary.
@@ -55,6 +66,9 @@ func (t *Tunnel) applySeedsLocked(sf config.SeedFile, transient bool) error {
 		return errors.New("the tunnel is stopping")
 	}
 	now := time.Now()
+	if s.clock != nil {
+		now = s.clock()
+	}
 	held := sf.SeedsAt(now)
 	if !slices.Equal(held, s.held) {
 		// Only a change: each SetSeeds starts another spread of seed rekeys.
@@ -73,7 +87,11 @@ func (t *Tunnel) applySeedsLocked(sf config.SeedFile, transient bool) error {
 		s.timer = nil
 	}
 	if at, ok := sf.NextBoundary(now); ok {
-		s.timer = time.AfterFunc(at.Sub(now), t.seedBoundary)
+		wait, most := at.Sub(now), s.recheck
+		if most <= 0 {
+			most = seedRecheck
+		}
+		s.timer = time.AfterFunc(min(wait, most), t.seedBoundary)
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -379,4 +380,39 @@ func TestReloadPlannedBeforeStageSeedKeepsTheStagedSeed(t *testing.T) {
 	if ids := l.a.t.Node().SeedStats().IDs; !slices.Equal(ids, want) {
 		t.Fatalf("alpha holds %x, want current then next", ids)
 	}
+}
+
+// The seeds held follow the wall clock when it steps: a node that read its seed file
+// with the clock far behind (booted without a real-time clock, before NTP) accepts the
+// seed a finished rotation retired; once the clock is set right it must stop, without
+// waiting for a boundary timer armed on the wrong clock (decades away).
+func TestSeedsFollowAStepOfTheWallClock(t *testing.T) {
+	cur, next := [32]byte{21}, [32]byte{22}
+	l := newSeedLab(t, cur)
+	from := time.Now().Add(-2 * time.Hour)
+	if err := l.a.t.StageSeed(next, from, from.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if ids := l.a.t.Node().SeedStats().IDs; !slices.Equal(ids, [][16]byte{handshake.SeedID(next)}) {
+		t.Fatalf("after the rotation alpha holds %x, want the next seed alone", ids)
+	}
+	s := &l.a.t.seed
+	var mu sync.Mutex
+	wall := time.Unix(0, 0)
+	s.mu.Lock()
+	s.recheck = 20 * time.Millisecond
+	s.clock = func() time.Time { mu.Lock(); defer mu.Unlock(); return wall }
+	s.mu.Unlock()
+	if err := l.a.t.applySeeds(s.file, false); err != nil { // as read at a boot in 1970
+		t.Fatal(err)
+	}
+	if ids := l.a.t.Node().SeedStats().IDs; len(ids) != 2 {
+		t.Fatalf("with the clock in 1970 alpha holds %x, want both seeds", ids)
+	}
+	mu.Lock()
+	wall = time.Now() // NTP steps the clock
+	mu.Unlock()
+	waitUntil(t, "alpha drops the retired seed once its clock is right", func() bool {
+		return slices.Equal(l.a.t.Node().SeedStats().IDs, [][16]byte{handshake.SeedID(next)})
+	})
 }
