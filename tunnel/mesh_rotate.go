@@ -390,6 +390,9 @@ func (t *Tunnel) Rotate(statement []byte, next [32]byte) (int, error) {
 	if mesh.SeedID(next) != parsed.Rotate.NextSeedID {
 		return 0, errors.New("the seed is not the one the statement names")
 	}
+	if n := len(parsed.Rotate.Excluded); n > mesh.MaxExcludedSent {
+		return 0, fmt.Errorf("the statement excludes %d keys: at most %d fit in one packet", n, mesh.MaxExcludedSent)
+	}
 	if slices.Contains(parsed.Rotate.Excluded, t.mesh.self) {
 		return 0, errors.New("the statement excludes this node itself")
 	}

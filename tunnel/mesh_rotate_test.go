@@ -507,3 +507,38 @@ func TestRotationSeedNotOfferedToAKeySeenAfterTheRotationWasTakenOnASlowClock(t 
 		t.Error("beta, known before, would not be given the seed")
 	}
 }
+
+// A rotation's SEED_OFFER must fit one packet of a 1280-byte path: stt sends with Don't
+// Fragment and never fragments, and control messages are reliable and in order, so an
+// offer that cannot go out is retransmitted in vain and stalls every later gossip
+// message to that member. Rotate refuses a statement excluding more keys than fit,
+// before it spreads; one excluding as many as fit goes through.
+func TestRotateRefusesARotationWhoseOfferWouldNotFitOnePacket(t *testing.T) {
+	_, admin, _ := ed25519.GenerateKey(nil)
+	alpha, beta, _, _ := rotTrio(t, admin)
+	keys := func(n int) [][32]byte {
+		var ks [][32]byte
+		for i := range n {
+			ks = append(ks, [32]byte{0xEE, byte(i + 1)})
+		}
+		return ks
+	}
+	next, _ := config.GenerateSeed()
+	switchAt := time.Now().Add(time.Minute)
+	tooMany := signRotate(t, admin, alpha, next, switchAt, 120, keys(mesh.MaxExcludedSent+1)...)
+	if _, err := alpha.t.Rotate(tooMany, next); err == nil || !strings.Contains(err.Error(), "fit") {
+		t.Errorf("a rotation excluding %d keys: %v", mesh.MaxExcludedSent+1, err)
+	}
+	if _, held := alpha.t.heldRotation(); bytes.Equal(held, tooMany) {
+		t.Error("the refused rotation is held and spread")
+	}
+	most := signRotate(t, admin, alpha, next, switchAt, 120, keys(mesh.MaxExcludedSent)...)
+	const framing = 3 + 4 + 3 // CtlReliable, sequence number, the message's control header
+	const ipv6UDP = 40 + 8
+	if size := len(sealTo(t, most, next, beta)) + framing + 32 + ipv6UDP; size > 1280 {
+		t.Errorf("an offer excluding %d keys is a %d-byte datagram, more than a 1280-byte path carries", mesh.MaxExcludedSent, size)
+	}
+	if _, err := alpha.t.Rotate(most, next); err != nil {
+		t.Errorf("a rotation excluding %d keys: %v", mesh.MaxExcludedSent, err)
+	}
+}
