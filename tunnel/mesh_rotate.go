@@ -17,6 +17,8 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -407,6 +409,10 @@ func (t *Tunnel) Rotate(statement []byte, next [32]byte) (int, error) {
 		return 0, fmt.Errorf("a rotation to %s is in progress (from %s until %s): a new one must start and end after it",
 			shortSeed(staged), sFrom.UTC().Format(time.RFC3339), sUntil.UTC().Format(time.RFC3339))
 	}
+	if err := t.seedFileWritable(); err != nil {
+		// Checked before the statement spreads, like the rest: staging writes the file.
+		return 0, fmt.Errorf("stage the next seed: %w", err)
+	}
 	reason := t.offerStatement(statement)
 	st, raw := t.heldRotation()
 	if raw == nil || !bytes.Equal(raw, statement) {
@@ -431,6 +437,22 @@ func (t *Tunnel) Rotate(statement []byte, next [32]byte) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// seedFileWritable checks that a file can be made beside the seed file, as
+// config.WriteSeedFile does when a seed is staged (a read-only file system, or a
+// directory gone, would fail it).
+func (t *Tunnel) seedFileWritable() error {
+	t.mu.RLock()
+	path := t.cfg.Interface.SeedFile
+	t.mu.RUnlock()
+	f, err := os.CreateTemp(filepath.Dir(path), ".stt-tun-seed-*")
+	if err != nil {
+		return fmt.Errorf("cannot write beside the seed file %s: %w", path, err)
+	}
+	name := f.Name()
+	f.Close()
+	return os.Remove(name)
 }
 
 // rotationStatus is the rotation this node holds, or nil.

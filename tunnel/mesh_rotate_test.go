@@ -8,6 +8,8 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -540,5 +542,25 @@ func TestRotateRefusesARotationWhoseOfferWouldNotFitOnePacket(t *testing.T) {
 	}
 	if _, err := alpha.t.Rotate(most, next); err != nil {
 		t.Errorf("a rotation excluding %d keys: %v", mesh.MaxExcludedSent, err)
+	}
+}
+
+// `seed rotate` on a node that cannot write its seed file (a read-only file system, a
+// directory gone) fails before the statement spreads: held by every member as the
+// newest rotation, a rotation whose seed nobody got would only make them refuse the
+// offers of the one before it, and the admin, told it failed, would not know that.
+func TestRotateOnANodeThatCannotWriteItsSeedFileSpreadsNothing(t *testing.T) {
+	_, admin, _ := ed25519.GenerateKey(nil)
+	alpha, _, _, _ := rotTrio(t, admin)
+	if err := os.RemoveAll(filepath.Dir(alpha.cfg.Interface.SeedFile)); err != nil {
+		t.Fatal(err)
+	}
+	next, _ := config.GenerateSeed()
+	raw := signRotate(t, admin, alpha, next, time.Now().Add(time.Minute), 120)
+	if _, err := alpha.t.Rotate(raw, next); err == nil {
+		t.Fatal("Rotate took a rotation it cannot stage")
+	}
+	if _, held := alpha.t.heldRotation(); bytes.Equal(held, raw) {
+		t.Error("the rotation the node could not stage is held and spread")
 	}
 }
