@@ -297,10 +297,11 @@ func (t *Tunnel) receiveSeedOffer(from [32]byte, body []byte) {
 		}
 		return
 	}
-	if _, until := rotationTimes(st); !time.Now().Before(until) {
-		// Over: honest members stop offering a rotation at its end, so this is a replay
-		// (or came late). Staged, it would make its seed the only one held from now on,
-		// and a member whose seed has moved on since would leave the network for it.
+	if _, until := rotationTimes(st); !time.Now().Before(until.Add(mesh.MaxClockSkew)) {
+		// Over: honest members stop offering a rotation at its end (on their clocks,
+		// which may be behind this one: hence the skew), so this is a replay. Staged, it
+		// would make its seed the only one held from now on, and a member whose seed has
+		// moved on since would leave the network for it.
 		r.count(mesh.OfferStale)
 		return
 	}
