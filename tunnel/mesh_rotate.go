@@ -132,7 +132,9 @@ func (t *Tunnel) rotateLoop() {
 
 // restoreRotation takes up, after a restart, the rotation the node held: the newest
 // ROTATE of the statements file, when the seed file stages the seed it names and its
-// overlap has not ended. The node then offers it on as before the restart.
+// overlap has not ended. The node then offers it on, but only to [[peer]]s pinned to
+// a key: which keys it had seen before the statement was signed is not kept across a
+// restart, and every key it meets now is new to it (offerable).
 func (t *Tunnel) restoreRotation(now time.Time) {
 	st, raw := t.heldRotation()
 	if st == nil {
