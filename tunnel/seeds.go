@@ -313,9 +313,14 @@ func sessionSeed(sp *stt.Peer) string {
 // in progress.
 func (t *Tunnel) seedStatus() *status.Seed {
 	t.seed.mu.Lock()
-	sf, transient := t.seed.file, t.seed.transient
+	sf, transient, held := t.seed.file, t.seed.transient, t.seed.held
 	t.seed.mu.Unlock()
-	if sf.Next != nil && !time.Now().Before(sf.Until) {
+	if len(held) == 1 {
+		// What the node holds, not what the clock says it should by now: until the
+		// boundary is applied, the current seed is still accepted, and status says so.
+		return &status.Seed{ID: shortSeed(held[0])}
+	}
+	if sf.Next != nil && len(held) == 0 && !time.Now().Before(sf.Until) {
 		return &status.Seed{ID: shortSeed(*sf.Next)}
 	}
 	st := &status.Seed{ID: shortSeed(sf.Seed)}

@@ -416,3 +416,28 @@ func TestSeedsFollowAStepOfTheWallClock(t *testing.T) {
 		return slices.Equal(l.a.t.Node().SeedStats().IDs, [][16]byte{handshake.SeedID(next)})
 	})
 }
+
+// The status's seed says what the node holds, not what the clock says it should: while
+// the node still accepts the current seed (its boundary not applied yet, or its seeds
+// read with the clock behind), status must not say that the rotation is over.
+func TestSeedStatusSaysWhatTheNodeHolds(t *testing.T) {
+	cur, next := [32]byte{31}, [32]byte{32}
+	l := newSeedLab(t, cur)
+	from := time.Now().Add(-2 * time.Hour)
+	if err := l.a.t.StageSeed(next, from, from.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	s := &l.a.t.seed
+	s.mu.Lock()
+	s.clock = func() time.Time { return from.Add(time.Minute) } // in the overlap
+	s.mu.Unlock()
+	if err := l.a.t.applySeeds(s.file, false); err != nil {
+		t.Fatal(err)
+	}
+	if ids := l.a.t.Node().SeedStats().IDs; len(ids) != 2 {
+		t.Fatalf("alpha holds %x, want both seeds", ids)
+	}
+	if st := l.a.t.Status().Seed; st == nil || st.ID != shortSeed(cur) || st.NextID != shortSeed(next) {
+		t.Errorf("status seed %+v while alpha accepts both seeds, want %s with next %s", st, shortSeed(cur), shortSeed(next))
+	}
+}
