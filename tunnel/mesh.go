@@ -129,6 +129,12 @@ type meshState struct {
 	stmtPath        string
 	stmtDirty       atomic.Bool
 	redecideRevoked atomic.Bool
+	// stmtSaveMu guards stmtSaveErr, the last error saving the statements ("" after a
+	// success), and stmtSaveAt, when it came: a failing save is said once and tried
+	// again every stmtSaveRetry, not at every pass of the loop.
+	stmtSaveMu  sync.Mutex
+	stmtSaveErr string
+	stmtSaveAt  time.Time
 	// revokeMu makes reading the revoked keys and handing them to the node one step,
 	// so that two revocations taken at once cannot leave the node the older set.
 	revokeMu sync.Mutex

@@ -17,6 +17,8 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -65,6 +67,12 @@ type rotateState struct {
 	// forgotten (it left, its record expired): a rotation's seed goes only to keys seen
 	// before the admin signed it. At most maxSeen keys.
 	seen map[[32]byte]time.Time
+	// takenID and takenAt: the next seed id of the last ROTATE this node's store took,
+	// and when, on this node's clock. A key seen after that is not offered that
+	// rotation's seed even when seen before its issued time: the admin's clock may be
+	// ahead of this one.
+	takenID [16]byte
+	takenAt time.Time
 
 	recv    [len(mesh.SeedOfferReasons)]atomic.Uint64 // offers received, by reason
 	sentN   atomic.Uint64                             // offers sent
@@ -124,7 +132,9 @@ func (t *Tunnel) rotateLoop() {
 
 // restoreRotation takes up, after a restart, the rotation the node held: the newest
 // ROTATE of the statements file, when the seed file stages the seed it names and its
-// overlap has not ended. The node then offers it on as before the restart.
+// overlap has not ended. The node then offers it on, but only to [[peer]]s pinned to
+// a key: which keys it had seen before the statement was signed is not kept across a
+// restart, and every key it meets now is new to it (offerable).
 func (t *Tunnel) restoreRotation(now time.Time) {
 	st, raw := t.heldRotation()
 	if st == nil {
@@ -164,7 +174,8 @@ func (t *Tunnel) rotateSessionUp(key [32]byte) {
 
 // offerable says whether key may be given the next seed of st: a member the statement
 // does not exclude and no admin revoked, not this node, and one this node knew before
-// the admin signed the statement (or a [[peer]] it is configured with). A key that
+// the admin signed the statement and before this node took it (its clock may be behind
+// the admin's), or a [[peer]] it is configured with. A key that
 // appears only after that is not given the seed: it might be a revoked member back
 // under a fresh key, holding the current seed, which is all it takes to join until the
 // rotation completes. Such a member gets the new seed file by hand.
@@ -180,8 +191,10 @@ func (t *Tunnel) offerable(st *mesh.Statement, key [32]byte, p *peer) bool {
 	r := t.mesh.rot
 	r.mu.Lock()
 	seen, ok := r.seen[key]
+	before := ok && seen.Before(time.Unix(0, int64(st.Issued))) &&
+		(r.takenID != st.Rotate.NextSeedID || seen.Before(r.takenAt))
 	r.mu.Unlock()
-	if ok && seen.Before(time.Unix(0, int64(st.Issued))) {
+	if before {
 		return true
 	}
 	// A [[peer]] pinned to the key: the operator named it (t.mu guards t.peers and
@@ -286,6 +299,14 @@ func (t *Tunnel) receiveSeedOffer(from [32]byte, body []byte) {
 		}
 		return
 	}
+	if _, until := rotationTimes(st); !time.Now().Before(until.Add(mesh.MaxClockSkew)) {
+		// Over: honest members stop offering a rotation at its end (on their clocks,
+		// which may be behind this one: hence the skew), so this is a replay. Staged, it
+		// would make its seed the only one held from now on, and a member whose seed has
+		// moved on since would leave the network for it.
+		r.count(mesh.OfferStale)
+		return
+	}
 	next, err := o.Open(st, r.priv, t.mesh.self)
 	if err != nil {
 		r.count(mesh.SeedOfferReason(err))
@@ -374,6 +395,9 @@ func (t *Tunnel) Rotate(statement []byte, next [32]byte) (int, error) {
 	if mesh.SeedID(next) != parsed.Rotate.NextSeedID {
 		return 0, errors.New("the seed is not the one the statement names")
 	}
+	if n := len(parsed.Rotate.Excluded); n > mesh.MaxExcludedSent {
+		return 0, fmt.Errorf("the statement excludes %d keys: at most %d fit in one packet", n, mesh.MaxExcludedSent)
+	}
 	if slices.Contains(parsed.Rotate.Excluded, t.mesh.self) {
 		return 0, errors.New("the statement excludes this node itself")
 	}
@@ -382,10 +406,15 @@ func (t *Tunnel) Rotate(statement []byte, next [32]byte) (int, error) {
 		return 0, errors.New("the rotation's overlap is already over")
 	}
 	if staged, sFrom, sUntil, ok := t.StagedSeed(); ok && staged != next && (!from.After(sFrom) || !until.After(sUntil)) {
-		// Members that staged that one would refuse this one's seed (StageSeed), and the
-		// others take it: the network would split.
+		// One rotation at a time from here: one that would switch or end before the one
+		// in progress is most likely a mistake. (Should two be signed anyway, two admins
+		// at once, every member ends on the newer one's seed: StageSeed.)
 		return 0, fmt.Errorf("a rotation to %s is in progress (from %s until %s): a new one must start and end after it",
 			shortSeed(staged), sFrom.UTC().Format(time.RFC3339), sUntil.UTC().Format(time.RFC3339))
+	}
+	if err := t.seedFileWritable(); err != nil {
+		// Checked before the statement spreads, like the rest: staging writes the file.
+		return 0, fmt.Errorf("stage the next seed: %w", err)
 	}
 	reason := t.offerStatement(statement)
 	st, raw := t.heldRotation()
@@ -411,6 +440,22 @@ func (t *Tunnel) Rotate(statement []byte, next [32]byte) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// seedFileWritable checks that a file can be made beside the seed file, as
+// config.WriteSeedFile does when a seed is staged (a read-only file system, or a
+// directory gone, would fail it).
+func (t *Tunnel) seedFileWritable() error {
+	t.mu.RLock()
+	path := t.cfg.Interface.SeedFile
+	t.mu.RUnlock()
+	f, err := os.CreateTemp(filepath.Dir(path), ".stt-tun-seed-*")
+	if err != nil {
+		return fmt.Errorf("cannot write beside the seed file %s: %w", path, err)
+	}
+	name := f.Name()
+	f.Close()
+	return os.Remove(name)
 }
 
 // rotationStatus is the rotation this node holds, or nil.

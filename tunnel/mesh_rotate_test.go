@@ -8,6 +8,8 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -410,4 +412,155 @@ func TestRotationHeldAcrossARestart(t *testing.T) {
 		defer r.mu.Unlock()
 		return bytes.Equal(r.raw, raw) && r.next == next
 	})
+}
+
+// A member holding the seed keeps the offers it was given; replaying one whose overlap
+// is over to a member that does not hold that rotation yet (one that joined since, its
+// statements store empty) must not make it stage that seed: staged, the file would say
+// "the next seed alone from now on", and the member would leave the network for an
+// old seed, even across restarts. Honest members offer a rotation only while it lasts.
+func TestSeedOfferOfARotationAlreadyOverIsRefused(t *testing.T) {
+	_, admin, _ := ed25519.GenerateKey(nil)
+	alpha, beta, _, _ := rotTrio(t, admin)
+	old, _ := config.GenerateSeed()
+	over := signRotate(t, admin, beta, old, time.Now().Add(-time.Hour), 600)
+	beta.t.receiveSeedOffer(alpha.t.Node().PublicKey(), sealTo(t, over, old, beta))
+	if got := offerCount(beta, mesh.OfferStale); got != 1 {
+		t.Errorf("beta counted %d offers stale, want 1", got)
+	}
+	if got := offerCount(beta, mesh.OfferAccepted); got != 0 {
+		t.Errorf("beta accepted %d offers of a rotation already over", got)
+	}
+	want := []string{shortSeed(beta.seed)}
+	var got []string
+	for _, id := range beta.t.Node().SeedStats().IDs {
+		got = append(got, shortSeedID(id))
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("beta holds the seeds %v after the replayed offer, want %v", got, want)
+	}
+	if sf, err := config.LoadSeedFile(beta.cfg.Interface.SeedFile); err != nil || sf.Next != nil {
+		t.Errorf("beta's seed file after the replayed offer: next %v, err %v", sf.Next != nil, err)
+	}
+}
+
+// Two admins rotate at once (or one member replays the older rotation's offer first):
+// the newer statement is the rotation every member holds and offers, whatever order it
+// arrived in, so a member that staged the older one's seed must take the newer one's
+// seed in its place, even when it does not switch later — else the members that staged
+// the older seed first keep it while the others move to the newer one, and the network
+// splits when the overlap ends.
+func TestSeedOfferOfANewerRotationReplacesTheStagedOneWhateverItsTimes(t *testing.T) {
+	_, adminA, _ := ed25519.GenerateKey(nil)
+	_, adminB, _ := ed25519.GenerateKey(nil)
+	seed, _ := config.GenerateSeed()
+	adm := fmt.Sprintf("[membership]\nadmins = [%q, %q]\n",
+		base64.StdEncoding.EncodeToString(adminA.Public().(ed25519.PublicKey)),
+		base64.StdEncoding.EncodeToString(adminB.Public().(ed25519.PublicKey)))
+	alpha := startMeshNodeIn(t, seed, "alpha", "10.77.0.1/24", "", adm)
+	beta := startMeshNodeIn(t, seed, "beta", "10.77.0.2/24", "", adm)
+	from := alpha.t.Node().PublicKey()
+	switchAt := time.Now().Add(time.Minute).Truncate(time.Second)
+	seedA, _ := config.GenerateSeed()
+	seedB, _ := config.GenerateSeed()
+	rawA := signRotate(t, adminA, beta, seedA, switchAt, 120)
+	rawB := signRotate(t, adminB, beta, seedB, switchAt, 120) // signed after rawA: newer
+	beta.t.receiveSeedOffer(from, sealTo(t, rawA, seedA, beta))
+	if next, _, _, ok := beta.t.StagedSeed(); !ok || next != seedA {
+		t.Fatalf("beta did not stage the first rotation's seed")
+	}
+	beta.t.receiveSeedOffer(from, sealTo(t, rawB, seedB, beta))
+	if _, held := beta.t.heldRotation(); !bytes.Equal(held, rawB) {
+		t.Fatal("beta does not hold the newer rotation as the newest")
+	}
+	if next, _, _, ok := beta.t.StagedSeed(); !ok || next != seedB {
+		t.Errorf("beta kept the older rotation's seed staged (refused %d), while members that got the newer one first stage its seed",
+			offerCount(beta, mesh.OfferRefused))
+	}
+}
+
+// A key that appears after this node took a rotation is not given its seed, even when
+// this node's clock is behind the admin's (within the skew statements allow): a
+// revoked member back under a fresh key right after `seed rotate` must not be handed
+// the next seed by whichever member has a slow clock.
+func TestRotationSeedNotOfferedToAKeySeenAfterTheRotationWasTakenOnASlowClock(t *testing.T) {
+	_, admin, _ := ed25519.GenerateKey(nil)
+	alpha, beta, _, _ := rotTrio(t, admin)
+	next, _ := config.GenerateSeed()
+	// The admin's clock is 3 minutes ahead of alpha's.
+	st := mesh.Statement{Kind: mesh.StatementRotate, Issued: uint64(time.Now().Add(3 * time.Minute).UnixNano()),
+		Rotate: &mesh.Rotation{NextSeedID: mesh.SeedID(next), SwitchAt: uint64(time.Now().Add(5 * time.Minute).Unix()), Overlap: 600}}
+	raw, err := st.Marshal(admin, mesh.NetworkOf(alpha.seed).ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reason := alpha.t.offerStatement(raw); reason != mesh.ReasonAccepted {
+		t.Fatalf("alpha refused the rotation: %s", reason)
+	}
+	parsed, _ := alpha.t.heldRotation()
+	after := newForged(t)
+	after.offer(t, alpha, mesh.Record{Name: "after"})
+	alpha.memberOf(t, after)
+	if alpha.t.offerable(parsed, after.id.Public, alpha.t.mesh.memberPeer(after.id.Public)) {
+		t.Error("a key first seen after alpha took the rotation would be given its seed")
+	}
+	betaKey := beta.t.Node().PublicKey()
+	if !alpha.t.offerable(parsed, betaKey, alpha.t.mesh.memberPeer(betaKey)) {
+		t.Error("beta, known before, would not be given the seed")
+	}
+}
+
+// A rotation's SEED_OFFER must fit one packet of a 1280-byte path: stt sends with Don't
+// Fragment and never fragments, and control messages are reliable and in order, so an
+// offer that cannot go out is retransmitted in vain and stalls every later gossip
+// message to that member. Rotate refuses a statement excluding more keys than fit,
+// before it spreads; one excluding as many as fit goes through.
+func TestRotateRefusesARotationWhoseOfferWouldNotFitOnePacket(t *testing.T) {
+	_, admin, _ := ed25519.GenerateKey(nil)
+	alpha, beta, _, _ := rotTrio(t, admin)
+	keys := func(n int) [][32]byte {
+		var ks [][32]byte
+		for i := range n {
+			ks = append(ks, [32]byte{0xEE, byte(i + 1)})
+		}
+		return ks
+	}
+	next, _ := config.GenerateSeed()
+	switchAt := time.Now().Add(time.Minute)
+	tooMany := signRotate(t, admin, alpha, next, switchAt, 120, keys(mesh.MaxExcludedSent+1)...)
+	if _, err := alpha.t.Rotate(tooMany, next); err == nil || !strings.Contains(err.Error(), "fit") {
+		t.Errorf("a rotation excluding %d keys: %v", mesh.MaxExcludedSent+1, err)
+	}
+	if _, held := alpha.t.heldRotation(); bytes.Equal(held, tooMany) {
+		t.Error("the refused rotation is held and spread")
+	}
+	most := signRotate(t, admin, alpha, next, switchAt, 120, keys(mesh.MaxExcludedSent)...)
+	const framing = 3 + 4 + 3 // CtlReliable, sequence number, the message's control header
+	const ipv6UDP = 40 + 8
+	if size := len(sealTo(t, most, next, beta)) + framing + 32 + ipv6UDP; size > 1280 {
+		t.Errorf("an offer excluding %d keys is a %d-byte datagram, more than a 1280-byte path carries", mesh.MaxExcludedSent, size)
+	}
+	if _, err := alpha.t.Rotate(most, next); err != nil {
+		t.Errorf("a rotation excluding %d keys: %v", mesh.MaxExcludedSent, err)
+	}
+}
+
+// `seed rotate` on a node that cannot write its seed file (a read-only file system, a
+// directory gone) fails before the statement spreads: held by every member as the
+// newest rotation, a rotation whose seed nobody got would only make them refuse the
+// offers of the one before it, and the admin, told it failed, would not know that.
+func TestRotateOnANodeThatCannotWriteItsSeedFileSpreadsNothing(t *testing.T) {
+	_, admin, _ := ed25519.GenerateKey(nil)
+	alpha, _, _, _ := rotTrio(t, admin)
+	if err := os.RemoveAll(filepath.Dir(alpha.cfg.Interface.SeedFile)); err != nil {
+		t.Fatal(err)
+	}
+	next, _ := config.GenerateSeed()
+	raw := signRotate(t, admin, alpha, next, time.Now().Add(time.Minute), 120)
+	if _, err := alpha.t.Rotate(raw, next); err == nil {
+		t.Fatal("Rotate took a rotation it cannot stage")
+	}
+	if _, held := alpha.t.heldRotation(); bytes.Equal(held, raw) {
+		t.Error("the rotation the node could not stage is held and spread")
+	}
 }

@@ -106,14 +106,41 @@ func (t *Tunnel) loadStatements(path string) {
 // saveStatements writes the statements held to the statements file when they changed
 // since it was last written: a temporary file in the same directory, synced, renamed
 // over the old one (mode 0600), so that a crash leaves the old file or the new one.
-func (t *Tunnel) saveStatements() {
+func (t *Tunnel) saveStatements() { t.saveStatementsAt(time.Now(), false) }
+
+// stmtSaveRetry is how long a failed save of the statements waits before the next try.
+const stmtSaveRetry = time.Minute
+
+// saveStatementsAt saves the statements when they changed; after a failure, only
+// stmtSaveRetry later (or at once when last). A failure is logged at warn when it
+// differs from the one before, so that a file that cannot be written is said once,
+// not every second.
+func (t *Tunnel) saveStatementsAt(now time.Time, last bool) {
 	m := t.mesh
-	if m == nil || m.stmtPath == "" || !m.stmtDirty.Swap(false) {
+	if m == nil || m.stmtPath == "" || !m.stmtDirty.Load() {
+		return
+	}
+	m.stmtSaveMu.Lock()
+	defer m.stmtSaveMu.Unlock()
+	if m.stmtSaveErr != "" && !last && now.Sub(m.stmtSaveAt) < stmtSaveRetry && !now.Before(m.stmtSaveAt) {
+		return
+	}
+	if !m.stmtDirty.Swap(false) {
 		return
 	}
 	if err := writeStatements(m.stmtPath, m.eng.Statements()); err != nil {
-		m.stmtDirty.Store(true) // tried again at the next tick
-		t.log.Warn("mesh: cannot save the statements", "file", m.stmtPath, "err", err)
+		m.stmtDirty.Store(true) // tried again later
+		m.stmtSaveAt = now
+		if msg := err.Error(); msg != m.stmtSaveErr {
+			m.stmtSaveErr = msg
+			t.log.Warn("mesh: cannot save the statements; they are kept in memory, and lost at a restart until the file can be written (tried again every minute)",
+				"file", m.stmtPath, "err", err)
+		}
+		return
+	}
+	if m.stmtSaveErr != "" {
+		m.stmtSaveErr = ""
+		t.log.Info("mesh: statements saved again", "file", m.stmtPath)
 	}
 }
 

@@ -39,7 +39,18 @@ type seedState struct {
 	gen       uint64      // counts applications: a reload planned on an older one plans again
 	timer     *time.Timer // the next boundary of a rotation, nil without one
 	stopped   bool
+	// clock is the wall clock the file is read against (time.Now; tests step it), and
+	// recheck how long the timer waits at most (seedRecheck; tests shorten it).
+	clock   func() time.Time
+	recheck time.Duration
 }
+
+// seedRecheck bounds the wait for the next boundary: the boundary is a wall-clock
+// time, but a timer runs on the monotonic clock, which does not follow a step of the
+// wall clock. A node that booted with its clock far behind (no real-time clock, before
+// NTP) would otherwise keep accepting the seed a rotation retired for as long as its
+// clock was wrong, years, after NTP set it right.
+const seedRecheck = time.Minute
 
 // applySeeds makes the node hold what sf says for now, and arms the timer for the
 // next boundary.
@@ -55,6 +66,9 @@ func (t *Tunnel) applySeedsLocked(sf config.SeedFile, transient bool) error {
 		return errors.New("the tunnel is stopping")
 	}
 	now := time.Now()
+	if s.clock != nil {
+		now = s.clock()
+	}
 	held := sf.SeedsAt(now)
 	if !slices.Equal(held, s.held) {
 		// Only a change: each SetSeeds starts another spread of seed rekeys.
@@ -73,7 +87,11 @@ func (t *Tunnel) applySeedsLocked(sf config.SeedFile, transient bool) error {
 		s.timer = nil
 	}
 	if at, ok := sf.NextBoundary(now); ok {
-		s.timer = time.AfterFunc(at.Sub(now), t.seedBoundary)
+		wait, most := at.Sub(now), s.recheck
+		if most <= 0 {
+			most = seedRecheck
+		}
+		s.timer = time.AfterFunc(min(wait, most), t.seedBoundary)
 	}
 	return nil
 }
@@ -107,10 +125,12 @@ func (t *Tunnel) stopSeeds() {
 // StageSeed makes next the network's next seed, used to initiate from from on and the
 // only one accepted from until on: it rewrites interface.seed_file (the current seed,
 // the network line and next, atomically, mode 0600) and applies it. Staging the same
-// next seed again changes nothing. A different next seed while one is staged is
-// refused unless from and until are both later than the staged ones (a newer
-// rotation); if the staged one is in use already (from has passed), it becomes the
-// current seed of the new rotation.
+// next seed again changes nothing. A different next seed replaces the staged one,
+// whatever its times: the caller stages only the seed of the newest ROTATE it holds,
+// which every member ends up holding, in whatever order the statements came (refusing
+// it would leave the members that staged an older one first on their own seed when
+// the overlap ends). If the staged one is in use already (from has passed), it
+// becomes the current seed of the new rotation.
 func (t *Tunnel) StageSeed(next [32]byte, from, until time.Time) error {
 	if !until.After(from) {
 		return errors.New("stage seed: until is not after from")
@@ -129,9 +149,6 @@ func (t *Tunnel) StageSeed(next [32]byte, from, until time.Time) error {
 		switch {
 		case *base.Next == next:
 			return nil
-		case !from.After(base.From) || !until.After(base.Until):
-			return fmt.Errorf("stage seed: another next seed (%s) is staged from %s until %s",
-				shortSeed(*base.Next), base.From.UTC().Format(time.RFC3339), base.Until.UTC().Format(time.RFC3339))
 		case !now.Before(base.From):
 			base = config.SeedFile{Seed: *base.Next}
 		}
@@ -296,9 +313,14 @@ func sessionSeed(sp *stt.Peer) string {
 // in progress.
 func (t *Tunnel) seedStatus() *status.Seed {
 	t.seed.mu.Lock()
-	sf, transient := t.seed.file, t.seed.transient
+	sf, transient, held := t.seed.file, t.seed.transient, t.seed.held
 	t.seed.mu.Unlock()
-	if sf.Next != nil && !time.Now().Before(sf.Until) {
+	if len(held) == 1 {
+		// What the node holds, not what the clock says it should by now: until the
+		// boundary is applied, the current seed is still accepted, and status says so.
+		return &status.Seed{ID: shortSeed(held[0])}
+	}
+	if sf.Next != nil && len(held) == 0 && !time.Now().Before(sf.Until) {
 		return &status.Seed{ID: shortSeed(*sf.Next)}
 	}
 	st := &status.Seed{ID: shortSeed(sf.Seed)}

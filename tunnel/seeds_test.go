@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -226,8 +227,7 @@ func TestReloadRefusesAnotherNetwork(t *testing.T) {
 }
 
 // StageSeed rewrites the seed file (current, network, next; mode 0600) and applies it;
-// the same next seed again changes nothing; another one is refused unless its times
-// are later. A node started on the staged file resumes the rotation where the clock is.
+// the same next seed again changes nothing; another one replaces it. A node started on the staged file resumes the rotation where the clock is.
 func TestStageSeedRewritesTheFileAndIsIdempotent(t *testing.T) {
 	cur, next, third := [32]byte{7}, [32]byte{8}, [32]byte{9}
 	l := newSeedLab(t, cur)
@@ -257,11 +257,9 @@ func TestStageSeedRewritesTheFileAndIsIdempotent(t *testing.T) {
 	if after, _ := os.ReadFile(l.na.seedFile); string(after) != string(before) {
 		t.Fatal("staging the same seed again rewrote the file")
 	}
-	if err := l.a.t.StageSeed(third, from, until); err == nil || !strings.Contains(err.Error(), "another next seed") {
-		t.Fatalf("a different next seed with the same times: %v", err)
-	}
-	// A newer rotation while the staged one is in use: the staged seed becomes current.
-	if err := l.a.t.StageSeed(third, from.Add(time.Minute), until.Add(time.Minute)); err != nil {
+	// A newer rotation while the staged one is in use, even with the same times (the
+	// caller stages the newest rotation only): the staged seed becomes current.
+	if err := l.a.t.StageSeed(third, from, until); err != nil {
 		t.Fatal(err)
 	}
 	if sf, err = config.LoadSeedFile(l.na.seedFile); err != nil || sf.Seed != next || *sf.Next != third {
@@ -386,5 +384,65 @@ func TestReloadPlannedBeforeStageSeedKeepsTheStagedSeed(t *testing.T) {
 	want := [][16]byte{handshake.SeedID(cur), handshake.SeedID(next)}
 	if ids := l.a.t.Node().SeedStats().IDs; !slices.Equal(ids, want) {
 		t.Fatalf("alpha holds %x, want current then next", ids)
+	}
+}
+
+// The seeds held follow the wall clock when it steps: a node that read its seed file
+// with the clock far behind (booted without a real-time clock, before NTP) accepts the
+// seed a finished rotation retired; once the clock is set right it must stop, without
+// waiting for a boundary timer armed on the wrong clock (decades away).
+func TestSeedsFollowAStepOfTheWallClock(t *testing.T) {
+	cur, next := [32]byte{21}, [32]byte{22}
+	l := newSeedLab(t, cur)
+	from := time.Now().Add(-2 * time.Hour)
+	if err := l.a.t.StageSeed(next, from, from.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if ids := l.a.t.Node().SeedStats().IDs; !slices.Equal(ids, [][16]byte{handshake.SeedID(next)}) {
+		t.Fatalf("after the rotation alpha holds %x, want the next seed alone", ids)
+	}
+	s := &l.a.t.seed
+	var mu sync.Mutex
+	wall := time.Unix(0, 0)
+	s.mu.Lock()
+	s.recheck = 20 * time.Millisecond
+	s.clock = func() time.Time { mu.Lock(); defer mu.Unlock(); return wall }
+	s.mu.Unlock()
+	if err := l.a.t.applySeeds(s.file, false); err != nil { // as read at a boot in 1970
+		t.Fatal(err)
+	}
+	if ids := l.a.t.Node().SeedStats().IDs; len(ids) != 2 {
+		t.Fatalf("with the clock in 1970 alpha holds %x, want both seeds", ids)
+	}
+	mu.Lock()
+	wall = time.Now() // NTP steps the clock
+	mu.Unlock()
+	waitUntil(t, "alpha drops the retired seed once its clock is right", func() bool {
+		return slices.Equal(l.a.t.Node().SeedStats().IDs, [][16]byte{handshake.SeedID(next)})
+	})
+}
+
+// The status's seed says what the node holds, not what the clock says it should: while
+// the node still accepts the current seed (its boundary not applied yet, or its seeds
+// read with the clock behind), status must not say that the rotation is over.
+func TestSeedStatusSaysWhatTheNodeHolds(t *testing.T) {
+	cur, next := [32]byte{31}, [32]byte{32}
+	l := newSeedLab(t, cur)
+	from := time.Now().Add(-2 * time.Hour)
+	if err := l.a.t.StageSeed(next, from, from.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	s := &l.a.t.seed
+	s.mu.Lock()
+	s.clock = func() time.Time { return from.Add(time.Minute) } // in the overlap
+	s.mu.Unlock()
+	if err := l.a.t.applySeeds(s.file, false); err != nil {
+		t.Fatal(err)
+	}
+	if ids := l.a.t.Node().SeedStats().IDs; len(ids) != 2 {
+		t.Fatalf("alpha holds %x, want both seeds", ids)
+	}
+	if st := l.a.t.Status().Seed; st == nil || st.ID != shortSeed(cur) || st.NextID != shortSeed(next) {
+		t.Errorf("status seed %+v while alpha accepts both seeds, want %s with next %s", st, shortSeed(cur), shortSeed(next))
 	}
 }

@@ -369,7 +369,7 @@ func (t *Tunnel) Close() error {
 			t.awaitLeaveAcks()
 		}
 		t.stopMesh()
-		t.saveStatements()
+		t.saveStatementsAt(time.Now(), true)
 		t.stopSeeds()
 		t.lookupCancel()
 		t.stopMetrics()

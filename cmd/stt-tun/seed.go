@@ -100,6 +100,7 @@ type rotatePlan struct {
 	overlap  time.Duration
 	excluded [][32]byte
 	names    []string // the excluded ones, for the summary line
+	unlisted int      // revoked keys left off the list for room (refused as revoked all the same)
 }
 
 func seedRotate(c *cli.Context, e *env) error {
@@ -178,6 +179,9 @@ func seedRotate(c *cli.Context, e *env) error {
 	if len(plan.names) > 0 {
 		excl = strings.Join(plan.names, ", ")
 	}
+	if plan.unlisted > 0 {
+		excl += fmt.Sprintf(" (and %d older revoked keys, not listed for room: every member that holds their revocation refuses them)", plan.unlisted)
+	}
 	fmt.Fprintf(e.stdout, "%s: offered to %s now, to the others as they come up; excluded: %s\n", link,
 		plural(offered, "member", "members"), excl)
 	return nil
@@ -235,7 +239,18 @@ func (p *rotatePlan) exclude(st status.Status, args []string) error {
 			return usageError("seed rotate: --exclude names %s itself; rotate from another member", st.Interface)
 		}
 	}
+	if len(p.excluded) > mesh.MaxExcludedSent {
+		return usageError("seed rotate: %d members to exclude, at most %d fit in one rotation", len(p.excluded), mesh.MaxExcludedSent)
+	}
+	// The revoked keys too, while they fit (the newest revocations first): every member
+	// holding a revocation refuses that key and offers it nothing anyway, so listing it
+	// only covers members the revocation has not reached yet.
+	slices.SortStableFunc(revoked, func(a, b revokedMember) int { return strings.Compare(b.issued, a.issued) })
 	for _, r := range revoked {
+		if len(p.excluded) >= mesh.MaxExcludedSent && !slices.Contains(p.excluded, r.key) {
+			p.unlisted++
+			continue
+		}
 		name := r.name
 		if name == "" {
 			name = config.EncodeKey(r.key)
@@ -244,9 +259,6 @@ func (p *rotatePlan) exclude(st status.Status, args []string) error {
 			name += " " + shortKey(config.EncodeKey(r.key)) // a name revoked under two keys
 		}
 		add(r.key, name+" (revoked)")
-	}
-	if len(p.excluded) > mesh.MaxExcluded {
-		return usageError("seed rotate: %d members to exclude, at most %d fit in one rotation", len(p.excluded), mesh.MaxExcluded)
 	}
 	return nil
 }
@@ -259,7 +271,7 @@ func statusRevoked(st status.Status) []revokedMember {
 	var out []revokedMember
 	for _, r := range st.Mesh.Revoked {
 		if k, err := config.DecodeKey(r.Key); err == nil {
-			out = append(out, revokedMember{key: k, name: r.Name})
+			out = append(out, revokedMember{key: k, name: r.Name, issued: r.Issued})
 		}
 	}
 	return out
@@ -267,8 +279,9 @@ func statusRevoked(st status.Status) []revokedMember {
 
 // revokedMember is one revocation the daemon holds.
 type revokedMember struct {
-	key  [32]byte
-	name string
+	key    [32]byte
+	name   string
+	issued string // RFC 3339, UTC: sorts as text
 }
 
 // memberKey finds the key of the member named name: among the daemon's peers, then

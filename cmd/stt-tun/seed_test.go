@@ -12,6 +12,7 @@ import (
 
 	"github.com/stt-tun/stt-tun/config"
 	"github.com/stt-tun/stt-tun/internal/status"
+	"github.com/stt-tun/stt-tun/stt/mesh"
 )
 
 func TestParseWhenTakesOffsetsAndTimes(t *testing.T) {
@@ -144,4 +145,36 @@ func TestSeedRotateFlagsRefusedByName(t *testing.T) {
 	}
 	// No daemon: one line, nothing else.
 	checkOneLineError(t, h.run("", "seed", "rotate", "--admin-key", key), 1, "no interface is up")
+}
+
+// The excluded keys of a rotation fit one packet (mesh.MaxExcludedSent): more given
+// with --exclude is refused; the revoked keys are added while there is room, the
+// newest revocations first, and the ones left off are counted (every member holding
+// their revocation refuses them anyway).
+func TestSeedRotateExcludesAtMostWhatFitsOnePacket(t *testing.T) {
+	key := func(i int) string {
+		return base64.StdEncoding.EncodeToString(append([]byte{0xAA, byte(i)}, make([]byte, 30)...))
+	}
+	var args []string
+	for i := range mesh.MaxExcludedSent + 1 {
+		args = append(args, key(i))
+	}
+	if err := (&rotatePlan{}).exclude(status.Status{Interface: "stt0", Mesh: &status.Mesh{}}, args); err == nil {
+		t.Errorf("%d keys given with --exclude were taken", len(args))
+	}
+	var revoked []status.Revoked
+	for i := range mesh.MaxExcludedSent + 5 {
+		revoked = append(revoked, status.Revoked{Key: key(100 + i), Issued: time.Date(2026, 1, 1, 0, i, 0, 0, time.UTC).Format(time.RFC3339)})
+	}
+	st := status.Status{Interface: "stt0", Mesh: &status.Mesh{Revoked: revoked}}
+	var p rotatePlan
+	if err := p.exclude(st, []string{key(1)}); err != nil {
+		t.Fatal(err)
+	}
+	if len(p.excluded) != mesh.MaxExcludedSent || p.unlisted != 6 {
+		t.Fatalf("%d excluded, %d unlisted; want %d and 6", len(p.excluded), p.unlisted, mesh.MaxExcludedSent)
+	}
+	if config.EncodeKey(p.excluded[0]) != key(1) || config.EncodeKey(p.excluded[1]) != key(100+mesh.MaxExcludedSent+4) {
+		t.Errorf("the given key and the newest revocation come first: %s, %s", config.EncodeKey(p.excluded[0]), config.EncodeKey(p.excluded[1]))
+	}
 }

@@ -39,6 +39,12 @@ const (
 	// MinSeedOfferBody and MaxSeedOfferBody bound a SEED_OFFER body.
 	MinSeedOfferBody = 2 + statementMinLen + seedOfferTail
 	MaxSeedOfferBody = 2 + MaxRotateLen + seedOfferTail
+	// MaxExcludedSent is the most excluded keys of a ROTATE a node signs or hands on:
+	// its SEED_OFFER then fits 1200 bytes (216 + 32 × 30 = 1176), as every gossip
+	// message does. stt sends each datagram with Don't Fragment and never fragments
+	// one, and control messages are reliable and in order: a larger offer would be
+	// lost at every retransmission and stall every later message to that member.
+	MaxExcludedSent = 30
 )
 
 // seedOfferLabel is the HKDF info of the key that seals a seed.

@@ -88,7 +88,8 @@ func (e *Engine) OfferStatement(raw []byte, also ...[32]byte) (accepted bool, re
 }
 
 // LoadStatements restores statements saved by an earlier run, before any session: they
-// are not counted as offers, pushed, or reported to OnStatement (the caller reads the
+// are not checked against the clock again (it may be behind at boot), not counted as
+// offers, pushed, or reported to OnStatement (the caller reads the
 // result: RevokedKeys). It returns how many were taken and how many refused.
 func (e *Engine) LoadStatements(raws [][]byte) (taken, refused int) {
 	now := e.cfg.Now()
@@ -98,7 +99,7 @@ func (e *Engine) LoadStatements(raws [][]byte) (taken, refused int) {
 	saved := st.store.counts
 	st.store.counts = make(map[string]uint64, len(saved))
 	for _, raw := range raws {
-		if ok, _ := st.store.Offer(raw, now); ok {
+		if ok, _ := st.store.restore(raw, now); ok {
 			taken++
 			e.obeyLocked(nil, st.store.lastAccepted(raw))
 		} else {
@@ -121,7 +122,7 @@ func (e *Engine) SetAdmins(admins []ed25519.PublicKey) (dropped int) {
 	e.cfg.Admins = admins
 	ns := NewStatementStore(e.netID, admins, old.max)
 	for _, raw := range old.All() {
-		if ok, _ := ns.Offer(raw, now); !ok {
+		if ok, _ := ns.restore(raw, now); !ok {
 			dropped++
 		}
 	}

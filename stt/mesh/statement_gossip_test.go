@@ -265,3 +265,31 @@ func TestRevocationForgetsWhatTheRevokedMemberObserved(t *testing.T) {
 		t.Fatalf("after revoking b, a keeps observations by b: %v, by c: %v; want only c's", got[b.id.Public], got[c.id.Public])
 	}
 }
+
+// Statements already held are not checked against the clock again: a node that boots
+// with its clock far behind (no real-time clock, before NTP) restores its saved
+// revocation, and a reload of the admin keys after the clock stepped back keeps it.
+// Refused as "future", the revocation was lifted until NTP caught up, and the daemon
+// rewrote its statements file without it.
+func TestStatementsHeldAreNotRefusedAsFutureAfterTheClockGoesBack(t *testing.T) {
+	now := testNow
+	e := New(Config{Identity: NewIdentity(testEdSeed), Network: NetworkOf(testSeed), Now: func() time.Time { return now },
+		Admins: []ed25519.PublicKey{adminPub(testAdmin())}})
+	netID := NetworkID(testSeed)
+	rev := mustSign(t, testRevoke(uint64(testNow.UnixNano()), [32]byte{1}), testAdmin(), netID)
+	now = time.Unix(0, 0) // booted in 1970
+	if taken, refused := e.LoadStatements([][]byte{rev}); taken != 1 || refused != 0 {
+		t.Fatalf("load with the clock behind: %d taken, %d refused", taken, refused)
+	}
+	if !e.Revoked([32]byte{1}) {
+		t.Fatal("the saved revocation is not in force after a boot with the clock behind")
+	}
+	if dropped := e.SetAdmins([]ed25519.PublicKey{adminPub(testAdmin()), adminPub(adminN(2))}); dropped != 0 || !e.Revoked([32]byte{1}) {
+		t.Fatalf("adding an admin with the clock behind dropped %d statements; revoked %v", dropped, e.Revoked([32]byte{1}))
+	}
+	// A statement offered afresh is still checked against the clock.
+	fresh := mustSign(t, testRevoke(uint64(testNow.UnixNano()), [32]byte{2}), testAdmin(), netID)
+	if ok, reason := e.OfferStatement(fresh); ok || reason != ReasonFuture {
+		t.Fatalf("a fresh statement from the future: %v %s", ok, reason)
+	}
+}

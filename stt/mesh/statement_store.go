@@ -97,6 +97,18 @@ func peekKey(raw []byte) (statementKey, uint64, bool) {
 // when it was issued more than MaxClockSkew after now (future; it is taken when offered
 // again later), or when it is new and the store is full. raw is copied when stored.
 func (s *StatementStore) Offer(raw []byte, now time.Time) (accepted bool, reason string) {
+	return s.offer(raw, now, true)
+}
+
+// restore is Offer for a statement this node held already (its statements file, or its
+// store when the admin keys change): it is not checked against the clock again. A node
+// whose clock is behind (booted without a real-time clock, before NTP) must not lift
+// the revocations it held, nor drop them from its file.
+func (s *StatementStore) restore(raw []byte, now time.Time) (accepted bool, reason string) {
+	return s.offer(raw, now, false)
+}
+
+func (s *StatementStore) offer(raw []byte, now time.Time, checkClock bool) (accepted bool, reason string) {
 	if k, issued, ok := peekKey(raw); ok {
 		if e := s.m[k]; e != nil && !e.newer(issued, raw) {
 			return s.count(ReasonStale)
@@ -107,7 +119,7 @@ func (s *StatementStore) Offer(raw []byte, now time.Time) (accepted bool, reason
 	if err != nil {
 		return s.count(StatementReason(err))
 	}
-	if int64(st.Issued) < 0 || time.Unix(0, int64(st.Issued)).After(now.Add(MaxClockSkew)) {
+	if int64(st.Issued) < 0 || checkClock && time.Unix(0, int64(st.Issued)).After(now.Add(MaxClockSkew)) {
 		return s.count(ReasonFuture)
 	}
 	k, _, _ := peekKey(raw)
