@@ -533,7 +533,14 @@ func (p *Peer) installLocked(s *session, static [32]byte, now time.Time) (fresh 
 	n := p.node
 	n.index.install(s)
 	old := p.keys.current.Swap(s)
-	if p.keys.previous != nil {
+	// When s replaces a current session, the one before stays for receiving
+	// (peerKeys.older): after crossing handshakes the peer may still be sending on it.
+	// Without a current one (closed, expired) nothing is sent on it any more.
+	n.index.remove(p.keys.older)
+	p.keys.older = nil
+	if old != nil {
+		p.keys.older = p.keys.previous
+	} else {
 		n.index.remove(p.keys.previous)
 	}
 	p.keys.previous = old
@@ -624,8 +631,8 @@ func (p *Peer) dropSessionsLocked() {
 		p.sendClose(cur)
 		p.handshake.want = true
 	}
-	n.index.remove(cur, p.keys.previous)
-	p.keys.previous = nil
+	n.index.remove(cur, p.keys.previous, p.keys.older)
+	p.keys.previous, p.keys.older = nil, nil
 	// Replay protection of handshakes is per key; the next key starts afresh.
 	p.handshake.lastTimestamp = [12]byte{}
 }

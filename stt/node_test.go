@@ -77,6 +77,49 @@ type captureBind struct {
 	// firewall between two nodes that lets each reach the others.
 	cutMu sync.Mutex
 	cut   map[uint16]bool
+	// holding keeps every message back (recorded in held, with where it was going)
+	// until release sends it: a test orders the messages of two nodes as it likes.
+	holding atomic.Bool
+	heldMu  sync.Mutex
+	held    []heldMsg
+}
+
+type heldMsg struct {
+	msg []byte
+	ep  conn.Endpoint
+}
+
+// release sends, in the order they were held, the held messages of type typ, and
+// reports how many.
+func (b *captureBind) release(typ byte) int {
+	b.heldMu.Lock()
+	var out, keep []heldMsg
+	for _, h := range b.held {
+		if h.msg[0] == typ {
+			out = append(out, h)
+		} else {
+			keep = append(keep, h)
+		}
+	}
+	b.held = keep
+	b.heldMu.Unlock()
+	for _, h := range out {
+		_ = b.Bind.Send([][]byte{h.msg}, h.ep)
+	}
+	return len(out)
+}
+
+// holds reports how many messages of type typ are held.
+func (b *captureBind) holds(typ byte) int {
+	b.heldMu.Lock()
+	defer b.heldMu.Unlock()
+	k := 0
+	for _, h := range b.held {
+		if h.msg[0] == typ {
+			k++
+		}
+	}
+	return k
 }
 
 // cutTo drops (on) or lets through (off) every UDP datagram this bind sends to port.
@@ -103,6 +146,14 @@ func (b *captureBind) Send(bufs [][]byte, ep conn.Endpoint) error {
 		return syscall.EPERM
 	}
 	if t := b.dropOnce.Load(); t != 0 && len(bufs) == 1 && int32(bufs[0][0]) == t && b.dropOnce.CompareAndSwap(t, 0) {
+		return nil
+	}
+	if b.holding.Load() {
+		b.heldMu.Lock()
+		for _, m := range bufs {
+			b.held = append(b.held, heldMsg{append([]byte(nil), m...), ep})
+		}
+		b.heldMu.Unlock()
 		return nil
 	}
 	b.mu.Lock()

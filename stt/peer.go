@@ -21,7 +21,7 @@ import (
 type Peer struct {
 	node *Node
 
-	keys     peerKeys     // the sessions: atomics; previous under mu
+	keys     peerKeys     // the sessions: atomics; previous and older under mu
 	path     path         // where frames go (path.go): atomics, moves under path.moveMu
 	times    peerTimes    // the clocks the timers read: atomics
 	counters peerCounters // traffic figures: atomics
@@ -56,6 +56,12 @@ type peerKeys struct {
 	// previous is the session current replaced, kept for receiving until it expires.
 	// Guarded by Peer.mu.
 	previous *session
+	// older is the session previous replaced, kept for receiving until it expires too.
+	// Two handshakes that complete in quick succession (rekeys or punches from both ends
+	// that cross) install two sessions within a round trip, while the peer may still
+	// send on the session before them: it keeps sending on its standby until its own new
+	// session is confirmed. Guarded by Peer.mu.
+	older *session
 }
 
 // peerTimes are the clocks the timers read, in nanoseconds since node.epoch (0 =

@@ -100,12 +100,15 @@ func (p *Peer) refusedBy(s *session, code uint16, now time.Time) {
 	// the session a rekey was replacing goes as well; only receiving on the previous
 	// one stays possible until it expires, as after any rekey.
 	if p.keys.current.CompareAndSwap(s, nil) {
-		if sb := p.keys.standby.Swap(nil); sb != nil && sb != p.keys.previous {
+		if sb := p.keys.standby.Swap(nil); sb != nil && sb != p.keys.previous && sb != p.keys.older {
 			n.index.remove(sb)
 		}
 	}
 	if p.keys.previous == s {
 		p.keys.previous = nil
+	}
+	if p.keys.older == s {
+		p.keys.older = nil
 	}
 	n.index.remove(s)
 	if p.handshake.proof != nil {

@@ -54,7 +54,7 @@ func (p *Peer) revokeIfRevoked() bool {
 	if !hit {
 		return false
 	}
-	had := p.keys.current.Load() != nil || p.keys.previous != nil
+	had := p.keys.current.Load() != nil || p.keys.previous != nil || p.keys.older != nil
 	p.dropSessionsLocked()
 	p.handshake.want = false
 	if had {

@@ -93,6 +93,10 @@ func (p *Peer) expiredSeedLocked(now time.Time, cur *session) (*session, bool) {
 		n.index.remove(prev)
 		p.keys.previous = nil
 	}
+	if old := p.keys.older; old != nil && !held(old) {
+		n.index.remove(old)
+		p.keys.older = nil
+	}
 	if sb := p.keys.standby.Load(); sb != nil && !held(sb) && p.keys.standby.CompareAndSwap(sb, nil) {
 		n.index.remove(sb)
 	}

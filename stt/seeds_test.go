@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/stt-tun/stt-tun/stt/handshake"
+	"github.com/stt-tun/stt-tun/stt/wire"
 )
 
 // seedPair starts two nodes on seed that know each other (a initiates), recording
@@ -161,4 +162,73 @@ func TestDroppedSeedClosesSessionsAndLocksOutItsHolder(t *testing.T) {
 	if b.Peer("a").HasSession() || a.Peer("b").HasSession() {
 		t.Fatal("a session with the holder of the dropped seed")
 	}
+}
+
+// Both ends move to a new seed at once, and their seed rekeys cross: each end installs
+// two sessions within a round trip (its own handshake's, then the peer's). Between the
+// two, the peer still sends on the session before them, the one both ends shared: its
+// own new session is not confirmed yet, so it sends on its standby. A datagram sent
+// then arrives: the end that installed two sessions still receives on the one before.
+// The messages of both nodes are held and let go in the order of the race.
+func TestCrossingSeedRekeysLoseNoDatagram(t *testing.T) {
+	cur, next := randKey(t), randKey(t)
+	a, b, _, _ := seedPair(t, cur, Limits{SeedRekeySpread: time.Millisecond, HandshakeRetry: time.Minute})
+	established(t, a, b)
+	a.bind.holding.Store(true)
+	b.bind.holding.Store(true)
+	for _, n := range []*testNode{a, b} {
+		if err := n.SetSeeds([][32]byte{next, cur}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	held := func(n *testNode, typ byte, what string) {
+		t.Helper()
+		waitFor(t, 5*time.Second, what, func() bool { return n.bind.holds(typ) > 0 })
+	}
+	held(a, wire.TypeHello, "a's seed rekey")
+	held(b, wire.TypeHello, "b's seed rekey")
+	a.bind.release(wire.TypeHello)
+	b.bind.release(wire.TypeHello)
+	held(a, wire.TypeChallenge, "a's answer to b's HELLO")
+	held(b, wire.TypeChallenge, "b's answer to a's HELLO")
+	// a completes its own handshake (AUTH_PROOF held), then b's: two new sessions at a.
+	b.bind.release(wire.TypeChallenge)
+	held(a, wire.TypeAuthProof, "a's AUTH_PROOF")
+	a.bind.release(wire.TypeChallenge)
+	held(b, wire.TypeAuthProof, "b's AUTH_PROOF")
+	b.bind.release(wire.TypeAuthProof)
+	waitFor(t, 5*time.Second, "a's session as b's responder", func() bool {
+		s := a.Peer("b").keys.current.Load()
+		return s != nil && !s.initiator
+	})
+	// b has a's FINAL and AUTH_PROOF still to come: it sends on the session before.
+	b.bind.release(wire.TypeData)
+	sendOne(t, b.Peer("a"), 0, []byte("between the two sessions"))
+	if b.bind.release(wire.TypeData) == 0 {
+		t.Fatal("b sent nothing")
+	}
+	a.h.waitCount(t, 1, 5*time.Second)
+	if d := a.Stats().Drops[DropUnknownIndex]; d != 0 {
+		t.Fatalf("a dropped %d frames for an unknown index", d)
+	}
+
+	// Everything else goes; the sessions settle on the new seed and carry both ways.
+	a.bind.holding.Store(false)
+	b.bind.holding.Store(false)
+	for _, typ := range []byte{wire.TypeAuthProof, wire.TypeData} {
+		a.bind.release(typ)
+		b.bind.release(typ)
+	}
+	waitFor(t, 5*time.Second, "both sessions on the new seed and confirmed", func() bool {
+		for _, p := range []*Peer{a.Peer("b"), b.Peer("a")} {
+			if s := p.keys.current.Load(); s == nil || !s.confirmed.Load() || s.seed != handshake.SeedID(next) {
+				return false
+			}
+		}
+		return true
+	})
+	sendOne(t, a.Peer("b"), 0, []byte("after, a to b"))
+	b.h.waitCount(t, 2, 5*time.Second) // and the "hello" of established
+	sendOne(t, b.Peer("a"), 0, []byte("after, b to a"))
+	a.h.waitCount(t, 2, 5*time.Second)
 }

@@ -241,15 +241,16 @@ func TestStaleCookieNotUsed(t *testing.T) {
 }
 
 // TestTimersDropExpiredSessionsFromIndex: the timer removes sessions past
-// REJECT_AFTER_TIME, current and previous, from the index, so their receiver
+// REJECT_AFTER_TIME, current, previous and older, from the index, so their receiver
 // indices resolve to nothing.
 func TestTimersDropExpiredSessionsFromIndex(t *testing.T) {
 	o := newOffline(t, Limits{})
 	old := expiredAt()
+	older, _ := o.session(t, testLocalIndex+2, false, old, 0x30)
 	prev, _ := o.session(t, testLocalIndex, false, old, 0x10)
 	cur, _ := o.session(t, testLocalIndex+1, false, old, 0x20)
 	o.p.mu.Lock()
-	o.p.keys.previous = prev
+	o.p.keys.previous, o.p.keys.older = prev, older
 	o.p.mu.Unlock()
 	o.p.keys.current.Store(cur)
 	o.p.tick(time.Now())

@@ -84,6 +84,10 @@ func (p *Peer) expiredSessionsLocked(now time.Time) *session {
 		n.index.remove(p.keys.previous)
 		p.keys.previous = nil
 	}
+	if p.keys.older != nil && p.keys.older.expired(now, t) {
+		n.index.remove(p.keys.older)
+		p.keys.older = nil
+	}
 	if cur != nil && cur.expired(now, t) {
 		n.index.remove(cur)
 		p.keys.current.CompareAndSwap(cur, nil)
@@ -133,8 +137,8 @@ func (p *Peer) closeIdleLocked() {
 			p.sendCloseCode(s, wire.CodeNone) // a normal close
 		}
 	}
-	n.index.remove(cur, sb, p.keys.previous)
-	p.keys.previous = nil
+	n.index.remove(cur, sb, p.keys.previous, p.keys.older)
+	p.keys.previous, p.keys.older = nil, nil
 	p.handshake.want = false
 	p.times.firstUnanswered.Store(0)
 	p.path.sentUnanswered.Store(0)
