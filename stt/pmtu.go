@@ -28,7 +28,7 @@ const (
 	PMTUProbing   = "probing"   // a search runs (first, or upward again); PathMTU is the largest size confirmed so far
 	PMTUConfirmed = "confirmed" // PathMTU was confirmed by an acknowledged probe; the search ended
 	PMTULowering  = "lowering"  // probes of the confirmed size went unanswered while small ones passed (a black hole): searching below it
-	PMTUMinimum   = "minimum"   // not even a 1280-byte IP packet came through while small ones did: PathMTU assumes 1280 anyway
+	PMTUMinimum   = "minimum"   // not even a 1280-byte IP packet (576 over IPv4) came through while small ones did: PathMTU assumes that size anyway
 )
 
 var pmtuStateNames = [...]string{PMTUNone, PMTUProbing, PMTUConfirmed, PMTULowering, PMTUMinimum}
@@ -47,6 +47,10 @@ const (
 	// pmtuFloorIP is the IP packet size every path is assumed to carry (IPv6's
 	// minimum MTU): the search starts there and never publishes less.
 	pmtuFloorIP = 1280
+	// pmtuFloorIP4 is the IP packet every IPv4 path carries (RFC 791's 576): an IPv4
+	// path that loses even pmtuFloorIP is searched down to it, since the sockets never
+	// fragment (an IPv6 path carries 1280 by definition).
+	pmtuFloorIP4 = 576
 	// pmtuMaxIP is the largest IP packet probed without Limits.PMTUMax: jumbo frames'
 	// (loopback's 64 KiB would only make probes that no TUN packet needs).
 	pmtuMaxIP = 9000
@@ -499,6 +503,12 @@ func (p *Peer) pmtuEndRoundLocked(t int64) {
 	}
 	st.suspect = smallestLost
 	if st.lo == 0 && st.hi < st.floor {
+		if low := pmtuFloorIP4 - st.ipHdr - 8 - st.extra; st.ipHdr == 20 && st.floor > low {
+			// Not even a 1280-byte packet came through an IPv4 path, which may be
+			// narrower: search down to 576 (the next round probes that floor).
+			st.floor, st.suspect = low, 0
+			return
+		}
 		// Not even the floor came through, while the small probe did.
 		st.lo, st.hi = st.floor, st.floor
 		p.pmtuPublishLocked(st.floor, pmtuMinimum)

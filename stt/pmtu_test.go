@@ -561,3 +561,34 @@ func TestPathMTUMessagesMoveNoPath(t *testing.T) {
 		t.Fatalf("a later keepalive over UDP left the follower on %s", o.p.Path())
 	}
 }
+
+// TestPathMTUBelow1280OnIPv4: an IPv4 path may carry less than a 1280-byte IP packet
+// (IPv4 only promises 576), and the sockets never fragment: the search goes below the
+// 1280 floor and finds what the path carries, instead of assuming 1280 and losing every
+// packet between the two.
+func TestPathMTUBelow1280OnIPv4(t *testing.T) {
+	var limit atomic.Int64
+	limit.Store(1000) // an IP packet of 1028
+	a, b, _ := narrowPair(t, Limits{}, &limit)
+	established(t, a, b)
+	waitPMTU(t, a.Peer("b"), 1000-wire.Overhead, 15*time.Second)
+	waitPMTU(t, b.Peer("a"), 1000-wire.Overhead, 15*time.Second)
+}
+
+// TestPathMTUBlackHoleBelow1280OnIPv4: a black hole that narrows an IPv4 path below a
+// 1280-byte IP packet lowers the estimate to what the path now carries.
+func TestPathMTUBlackHoleBelow1280OnIPv4(t *testing.T) {
+	var limit atomic.Int64
+	limit.Store(1400)
+	a, b, _ := narrowPair(t, Limits{}, &limit)
+	established(t, a, b)
+	p := a.Peer("b")
+	waitPMTU(t, p, 1400-wire.Overhead, 10*time.Second)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go bulk(t, p, 1300, stop, &wg)
+	defer func() { close(stop); wg.Wait() }()
+	limit.Store(800)
+	waitPMTU(t, p, 800-wire.Overhead, 15*time.Second)
+}
