@@ -185,6 +185,26 @@ type pmtuProbe struct {
 // packet.
 func (p *Peer) PathMTU() int { return int(p.pmtu.mtu.Load()) }
 
+// pmtuPendingInner is the inner packet a 1280-byte IP packet carries on the narrowest
+// kind of path (IPv6 underlay through a relay): what PathMTUPending reports.
+const pmtuPendingInner = pmtuFloorIP - 40 - 8 - wire.RelayHeaderLen - wire.Overhead
+
+// PathMTUPending is what to size TCP by while PathMTU is 0 on a peer whose path may be
+// narrow (a UDP or relay path not answered yet, or no session yet): the inner packet
+// any such path carries that takes a 1280-byte IP packet (1192). A connection keeps the
+// MSS its SYN and SYN-ACK give it, and its first SYN usually starts the session, before
+// any probe was answered. 0 when no limit is needed: a WebSocket path, discovery off.
+// Not for the packet path of every packet: a few atomic loads, for SYNs.
+func (p *Peer) PathMTUPending() int {
+	if p.node.limits.PMTUDisable {
+		return 0
+	}
+	if _, ws := p.target().(*wsEndpoint); ws {
+		return 0
+	}
+	return pmtuPendingInner
+}
+
 // pmtuStats fills the path MTU fields of s.
 func (p *Peer) pmtuStats(s *PeerStats) {
 	st := &p.pmtu

@@ -55,6 +55,7 @@ type pmtuLab struct {
 	v6       bool   // the underlay is IPv6
 	epA, epB string // the nodes' endpoints
 	inner    int    // the largest inner packet that fits the narrow link
+	noPing   bool   // up sends nothing through the tunnel: the next packet starts its session
 }
 
 // newPMTULab builds the lab on an IPv6 underlay (v6) or an IPv4 one, the router
@@ -117,6 +118,9 @@ func (l *pmtuLab) up(advanced, clamp string) {
 	}})
 	l.b.upDaemon()
 	l.a.upDaemon()
+	if l.noPing {
+		return
+	}
 	waitPing(l.t, l.a.ns, "10.99.0.2")
 	waitPing(l.t, l.a.ns, "fd99::2")
 }
@@ -350,4 +354,22 @@ func TestPathMTUWithICMP(t *testing.T) {
 	l.checkTooBig()
 	l.transfersBothWays("ICMP allowed")
 	l.checkPathMTU()
+}
+
+// TestPathMTUFirstConnectionOfASession: a TCP connection whose SYN starts the session
+// (the first after the daemons came up, or after an idle peer's session ended) goes
+// through the black hole before any probe was answered. Its SYN and SYN-ACK must still
+// be clamped, or its segments are sized for the interface: over IPv6 inside, on a
+// path narrower than 1280 inside, no Packet Too Big can ever bring them down far
+// enough, and the connection stalls for good.
+func TestPathMTUFirstConnectionOfASession(t *testing.T) {
+	t.Parallel()
+	l := newPMTULab(t, true, true)
+	l.noPing = true
+	l.up("", "")
+	d, err := pmtuTransfer(l.a.ns, l.b.ns, "fd99::2", pmtuSize, 40*time.Second, nil)
+	if err != nil {
+		t.Fatalf("the first connection of a session, IPv6 inside: %v\nalpha's log:\n%s", err, l.a.daemonLog())
+	}
+	t.Logf("the first connection of a session, IPv6 inside: %d MB in %v", pmtuSize>>20, d.Round(time.Millisecond))
 }
