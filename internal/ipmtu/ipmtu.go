@@ -171,32 +171,38 @@ const maxExtHeaders = 8
 // is a fragment other than the first (its upper-layer header is elsewhere); the upper
 // layer may be empty.
 func upper6(pkt []byte) (proto byte, l4 []byte, ok bool) {
+	proto, l4, ok, _ = walk6(pkt)
+	return proto, l4, ok
+}
+
+// walk6 is upper6, and reports whether the chain holds an Authentication Header.
+func walk6(pkt []byte) (proto byte, l4 []byte, ok, ah bool) {
 	proto, off := pkt[6], 40
 	for range maxExtHeaders {
 		switch proto {
 		case 0, 43, 60: // hop-by-hop, routing, destination options
 			if len(pkt) < off+8 {
-				return 0, nil, false
+				return 0, nil, false, ah
 			}
 			proto, off = pkt[off], off+(int(pkt[off+1])+1)*8
 		case 44: // fragment
 			if len(pkt) < off+8 || binary.BigEndian.Uint16(pkt[off+2:off+4])>>3 != 0 {
-				return 0, nil, false
+				return 0, nil, false, ah
 			}
 			proto, off = pkt[off], off+8
 		case 51: // authentication header: length in 4-byte units, less 2
 			if len(pkt) < off+8 {
-				return 0, nil, false
+				return 0, nil, false, ah
 			}
-			proto, off = pkt[off], off+(int(pkt[off+1])+2)*4
+			proto, off, ah = pkt[off], off+(int(pkt[off+1])+2)*4, true
 		default:
 			if off > len(pkt) {
-				return 0, nil, false
+				return 0, nil, false, ah
 			}
-			return proto, pkt[off:], true
+			return proto, pkt[off:], true, ah
 		}
 	}
-	return 0, nil, false
+	return 0, nil, false, ah
 }
 
 // PutTooBig writes into dst the ICMP error that tells pkt's sender the path carries no
@@ -440,7 +446,8 @@ func Fragments4(pkt []byte, mtu int) (count, largest int) {
 // ClampMSS lowers the MSS option of a TCP SYN (or SYN-ACK) in pkt, IPv4 or IPv6, to what
 // a path of mtu bytes carries: mtu − 40 for IPv4, mtu − 60 for IPv6 (fixed IP and TCP
 // headers, RFC 6691). The TCP checksum is updated incrementally (RFC 1624). It reports
-// whether it changed pkt; any other packet, and one it cannot parse, is left alone.
+// whether it changed pkt; any other packet, one it cannot parse, and an IPv6 one behind
+// an Authentication Header (whose integrity check covers the TCP header) are left alone.
 func ClampMSS(pkt []byte, mtu int) bool {
 	if len(pkt) < 20 {
 		return false
@@ -461,9 +468,9 @@ func ClampMSS(pkt []byte, mtu int) bool {
 		if len(pkt) < 40 {
 			return false
 		}
-		proto, l4, ok := upper6(pkt)
-		if !ok || proto != protoTCP {
-			return false
+		proto, l4, ok, ah := walk6(pkt)
+		if !ok || proto != protoTCP || ah {
+			return false // behind AH the TCP header is under an integrity check
 		}
 		tcp, mss = l4, mtu-60
 	default:

@@ -487,3 +487,30 @@ func isTCP(p []byte) bool {
 	}
 	return false
 }
+
+// TestClampMSSLeavesAuthenticatedSegmentsAlone: an IPv6 TCP SYN behind an
+// Authentication Header (IPsec AH, RFC 4302) is not changed: the AH's integrity check
+// covers the TCP header, and a clamped MSS would make the receiver drop every SYN of
+// the connection. (An IPv4 one is already left alone: its protocol is AH, not TCP.)
+func TestClampMSSLeavesAuthenticatedSegmentsAlone(t *testing.T) {
+	ah := func(next byte) []byte { // 24 bytes: 12 fixed, a 12-byte ICV; length (24/4)-2
+		h := make([]byte, 24)
+		h[0], h[1] = next, 4
+		h[7] = 1 // SPI
+		h[11] = 1
+		return h
+	}
+	syn := tcpSeg(0x02, []byte{2, 4, 0x05, 0xb4}, nil)
+	for _, tc := range []struct {
+		name string
+		pkt  []byte
+	}{
+		{"AH then TCP", ip6(51, a6, b6, append(ah(protoTCP), syn...))},
+		{"hop-by-hop, AH, TCP", ip6(0, a6, b6, append(append([]byte{51, 0, 0, 0, 0, 0, 0, 0}, ah(protoTCP)...), syn...))},
+	} {
+		orig := append([]byte(nil), tc.pkt...)
+		if ClampMSS(tc.pkt, 1220) || !bytes.Equal(tc.pkt, orig) {
+			t.Errorf("%s: changed under AH:\n% x\n% x", tc.name, orig, tc.pkt)
+		}
+	}
+}
