@@ -340,7 +340,8 @@ func fragHeaderLen(h []byte) int {
 // the options to be copied (RFC 791 3.2). pkt may itself be a fragment: the pieces keep its
 // offset and, on the last, its More Fragments flag. The payload is what pkt's total length
 // says (bytes beyond are ignored). It returns n = 0 when dst is too short, mtu leaves no
-// room for 8 bytes of payload, or pkt is not such a packet; next is then off.
+// room for 8 bytes of payload, or pkt is not such a packet (among them a fragment that
+// reaches past 65535 bytes); next is then off.
 func Fragment4(dst, pkt []byte, mtu, off int) (n, next int) {
 	if len(pkt) < 20 || pkt[0]>>4 != 4 {
 		return 0, off
@@ -352,7 +353,7 @@ func Fragment4(dst, pkt []byte, mtu, off int) (n, next int) {
 		return 0, off
 	}
 	payload := pkt[ihl:total]
-	if off < 0 || off >= len(payload) || off%8 != 0 {
+	if off < 0 || off >= len(payload) || off%8 != 0 || beyond(frag, len(payload)) {
 		return 0, off
 	}
 	var hl int
@@ -414,6 +415,10 @@ func Fragment4(dst, pkt []byte, mtu, off int) (n, next int) {
 	return n, off + size
 }
 
+// beyond reports whether a fragment at frag's offset with plen bytes of payload reaches
+// past the largest datagram IPv4 has: its pieces' offsets would overflow their 13 bits.
+func beyond(frag uint16, plen int) bool { return int(frag&0x1fff)*8+plen > 0xffff }
+
 // Fragments4 is how many fragments Fragment4 makes of pkt for mtu, and the largest of
 // them; 0, 0 if it makes none.
 func Fragments4(pkt []byte, mtu int) (count, largest int) {
@@ -426,7 +431,7 @@ func Fragments4(pkt []byte, mtu int) (count, largest int) {
 		return 0, 0
 	}
 	plen := total - ihl
-	if plen == 0 {
+	if plen == 0 || beyond(binary.BigEndian.Uint16(pkt[6:8]), plen) {
 		return 0, 0
 	}
 	first := (mtu - ihl) &^ 7

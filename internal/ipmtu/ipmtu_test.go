@@ -514,3 +514,28 @@ func TestClampMSSLeavesAuthenticatedSegmentsAlone(t *testing.T) {
 		}
 	}
 }
+
+// TestNoFragmentsBeyondTheLargestDatagram: a fragment whose offset and payload reach
+// past the largest datagram IPv4 has (65535 bytes) is not cut further: a piece's offset
+// would not fit the 13 bits of its field and would spill into the flags (DF, MF).
+func TestNoFragmentsBeyondTheLargestDatagram(t *testing.T) {
+	const off = 8180 // 65440 bytes
+	pkt := ip4(17, off, a4, b4, nil, fill(2000))
+	if n, _ := Fragments4(pkt, 1220); n != 0 {
+		t.Errorf("Fragments4 = %d pieces", n)
+	}
+	if a := Decide(pkt, 1220); a != Drop {
+		t.Errorf("Decide = %v, want drop", a)
+	}
+	dst := make([]byte, 2000)
+	for o := 0; o < 2000; {
+		n, next := Fragment4(dst, pkt, 1220, o)
+		if n == 0 {
+			break
+		}
+		if fr := binary.BigEndian.Uint16(dst[6:8]); fr&flagDF != 0 || int(fr&0x1fff)*8 != off*8+o {
+			t.Fatalf("piece at %d: fragment field %#04x", o, fr)
+		}
+		o = next
+	}
+}
