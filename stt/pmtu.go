@@ -85,6 +85,9 @@ type pmtuState struct {
 	dgram atomic.Int32 // the UDP payload of that packet's frame
 	state atomic.Uint32
 	ctr   pmtuCounters
+	// unanswered: on this path two rounds in a row went unanswered and none was ever
+	// answered (a peer that skips PROBE, an older release): PathMTUPending gives up.
+	unanswered atomic.Bool
 
 	// Guarded by Peer.mu.
 	on       bool    // probing the path key names
@@ -193,10 +196,11 @@ const pmtuPendingInner = pmtuFloorIP - 40 - 8 - wire.RelayHeaderLen - wire.Overh
 // narrow (a UDP or relay path not answered yet, or no session yet): the inner packet
 // any such path carries that takes a 1280-byte IP packet (1192). A connection keeps the
 // MSS its SYN and SYN-ACK give it, and its first SYN usually starts the session, before
-// any probe was answered. 0 when no limit is needed: a WebSocket path, discovery off.
-// Not for the packet path of every packet: a few atomic loads, for SYNs.
+// any probe was answered. 0 when no limit is needed: a WebSocket path, discovery off,
+// or a peer that answers no probe (a release without discovery), whose path MTU stays
+// unknown. Not for the packet path of every packet: a few atomic loads, for SYNs.
 func (p *Peer) PathMTUPending() int {
-	if p.node.limits.PMTUDisable {
+	if p.node.limits.PMTUDisable || p.pmtu.unanswered.Load() {
 		return 0
 	}
 	if _, ws := p.target().(*wsEndpoint); ws {
@@ -321,6 +325,7 @@ func (p *Peer) pmtuResetLocked() {
 	st.mtu.Store(0)
 	st.dgram.Store(0)
 	st.state.Store(pmtuNone)
+	st.unanswered.Store(false)
 }
 
 // pmtuStartLocked begins the search on the path key names. Called with p.mu held.
@@ -475,6 +480,9 @@ func (p *Peer) pmtuEndRoundLocked(t int64) {
 	if r.acks == 0 {
 		st.next = t + min(int64(pmtuRetry)<<min(st.silent, 20), int64(p.node.limits.PMTUReprobe))
 		st.silent++
+		if st.silent >= 2 && st.lo == 0 {
+			st.unanswered.Store(true)
+		}
 		return
 	}
 	st.silent = 0
@@ -592,6 +600,7 @@ func (p *Peer) probeAcked(body []byte, now time.Time) {
 	old := int(st.mtu.Load())
 	pr.acked = true
 	p.pmtuCount(pmtuAcked)
+	st.unanswered.Store(false)
 	t := p.mono(now)
 	if r := &st.round; r.open && pr.round == r.seq {
 		if r.acks == 0 {

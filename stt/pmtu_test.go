@@ -592,3 +592,32 @@ func TestPathMTUBlackHoleBelow1280OnIPv4(t *testing.T) {
 	limit.Store(800)
 	waitPMTU(t, p, 800-wire.Overhead, 15*time.Second)
 }
+
+// TestPathMTUPendingUntilAnsweredOrGivenUp: while no estimate is known, SYNs are sized
+// by the floor of any path (PathMTUPending); a peer whose probes go unanswered two rounds
+// in a row, none ever answered (a release that skips PROBE), gets no such clamp: its
+// path MTU would stay unknown for good, and every connection to it would keep the small
+// MSS. A reset (another path, another session) tries again.
+func TestPathMTUPendingUntilAnsweredOrGivenUp(t *testing.T) {
+	n := &Node{limits: Limits{}.withDefaults()}
+	p := &Peer{node: n}
+	const want = 1280 - 40 - 8 - wire.RelayHeaderLen - wire.Overhead
+	if got := p.PathMTUPending(); got != want {
+		t.Fatalf("PathMTUPending %d before any round, want %d", got, want)
+	}
+	st := &p.pmtu
+	st.round = pmtuRound{open: true, probes: 3, seq: st.round.seq + 1}
+	p.pmtuEndRoundLocked(0)
+	if got := p.PathMTUPending(); got != want {
+		t.Fatalf("PathMTUPending %d after one silent round, want %d", got, want)
+	}
+	st.round = pmtuRound{open: true, probes: 3, seq: st.round.seq + 1}
+	p.pmtuEndRoundLocked(int64(time.Second))
+	if got := p.PathMTUPending(); got != 0 {
+		t.Fatalf("PathMTUPending %d after two silent rounds, want 0", got)
+	}
+	p.pmtuResetLocked()
+	if got := p.PathMTUPending(); got != want {
+		t.Fatalf("PathMTUPending %d after a reset, want %d", got, want)
+	}
+}
