@@ -62,6 +62,12 @@ type pmtuLab struct {
 // dropping ICMP errors (dropICMP) or not.
 func newPMTULab(t *testing.T, v6, dropICMP bool) *pmtuLab {
 	t.Helper()
+	return newPMTULabMTU(t, v6, dropICMP, pmtuNarrow)
+}
+
+// newPMTULabMTU is newPMTULab with the narrow link's MTU narrow.
+func newPMTULabMTU(t *testing.T, v6, dropICMP bool, narrow int) *pmtuLab {
+	t.Helper()
 	lab := newLab(t)
 	nsA, nsR, nsB := lab.NS("a"), lab.NS("r"), lab.NS("b")
 	l := &pmtuLab{t: t, router: nsR, seed: seedFile(t), v6: v6}
@@ -71,19 +77,19 @@ func newPMTULab(t *testing.T, v6, dropICMP bool) *pmtuLab {
 		nsA.MustRun(t, "ip", "-6", "route", "add", "fd00:232:2::/64", "via", "fd00:232:1::1")
 		nsB.MustRun(t, "ip", "-6", "route", "add", "fd00:232:1::/64", "via", "fd00:232:2::1")
 		nsR.MustRun(t, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
-		l.epA, l.epB, l.inner = "[fd00:232:1::2]:51900", "[fd00:232:2::2]:51900", pmtuNarrow-40-8-32
+		l.epA, l.epB, l.inner = "[fd00:232:1::2]:51900", "[fd00:232:2::2]:51900", narrow-40-8-32
 	} else {
 		lab.Link(nsA, []string{"10.232.1.2/24"}, nsR, []string{"10.232.1.1/24"})
 		l.narrow, _ = lab.Link(nsR, []string{"10.232.2.1/24"}, nsB, []string{"10.232.2.2/24"})
 		nsA.MustRun(t, "ip", "route", "add", "10.232.2.0/24", "via", "10.232.1.1")
 		nsB.MustRun(t, "ip", "route", "add", "10.232.1.0/24", "via", "10.232.2.1")
 		nsR.MustRun(t, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-		l.epA, l.epB, l.inner = "10.232.1.2:51900", "10.232.2.2:51900", pmtuNarrow-20-8-32
+		l.epA, l.epB, l.inner = "10.232.1.2:51900", "10.232.2.2:51900", narrow-20-8-32
 	}
 	// Only the router's end is narrow: beta's end still says 1500, so neither node's
 	// kernel knows of the limit. A veth drops what is larger than its receiving end's
 	// MTU, so the path is narrow both ways.
-	nsR.MustRun(t, "ip", "link", "set", "dev", l.narrow, "mtu", fmt.Sprint(pmtuNarrow))
+	nsR.MustRun(t, "ip", "link", "set", "dev", l.narrow, "mtu", fmt.Sprint(narrow))
 	l.a, l.b = newNode(t, nsA, "alpha"), newNode(t, nsB, "beta")
 	if dropICMP {
 		// No ICMP through the router, and no ICMP error from it (the Packet Too Big or
@@ -372,4 +378,17 @@ func TestPathMTUFirstConnectionOfASession(t *testing.T) {
 		t.Fatalf("the first connection of a session, IPv6 inside: %v\nalpha's log:\n%s", err, l.a.daemonLog())
 	}
 	t.Logf("the first connection of a session, IPv6 inside: %d MB in %v", pmtuSize>>20, d.Round(time.Millisecond))
+}
+
+// TestPathMTUBelow1280OnIPv4: an IPv4 underlay whose narrow link carries 1000 bytes,
+// below the 1280 the search starts from, and no ICMP: the nodes find it, and TCP goes
+// through both ways, IPv4 and IPv6 inside (the IPv6 hosts' segments sized by the clamped
+// MSS: no Packet Too Big may say less than 1280).
+func TestPathMTUBelow1280OnIPv4(t *testing.T) {
+	t.Parallel()
+	l := newPMTULabMTU(t, false, true, 1000)
+	l.up("", "")
+	l.waitPathMTU()
+	l.transfersBothWays("a 1000-byte IPv4 path")
+	l.checkPathMTU()
 }
