@@ -392,3 +392,29 @@ func TestPathMTUBelow1280OnIPv4(t *testing.T) {
 	l.transfersBothWays("a 1000-byte IPv4 path")
 	l.checkPathMTU()
 }
+
+// TestPathMTUNarrowedDuringATransfer: an IPv4 underlay without ICMP whose link narrows
+// from 1500 to 1280 in the middle of a transfer, IPv4 inside: the node finds the black
+// hole, lowers the estimate, and the sender, told by the tunnel's Fragmentation Needed,
+// finishes the transfer.
+func TestPathMTUNarrowedDuringATransfer(t *testing.T) {
+	t.Parallel()
+	l := newPMTULabMTU(t, false, true, 1500)
+	l.up("", "")
+	l.waitPathMTU()
+	narrow := func() error {
+		if out, err := l.router.Run("ip", "link", "set", "dev", l.narrow, "mtu", "1280"); err != nil {
+			return fmt.Errorf("narrow: %v: %s", err, out)
+		}
+		return nil
+	}
+	d, err := pmtuTransfer(l.a.ns, l.b.ns, "10.99.0.2", pmtuSize, 40*time.Second, narrow)
+	if err != nil {
+		t.Fatalf("transfer while narrowing: %v\nalpha's log:\n%s", err, l.a.daemonLog())
+	}
+	p, _ := l.a.pathMTU()
+	t.Logf("transfer while narrowing: %v; alpha's path MTU to beta now %d (%s)", d.Round(time.Millisecond), p.PathMTU, p.PathMTUState)
+	if p.PathMTU > 1280-20-8-32+pmtuSlack {
+		t.Errorf("path MTU %d after the link narrowed to 1280", p.PathMTU)
+	}
+}
