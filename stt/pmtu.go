@@ -209,6 +209,16 @@ func (p *Peer) PathMTUPending() int {
 	return pmtuPendingInner
 }
 
+// controlBudget is the largest stream-0 payload to pack control messages into: one
+// DATA frame the path carries (PathMTU), or, before it is known, what any path that
+// takes a 1280-byte IP packet carries.
+func (p *Peer) controlBudget() int {
+	if m := p.PathMTU(); m > 0 {
+		return m
+	}
+	return pmtuPendingInner
+}
+
 // pmtuStats fills the path MTU fields of s.
 func (p *Peer) pmtuStats(s *PeerStats) {
 	st := &p.pmtu

@@ -621,3 +621,47 @@ func TestPathMTUPendingUntilAnsweredOrGivenUp(t *testing.T) {
 		t.Fatalf("PathMTUPending %d after a reset, want %d", got, want)
 	}
 }
+
+// TestReliableFramesFitThePath: reliable control messages queued before the session,
+// or sent again after a loss, go out packed together; the sockets never fragment
+// (IP_PMTUDISC_PROBE), so a pack larger than the interface's MTU is refused whole, and
+// its retransmissions with it: in-order delivery then stalls for good. Packs are kept
+// to what the path carries (at most one message over it), and all messages arrive.
+func TestReliableFramesFitThePath(t *testing.T) {
+	var mu sync.Mutex
+	var got []byte
+	seed := randKey(t)
+	b := startNode(t, nodeOpts{seed: seed, name: "b", config: func(c *Config) {
+		c.Extension = func(_ *Peer, _ byte, body []byte, _ netip.AddrPort, _ bool) {
+			mu.Lock()
+			got = append(got, body[0])
+			mu.Unlock()
+		}
+	}})
+	a := startNode(t, nodeOpts{seed: seed, name: "a", config: func(c *Config) { c.Bind = &tooBigBind{Bind: c.Bind, limit: 1500} }})
+	if _, err := b.AddPeer(PeerConfig{Name: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	p, err := a.AddPeer(PeerConfig{Name: "b", Endpoint: loopback(b.Node)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Queued without a session: the session, once up, sends them together.
+	for i := range 6 {
+		body := make([]byte, 1000)
+		body[0] = byte(i)
+		if err := p.SendReliable(wire.CtlExtensionMin, body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 10*time.Second, "6 reliable messages of 1000 bytes", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got) == 6
+	})
+	for i, v := range got {
+		if int(v) != i {
+			t.Fatalf("order %v", got)
+		}
+	}
+}
