@@ -208,8 +208,11 @@ func (r *reliableState) ack(next uint32, now time.Time) {
 	}
 }
 
-// appendDue appends retransmissions and newly admitted messages to b.
-func (r *reliableState) appendDue(b []byte, now time.Time, srtt time.Duration) []byte {
+// appendDue appends retransmissions and newly admitted messages to b, in order, as
+// long as b stays within budget bytes (the first message goes whatever its size): the
+// sockets never fragment (pmtu.go), and a payload larger than the path is lost whole,
+// its retransmissions with it. What did not fit goes in later payloads.
+func (r *reliableState) appendDue(b []byte, now time.Time, srtt time.Duration, budget int) []byte {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if len(r.queue) == 0 {
@@ -221,10 +224,15 @@ func (r *reliableState) appendDue(b []byte, now time.Time, srtt time.Duration) [
 	}
 	w := min(len(r.queue), reliableWindow)
 	resend := now.Sub(r.lastTx) >= r.rto
+	added := false
 	for i := 0; i < w; i++ {
 		if !r.queue[i].sent || resend {
-			b = r.encode(b, r.queue[i])
-			r.queue[i].sent = true
+			m := r.queue[i]
+			if added && len(b)+2*wire.ControlHeaderLen+wire.ReliableHdrLen+len(m.body) > budget {
+				break
+			}
+			b = r.encode(b, m)
+			r.queue[i].sent, added = true, true
 		}
 	}
 	if resend {

@@ -577,7 +577,7 @@ func (p *Peer) installLocked(s *session, static [32]byte, now time.Time) (fresh 
 // SendReliable queued while there was no session, or a replaced session left
 // unacknowledged. Called with p.mu held.
 func (p *Peer) flushReliableLocked(s *session, now time.Time) {
-	if payload := s.rel.appendDue(nil, now, p.RTT()); payload != nil {
+	if payload := s.rel.appendDue(nil, now, p.RTT(), p.controlBudget()); payload != nil {
 		p.sendControl(s, payload)
 	}
 }

@@ -28,7 +28,7 @@ const (
 	PMTUProbing   = "probing"   // a search runs (first, or upward again); PathMTU is the largest size confirmed so far
 	PMTUConfirmed = "confirmed" // PathMTU was confirmed by an acknowledged probe; the search ended
 	PMTULowering  = "lowering"  // probes of the confirmed size went unanswered while small ones passed (a black hole): searching below it
-	PMTUMinimum   = "minimum"   // not even a 1280-byte IP packet came through while small ones did: PathMTU assumes 1280 anyway
+	PMTUMinimum   = "minimum"   // not even a 1280-byte IP packet (576 over IPv4) came through while small ones did: PathMTU assumes that size anyway
 )
 
 var pmtuStateNames = [...]string{PMTUNone, PMTUProbing, PMTUConfirmed, PMTULowering, PMTUMinimum}
@@ -47,6 +47,10 @@ const (
 	// pmtuFloorIP is the IP packet size every path is assumed to carry (IPv6's
 	// minimum MTU): the search starts there and never publishes less.
 	pmtuFloorIP = 1280
+	// pmtuFloorIP4 is the IP packet every IPv4 path carries (RFC 791's 576): an IPv4
+	// path that loses even pmtuFloorIP is searched down to it, since the sockets never
+	// fragment (an IPv6 path carries 1280 by definition).
+	pmtuFloorIP4 = 576
 	// pmtuMaxIP is the largest IP packet probed without Limits.PMTUMax: jumbo frames'
 	// (loopback's 64 KiB would only make probes that no TUN packet needs).
 	pmtuMaxIP = 9000
@@ -81,6 +85,9 @@ type pmtuState struct {
 	dgram atomic.Int32 // the UDP payload of that packet's frame
 	state atomic.Uint32
 	ctr   pmtuCounters
+	// unanswered: on this path two rounds in a row went unanswered and none was ever
+	// answered (a peer that skips PROBE, an older release): PathMTUPending gives up.
+	unanswered atomic.Bool
 
 	// Guarded by Peer.mu.
 	on       bool    // probing the path key names
@@ -180,6 +187,37 @@ type pmtuProbe struct {
 // path, no session yet, discovery off). One atomic load: the packet pump calls it per
 // packet.
 func (p *Peer) PathMTU() int { return int(p.pmtu.mtu.Load()) }
+
+// pmtuPendingInner is the inner packet a 1280-byte IP packet carries on the narrowest
+// kind of path (IPv6 underlay through a relay): what PathMTUPending reports.
+const pmtuPendingInner = pmtuFloorIP - 40 - 8 - wire.RelayHeaderLen - wire.Overhead
+
+// PathMTUPending is what to size TCP by while PathMTU is 0 on a peer whose path may be
+// narrow (a UDP or relay path not answered yet, or no session yet): the inner packet
+// any such path carries that takes a 1280-byte IP packet (1192). A connection keeps the
+// MSS its SYN and SYN-ACK give it, and its first SYN usually starts the session, before
+// any probe was answered. 0 when no limit is needed: a WebSocket path, discovery off,
+// or a peer that answers no probe (a release without discovery), whose path MTU stays
+// unknown. Not for the packet path of every packet: a few atomic loads, for SYNs.
+func (p *Peer) PathMTUPending() int {
+	if p.node.limits.PMTUDisable || p.pmtu.unanswered.Load() {
+		return 0
+	}
+	if _, ws := p.target().(*wsEndpoint); ws {
+		return 0
+	}
+	return pmtuPendingInner
+}
+
+// controlBudget is the largest stream-0 payload to pack control messages into: one
+// DATA frame the path carries (PathMTU), or, before it is known, what any path that
+// takes a 1280-byte IP packet carries.
+func (p *Peer) controlBudget() int {
+	if m := p.PathMTU(); m > 0 {
+		return m
+	}
+	return pmtuPendingInner
+}
 
 // pmtuStats fills the path MTU fields of s.
 func (p *Peer) pmtuStats(s *PeerStats) {
@@ -297,6 +335,7 @@ func (p *Peer) pmtuResetLocked() {
 	st.mtu.Store(0)
 	st.dgram.Store(0)
 	st.state.Store(pmtuNone)
+	st.unanswered.Store(false)
 }
 
 // pmtuStartLocked begins the search on the path key names. Called with p.mu held.
@@ -451,6 +490,9 @@ func (p *Peer) pmtuEndRoundLocked(t int64) {
 	if r.acks == 0 {
 		st.next = t + min(int64(pmtuRetry)<<min(st.silent, 20), int64(p.node.limits.PMTUReprobe))
 		st.silent++
+		if st.silent >= 2 && st.lo == 0 {
+			st.unanswered.Store(true)
+		}
 		return
 	}
 	st.silent = 0
@@ -499,6 +541,12 @@ func (p *Peer) pmtuEndRoundLocked(t int64) {
 	}
 	st.suspect = smallestLost
 	if st.lo == 0 && st.hi < st.floor {
+		if low := pmtuFloorIP4 - st.ipHdr - 8 - st.extra; st.ipHdr == 20 && st.floor > low {
+			// Not even a 1280-byte packet came through an IPv4 path, which may be
+			// narrower: search down to 576 (the next round probes that floor).
+			st.floor, st.suspect = low, 0
+			return
+		}
 		// Not even the floor came through, while the small probe did.
 		st.lo, st.hi = st.floor, st.floor
 		p.pmtuPublishLocked(st.floor, pmtuMinimum)
@@ -562,6 +610,7 @@ func (p *Peer) probeAcked(body []byte, now time.Time) {
 	old := int(st.mtu.Load())
 	pr.acked = true
 	p.pmtuCount(pmtuAcked)
+	st.unanswered.Store(false)
 	t := p.mono(now)
 	if r := &st.round; r.open && pr.round == r.seq {
 		if r.acks == 0 {

@@ -561,3 +561,107 @@ func TestPathMTUMessagesMoveNoPath(t *testing.T) {
 		t.Fatalf("a later keepalive over UDP left the follower on %s", o.p.Path())
 	}
 }
+
+// TestPathMTUBelow1280OnIPv4: an IPv4 path may carry less than a 1280-byte IP packet
+// (IPv4 only promises 576), and the sockets never fragment: the search goes below the
+// 1280 floor and finds what the path carries, instead of assuming 1280 and losing every
+// packet between the two.
+func TestPathMTUBelow1280OnIPv4(t *testing.T) {
+	var limit atomic.Int64
+	limit.Store(1000) // an IP packet of 1028
+	a, b, _ := narrowPair(t, Limits{}, &limit)
+	established(t, a, b)
+	waitPMTU(t, a.Peer("b"), 1000-wire.Overhead, 15*time.Second)
+	waitPMTU(t, b.Peer("a"), 1000-wire.Overhead, 15*time.Second)
+}
+
+// TestPathMTUBlackHoleBelow1280OnIPv4: a black hole that narrows an IPv4 path below a
+// 1280-byte IP packet lowers the estimate to what the path now carries.
+func TestPathMTUBlackHoleBelow1280OnIPv4(t *testing.T) {
+	var limit atomic.Int64
+	limit.Store(1400)
+	a, b, _ := narrowPair(t, Limits{}, &limit)
+	established(t, a, b)
+	p := a.Peer("b")
+	waitPMTU(t, p, 1400-wire.Overhead, 10*time.Second)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go bulk(t, p, 1300, stop, &wg)
+	defer func() { close(stop); wg.Wait() }()
+	limit.Store(800)
+	waitPMTU(t, p, 800-wire.Overhead, 15*time.Second)
+}
+
+// TestPathMTUPendingUntilAnsweredOrGivenUp: while no estimate is known, SYNs are sized
+// by the floor of any path (PathMTUPending); a peer whose probes go unanswered two rounds
+// in a row, none ever answered (a release that skips PROBE), gets no such clamp: its
+// path MTU would stay unknown for good, and every connection to it would keep the small
+// MSS. A reset (another path, another session) tries again.
+func TestPathMTUPendingUntilAnsweredOrGivenUp(t *testing.T) {
+	n := &Node{limits: Limits{}.withDefaults()}
+	p := &Peer{node: n}
+	const want = 1280 - 40 - 8 - wire.RelayHeaderLen - wire.Overhead
+	if got := p.PathMTUPending(); got != want {
+		t.Fatalf("PathMTUPending %d before any round, want %d", got, want)
+	}
+	st := &p.pmtu
+	st.round = pmtuRound{open: true, probes: 3, seq: st.round.seq + 1}
+	p.pmtuEndRoundLocked(0)
+	if got := p.PathMTUPending(); got != want {
+		t.Fatalf("PathMTUPending %d after one silent round, want %d", got, want)
+	}
+	st.round = pmtuRound{open: true, probes: 3, seq: st.round.seq + 1}
+	p.pmtuEndRoundLocked(int64(time.Second))
+	if got := p.PathMTUPending(); got != 0 {
+		t.Fatalf("PathMTUPending %d after two silent rounds, want 0", got)
+	}
+	p.pmtuResetLocked()
+	if got := p.PathMTUPending(); got != want {
+		t.Fatalf("PathMTUPending %d after a reset, want %d", got, want)
+	}
+}
+
+// TestReliableFramesFitThePath: reliable control messages queued before the session,
+// or sent again after a loss, go out packed together; the sockets never fragment
+// (IP_PMTUDISC_PROBE), so a pack larger than the interface's MTU is refused whole, and
+// its retransmissions with it: in-order delivery then stalls for good. Packs are kept
+// to what the path carries (at most one message over it), and all messages arrive.
+func TestReliableFramesFitThePath(t *testing.T) {
+	var mu sync.Mutex
+	var got []byte
+	seed := randKey(t)
+	b := startNode(t, nodeOpts{seed: seed, name: "b", config: func(c *Config) {
+		c.Extension = func(_ *Peer, _ byte, body []byte, _ netip.AddrPort, _ bool) {
+			mu.Lock()
+			got = append(got, body[0])
+			mu.Unlock()
+		}
+	}})
+	a := startNode(t, nodeOpts{seed: seed, name: "a", config: func(c *Config) { c.Bind = &tooBigBind{Bind: c.Bind, limit: 1500} }})
+	if _, err := b.AddPeer(PeerConfig{Name: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	p, err := a.AddPeer(PeerConfig{Name: "b", Endpoint: loopback(b.Node)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Queued without a session: the session, once up, sends them together.
+	for i := range 6 {
+		body := make([]byte, 1000)
+		body[0] = byte(i)
+		if err := p.SendReliable(wire.CtlExtensionMin, body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 10*time.Second, "6 reliable messages of 1000 bytes", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got) == 6
+	})
+	for i, v := range got {
+		if int(v) != i {
+			t.Fatalf("order %v", got)
+		}
+	}
+}

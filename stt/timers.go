@@ -254,7 +254,7 @@ func (p *Peer) expiredSendKeepaliveLocked(now time.Time, cur *session) {
 		payload = p.pingPayloadLocked(now, nil)
 		p.ping.txAtProbe = tx
 	}
-	payload = cur.rel.appendDue(payload, now, p.RTT())
+	payload = cur.rel.appendDue(payload, now, p.RTT(), p.controlBudget())
 	if payload != nil || passive {
 		p.sendControl(cur, payload)
 		if persistent {

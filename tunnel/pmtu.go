@@ -199,6 +199,20 @@ func maybeTCP(pkt []byte) bool {
 	return false
 }
 
+// maybeSYN reports whether pkt may be a TCP SYN (or SYN-ACK): maybeTCP, and the SYN
+// flag set where an IPv4 packet's or an IPv6 packet without extension headers' TCP
+// header has it (behind extension headers ClampMSS decides).
+func maybeSYN(pkt []byte) bool {
+	if !maybeTCP(pkt) {
+		return false
+	}
+	if pkt[0]>>4 == 4 {
+		at := int(pkt[0]&0x0f)*4 + 13
+		return at < len(pkt) && pkt[at]&0x02 != 0
+	}
+	return pkt[6] != protoTCP || pkt[53]&0x02 != 0
+}
+
 // pathMTUChanged is the node's report of a new path MTU estimate for a peer: one log
 // line.
 func (t *Tunnel) pathMTUChanged(p *stt.Peer, old, new int) {

@@ -417,3 +417,41 @@ func TestPumpOnANarrowPath(t *testing.T) {
 		t.Fatalf("SYN-ACK in: % x, want MSS %d and a right checksum", synack, inner-40)
 	}
 }
+
+// TestFirstSYNOfASessionIsClamped: a SYN that starts the session, before any probe was
+// answered (PathMTU 0), leaves with its MSS clamped to what any UDP or relay path of
+// 1280 IP carries (1192 − 40): the connection keeps that MSS, and sized for the
+// interface it would never fit a narrow path without ICMP. The SYN-ACK coming back is
+// clamped too.
+func TestFirstSYNOfASessionIsClamped(t *testing.T) {
+	seed, _ := config.GenerateSeed()
+	seedFile := writeSecret(t, t.TempDir(), "seed", seed)
+	start := func(name, addr string, clamp bool, peers []config.Peer) *memNode {
+		cfg := memConfig(t, seedFile, name, addr, peers)
+		cfg.Interface.MSSClamp, cfg.Advanced.PMTUDiscovery = clamp, true
+		dev := tuntest.NewMem(cfg.Interface.Name, 1420, 16)
+		tu, err := Start(context.Background(), cfg, Options{Device: dev, Bind: &narrowBind{Bind: udp.NewPMTUProbe(), limit: 1300}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = tu.Close() })
+		return &memNode{t: tu, dev: dev}
+	}
+	b := start("b", "10.9.0.2/24", false, []config.Peer{{Name: "a", AllowedPrefixes: []netip.Prefix{netip.MustParsePrefix("10.9.0.1/32")}}})
+	a := start("a", "10.9.0.1/24", true, []config.Peer{{Name: "b", Endpoint: endpointOf(b),
+		AllowedPrefixes: []netip.Prefix{netip.MustParsePrefix("10.9.0.2/32")}}})
+	const pending = 1280 - 40 - 8 - wire.RelayHeaderLen - wire.Overhead
+	if m := a.t.peers[0].sp.PathMTU(); m != 0 {
+		t.Fatalf("path MTU %d before the first packet", m)
+	}
+	a.dev.Inject(synWithMSS("10.9.0.1", "10.9.0.2", 0x02, 1460))
+	syn := nextWritten(b.dev, 5*time.Second)
+	if syn == nil || binary.BigEndian.Uint16(syn[42:44]) != pending-40 || !tcpChecksumOK(syn) {
+		t.Fatalf("first SYN: % x, want MSS %d and a right checksum", syn, pending-40)
+	}
+	b.dev.Inject(synWithMSS("10.9.0.2", "10.9.0.1", 0x12, 1460))
+	synack := nextWritten(a.dev, 5*time.Second)
+	if synack == nil || binary.BigEndian.Uint16(synack[42:44]) > 1300-wire.Overhead-40 || !tcpChecksumOK(synack) {
+		t.Fatalf("SYN-ACK in: % x, want MSS at most %d and a right checksum", synack, 1300-wire.Overhead-40)
+	}
+}

@@ -92,6 +92,9 @@ func (t *Tunnel) readLoop() {
 				if clamp {
 					t.clampMSS(pkt, m)
 				}
+			} else if clamp && maybeSYN(pkt) {
+				// No estimate yet: the SYN of a connection that may outlive the search.
+				t.clampMSS(pkt, p.sp.PathMTUPending())
 			}
 			pkts = append(pkts, bufs[i][stt.Headroom-wire.HeaderLen:stt.Headroom+sizes[i]])
 			flows = append(flows, flow)
@@ -138,6 +141,8 @@ func (t *Tunnel) Deliver(in *stt.Inbound) {
 			// this side's segments must fit the peer's path too.
 			if m := in.Peers[i].PathMTU(); m > 0 {
 				t.clampMSS(pkt, m)
+			} else if maybeSYN(pkt) {
+				t.clampMSS(pkt, in.Peers[i].PathMTUPending())
 			}
 		}
 		out = append(out, in.Bufs[i][:end:min(cap(in.Bufs[i]), tun.MaxWriteCap(stt.Headroom))])

@@ -171,32 +171,38 @@ const maxExtHeaders = 8
 // is a fragment other than the first (its upper-layer header is elsewhere); the upper
 // layer may be empty.
 func upper6(pkt []byte) (proto byte, l4 []byte, ok bool) {
+	proto, l4, ok, _ = walk6(pkt)
+	return proto, l4, ok
+}
+
+// walk6 is upper6, and reports whether the chain holds an Authentication Header.
+func walk6(pkt []byte) (proto byte, l4 []byte, ok, ah bool) {
 	proto, off := pkt[6], 40
 	for range maxExtHeaders {
 		switch proto {
 		case 0, 43, 60: // hop-by-hop, routing, destination options
 			if len(pkt) < off+8 {
-				return 0, nil, false
+				return 0, nil, false, ah
 			}
 			proto, off = pkt[off], off+(int(pkt[off+1])+1)*8
 		case 44: // fragment
 			if len(pkt) < off+8 || binary.BigEndian.Uint16(pkt[off+2:off+4])>>3 != 0 {
-				return 0, nil, false
+				return 0, nil, false, ah
 			}
 			proto, off = pkt[off], off+8
 		case 51: // authentication header: length in 4-byte units, less 2
 			if len(pkt) < off+8 {
-				return 0, nil, false
+				return 0, nil, false, ah
 			}
-			proto, off = pkt[off], off+(int(pkt[off+1])+2)*4
+			proto, off, ah = pkt[off], off+(int(pkt[off+1])+2)*4, true
 		default:
 			if off > len(pkt) {
-				return 0, nil, false
+				return 0, nil, false, ah
 			}
-			return proto, pkt[off:], true
+			return proto, pkt[off:], true, ah
 		}
 	}
-	return 0, nil, false
+	return 0, nil, false, ah
 }
 
 // PutTooBig writes into dst the ICMP error that tells pkt's sender the path carries no
@@ -334,7 +340,8 @@ func fragHeaderLen(h []byte) int {
 // the options to be copied (RFC 791 3.2). pkt may itself be a fragment: the pieces keep its
 // offset and, on the last, its More Fragments flag. The payload is what pkt's total length
 // says (bytes beyond are ignored). It returns n = 0 when dst is too short, mtu leaves no
-// room for 8 bytes of payload, or pkt is not such a packet; next is then off.
+// room for 8 bytes of payload, or pkt is not such a packet (among them a fragment that
+// reaches past 65535 bytes); next is then off.
 func Fragment4(dst, pkt []byte, mtu, off int) (n, next int) {
 	if len(pkt) < 20 || pkt[0]>>4 != 4 {
 		return 0, off
@@ -346,7 +353,7 @@ func Fragment4(dst, pkt []byte, mtu, off int) (n, next int) {
 		return 0, off
 	}
 	payload := pkt[ihl:total]
-	if off < 0 || off >= len(payload) || off%8 != 0 {
+	if off < 0 || off >= len(payload) || off%8 != 0 || beyond(frag, len(payload)) {
 		return 0, off
 	}
 	var hl int
@@ -408,6 +415,10 @@ func Fragment4(dst, pkt []byte, mtu, off int) (n, next int) {
 	return n, off + size
 }
 
+// beyond reports whether a fragment at frag's offset with plen bytes of payload reaches
+// past the largest datagram IPv4 has: its pieces' offsets would overflow their 13 bits.
+func beyond(frag uint16, plen int) bool { return int(frag&0x1fff)*8+plen > 0xffff }
+
 // Fragments4 is how many fragments Fragment4 makes of pkt for mtu, and the largest of
 // them; 0, 0 if it makes none.
 func Fragments4(pkt []byte, mtu int) (count, largest int) {
@@ -420,7 +431,7 @@ func Fragments4(pkt []byte, mtu int) (count, largest int) {
 		return 0, 0
 	}
 	plen := total - ihl
-	if plen == 0 {
+	if plen == 0 || beyond(binary.BigEndian.Uint16(pkt[6:8]), plen) {
 		return 0, 0
 	}
 	first := (mtu - ihl) &^ 7
@@ -440,7 +451,8 @@ func Fragments4(pkt []byte, mtu int) (count, largest int) {
 // ClampMSS lowers the MSS option of a TCP SYN (or SYN-ACK) in pkt, IPv4 or IPv6, to what
 // a path of mtu bytes carries: mtu − 40 for IPv4, mtu − 60 for IPv6 (fixed IP and TCP
 // headers, RFC 6691). The TCP checksum is updated incrementally (RFC 1624). It reports
-// whether it changed pkt; any other packet, and one it cannot parse, is left alone.
+// whether it changed pkt; any other packet, one it cannot parse, and an IPv6 one behind
+// an Authentication Header (whose integrity check covers the TCP header) are left alone.
 func ClampMSS(pkt []byte, mtu int) bool {
 	if len(pkt) < 20 {
 		return false
@@ -461,9 +473,9 @@ func ClampMSS(pkt []byte, mtu int) bool {
 		if len(pkt) < 40 {
 			return false
 		}
-		proto, l4, ok := upper6(pkt)
-		if !ok || proto != protoTCP {
-			return false
+		proto, l4, ok, ah := walk6(pkt)
+		if !ok || proto != protoTCP || ah {
+			return false // behind AH the TCP header is under an integrity check
 		}
 		tcp, mss = l4, mtu-60
 	default:

@@ -487,3 +487,55 @@ func isTCP(p []byte) bool {
 	}
 	return false
 }
+
+// TestClampMSSLeavesAuthenticatedSegmentsAlone: an IPv6 TCP SYN behind an
+// Authentication Header (IPsec AH, RFC 4302) is not changed: the AH's integrity check
+// covers the TCP header, and a clamped MSS would make the receiver drop every SYN of
+// the connection. (An IPv4 one is already left alone: its protocol is AH, not TCP.)
+func TestClampMSSLeavesAuthenticatedSegmentsAlone(t *testing.T) {
+	ah := func(next byte) []byte { // 24 bytes: 12 fixed, a 12-byte ICV; length (24/4)-2
+		h := make([]byte, 24)
+		h[0], h[1] = next, 4
+		h[7] = 1 // SPI
+		h[11] = 1
+		return h
+	}
+	syn := tcpSeg(0x02, []byte{2, 4, 0x05, 0xb4}, nil)
+	for _, tc := range []struct {
+		name string
+		pkt  []byte
+	}{
+		{"AH then TCP", ip6(51, a6, b6, append(ah(protoTCP), syn...))},
+		{"hop-by-hop, AH, TCP", ip6(0, a6, b6, append(append([]byte{51, 0, 0, 0, 0, 0, 0, 0}, ah(protoTCP)...), syn...))},
+	} {
+		orig := append([]byte(nil), tc.pkt...)
+		if ClampMSS(tc.pkt, 1220) || !bytes.Equal(tc.pkt, orig) {
+			t.Errorf("%s: changed under AH:\n% x\n% x", tc.name, orig, tc.pkt)
+		}
+	}
+}
+
+// TestNoFragmentsBeyondTheLargestDatagram: a fragment whose offset and payload reach
+// past the largest datagram IPv4 has (65535 bytes) is not cut further: a piece's offset
+// would not fit the 13 bits of its field and would spill into the flags (DF, MF).
+func TestNoFragmentsBeyondTheLargestDatagram(t *testing.T) {
+	const off = 8180 // 65440 bytes
+	pkt := ip4(17, off, a4, b4, nil, fill(2000))
+	if n, _ := Fragments4(pkt, 1220); n != 0 {
+		t.Errorf("Fragments4 = %d pieces", n)
+	}
+	if a := Decide(pkt, 1220); a != Drop {
+		t.Errorf("Decide = %v, want drop", a)
+	}
+	dst := make([]byte, 2000)
+	for o := 0; o < 2000; {
+		n, next := Fragment4(dst, pkt, 1220, o)
+		if n == 0 {
+			break
+		}
+		if fr := binary.BigEndian.Uint16(dst[6:8]); fr&flagDF != 0 || int(fr&0x1fff)*8 != off*8+o {
+			t.Fatalf("piece at %d: fragment field %#04x", o, fr)
+		}
+		o = next
+	}
+}

@@ -55,11 +55,18 @@ type pmtuLab struct {
 	v6       bool   // the underlay is IPv6
 	epA, epB string // the nodes' endpoints
 	inner    int    // the largest inner packet that fits the narrow link
+	noPing   bool   // up sends nothing through the tunnel: the next packet starts its session
 }
 
 // newPMTULab builds the lab on an IPv6 underlay (v6) or an IPv4 one, the router
 // dropping ICMP errors (dropICMP) or not.
 func newPMTULab(t *testing.T, v6, dropICMP bool) *pmtuLab {
+	t.Helper()
+	return newPMTULabMTU(t, v6, dropICMP, pmtuNarrow)
+}
+
+// newPMTULabMTU is newPMTULab with the narrow link's MTU narrow.
+func newPMTULabMTU(t *testing.T, v6, dropICMP bool, narrow int) *pmtuLab {
 	t.Helper()
 	lab := newLab(t)
 	nsA, nsR, nsB := lab.NS("a"), lab.NS("r"), lab.NS("b")
@@ -70,19 +77,19 @@ func newPMTULab(t *testing.T, v6, dropICMP bool) *pmtuLab {
 		nsA.MustRun(t, "ip", "-6", "route", "add", "fd00:232:2::/64", "via", "fd00:232:1::1")
 		nsB.MustRun(t, "ip", "-6", "route", "add", "fd00:232:1::/64", "via", "fd00:232:2::1")
 		nsR.MustRun(t, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
-		l.epA, l.epB, l.inner = "[fd00:232:1::2]:51900", "[fd00:232:2::2]:51900", pmtuNarrow-40-8-32
+		l.epA, l.epB, l.inner = "[fd00:232:1::2]:51900", "[fd00:232:2::2]:51900", narrow-40-8-32
 	} else {
 		lab.Link(nsA, []string{"10.232.1.2/24"}, nsR, []string{"10.232.1.1/24"})
 		l.narrow, _ = lab.Link(nsR, []string{"10.232.2.1/24"}, nsB, []string{"10.232.2.2/24"})
 		nsA.MustRun(t, "ip", "route", "add", "10.232.2.0/24", "via", "10.232.1.1")
 		nsB.MustRun(t, "ip", "route", "add", "10.232.1.0/24", "via", "10.232.2.1")
 		nsR.MustRun(t, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-		l.epA, l.epB, l.inner = "10.232.1.2:51900", "10.232.2.2:51900", pmtuNarrow-20-8-32
+		l.epA, l.epB, l.inner = "10.232.1.2:51900", "10.232.2.2:51900", narrow-20-8-32
 	}
 	// Only the router's end is narrow: beta's end still says 1500, so neither node's
 	// kernel knows of the limit. A veth drops what is larger than its receiving end's
 	// MTU, so the path is narrow both ways.
-	nsR.MustRun(t, "ip", "link", "set", "dev", l.narrow, "mtu", fmt.Sprint(pmtuNarrow))
+	nsR.MustRun(t, "ip", "link", "set", "dev", l.narrow, "mtu", fmt.Sprint(narrow))
 	l.a, l.b = newNode(t, nsA, "alpha"), newNode(t, nsB, "beta")
 	if dropICMP {
 		// No ICMP through the router, and no ICMP error from it (the Packet Too Big or
@@ -117,6 +124,9 @@ func (l *pmtuLab) up(advanced, clamp string) {
 	}})
 	l.b.upDaemon()
 	l.a.upDaemon()
+	if l.noPing {
+		return
+	}
 	waitPing(l.t, l.a.ns, "10.99.0.2")
 	waitPing(l.t, l.a.ns, "fd99::2")
 }
@@ -350,4 +360,61 @@ func TestPathMTUWithICMP(t *testing.T) {
 	l.checkTooBig()
 	l.transfersBothWays("ICMP allowed")
 	l.checkPathMTU()
+}
+
+// TestPathMTUFirstConnectionOfASession: a TCP connection whose SYN starts the session
+// (the first after the daemons came up, or after an idle peer's session ended) goes
+// through the black hole before any probe was answered. Its SYN and SYN-ACK must still
+// be clamped, or its segments are sized for the interface: over IPv6 inside, on a
+// path narrower than 1280 inside, no Packet Too Big can ever bring them down far
+// enough, and the connection stalls for good.
+func TestPathMTUFirstConnectionOfASession(t *testing.T) {
+	t.Parallel()
+	l := newPMTULab(t, true, true)
+	l.noPing = true
+	l.up("", "")
+	d, err := pmtuTransfer(l.a.ns, l.b.ns, "fd99::2", pmtuSize, 40*time.Second, nil)
+	if err != nil {
+		t.Fatalf("the first connection of a session, IPv6 inside: %v\nalpha's log:\n%s", err, l.a.daemonLog())
+	}
+	t.Logf("the first connection of a session, IPv6 inside: %d MB in %v", pmtuSize>>20, d.Round(time.Millisecond))
+}
+
+// TestPathMTUBelow1280OnIPv4: an IPv4 underlay whose narrow link carries 1000 bytes,
+// below the 1280 the search starts from, and no ICMP: the nodes find it, and TCP goes
+// through both ways, IPv4 and IPv6 inside (the IPv6 hosts' segments sized by the clamped
+// MSS: no Packet Too Big may say less than 1280).
+func TestPathMTUBelow1280OnIPv4(t *testing.T) {
+	t.Parallel()
+	l := newPMTULabMTU(t, false, true, 1000)
+	l.up("", "")
+	l.waitPathMTU()
+	l.transfersBothWays("a 1000-byte IPv4 path")
+	l.checkPathMTU()
+}
+
+// TestPathMTUNarrowedDuringATransfer: an IPv4 underlay without ICMP whose link narrows
+// from 1500 to 1280 in the middle of a transfer, IPv4 inside: the node finds the black
+// hole, lowers the estimate, and the sender, told by the tunnel's Fragmentation Needed,
+// finishes the transfer.
+func TestPathMTUNarrowedDuringATransfer(t *testing.T) {
+	t.Parallel()
+	l := newPMTULabMTU(t, false, true, 1500)
+	l.up("", "")
+	l.waitPathMTU()
+	narrow := func() error {
+		if out, err := l.router.Run("ip", "link", "set", "dev", l.narrow, "mtu", "1280"); err != nil {
+			return fmt.Errorf("narrow: %v: %s", err, out)
+		}
+		return nil
+	}
+	d, err := pmtuTransfer(l.a.ns, l.b.ns, "10.99.0.2", pmtuSize, 40*time.Second, narrow)
+	if err != nil {
+		t.Fatalf("transfer while narrowing: %v\nalpha's log:\n%s", err, l.a.daemonLog())
+	}
+	p, _ := l.a.pathMTU()
+	t.Logf("transfer while narrowing: %v; alpha's path MTU to beta now %d (%s)", d.Round(time.Millisecond), p.PathMTU, p.PathMTUState)
+	if p.PathMTU > 1280-20-8-32+pmtuSlack {
+		t.Errorf("path MTU %d after the link narrowed to 1280", p.PathMTU)
+	}
 }
