@@ -593,7 +593,7 @@ func (e *Engine) sendDigest(b *batch, peer [32]byte) {
 func (e *Engine) sendRecords(b *batch, peer [32]byte, raws [][]byte) {
 	for len(raws) > 0 {
 		n, size := 0, 1
-		for n < len(raws) && size+2+len(raws[n]) <= MaxRecordsBody {
+		for n < len(raws) && size+2+len(raws[n]) <= PackBudget {
 			size += 2 + len(raws[n])
 			n++
 		}

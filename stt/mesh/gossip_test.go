@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -513,5 +514,66 @@ func TestGossipLeaveForgottenSoon(t *testing.T) {
 	}
 	if s.missing() != 0 {
 		t.Fatal("live members lost records")
+	}
+}
+
+// TestRecordsMessagesFitTheSmallestPath: an answer of many records is packed within
+// PackBudget, so that its frame fits a 1280-byte IPv6 packet through a relay (a node
+// never fragments, and a reliable message too large to send stops all later ones).
+func TestRecordsMessagesFitTheSmallestPath(t *testing.T) {
+	netID := NetworkID(testSeed)
+	var bodies [][]byte
+	e := New(Config{Identity: NewIdentity(testEdSeed), Network: NetworkOf(testSeed), Now: func() time.Time { return testNow },
+		Send: func(_ [32]byte, typ byte, body []byte) error {
+			if typ == MsgRecords {
+				bodies = append(bodies, body)
+			}
+			return nil
+		}})
+	if err := e.SetSelf(Record{Name: "self"}); err != nil {
+		t.Fatal(err)
+	}
+	from := netip.MustParseAddrPort("192.0.2.1:9")
+	var keys [][32]byte
+	for i := 1; i <= 30; i++ {
+		id := NewIdentity(edSeedN(i))
+		r := testRecord()
+		r.Name = fmt.Sprintf("member-%02d", i)
+		// Records of 228 bytes: five make a 1151-byte body, within the parsers' 1200 but
+		// not within PackBudget.
+		raw := mustMarshal(t, r, id, netID)
+		r.WSURL += strings.Repeat("x", 228-len(raw))
+		raw = mustMarshal(t, r, id, netID)
+		if len(raw) != 228 {
+			t.Fatalf("record of %d bytes", len(raw))
+		}
+		body, _ := AppendRecords(nil, raw)
+		e.Handle(id.Public, from, false, MsgRecords, body)
+		keys = append(keys, id.Public)
+	}
+	bodies = nil
+	asker := NewIdentity(edSeedN(99)).Public
+	for len(keys) > 0 {
+		n := min(len(keys), MaxWantKeys)
+		want, err := AppendWant(nil, keys[:n])
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.Handle(asker, from, false, MsgWant, want)
+		keys = keys[n:]
+	}
+	got := 0
+	for _, b := range bodies {
+		if len(b) > PackBudget {
+			t.Fatalf("RECORDS of %d bytes, more than the %d that fit the smallest path", len(b), PackBudget)
+		}
+		recs, err := ParseRecords(b, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got += len(recs)
+	}
+	if got != 30 {
+		t.Fatalf("%d records sent for 30 wanted", got)
 	}
 }

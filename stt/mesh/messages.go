@@ -25,9 +25,16 @@ const (
 
 // Size limits of message bodies.
 const (
-	MaxDigestBody    = 1100
-	MaxWantBody      = 1100
-	MaxRecordsBody   = 1200
+	MaxDigestBody  = 1100
+	MaxWantBody    = 1100
+	MaxRecordsBody = 1200
+	// PackBudget is the most a sender packs into one RECORDS or STATEMENTS message (the
+	// parsers accept up to the limits above): the control frame carrying it must fit the
+	// smallest path stt-tun supports, a 1280-byte IPv6 packet through a relay (1280 − 40
+	// IPv6 − 8 UDP − 8 RELAY − 32 STT = 1192 bytes of frame payload, less the control
+	// and reliable headers). A node sends with Don't Fragment and never fragments, and a
+	// reliable message that cannot be sent stops every later one to that member.
+	PackBudget       = 1150
 	summaryLen       = 20
 	digestEntryLen   = 40
 	MaxDigestEntries = (MaxDigestBody - 3) / digestEntryLen // 27

@@ -315,7 +315,7 @@ func (e *Engine) answerStatements(b *batch, peer [32]byte) {
 func (e *Engine) sendStatementLists(b *batch, peer [32]byte, answer, complete bool, stmts [][]byte) {
 	for first := true; first || len(stmts) > 0; first = false {
 		n, size := 0, 3
-		for n < len(stmts) && (n == 0 || size+2+len(stmts[n]) <= MaxStatementsBody) {
+		for n < len(stmts) && (n == 0 || size+2+len(stmts[n]) <= PackBudget) {
 			size += 2 + len(stmts[n])
 			n++
 		}

@@ -199,7 +199,7 @@ func TestStatementAnswerIsBounded(t *testing.T) {
 		if err != nil || op != StatementsList {
 			t.Fatalf("answer part: op %d, %v", op, err)
 		}
-		if len(body) > MaxStatementsBody {
+		if len(body) > PackBudget {
 			t.Fatalf("list of %d bytes", len(body))
 		}
 		n += len(list.Statements)
