@@ -126,6 +126,7 @@ func hasSessionWith(st rotationJSON, key string) bool {
 // fresh), every remaining member ends on the new seed, and the revoked node, back with a
 // fresh key and the old seed, cannot join.
 func TestSeedRotationExcludesTheRevokedWithoutTeardown(t *testing.T) {
+	t.Parallel() // mostly waiting (convergence, overlaps): runs beside the other long labs
 	m := newRotLab(t, true)
 	m1 := m.add("m1")
 	boot := underlay(1) + fmt.Sprintf(":%d", port)

@@ -349,6 +349,7 @@ func (sl *scaleLab) randomPairs(rng *rand.Rand, n int) [][2]*scaleMember {
 // every other (`stt-tun ping`) is answered: directly, or through an introducer for the
 // member behind the hard NAT. No timing is asserted.
 func TestMeshScaleTenNodes(t *testing.T) {
+	t.Parallel() // mostly waiting (convergence, overlaps): runs beside the other long labs
 	begin := time.Now()
 	sl := newScaleLab(t, 10)
 	built := time.Now()
