@@ -231,10 +231,13 @@ func (n *Node) receiveBatch(bufs, rx [][]byte, sizes []int, eps []conn.Endpoint,
 // the peer, so that the shared counters and clocks are written once per run rather
 // than once per frame (they share cache lines with the sending goroutine).
 type recvRun struct {
-	p           *Peer
-	packets     uint64
-	bytes       uint64
-	any, data   bool
+	p         *Peer
+	packets   uint64
+	bytes     uint64
+	any, data bool
+	// answer: a frame of the run was not a probe (see add), so the peer answered what
+	// was sent before it.
+	answer      bool
 	unconfirmed *session
 }
 
@@ -252,6 +255,7 @@ func (r *recvRun) add(s *session, ctr uint64, ep conn.Endpoint, now time.Time, s
 		p.sendControl(s, nil)
 	}
 	r.any = true
+	r.answer = r.answer || !probe
 	if !s.confirmed.Load() {
 		r.unconfirmed = s
 	}
@@ -329,7 +333,11 @@ func (r *recvRun) flush(now time.Time) {
 	if p.times.firstUnanswered.Load() != 0 {
 		p.times.firstUnanswered.Store(0)
 	}
-	if p.path.sentUnanswered.Load() != 0 {
+	// A probe is the peer's own request (an RTT PING, a path MTU PROBE) or the answer
+	// to one of ours (PROBE_ACK): it says nothing of the datagrams sent since. Sent
+	// just before UDP died and read just after, it would clear the count of datagrams
+	// already lost into the dead path, which the fallback then never counts.
+	if r.answer && p.path.sentUnanswered.Load() != 0 {
 		p.path.sentUnanswered.Store(0)
 	}
 	if r.unconfirmed != nil && r.unconfirmed.confirmed.CompareAndSwap(false, true) {

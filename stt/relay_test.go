@@ -425,6 +425,15 @@ func TestPunchMovesBothEndsFromRelayToUDP(t *testing.T) {
 	keepSending(t, l.a, l.b, l.ab, func() bool { return l.ab.Path() == PathRelay && l.ba.Path() == PathRelay })
 	l.checkRelayedEndToEnd(t)
 	s1 := l.ab.keys.current.Load()
+	// a probes UDP once it is on the relay with a session, then every ProbeInterval (an
+	// hour). That first probe, were it sent just after the cut is lifted, would bring
+	// both ends back to UDP on s1 before the punch's handshake (a PONG over UDP): a
+	// recovery, but not the punch under test.
+	waitFor(t, 5*time.Second, "a's first UDP probe from the relay", func() bool {
+		l.ab.mu.Lock()
+		defer l.ab.mu.Unlock()
+		return !l.ab.path.lastProbe.IsZero()
+	})
 
 	// A punch while UDP is still cut changes nothing.
 	l.ab.Punch([]netip.AddrPort{netip.MustParseAddrPort(loopback(l.b.Node))})

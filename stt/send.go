@@ -24,27 +24,37 @@ import (
 func (p *Peer) Send(pkts [][]byte, flows []uint16) error {
 	n := p.node
 	now := time.Now()
-	s := p.keys.current.Load()
-	if s != nil && !s.confirmed.Load() {
-		if sb := p.keys.standby.Load(); sb != nil && !sb.expired(now, &n.limits) {
-			s = sb
-		}
-	}
-	if s == nil || s.expired(now, &n.limits) {
-		return p.enqueue(pkts)
+	s := p.sendSession(now)
+	if s == nil {
+		return p.enqueue(pkts, flows, nil, now)
 	}
 	if p.path.holding.Load() && p.hold(pkts) {
 		return nil
 	}
 	first, ok := s.reserve(len(pkts), n.limits.RejectAfterMessages)
 	if !ok {
-		return p.enqueue(pkts)
+		return p.enqueue(pkts, flows, s, now)
 	}
 	bytes := p.sealBatch(s, pkts, flows, first)
 	if first+uint64(len(pkts)) >= n.limits.RekeyAfterMessages {
 		n.kick()
 	}
 	return p.transmit(pkts, now, bytes, true)
+}
+
+// sendSession is the session data goes out on: the current one, or while it is not
+// yet confirmed the one it replaces; nil when neither can seal.
+func (p *Peer) sendSession(now time.Time) *session {
+	s := p.keys.current.Load()
+	if s != nil && !s.confirmed.Load() {
+		if sb := p.keys.standby.Load(); sb != nil && !sb.expired(now, &p.node.limits) {
+			s = sb
+		}
+	}
+	if s == nil || s.expired(now, &p.node.limits) {
+		return nil
+	}
+	return s
 }
 
 // sealBatch seals pkts in place on s, with the counters reserved from first on, each
@@ -199,8 +209,10 @@ func (p *Peer) hold(pkts [][]byte) bool {
 }
 
 // enqueue copies datagrams into the handshake queue, dropping the oldest when full. A
-// wildcard peer carries nothing: they are dropped (ErrWildcardPeer).
-func (p *Peer) enqueue(pkts [][]byte) error {
+// wildcard peer carries nothing: they are dropped (ErrWildcardPeer). seen is the
+// session Send found unable to carry them (nil: none); a session installed since,
+// which has already flushed the queue, carries them at once instead.
+func (p *Peer) enqueue(pkts [][]byte, flows []uint16, seen *session, now time.Time) error {
 	if p.cfg.AnyName {
 		p.drop(DropNoSession, uint64(len(pkts)))
 		return ErrWildcardPeer
@@ -213,6 +225,22 @@ func (p *Peer) enqueue(pkts [][]byte) error {
 		p.handshake.want = true
 		p.mu.Unlock()
 		return nil
+	}
+	if s := p.sendSession(now); s != nil && s != seen {
+		// The handshake completed between Send's look and this lock: its install
+		// flushed the queue and cleared the want. Queued now, these would wait for
+		// another handshake, which this want would start for nothing.
+		if p.path.holding.Load() {
+			p.queueLocked(pkts, DropFallback) // as hold: the release sends them
+			p.mu.Unlock()
+			return nil
+		}
+		if first, ok := s.reserve(len(pkts), p.node.limits.RejectAfterMessages); ok {
+			bytes := p.sealBatch(s, pkts, flows, first)
+			err := p.transmit(pkts, now, bytes, true)
+			p.mu.Unlock()
+			return err
+		}
 	}
 	p.queueLocked(pkts, DropNoSession)
 	p.handshake.want = true
