@@ -82,10 +82,11 @@ func (p *Peer) transmit(frames [][]byte, now time.Time, payloadBytes uint64, dat
 		p.drop(DropSendError, uint64(len(frames)))
 		return errNoEndpoint
 	}
-	if err := p.node.send(frames, ep); err != nil && tooBig(err) > 0 {
+	err := p.node.send(frames, ep)
+	if big := tooBig(err); big > 0 {
 		// Frames larger than the local interface allows (no local fragmentation:
 		// pmtu.go) were lost alone; the batch's others went out, counted below.
-		p.drop(DropSendError, uint64(tooBig(err)))
+		p.drop(DropSendError, uint64(big))
 	} else if err != nil {
 		p.drop(DropSendError, uint64(len(frames)))
 		if data {

@@ -187,6 +187,21 @@ func (t *Tunnel) clampMSS(pkt []byte, mtu int) {
 	}
 }
 
+// clampSYN clamps the MSS of a TCP SYN in pkt for the peer sp whose path MTU is m: to m,
+// or while there is no estimate yet (m 0) to what any path carries (PathMTUPending), as
+// the connection may outlive the search.
+func (t *Tunnel) clampSYN(pkt []byte, sp *stt.Peer, m int) {
+	if m == 0 {
+		if !maybeSYN(pkt) {
+			return
+		}
+		if m = sp.PathMTUPending(); m == 0 {
+			return
+		}
+	}
+	t.clampMSS(pkt, m)
+}
+
 // maybeTCP reports whether pkt may be TCP: IPv4 with protocol 6, or IPv6 whose first
 // next header is TCP or an extension header.
 func maybeTCP(pkt []byte) bool {

@@ -85,16 +85,12 @@ func (t *Tunnel) readLoop() {
 			}
 			cur = p
 			flow := flowHash(pkt)
-			if m := p.sp.PathMTU(); m > 0 {
-				if len(pkt) > m && !t.tooLarge(&o, pkt, m, flow, &pkts, &flows, flush) {
-					continue
-				}
-				if clamp {
-					t.clampMSS(pkt, m)
-				}
-			} else if clamp && maybeSYN(pkt) {
-				// No estimate yet: the SYN of a connection that may outlive the search.
-				t.clampMSS(pkt, p.sp.PathMTUPending())
+			m := p.sp.PathMTU()
+			if m > 0 && len(pkt) > m && !t.tooLarge(&o, pkt, m, flow, &pkts, &flows, flush) {
+				continue
+			}
+			if clamp {
+				t.clampSYN(pkt, p.sp, m)
 			}
 			pkts = append(pkts, bufs[i][stt.Headroom-wire.HeaderLen:stt.Headroom+sizes[i]])
 			flows = append(flows, flow)
@@ -139,11 +135,7 @@ func (t *Tunnel) Deliver(in *stt.Inbound) {
 		if clamp {
 			// The SYN-ACK (or SYN) of a connection the peer's end opened or answers:
 			// this side's segments must fit the peer's path too.
-			if m := in.Peers[i].PathMTU(); m > 0 {
-				t.clampMSS(pkt, m)
-			} else if maybeSYN(pkt) {
-				t.clampMSS(pkt, in.Peers[i].PathMTUPending())
-			}
+			t.clampSYN(pkt, in.Peers[i], in.Peers[i].PathMTU())
 		}
 		out = append(out, in.Bufs[i][:end:min(cap(in.Bufs[i]), tun.MaxWriteCap(stt.Headroom))])
 	}
