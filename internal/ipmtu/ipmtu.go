@@ -309,9 +309,13 @@ func Checksum(b []byte) uint16 { return ^fold(sum(b, 0)) }
 
 // fragHeaderLen is the length of the header of a fragment other than the first: the
 // fixed header and the options whose "copied" bit is set (RFC 791 3.2), padded to 4.
-func fragHeaderLen(h []byte) int {
-	n := 20
-	opts := h[20:]
+func fragHeaderLen(h []byte) int { return (20 + copiedOptions(nil, h[20:]) + 3) &^ 3 }
+
+// copiedOptions walks the IPv4 options opts and returns the length of those whose
+// "copied" bit is set (RFC 791 3.2), copying them one after the other into dst unless dst
+// is nil. The walk stops at End of Options or at an option whose length does not fit.
+func copiedOptions(dst, opts []byte) int {
+	n := 0
 	for i := 0; i < len(opts); {
 		t := opts[i]
 		if t == 0 {
@@ -326,11 +330,14 @@ func fragHeaderLen(h []byte) int {
 		}
 		l := int(opts[i+1])
 		if t&0x80 != 0 {
+			if dst != nil {
+				copy(dst[n:], opts[i:i+l])
+			}
 			n += l
 		}
 		i += l
 	}
-	return (n + 3) &^ 3
+	return n
 }
 
 // Fragment4 writes into dst the fragment of pkt, an IPv4 packet without DF, that starts
@@ -377,26 +384,7 @@ func Fragment4(dst, pkt []byte, mtu, off int) (n, next int) {
 		copy(dst, pkt[:ihl])
 	} else {
 		copy(dst, pkt[:20])
-		w := 20
-		opts := pkt[20:ihl]
-		for i := 0; i < len(opts); {
-			t := opts[i]
-			if t == 0 {
-				break
-			}
-			if t == 1 {
-				i++
-				continue
-			}
-			if i+1 >= len(opts) || opts[i+1] < 2 || i+int(opts[i+1]) > len(opts) {
-				break
-			}
-			l := int(opts[i+1])
-			if t&0x80 != 0 {
-				w += copy(dst[w:], opts[i:i+l])
-			}
-			i += l
-		}
+		w := 20 + copiedOptions(dst[20:], pkt[20:ihl])
 		for ; w < hl; w++ {
 			dst[w] = 0 // end of options, padding
 		}

@@ -265,6 +265,9 @@ func TestFragmentsReassembleToTheOriginal(t *testing.T) {
 		n, off, pieces := 0, 0, 0
 		for off < len(payload) {
 			prev := off
+			for j := range dst { // no byte of an earlier piece may pass for this one's
+				dst[j] = 0xee
+			}
 			n, off = Fragment4(dst, pkt, mtu, off)
 			if n == 0 {
 				t.Fatalf("%s: Fragment4 at %d failed", tc.name, prev)
