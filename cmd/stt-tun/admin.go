@@ -145,6 +145,43 @@ Example:
 	}
 }
 
+// adminCall is what revoke and seed rotate share once their flags are checked: the
+// admin key read from --admin-key, the mesh interface whose daemon takes the statement,
+// its control socket and its status.
+type adminCall struct {
+	key        ed25519.PrivateKey
+	link, sock string
+	st         status.Status
+}
+
+// openAdminCall reads the admin key and asks the daemon of the mesh interface (-I, or
+// the only one up) for its status; errors start with cmd. The caller clears key.
+func openAdminCall(ctx context.Context, c *cli.Context, cmd, keyFile string) (*adminCall, error) {
+	key, err := adminKeyOf(config.LoadKey(keyFile))
+	if err != nil {
+		return nil, fmt.Errorf("%s: --admin-key: %w", cmd, err)
+	}
+	dir := stateDir(c)
+	link, err := meshInterface(ctx, dir, c.String("config-dir"), c.String("interface"), cmd)
+	if err != nil {
+		clear(key)
+		return nil, err
+	}
+	sock := ctl.SocketPath(dir, link)
+	st, err := ctl.Status(ctx, sock)
+	switch {
+	case errors.Is(err, ctl.ErrNotRunning):
+		err = fmt.Errorf("%s: %s is not up", cmd, link)
+	case err != nil:
+		err = fmt.Errorf("%s: %w", cmd, err)
+	}
+	if err != nil {
+		clear(key)
+		return nil, err
+	}
+	return &adminCall{key: key, link: link, sock: sock, st: st}, nil
+}
+
 func revoke(c *cli.Context, e *env) error {
 	switch n := c.Args().Len(); {
 	case n == 0:
@@ -156,27 +193,15 @@ func revoke(c *cli.Context, e *env) error {
 	if keyFile == "" {
 		return usageError("revoke: missing --admin-key FILE (the admin key that signs the revocation)")
 	}
-	priv, err := adminKeyOf(config.LoadKey(keyFile))
-	if err != nil {
-		return fmt.Errorf("revoke: --admin-key: %w", err)
-	}
-	defer clear(priv)
 	ctx, cancel := context.WithTimeout(c.Context, flagDuration(c, "timeout"))
 	defer cancel()
-	dir := stateDir(c)
-	link, err := meshInterface(ctx, dir, c.String("config-dir"), c.String("interface"), "revoke")
+	a, err := openAdminCall(ctx, c, "revoke", keyFile)
 	if err != nil {
 		return err
 	}
-	sock := ctl.SocketPath(dir, link)
-	st, err := ctl.Status(ctx, sock)
-	if errors.Is(err, ctl.ErrNotRunning) {
-		return fmt.Errorf("revoke: %s is not up", link)
-	}
-	if err != nil {
-		return fmt.Errorf("revoke: %w", err)
-	}
-	s, netID, err := revocationFor(st, c.Args().First(), priv.Public().(ed25519.PublicKey), keyFile)
+	defer clear(a.key)
+	priv, link, sock := a.key, a.link, a.sock
+	s, netID, err := revocationFor(a.st, c.Args().First(), priv.Public().(ed25519.PublicKey), keyFile)
 	if err != nil {
 		return err
 	}

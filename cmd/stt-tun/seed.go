@@ -121,26 +121,14 @@ func seedRotate(c *cli.Context, e *env) error {
 		return usageError("seed rotate: --overlap %v: want whole seconds, from %v (members take up to 30s to move their sessions) to %v",
 			overlap, minRotateOverlap, maxRotateOverlap)
 	}
-	admin, err := adminKeyOf(config.LoadKey(keyFile))
-	if err != nil {
-		return fmt.Errorf("seed rotate: --admin-key: %w", err)
-	}
-	defer clear(admin)
 	ctx, cancel := context.WithTimeout(c.Context, flagDuration(c, "timeout"))
 	defer cancel()
-	dir := stateDir(c)
-	link, err := meshInterface(ctx, dir, c.String("config-dir"), c.String("interface"), "seed rotate")
+	a, err := openAdminCall(ctx, c, "seed rotate", keyFile)
 	if err != nil {
 		return err
 	}
-	sock := ctl.SocketPath(dir, link)
-	st, err := ctl.Status(ctx, sock)
-	switch {
-	case errors.Is(err, ctl.ErrNotRunning):
-		return fmt.Errorf("seed rotate: %s is not up", link)
-	case err != nil:
-		return fmt.Errorf("seed rotate: %w", err)
-	}
+	defer clear(a.key)
+	admin, link, sock, st := a.key, a.link, a.sock, a.st
 	netID, err := rotationNetwork(st, admin.Public().(ed25519.PublicKey), keyFile)
 	if err != nil {
 		return err
