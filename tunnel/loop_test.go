@@ -380,7 +380,7 @@ func TestRoutingLoopIPv6Fragments(t *testing.T) {
 	if !a.t.loopsBack(hbh, p) {
 		t.Error("UDP to the peer's IPv6 endpoint behind a hop-by-hop header is not a loop")
 	}
-	if n := testing.AllocsPerRun(100, func() { a.t.loopsBack(hbh, p) }); n != 0 {
+	if n := allocsPerCall(100, func() { a.t.loopsBack(hbh, p) }); n != 0 {
 		t.Errorf("%v allocations per check", n)
 	}
 }
@@ -439,7 +439,7 @@ func TestExitPeerCarriesTCPToItsWebSocketHost(t *testing.T) {
 		if got := l.a.t.loopsBack(pkt, p); got != tc.loop {
 			t.Errorf("prefixes %v: TCP to the ws_url host is a loop: %v, want %v", tc.prefixes, got, tc.loop)
 		}
-		if n := testing.AllocsPerRun(100, func() { l.a.t.loopsBack(pkt, p) }); n != 0 {
+		if n := allocsPerCall(100, func() { l.a.t.loopsBack(pkt, p) }); n != 0 {
 			t.Errorf("prefixes %v: %v allocations per check", tc.prefixes, n)
 		}
 	}

@@ -270,7 +270,7 @@ func TestPathMTUWorkAllocatesNothing(t *testing.T) {
 	syn := bigIPv4("10.9.0.1", "10.9.0.2", protoTCP, 0x4000, 44)
 	clear(syn[20:])
 	syn[32], syn[33] = 6<<4, 0x02
-	allocs := testing.AllocsPerRun(100, func() {
+	allocs := allocsPerCall(100, func() {
 		flush()
 		a.t.tooLarge(&o, frag, 1200, 7, &pkts, &flows, flush)
 		a.t.tooLarge(&o, icmpErr, 1200, 7, &pkts, &flows, flush)
