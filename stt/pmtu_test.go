@@ -306,7 +306,7 @@ func TestPathMTUAllocationFree(t *testing.T) {
 	established(t, a, b)
 	p := a.Peer("b")
 	sink := 0
-	if n := testing.AllocsPerRun(1000, func() { sink += p.PathMTU() }); n != 0 {
+	if n := allocsPerCall(1000, func() { sink += p.PathMTU() }); n != 0 {
 		t.Fatalf("%v allocations per PathMTU", n)
 	}
 }

@@ -567,7 +567,7 @@ func TestRelayForwardAllocatesNothing(t *testing.T) {
 	fw := &relayFwd{frames: make([][]byte, 0, batch)}
 	nonce, hsOut := new([12]byte), make([]byte, 0, 256)
 	fwd := l.r.Stats().RelayForwardedPackets
-	allocs := testing.AllocsPerRun(50, func() {
+	allocs := allocsPerCall(50, func() {
 		for i := range bufs {
 			copy(rx[i], msg)
 			eps[i] = from
@@ -577,8 +577,8 @@ func TestRelayForwardAllocatesNothing(t *testing.T) {
 	if allocs != 0 {
 		t.Errorf("%.1f allocations per batch forwarded", allocs)
 	}
-	if got := l.r.Stats().RelayForwardedPackets - fwd; got < 50*batch {
-		t.Fatalf("forwarded %d, want %d", got, 51*batch)
+	if got := l.r.Stats().RelayForwardedPackets - fwd; got < 51*batch {
+		t.Fatalf("forwarded %d, want at least %d", got, 51*batch)
 	}
 	// At an end: wrapping a batch of sealed frames.
 	e := l.ab.path.relay.Load()
@@ -586,7 +586,7 @@ func TestRelayForwardAllocatesNothing(t *testing.T) {
 	for i := range frames {
 		frames[i] = msg[wire.RelayHeaderLen:]
 	}
-	allocs = testing.AllocsPerRun(50, func() {
+	allocs = allocsPerCall(50, func() {
 		if err := l.a.sendRelay(frames, e); err != nil {
 			t.Fatal(err)
 		}
