@@ -583,10 +583,17 @@ func (p *Peer) flushReliableLocked(s *session, now time.Time) {
 }
 
 // confirmedSession records that s, made by our handshake, was confirmed by the peer:
-// only now does the handshake count as completed, and a standing refusal ends.
+// only now does the handshake count as completed, and a standing refusal ends. s is
+// marked confirmed under p.mu, in the same step that ends the refusal: marked outside
+// it, HasSession said yes while Refusal still showed the peer refusing us (a status
+// with a live session and "refused", seen under load).
 func (p *Peer) confirmedSession(s *session, now time.Time) {
 	n := p.node
 	p.mu.Lock()
+	if !s.confirmed.CompareAndSwap(false, true) {
+		p.mu.Unlock()
+		return // another receiver got there first
+	}
 	if p.keys.current.Load() != s && p.keys.previous != s {
 		p.mu.Unlock()
 		return // already replaced or dropped

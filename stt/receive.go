@@ -340,7 +340,7 @@ func (r *recvRun) flush(now time.Time) {
 	if r.answer && p.path.sentUnanswered.Load() != 0 {
 		p.path.sentUnanswered.Store(0)
 	}
-	if r.unconfirmed != nil && r.unconfirmed.confirmed.CompareAndSwap(false, true) {
+	if r.unconfirmed != nil && !r.unconfirmed.confirmed.Load() {
 		p.confirmedSession(r.unconfirmed, now)
 	}
 	if r.data {
