@@ -366,11 +366,17 @@ func (t *Tunnel) meshLoop() {
 		t.syncMembers()
 		t.saveStatements()
 		t.refreshSelf()
+		// The neighbours first, then the engine is told them on every pass: the first
+		// pass (the kick of the first session) ran the engine's Tick before the
+		// neighbour was taken, which emptied the set SessionUp had just filled, and
+		// for up to a round nothing was flooded — a node going down then told no one.
+		t.keepNeighbours(now)
 		if now.Sub(lastTick) >= mesh.DefaultInterval {
 			lastTick = now
 			m.eng.Tick(now, t.connectedMembers())
+		} else {
+			m.eng.SetConnected(t.connectedMembers())
 		}
-		t.keepNeighbours(now)
 		t.natTick(now)
 	}
 }

@@ -360,6 +360,23 @@ func (e *Engine) SessionUp(peer [32]byte) {
 	e.flush(&b)
 }
 
+// SetConnected takes connected as the set of members with a session that records are
+// pushed to (as Tick does), between rounds: a neighbour taken since the last Tick is
+// flooded to at once, the leave record of a node going down included.
+func (e *Engine) SetConnected(connected [][32]byte) {
+	e.mu.Lock()
+	e.setConnected(connected)
+	e.mu.Unlock()
+}
+
+// setConnected replaces the connected set. Called with mu held.
+func (e *Engine) setConnected(connected [][32]byte) {
+	clear(e.connected)
+	for _, k := range connected {
+		e.connect(k)
+	}
+}
+
 // Tick advances the engine to now: it takes connected as the set of members with a
 // session, sweeps expired records, refreshes our record when a third of its lifetime
 // has passed, once per Interval sends a SUMMARY to up to Fanout random connected
@@ -368,10 +385,7 @@ func (e *Engine) SessionUp(peer [32]byte) {
 func (e *Engine) Tick(now time.Time, connected [][32]byte) {
 	var b batch
 	e.mu.Lock()
-	clear(e.connected)
-	for _, k := range connected {
-		e.connect(k)
-	}
+	e.setConnected(connected)
 	var gone []*Record
 	gone = e.store.Expire(now, gone)
 	e.stats.Swept += uint64(len(gone))

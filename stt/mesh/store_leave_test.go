@@ -80,3 +80,29 @@ func TestGossipNoRefreshAfterLeave(t *testing.T) {
 		t.Fatalf("after leaving, own record expires %v, after the leave record's %v", own.Expires, limit)
 	}
 }
+
+// TestLeaveReachesANeighbourTakenBetweenRounds: a node whose round ran before it took
+// its first neighbour (the round emptied the set SessionUp had filled) is told the
+// neighbour by SetConnected, and the leave record it sends before the next round
+// reaches that neighbour. Without it the node went down telling no one.
+func TestLeaveReachesANeighbourTakenBetweenRounds(t *testing.T) {
+	s := newSim(t, 2, 30*time.Minute)
+	s.link(s.nodes[0], s.nodes[1])
+	s.setSelves()
+	s.sessionsUp()
+	s.pump()
+	gone, other := s.nodes[0], s.nodes[1]
+	if other.eng.Member(gone.id.Public) == nil {
+		t.Fatal("the records were not exchanged")
+	}
+	gone.eng.Tick(s.now, nil) // the round, before the neighbour was taken
+	gone.eng.SetConnected([][32]byte{other.id.Public})
+	if err := gone.eng.Leave(15 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	s.pump()
+	r := other.eng.Member(gone.id.Public)
+	if r == nil || r.Expires.After(s.now.Add(15*time.Second)) {
+		t.Fatalf("the neighbour holds %+v, not the leave record", r)
+	}
+}
