@@ -564,3 +564,74 @@ func TestRotateOnANodeThatCannotWriteItsSeedFileSpreadsNothing(t *testing.T) {
 		t.Error("the rotation the node could not stage is held and spread")
 	}
 }
+
+// The operator replaces the seed file by hand (a bare new seed) and reloads a member
+// during an in-band rotation: the reload drops the rotation's staged next seed, so the
+// member must stop handing that seed to others (it no longer plans to use it), say so
+// in one line, and not stage it again from a later offer of the same rotation (the
+// seed written by hand wins on this node).
+func TestReloadOfAHandWrittenSeedSupersedesTheInBandRotation(t *testing.T) {
+	_, admin, _ := ed25519.GenerateKey(nil)
+	seed, _ := config.GenerateSeed()
+	adm := fmt.Sprintf("[membership]\nadmins = [%q]\n", base64.StdEncoding.EncodeToString(admin.Public().(ed25519.PublicKey)))
+	alpha := startMeshNodeIn(t, seed, "alpha", "10.77.0.1/24", "", adm)
+	boot := fmt.Sprintf("bootstrap = [%q]", endpointOf(alpha.memNode))
+	beta := startMeshNodeIn(t, seed, "beta", "10.77.0.2/24", boot, adm)
+	delta := startMeshNodeIn(t, seed, "delta", "10.77.0.4/24", fmt.Sprintf("bootstrap = [%q]", endpointOf(beta.memNode)), adm)
+	deltaKey := delta.t.Node().PublicKey()
+	waitUntil(t, "beta has a session with delta", func() bool {
+		p := beta.t.mesh.memberPeer(deltaKey)
+		return p != nil && p.sp.HasSession()
+	})
+	_ = delta.t.Close() // away during the rotation: beta would offer it the seed later
+
+	next, _ := config.GenerateSeed()
+	raw := signRotate(t, admin, alpha, next, time.Now().Add(5*time.Minute), 600)
+	if _, err := alpha.t.Rotate(raw, next); err != nil {
+		t.Fatalf("Rotate: %v", err)
+	}
+	waitUntil(t, "beta stages the next seed", func() bool { return beta.t.rotationStatus() != nil })
+	st, _ := beta.t.heldRotation()
+	if !beta.t.offerable(st, deltaKey, beta.t.mesh.memberPeer(deltaKey)) {
+		t.Fatal("delta, known before the rotation, is not offerable: the test shows nothing")
+	}
+
+	hand, _ := config.GenerateSeed()
+	writeSecret(t, filepath.Dir(beta.cfg.Interface.SeedFile), filepath.Base(beta.cfg.Interface.SeedFile), hand)
+	changes, err := beta.t.ReloadChanges(beta.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := shortSeedID(mesh.SeedID(next))
+	var said []string
+	for _, c := range changes {
+		if strings.Contains(c, "superseded") && strings.Contains(c, id) {
+			said = append(said, c)
+		}
+	}
+	if len(said) != 1 {
+		t.Errorf("the reload's answer %q does not say in one line that the rotation to %s is superseded", changes, id)
+	}
+	sent := beta.t.mesh.rot.sentN.Load()
+	if beta.t.sendSeedOffer(deltaKey, time.Now()) || beta.t.mesh.rot.sentN.Load() != sent {
+		t.Error("after the reload beta still hands out the seed it dropped")
+	}
+	if sd := beta.t.Status().Seed; sd == nil || sd.Rotation != nil || sd.Superseded != id || sd.NextID != shortSeed(hand) {
+		t.Errorf("beta's seed status after the reload: %+v, want the hand-written seed next and the rotation superseded", sd)
+	}
+
+	// The opposite order: an offer of that rotation arriving after the reload.
+	beta.t.receiveSeedOffer(alpha.t.Node().PublicKey(), sealTo(t, raw, next, beta))
+	if got := offerCount(beta, mesh.OfferSuperseded); got != 1 {
+		t.Errorf("beta counted %d offers superseded, want 1", got)
+	}
+	if sd := beta.t.Status().Seed; sd == nil || sd.NextID != shortSeed(hand) || !sd.Transient {
+		t.Errorf("beta's seed status after the offer: %+v, want the hand-written seed still next", sd)
+	}
+	if sf, err := config.LoadSeedFile(beta.cfg.Interface.SeedFile); err != nil || sf.Seed != hand || sf.Next != nil {
+		t.Errorf("beta's seed file after the offer: %+v, %v; want the hand-written seed alone", sf, err)
+	}
+	if beta.t.sendSeedOffer(deltaKey, time.Now().Add(2*offerEvery)) {
+		t.Error("the offer after the reload made beta hand out the superseded seed again")
+	}
+}
