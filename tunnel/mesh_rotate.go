@@ -14,6 +14,7 @@ package tunnel
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -80,6 +81,16 @@ type rotateState struct {
 	superseded      []byte
 	supersededID    [16]byte
 	supersededUntil time.Time
+	// since is when this run started: a rotation taken in an earlier one (restored) was
+	// taken before every key seen in this one.
+	since time.Time
+	// persist is what the rotation keys file holds (mesh_rotation_keys.go),
+	// persistDirty that it changed since written; persistErr and persistAt the last
+	// failure to write it, and when.
+	persist      rotationPersisted
+	persistDirty bool
+	persistErr   string
+	persistAt    time.Time
 
 	recv    [len(mesh.SeedOfferReasons)]atomic.Uint64 // offers received, by reason
 	sentN   atomic.Uint64                             // offers sent
@@ -88,7 +99,7 @@ type rotateState struct {
 
 func newRotateState(priv [32]byte) *rotateState {
 	return &rotateState{priv: priv, jobs: make(chan rotateEvent, rotateQueue), sent: make(map[[32]byte]time.Time),
-		has: make(map[[32]byte]bool), seen: make(map[[32]byte]time.Time)}
+		has: make(map[[32]byte]bool), seen: make(map[[32]byte]time.Time), since: time.Now()}
 }
 
 func (r *rotateState) count(reason string) {
@@ -139,20 +150,38 @@ func (t *Tunnel) rotateLoop() {
 
 // restoreRotation takes up, after a restart, the rotation the node held: the newest
 // ROTATE of the statements file, when the seed file stages the seed it names and its
-// overlap has not ended. The node then offers it on, but only to [[peer]]s pinned to
-// a key: which keys it had seen before the statement was signed is not kept across a
-// restart, and every key it meets now is new to it (offerable).
+// overlap has not ended. The node then offers it on, to the keys the rotation keys
+// file says it had seen before the statement was signed, and to [[peer]]s pinned to a
+// key; every key it meets now is new to it, and is not offered that rotation's seed.
+// A rotation a seed file written by hand superseded stays superseded.
 func (t *Tunnel) restoreRotation(now time.Time) {
 	st, raw := t.heldRotation()
 	if st == nil {
 		return
 	}
-	next, _, _, ok := t.StagedSeed()
-	from, until := rotationTimes(st)
-	if !ok || mesh.SeedID(next) != st.Rotate.NextSeedID || !now.Before(until) {
-		return
+	var p rotationPersisted
+	if m := t.mesh; m.stmtPath != "" {
+		path := rotationPath(m.stmtPath)
+		var bad int
+		var err error
+		p, bad, err = loadRotationFile(path)
+		switch {
+		case err != nil:
+			t.log.Warn("mesh: cannot read the rotation keys file; the rotation's seed goes to [[peer]]s only", "file", path, "err", err)
+		case bad > 0:
+			t.log.Warn("mesh: rotation keys file holds lines not read; keeping the others", "file", path, "unreadable", bad)
+		}
 	}
 	r := t.mesh.rot
+	r.mu.Lock()
+	r.restoreOfferableLocked(p, st, raw)
+	superseded := r.superseded != nil
+	r.mu.Unlock()
+	next, _, _, ok := t.StagedSeed()
+	from, until := rotationTimes(st)
+	if superseded || !ok || mesh.SeedID(next) != st.Rotate.NextSeedID || !now.Before(until) {
+		return
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.raw == nil {
@@ -437,6 +466,7 @@ func (t *Tunnel) rotationAfterSeedReload(sf config.SeedFile, now time.Time) stri
 	if st.Rotate.NextSeedID == finalID {
 		if bytes.Equal(r.superseded, raw) {
 			r.superseded = nil
+			r.persist.superseded, r.persistDirty = [32]byte{}, true
 		}
 		return ""
 	}
@@ -445,6 +475,7 @@ func (t *Tunnel) rotationAfterSeedReload(sf config.SeedFile, now time.Time) stri
 	}
 	_, until := rotationTimes(st)
 	r.superseded, r.supersededID, r.supersededUntil = bytes.Clone(raw), st.Rotate.NextSeedID, until
+	r.persist.superseded, r.persistDirty = sha256.Sum256(raw), true // kept across a restart
 	return fmt.Sprintf("seed rotation: the in-band rotation to %s (signed %s) is superseded on this node by the seed file: its seed is no longer offered to members nor taken from their offers",
 		shortSeedID(st.Rotate.NextSeedID), time.Unix(0, int64(st.Issued)).UTC().Format(time.RFC3339))
 }
