@@ -177,6 +177,10 @@ func (t *Tunnel) restoreRotation(now time.Time) {
 	r.restoreOfferableLocked(p, st, raw)
 	superseded := r.superseded != nil
 	r.mu.Unlock()
+	if _, until := rotationTimes(st); superseded && now.Before(until) {
+		t.log.Info("mesh: the in-band rotation stays superseded on this node by the seed file written by hand",
+			"next_seed_id", shortSeedID(st.Rotate.NextSeedID), "until", until.UTC().Format(time.RFC3339))
+	}
 	next, _, _, ok := t.StagedSeed()
 	from, until := rotationTimes(st)
 	if superseded || !ok || mesh.SeedID(next) != st.Rotate.NextSeedID || !now.Before(until) {

@@ -665,11 +665,13 @@ func TestRotationSeedOfferedAfterARestartToMembersKnownBeforeItWasSigned(t *test
 	adm := fmt.Sprintf("[membership]\nadmins = [%q]\n", base64.StdEncoding.EncodeToString(admin.Public().(ed25519.PublicKey)))
 	alpha := startMeshNodeIn(t, seed, "alpha", "10.77.0.1/24", "", adm)
 	gamma := startMeshNodeIn(t, seed, "gamma", "10.77.0.3/24", fmt.Sprintf("bootstrap = [%q]", endpointOf(alpha.memNode)), adm)
-	before, excluded := newForged(t), newForged(t)
+	before, excluded, revoked := newForged(t), newForged(t), newForged(t)
 	before.offer(t, gamma, mesh.Record{Name: "before"})
 	excluded.offer(t, gamma, mesh.Record{Name: "excluded"})
+	revoked.offer(t, gamma, mesh.Record{Name: "revoked"})
 	gamma.memberOf(t, before)
 	gamma.memberOf(t, excluded)
+	gamma.memberOf(t, revoked)
 	waitUntil(t, "alpha has a session with gamma", func() bool {
 		p := alpha.t.mesh.memberPeer(gamma.t.Node().PublicKey())
 		return p != nil && p.sp.HasSession()
@@ -705,6 +707,17 @@ func TestRotationSeedOfferedAfterARestartToMembersKnownBeforeItWasSigned(t *test
 	fresh.offer(t, back, mesh.Record{Name: "fresh"})
 	back.memberOf(t, fresh)
 	st, _ = back.t.heldRotation()
+	if !back.t.offerable(st, revoked.id.Public, nil) {
+		t.Error("after the restart, a member known before the signature and not revoked yet is not offerable")
+	}
+	rv := mesh.Statement{Kind: mesh.StatementRevoke, Issued: uint64(time.Now().UnixNano()), Revoke: &mesh.Revocation{Target: revoked.id.Public}}
+	rvRaw, err := rv.Marshal(admin, mesh.NetworkOf(seed).ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, reason, err := back.t.OfferStatement(rvRaw); !ok || err != nil {
+		t.Fatalf("revocation refused: %s %v", reason, err)
+	}
 	for _, c := range []struct {
 		name string
 		key  [32]byte
@@ -714,6 +727,7 @@ func TestRotationSeedOfferedAfterARestartToMembersKnownBeforeItWasSigned(t *test
 		{"an excluded member", excluded.id.Public, false},
 		{"a member first seen after the signature", late.id.Public, false},
 		{"a member first seen after the restart", fresh.id.Public, false},
+		{"a member known before, revoked since", revoked.id.Public, false},
 	} {
 		if got := back.t.offerable(st, c.key, nil); got != c.want {
 			t.Errorf("after the restart, %s: offerable %v, want %v", c.name, got, c.want)
