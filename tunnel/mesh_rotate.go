@@ -14,6 +14,7 @@ package tunnel
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -73,6 +74,23 @@ type rotateState struct {
 	// ahead of this one.
 	takenID [16]byte
 	takenAt time.Time
+	// superseded is the ROTATE statement a reload of a seed file written by hand
+	// superseded on this node (rotationAfterSeedReload): its seed is neither offered nor
+	// staged from offers. supersededID is its next seed id, supersededUntil the end of
+	// its overlap (status shows it until then).
+	superseded      []byte
+	supersededID    [16]byte
+	supersededUntil time.Time
+	// since is when this run started: a rotation taken in an earlier one (restored) was
+	// taken before every key seen in this one.
+	since time.Time
+	// persist is what the rotation keys file holds (mesh_rotation_keys.go),
+	// persistDirty that it changed since written; persistErr and persistAt the last
+	// failure to write it, and when.
+	persist      rotationPersisted
+	persistDirty bool
+	persistErr   string
+	persistAt    time.Time
 
 	recv    [len(mesh.SeedOfferReasons)]atomic.Uint64 // offers received, by reason
 	sentN   atomic.Uint64                             // offers sent
@@ -81,7 +99,7 @@ type rotateState struct {
 
 func newRotateState(priv [32]byte) *rotateState {
 	return &rotateState{priv: priv, jobs: make(chan rotateEvent, rotateQueue), sent: make(map[[32]byte]time.Time),
-		has: make(map[[32]byte]bool), seen: make(map[[32]byte]time.Time)}
+		has: make(map[[32]byte]bool), seen: make(map[[32]byte]time.Time), since: time.Now()}
 }
 
 func (r *rotateState) count(reason string) {
@@ -132,20 +150,42 @@ func (t *Tunnel) rotateLoop() {
 
 // restoreRotation takes up, after a restart, the rotation the node held: the newest
 // ROTATE of the statements file, when the seed file stages the seed it names and its
-// overlap has not ended. The node then offers it on, but only to [[peer]]s pinned to
-// a key: which keys it had seen before the statement was signed is not kept across a
-// restart, and every key it meets now is new to it (offerable).
+// overlap has not ended. The node then offers it on, to the keys the rotation keys
+// file says it had seen before the statement was signed, and to [[peer]]s pinned to a
+// key; every key it meets now is new to it, and is not offered that rotation's seed.
+// A rotation a seed file written by hand superseded stays superseded.
 func (t *Tunnel) restoreRotation(now time.Time) {
 	st, raw := t.heldRotation()
 	if st == nil {
 		return
 	}
-	next, _, _, ok := t.StagedSeed()
-	from, until := rotationTimes(st)
-	if !ok || mesh.SeedID(next) != st.Rotate.NextSeedID || !now.Before(until) {
-		return
+	var p rotationPersisted
+	if m := t.mesh; m.stmtPath != "" {
+		path := rotationPath(m.stmtPath)
+		var bad int
+		var err error
+		p, bad, err = loadRotationFile(path)
+		switch {
+		case err != nil:
+			t.log.Warn("mesh: cannot read the rotation keys file; the rotation's seed goes to [[peer]]s only", "file", path, "err", err)
+		case bad > 0:
+			t.log.Warn("mesh: rotation keys file holds lines not read; keeping the others", "file", path, "unreadable", bad)
+		}
 	}
 	r := t.mesh.rot
+	r.mu.Lock()
+	r.restoreOfferableLocked(p, st, raw)
+	superseded := r.superseded != nil
+	r.mu.Unlock()
+	if _, until := rotationTimes(st); superseded && now.Before(until) {
+		t.log.Info("mesh: the in-band rotation stays superseded on this node by the seed file written by hand",
+			"next_seed_id", shortSeedID(st.Rotate.NextSeedID), "until", until.UTC().Format(time.RFC3339))
+	}
+	next, _, _, ok := t.StagedSeed()
+	from, until := rotationTimes(st)
+	if superseded || !ok || mesh.SeedID(next) != st.Rotate.NextSeedID || !now.Before(until) {
+		return
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.raw == nil {
@@ -278,6 +318,11 @@ func (t *Tunnel) receiveSeedOffer(from [32]byte, body []byte) {
 		return
 	}
 	r.mu.Lock()
+	if r.superseded != nil && bytes.Equal(r.superseded, o.Statement) {
+		r.mu.Unlock()
+		r.count(mesh.OfferSuperseded) // the operator's seed file wins on this node
+		return
+	}
 	dup := r.raw != nil && bytes.Equal(r.raw, o.Statement)
 	if dup {
 		r.has[from] = true
@@ -315,6 +360,10 @@ func (t *Tunnel) receiveSeedOffer(from [32]byte, body []byte) {
 		return
 	}
 	if err := t.stageRotation(raw, st, next); err != nil {
+		if errors.Is(err, errSuperseded) {
+			r.count(mesh.OfferSuperseded) // a reload superseded it meanwhile
+			return
+		}
 		r.count(mesh.OfferRefused)
 		t.log.Warn("mesh: could not stage the next seed of a rotation", "from", config.EncodeKey(from), "err", err)
 		return
@@ -347,7 +396,20 @@ func rotationTimes(st *mesh.Statement) (from, until time.Time) {
 func (t *Tunnel) stageRotation(raw []byte, st *mesh.Statement, next [32]byte) error {
 	from, until := rotationTimes(st)
 	r := t.mesh.rot
-	stage := t.StageSeed
+	notSuperseded := func() error {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if r.superseded != nil && bytes.Equal(r.superseded, raw) {
+			return errSuperseded
+		}
+		return nil
+	}
+	if err := notSuperseded(); err != nil {
+		return err
+	}
+	// Checked again under the seed lock, which a reload holds while it supersedes a
+	// rotation: one that comes between the two checks is refused all the same.
+	stage := func(next [32]byte, from, until time.Time) error { return t.stageSeed(next, from, until, notSuperseded) }
 	if f := r.stage.Load(); f != nil {
 		stage = *f
 	}
@@ -364,6 +426,62 @@ func (t *Tunnel) stageRotation(raw []byte, st *mesh.Statement, next [32]byte) er
 	t.log.Info("mesh: next seed staged", "seed_id", shortSeedID(st.Rotate.NextSeedID),
 		"from", from.UTC().Format(time.RFC3339), "until", until.UTC().Format(time.RFC3339))
 	return nil
+}
+
+// errSuperseded refuses to stage the seed of a rotation that a reload of a seed file
+// written by hand superseded on this node.
+var errSuperseded = errors.New("the seed file written by hand supersedes this rotation on this node (reload)")
+
+// rotationAfterSeedReload is called, with the seed lock held, when a reload has changed
+// the seeds to sf. The operator replaced the seed by hand: an in-band rotation in
+// progress whose next seed sf does not end on is superseded on this node. The node
+// stops offering its seed (it no longer plans to use it, and a member given it would
+// move to a seed this node leaves), and refuses to stage it from later offers, which
+// would undo the operator's file. A newer rotation is obeyed as usual. It returns the
+// reload's line saying so, "" when nothing was superseded. A file that ends on the
+// rotation's seed (the operator copied it by hand) lifts the mark.
+func (t *Tunnel) rotationAfterSeedReload(sf config.SeedFile, now time.Time) string {
+	if t.mesh == nil {
+		return ""
+	}
+	final := sf.Seed
+	if sf.Next != nil {
+		final = *sf.Next
+	}
+	finalID := mesh.SeedID(final)
+	st, raw := t.heldRotation()
+	r := t.mesh.rot
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.st != nil && r.st.Rotate.NextSeedID != finalID {
+		if st == nil {
+			st, raw = r.st, r.raw
+		}
+		r.raw, r.st, r.next, r.from, r.until = nil, nil, [32]byte{}, time.Time{}, time.Time{}
+		clear(r.sent)
+		clear(r.has)
+	}
+	if st == nil || slices.Contains(st.Rotate.Excluded, t.mesh.self) {
+		return ""
+	}
+	if _, until := rotationTimes(st); !now.Before(until) {
+		return ""
+	}
+	if st.Rotate.NextSeedID == finalID {
+		if bytes.Equal(r.superseded, raw) {
+			r.superseded = nil
+			r.persist.superseded, r.persistDirty = [32]byte{}, true
+		}
+		return ""
+	}
+	if bytes.Equal(r.superseded, raw) {
+		return ""
+	}
+	_, until := rotationTimes(st)
+	r.superseded, r.supersededID, r.supersededUntil = bytes.Clone(raw), st.Rotate.NextSeedID, until
+	r.persist.superseded, r.persistDirty = sha256.Sum256(raw), true // kept across a restart
+	return fmt.Sprintf("seed rotation: the in-band rotation to %s (signed %s) is superseded on this node by the seed file: its seed is no longer offered to members nor taken from their offers",
+		shortSeedID(st.Rotate.NextSeedID), time.Unix(0, int64(st.Issued)).UTC().Format(time.RFC3339))
 }
 
 // ErrNoAdmins is Rotate's error on a node without [membership] admins.
@@ -478,14 +596,18 @@ func (t *Tunnel) rotationStatus() *status.Rotation {
 }
 
 // addRotationStatus adds the rotation held to the seed object when its next seed is the
-// one staged (the seed's own fields say when it switches).
+// one staged (the seed's own fields say when it switches), and the rotation a seed file
+// written by hand superseded while its overlap lasts.
 func (t *Tunnel) addRotationStatus(sd *status.Seed) {
-	if sd == nil || sd.NextID == "" || t.mesh == nil {
+	if sd == nil || t.mesh == nil {
 		return
 	}
 	r := t.mesh.rot
 	r.mu.Lock()
-	same := r.st != nil && shortSeedID(r.st.Rotate.NextSeedID) == sd.NextID
+	if r.superseded != nil && time.Now().Before(r.supersededUntil) {
+		sd.Superseded = shortSeedID(r.supersededID)
+	}
+	same := sd.NextID != "" && r.st != nil && shortSeedID(r.st.Rotate.NextSeedID) == sd.NextID
 	r.mu.Unlock()
 	if same {
 		sd.Rotation = t.rotationStatus()

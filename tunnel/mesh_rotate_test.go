@@ -564,3 +564,211 @@ func TestRotateOnANodeThatCannotWriteItsSeedFileSpreadsNothing(t *testing.T) {
 		t.Error("the rotation the node could not stage is held and spread")
 	}
 }
+
+// The operator replaces the seed file by hand (a bare new seed) and reloads a member
+// during an in-band rotation: the reload drops the rotation's staged next seed, so the
+// member must stop handing that seed to others (it no longer plans to use it), say so
+// in one line, and not stage it again from a later offer of the same rotation (the
+// seed written by hand wins on this node).
+func TestReloadOfAHandWrittenSeedSupersedesTheInBandRotation(t *testing.T) {
+	_, admin, _ := ed25519.GenerateKey(nil)
+	seed, _ := config.GenerateSeed()
+	adm := fmt.Sprintf("[membership]\nadmins = [%q]\n", base64.StdEncoding.EncodeToString(admin.Public().(ed25519.PublicKey)))
+	alpha := startMeshNodeIn(t, seed, "alpha", "10.77.0.1/24", "", adm)
+	boot := fmt.Sprintf("bootstrap = [%q]", endpointOf(alpha.memNode))
+	beta := startMeshNodeIn(t, seed, "beta", "10.77.0.2/24", boot, adm)
+	delta := startMeshNodeIn(t, seed, "delta", "10.77.0.4/24", fmt.Sprintf("bootstrap = [%q]", endpointOf(beta.memNode)), adm)
+	deltaKey := delta.t.Node().PublicKey()
+	waitUntil(t, "beta has a session with delta", func() bool {
+		p := beta.t.mesh.memberPeer(deltaKey)
+		return p != nil && p.sp.HasSession()
+	})
+	_ = delta.t.Close() // away during the rotation: beta would offer it the seed later
+
+	next, _ := config.GenerateSeed()
+	raw := signRotate(t, admin, alpha, next, time.Now().Add(5*time.Minute), 600)
+	if _, err := alpha.t.Rotate(raw, next); err != nil {
+		t.Fatalf("Rotate: %v", err)
+	}
+	waitUntil(t, "beta stages the next seed", func() bool { return beta.t.rotationStatus() != nil })
+	st, _ := beta.t.heldRotation()
+	if !beta.t.offerable(st, deltaKey, beta.t.mesh.memberPeer(deltaKey)) {
+		t.Fatal("delta, known before the rotation, is not offerable: the test shows nothing")
+	}
+
+	hand, _ := config.GenerateSeed()
+	writeSecret(t, filepath.Dir(beta.cfg.Interface.SeedFile), filepath.Base(beta.cfg.Interface.SeedFile), hand)
+	changes, err := beta.t.ReloadChanges(beta.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := shortSeedID(mesh.SeedID(next))
+	var said []string
+	for _, c := range changes {
+		if strings.Contains(c, "superseded") && strings.Contains(c, id) {
+			said = append(said, c)
+		}
+	}
+	if len(said) != 1 {
+		t.Errorf("the reload's answer %q does not say in one line that the rotation to %s is superseded", changes, id)
+	}
+	sent := beta.t.mesh.rot.sentN.Load()
+	if beta.t.sendSeedOffer(deltaKey, time.Now()) || beta.t.mesh.rot.sentN.Load() != sent {
+		t.Error("after the reload beta still hands out the seed it dropped")
+	}
+	if sd := beta.t.Status().Seed; sd == nil || sd.Rotation != nil || sd.Superseded != id || sd.NextID != shortSeed(hand) {
+		t.Errorf("beta's seed status after the reload: %+v, want the hand-written seed next and the rotation superseded", sd)
+	}
+
+	// The opposite order: an offer of that rotation arriving after the reload.
+	beta.t.receiveSeedOffer(alpha.t.Node().PublicKey(), sealTo(t, raw, next, beta))
+	if got := offerCount(beta, mesh.OfferSuperseded); got != 1 {
+		t.Errorf("beta counted %d offers superseded, want 1", got)
+	}
+	if sd := beta.t.Status().Seed; sd == nil || sd.NextID != shortSeed(hand) || !sd.Transient {
+		t.Errorf("beta's seed status after the offer: %+v, want the hand-written seed still next", sd)
+	}
+	if sf, err := config.LoadSeedFile(beta.cfg.Interface.SeedFile); err != nil || sf.Seed != hand || sf.Next != nil {
+		t.Errorf("beta's seed file after the offer: %+v, %v; want the hand-written seed alone", sf, err)
+	}
+	if beta.t.sendSeedOffer(deltaKey, time.Now().Add(2*offerEvery)) {
+		t.Error("the offer after the reload made beta hand out the superseded seed again")
+	}
+
+	// Across a restart too: the seed file holds the hand-written seed alone, and an
+	// offer of the rotation must not stage its seed over it.
+	_ = beta.t.Close()
+	back := &rvNode{memNode: startCfg(t, beta.cfg), seed: seed, key: beta.key, cfg: beta.cfg}
+	waitUntil(t, "beta, restarted, takes up its state", func() bool {
+		r := back.t.mesh.rot
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return !r.takenAt.IsZero()
+	})
+	back.t.receiveSeedOffer(alpha.t.Node().PublicKey(), sealTo(t, raw, next, back))
+	if got := offerCount(back, mesh.OfferSuperseded); got != 1 {
+		t.Errorf("beta, restarted, counted %d offers superseded, want 1 (accepted %d)", got, offerCount(back, mesh.OfferAccepted))
+	}
+	if sf, err := config.LoadSeedFile(beta.cfg.Interface.SeedFile); err != nil || sf.Seed != hand || sf.Next != nil {
+		t.Errorf("beta's seed file after a restart and the offer: %+v, %v; want the hand-written seed alone", sf, err)
+	}
+}
+
+// A member restarted during a rotation goes on handing its seed to the members it knew
+// before the admin signed it (kept in <link>.rotation beside the statements file,
+// mode 0600), so that one that was away still gets it; never to a key first seen after
+// the signature, before or after the restart (a revoked member back under a fresh
+// key), nor to an excluded one.
+func TestRotationSeedOfferedAfterARestartToMembersKnownBeforeItWasSigned(t *testing.T) {
+	_, admin, _ := ed25519.GenerateKey(nil)
+	seed, _ := config.GenerateSeed()
+	adm := fmt.Sprintf("[membership]\nadmins = [%q]\n", base64.StdEncoding.EncodeToString(admin.Public().(ed25519.PublicKey)))
+	alpha := startMeshNodeIn(t, seed, "alpha", "10.77.0.1/24", "", adm)
+	gamma := startMeshNodeIn(t, seed, "gamma", "10.77.0.3/24", fmt.Sprintf("bootstrap = [%q]", endpointOf(alpha.memNode)), adm)
+	before, excluded, revoked := newForged(t), newForged(t), newForged(t)
+	before.offer(t, gamma, mesh.Record{Name: "before"})
+	excluded.offer(t, gamma, mesh.Record{Name: "excluded"})
+	revoked.offer(t, gamma, mesh.Record{Name: "revoked"})
+	gamma.memberOf(t, before)
+	gamma.memberOf(t, excluded)
+	gamma.memberOf(t, revoked)
+	waitUntil(t, "alpha has a session with gamma", func() bool {
+		p := alpha.t.mesh.memberPeer(gamma.t.Node().PublicKey())
+		return p != nil && p.sp.HasSession()
+	})
+
+	next, _ := config.GenerateSeed()
+	raw := signRotate(t, admin, alpha, next, time.Now().Add(time.Minute), 600, excluded.id.Public)
+	if _, err := alpha.t.Rotate(raw, next); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "gamma stages the next seed", func() bool { return gamma.t.rotationStatus() != nil })
+	late := newForged(t) // first seen after the signature
+	late.offer(t, gamma, mesh.Record{Name: "late"})
+	gamma.memberOf(t, late)
+	st, _ := gamma.t.heldRotation()
+	if !gamma.t.offerable(st, before.id.Public, nil) || gamma.t.offerable(st, late.id.Public, nil) {
+		t.Fatal("before the restart, gamma does not offer the seed as it should: the test shows nothing")
+	}
+	_ = gamma.t.Close()
+	path := rotationPath(statementsPath(gamma.cfg.Interface.SeedFile, gamma.cfg.Interface.Name))
+	if fi, err := os.Lstat(path); err != nil || fi.Mode() != 0o600 {
+		t.Fatalf("the rotation keys file: %v, %v; want a regular file of mode 0600", fi, err)
+	}
+
+	back := &rvNode{memNode: startCfg(t, gamma.cfg), seed: seed, key: gamma.key, cfg: gamma.cfg}
+	waitUntil(t, "gamma, restarted, holds the rotation again", func() bool {
+		r := back.t.mesh.rot
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return bytes.Equal(r.raw, raw)
+	})
+	fresh := newForged(t) // first seen after the restart
+	fresh.offer(t, back, mesh.Record{Name: "fresh"})
+	back.memberOf(t, fresh)
+	st, _ = back.t.heldRotation()
+	if !back.t.offerable(st, revoked.id.Public, nil) {
+		t.Error("after the restart, a member known before the signature and not revoked yet is not offerable")
+	}
+	rv := mesh.Statement{Kind: mesh.StatementRevoke, Issued: uint64(time.Now().UnixNano()), Revoke: &mesh.Revocation{Target: revoked.id.Public}}
+	rvRaw, err := rv.Marshal(admin, mesh.NetworkOf(seed).ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, reason, err := back.t.OfferStatement(rvRaw); !ok || err != nil {
+		t.Fatalf("revocation refused: %s %v", reason, err)
+	}
+	for _, c := range []struct {
+		name string
+		key  [32]byte
+		want bool
+	}{
+		{"a member known before the signature", before.id.Public, true},
+		{"an excluded member", excluded.id.Public, false},
+		{"a member first seen after the signature", late.id.Public, false},
+		{"a member first seen after the restart", fresh.id.Public, false},
+		{"a member known before, revoked since", revoked.id.Public, false},
+	} {
+		if got := back.t.offerable(st, c.key, nil); got != c.want {
+			t.Errorf("after the restart, %s: offerable %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+// The rotation keys file decides who is handed the seed: it is read only as a regular
+// file of one name (a link planted in its place, pointing at a list of the planter's
+// keys, is refused), and written by replacing it, mode 0600, never through a link.
+func TestRotationKeysFileNotReadNorWrittenThroughALink(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "stt0"+RotationSuffix)
+	planted := filepath.Join(dir, "planted")
+	p := rotationPersisted{rotation: [32]byte{1}, keys: [][32]byte{{2}, {3}}}
+	writeFileT(t, planted, p.encode())
+	if err := os.Symlink(planted, path); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, err := loadRotationFile(path); err == nil || len(got.keys) != 0 {
+		t.Errorf("read through a link: %d keys, err %v", len(got.keys), err)
+	}
+	if err := writeStateFile(path, rotationPersisted{}.encode()); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Lstat(path); err != nil || fi.Mode() != 0o600 {
+		t.Errorf("after a save: %v, %v; want a regular file of mode 0600", fi, err)
+	}
+	if b, _ := os.ReadFile(planted); string(b) != p.encode() {
+		t.Error("the save wrote through the link")
+	}
+	got, bad, err := loadRotationFile(path)
+	if err != nil || bad != 0 || len(got.keys) != 0 {
+		t.Errorf("read back: %+v, %d bad, %v", got, bad, err)
+	}
+	// A round trip keeps the keys and both statements.
+	p.superseded = [32]byte{9}
+	if err := writeStateFile(path, p.encode()); err != nil {
+		t.Fatal(err)
+	}
+	if got, bad, err := loadRotationFile(path); err != nil || bad != 0 || got.rotation != p.rotation || got.superseded != p.superseded || !slices.Equal(got.keys, p.keys) {
+		t.Errorf("round trip: %+v, %d bad, %v", got, bad, err)
+	}
+}

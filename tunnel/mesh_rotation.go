@@ -31,11 +31,12 @@ func (t *Tunnel) statementRevoked(key [32]byte) bool { return t.mesh.eng.Revoked
 func (t *Tunnel) rotationAccepted(st *mesh.Statement) {
 	from, until := rotationTimes(st)
 	r := t.mesh.rot
-	newest, _ := t.heldRotation()
+	newest, newestRaw := t.heldRotation()
 	r.mu.Lock()
 	superseded := r.st != nil && r.st.Rotate.NextSeedID != st.Rotate.NextSeedID
 	if newest != nil && newest.Rotate.NextSeedID == st.Rotate.NextSeedID && r.takenID != st.Rotate.NextSeedID {
 		r.takenID, r.takenAt = st.Rotate.NextSeedID, time.Now()
+		r.snapshotOfferableLocked(newest, newestRaw) // kept across a restart
 	}
 	r.mu.Unlock()
 	t.log.Info("mesh: seed rotation statement taken", "next_seed_id", shortSeedID(st.Rotate.NextSeedID),

@@ -116,6 +116,7 @@ const stmtSaveRetry = time.Minute
 // differs from the one before, so that a file that cannot be written is said once,
 // not every second.
 func (t *Tunnel) saveStatementsAt(now time.Time, last bool) {
+	t.saveRotationFile(now, last)
 	m := t.mesh
 	if m == nil || m.stmtPath == "" || !m.stmtDirty.Load() {
 		return
@@ -128,7 +129,7 @@ func (t *Tunnel) saveStatementsAt(now time.Time, last bool) {
 	if !m.stmtDirty.Swap(false) {
 		return
 	}
-	if err := writeStatements(m.stmtPath, m.eng.Statements()); err != nil {
+	if err := writeStateFile(m.stmtPath, statementsText(m.eng.Statements())); err != nil {
 		m.stmtDirty.Store(true) // tried again later
 		m.stmtSaveAt = now
 		if msg := err.Error(); msg != m.stmtSaveErr {
@@ -144,16 +145,23 @@ func (t *Tunnel) saveStatementsAt(now time.Time, last bool) {
 	}
 }
 
-func writeStatements(path string, raws [][]byte) error {
-	dir := filepath.Dir(path)
-	if err := statedir.Ensure(dir); err != nil {
-		return err
-	}
+func statementsText(raws [][]byte) string {
 	var b strings.Builder
 	b.WriteString(statementsHeader)
 	for _, r := range raws {
 		b.WriteString(base64.StdEncoding.EncodeToString(r))
 		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+// writeStateFile replaces the file at path with content: a temporary file in the same
+// directory (mode 0600), synced, renamed over the old one, which replaces a link rather
+// than follow it; a crash leaves the old file or the new one.
+func writeStateFile(path, content string) error {
+	dir := filepath.Dir(path)
+	if err := statedir.Ensure(dir); err != nil {
+		return err
 	}
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp")
 	if err != nil {
@@ -165,7 +173,7 @@ func writeStatements(path string, raws [][]byte) error {
 		f.Close()
 		return err
 	}
-	if _, err := f.WriteString(b.String()); err != nil {
+	if _, err := f.WriteString(content); err != nil {
 		f.Close()
 		return err
 	}

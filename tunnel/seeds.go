@@ -132,6 +132,12 @@ func (t *Tunnel) stopSeeds() {
 // the overlap ends). If the staged one is in use already (from has passed), it
 // becomes the current seed of the new rotation.
 func (t *Tunnel) StageSeed(next [32]byte, from, until time.Time) error {
+	return t.stageSeed(next, from, until, nil)
+}
+
+// stageSeed is StageSeed, refused with the error of ok (when not nil), which is called
+// with the seed lock held.
+func (t *Tunnel) stageSeed(next [32]byte, from, until time.Time, ok func() error) error {
 	if !until.After(from) {
 		return errors.New("stage seed: until is not after from")
 	}
@@ -140,6 +146,11 @@ func (t *Tunnel) StageSeed(next [32]byte, from, until time.Time) error {
 	t.mu.RUnlock()
 	t.seed.mu.Lock()
 	defer t.seed.mu.Unlock()
+	if ok != nil {
+		if err := ok(); err != nil {
+			return err
+		}
+	}
 	now := time.Now()
 	base := t.seed.file
 	if base.Next != nil && !now.Before(base.Until) {
@@ -241,7 +252,9 @@ func (t *Tunnel) planSeedReload(path string) (*seedReload, error) {
 
 // applySeedReload carries out a planned seed reload; it cannot fail the reload: a seed
 // file that cannot be rewritten is a warning. If the seeds changed since the plan (a
-// next seed staged meanwhile, StageSeed), it plans again on what is there now.
+// next seed staged meanwhile, StageSeed), it plans again on what is there now. Besides
+// warnings, it returns the line saying that the new seeds supersede an in-band rotation
+// on this node (rotationAfterSeedReload).
 func (t *Tunnel) applySeedReload(r *seedReload) []string {
 	var warn []string
 	for range 3 {
@@ -260,8 +273,14 @@ func (t *Tunnel) applySeedReload(r *seedReload) []string {
 				warn = append(warn, "warning: "+err.Error()+"; add the network line by hand before the next restart")
 			}
 		}
+		before, wasTransient := t.seed.file, t.seed.transient
 		if err := t.applySeedsLocked(r.file, r.transient); err != nil {
 			warn = append(warn, "warning: seeds not applied: "+err.Error())
+		} else if !sameSeeds(r.file, before) || r.transient != wasTransient {
+			// Under the seed lock: an offer staging the superseded seed waits for it.
+			if line := t.rotationAfterSeedReload(r.file, time.Now()); line != "" {
+				warn = append(warn, line)
+			}
 		}
 		t.seed.mu.Unlock()
 		return warn

@@ -14,11 +14,12 @@ import (
 
 // What a command's arguments are, for completion.
 const (
-	argConfigs    = "configs"    // NAME of <config-dir>/NAME.toml
-	argInterfaces = "interfaces" // a running interface, or a configuration's NAME
-	argPeers      = "peers"      // a peer name from the configurations
-	argShells     = "shells"     // bash or zsh
-	argFiles      = "files"      // a file name
+	argConfigs    = "configs"     // NAME of <config-dir>/NAME.toml
+	argInterfaces = "interfaces"  // a running interface, or a configuration's NAME
+	argPeers      = "peers"       // a peer name from the configurations
+	argShells     = "shells"      // bash or zsh
+	argFiles      = "files"       // a file name
+	argSubs       = "subcommands" // a subcommand of the command (seed rotate, admin genkey)
 )
 
 // commandArgs says what each command's NAME argument completes to; commands not listed
@@ -43,6 +44,26 @@ var flagValues = map[string]string{
 	"log-level":    "debug info warn error",
 	"interface":    argInterfaces, // ping -I NAME
 	"admin-key":    "files",
+	"exclude":      argPeers, // seed rotate --exclude MEMBER, named as revoke names one
+}
+
+// subcommands are the subcommands of c a user may type (not the library's help).
+func subcommands(c *cli.Command) []*cli.Command {
+	var out []*cli.Command
+	for _, s := range c.Subcommands {
+		if !s.Hidden && s.Name != "help" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func subcommandNames(c *cli.Command) string {
+	var names []string
+	for _, s := range subcommands(c) {
+		names = append(names, s.Name)
+	}
+	return strings.Join(names, " ")
 }
 
 func completionCommand(e *env) *cli.Command {
@@ -218,8 +239,8 @@ func bashValueCase(b *strings.Builder, flags []cli.Flag, indent string) {
 			arm += `compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$cur"))`
 		case "dirs":
 			arm += `compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -d -- "$cur"))`
-		case argInterfaces:
-			arm += `COMPREPLY=($(compgen -W "$(__stt_tun_names interfaces "${words[@]}" | sort -u)" -- "$cur"))`
+		case argInterfaces, argPeers:
+			arm += fmt.Sprintf(`COMPREPLY=($(compgen -W "$(__stt_tun_names %s "${words[@]}" | sort -u)" -- "$cur"))`, kind)
 		case "":
 			arm += ": # nothing to suggest"
 		default:
@@ -246,7 +267,7 @@ func writeBashCompletion(w io.Writer, app *cli.App) error {
 	b.WriteString(`
 _stt_tun() {
   local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]}
-  local words=("${COMP_WORDS[@]:1:COMP_CWORD-1}") cmd= i flags= args=
+  local words=("${COMP_WORDS[@]:1:COMP_CWORD-1}") cmd= i flags= args= subs=
   # The command is the first word that is neither a global flag nor its value.
   for ((i = 1; i < COMP_CWORD; i++)); do
     case ${COMP_WORDS[i]} in
@@ -254,7 +275,26 @@ _stt_tun() {
 	if vf := valueFlags(app.Flags); len(vf) > 0 {
 		fmt.Fprintf(&b, "      %s) ((i++)) ;;\n", strings.Join(vf, " | "))
 	}
-	b.WriteString("      -*) ;;\n      *) cmd=${COMP_WORDS[i]}; break ;;\n    esac\n  done\n  case $cmd in\n")
+	b.WriteString("      -*) ;;\n      *) cmd=${COMP_WORDS[i]}; break ;;\n    esac\n  done\n")
+	// A command with subcommands: the subcommand is the next word that is neither a
+	// flag of the command nor its value; cmd becomes "seed rotate".
+	var parents []string
+	for _, c := range app.Commands {
+		if !c.Hidden && len(subcommands(c)) > 0 {
+			parents = append(parents, c.Name)
+		}
+	}
+	if len(parents) > 0 {
+		fmt.Fprintf(&b, "  case $cmd in\n    %s)\n      for ((i++; i < COMP_CWORD; i++)); do\n        case ${COMP_WORDS[i]} in\n", strings.Join(parents, " | "))
+		for _, name := range parents {
+			c := app.Command(name)
+			if vf := valueFlags(c.Flags); len(vf) > 0 {
+				fmt.Fprintf(&b, "          %s) [[ $cmd == %s ]] && ((i++)) ;;\n", strings.Join(vf, " | "), name)
+			}
+		}
+		b.WriteString("          -*) ;;\n          *) cmd=\"$cmd ${COMP_WORDS[i]}\"; break ;;\n        esac\n      done ;;\n  esac\n")
+	}
+	b.WriteString("  case $cmd in\n")
 	b.WriteString("    \"\")\n")
 	bashValueCase(&b, app.Flags, "      ")
 	fmt.Fprintf(&b, "      flags=%q\n      args=commands ;;\n", flagWords(app.Flags))
@@ -264,7 +304,18 @@ _stt_tun() {
 		}
 		fmt.Fprintf(&b, "    %s)\n", c.Name)
 		bashValueCase(&b, c.Flags, "      ")
-		fmt.Fprintf(&b, "      flags=%q\n      args=%q ;;\n", flagWords(c.Flags), commandArgs[c.Name])
+		args := commandArgs[c.Name]
+		if subs := subcommandNames(c); subs != "" {
+			args = argSubs
+			fmt.Fprintf(&b, "      subs=%q\n", subs)
+		}
+		fmt.Fprintf(&b, "      flags=%q\n      args=%q ;;\n", flagWords(c.Flags), args)
+		for _, sc := range subcommands(c) {
+			name := c.Name + " " + sc.Name
+			fmt.Fprintf(&b, "    %q)\n", name)
+			bashValueCase(&b, sc.Flags, "      ")
+			fmt.Fprintf(&b, "      flags=%q\n      args=%q ;;\n", flagWords(sc.Flags), commandArgs[name])
+		}
 	}
 	fmt.Fprintf(&b, `  esac
   if [[ $cur == -* ]]; then
@@ -274,6 +325,7 @@ _stt_tun() {
   case $args in
     commands) COMPREPLY=($(compgen -W %q -- "$cur")) ;;
     shells) COMPREPLY=($(compgen -W "bash zsh" -- "$cur")) ;;
+    subcommands) COMPREPLY=($(compgen -W "$subs" -- "$cur")) ;;
     files) compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$cur")) ;;
     ?*) COMPREPLY=($(compgen -W "$(__stt_tun_names "$args" "${words[@]}" | sort -u)" -- "$cur")) ;;
   esac
@@ -304,6 +356,8 @@ func zshFlagSpecs(flags []cli.Flag) []string {
 				action = ":directory:_files -/"
 			case argInterfaces:
 				action = ":interface:->" + argInterfaces
+			case argPeers:
+				action = ":member:->" + argPeers
 			case "":
 				action = ":" + names[0] + ": "
 			default:
@@ -322,6 +376,45 @@ func zshFlagSpecs(flags []cli.Flag) []string {
 		specs = append(specs, fmt.Sprintf("'(%s)'{%s}'[%s]%s'", strings.Join(d, " "), strings.Join(d, ","), desc, action))
 	}
 	return append(specs, "'(- *)'{-h,--help}'[show help]'")
+}
+
+// zshCommand writes the case arm of command c (path: "seed", "seed rotate"): its flags
+// and argument, or its subcommands, each an arm of a nested case.
+func zshCommand(b *strings.Builder, c *cli.Command, path, in string) {
+	fmt.Fprintf(b, "%s%s)\n", in, c.Name)
+	arg := ""
+	subs := subcommands(c)
+	switch kind := commandArgs[path]; {
+	case len(subs) > 0:
+		state := "sub-" + strings.ReplaceAll(path, " ", "-")
+		arg = "'1:subcommand:(" + subcommandNames(c) + ")' '*::argument:->" + state + "'"
+	case kind == "":
+	case kind == argShells:
+		arg = "'1:shell:(bash zsh)'"
+	case kind == argFiles:
+		arg = "'1:file:_files'"
+	default:
+		arg = fmt.Sprintf("'1:%s:->%s'", strings.TrimSuffix(kind, "s"), kind)
+	}
+	b.WriteString(in + "  _arguments -C \\\n")
+	for _, s := range zshFlagSpecs(c.Flags) {
+		fmt.Fprintf(b, "%s    %s \\\n", in, s)
+	}
+	if arg != "" {
+		fmt.Fprintf(b, "%s    %s \\\n", in, arg)
+	}
+	if len(subs) == 0 {
+		b.WriteString(in + "    && ret=0 ;;\n")
+		return
+	}
+	b.WriteString(in + "    && ret=0\n")
+	fmt.Fprintf(b, "%s  case $state in\n%s    sub-%s)\n", in, in, strings.ReplaceAll(path, " ", "-"))
+	fmt.Fprintf(b, "%s      curcontext=${curcontext%%:*:*}:stt-tun-%s-$line[1]:\n", in, strings.ReplaceAll(path, " ", "-"))
+	fmt.Fprintf(b, "%s      case $line[1] in\n", in)
+	for _, sc := range subs {
+		zshCommand(b, sc, path+" "+sc.Name, in+"        ")
+	}
+	fmt.Fprintf(b, "%s      esac ;;\n%s  esac ;;\n", in, in)
 }
 
 func writeZshCompletion(w io.Writer, app *cli.App) error {
@@ -356,28 +449,9 @@ _stt-tun() {
 	b.WriteString("      )\n      _describe -t commands 'stt-tun command' commands && ret=0 ;;\n")
 	b.WriteString("    argument)\n      curcontext=${curcontext%:*:*}:stt-tun-$line[1]:\n      case $line[1] in\n")
 	for _, c := range app.Commands {
-		if c.Hidden {
-			continue
+		if !c.Hidden {
+			zshCommand(&b, c, c.Name, "        ")
 		}
-		fmt.Fprintf(&b, "        %s)\n", c.Name)
-		arg := ""
-		switch kind := commandArgs[c.Name]; kind {
-		case "":
-		case argShells:
-			arg = "'1:shell:(bash zsh)'"
-		case argFiles:
-			arg = "'1:file:_files'"
-		default:
-			arg = fmt.Sprintf("'1:%s:->%s'", strings.TrimSuffix(kind, "s"), kind)
-		}
-		b.WriteString("          _arguments -C \\\n")
-		for _, s := range zshFlagSpecs(c.Flags) {
-			fmt.Fprintf(&b, "            %s \\\n", s)
-		}
-		if arg != "" {
-			fmt.Fprintf(&b, "            %s \\\n", arg)
-		}
-		b.WriteString("            && ret=0 ;;\n")
 	}
 	b.WriteString(`      esac
       case $state in

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/urfave/cli/v2"
 )
 
 func completionScript(t *testing.T, shell string) string {
@@ -83,6 +85,20 @@ func TestBashCompletion(t *testing.T) {
 		{"stt-tun ping -I ", []string{"alpha", "beta", "stt7"}},
 		{"stt-tun ping -c ", nil},
 		{"stt-tun key-upgrade " + other + "/la", []string{other + "/lab.toml"}},
+		{"stt-tun revoke ", []string{"delta", "gamma"}},
+		{"stt-tun revoke --admin-key " + other + "/la", []string{other + "/lab.toml"}},
+		{"stt-tun seed ", []string{"rotate"}},
+		{"stt-tun seed r", []string{"rotate"}},
+		{"stt-tun admin ", []string{"genkey", "pubkey"}},
+		{"stt-tun seed rotate --ex", []string{"--exclude"}},
+		{"stt-tun seed rotate --exclude ", []string{"delta", "gamma"}},
+		{"stt-tun seed rotate --exclude gamma --exclude d", []string{"delta"}},
+		{"stt-tun seed rotate --admin-key " + other + "/la", []string{other + "/lab.toml"}},
+		{"stt-tun seed rotate -I ", []string{"alpha", "beta", "stt7"}},
+		{"stt-tun --state-dir " + state + " seed rotate --interface s", []string{"stt7"}},
+		{"stt-tun seed rotate --from ", nil},
+		{"stt-tun seed rotate --overlap ", nil},
+		{"stt-tun seed rotate ", nil},
 	} {
 		if got := complete(tc.line); !slices.Equal(got, tc.want) {
 			t.Errorf("%q completes to %q, want %q", tc.line, got, tc.want)
@@ -93,17 +109,32 @@ func TestBashCompletion(t *testing.T) {
 	if got := complete("stt-tun "); !slices.Equal(got, slices.Sorted(slices.Values(append(commandNames(newApp(defaultEnv())), "help")))) {
 		t.Errorf("commands: %q", got)
 	}
+	// So is every flag of every subcommand (seed rotate, admin genkey).
+	type named struct {
+		line  string
+		flags []cli.Flag
+	}
+	var cmds []named
 	for _, c := range newApp(defaultEnv()).Commands {
-		got := complete("stt-tun " + c.Name + " -")
-		for _, f := range visibleFlags(c.Flags) {
+		cmds = append(cmds, named{c.Name, c.Flags})
+		for _, sc := range subcommands(c) {
+			cmds = append(cmds, named{c.Name + " " + sc.Name, sc.Flags})
+		}
+	}
+	if !slices.ContainsFunc(cmds, func(n named) bool { return n.line == "seed rotate" }) {
+		t.Fatal("seed rotate is not among the commands completed")
+	}
+	for _, c := range cmds {
+		got := complete("stt-tun " + c.line + " -")
+		for _, f := range visibleFlags(c.flags) {
 			for _, n := range f.Names() {
 				if !slices.Contains(got, dashed(n)) {
-					t.Errorf("stt-tun %s -<TAB> lacks %s: %q", c.Name, dashed(n), got)
+					t.Errorf("stt-tun %s -<TAB> lacks %s: %q", c.line, dashed(n), got)
 				}
 			}
 		}
 		if slices.Contains(got, "--ready-fd") {
-			t.Errorf("stt-tun %s -<TAB> offers a hidden flag: %q", c.Name, got)
+			t.Errorf("stt-tun %s -<TAB> offers a hidden flag: %q", c.line, got)
 		}
 	}
 

@@ -674,6 +674,11 @@ func humanBytes(n uint64) string {
 // rotation, the next one, when it takes over, until when the current one is accepted,
 // and how many peers' sessions are under each.
 func renderSeed(b *strings.Builder, sd *status.Seed, peers []status.Peer) {
+	defer func() {
+		if sd.Superseded != "" {
+			fmt.Fprintf(b, "  rotation to %s: superseded here by the seed file (reload); not offered, not taken from offers\n", sd.Superseded)
+		}
+	}()
 	if sd.NextID == "" {
 		fmt.Fprintf(b, "  seed: %s\n", sd.ID)
 		return

@@ -68,6 +68,10 @@ type Seed struct {
 	// Rotation is set when the next seed came from an admin's rotation statement (seed
 	// rotate) rather than from the seed file.
 	Rotation *Rotation `json:"rotation,omitempty"`
+	// Superseded is the short id of the next seed of an in-band rotation that a reload
+	// of a seed file written by hand superseded on this node: it neither offers that
+	// seed nor stages it from other members' offers.
+	Superseded string `json:"superseded,omitempty"`
 }
 
 // Mesh is what a node knows of the mesh it belongs to.

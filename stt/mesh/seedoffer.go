@@ -69,7 +69,7 @@ var (
 
 // Reasons a SEED_OFFER is refused or taken, as counted (mesh_seed_offer_*). The tunnel
 // adds its own: stale (not the newest rotation held), refused (the seed could not be
-// staged).
+// staged), superseded (the operator replaced the seed file by hand during the rotation).
 const (
 	OfferAccepted   = "accepted"
 	OfferMalformed  = "malformed"
@@ -82,12 +82,13 @@ const (
 	OfferRefused    = "refused"
 	OfferNoAdmins   = "no_admins"
 	OfferDuplicated = "duplicate"
+	OfferSuperseded = "superseded"
 )
 
 // SeedOfferReasons lists every reason a received SEED_OFFER is counted under, in a
 // fixed order.
 var SeedOfferReasons = [...]string{OfferAccepted, OfferDuplicated, OfferMalformed, OfferStatement, OfferNotRotate,
-	OfferExcluded, OfferBadSeal, OfferWrongSeed, OfferStale, OfferRefused, OfferNoAdmins}
+	OfferExcluded, OfferBadSeal, OfferWrongSeed, OfferStale, OfferRefused, OfferNoAdmins, OfferSuperseded}
 
 // SeedOfferReason returns the counting reason of an error of ParseSeedOffer or
 // OpenSeedOffer.
