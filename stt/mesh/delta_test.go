@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"crypto/ed25519"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -174,10 +175,10 @@ func TestGossipHubCostPerResignDoesNotGrowWithMembers(t *testing.T) {
 	}
 }
 
-// The SUMMARYs of the anti-entropy rounds go by SendOnce (nothing acknowledges them: a
-// member's every round would otherwise cost each of its neighbours an ACK, and an
-// introducer is everyone's neighbour); the one that starts a new session's exchange,
-// and every other message, by Send.
+// The SUMMARYs of the anti-entropy rounds, records' and statements', go by SendOnce
+// (nothing acknowledges them: a member's every round would otherwise cost each of its
+// neighbours an ACK, and an introducer is everyone's neighbour); those that start a new
+// session's exchange, and every other message, by Send.
 func TestGossipRoundSummariesSentOnceSessionUpSummaryReliably(t *testing.T) {
 	var reliable, once []byte
 	peer := NewIdentity(edSeedN(9)).Public
@@ -189,22 +190,24 @@ func TestGossipRoundSummariesSentOnceSessionUpSummaryReliably(t *testing.T) {
 	if err := e.SetSelf(Record{Name: "self"}); err != nil {
 		t.Fatal(err)
 	}
+	// A statement held: its SUMMARY goes with the records' SUMMARY.
+	e.SetAdmins([]ed25519.PublicKey{adminPub(testAdmin())})
+	victim := NewIdentity(edSeedN(10)).Public
+	if ok, reason := e.OfferStatement(mustSign(t, testRevoke(uint64(now.UnixNano()), victim), testAdmin(), NetworkID(testSeed))); !ok {
+		t.Fatalf("statement refused: %s", reason)
+	}
+	reliable = nil
 	e.SessionUp(peer)
-	if !slices.Contains(reliable, MsgSummary) || len(once) != 0 {
-		t.Fatalf("session up: reliably %x, once %x; want its SUMMARY reliably", reliable, once)
+	if !slices.Contains(reliable, MsgSummary) || !slices.Contains(reliable, MsgStatements) || len(once) != 0 {
+		t.Fatalf("session up: reliably %x, once %x; want both SUMMARYs reliably", reliable, once)
 	}
 	reliable = nil
 	for range 3 {
 		now = now.Add(DefaultInterval)
 		e.Tick(now, [][32]byte{peer})
 	}
-	if len(once) != 3 || slices.Contains(reliable, MsgSummary) {
-		t.Fatalf("three rounds: once %x, reliably %x; want three SUMMARYs once", once, reliable)
-	}
-	for _, typ := range once {
-		if typ != MsgSummary {
-			t.Fatalf("type %#x sent once", typ)
-		}
+	if len(once) != 6 || slices.Contains(reliable, MsgSummary) || slices.Contains(reliable, MsgStatements) {
+		t.Fatalf("three rounds: once %x, reliably %x; want three SUMMARYs of each kind once", once, reliable)
 	}
 }
 

@@ -53,9 +53,9 @@ type Config struct {
 	// Send sends a reliable control message to a member; it must not block and must not
 	// call back into the engine (it is called with no engine lock held all the same).
 	Send func(to [32]byte, typ byte, body []byte) error
-	// SendOnce sends a message that nothing acknowledges or resends (the SUMMARYs of
-	// the anti-entropy rounds: a lost one is replaced by the next round); it has Send's
-	// rules. Nil: Send.
+	// SendOnce sends a message that nothing acknowledges or resends (the record and
+	// statement SUMMARYs of the anti-entropy rounds: a lost one is replaced by the next
+	// round); it has Send's rules. Nil: Send.
 	SendOnce func(to [32]byte, typ byte, body []byte) error
 	// OnChange reports that a member's record was added (old nil), replaced, or expired
 	// (cur nil). It is called with no engine lock held, from whichever call caused it.
@@ -405,7 +405,7 @@ func (e *Engine) SessionUp(peer [32]byte) {
 	e.connect(peer)
 	e.queue(&b, peer, MsgSummary, AppendSummary(nil, e.store.Summary()))
 	e.queue(&b, peer, MsgObserve, nil)
-	e.sendStatementSummary(&b, peer, e.cfg.Now())
+	e.sendStatementSummary(&b, peer, e.cfg.Now(), false)
 	e.observeSent[peer] = e.cfg.Now()
 	e.mu.Unlock()
 	e.flush(&b)
@@ -475,7 +475,7 @@ func (e *Engine) Tick(now time.Time, connected [][32]byte) {
 			// Sent once: the next round replaces a lost one, and an ACK of each would
 			// cost a node that is everyone's neighbour (an introducer) as much again.
 			e.queueMsg(&b, outMsg{to: e.connList[i], typ: MsgSummary, body: body, once: true})
-			e.sendStatementSummary(&b, e.connList[i], now)
+			e.sendStatementSummary(&b, e.connList[i], now, true)
 		}
 	}
 	e.mu.Unlock()
