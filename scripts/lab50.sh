@@ -11,7 +11,10 @@
 #     other with its mesh address (status, polled over each control socket, then
 #     checked with `stt-tun status --json`);
 #   - the bytes and packets each node's namespace sends on its link at rest, with the
-#     gossip counters, and each daemon's CPU, over --rest (default 5 minutes);
+#     gossip counters, and each daemon's CPU, over --rest (default 5 minutes); for the
+#     introducers and the members apart, where those bytes go: frames by kind
+#     (keepalive, ack, ping, probe, reliable, control, handshake), relaying, and the
+#     gossip by message type;
 #   - each daemon's resident memory (VmRSS) once converged, after the rest, after the
 #     pings;
 #   - a ping matrix: `stt-tun ping -c 1` over --pairs random ordered pairs (default

@@ -55,6 +55,9 @@ func (n *Node) handleControl(p *Peer, s *session, payload []byte, from conn.Endp
 				n.drop(DropControl)
 				continue
 			}
+		} else if m.Type >= wire.CtlExtensionMin {
+			// An extension message sent unreliably (SendUnreliable) is use too.
+			p.times.lastReliable.Store(p.mono(time.Now()))
 		}
 		reply = n.handleControlMsg(p, s, m, reply, from)
 	}
@@ -355,6 +358,31 @@ func (p *Peer) SendReliable(typ byte, body []byte) error {
 	}
 	return nil
 }
+
+// SendUnreliable sends an extension control message (type 0x80 or above) once on the
+// current session, not inside RELIABLE: nothing acknowledges it and nothing sends it
+// again. It is for messages the sender repeats anyway, whose acknowledgement would cost
+// the receiver as much as the message (the mesh's periodic SUMMARY). Like a reliable
+// message it marks the session in use (IdleTimeout). Without a usable session it is
+// dropped: ErrNoSession, and no handshake starts.
+func (p *Peer) SendUnreliable(typ byte, body []byte) error {
+	if p.cfg.AnyName {
+		return ErrWildcardPeer
+	}
+	if typ < wire.CtlExtensionMin || len(body) > 0xFFFF {
+		return errUnreliableType
+	}
+	now := time.Now()
+	s := p.keys.current.Load()
+	if s == nil || s.expired(now, &p.node.limits) {
+		return ErrNoSession
+	}
+	p.times.lastReliable.Store(p.mono(now))
+	p.sendControl(s, wire.AppendControl(make([]byte, 0, wire.ControlHeaderLen+len(body)), typ, body))
+	return nil
+}
+
+var errUnreliableType = errors.New("stt: SendUnreliable takes an extension message (type 0x80 or above)")
 
 // ReliableBacklog is how many reliable control messages the peer holds for sending:
 // unacknowledged or waiting in its current session, or waiting for the next one. The

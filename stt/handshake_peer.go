@@ -86,14 +86,14 @@ func (p *Peer) startHandshakeToLocked(now time.Time, punch []conn.Endpoint) {
 	n.mu.Unlock()
 	n.ctr.handshakesStart.Add(1)
 	if ep != nil {
-		_ = n.send([][]byte{hello}, ep)
+		_ = n.sendHandshake(hello, ep)
 	}
 	// Without an endpoint, or when the endpoint left the last HELLO unanswered, the
 	// candidates get it too; the one that answers becomes the endpoint (learnEndpoint).
 	// A punch goes to its addresses, every one of them every time.
 	if punch != nil {
 		for _, c := range punch {
-			_ = n.send([][]byte{hello}, c)
+			_ = n.sendHandshake(hello, c)
 		}
 		return
 	}
@@ -104,7 +104,7 @@ func (p *Peer) startHandshakeToLocked(now time.Time, punch []conn.Endpoint) {
 		}
 		for i, c := range cands {
 			if p.handshake.badCandidates&(1<<i) == 0 && addrPortOf(c) != cur {
-				_ = n.send([][]byte{hello}, c)
+				_ = n.sendHandshake(hello, c)
 			}
 		}
 	}
@@ -317,7 +317,7 @@ func (p *Peer) proveLocked(from *Peer, ini *initiation, ep conn.Endpoint, now ti
 	p.forgetProofLocked()
 	p.handshake.proof = ini
 	ini.nextRetry = now.Add(handshake.HalfOpenTimeout)
-	if err := n.send([][]byte{proof}, ep); err != nil {
+	if err := n.sendHandshake(proof, ep); err != nil {
 		n.index.release(ini.hs.LocalIndex())
 		return false
 	}
@@ -348,7 +348,7 @@ func (p *Peer) consumeCookie(ini *initiation, msg []byte) {
 			return
 		}
 		if ep := p.target(); ep != nil {
-			_ = p.node.send([][]byte{proof}, ep)
+			_ = p.node.sendHandshake(proof, ep)
 		}
 	}
 }
@@ -378,14 +378,14 @@ func (n *Node) handleHandshake(msg []byte, ep conn.Endpoint, out []byte) {
 			if reply[0] == wire.TypeCookieReply {
 				n.ctr.cookiesSent.Add(1)
 			}
-			_ = n.send([][]byte{reply}, ep)
+			_ = n.sendHandshake(reply, ep)
 		}
 	case wire.TypeAuthProof:
 		res, reply, err := n.hs.HandleAuthProof(msg, src, out)
 		if reply != nil {
 			// Under load: the initiator must prove its address with a cookie first.
 			n.ctr.cookiesSent.Add(1)
-			_ = n.send([][]byte{reply}, ep)
+			_ = n.sendHandshake(reply, ep)
 			return
 		}
 		if err != nil {

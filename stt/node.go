@@ -475,6 +475,9 @@ func (n *Node) Stats() Stats {
 	st.RelayRoutes = int(n.relays.npairs.Load())
 	st.RelayRefused = n.relays.refused.Load()
 	st.PMTU = n.ctr.pmtu.load()
+	for i := range n.ctr.tx {
+		st.Tx[i] = TxCount{Frames: n.ctr.tx[i].frames.Load(), Bytes: n.ctr.tx[i].bytes.Load()}
+	}
 	return st
 }
 

@@ -476,6 +476,7 @@ func (p *Peer) sendProbe(s *session, id uint32, frameLen int, now time.Time) err
 	if err := p.node.send([][]byte{frame}, ep); err != nil {
 		return err
 	}
+	p.node.countTx(TxProbe, 1, len(frame))
 	p.times.lastSent.Store(p.mono(now))
 	return nil
 }

@@ -22,7 +22,7 @@ func (n *Node) refuse(res handshake.Result, ep conn.Endpoint, code uint16) {
 	if err != nil {
 		return
 	}
-	if err := n.send([][]byte{frame}, ep); err != nil {
+	if err := n.sendHandshake(frame, ep); err != nil {
 		n.drop(DropSendError)
 	}
 }

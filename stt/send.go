@@ -314,13 +314,27 @@ func (p *Peer) sendControlVia(s *session, payload []byte, ep conn.Endpoint) {
 	nonce := p.node.getNonce()
 	frame = s.seal(frame, wire.ControlStream, first, nonce)
 	p.node.putNonce(nonce)
+	k, n := controlKind(payload), len(frame)
 	if ep == nil {
-		_ = p.transmit([][]byte{frame}, time.Now(), 0, false)
+		if p.transmit([][]byte{frame}, time.Now(), 0, false) == nil {
+			p.node.countTx(k, 1, n)
+		}
 		return
 	}
 	if err := p.node.send([][]byte{frame}, ep); err != nil {
 		p.node.drop(DropSendError)
+	} else {
+		p.node.countTx(k, 1, n)
 	}
+}
+
+// sendHandshake sends one handshake message (or refusal) to ep and counts it.
+func (n *Node) sendHandshake(frame []byte, ep conn.Endpoint) error {
+	err := n.send([][]byte{frame}, ep)
+	if err == nil {
+		n.countTx(TxHandshake, 1, len(frame))
+	}
+	return err
 }
 
 // sendClose tells the peer that s is closed because this side shuts it down.

@@ -83,7 +83,8 @@ type counters struct {
 	handshakesStart atomic.Uint64
 	cookiesSent     atomic.Uint64
 	selfReached     atomic.Uint64
-	pmtu            pmtuCounters // path MTU discovery, every peer's (pmtu.go)
+	pmtu            pmtuCounters          // path MTU discovery, every peer's (pmtu.go)
+	tx              [numTxKinds]txCounter // frames sent, by kind (txkinds.go)
 }
 
 // Stats is a snapshot of a node's counters.
@@ -111,6 +112,9 @@ type Stats struct {
 	// PMTU is the path MTU discovery's counters over every peer since the node started
 	// (PeerStats has each peer's).
 	PMTU PMTUCounters
+	// Tx counts the frames this node sent other than DATA carrying packets, by kind
+	// (indexed by TxKind), relayed frames under their own kind.
+	Tx [numTxKinds]TxCount
 }
 
 // PeerStats is a snapshot of one peer's traffic counters.

@@ -1,6 +1,9 @@
 package tunnel
 
-import "github.com/stt-tun/stt-tun/stt"
+import (
+	"github.com/stt-tun/stt-tun/stt"
+	"github.com/stt-tun/stt-tun/stt/mesh"
+)
 
 // counterMap names the node's and the tunnel's counters for Status: every drop reason
 // as "drop_<reason>" (zero ones too, so that scripts find every key), the handshake
@@ -42,6 +45,10 @@ func (t *Tunnel) counterMap() map[string]uint64 {
 	m["fragmented"] = c.Fragmented
 	m["fragments_sent"] = c.Fragments
 	m["mss_clamped"] = c.MSSClamped
+	for _, k := range stt.TxKinds() {
+		m["sent_"+k.String()+"_frames"] = st.Tx[k].Frames
+		m["sent_"+k.String()+"_bytes"] = st.Tx[k].Bytes
+	}
 	if t.mesh != nil {
 		t.meshCounters(m)
 	}
@@ -70,6 +77,13 @@ func (t *Tunnel) meshCounters(m map[string]uint64) {
 	m["mesh_messages_out"] = s.MsgsOut
 	m["mesh_bytes_in"] = s.BytesIn
 	m["mesh_bytes_out"] = s.BytesOut
+	m["mesh_summary_delta_answers"] = s.DeltaAnswers
+	for i, o := range s.Out {
+		if name := mesh.OutTypeName(i); name != "" {
+			m["mesh_messages_out_"+name] = o.Msgs
+			m["mesh_bytes_out_"+name] = o.Bytes
+		}
+	}
 	m["mesh_claims_refused"] = t.mesh.claimsRefused.Load()
 	m["mesh_names_refused"] = t.mesh.namesRefused.Load()
 	t.statementCounters(m)

@@ -206,6 +206,13 @@ func (t *Tunnel) startMesh(network mesh.Network, key config.NodeKey) error {
 			}
 			return v.(*peer).sp.SendReliable(typ, body)
 		},
+		SendOnce: func(to [32]byte, typ byte, body []byte) error {
+			v, ok := m.byKey.Load(to)
+			if !ok {
+				return errors.New("not a member with a peer")
+			}
+			return v.(*peer).sp.SendUnreliable(typ, body)
+		},
 		OnChange:    func(old, cur *mesh.Record) { m.kick() },
 		Admins:      t.cfg.Membership.Admins,
 		OnStatement: t.statementAccepted,

@@ -14,6 +14,7 @@ import (
 	"github.com/stt-tun/stt-tun/internal/accept"
 	"github.com/stt-tun/stt-tun/internal/promtext"
 	"github.com/stt-tun/stt-tun/stt"
+	"github.com/stt-tun/stt-tun/stt/mesh"
 )
 
 // MetricsPath is the HTTP path that serves the metrics.
@@ -54,6 +55,8 @@ var (
 	famPMTUProbes  = counter("stt_pmtu_probes_total", "Path MTU probes, to every peer, by result: sent, acked, or lost (unanswered while others sent with them were).")
 	famPMTUBadAcks = counter("stt_pmtu_bad_acks_total", "Path MTU probe acknowledgements refused (no such probe outstanding, already acknowledged, another size); they change nothing.")
 	famPMTUHoles   = counter("stt_pmtu_black_holes_total", "Times a peer's confirmed path MTU stopped getting through while small packets did, and was lowered.")
+	famSentFrames  = counter("stt_sent_frames_total", "Frames this node sent other than data and relayed ones, by kind: keepalive, ack, ping, probe, reliable, control, handshake.")
+	famSentBytes   = counter("stt_sent_bytes_total", "Bytes of those frames (STT framing and tag included, UDP, IP or WebSocket headers not), by kind.")
 	famSessions    = gauge("stt_sessions", "Sessions the node can receive on now, current and previous keys.")
 	famPending     = gauge("stt_pending_handshakes", "Handshakes in progress.")
 
@@ -89,6 +92,8 @@ var (
 	famMeshNames     = counter("stt_mesh_names_refused_total", "Member records refused because their name belongs to another key.")
 	famMeshMsgs      = counter("stt_mesh_gossip_messages_total", "Gossip messages, by direction: in or out.")
 	famMeshBytes     = counter("stt_mesh_gossip_bytes_total", "Bytes of gossip messages (type, length and body), by direction: in or out.")
+	famMeshBytesOut  = counter("stt_mesh_gossip_sent_bytes_total", "Bytes of the gossip messages sent, as stt_mesh_gossip_bytes_total counts them, by type.")
+	famMeshDelta     = counter("stt_mesh_summary_delta_answers_total", "SUMMARYs of lagging members answered with the records stored since instead of a DIGEST.")
 	famMeshOffers    = counter("stt_mesh_seed_offers_total", "SEED_OFFER messages (the next seed of a rotation), by result: sent, or received and accepted, duplicate, or why they were dropped.")
 	famMeshNAT       = counter("stt_mesh_nat_events_total", "NAT traversal events, by event: punch requests sent, punches coordinated and started, relay requests sent, granted and refused, relay paths installed, NAT messages ignored.")
 	famPeerMesh      = gauge("stt_peer_mesh_info", "A peer that is a member of the mesh, with how the node learned of it (config, bootstrap, gossip, handshake). Always 1.")
@@ -259,6 +264,14 @@ func (t *Tunnel) writeMetrics(w *promtext.Writer) {
 	w.Uint(famPMTUProbes.name, st.PMTU.ProbesLost, "result", "lost")
 	one(famPMTUBadAcks, st.PMTU.BadAcks)
 	one(famPMTUHoles, st.PMTU.BlackHoles)
+	w.Family(famSentFrames.name, famSentFrames.typ, famSentFrames.help)
+	for _, k := range stt.TxKinds() {
+		w.Uint(famSentFrames.name, st.Tx[k].Frames, "kind", k.String())
+	}
+	w.Family(famSentBytes.name, famSentBytes.typ, famSentBytes.help)
+	for _, k := range stt.TxKinds() {
+		w.Uint(famSentBytes.name, st.Tx[k].Bytes, "kind", k.String())
+	}
 
 	tc := t.Counters()
 	one(famNoRoute, tc.NoRoute)
@@ -334,6 +347,13 @@ func (t *Tunnel) writeMeshMetrics(w *promtext.Writer, ms meshSample) {
 	w.Family(famMeshBytes.name, famMeshBytes.typ, famMeshBytes.help)
 	w.Uint(famMeshBytes.name, s.BytesIn, "direction", "in")
 	w.Uint(famMeshBytes.name, s.BytesOut, "direction", "out")
+	w.Family(famMeshBytesOut.name, famMeshBytesOut.typ, famMeshBytesOut.help)
+	for i, o := range s.Out {
+		if name := mesh.OutTypeName(i); name != "" {
+			w.Uint(famMeshBytesOut.name, o.Bytes, "type", name)
+		}
+	}
+	one(famMeshDelta, s.DeltaAnswers)
 	w.Family(famMeshNAT.name, famMeshNAT.typ, famMeshNAT.help)
 	for _, e := range t.natEvents() {
 		w.Uint(famMeshNAT.name, e.n, "event", e.name)

@@ -53,6 +53,10 @@ type Config struct {
 	// Send sends a reliable control message to a member; it must not block and must not
 	// call back into the engine (it is called with no engine lock held all the same).
 	Send func(to [32]byte, typ byte, body []byte) error
+	// SendOnce sends a message that nothing acknowledges or resends (the record and
+	// statement SUMMARYs of the anti-entropy rounds: a lost one is replaced by the next
+	// round); it has Send's rules. Nil: Send.
+	SendOnce func(to [32]byte, typ byte, body []byte) error
 	// OnChange reports that a member's record was added (old nil), replaced, or expired
 	// (cur nil). It is called with no engine lock held, from whichever call caused it.
 	OnChange func(old, cur *Record)
@@ -99,12 +103,45 @@ type Stats struct {
 	// BadMessages counts gossip messages whose body did not parse; UnknownTypes messages
 	// of types this engine does not know; SendErrors failed Sends.
 	BadMessages, UnknownTypes, SendErrors uint64
+	// DeltaAnswers counts the SUMMARYs answered with the records stored since the
+	// state they describe instead of a DIGEST (answerSummary).
+	DeltaAnswers uint64
+	// Out counts the messages and bytes sent, as MsgsOut and BytesOut do, by type:
+	// indexed by the type less MsgSummary (OutTypeName names each).
+	Out [numOutTypes]struct{ Msgs, Bytes uint64 }
+}
+
+// numOutTypes is how many message types Stats.Out tells apart: the engine's own,
+// SUMMARY to STATEMENTS.
+const numOutTypes = int(MsgStatements-MsgSummary) + 1
+
+// OutTypeName names the message type of Stats.Out[i] ("summary", ...), "" for the
+// indices of types the engine does not send (the NAT messages).
+func OutTypeName(i int) string {
+	switch byte(i) + MsgSummary {
+	case MsgSummary:
+		return "summary"
+	case MsgDigest:
+		return "digest"
+	case MsgWant:
+		return "want"
+	case MsgRecords:
+		return "records"
+	case MsgObserve:
+		return "observe"
+	case MsgObserved:
+		return "observed"
+	case MsgStatements:
+		return "statements"
+	}
+	return ""
 }
 
 type outMsg struct {
 	to   [32]byte
 	typ  byte
 	body []byte
+	once bool // by SendOnce
 }
 
 type change struct{ old, cur *Record }
@@ -227,7 +264,11 @@ func (e *Engine) flush(b *batch) {
 		}
 	}
 	for _, m := range b.out {
-		if err := e.cfg.Send(m.to, m.typ, m.body); err != nil {
+		send := e.cfg.Send
+		if m.once && e.cfg.SendOnce != nil {
+			send = e.cfg.SendOnce
+		}
+		if err := send(m.to, m.typ, m.body); err != nil {
 			e.sendErrors.Add(1)
 			e.cfg.Logger.Debug("mesh: send failed", "type", m.typ, "err", err)
 		}
@@ -236,9 +277,19 @@ func (e *Engine) flush(b *batch) {
 
 // queue adds a message to b and counts it.
 func (e *Engine) queue(b *batch, to [32]byte, typ byte, body []byte) {
-	b.out = append(b.out, outMsg{to, typ, body})
+	e.queueMsg(b, outMsg{to: to, typ: typ, body: body})
+}
+
+// queueMsg adds m to b and counts it.
+func (e *Engine) queueMsg(b *batch, m outMsg) {
+	typ, body := m.typ, m.body
+	b.out = append(b.out, m)
 	e.stats.MsgsOut++
 	e.stats.BytesOut += uint64(3 + len(body))
+	if i := int(typ - MsgSummary); typ >= MsgSummary && i < numOutTypes {
+		e.stats.Out[i].Msgs++
+		e.stats.Out[i].Bytes += uint64(3 + len(body))
+	}
 }
 
 // sameContent says whether a and b carry the same content (all but version, expiry and keys).
@@ -354,7 +405,7 @@ func (e *Engine) SessionUp(peer [32]byte) {
 	e.connect(peer)
 	e.queue(&b, peer, MsgSummary, AppendSummary(nil, e.store.Summary()))
 	e.queue(&b, peer, MsgObserve, nil)
-	e.sendStatementSummary(&b, peer, e.cfg.Now())
+	e.sendStatementSummary(&b, peer, e.cfg.Now(), false)
 	e.observeSent[peer] = e.cfg.Now()
 	e.mu.Unlock()
 	e.flush(&b)
@@ -435,8 +486,10 @@ func (e *Engine) Tick(now time.Time, connected [][32]byte) {
 		for i := range n {
 			j := i + e.rng.IntN(len(e.connList)-i)
 			e.connList[i], e.connList[j] = e.connList[j], e.connList[i]
-			e.queue(&b, e.connList[i], MsgSummary, body)
-			e.sendStatementSummary(&b, e.connList[i], now)
+			// Sent once: the next round replaces a lost one, and an ACK of each would
+			// cost a node that is everyone's neighbour (an introducer) as much again.
+			e.queueMsg(&b, outMsg{to: e.connList[i], typ: MsgSummary, body: body, once: true})
+			e.sendStatementSummary(&b, e.connList[i], now, true)
 		}
 	}
 	e.mu.Unlock()
@@ -464,7 +517,7 @@ func (e *Engine) Handle(from [32]byte, seen netip.AddrPort, viaWS bool, typ byte
 		if s, err = ParseSummary(body); err == nil && s != e.store.Summary() {
 			if at, ok := e.answered[from]; !ok || now.Sub(at) >= summaryAnswerGap || now.Before(at) {
 				e.answered[from] = now
-				e.sendDigest(&b, from)
+				e.answerSummary(&b, from, now, s)
 			}
 		}
 	case MsgDigest:
@@ -587,6 +640,31 @@ func (e *Engine) ownSeen(b *batch, now time.Time, v uint64) {
 			e.cfg.Logger.Warn("mesh: cannot re-sign own record", "err", err)
 		}
 	}
+}
+
+// answerSummary answers a SUMMARY s of peer that differs from ours. When s is the
+// summary of a state our store was in lately, the peer holds exactly what we held then:
+// it gets the records stored since, in RECORDS, and nothing else — a few hundred bytes
+// where a DIGEST names every member (40 bytes each). Otherwise (it holds something we
+// do not, lags further behind, or would need more than one exchange pushes) it gets our
+// DIGEST, as before.
+func (e *Engine) answerSummary(b *batch, peer [32]byte, now time.Time, s Summary) {
+	keys, ok := e.store.Since(s, nil)
+	if !ok || len(keys) == 0 || len(keys) > MaxPerExchange {
+		e.sendDigest(b, peer)
+		return
+	}
+	raws := make([][]byte, 0, len(keys))
+	for _, k := range keys {
+		if k == peer {
+			continue // its own record: it holds the newest
+		}
+		if rec, raw := e.store.Get(k); rec != nil && now.Before(rec.Expires) {
+			raws = append(raws, raw)
+		}
+	}
+	e.stats.DeltaAnswers++
+	e.sendRecords(b, peer, raws)
 }
 
 // sendDigest sends the DIGEST of the store to peer, in chunks.

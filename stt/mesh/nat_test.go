@@ -211,7 +211,7 @@ func newObserveRig() *observeRig {
 	r := &observeRig{now: testNow}
 	r.e = New(Config{Identity: NewIdentity(testEdSeed), Network: NetworkOf(testSeed), Now: func() time.Time { return r.now },
 		Send: func(to [32]byte, typ byte, body []byte) error {
-			r.sent = append(r.sent, outMsg{to, typ, append([]byte(nil), body...)})
+			r.sent = append(r.sent, outMsg{to: to, typ: typ, body: append([]byte(nil), body...)})
 			return nil
 		}})
 	return r

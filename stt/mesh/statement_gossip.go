@@ -211,13 +211,15 @@ func (e *Engine) refuseRevokedRecord(rec *Record) {
 // sendStatementSummary sends this node's statements SUMMARY to peer, when it holds any
 // (a member that holds some sends its own, and the answer brings them here). Called
 // with mu held.
-func (e *Engine) sendStatementSummary(b *batch, peer [32]byte, now time.Time) {
+//
+// once sends it bare, unacknowledged, as the SUMMARY of a round (Tick) goes.
+func (e *Engine) sendStatementSummary(b *batch, peer [32]byte, now time.Time, once bool) {
 	if e.stmt.store == nil || e.stmt.store.Len() == 0 || e.revokedKey(peer) {
 		return
 	}
 	e.stmt.asked[peer] = now
 	c, h := e.stmt.store.Summary()
-	e.queue(b, peer, MsgStatements, AppendStatementsSummary(nil, Summary{Count: c, Hash: h}))
+	e.queueMsg(b, outMsg{to: peer, typ: MsgStatements, body: AppendStatementsSummary(nil, Summary{Count: c, Hash: h}), once: once})
 }
 
 // tickStatements forgets old exchanges and answers. Called with mu held.

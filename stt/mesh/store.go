@@ -61,6 +61,16 @@ type entry struct {
 	latest time.Time // the latest expiry of any version held for the key
 	tokens float64   // rate bucket
 	refill time.Time // when tokens was last brought up to date
+	gen    uint64    // the store's generation when this version was stored
+}
+
+// summaryHistory is how many past summaries the store remembers (Behind).
+const summaryHistory = 32
+
+// pastSummary is the summary of the store as it was at generation gen.
+type pastSummary struct {
+	sum Summary
+	gen uint64
 }
 
 // Store holds verified records by X25519 key. It is not safe for concurrent use; the
@@ -80,6 +90,11 @@ type Store struct {
 	counts [numOutcomes]uint64
 	sorted []DigestEntry // (key, version) of every record, by key; nil when stale
 	sum    Summary
+	// gen counts the changes to the set of records (stored, replaced, removed); past
+	// holds the summaries computed at the latest generations, oldest first, so that
+	// Since can tell what changed after the state a member's SUMMARY describes.
+	gen  uint64
+	past []pastSummary
 }
 
 // NewStore returns an empty store for the network netID of the node whose X25519 key is
@@ -162,6 +177,8 @@ func (s *Store) Put(raw []byte, now time.Time) (rec, old *Record, out Outcome) {
 	e.tokens--
 	old = e.rec
 	e.rec, e.raw = rec, append([]byte(nil), raw...)
+	s.gen++
+	e.gen = s.gen
 	if rec.Expires.After(e.latest) {
 		e.latest = rec.Expires
 	}
@@ -173,7 +190,8 @@ func (s *Store) Put(raw []byte, now time.Time) (rec, old *Record, out Outcome) {
 
 // putOwn stores the node's own freshly signed record; it is never refused.
 func (s *Store) putOwn(rec *Record, raw []byte) {
-	s.m[rec.Key] = &entry{rec: rec, raw: raw}
+	s.gen++
+	s.m[rec.Key] = &entry{rec: rec, raw: raw, gen: s.gen}
 	s.sorted = nil // (not in bySigner: offers of our own key go to the engine)
 }
 
@@ -201,6 +219,7 @@ func (s *Store) Expire(now time.Time, dst []*Record) []*Record {
 			}
 			s.bury([32]byte(e.rec.SigningKey), e.rec.Version, until)
 			dst = append(dst, e.rec)
+			s.gen++
 			s.sorted = nil
 		}
 	}
@@ -241,8 +260,37 @@ func (s *Store) Entries() []DigestEntry {
 		}
 		slices.SortFunc(s.sorted, func(a, b DigestEntry) int { return compareKeys(&a.Key, &b.Key) })
 		s.sum = SummaryOf(s.sorted)
+		if len(s.past) == summaryHistory {
+			s.past = append(s.past[:0], s.past[1:]...)
+		}
+		s.past = append(s.past, pastSummary{s.sum, s.gen})
 	}
 	return s.sorted
+}
+
+// Since says what a member whose summary is sum lacks of this store, when sum is the
+// summary of a state this store was in lately (of the last summaryHistory it computed)
+// and not the current one: the member then holds exactly what this store held then, and
+// lacks every record stored here since. It appends the keys of those records, sorted by
+// key, to dst; ok is false when sum is no such state (the member holds something this
+// store does not, or lags further behind): only a DIGEST can tell then. Removals since
+// that state do not show (the member expires those records as this store did).
+func (s *Store) Since(sum Summary, dst [][32]byte) (keys [][32]byte, ok bool) {
+	cur := s.Summary()
+	if sum == cur {
+		return dst, false
+	}
+	i := slices.IndexFunc(s.past, func(p pastSummary) bool { return p.sum == sum })
+	if i < 0 {
+		return dst, false
+	}
+	gen := s.past[i].gen
+	for _, d := range s.sorted {
+		if s.m[d.Key].gen > gen {
+			dst = append(dst, d.Key)
+		}
+	}
+	return dst, true
 }
 
 // Summary is the SUMMARY of the records held.

@@ -303,6 +303,7 @@ func lab50Report(t *testing.T, sl *scaleLab, res *lab50Results) {
 	t.Logf("LAB50   CPU            %s %% of one CPU", stats(cpu, "%.2f"))
 	t.Logf("LAB50   handshakes started over the rest period %s", stats(hs, "%.0f"))
 	t.Logf("LAB50   underlay B/s by kind: %s", byKind(func(n string) (float64, bool) { r, ok := rest[n]; return r.UnderlayTxBytesPerSec, ok }))
+	lab50Breakdown(t, sl, res)
 	for _, phase := range []string{"converged", "rested", "pinged"} {
 		var xs []float64
 		for _, kb := range res.RSSKiB[phase] {
@@ -327,5 +328,67 @@ func lab50Report(t *testing.T, sl *scaleLab, res *lab50Results) {
 	for _, r := range res.Rest {
 		t.Logf("rest %s: underlay %.1f B/s (%.2f pkt/s), gossip %.1f B/s (%.3f msg/s), sessions %d, cpu %.2f%%, counters %v",
 			r.Node, r.UnderlayTxBytesPerSec, r.UnderlayTxPktsPerSec, r.MeshBytesOutPerSec, r.MeshMsgsOutPerSec, r.Sessions, 100*res.CPUAtRest[r.Node], r.Counters)
+	}
+}
+
+// lab50Breakdown logs where the bytes at rest go, for the introducers and the members
+// apart: the median over the nodes of each kind of frame sent (the node's sent_<kind>
+// counters, with 28 bytes of IPv4 and UDP headers a frame so that they add up to the
+// underlay's figure), the relay's forwarding, what is left of the underlay's bytes (DATA,
+// WebSocket, ARP...), and the gossip messages sent by type (the bodies, carried inside
+// "reliable").
+func lab50Breakdown(t *testing.T, sl *scaleLab, res *lab50Results) {
+	kinds := []string{"keepalive", "ack", "ping", "probe", "reliable", "control", "handshake"}
+	gossip := []string{"summary", "digest", "want", "records", "observe", "observed", "statements"}
+	kindOf := map[string]string{}
+	for _, mb := range sl.all {
+		kindOf[mb.name] = string(mb.kind)
+	}
+	median := func(xs []float64) float64 {
+		if len(xs) == 0 {
+			return 0
+		}
+		s := slices.Sorted(slices.Values(xs))
+		if len(s)%2 == 1 {
+			return s[len(s)/2]
+		}
+		return (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	for _, group := range []string{"introducers", "members"} {
+		by := map[string][]float64{}
+		n := 0
+		for _, r := range res.Rest {
+			if (kindOf[r.Node] == "public") != (group == "introducers") {
+				continue
+			}
+			n++
+			c := func(k string) float64 { return float64(r.Counters[k]) / res.RestSeconds }
+			var sum float64
+			for _, k := range kinds {
+				v := c("sent_"+k+"_bytes") + 28*c("sent_"+k+"_frames")
+				by[k] = append(by[k], v)
+				sum += v
+			}
+			relay := c("relay_forwarded_bytes") + 28*c("relay_forwarded_packets")
+			by["relay"] = append(by["relay"], relay)
+			by["rest"] = append(by["rest"], r.UnderlayTxBytesPerSec-sum-relay)
+			by["underlay"] = append(by["underlay"], r.UnderlayTxBytesPerSec)
+			for _, g := range gossip {
+				by["g_"+g] = append(by["g_"+g], c("mesh_bytes_out_"+g))
+				by["m_"+g] = append(by["m_"+g], c("mesh_messages_out_"+g))
+			}
+		}
+		if n == 0 {
+			continue
+		}
+		var parts, gparts []string
+		for _, k := range append(kinds, "relay", "rest") {
+			parts = append(parts, fmt.Sprintf("%s %.1f", k, median(by[k])))
+		}
+		for _, g := range gossip {
+			gparts = append(gparts, fmt.Sprintf("%s %.1f (%.3f msg/s)", g, median(by["g_"+g]), median(by["m_"+g])))
+		}
+		t.Logf("LAB50   %s (%d), median B/s sent by kind: underlay %.1f = %s", group, n, median(by["underlay"]), strings.Join(parts, ", "))
+		t.Logf("LAB50   %s (%d), median gossip B/s by type (bodies, inside reliable): %s", group, n, strings.Join(gparts, ", "))
 	}
 }
