@@ -15,6 +15,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/conn"
 
+	"github.com/stt-tun/stt-tun/internal/offheap"
 	"github.com/stt-tun/stt-tun/stt/wire"
 	"github.com/stt-tun/stt-tun/stt/ws"
 )
@@ -41,12 +42,14 @@ type Inbound struct {
 func (n *Node) receiveLoop(fn conn.ReceiveFunc) {
 	defer n.wg.Done()
 	batch := n.bind.BatchSize()
-	bufs := make([][]byte, batch)
+	// Off the Go heap: a batch of 64 KiB buffers would otherwise set the garbage
+	// collector's pace (internal/offheap). Nothing keeps a buffer past receiveBatch.
+	bufs, release := offheap.Buffers(batch, BufferSize)
+	defer release()
 	rx := make([][]byte, batch)
 	sizes := make([]int, batch)
 	eps := make([]conn.Endpoint, batch)
 	for i := range bufs {
-		bufs[i] = make([]byte, BufferSize)
 		rx[i] = bufs[i][recvBase:]
 	}
 	in := &Inbound{
