@@ -15,6 +15,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/conn"
 
+	"github.com/stt-tun/stt-tun/internal/offheap"
 	"github.com/stt-tun/stt-tun/stt/wire"
 	"github.com/stt-tun/stt-tun/stt/ws"
 )
@@ -41,12 +42,14 @@ type Inbound struct {
 func (n *Node) receiveLoop(fn conn.ReceiveFunc) {
 	defer n.wg.Done()
 	batch := n.bind.BatchSize()
-	bufs := make([][]byte, batch)
+	// Off the Go heap: a batch of 64 KiB buffers would otherwise set the garbage
+	// collector's pace (internal/offheap). Nothing keeps a buffer past receiveBatch.
+	bufs, release := offheap.Buffers(batch, BufferSize)
+	defer release()
 	rx := make([][]byte, batch)
 	sizes := make([]int, batch)
 	eps := make([]conn.Endpoint, batch)
 	for i := range bufs {
-		bufs[i] = make([]byte, BufferSize)
 		rx[i] = bufs[i][recvBase:]
 	}
 	in := &Inbound{
@@ -202,8 +205,15 @@ func (n *Node) receiveBatch(bufs, rx [][]byte, sizes []int, eps []conn.Endpoint,
 			}
 		}
 		// Path MTU probes and their answers (the answer goes the way the probe came)
-		// move no path either.
-		probe := h.Stream == wire.ControlStream && len(pt) > 0 && (pt[0] == wire.CtlPing || pt[0] == wire.CtlProbe || pt[0] == wire.CtlProbeAck)
+		// move no path either; nor does a PONG that came other than over UDP: it
+		// answers this node's own PING, the way that went (through the relay while
+		// this node was on it), and says nothing of the way the peer chose. A
+		// follower moved back to UDP was taken back to the relay by the PONG of a
+		// PING in flight, for good if nothing more was sent. Over UDP a PONG shows
+		// that UDP works, and moves the traffic back.
+		ctl := h.Stream == wire.ControlStream && len(pt) > 0
+		probe := ctl && (pt[0] == wire.CtlPing || pt[0] == wire.CtlProbe || pt[0] == wire.CtlProbeAck ||
+			pt[0] == wire.CtlPong && !isUDP(ep))
 		run.add(s, h.Counter, ep, now, len(msg), h.Stream != wire.ControlStream, probe)
 		if h.Stream == wire.ControlStream {
 			unlock()

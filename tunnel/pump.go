@@ -14,6 +14,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/stt-tun/stt-tun/internal/offheap"
 	"github.com/stt-tun/stt-tun/stt"
 	"github.com/stt-tun/stt-tun/stt/wire"
 	"github.com/stt-tun/stt-tun/tun"
@@ -23,10 +24,10 @@ import (
 func (t *Tunnel) readLoop() {
 	defer t.pumpsDone.Done()
 	batch := t.dev.BatchSize()
-	bufs := make([][]byte, batch)
-	for i := range bufs {
-		bufs[i] = make([]byte, stt.BufferSize)
-	}
+	// Off the Go heap, as the node's receive buffers (internal/offheap); a packet
+	// that outlives its batch (a queue, a fragment) is copied first.
+	bufs, release := offheap.Buffers(batch, stt.BufferSize)
+	defer release()
 	sizes := make([]int, batch)
 	pkts := make([][]byte, 0, batch)
 	flows := make([]uint16, 0, batch)

@@ -5,11 +5,14 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"sync"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/conn"
+
+	"github.com/stt-tun/stt-tun/internal/offheap"
 )
 
 const (
@@ -81,10 +84,13 @@ func newReceiver(s *socket, o options) *receiver {
 		h.Control = (*byte)(unsafe.Pointer(&r.oob[i][0]))
 	}
 	if s.gro {
-		r.slots = make([][]byte, n)
+		// Off the Go heap (internal/offheap), given back once the receiver is
+		// unreachable: nothing reads a slot then, not even a receive call in progress.
+		var release func()
+		r.slots, release = offheap.Buffers(n, slotSize)
+		runtime.AddCleanup(r, func(f func()) { f() }, release)
 		r.pend = make([]pending, n)
 		for i := range r.slots {
-			r.slots[i] = make([]byte, slotSize)
 			r.iovs[i].Base = &r.slots[i][0]
 			r.iovs[i].SetLen(slotSize)
 		}
