@@ -173,8 +173,21 @@ func (t *Tunnel) restoreRotation(now time.Time) {
 		}
 	}
 	r := t.mesh.rot
+	t.seed.mu.Lock()
+	sf := t.seed.file
+	t.seed.mu.Unlock()
+	final := sf.Seed
+	if sf.Next != nil {
+		final = *sf.Next
+	}
 	r.mu.Lock()
 	r.restoreOfferableLocked(p, st, raw)
+	if r.superseded != nil && mesh.SeedID(final) == st.Rotate.NextSeedID {
+		// The seed file ends on the rotation's seed now (copied in while the node was
+		// down): as a reload of it would, that lifts the mark.
+		r.superseded = nil
+		r.persist.superseded, r.persistDirty = [32]byte{}, true
+	}
 	superseded := r.superseded != nil
 	r.mu.Unlock()
 	if _, until := rotationTimes(st); superseded && now.Before(until) {
@@ -418,6 +431,11 @@ func (t *Tunnel) stageRotation(raw []byte, st *mesh.Statement, next [32]byte) er
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.superseded != nil && bytes.Equal(r.superseded, raw) {
+		// A reload came between the staging and here (the seed lock is released): its
+		// file replaced the seed just staged, and the node must not offer it on.
+		return errSuperseded
+	}
 	if r.raw != nil && !bytes.Equal(r.raw, raw) {
 		clear(r.sent) // a new rotation: everyone may be offered it
 		clear(r.has)
