@@ -457,7 +457,8 @@ var errSuperseded = errors.New("the seed file written by hand supersedes this ro
 // move to a seed this node leaves), and refuses to stage it from later offers, which
 // would undo the operator's file. A newer rotation is obeyed as usual. It returns the
 // reload's line saying so, "" when nothing was superseded. A file that ends on the
-// rotation's seed (the operator copied it by hand) lifts the mark.
+// rotation's seed (the operator copied it by hand) lifts the mark, and the node hands
+// that seed on again.
 func (t *Tunnel) rotationAfterSeedReload(sf config.SeedFile, now time.Time) string {
 	if t.mesh == nil {
 		return ""
@@ -489,6 +490,12 @@ func (t *Tunnel) rotationAfterSeedReload(sf config.SeedFile, now time.Time) stri
 		if bytes.Equal(r.superseded, raw) {
 			r.superseded = nil
 			r.persist.superseded, r.persistDirty = [32]byte{}, true
+		}
+		if r.raw == nil {
+			// The file holds the rotation's seed (its id is the statement's): the node
+			// hands it on, as restoreRotation does after a restart on this file.
+			from, until := rotationTimes(st)
+			r.raw, r.st, r.next, r.from, r.until = bytes.Clone(raw), st, final, from, until
 		}
 		return ""
 	}

@@ -129,3 +129,49 @@ func TestRestartWithTheRotationSeedFileCopiedInLiftsTheSupersededMark(t *testing
 		t.Errorf("beta, restarted on the rotation's planned file, counted %d offers superseded", got)
 	}
 }
+
+// A reload of a seed file ending on the rotation's next seed lifts the mark (the
+// operator follows the rotation after all): the node must take the rotation up again
+// for handing it on, as it does when it restarts on that file, not wait for another
+// member to offer it a seed it already has.
+func TestReloadThatLiftsTheSupersededMarkHoldsTheRotationAgain(t *testing.T) {
+	_, admin, _ := ed25519.GenerateKey(nil)
+	seed, _ := config.GenerateSeed()
+	adm := fmt.Sprintf("[membership]\nadmins = [%q]\n", base64.StdEncoding.EncodeToString(admin.Public().(ed25519.PublicKey)))
+	alpha := startMeshNodeIn(t, seed, "alpha", "10.77.0.1/24", "", adm)
+	beta := startMeshNodeIn(t, seed, "beta", "10.77.0.2/24", fmt.Sprintf("bootstrap = [%q]", endpointOf(alpha.memNode)), adm)
+	waitUntil(t, "alpha has a session with beta", func() bool {
+		p := alpha.t.mesh.memberPeer(beta.t.Node().PublicKey())
+		return p != nil && p.sp.HasSession()
+	})
+	next, _ := config.GenerateSeed()
+	raw := signRotate(t, admin, alpha, next, time.Now().Add(5*time.Minute), 600)
+	if _, err := alpha.t.Rotate(raw, next); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "beta stages the next seed", func() bool { return beta.t.rotationStatus() != nil })
+	hand, _ := config.GenerateSeed()
+	writeSecret(t, filepath.Dir(beta.cfg.Interface.SeedFile), filepath.Base(beta.cfg.Interface.SeedFile), hand)
+	if _, err := beta.t.ReloadChanges(beta.cfg); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, ok := beta.t.mesh.rot.held(time.Now()); ok {
+		t.Fatal("the reload of the hand-written seed left the rotation held: the test shows nothing")
+	}
+	planned, err := os.ReadFile(alpha.cfg.Interface.SeedFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(beta.cfg.Interface.SeedFile, planned, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := beta.t.ReloadChanges(beta.cfg); err != nil {
+		t.Fatal(err)
+	}
+	if sd := beta.t.Status().Seed; sd == nil || sd.Superseded != "" || sd.Rotation == nil {
+		t.Errorf("beta, reloaded on the rotation's planned file: seed status %+v; want the rotation shown and nothing superseded", sd)
+	}
+	if held, _, _, ok := beta.t.mesh.rot.held(time.Now()); !ok || !bytes.Equal(held, raw) {
+		t.Error("beta, reloaded on the rotation's planned file, does not hold the rotation for handing it on")
+	}
+}
