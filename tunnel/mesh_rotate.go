@@ -622,14 +622,17 @@ func (t *Tunnel) rotationStatus() *status.Rotation {
 
 // addRotationStatus adds the rotation held to the seed object when its next seed is the
 // one staged (the seed's own fields say when it switches), and the rotation a seed file
-// written by hand superseded while its overlap lasts.
+// written by hand superseded while its overlap lasts and no newer one is held.
 func (t *Tunnel) addRotationStatus(sd *status.Seed) {
 	if sd == nil || t.mesh == nil {
 		return
 	}
+	_, newest := t.heldRotation()
 	r := t.mesh.rot
 	r.mu.Lock()
-	if r.superseded != nil && time.Now().Before(r.supersededUntil) {
+	// Only while it is the newest rotation: a newer one replaces it everywhere, and is
+	// obeyed here as usual.
+	if r.superseded != nil && bytes.Equal(r.superseded, newest) && time.Now().Before(r.supersededUntil) {
 		sd.Superseded = shortSeedID(r.supersededID)
 	}
 	same := sd.NextID != "" && r.st != nil && shortSeedID(r.st.Rotate.NextSeedID) == sd.NextID

@@ -175,3 +175,47 @@ func TestReloadThatLiftsTheSupersededMarkHoldsTheRotationAgain(t *testing.T) {
 		t.Error("beta, reloaded on the rotation's planned file, does not hold the rotation for handing it on")
 	}
 }
+
+// A later `seed rotate` is obeyed on a node where a reload superseded the rotation
+// before it; from then on the status must not go on saying that the rotation in
+// progress is superseded there: the one it names is over (replaced everywhere), and
+// the line reads as if the node were not following the rotation it is following.
+func TestNewerRotationClearsTheSupersededLineFromStatus(t *testing.T) {
+	_, admin, _ := ed25519.GenerateKey(nil)
+	seed, _ := config.GenerateSeed()
+	adm := fmt.Sprintf("[membership]\nadmins = [%q]\n", base64.StdEncoding.EncodeToString(admin.Public().(ed25519.PublicKey)))
+	alpha := startMeshNodeIn(t, seed, "alpha", "10.77.0.1/24", "", adm)
+	beta := startMeshNodeIn(t, seed, "beta", "10.77.0.2/24", fmt.Sprintf("bootstrap = [%q]", endpointOf(alpha.memNode)), adm)
+	waitUntil(t, "alpha has a session with beta", func() bool {
+		p := alpha.t.mesh.memberPeer(beta.t.Node().PublicKey())
+		return p != nil && p.sp.HasSession()
+	})
+	next, _ := config.GenerateSeed()
+	raw := signRotate(t, admin, alpha, next, time.Now().Add(5*time.Minute), 600)
+	if _, err := alpha.t.Rotate(raw, next); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "beta stages the next seed", func() bool { return beta.t.rotationStatus() != nil })
+	hand, _ := config.GenerateSeed()
+	writeSecret(t, filepath.Dir(beta.cfg.Interface.SeedFile), filepath.Base(beta.cfg.Interface.SeedFile), hand)
+	if _, err := beta.t.ReloadChanges(beta.cfg); err != nil {
+		t.Fatal(err)
+	}
+	if sd := beta.t.Status().Seed; sd == nil || sd.Superseded == "" {
+		t.Fatalf("beta's status after the reload: %+v; want the rotation superseded: the test shows nothing", sd)
+	}
+
+	next2, _ := config.GenerateSeed()
+	raw2 := signRotate(t, admin, alpha, next2, time.Now().Add(20*time.Minute), 600)
+	if _, err := alpha.t.Rotate(raw2, next2); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "beta stages the newer rotation's seed", func() bool {
+		sd := beta.t.Status().Seed
+		return sd != nil && sd.NextID == shortSeedID(mesh.SeedID(next2)) && sd.Rotation != nil
+	})
+	if sd := beta.t.Status().Seed; sd.Superseded != "" {
+		t.Errorf("beta follows the newer rotation to %s, yet its status says the rotation to %s is superseded there",
+			sd.NextID, sd.Superseded)
+	}
+}
