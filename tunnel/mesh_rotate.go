@@ -173,8 +173,21 @@ func (t *Tunnel) restoreRotation(now time.Time) {
 		}
 	}
 	r := t.mesh.rot
+	t.seed.mu.Lock()
+	sf := t.seed.file
+	t.seed.mu.Unlock()
+	final := sf.Seed
+	if sf.Next != nil {
+		final = *sf.Next
+	}
 	r.mu.Lock()
 	r.restoreOfferableLocked(p, st, raw)
+	if r.superseded != nil && mesh.SeedID(final) == st.Rotate.NextSeedID {
+		// The seed file ends on the rotation's seed now (copied in while the node was
+		// down): as a reload of it would, that lifts the mark.
+		r.superseded = nil
+		r.persist.superseded, r.persistDirty = [32]byte{}, true
+	}
 	superseded := r.superseded != nil
 	r.mu.Unlock()
 	if _, until := rotationTimes(st); superseded && now.Before(until) {
@@ -418,6 +431,11 @@ func (t *Tunnel) stageRotation(raw []byte, st *mesh.Statement, next [32]byte) er
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.superseded != nil && bytes.Equal(r.superseded, raw) {
+		// A reload came between the staging and here (the seed lock is released): its
+		// file replaced the seed just staged, and the node must not offer it on.
+		return errSuperseded
+	}
 	if r.raw != nil && !bytes.Equal(r.raw, raw) {
 		clear(r.sent) // a new rotation: everyone may be offered it
 		clear(r.has)
@@ -439,7 +457,8 @@ var errSuperseded = errors.New("the seed file written by hand supersedes this ro
 // move to a seed this node leaves), and refuses to stage it from later offers, which
 // would undo the operator's file. A newer rotation is obeyed as usual. It returns the
 // reload's line saying so, "" when nothing was superseded. A file that ends on the
-// rotation's seed (the operator copied it by hand) lifts the mark.
+// rotation's seed (the operator copied it by hand) lifts the mark, and the node hands
+// that seed on again.
 func (t *Tunnel) rotationAfterSeedReload(sf config.SeedFile, now time.Time) string {
 	if t.mesh == nil {
 		return ""
@@ -471,6 +490,12 @@ func (t *Tunnel) rotationAfterSeedReload(sf config.SeedFile, now time.Time) stri
 		if bytes.Equal(r.superseded, raw) {
 			r.superseded = nil
 			r.persist.superseded, r.persistDirty = [32]byte{}, true
+		}
+		if r.raw == nil {
+			// The file holds the rotation's seed (its id is the statement's): the node
+			// hands it on, as restoreRotation does after a restart on this file.
+			from, until := rotationTimes(st)
+			r.raw, r.st, r.next, r.from, r.until = bytes.Clone(raw), st, final, from, until
 		}
 		return ""
 	}
@@ -597,14 +622,17 @@ func (t *Tunnel) rotationStatus() *status.Rotation {
 
 // addRotationStatus adds the rotation held to the seed object when its next seed is the
 // one staged (the seed's own fields say when it switches), and the rotation a seed file
-// written by hand superseded while its overlap lasts.
+// written by hand superseded while its overlap lasts and no newer one is held.
 func (t *Tunnel) addRotationStatus(sd *status.Seed) {
 	if sd == nil || t.mesh == nil {
 		return
 	}
+	_, newest := t.heldRotation()
 	r := t.mesh.rot
 	r.mu.Lock()
-	if r.superseded != nil && time.Now().Before(r.supersededUntil) {
+	// Only while it is the newest rotation: a newer one replaces it everywhere, and is
+	// obeyed here as usual.
+	if r.superseded != nil && bytes.Equal(r.superseded, newest) && time.Now().Before(r.supersededUntil) {
 		sd.Superseded = shortSeedID(r.supersededID)
 	}
 	same := sd.NextID != "" && r.st != nil && shortSeedID(r.st.Rotate.NextSeedID) == sd.NextID
