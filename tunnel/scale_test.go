@@ -1,11 +1,13 @@
 package tunnel
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
 	"net/netip"
-	"runtime"
+	"runtime/pprof"
+	"strings"
 	"testing"
 	"time"
 
@@ -21,25 +23,50 @@ type discardHandler struct{}
 
 func (discardHandler) Deliver(*stt.Inbound) {}
 
-// settledGoroutines waits until the process's goroutine count is at most want (the
-// goroutines of what just finished end on their own), and returns it; after the
-// deadline it returns the count as it is, for the caller to report.
-func settledGoroutines(want int) int {
+// goroutinesOf counts the goroutines labelled inst (pprof labels, which every
+// goroutine a labelled one starts inherits): an instance's own, whatever else the
+// process runs. Counting the whole process failed under load: a goroutine of an
+// earlier test still ending when the baseline was taken made the baseline one short.
+func goroutinesOf(inst string) int {
+	var buf bytes.Buffer
+	_ = pprof.Lookup("goroutine").WriteTo(&buf, 1)
+	label := fmt.Sprintf("%q:%q", goroutineLabel, inst)
+	n := 0
+	for _, block := range strings.Split(buf.String(), "\n\n") {
+		var k int
+		if _, err := fmt.Sscanf(block, "%d @", &k); err == nil && strings.Contains(block, label) {
+			n += k
+		}
+	}
+	return n
+}
+
+// goroutineLabel is the pprof label key goroutinesOf counts by.
+const goroutineLabel = "stt-test-instance"
+
+// labelled runs f with its goroutine labelled inst.
+func labelled(inst string, f func()) {
+	pprof.Do(context.Background(), pprof.Labels(goroutineLabel, inst), func(context.Context) { f() })
+}
+
+// settles polls, for up to 10 s, until ok holds (goroutines of what just happened end
+// on their own), and reports whether it did.
+func settles(ok func() bool) bool {
 	deadline := time.Now().Add(10 * time.Second)
-	for {
-		g := runtime.NumGoroutine()
-		if g <= want || time.Now().After(deadline) {
-			return g
+	for !ok() {
+		if time.Now().After(deadline) {
+			return false
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	return true
 }
 
 // TestGoroutinesDoNotGrowWithIdlePeers: an engine (tunnel and stt node) has the same
 // goroutines with 200 configured peers as with one, and establishing sessions with 32
 // of them, all idle afterwards, leaves it none more: a peer, with or without a session,
-// has no goroutine of its own (issue 16: 0 goroutines per idle peer). The count is of
-// the whole process, spokes included; they are all started before it is taken.
+// has no goroutine of its own (issue 16: 0 goroutines per idle peer). Each engine's
+// goroutines are counted by a pprof label set where it starts.
 func TestGoroutinesDoNotGrowWithIdlePeers(t *testing.T) {
 	seed, _ := config.GenerateSeed()
 	seedFile := writeSecret(t, t.TempDir(), "seed", seed)
@@ -54,23 +81,23 @@ func TestGoroutinesDoNotGrowWithIdlePeers(t *testing.T) {
 		return ps
 	}
 
-	// Record only: one peer against 200.
-	g0 := runtime.NumGoroutine()
-	one := startMem(t, seedFile, "one", "10.81.0.1/16", peers(1))
-	gOne := runtime.NumGoroutine() - g0 // Start starts the tunnel's goroutines before it returns
-	_ = one.t.Close()
-	settledGoroutines(g0)
-	g0 = runtime.NumGoroutine()
-	hubDev := tuntest.NewMem("mem-hub", 1420, 16)
-	hubT, err := Start(context.Background(), memConfig(t, seedFile, "hub", "10.81.0.1/16", peers(200)), Options{Device: hubDev})
-	if err != nil {
-		t.Fatal(err)
+	// Record only: one peer against 200, both running.
+	labelled("one", func() { startMem(t, seedFile, "one", "10.81.0.1/16", peers(1)) })
+	var hub *memNode
+	labelled("hub", func() {
+		hubDev := tuntest.NewMem("mem-hub", 1420, 16)
+		hubT, err := Start(context.Background(), memConfig(t, seedFile, "hub", "10.81.0.1/16", peers(200)), Options{Device: hubDev})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = hubT.Close() })
+		hub = &memNode{t: hubT, dev: hubDev}
+	})
+	if goroutinesOf("one") == 0 {
+		t.Fatal("no goroutine carries the label: the count would prove nothing")
 	}
-	t.Cleanup(func() { _ = hubT.Close() })
-	hub := &memNode{t: hubT, dev: hubDev}
-	// A goroutine of Start's may still be ending: wait for the count to come down.
-	if gHub := settledGoroutines(g0+gOne) - g0; gHub > gOne {
-		t.Fatalf("a tunnel with 200 peers has %d goroutines, with one %d: peers known by record have goroutines", gHub, gOne)
+	if !settles(func() bool { return goroutinesOf("hub") <= goroutinesOf("one") }) {
+		t.Fatalf("a tunnel with 200 peers has %d goroutines, with one %d: peers known by record have goroutines", goroutinesOf("hub"), goroutinesOf("one"))
 	}
 
 	// Sessions with 32 of them, idle afterwards.
@@ -90,7 +117,7 @@ func TestGoroutinesDoNotGrowWithIdlePeers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	before := runtime.NumGoroutine()
+	before := goroutinesOf("hub")
 	for i, p := range spokes {
 		pkt := ipv4UDP(fmt.Sprintf("10.81.%d.%d", 1+i/250, 1+i%250), "10.81.0.1", 1000, 9, []byte("hi"))
 		buf := make([]byte, wire.HeaderLen+len(pkt), wire.HeaderLen+len(pkt)+wire.TagLen)
@@ -109,8 +136,8 @@ func TestGoroutinesDoNotGrowWithIdlePeers(t *testing.T) {
 		}
 		return sessions(hub.t) == m
 	})
-	if after := settledGoroutines(before); after > before {
-		t.Fatalf("%d goroutines with %d idle sessions, %d before them: sessions have goroutines", after, m, before)
+	if !settles(func() bool { return goroutinesOf("hub") <= before }) {
+		t.Fatalf("%d goroutines with %d idle sessions, %d before them: sessions have goroutines", goroutinesOf("hub"), m, before)
 	}
 }
 
