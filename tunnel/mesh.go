@@ -377,12 +377,14 @@ func (t *Tunnel) meshLoop() {
 		// pass (the kick of the first session) ran the engine's Tick before the
 		// neighbour was taken, which emptied the set SessionUp had just filled, and
 		// for up to a round nothing was flooded — a node going down then told no one.
+		// Between rounds they are added to the set, which keeps the members whose
+		// sessions came up since (pushes reach a joiner's first contacts at once).
 		t.keepNeighbours(now)
 		if now.Sub(lastTick) >= mesh.DefaultInterval {
 			lastTick = now
 			m.eng.Tick(now, t.connectedMembers())
 		} else {
-			m.eng.SetConnected(t.connectedMembers())
+			m.eng.AddConnected(t.connectedMembers())
 		}
 		t.natTick(now)
 	}

@@ -411,12 +411,17 @@ func (e *Engine) SessionUp(peer [32]byte) {
 	e.flush(&b)
 }
 
-// SetConnected takes connected as the set of members with a session that records are
-// pushed to (as Tick does), between rounds: a neighbour taken since the last Tick is
-// flooded to at once, the leave record of a node going down included.
-func (e *Engine) SetConnected(connected [][32]byte) {
+// AddConnected adds connected to the set of members with a session that records are
+// pushed to, between rounds: a neighbour taken since the last Tick is flooded to at
+// once, the leave record of a node going down included. Unlike Tick it keeps the
+// members already in the set (those SessionUp added since the round): replacing the
+// set on every pass pushed new records only to the three neighbours, and a member that
+// was nobody's neighbour learned a join, or a revocation, only when it asked.
+func (e *Engine) AddConnected(connected [][32]byte) {
 	e.mu.Lock()
-	e.setConnected(connected)
+	for _, k := range connected {
+		e.connect(k)
+	}
 	e.mu.Unlock()
 }
 

@@ -209,16 +209,20 @@ func (e *Engine) refuseRevokedRecord(rec *Record) {
 }
 
 // sendStatementSummary sends this node's statements SUMMARY to peer, when it holds any
-// (a member that holds some sends its own, and the answer brings them here). Called
-// with mu held.
+// or admins are configured (a member that holds some sends its own, and the answer
+// brings them here; an empty one asks a neighbour that holds some for them). Called
+// with mu held. Without the empty SUMMARY a member that held none and was nobody's
+// neighbour (neighbours are chosen, not mutual) was never sent a revocation.
 //
 // once sends it bare, unacknowledged, as the SUMMARY of a round (Tick) goes.
 func (e *Engine) sendStatementSummary(b *batch, peer [32]byte, now time.Time, once bool) {
-	if e.stmt.store == nil || e.stmt.store.Len() == 0 || e.revokedKey(peer) {
+	held := e.stmt.store != nil && e.stmt.store.Len() > 0
+	if !held && len(e.cfg.Admins) == 0 || e.revokedKey(peer) {
 		return
 	}
-	e.stmt.asked[peer] = now
-	c, h := e.stmt.store.Summary()
+	st := e.statements()
+	st.asked[peer] = now
+	c, h := st.store.Summary()
 	e.queueMsg(b, outMsg{to: peer, typ: MsgStatements, body: AppendStatementsSummary(nil, Summary{Count: c, Hash: h}), once: once})
 }
 

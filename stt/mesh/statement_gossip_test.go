@@ -293,3 +293,46 @@ func TestStatementsHeldAreNotRefusedAsFutureAfterTheClockGoesBack(t *testing.T) 
 		t.Fatalf("a fresh statement from the future: %v %s", ok, reason)
 	}
 }
+
+// A member that holds no statement and is nobody's neighbour (neighbours are chosen,
+// not mutual: it chose a, a did not choose it) gets a revocation from the SUMMARY of
+// its own round: empty, it asks a for what a holds. Without it the member was never
+// sent the revocation (a pushes only to its own neighbours).
+func TestStatementReachesAMemberThatIsNobodysNeighbour(t *testing.T) {
+	s := newSim(t, 3, 0)
+	a, b, lone := s.nodes[0], s.nodes[1], s.nodes[2]
+	s.setSelves()
+	s.withAdmins(adminPub(testAdmin()))
+	// Sessions a–b and a–lone carry what is sent either way (sim.pump would drop a's
+	// answers to lone: it takes a link for a neighbour); each node's round goes to its
+	// own neighbours only.
+	deliver := func() {
+		for len(s.queue) > 0 {
+			m := s.queue[0]
+			s.queue = s.queue[1:]
+			s.byKey[m.to].eng.Handle(m.from, s.byKey[m.from].addr(), false, m.typ, m.body)
+		}
+	}
+	round := func() {
+		s.now = s.now.Add(s.interval)
+		a.eng.Tick(s.now, [][32]byte{b.id.Public})
+		b.eng.Tick(s.now, [][32]byte{a.id.Public})
+		lone.eng.Tick(s.now, [][32]byte{a.id.Public})
+		deliver()
+	}
+	round()
+	raw := mustSign(t, testRevoke(uint64(s.now.UnixNano()), [32]byte{0xee, 3}), testAdmin(), NetworkID(s.seed))
+	if ok, reason := b.eng.OfferStatement(raw); !ok {
+		t.Fatal(reason)
+	}
+	deliver()
+	if !a.eng.Revoked([32]byte{0xee, 3}) || lone.eng.Revoked([32]byte{0xee, 3}) {
+		t.Fatal("the push should reach a, and only a")
+	}
+	for range 3 {
+		round()
+	}
+	if !lone.eng.Revoked([32]byte{0xee, 3}) {
+		t.Fatal("a member that is nobody's neighbour never got the revocation")
+	}
+}

@@ -96,7 +96,7 @@ func TestLeaveReachesANeighbourTakenBetweenRounds(t *testing.T) {
 		t.Fatal("the records were not exchanged")
 	}
 	gone.eng.Tick(s.now, nil) // the round, before the neighbour was taken
-	gone.eng.SetConnected([][32]byte{other.id.Public})
+	gone.eng.AddConnected([][32]byte{other.id.Public})
 	if err := gone.eng.Leave(15 * time.Second); err != nil {
 		t.Fatal(err)
 	}
