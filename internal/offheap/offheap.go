@@ -32,10 +32,26 @@ func Buffers(n, size int) (bufs [][]byte, release func()) {
 	mem, release := alloc(n * size)
 	if mem == nil {
 		mem, release = make([]byte, n*size), func() {}
+		if Poisoning {
+			release = func() { Poison(mem) } // (under -race: a later read races with it)
+		}
 	}
 	bufs = make([][]byte, n)
 	for i := range bufs {
 		bufs[i] = mem[i*size : (i+1)*size : (i+1)*size]
 	}
 	return bufs, release
+}
+
+// Poison overwrites b with 0xAA in a build with the offheap_poison tag, and does
+// nothing otherwise. The loops call it on the bytes of a batch once they are done with
+// it: anything that kept a slice of the batch (rather than a copy) then reads 0xAA,
+// which tests that check what was kept see. Under the race detector the write also
+// races with a read of the batch by another goroutine.
+func Poison(b []byte) {
+	if Poisoning {
+		for i := range b {
+			b[i] = 0xAA
+		}
+	}
 }
