@@ -19,6 +19,10 @@
 // the buffers: a slice of them used after release is a fault, not a stale read. Under
 // the race detector the buffers come from the Go heap, so that races on their
 // contents are still reported (the detector does not see memory outside the heap).
+//
+// To check that nothing keeps a slice of a batch, build with -tags offheap_poison
+// (Poison): the loops overwrite each batch when done with it and a released mapping
+// stays reserved but inaccessible, so a late read sees 0xAA or faults, every time.
 package offheap
 
 // Buffers returns n buffers of size bytes, each with its own capacity (writing past
