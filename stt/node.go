@@ -47,7 +47,9 @@ const MaxQueued = 256
 // came from (on WebSocket, the TCP address at the other end of the connection: the peer
 // or a proxy before it; the zero AddrPort when it came through a relay, which saw the
 // peer's address and this node did not), viaWS whether it came over WebSocket. It is called on a receive
-// goroutine and must not block.
+// goroutine and must not block. body lies in the receive loop's batch, which the next
+// batch overwrites and which is unmapped when the loop ends (internal/offheap): it is
+// valid during the call only, and what is kept of it must be copied.
 type ExtensionFunc func(p *Peer, typ byte, body []byte, from netip.AddrPort, viaWS bool)
 
 // AdmitFunc decides about a node that completed an authenticated handshake (it holds the

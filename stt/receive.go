@@ -82,6 +82,9 @@ func (n *Node) receiveLoop(fn conn.ReceiveFunc) {
 		}
 		errs = 0
 		n.receiveBatch(bufs, rx, sizes[:k], eps, in, nonce, hsOut, fw)
+		if offheap.Poisoning {
+			poisonBatch(bufs, sizes[:k])
+		}
 	}
 }
 
@@ -108,6 +111,17 @@ func (n *Node) wsReceive(c *ws.Conn, bufs [][]byte, sizes []int) {
 		eps[i] = we
 	}
 	n.receiveBatch(bufs, rx, sizes, eps, st.in, st.nonce, st.hsOut[:0], st.fw)
+	if offheap.Poisoning {
+		poisonBatch(bufs, sizes)
+	}
+}
+
+// poisonBatch overwrites the bytes of a received batch (offheap.Poison) in a build with
+// the offheap_poison tag: nothing may read them once receiveBatch has returned.
+func poisonBatch(bufs [][]byte, sizes []int) {
+	for i, size := range sizes {
+		offheap.Poison(bufs[i][:min(len(bufs[i]), recvBase+size)])
+	}
 }
 
 // wsRecvState is the per-call scratch of the WebSocket receive path.

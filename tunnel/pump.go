@@ -97,6 +97,12 @@ func (t *Tunnel) readLoop() {
 			flows = append(flows, flow)
 		}
 		flush()
+		if offheap.Poisoning {
+			// Nothing may read a packet of the batch once it is sent (offheap.Poison).
+			for i := range n {
+				offheap.Poison(bufs[i][:min(len(bufs[i]), stt.Headroom+sizes[i]+wire.TagLen)])
+			}
+		}
 	}
 }
 

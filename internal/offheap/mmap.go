@@ -4,6 +4,7 @@ package offheap
 
 import (
 	"sync"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -16,6 +17,25 @@ func alloc(size int) ([]byte, func()) {
 	if err != nil {
 		return nil, nil
 	}
+	live.Add(int64(size))
 	var once sync.Once
-	return mem, func() { once.Do(func() { _ = syscall.Munmap(mem) }) }
+	return mem, func() {
+		once.Do(func() {
+			live.Add(-int64(size))
+			if Poisoning {
+				// Kept mapped but inaccessible, so that the address is never reused:
+				// a read through a slice kept past the release faults every time.
+				_ = syscall.Mprotect(mem, syscall.PROT_NONE)
+				return
+			}
+			_ = syscall.Munmap(mem)
+		})
+	}
 }
+
+// live is the memory mapped and not yet released, in bytes.
+var live atomic.Int64
+
+// Live is the memory Buffers has mapped outside the Go heap and not yet released, in
+// bytes: what the loops and sockets alive hold (and a leak would make grow).
+func Live() int64 { return live.Load() }

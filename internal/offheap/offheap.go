@@ -19,6 +19,10 @@
 // the buffers: a slice of them used after release is a fault, not a stale read. Under
 // the race detector the buffers come from the Go heap, so that races on their
 // contents are still reported (the detector does not see memory outside the heap).
+//
+// To check that nothing keeps a slice of a batch, build with -tags offheap_poison
+// (Poison): the loops overwrite each batch when done with it and a released mapping
+// stays reserved but inaccessible, so a late read sees 0xAA or faults, every time.
 package offheap
 
 // Buffers returns n buffers of size bytes, each with its own capacity (writing past
@@ -32,10 +36,26 @@ func Buffers(n, size int) (bufs [][]byte, release func()) {
 	mem, release := alloc(n * size)
 	if mem == nil {
 		mem, release = make([]byte, n*size), func() {}
+		if Poisoning {
+			release = func() { Poison(mem) } // (under -race: a later read races with it)
+		}
 	}
 	bufs = make([][]byte, n)
 	for i := range bufs {
 		bufs[i] = mem[i*size : (i+1)*size : (i+1)*size]
 	}
 	return bufs, release
+}
+
+// Poison overwrites b with 0xAA in a build with the offheap_poison tag, and does
+// nothing otherwise. The loops call it on the bytes of a batch once they are done with
+// it: anything that kept a slice of the batch (rather than a copy) then reads 0xAA,
+// which tests that check what was kept see. Under the race detector the write also
+// races with a read of the batch by another goroutine.
+func Poison(b []byte) {
+	if Poisoning {
+		for i := range b {
+			b[i] = 0xAA
+		}
+	}
 }

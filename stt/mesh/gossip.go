@@ -509,6 +509,9 @@ func (e *Engine) Tick(now time.Time, connected [][32]byte) {
 //
 // The NAT traversal messages (IsNATMessage) are the caller's: it routes them before
 // calling Handle. Given one, Handle drops it without counting it unknown.
+//
+// body may be overwritten or unmapped once Handle returns (the node's receive batch):
+// what the engine keeps of it, records and statements, it copies.
 func (e *Engine) Handle(from [32]byte, seen netip.AddrPort, viaWS bool, typ byte, body []byte) {
 	now := e.cfg.Now()
 	var b batch
