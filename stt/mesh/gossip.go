@@ -54,8 +54,9 @@ type Config struct {
 	// call back into the engine (it is called with no engine lock held all the same).
 	Send func(to [32]byte, typ byte, body []byte) error
 	// SendOnce sends a message that nothing acknowledges or resends (the record and
-	// statement SUMMARYs of the anti-entropy rounds: a lost one is replaced by the next
-	// round); it has Send's rules. Nil: Send.
+	// statement SUMMARYs of the anti-entropy rounds, and the records pushed as they are
+	// taken or signed: a lost one is repaired by the next round); it has Send's rules.
+	// Nil: Send.
 	SendOnce func(to [32]byte, typ byte, body []byte) error
 	// OnChange reports that a member's record was added (old nil), replaced, or expired
 	// (cur nil). It is called with no engine lock held, from whichever call caused it.
@@ -329,7 +330,9 @@ func (e *Engine) Leave(linger time.Duration) error {
 	e.mu.Lock()
 	var err error
 	if e.own != nil {
-		err = e.signOwnFor(&b, *e.own, now, linger)
+		// Pushed reliably: the node waits for this record's acknowledgements before
+		// its sessions close, and no later round will repair its loss.
+		err = e.signOwnFor(&b, *e.own, now, linger, true)
 		e.left = err == nil
 	}
 	e.mu.Unlock()
@@ -340,11 +343,12 @@ func (e *Engine) Leave(linger time.Duration) error {
 // signOwn signs r as our record at now with a version above every one seen, stores it
 // and floods it. Called with mu held.
 func (e *Engine) signOwn(b *batch, r Record, now time.Time) error {
-	return e.signOwnFor(b, r, now, e.cfg.Lifetime)
+	return e.signOwnFor(b, r, now, e.cfg.Lifetime, false)
 }
 
-// signOwnFor is signOwn with a record that expires after lifetime.
-func (e *Engine) signOwnFor(b *batch, r Record, now time.Time, lifetime time.Duration) error {
+// signOwnFor is signOwn with a record that expires after lifetime, pushed reliably if
+// reliably (see flood).
+func (e *Engine) signOwnFor(b *batch, r Record, now time.Time, lifetime time.Duration, reliably bool) error {
 	v := uint64(max(now.UnixNano(), 1))
 	if e.own != nil {
 		v = max(v, e.own.Version+1)
@@ -362,13 +366,18 @@ func (e *Engine) signOwnFor(b *batch, r Record, now time.Time, lifetime time.Dur
 	rec := &r
 	e.own, e.ownSigned = rec, now
 	e.store.putOwn(rec, raw)
-	e.flood(b, raw)
+	e.flood(b, raw, reliably)
 	return nil
 }
 
 // flood pushes raw to every connected member except the ones named by skip (the member
-// it came from, its owner).
-func (e *Engine) flood(b *batch, raw []byte, skip ...[32]byte) {
+// it came from, its owner). Unless reliably, the push goes bare (SendOnce): a lost one
+// is repaired by the next anti-entropy round, and an ACK for each would cost a node that
+// is everyone's neighbour (an introducer) one frame per member for every record re-signed
+// anywhere, as each member floods what it takes back to it. A push carries one record,
+// so its body fits PackBudget (floodFits) and its frame the smallest path, bare as
+// inside RELIABLE (which adds to it).
+func (e *Engine) flood(b *batch, raw []byte, reliably bool, skip ...[32]byte) {
 	if len(e.connected) == 0 {
 		return
 	}
@@ -376,13 +385,18 @@ func (e *Engine) flood(b *batch, raw []byte, skip ...[32]byte) {
 	if err != nil {
 		return
 	}
+	once := !reliably
 	for k := range e.connected {
 		if slices.Contains(skip, k) {
 			continue
 		}
-		e.queue(b, k, MsgRecords, body)
+		e.queueMsg(b, outMsg{to: k, typ: MsgRecords, body: body, once: once})
 	}
 }
+
+// floodFits does not compile if a RECORDS body of one record of the largest size
+// (count, length, record) could exceed PackBudget: a bare push must fit one datagram.
+const floodFits = uint(PackBudget - (1 + 2 + MaxRecordLen))
 
 // connect adds peer to the connected set (bounded by MaxMembers).
 func (e *Engine) connect(peer [32]byte) {
@@ -617,7 +631,7 @@ func (e *Engine) offer(b *batch, from [32]byte, now time.Time, raw []byte) {
 	case Accepted:
 		delete(e.wanting, rec.Key)
 		b.changes = append(b.changes, change{old, rec})
-		e.flood(b, raw, from, rec.Key)
+		e.flood(b, raw, false, from, rec.Key)
 	case OwnKey:
 		e.ownSeen(b, now, rec.Version)
 	default:
