@@ -67,7 +67,7 @@ type Config struct {
 	Admins      []ed25519.PublicKey
 	OnStatement func(*Statement)
 	Logger      *slog.Logger
-	Lifetime    time.Duration // record lifetime, default 30 min (at most MaxLifetime); refreshed at Lifetime/3
+	Lifetime    time.Duration // record lifetime, default 30 min (at most MaxLifetime); refreshed at Lifetime/3 less up to an eighth of that
 	Interval    time.Duration // anti-entropy interval, default 10 s
 	// MaxMembers bounds the records held, own included (default DefaultMaxMembers).
 	MaxMembers int
@@ -171,6 +171,8 @@ type Engine struct {
 	store     *Store
 	own       *Record // our record as last signed; nil before SetSelf
 	ownSigned time.Time
+	// ownRefresh is how long after ownSigned our record is refreshed (refreshAfter).
+	ownRefresh time.Duration
 	// left: Leave signed our last record; nothing signs over it with a full lifetime
 	// (the node's loop may still call SetSelf while it closes).
 	left      bool
@@ -364,7 +366,7 @@ func (e *Engine) signOwnFor(b *batch, r Record, now time.Time, lifetime time.Dur
 		return err
 	}
 	rec := &r
-	e.own, e.ownSigned = rec, now
+	e.own, e.ownSigned, e.ownRefresh = rec, now, e.refreshAfter(v)
 	e.store.putOwn(rec, raw)
 	e.flood(b, raw, reliably)
 	return nil
@@ -392,6 +394,31 @@ func (e *Engine) flood(b *batch, raw []byte, reliably bool, skip ...[32]byte) {
 		}
 		e.queueMsg(b, outMsg{to: k, typ: MsgRecords, body: body, once: once})
 	}
+}
+
+// refreshJitterDiv: a record is refreshed up to 1/refreshJitterDiv of Lifetime/3 early.
+const refreshJitterDiv = 8
+
+// refreshAfter is how long after signing the version v of our record it is refreshed:
+// Lifetime/3 less up to an eighth of that, by a hash of our key and v, so that members
+// that start together (a lab, a fleet rebooted at once) do not all re-sign, and flood,
+// at the same moment, every time; each signature draws anew, so their refreshes drift
+// further apart. Never later than Lifetime/3: the record keeps two thirds of its life
+// for the refresh to spread.
+func (e *Engine) refreshAfter(v uint64) time.Duration {
+	third := e.cfg.Lifetime / 3
+	h := mix64(binary.LittleEndian.Uint64(e.self[:8]) ^ v)
+	frac := float64(h>>11) / (1 << 53) // [0, 1)
+	return third - time.Duration(frac*float64(third/refreshJitterDiv))
+}
+
+// mix64 is SplitMix64's finaliser: every input bit moves about half the output bits.
+func mix64(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	return x ^ x>>31
 }
 
 // floodFits does not compile if a RECORDS body of one record of the largest size
@@ -444,7 +471,7 @@ func (e *Engine) setConnected(connected [][32]byte) {
 
 // Tick advances the engine to now: it takes connected as the set of members with a
 // session, sweeps expired records, refreshes our record when a third of its lifetime
-// has passed, once per Interval sends a SUMMARY to up to Fanout random connected
+// has passed (less up to an eighth of that, refreshAfter), once per Interval sends a SUMMARY to up to Fanout random connected
 // members, and sends OBSERVE to each connected member last asked ObserveInterval ago
 // or more. Call it at least every Interval; more often keeps the connected set fresh.
 func (e *Engine) Tick(now time.Time, connected [][32]byte) {
@@ -480,7 +507,7 @@ func (e *Engine) Tick(now time.Time, connected [][32]byte) {
 			e.queue(&b, k, MsgObserve, nil)
 		}
 	}
-	if e.own != nil && !e.left && now.Sub(e.ownSigned) >= e.cfg.Lifetime/3 {
+	if e.own != nil && !e.left && now.Sub(e.ownSigned) >= e.ownRefresh {
 		if err := e.signOwn(&b, *e.own, now); err != nil {
 			e.cfg.Logger.Warn("mesh: cannot refresh own record", "err", err)
 		}
