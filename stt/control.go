@@ -361,10 +361,12 @@ func (p *Peer) SendReliable(typ byte, body []byte) error {
 
 // SendUnreliable sends an extension control message (type 0x80 or above) once on the
 // current session, not inside RELIABLE: nothing acknowledges it and nothing sends it
-// again. It is for messages the sender repeats anyway, whose acknowledgement would cost
-// the receiver as much as the message (the mesh's periodic SUMMARY). Like a reliable
-// message it marks the session in use (IdleTimeout). Without a usable session it is
-// dropped: ErrNoSession, and no handshake starts.
+// again. It is for messages whose loss something else repairs, and whose
+// acknowledgement would cost the receiver as much as the message (the mesh's periodic
+// SUMMARY, its record pushes). Like a reliable message it marks the session in use
+// (IdleTimeout). Without a usable session it is dropped: ErrNoSession, and no handshake
+// starts. A frame larger than the local interface allows is dropped alone and counted
+// (DropSendError); nothing waits for it.
 func (p *Peer) SendUnreliable(typ byte, body []byte) error {
 	if p.cfg.AnyName {
 		return ErrWildcardPeer

@@ -4,6 +4,7 @@ import (
 	"crypto/ed25519"
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"slices"
 	"testing"
 	"time"
@@ -114,57 +115,10 @@ func TestGossipSummaryAheadStillGetsDigest(t *testing.T) {
 // sizes, it must not grow with the size of the mesh.
 func TestGossipHubCostPerResignDoesNotGrowWithMembers(t *testing.T) {
 	perMember := func(members int) float64 {
-		s := newSim(t, members+2, 0)
-		hubs, rest := s.nodes[:2], s.nodes[2:]
-		conn := map[*simNode][][32]byte{}
-		// Each member's third neighbour is one it picked at random: flooding from one
-		// member reaches few others through them, the rest learn from the hubs.
-		rng := rand.New(rand.NewPCG(uint64(members), 16))
-		for i, m := range rest {
-			for _, h := range hubs {
-				s.link(m, h)
-				conn[m] = append(conn[m], h.id.Public)
-			}
-			o := rest[(i+1+rng.IntN(len(rest)-1))%len(rest)]
-			s.link(m, o)
-			conn[m] = append(conn[m], o.id.Public)
-		}
-		for _, h := range hubs {
-			for _, m := range rest[:3] { // a hub's neighbours: three members
-				conn[h] = append(conn[h], m.id.Public)
-			}
-		}
-		s.setSelves()
-		s.sessionsUp()
-		s.pump()
-		tick := func() {
-			s.now = s.now.Add(s.interval)
-			for _, nd := range s.nodes {
-				nd.eng.Tick(s.now, conn[nd])
-			}
-			s.pump()
-		}
-		for range 10 {
-			tick()
-		}
-		if m := s.missing(); m != 0 {
-			t.Fatalf("%d members: %d records missing before the re-signs", members, m)
-		}
+		s, hubs, rest, tick := newHubSim(t, members)
 		sent0 := hubs[0].sent + hubs[1].sent
 		const resigns = 5
-		for i := range resigns {
-			nd := rest[(i*7)%len(rest)]
-			if err := nd.eng.SetSelf(Record{Name: fmt.Sprint("renamed", i)}); err != nil {
-				t.Fatal(err)
-			}
-			s.pump()
-			for range 3 {
-				tick()
-			}
-		}
-		if m := s.missing(); m != 0 {
-			t.Fatalf("%d members: %d records missing after the re-signs", members, m)
-		}
+		resignAtRest(t, s, rest, resigns, tick)
 		// The hubs' own rounds (three SUMMARYs each per tick) are the same at any size.
 		return float64(hubs[0].sent+hubs[1].sent-sent0) / resigns / float64(members)
 	}
@@ -172,6 +126,161 @@ func TestGossipHubCostPerResignDoesNotGrowWithMembers(t *testing.T) {
 	t.Logf("hub bytes per re-sign per member: %.1f at 16 members, %.1f at 64", small, large)
 	if large > 1.5*small {
 		t.Fatalf("a hub's cost per member of a re-sign grows with the mesh: %.1f bytes at 16 members, %.1f at 64", small, large)
+	}
+}
+
+// newHubSim builds the fifty-node lab's shape with members members: two hubs every member
+// keeps as neighbours, which answer every member's SUMMARY but flood only to three
+// members; each member's third neighbour is one it picked at random (flooding from one
+// member reaches few others through them, the rest learn from the hubs). It returns the
+// sim at rest, every record everywhere, and the tick that advances it one interval with
+// those neighbours.
+func newHubSim(t *testing.T, members int) (s *sim, hubs, rest []*simNode, tick func()) {
+	s = newSim(t, members+2, 0)
+	hubs, rest = s.nodes[:2], s.nodes[2:]
+	conn := map[*simNode][][32]byte{}
+	rng := rand.New(rand.NewPCG(uint64(members), 16))
+	for i, m := range rest {
+		for _, h := range hubs {
+			s.link(m, h)
+			conn[m] = append(conn[m], h.id.Public)
+		}
+		o := rest[(i+1+rng.IntN(len(rest)-1))%len(rest)]
+		s.link(m, o)
+		conn[m] = append(conn[m], o.id.Public)
+	}
+	for _, h := range hubs {
+		for _, m := range rest[:3] { // a hub's neighbours: three members
+			conn[h] = append(conn[h], m.id.Public)
+		}
+	}
+	s.setSelves()
+	s.sessionsUp()
+	s.pump()
+	tick = func() {
+		s.now = s.now.Add(s.interval)
+		for _, nd := range s.nodes {
+			nd.eng.Tick(s.now, conn[nd])
+		}
+		s.pump()
+	}
+	for range 10 {
+		tick()
+	}
+	if m := s.missing(); m != 0 {
+		t.Fatalf("%d members: %d records missing before the re-signs", members, m)
+	}
+	return s, hubs, rest, tick
+}
+
+// resignAtRest has resigns members of rest re-sign their record one after the other,
+// three rounds apart, and checks that every node holds every record after.
+func resignAtRest(t *testing.T, s *sim, rest []*simNode, resigns int, tick func()) {
+	for i := range resigns {
+		nd := rest[(i*7)%len(rest)]
+		if err := nd.eng.SetSelf(Record{Name: fmt.Sprint("renamed", i)}); err != nil {
+			t.Fatal(err)
+		}
+		s.pump()
+		for range 3 {
+			tick()
+		}
+	}
+	if m := s.missing(); m != 0 {
+		t.Fatalf("%d members: %d records missing after the re-signs", len(rest), m)
+	}
+}
+
+// A record re-signed at rest reaches every member, and each member floods it on to its
+// neighbours — in the lab's shape mostly the two hubs, which thus get a copy from nearly
+// every member. Those pushes go bare: the RECORDS a hub receives reliably (each costs
+// it an ACK) per re-sign must not grow with the members, as they did when every push was
+// acknowledged (issue 16: an introducer's ACKs of stale copies, 228 B/s of 1108 at rest).
+func TestGossipHubAcksPerResignDoNotGrowWithMembers(t *testing.T) {
+	perResign := func(members int) float64 {
+		s, hubs, rest, tick := newHubSim(t, members)
+		in := func() uint64 {
+			return hubs[0].reliableIn[MsgRecords-MsgSummary] + hubs[1].reliableIn[MsgRecords-MsgSummary]
+		}
+		in0 := in()
+		const resigns = 5
+		resignAtRest(t, s, rest, resigns, tick)
+		return float64(in()-in0) / resigns
+	}
+	small, large := perResign(16), perResign(64)
+	t.Logf("RECORDS received reliably by the hubs per re-sign: %.1f at 16 members, %.1f at 64", small, large)
+	if large > 1.5*small+2 {
+		t.Fatalf("the hubs acknowledge %.1f RECORDS per re-sign at 16 members, %.1f at 64: the pushes are acknowledged", small, large)
+	}
+}
+
+// Pushes of records, signed here (content changed, refreshed) or taken from a member, go
+// by SendOnce; the leave record (the node waits for its ACKs before the sessions close)
+// and the answers to a WANT go by Send.
+func TestGossipPushesGoBareLeaveAndAnswersReliably(t *testing.T) {
+	var reliable, once []simMsg
+	a, c := NewIdentity(edSeedN(9)).Public, NewIdentity(edSeedN(11)).Public
+	now := testNow
+	e := New(Config{Identity: NewIdentity(testEdSeed), Network: NetworkOf(testSeed), Now: func() time.Time { return now },
+		Send: func(to [32]byte, typ byte, body []byte) error {
+			reliable = append(reliable, simMsg{to: to, typ: typ, body: body})
+			return nil
+		},
+		SendOnce: func(to [32]byte, typ byte, body []byte) error {
+			once = append(once, simMsg{to: to, typ: typ, body: body})
+			return nil
+		},
+	})
+	records := func(ms []simMsg) (n int) {
+		for _, m := range ms {
+			if m.typ == MsgRecords {
+				n++
+			}
+		}
+		return n
+	}
+	reset := func() { reliable, once = nil, nil }
+	e.SetConnected([][32]byte{a, c})
+	if err := e.SetSelf(Record{Name: "self"}); err != nil {
+		t.Fatal(err)
+	}
+	if records(once) != 2 || records(reliable) != 0 {
+		t.Fatalf("own record signed: %d pushes bare, %d reliably; want 2 bare", records(once), records(reliable))
+	}
+	// A member's record, taken from a: pushed bare to c alone.
+	reset()
+	other := NewIdentity(edSeedN(12))
+	r := testRecord()
+	r.Name = "other"
+	body, err := AppendRecords(nil, mustMarshal(t, r, other, NetworkID(testSeed)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Handle(a, netip.AddrPort{}, false, MsgRecords, body)
+	if records(once) != 1 || once[0].to != c || records(reliable) != 0 {
+		t.Fatalf("member's record taken: %d pushes bare, %d reliably; want 1 bare, to the other neighbour", records(once), records(reliable))
+	}
+	// Refreshed: bare.
+	reset()
+	now = now.Add(DefaultLifetime / 3)
+	e.Tick(now, [][32]byte{a, c})
+	if records(once) != 2 || records(reliable) != 0 {
+		t.Fatalf("own record refreshed: %d pushes bare, %d reliably; want 2 bare", records(once), records(reliable))
+	}
+	// The answer to a WANT: reliable.
+	reset()
+	want, _ := AppendWant(nil, [][32]byte{other.Public})
+	e.Handle(c, netip.AddrPort{}, false, MsgWant, want)
+	if records(reliable) != 1 || records(once) != 0 {
+		t.Fatalf("WANT answered: %d RECORDS reliably, %d bare; want 1 reliably", records(reliable), records(once))
+	}
+	// The leave record: reliable.
+	reset()
+	if err := e.Leave(15 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if records(reliable) != 2 || records(once) != 0 {
+		t.Fatalf("leave record: %d pushes reliably, %d bare; want 2 reliably", records(reliable), records(once))
 	}
 }
 

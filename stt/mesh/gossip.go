@@ -54,8 +54,9 @@ type Config struct {
 	// call back into the engine (it is called with no engine lock held all the same).
 	Send func(to [32]byte, typ byte, body []byte) error
 	// SendOnce sends a message that nothing acknowledges or resends (the record and
-	// statement SUMMARYs of the anti-entropy rounds: a lost one is replaced by the next
-	// round); it has Send's rules. Nil: Send.
+	// statement SUMMARYs of the anti-entropy rounds, and the records pushed as they are
+	// taken or signed: a lost one is repaired by the next round); it has Send's rules.
+	// Nil: Send.
 	SendOnce func(to [32]byte, typ byte, body []byte) error
 	// OnChange reports that a member's record was added (old nil), replaced, or expired
 	// (cur nil). It is called with no engine lock held, from whichever call caused it.
@@ -66,7 +67,7 @@ type Config struct {
 	Admins      []ed25519.PublicKey
 	OnStatement func(*Statement)
 	Logger      *slog.Logger
-	Lifetime    time.Duration // record lifetime, default 30 min (at most MaxLifetime); refreshed at Lifetime/3
+	Lifetime    time.Duration // record lifetime, default 30 min (at most MaxLifetime); refreshed at Lifetime/3 less up to an eighth of that
 	Interval    time.Duration // anti-entropy interval, default 10 s
 	// MaxMembers bounds the records held, own included (default DefaultMaxMembers).
 	MaxMembers int
@@ -170,6 +171,8 @@ type Engine struct {
 	store     *Store
 	own       *Record // our record as last signed; nil before SetSelf
 	ownSigned time.Time
+	// ownRefresh is how long after ownSigned our record is refreshed (refreshAfter).
+	ownRefresh time.Duration
 	// left: Leave signed our last record; nothing signs over it with a full lifetime
 	// (the node's loop may still call SetSelf while it closes).
 	left      bool
@@ -329,7 +332,9 @@ func (e *Engine) Leave(linger time.Duration) error {
 	e.mu.Lock()
 	var err error
 	if e.own != nil {
-		err = e.signOwnFor(&b, *e.own, now, linger)
+		// Pushed reliably: the node waits for this record's acknowledgements before
+		// its sessions close, and no later round will repair its loss.
+		err = e.signOwnFor(&b, *e.own, now, linger, true)
 		e.left = err == nil
 	}
 	e.mu.Unlock()
@@ -340,11 +345,12 @@ func (e *Engine) Leave(linger time.Duration) error {
 // signOwn signs r as our record at now with a version above every one seen, stores it
 // and floods it. Called with mu held.
 func (e *Engine) signOwn(b *batch, r Record, now time.Time) error {
-	return e.signOwnFor(b, r, now, e.cfg.Lifetime)
+	return e.signOwnFor(b, r, now, e.cfg.Lifetime, false)
 }
 
-// signOwnFor is signOwn with a record that expires after lifetime.
-func (e *Engine) signOwnFor(b *batch, r Record, now time.Time, lifetime time.Duration) error {
+// signOwnFor is signOwn with a record that expires after lifetime, pushed reliably if
+// reliably (see flood).
+func (e *Engine) signOwnFor(b *batch, r Record, now time.Time, lifetime time.Duration, reliably bool) error {
 	v := uint64(max(now.UnixNano(), 1))
 	if e.own != nil {
 		v = max(v, e.own.Version+1)
@@ -360,15 +366,20 @@ func (e *Engine) signOwnFor(b *batch, r Record, now time.Time, lifetime time.Dur
 		return err
 	}
 	rec := &r
-	e.own, e.ownSigned = rec, now
+	e.own, e.ownSigned, e.ownRefresh = rec, now, e.refreshAfter(v)
 	e.store.putOwn(rec, raw)
-	e.flood(b, raw)
+	e.flood(b, raw, reliably)
 	return nil
 }
 
 // flood pushes raw to every connected member except the ones named by skip (the member
-// it came from, its owner).
-func (e *Engine) flood(b *batch, raw []byte, skip ...[32]byte) {
+// it came from, its owner). Unless reliably, the push goes bare (SendOnce): a lost one
+// is repaired by the next anti-entropy round, and an ACK for each would cost a node that
+// is everyone's neighbour (an introducer) one frame per member for every record re-signed
+// anywhere, as each member floods what it takes back to it. A push carries one record,
+// so its body fits PackBudget (floodFits) and its frame the smallest path, bare as
+// inside RELIABLE (which adds to it).
+func (e *Engine) flood(b *batch, raw []byte, reliably bool, skip ...[32]byte) {
 	if len(e.connected) == 0 {
 		return
 	}
@@ -376,13 +387,43 @@ func (e *Engine) flood(b *batch, raw []byte, skip ...[32]byte) {
 	if err != nil {
 		return
 	}
+	once := !reliably
 	for k := range e.connected {
 		if slices.Contains(skip, k) {
 			continue
 		}
-		e.queue(b, k, MsgRecords, body)
+		e.queueMsg(b, outMsg{to: k, typ: MsgRecords, body: body, once: once})
 	}
 }
+
+// refreshJitterDiv: a record is refreshed up to 1/refreshJitterDiv of Lifetime/3 early.
+const refreshJitterDiv = 8
+
+// refreshAfter is how long after signing the version v of our record it is refreshed:
+// Lifetime/3 less up to an eighth of that, by a hash of our key and v, so that members
+// that start together (a lab, a fleet rebooted at once) do not all re-sign, and flood,
+// at the same moment, every time; each signature draws anew, so their refreshes drift
+// further apart. Never later than Lifetime/3: the record keeps two thirds of its life
+// for the refresh to spread.
+func (e *Engine) refreshAfter(v uint64) time.Duration {
+	third := e.cfg.Lifetime / 3
+	h := mix64(binary.LittleEndian.Uint64(e.self[:8]) ^ v)
+	frac := float64(h>>11) / (1 << 53) // [0, 1)
+	return third - time.Duration(frac*float64(third/refreshJitterDiv))
+}
+
+// mix64 is SplitMix64's finaliser: every input bit moves about half the output bits.
+func mix64(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	return x ^ x>>31
+}
+
+// floodFits does not compile if a RECORDS body of one record of the largest size
+// (count, length, record) could exceed PackBudget: a bare push must fit one datagram.
+const floodFits = uint(PackBudget - (1 + 2 + MaxRecordLen))
 
 // connect adds peer to the connected set (bounded by MaxMembers).
 func (e *Engine) connect(peer [32]byte) {
@@ -435,7 +476,7 @@ func (e *Engine) setConnected(connected [][32]byte) {
 
 // Tick advances the engine to now: it takes connected as the set of members with a
 // session, sweeps expired records, refreshes our record when a third of its lifetime
-// has passed, once per Interval sends a SUMMARY to up to Fanout random connected
+// has passed (less up to an eighth of that, refreshAfter), once per Interval sends a SUMMARY to up to Fanout random connected
 // members, and sends OBSERVE to each connected member last asked ObserveInterval ago
 // or more. Call it at least every Interval; more often keeps the connected set fresh.
 func (e *Engine) Tick(now time.Time, connected [][32]byte) {
@@ -471,7 +512,7 @@ func (e *Engine) Tick(now time.Time, connected [][32]byte) {
 			e.queue(&b, k, MsgObserve, nil)
 		}
 	}
-	if e.own != nil && !e.left && now.Sub(e.ownSigned) >= e.cfg.Lifetime/3 {
+	if e.own != nil && !e.left && now.Sub(e.ownSigned) >= e.ownRefresh {
 		if err := e.signOwn(&b, *e.own, now); err != nil {
 			e.cfg.Logger.Warn("mesh: cannot refresh own record", "err", err)
 		}
@@ -625,7 +666,7 @@ func (e *Engine) offer(b *batch, from [32]byte, now time.Time, raw []byte) {
 	case Accepted:
 		delete(e.wanting, rec.Key)
 		b.changes = append(b.changes, change{old, rec})
-		e.flood(b, raw, from, rec.Key)
+		e.flood(b, raw, false, from, rec.Key)
 	case OwnKey:
 		e.ownSeen(b, now, rec.Version)
 	default:

@@ -350,6 +350,57 @@ func TestGossipRefreshesOwnRecord(t *testing.T) {
 	}
 }
 
+// Members that start together (the fifty-node lab; a fleet rebooted at once) do not
+// refresh together: each refreshes within the last eighth before Lifetime/3, never
+// later, and the refreshes spread over that eighth — in the lab all 49 members re-signed
+// within one round, and each re-signed record cost an introducer ~48 stale copies.
+func TestGossipRefreshesOfMembersStartedTogetherSpread(t *testing.T) {
+	const n = 64
+	third := DefaultLifetime / 3
+	engs := make([]*Engine, n)
+	for i := range engs {
+		engs[i] = New(Config{Identity: NewIdentity(edSeedN(i + 1)), Network: NetworkOf(testSeed), Now: func() time.Time { return testNow }})
+		if err := engs[i].SetSelf(Record{Name: fmt.Sprint("node", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Tick each every second from a little before the earliest refresh to Lifetime/3,
+	// and note when its version changes.
+	const step = time.Second
+	at := make([]time.Duration, n)
+	for d := third - third/refreshJitterDiv - 5*step; d <= third; d += step {
+		for i, e := range engs {
+			if at[i] != 0 {
+				continue
+			}
+			v := e.Self().Version
+			e.Tick(testNow.Add(d), nil)
+			if e.Self().Version != v {
+				at[i] = d
+			}
+		}
+	}
+	// A bucket holds a tenth of the spread (7.5 s at the default lifetime); evenly
+	// spread, n members put n/10 in each.
+	bucket := third / refreshJitterDiv / 10
+	count := map[time.Duration]int{}
+	most := 0
+	for i, d := range at {
+		if d == 0 {
+			t.Fatalf("member %d did not refresh by Lifetime/3 (%v)", i, third)
+		}
+		if d < third-third/refreshJitterDiv {
+			t.Fatalf("member %d refreshed %v after signing, more than an eighth before Lifetime/3 (%v)", i, d, third)
+		}
+		count[d/bucket]++
+		most = max(most, count[d/bucket])
+	}
+	t.Logf("%d members refreshed in %d buckets of %v, at most %d in one", n, len(count), bucket, most)
+	if len(count) < 8 || most > n/3 {
+		t.Fatalf("refreshes of %d members started together fall into %d buckets of %v, %d in one: not spread", n, len(count), bucket, most)
+	}
+}
+
 // The side that gets a DIGEST sends the records the digest does not name: one SUMMARY
 // from a, answered by b's DIGEST, brings b everything a holds.
 func TestGossipDigestExchangePushesWhatThePeerLacks(t *testing.T) {

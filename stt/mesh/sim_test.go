@@ -22,20 +22,24 @@ type sim struct {
 }
 
 type simNode struct {
-	i       int
-	id      Identity
-	eng     *Engine
-	links   map[[32]byte]bool
-	down    bool
-	sent    uint64 // bytes (3 + body) this node sent
-	byType  [6]uint64
-	changes []change
+	i     int
+	id    Identity
+	eng   *Engine
+	links map[[32]byte]bool
+	down  bool
+	sent  uint64 // bytes (3 + body) this node sent
+	// reliableIn counts the messages sent to this node by Send (not SendOnce) that it
+	// received, by type (less MsgSummary): each costs it an ACK.
+	reliableIn [16]uint64
+	byType     [6]uint64
+	changes    []change
 }
 
 type simMsg struct {
 	from, to [32]byte
 	typ      byte
 	body     []byte
+	once     bool // sent by SendOnce
 }
 
 func newSim(t testing.TB, n int, lifetime time.Duration) *sim {
@@ -50,17 +54,19 @@ func newSim(t testing.TB, n int, lifetime time.Duration) *sim {
 // add creates a node with identity id (unlinked).
 func (s *sim) add(id Identity) *simNode {
 	nd := &simNode{i: len(s.nodes), id: id, links: make(map[[32]byte]bool)}
+	send := func(to [32]byte, typ byte, body []byte, once bool) error {
+		nd.sent += uint64(3 + len(body))
+		if typ >= MsgSummary && typ <= MsgObserved {
+			nd.byType[typ-MsgSummary] += uint64(3 + len(body))
+		}
+		s.queue = append(s.queue, simMsg{from: id.Public, to: to, typ: typ, body: append([]byte(nil), body...), once: once})
+		return nil
+	}
 	nd.eng = New(Config{
 		Identity: id,
 		Network:  NetworkOf(s.seed),
-		Send: func(to [32]byte, typ byte, body []byte) error {
-			nd.sent += uint64(3 + len(body))
-			if typ >= MsgSummary && typ <= MsgObserved {
-				nd.byType[typ-MsgSummary] += uint64(3 + len(body))
-			}
-			s.queue = append(s.queue, simMsg{from: id.Public, to: to, typ: typ, body: append([]byte(nil), body...)})
-			return nil
-		},
+		Send:     func(to [32]byte, typ byte, body []byte) error { return send(to, typ, body, false) },
+		SendOnce: func(to [32]byte, typ byte, body []byte) error { return send(to, typ, body, true) },
 		OnChange: func(old, cur *Record) { nd.changes = append(nd.changes, change{old, cur}) },
 		Lifetime: s.lifetime,
 		Interval: s.interval,
@@ -122,6 +128,9 @@ func (s *sim) pump() int {
 		from, to := s.byKey[m.from], s.byKey[m.to]
 		if to == nil || to.down || from.down || !from.links[m.to] {
 			continue
+		}
+		if !m.once && m.typ >= MsgSummary && int(m.typ-MsgSummary) < len(to.reliableIn) {
+			to.reliableIn[m.typ-MsgSummary]++
 		}
 		to.eng.Handle(m.from, from.addr(), false, m.typ, m.body)
 	}
