@@ -240,7 +240,7 @@ func TestGossipPushesGoBareLeaveAndAnswersReliably(t *testing.T) {
 		return n
 	}
 	reset := func() { reliable, once = nil, nil }
-	e.SetConnected([][32]byte{a, c})
+	e.AddConnected([][32]byte{a, c})
 	if err := e.SetSelf(Record{Name: "self"}); err != nil {
 		t.Fatal(err)
 	}
