@@ -681,10 +681,18 @@ func (p *Peer) Connect() {
 		return
 	}
 	p.mu.Lock()
-	p.handshake.want = true
 	// An endpoint given as a name is looked up again for each dial, so that a bootstrap
-	// address that moved is found at its new address.
-	p.reresolveLocked()
+	// address that moved is found at its new address; the handshake starts when the
+	// lookup ends. Started at once, it went to the old address, and when it completed
+	// there before the lookup did (a loaded machine), the node had reached the old
+	// node again and did not dial the new address at all.
+	if p.lookup.running {
+		p.lookup.dial, p.lookup.again = true, true
+	} else if p.reresolveLocked(); p.lookup.running {
+		p.lookup.dial = true
+	} else {
+		p.handshake.want = true
+	}
 	p.mu.Unlock()
 	p.node.kick()
 }

@@ -724,6 +724,55 @@ func TestConnectLooksBootstrapNameUpAgain(t *testing.T) {
 	}
 }
 
+// TestConnectDialsOnceTheNameIsLookedUp: Connect's handshake waits for the lookup of
+// the name it starts. Sent at once it went to the old address, and when it completed
+// there before the lookup ended (a loaded machine) the wildcard had reached the old
+// node again and never dialled the new one. The resolver here is held until the
+// handshake would have completed, which made that order certain.
+func TestConnectDialsOnceTheNameIsLookedUp(t *testing.T) {
+	seed := randKey(t)
+	b, _ := startAdmitting(t, nodeOpts{seed: seed, name: "b"})
+	c, _ := startAdmitting(t, nodeOpts{seed: seed, name: "c"})
+	var target atomic.Pointer[Node]
+	target.Store(b.Node)
+	hold := make(chan struct{})
+	var held atomic.Bool
+	a, _ := startAdmitting(t, nodeOpts{seed: seed, name: "a", config: func(cfg *Config) {
+		cfg.Resolver = func(ctx context.Context, hostport string) (netip.AddrPort, error) {
+			if held.Load() {
+				select {
+				case <-hold:
+				case <-ctx.Done():
+					return netip.AddrPort{}, ctx.Err()
+				}
+			}
+			return loopbackAP(target.Load()), nil
+		}
+	}})
+	w, err := a.AddPeer(PeerConfig{Name: "*boot", AnyName: true, Endpoint: "boot.example:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "a session with b", func() bool { p := a.Peer("b"); return p != nil && p.HasSession() })
+	hsB := a.Peer("b").LastHandshake()
+	held.Store(true)
+	target.Store(c.Node)
+	w.Connect()
+	// While the lookup is held, no handshake is asked for or goes anywhere: b would
+	// answer one at once.
+	w.mu.Lock()
+	running, wanted, dialing := w.lookup.running, w.handshake.want, w.handshake.init != nil
+	w.mu.Unlock()
+	if !running || wanted || dialing {
+		t.Fatalf("after Connect: lookup running %v, handshake wanted %v, in flight %v; want the handshake to wait for the lookup", running, wanted, dialing)
+	}
+	close(hold)
+	waitFor(t, 5*time.Second, "a session with c", func() bool { p := a.Peer("c"); return p != nil && p.HasSession() })
+	if got := a.Peer("b").LastHandshake(); !got.Equal(hsB) {
+		t.Error("the dial went to b, the old address, as well")
+	}
+}
+
 // TestIdleSessionStopsRTTProbes: RTT probes go out while data flows and stop when it
 // does, at both ends. (They used to keep each other going: the answer to a probe counted
 // as something heard, which asked for the next probe, every interval, forever — most of

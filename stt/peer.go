@@ -120,6 +120,10 @@ type pingState struct {
 // Peer.mu.
 type lookupState struct {
 	running bool // a lookup runs in the background
+	// dial: Connect asked for a handshake, which starts once the lookup running ends
+	// (with the address it found); again: Connect came while a lookup was already
+	// running, whose answer may predate what Connect should find, so one more runs.
+	dial, again bool
 	// unresolved: cfg.Endpoint is a name that has given no address since it was
 	// configured. The timers look it up again, fails times failed so far, from next
 	// on; err says why the last lookup failed. done is closed when the first lookup of
@@ -271,6 +275,7 @@ func (p *Peer) reresolveLocked() {
 		cancel()
 		p.mu.Lock()
 		defer p.mu.Unlock()
+		defer p.lookupEndedLocked() // runs before the unlock, after the result is taken
 		p.lookup.running = false
 		if n.ctx.Err() != nil { // the node is closing
 			p.endLookupLocked()
@@ -317,6 +322,28 @@ func (p *Peer) reresolveLocked() {
 			n.kick()
 		}
 	}()
+}
+
+// lookupEndedLocked starts what waited for the lookup that just ended: one more lookup
+// (again), or the handshake Connect asked for (dial), to the address it found — or,
+// should it have failed, to the address the peer had. Called with p.mu held.
+func (p *Peer) lookupEndedLocked() {
+	l := &p.lookup
+	if p.removed || p.node.ctx.Err() != nil {
+		l.dial, l.again = false, false
+		return
+	}
+	if l.again {
+		l.again = false
+		if p.reresolveLocked(); l.running {
+			return // dial, if asked for, waits for this one
+		}
+	}
+	if l.dial {
+		l.dial = false
+		p.handshake.want = true
+		p.node.kick()
+	}
 }
 
 // Lookups of a name that has never resolved are retried after lookupRetry, doubling

@@ -583,6 +583,12 @@ func TestReloadOfAHandWrittenSeedSupersedesTheInBandRotation(t *testing.T) {
 		p := beta.t.mesh.memberPeer(deltaKey)
 		return p != nil && p.sp.HasSession()
 	})
+	// alpha offers the seed only to keys it knew before the admin signed: beta must be
+	// one (under load its handshake with alpha could still be on its way).
+	waitUntil(t, "alpha has a session with beta", func() bool {
+		p := alpha.t.mesh.memberPeer(beta.t.Node().PublicKey())
+		return p != nil && p.sp.HasSession()
+	})
 	_ = delta.t.Close() // away during the rotation: beta would offer it the seed later
 
 	next, _ := config.GenerateSeed()
