@@ -73,26 +73,8 @@ func TestReloadBetweenStagingAndHoldingAnOfferStillSupersedesIt(t *testing.T) {
 // restarts (rather than reloads) must get the rotation back: held, offered on, and
 // not reported superseded by a seed file that no longer supersedes anything.
 func TestRestartWithTheRotationSeedFileCopiedInLiftsTheSupersededMark(t *testing.T) {
-	_, admin, _ := ed25519.GenerateKey(nil)
-	seed, _ := config.GenerateSeed()
-	adm := fmt.Sprintf("[membership]\nadmins = [%q]\n", base64.StdEncoding.EncodeToString(admin.Public().(ed25519.PublicKey)))
-	alpha := startMeshNodeIn(t, seed, "alpha", "10.77.0.1/24", "", adm)
-	beta := startMeshNodeIn(t, seed, "beta", "10.77.0.2/24", fmt.Sprintf("bootstrap = [%q]", endpointOf(alpha.memNode)), adm)
-	waitUntil(t, "alpha has a session with beta", func() bool {
-		p := alpha.t.mesh.memberPeer(beta.t.Node().PublicKey())
-		return p != nil && p.sp.HasSession()
-	})
-	next, _ := config.GenerateSeed()
-	raw := signRotate(t, admin, alpha, next, time.Now().Add(5*time.Minute), 600)
-	if _, err := alpha.t.Rotate(raw, next); err != nil {
-		t.Fatal(err)
-	}
-	waitUntil(t, "beta stages the next seed", func() bool { return beta.t.rotationStatus() != nil })
-	hand, _ := config.GenerateSeed()
-	writeSecret(t, filepath.Dir(beta.cfg.Interface.SeedFile), filepath.Base(beta.cfg.Interface.SeedFile), hand)
-	if _, err := beta.t.ReloadChanges(beta.cfg); err != nil {
-		t.Fatal(err)
-	}
+	sp := supersededPair(t)
+	alpha, beta, raw, next, seed := sp.alpha, sp.beta, sp.raw, sp.next, sp.seed
 	id := shortSeedID(mesh.SeedID(next))
 	if sd := beta.t.Status().Seed; sd == nil || sd.Superseded != id {
 		t.Fatalf("beta's status after the reload: %+v; want the rotation superseded: the test shows nothing", sd)
@@ -135,26 +117,8 @@ func TestRestartWithTheRotationSeedFileCopiedInLiftsTheSupersededMark(t *testing
 // for handing it on, as it does when it restarts on that file, not wait for another
 // member to offer it a seed it already has.
 func TestReloadThatLiftsTheSupersededMarkHoldsTheRotationAgain(t *testing.T) {
-	_, admin, _ := ed25519.GenerateKey(nil)
-	seed, _ := config.GenerateSeed()
-	adm := fmt.Sprintf("[membership]\nadmins = [%q]\n", base64.StdEncoding.EncodeToString(admin.Public().(ed25519.PublicKey)))
-	alpha := startMeshNodeIn(t, seed, "alpha", "10.77.0.1/24", "", adm)
-	beta := startMeshNodeIn(t, seed, "beta", "10.77.0.2/24", fmt.Sprintf("bootstrap = [%q]", endpointOf(alpha.memNode)), adm)
-	waitUntil(t, "alpha has a session with beta", func() bool {
-		p := alpha.t.mesh.memberPeer(beta.t.Node().PublicKey())
-		return p != nil && p.sp.HasSession()
-	})
-	next, _ := config.GenerateSeed()
-	raw := signRotate(t, admin, alpha, next, time.Now().Add(5*time.Minute), 600)
-	if _, err := alpha.t.Rotate(raw, next); err != nil {
-		t.Fatal(err)
-	}
-	waitUntil(t, "beta stages the next seed", func() bool { return beta.t.rotationStatus() != nil })
-	hand, _ := config.GenerateSeed()
-	writeSecret(t, filepath.Dir(beta.cfg.Interface.SeedFile), filepath.Base(beta.cfg.Interface.SeedFile), hand)
-	if _, err := beta.t.ReloadChanges(beta.cfg); err != nil {
-		t.Fatal(err)
-	}
+	sp := supersededPair(t)
+	alpha, beta, raw := sp.alpha, sp.beta, sp.raw
 	if _, _, _, ok := beta.t.mesh.rot.held(time.Now()); ok {
 		t.Fatal("the reload of the hand-written seed left the rotation held: the test shows nothing")
 	}
@@ -181,6 +145,37 @@ func TestReloadThatLiftsTheSupersededMarkHoldsTheRotationAgain(t *testing.T) {
 // progress is superseded there: the one it names is over (replaced everywhere), and
 // the line reads as if the node were not following the rotation it is following.
 func TestNewerRotationClearsTheSupersededLineFromStatus(t *testing.T) {
+	sp := supersededPair(t)
+	admin, alpha, beta := sp.admin, sp.alpha, sp.beta
+	if sd := beta.t.Status().Seed; sd == nil || sd.Superseded == "" {
+		t.Fatalf("beta's status after the reload: %+v; want the rotation superseded: the test shows nothing", sd)
+	}
+
+	next2, _ := config.GenerateSeed()
+	raw2 := signRotate(t, admin, alpha, next2, time.Now().Add(20*time.Minute), 600)
+	if _, err := alpha.t.Rotate(raw2, next2); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "beta stages the newer rotation's seed", func() bool {
+		sd := beta.t.Status().Seed
+		return sd != nil && sd.NextID == shortSeedID(mesh.SeedID(next2)) && sd.Rotation != nil
+	})
+	if sd := beta.t.Status().Seed; sd.Superseded != "" {
+		t.Errorf("beta follows the newer rotation to %s, yet its status says the rotation to %s is superseded there",
+			sd.NextID, sd.Superseded)
+	}
+}
+
+// superseded is a rotation signed by an admin on alpha, staged by beta, then
+// superseded on beta by a seed file written by hand and reloaded.
+type superseded struct {
+	admin       ed25519.PrivateKey // the admin that signed it
+	alpha, beta *rvNode
+	raw         []byte   // the ROTATE statement
+	next, seed  [32]byte // its next seed; the network's seed before it
+}
+
+func supersededPair(t *testing.T) superseded {
 	_, admin, _ := ed25519.GenerateKey(nil)
 	seed, _ := config.GenerateSeed()
 	adm := fmt.Sprintf("[membership]\nadmins = [%q]\n", base64.StdEncoding.EncodeToString(admin.Public().(ed25519.PublicKey)))
@@ -201,21 +196,5 @@ func TestNewerRotationClearsTheSupersededLineFromStatus(t *testing.T) {
 	if _, err := beta.t.ReloadChanges(beta.cfg); err != nil {
 		t.Fatal(err)
 	}
-	if sd := beta.t.Status().Seed; sd == nil || sd.Superseded == "" {
-		t.Fatalf("beta's status after the reload: %+v; want the rotation superseded: the test shows nothing", sd)
-	}
-
-	next2, _ := config.GenerateSeed()
-	raw2 := signRotate(t, admin, alpha, next2, time.Now().Add(20*time.Minute), 600)
-	if _, err := alpha.t.Rotate(raw2, next2); err != nil {
-		t.Fatal(err)
-	}
-	waitUntil(t, "beta stages the newer rotation's seed", func() bool {
-		sd := beta.t.Status().Seed
-		return sd != nil && sd.NextID == shortSeedID(mesh.SeedID(next2)) && sd.Rotation != nil
-	})
-	if sd := beta.t.Status().Seed; sd.Superseded != "" {
-		t.Errorf("beta follows the newer rotation to %s, yet its status says the rotation to %s is superseded there",
-			sd.NextID, sd.Superseded)
-	}
+	return superseded{admin: admin, alpha: alpha, beta: beta, raw: raw, next: next, seed: seed}
 }
