@@ -3,7 +3,6 @@ package tunnel
 import (
 	"bytes"
 	"crypto/ed25519"
-	"encoding/base64"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -22,7 +21,7 @@ import (
 func TestReloadBetweenStagingAndHoldingAnOfferStillSupersedesIt(t *testing.T) {
 	_, admin, _ := ed25519.GenerateKey(nil)
 	seed, _ := config.GenerateSeed()
-	adm := fmt.Sprintf("[membership]\nadmins = [%q]\n", base64.StdEncoding.EncodeToString(admin.Public().(ed25519.PublicKey)))
+	adm := adminSection(admin)
 	alpha := startMeshNodeIn(t, seed, "alpha", "10.77.0.1/24", "", adm)
 	beta := startMeshNodeIn(t, seed, "beta", "10.77.0.2/24", fmt.Sprintf("bootstrap = [%q]", endpointOf(alpha.memNode)), adm)
 	waitUntil(t, "beta has a session with alpha", func() bool {
@@ -178,7 +177,7 @@ type superseded struct {
 func supersededPair(t *testing.T) superseded {
 	_, admin, _ := ed25519.GenerateKey(nil)
 	seed, _ := config.GenerateSeed()
-	adm := fmt.Sprintf("[membership]\nadmins = [%q]\n", base64.StdEncoding.EncodeToString(admin.Public().(ed25519.PublicKey)))
+	adm := adminSection(admin)
 	alpha := startMeshNodeIn(t, seed, "alpha", "10.77.0.1/24", "", adm)
 	beta := startMeshNodeIn(t, seed, "beta", "10.77.0.2/24", fmt.Sprintf("bootstrap = [%q]", endpointOf(alpha.memNode)), adm)
 	waitUntil(t, "alpha has a session with beta", func() bool {

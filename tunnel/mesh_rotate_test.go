@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -123,7 +124,7 @@ func offerCount(n *rvNode, reason string) uint64 {
 func rotTrio(t *testing.T, admin ed25519.PrivateKey) (alpha, beta, gamma, excl *rvNode) {
 	t.Helper()
 	seed, _ := config.GenerateSeed()
-	adm := fmt.Sprintf("[membership]\nadmins = [%q]\n", base64.StdEncoding.EncodeToString(admin.Public().(ed25519.PublicKey)))
+	adm := adminSection(admin)
 	alpha = startMeshNodeIn(t, seed, "alpha", "10.77.0.1/24", "", adm)
 	boot := fmt.Sprintf("bootstrap = [%q]", endpointOf(alpha.memNode))
 	beta = startMeshNodeIn(t, seed, "beta", "10.77.0.2/24", boot, adm)
@@ -137,6 +138,16 @@ func rotTrio(t *testing.T, admin ed25519.PrivateKey) (alpha, beta, gamma, excl *
 		})
 	}
 	return alpha, beta, gamma, excl
+}
+
+// adminSection is the [membership] section of a configuration listing the public keys
+// of admins.
+func adminSection(admins ...ed25519.PrivateKey) string {
+	keys := make([]string, len(admins))
+	for i, a := range admins {
+		keys[i] = strconv.Quote(base64.StdEncoding.EncodeToString(a.Public().(ed25519.PublicKey)))
+	}
+	return "[membership]\nadmins = [" + strings.Join(keys, ", ") + "]\n"
 }
 
 func signRotate(t *testing.T, admin ed25519.PrivateKey, n *rvNode, next [32]byte, switchAt time.Time, overlap uint32, excluded ...[32]byte) []byte {
@@ -333,7 +344,7 @@ func TestRotateRefusesToOverlapARotationInProgress(t *testing.T) {
 func TestSeedOfferReachesAMemberThatWasAwayFromAnyMember(t *testing.T) {
 	_, admin, _ := ed25519.GenerateKey(nil)
 	seed, _ := config.GenerateSeed()
-	adm := fmt.Sprintf("[membership]\nadmins = [%q]\n", base64.StdEncoding.EncodeToString(admin.Public().(ed25519.PublicKey)))
+	adm := adminSection(admin)
 	alpha := startMeshNodeIn(t, seed, "alpha", "10.77.0.1/24", "", adm)
 	boot := fmt.Sprintf("bootstrap = [%q]", endpointOf(alpha.memNode))
 	gamma := startMeshNodeIn(t, seed, "gamma", "10.77.0.3/24", boot, adm)
@@ -387,7 +398,7 @@ func startWithState(t *testing.T, cfg *config.Config, stateDir string) *memNode 
 func TestRotationHeldAcrossARestart(t *testing.T) {
 	_, admin, _ := ed25519.GenerateKey(nil)
 	seed, _ := config.GenerateSeed()
-	adm := fmt.Sprintf("[membership]\nadmins = [%q]\n", base64.StdEncoding.EncodeToString(admin.Public().(ed25519.PublicKey)))
+	adm := adminSection(admin)
 	alpha := startMeshNodeIn(t, seed, "alpha", "10.77.0.1/24", "", adm)
 	boot := fmt.Sprintf("bootstrap = [%q]", endpointOf(alpha.memNode))
 	gamma := startMeshNodeIn(t, seed, "gamma", "10.77.0.3/24", boot, adm)
@@ -454,9 +465,7 @@ func TestSeedOfferOfANewerRotationReplacesTheStagedOneWhateverItsTimes(t *testin
 	_, adminA, _ := ed25519.GenerateKey(nil)
 	_, adminB, _ := ed25519.GenerateKey(nil)
 	seed, _ := config.GenerateSeed()
-	adm := fmt.Sprintf("[membership]\nadmins = [%q, %q]\n",
-		base64.StdEncoding.EncodeToString(adminA.Public().(ed25519.PublicKey)),
-		base64.StdEncoding.EncodeToString(adminB.Public().(ed25519.PublicKey)))
+	adm := adminSection(adminA, adminB)
 	alpha := startMeshNodeIn(t, seed, "alpha", "10.77.0.1/24", "", adm)
 	beta := startMeshNodeIn(t, seed, "beta", "10.77.0.2/24", "", adm)
 	from := alpha.t.Node().PublicKey()
@@ -573,7 +582,7 @@ func TestRotateOnANodeThatCannotWriteItsSeedFileSpreadsNothing(t *testing.T) {
 func TestReloadOfAHandWrittenSeedSupersedesTheInBandRotation(t *testing.T) {
 	_, admin, _ := ed25519.GenerateKey(nil)
 	seed, _ := config.GenerateSeed()
-	adm := fmt.Sprintf("[membership]\nadmins = [%q]\n", base64.StdEncoding.EncodeToString(admin.Public().(ed25519.PublicKey)))
+	adm := adminSection(admin)
 	alpha := startMeshNodeIn(t, seed, "alpha", "10.77.0.1/24", "", adm)
 	boot := fmt.Sprintf("bootstrap = [%q]", endpointOf(alpha.memNode))
 	beta := startMeshNodeIn(t, seed, "beta", "10.77.0.2/24", boot, adm)
@@ -668,7 +677,7 @@ func TestReloadOfAHandWrittenSeedSupersedesTheInBandRotation(t *testing.T) {
 func TestRotationSeedOfferedAfterARestartToMembersKnownBeforeItWasSigned(t *testing.T) {
 	_, admin, _ := ed25519.GenerateKey(nil)
 	seed, _ := config.GenerateSeed()
-	adm := fmt.Sprintf("[membership]\nadmins = [%q]\n", base64.StdEncoding.EncodeToString(admin.Public().(ed25519.PublicKey)))
+	adm := adminSection(admin)
 	alpha := startMeshNodeIn(t, seed, "alpha", "10.77.0.1/24", "", adm)
 	gamma := startMeshNodeIn(t, seed, "gamma", "10.77.0.3/24", fmt.Sprintf("bootstrap = [%q]", endpointOf(alpha.memNode)), adm)
 	before, excluded, revoked := newForged(t), newForged(t), newForged(t)

@@ -3,8 +3,6 @@ package tunnel
 import (
 	"context"
 	"crypto/ed25519"
-	"encoding/base64"
-	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -28,7 +26,7 @@ func TestStatementsSaveFailureWarnsOnce(t *testing.T) {
 	key, _ := config.GenerateNodeKey()
 	keyFile := filepath.Join(t.TempDir(), "alpha.key")
 	writeFileT(t, keyFile, key.Encode()+"\n")
-	adm := fmt.Sprintf("[membership]\nadmins = [%q]\n", base64.StdEncoding.EncodeToString(admin.Public().(ed25519.PublicKey)))
+	adm := adminSection(admin)
 	cfg := meshConfig(t, seedFile, keyFile, "alpha", "10.77.0.1/24", "", adm)
 	var log lockedBuffer
 	dev := tuntest.NewMem(cfg.Interface.Name, 1420, 16)
